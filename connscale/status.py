@@ -1,0 +1,61 @@
+"""The periodic `key=value` status line both commands log.
+
+Keys are stable (see README, "Status lines"). RTT percentiles cover the
+interval since the previous line, so a latency spike is visible when it
+happens instead of being averaged away by hours of history.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from connscale.stats import RttAccumulator, Snapshot, format_status, status_fields
+
+log = Logger(namespace="connscale.status")
+
+
+class StatusService(Service):
+    """Every `interval` seconds: take a snapshot, log its status line."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        interval: float,
+        snapshot: Callable[[], Snapshot],
+        with_rtt: bool,
+        emit: Callable[[str], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.interval = interval
+        self.snapshot = snapshot
+        self.with_rtt = with_rtt
+        self.rtt = RttAccumulator()
+        self.emit = emit or (lambda line: log.info("{status}", status=line))
+        self._loop: LoopingCall | None = None
+        self.last_line = ""
+
+    def tick(self) -> str:
+        snap = self.snapshot()
+        self.rtt.add(snap.rtt)
+        window = self.rtt.take_window() if self.with_rtt else None
+        self.last_line = format_status(status_fields(snap, window))
+        self.emit(self.last_line)
+        return self.last_line
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        # One last line, so a run's final numbers are in the log.
+        self.tick()

@@ -1,0 +1,222 @@
+"""Pool policy with a fake clock and in-memory transports."""
+
+import random
+
+import pytest
+from twisted.internet import error
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from connscale.pool import ConnectionPool, PoolSettings, Route, make_routes
+from connscale.wheel import TimerWheel
+
+
+class FakeTransport(StringTransport):
+    def __init__(self, conn):
+        super().__init__()
+        self.conn = conn
+        self.stopped = False
+
+    def loseConnection(self):
+        super().loseConnection()
+        self.conn.connectionLost(Failure(error.ConnectionDone()))
+
+    def stopConnecting(self):
+        self.stopped = True
+        self.conn.connectionFailed(Failure(error.UserError()))
+
+
+class Harness:
+    def __init__(self, routes=None, auto_connect=True, **settings):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.dialed = []
+        self.auto_connect = auto_connect
+        self.pool = ConnectionPool(
+            None, self.clock, PoolSettings(**settings),
+            routes or [Route(None, "127.0.0.1", 8989)],
+            wheel=TimerWheel(self.clock, 0.01), rng=random.Random(1), dial=self.dial,
+        )
+
+    def dial(self, route, conn):
+        t = FakeTransport(conn)
+        self.dialed.append((route, conn, t))
+        if self.auto_connect:
+            self.clock.callLater(0, lambda: conn.makeConnection(t))
+        return t
+
+    def run(self, seconds, step=0.01):
+        for _ in range(int(round(seconds / step))):
+            self.clock.advance(step)
+
+    def answer_all(self):
+        for _, conn, t in self.dialed:
+            if t.value().endswith(b"Ping\n") and conn.sent_at:
+                t.clear()
+                conn.dataReceived(b"Pong\n")
+
+
+def test_connects_are_paced():
+    h = Harness(rate=1000)
+    h.pool.start(500)
+    h.run(0.1)
+    assert 90 <= len(h.dialed) <= 111
+    h.run(0.5)
+    assert len(h.dialed) == 500
+    assert h.pool.count() == 500
+
+
+def test_first_ping_at_random_offset_within_interval_then_every_interval():
+    h = Harness(rate=10_000, interval=2.0, timeout=0.5)
+    h.pool.start(200)
+    h.run(0.05)
+    start = h.clock.seconds()
+    first = {}
+    for _ in range(220):
+        h.run(0.01)
+        for _, conn, t in h.dialed:
+            if conn not in first and t.value():
+                first[conn] = h.clock.seconds() - start
+        h.answer_all()
+    assert len(first) == 200
+    assert 0 < min(first.values()) and max(first.values()) <= 2.0 + 0.05
+    assert max(first.values()) - min(first.values()) > 1.0  # spread, not a burst
+    for _ in range(200):
+        h.run(0.01)
+        h.answer_all()
+    c = h.pool.counters
+    assert c.pings >= 400 and c.pongs == c.pings and not c.failures
+
+
+def test_missing_pong_closes_with_no_answer_from_server():
+    h = Harness(rate=10_000, interval=1.0, timeout=0.3)
+    h.pool.start(10)
+    h.run(1.5)  # everyone pinged once, nobody answered
+    c = h.pool.counters
+    assert c.failures == {("first_ping", "no_answer_from_server"): 10}
+    assert h.pool.count() == 0 and c.closed == 10
+
+
+def test_timeout_never_early():
+    h = Harness(rate=10_000, interval=1.0, timeout=0.5)
+    h.pool.start(1)
+    h.run(0.02)
+    (_, conn, t), = h.dialed
+    while not t.value():
+        h.run(0.01)
+    sent = h.clock.seconds()
+    while conn.state == conn.OPEN:
+        h.run(0.01)
+    assert h.clock.seconds() - sent >= 0.5 - 1e-9
+
+
+def test_timeout_longer_than_interval_skips_pings():
+    h = Harness(rate=10_000, interval=1.0, timeout=3.5)
+    h.pool.start(1)
+    h.run(5.0)
+    c = h.pool.counters
+    assert c.pings == 1 and c.skipped >= 2
+    assert c.failures == {("first_ping", "no_answer_from_server"): 1}
+
+
+def test_steady_phase_after_first_pong_and_rtt_recorded():
+    h = Harness(rate=10_000, interval=1.0, timeout=0.3)
+    h.pool.start(1)
+    for _ in range(150):
+        h.run(0.01)
+        h.answer_all()
+    c = h.pool.counters
+    assert c.pongs >= 1 and c.rtt.get_total_count() == c.pongs
+    h.run(2.0)  # stop answering
+    assert c.failures == {("steady", "no_answer_from_server"): 1}
+
+
+def test_stop_takes_pending_then_oldest_first():
+    h = Harness(rate=100)
+    h.pool.start(50)
+    h.run(0.2)  # ~20 dialed, ~30 pending
+    opened = [conn for _, conn, _ in h.dialed]
+    before = h.pool.pending
+    assert h.pool.stop(before + 5) == before + 5
+    assert h.pool.pending == 0
+    closed = [conn for conn in opened if conn.state == conn.CLOSED]
+    assert closed == opened[:5]
+    assert h.pool.counters.failures == {}
+    assert h.pool.count() == len(opened) - 5
+
+
+def test_set_target_grows_and_shrinks():
+    h = Harness(rate=10_000)
+    h.pool.set_target(30)
+    h.run(0.1)
+    assert h.pool.count() == 30
+    h.pool.set_target(10)
+    assert h.pool.count() == 10
+    h.pool.set_target(12)
+    h.run(0.1)
+    assert h.pool.count() == 12
+
+
+def test_stop_while_connecting_is_not_a_failure():
+    h = Harness(rate=10_000, auto_connect=False)
+    h.pool.start(3)
+    h.run(0.01)
+    assert h.pool.connecting == 3
+    h.pool.stop(3)
+    assert h.pool.connecting == 0 and h.pool.counters.failures == {}
+    assert all(t.stopped for _, _, t in h.dialed)
+
+
+def test_connect_failure_classified():
+    h = Harness(rate=10_000, auto_connect=False)
+    h.pool.start(2)
+    h.run(0.01)
+    _, conn, _ = h.dialed[0]
+    conn.connectionFailed(Failure(error.ConnectionRefusedError()))
+    _, conn, _ = h.dialed[1]
+    conn.connectionFailed(Failure(error.ConnectBindError(99, "Cannot assign requested address")))
+    assert h.pool.counters.failures == {("connect", "ECONNREFUSED"): 1, ("connect", "EADDRNOTAVAIL"): 1}
+
+
+def test_peer_close_and_garbage_are_classified():
+    h = Harness(rate=10_000)
+    h.pool.start(2)
+    h.run(0.05)
+    (_, a, _), (_, b, tb) = h.dialed
+    a.connectionLost(Failure(error.ConnectionDone()))
+    b.dataReceived(b"Hello\n")
+    c = h.pool.counters
+    assert c.failures == {("first_ping", "closed_by_peer"): 1, ("first_ping", "protocol_error"): 1}
+    assert c.protocol == {"unknown_line": 1}
+
+
+def test_routes_round_robin_and_quota():
+    routes = make_routes("127.0.0.1", [1, 2], ["127.0.0.2", "127.0.0.3"], quota=3)
+    assert len(routes) == 4
+    h = Harness(routes=routes, rate=10_000)
+    h.pool.start(14)
+    h.run(0.05)
+    used = [r for r, _, _ in h.dialed]
+    assert len(used) == 12 and all(used.count(r) == 3 for r in routes)
+    assert used[:4] == routes
+    assert h.pool.counters.failures == {("connect", "route_quota"): 2}
+
+
+def test_raw_framing_client():
+    h = Harness(rate=10_000, framing="raw", interval=1.0, timeout=0.5)
+    h.pool.start(1)
+    h.run(1.05)
+    (_, conn, t), = h.dialed
+    assert t.value() == b"Ping"
+    conn.dataReceived(b"Po")
+    conn.dataReceived(b"ng")
+    assert h.pool.counters.pongs == 1
+
+
+def test_close_all_fires_when_drained():
+    h = Harness(rate=10_000)
+    h.pool.start(5)
+    h.run(0.05)
+    d = h.pool.close_all()
+    assert d.called and h.pool.count() == 0
