@@ -52,6 +52,7 @@ class Options(ConfigOptions):
         "name": "client.name",
         "secret-file": "control.secret_file",
     }
+    optFlags = [["lifeline", None, "Exit when stdin closes (used by ssh launch)."]]
     repeatable = ("source-ip",)
     opt_source_ip = repeat_option("source-ip")
 
@@ -85,7 +86,7 @@ def makeService(options: Options) -> IService:
     if c.master is not None:
         from connscale.agent import make_agent
 
-        return make_agent(reactor, cfg)
+        return make_agent(reactor, cfg, lifeline=bool(options["lifeline"]))
     workers = c.workers
     if workers == "auto":
         # One process unless its file budget can't hold the target.

@@ -29,7 +29,8 @@ class Options(ConfigOptions):
         ["secret-file", None, None, "File holding the control secret [control.secret_file]."],
         ["console", None, None, "ssh, telnet or none [control.console]."],
         ["console-listen", None, None, "Console endpoint [control.console_listen]."],
-        ["run-dir", None, None, "Directory for timeline.jsonl and summary files [run.dir]."],
+        ["run-dir", None, None, "Parent directory of run records [run.dir, default runs]."],
+        ["record-dir", None, None, "Exact directory for this hub's timeline.jsonl (default run.dir/<time>-hub)."],
     ]
     keys = {
         "interface": "server.interface",
@@ -62,7 +63,7 @@ def makeService(options: Options) -> IService:
         return single_process(reactor, cfg)
     from connscale.hub import make_hub
 
-    return make_hub(reactor, cfg)
+    return make_hub(reactor, cfg, record_dir=options["record-dir"])
 
 
 def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ get the same one-line error. Errors leave through `SystemExit` from
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Mapping
 
 from twisted.logger import Logger
@@ -47,7 +48,9 @@ class ConfigOptions(usage.Options):
         try:
             return load_config(self["config"], self.overrides())
         except ConfigError as e:
-            raise SystemExit(f"{prog}: bad configuration:\n{e}") from None
+            # Exit status 2, like a usage error; one line per problem.
+            sys.stderr.write(f"{prog}: bad configuration:\n{e}\n")
+            raise SystemExit(2) from None
 
 
 def repeat_option(name: str):  # type: ignore[no-untyped-def]

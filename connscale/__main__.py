@@ -1,0 +1,5 @@
+import sys
+
+from connscale.cli import main
+
+sys.exit(main())

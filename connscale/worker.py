@@ -1,0 +1,113 @@
+"""Worker process entry: one reactor holding one server or one client pool.
+
+Run by a parent (hub or agent) as `python -m connscale.worker ROLE JSON`, with
+PB on stdin/stdout (see `childproc`) and its log on stderr. The parent asks
+for snapshots and sets targets; the worker decides nothing on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.spread import pb
+
+from connscale.limits import connection_budget, process_resources, raise_nofile
+from connscale.pool import ConnectionPool, PoolSettings, Route
+from connscale.server import ListeningService, PingServerFactory, bind_sockets
+from connscale.stats import Counters
+
+
+class WorkerRoot(pb.Root):
+    role = "?"
+
+    def __init__(self, reactor: Any, budget: int) -> None:
+        self.reactor = reactor
+        self.budget = budget
+        self.counters = Counters()
+
+    def remote_hello(self) -> dict[str, object]:
+        return {"pid": os.getpid(), "role": self.role, "budget": self.budget}
+
+    def extra(self) -> dict[str, object]:
+        return {}
+
+    def remote_snapshot(self) -> dict[str, object]:
+        data: dict[str, Any] = self.counters.snapshot().to_dict()
+        data["failures"] = dict(data["failures"])
+        data["protocol"] = dict(data["protocol"])
+        data["resources"] = process_resources()
+        data.update(self.extra())
+        return data
+
+    def remote_exit(self) -> None:
+        self.reactor.callLater(0, self.reactor.stop)
+
+
+class ServerWorkerRoot(WorkerRoot):
+    role = "server"
+
+    def __init__(self, reactor: Any, budget: int, spec: dict[str, Any]) -> None:
+        super().__init__(reactor, budget)
+        sockets = bind_sockets(spec["interface"], spec["ports"], spec["backlog"], reuse_port=True)
+        factory = PingServerFactory(spec["framing"], self.counters, spec.get("max_line", 1024))
+        self.listening = ListeningService(reactor, sockets, factory)
+        self.listening.startService()
+
+
+class ClientWorkerRoot(WorkerRoot):
+    role = "client"
+
+    def __init__(self, reactor: Any, budget: int, spec: dict[str, Any]) -> None:
+        super().__init__(reactor, budget)
+        settings = PoolSettings(spec["interval"], spec["timeout"], spec["rate"], spec["framing"])
+        self.pool = ConnectionPool(reactor, reactor, settings, [], counters=self.counters)
+
+    def remote_set_target(self, target: int, routes: list[list[Any]]) -> int:
+        self.pool.set_routes([Route(src or None, host, int(port), int(quota)) for src, host, port, quota in routes])
+        self.pool.set_target(int(target))
+        return self.pool.wanted()
+
+    def remote_set_rate(self, rate: float) -> None:
+        import attrs
+
+        self.pool.settings = attrs.evolve(self.pool.settings, rate=float(rate))
+
+    def remote_drain(self):  # type: ignore[no-untyped-def]
+        return self.pool.close_all()
+
+    def extra(self) -> dict[str, object]:
+        p = self.pool
+        return {"established": p.established, "connecting": p.connecting, "pending": p.pending}
+
+
+ROLES = {"server": ServerWorkerRoot, "client": ClientWorkerRoot}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    role, spec = argv[0], json.loads(argv[1])
+    name = spec.get("name", f"{role}-worker")
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    # stdout is the PB channel: the log must go to stderr and nowhere else.
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr, timeFormat="")], redirectStandardIO=False)
+    nofile = raise_nofile()
+    budget = connection_budget(nofile.soft)
+    from connscale.childproc import serve_stdio
+    from connscale.server import ListenError
+
+    try:
+        root = ROLES[role](reactor, budget, spec)
+    except ListenError as e:
+        sys.stderr.write(f"{name}: {e}\n")
+        sys.exit(3)
+    serve_stdio(reactor, root, lambda: reactor.stop() if reactor.running else None)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()
