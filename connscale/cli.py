@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from connscale.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
+UNAUTHORIZED = "twisted.cred.error.UnauthorizedLogin"
 
 
 def load_or_exit(path: str | None, overrides: dict[str, object] | None = None) -> Config:
@@ -144,8 +145,15 @@ def operator_call(host: str, port: int, secret: bytes, method: str, *args: Any) 
             return
         try:
             perspective = yield factory.login(credentials.UsernamePassword(b"operator", secret))
-        except cred_error.UnauthorizedLogin:
-            outcome.append((EXIT_AUTH, "the controller refused our login: wrong control secret"))
+        except Exception as e:
+            # A refused login arrives as a copy of the remote UnauthorizedLogin.
+            remote_type = getattr(e, "remoteType", b"")
+            if isinstance(remote_type, bytes):
+                remote_type = remote_type.decode("ascii", "replace")
+            if isinstance(e, cred_error.UnauthorizedLogin) or remote_type == UNAUTHORIZED:
+                outcome.append((EXIT_AUTH, "the controller refused our login: wrong control secret"))
+            else:
+                outcome.append((EXIT_UNREACHABLE, f"login to the controller at {host}:{port} failed: {e}"))
             factory.disconnect()
             return
         try:

@@ -172,7 +172,17 @@ class Controller:
         waiting, agent.registered = agent.registered, []
         for d in waiting:
             d.callback(None)
+        if agent.target:
+            # Whatever was lost while we were apart (a hub restart takes the
+            # server side down with it) is opened again, paced as usual.
+            self.reactor.callLater(0, self._restore, agent)
         return {"target": agent.target}
+
+    def _restore(self, agent: AgentHandle) -> None:
+        if agent.connected:
+            self.set_agent_target(agent, agent.target).addErrback(
+                lambda f: self.note(f"agent {agent.name}: restoring target {agent.target} failed: {f.getErrorMessage()}")
+            )
 
     def agent_detached(self, name: str, mind: Any) -> None:
         agent = self.agents.get(name)

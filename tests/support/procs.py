@@ -1,0 +1,120 @@
+"""Real connscale processes for end-to-end tests: start, watch logs, stop by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from connscale.stats import parse_status
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n consecutive free ports (for port ranges)."""
+    for _ in range(200):
+        base = free_port(host)
+        if base + n > 65000:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind((host, p))
+                socks.append(s)
+            return list(range(base, base + n))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no consecutive free ports")
+
+
+class Proc:
+    """A child process with its combined output in a log file."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+                 prefix: Sequence[str] = (), cwd: str | Path | None = None) -> None:
+        self.argv = [*prefix, *argv]
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        self.popen = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env=full_env, cwd=str(cwd) if cwd else None, start_new_session=True)
+        self.pid = self.popen.pid
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def lines(self) -> list[str]:
+        return self.text().splitlines()
+
+    def status_lines(self) -> list[dict[str, str]]:
+        return [parse_status(line.split("] ", 1)[-1]) for line in self.lines() if "[connscale.status#info]" in line]
+
+    def last_status(self) -> dict[str, str]:
+        lines = self.status_lines()
+        return lines[-1] if lines else {}
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.popen.poll() is not None and not predicate():
+                raise AssertionError(f"{what}: process exited with {self.popen.returncode}\n{self.text()[-3000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.text()[-3000:]}")
+
+    def wait_line(self, needle: str, timeout: float = 20.0) -> None:
+        self.wait_for(lambda: needle in self.text(), timeout, repr(needle))
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM our pid (its process group: twistd children are ours too), then SIGKILL."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+    def __enter__(self) -> "Proc":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def connscale(verb: str, *args: str) -> list[str]:
+    """argv for `python -m connscale VERB ...` with this interpreter."""
+    return [sys.executable, "-m", "connscale", verb, *args]
+
+
+def twistd(command: str, *args: str) -> list[str]:
+    """argv for `twistd -n --pidfile= COMMAND ...` with this interpreter."""
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", command, *args]

@@ -1,0 +1,213 @@
+"""The hub and an agent as real processes on loopback: re-registration after a
+hub restart, a killed client worker replaced, the manhole console over a real
+SSH client, and `connscale ctl` exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import Proc, connscale, free_port, free_ports
+
+needs_ssh = pytest.mark.skipif(not shutil.which("ssh") or not shutil.which("ssh-keygen"), reason="openssh-client missing")
+
+
+class Hub:
+    def __init__(self, tmp: Path, console: str = "none", keys: Path | None = None) -> None:
+        self.tmp = tmp
+        self.ports = free_ports(2)
+        self.control = free_port()
+        self.console_port = free_port()
+        self.env = {"XDG_CONFIG_HOME": str(tmp / "xdg"), "HOME": str(tmp)}
+        self.config = tmp / "connscale.yaml"
+        self.config.write_text(
+            f"""
+server: {{ports: {self.ports[0]}-{self.ports[1]}, status_interval: 1, workers: 2}}
+client:
+  server: 127.0.0.1:{self.ports[0]}-{self.ports[1]}
+  interval: 2
+  timeout: 2
+  rate: 2000
+  status_interval: 1
+  source_ips: 127.0.0.2-127.0.0.3
+control:
+  listen: tcp:{self.control}:interface=127.0.0.1
+  console: {console}
+  console_listen: tcp:{self.console_port}:interface=127.0.0.1
+  console_keys: {keys or 'null'}
+"""
+        )
+        self.runs = 0
+        self.proc: Proc | None = None
+
+    def start(self) -> Proc:
+        self.runs += 1
+        self.proc = Proc(
+            connscale("server", "--config", str(self.config), "--record-dir", str(self.tmp / "rec")),
+            self.tmp / f"hub-{self.runs}.log", env=self.env,
+        )
+        self.proc.wait_line("server workers listening", 30)
+        return self.proc
+
+    def agent(self, name: str, *extra: str) -> Proc:
+        return Proc(
+            connscale("agent", "--config", str(self.config), "--master", f"127.0.0.1:{self.control}",
+                      "--name", name, *extra),
+            self.tmp / f"agent-{name}.log", env=self.env,
+        )
+
+    def ctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, **self.env)
+        return subprocess.run(connscale("ctl", "--config", str(self.config), *args),
+                              capture_output=True, text=True, timeout=timeout, env=env)
+
+    def count(self, client: str | None = None) -> int:
+        r = self.ctl("count", *(["--client", client] if client else []))
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout.strip())
+
+    def wait_count(self, expected: int, client: str | None = None, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.count(client)
+            if last == expected:
+                return
+            time.sleep(1)
+        raise AssertionError(f"count({client}) stayed at {last}, wanted {expected}")
+
+    def stats(self) -> dict:
+        r = self.ctl("stats", "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+
+@pytest.fixture
+def hub(tmp_path):
+    made: list[Hub] = []
+
+    def make(**kw) -> Hub:
+        h = Hub(tmp_path, **kw)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        if h.proc is not None:
+            h.proc.stop()
+
+
+def test_agent_registers_again_after_hub_restart_and_target_is_restored(hub):
+    h = hub()
+    h.start()
+    with h.agent("a1") as agent:
+        agent.wait_line("registered with controller", 30)
+        assert h.ctl("start", "1500", "--client", "a1").stdout.strip() == "target 1500"
+        h.wait_count(1500, "a1")
+        h.wait_count(1500)
+        h.proc.stop()
+        assert agent.running()
+        h.start()
+        agent.wait_for(lambda: agent.text().count("registered with controller") >= 2, 60, "second registration")
+        # The restarted hub adopted the agent's target and re-opened what the restart cut.
+        h.wait_count(1500, "a1", timeout=90)
+        h.wait_count(1500, timeout=30)
+        clients = h.ctl("clients").stdout
+        assert re.search(r"^a1\s+True\s+\S+\s+\d+\s+1500\s+1500$", clients, re.M), clients
+        failures = h.stats()["client"]["failures"]
+        assert set(failures) <= {"steady:closed_by_peer", "steady:ECONNRESET", "first_ping:closed_by_peer",
+                                 "first_ping:ECONNRESET", "connect:ECONNREFUSED"}, failures
+    assert agent.popen.returncode is not None
+
+
+def test_killed_client_worker_is_reported_and_replaced(hub):
+    h = hub()
+    h.start()
+    with h.agent("a1", "--workers", "2") as agent:
+        agent.wait_line("registered with controller", 30)
+        h.ctl("start", "1000", "--client", "a1")
+        h.wait_count(1000, "a1")
+        workers = h.stats()["clients"]["a1"]["workers"]
+        assert len(workers) == 2 and all(w["alive"] for w in workers)
+        victim = workers[0]
+        assert victim["open"] > 0
+        os.kill(victim["pid"], signal.SIGKILL)  # a pid our agent started
+        agent.wait_line("connections lost with it; restarting", 20)
+        # The replacement takes over the slot's share and reconnects it.
+        h.wait_count(1000, "a1", timeout=60)
+        after = h.stats()["clients"]["a1"]
+        pids = [w["pid"] for w in after["workers"]]
+        assert victim["pid"] not in pids and all(w["alive"] for w in after["workers"])
+        assert after["workers"][0]["restarts"] == 1
+        assert after["failures"].get("steady:worker_lost") == victim["open"] or \
+            after["failures"].get("first_ping:worker_lost", 0) + after["failures"].get("steady:worker_lost", 0) > 0
+
+
+def test_ctl_exit_codes(hub, tmp_path):
+    h = hub()
+    r = h.ctl("count")
+    assert r.returncode == 2 and "no control secret" in r.stderr  # no hub has written one yet
+    h.start()
+    r = h.ctl("start", "10", "--client", "nobody")
+    assert r.returncode == 1 and "no connected agent named 'nobody'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    env_wrong = dict(os.environ, **h.env, CONNSCALE_SECRET="not-the-secret")
+    r = subprocess.run(connscale("ctl", "--config", str(h.config), "count"), capture_output=True, text=True,
+                       env=env_wrong, timeout=30)
+    assert r.returncode == 4 and "wrong control secret" in r.stderr
+    assert h.ctl("count").stdout.strip() == "0"
+    h.proc.stop()
+    r = h.ctl("count")
+    assert r.returncode == 3 and "cannot reach the controller" in r.stderr
+
+
+@needs_ssh
+def test_console_over_real_ssh_scales_a_client(hub, tmp_path):
+    key = tmp_path / "id_admin"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=10)
+    keys = tmp_path / "authorized_keys"
+    keys.write_text((tmp_path / "id_admin.pub").read_text())
+    h = hub(console="ssh", keys=keys)
+    h.start()
+    h.proc.wait_line("console", 10)
+    with h.agent("a1") as agent:
+        agent.wait_line("registered with controller", 30)
+        argv = ["ssh", "-F", "/dev/null", "-tt", "-i", str(key), "-p", str(h.console_port),
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "admin@127.0.0.1"]
+        session = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        from tests.test_console import Reader
+
+        try:
+            out = Reader(session.stdout)
+            out.wait_for(r">>> ", 15)
+            session.stdin.write(b"connections_start(300, 'a1')\r")
+            session.stdin.flush()
+            out.wait_for(r"called back: 300", 20)
+            h.wait_count(300, "a1")
+            session.stdin.write(b"count_connections('a1')\r")
+            session.stdin.flush()
+            out.wait_for(r"called back: 300", 20)
+            session.stdin.write(b"connections_stop(100, 'a1')\r")
+            session.stdin.flush()
+            out.wait_for(r"called back: 200", 20)
+            h.wait_count(200, "a1")
+            session.stdin.write(b"clients()\r")
+            session.stdin.flush()
+            out.wait_for(r"a1", 10)
+            session.stdin.write(b"\x04")
+            session.stdin.flush()
+            session.wait(timeout=10)
+        finally:
+            if session.poll() is None:
+                session.kill()
+                session.wait(timeout=5)
