@@ -13,14 +13,13 @@ import sys
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.cred import credentials, error as cred_error
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from connscale import plan
+from connscale import dial, plan
 from connscale.config import Config
 from connscale.limits import connection_budget, ephemeral_count, raise_nofile
 from connscale.pool import make_routes
@@ -85,7 +84,9 @@ class Agent(MultiService):
                 secret = client_secret(cfg.control)
             except SecretError as e:
                 raise SystemExit(f"{PROG}: {e}") from None
-            self.link = ControllerLink(reactor, c.master, self.name, secret, AgentMind(self), self.info)
+            self.link = ControllerLink(
+                reactor, c.master, self.name, secret, AgentMind(self), self.info, cfg.control.tls_ca
+            )
             self.link.setServiceParent(self)
 
     def info(self) -> dict[str, Any]:
@@ -154,7 +155,9 @@ class ControllerLink(Service):
         secret: bytes,
         mind: pb.Referenceable,
         info: Any,
+        tls_ca: str | None = None,
     ) -> None:
+        self.tls_ca = tls_ca
         self.reactor = reactor
         self.master = master
         self.name = name
@@ -180,13 +183,8 @@ class ControllerLink(Service):
         if not self.running:
             return
         host, port = self.master
-        factory = pb.PBClientFactory()
-        endpoint = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=10)
-        d = endpoint.connect(factory)
-        d.addCallback(lambda _: factory.login(
-            credentials.UsernamePassword(f"agent:{self.name}".encode(), self.secret), client=self.mind
-        ))
-        d.addCallback(self._logged_in)
+        d = dial.login(self.reactor, host, port, f"agent:{self.name}", self.secret, self.tls_ca, mind=self.mind)
+        d.addCallback(lambda result: self._logged_in(result[1]))
         d.addErrback(self._failed)
 
     @defer.inlineCallbacks
@@ -208,7 +206,7 @@ class ControllerLink(Service):
             self._schedule()
 
     def _failed(self, f: Failure) -> None:
-        if f.check(cred_error.UnauthorizedLogin):
+        if dial.is_unauthorized(f.value):
             fatal(self.reactor, f"{PROG}: the controller refused our login: wrong control secret")
             return
         self._schedule(f)

@@ -15,7 +15,6 @@ from typing import Any, Sequence
 from connscale.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
-UNAUTHORIZED = "twisted.cred.error.UnauthorizedLogin"
 
 
 def load_or_exit(path: str | None, overrides: dict[str, object] | None = None) -> Config:
@@ -108,7 +107,7 @@ def ctl(argv: Sequence[str]) -> int:
         "client-stop": ("client_stop", (getattr(args, "name", None),)),
     }
     method, call_args = calls[args.verb]
-    status, result = operator_call(host, port, secret, method, *call_args)
+    status, result = operator_call(host, port, secret, method, *call_args, tls_ca=cfg.control.tls_ca)
     if status != EXIT_OK:
         sys.stderr.write(f"connscale ctl: {result}\n")
         return status
@@ -127,34 +126,24 @@ def ctl(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def operator_call(host: str, port: int, secret: bytes, method: str, *args: Any) -> tuple[int, Any]:
+def operator_call(host: str, port: int, secret: bytes, method: str, *args: Any,
+                  tls_ca: str | None = None) -> tuple[int, Any]:
     """Log in as operator, make one call, return (exit status, result or message)."""
-    from twisted.internet import defer, endpoints, task
-    from twisted.cred import credentials, error as cred_error
-    from twisted.spread import pb
+    from twisted.internet import defer, task
+
+    from connscale import dial
 
     outcome: list[tuple[int, Any]] = []
 
     @defer.inlineCallbacks
     def main(reactor: Any):  # type: ignore[no-untyped-def]
-        factory = pb.PBClientFactory()
         try:
-            yield endpoints.HostnameEndpoint(reactor, host, port, timeout=10).connect(factory)
+            factory, perspective = yield dial.login(reactor, host, port, "operator", secret, tls_ca)
         except Exception as e:
-            outcome.append((EXIT_UNREACHABLE, f"cannot reach the controller at {host}:{port}: {e}"))
-            return
-        try:
-            perspective = yield factory.login(credentials.UsernamePassword(b"operator", secret))
-        except Exception as e:
-            # A refused login arrives as a copy of the remote UnauthorizedLogin.
-            remote_type = getattr(e, "remoteType", b"")
-            if isinstance(remote_type, bytes):
-                remote_type = remote_type.decode("ascii", "replace")
-            if isinstance(e, cred_error.UnauthorizedLogin) or remote_type == UNAUTHORIZED:
+            if dial.is_unauthorized(e):
                 outcome.append((EXIT_AUTH, "the controller refused our login: wrong control secret"))
             else:
-                outcome.append((EXIT_UNREACHABLE, f"login to the controller at {host}:{port} failed: {e}"))
-            factory.disconnect()
+                outcome.append((EXIT_UNREACHABLE, f"cannot reach the controller at {host}:{port}: {e}"))
             return
         try:
             result = yield perspective.callRemote(method, *args)

@@ -508,6 +508,7 @@ class ControlSettings:
     listen: str = _setting("tcp:8790:interface=127.0.0.1", _endpoint)
     secret: str | None = _setting(None, _optional(_secret), secret=True)
     secret_file: str | None = _setting(None, _optional(_readable_file))
+    tls_ca: str | None = _setting(None, _optional(_readable_file))  # CA that signed an ssl: hub's cert
     console: Literal["ssh", "telnet", "none"] = _setting("ssh", _choice("ssh", "telnet", "none"))
     console_listen: str = _setting("tcp:8791:interface=127.0.0.1", _endpoint)
     console_keys: str | None = _setting(None, _optional(_path))  # None = ~/.ssh/authorized_keys

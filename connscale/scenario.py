@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import attrs
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, task
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -135,15 +135,12 @@ class Run:
     # -- controller ------------------------------------------------------------------
     @defer.inlineCallbacks
     def login(self, host: str, port: int, deadline: float):  # type: ignore[no-untyped-def]
-        from twisted.cred import credentials
-        from twisted.spread import pb
+        from connscale import dial
 
         while True:
-            self.factory = pb.PBClientFactory()
             try:
-                yield endpoints.HostnameEndpoint(self.reactor, host, port, timeout=5).connect(self.factory)
-                self.perspective = yield self.factory.login(
-                    credentials.UsernamePassword(b"operator", self.secret.encode())
+                self.factory, self.perspective = yield dial.login(
+                    self.reactor, host, port, "operator", self.secret.encode(), self.cfg.control.tls_ca, timeout=5
                 )
                 return
             except Exception:

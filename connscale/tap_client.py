@@ -54,7 +54,9 @@ class Options(ConfigOptions):
     }
     optFlags = [["lifeline", None, "Exit when stdin closes (used by ssh launch)."]]
     repeatable = ("source-ip",)
-    opt_source_ip = repeat_option("source-ip")
+    opt_source_ip = repeat_option(
+        "source-ip", "Source address(es): list or range 127.0.0.2-127.0.0.9; repeatable [client.source_ips]."
+    )
 
 
 class PoolService(Service):

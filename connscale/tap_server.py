@@ -47,7 +47,7 @@ class Options(ConfigOptions):
         "run-dir": "run.dir",
     }
     repeatable = ("port",)
-    opt_port = repeat_option("port")
+    opt_port = repeat_option("port", "Port(s) to listen on: 8989, 8989-8992 or 8989,8990; repeatable [server.ports].")
     opt_p = opt_port
 
 

@@ -53,13 +53,13 @@ class ConfigOptions(usage.Options):
             raise SystemExit(2) from None
 
 
-def repeat_option(name: str):  # type: ignore[no-untyped-def]
+def repeat_option(name: str, doc: str):  # type: ignore[no-untyped-def]
     """An `opt_<name>` method that accumulates repeated values."""
 
     def opt(self: ConfigOptions, value: str) -> None:
         self.repeated.setdefault(name, []).append(value)
 
-    opt.__doc__ = f"(repeatable) see README for --{name}"
+    opt.__doc__ = doc
     return opt
 
 

@@ -174,7 +174,7 @@ def test_defaults_match_spec():
     assert config.client == ClientSettings(
         "127.0.0.1", (8989,), 1000, 2000.0, 5.0, 1.0, (), "line", "auto", 14000, 5.0, None, None)
     assert config.control == ControlSettings(
-        "tcp:8790:interface=127.0.0.1", None, None, "ssh", "tcp:8791:interface=127.0.0.1", None, "admin")
+        "tcp:8790:interface=127.0.0.1", None, None, None, "ssh", "tcp:8791:interface=127.0.0.1", None, "admin")
     assert config.clients == {}
     assert config.scenario == ScenarioSettings(50000, 2000.0, 5, 5.0, 10.0, 0, 110.0)
     assert config.run == RunSettings("runs")

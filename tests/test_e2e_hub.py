@@ -211,3 +211,59 @@ def test_console_over_real_ssh_scales_a_client(hub, tmp_path):
             if session.poll() is None:
                 session.kill()
                 session.wait(timeout=5)
+
+
+def make_tls_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA and a hub certificate for 127.0.0.1 signed by it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "connscale test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = tmp / "ca.pem", tmp / "hub.crt", tmp / "hub.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_control_plane_over_tls(hub, tmp_path):
+    ca, crt, key = make_tls_files(tmp_path)
+    h = hub()
+    text = h.config.read_text().replace(
+        f"listen: tcp:{h.control}:interface=127.0.0.1",
+        f"listen: ssl:{h.control}:privateKey={key}:certKey={crt}:interface=127.0.0.1\n  tls_ca: {ca}",
+    )
+    h.config.write_text(text)
+    h.start()
+    with h.agent("a1") as agent:
+        agent.wait_line("registered with controller", 30)
+        assert h.ctl("start", "50", "--client", "a1").returncode == 0
+        h.wait_count(50, "a1")
+    # A client that does not trust the hub's certificate is refused.
+    plain = tmp_path / "untrusting.yaml"
+    other_ca = make_tls_files(tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path)[0]
+    plain.write_text(text.replace(f"tls_ca: {ca}", f"tls_ca: {other_ca}"))
+    r = subprocess.run(connscale("ctl", "--config", str(plain), "count"), capture_output=True, text=True,
+                       env=dict(os.environ, **h.env), timeout=30)
+    assert r.returncode == 3, r.stderr
