@@ -73,7 +73,7 @@ class Agent(MultiService):
         spec = {"interval": c.interval, "timeout": c.timeout, "rate": c.rate, "framing": c.framing}
         self.report_rtt = RttAccumulator()
         self.supervisor = Supervisor(reactor, "client", spec, self.name, on_rtt=self.report_rtt.add)
-        self.status = StatusService(reactor, c.status_interval, self.supervisor.totals, with_rtt=True)
+        self.status = StatusService(reactor, c.status_interval, self.supervisor.totals, with_rtt=True, final=False)
         self.supervisor.rtt_listeners.append(self.status.rtt.add)
         self.status.setServiceParent(self)
         self._poll = LoopingCall(self.supervisor.poll)
@@ -138,10 +138,14 @@ class Agent(MultiService):
         )
 
     def stopService(self):  # type: ignore[no-untyped-def]
+        # First of all: workers exiting from here on are being stopped, not lost.
+        self.supervisor.stopping = True
         if self._poll.running:
             self._poll.stop()
         d = defer.maybeDeferred(super().stopService)
-        return d.addCallback(lambda _: self.supervisor.stop())
+        d.addCallback(lambda _: self.supervisor.stop())
+        d.addCallback(lambda _: self.status.tick())
+        return d
 
 
 class ControllerLink(Service):

@@ -51,6 +51,7 @@ class AgentHandle:
     launch: Any = None  # launch.LaunchedAgent when started over ssh
     registered: list[defer.Deferred[None]] = attrs.Factory(list)
     losses: int = 0
+    lock: defer.DeferredLock = attrs.Factory(defer.DeferredLock)
 
     @property
     def target(self) -> int:
@@ -144,6 +145,8 @@ class Controller:
             return pb.IPerspective, avatar, lambda: self.agent_detached(name, mind)
         if kind == "operator":
             return pb.IPerspective, OperatorAvatar(self), lambda: None
+        if kind == "agent":
+            raise cred_error.UnauthorizedLogin("an agent login needs a name and a mind to take orders")
         raise cred_error.UnauthorizedLogin(f"unknown role {kind!r}")
 
     # -- agents ----------------------------------------------------------------
@@ -178,9 +181,20 @@ class Controller:
             self.reactor.callLater(0, self._restore, agent)
         return {"target": agent.target}
 
+    @staticmethod
+    def _serial(agent: AgentHandle, order: Callable[[], defer.Deferred[int]]) -> defer.Deferred[int]:
+        """Run `order` once the agent's previous orders are done.
+
+        The result is a fresh Deferred that fires only with the final value, so
+        the console shows it when it arrives instead of an intermediate chain.
+        """
+        result: defer.Deferred[int] = defer.Deferred()
+        agent.lock.run(order).chainDeferred(result)
+        return result
+
     def _restore(self, agent: AgentHandle) -> None:
         if agent.connected:
-            self.set_agent_target(agent, agent.target).addErrback(
+            self._serial(agent, lambda: self.set_agent_target(agent, agent.target)).addErrback(
                 lambda f: self.note(f"agent {agent.name}: restoring target {agent.target} failed: {f.getErrorMessage()}")
             )
 
@@ -260,18 +274,25 @@ class Controller:
                 raise ControlError("n must be >= 0")
         except ControlError as e:
             return defer.fail(e)
-        return self.set_agent_target(agent, agent.target + int(n))
+        # Orders for one agent run one at a time, each from the target the
+        # previous one left (console and ctl may overlap).
+        return self._serial(agent, lambda: self.set_agent_target(agent, agent.target + int(n)))
 
     def connections_stop(self, n: int, client: str | None = None) -> defer.Deferred[int]:
         """Close n connections on a client (most loaded workers first); returns its new target."""
         try:
             agent = self._agent(client)
+            if int(n) < 0:
+                raise ControlError("n must be >= 0")
         except ControlError as e:
             return defer.fail(e)
-        return self.set_agent_target(agent, max(0, agent.target - int(n)))
+        return self._serial(agent, lambda: self.set_agent_target(agent, max(0, agent.target - int(n))))
 
     def set_rate(self, rate: float, client: str | None = None) -> defer.Deferred[None]:
-        agents = [self._agent(client)] if client else [a for a in self.agents.values() if a.connected]
+        try:
+            agents = [self._agent(client)] if client else [a for a in self.agents.values() if a.connected]
+        except ControlError as e:
+            return defer.fail(e)
         return defer.gatherResults([self._call(a, "set_rate", float(rate)) for a in agents]).addCallback(
             lambda _: None
         )
@@ -360,7 +381,10 @@ class Controller:
         self.timeline.write(record)
 
     def client_totals(self) -> Snapshot:
-        return sum_snapshots(Snapshot.from_dict(a.last.get("totals", {})) for a in self.agents.values() if a.last)
+        # A disconnected agent's last report is history, not connections held.
+        return sum_snapshots(
+            Snapshot.from_dict(a.last.get("totals", {})) for a in self.agents.values() if a.last and a.connected
+        )
 
     def server_totals(self) -> Snapshot:
         return self.servers.totals() if self.servers is not None else Snapshot()

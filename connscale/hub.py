@@ -61,6 +61,7 @@ class HubService(MultiService):
         self.controller = controller
         self.servers = servers
         self.workers = workers
+        self.status: StatusService | None = None
         self._tick = LoopingCall(controller.tick)
         self._tick.clock = reactor
 
@@ -76,11 +77,15 @@ class HubService(MultiService):
         self._tick.start(POLL_INTERVAL, now=False)
 
     def stopService(self):  # type: ignore[no-untyped-def]
+        # First of all: workers exiting from here on are being stopped, not lost.
+        self.servers.stopping = True
         if self._tick.running:
             self._tick.stop()
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.controller.tick())
         d.addCallback(lambda _: self.servers.stop())
+        if self.status is not None:
+            d.addCallback(lambda _: self.status.tick())
         if self.controller.timeline is not None:
             d.addBoth(lambda r: (self.controller.timeline.close(), r)[1])  # type: ignore[union-attr]
         return d
@@ -212,7 +217,8 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     hub = HubService(reactor, controller, servers, workers)
     hub.controller = controller
     ListeningEndpoint(reactor, cfg.control.listen, pb.PBServerFactory(controller.portal()), "control.listen").setServiceParent(hub)
-    StatusService(reactor, s.status_interval, servers.totals, with_rtt=False).setServiceParent(hub)
+    hub.status = StatusService(reactor, s.status_interval, servers.totals, with_rtt=False, final=False)
+    hub.status.setServiceParent(hub)
     default_keys = os.path.expanduser("~/.ssh/authorized_keys")
     if cfg.control.console == "ssh" and cfg.control.console_keys is None and not os.path.exists(default_keys):
         log.warn(

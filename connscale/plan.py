@@ -111,6 +111,9 @@ def assign(
     quotas = route_quotas(routes, workers, tuple_cap)
     caps = [min(per_worker(b), sum(r.quota for r in q)) for b, q in zip(budgets, quotas)]
     now = list(current[:workers]) + [0] * (workers - len(current))
+    # More workers means smaller per-worker route shares: what a worker holds
+    # beyond its new share moves to the others instead of overflowing a tuple.
+    now = [min(t, c) for t, c in zip(now, caps)]
     have = sum(now)
     if target >= have:
         room = [max(0, c - t) for c, t in zip(caps, now)]

@@ -48,6 +48,9 @@ class Route:
     port: int
     quota: int = 14_000
 
+    def key(self) -> tuple[str | None, str, int]:
+        return (self.src, self.host, self.port)
+
     def label(self) -> str:
         return f"{self.src or '*'}->{self.host}:{self.port}"
 
@@ -156,17 +159,20 @@ class ConnectionPool:
             self.stop(-delta)
 
     def set_routes(self, routes: Sequence[Route]) -> None:
-        """Replace the route table; connections already open keep their slot."""
-        old = {r: load for r, load in zip(self.routes, self.route_load)}
+        """Replace the route table; connections already open keep their route.
+
+        Routes are matched by tuple (source, host, port), not by quota: the
+        controller changes quotas whenever the number of workers changes.
+        """
+        old_keys = [r.key() for r in self.routes]
         self.routes = list(routes)
-        self.route_load = [old.get(r, 0) for r in self.routes]
-        if self._conns and old:
-            # Re-index live connections onto the new table by identity of route.
-            index = {r: i for i, r in enumerate(self.routes)}
-            prev = list(old)
-            for conn in self._conns:
-                if 0 <= conn.route < len(prev):
-                    conn.route = index.get(prev[conn.route], -1)
+        index = {r.key(): i for i, r in enumerate(self.routes)}
+        self.route_load = [0] * len(self.routes)
+        for conn in self._conns:
+            if 0 <= conn.route < len(old_keys):
+                conn.route = index.get(old_keys[conn.route], -1)
+                if conn.route >= 0:
+                    self.route_load[conn.route] += 1
         self._next_route = 0
         self._quota_warned = False
 

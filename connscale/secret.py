@@ -71,9 +71,12 @@ def hub_secret(control: ControlSettings, env: Mapping[str, str] = os.environ) ->
             "control.secret_file or CONNSCALE_SECRET first"
         )
     path = default_secret_path(env)
-    if path.exists():
+    if path.exists() and path.stat().st_size:
         return read_secret_file(path), str(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    if path.exists():
+        path.unlink()  # empty: a crash between create and write; make a new one
     value = secrets.token_urlsafe(32).encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:

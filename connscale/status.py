@@ -29,7 +29,9 @@ class StatusService(Service):
         snapshot: Callable[[], Snapshot],
         with_rtt: bool,
         emit: Callable[[str], None] | None = None,
+        final: bool = True,
     ) -> None:
+        self.final = final
         self.clock = clock
         self.interval = interval
         self.snapshot = snapshot
@@ -57,5 +59,7 @@ class StatusService(Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        # One last line, so a run's final numbers are in the log.
-        self.tick()
+        # One last line, so a run's final numbers are in the log. Owners that
+        # drain connections on the way down pass final=False and tick after.
+        if self.final:
+            self.tick()

@@ -112,7 +112,7 @@ class Supervisor:
         lived = self.reactor.seconds() - slot.started_at
         slot.delay = self.restart_delay if lived > 30 or not slot.delay else min(slot.delay * 2, 30.0)
         message = (
-            f"{child.name} (pid {child.pid}) lost: {reason.getErrorMessage()}; "
+            f"{child.name} (pid {child.pid}) lost: {reason.getErrorMessage().rstrip('.')}; "
             f"{held} connections lost with it; restarting in {slot.delay:g}s"
         )
         self.events.append(message)
@@ -129,7 +129,7 @@ class Supervisor:
     def stop(self, grace: float = 5.0) -> defer.Deferred[None]:
         """Drain connections, then end every worker (by the pid we started)."""
         self.stopping = True
-        live = [s for s in self.slots if s.child is not None]
+        live = [s for s in self.slots if s.child is not None and not s.child.ended]
         if not live:
             return defer.succeed(None)
         waits = []

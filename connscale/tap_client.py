@@ -62,9 +62,10 @@ class Options(ConfigOptions):
 class PoolService(Service):
     """Holds `target` connections in this process while running."""
 
-    def __init__(self, pool: ConnectionPool, target: int) -> None:
+    def __init__(self, pool: ConnectionPool, target: int, status: StatusService) -> None:
         self.pool = pool
         self.target = target
+        self.status = status
 
     def startService(self) -> None:
         super().startService()
@@ -72,7 +73,8 @@ class PoolService(Service):
 
     def stopService(self):  # type: ignore[no-untyped-def]
         super().stopService()
-        return self.pool.close_all()
+        # The last status line shows the numbers after every connection closed.
+        return self.pool.close_all().addCallback(lambda _: self.status.tick())
 
 
 def route_quota(per_route_max: int) -> int:
@@ -111,8 +113,9 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
         reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing), routes
     )
     top = MultiService()
-    PoolService(pool, c.connections).setServiceParent(top)
-    StatusService(reactor, c.status_interval, pool.counters.snapshot, with_rtt=True).setServiceParent(top)
+    status = StatusService(reactor, c.status_interval, pool.counters.snapshot, with_rtt=True, final=False)
+    status.setServiceParent(top)
+    PoolService(pool, c.connections, status).setServiceParent(top)
     log.info(
         "{prog}: {n} connections to {host} ports {ports} over {routes} routes at {rate}/s, "
         "interval {interval}s, timeout {timeout}s",

@@ -106,7 +106,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"{name}: {e}\n")
         sys.exit(3)
     serve_stdio(reactor, root, lambda: reactor.stop() if reactor.running else None)
-    reactor.run()  # type: ignore[attr-defined]
+    # Only the parent stops a worker: a Ctrl-C or a signal to the parent's
+    # process group must not look like a crash. A parent that dies closes our
+    # stdin, and the orphan guard ends us then.
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

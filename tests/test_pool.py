@@ -28,7 +28,8 @@ class FakeTransport(StringTransport):
 
 
 class Harness:
-    def __init__(self, routes=None, auto_connect=True, **settings):
+    def __init__(self, routes=None, auto_connect=True, immediate=False, **settings):
+        self.immediate = immediate
         self.clock = Clock()
         self.clock.advance(1000)
         self.dialed = []
@@ -42,7 +43,9 @@ class Harness:
     def dial(self, route, conn):
         t = FakeTransport(conn)
         self.dialed.append((route, conn, t))
-        if self.auto_connect:
+        if self.immediate:
+            conn.makeConnection(t)
+        elif self.auto_connect:
             self.clock.callLater(0, lambda: conn.makeConnection(t))
         return t
 
@@ -220,3 +223,16 @@ def test_close_all_fires_when_drained():
     h.run(0.05)
     d = h.pool.close_all()
     assert d.called and h.pool.count() == 0
+
+
+def test_hundred_thousand_connections_share_one_timer():
+    h = Harness(routes=[Route(None, "127.0.0.1", 8989, quota=100_000)], immediate=True,
+                rate=1_000_000, interval=5.0, timeout=1.0)
+    h.pool.start(100_000)
+    h.run(0.2, step=0.01)
+    assert h.pool.count() == 100_000
+    # The pacer is done; what remains is the wheel's single DelayedCall.
+    assert len(h.clock.getDelayedCalls()) == 1
+    h.run(5.0, step=0.05)
+    assert h.pool.counters.pings == 100_000
+    assert len(h.clock.getDelayedCalls()) == 1

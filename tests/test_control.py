@@ -1,0 +1,453 @@
+"""control: PB logins, agent registration and the orders the controller gives.
+
+Everything runs over in-memory PB connections (twisted.test.iosim) with a
+fake clock, so no reactor runs and no socket is opened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.cred import credentials, error as cred_error
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.spread import pb
+from twisted.test import iosim
+
+from connscale import control as control_mod
+from connscale.config import parse_config
+from connscale.control import ControlError, Controller, describe_failure
+from connscale.timeline import Timeline, read_timeline
+
+SECRET = b"sesame-open-up"
+
+
+# ---------------------------------------------------------------- harness
+
+
+class FakeMind(pb.Referenceable):
+    """An agent's mind: records orders, answers with canned data."""
+
+    def __init__(self, budget: int = 19900, workers: int = 0) -> None:
+        self.budget = budget
+        self.workers = workers
+        self.ensure_calls: list[int] = []
+        self.applied: list[list[Any]] = []
+        self.rates: list[float] = []
+        self.shutdowns = 0
+        self.report: dict[str, Any] = {
+            "totals": {"open": 0, "opened": 0, "closed": 0, "pings": 0, "pongs": 0, "skipped": 0,
+                       "failures": {}, "protocol": {}},
+            "rtt": "",
+            "workers": [],
+            "connecting": 0,
+            "events": [],
+        }
+        # Set to a Deferred to hold `apply` answers back (simulates a slow agent).
+        self.hold_apply: defer.Deferred[None] | None = None
+
+    def remote_ensure_workers(self, count: int) -> list[int]:
+        self.ensure_calls.append(count)
+        self.workers = max(self.workers, count)
+        return [self.budget] * self.workers
+
+    def remote_apply(self, rows: list[Any]) -> Any:
+        self.applied.append(rows)
+        return self.hold_apply
+
+    def remote_report(self) -> dict[str, Any]:
+        return self.report
+
+    def remote_set_rate(self, rate: float) -> None:
+        self.rates.append(rate)
+
+    def remote_shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+class Link:
+    """One in-memory PB connection to the controller's portal."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.server_factory = pb.PBServerFactory(controller.portal())
+        self.client_factory = pb.PBClientFactory()
+        self.perspective: Any = None
+        self.client, self.server, self.pump = iosim.connectedServerAndClient(
+            lambda: self.server_factory.buildProtocol(None),
+            lambda: self.client_factory.buildProtocol(None),
+        )
+
+    def login(self, user: bytes, secret: bytes = SECRET, mind: Any = None) -> Any:
+        d = self.client_factory.login(credentials.UsernamePassword(user, secret), client=mind)
+        # Held: PB logs an avatar out as soon as the client drops its perspective.
+        self.perspective = self.wait(d)
+        return self.perspective
+
+    def wait(self, d: defer.Deferred[Any]) -> Any:
+        """Pump until `d` fires; return its result or the Failure."""
+        self.pump.flush()
+        assert d.called, "no answer over the in-memory connection"
+        out: list[Any] = []
+        d.addBoth(out.append)
+        return out[0]
+
+    def drop(self) -> None:
+        self.client.transport.loseConnection()
+        self.pump.flush()
+
+
+def make_cfg(server: str = "127.0.0.1:8989-8990", **client: Any):  # type: ignore[no-untyped-def]
+    return parse_config({"client": {"server": server, **client}, "control": {"secret": SECRET.decode()}})
+
+
+def agent_info(**extra: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {"host": "loadgen-1", "pid": 4242, "cores": 4, "budget": 19900, "source_ips": [],
+                            "ephemeral": 28232, "configured_workers": "auto", "workers": 0,
+                            "worker_targets": []}
+    info.update(extra)
+    return info
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def controller(clock: Clock) -> Controller:
+    return Controller(clock, make_cfg(), SECRET)
+
+
+def register(controller: Controller, name: str = "x", mind: FakeMind | None = None,
+             **info: Any) -> tuple[Link, FakeMind, Any]:
+    mind = mind if mind is not None else FakeMind()
+    link = Link(controller)
+    perspective = link.login(f"agent:{name}".encode(), mind=mind)
+    assert not isinstance(perspective, Failure), perspective
+    answer = link.wait(perspective.callRemote("register", agent_info(**info)))
+    assert not isinstance(answer, Failure), answer
+    return link, mind, answer
+
+
+def run(link: Link, d: defer.Deferred[Any]) -> Any:
+    return link.wait(d)
+
+
+def row_total(rows: list[Any]) -> int:
+    return sum(int(t) for t, _ in rows)
+
+
+# ---------------------------------------------------------------- logins
+
+
+def test_operator_login_with_right_secret(controller: Controller) -> None:
+    link = Link(controller)
+    perspective = link.login(b"operator")
+    assert isinstance(perspective, pb.RemoteReference)
+    assert link.wait(perspective.callRemote("clients")) == []
+
+
+def test_login_with_wrong_secret_is_refused(controller: Controller) -> None:
+    link = Link(controller)
+    result = link.login(b"operator", secret=b"not-the-secret")
+    assert isinstance(result, Failure)
+    assert result.check(cred_error.UnauthorizedLogin)
+    assert describe_failure(result) == "wrong control secret (login refused)"
+    result = Link(controller).login(b"agent:x", secret=b"not-the-secret", mind=FakeMind())
+    assert isinstance(result, Failure) and result.check(cred_error.UnauthorizedLogin)
+    assert controller.agents == {}
+
+
+def test_unknown_role_is_refused(controller: Controller) -> None:
+    result = Link(controller).login(b"janitor")
+    assert isinstance(result, Failure)
+    assert result.check(cred_error.UnauthorizedLogin)
+
+
+def test_agent_without_mind_is_refused(controller: Controller) -> None:
+    result = Link(controller).login(b"agent:x", mind=None)
+    assert isinstance(result, Failure)
+
+
+def test_request_avatar_id_checks_hashed_password(controller: Controller) -> None:
+    # The same check outside PB: a plain UsernamePassword provides checkPassword too.
+    ok = controller.requestAvatarId(credentials.UsernamePassword(b"operator", SECRET))
+    assert ok.result == b"operator"
+    bad = controller.requestAvatarId(credentials.UsernamePassword(b"operator", b"wrong"))
+    failures: list[Failure] = []
+    bad.addErrback(failures.append)
+    assert failures and failures[0].check(cred_error.UnauthorizedLogin)
+
+
+# ---------------------------------------------------------------- registration
+
+
+def test_register_lists_the_agent(controller: Controller) -> None:
+    link, mind, answer = register(controller)
+    assert answer == {"target": 0}
+    assert controller.clients() == [
+        {"name": "x", "connected": True, "host": "loadgen-1", "pid": 4242, "workers": 0, "target": 0,
+         "open": 0, "launched": False}
+    ]
+    assert any("agent x registered from loadgen-1" in e for e in controller.events)
+
+
+def test_operator_sees_agents_over_pb(controller: Controller) -> None:
+    register(controller)
+    op = Link(controller)
+    perspective = op.login(b"operator")
+    clients = op.wait(perspective.callRemote("clients"))
+    assert [c["name"] for c in clients] == ["x"] and clients[0]["connected"] is True
+
+
+def test_connections_start_and_stop(controller: Controller) -> None:
+    link, mind, _ = register(controller)
+    target = run(link, controller.connections_start(25000, "x"))
+    assert target == 25000
+    # budget 19900 -> 18905 per worker -> two workers for 25000
+    assert mind.ensure_calls == [2]
+    rows = mind.applied[-1]
+    assert row_total(rows) == 25000
+    assert [int(t) for t, _ in rows] == [12500, 12500]
+    for _, routes in rows:
+        # Every worker gets every configured route, a share of the tuple capacity.
+        assert [(src, host, port) for src, host, port, _ in routes] == [("", "127.0.0.1", 8989), ("", "127.0.0.1", 8990)]
+        assert [quota for *_, quota in routes] == [7000, 7000]
+    for i in range(2):
+        assert sum(routes[i][3] for _, routes in rows) == 14000  # each tuple's shares: its full cap
+    assert controller.agents["x"].worker_targets == [12500, 12500]
+    assert controller.clients()[0]["target"] == 25000 and controller.clients()[0]["workers"] == 2
+
+    target = run(link, controller.connections_stop(5000, "x"))
+    assert target == 20000
+    assert row_total(mind.applied[-1]) == 20000
+    assert [int(t) for t, _ in mind.applied[-1]] == [10000, 10000]
+    assert mind.ensure_calls == [2, 2]  # never fewer workers than it has
+
+
+def test_connections_without_client_name_when_one_agent(controller: Controller) -> None:
+    link, mind, _ = register(controller)
+    assert run(link, controller.connections_start(10)) == 10
+    assert run(link, controller.connections_stop(100)) == 0
+    assert row_total(mind.applied[-1]) == 0
+
+
+def test_orders_over_operator_pb(controller: Controller) -> None:
+    agent_link, mind, _ = register(controller)
+    op = Link(controller)
+    perspective = op.login(b"operator")
+    # operator -> controller -> agent -> controller -> operator: pump both links.
+    d = perspective.callRemote("connections_start", 300, "x")
+    for _ in range(10):
+        op.pump.flush()
+        agent_link.pump.flush()
+    assert d.called and d.result == 300
+    assert row_total(mind.applied[-1]) == 300
+    d = perspective.callRemote("connections_stop", 100, "x")
+    for _ in range(10):
+        op.pump.flush()
+        agent_link.pump.flush()
+    assert d.result == 200
+
+
+def test_capacity_limited_by_routes_is_noted(clock: Clock) -> None:
+    controller = Controller(clock, make_cfg(server="127.0.0.1:8989"), SECRET)
+    link, mind, _ = register(controller)
+    target = run(link, controller.connections_start(25000, "x"))
+    # One route of 14000: the plan holds what the tuple allows and says so.
+    assert target == 14000
+    assert row_total(mind.applied[-1]) == 14000
+    assert any("exceed what its routes allow (14000)" in e for e in controller.events)
+
+
+def test_source_ips_from_agent_info(controller: Controller) -> None:
+    link, mind, _ = register(controller, source_ips=["10.0.0.1", "10.0.0.2"])
+    run(link, controller.connections_start(100, "x"))
+    _, routes = mind.applied[-1][0]
+    assert sorted({r[0] for r in routes}) == ["10.0.0.1", "10.0.0.2"]
+    assert len(routes) == 4  # 2 sources x 2 ports
+
+
+def test_tuple_cap_is_limited_by_the_agents_ephemeral_range(controller: Controller) -> None:
+    link, mind, _ = register(controller, ephemeral=1000)
+    target = run(link, controller.connections_start(5000, "x"))
+    assert target == 2000  # 2 routes x min(14000, 1000)
+
+
+def test_unknown_client_is_a_control_error(controller: Controller) -> None:
+    link, _, _ = register(controller)
+    for d in (controller.connections_start(10, "nope"), controller.connections_stop(10, "nope"),
+              controller.count_connections("nope")):
+        f = run(link, d)
+        assert isinstance(f, Failure) and f.check(ControlError)
+        assert f.getErrorMessage() == "no connected agent named 'nope' (connected: x)"
+
+
+def test_no_client_name_with_two_agents_is_a_control_error(controller: Controller) -> None:
+    link, _, _ = register(controller, "b")
+    register(controller, "a")
+    f = run(link, controller.connections_start(10))
+    assert isinstance(f, Failure) and f.check(ControlError)
+    assert f.getErrorMessage() == "say which client: connected agents are a, b"
+
+
+def test_negative_start_is_refused(controller: Controller) -> None:
+    link, mind, _ = register(controller)
+    f = run(link, controller.connections_start(-5, "x"))
+    assert isinstance(f, Failure) and "n must be >= 0" in f.getErrorMessage()
+    assert mind.applied == []
+
+
+def test_negative_stop_is_refused(controller: Controller) -> None:
+    link, mind, _ = register(controller)
+    run(link, controller.connections_start(100, "x"))
+    f = run(link, controller.connections_stop(-50, "x"))
+    assert isinstance(f, Failure)
+    assert controller.agents["x"].target == 100
+
+
+def test_control_error_crosses_pb_as_one_line(controller: Controller) -> None:
+    register(controller)
+    op = Link(controller)
+    perspective = op.login(b"operator")
+    f = op.wait(perspective.callRemote("connections_start", 5, "nope"))
+    assert isinstance(f, Failure)
+    assert describe_failure(f) == "no connected agent named 'nope' (connected: x)"
+
+
+# ---------------------------------------------------------------- disconnects and re-registration
+
+
+def test_agent_disconnect_marks_it_not_connected(controller: Controller) -> None:
+    link, mind, _ = register(controller)
+    run(link, controller.connections_start(300, "x"))
+    mind.report["totals"]["open"] = 280
+    run(link, controller.poll())
+    link.drop()
+    agent = controller.agents["x"]
+    assert agent.connected is False and agent.mind is None and agent.losses == 1
+    assert controller.clients()[0]["connected"] is False
+    assert controller.clients()[0]["target"] == 300  # remembered for a re-registration
+    assert any("agent x disconnected; it held 280 connections" in e for e in controller.events)
+    f = controller.connections_start(1, "x")
+    failures: list[Failure] = []
+    f.addErrback(failures.append)
+    assert failures and failures[0].check(ControlError)
+
+
+def test_reregister_adopts_worker_targets(controller: Controller) -> None:
+    link, mind, _ = register(controller)
+    run(link, controller.connections_start(300, "x"))
+    link.drop()
+    # The agent kept its workers (hub or network blip) and says what they hold.
+    link2, mind2, answer = register(controller, worker_targets=[100, 250], workers=2)
+    assert answer == {"target": 350}
+    assert controller.agents["x"].worker_targets == [100, 250]
+    assert controller.agents["x"].connected is True
+    assert controller.clients()[0]["workers"] == 2
+    run(link2, controller.connections_start(50, "x"))
+    assert row_total(mind2.applied[-1]) == 400
+    assert all(int(t) >= c for (t, _), c in zip(mind2.applied[-1], [100, 250]))
+    assert mind.applied and len(mind.applied) == 1  # the old mind got nothing more
+
+
+def test_register_twice_replaces_older_session(controller: Controller) -> None:
+    link1, mind1, _ = register(controller)
+    link2, mind2, _ = register(controller)
+    assert any("registered again" in e for e in controller.events)
+    # The older session ending must not mark the new one disconnected.
+    link1.drop()
+    assert controller.agents["x"].connected is True
+    assert controller.agents["x"].losses == 0
+    run(link2, controller.connections_start(10, "x"))
+    assert mind2.applied and not mind1.applied
+
+
+def test_wait_registered(controller: Controller) -> None:
+    d = controller.wait_registered("x")
+    assert not d.called
+    register(controller)
+    assert d.called
+    assert controller.wait_registered("x").called
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_count_and_stats_from_agent_reports(controller: Controller, tmp_path: Path) -> None:
+    link, mind, _ = register(controller)
+    mind.report["totals"].update(open=42, opened=50, closed=8, failures={"connect:ECONNREFUSED": 3})
+    mind.report["connecting"] = 2
+    assert run(link, controller.count_connections("x")) == 42
+    stats = controller.stats()
+    assert stats["client"]["open"] == 42
+    assert stats["client"]["failure_total"] == 3
+    assert stats["clients"]["x"]["connecting"] == 2
+    assert stats["ghosts"] == 42  # no server supervisor in this controller
+    assert stats["server"]["open"] == 0
+    assert stats["rtt_ms"] == {"p50": None, "p90": None, "p99": None, "max": None}
+
+
+def test_count_without_servers_is_zero(controller: Controller) -> None:
+    d = controller.count_connections()
+    assert d.result == 0
+
+
+def test_tick_writes_a_timeline_record(clock: Clock, tmp_path: Path) -> None:
+    tl = Timeline(tmp_path)
+    controller = Controller(clock, make_cfg(), SECRET, timeline=tl)
+    link, mind, _ = register(controller)
+    mind.report["totals"]["open"] = 7
+    clock.advance(3)
+    run(link, controller.tick())
+    tl.close()
+    (record,) = list(read_timeline(tl.path))
+    assert record["client"]["open"] == 7
+    assert record["elapsed_s"] == 3.0
+    assert any("registered" in e for e in record["events"])
+    assert "rtt_window_ms" in record
+    assert controller.events == []
+
+
+def test_concurrent_polls_share_one_round(controller: Controller) -> None:
+    link, mind, _ = register(controller)
+    calls: list[int] = []
+    original = mind.remote_report
+
+    def counting() -> dict[str, Any]:
+        calls.append(1)
+        return original()
+
+    mind.remote_report = counting  # type: ignore[method-assign]
+    a, b = controller.poll(), controller.poll()
+    link.pump.flush()
+    assert a.called and b.called
+    assert len(calls) == 1
+
+
+def test_set_rate_reaches_connected_agents(controller: Controller) -> None:
+    link, mind, _ = register(controller)
+    run(link, controller.set_rate(123.0))
+    assert mind.rates == [123.0]
+
+
+def test_call_timeout_uses_the_given_clock(controller: Controller, clock: Clock) -> None:
+    link, mind, _ = register(controller)
+    # The agent never answers: the order fails after CALL_TIMEOUT on our clock.
+    d = controller.connections_start(10, "x")
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    clock.advance(control_mod.CALL_TIMEOUT + 1)
+    assert failures and failures[0].check(defer.TimeoutError)
+
+
+def test_concurrent_orders_do_not_lose_updates(controller: Controller) -> None:
+    link, mind, _ = register(controller)
+    a = controller.connections_start(100, "x")
+    b = controller.connections_start(100, "x")
+    link.pump.flush()
+    assert a.called and b.called
+    assert controller.agents["x"].target == 200
