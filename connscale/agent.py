@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from connscale import dial, plan
+from connscale.childproc import stop_reactor
 from connscale.config import Config
 from connscale.limits import connection_budget, ephemeral_count, raise_nofile
 from connscale.pool import make_routes
@@ -57,7 +58,7 @@ class AgentMind(pb.Referenceable):
 
     def remote_shutdown(self) -> None:
         log.info("{prog}: shutdown requested by the controller", prog=PROG)
-        self.agent.reactor.callLater(0.1, self.agent.reactor.stop)
+        self.agent.reactor.callLater(0.1, stop_reactor, self.agent.reactor)
 
 
 class Agent(MultiService):
@@ -240,8 +241,7 @@ def fatal(reactor: Any, message: str, code: int = 2) -> None:
         os._exit(code)
 
     reactor.addSystemEventTrigger("after", "shutdown", leave)
-    if reactor.running:
-        reactor.stop()
+    stop_reactor(reactor)
 
 
 class Lifeline(Service):
@@ -259,8 +259,7 @@ class Lifeline(Service):
         class Watch(protocol.Protocol):
             def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
                 log.info("{prog}: stdin closed (launcher gone); exiting", prog=PROG)
-                if reactor.running:
-                    reactor.stop()
+                stop_reactor(reactor)
 
         stdio.StandardIO(Watch(), stdout=os.dup(1), reactor=reactor)
 

@@ -96,6 +96,16 @@ def spawn_python(
     return child
 
 
+def stop_reactor(reactor: object) -> None:
+    """Stop once: the controller's shutdown and the lifeline may both ask."""
+    from twisted.internet.error import ReactorNotRunning
+
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
+
+
 class _OrphanGuard(pb.Broker):
     """A worker whose parent is gone has nobody to report to: it exits."""
 

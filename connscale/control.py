@@ -268,6 +268,13 @@ class Controller:
 
     def connections_start(self, n: int, client: str | None = None) -> defer.Deferred[int]:
         """Open n more connections on a client; returns its new target."""
+        return self._change(client, n, +1)
+
+    def connections_stop(self, n: int, client: str | None = None) -> defer.Deferred[int]:
+        """Close n connections on a client (most loaded workers first); returns its new target."""
+        return self._change(client, n, -1)
+
+    def _change(self, client: str | None, n: int, sign: int) -> defer.Deferred[int]:
         try:
             agent = self._agent(client)
             if int(n) < 0:
@@ -276,17 +283,7 @@ class Controller:
             return defer.fail(e)
         # Orders for one agent run one at a time, each from the target the
         # previous one left (console and ctl may overlap).
-        return self._serial(agent, lambda: self.set_agent_target(agent, agent.target + int(n)))
-
-    def connections_stop(self, n: int, client: str | None = None) -> defer.Deferred[int]:
-        """Close n connections on a client (most loaded workers first); returns its new target."""
-        try:
-            agent = self._agent(client)
-            if int(n) < 0:
-                raise ControlError("n must be >= 0")
-        except ControlError as e:
-            return defer.fail(e)
-        return self._serial(agent, lambda: self.set_agent_target(agent, max(0, agent.target - int(n))))
+        return self._serial(agent, lambda: self.set_agent_target(agent, max(0, agent.target + sign * int(n))))
 
     def set_rate(self, rate: float, client: str | None = None) -> defer.Deferred[None]:
         try:

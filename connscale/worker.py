@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.spread import pb
 
+from connscale.childproc import stop_reactor
 from connscale.limits import connection_budget, process_resources, raise_nofile
 from connscale.pool import ConnectionPool, PoolSettings, Route
 from connscale.server import ListeningService, PingServerFactory, bind_sockets
@@ -43,7 +44,7 @@ class WorkerRoot(pb.Root):
         return data
 
     def remote_exit(self) -> None:
-        self.reactor.callLater(0, self.reactor.stop)
+        self.reactor.callLater(0, stop_reactor, self.reactor)
 
 
 class ServerWorkerRoot(WorkerRoot):
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     except ListenError as e:
         sys.stderr.write(f"{name}: {e}\n")
         sys.exit(3)
-    serve_stdio(reactor, root, lambda: reactor.stop() if reactor.running else None)
+    serve_stdio(reactor, root, lambda: stop_reactor(reactor))
     # Only the parent stops a worker: a Ctrl-C or a signal to the parent's
     # process group must not look like a crash. A parent that dies closes our
     # stdin, and the orphan guard ends us then.

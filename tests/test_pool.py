@@ -2,7 +2,6 @@
 
 import random
 
-import pytest
 from twisted.internet import error
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport

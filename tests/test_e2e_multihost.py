@@ -1,0 +1,308 @@
+"""End to end across hosts: a hub in one network namespace, agents in others.
+
+Every process is real (`connscale server|agent|ctl`, sshd, ssh) and runs
+inside a host of a `TestNetwork` (198.18.0.x on a bridge, no default route),
+so the control plane is exercised over a real non-loopback network exactly
+as between machines: the hub listens on h1's address only, agents dial it
+from h2/h3 and bind their own source addresses, and `connscale ctl` runs
+where the hub is reachable (inside h1).
+
+All waits are bounded and assert on counts, never on timings. Every process
+is stopped by its pid; the network's own cleanup then kills whatever is left
+inside its namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # plain `pytest` (not `python -m pytest`)
+    sys.path.insert(0, _ROOT)
+
+from tests.support.netns import IP_BIN, Host, TestNetwork, netns_available  # noqa: E402
+from tests.support.procs import Proc, connscale  # noqa: E402
+from tests.support.sshd import Sshd, sshd_unavailable_reason  # noqa: E402
+
+pytestmark = [
+    pytest.mark.skipif(not netns_available(), reason="needs root and working `ip netns` (veth, bridge)"),
+    pytest.mark.timeout(180),
+]
+
+# Inside a fresh namespace every port is free; these stay below the hosts'
+# ephemeral range (10000-65000, see netns.DEFAULT_SYSCTLS) so no outgoing
+# connection can ever have taken them.
+SERVER_PORTS = (8989, 8990)
+CONTROL_PORT = 8790
+
+CTL_TIMEOUT = 60.0     # one `connscale ctl` call, start-up included
+READY_TIMEOUT = 60.0   # a process reaching a log line
+COUNT_TIMEOUT = 90.0   # connections reaching a count (2 shared cores)
+
+
+def random_secret(n: int = 24) -> str:
+    return "".join(random.SystemRandom().choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def hub_config(hub: Host, secret: str, **extra: Any) -> dict[str, Any]:
+    """The shared config: the hub reads server/control, agents client/control;
+    the hub's controller also builds every agent's routes from client.server."""
+    data: dict[str, Any] = {
+        "server": {"interface": hub.ip, "ports": list(SERVER_PORTS), "status_interval": 2},
+        "client": {
+            "server": f"{hub.ip}:{SERVER_PORTS[0]}-{SERVER_PORTS[-1]}",
+            "interval": 5,
+            "rate": 2500,
+            "status_interval": 2,
+        },
+        "control": {
+            "listen": f"tcp:{CONTROL_PORT}:interface={hub.ip}",
+            "secret": secret,
+            "console": "none",
+        },
+        # Sizes the hub's server workers: two fd budgets hold this easily.
+        "scenario": {"target": 20000},
+    }
+    data.update(extra)
+    return data
+
+
+def master(hub: Host) -> str:
+    return f"{hub.ip}:{CONTROL_PORT}"
+
+
+def tail(proc: Proc | None, n: int = 4000) -> str:
+    if proc is None:
+        return ""
+    try:
+        return f"\n--- {proc.log_path.name} (tail) ---\n{proc.text()[-n:]}"
+    except OSError:
+        return ""
+
+
+def start_hub(stack: contextlib.ExitStack, hub: Host, cfg: Path, tmp: Path) -> Proc:
+    proc = Proc(connscale("server", "--config", str(cfg), "--record-dir", str(tmp / "hub-run")),
+                tmp / "hub.log", prefix=hub.argv([]))
+    stack.callback(proc.stop)
+    proc.wait_line("server workers listening", timeout=READY_TIMEOUT)
+    return proc
+
+
+def start_agent(stack: contextlib.ExitStack, host: Host, hub: Host, name: str, cfg: Path, tmp: Path,
+                source_ips: list[str]) -> Proc:
+    argv = connscale("agent", "--master", master(hub), "--name", name, "--config", str(cfg))
+    for ip in source_ips:
+        argv += ["--source-ip", ip]
+    proc = Proc(argv, tmp / f"agent-{name}.log", prefix=host.argv([]))
+    stack.callback(proc.stop)
+    return proc
+
+
+def ctl(hub: Host, cfg: Path, *args: str, timeout: float = CTL_TIMEOUT) -> subprocess.CompletedProcess:
+    """`connscale ctl` run inside the hub's host, the only place its address is reachable."""
+    return hub.run(connscale("ctl", "--master", master(hub), "--config", str(cfg), *args),
+                   capture_output=True, text=True, timeout=timeout)
+
+
+def ctl_ok(hub: Host, cfg: Path, *args: str, logs: tuple[Proc, ...] = ()) -> str:
+    r = ctl(hub, cfg, *args)
+    assert r.returncode == 0, (
+        f"ctl {' '.join(args)} -> {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+        + "".join(tail(p) for p in logs)
+    )
+    return r.stdout
+
+
+def wait_until(what: str, probe: Callable[[], Any], want: Any, timeout: float = COUNT_TIMEOUT,
+               logs: tuple[Proc, ...] = ()) -> None:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last == want:
+            return
+        for p in logs:
+            if not p.running():
+                raise AssertionError(f"{what}: {p.log_path.name} exited with {p.popen.returncode} "
+                                     f"(last value {last!r}, want {want!r})" + tail(p))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: last {last!r}, want {want!r}"
+                                 + "".join(tail(p) for p in logs))
+        time.sleep(0.5)
+
+
+def counter(hub: Host, cfg: Path, client: str | None = None, logs: tuple[Proc, ...] = ()) -> Callable[[], int]:
+    args = ("count",) + (("--client", client) if client else ())
+    return lambda: int(ctl_ok(hub, cfg, *args, logs=logs).strip())
+
+
+def clients_table(text: str) -> dict[str, dict[str, str]]:
+    lines = text.strip().splitlines()
+    header = lines[0].split()
+    return {row.split()[0]: dict(zip(header, row.split())) for row in lines[1:]}
+
+
+def ns_processes(host: Host) -> dict[int, str]:
+    """pid -> command line of every process inside the host's namespace."""
+    r = subprocess.run([IP_BIN, "netns", "pids", host.ns], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=15)
+    out = {}
+    for pid in (int(p) for p in r.stdout.split() if p.isdigit()):
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return out
+
+
+def connscale_processes(host: Host) -> dict[int, str]:
+    return {pid: cmd for pid, cmd in ns_processes(host).items() if "connscale" in cmd}
+
+
+# ------------------------------------------------------------------------------- tests
+
+def test_two_agents_in_their_own_hosts(tmp_path: Path) -> None:
+    with TestNetwork(3) as net, contextlib.ExitStack() as stack:
+        h1, h2, h3 = net.hosts
+        extra = h2.add_address("198.18.0.12")
+        secret = random_secret()
+        cfg = write_config(tmp_path / "connscale.yaml", hub_config(h1, secret))
+        hub = start_hub(stack, h1, cfg, tmp_path)
+        a2 = start_agent(stack, h2, h1, "a2", cfg, tmp_path, [h2.ip, extra])
+        a3 = start_agent(stack, h3, h1, "a3", cfg, tmp_path, [h3.ip])
+        logs = (hub, a2, a3)
+        for agent in (a2, a3):
+            agent.wait_line("registered with controller", timeout=READY_TIMEOUT)
+
+        table = clients_table(ctl_ok(h1, cfg, "clients", logs=logs))
+        assert set(table) == {"a2", "a3"}
+        assert all(row["connected"] == "True" for row in table.values()), table
+
+        assert ctl_ok(h1, cfg, "start", "10000", "--client", "a2", logs=logs).strip() == "target 10000"
+        assert ctl_ok(h1, cfg, "start", "10000", "--client", "a3", logs=logs).strip() == "target 10000"
+        wait_until("server count 20000", counter(h1, cfg, logs=logs), 20000, logs=logs)
+        wait_until("a2 count 10000", counter(h1, cfg, "a2", logs), 10000, logs=logs)
+        wait_until("a3 count 10000", counter(h1, cfg, "a3", logs), 10000, logs=logs)
+
+        assert ctl_ok(h1, cfg, "stop", "5000", "--client", "a2", logs=logs).strip() == "target 5000"
+        wait_until("a2 count 5000", counter(h1, cfg, "a2", logs), 5000, logs=logs)
+        wait_until("server count 15000", counter(h1, cfg, logs=logs), 15000, logs=logs)
+        assert counter(h1, cfg, "a3", logs)() == 10000
+
+        stats = json.loads(ctl_ok(h1, cfg, "stats", "--json", logs=logs))
+        assert stats["server"]["failure_total"] == 0, stats["server"]
+        assert stats["client"]["failure_total"] == 0, stats["client"]
+        assert stats["server"]["open"] == 15000
+        assert {name: c["failures"] for name, c in stats["clients"].items()} == {"a2": {}, "a3": {}}
+        assert stats["clients"]["a2"]["target"] == 5000 and stats["clients"]["a3"]["target"] == 10000
+
+        # The agents really used the source addresses they were given: the
+        # server sees connections from every one of them, and only those.
+        r = h1.run(["ss", "-Htn", "state", "established", "( sport = :8989 or sport = :8990 )"],
+                   capture_output=True, text=True, timeout=30)
+        peers = {line.split()[-1].rsplit(":", 1)[0] for line in r.stdout.splitlines() if line.strip()}
+        assert peers == {h2.ip, extra, h3.ip}, peers
+
+
+def test_wrong_secret_refused(tmp_path: Path) -> None:
+    with TestNetwork(2) as net, contextlib.ExitStack() as stack:
+        h1, h2 = net.hosts
+        cfg = write_config(tmp_path / "hub.yaml", hub_config(h1, random_secret()))
+        wrong = write_config(tmp_path / "wrong.yaml", hub_config(h1, random_secret()))
+        hub = start_hub(stack, h1, cfg, tmp_path)
+
+        agent = start_agent(stack, h2, h1, "intruder", wrong, tmp_path, [h2.ip])
+        try:
+            # By itself: a refused login is final, not something to retry.
+            code = agent.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("agent with a wrong secret kept running" + tail(agent) + tail(hub)) from None
+        assert code != 0, tail(agent)
+        assert "refused our login: wrong control secret" in agent.text(), tail(agent)
+
+        r = ctl(h1, wrong, "clients")
+        assert r.returncode == 4, (r.returncode, r.stdout, r.stderr)
+        assert r.stdout == ""
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "wrong control secret" in r.stderr
+
+        # The hub is unharmed and registered nobody.
+        assert ctl_ok(h1, cfg, "clients", logs=(hub,)).strip() == "(none)"
+        assert hub.running()
+
+
+@pytest.mark.skipif(sshd_unavailable_reason() is not None, reason=str(sshd_unavailable_reason()))
+def test_remote_launch_over_ssh(tmp_path: Path) -> None:
+    with TestNetwork(2) as net, contextlib.ExitStack() as stack:
+        h1, h2 = net.hosts
+        sshd = stack.enter_context(Sshd(netns=h2))
+        options = sshd.ssh_options()
+        i = options.index("-p")
+        del options[i:i + 2]   # the port is the clients: entry's own key
+        common = {
+            "host": h2.ip, "port": sshd.port, "user": "root", "ssh_options": options,
+            "master": master(h1), "source_ips": [h2.ip],
+        }
+        cfg = write_config(tmp_path / "connscale.yaml", hub_config(
+            h1, random_secret(),
+            clients={
+                "c2": dict(common, python=sys.executable),
+                "nopython": dict(common, python="/nonexistent/python3"),
+            },
+        ))
+        hub = start_hub(stack, h1, cfg, tmp_path)
+        logs = (hub,)
+
+        assert ctl_ok(h1, cfg, "client-start", "c2", logs=logs).strip() == "started c2"
+        table = clients_table(ctl_ok(h1, cfg, "clients", logs=logs))
+        assert table["c2"]["connected"] == "True", table
+        assert connscale_processes(h2), "no agent process inside h2"
+        # The remote agent's output comes back through ssh, named after its client.
+        hub.wait_line("[c2] ", timeout=READY_TIMEOUT)
+
+        assert ctl_ok(h1, cfg, "start", "3000", "--client", "c2", logs=logs).strip() == "target 3000"
+        wait_until("server count 3000", counter(h1, cfg, logs=logs), 3000, logs=logs)
+        wait_until("c2 count 3000", counter(h1, cfg, "c2", logs), 3000, logs=logs)
+        assert ctl_ok(h1, cfg, "stop", "1000", "--client", "c2", logs=logs).strip() == "target 2000"
+        wait_until("c2 count 2000", counter(h1, cfg, "c2", logs), 2000, logs=logs)
+        wait_until("server count 2000", counter(h1, cfg, logs=logs), 2000, logs=logs)
+
+        assert ctl_ok(h1, cfg, "client-stop", "c2", logs=logs).strip() == "stopped"
+        # The agent is gone by the time client-stop answers: its ssh session
+        # (the lifeline) ended, and the session only ends with the command.
+        left = {pid: cmd for pid, cmd in connscale_processes(h2).items() if " agent " in f"{cmd} "}
+        assert not left, f"agent still running in h2 after client-stop: {left}" + tail(hub)
+        wait_until("no connscale process left in h2", lambda: connscale_processes(h2), {}, timeout=20,
+                   logs=logs)
+        wait_until("server count 0", counter(h1, cfg, logs=logs), 0, logs=logs)
+        table = clients_table(ctl_ok(h1, cfg, "clients", logs=logs))
+        assert table["c2"]["connected"] == "False", table
+
+        r = ctl(h1, cfg, "client-start", "nopython")
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr, tail(hub))
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "not found" in r.stderr and "/nonexistent/python3" in r.stderr, r.stderr
+        assert hub.running()
+
+        # Last, so every check above has run: the remote agent's own output
+        # (relayed by the hub) shows a clean exit on client-stop.
+        remote = "\n".join(line for line in hub.lines() if "[c2] " in line)
+        if "Traceback" in remote:
+            raise AssertionError("traceback in the remote agent's output:\n" + remote[-4000:])
