@@ -49,8 +49,9 @@ class AgentMind(pb.Referenceable):
     def remote_apply(self, rows: list[Any]) -> defer.Deferred[None]:
         return self.agent.supervisor.apply([(int(t), routes) for t, routes in rows])
 
-    def remote_report(self) -> dict[str, Any]:
-        return self.agent.report()
+    def remote_report(self) -> defer.Deferred[dict[str, Any]]:
+        # Fresh from the workers: a count right after an order should see it.
+        return self.agent.supervisor.poll().addCallback(lambda _: self.agent.report())
 
     def remote_set_rate(self, rate: float) -> defer.Deferred[Any]:
         self.agent.supervisor.spec["rate"] = float(rate)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import string
 import subprocess
 import sys
@@ -34,7 +35,8 @@ if _ROOT not in sys.path:  # plain `pytest` (not `python -m pytest`)
 
 from tests.support.netns import IP_BIN, Host, TestNetwork, netns_available  # noqa: E402
 from tests.support.procs import Proc, connscale  # noqa: E402
-from tests.support.sshd import Sshd, sshd_unavailable_reason  # noqa: E402
+from tests.support.sshd import SSH_BIN, SSH_KEYGEN_BIN, Sshd, sshd_unavailable_reason  # noqa: E402
+from tests.test_console import Reader, clean  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(not netns_available(), reason="needs root and working `ip netns` (veth, bridge)"),
@@ -46,6 +48,7 @@ pytestmark = [
 # connection can ever have taken them.
 SERVER_PORTS = (8989, 8990)
 CONTROL_PORT = 8790
+CONSOLE_PORT = 8791
 
 CTL_TIMEOUT = 60.0     # one `connscale ctl` call, start-up included
 READY_TIMEOUT = 60.0   # a process reaching a log line
@@ -97,9 +100,10 @@ def tail(proc: Proc | None, n: int = 4000) -> str:
         return ""
 
 
-def start_hub(stack: contextlib.ExitStack, hub: Host, cfg: Path, tmp: Path) -> Proc:
+def start_hub(stack: contextlib.ExitStack, hub: Host, cfg: Path, tmp: Path,
+              env: dict[str, str] | None = None) -> Proc:
     proc = Proc(connscale("server", "--config", str(cfg), "--record-dir", str(tmp / "hub-run")),
-                tmp / "hub.log", prefix=hub.argv([]))
+                tmp / "hub.log", prefix=hub.argv([]), env=env)
     stack.callback(proc.stop)
     proc.wait_line("server workers listening", timeout=READY_TIMEOUT)
     return proc
@@ -304,5 +308,104 @@ def test_remote_launch_over_ssh(tmp_path: Path) -> None:
         # Last, so every check above has run: the remote agent's own output
         # (relayed by the hub) shows a clean exit on client-stop.
         remote = "\n".join(line for line in hub.lines() if "[c2] " in line)
+        if "Traceback" in remote:
+            raise AssertionError("traceback in the remote agent's output:\n" + remote[-4000:])
+
+
+@pytest.mark.skipif(sshd_unavailable_reason() is not None, reason=str(sshd_unavailable_reason()))
+def test_console_launches_remote_client_over_ssh_and_scales_it(tmp_path: Path) -> None:
+    """The operator's path end to end: a real `ssh -tt` into the hub's console
+    (from inside h1, to h1's address), `client_start` launching the agent in h2
+    over a real sshd, scaling it from the console, `client_stop`, Ctrl-D."""
+    key = tmp_path / "id_admin"
+    subprocess.run([SSH_KEYGEN_BIN, "-q", "-t", "ed25519", "-N", "", "-C", "admin", "-f", str(key)],
+                   check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=15)
+    keys = tmp_path / "authorized_keys"
+    keys.write_text(Path(f"{key}.pub").read_text())
+
+    with TestNetwork(2) as net, contextlib.ExitStack() as stack:
+        h1, h2 = net.hosts
+        sshd = stack.enter_context(Sshd(netns=h2))
+        options = sshd.ssh_options()
+        i = options.index("-p")
+        del options[i:i + 2]   # the port is the clients: entry's own key
+        data = hub_config(h1, random_secret(), clients={"c2": {
+            "host": h2.ip, "port": sshd.port, "user": "root", "ssh_options": options,
+            "master": master(h1), "source_ips": [h2.ip], "python": sys.executable,
+        }})
+        data["control"].update(console="ssh", console_listen=f"tcp:{CONSOLE_PORT}:interface={h1.ip}",
+                               console_keys=str(keys), console_user="admin")
+        cfg = write_config(tmp_path / "connscale.yaml", data)
+        # The console's host key goes to the hub's state dir: keep it in tmp_path.
+        hub = start_hub(stack, h1, cfg, tmp_path, env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+        logs = (hub,)
+        hub.wait_line(f"console (ssh) listening on {h1.ip}:{CONSOLE_PORT}", timeout=READY_TIMEOUT)
+
+        session = h1.popen([SSH_BIN, "-F", "/dev/null", "-tt", "-i", str(key), "-p", str(CONSOLE_PORT),
+                            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+                            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                            "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", f"admin@{h1.ip}"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+        def end_session() -> None:
+            if session.poll() is None:
+                session.kill()
+                session.wait(timeout=5)
+
+        stack.callback(end_session)   # runs before the hub and sshd stop (LIFO)
+        out = Reader(session.stdout)
+
+        def console(line: str, timeout: float = CTL_TIMEOUT) -> str:
+            """Type one line; the repr of the Deferred's result it prints once it fires."""
+            with out.lock:
+                start = len(out.data)   # raw bytes: only what this line brings back
+            session.stdin.write(line.encode() + b"\r")
+            session.stdin.flush()
+            deadline = time.monotonic() + timeout
+            while True:
+                with out.lock:
+                    new = clean(out.data[start:])
+                m = re.search(r"Deferred #\d+ (called back|failed): (.*)\n", new)
+                if m:
+                    assert m.group(1) == "called back", f"{line} -> {m.group(0)}" + tail(hub)
+                    return m.group(2).strip()
+                if time.monotonic() > deadline or session.poll() is not None:
+                    raise AssertionError(f"no result for {line!r} within {timeout}s (ssh exit "
+                                         f"{session.poll()}); console output:\n{out.text()}" + tail(hub))
+                time.sleep(0.05)
+
+        out.wait_for(r">>> ", 20)
+        assert console("client_start('c2')") == "c2"
+        assert connscale_processes(h2), "no agent process inside h2"
+        assert console("connections_start(2000, 'c2')") == "2000"
+        wait_until("console count_connections() 2000", lambda: console("count_connections()"), "2000",
+                   logs=logs)
+        wait_until("console count_connections('c2') 2000", lambda: console("count_connections('c2')"),
+                   "2000", logs=logs)
+        assert console("connections_stop(500, 'c2')") == "1500"
+        wait_until("console count_connections('c2') 1500", lambda: console("count_connections('c2')"),
+                   "1500", logs=logs)
+        wait_until("console count_connections() 1500", lambda: console("count_connections()"), "1500",
+                   logs=logs)
+        assert console("client_stop('c2')") == "None"
+
+        # As with ctl client-stop: the agent is gone by the time it answers.
+        left = {pid: cmd for pid, cmd in connscale_processes(h2).items() if " agent " in f"{cmd} "}
+        assert not left, f"agent still running in h2 after client_stop: {left}" + tail(hub)
+        wait_until("no connscale process left in h2", lambda: connscale_processes(h2), {}, timeout=20,
+                   logs=logs)
+        wait_until("console count_connections() 0", lambda: console("count_connections()"), "0", logs=logs)
+
+        session.stdin.write(b"\x04")
+        session.stdin.flush()
+        try:
+            code = session.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("ssh console session did not end on Ctrl-D:\n" + out.text()) from None
+        assert code == 0, f"ssh exited {code}:\n{out.text()}"
+        assert hub.running(), tail(hub)
+
+        remote = "\n".join(line for line in hub.lines() if "[c2] " in line)
+        assert remote, "no output of the remote agent relayed by the hub" + tail(hub)
         if "Traceback" in remote:
             raise AssertionError("traceback in the remote agent's output:\n" + remote[-4000:])
