@@ -10,25 +10,21 @@ every failure by phase and cause. Connections themselves
 from __future__ import annotations
 
 import random
-import socket
 from itertools import islice
 from typing import Any, Callable, Sequence
 
 import attrs
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from connscale.stats import Counters, classify
+from connscale.transport import ClientTransport
 from connscale.wheel import TimerWheel
 from connscale.wire import PING, PONG, ClientConnection
 
 log = Logger()
-
-# Linux: bind() picks no port, connect() does; so a source IP's ephemeral range
-# is shared per destination instead of exhausted by the first 28k binds.
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 PACE_TICK = 0.01  # seconds between connect batches
 _EPS = 1e-9
@@ -59,16 +55,6 @@ def make_routes(host: str, ports: Sequence[int], sources: Sequence[str], quota: 
     """Every source IP × server port, interleaved so round-robin spreads both."""
     srcs: Sequence[str | None] = list(sources) or [None]
     return [Route(src, host, port, quota) for port in ports for src in srcs]
-
-
-class PingTCPClient(tcp.Client):
-    """`tcp.Client` whose socket binds a source IP without taking a port."""
-
-    def createInternetSocket(self) -> socket.socket:
-        s = super().createInternetSocket()
-        if self.addressFamily == socket.AF_INET:
-            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        return s
 
 
 @attrs.frozen
@@ -264,9 +250,9 @@ class ConnectionPool:
         self.connecting += 1
         conn.transport = self.dial(route, conn)
 
-    def _dial_tcp(self, route: Route, conn: ClientConnection) -> PingTCPClient:
+    def _dial_tcp(self, route: Route, conn: ClientConnection) -> ClientTransport:
         bind = (route.src, 0) if route.src else None
-        return PingTCPClient(route.host, route.port, bind, conn, self.reactor)
+        return ClientTransport(route.host, route.port, bind, conn, self.reactor)
 
     # -- events from connections -------------------------------------------
     def connected(self, conn: ClientConnection) -> None:
@@ -334,7 +320,8 @@ class ConnectionPool:
             return
         transport.write(self.ping)
         self.counters.pings += 1
-        conn.sent_at = now
+        # Stamp each send: a tick's batch goes out over a few milliseconds.
+        conn.sent_at = self.clock.seconds()
         conn.next_ping += s.interval
         if conn.next_ping <= now:
             # The reactor fell behind; don't fire a burst of catch-up pings.

@@ -17,6 +17,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from connscale.stats import Counters, errno_cause
+from connscale.transport import adopt_port
 from connscale.wire import SERVER_PROTOCOLS, ServerState
 
 log = Logger()
@@ -77,8 +78,8 @@ class ListeningService(Service):
     def startService(self) -> None:
         super().startService()
         for sock in self.sockets:
-            self.ports.append(self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory))
-            # adoptStreamPort dup()s the descriptor; ours is no longer needed.
+            self.ports.append(adopt_port(self.reactor, sock, self.factory))
+            # The port dup()s the descriptor; ours is no longer needed.
             sock.close()
         self.sockets = []
 

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from connscale.limits import ephemeral_count
 from connscale.pool import ConnectionPool, PoolSettings, make_routes
+from connscale.dispatch import direct_dispatch
 from connscale.status import StatusService
 from connscale.tapbase import ConfigOptions, prepare_fds, repeat_option
 
@@ -107,6 +108,7 @@ def makeService(options: Options) -> IService:
 
 def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     c = cfg.client
+    direct_dispatch(reactor)
     prepare_fds(c.connections, PROG)
     routes = make_routes(c.server_host, c.server_ports, c.source_ips, route_quota(c.per_route_max))
     pool = ConnectionPool(

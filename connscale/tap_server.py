@@ -8,6 +8,7 @@ from twisted.logger import Logger
 from connscale.limits import backlog_warning, read_sysctl
 from connscale.server import ListenError, ListeningService, PingServerFactory, bind_sockets
 from connscale.stats import Counters
+from connscale.dispatch import direct_dispatch
 from connscale.status import StatusService
 from connscale.tapbase import ConfigOptions, prepare_fds, repeat_option
 
@@ -68,6 +69,7 @@ def makeService(options: Options) -> IService:
 
 def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     s = cfg.server
+    direct_dispatch(reactor)
     prepare_fds(0, PROG)
     try:
         sockets = bind_sockets(s.interface, s.ports, s.backlog)

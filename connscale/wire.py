@@ -87,8 +87,19 @@ class LineServerProtocol(_ServerMixin, LineReceiver):
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.MAX_LENGTH = state.max_line
+        # Set now rather than on first use (see transport.py on dict growth).
+        self._buffer = b""
+        self._busyReceiving = False
 
     def dataReceived(self, data: bytes) -> None:
+        if data == b"Ping\n" and not self._buffer:
+            # The one message a healthy client sends, whole in one read.
+            self.transport.write(b"Pong\n")
+            self.pinged = True
+            c = self.state.counters
+            c.pings += 1
+            c.pongs += 1
+            return
         if data.count(b"\n") > FLOOD_MESSAGES:
             self.violation("flood")
             return

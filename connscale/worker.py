@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     role, spec = argv[0], json.loads(argv[1])
     name = spec.get("name", f"{role}-worker")
     from twisted.internet import reactor
+
+    from connscale.dispatch import direct_dispatch
+
+    direct_dispatch(reactor)
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     # stdout is the PB channel: the log must go to stderr and nowhere else.

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""User memory per connection, server and client side, for the Python tool.
+
+Starts, on loopback only:
+  server: twistd -n --pidfile= connscale-server --workers 0 --port P --status-interval 1
+  client: twistd -n --pidfile= connscale-client --workers 0 --connections N --interval 60
+          --timeout 10 --rate 5000 --server 127.0.0.1:P --source-ip 127.0.0.2 ...
+Reads VmRSS (process tree) of both from /proc:
+  baseline  server: after its first status line; client: after start-up, held
+            at a gate just before its reactor runs (see _gate_twistd.py), so
+            no connection exists yet;
+  loaded    both status lines report open=N, plus --settle seconds;
+  (pinged)  with --after-ping: one more reading after interval+5 s, when every
+            connection has sent a ping and read a pong.
+bytes/connection = (loaded - baseline) / open connections.
+
+Prints those next to the C reference's 12 B (server) / 38 B (client) and the
+brief's budget of 1.5 KB per connection per side. Everything is bounded and
+stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as c  # noqa: E402
+
+
+def run(args: argparse.Namespace) -> dict:
+    n = args.connections
+    port = args.port or c.free_port()
+    logdir = tempfile.mkdtemp(prefix="connscale-bench-mem-")
+    c.log(f"mem_per_conn: N={n} port={port} logs in {logdir}")
+    srv = cli = None
+    res: dict = {"bench": "mem_per_conn", "impl": "python", "n": n, "interval": args.interval, "port": port,
+                 "logdir": logdir}
+    try:
+        patched = bool(args.patch)
+        env = {"CONNSCALE_BENCH_PATCHES": args.patch} if patched else None
+        res["patches"] = args.patch or ""
+        srv = c.Proc("server", c.twistd_cmd(
+            "connscale-server", "--workers", "0", "--port", str(port), "--status-interval", "1", patched=patched),
+            logdir, env)
+        c.wait_until(lambda: c.last_status(srv.tail), 30, "the server's first status line", [srv])
+        time.sleep(0.5)
+        srcs = c.source_ips(n)
+        cargs = ["connscale-client", "--server", f"127.0.0.1:{port}", "--workers", "0",
+                 "--connections", str(n), "--interval", str(args.interval), "--timeout", "10",
+                 "--rate", str(args.rate), "--status-interval", "1"]
+        for ip in srcs:
+            cargs += ["--source-ip", ip]
+        res["client_cmd"] = "twistd -n --pidfile= " + " ".join(cargs)
+        res["server_cmd"] = f"twistd -n --pidfile= connscale-server --workers 0 --port {port} --status-interval 1"
+        cli = c.Proc("client", c.twistd_cmd(*cargs, gate=True), logdir, env)
+        c.wait_gated(cli)
+        base = {"server": c.tree_rss(srv.pid), "client": c.tree_rss(cli.pid)}
+        base_detail = {"server": c.rss_detail(srv.pid), "client": c.rss_detail(cli.pid)}
+        c.log(f"baseline RSS server {base['server'] / 2**20:.1f} MiB, client {base['client'] / 2**20:.1f} MiB")
+        t_open = time.monotonic()
+        c.release_gate(cli)
+
+        def all_open():
+            s, k = c.last_status(srv.tail), c.last_status(cli.tail)
+            return s and k and int(s["open"]) >= n and int(k["open"]) >= n
+
+        try:
+            c.wait_until(all_open, 30 + 3 * n / args.rate, f"{n} open connections", [srv, cli])
+        except RuntimeError as e:
+            s, k = c.last_status(srv.tail), c.last_status(cli.tail)
+            raise RuntimeError(f"{e}\nlast server status: {s}\nlast client status: {k}") from None
+        res["open_s"] = round(time.monotonic() - t_open, 2)
+        c.log(f"all {n} open after {res['open_s']} s; settling {args.settle} s")
+        c.sleep_polling(args.settle, [srv.tail, cli.tail])
+        readings = [("loaded", {"server": c.tree_rss(srv.pid), "client": c.tree_rss(cli.pid)},
+                     {"server": c.rss_detail(srv.pid), "client": c.rss_detail(cli.pid)},
+                     c.last_status(srv.tail), c.last_status(cli.tail))]
+        if args.after_ping:
+            wait = args.interval + 5
+            c.log(f"waiting {wait:g} s so that every connection has pinged")
+            c.sleep_polling(wait, [srv.tail, cli.tail])
+            readings.append(("pinged", {"server": c.tree_rss(srv.pid), "client": c.tree_rss(cli.pid)},
+                             {"server": c.rss_detail(srv.pid), "client": c.rss_detail(cli.pid)},
+                             c.last_status(srv.tail), c.last_status(cli.tail)))
+        res["baseline_rss"] = base
+        res["baseline_detail"] = base_detail
+        res["readings"] = []
+        for label, rss, detail, s_st, c_st in readings:
+            opened = {"server": int(s_st["open"]), "client": int(c_st["open"])}
+            r = {"label": label, "rss": rss, "detail": detail, "open": opened,
+                 "server_status": s_st, "client_status": c_st}
+            for side in ("server", "client"):
+                r[f"{side}_bytes_per_conn"] = (rss[side] - base[side]) / max(1, opened[side])
+                anon0 = base_detail[side].get("RssAnon", 0)
+                r[f"{side}_anon_bytes_per_conn"] = (detail[side].get("RssAnon", 0) - anon0) / max(1, opened[side])
+            res["readings"].append(r)
+        res["failures"] = {"server": int(readings[-1][3].get("failures", 0)),
+                           "client": int(readings[-1][4].get("failures", 0))}
+    finally:
+        if cli:
+            cli.stop(30)
+        if srv:
+            srv.stop(20)
+    return res
+
+
+def report(res: dict) -> None:
+    budget = c.BUDGET_BYTES_PER_CONN
+    cref = {"server": c.C_README["server_user_bytes_per_conn"], "client": c.C_README["client_user_bytes_per_conn"]}
+    print()
+    patches = f", WHAT-IF patches: {res['patches']}" if res.get("patches") else ""
+    print(f"== mem_per_conn (Python connscale, one process per side{patches}) N={res['n']} interval={res['interval']:g}s "
+          f"all open in {res.get('open_s', '?')} s")
+    print(f"   server: {res['server_cmd']}")
+    print(f"   client: {res['client_cmd']}")
+    for r in res["readings"]:
+        print(f"-- reading '{r['label']}' (server open={r['open']['server']}, client open={r['open']['client']})")
+        print(f"   {'side':<7} {'RSS base MiB':>12} {'RSS now MiB':>12} {'B/conn':>8} {'anon B/conn':>11} "
+              f"{'C ref B':>8} {'x C ref':>8} {'budget B':>9} {'x budget':>9}")
+        for side in ("server", "client"):
+            b = r[f"{side}_bytes_per_conn"]
+            print(f"   {side:<7} {res['baseline_rss'][side] / 2**20:>12.1f} {r['rss'][side] / 2**20:>12.1f} "
+                  f"{b:>8.0f} {r[f'{side}_anon_bytes_per_conn']:>11.0f} {cref[side]:>8.0f} "
+                  f"{b / cref[side]:>7.0f}x {budget:>9.0f} {b / budget:>8.2f}x")
+    print(f"   failures: server {res['failures']['server']}, client {res['failures']['client']}")
+    print("   C ref B = the C reference's user memory per connection from its README (reference box);")
+    print("   'x budget' > 1.00 means over the 1.5 KB-per-connection-per-side budget.")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--connections", type=int, default=10_000, help="connections (default 10000, max 19000)")
+    ap.add_argument("--rate", type=float, default=5000.0, help="client connects per second (default 5000)")
+    ap.add_argument("--interval", type=float, default=60.0, help="ping interval, seconds (default 60)")
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait after all are open (default 3)")
+    ap.add_argument("--after-ping", action="store_true", help="also read after interval+5 s (every conn pinged)")
+    ap.add_argument("--patch", default="", help="what-if: run both sides with these in-process patches "
+                    "(comma-separated; see _whatif.py, e.g. presize_dicts)")
+    ap.add_argument("--port", type=int, default=0, help="server port (default: a free one in 24000-32000)")
+    ap.add_argument("--json", help="write the result here as JSON")
+    args = ap.parse_args()
+    c.stop_on_signals()
+    if not 1 <= args.connections <= c.MAX_CONNS:
+        ap.error(f"--connections must be 1..{c.MAX_CONNS} (one process per side, RLIMIT_NOFILE 20000)")
+    res = run(args)
+    report(res)
+    c.dump_json(args.json, res)
+
+
+if __name__ == "__main__":
+    main()
