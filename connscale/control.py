@@ -118,7 +118,7 @@ class Controller:
     ) -> None:
         self.reactor = reactor
         self.cfg = cfg
-        self._secret = secret
+        self.secret = secret
         self.servers = servers
         self.timeline = timeline
         self.agents: dict[str, AgentHandle] = {}
@@ -133,7 +133,7 @@ class Controller:
 
     # -- cred ------------------------------------------------------------------
     def requestAvatarId(self, creds: credentials.IUsernameHashedPassword) -> defer.Deferred[bytes]:
-        if creds.checkPassword(self._secret):
+        if creds.checkPassword(self.secret):
             return defer.succeed(creds.username)
         return defer.fail(cred_error.UnauthorizedLogin("wrong control secret"))
 

@@ -111,7 +111,7 @@ def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[st
     def line(text: str) -> None:
         log.info("[{name}] {line}", name=name, line=text)
 
-    launched = launch.launch(reactor, host, argv, controller._secret + b"\n", line)
+    launched = launch.launch(reactor, host, argv, controller.secret + b"\n", line)
     registered = controller.wait_registered(name)
     result: defer.Deferred[str] = defer.Deferred()
 
