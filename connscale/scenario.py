@@ -232,7 +232,12 @@ class Run:
         for step in range(1, sc.steps + 1):
             p.step = step
             new_target = math.ceil(sc.target * step / sc.steps)
-            yield self.call("connections_start", new_target - target, AGENT_NAME)
+            placed = yield self.call("connections_start", new_target - target, AGENT_NAME)
+            if placed < new_target:
+                raise RunError(
+                    f"step {step}: the client's routes hold at most {placed} connections "
+                    "(client.per_route_max x source IPs x server ports); add source IPs or server ports"
+                )
             target = p.step_target = new_target
             # Reaching a step may take its share of the ramp plus slack for
             # worker start-up; beyond that something is wrong.

@@ -1,0 +1,102 @@
+"""`connscale run` end to end, small: a held target, a failed one, a dead hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+from tests.support.procs import connscale, free_port, free_ports
+
+
+def write_config(tmp: Path, **extra: str) -> Path:
+    ports = free_ports(2)
+    control = free_port()
+    values = {
+        "ports": f"{ports[0]}-{ports[1]}",
+        "control": str(control),
+        "target": "3000",
+        "per_route_max": "14000",
+        "source_ips": "127.0.0.2-127.0.0.3",
+    }
+    values.update(extra)
+    path = tmp / "run.yaml"
+    path.write_text(
+        f"""
+server: {{ports: "{values['ports']}", status_interval: 1}}
+client:
+  server: "127.0.0.1:{values['ports']}"
+  source_ips: "{values['source_ips']}"
+  interval: 2
+  per_route_max: {values['per_route_max']}
+control: {{listen: "tcp:{values['control']}:interface=127.0.0.1", console: none}}
+scenario: {{target: {values['target']}, rate: 3000, steps: 2, hold: 1, final_hold: 3, time_limit: 60}}
+run: {{dir: "{tmp / 'runs'}"}}
+"""
+    )
+    return path
+
+
+def run(tmp: Path, config: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"))
+    r = subprocess.run(connscale("run", "-c", str(config)), capture_output=True, text=True, timeout=150, env=env,
+                       cwd=tmp)
+    summaries = list((tmp / "runs").glob("*/summary.json"))
+    assert len(summaries) == 1, (r.stdout, r.stderr)
+    return r, json.loads(summaries[0].read_text())
+
+
+def test_run_holds_a_small_target(tmp_path):
+    r, summary = run(tmp_path, write_config(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "HELD: held=3000 target=3000" in r.stdout
+    assert summary["verdict"] == "held" and summary["held"] == 3000 and summary["target"] == 3000
+    assert summary["peak_open"] == 3000 and summary["failures"] == {}
+    assert summary["pongs"] > 0 and summary["pings"] >= summary["pongs"]
+    assert set(summary["rtt_ms"]) == {"p50", "p90", "p99", "max"} and summary["rtt_ms"]["p50"] > 0
+    assert summary["workers"]["server"] >= 2 and summary["workers"]["client"] >= 1
+    assert summary["duration_s"] > 0
+    run_dir = Path(summary["run_dir"])
+    assert (run_dir / "timeline.jsonl").stat().st_size > 0
+    assert (run_dir / "hub.log").exists() and (run_dir / "agent.log").exists()
+    assert json.loads((run_dir / "config.json").read_text())["scenario"]["target"] == 3000
+
+
+def test_run_stops_when_routes_cannot_hold_the_step(tmp_path):
+    # One source IP, one port and a quota of 500: the rest cannot be placed.
+    config = write_config(tmp_path, per_route_max="500", source_ips="127.0.0.2")
+    text = config.read_text().replace(f'127.0.0.1:{config.read_text().split("127.0.0.1:")[1].split(chr(34))[0]}',
+                                      "127.0.0.1:" + config.read_text().split("127.0.0.1:")[1].split("-")[0])
+    config.write_text(text)
+    r, summary = run(tmp_path, config)
+    assert r.returncode == 1
+    assert summary["verdict"] == "failed" and summary["held"] == 0
+    assert "the client's routes hold at most 500 connections" in summary["reason"]
+    assert "reason: step 1: the client's routes hold at most 500" in r.stdout
+
+
+def test_run_with_a_port_in_use_fails_with_the_hubs_reason(tmp_path):
+    config = write_config(tmp_path)
+    port = int(config.read_text().split('ports: "')[1].split("-")[0])
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen(1)
+        r, summary = run(tmp_path, config)
+    assert r.returncode == 1
+    assert summary["verdict"] == "failed"
+    assert "cannot listen on 127.0.0.1" in summary["reason"] and "EADDRINUSE" in summary["reason"]
+
+
+def test_run_stops_on_failures_and_says_why(tmp_path):
+    # A raw-framing server and a line-framing client: every first ping is a violation.
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("status_interval: 1}", "status_interval: 1, framing: raw}"))
+    r, summary = run(tmp_path, config)
+    assert r.returncode == 1
+    assert summary["verdict"] == "failed" and summary["held"] == 0
+    assert "failures exceeded scenario.max_failures=0" in summary["reason"]
+    assert summary["failures"].get("server:steady:protocol_error", 0) > 0
+    assert "reason: failures exceeded" in r.stdout
