@@ -78,7 +78,8 @@ class ListeningService(Service):
     def startService(self) -> None:
         super().startService()
         for sock in self.sockets:
-            self.ports.append(adopt_port(self.reactor, sock, self.factory))
+            fail = self.factory.state.counters.fail if isinstance(self.factory, PingServerFactory) else None
+            self.ports.append(adopt_port(self.reactor, sock, self.factory, fail))
             # The port dup()s the descriptor; ours is no longer needed.
             sock.close()
         self.sockets = []

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import tcp
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from zope.interface import implementer
 
 # Linux: bind() picks no port, connect() does; so a source IP's ephemeral range
 # is shared per destination instead of exhausted by the first 28k binds.
@@ -68,9 +70,38 @@ class ServerPort(tcp.Port):
     transport = ServerTransport
 
 
-def adopt_port(reactor: Any, sock: socket.socket, factory: Any) -> ServerPort:
-    """Like `reactor.adoptStreamPort`, with our connection class."""
+@implementer(ILogObserver)
+class AcceptErrors:
+    """Turns the listening port's accept-error log events into failure counts.
+
+    Twisted logs one line per connection it has to drop at the fd limit
+    ("EMFILE recovery: Closed socket from ...") and per failed accept; at
+    100k connections that floods the log, while the count by cause is what
+    explains the stall (the original's finding 3: the server sees EMFILE on
+    accept). Everything else is passed on.
+    """
+
+    def __init__(self, fail: Callable[[str, str], None], forward: ILogObserver) -> None:
+        self.fail = fail
+        self.forward = forward
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        fmt = event.get("log_format") or ""
+        if fmt.startswith("EMFILE recovery: Closed socket"):
+            self.fail("connect", "EMFILE")
+        elif fmt.startswith("Could not accept new connection"):
+            self.fail("connect", str(event.get("acceptError", "unknown")))
+        elif not fmt.startswith(("EMFILE encountered", "Re-reserving EMFILE")):
+            self.forward(event)
+
+
+def adopt_port(reactor: Any, sock: socket.socket, factory: Any,
+               fail: Callable[[str, str], None] | None = None) -> ServerPort:
+    """Like `reactor.adoptStreamPort`, with our connection class; accept
+    errors go to `fail(phase, cause)` when given."""
     port = ServerPort._fromListeningDescriptor(reactor, sock.fileno(), sock.family, factory)
+    if fail is not None:
+        port._logger = Logger(namespace="connscale.accept", observer=AcceptErrors(fail, globalLogPublisher))
     port.startListening()
     return port
 

@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import subprocess
+import shutil
 import threading
 import time
 from contextlib import ExitStack, closing
@@ -469,3 +470,47 @@ def test_hub_stopped_with_its_process_group_loses_no_workers(tmp_path: Path, sta
     last = [json.loads(line) for line in (record / "timeline.jsonl").read_text().splitlines() if line.strip()][-1]
     assert " lost: " not in hub.text(), hub.text()[-3000:]
     assert last["server_lost_workers"] == 0, last
+
+
+def test_server_at_its_fd_limit_counts_emfile_and_client_sees_why(tmp_path: Path, stack: ExitStack) -> None:
+    """The original's finding 3, server side: a low hard RLIMIT_NOFILE (set with
+    prlimit on the server only) makes accept() fail with EMFILE; the server
+    counts it by cause instead of logging a line per dropped connection."""
+    if not shutil.which("prlimit"):
+        pytest.skip("prlimit (util-linux) missing")
+    port = free_port()
+    proc = Proc(["prlimit", "--nofile=160:160", *twistd("connscale-server", "--workers", "0", "--port", str(port),
+                                                       "--status-interval", "1")],
+                tmp_path / "server.log", cwd=tmp_path)
+    stack.callback(proc.stop)
+    proc.wait_line("connscale-server: serving", START_TIMEOUT)
+    assert "this process can hold 60 connections" in proc.text()
+    client = start_client(stack, tmp_path, port, "-n", "300", "--rate", "1000", "--interval", "1", "--timeout", "1")
+    server_status = wait_status(proc, lambda s: ival(s, "fail.connect.EMFILE") > 0, 30, "server EMFILE failures")
+    assert 0 < int(server_status["open"]) <= 160, server_status
+    client_status = wait_status(client, lambda s: ival(s, "failures") > 0, 30, "client failures")
+    causes = {k for k in client_status if k.startswith("fail.")}
+    assert causes <= {"fail.first_ping.closed_by_peer", "fail.first_ping.ECONNRESET",
+                      "fail.first_ping.no_answer_from_server"}, client_status
+    assert "EMFILE recovery" not in proc.text()
+    assert_no_traceback(proc)
+
+
+def test_client_at_its_fd_limit_says_so_and_classifies_emfile(tmp_path: Path, stack: ExitStack) -> None:
+    """Client side of finding 3: the budget warning names what lifts it, and the
+    connects beyond the limit fail with cause EMFILE."""
+    if not shutil.which("prlimit"):
+        pytest.skip("prlimit (util-linux) missing")
+    port = free_port()
+    start_server(stack, tmp_path, port)
+    client = Proc(["prlimit", "--nofile=160:160",
+                   *twistd("connscale-client", "--server", f"127.0.0.1:{port}", "--workers", "0", "-n", "300",
+                           "--rate", "1000", "--status-interval", "1")],
+                  tmp_path / "client.log", cwd=tmp_path)
+    stack.callback(client.stop)
+    status = wait_status(client, lambda s: ival(s, "fail.connect.EMFILE") > 0 and ival(s, "open") > 0, 30,
+                         "client EMFILE failures")
+    assert ival(status, "open") + ival(status, "fail.connect.EMFILE") == 300, status
+    text = client.text()
+    assert "this process can hold only 60 connections" in text and "--workers" in text
+    assert_no_traceback(client)
