@@ -22,13 +22,13 @@ from twisted.spread import pb
 from connscale import dial, plan
 from connscale.childproc import stop_reactor
 from connscale.config import Config
-from connscale.limits import connection_budget, ephemeral_count, raise_nofile
+from connscale.limits import ephemeral_count
 from connscale.pool import make_routes
 from connscale.secret import SecretError, client_secret
 from connscale.stats import RttAccumulator, encode_histogram
 from connscale.status import StatusService
 from connscale.supervisor import Supervisor
-from connscale.tapbase import cpu_count
+from connscale.tapbase import cpu_count, prepare_fds
 
 log = Logger(namespace="connscale.agent")
 PROG = "connscale-client"
@@ -70,8 +70,8 @@ class Agent(MultiService):
         c = cfg.client
         self.name = c.name or socket.gethostname()
         self.standalone_workers = standalone_workers
-        nofile = raise_nofile()
-        self.budget = connection_budget(nofile.soft)
+        # Workers raise their own limits; this logs what each of them gets.
+        _, self.budget = prepare_fds(0, PROG)
         spec = {"interval": c.interval, "timeout": c.timeout, "rate": c.rate, "framing": c.framing}
         self.report_rtt = RttAccumulator()
         self.supervisor = Supervisor(reactor, "client", spec, self.name, on_rtt=self.report_rtt.add)

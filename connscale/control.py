@@ -18,7 +18,6 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
 
@@ -444,13 +443,3 @@ def _plain(snap: Snapshot) -> dict[str, Any]:
     data["protocol"] = dict(data["protocol"])
     data["failure_total"] = snap.failure_total
     return data
-
-
-def describe_failure(f: Failure) -> str:
-    """One line for an error that came back over PB."""
-    if f.check(cred_error.UnauthorizedLogin):
-        return "wrong control secret (login refused)"
-    value = f.value
-    if isinstance(value, pb.RemoteError):
-        return str(value.remoteTraceback or value).strip().splitlines()[-1]
-    return f.getErrorMessage()

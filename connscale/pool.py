@@ -47,9 +47,6 @@ class Route:
     def key(self) -> tuple[str | None, str, int]:
         return (self.src, self.host, self.port)
 
-    def label(self) -> str:
-        return f"{self.src or '*'}->{self.host}:{self.port}"
-
 
 def make_routes(host: str, ports: Sequence[int], sources: Sequence[str], quota: int) -> list[Route]:
     """Every source IP × server port, interleaved so round-robin spreads both."""
@@ -122,7 +119,7 @@ class ConnectionPool:
         taken = min(n, self.pending)
         self.pending -= taken
         if taken < n:
-            victims = [c for c in islice(self._live(), n - taken)]
+            victims = list(islice(self._live(), n - taken))
             for conn in victims:
                 self.close(conn)
             taken += len(victims)

@@ -19,7 +19,7 @@ from twisted.test import iosim
 
 from connscale import control as control_mod
 from connscale.config import parse_config
-from connscale.control import ControlError, Controller, describe_failure
+from connscale.control import ControlError, Controller
 from connscale.timeline import Timeline, read_timeline
 
 SECRET = b"sesame-open-up"
@@ -155,7 +155,7 @@ def test_login_with_wrong_secret_is_refused(controller: Controller) -> None:
     result = link.login(b"operator", secret=b"not-the-secret")
     assert isinstance(result, Failure)
     assert result.check(cred_error.UnauthorizedLogin)
-    assert describe_failure(result) == "wrong control secret (login refused)"
+    assert result.getErrorMessage() == "wrong control secret"
     result = Link(controller).login(b"agent:x", secret=b"not-the-secret", mind=FakeMind())
     assert isinstance(result, Failure) and result.check(cred_error.UnauthorizedLogin)
     assert controller.agents == {}
@@ -315,7 +315,7 @@ def test_control_error_crosses_pb_as_one_line(controller: Controller) -> None:
     perspective = op.login(b"operator")
     f = op.wait(perspective.callRemote("connections_start", 5, "nope"))
     assert isinstance(f, Failure)
-    assert describe_failure(f) == "no connected agent named 'nope' (connected: x)"
+    assert f.getErrorMessage() == "no connected agent named 'nope' (connected: x)"
 
 
 # ---------------------------------------------------------------- disconnects and re-registration
