@@ -61,7 +61,7 @@ class PBChild(ProcessProtocol):
             self._err = b""
         for line in lines:
             if line.strip():
-                log.info("[{name}] {line}", name=self.name, line=line.decode("utf-8", "replace").rstrip())
+                log.info("[{name}] {line}", name=self.name, line=line.decode("utf-8", "replace").strip())
 
     def processEnded(self, reason: Failure) -> None:
         self.ended = True
