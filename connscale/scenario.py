@@ -327,6 +327,33 @@ def run_main(argv: list[str]) -> int:
     @defer.inlineCallbacks
     def main(reactor: Any):  # type: ignore[no-untyped-def]
         run = Run(reactor, cfg, config_path, run_dir, out)
+        done: list[defer.Deferred[None]] = []
+
+        @defer.inlineCallbacks
+        def finish(ok: bool):  # type: ignore[no-untyped-def]
+            if run.tty:
+                out("")
+            try:
+                if run.perspective is not None:
+                    yield run.refresh().addTimeout(5, reactor)
+            except Exception:
+                pass
+            summary = run.summary(ok)
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            result.update(summary)
+            if run.factory is not None:
+                run.factory.disconnect()
+            yield run.stop_children()
+
+        def interrupted() -> defer.Deferred[None] | None:
+            # Ctrl-C or SIGTERM: what was recorded so far still gets its summary.
+            if done:
+                return None
+            run.reason = run.reason or "interrupted"
+            done.append(finish(False))
+            return done[0]
+
+        reactor.addSystemEventTrigger("before", "shutdown", interrupted)
         ok = False
         try:
             yield run.execute()
@@ -337,19 +364,9 @@ def run_main(argv: list[str]) -> int:
             run.reason = str(e)
         except Exception as e:  # a bug or a dead hub: still write what we have
             run.reason = f"{type(e).__name__}: {e}"
-        if run.tty:
-            out("")
-        try:
-            if run.perspective is not None:
-                yield run.refresh()
-        except Exception:
-            pass
-        summary = run.summary(ok)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        result.update(summary)
-        if run.factory is not None:
-            run.factory.disconnect()
-        yield run.stop_children()
+        if not done:
+            done.append(finish(ok))
+        yield done[0]
 
     previous = signal.getsignal(signal.SIGINT)
     try:

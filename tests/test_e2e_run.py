@@ -100,3 +100,34 @@ def test_run_stops_on_failures_and_says_why(tmp_path):
     assert "failures exceeded scenario.max_failures=0" in summary["reason"]
     assert summary["failures"].get("server:steady:protocol_error", 0) > 0
     assert "reason: failures exceeded" in r.stdout
+
+
+def test_interrupted_run_still_writes_its_summary_and_stops_its_children(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    config = write_config(tmp_path, target="20000")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    proc = subprocess.Popen(connscale("run", "-c", str(config)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list((tmp_path / "runs").glob("*/timeline.jsonl")):
+            time.sleep(0.2)
+        time.sleep(3)  # the ramp is under way
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 1, out
+    assert "reason: interrupted" in out
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert summary["verdict"] == "failed" and summary["reason"] == "interrupted"
+    gone, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, alive
