@@ -7,12 +7,14 @@ by process name.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -21,7 +23,6 @@ from typing import Callable, Iterable
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 GATE = os.path.join(HERE, "_gate_twistd.py")
-PATCHED = os.path.join(HERE, "_patched_twistd.py")
 C_REF_DIR = "/work/shared/reference/c-pingpong"
 
 #: The C reference's own figures (its README, measured on the reference box).
@@ -204,6 +205,34 @@ class CpuWindow:
         }
 
 
+def cpu_figures(cpu: dict, pong_rate: float, ping_rate: float, srv_rate: float, p50: list[float],
+                p99: list[float], extra: dict | None = None) -> dict[str, object]:
+    """The result fields of a CPU-per-round-trip run, from a finished
+    CpuWindow, the pong/ping/server-pong rates over it and the per-second RTT
+    p50/p99 figures (ms). Round trips = pongs/s times the window length.
+    `extra` fields go between the RTT and the machine fields."""
+    wall = cpu["wall_s"]
+    rts = pong_rate * wall
+    s_cpu, k_cpu = cpu["cpu_s"]["server"], cpu["cpu_s"]["client"]
+    return {
+        "window_s": round(wall, 2),
+        "pongs_per_s": round(pong_rate, 1), "pings_per_s": round(ping_rate, 1),
+        "server_pongs_per_s": round(srv_rate, 1),
+        "round_trips": round(rts),
+        "server_cpu_s": round(s_cpu, 2), "client_cpu_s": round(k_cpu, 2),
+        "server_core_pct": round(100 * s_cpu / wall, 1),
+        "client_core_pct": round(100 * k_cpu / wall, 1),
+        "server_us_per_rt": s_cpu * 1e6 / rts if rts else None,
+        "client_us_per_rt": k_cpu * 1e6 / rts if rts else None,
+        "both_us_per_rt": (s_cpu + k_cpu) * 1e6 / rts if rts else None,
+        "rtt_p50_ms_median": statistics.median(p50) if p50 else None,
+        "rtt_p99_ms_max": max(p99) if p99 else None,
+        **(extra or {}),
+        "machine_busy_s": round(cpu["machine_busy_s"], 2), "machine_cores": cpu["machine_cores"],
+        "others_cpu_s": cpu["others_cpu_s"], "others_top": cpu["others_top"],
+    }
+
+
 # -- ports and processes ------------------------------------------------------
 
 
@@ -306,6 +335,14 @@ class Proc:
         return "\n".join(self.tail.text().splitlines()[-n:])
 
 
+def stop_pair(srv: Proc | None, cli: Proc | None, cli_grace: float = 20.0, srv_grace: float = 20.0) -> None:
+    """Stop a bench's client, then its server (either may not have started)."""
+    if cli:
+        cli.stop(cli_grace)
+    if srv:
+        srv.stop(srv_grace)
+
+
 def wait_until(pred: Callable[[], object], timeout: float, what: str, procs: Iterable[Proc] = (), tick: float = 0.05):
     """Poll `pred` until it returns something truthy; fail after `timeout`
     or as soon as one of `procs` has exited."""
@@ -356,14 +393,40 @@ def last_status(tail: LogTail) -> dict[str, str] | None:
 TWISTD_MAIN = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
-def twistd_cmd(*args: str, gate: bool = False, patched: bool = False) -> list[str]:
-    """`twistd -n --pidfile= ARGS`, optionally through the start gate or the
-    what-if patcher (which reads $CONNSCALE_BENCH_PATCHES)."""
-    if patched:
-        return [sys.executable, PATCHED, "-n", "--pidfile=", *args]
+def twistd_cmd(*args: str, gate: bool = False) -> list[str]:
+    """`twistd -n --pidfile= ARGS`, optionally through the start gate."""
     if gate:
         return [sys.executable, GATE, "-n", "--pidfile=", *args]
     return [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile=", *args]
+
+
+def server_args(port: int, workers: int = 0) -> list[str]:
+    """connscale-server on 127.0.0.1:PORT (the default interface), a status line a second."""
+    return ["connscale-server", "--workers", str(workers), "--port", str(port), "--status-interval", "1"]
+
+
+def client_args(port: int, n: int, interval: float, rate: float, timeout: float = 10, workers: int = 0) -> list[str]:
+    """connscale-client: N connections to 127.0.0.1:PORT, spread over source_ips(N)."""
+    args = ["connscale-client", "--server", f"127.0.0.1:{port}", "--workers", str(workers),
+            "--connections", str(n), "--interval", str(interval), "--timeout", str(timeout),
+            "--rate", str(rate), "--status-interval", "1"]
+    for ip in source_ips(n):
+        args += ["--source-ip", ip]
+    return args
+
+
+def wait_all_open(srv: Proc, cli: Proc, n: int, timeout: float) -> None:
+    """Wait until both sides' status lines say open >= n; the error names the last ones."""
+
+    def all_open():  # type: ignore[no-untyped-def]
+        s, k = last_status(srv.tail), last_status(cli.tail)
+        return s and k and int(s["open"]) >= n and int(k["open"]) >= n
+
+    try:
+        wait_until(all_open, timeout, f"{n} open connections", [srv, cli])
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}\nlast server status: {last_status(srv.tail)}\n"
+                           f"last client status: {last_status(cli.tail)}") from None
 
 
 def wait_gated(proc: Proc, timeout: float = 30.0) -> None:
@@ -381,11 +444,47 @@ def source_ips(n_conns: int, per_route: int = 14_000, first: int = 2) -> list[st
     return [f"127.0.0.{first + i}" for i in range(count)]
 
 
+# -- command line and output -------------------------------------------------------
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The parser every bench starts from: its docstring as help, and -n."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--connections", type=int, default=10_000, help="connections (default 10000, max 19000)")
+    return ap
+
+
+def add_port_json(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--port", type=int, default=0, help="server port (default: a free one in 24000-32000)")
+    ap.add_argument("--json", help="write the result here as JSON")
+
+
+def parse_bench_args(ap: argparse.ArgumentParser, limit: Callable[[argparse.Namespace], int] = lambda a: MAX_CONNS,
+                     why: str = "per process") -> argparse.Namespace:
+    """Parse, turn SIGTERM/SIGHUP into Terminated, and check -n against `limit(args)`."""
+    args = ap.parse_args()
+    stop_on_signals()
+    if not 1 <= args.connections <= limit(args):
+        ap.error(f"--connections must be 1..{MAX_CONNS} {why}")
+    return args
+
+
+def run_bench(args: argparse.Namespace, run: Callable[[argparse.Namespace], dict],
+              report: Callable[[dict], None]) -> None:
+    res = run(args)
+    report(res)
+    dump_json(args.json, res)
+
+
 def dump_json(path: str | None, data: dict) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(data, f, indent=1, default=str)
         log(f"wrote {path}")
+
+
+def fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
 
 
 def fmt_ratio(x: float | None) -> str:

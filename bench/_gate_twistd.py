@@ -13,15 +13,9 @@ import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 # The default reactor, the same one twistd would install by itself.
-from twisted.internet import reactor  # noqa: E402
-from twisted.scripts.twistd import run  # noqa: E402
-
-from _whatif import apply_from_env  # noqa: E402
-
-apply_from_env()  # what-if patches, when $CONNSCALE_BENCH_PATCHES names some
+from twisted.internet import reactor
+from twisted.scripts.twistd import run
 
 # 'before startup' triggers run inside reactor.run(), after twistd's
 # startApplication() and before the first reactor iteration.

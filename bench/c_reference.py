@@ -27,7 +27,6 @@ import argparse
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,10 +105,7 @@ def mem_phase(args: argparse.Namespace, srv_bin: str, cli_bin: str, logdir: str)
         c.wait_until(lambda: not cli.alive(), args.settle + 30, "the client to finish its hold")
         res["client_summary"] = (cli.tail.matching(r"^CLIENT_SUMMARY") or [(0, None)])[0][1]
     finally:
-        if cli:
-            cli.stop(20)
-        if srv:
-            srv.stop(20)
+        c.stop_pair(srv, cli)
     return res
 
 
@@ -152,39 +148,17 @@ def cpu_phase(args: argparse.Namespace, srv_bin: str, cli_bin: str, logdir: str)
         pong_rate, used = rate(lines, "pongs_total")
         ping_rate, _ = rate(lines, "pings_total")
         srv_rate, _ = rate(slines, "pongs_total")
-        rts = pong_rate * cpu["wall_s"]
-        s_cpu, k_cpu = cpu["cpu_s"]["server"], cpu["cpu_s"]["client"]
         p50 = [float(d["p50_us"]) / 1000 for _, d in used[1:] if float(d.get("p50_us", -1)) >= 0]
         p99 = [float(d["p99_us"]) / 1000 for _, d in used[1:] if float(d.get("p99_us", -1)) >= 0]
         last = lines[-1][1] if lines else {}
-        res.update({
-            "window_s": round(cpu["wall_s"], 2),
-            "pongs_per_s": round(pong_rate, 1), "pings_per_s": round(ping_rate, 1),
-            "server_pongs_per_s": round(srv_rate, 1), "round_trips": round(rts),
-            "server_cpu_s": round(s_cpu, 2), "client_cpu_s": round(k_cpu, 2),
-            "server_core_pct": round(100 * s_cpu / cpu["wall_s"], 1),
-            "client_core_pct": round(100 * k_cpu / cpu["wall_s"], 1),
-            "server_us_per_rt": s_cpu * 1e6 / rts if rts else None,
-            "client_us_per_rt": k_cpu * 1e6 / rts if rts else None,
-            "both_us_per_rt": (s_cpu + k_cpu) * 1e6 / rts if rts else None,
-            "rtt_p50_ms_median": statistics.median(p50) if p50 else None,
-            "rtt_p99_ms_max": max(p99) if p99 else None,
+        res.update(c.cpu_figures(cpu, pong_rate, ping_rate, srv_rate, p50, p99, {
             "open_at_end": {"server": int(last_kv(srv.tail, "S t=").get("conns", 0)), "client": int(last.get("est", 0))},
             "timeouts": int(last.get("timeouts", 0)), "skipped": int(last.get("skipped", 0)),
-            "machine_busy_s": round(cpu["machine_busy_s"], 2), "machine_cores": cpu["machine_cores"],
-            "others_cpu_s": cpu["others_cpu_s"], "others_top": cpu["others_top"],
-        })
+        }))
         c.wait_until(lambda: not cli.alive(), hold + 30, "the client to finish its hold")
     finally:
-        if cli:
-            cli.stop(20)
-        if srv:
-            srv.stop(20)
+        c.stop_pair(srv, cli)
     return res
-
-
-def fmt(x: float | None, spec: str = ".1f") -> str:
-    return "-" if x is None else format(x, spec)
 
 
 def report_c(mem: dict | None, cpu: dict | None) -> None:
@@ -203,13 +177,13 @@ def report_c(mem: dict | None, cpu: dict | None) -> None:
         print(f"== C reference: CPU per round trip, N={cpu['n']} interval={cpu['interval']:g}s "
               f"(offered {cpu['offered_pings_per_s']:.0f} pings/s), window {cpu['window_s']} s")
         print(f"   server: {cpu['server_cmd']}\n   client: {cpu['client_cmd']}")
-        print(f"   achieved {cpu['pongs_per_s']:.0f} round trips/s; RTT p50 {fmt(cpu['rtt_p50_ms_median'], '.3f')} ms, "
-              f"worst 1-s p99 {fmt(cpu['rtt_p99_ms_max'], '.3f')} ms; timeouts {cpu['timeouts']}, "
+        print(f"   achieved {cpu['pongs_per_s']:.0f} round trips/s; RTT p50 {c.fmt(cpu['rtt_p50_ms_median'], '.3f')} ms, "
+              f"worst 1-s p99 {c.fmt(cpu['rtt_p99_ms_max'], '.3f')} ms; timeouts {cpu['timeouts']}, "
               f"skipped {cpu['skipped']}")
         for side in ("server", "client"):
             print(f"   {side:<7} {cpu[f'{side}_cpu_s']:6.2f} CPU-s ({cpu[f'{side}_core_pct']:5.1f}% of a core) "
-                  f"{fmt(cpu[f'{side}_us_per_rt'], '.2f')} µs/RT")
-        print(f"   both    {fmt(cpu['both_us_per_rt'], '.2f')} µs/RT (README: ~{c.C_README['both_us_per_rt']:g} µs at "
+                  f"{c.fmt(cpu[f'{side}_us_per_rt'], '.2f')} µs/RT")
+        print(f"   both    {c.fmt(cpu['both_us_per_rt'], '.2f')} µs/RT (README: ~{c.C_README['both_us_per_rt']:g} µs at "
               f"20k pings/s, 8+6 processes, reference box)")
         print(f"   machine: {cpu['machine_busy_s']:.1f} CPU-s busy of {cpu['window_s'] * cpu['machine_cores']:.0f}; "
               f"not ours: {cpu['others_cpu_s']} CPU-s")
@@ -239,8 +213,8 @@ def side_by_side(py_mem: dict | None, py_cpu: dict | None, c_mem: dict | None, c
     print(f"== side by side on this machine (N={n}; memory at interval 60 s, CPU at interval 1 s)")
     print(f"   {'':<24} {'Python':>10} {'C here':>10} {'Python/C':>9} {'C README':>9} {'Py/README':>9}")
     for name, py, cv, readme, spec in rows:
-        print(f"   {name:<24} {fmt(py, spec):>10} {fmt(cv, spec):>10} {c.fmt_ratio(ratio(py, cv)):>9} "
-              f"{fmt(readme, spec):>9} {c.fmt_ratio(ratio(py, readme)):>9}")
+        print(f"   {name:<24} {c.fmt(py, spec):>10} {c.fmt(cv, spec):>10} {c.fmt_ratio(ratio(py, cv)):>9} "
+              f"{c.fmt(readme, spec):>9} {c.fmt_ratio(ratio(py, readme)):>9}")
     if py_mem:
         pm = py_mem["readings"][0]
         b = c.BUDGET_BYTES_PER_CONN
@@ -262,8 +236,7 @@ def load_json(path: str | None) -> dict | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", "--connections", type=int, default=10_000, help="connections (default 10000, max 19000)")
+    ap = c.bench_parser(__doc__)
     ap.add_argument("--rate", type=float, default=5000.0, help="connects per second (default 5000)")
     ap.add_argument("--mem-interval", type=float, default=60.0, help="ping interval for the memory run (60)")
     ap.add_argument("--cpu-interval", type=float, default=1.0, help="ping interval for the CPU run (1)")
@@ -277,10 +250,7 @@ def main() -> None:
     ap.add_argument("--python-cpu", help="JSON from cpu_per_rtt.py --json, for the side-by-side table")
     ap.add_argument("--with-python", action="store_true", help="run the two Python benches first, same N")
     ap.add_argument("--json", help="write the C results here as JSON")
-    args = ap.parse_args()
-    c.stop_on_signals()
-    if not 1 <= args.connections <= c.MAX_CONNS * args.kc:
-        ap.error(f"--connections must be 1..{c.MAX_CONNS} per client process")
+    args = c.parse_bench_args(ap, lambda a: c.MAX_CONNS * a.kc, "per client process")
     if not shutil.which("gcc"):
         raise SystemExit("gcc not found")
 
@@ -292,13 +262,13 @@ def main() -> None:
         if args.only in (None, "mem"):
             py_mem = mem_per_conn.run(argparse.Namespace(
                 connections=args.connections, rate=args.rate, interval=args.mem_interval, settle=args.settle,
-                after_ping=False, patch="", port=0))
+                after_ping=False, port=0))
             mem_per_conn.report(py_mem)
         if args.only in (None, "cpu"):
             py_cpu = cpu_per_rtt.run(argparse.Namespace(
                 connections=args.connections, interval=args.cpu_interval, timeout=10.0, rate=args.rate,
                 warm=args.warm if args.warm is not None else args.cpu_interval + 3, window=args.window,
-                server_workers=0, client_workers=0, profile=False, patch="", port=0))
+                server_workers=0, client_workers=0, profile=False, port=0))
             cpu_per_rtt.report(py_cpu)
 
     logdir = tempfile.mkdtemp(prefix="connscale-bench-cref-")

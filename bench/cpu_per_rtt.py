@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -57,36 +56,19 @@ def run(args: argparse.Namespace) -> dict:
                  "offered_pings_per_s": n / args.interval, "port": port, "logdir": logdir}
     srv = cli = None
     try:
-        sargs = ["connscale-server", "--workers", str(args.server_workers), "--port", str(port),
-                 "--status-interval", "1"]
+        sargs = c.server_args(port, args.server_workers)
         if args.server_workers:
             # A hub also runs a controller and a console; keep them off shared ports.
             sargs += ["--control", f"tcp:{c.free_port()}:interface=127.0.0.1", "--console", "none",
                       "--run-dir", logdir]
-        patched = bool(args.patch)
-        env = {"CONNSCALE_BENCH_PATCHES": args.patch} if patched else None
-        res["patches"] = args.patch or ""
-        srv = c.Proc("server", c.twistd_cmd(*sargs, patched=patched), logdir, env)
+        srv = c.Proc("server", c.twistd_cmd(*sargs), logdir)
         c.wait_until(lambda: c.last_status(srv.tail), 60, "the server's first status line", [srv])
-        cargs = ["connscale-client", "--server", f"127.0.0.1:{port}", "--workers", str(args.client_workers),
-                 "--connections", str(n), "--interval", str(args.interval), "--timeout", str(args.timeout),
-                 "--rate", str(args.rate), "--status-interval", "1"]
-        for ip in c.source_ips(n):
-            cargs += ["--source-ip", ip]
+        cargs = c.client_args(port, n, args.interval, args.rate, args.timeout, args.client_workers)
         res["server_cmd"] = "twistd -n --pidfile= " + " ".join(sargs)
         res["client_cmd"] = "twistd -n --pidfile= " + " ".join(cargs)
-        cli = c.Proc("client", c.twistd_cmd(*cargs, patched=patched), logdir, env)
-
-        def all_open():
-            s, k = c.last_status(srv.tail), c.last_status(cli.tail)
-            return s and k and int(s["open"]) >= n and int(k["open"]) >= n
-
+        cli = c.Proc("client", c.twistd_cmd(*cargs), logdir)
         t_start = time.monotonic()
-        try:
-            c.wait_until(all_open, 60 + 3 * n / args.rate, f"{n} open connections", [srv, cli])
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}\nlast server status: {c.last_status(srv.tail)}\n"
-                               f"last client status: {c.last_status(cli.tail)}") from None
+        c.wait_all_open(srv, cli, n, 60 + 3 * n / args.rate)
         res["open_s"] = round(time.monotonic() - t_start, 2)
         c.log(f"all {n} open after {res['open_s']} s; warming up {args.warm:g} s")
         c.sleep_polling(args.warm, [srv.tail, cli.tail])
@@ -106,33 +88,14 @@ def run(args: argparse.Namespace) -> dict:
         srv_rate, _ = window_rate(s_lines, t0, t1 + 1.1, "pongs")
         p50 = [float(d["rtt_p50_ms"]) for _, d in used if d.get("rtt_p50_ms", "-") != "-"]
         p99 = [float(d["rtt_p99_ms"]) for _, d in used if d.get("rtt_p99_ms", "-") != "-"]
-        rts = pong_rate * cpu["wall_s"]
-        s_cpu, k_cpu = cpu["cpu_s"]["server"], cpu["cpu_s"]["client"]
         last_c, last_s = c_lines[-1][1], s_lines[-1][1]
-        res.update({
-            "window_s": round(cpu["wall_s"], 2),
-            "pongs_per_s": round(pong_rate, 1), "pings_per_s": round(ping_rate, 1),
-            "server_pongs_per_s": round(srv_rate, 1),
-            "round_trips": round(rts),
-            "server_cpu_s": round(s_cpu, 2), "client_cpu_s": round(k_cpu, 2),
-            "server_core_pct": round(100 * s_cpu / cpu["wall_s"], 1),
-            "client_core_pct": round(100 * k_cpu / cpu["wall_s"], 1),
-            "server_us_per_rt": s_cpu * 1e6 / rts if rts else None,
-            "client_us_per_rt": k_cpu * 1e6 / rts if rts else None,
-            "both_us_per_rt": (s_cpu + k_cpu) * 1e6 / rts if rts else None,
-            "rtt_p50_ms_median": statistics.median(p50) if p50 else None,
-            "rtt_p99_ms_max": max(p99) if p99 else None,
+        res.update(c.cpu_figures(cpu, pong_rate, ping_rate, srv_rate, p50, p99, {
             "open_at_end": {"server": int(last_s["open"]), "client": int(last_c["open"])},
             "failures": {"server": int(last_s.get("failures", 0)), "client": int(last_c.get("failures", 0))},
             "client_failure_keys": {k: v for k, v in last_c.items() if k.startswith("fail.")},
-            "machine_busy_s": round(cpu["machine_busy_s"], 2), "machine_cores": cpu["machine_cores"],
-            "others_cpu_s": cpu["others_cpu_s"], "others_top": cpu["others_top"],
-        })
+        }))
     finally:
-        if cli:
-            cli.stop(30)
-        if srv:
-            srv.stop(20)
+        c.stop_pair(srv, cli, cli_grace=30)
     return res
 
 
@@ -172,26 +135,21 @@ def finish_profile(spies: list) -> dict[str, str]:
     return out
 
 
-def fmt(x: float | None, spec: str = ".1f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def report(res: dict) -> None:
     ref = c.C_README["both_us_per_rt"]
     print()
-    patches = f" WHAT-IF patches: {res['patches']}" if res.get("patches") else ""
-    print(f"== cpu_per_rtt (Python connscale{patches}) N={res['n']} interval={res['interval']:g}s "
+    print(f"== cpu_per_rtt (Python connscale) N={res['n']} interval={res['interval']:g}s "
           f"(offered {res['offered_pings_per_s']:.0f} pings/s), window {res['window_s']} s")
     print(f"   server: {res['server_cmd']}")
     print(f"   client: {res['client_cmd']}")
     print(f"   achieved: {res['pongs_per_s']:.0f} round trips/s (client pings/s {res['pings_per_s']:.0f}, "
-          f"server pongs/s {res['server_pongs_per_s']:.0f}); RTT p50 {fmt(res['rtt_p50_ms_median'], '.3f')} ms, "
-          f"worst 1-s p99 {fmt(res['rtt_p99_ms_max'], '.3f')} ms")
+          f"server pongs/s {res['server_pongs_per_s']:.0f}); RTT p50 {c.fmt(res['rtt_p50_ms_median'], '.3f')} ms, "
+          f"worst 1-s p99 {c.fmt(res['rtt_p99_ms_max'], '.3f')} ms")
     print(f"   {'side':<7} {'CPU s':>7} {'% of a core':>11} {'µs/RT':>8}")
-    print(f"   {'server':<7} {res['server_cpu_s']:>7.2f} {res['server_core_pct']:>11.1f} {fmt(res['server_us_per_rt']):>8}")
-    print(f"   {'client':<7} {res['client_cpu_s']:>7.2f} {res['client_core_pct']:>11.1f} {fmt(res['client_us_per_rt']):>8}")
+    print(f"   {'server':<7} {res['server_cpu_s']:>7.2f} {res['server_core_pct']:>11.1f} {c.fmt(res['server_us_per_rt']):>8}")
+    print(f"   {'client':<7} {res['client_cpu_s']:>7.2f} {res['client_core_pct']:>11.1f} {c.fmt(res['client_us_per_rt']):>8}")
     both = res["both_us_per_rt"]
-    print(f"   {'both':<7} {res['server_cpu_s'] + res['client_cpu_s']:>7.2f} {'':>11} {fmt(both):>8}")
+    print(f"   {'both':<7} {res['server_cpu_s'] + res['client_cpu_s']:>7.2f} {'':>11} {c.fmt(both):>8}")
     if both:
         ratio = both / ref
         print(f"   vs C reference ~{ref:g} µs/RT (both sides, 20k pings/s, its README): {ratio:.1f}x "
@@ -209,8 +167,7 @@ def report(res: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", "--connections", type=int, default=10_000, help="connections (default 10000, max 19000)")
+    ap = c.bench_parser(__doc__)
     ap.add_argument("--interval", type=float, default=1.0, help="ping interval, seconds (default 1)")
     ap.add_argument("--timeout", type=float, default=10.0, help="client pong timeout, seconds (default 10)")
     ap.add_argument("--rate", type=float, default=5000.0, help="client connects per second (default 5000)")
@@ -220,19 +177,11 @@ def main() -> None:
     ap.add_argument("--server-workers", type=int, default=0, help="server --workers (default 0: one process)")
     ap.add_argument("--client-workers", type=int, default=0, help="client --workers (default 0: one process)")
     ap.add_argument("--profile", action="store_true", help="also run py-spy on both sides during the window")
-    ap.add_argument("--patch", default="", help="what-if: run both sides with these in-process patches "
-                    "(comma-separated; see _patched_twistd.py: write_through, direct_dispatch)")
-    ap.add_argument("--port", type=int, default=0, help="server port (default: a free one in 24000-32000)")
-    ap.add_argument("--json", help="write the result here as JSON")
-    args = ap.parse_args()
-    c.stop_on_signals()
-    if not 1 <= args.connections <= c.MAX_CONNS * max(1, args.client_workers, args.server_workers):
-        ap.error(f"--connections must be 1..{c.MAX_CONNS} per process")
+    c.add_port_json(ap)
+    args = c.parse_bench_args(ap, lambda a: c.MAX_CONNS * max(1, a.client_workers, a.server_workers))
     if args.warm is None:
         args.warm = args.interval + 3
-    res = run(args)
-    report(res)
-    c.dump_json(args.json, res)
+    c.run_bench(args, run, report)
 
 
 if __name__ == "__main__":

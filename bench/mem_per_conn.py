@@ -40,52 +40,36 @@ def run(args: argparse.Namespace) -> dict:
     res: dict = {"bench": "mem_per_conn", "impl": "python", "n": n, "interval": args.interval, "port": port,
                  "logdir": logdir}
     try:
-        patched = bool(args.patch)
-        env = {"CONNSCALE_BENCH_PATCHES": args.patch} if patched else None
-        res["patches"] = args.patch or ""
-        srv = c.Proc("server", c.twistd_cmd(
-            "connscale-server", "--workers", "0", "--port", str(port), "--status-interval", "1", patched=patched),
-            logdir, env)
+        sargs = c.server_args(port)
+        srv = c.Proc("server", c.twistd_cmd(*sargs), logdir)
         c.wait_until(lambda: c.last_status(srv.tail), 30, "the server's first status line", [srv])
         time.sleep(0.5)
-        srcs = c.source_ips(n)
-        cargs = ["connscale-client", "--server", f"127.0.0.1:{port}", "--workers", "0",
-                 "--connections", str(n), "--interval", str(args.interval), "--timeout", "10",
-                 "--rate", str(args.rate), "--status-interval", "1"]
-        for ip in srcs:
-            cargs += ["--source-ip", ip]
+        cargs = c.client_args(port, n, args.interval, args.rate)
         res["client_cmd"] = "twistd -n --pidfile= " + " ".join(cargs)
-        res["server_cmd"] = f"twistd -n --pidfile= connscale-server --workers 0 --port {port} --status-interval 1"
-        cli = c.Proc("client", c.twistd_cmd(*cargs, gate=True), logdir, env)
+        res["server_cmd"] = "twistd -n --pidfile= " + " ".join(sargs)
+        cli = c.Proc("client", c.twistd_cmd(*cargs, gate=True), logdir)
         c.wait_gated(cli)
         base = {"server": c.tree_rss(srv.pid), "client": c.tree_rss(cli.pid)}
         base_detail = {"server": c.rss_detail(srv.pid), "client": c.rss_detail(cli.pid)}
         c.log(f"baseline RSS server {base['server'] / 2**20:.1f} MiB, client {base['client'] / 2**20:.1f} MiB")
         t_open = time.monotonic()
         c.release_gate(cli)
-
-        def all_open():
-            s, k = c.last_status(srv.tail), c.last_status(cli.tail)
-            return s and k and int(s["open"]) >= n and int(k["open"]) >= n
-
-        try:
-            c.wait_until(all_open, 30 + 3 * n / args.rate, f"{n} open connections", [srv, cli])
-        except RuntimeError as e:
-            s, k = c.last_status(srv.tail), c.last_status(cli.tail)
-            raise RuntimeError(f"{e}\nlast server status: {s}\nlast client status: {k}") from None
+        c.wait_all_open(srv, cli, n, 30 + 3 * n / args.rate)
         res["open_s"] = round(time.monotonic() - t_open, 2)
         c.log(f"all {n} open after {res['open_s']} s; settling {args.settle} s")
         c.sleep_polling(args.settle, [srv.tail, cli.tail])
-        readings = [("loaded", {"server": c.tree_rss(srv.pid), "client": c.tree_rss(cli.pid)},
-                     {"server": c.rss_detail(srv.pid), "client": c.rss_detail(cli.pid)},
-                     c.last_status(srv.tail), c.last_status(cli.tail))]
+
+        def reading(label: str) -> tuple:
+            return (label, {"server": c.tree_rss(srv.pid), "client": c.tree_rss(cli.pid)},
+                    {"server": c.rss_detail(srv.pid), "client": c.rss_detail(cli.pid)},
+                    c.last_status(srv.tail), c.last_status(cli.tail))
+
+        readings = [reading("loaded")]
         if args.after_ping:
             wait = args.interval + 5
             c.log(f"waiting {wait:g} s so that every connection has pinged")
             c.sleep_polling(wait, [srv.tail, cli.tail])
-            readings.append(("pinged", {"server": c.tree_rss(srv.pid), "client": c.tree_rss(cli.pid)},
-                             {"server": c.rss_detail(srv.pid), "client": c.rss_detail(cli.pid)},
-                             c.last_status(srv.tail), c.last_status(cli.tail)))
+            readings.append(reading("pinged"))
         res["baseline_rss"] = base
         res["baseline_detail"] = base_detail
         res["readings"] = []
@@ -101,10 +85,7 @@ def run(args: argparse.Namespace) -> dict:
         res["failures"] = {"server": int(readings[-1][3].get("failures", 0)),
                            "client": int(readings[-1][4].get("failures", 0))}
     finally:
-        if cli:
-            cli.stop(30)
-        if srv:
-            srv.stop(20)
+        c.stop_pair(srv, cli, cli_grace=30)
     return res
 
 
@@ -112,8 +93,7 @@ def report(res: dict) -> None:
     budget = c.BUDGET_BYTES_PER_CONN
     cref = {"server": c.C_README["server_user_bytes_per_conn"], "client": c.C_README["client_user_bytes_per_conn"]}
     print()
-    patches = f", WHAT-IF patches: {res['patches']}" if res.get("patches") else ""
-    print(f"== mem_per_conn (Python connscale, one process per side{patches}) N={res['n']} interval={res['interval']:g}s "
+    print(f"== mem_per_conn (Python connscale, one process per side) N={res['n']} interval={res['interval']:g}s "
           f"all open in {res.get('open_s', '?')} s")
     print(f"   server: {res['server_cmd']}")
     print(f"   client: {res['client_cmd']}")
@@ -132,23 +112,14 @@ def report(res: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", "--connections", type=int, default=10_000, help="connections (default 10000, max 19000)")
+    ap = c.bench_parser(__doc__)
     ap.add_argument("--rate", type=float, default=5000.0, help="client connects per second (default 5000)")
     ap.add_argument("--interval", type=float, default=60.0, help="ping interval, seconds (default 60)")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait after all are open (default 3)")
     ap.add_argument("--after-ping", action="store_true", help="also read after interval+5 s (every conn pinged)")
-    ap.add_argument("--patch", default="", help="what-if: run both sides with these in-process patches "
-                    "(comma-separated; see _whatif.py, e.g. presize_dicts)")
-    ap.add_argument("--port", type=int, default=0, help="server port (default: a free one in 24000-32000)")
-    ap.add_argument("--json", help="write the result here as JSON")
-    args = ap.parse_args()
-    c.stop_on_signals()
-    if not 1 <= args.connections <= c.MAX_CONNS:
-        ap.error(f"--connections must be 1..{c.MAX_CONNS} (one process per side, RLIMIT_NOFILE 20000)")
-    res = run(args)
-    report(res)
-    c.dump_json(args.json, res)
+    c.add_port_json(ap)
+    args = c.parse_bench_args(ap, why="(one process per side, RLIMIT_NOFILE 20000)")
+    c.run_bench(args, run, report)
 
 
 if __name__ == "__main__":
