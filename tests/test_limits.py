@@ -341,10 +341,13 @@ def test_advice_is_read_only():
 
 def test_process_resources_self():
     res = process_resources(os.getpid())
-    assert set(res) == {"rss_bytes", "cpu_user_s", "cpu_system_s", "fds", "threads"}
-    assert res["rss_bytes"] > 0 and res["fds"] >= 3 and res["threads"] >= 1
+    # fds only on request: listing /proc/PID/fd is costly at scale.
+    assert set(res) == {"rss_bytes", "cpu_user_s", "cpu_system_s", "threads"}
+    assert res["rss_bytes"] > 0 and res["threads"] >= 1
     assert all(isinstance(v, float) for v in res.values())
     assert process_resources().keys() == res.keys()
+    counted = process_resources(count_fds=True)
+    assert set(counted) == set(res) | {"fds"} and counted["fds"] >= 3
 
 
 def test_process_resources_missing_process():
