@@ -106,6 +106,8 @@ class Run:
         self.factory: Any = None
         self.progress = Progress(started=reactor.seconds())
         self.reason = ""
+        # Open at the end of the final hold, if no failure happened during it.
+        self.held = 0
         self.tty = sys.stdout.isatty()
         self._last_print = 0.0
 
@@ -248,13 +250,12 @@ class Run:
             hold = sc.final_hold if last_hold else sc.hold
             before = p.failure_total
             if last_hold:
-                self.out("" if not self.tty else "\n")
+                if self.tty:
+                    self.out("")  # end the live line
                 self.out(f"holding {p.open} connections for {hold:g}s")
             yield self.watch(hold)
             if last_hold:
                 self.held = p.open if p.failure_total == before else 0
-
-    held = 0
 
     def summary(self, ok: bool) -> dict[str, Any]:
         p = self.progress
