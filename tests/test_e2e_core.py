@@ -514,3 +514,19 @@ def test_client_at_its_fd_limit_says_so_and_classifies_emfile(tmp_path: Path, st
     text = client.text()
     assert "this process can hold only 60 connections" in text and "--workers" in text
     assert_no_traceback(client)
+
+
+def test_standalone_client_with_workers_splits_the_target(tmp_path: Path, stack: ExitStack) -> None:
+    """A standalone client beyond one process: the same plan as the controller's,
+    counted together in one status line."""
+    port = free_port()
+    server = start_server(stack, tmp_path, port)
+    client = start_client(stack, tmp_path, port, "-n", "2000", "--workers", "2", "--rate", "2000",
+                          "--interval", "2", "--timeout", "2", "--source-ip", "127.0.0.2-127.0.0.3")
+    client.wait_line("2000 connections over 2 workers (1000+1000)", 30)
+    status = wait_status(client, lambda s: s.get("open") == "2000", 60, "client open=2000")
+    assert status["failures"] == "0", status
+    wait_status(server, lambda s: s.get("open") == "2000", 30, "server open=2000")
+    workers = [line for line in client.lines() if "client-worker-" in line and "started (pid" in line]
+    assert len(workers) == 2, workers
+    assert_no_traceback(client)
