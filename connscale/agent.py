@@ -197,7 +197,12 @@ class ControllerLink(Service):
     def _logged_in(self, perspective: pb.RemoteReference):  # type: ignore[no-untyped-def]
         self.perspective = perspective
         perspective.notifyOnDisconnect(self._lost)
-        answer = yield perspective.callRemote("register", self.info())
+        try:
+            answer = yield perspective.callRemote("register", self.info())
+        except Exception as e:
+            message = (str(e).strip().splitlines() or [repr(e)])[-1]
+            fatal(self.reactor, f"{PROG}: the controller refused our registration: {message}")
+            return
         self.attempt = 0
         self.level = -1
         log.info(

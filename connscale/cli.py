@@ -149,8 +149,8 @@ def operator_call(host: str, port: int, secret: bytes, method: str, *args: Any,
             result = yield perspective.callRemote(method, *args)
             outcome.append((EXIT_OK, result))
         except Exception as e:
-            message = getattr(e, "remoteMessage", None) or str(e)
-            outcome.append((EXIT_REFUSED, message.strip().splitlines()[-1] if message.strip() else repr(e)))
+            # A pb.Error from the controller arrives as RemoteError(message).
+            outcome.append((EXIT_REFUSED, (str(e).strip().splitlines() or [repr(e)])[-1]))
         factory.disconnect()
 
     try:

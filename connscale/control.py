@@ -158,6 +158,15 @@ class Controller:
         if agent is None:
             agent = self.agents[name] = AgentHandle(name)
         elif agent.connected and agent.mind is not mind:
+            same = (agent.info.get("host"), agent.info.get("pid")) == (info.get("host"), info.get("pid"))
+            if not same:
+                # Two agents under one name would share one target and one
+                # row of numbers: refuse the newcomer, loudly.
+                raise ControlError(
+                    f"agent name {name!r} is taken by pid {agent.info.get('pid')} on {agent.info.get('host')}; "
+                    "give this agent another --name"
+                )
+            # The same process reconnecting before we noticed it had gone.
             self.note(f"agent {name} registered again; the older session is replaced")
         agent.mind = mind
         agent.info = dict(info)

@@ -451,3 +451,19 @@ def test_concurrent_orders_do_not_lose_updates(controller: Controller) -> None:
     link.pump.flush()
     assert a.called and b.called
     assert controller.agents["x"].target == 200
+
+
+def test_a_second_agent_under_a_taken_name_is_refused(controller: Controller) -> None:
+    first = Link(controller)
+    p1 = first.login(b"agent:x", mind=FakeMind())
+    assert first.wait(p1.callRemote("register", {"host": "h1", "pid": 1, "budget": 19900}))["target"] == 0
+    second = Link(controller)
+    p2 = second.login(b"agent:x", mind=FakeMind())
+    f = second.wait(p2.callRemote("register", {"host": "h2", "pid": 2, "budget": 19900}))
+    assert isinstance(f, Failure)
+    assert "agent name 'x' is taken by pid 1 on h1" in f.getErrorMessage()
+    assert controller.agents["x"].info["pid"] == 1
+    # The same process coming back on a new connection replaces its old session.
+    third = Link(controller)
+    p3 = third.login(b"agent:x", mind=FakeMind())
+    assert third.wait(p3.callRemote("register", {"host": "h1", "pid": 1, "budget": 19900}))["target"] == 0

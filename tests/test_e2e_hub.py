@@ -4,6 +4,7 @@ SSH client, and `connscale ctl` exit codes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -46,6 +47,7 @@ control:
 """
         )
         self.runs = 0
+        self._agents = itertools.count(1)
         self.proc: Proc | None = None
 
     def start(self) -> Proc:
@@ -61,7 +63,7 @@ control:
         return Proc(
             connscale("agent", "--config", str(self.config), "--master", f"127.0.0.1:{self.control}",
                       "--name", name, *extra),
-            self.tmp / f"agent-{name}.log", env=self.env,
+            self.tmp / f"agent-{name}-{next(self._agents)}.log", env=self.env,
         )
 
     def ctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -266,3 +268,19 @@ def test_control_plane_over_tls(hub, tmp_path):
     r = subprocess.run(connscale("ctl", "--config", str(plain), "count"), capture_output=True, text=True,
                        env=dict(os.environ, **h.env), timeout=30)
     assert r.returncode == 3, r.stderr
+
+
+def test_second_agent_with_a_taken_name_exits_with_the_reason(hub):
+    h = hub()
+    h.start()
+    with h.agent("a1") as first:
+        first.wait_line("registered with controller", 30)
+        second = h.agent("a1")
+        try:
+            second.wait_for(lambda: not second.running(), 30, "the second agent to exit")
+            assert second.popen.returncode == 2
+            assert "agent name 'a1' is taken by pid" in second.text()
+        finally:
+            second.stop()
+        assert first.running()
+        assert re.search(r"^a1\s+True", h.ctl("clients").stdout, re.M)
