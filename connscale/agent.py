@@ -99,6 +99,7 @@ class Agent(MultiService):
             "cores": cpu_count(),
             "budget": self.budget,
             "source_ips": list(c.source_ips),
+            "master_host": c.master[0] if c.master else None,
             "ephemeral": ephemeral_count(),
             "configured_workers": c.workers,
             "workers": len(self.supervisor.slots),

@@ -9,6 +9,7 @@ and appends them to the run's timeline.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import Any, Callable
 
@@ -247,9 +248,18 @@ class Controller:
 
     # -- orders ------------------------------------------------------------------
     def _routes(self, agent: AgentHandle) -> list[Any]:
-        c = self.cfg.client
-        sources = tuple(agent.info.get("source_ips", ())) or c.source_ips
-        return make_routes(c.server_host, c.server_ports, sources, 1)
+        """Every source IP of the agent × every port this hub serves.
+
+        The hub is the server, so its own `server.ports` and interface are the
+        truth; when it listens on all interfaces, agents dial the address at
+        which they reached the controller. Source IPs are the agent's own
+        (its --source-ip, or clients.NAME.source_ips when launched over ssh).
+        """
+        s = self.cfg.server
+        host = s.interface
+        if ipaddress.ip_address(host).is_unspecified:
+            host = str(agent.info.get("master_host") or "127.0.0.1")
+        return make_routes(host, s.ports, tuple(agent.info.get("source_ips", ())), 1)
 
     def _tuple_cap(self, agent: AgentHandle) -> int:
         ephemeral = int(agent.info.get("ephemeral", 0)) or ephemeral_count()

@@ -100,7 +100,10 @@ class Link:
 
 
 def make_cfg(server: str = "127.0.0.1:8989-8990", **client: Any):  # type: ignore[no-untyped-def]
-    return parse_config({"client": {"server": server, **client}, "control": {"secret": SECRET.decode()}})
+    """The hub serves `server` (interface:ports); agents are routed there."""
+    interface, _, ports = server.rpartition(":")
+    return parse_config({"server": {"interface": interface, "ports": ports}, "client": client,
+                         "control": {"secret": SECRET.decode()}})
 
 
 def agent_info(**extra: Any) -> dict[str, Any]:
@@ -467,3 +470,12 @@ def test_a_second_agent_under_a_taken_name_is_refused(controller: Controller) ->
     third = Link(controller)
     p3 = third.login(b"agent:x", mind=FakeMind())
     assert third.wait(p3.callRemote("register", {"host": "h1", "pid": 1, "budget": 19900}))["target"] == 0
+
+
+def test_routes_go_to_the_ports_this_hub_serves(clock: Clock) -> None:
+    # A hub on every interface: agents dial where they reached the controller.
+    controller = Controller(clock, make_cfg(server="0.0.0.0:9001-9002"), SECRET)
+    link, mind, _ = register(controller, master_host="198.18.0.1")
+    run(link, controller.connections_start(10, "x"))
+    _, routes = mind.applied[-1][0]
+    assert sorted({(r[1], r[2]) for r in routes}) == [("198.18.0.1", 9001), ("198.18.0.1", 9002)]
