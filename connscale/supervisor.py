@@ -36,6 +36,7 @@ class Slot:
     alive: bool = False
     started_at: float = 0.0
     delay: float = 0.0
+    answered_at: float = 0.0
 
 
 class Supervisor:
@@ -47,7 +48,10 @@ class Supervisor:
         name: str,
         restart_delay: float = 1.0,
         on_rtt: Callable[[str], None] | None = None,
+        hung_after: float = 30.0,
     ) -> None:
+        #: A live worker silent this long is hung: it is killed and replaced.
+        self.hung_after = hung_after
         self.reactor = reactor
         self.role = role
         self.spec = spec
@@ -83,6 +87,7 @@ class Supervisor:
 
         def ready(info: dict[str, Any]) -> defer.Deferred[None] | None:
             slot.alive = True
+            slot.answered_at = self.reactor.seconds()
             slot.budget = int(info["budget"])
             slot.pid = int(info["pid"])
             log.info("{label} started (pid {pid}, fd budget {budget})", label=label, pid=slot.pid, budget=slot.budget)
@@ -173,14 +178,27 @@ class Supervisor:
 
     # -- statistics ----------------------------------------------------------------
     def poll(self) -> defer.Deferred[None]:
-        """Ask every live worker for its snapshot."""
+        """Ask every live worker for its snapshot; kill the ones that stopped answering."""
         calls = []
+        now = self.reactor.seconds()
         for slot in self.slots:
-            if slot.alive and slot.child is not None:
-                calls.append(slot.child.call("snapshot").addCallback(self._got, slot).addErrback(lambda _: None))
+            if not (slot.alive and slot.child is not None):
+                continue
+            if not self.stopping and now - slot.answered_at > self.hung_after:
+                message = (
+                    f"{slot.child.name} (pid {slot.pid}) has not answered for "
+                    f"{now - slot.answered_at:.0f}s; killing it"
+                )
+                self.events.append(message)
+                log.warn("{message}", message=message)
+                slot.child.signal("KILL")  # the pid we started; _exited counts the loss
+                continue
+            call = slot.child.call("snapshot").addTimeout(self.hung_after, self.reactor)
+            calls.append(call.addCallback(self._got, slot).addErrback(lambda _: None))
         return defer.gatherResults(calls).addCallback(lambda _: None)
 
     def _got(self, data: dict[str, Any], slot: Slot) -> None:
+        slot.answered_at = self.reactor.seconds()
         slot.last = data
         if data.get("rtt"):
             for listener in self.rtt_listeners:

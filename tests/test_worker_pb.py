@@ -58,7 +58,7 @@ def main(reactor):
     servers = Supervisor(reactor, "server", {"interface": "127.0.0.1", "ports": [port], "backlog": 512,
                                              "framing": "line", "max_line": 1024}, "t", restart_delay=0.2)
     clients = Supervisor(reactor, "client", {"interval": 0.5, "timeout": 3.0, "rate": 2000.0,
-                                             "framing": "line"}, "t", restart_delay=0.2)
+                                             "framing": "line"}, "t", restart_delay=0.2, hung_after=3.0)
     try:
         out["server_budgets"] = yield servers.ensure(1)
         out["client_budgets"] = yield clients.ensure(1)
@@ -87,6 +87,15 @@ def main(reactor):
         out["final"] = {"client": clients.totals().to_dict(), "server": servers.totals().to_dict(),
                         "lost_workers": clients.lost_workers, "workers": clients.workers(),
                         "target": slot.target}
+        if not ok:
+            return
+        # A hung worker (stopped, not dead) is killed by the supervisor and replaced.
+        os.kill(slot.pid, signal.SIGSTOP)
+        ok = yield until(reactor, "hung_replaced", lambda: clients.lost_workers == 2 and slot.alive
+                         and slot.pid != out["pid2"] and clients.count() == 50, clients, servers)
+        out["hung"] = {"events": list(clients.events), "pid3": slot.pid,
+                       "pid2_gone": not os.path.exists(f"/proc/{out['pid2']}/status")
+                       or "zombie" in open(f"/proc/{out['pid2']}/status").read()}
     finally:
         yield clients.stop(grace=2.0)
         yield servers.stop(grace=2.0)
@@ -104,12 +113,12 @@ def result() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, "25"],
+        [sys.executable, "-c", SCRIPT, "40"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=45,
+        timeout=70,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no result (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
@@ -168,3 +177,10 @@ def test_everything_stops(result: dict) -> None:
     assert result["_rc"] == 0
     for pid in result["pids"]:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_a_hung_worker_is_killed_and_replaced(result: dict) -> None:
+    assert "hung_replaced" in result["steps"], result["_stderr"]
+    hung = result["hung"]
+    assert hung["pid3"] != result["pid2"] and hung["pid2_gone"]
+    assert any("has not answered for" in e and "killing it" in e for e in hung["events"]), hung["events"]
