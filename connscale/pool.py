@@ -285,9 +285,15 @@ class ConnectionPool:
             self.bad_reply(conn, "unexpected_pong")
             return
         now = self.clock.seconds()
+        rtt = now - conn.sent_at
+        if rtt > self.settings.timeout:
+            # Late by less than a wheel tick: the deadline had passed, so it
+            # is the timeout the tick was about to report, not a pong.
+            self.close(conn, "no_answer_from_server")
+            return
         c = self.counters
         c.pongs += 1
-        c.rtt.record_value(max(1, int((now - conn.sent_at) * 1e6)))
+        c.rtt.record_value(max(1, int(rtt * 1e6)))
         conn.sent_at = 0.0
         conn.answered = True
         self.wheel.schedule(conn, conn.next_ping)

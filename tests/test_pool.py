@@ -235,3 +235,19 @@ def test_hundred_thousand_connections_share_one_timer():
     h.run(5.0, step=0.05)
     assert h.pool.counters.pings == 100_000
     assert len(h.clock.getDelayedCalls()) == 1
+
+
+def test_a_pong_after_the_deadline_is_a_timeout_even_before_the_tick():
+    h = Harness(rate=10_000, interval=1.0, timeout=0.5)
+    h.pool.start(1)
+    h.run(0.02)
+    (_, conn, t), = h.dialed
+    while not t.value():
+        h.clock.advance(0.003)  # off the 10 ms grid: the deadline falls between ticks
+    sent = conn.sent_at
+    h.clock.advance(sent + 0.5 + 0.002 - h.clock.seconds())
+    assert conn.state == conn.OPEN  # the wheel's tick for the deadline has not come yet
+    conn.dataReceived(b"Pong\n")
+    c = h.pool.counters
+    assert c.pongs == 0
+    assert c.failures == {("first_ping", "no_answer_from_server"): 1}
