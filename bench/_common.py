@@ -22,7 +22,6 @@ from typing import Callable, Iterable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-GATE = os.path.join(HERE, "_gate_twistd.py")
 C_REF_DIR = "/work/shared/reference/c-pingpong"
 
 #: The C reference's own figures (its README, measured on the reference box).
@@ -76,11 +75,6 @@ def stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     return s[s.rindex(")") + 2 :].split()
-
-
-def proc_state(pid: int) -> str | None:
-    f = stat_fields(pid)
-    return f[0] if f else None
 
 
 def rss_bytes(pid: int) -> int:
@@ -312,7 +306,6 @@ class Proc:
         if self.alive():
             kids = descendants(self.pid)
             try:
-                self.p.send_signal(signal.SIGCONT)  # in case it is held at the gate
                 self.p.send_signal(signal.SIGTERM)
             except ProcessLookupError:
                 pass
@@ -393,10 +386,8 @@ def last_status(tail: LogTail) -> dict[str, str] | None:
 TWISTD_MAIN = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
-def twistd_cmd(*args: str, gate: bool = False) -> list[str]:
-    """`twistd -n --pidfile= ARGS`, optionally through the start gate."""
-    if gate:
-        return [sys.executable, GATE, "-n", "--pidfile=", *args]
+def twistd_cmd(*args: str) -> list[str]:
+    """`twistd -n --pidfile= ARGS`."""
     return [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile=", *args]
 
 
@@ -427,15 +418,6 @@ def wait_all_open(srv: Proc, cli: Proc, n: int, timeout: float) -> None:
     except RuntimeError as e:
         raise RuntimeError(f"{e}\nlast server status: {last_status(srv.tail)}\n"
                            f"last client status: {last_status(cli.tail)}") from None
-
-
-def wait_gated(proc: Proc, timeout: float = 30.0) -> None:
-    """Wait until a gated twistd has stopped itself (state T) before its reactor runs."""
-    wait_until(lambda: proc_state(proc.pid) == "T", timeout, f"{proc.name} to reach the start gate", [proc])
-
-
-def release_gate(proc: Proc) -> None:
-    os.kill(proc.pid, signal.SIGCONT)
 
 
 def source_ips(n_conns: int, per_route: int = 14_000, first: int = 2) -> list[str]:

@@ -6,13 +6,16 @@ Starts, on loopback only:
   client: twistd -n --pidfile= connscale-client --workers 0 --connections N --interval 60
           --timeout 10 --rate 5000 --server 127.0.0.1:P --source-ip 127.0.0.2 ...
 Reads VmRSS (process tree) of both from /proc:
-  baseline  server: after its first status line; client: after start-up, held
-            at a gate just before its reactor runs (see _gate_twistd.py), so
-            no connection exists yet;
-  loaded    both status lines report open=N, plus --settle seconds;
+  baseline  first the same client command with --connections 1: once both
+            status lines report open=1, plus --settle seconds, read the
+            server and that client; then that client is stopped. What
+            either side allocates once after start-up (logging, services,
+            status ticks, the connect path) is thus in the baseline;
+  loaded    the N-connection client: both status lines report open=N, plus
+            --settle seconds;
   (pinged)  with --after-ping: one more reading after interval+5 s, when every
             connection has sent a ping and read a pong.
-bytes/connection = (loaded - baseline) / open connections.
+bytes/connection = (RSS_N - RSS_1) / (N - 1), per side (N = open connections).
 
 Prints those next to the C reference's 12 B (server) / 38 B (client) and the
 brief's budget of 1.5 KB per connection per side. Everything is bounded and
@@ -33,58 +36,78 @@ import _common as c  # noqa: E402
 
 def run(args: argparse.Namespace) -> dict:
     n = args.connections
+    if n < 2:
+        raise SystemExit("mem_per_conn: --connections must be at least 2 (the baseline holds 1)")
     port = args.port or c.free_port()
     logdir = tempfile.mkdtemp(prefix="connscale-bench-mem-")
     c.log(f"mem_per_conn: N={n} port={port} logs in {logdir}")
-    srv = cli = None
+    srv = cli = base_cli = None
     res: dict = {"bench": "mem_per_conn", "impl": "python", "n": n, "interval": args.interval, "port": port,
                  "logdir": logdir}
+
+    def reading(label: str, client: c.Proc) -> tuple:
+        return (label, {"server": c.tree_rss(srv.pid), "client": c.tree_rss(client.pid)},
+                {"server": c.rss_detail(srv.pid), "client": c.rss_detail(client.pid)},
+                c.last_status(srv.tail), c.last_status(client.tail))
+
     try:
         sargs = c.server_args(port)
         srv = c.Proc("server", c.twistd_cmd(*sargs), logdir)
         c.wait_until(lambda: c.last_status(srv.tail), 30, "the server's first status line", [srv])
-        time.sleep(0.5)
+        cargs1 = c.client_args(port, 1, args.interval, args.rate)
         cargs = c.client_args(port, n, args.interval, args.rate)
         res["client_cmd"] = "twistd -n --pidfile= " + " ".join(cargs)
         res["server_cmd"] = "twistd -n --pidfile= " + " ".join(sargs)
-        cli = c.Proc("client", c.twistd_cmd(*cargs, gate=True), logdir)
-        c.wait_gated(cli)
-        base = {"server": c.tree_rss(srv.pid), "client": c.tree_rss(cli.pid)}
-        base_detail = {"server": c.rss_detail(srv.pid), "client": c.rss_detail(cli.pid)}
-        c.log(f"baseline RSS server {base['server'] / 2**20:.1f} MiB, client {base['client'] / 2**20:.1f} MiB")
+        res["baseline_client_cmd"] = "twistd -n --pidfile= " + " ".join(cargs1)
+
+        # Baseline: the same client command holding one connection, settled.
+        base_cli = c.Proc("client-1", c.twistd_cmd(*cargs1), logdir)
+        c.wait_all_open(srv, base_cli, 1, 30)
+        c.log(f"baseline: 1 connection open; settling {args.settle} s")
+        c.sleep_polling(args.settle, [srv.tail, base_cli.tail])
+        _, base, base_detail, s_st, c_st = reading("baseline", base_cli)
+        base_open = {"server": int(s_st["open"]), "client": int(c_st["open"])}
+        if base_open != {"server": 1, "client": 1}:
+            raise RuntimeError(f"baseline: expected open=1 on both sides after settling, got {base_open}")
+        c.log(f"baseline RSS (1 connection) server {base['server'] / 2**20:.1f} MiB, "
+              f"client {base['client'] / 2**20:.1f} MiB")
+        base_cli.stop()
+        base_cli = None
+        c.wait_until(lambda: int(c.last_status(srv.tail)["open"]) == 0, 15,
+                     "the server to report open=0 after the baseline client stopped", [srv])
+
+        cli = c.Proc("client", c.twistd_cmd(*cargs), logdir)
         t_open = time.monotonic()
-        c.release_gate(cli)
         c.wait_all_open(srv, cli, n, 30 + 3 * n / args.rate)
         res["open_s"] = round(time.monotonic() - t_open, 2)
         c.log(f"all {n} open after {res['open_s']} s; settling {args.settle} s")
         c.sleep_polling(args.settle, [srv.tail, cli.tail])
 
-        def reading(label: str) -> tuple:
-            return (label, {"server": c.tree_rss(srv.pid), "client": c.tree_rss(cli.pid)},
-                    {"server": c.rss_detail(srv.pid), "client": c.rss_detail(cli.pid)},
-                    c.last_status(srv.tail), c.last_status(cli.tail))
-
-        readings = [reading("loaded")]
+        readings = [reading("loaded", cli)]
         if args.after_ping:
             wait = args.interval + 5
             c.log(f"waiting {wait:g} s so that every connection has pinged")
             c.sleep_polling(wait, [srv.tail, cli.tail])
-            readings.append(reading("pinged"))
+            readings.append(reading("pinged", cli))
         res["baseline_rss"] = base
         res["baseline_detail"] = base_detail
+        res["baseline_open"] = base_open
         res["readings"] = []
         for label, rss, detail, s_st, c_st in readings:
             opened = {"server": int(s_st["open"]), "client": int(c_st["open"])}
             r = {"label": label, "rss": rss, "detail": detail, "open": opened,
                  "server_status": s_st, "client_status": c_st}
             for side in ("server", "client"):
-                r[f"{side}_bytes_per_conn"] = (rss[side] - base[side]) / max(1, opened[side])
+                added = max(1, opened[side] - base_open[side])
+                r[f"{side}_bytes_per_conn"] = (rss[side] - base[side]) / added
                 anon0 = base_detail[side].get("RssAnon", 0)
-                r[f"{side}_anon_bytes_per_conn"] = (detail[side].get("RssAnon", 0) - anon0) / max(1, opened[side])
+                r[f"{side}_anon_bytes_per_conn"] = (detail[side].get("RssAnon", 0) - anon0) / added
             res["readings"].append(r)
         res["failures"] = {"server": int(readings[-1][3].get("failures", 0)),
                            "client": int(readings[-1][4].get("failures", 0))}
     finally:
+        if base_cli:
+            base_cli.stop()
         c.stop_pair(srv, cli, cli_grace=30)
     return res
 
@@ -107,6 +130,8 @@ def report(res: dict) -> None:
                   f"{b:>8.0f} {r[f'{side}_anon_bytes_per_conn']:>11.0f} {cref[side]:>8.0f} "
                   f"{b / cref[side]:>7.0f}x {budget:>9.0f} {b / budget:>8.2f}x")
     print(f"   failures: server {res['failures']['server']}, client {res['failures']['client']}")
+    print("   RSS base = each side with 1 connection (a separate 1-connection client, settled); "
+          "B/conn = (RSS now - RSS base) / (open - 1).")
     print("   C ref B = the C reference's user memory per connection from its README (reference box);")
     print("   'x budget' > 1.00 means over the 1.5 KB-per-connection-per-side budget.")
 
