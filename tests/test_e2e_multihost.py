@@ -252,14 +252,20 @@ def test_wrong_secret_refused(tmp_path: Path) -> None:
         assert hub.running()
 
 
+def ssh_options_without_port(sshd: Sshd) -> list[str]:
+    """The port is the clients: entry's own key."""
+    options = sshd.ssh_options()
+    i = options.index("-p")
+    del options[i:i + 2]
+    return options
+
+
 @pytest.mark.skipif(sshd_unavailable_reason() is not None, reason=str(sshd_unavailable_reason()))
 def test_remote_launch_over_ssh(tmp_path: Path) -> None:
     with TestNetwork(2) as net, contextlib.ExitStack() as stack:
         h1, h2 = net.hosts
         sshd = stack.enter_context(Sshd(netns=h2))
-        options = sshd.ssh_options()
-        i = options.index("-p")
-        del options[i:i + 2]   # the port is the clients: entry's own key
+        options = ssh_options_without_port(sshd)
         common = {
             "host": h2.ip, "port": sshd.port, "user": "root", "ssh_options": options,
             "master": master(h1), "source_ips": [h2.ip],
@@ -326,9 +332,7 @@ def test_console_launches_remote_client_over_ssh_and_scales_it(tmp_path: Path) -
     with TestNetwork(2) as net, contextlib.ExitStack() as stack:
         h1, h2 = net.hosts
         sshd = stack.enter_context(Sshd(netns=h2))
-        options = sshd.ssh_options()
-        i = options.index("-p")
-        del options[i:i + 2]   # the port is the clients: entry's own key
+        options = ssh_options_without_port(sshd)
         data = hub_config(h1, random_secret(), clients={"c2": {
             "host": h2.ip, "port": sshd.port, "user": "root", "ssh_options": options,
             "master": master(h1), "source_ips": [h2.ip], "python": sys.executable,
