@@ -13,6 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from connscale.config import Config, ConfigError, load_config
+from connscale.render import CLIENT_COLUMNS, format_stats, format_table
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 
@@ -39,34 +40,6 @@ def master_of(cfg: Config, given: str | None) -> tuple[str, int]:
         return cfg.client.master
     address = _endpoint_address(cfg.control.listen) or ("127.0.0.1", 8790)
     return address[0] or "127.0.0.1", address[1]
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    if not rows:
-        return "(none)"
-    table = [list(columns)] + [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
-
-
-def format_stats(stats: dict[str, Any]) -> str:
-    s, c, rtt = stats["server"], stats["client"], stats["rtt_ms"]
-
-    def ms(v: Any) -> str:
-        return "-" if v is None else f"{v:.3f}"
-
-    lines = [
-        f"server  open={s['open']} opened={s['opened']} closed={s['closed']} pongs={s['pongs']} "
-        f"failures={s['failure_total']} workers={stats['workers']['server']}",
-        f"clients open={c['open']} opened={c['opened']} closed={c['closed']} pings={c['pings']} "
-        f"pongs={c['pongs']} failures={c['failure_total']} workers={stats['workers']['client']}",
-        f"rtt_ms  p50={ms(rtt['p50'])} p90={ms(rtt['p90'])} p99={ms(rtt['p99'])} max={ms(rtt['max'])}",
-        f"ghosts  {stats['ghosts']} (client-open minus server-open)",
-    ]
-    failures = {**{f"client {k}": v for k, v in c["failures"].items()}, **{f"server {k}": v for k, v in s["failures"].items()}}
-    for key in sorted(failures):
-        lines.append(f"fail    {key}={failures[key]}")
-    return "\n".join(lines)
 
 
 def ctl(argv: Sequence[str]) -> int:
@@ -112,7 +85,7 @@ def ctl(argv: Sequence[str]) -> int:
         sys.stderr.write(f"connscale ctl: {result}\n")
         return status
     if args.verb == "clients":
-        print(format_table(result, ["name", "connected", "host", "workers", "target", "open"]))
+        print(format_table(result, CLIENT_COLUMNS))
     elif args.verb == "stats":
         print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_stats(result))
     elif args.verb in ("start", "stop"):

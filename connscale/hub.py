@@ -21,6 +21,7 @@ from twisted.spread import pb
 from connscale import plan
 from connscale.config import ClientHost, Config, _endpoint_address
 from connscale.control import POLL_INTERVAL, ControlError, Controller
+from connscale.render import format_stats
 from connscale.secret import SecretError, hub_secret
 from connscale.server import ListenError, bind_sockets
 from connscale.status import StatusService
@@ -166,8 +167,12 @@ def console_namespace(controller: Controller) -> dict[str, Any]:
         """clients(): every agent, its target and open connections."""
         return c.clients()
 
-    def stats() -> defer.Deferred[dict[str, Any]]:
-        """stats(): merged counters, RTT percentiles, workers, kernel counters."""
+    def stats() -> defer.Deferred[str]:
+        """stats(): merged counters, RTT percentiles, failures, clients (stats_raw() for all of it)."""
+        return c.poll().addCallback(lambda _: format_stats(c.stats()))
+
+    def stats_raw() -> defer.Deferred[dict[str, Any]]:
+        """stats_raw(): everything the controller knows, as a dict."""
         return c.poll().addCallback(lambda _: c.stats())
 
     return {
@@ -178,6 +183,7 @@ def console_namespace(controller: Controller) -> dict[str, Any]:
         "count_connections": count_connections,
         "clients": clients,
         "stats": stats,
+        "stats_raw": stats_raw,
     }
 
 

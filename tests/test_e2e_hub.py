@@ -203,6 +203,7 @@ def test_console_over_real_ssh_scales_a_client(hub, tmp_path):
             say("connections_stop(100, 'a1')", r"called back: 200")
             h.wait_count(200, "a1")
             say("clients()", r"a1", 10)
+            say("stats()", r"client\s+a1: connected target=200 open=200", 20)
             session.stdin.write(b"\x04")
             session.stdin.flush()
             session.wait(timeout=10)

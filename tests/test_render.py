@@ -1,0 +1,40 @@
+from connscale.render import CLIENT_COLUMNS, format_stats, format_table
+
+
+def stats(**over):
+    base = {
+        "server": {"open": 10, "opened": 12, "closed": 2, "pongs": 40, "failure_total": 1,
+                   "failures": {"steady:ECONNRESET": 1}},
+        "client": {"open": 11, "opened": 12, "closed": 1, "pings": 41, "pongs": 40, "failure_total": 1,
+                   "failures": {"first_ping:no_answer_from_server": 1}},
+        "rtt_ms": {"p50": 0.25, "p90": 1.0, "p99": 2.5, "max": None},
+        "ghosts": 1,
+        "workers": {"server": 2, "client": 1},
+        "clients": {"a1": {"connected": True, "target": 12, "open": 11, "connecting": 0, "workers": [{}]}},
+    }
+    base.update(over)
+    return base
+
+
+def test_stats_summary_lines():
+    text = format_stats(stats())
+    assert text.splitlines() == [
+        "server  open=10 opened=12 closed=2 pongs=40 failures=1 workers=2",
+        "clients open=11 opened=12 closed=1 pings=41 pongs=40 failures=1 workers=1",
+        "rtt_ms  p50=0.250 p90=1.000 p99=2.500 max=-",
+        "ghosts  1 (client-open minus server-open)",
+        "fail    client first_ping:no_answer_from_server=1",
+        "fail    server steady:ECONNRESET=1",
+        "client  a1: connected target=12 open=11 connecting=0 workers=1",
+    ]
+
+
+def test_table_aligns_columns_and_says_none():
+    rows = [{"name": "a1", "connected": True, "host": "h", "workers": 2, "target": 100, "open": 99},
+            {"name": "agent-2", "connected": False, "host": "h2", "workers": 0, "target": 0, "open": 0}]
+    lines = format_table(rows, CLIENT_COLUMNS).splitlines()
+    assert lines[0].split() == list(CLIENT_COLUMNS)
+    assert lines[1].split() == ["a1", "True", "h", "2", "100", "99"]
+    assert len({line.index("connected") for line in lines[:1]}) == 1
+    assert lines[2].startswith("agent-2  False")
+    assert format_table([], CLIENT_COLUMNS) == "(none)"
