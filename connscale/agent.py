@@ -132,7 +132,7 @@ class Agent(MultiService):
         c = self.cfg.client
         budgets = yield self.supervisor.ensure(workers)
         routes = make_routes(c.server_host, c.server_ports, c.source_ips, 1)
-        cap = max(1, min(c.per_route_max, ephemeral_count()))
+        cap = plan.tuple_cap(c.per_route_max, ephemeral_count())
         assignments = plan.assign(c.connections, budgets, routes, cap)
         yield self.supervisor.apply([(t, plan.route_rows(q)) for t, q in assignments])
         log.info(

@@ -263,7 +263,7 @@ class Controller:
 
     def _tuple_cap(self, agent: AgentHandle) -> int:
         ephemeral = int(agent.info.get("ephemeral", 0)) or ephemeral_count()
-        return max(1, min(self.cfg.client.per_route_max, ephemeral))
+        return plan.tuple_cap(self.cfg.client.per_route_max, ephemeral)
 
     @defer.inlineCallbacks
     def set_agent_target(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]

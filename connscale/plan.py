@@ -17,6 +17,12 @@ from connscale.pool import Route
 FILL = 0.95
 
 
+def tuple_cap(per_route_max: int, ephemeral: int) -> int:
+    """Most connections one (source IP, server IP:port) tuple may carry in total:
+    the configured cap, and never more than the ephemeral port range."""
+    return max(1, min(per_route_max, ephemeral))
+
+
 def per_worker(budget: int) -> int:
     return max(1, int(budget * FILL))
 
@@ -26,6 +32,13 @@ def client_workers(target: int, budget: int, configured: int | str = "auto") -> 
     if configured != "auto":
         return int(configured)
     return max(1, math.ceil(target / per_worker(budget)))
+
+
+def standalone_workers(target: int, budget: int, configured: int | str = "auto") -> int:
+    """A standalone client: 0 (hold them in this process) while one budget suffices."""
+    if configured == "auto" and target <= budget:
+        return 0
+    return client_workers(target, budget, configured)
 
 
 def server_workers(expected: int, budget: int, cores: int, configured: int | str = "auto") -> int:

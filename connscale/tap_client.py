@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from twisted.application.service import IService, MultiService, Service
 from twisted.logger import Logger
 
+from connscale import plan
 from connscale.limits import ephemeral_count
 from connscale.pool import ConnectionPool, PoolSettings, make_routes
 from connscale.dispatch import direct_dispatch
@@ -78,11 +77,6 @@ class PoolService(Service):
         return self.pool.close_all().addCallback(lambda _: self.status.tick())
 
 
-def route_quota(per_route_max: int) -> int:
-    """A tuple never carries more than the ephemeral range allows."""
-    return max(1, min(per_route_max, ephemeral_count()))
-
-
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -97,8 +91,7 @@ def makeService(options: Options) -> IService:
         # One process unless its file budget can't hold the target.
         from connscale.limits import connection_budget, raise_nofile
 
-        budget = connection_budget(raise_nofile().soft)
-        workers = 0 if c.connections <= budget else math.ceil(c.connections / budget)
+        workers = plan.standalone_workers(c.connections, connection_budget(raise_nofile().soft))
     if workers:
         from connscale.agent import make_agent
 
@@ -110,7 +103,9 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     c = cfg.client
     direct_dispatch(reactor)
     prepare_fds(c.connections, PROG)
-    routes = make_routes(c.server_host, c.server_ports, c.source_ips, route_quota(c.per_route_max))
+    routes = make_routes(
+        c.server_host, c.server_ports, c.source_ips, plan.tuple_cap(c.per_route_max, ephemeral_count())
+    )
     pool = ConnectionPool(
         reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing), routes
     )

@@ -281,3 +281,18 @@ def test_assign_growing_worker_count_respects_new_quotas() -> None:
     # Now each worker may hold 7000 on the one route; together never more than 14000.
     assert sum(targets) <= 14000
     assert all(t <= c for t, c in zip(targets, worker_caps(out, budgets)))
+
+
+@pytest.mark.parametrize(
+    "per_route_max, ephemeral, expected", [(14000, 28232, 14000), (14000, 1000, 1000), (5, 0, 1)]
+)
+def test_tuple_cap_never_beyond_the_ephemeral_range(per_route_max: int, ephemeral: int, expected: int) -> None:
+    assert plan.tuple_cap(per_route_max, ephemeral) == expected
+
+
+@pytest.mark.parametrize(
+    "target, configured, expected",
+    [(19900, "auto", 0), (19901, "auto", 2), (40000, "auto", 3), (100, 2, 2), (100, 0, 0)],
+)
+def test_standalone_workers(target: int, configured, expected: int) -> None:
+    assert plan.standalone_workers(target, 19900, configured) == expected
