@@ -269,7 +269,8 @@ class Controller:
     def set_agent_target(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]
         budget = int(agent.info.get("budget", 0)) or 1
         configured = agent.info.get("configured_workers", "auto")
-        workers = max(len(agent.worker_targets), plan.client_workers(total, budget, configured))
+        # An agent holds its connections in worker processes: at least one.
+        workers = max(1, len(agent.worker_targets), plan.client_workers(total, budget, configured))
         budgets = yield self._call(agent, "ensure_workers", workers)
         routes = self._routes(agent)
         assignments = plan.assign(total, budgets, routes, self._tuple_cap(agent), agent.worker_targets)

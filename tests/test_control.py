@@ -479,3 +479,9 @@ def test_routes_go_to_the_ports_this_hub_serves(clock: Clock) -> None:
     run(link, controller.connections_start(10, "x"))
     _, routes = mind.applied[-1][0]
     assert sorted({(r[1], r[2]) for r in routes}) == [("198.18.0.1", 9001), ("198.18.0.1", 9002)]
+
+
+def test_an_agent_configured_with_zero_workers_still_gets_one(controller: Controller) -> None:
+    link, mind, _ = register(controller, configured_workers=0)
+    assert run(link, controller.connections_start(10, "x")) == 10
+    assert row_total(mind.applied[-1]) == 10 and len(mind.applied[-1]) == 1
