@@ -269,11 +269,18 @@ class Controller:
     def set_agent_target(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]
         budget = int(agent.info.get("budget", 0)) or 1
         configured = agent.info.get("configured_workers", "auto")
-        # An agent holds its connections in worker processes: at least one.
-        workers = max(1, len(agent.worker_targets), plan.client_workers(total, budget, configured))
-        budgets = yield self._call(agent, "ensure_workers", workers)
         routes = self._routes(agent)
-        assignments = plan.assign(total, budgets, routes, self._tuple_cap(agent), agent.worker_targets)
+        cap = self._tuple_cap(agent)
+        # Workers for what the routes can carry, not for an order they cannot:
+        # `start 1000000` on one route must not fork fifty processes.
+        placeable = min(total, plan.capacity(routes, cap))
+        # An agent holds its connections in worker processes: at least one.
+        workers = max(1, len(agent.worker_targets), plan.client_workers(placeable, budget, configured))
+        if workers > plan.MAX_WORKERS:
+            self.note(f"agent {agent.name}: {workers} workers wanted, capped at {plan.MAX_WORKERS}")
+            workers = max(len(agent.worker_targets), plan.MAX_WORKERS)
+        budgets = yield self._call(agent, "ensure_workers", workers)
+        assignments = plan.assign(total, budgets, routes, cap, agent.worker_targets)
         room = sum(min(plan.per_worker(b), sum(r.quota for r in q)) for b, (_, q) in zip(budgets, assignments))
         if total > room:
             self.note(

@@ -12,6 +12,9 @@ from typing import Sequence
 
 from connscale.pool import Route
 
+#: Most worker processes one agent or hub runs (also config's upper bound).
+MAX_WORKERS = 256
+
 #: Fill a worker's fd budget only this far: the rest absorbs sockets in
 #: TIME_WAIT-free churn, the PB pipe, logs and the odd reconnect.
 FILL = 0.95

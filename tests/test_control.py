@@ -485,3 +485,11 @@ def test_an_agent_configured_with_zero_workers_still_gets_one(controller: Contro
     link, mind, _ = register(controller, configured_workers=0)
     assert run(link, controller.connections_start(10, "x")) == 10
     assert row_total(mind.applied[-1]) == 10 and len(mind.applied[-1]) == 1
+
+
+def test_workers_follow_what_the_routes_can_carry(clock: Clock) -> None:
+    # One route of 14000: a huge order gets one worker's worth, not fifty workers.
+    controller = Controller(clock, make_cfg(server="127.0.0.1:8989"), SECRET)
+    link, mind, _ = register(controller)
+    assert run(link, controller.connections_start(1_000_000, "x")) == 14000
+    assert mind.ensure_calls[-1] == 1
