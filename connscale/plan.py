@@ -52,7 +52,7 @@ def server_workers(expected: int, budget: int, cores: int, configured: int | str
     """
     if configured != "auto":
         return int(configured)
-    return max(cores, math.ceil(expected / per_worker(budget)))
+    return min(MAX_WORKERS, max(cores, math.ceil(expected / per_worker(budget))))
 
 
 def split(total: int, capacities: Sequence[int]) -> list[int]:

@@ -296,3 +296,7 @@ def test_tuple_cap_never_beyond_the_ephemeral_range(per_route_max: int, ephemera
 )
 def test_standalone_workers(target: int, configured, expected: int) -> None:
     assert plan.standalone_workers(target, 19900, configured) == expected
+
+
+def test_server_workers_are_capped() -> None:
+    assert plan.server_workers(100_000_000, 19900, 2) == plan.MAX_WORKERS
