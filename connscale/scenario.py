@@ -216,7 +216,7 @@ class Run:
         cfg, sc = self.cfg, self.cfg.scenario
         host, port = _endpoint_address(cfg.control.listen) or ("127.0.0.1", 8790)
         host = host or "127.0.0.1"
-        self.spawn("hub", ["server", *self.config_args(), "--console", "none", "--record-dir", str(self.dir)])
+        self.spawn("hub", ["server", *self.config_args(), "--console", "none", "--record-dir", str(self.dir.resolve())])
         yield self.login(host, port, self.reactor.seconds() + 30)
         self.spawn(
             "agent",
@@ -277,7 +277,7 @@ class Run:
             "duration_s": round(self.reactor.seconds() - p.started, 3),
             "workers": stats.get("workers", {"server": 0, "client": 0}),
             "kernel": stats.get("kernel", {}),
-            "run_dir": str(self.dir),
+            "run_dir": str(self.dir.resolve()),
         }
 
 

@@ -33,7 +33,7 @@ client:
   per_route_max: {values['per_route_max']}
 control: {{listen: "tcp:{values['control']}:interface=127.0.0.1", console: none}}
 scenario: {{target: {values['target']}, rate: 3000, steps: 2, hold: 1, final_hold: 3, time_limit: 60}}
-run: {{dir: "{tmp / 'runs'}"}}
+run: {{dir: runs}}  # relative: resolved against the directory connscale run starts in
 """
     )
     return path
