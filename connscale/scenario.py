@@ -116,7 +116,9 @@ class Run:
         child = Child(name, self.dir / f"{name}.log")
         env = dict(os.environ, CONNSCALE_SECRET=self.secret, PYTHONUNBUFFERED="1")
         argv = [sys.executable, "-m", "connscale", *args]
-        self.reactor.spawnProcess(child, sys.executable, argv, env=env, path=str(self.dir))
+        # Same working directory as ours: relative paths in the config (a
+        # secret file, a CA) mean the same thing to the hub and the agent.
+        self.reactor.spawnProcess(child, sys.executable, argv, env=env, path=os.getcwd())
         self.children.append(child)
         return child
 
