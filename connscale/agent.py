@@ -107,18 +107,14 @@ class Agent(MultiService):
         }
 
     def report(self) -> dict[str, Any]:
-        totals = self.supervisor.totals().to_dict()
-        totals.pop("rtt", None)
-        totals["failures"] = dict(totals["failures"])
-        totals["protocol"] = dict(totals["protocol"])
+        totals = self.supervisor.totals().counts()
         window = self.report_rtt.take_window()
-        events, self.supervisor.events = self.supervisor.events, []
         return {
             "totals": totals,
             "rtt": encode_histogram(window) if window.get_total_count() else "",
             "workers": self.supervisor.workers(),
             "connecting": sum(int((s.last or {}).get("connecting", 0)) for s in self.supervisor.slots),
-            "events": events,
+            "events": self.supervisor.take_events(),
         }
 
     def startService(self) -> None:

@@ -50,8 +50,8 @@ class AgentHandle:
     connected: bool = False
     launch: Any = None  # launch.LaunchedAgent when started over ssh
     registered: list[defer.Deferred[None]] = attrs.Factory(list)
-    losses: int = 0
     lock: defer.DeferredLock = attrs.Factory(defer.DeferredLock)
+    losses: int = 0  # times the agent's session dropped
 
     @property
     def target(self) -> int:
@@ -368,6 +368,9 @@ class Controller:
             agent.last = report
             if report.get("rtt"):
                 self.client_rtt.add(report["rtt"])
+            # A worker lost on an agent is an event of the run, in the timeline.
+            for event in report.get("events", ()):
+                self.note(f"agent {agent.name}: {event}")
 
         return self._call(agent, "report").addCallback(got).addErrback(lambda _: None)
 
@@ -379,7 +382,8 @@ class Controller:
             return d
         calls = [self._refresh(a) for a in self.agents.values() if a.connected]
         if self.servers is not None:
-            calls.append(self.servers.poll())
+            servers = self.servers
+            calls.append(servers.poll().addCallback(lambda _: [self.note(e) for e in servers.take_events()]))
         running = defer.gatherResults(calls, consumeErrors=True).addErrback(lambda _: None)
         self._poll_running = running
 
@@ -417,14 +421,15 @@ class Controller:
         client = self.client_totals()
         out: dict[str, Any] = {
             "elapsed_s": round(self.reactor.seconds() - self.started, 3),
-            "server": _plain(server),
-            "client": _plain(client),
+            "server": server.counts(),
+            "client": client.counts(),
             "clients": {
                 a.name: {
                     "connected": a.connected,
                     "target": a.target,
                     "open": a.open(),
                     "connecting": int(a.last.get("connecting", 0)),
+                    "disconnects": a.losses,
                     "failures": a.last.get("totals", {}).get("failures", {}),
                     "workers": a.last.get("workers", []),
                 }
@@ -461,12 +466,3 @@ class Controller:
             }
             for a in sorted(self.agents.values(), key=lambda a: a.name)
         ]
-
-
-def _plain(snap: Snapshot) -> dict[str, Any]:
-    data = snap.to_dict()
-    data.pop("rtt", None)
-    data["failures"] = dict(data["failures"])
-    data["protocol"] = dict(data["protocol"])
-    data["failure_total"] = snap.failure_total
-    return data

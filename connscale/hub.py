@@ -22,7 +22,7 @@ from connscale import plan
 from connscale.config import ClientHost, Config, _endpoint_address
 from connscale.control import POLL_INTERVAL, ControlError, Controller
 from connscale.render import format_stats
-from connscale.secret import SecretError, hub_secret
+from connscale.secret import SecretError, config_dir, hub_secret
 from connscale.server import ListenError, bind_sockets
 from connscale.status import StatusService
 from connscale.supervisor import Supervisor
@@ -188,10 +188,9 @@ def console_namespace(controller: Controller) -> dict[str, Any]:
 
 
 def state_dir() -> str:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    path = os.path.join(base, "connscale")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+    path = config_dir()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return str(path)
 
 
 def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiService:
@@ -221,19 +220,18 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     timeline = Timeline(run_dir)
     controller = Controller(reactor, cfg, secret, servers, timeline, launcher=launch_client)
     hub = HubService(reactor, controller, servers, workers)
-    hub.controller = controller
     ListeningEndpoint(reactor, cfg.control.listen, pb.PBServerFactory(controller.portal()), "control.listen").setServiceParent(hub)
     hub.status = StatusService(reactor, s.status_interval, servers.totals, with_rtt=False, final=False)
     hub.status.setServiceParent(hub)
-    default_keys = os.path.expanduser("~/.ssh/authorized_keys")
+    from connscale.console import ConsoleError, default_keys_path, make_console
+
+    default_keys = default_keys_path()
     if cfg.control.console == "ssh" and cfg.control.console_keys is None and not os.path.exists(default_keys):
         log.warn(
             "{prog}: console disabled: no {keys}; set control.console_keys to an authorized_keys file",
             prog=PROG, keys=default_keys,
         )
     elif cfg.control.console != "none":
-        from connscale.console import ConsoleError, make_console
-
         try:
             console = make_console(reactor, cfg.control, console_namespace(controller), state_dir())
         except ConsoleError as e:

@@ -23,9 +23,14 @@ class SecretError(Exception):
     """No usable secret; the message is one line and says what to do."""
 
 
-def default_secret_path(env: Mapping[str, str] = os.environ) -> Path:
+def config_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Per-user state of connscale (the secret, the console's host key)."""
     base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "connscale" / "secret"
+    return Path(base) / "connscale"
+
+
+def default_secret_path(env: Mapping[str, str] = os.environ) -> Path:
+    return config_dir(env) / "secret"
 
 
 def read_secret_file(path: str | Path) -> bytes:

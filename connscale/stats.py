@@ -179,7 +179,16 @@ class Snapshot:
         return sum(self.failures.values())
 
     def to_dict(self) -> dict[str, object]:
+        """Plain dicts and numbers: fit for PB and JSON as they are."""
         return attrs.asdict(self)
+
+    def counts(self) -> dict[str, object]:
+        """`to_dict` without the histogram, plus the failure total: what
+        reports and the timeline show of a snapshot."""
+        data = self.to_dict()
+        del data["rtt"]
+        data["failure_total"] = self.failure_total
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> "Snapshot":

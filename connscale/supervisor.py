@@ -226,5 +226,10 @@ class Supervisor:
             )
         return out
 
+    def take_events(self) -> list[str]:
+        """Losses and kills since the last call, for whoever reports upward."""
+        events, self.events = self.events, []
+        return events
+
     def count(self) -> int:
         return sum(int((s.last or {}).get("open", 0)) for s in self.slots if s.alive)

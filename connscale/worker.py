@@ -44,8 +44,6 @@ class WorkerRoot(pb.Root):
 
     def remote_snapshot(self) -> dict[str, object]:
         data: dict[str, Any] = self.counters.snapshot().to_dict()
-        data["failures"] = dict(data["failures"])
-        data["protocol"] = dict(data["protocol"])
         data["resources"] = process_resources()
         data.update(self.extra())
         return data

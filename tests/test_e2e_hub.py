@@ -143,6 +143,8 @@ def test_killed_client_worker_is_reported_and_replaced(hub):
         assert victim["open"] > 0
         os.kill(victim["pid"], signal.SIGKILL)  # a pid our agent started
         agent.wait_line("connections lost with it; restarting", 20)
+        # ... and the hub records it as an event of the run.
+        h.proc.wait_line("agent a1: a1-client-worker-1", 20)
         # The replacement takes over the slot's share and reconnects it.
         h.wait_count(1000, "a1", timeout=60)
         after = h.stats()["clients"]["a1"]
