@@ -52,9 +52,9 @@ def role_server(port: int, n: int, k: int, frames: int, hold: float) -> None:
     tracemalloc.start(frames)
     from twisted.internet import reactor, task
 
-    from connscale.limits import raise_nofile
-    from connscale.server import ListeningService, PingServerFactory, bind_sockets
-    from connscale.stats import Counters
+    from connscale.host.limits import raise_nofile
+    from connscale.metrics.counters import Counters
+    from connscale.net.server import ListeningService, PingServerFactory, bind_sockets
 
     raise_nofile()
     counters = Counters()
@@ -87,8 +87,8 @@ def role_client(port: int, n: int, k: int, frames: int, interval: float, hold: f
     tracemalloc.start(frames)
     from twisted.internet import reactor, task
 
-    from connscale.limits import raise_nofile
-    from connscale.pool import ConnectionPool, PoolSettings, make_routes
+    from connscale.host.limits import raise_nofile
+    from connscale.net.pool import ConnectionPool, PoolSettings, make_routes
 
     raise_nofile()
     routes = make_routes("127.0.0.1", [port], ["127.0.0.2", "127.0.0.3"], 14000)

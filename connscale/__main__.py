@@ -1,5 +1,5 @@
 import sys
 
-from connscale.cli import main
+from connscale.app.cli import main
 
 sys.exit(main())

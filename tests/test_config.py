@@ -1,4 +1,4 @@
-"""Tests for connscale.config: parsers, every key's validation, error collection, overrides."""
+"""Tests for connscale.config.settings: parsers, every key's validation, error collection, overrides."""
 
 from __future__ import annotations
 
@@ -10,10 +10,21 @@ from pathlib import Path
 import attrs
 import pytest
 
-from connscale.config import (
-    ClientHost, ClientSettings, Config, ConfigError, ControlSettings, RunSettings,
-    ScenarioSettings, ServerSettings, load_config, parse_config, parse_duration,
-    parse_hostport, parse_ips, parse_ports,
+from connscale.config.settings import (
+    ClientHost,
+    ClientSettings,
+    Config,
+    ConfigError,
+    ControlSettings,
+    RunSettings,
+    ScenarioSettings,
+    ServerSettings,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_hostport,
+    parse_ips,
+    parse_ports,
 )
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,8 +23,8 @@ from twisted.conch.manhole import ManholeInterpreter
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactor
 
-from connscale.config import ControlSettings
-from connscale.console import (
+from connscale.config.settings import ControlSettings
+from connscale.control.console import (
     ConsoleError,
     ConsoleService,
     Readable,
@@ -42,8 +42,8 @@ SERVER = textwrap.dedent('''
     import sys
     from twisted.internet import reactor, task
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    from connscale.config import ControlSettings
-    from connscale.console import make_console
+    from connscale.config.settings import ControlSettings
+    from connscale.control.console import make_console
 
     mode, keys, state_dir = sys.argv[1:4]
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)

@@ -10,17 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.cred import credentials, error as cred_error
+from twisted.cred import credentials
+from twisted.cred import error as cred_error
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.spread import pb
 from twisted.test import iosim
 
-from connscale import control as control_mod
-from connscale.config import parse_config
-from connscale.control import ControlError, Controller
-from connscale.timeline import Timeline, read_timeline
+from connscale.config.settings import parse_config
+from connscale.control import controller as control_mod
+from connscale.control.controller import ControlError, Controller
+from connscale.metrics.timeline import Timeline, read_timeline
 
 SECRET = b"sesame-open-up"
 

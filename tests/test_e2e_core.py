@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
-import shutil
 import threading
 import time
 from contextlib import ExitStack, closing

@@ -1,4 +1,4 @@
-"""connscale.launch: ssh argv building, failure explanations, and real launches through a
+"""connscale.control.launch: ssh argv building, failure explanations, and real launches through a
 throw-away sshd (tests/support/sshd.py).
 
 The real launches need a running reactor, which (per the spec) only runs inside child
@@ -19,8 +19,14 @@ import time
 
 import pytest
 
-from connscale.config import ClientHost
-from connscale.launch import LaunchError, explain_failure, launch, remote_agent_argv, ssh_argv
+from connscale.config.settings import ClientHost
+from connscale.control.launch import (
+    LaunchError,
+    explain_failure,
+    launch,
+    remote_agent_argv,
+    ssh_argv,
+)
 from tests.support.sshd import remote_python, sshd_or_skip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,8 +163,8 @@ sys.exit(3)
 DRIVER = r"""
 import json, os, signal, sys, time
 from twisted.internet import defer, task
-from connscale.config import ClientHost
-from connscale.launch import explain_failure, launch
+from connscale.config.settings import ClientHost
+from connscale.control.launch import explain_failure, launch
 
 def within(reactor, d, seconds, what):
     out = defer.Deferred()

@@ -5,23 +5,22 @@ from pathlib import Path
 import attrs
 import pytest
 
-from connscale import limits
-from connscale.limits import (
-    ADVICE,
+from connscale.diagnose.advice import ADVICE, advise
+from connscale.host import limits
+from connscale.host.kernel import kernel_snapshot, read_netstat, read_sockstat
+from connscale.host.limits import (
     FD_RESERVE,
     NofileResult,
-    advise,
-    backlog_warning,
     budget_advice,
     connection_budget,
+    raise_nofile,
+)
+from connscale.host.resources import process_resources
+from connscale.host.sysctl import (
+    backlog_warning,
     ephemeral_count,
     ephemeral_range,
-    kernel_snapshot,
-    process_resources,
-    raise_nofile,
-    read_netstat,
     read_nr_open,
-    read_sockstat,
     read_sysctl,
 )
 

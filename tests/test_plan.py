@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from connscale import plan
-from connscale.pool import Route
+from connscale.control import plan
+from connscale.net.pool import Route
 
 
 def routes(n_ports: int = 1, sources: tuple[str, ...] = ()) -> list[Route]:

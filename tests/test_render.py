@@ -1,4 +1,4 @@
-from connscale.render import CLIENT_COLUMNS, format_stats, format_table
+from connscale.metrics.render import CLIENT_COLUMNS, format_stats, format_table
 
 
 def stats(**over):

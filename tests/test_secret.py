@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from connscale.config import ControlSettings, parse_config
-from connscale.secret import (
+from connscale.config.settings import ControlSettings, parse_config
+from connscale.control.secret import (
     SecretError,
     client_secret,
     configured_secret,

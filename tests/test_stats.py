@@ -11,23 +11,22 @@ import pytest
 from twisted.internet import error as terror
 from twisted.python.failure import Failure
 
-from connscale.stats import (
+from connscale.metrics.counters import (
     APP_CAUSES,
     PHASES,
     Counters,
-    RttAccumulator,
-    Snapshot,
     classify,
+    errno_cause,
+)
+from connscale.metrics.histograms import (
+    RttAccumulator,
     decode_histogram,
     encode_histogram,
-    errno_cause,
-    format_status,
     new_histogram,
-    parse_status,
     rtt_summary_ms,
-    status_fields,
-    sum_snapshots,
 )
+from connscale.metrics.snapshot import Snapshot, sum_snapshots
+from connscale.metrics.status import format_status, parse_status, status_fields
 
 ADDR = "203.0.113.77:8989"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from connscale.stats import Counters, parse_status
-from connscale.status import StatusService
+from connscale.metrics.counters import Counters
+from connscale.metrics.status import StatusService, parse_status
 
 
 def make(with_rtt: bool = True, interval: float = 5.0):  # type: ignore[no-untyped-def]

@@ -13,10 +13,21 @@ if _ROOT not in sys.path:  # plain `pytest` (not `python -m pytest`)
     sys.path.insert(0, _ROOT)
 
 from tests.support.netns import (  # noqa: E402
-    IP_BIN, NetnsError, TestNetwork, list_namespaces, netns_available)
+    IP_BIN,
+    NetnsError,
+    TestNetwork,
+    list_namespaces,
+    netns_available,
+)
 from tests.support.sshd import (  # noqa: E402
-    Sshd, descendants, remote_command, remote_python, sshd_or_skip,
-    sshd_unavailable_reason, tagged_pids)
+    Sshd,
+    descendants,
+    remote_command,
+    remote_python,
+    sshd_or_skip,
+    sshd_unavailable_reason,
+    tagged_pids,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

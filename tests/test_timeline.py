@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from connscale.timeline import Timeline, read_timeline
+from connscale.metrics.timeline import Timeline, read_timeline
 
 
 def test_write_read_round_trip(tmp_path: Path) -> None:

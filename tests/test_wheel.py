@@ -1,6 +1,6 @@
 from twisted.internet.task import Clock
 
-from connscale.wheel import TimerWheel
+from connscale.net.wheel import TimerWheel
 
 
 class Item:

@@ -4,9 +4,9 @@ from twisted.internet import error
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from connscale.server import PingServerFactory
-from connscale.stats import Counters
-from connscale.wire import FLOOD_MESSAGES
+from connscale.metrics.counters import Counters
+from connscale.net.server import PingServerFactory
+from connscale.net.wire import FLOOD_MESSAGES
 
 
 def connect(framing="line", max_line=1024):
@@ -106,7 +106,7 @@ def test_reset_counts_as_failure_clean_close_does_not():
 
 
 def test_accept_errors_are_counted_not_logged_per_connection():
-    from connscale.transport import AcceptErrors
+    from connscale.net.transport import AcceptErrors
 
     counters = Counters()
     forwarded = []

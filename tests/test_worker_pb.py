@@ -25,7 +25,7 @@ import json, os, signal, socket, sys, time
 from twisted.internet import defer, task
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from connscale.supervisor import Supervisor
+from connscale.procs.supervisor import Supervisor
 
 globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr, timeFormat="")], redirectStandardIO=False)
 

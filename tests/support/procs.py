@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from connscale.stats import parse_status
+from connscale.metrics.status import parse_status
 
 
 def free_port(host: str = "127.0.0.1") -> int:

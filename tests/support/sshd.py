@@ -31,7 +31,7 @@ absolute path of the interpreter running the tests, which has the project's
 dependencies installed) and pass ``cwd``/``PYTHONPATH`` explicitly, e.g. with
 :func:`remote_command`::
 
-    cmd = remote_command([remote_python, "-m", "connscale.agent"],
+    cmd = remote_command([remote_python, "-m", "connscale.control.agent"],
                          cwd="/work/main", env={"PYTHONPATH": "/work/main"})
     subprocess.run(server.ssh_argv(cmd), ...)
 

@@ -2,13 +2,13 @@ from twisted.application.service import ServiceMaker
 
 connscale_server = ServiceMaker(
     "connscale-server",
-    "connscale.tap_server",
+    "connscale.app.tap_server",
     "connscale ping/pong server and controller hub",
     "connscale-server",
 )
 connscale_client = ServiceMaker(
     "connscale-client",
-    "connscale.tap_client",
+    "connscale.app.tap_client",
     "connscale client agent: holds N pinging connections",
     "connscale-client",
 )

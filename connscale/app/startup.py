@@ -1,0 +1,68 @@
+"""What every command shares at start-up: option plumbing and config loading.
+
+Options only collect strings; `connscale.config.settings` validates them together with
+the config file, so a bad value on the command line and a bad key in the file
+get the same one-line error. Errors leave through `SystemExit` from
+`makeService`, because a `UsageError` makes twistd print its whole help text.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from connscale.config.settings import Config, ConfigError, load_config
+
+log = Logger(namespace="connscale")
+
+#: Exit statuses of every command (`ctl` uses all of them).
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
+
+
+def load_or_exit(prog: str, path: str | None, overrides: Mapping[str, object] | None = None) -> Config:
+    """The configuration, or exit 2 with one line per problem (like a usage error)."""
+    try:
+        return load_config(path, overrides or {})
+    except ConfigError as e:
+        sys.stderr.write(f"{prog}: bad configuration:\n{e}\n")
+        raise SystemExit(EXIT_USAGE) from None
+
+
+class ConfigOptions(usage.Options):
+    """Options whose values override config keys (`dotted.key`)."""
+
+    #: option name -> dotted config key
+    keys: Mapping[str, str] = {}
+    #: options that may be repeated; their values are joined with commas
+    repeatable: tuple[str, ...] = ()
+
+    optParameters: list[list[Any]] = [["config", "c", None, "YAML config file (see connscale.yaml)."]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.repeated: dict[str, list[str]] = {}
+
+    def overrides(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for opt, key in self.keys.items():
+            if opt in self.repeatable and self.repeated.get(opt):
+                out[key] = ",".join(self.repeated[opt])
+            elif self.get(opt) is not None:
+                out[key] = self[opt]
+        return out
+
+    def load(self, prog: str) -> Config:
+        return load_or_exit(prog, self["config"], self.overrides())
+
+
+def repeat_option(name: str, doc: str):  # type: ignore[no-untyped-def]
+    """An `opt_<name>` method that accumulates repeated values."""
+
+    def opt(self: ConfigOptions, value: str) -> None:
+        self.repeated.setdefault(name, []).append(value)
+
+    opt.__doc__ = doc
+    return opt

@@ -1,0 +1,248 @@
+"""The hub: `twistd connscale-server` with workers.
+
+It supervises the server workers (each with its own SO_REUSEPORT listener on
+every port), runs the controller on `control.listen`, the console, the
+status line, and records the run's timeline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from connscale.config.settings import ClientHost, Config, endpoint_address
+from connscale.control import plan
+from connscale.control.controller import POLL_INTERVAL, ControlError, Controller
+from connscale.control.secret import SecretError, config_dir, hub_secret
+from connscale.host.limits import prepare_fds
+from connscale.host.resources import cpu_count
+from connscale.metrics.render import format_stats
+from connscale.metrics.status import StatusService
+from connscale.metrics.timeline import Timeline
+from connscale.net.server import ListenError, bind_sockets
+from connscale.procs.supervisor import Supervisor
+
+log = Logger(namespace="connscale.hub")
+PROG = "connscale-server"
+
+REGISTER_TIMEOUT = 60.0
+
+
+class ListeningEndpoint(Service):
+    """Listen on an endpoint string *now*, so a port in use is one line at start-up."""
+
+    def __init__(self, reactor: Any, description: str, factory: Any, key: str) -> None:
+        from twisted.internet import endpoints
+
+        self.port: Any = None
+        failure: list[Any] = []
+        d = endpoints.serverFromString(reactor, description).listen(factory)
+        d.addCallbacks(lambda port: setattr(self, "port", port), failure.append)
+        if failure:
+            raise SystemExit(f"{PROG}: {key} {description}: {failure[0].getErrorMessage()}")
+
+    def stopService(self):  # type: ignore[no-untyped-def]
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
+        return None
+
+
+class HubService(MultiService):
+    def __init__(self, reactor: Any, controller: Controller, servers: Supervisor, workers: int) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.controller = controller
+        self.servers = servers
+        self.workers = workers
+        self.status: StatusService | None = None
+        self._tick = LoopingCall(controller.tick)
+        self._tick.clock = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self.servers.ensure(self.workers).addCallbacks(
+            lambda budgets: log.info(
+                "{prog}: {n} server workers listening (fd budgets {budgets})",
+                prog=PROG, n=len(budgets), budgets=",".join(map(str, budgets)),
+            ),
+            lambda f: log.error("{prog}: server workers failed to start: {why}", prog=PROG, why=f.getErrorMessage()),
+        )
+        self._tick.start(POLL_INTERVAL, now=False)
+
+    def stopService(self):  # type: ignore[no-untyped-def]
+        # First of all: workers exiting from here on are being stopped, not lost.
+        self.servers.stopping = True
+        if self._tick.running:
+            self._tick.stop()
+        d = defer.maybeDeferred(super().stopService)
+        d.addCallback(lambda _: self.controller.tick())
+        d.addCallback(lambda _: self.servers.stop())
+        if self.status is not None:
+            d.addCallback(lambda _: self.status.tick())
+        if self.controller.timeline is not None:
+            d.addBoth(lambda r: (self.controller.timeline.close(), r)[1])  # type: ignore[union-attr]
+        return d
+
+
+def control_address(cfg: Config) -> tuple[str, int]:
+    address = endpoint_address(cfg.control.listen)
+    if address is None:
+        raise ControlError("remote agents need a tcp: or ssl: control.listen")
+    host, port = address
+    return host or "127.0.0.1", port
+
+
+def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[str]:
+    """`client_start`: run the agent over ssh, wait for it to register."""
+    from connscale.control import launch
+
+    reactor = controller.reactor
+    master_host, master_port = host.master or control_address(controller.cfg)
+    argv = launch.remote_agent_argv(host, f"{master_host}:{master_port}")
+    name = host.name
+
+    def line(text: str) -> None:
+        log.info("[{name}] {line}", name=name, line=text)
+
+    launched = launch.launch(reactor, host, argv, controller.secret + b"\n", line)
+    registered = controller.wait_registered(name)
+    result: defer.Deferred[str] = defer.Deferred()
+
+    def on_registered(_: Any) -> None:
+        if not result.called:
+            controller.agents[name].launch = launched
+            controller.note(f"client {name} started on {host.host} over ssh")
+            result.callback(name)
+
+    def on_ended(code: int) -> None:
+        if not result.called:
+            result.errback(ControlError(launch.explain_failure(host, code, launched.stderr_tail)))
+        elif controller.agents.get(name) and controller.agents[name].launch is launched:
+            controller.note(f"client {name}: ssh session ended (exit {code})")
+
+    def on_timeout() -> None:
+        if not result.called:
+            launched.stop()
+            result.errback(ControlError(f"{name}: agent did not register within {REGISTER_TIMEOUT:g}s"))
+
+    registered.addCallback(on_registered)
+    launched.ended.addCallback(on_ended)
+    timer = reactor.callLater(REGISTER_TIMEOUT, on_timeout)
+    result.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+    return result
+
+
+def console_namespace(controller: Controller) -> dict[str, Any]:
+    c = controller
+
+    def client_start(name: str) -> defer.Deferred[str]:
+        """client_start(name): launch the agent `name` from clients: over ssh."""
+        return c.client_start(name)
+
+    def client_stop(client: str) -> defer.Deferred[None]:
+        """client_stop(c): stop a client's connections and its agent."""
+        return c.client_stop(client)
+
+    def connections_start(n: int, client: str | None = None) -> defer.Deferred[int]:
+        """connections_start(n, c): open n more connections on client c."""
+        return c.connections_start(n, client)
+
+    def connections_stop(n: int, client: str | None = None) -> defer.Deferred[int]:
+        """connections_stop(n, c): close n connections on client c."""
+        return c.connections_stop(n, client)
+
+    def count_connections(client: str | None = None) -> defer.Deferred[int]:
+        """count_connections(): server side; count_connections(c): client c."""
+        return c.count_connections(client)
+
+    def clients() -> list[dict[str, Any]]:
+        """clients(): every agent, its target and open connections."""
+        return c.clients()
+
+    def stats() -> defer.Deferred[str]:
+        """stats(): merged counters, RTT percentiles, failures, clients (stats_raw() for all of it)."""
+        return c.poll().addCallback(lambda _: format_stats(c.stats()))
+
+    def stats_raw() -> defer.Deferred[dict[str, Any]]:
+        """stats_raw(): everything the controller knows, as a dict."""
+        return c.poll().addCallback(lambda _: c.stats())
+
+    return {
+        "client_start": client_start,
+        "client_stop": client_stop,
+        "connections_start": connections_start,
+        "connections_stop": connections_stop,
+        "count_connections": count_connections,
+        "clients": clients,
+        "stats": stats,
+        "stats_raw": stats_raw,
+    }
+
+
+def state_dir() -> str:
+    path = config_dir()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return str(path)
+
+
+def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiService:
+    s = cfg.server
+    _, budget = prepare_fds(0, PROG)
+    try:
+        # Bind once here so a port in use stops start-up with one line, before
+        # any worker is spawned; the workers bind their own SO_REUSEPORT sockets.
+        for sock in bind_sockets(s.interface, s.ports, s.backlog, reuse_port=True):
+            sock.close()
+    except ListenError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    try:
+        secret, source = hub_secret(cfg.control)
+    except SecretError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    workers = plan.server_workers(cfg.scenario.target, budget, cpu_count(), s.workers)
+    spec = {
+        "interface": s.interface,
+        "ports": list(s.ports),
+        "backlog": s.backlog,
+        "framing": s.framing,
+        "max_line": s.max_line,
+    }
+    servers = Supervisor(reactor, "server", spec, "hub")
+    run_dir = Path(record_dir) if record_dir else Path(cfg.run.dir) / time.strftime("%Y%m%d-%H%M%S-hub")
+    timeline = Timeline(run_dir)
+    controller = Controller(reactor, cfg, secret, servers, timeline, launcher=launch_client)
+    hub = HubService(reactor, controller, servers, workers)
+    ListeningEndpoint(reactor, cfg.control.listen, pb.PBServerFactory(controller.portal()), "control.listen").setServiceParent(hub)
+    hub.status = StatusService(reactor, s.status_interval, servers.totals, with_rtt=False, final=False)
+    hub.status.setServiceParent(hub)
+    from connscale.control.console import ConsoleError, default_keys_path, make_console
+
+    default_keys = default_keys_path()
+    if cfg.control.console == "ssh" and cfg.control.console_keys is None and not os.path.exists(default_keys):
+        log.warn(
+            "{prog}: console disabled: no {keys}; set control.console_keys to an authorized_keys file",
+            prog=PROG, keys=default_keys,
+        )
+    elif cfg.control.console != "none":
+        try:
+            console = make_console(reactor, cfg.control, console_namespace(controller), state_dir())
+        except ConsoleError as e:
+            raise SystemExit(f"{PROG}: {e}") from None
+        if console is not None:
+            console.setServiceParent(hub)
+    log.info(
+        "{prog}: hub with {workers} server workers on {interface} ports {ports}; controller on {listen} "
+        "(secret: {source}); timeline in {run_dir}",
+        prog=PROG, workers=workers, interface=s.interface, ports=",".join(map(str, s.ports)),
+        listen=cfg.control.listen, source=source, run_dir=str(run_dir),
+    )
+    return hub

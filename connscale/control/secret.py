@@ -1,0 +1,103 @@
+"""The shared control secret: where it comes from, and when a hub may make one.
+
+Order: `control.secret`, the CONNSCALE_SECRET environment variable,
+`control.secret_file`, then the per-user default file. A hub with none of
+these generates one into the default file (mode 0600), which a local
+`connscale ctl` and local agents find by themselves; a hub keeps reusing
+that file, so agents re-register after the hub restarts. A hub never listens
+beyond loopback on a secret it generated itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+from typing import Mapping
+
+from connscale.config.settings import ControlSettings, endpoint_address
+
+
+class SecretError(Exception):
+    """No usable secret; the message is one line and says what to do."""
+
+
+def config_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Per-user state of connscale (the secret, the console's host key)."""
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "connscale"
+
+
+def default_secret_path(env: Mapping[str, str] = os.environ) -> Path:
+    return config_dir(env) / "secret"
+
+
+def read_secret_file(path: str | Path) -> bytes:
+    # One line only: /dev/stdin is a valid secret file for ssh-launched agents.
+    with open(path, "rb") as f:
+        value = f.readline().strip()
+    if not value:
+        raise SecretError(f"control secret file {path} is empty")
+    return value
+
+
+def configured_secret(control: ControlSettings, env: Mapping[str, str] = os.environ) -> bytes | None:
+    if control.secret:
+        return control.secret.encode()
+    if env.get("CONNSCALE_SECRET"):
+        return env["CONNSCALE_SECRET"].encode()
+    if control.secret_file:
+        return read_secret_file(control.secret_file)
+    return None
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    address = endpoint_address(endpoint)
+    if address is None:
+        return True  # a unix socket is local by construction
+    interface = address[0]
+    if not interface:
+        return False  # no interface= means every interface
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return interface == "localhost"
+
+
+def hub_secret(control: ControlSettings, env: Mapping[str, str] = os.environ) -> tuple[bytes, str]:
+    """The hub's secret and where it came from."""
+    value = configured_secret(control, env)
+    if value is not None:
+        return value, "configured"
+    if not is_loopback_endpoint(control.listen):
+        raise SecretError(
+            f"control.listen {control.listen} is not loopback-only: configure control.secret, "
+            "control.secret_file or CONNSCALE_SECRET first"
+        )
+    path = default_secret_path(env)
+    if path.exists() and path.stat().st_size:
+        return read_secret_file(path), str(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    if path.exists():
+        path.unlink()  # empty: a crash between create and write; make a new one
+    value = secrets.token_urlsafe(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(value + b"\n")
+    return value, str(path)
+
+
+def client_secret(control: ControlSettings, env: Mapping[str, str] = os.environ) -> bytes:
+    """The secret an agent or `connscale ctl` logs in with."""
+    value = configured_secret(control, env)
+    if value is not None:
+        return value
+    path = default_secret_path(env)
+    if path.exists():
+        return read_secret_file(path)
+    raise SecretError(
+        "no control secret: set CONNSCALE_SECRET, control.secret or control.secret_file "
+        f"(a local hub writes one to {path})"
+    )

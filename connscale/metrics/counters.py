@@ -1,0 +1,119 @@
+"""Live counters and the bounded failure taxonomy, shared by both sides.
+
+One `Counters` object per process: connections bump plain integer slots on it
+instead of keeping statistics of their own, which keeps per-connection memory
+flat and lets a worker ship its whole state as one small `Snapshot`.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.internet import error as terror
+from twisted.python.failure import Failure
+
+from connscale.metrics.histograms import encode_histogram, new_histogram
+from connscale.metrics.snapshot import Snapshot
+
+PHASES: tuple[str, ...] = ("connect", "first_ping", "steady")
+
+#: Causes that are not errno names. Together with `errno.errorcode` this is
+#: the whole vocabulary, so a `fail.<phase>.<cause>` key space stays bounded.
+APP_CAUSES: frozenset[str] = frozenset(
+    {
+        "no_answer_from_server",
+        "closed_by_peer",
+        "protocol_error",
+        "worker_lost",
+        "route_quota",
+        "unknown",
+    }
+)
+
+#: Server-side protocol violations, counted by kind.
+PROTOCOL_KINDS: tuple[str, ...] = ("unknown_line", "line_too_long", "flood", "unexpected_pong")
+
+
+def errno_cause(number: int) -> str:
+    """The symbolic name of an errno, e.g. 111 -> 'ECONNREFUSED'."""
+    return errno.errorcode.get(number, f"ERRNO_{number}")
+
+
+def classify(reason: Failure | BaseException) -> str:
+    """Map a connection failure to a cause from the bounded set.
+
+    Never returns a message: messages carry addresses and ports, which would
+    make every failure its own class.
+    """
+    exc = reason.value if isinstance(reason, Failure) else reason
+    if isinstance(exc, terror.ConnectionDone):
+        return "closed_by_peer"
+    if isinstance(exc, terror.ConnectionLost):
+        # Twisted drops the errno of a failed read; on Linux a non-clean loss
+        # of an established connection is a reset in practice.
+        return "ECONNRESET"
+    if isinstance(exc, terror.ConnectError):
+        if isinstance(exc.osError, int):
+            return errno_cause(exc.osError)
+        if isinstance(exc, terror.ConnectionRefusedError):
+            return "ECONNREFUSED"
+        if isinstance(exc, (terror.TCPTimedOutError, terror.TimeoutError)):
+            return "ETIMEDOUT"
+        return "unknown"
+    if isinstance(exc, OSError) and isinstance(exc.errno, int):
+        return errno_cause(exc.errno)
+    return "unknown"
+
+
+class Counters:
+    """The live, process-wide counters. Hot paths touch plain attributes."""
+
+    __slots__ = (
+        "open",
+        "opened",
+        "closed",
+        "pings",
+        "pongs",
+        "skipped",
+        "failures",
+        "protocol",
+        "rtt",
+    )
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.opened = 0
+        self.closed = 0
+        self.pings = 0
+        self.pongs = 0
+        self.skipped = 0
+        self.failures: dict[tuple[str, str], int] = {}
+        self.protocol: dict[str, int] = {}
+        # Holds RTTs since the last snapshot; the cumulative view lives in
+        # whoever merges snapshots, so a worker never grows a second copy.
+        self.rtt = new_histogram()
+
+    def fail(self, phase: str, cause: str) -> None:
+        key = (phase, cause)
+        self.failures[key] = self.failures.get(key, 0) + 1
+
+    def violation(self, kind: str) -> None:
+        self.protocol[kind] = self.protocol.get(kind, 0) + 1
+        self.fail("steady", "protocol_error")
+
+    def snapshot(self, reset_rtt: bool = True) -> "Snapshot":
+        """Cumulative counts plus the RTTs recorded since the last call."""
+        snap = Snapshot(
+            open=self.open,
+            opened=self.opened,
+            closed=self.closed,
+            pings=self.pings,
+            pongs=self.pongs,
+            skipped=self.skipped,
+            failures={f"{p}:{c}": n for (p, c), n in self.failures.items()},
+            protocol=dict(self.protocol),
+            rtt=encode_histogram(self.rtt) if self.rtt.get_total_count() else "",
+        )
+        if reset_rtt:
+            self.rtt.reset()
+        return snap

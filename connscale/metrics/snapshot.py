@@ -1,0 +1,64 @@
+"""What a process reports: cumulative counters plus an interval histogram."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import attrs
+
+
+@attrs.frozen
+class Snapshot:
+    """What a process reports: cumulative counters and an interval histogram.
+
+    Counters are cumulative so a lost or duplicated report never skews a sum;
+    only the histogram is an interval delta (histograms add, percentiles don't).
+    Failures are keyed "phase:cause" so the record is plain JSON and PB data.
+    """
+
+    open: int = 0
+    opened: int = 0
+    closed: int = 0
+    pings: int = 0
+    pongs: int = 0
+    skipped: int = 0
+    failures: Mapping[str, int] = attrs.field(factory=dict)
+    protocol: Mapping[str, int] = attrs.field(factory=dict)
+    rtt: str = ""
+
+    @property
+    def failure_total(self) -> int:
+        return sum(self.failures.values())
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain dicts and numbers: fit for PB and JSON as they are."""
+        return attrs.asdict(self)
+
+    def counts(self) -> dict[str, object]:
+        """`to_dict` without the histogram, plus the failure total: what
+        reports and the timeline show of a snapshot."""
+        data = self.to_dict()
+        del data["rtt"]
+        data["failure_total"] = self.failure_total
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> "Snapshot":
+        fields = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})  # type: ignore[arg-type]
+
+
+def sum_snapshots(snaps: Iterable[Snapshot]) -> Snapshot:
+    """Add counters of several processes; the histogram fields are dropped
+    (merge those with `RttAccumulator`)."""
+    total: dict[str, int] = {"open": 0, "opened": 0, "closed": 0, "pings": 0, "pongs": 0, "skipped": 0}
+    failures: dict[str, int] = {}
+    protocol: dict[str, int] = {}
+    for s in snaps:
+        for k in total:
+            total[k] += getattr(s, k)
+        for k, n in s.failures.items():
+            failures[k] = failures.get(k, 0) + n
+        for k, n in s.protocol.items():
+            protocol[k] = protocol.get(k, 0) + n
+    return Snapshot(failures=failures, protocol=protocol, **total)

@@ -1,0 +1,351 @@
+"""The client connection pool: grow, shrink and count ping/pong connections.
+
+All client policy lives here: pacing connects (token bucket), spreading them
+over routes with quotas, the ping schedule and its timeout, and classifying
+every failure by phase and cause. Connections themselves
+(`wire.ClientConnection`) are a handful of slots; their timers share one
+`TimerWheel`, their statistics one `Counters`.
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import islice
+from typing import Any, Callable, Sequence
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from connscale.metrics.counters import Counters, classify
+from connscale.net.transport import ClientTransport
+from connscale.net.wheel import TimerWheel
+from connscale.net.wire import PING, PONG, ClientConnection
+
+log = Logger()
+
+PACE_TICK = 0.01  # seconds between connect batches
+_EPS = 1e-9
+
+OPEN = ClientConnection.OPEN
+CLOSING = ClientConnection.CLOSING
+CLOSED = ClientConnection.CLOSED
+CONNECTING = ClientConnection.CONNECTING
+
+
+@attrs.frozen
+class Route:
+    """One (source IP, server IP:port) tuple and how many connections it may carry."""
+
+    src: str | None
+    host: str
+    port: int
+    quota: int = 14_000
+
+    def key(self) -> tuple[str | None, str, int]:
+        return (self.src, self.host, self.port)
+
+
+def make_routes(host: str, ports: Sequence[int], sources: Sequence[str], quota: int) -> list[Route]:
+    """Every source IP × server port, interleaved so round-robin spreads both."""
+    srcs: Sequence[str | None] = list(sources) or [None]
+    return [Route(src, host, port, quota) for port in ports for src in srcs]
+
+
+@attrs.frozen
+class PoolSettings:
+    interval: float = 5.0
+    timeout: float = 1.0
+    rate: float = 2000.0
+    framing: str = "line"
+
+
+class ConnectionPool:
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        settings: PoolSettings,
+        routes: Sequence[Route],
+        counters: Counters | None = None,
+        wheel: TimerWheel | None = None,
+        rng: random.Random | None = None,
+        dial: "Callable[[Route, ClientConnection], Any] | None" = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock
+        self.settings = settings
+        self.framing = settings.framing
+        self.ping = PING if settings.framing == "raw" else PING + b"\n"
+        self.reply = PONG if settings.framing == "raw" else PONG + b"\n"
+        self.counters = counters if counters is not None else Counters()
+        self.wheel = wheel if wheel is not None else TimerWheel(clock)
+        self.rng = rng if rng is not None else random.Random()
+        # How a connection attempt starts; tests swap in an in-memory one.
+        self.dial = dial if dial is not None else self._dial_tcp
+        self.routes: list[Route] = []
+        self.route_load: list[int] = []
+        self._next_route = 0
+        self._quota_warned = False
+        # Insertion-ordered: iteration yields the oldest connection first.
+        self._conns: dict[ClientConnection, None] = {}
+        self.pending = 0
+        self.connecting = 0
+        self.established = 0
+        self._tokens = 0.0
+        self._last_pace = 0.0
+        self._pace_call: IDelayedCall | None = None
+        self._drained: list[defer.Deferred[None]] = []
+        self.set_routes(routes)
+
+    # -- public API --------------------------------------------------------
+    def start(self, n: int) -> None:
+        """Open `n` more connections, paced at `settings.rate` per second."""
+        if n <= 0:
+            return
+        self.pending += n
+        if self._pace_call is None:
+            self._last_pace = self.clock.seconds()
+            self._tokens = 1.0  # the first connect goes out at once
+            self._pace()
+
+    def stop(self, n: int) -> int:
+        """Close `n` connections, not-yet-started ones first, then oldest first.
+
+        Returns how many were taken away.
+        """
+        taken = min(n, self.pending)
+        self.pending -= taken
+        if taken < n:
+            victims = list(islice(self._live(), n - taken))
+            for conn in victims:
+                self.close(conn)
+            taken += len(victims)
+        return taken
+
+    def count(self) -> int:
+        """Established connections."""
+        return self.established
+
+    def wanted(self) -> int:
+        """Connections held, being opened, or waiting for their turn."""
+        return self.established + self.connecting + self.pending
+
+    def set_target(self, n: int) -> None:
+        """Grow or shrink towards `n` held-or-coming connections."""
+        delta = n - self.wanted()
+        if delta > 0:
+            self.start(delta)
+        elif delta < 0:
+            self.stop(-delta)
+
+    def set_routes(self, routes: Sequence[Route]) -> None:
+        """Replace the route table; connections already open keep their route.
+
+        Routes are matched by tuple (source, host, port), not by quota: the
+        controller changes quotas whenever the number of workers changes.
+        """
+        old_keys = [r.key() for r in self.routes]
+        self.routes = list(routes)
+        index = {r.key(): i for i, r in enumerate(self.routes)}
+        self.route_load = [0] * len(self.routes)
+        for conn in self._conns:
+            if 0 <= conn.route < len(old_keys):
+                conn.route = index.get(old_keys[conn.route], -1)
+                if conn.route >= 0:
+                    self.route_load[conn.route] += 1
+        self._next_route = 0
+        self._quota_warned = False
+
+    def capacity(self) -> int:
+        return sum(r.quota for r in self.routes)
+
+    def close_all(self, timeout: float = 5.0) -> defer.Deferred[None]:
+        """Stop everything; fires when every connection is gone (or after `timeout`)."""
+        self.pending = 0
+        for conn in list(self._conns):
+            if conn.state != CLOSING:
+                self.close(conn)
+        d: defer.Deferred[None] = defer.Deferred()
+        if not self._conns:
+            d.callback(None)
+            return d
+        self._drained.append(d)
+
+        def give_up() -> None:
+            for conn in list(self._conns):
+                if conn.transport is not None:
+                    conn.transport.abortConnection()
+            self._fire_drained()
+
+        call = self.clock.callLater(timeout, give_up)
+        d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+        return d
+
+    def close(self, conn: ClientConnection, cause: str | None = None) -> None:
+        """Close one connection; with a `cause` it counts as a failure."""
+        if conn.state in (CLOSING, CLOSED):
+            return
+        if cause is not None:
+            self.counters.fail("steady" if conn.answered else "first_ping", cause)
+        was = conn.state
+        conn.state = CLOSING
+        self.wheel.cancel(conn)
+        transport = conn.transport
+        if transport is None:
+            return
+        if was == CONNECTING:
+            transport.stopConnecting()
+        else:
+            transport.loseConnection()
+
+    # -- pacing --------------------------------------------------------------
+    def _pace(self) -> None:
+        self._pace_call = None
+        now = self.clock.seconds()
+        rate = self.settings.rate
+        burst = max(1.0, rate * PACE_TICK * 2)
+        self._tokens = min(self._tokens + (now - self._last_pace) * rate, burst)
+        self._last_pace = now
+        n = min(int(self._tokens), self.pending)
+        self._tokens -= n
+        self.pending -= n
+        for _ in range(n):
+            self._open_one()
+        if self.pending:
+            self._pace_call = self.clock.callLater(PACE_TICK, self._pace)
+
+    def _pick_route(self) -> int:
+        routes, load = self.routes, self.route_load
+        count = len(routes)
+        for step in range(count):
+            i = (self._next_route + step) % count
+            if load[i] < routes[i].quota:
+                self._next_route = i + 1
+                return i
+        return -1
+
+    def _open_one(self) -> None:
+        idx = self._pick_route()
+        if idx < 0:
+            self.counters.fail("connect", "route_quota")
+            if not self._quota_warned:
+                self._quota_warned = True
+                log.warn(
+                    "all {routes} routes are full ({capacity} connections); add source IPs "
+                    "or server ports to place more",
+                    routes=len(self.routes),
+                    capacity=self.capacity(),
+                )
+            return
+        route = self.routes[idx]
+        self.route_load[idx] += 1
+        conn = ClientConnection(self, idx)
+        self._conns[conn] = None
+        self.connecting += 1
+        conn.transport = self.dial(route, conn)
+
+    def _dial_tcp(self, route: Route, conn: ClientConnection) -> ClientTransport:
+        bind = (route.src, 0) if route.src else None
+        return ClientTransport(route.host, route.port, bind, conn, self.reactor)
+
+    # -- events from connections -------------------------------------------
+    def connected(self, conn: ClientConnection) -> None:
+        self.connecting -= 1
+        self.established += 1
+        c = self.counters
+        c.open += 1
+        c.opened += 1
+        # First ping at a random offset in (0, interval] spreads the load.
+        interval = self.settings.interval
+        conn.next_ping = self.clock.seconds() + interval * (1.0 - self.rng.random())
+        self.wheel.schedule(conn, conn.next_ping)
+
+    def connect_failed(self, conn: ClientConnection, reason: Failure) -> None:
+        stopped = conn.state == CLOSING
+        self._forget(conn)
+        self.connecting -= 1
+        if not stopped:
+            self.counters.fail("connect", classify(reason))
+
+    def lost(self, conn: ClientConnection, reason: Failure) -> None:
+        closing = conn.state == CLOSING
+        self._forget(conn)
+        self.established -= 1
+        c = self.counters
+        c.open -= 1
+        c.closed += 1
+        if not closing:
+            c.fail("steady" if conn.answered else "first_ping", classify(reason))
+
+    def pong(self, conn: ClientConnection) -> None:
+        if not conn.sent_at or conn.state != OPEN:
+            self.bad_reply(conn, "unexpected_pong")
+            return
+        now = self.clock.seconds()
+        rtt = now - conn.sent_at
+        if rtt > self.settings.timeout:
+            # Late by less than a wheel tick: the deadline had passed, so it
+            # is the timeout the tick was about to report, not a pong.
+            self.close(conn, "no_answer_from_server")
+            return
+        c = self.counters
+        c.pongs += 1
+        c.rtt.record_value(max(1, int(rtt * 1e6)))
+        conn.sent_at = 0.0
+        conn.answered = True
+        self.wheel.schedule(conn, conn.next_ping)
+
+    def bad_reply(self, conn: ClientConnection, kind: str) -> None:
+        self.counters.protocol[kind] = self.counters.protocol.get(kind, 0) + 1
+        self.close(conn, "protocol_error")
+
+    def timer(self, conn: ClientConnection, now: float) -> None:
+        if conn.state != OPEN:
+            return
+        s = self.settings
+        if conn.sent_at:
+            deadline = conn.sent_at + s.timeout
+            if now + _EPS >= deadline:
+                self.close(conn, "no_answer_from_server")
+                return
+            # Still waiting while the next ping is due: skip it, as the C
+            # reference does; one ping in flight per connection.
+            while conn.next_ping <= now + _EPS:
+                self.counters.skipped += 1
+                conn.next_ping += s.interval
+            self.wheel.schedule(conn, min(deadline, conn.next_ping))
+            return
+        transport = conn.transport
+        if transport is None:
+            return
+        transport.write(self.ping)
+        self.counters.pings += 1
+        # Stamp each send: a tick's batch goes out over a few milliseconds.
+        conn.sent_at = self.clock.seconds()
+        conn.next_ping += s.interval
+        if conn.next_ping <= now:
+            # The reactor fell behind; don't fire a burst of catch-up pings.
+            conn.next_ping = now + s.interval
+        self.wheel.schedule(conn, min(now + s.timeout, conn.next_ping))
+
+    # -- internals -----------------------------------------------------------
+    def _live(self):  # type: ignore[no-untyped-def]
+        return (c for c in self._conns if c.state in (OPEN, CONNECTING))
+
+    def _forget(self, conn: ClientConnection) -> None:
+        conn.state = CLOSED
+        self.wheel.cancel(conn)
+        conn.transport = None
+        if self._conns.pop(conn, 0) is None and 0 <= conn.route < len(self.route_load):
+            self.route_load[conn.route] -= 1
+        if not self._conns and self._drained:
+            self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            if not d.called:
+                d.callback(None)

@@ -1,0 +1,235 @@
+"""Supervise worker processes of one role: start, poll, reassign, restart.
+
+A worker that dies is reported, its connections are counted as lost with
+cause `worker_lost`, its counters are kept (so totals never go backwards) and
+a new worker takes over its assignment after a short delay.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Sequence
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from connscale.metrics.snapshot import Snapshot, sum_snapshots
+from connscale.procs.childproc import PBChild, spawn_python
+
+log = Logger(namespace="connscale.supervisor")
+
+RouteSpec = Sequence[Any]  # (src, host, port, quota)
+
+
+@attrs.define
+class Slot:
+    index: int
+    child: PBChild | None = None
+    target: int = 0
+    routes: list[RouteSpec] = attrs.Factory(list)
+    last: dict[str, Any] | None = None
+    budget: int = 0
+    pid: int | None = None
+    restarts: int = 0
+    alive: bool = False
+    started_at: float = 0.0
+    delay: float = 0.0
+    answered_at: float = 0.0
+
+
+class Supervisor:
+    def __init__(
+        self,
+        reactor: Any,
+        role: str,
+        spec: dict[str, Any],
+        name: str,
+        restart_delay: float = 1.0,
+        on_rtt: Callable[[str], None] | None = None,
+        hung_after: float = 30.0,
+    ) -> None:
+        #: A live worker silent this long is hung: it is killed and replaced.
+        self.hung_after = hung_after
+        self.reactor = reactor
+        self.role = role
+        self.spec = spec
+        self.name = name
+        self.restart_delay = restart_delay
+        self.slots: list[Slot] = []
+        self.retired: list[Snapshot] = []
+        self.lost_workers = 0
+        self.stopping = False
+        self.rtt_listeners: list[Callable[[str], None]] = [on_rtt] if on_rtt else []
+        self.events: list[str] = []
+
+    # -- lifecycle -----------------------------------------------------------
+    def ensure(self, count: int) -> defer.Deferred[list[int]]:
+        """Run at least `count` workers; fires with every worker's fd budget."""
+        starting = []
+        while len(self.slots) < count:
+            slot = Slot(len(self.slots))
+            self.slots.append(slot)
+            starting.append(self._spawn(slot))
+        d = defer.gatherResults(starting, consumeErrors=True) if starting else defer.succeed(None)
+        return d.addCallback(lambda _: [s.budget for s in self.slots])
+
+    def _spawn(self, slot: Slot) -> defer.Deferred[None]:
+        label = f"{self.name}-{self.role}-worker-{slot.index + 1}"
+        spec = dict(self.spec, name=label, index=slot.index)
+        child = PBChild(label, lambda c, reason: self._exited(slot, c, reason))
+        slot.child = child
+        spawn_python(self.reactor, "connscale.procs.worker", [self.role, json.dumps(spec)], child)
+        slot.pid = child.pid
+
+        slot.started_at = self.reactor.seconds()
+
+        def ready(info: dict[str, Any]) -> defer.Deferred[None] | None:
+            slot.alive = True
+            slot.answered_at = self.reactor.seconds()
+            slot.budget = int(info["budget"])
+            slot.pid = int(info["pid"])
+            log.info("{label} started (pid {pid}, fd budget {budget})", label=label, pid=slot.pid, budget=slot.budget)
+            if slot.target or slot.routes:
+                return self._push(slot)
+            return None
+
+        return child.ready.addCallback(ready)
+
+    def _exited(self, slot: Slot, child: PBChild, reason: Failure) -> None:
+        if slot.child is not child:
+            return
+        slot.alive = False
+        slot.child = None
+        if self.stopping:
+            return
+        held = int((slot.last or {}).get("open", 0))
+        self.lost_workers += 1
+        if slot.last:
+            snap = Snapshot.from_dict(slot.last)
+            failures = dict(snap.failures)
+            if held:
+                failures["steady:worker_lost"] = failures.get("steady:worker_lost", 0) + held
+            self.retired.append(attrs.evolve(snap, open=0, closed=snap.closed + held, failures=failures, rtt=""))
+        slot.last = None
+        # A worker that keeps dying at once must not become a fork loop.
+        lived = self.reactor.seconds() - slot.started_at
+        slot.delay = self.restart_delay if lived > 30 or not slot.delay else min(slot.delay * 2, 30.0)
+        message = (
+            f"{child.name} (pid {child.pid}) lost: {reason.getErrorMessage().rstrip('.')}; "
+            f"{held} connections lost with it; restarting in {slot.delay:g}s"
+        )
+        self.events.append(message)
+        log.warn("{message}", message=message)
+        slot.restarts += 1
+        self.reactor.callLater(slot.delay, self._restart, slot)
+
+    def _restart(self, slot: Slot) -> None:
+        if self.stopping or slot.child is not None:
+            return
+        # A failed start is reported by _exited, which schedules the next try.
+        self._spawn(slot).addErrback(lambda _: None)
+
+    def stop(self, grace: float = 5.0) -> defer.Deferred[None]:
+        """Drain connections, then end every worker (by the pid we started)."""
+        self.stopping = True
+        live = [s for s in self.slots if s.child is not None and not s.child.ended]
+        if not live:
+            return defer.succeed(None)
+        waits = []
+        for slot in live:
+            child = slot.child
+            assert child is not None
+            done: defer.Deferred[None] = defer.Deferred()
+            old = child.on_exit
+
+            def exited(c: PBChild, reason: Failure, done: defer.Deferred[None] = done, old=old) -> None:
+                old(c, reason)
+                if not done.called:
+                    done.callback(None)
+
+            child.on_exit = exited
+            drain = child.call("drain") if self.role == "client" else defer.succeed(None)
+            drain.addBoth(lambda _, c=child: c.call("exit")).addErrback(lambda _: None)
+            waits.append(done)
+            self.reactor.callLater(grace, child.signal, "TERM")
+            self.reactor.callLater(grace + 2.0, child.signal, "KILL")
+        return defer.DeferredList(waits).addCallback(lambda _: None)
+
+    # -- orders ------------------------------------------------------------------
+    def apply(self, assignments: Sequence[tuple[int, list[RouteSpec]]]) -> defer.Deferred[None]:
+        """Give worker i `assignments[i]` = (target, routes); missing ones get 0."""
+        calls = []
+        for i, slot in enumerate(self.slots):
+            target, routes = assignments[i] if i < len(assignments) else (0, slot.routes)
+            slot.target, slot.routes = int(target), [list(r) for r in routes]
+            if slot.alive:
+                calls.append(self._push(slot))
+        return defer.gatherResults(calls, consumeErrors=True).addCallback(lambda _: None)
+
+    def _push(self, slot: Slot) -> defer.Deferred[None]:
+        assert slot.child is not None
+        return slot.child.call("set_target", slot.target, slot.routes).addCallback(lambda _: None)
+
+    def call_all(self, method: str, *args: Any) -> defer.Deferred[list[Any]]:
+        calls = [s.child.call(method, *args) for s in self.slots if s.alive and s.child is not None]
+        return defer.gatherResults(calls, consumeErrors=True)
+
+    # -- statistics ----------------------------------------------------------------
+    def poll(self) -> defer.Deferred[None]:
+        """Ask every live worker for its snapshot; kill the ones that stopped answering."""
+        calls = []
+        now = self.reactor.seconds()
+        for slot in self.slots:
+            if not (slot.alive and slot.child is not None):
+                continue
+            if not self.stopping and now - slot.answered_at > self.hung_after:
+                message = (
+                    f"{slot.child.name} (pid {slot.pid}) has not answered for "
+                    f"{now - slot.answered_at:.0f}s; killing it"
+                )
+                self.events.append(message)
+                log.warn("{message}", message=message)
+                slot.child.signal("KILL")  # the pid we started; _exited counts the loss
+                continue
+            call = slot.child.call("snapshot").addTimeout(self.hung_after, self.reactor)
+            calls.append(call.addCallback(self._got, slot).addErrback(lambda _: None))
+        return defer.gatherResults(calls).addCallback(lambda _: None)
+
+    def _got(self, data: dict[str, Any], slot: Slot) -> None:
+        slot.answered_at = self.reactor.seconds()
+        slot.last = data
+        if data.get("rtt"):
+            for listener in self.rtt_listeners:
+                listener(data["rtt"])
+
+    def totals(self) -> Snapshot:
+        live = [Snapshot.from_dict(s.last) for s in self.slots if s.last]
+        return sum_snapshots([*live, *self.retired])
+
+    def workers(self) -> list[dict[str, Any]]:
+        out = []
+        for s in self.slots:
+            last = s.last or {}
+            out.append(
+                {
+                    "index": s.index,
+                    "pid": s.pid,
+                    "alive": s.alive,
+                    "target": s.target,
+                    "open": int(last.get("open", 0)),
+                    "budget": s.budget,
+                    "restarts": s.restarts,
+                    "resources": last.get("resources", {}),
+                }
+            )
+        return out
+
+    def take_events(self) -> list[str]:
+        """Losses and kills since the last call, for whoever reports upward."""
+        events, self.events = self.events, []
+        return events
+
+    def count(self) -> int:
+        return sum(int((s.last or {}).get("open", 0)) for s in self.slots if s.alive)
