@@ -92,7 +92,7 @@ def test_first_ping_at_random_offset_within_interval_then_every_interval():
 
 
 def test_missing_pong_closes_with_no_answer_from_server():
-    h = Harness(rate=10_000, interval=1.0, timeout=0.3)
+    h = Harness(rate=10_000, interval=1.0, timeout=0.3, replace=False)
     h.pool.start(10)
     h.run(1.5)  # everyone pinged once, nobody answered
     c = h.pool.counters
@@ -123,7 +123,7 @@ def test_timeout_longer_than_interval_skips_pings():
 
 
 def test_steady_phase_after_first_pong_and_rtt_recorded():
-    h = Harness(rate=10_000, interval=1.0, timeout=0.3)
+    h = Harness(rate=10_000, interval=1.0, timeout=0.3, replace=False)
     h.pool.start(1)
     for _ in range(150):
         h.run(0.01)
@@ -226,7 +226,7 @@ def test_close_all_fires_when_drained():
 
 def test_hundred_thousand_connections_share_one_timer():
     h = Harness(routes=[Route(None, "127.0.0.1", 8989, quota=100_000)], immediate=True,
-                rate=1_000_000, interval=5.0, timeout=1.0)
+                rate=1_000_000, interval=5.0, timeout=1.0, replace=False)
     h.pool.start(100_000)
     h.run(0.2, step=0.01)
     assert h.pool.count() == 100_000
@@ -251,3 +251,96 @@ def test_a_pong_after_the_deadline_is_a_timeout_even_before_the_tick():
     c = h.pool.counters
     assert c.pongs == 0
     assert c.failures == {("first_ping", "no_answer_from_server"): 1}
+
+
+def refuse(h, conns):
+    for conn in conns:
+        conn.connectionFailed(Failure(error.ConnectionRefusedError()))
+
+
+def test_refused_connects_are_replaced_with_backoff_until_the_target_is_held():
+    from connscale.net.pool import REPLACE_BACKOFF
+
+    h = Harness(rate=10_000, auto_connect=False)
+    h.pool.set_target(5)
+    h.run(0.01)
+    refuse(h, [conn for _, conn, _ in h.dialed])
+    assert h.pool.counters.failures == {("connect", "ECONNREFUSED"): 5}
+    # Counted, not forgotten: the pool still wants five.
+    assert h.pool.replacing == 5 and h.pool.wanted() == 5
+    h.run(REPLACE_BACKOFF - 0.02)
+    assert len(h.dialed) == 5  # nothing retried before the backoff
+    h.run(0.05)
+    assert len(h.dialed) == 10
+    # Still refused: the next wait is twice as long.
+    refuse(h, [conn for _, conn, _ in h.dialed[5:]])
+    h.run(2 * REPLACE_BACKOFF - 0.02)
+    assert len(h.dialed) == 10
+    h.run(0.05)
+    assert len(h.dialed) == 15
+    # The server is back: the replacements connect and the target is held.
+    for _, conn, t in h.dialed[10:]:
+        conn.makeConnection(t)
+    assert h.pool.count() == 5 and h.pool.replacing == 0
+    assert h.pool.counters.failures == {("connect", "ECONNREFUSED"): 10}
+
+
+def test_a_success_resets_the_backoff():
+    from connscale.net.pool import REPLACE_BACKOFF
+
+    h = Harness(rate=10_000, auto_connect=False)
+    h.pool.set_target(2)
+    h.run(0.01)
+    refuse(h, [h.dialed[0][1]])
+    h.run(REPLACE_BACKOFF + 0.02)
+    refuse(h, [h.dialed[2][1]])  # the backoff doubles...
+    _, conn, t = h.dialed[1]
+    conn.makeConnection(t)  # ...until a connect succeeds
+    h.run(REPLACE_BACKOFF * 2 + 0.02)
+    refuse(h, [h.dialed[3][1]])
+    h.run(REPLACE_BACKOFF + 0.02)
+    assert len(h.dialed) == 5
+
+
+def test_lost_and_rejected_connections_are_replaced():
+    h = Harness(rate=10_000, interval=60.0, timeout=10.0)
+    h.pool.set_target(4)
+    h.run(0.05)
+    (_, a, _), (_, b, _), _, _ = h.dialed
+    a.connectionLost(Failure(error.ConnectionLost()))
+    b.dataReceived(b"Hello\n")
+    assert h.pool.count() == 2 and h.pool.wanted() == 4
+    h.run(0.6)
+    assert h.pool.count() == 4 and len(h.dialed) == 6
+    assert h.pool.counters.failures == {("first_ping", "ECONNRESET"): 1, ("first_ping", "protocol_error"): 1}
+
+
+def test_stopping_takes_waiting_replacements_before_live_connections():
+    h = Harness(rate=10_000, auto_connect=False)
+    h.pool.set_target(3)
+    h.run(0.01)
+    refuse(h, [h.dialed[0][1]])
+    for _, conn, t in h.dialed[1:]:
+        conn.makeConnection(t)
+    assert h.pool.stop(1) == 1
+    assert h.pool.replacing == 0 and h.pool.count() == 2
+    h.run(2.0)
+    assert len(h.dialed) == 3  # the replacement was cancelled, not just delayed
+
+
+def test_close_all_drops_waiting_replacements():
+    h = Harness(rate=10_000, auto_connect=False)
+    h.pool.set_target(2)
+    h.run(0.01)
+    refuse(h, [conn for _, conn, _ in h.dialed])
+    h.pool.close_all()
+    h.run(2.0)
+    assert len(h.dialed) == 2 and h.pool.wanted() == 0
+
+
+def test_full_routes_are_not_retried():
+    h = Harness(routes=[Route(None, "127.0.0.1", 8989, quota=1)], rate=10_000)
+    h.pool.set_target(3)
+    h.run(2.0)
+    assert h.pool.count() == 1 and len(h.dialed) == 1
+    assert h.pool.counters.failures == {("connect", "route_quota"): 2}

@@ -29,6 +29,12 @@ log = Logger()
 PACE_TICK = 0.01  # seconds between connect batches
 _EPS = 1e-9
 
+#: A connection that fails or closes is replaced after a backoff: it starts at
+#: REPLACE_BACKOFF and doubles while replacements keep failing (a server that is
+#: down must not be hammered), up to REPLACE_BACKOFF_MAX.
+REPLACE_BACKOFF = 0.5
+REPLACE_BACKOFF_MAX = 10.0
+
 OPEN = ClientConnection.OPEN
 CLOSING = ClientConnection.CLOSING
 CLOSED = ClientConnection.CLOSED
@@ -60,6 +66,8 @@ class PoolSettings:
     timeout: float = 1.0
     rate: float = 2000.0
     framing: str = "line"
+    #: Replace a connection that failed or closed, so the pool keeps its target.
+    replace: bool = True
 
 
 class ConnectionPool:
@@ -92,6 +100,11 @@ class ConnectionPool:
         # Insertion-ordered: iteration yields the oldest connection first.
         self._conns: dict[ClientConnection, None] = {}
         self.pending = 0
+        # Failed or lost connections waiting out the backoff before they are
+        # opened again; counted in `wanted()`, so targets stay true meanwhile.
+        self.replacing = 0
+        self._backoff = REPLACE_BACKOFF
+        self._replace_call: IDelayedCall | None = None
         self.connecting = 0
         self.established = 0
         self._tokens = 0.0
@@ -118,6 +131,10 @@ class ConnectionPool:
         """
         taken = min(n, self.pending)
         self.pending -= taken
+        if taken < n and self.replacing:
+            later = min(n - taken, self.replacing)
+            self.replacing -= later
+            taken += later
         if taken < n:
             victims = list(islice(self._live(), n - taken))
             for conn in victims:
@@ -131,7 +148,7 @@ class ConnectionPool:
 
     def wanted(self) -> int:
         """Connections held, being opened, or waiting for their turn."""
-        return self.established + self.connecting + self.pending
+        return self.established + self.connecting + self.pending + self.replacing
 
     def set_target(self, n: int) -> None:
         """Grow or shrink towards `n` held-or-coming connections."""
@@ -165,6 +182,10 @@ class ConnectionPool:
     def close_all(self, timeout: float = 5.0) -> defer.Deferred[None]:
         """Stop everything; fires when every connection is gone (or after `timeout`)."""
         self.pending = 0
+        self.replacing = 0
+        if self._replace_call is not None and self._replace_call.active():
+            self._replace_call.cancel()
+        self._replace_call = None
         for conn in list(self._conns):
             if conn.state != CLOSING:
                 self.close(conn)
@@ -190,6 +211,7 @@ class ConnectionPool:
             return
         if cause is not None:
             self.counters.fail("steady" if conn.answered else "first_ping", cause)
+            self._replace_later()
         was = conn.state
         conn.state = CLOSING
         self.wheel.cancel(conn)
@@ -200,6 +222,24 @@ class ConnectionPool:
             transport.stopConnecting()
         else:
             transport.loseConnection()
+
+    # -- replacing what failed -------------------------------------------------
+    def _replace_later(self) -> None:
+        """Open one connection again once the current backoff has passed."""
+        if not self.settings.replace:
+            return
+        self.replacing += 1
+        if self._replace_call is None:
+            delay = self._backoff
+            # Failures that keep coming after a release back off further; a
+            # successful connect resets it (see `connected`).
+            self._backoff = min(self._backoff * 2, REPLACE_BACKOFF_MAX)
+            self._replace_call = self.clock.callLater(delay, self._release_replacements)
+
+    def _release_replacements(self) -> None:
+        self._replace_call = None
+        n, self.replacing = self.replacing, 0
+        self.start(n)
 
     # -- pacing --------------------------------------------------------------
     def _pace(self) -> None:
@@ -255,6 +295,7 @@ class ConnectionPool:
     def connected(self, conn: ClientConnection) -> None:
         self.connecting -= 1
         self.established += 1
+        self._backoff = REPLACE_BACKOFF
         c = self.counters
         c.open += 1
         c.opened += 1
@@ -269,6 +310,7 @@ class ConnectionPool:
         self.connecting -= 1
         if not stopped:
             self.counters.fail("connect", classify(reason))
+            self._replace_later()
 
     def lost(self, conn: ClientConnection, reason: Failure) -> None:
         closing = conn.state == CLOSING
@@ -279,6 +321,7 @@ class ConnectionPool:
         c.closed += 1
         if not closing:
             c.fail("steady" if conn.answered else "first_ping", classify(reason))
+            self._replace_later()
 
     def pong(self, conn: ClientConnection) -> None:
         if not conn.sent_at or conn.state != OPEN:
