@@ -273,15 +273,15 @@ def test_server_that_never_answers(tmp_path: Path, stack: ExitStack) -> None:
     stack.callback(silent.close)
     client = start_client(stack, tmp_path, silent.port, "-n", "20", "--interval", "1", "--timeout", "0.5")
 
-    status = wait_status(client, lambda s: ival(s, "fail.first_ping.no_answer_from_server") == 20, 30,
+    status = wait_status(client, lambda s: ival(s, "fail.first_ping.no_answer_from_server") >= 20, 30,
                          "20 no_answer_from_server failures")
-    assert status["failures"] == "20", status
-    assert ival(status, "opened") == 20, status
+    assert ival(status, "failures") == ival(status, "fail.first_ping.no_answer_from_server"), status
     assert status["pongs"] == "0", status
     fails = sorted(k for k in status if k.startswith("fail."))
     assert fails == ["fail.first_ping.no_answer_from_server"], status
-    final = wait_status(client, lambda s: ival(s, "open") == 0, 10, "client open=0")
-    assert final["failures"] == "20", final
+    # The pool keeps its target: every connection that timed out is opened again.
+    again = wait_status(client, lambda s: ival(s, "opened") > 20, 30, "replacement connections")
+    assert again["pongs"] == "0", again
     assert_no_traceback(client)
 
 
@@ -290,9 +290,9 @@ def test_server_that_never_answers(tmp_path: Path, stack: ExitStack) -> None:
 def test_refused_port(tmp_path: Path, stack: ExitStack) -> None:
     port = free_port()
     client = start_client(stack, tmp_path, port, "-n", "10")
-    status = wait_status(client, lambda s: ival(s, "fail.connect.ECONNREFUSED") == 10, 30,
+    status = wait_status(client, lambda s: ival(s, "fail.connect.ECONNREFUSED") >= 10, 30,
                          "10 ECONNREFUSED failures")
-    assert status["failures"] == "10", status
+    assert status["failures"] == status["fail.connect.ECONNREFUSED"], status
     assert (status["open"], status["opened"]) == ("0", "0"), status
     assert sorted(k for k in status if k.startswith("fail.")) == ["fail.connect.ECONNREFUSED"], status
     assert_no_traceback(client)
@@ -510,7 +510,10 @@ def test_client_at_its_fd_limit_says_so_and_classifies_emfile(tmp_path: Path, st
     stack.callback(client.stop)
     status = wait_status(client, lambda s: ival(s, "fail.connect.EMFILE") > 0 and ival(s, "open") > 0, 30,
                          "client EMFILE failures")
-    assert ival(status, "open") + ival(status, "fail.connect.EMFILE") == 300, status
+    status = wait_status(client, lambda s: ival(s, "open") + ival(s, "fail.connect.EMFILE") >= 300, 30,
+                         "every connect beyond the budget failing")
+    # Replacements keep trying (and failing, counted), but never past the fd limit.
+    assert 0 < ival(status, "open") < 160, status
     text = client.text()
     assert "this process can hold only 60 connections" in text and "--workers" in text
     assert_no_traceback(client)
