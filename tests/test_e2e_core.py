@@ -27,7 +27,7 @@ import pytest
 
 from tests.support.procs import Proc, free_port, twistd
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 # Start-up takes about a second; generous, because the machine is shared.
 START_TIMEOUT = 30.0

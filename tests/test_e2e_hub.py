@@ -18,6 +18,8 @@ import pytest
 
 from tests.support.procs import Proc, connscale, free_port, free_ports
 
+pytestmark = pytest.mark.slow
+
 needs_ssh = pytest.mark.skipif(not shutil.which("ssh") or not shutil.which("ssh-keygen"), reason="openssh-client missing")
 
 

@@ -39,6 +39,7 @@ from tests.support.sshd import SSH_BIN, SSH_KEYGEN_BIN, Sshd, sshd_unavailable_r
 from tests.test_console import Reader, clean  # noqa: E402
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not netns_available(), reason="needs root and working `ip netns` (veth, bridge)"),
     pytest.mark.timeout(180),
 ]

@@ -8,7 +8,11 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support.procs import connscale, free_port, free_ports
+
+pytestmark = pytest.mark.slow
 
 
 def write_config(tmp: Path, **extra: str) -> Path:
