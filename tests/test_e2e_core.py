@@ -330,9 +330,10 @@ def test_garbage_long_line_and_flood_are_closed_and_counted(tmp_path: Path, stac
         lambda s: all(ival(s, f"proto.{k}") == 1 for k in ("unknown_line", "line_too_long", "flood")),
         20, "server counted the three violations",
     )
-    assert ival(status, "fail.steady.protocol_error") == 3, status
+    # None of them sent a valid ping first: they fail in the first_ping phase.
+    assert ival(status, "fail.first_ping.protocol_error") == 3, status
     assert status["failures"] == "3", status
-    assert sorted(k for k in status if k.startswith("fail.")) == ["fail.steady.protocol_error"], status
+    assert sorted(k for k in status if k.startswith("fail.")) == ["fail.first_ping.protocol_error"], status
 
     # The healthy client did not notice.
     mark = len(client.status_lines())

@@ -99,7 +99,7 @@ def test_run_stops_on_failures_and_says_why(tmp_path):
     assert r.returncode == 1
     assert summary["verdict"] == "failed" and summary["held"] == 0
     assert "failures exceeded scenario.max_failures=0" in summary["reason"]
-    assert summary["failures"].get("server:steady:protocol_error", 0) > 0
+    assert summary["failures"].get("server:first_ping:protocol_error", 0) > 0
     assert "reason: failures exceeded" in r.stdout
 
 

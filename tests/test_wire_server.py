@@ -57,6 +57,8 @@ def test_long_line_is_counted():
     proto.dataReceived(b"x" * 65)
     assert t.disconnecting
     assert c.protocol == {"line_too_long": 1}
+    # Nothing valid came before it: the connection never got past its first ping.
+    assert c.failures == {("first_ping", "protocol_error"): 1}
 
 
 def test_one_mib_line_in_pieces():
@@ -64,7 +66,7 @@ def test_one_mib_line_in_pieces():
     for _ in range(256):
         proto.dataReceived(b"y" * 4096)
     assert c.protocol == {"line_too_long": 1}
-    assert c.failures[("steady", "protocol_error")] == 1
+    assert c.failures[("first_ping", "protocol_error")] == 1
 
 
 def test_flood_is_counted():

@@ -97,9 +97,9 @@ class Counters:
         key = (phase, cause)
         self.failures[key] = self.failures.get(key, 0) + 1
 
-    def violation(self, kind: str) -> None:
+    def violation(self, kind: str, phase: str = "steady") -> None:
         self.protocol[kind] = self.protocol.get(kind, 0) + 1
-        self.fail("steady", "protocol_error")
+        self.fail(phase, "protocol_error")
 
     def snapshot(self, reset_rtt: bool = True) -> "Snapshot":
         """Cumulative counts plus the RTTs recorded since the last call."""

@@ -72,7 +72,8 @@ class _ServerMixin:
         if self.violated:
             return
         self.violated = True
-        self.state.counters.violation(kind)
+        # Garbage before any ping is a peer that never spoke our protocol.
+        self.state.counters.violation(kind, "steady" if self.pinged else "first_ping")
         # Flush what we owe and close with FIN; reading stops, so whatever the
         # peer still pushes is dropped by the kernel, not buffered here.
         self.transport.loseConnection()  # type: ignore[attr-defined]
