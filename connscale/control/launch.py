@@ -26,13 +26,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from connscale.config.settings import ClientHost
+from connscale.procs.child import ChildProcess
 
 __all__ = [
     "LaunchError", "LaunchedAgent", "explain_failure", "launch", "remote_agent_argv", "remote_command",
@@ -52,8 +49,6 @@ SSH_DEFAULT_OPTIONS: tuple[str, ...] = (
 )
 
 STDERR_TAIL_LINES = 20
-_MAX_LINE = 64 * 1024          # a line longer than this is passed on in pieces
-_PIPE_LINGER = 2.0             # see LaunchedAgent.processExited
 
 # Put ssh in its own session before exec'ing it (same pid): a Ctrl-C on the hub's terminal
 # must reach the hub only, which then stops its agents in order, instead of killing every
@@ -123,40 +118,28 @@ def ssh_argv(host: ClientHost, remote: Sequence[str], ssh: str = "ssh") -> list[
     ]
 
 
-def _exit_code(reason: Failure) -> int:
-    # subprocess' convention: a negative code is the signal that killed ssh.
-    value = reason.value
-    code = getattr(value, "exitCode", None)
-    if code is not None:
-        return int(code)
-    sig = getattr(value, "signal", None)
-    return -int(sig) if sig else -1
+class LaunchedAgent(ChildProcess):
+    """One local ``ssh`` process running a remote agent; see the module docstring.
 
+    The lifeline is the child's stdin, so `stop()` closes it first and only then
+    escalates to SIGTERM and SIGKILL of the local ssh.
+    """
 
-class LaunchedAgent(ProcessProtocol):
-    """One local ``ssh`` process running a remote agent; see the module docstring."""
+    tail_lines = STDERR_TAIL_LINES
 
     def __init__(self, reactor: Any, host: ClientHost, on_line: Callable[[str], None],
                  stdin_data: bytes = b"") -> None:
-        self.reactor = reactor
+        super().__init__(reactor, host.name, stdin_data)
         self.host = host
         self.argv: list[str] = []
-        self.pid: int | None = None
-        #: Fires with ssh's exit code (negative: killed by that signal); never errbacks.
-        self.ended: defer.Deferred[int] = defer.Deferred()
-        self.exit_code: int | None = None
+        #: ssh's own error output (and the remote agent's stderr), for explain_failure.
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._on_line = on_line
-        self._stdin_data = stdin_data
-        self._partial = {1: b"", 2: b""}
-        self._stop_waiters: list[defer.Deferred[None]] = []
-        self._timers: list[Any] = []
-        self._stopping = False
 
     @classmethod
     def launch(cls, reactor: Any, host: ClientHost, remote_argv: Sequence[str], stdin_data: bytes,
                on_line: Callable[[str], None], ssh: str = "ssh", *,
-               new_session: bool = True) -> "LaunchedAgent":
+               new_session: bool = True) -> LaunchedAgent:
         """Spawn ssh running ``remote_argv`` on ``host``; ``stdin_data`` goes to its stdin,
         which then stays open as the lifeline. Raises :class:`LaunchError`."""
         exe = shutil.which(ssh)
@@ -169,117 +152,17 @@ class LaunchedAgent(ProcessProtocol):
             executable = sys.executable
             args = [sys.executable, "-I", "-S", "-c", _SETSID_EXEC, *agent.argv]
         try:
-            # env must be explicit: spawnProcess' default is an EMPTY environment, and ssh
-            # needs HOME, SSH_AUTH_SOCK, ...
-            transport = reactor.spawnProcess(agent, executable, args, env=os.environ)
+            # Our environment: ssh needs HOME, SSH_AUTH_SOCK, ...
+            agent.spawn(args, executable=executable)
         except OSError as e:
             raise LaunchError(f"{_label(host)}: cannot start {exe}: {e.strerror or e}") from None
-        agent.pid = transport.pid
         return agent
 
-    # -- state -------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self.exit_code is None
-
-    def stop(self, grace: float = 5.0, term_grace: float = 2.0) -> defer.Deferred[None]:
-        """Close the lifeline; SIGTERM ssh if still there after ``grace`` s, SIGKILL
-        ``term_grace`` s later. Fires (never errbacks) once ssh has ended. Idempotent."""
-        if not self.running:
-            return defer.succeed(None)
-        waiter: defer.Deferred[None] = defer.Deferred()
-        self._stop_waiters.append(waiter)
-        if not self._stopping:
-            self._stopping = True
-            try:
-                self.transport.closeStdin()  # type: ignore[union-attr]
-            except Exception:  # already closed by ssh exiting; the timers still apply
-                pass
-            self._later(grace, self._terminate, term_grace)
-        return waiter
-
-    def _later(self, delay: float, fn: Callable[..., None], *args: object) -> None:
-        self._timers = [t for t in self._timers if t.active()]
-        self._timers.append(self.reactor.callLater(max(0.0, delay), fn, *args))
-
-    def _terminate(self, term_grace: float) -> None:
-        if self.running:
-            self._signal("TERM")
-            self._later(term_grace, self._signal, "KILL")
-
-    def _signal(self, sig: str) -> None:
-        # Only ever the pid we spawned; Twisted forgets it once reaped, so no pid reuse.
-        if self.running and self.transport is not None:
-            try:
-                self.transport.signalProcess(sig)
-            except (ProcessExitedAlready, OSError):
-                pass
-
-    # -- ProcessProtocol ------------------------------------------------------
-
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
-        if self._stdin_data:
-            self.transport.write(self._stdin_data)  # type: ignore[union-attr]
-
-    def outReceived(self, data: bytes) -> None:
-        self._feed(1, data)
-
-    def errReceived(self, data: bytes) -> None:
-        self._feed(2, data)
-
-    def childConnectionLost(self, childFD: int) -> None:
-        if childFD in self._partial:
-            self._flush(childFD)
-
-    def processExited(self, reason: Failure) -> None:
-        # processEnded waits for the output pipes too; a process ssh left behind (a
-        # ProxyCommand, a ControlPersist master) could hold them open for ever.
-        self._later(_PIPE_LINGER, self._abandon_pipes)
-
-    def processEnded(self, reason: Failure) -> None:
-        for fd in self._partial:
-            self._flush(fd)
-        for timer in self._timers:
-            if timer.active():
-                timer.cancel()
-        self._timers = []
-        self.exit_code = _exit_code(reason)
-        waiters, self._stop_waiters = self._stop_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-        self.ended.callback(self.exit_code)
-
-    def _abandon_pipes(self) -> None:
-        if self.running and self.transport is not None:
-            self.transport.loseConnection()
-
-    # -- lines -------------------------------------------------------------------
-
-    def _feed(self, fd: int, data: bytes) -> None:
-        lines = (self._partial[fd] + data).split(b"\n")
-        rest = lines.pop()
-        if len(rest) > _MAX_LINE:
-            lines.append(rest)
-            rest = b""
-        self._partial[fd] = rest
-        for line in lines:
-            self._emit(fd, line)
-
-    def _flush(self, fd: int) -> None:
-        rest, self._partial[fd] = self._partial[fd], b""
-        if rest:
-            self._emit(fd, rest)
-
-    def _emit(self, fd: int, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")  # ssh's own messages end in \r\n
-        if not line.strip():
-            return
+    def line(self, fd: int, text: str) -> None:
         if fd == 2:
-            self.stderr_tail.append(line)
+            self.stderr_tail.append(text)
         try:
-            self._on_line(line)
+            self._on_line(text)
         except Exception:
             log.failure("on_line failed for {name}", name=self.host.name)
 

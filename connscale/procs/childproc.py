@@ -9,36 +9,35 @@ its log, which the parent re-logs with the worker's name in front.
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorProcess
-from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-log = Logger(namespace="connscale.child")
+from connscale.procs.child import ChildProcess
 
+class PBChild(ChildProcess):
+    """The parent's end of one child: a PB broker bridged onto its pipes.
 
-class PBChild(ProcessProtocol):
-    """The parent's end of one child: a PB broker bridged onto its pipes."""
+    fd 1 carries PB (never split into lines); fd 2 is the child's log, which
+    we re-log with its name in front.
+    """
 
-    def __init__(self, name: str, on_exit: Callable[["PBChild", Failure], None]) -> None:
-        self.name = name
+    line_fds = (2,)
+
+    def __init__(self, name: str, on_exit: Callable[["PBChild", Failure], None], reactor: Any = None) -> None:
+        super().__init__(reactor, name)
         self.on_exit = on_exit
         self.factory = pb.PBClientFactory()
         self.broker = self.factory.buildProtocol(None)
         self.root: pb.RemoteReference | None = None
         self.ready: defer.Deferred[pb.RemoteReference] = defer.Deferred()
-        self._err = b""
-        self.pid: int | None = None
-        self.ended = False
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
+        super().connectionMade()
         self.broker.makeConnection(self.transport)
 
         def got_root(root: pb.RemoteReference) -> defer.Deferred:
@@ -50,37 +49,22 @@ class PBChild(ProcessProtocol):
             lambda info: self.ready.callback(info), lambda f: None if self.ready.called else self.ready.errback(f)
         )
 
-    def outReceived(self, data: bytes) -> None:
-        self.broker.dataReceived(data)
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 1:
+            self.broker.dataReceived(data)
+        else:
+            super().childDataReceived(childFD, data)
 
-    def errReceived(self, data: bytes) -> None:
-        lines = (self._err + data).split(b"\n")
-        self._err = lines.pop()
-        if len(self._err) > 65536:
-            lines.append(self._err)
-            self._err = b""
-        for line in lines:
-            if line.strip():
-                log.info("[{name}] {line}", name=self.name, line=line.decode("utf-8", "replace").strip())
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended = True
+    def exited(self, reason: Failure) -> None:
         self.broker.connectionLost(reason)
         if not self.ready.called:
             self.ready.errback(reason)
         self.on_exit(self, reason)
 
     def call(self, method: str, *args: object) -> defer.Deferred:
-        if self.root is None or self.ended:
+        if self.root is None or not self.running:
             return defer.fail(pb.DeadReferenceError(f"{self.name} is not running"))
         return self.root.callRemote(method, *args)
-
-    def signal(self, sig: str) -> None:
-        if not self.ended:
-            try:
-                self.transport.signalProcess(sig)  # type: ignore[union-attr]
-            except Exception:
-                pass
 
 
 def spawn_python(
@@ -90,9 +74,8 @@ def spawn_python(
     child: PBChild,
 ) -> PBChild:
     """Run `python -m module args...` with PB on its stdio and our environment."""
-    argv = [sys.executable, "-m", module, *args]
-    # spawnProcess gives a child an empty environment unless told otherwise.
-    reactor.spawnProcess(child, sys.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"})
+    child.reactor = reactor
+    child.spawn([sys.executable, "-m", module, *args], child_fds={0: "w", 1: "r", 2: "r"})
     return child
 
 

@@ -134,7 +134,7 @@ class Supervisor:
     def stop(self, grace: float = 5.0) -> defer.Deferred[None]:
         """Drain connections, then end every worker (by the pid we started)."""
         self.stopping = True
-        live = [s for s in self.slots if s.child is not None and not s.child.ended]
+        live = [s for s in self.slots if s.child is not None and s.child.running]
         if not live:
             return defer.succeed(None)
         waits = []
