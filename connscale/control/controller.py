@@ -27,7 +27,8 @@ from connscale.config.settings import Config
 from connscale.control import plan
 from connscale.host.kernel import kernel_snapshot
 from connscale.host.sysctl import ephemeral_count
-from connscale.metrics.histograms import RttAccumulator, rtt_summary_ms
+from connscale.metrics.histograms import RttAccumulator, encode_histogram, rtt_summary_ms
+from connscale.metrics.phases import phase_name_ok, window_phase
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.timeline import Timeline
 from connscale.net.pool import make_routes
@@ -104,6 +105,9 @@ class OperatorAvatar(pb.Avatar):
     def perspective_set_rate(self, rate: float, client: str | None = None) -> defer.Deferred[None]:
         return self.c.set_rate(rate, client)
 
+    def perspective_set_phase(self, phase: str) -> str:
+        return self.c.set_phase(phase)
+
 
 @implementer(IRealm, ICredentialsChecker)
 class Controller:
@@ -130,6 +134,11 @@ class Controller:
         self.events: list[str] = []
         self._launcher = launcher
         self._poll_running: defer.Deferred[None] | None = None
+        # What the driver of the run says it is doing (ramp:K, hold:K,
+        # final_hold...), stamped on every timeline second so percentiles
+        # can be taken per phase instead of over the whole run.
+        self.phase = ""
+        self._window_phases: list[str] = [""]
 
     def portal(self) -> Portal:
         return Portal(self, [self])
@@ -400,6 +409,15 @@ class Controller:
         """One second of the timeline: poll, merge, record."""
         return self.poll().addCallback(lambda _: self._record())
 
+    def set_phase(self, phase: str) -> str:
+        """Name what the run does from now on; bounded and short, it becomes a label."""
+        phase = str(phase)
+        if not phase_name_ok(phase):
+            raise ControlError(f"phase {phase!r}: use letters, digits, '_', ':' (at most 32 characters)")
+        self.phase = phase
+        self._window_phases.append(phase)
+        return phase
+
     def _record(self) -> None:
         if self.timeline is None:
             self.events = []
@@ -408,6 +426,14 @@ class Controller:
         record = self.stats(rtt=window)
         record["t"] = round(time.time(), 3)
         record["events"], self.events = self.events, []
+        # The merged histogram of this second, so any percentile of any span
+        # can be recomputed from the timeline alone.
+        record["rtt_hist"] = encode_histogram(window) if window.get_total_count() else ""
+        # A second that saw the phase change belongs to the ramp (or stop)
+        # side of the change, so a hold's seconds never carry the head or the
+        # tail of a connect burst or a drain.
+        record["phase"] = window_phase(self._window_phases)
+        self._window_phases = [self.phase]
         self.timeline.write(record)
 
     def client_totals(self) -> Snapshot:
