@@ -88,7 +88,8 @@ def role_client(port: int, n: int, k: int, frames: int, interval: float, hold: f
     from twisted.internet import reactor, task
 
     from connscale.host.limits import raise_nofile
-    from connscale.net.pool import ConnectionPool, PoolSettings, make_routes
+    from connscale.net.pool import ConnectionPool, PoolSettings
+    from connscale.net.routes import make_routes
 
     raise_nofile()
     routes = make_routes("127.0.0.1", [port], ["127.0.0.2", "127.0.0.3"], 14000)

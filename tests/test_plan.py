@@ -8,7 +8,7 @@ import random
 import pytest
 
 from connscale.control import plan
-from connscale.net.pool import Route
+from connscale.net.routes import Route
 
 
 def routes(n_ports: int = 1, sources: tuple[str, ...] = ()) -> list[Route]:

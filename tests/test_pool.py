@@ -7,7 +7,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from connscale.net.pool import ConnectionPool, PoolSettings, Route, make_routes
+from connscale.net.pool import ConnectionPool, PoolSettings
+from connscale.net.routes import Route, make_routes
 from connscale.net.wheel import TimerWheel
 
 

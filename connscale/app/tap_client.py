@@ -11,7 +11,8 @@ from connscale.host.limits import prepare_fds
 from connscale.host.sysctl import ephemeral_count
 from connscale.metrics.status import StatusService
 from connscale.net.dispatch import direct_dispatch
-from connscale.net.pool import ConnectionPool, PoolSettings, make_routes
+from connscale.net.pool import ConnectionPool, PoolSettings
+from connscale.net.routes import make_routes
 
 log = Logger(namespace="connscale.client")
 PROG = "connscale-client"

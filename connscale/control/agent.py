@@ -27,7 +27,7 @@ from connscale.host.resources import cpu_count
 from connscale.host.sysctl import ephemeral_count
 from connscale.metrics.histograms import RttAccumulator, encode_histogram
 from connscale.metrics.status import StatusService
-from connscale.net.pool import make_routes
+from connscale.net.routes import make_routes
 from connscale.procs.childproc import stop_reactor
 from connscale.procs.supervisor import Supervisor
 

@@ -31,7 +31,7 @@ from connscale.metrics.histograms import RttAccumulator, encode_histogram, rtt_s
 from connscale.metrics.phases import phase_name_ok, window_phase
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.timeline import Timeline
-from connscale.net.pool import make_routes
+from connscale.net.routes import make_routes
 from connscale.procs.supervisor import Supervisor
 
 log = Logger(namespace="connscale.control")

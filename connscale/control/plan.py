@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from connscale.net.pool import Route
+from connscale.net.routes import Route
 
 #: Most worker processes one agent or hub runs (also config's upper bound).
 MAX_WORKERS = 256

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from connscale.metrics.counters import Counters, classify
+from connscale.net.routes import Route
 from connscale.net.transport import ClientTransport
 from connscale.net.wheel import TimerWheel
 from connscale.net.wire import PING, PONG, ClientConnection
@@ -39,25 +40,6 @@ OPEN = ClientConnection.OPEN
 CLOSING = ClientConnection.CLOSING
 CLOSED = ClientConnection.CLOSED
 CONNECTING = ClientConnection.CONNECTING
-
-
-@attrs.frozen
-class Route:
-    """One (source IP, server IP:port) tuple and how many connections it may carry."""
-
-    src: str | None
-    host: str
-    port: int
-    quota: int = 14_000
-
-    def key(self) -> tuple[str | None, str, int]:
-        return (self.src, self.host, self.port)
-
-
-def make_routes(host: str, ports: Sequence[int], sources: Sequence[str], quota: int) -> list[Route]:
-    """Every source IP × server port, interleaved so round-robin spreads both."""
-    srcs: Sequence[str | None] = list(sources) or [None]
-    return [Route(src, host, port, quota) for port in ports for src in srcs]
 
 
 @attrs.frozen

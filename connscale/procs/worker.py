@@ -24,7 +24,8 @@ from twisted.spread import pb
 from connscale.host.limits import connection_budget, raise_nofile
 from connscale.host.resources import process_resources
 from connscale.metrics.counters import Counters
-from connscale.net.pool import ConnectionPool, PoolSettings, Route
+from connscale.net.pool import ConnectionPool, PoolSettings
+from connscale.net.routes import Route
 from connscale.net.server import ListeningService, PingServerFactory, bind_sockets
 from connscale.procs.childproc import stop_reactor
 
