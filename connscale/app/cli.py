@@ -1,4 +1,4 @@
-"""The `connscale` command: `run`, `ctl` and `agent`.
+"""The `connscale` command: `run`, `check`, `ctl`, `server` and `agent`.
 
 Exit codes of `ctl`, for scripts: 0 done, 1 the controller refused the
 order (message on stderr), 2 bad usage or configuration, 3 hub unreachable,
@@ -142,7 +142,7 @@ def twistd(command: str, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: connscale {run,ctl,server,agent} ... (connscale VERB --help for more)"
+    usage = "usage: connscale {run,check,ctl,server,agent} ... (connscale VERB --help for more)"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return EXIT_OK if argv else EXIT_USAGE
@@ -153,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return twistd("connscale-client", rest)
     if verb == "server":
         return twistd("connscale-server", rest)
+    if verb == "check":
+        from connscale.app.check import check_main
+
+        return check_main(rest)
     if verb == "run":
         from connscale.app.run import run_main
 

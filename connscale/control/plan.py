@@ -10,24 +10,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+# The fd arithmetic lives in host.limits so that the preflight budget
+# (diagnose.budget) plans exactly as the controller does.
+from connscale.host.limits import FILL, MAX_WORKERS, per_worker, tuple_cap  # noqa: F401 (re-exported)
 from connscale.net.routes import Route
-
-#: Most worker processes one agent or hub runs (also config's upper bound).
-MAX_WORKERS = 256
-
-#: Fill a worker's fd budget only this far: the rest absorbs sockets in
-#: TIME_WAIT-free churn, the PB pipe, logs and the odd reconnect.
-FILL = 0.95
-
-
-def tuple_cap(per_route_max: int, ephemeral: int) -> int:
-    """Most connections one (source IP, server IP:port) tuple may carry in total:
-    the configured cap, and never more than the ephemeral port range."""
-    return max(1, min(per_route_max, ephemeral))
-
-
-def per_worker(budget: int) -> int:
-    return max(1, int(budget * FILL))
 
 
 def client_workers(target: int, budget: int, configured: int | str = "auto") -> int:

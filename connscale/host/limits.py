@@ -86,6 +86,25 @@ def _safe_call(fn: Callable[[], int | None]) -> int | None:
         return None
 
 
+#: Most worker processes one agent or hub runs (also config's upper bound).
+MAX_WORKERS = 256
+
+#: Fill a worker's fd budget only this far: the rest absorbs sockets in
+#: TIME_WAIT-free churn, the PB pipe, logs and the odd reconnect.
+FILL = 0.95
+
+
+def per_worker(budget: int) -> int:
+    """Connections the controller gives one worker whose fd budget is `budget`."""
+    return max(1, int(budget * FILL))
+
+
+def tuple_cap(per_route_max: int, ephemeral: int) -> int:
+    """Most connections one (source IP, server IP:port) tuple may carry in total:
+    the configured cap, and never more than the ephemeral port range."""
+    return max(1, min(per_route_max, ephemeral))
+
+
 def connection_budget(soft: int, reserve: int = FD_RESERVE) -> int:
     """Connections one process can hold under a soft NOFILE limit of `soft`."""
     return max(0, soft - reserve)

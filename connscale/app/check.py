@@ -1,0 +1,45 @@
+"""`connscale check`: this host's limits against a target, before any connection is opened.
+
+Reads every limit (`host.inventory`), asks `diagnose.budget` how far the
+configuration can go, names the limit that binds first and prints the exact fix
+for each limit short of the target. Exit status 0 when the target fits, 1 when
+it does not, 2 for a bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from connscale.app.startup import EXIT_OK, EXIT_REFUSED, load_or_exit
+from connscale.diagnose.budget import Demand, budget, render
+from connscale.host.inventory import read_host_limits
+
+
+def check_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="connscale check",
+        description="How many connections can this host reach with this configuration, and what binds first?",
+    )
+    p.add_argument("-c", "--config", default=None, help="YAML config (default: ./connscale.yaml if present)")
+    p.add_argument("--target", help="connections wanted (default: scenario.target; client.connections for --role client)")
+    p.add_argument(
+        "--role", choices=("both", "server", "client"), default="both",
+        help="what runs on this host: both (connscale run, the default), the hub's server side, or an agent",
+    )
+    p.add_argument("--json", action="store_true", help="print the budget as JSON")
+    args = p.parse_args(argv)
+    path = args.config or ("connscale.yaml" if os.path.exists("connscale.yaml") else None)
+    key = "client.connections" if args.role == "client" else "scenario.target"
+    cfg = load_or_exit("connscale check", path, {key: args.target} if args.target else {})
+    target = cfg.client.connections if args.role == "client" else cfg.scenario.target
+    limits = read_host_limits()
+    result = budget(limits, Demand.from_config(cfg, target, args.role))
+    if args.json:
+        print(json.dumps(dict(result.to_dict(), host_limits=limits.to_dict()), indent=2, sort_keys=True))
+    else:
+        sys.stdout.write("\n".join(render(result, limits)) + "\n")
+    return EXIT_OK if result.ok else EXIT_REFUSED
