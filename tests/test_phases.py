@@ -10,7 +10,12 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from connscale.control.controller import Controller
-from connscale.metrics.histograms import decode_histogram, encode_histogram, new_histogram, rtt_summary_ms
+from connscale.metrics.histograms import (
+    decode_histogram,
+    encode_histogram,
+    new_histogram,
+    rtt_summary_ms,
+)
 from connscale.metrics.phases import (
     hold_rtt_ms,
     is_hold,

@@ -1,4 +1,4 @@
-"""The `connscale` command: `run`, `check`, `ctl`, `server` and `agent`.
+"""The `connscale` command: `run`, `check`, `ctl`, `report`, `server` and `agent`.
 
 Exit codes of `ctl`, for scripts: 0 done, 1 the controller refused the
 order (message on stderr), 2 bad usage or configuration, 3 hub unreachable,
@@ -140,15 +140,46 @@ def twistd(command: str, argv: Sequence[str]) -> int:
     return 0
 
 
+def report(argv: Sequence[str]) -> int:
+    """`connscale report RUN_DIR`: (re-)render report.html from the run directory alone."""
+    p = argparse.ArgumentParser(prog="connscale report",
+                                description="Render a run directory's report.html (and per-second percentiles).")
+    p.add_argument("run_dir", help="a run directory (runs/<id>) holding timeline.jsonl")
+    p.add_argument("-o", "--out", help="write the report here instead of RUN_DIR/report.html")
+    p.add_argument("--csv", nargs="?", const="", metavar="PATH",
+                   help="also write per-second RTT percentiles (default RUN_DIR/rtt_per_second.csv; '-' = stdout)")
+    args = p.parse_args(argv)
+    from connscale.diagnose.report import ReportError, write_csv, write_report
+
+    try:
+        if args.csv == "-":
+            from connscale.diagnose.report import load_run
+            from connscale.metrics.series import write_csv as write_rows
+
+            write_rows(load_run(args.run_dir).records, sys.stdout)
+        elif args.csv is not None:
+            print(write_csv(args.run_dir, args.csv or None))
+        print(write_report(args.run_dir, args.out), file=sys.stderr if args.csv == "-" else sys.stdout)
+    except ReportError as e:
+        sys.stderr.write(f"connscale report: {e}\n")
+        return EXIT_USAGE
+    except OSError as e:
+        sys.stderr.write(f"connscale report: {e.filename or args.run_dir}: {e.strerror}\n")
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: connscale {run,check,ctl,server,agent} ... (connscale VERB --help for more)"
+    usage = "usage: connscale {run,check,ctl,report,server,agent} ... (connscale VERB --help for more)"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return EXIT_OK if argv else EXIT_USAGE
     verb, rest = argv[0], argv[1:]
     if verb == "ctl":
         return ctl(rest)
+    if verb == "report":
+        return report(rest)
     if verb == "agent":
         return twistd("connscale-client", rest)
     if verb == "server":

@@ -1,0 +1,97 @@
+"""The scaling curve (RTT against open connections) and its knee.
+
+The curve's points are the holds (plateaus): seconds of steady load at a
+known count, with percentiles from their merged histograms. A run without
+holds (a standalone hub, an interrupted ramp) falls back to the per-second
+points binned by count.
+
+The knee is said in words a reader can check against the plot: the first
+point where p99 RTT exceeds KNEE_FACTOR times its low-load value (and by at
+least KNEE_MIN_MS, so a 0.3 ms -> 0.7 ms wobble on loopback is no knee).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import attrs
+
+from connscale.metrics.histograms import new_histogram, rtt_summary_ms
+from connscale.metrics.phases import is_hold, record_histogram
+
+KNEE_FACTOR = 2.0
+KNEE_MIN_MS = 5.0
+_BINS = 12
+
+
+@attrs.frozen
+class CurvePoint:
+    open: int
+    label: str          # the phase ("hold:2") or the bin ("~12000")
+    p50: float
+    p99: float
+    samples: int
+
+
+@attrs.frozen
+class Knee:
+    open: int           # the first count at which RTT had risen
+    before_open: int    # the last count at which it had not
+    baseline_p99: float
+    p99: float
+
+
+def curve_points(records: Sequence[Mapping[str, Any]]) -> list[CurvePoint]:
+    """One point per hold (count = its lowest open second), else count bins."""
+    holds: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        if is_hold(r.get("phase")):
+            holds.setdefault(str(r["phase"]), []).append(r)
+    groups: list[tuple[str, int, list[Mapping[str, Any]]]] = [
+        (phase, min(int(r.get("client", {}).get("open", 0)) for r in rs), rs) for phase, rs in holds.items()
+    ]
+    if len([g for g in groups if _samples(g[2])]) < 2:
+        groups = _bins(records)
+    points = []
+    for label, opened, rs in groups:
+        hist = new_histogram()
+        for r in rs:
+            h = record_histogram(r)
+            if h is not None:
+                hist.add(h)
+        if not hist.get_total_count():
+            continue
+        pct = rtt_summary_ms(hist)
+        points.append(CurvePoint(opened, label, float(pct["p50"] or 0), float(pct["p99"] or 0),
+                                 hist.get_total_count()))
+    return sorted(points, key=lambda p: p.open)
+
+
+def _samples(records: Sequence[Mapping[str, Any]]) -> int:
+    return sum(1 for r in records if r.get("rtt_hist"))
+
+
+def _bins(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, int, list[Mapping[str, Any]]]]:
+    with_rtt = [r for r in records if r.get("rtt_hist") and int(r.get("client", {}).get("open", 0)) > 0]
+    if not with_rtt:
+        return []
+    top = max(int(r["client"]["open"]) for r in with_rtt)
+    width = max(1, -(-top // _BINS))
+    bins: dict[int, list[Mapping[str, Any]]] = {}
+    for r in with_rtt:
+        bins.setdefault(min(_BINS - 1, (int(r["client"]["open"]) - 1) // width), []).append(r)
+    return [(f"~{(b + 1) * width}", (b + 1) * width, rs) for b, rs in sorted(bins.items())]
+
+
+def find_knee(points: Sequence[CurvePoint]) -> Knee | None:
+    """The first point whose p99 left the low-load band, None if RTT stayed flat."""
+    if len(points) < 2:
+        return None
+    # The lowest p99 so far is the low-load value: one noisy first plateau
+    # must not hide a knee behind it.
+    baseline = points[0].p99
+    for before, point in zip(points, points[1:]):
+        if point.p99 > max(baseline * KNEE_FACTOR, baseline + KNEE_MIN_MS):
+            return Knee(point.open, before.open, baseline, point.p99)
+        baseline = min(baseline, point.p99)
+    return None

@@ -1,0 +1,575 @@
+"""`runs/<id>/report.html`: one self-contained page a person reads after a run.
+
+Everything comes from the run directory alone: `timeline.jsonl` (the
+measurements), `summary.json` (the verdict, when the run got to write one),
+`manifest.json` (the host and its limits) and `config.json`. Every number the
+page shows is computed here from those files and tagged `data-k`, so a test
+can check each one against the timeline. Plots are PNGs inlined as data:
+URIs: the page opens from disk with no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import attrs
+
+from connscale.diagnose.advice import advise
+from connscale.diagnose.curve import (
+    KNEE_FACTOR,
+    CurvePoint,
+    Knee,
+    curve_points,
+    find_knee,
+)
+from connscale.diagnose.manifest import read_manifest
+from connscale.metrics.phases import FINAL_HOLD, STOP, hold_rtt_ms, is_hold, phase_table
+from connscale.metrics.series import Series, build_series, failures_of
+from connscale.metrics.timeline import read_timeline
+
+REPORT_FILE = "report.html"
+CSV_FILE = "rtt_per_second.csv"
+
+
+class ReportError(Exception):
+    """The run directory cannot be reported on; one line."""
+
+
+@attrs.frozen
+class RunFiles:
+    dir: Path
+    records: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    manifest: dict[str, Any] | None
+    config: dict[str, Any] | None
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunFiles:
+    path = Path(run_dir)
+    timeline = path / "timeline.jsonl"
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such run directory")
+    if not timeline.exists():
+        raise ReportError(f"{path}: no timeline.jsonl (is this a run directory?)")
+    records = list(read_timeline(timeline))
+    return RunFiles(path, records, _json(path / "summary.json"), read_manifest(path), _json(path / "config.json"))
+
+
+# ----------------------------------------------------------------------------- the numbers
+
+#: How each kind of number is shown; the test reads them back the same way.
+_FORMATS = {
+    "int": lambda v: f"{int(v):,}",
+    "ms": lambda v: f"{v:.3f}",
+    "rate": lambda v: f"{v:,.0f}",
+    "bytes": lambda v: f"{v:,.0f}",
+    "pct": lambda v: f"{v:.0f}",
+    "s": lambda v: f"{v:.1f}",
+}
+
+
+@attrs.frozen
+class Number:
+    value: float | int | None
+    kind: str
+
+
+def _last_of_phase(records: Sequence[Mapping[str, Any]], phase: str) -> Mapping[str, Any] | None:
+    for r in reversed(records):
+        if r.get("phase") == phase:
+            return r
+    return None
+
+
+def _peak_index(s: Series, end: int) -> int | None:
+    if not s.open:
+        return None
+    return max(range(end + 1), key=lambda i: (s.open[i], -i))
+
+
+def run_end(records: Sequence[Mapping[str, Any]]) -> int:
+    """Index of the run's last second before it began to stop.
+
+    Stopping drains connections and ends workers: what happens then (a
+    server worker gone before its clients, pings unanswered) is not what
+    the run measured, so "at the end" means before the `stop` phase.
+    """
+    for i in range(len(records) - 1, -1, -1):
+        if records[i].get("phase") != STOP:
+            return i
+    return len(records) - 1
+
+
+def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
+    """Every number of the summary table, keyed as the page tags them."""
+    summary = run.summary or {}
+    end = run_end(run.records)
+    records = run.records[: end + 1]
+    last = records[-1] if records else {}
+    out: dict[str, Number] = {}
+
+    def put(key: str, value: Any, kind: str) -> None:
+        out[key] = Number(value, kind)
+
+    target = summary.get("target")
+    put("target", int(target) if target is not None else max(s.target[: end + 1], default=0), "int")
+    if "held" in summary:
+        put("held", int(summary["held"]), "int")
+    put("peak_open", max(s.open[: end + 1], default=0), "int")
+    final = _last_of_phase(records, FINAL_HOLD)
+    put("final_hold_open", int(final["client"]["open"]) if final else None, "int")
+    put("final_hold_seconds", sum(1 for p in s.phase if p == FINAL_HOLD), "int")
+    put("open_at_end", int(last.get("client", {}).get("open", 0)), "int")
+    put("server_open_at_end", int(last.get("server", {}).get("open", 0)), "int")
+    put("ghosts_max", max(s.ghosts[: end + 1], default=0), "int")
+    put("failures", sum(failures_of(last).values()) if last else 0, "int")
+    put("pings", int(last.get("client", {}).get("pings", 0)), "int")
+    put("pongs", int(last.get("client", {}).get("pongs", 0)), "int")
+    put("connect_rate_max", max(s.connect_rate[: end + 1], default=0.0), "rate")
+    put("duration_s", float(last.get("elapsed_s", 0.0)), "s")
+    workers = last.get("workers", {})
+    put("workers_server", int(workers.get("server", 0)), "int")
+    put("workers_client", int(workers.get("client", 0)), "int")
+
+    phases = phase_table(run.records)
+    spans = {
+        "final_hold": phases.get(FINAL_HOLD, {}).get("rtt_ms") or rtt_summary_ms_empty(),
+        "holds": hold_rtt_ms(records),
+        "run": last.get("rtt_ms") or rtt_summary_ms_empty(),
+    }
+    for span, pct in spans.items():
+        for p in ("p50", "p90", "p99", "max"):
+            put(f"rtt_{span}_{p}", pct.get(p), "ms")
+
+    peak = _peak_index(s, end)
+    for side in ("server", "client"):
+        cpu = [v for v in s.cpu_pct[side][: end + 1] if v is not None]
+        put(f"cpu_max_{side}", max(cpu) if cpu else None, "pct")
+        put(f"mem_per_conn_{side}", s.mem_per_conn[side][peak] if peak is not None else None, "bytes")
+        put(f"rss_{side}", s.rss[side][peak] if peak is not None else None, "bytes")
+    return out
+
+
+def rtt_summary_ms_empty() -> dict[str, float | None]:
+    return {"p50": None, "p90": None, "p99": None, "max": None}
+
+
+def phase_numbers(run: RunFiles) -> list[tuple[str, dict[str, Number]]]:
+    rows = []
+    for phase, row in phase_table(run.records).items():
+        rtt = row["rtt_ms"]
+        rows.append((phase or "(none)", {
+            "seconds": Number(row["seconds"], "int"),
+            "open": Number(row["open"], "int"),
+            "failures": Number(row["failures"], "int"),
+            "samples": Number(row["rtt_samples"], "int"),
+            "p50": Number(rtt["p50"], "ms"),
+            "p99": Number(rtt["p99"], "ms"),
+            "max": Number(rtt["max"], "ms"),
+        }))
+    return rows
+
+
+# ----------------------------------------------------------------------------- HTML pieces
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _n(key: str, number: Number) -> str:
+    """A number tagged with its key; '-' (untagged) when there is none."""
+    if number.value is None:
+        return '<span class="none">-</span>'
+    return f'<span class="n" data-k="{_e(key)}">{_FORMATS[number.kind](number.value)}</span>'
+
+
+def _nk(nums: Mapping[str, Number], key: str) -> str:
+    return _n(key, nums[key])
+
+
+def _top_causes(summary_failures: Mapping[str, int], n: int = 3) -> list[tuple[str, int]]:
+    ranked = sorted(((k, int(v)) for k, v in summary_failures.items() if int(v)), key=lambda kv: -kv[1])
+    return ranked[:n]
+
+
+def _cause_of(key: str) -> str:
+    return key.rsplit(":", 1)[-1]
+
+
+def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
+                 points: Sequence[CurvePoint]) -> tuple[str, str]:
+    """(css class, paragraphs) in plain words: what happened, why, and the fix."""
+    summary = run.summary
+    parts: list[str] = []
+    if summary is None:
+        verdict = "unknown"
+        parts.append(
+            "<p>This run left no <code>summary.json</code> (it was killed, or this is a hub's own record "
+            "directory): everything below comes from the timeline alone.</p>"
+        )
+    else:
+        verdict = str(summary.get("verdict", "unknown"))
+    if verdict == "held":
+        parts.append(
+            f"<p><strong>Held {_nk(nums, 'held')} connections</strong> (target {_nk(nums, 'target')}) through "
+            f"the final hold of {_nk(nums, 'final_hold_seconds')} s with no failure. RTT during the final hold: "
+            f"p50 {_nk(nums, 'rtt_final_hold_p50')} ms, p99 {_nk(nums, 'rtt_final_hold_p99')} ms, "
+            f"max {_nk(nums, 'rtt_final_hold_max')} ms (over the whole run, ramps included, "
+            f"p99 was {_nk(nums, 'rtt_run_p99')} ms).</p>"
+        )
+    elif verdict != "unknown":
+        reason = str(summary.get("reason") or "no reason recorded") if summary else ""
+        parts.append(
+            f"<p><strong>Stopped at {_nk(nums, 'open_at_end')} of {_nk(nums, 'target')} connections</strong> "
+            f"(peak {_nk(nums, 'peak_open')}): {_e(reason)}.</p>"
+        )
+    explanation = (summary or {}).get("explanation")
+    if explanation:
+        parts.append(explanation_html(explanation))
+    elif verdict != "held":
+        failures = (summary or {}).get("failures") or (failures_of(run.records[run_end(run.records)])
+                                                         if run.records else {})
+        top = _top_causes(failures)
+        if top:
+            listed = ", ".join(f"<code>{_e(k)}</code> ({v:,})" for k, v in top)
+            cause = _cause_of(top[0][0])
+            parts.append(
+                f"<p>Failures by cause: {listed}. <strong>{_e(cause)}</strong>: {_e(advise(cause))}</p>"
+            )
+        elif verdict != "unknown":
+            parts.append(
+                "<p>No failure was recorded, so the limit was not a refused or reset connection: compare the "
+                "connect rate with the target below, and the workers' CPU (a saturated measuring side ramps "
+                "slowly and inflates RTT).</p>"
+            )
+    if knee is not None:
+        parts.append(
+            f"<p>Scaling: p99 RTT stayed near its low-load value ({knee.baseline_p99:.3f} ms) up to "
+            f"{knee.before_open:,} connections and reached {knee.p99:.3f} ms at {knee.open:,} "
+            f"(more than {KNEE_FACTOR:g}&times;): that is the knee of the curve.</p>"
+        )
+    elif len(points) >= 2:
+        parts.append(
+            f"<p>Scaling: p99 RTT stayed within {KNEE_FACTOR:g}&times; of its low-load value from "
+            f"{points[0].open:,} to {points[-1].open:,} connections: no knee within this run.</p>"
+        )
+    css = {"held": "held", "failed": "failed"}.get(verdict, "unknown")
+    return css, "\n".join(parts)
+
+
+def _items(values: Any) -> list[str]:
+    if not values:
+        return []
+    return [str(v) for v in values] if isinstance(values, (list, tuple)) else [str(values)]
+
+
+def explanation_html(explanation: Any) -> str:
+    """The diagnosis from summary.json: the wall that was hit, its evidence and its fix.
+
+    A dict {headline, wall, side, evidence: [...], fix: [...]} (what the
+    verdict logic writes), or plain text.
+    """
+    if not isinstance(explanation, Mapping):
+        return "".join(f'<p class="explanation">{_e(p)}</p>' for p in str(explanation).split("\n\n"))
+    out = []
+    headline = explanation.get("headline")
+    wall = explanation.get("wall")
+    side = f" &middot; {_e(explanation['side'])}" if explanation.get("side") else ""
+    tag = f' <span class="wall">{_e(wall)}{side}</span>' if wall and wall != "none" else ""
+    if headline:
+        out.append(f'<p class="explanation">{_e(headline)}{tag}</p>')
+    evidence = _items(explanation.get("evidence"))
+    if evidence:
+        out.append('<p class="label">Evidence</p><ul>' + "".join(f"<li>{_e(x)}</li>" for x in evidence) + "</ul>")
+    fix = _items(explanation.get("fix"))
+    if fix:
+        out.append('<p class="label">Fix</p><ul class="fix">' + "".join(f"<li>{_e(x)}</li>" for x in fix) + "</ul>")
+    if explanation.get("measuring_side_saturated"):
+        out.append('<p class="warn">The measuring side (connscale\'s own client workers) was saturated: the '
+                   "RTT and ramp rate above are partly connscale's, not the server's.</p>")
+    return "".join(out)
+
+
+_SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
+    # (label, key, unit)
+    ("target", "target", ""),
+    ("held through the final hold", "held", ""),
+    ("peak open", "peak_open", ""),
+    ("final hold: seconds / open at its end", "final_hold_seconds|final_hold_open", ""),
+    ("open at the end (clients / server)", "open_at_end|server_open_at_end", ""),
+    ("most ghosts (half-open) at once", "ghosts_max", ""),
+    ("failures", "failures", ""),
+    ("pings / pongs", "pings|pongs", ""),
+    ("fastest connect rate", "connect_rate_max", "/s"),
+    ("workers (server / client)", "workers_server|workers_client", ""),
+    ("duration", "duration_s", "s"),
+    ("RTT final hold p50 / p90 / p99 / max", "rtt_final_hold_p50|rtt_final_hold_p90|rtt_final_hold_p99|rtt_final_hold_max", "ms"),
+    ("RTT all holds p50 / p90 / p99 / max", "rtt_holds_p50|rtt_holds_p90|rtt_holds_p99|rtt_holds_max", "ms"),
+    ("RTT whole run, ramps included, p50 / p90 / p99 / max", "rtt_run_p50|rtt_run_p90|rtt_run_p99|rtt_run_max", "ms"),
+    ("peak CPU of the workers (server / client)", "cpu_max_server|cpu_max_client", "% of a core"),
+    ("memory per connection at the peak (server / client)", "mem_per_conn_server|mem_per_conn_client", "bytes"),
+    ("workers' RSS at the peak (server / client)", "rss_server|rss_client", "bytes"),
+)
+
+
+def summary_table(nums: Mapping[str, Number]) -> str:
+    rows = []
+    for label, keys, unit in _SUMMARY_ROWS:
+        present = [k for k in keys.split("|") if k in nums]
+        if not present:
+            continue
+        cells = " / ".join(_nk(nums, k) for k in present)
+        rows.append(f"<tr><th>{_e(label)}</th><td class=\"num\">{cells}</td><td class=\"unit\">{_e(unit)}</td></tr>")
+    return '<table class="kv">' + "".join(rows) + "</table>"
+
+
+def phases_table(rows: Sequence[tuple[str, Mapping[str, Number]]]) -> str:
+    head = ("phase", "seconds", "open at its end", "failures", "RTT samples", "p50 ms", "p99 ms", "max ms")
+    body = []
+    for phase, cells in rows:
+        kind = "final" if phase == FINAL_HOLD else ("hold" if is_hold(phase) else "move")
+        tds = "".join(f'<td class="num">{_n(f"phase.{phase}.{k}", v)}</td>' for k, v in cells.items())
+        body.append(f'<tr class="{kind}"><th>{_e(phase)}</th>{tds}</tr>')
+    ths = "".join(f"<th>{_e(h)}</th>" for h in head)
+    return f'<table class="grid"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return f"<code>{_e(json.dumps(value, sort_keys=True))}</code>"
+    return _e(value)
+
+
+def gather_incidents(run: RunFiles) -> list[Mapping[str, Any]]:
+    """The summary's incidents, else those the timeline recorded second by second."""
+    listed = (run.summary or {}).get("incidents")
+    if listed:
+        return [i for i in listed if isinstance(i, Mapping)]
+    return [i for r in run.records for i in (r.get("incidents") or ()) if isinstance(i, Mapping)]
+
+
+def incidents_html(incidents: Sequence[Mapping[str, Any]]) -> str:
+    if not incidents:
+        return ""
+    rows = []
+    for i in incidents:
+        at = i.get("elapsed_s")
+        when = f"{float(at):.0f} s" if isinstance(at, (int, float)) else "-"
+        what = _e(i.get("headline") or i.get("title") or i.get("summary") or "")
+        evidence = "".join(f"<li>{_e(x)}</li>" for x in _items(i.get("evidence")))
+        fix = "".join(f"<li>{_e(x)}</li>" for x in _items(i.get("fix")))
+        shown = {"t", "elapsed_s", "headline", "title", "summary", "evidence", "fix", "wall", "trigger", "side"}
+        rest = {k: v for k, v in i.items() if k not in shown}
+        details = (f"<details><summary>numbers at that moment</summary><pre>{_e(json.dumps(rest, indent=1, sort_keys=True))}"
+                   "</pre></details>") if rest else ""
+        side = f" &middot; {_e(i['side'])}" if i.get("side") else ""
+        evidence_list = f"<ul>{evidence}</ul>" if evidence else ""
+        fix_list = f'<ul class="fix">{fix}</ul>' if fix else ""
+        rows.append(
+            f'<tr><td class="t">{when}</td><td>{_e(i.get("trigger", ""))}</td>'
+            f'<td><b>{_e(i.get("wall", ""))}</b>{side}</td>'
+            f"<td>{what}{evidence_list}{details}</td><td>{fix_list}</td></tr>"
+        )
+    head = "".join(f"<th>{h}</th>" for h in ("when", "trigger", "wall", "what was seen", "fix"))
+    return (f'<h2>Incidents</h2><table class="grid incidents"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def events_html(records: Sequence[Mapping[str, Any]], limit: int = 200) -> str:
+    rows = [(r.get("elapsed_s", 0.0), e) for r in records for e in r.get("events", ())]
+    if not rows:
+        return ""
+    shown = rows[:limit]
+    body = "".join(f"<tr><td class=\"t\">{float(t):.0f} s</td><td>{_e(e)}</td></tr>" for t, e in shown)
+    more = f"<p class=\"muted\">{len(rows) - limit} more in timeline.jsonl</p>" if len(rows) > limit else ""
+    return (f'<details><summary>Events ({len(rows)})</summary><table class="grid events">{body}</table>'
+            f"{more}</details>")
+
+
+def _kv(data: Mapping[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_cell(v)}</td></tr>" for k, v in data.items())
+    return f'<table class="kv small">{rows}</table>'
+
+
+def _bytes(n: Any) -> str:
+    try:
+        return f"{int(n) / 2**30:.1f} GiB"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def manifest_html(manifest: Mapping[str, Any] | None, config: Mapping[str, Any] | None) -> str:
+    if manifest is None:
+        body = "<p class=\"muted\">No manifest.json in this run directory (it is written when a run starts).</p>"
+    else:
+        host = dict(manifest.get("host", {}))
+        host["ram"] = _bytes(host.pop("ram_bytes", None))
+        host["ram available at start"] = _bytes(host.pop("ram_available_bytes", None))
+        rl = {f"RLIMIT_{k.upper()} (soft / hard)": f"{v.get('soft')} / {v.get('hard')}"
+              for k, v in manifest.get("rlimits", {}).items()}
+        sysctls = {k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in manifest.get("sysctls", {}).items()}
+        body = (
+            '<div class="cols">'
+            f"<div><h3>Host</h3>{_kv(host)}<h3>Limits of the run's process</h3>{_kv(rl)}"
+            f"<h3>Versions</h3>{_kv(manifest.get('versions', {}))}</div>"
+            f"<div><h3>sysctls</h3>{_kv(sysctls)}<p class=\"muted\">written {_e(manifest.get('written', ''))}</p></div>"
+            "</div>"
+        )
+        config = manifest.get("config") or config
+    if config:
+        body += ("<details><summary>Effective configuration (secrets removed)</summary>"
+                 f"<pre>{_e(json.dumps(config, indent=2, sort_keys=True))}</pre></details>")
+    return f"<h2>Manifest</h2>{body}"
+
+
+_CSS = """
+:root { --fg:#1d2329; --muted:#66707a; --line:#e3e6ea; --held:#2e7d32; --failed:#c62828; --unknown:#8d6e63; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif; color:var(--fg);
+       background:#f6f7f9; }
+main { max-width:1640px; margin:0 auto; padding:20px 28px 40px; }
+header { display:flex; align-items:baseline; gap:16px; flex-wrap:wrap; }
+h1 { font-size:22px; margin:0; } h2 { font-size:17px; margin:28px 0 10px; } h3 { font-size:14px; margin:14px 0 6px; }
+.muted, .sub { color:var(--muted); }
+.verdict { border-left:6px solid var(--unknown); background:#fff; padding:12px 18px; margin:16px 0; border-radius:4px;
+           box-shadow:0 1px 2px rgba(0,0,0,.06); }
+.verdict.held { border-color:var(--held); } .verdict.failed { border-color:var(--failed); }
+.verdict p { margin:6px 0; } .badge { font-weight:700; letter-spacing:.04em; padding:2px 10px; border-radius:3px;
+           color:#fff; background:var(--unknown); font-size:13px; }
+.badge.held { background:var(--held); } .badge.failed { background:var(--failed); }
+.explanation { font-weight:600; } .wall { font-weight:500; font-size:12px; background:#fdecea; color:var(--failed);
+           padding:1px 8px; border-radius:10px; margin-left:6px; }
+.label { margin:8px 0 2px; font-size:12px; text-transform:uppercase; letter-spacing:.05em; color:var(--muted); }
+.verdict ul { margin:2px 0 6px; padding-left:22px; } ul.fix li { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size:12.5px; }
+.warn { color:#8a5300; background:#fff8e1; padding:6px 10px; border-radius:3px; }
+.top { display:grid; grid-template-columns: minmax(380px, 1fr) minmax(480px, 1.3fr); gap:24px; align-items:start; }
+table { border-collapse:collapse; background:#fff; }
+table.kv th { text-align:left; font-weight:500; color:var(--muted); padding:4px 14px 4px 8px; vertical-align:top; }
+table.kv td { padding:4px 8px; } table.kv tr + tr { border-top:1px solid var(--line); }
+table.kv.small { font-size:12.5px; width:100%; }
+td.num { font-variant-numeric: tabular-nums; white-space:nowrap; } td.unit { color:var(--muted); padding-right:10px; }
+table.grid { width:100%; font-size:13px; } table.grid th, table.grid td { padding:4px 8px; border-bottom:1px solid var(--line); }
+table.grid thead th { text-align:right; color:var(--muted); font-weight:500; }
+table.grid thead th:first-child { text-align:left; } table.grid td.num { text-align:right; }
+table.grid tbody th { text-align:left; font-weight:500; }
+tr.move { color:var(--muted); } tr.final { background:#e8f5e9; }
+table.incidents td, table.events td { text-align:left; vertical-align:top; }
+.none { color:#b0b7bf; }
+.plots { display:grid; grid-template-columns: repeat(auto-fill, minmax(700px, 1fr)); gap:18px; }
+figure { margin:0; background:#fff; padding:10px 12px 8px; border-radius:4px; box-shadow:0 1px 2px rgba(0,0,0,.06); }
+figure img { width:100%; height:auto; display:block; }
+figcaption { font-size:12.5px; color:var(--muted); margin-top:4px; } figcaption b { color:var(--fg); }
+.cols { display:grid; grid-template-columns: 1fr 1fr; gap:24px; }
+pre { background:#fff; padding:12px; overflow:auto; font-size:12px; border:1px solid var(--line); }
+code { font-size:12.5px; } details { margin:10px 0; } summary { cursor:pointer; font-weight:500; }
+"""
+
+
+@attrs.frozen
+class Plot:
+    id: str
+    title: str
+    caption: str
+    png: bytes
+
+
+def build_plots(s: Series, points: Sequence[CurvePoint], knee: Knee | None,
+                incidents: Sequence[Mapping[str, Any]] = ()) -> list[Plot]:
+    from connscale.diagnose import plots
+
+    marks = [(float(i["elapsed_s"]), str(i.get("wall") or i.get("trigger") or "incident"))
+             for i in incidents if isinstance(i.get("elapsed_s"), (int, float))]
+    knee_words = f"; knee at about {knee.open:,}" if knee else ""
+    return [
+        Plot("connections", "Open connections and target",
+             "Clients' and server's open counts against the target ordered; failures (cumulative) on the right "
+             "axis. Grey: ramps; green: the final hold.", plots.connections(s, marks)),
+        Plot("rate", "Connect rate",
+             "New connections per second (and pings sent per second).", plots.connect_rate(s)),
+        Plot("rtt", "RTT over time",
+             "p50, p99 and max of each second's round trips (log scale).", plots.rtt_over_time(s)),
+        Plot("curve", "Scaling curve: RTT versus open connections",
+             f"Each dot is one second; lines join the plateaus (holds){knee_words}.",
+             plots.scaling_curve(s, points, knee)),
+        Plot("failures", "Failures by cause", "Failures in each second, by phase:cause (server ones prefixed).",
+             plots.failures_by_cause(s)),
+        Plot("resources", "Memory and CPU versus open connections",
+             "Left: each side's RSS growth since its workers started, per open connection. Right: CPU of each "
+             "side's workers in % of one core (100 = a core saturated).", plots.resources(s)),
+        Plot("workers", "Open connections per worker",
+             "One line per worker (server dashed, clients solid), by index.", plots.worker_open(s)),
+    ]
+
+
+def render_html(run: RunFiles) -> str:
+    s = build_series(run.records)
+    nums = compute_numbers(run, s)
+    points = curve_points(run.records)
+    knee = find_knee(points)
+    css, verdict = verdict_html(run, nums, knee, points)
+    incidents = gather_incidents(run)
+    figures = build_plots(s, points, knee, incidents)
+    badge = {"held": "HELD", "failed": "FAILED"}.get(css, "NO VERDICT")
+    started = run.records[0].get("t") if run.records else None
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "-"
+    figs = "".join(
+        f'<figure id="{p.id}"><img alt="{_e(p.title)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.png).decode("ascii")}"><figcaption><b>{_e(p.title)}.</b> {_e(p.caption)}'
+        "</figcaption></figure>"
+        for p in figures
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>connscale report: {_e(run.dir.name)}</title><style>{_CSS}</style></head>
+<body><main>
+<header><h1>connscale run {_e(run.dir.name)}</h1><span class="badge {css}">{badge}</span>
+<span class="sub">started {_e(when)} &middot; {len(run.records)} seconds recorded</span></header>
+<section class="verdict {css}" id="verdict">{verdict}</section>
+<div class="top">
+<section><h2>Summary</h2>{summary_table(nums)}</section>
+<section><h2>Phases</h2>{phases_table(phase_numbers(run))}
+<p class="muted">RTT of a phase comes from the merged histograms of its seconds; a second in which the phase
+changed counts as ramp, so holds are pure.</p></section>
+</div>
+{incidents_html(incidents)}
+<h2>Plots</h2><div class="plots">{figs}</div>
+{events_html(run.records)}
+{manifest_html(run.manifest, run.config)}
+<p class="muted">Rendered from {_e(run.dir)} by <code>connscale report</code>; re-render with
+<code>connscale report {_e(run.dir)}</code>, per-second percentiles with <code>--csv</code>.</p>
+</main></body></html>
+"""
+
+
+def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
+    """Render `report.html` into the run directory (or `out`); returns its path."""
+    run = load_run(run_dir)
+    path = Path(out) if out else run.dir / REPORT_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_html(run), encoding="utf-8")
+    tmp.replace(path)  # a reader never sees half a report
+    return path
+
+
+def write_csv(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
+    from connscale.metrics.series import write_csv as write_rows
+
+    run = load_run(run_dir)
+    path = Path(out) if out else run.dir / CSV_FILE
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        write_rows(run.records, f)
+    return path
