@@ -22,6 +22,7 @@ from connscale.config.settings import parse_config
 from connscale.control import controller as control_mod
 from connscale.control.controller import ControlError, Controller
 from connscale.metrics.timeline import Timeline, read_timeline
+from connscale.procs.records import WorkerOrder
 
 SECRET = b"sesame-open-up"
 
@@ -56,7 +57,8 @@ class FakeMind(pb.Referenceable):
         return [self.budget] * self.workers
 
     def remote_apply(self, rows: list[Any]) -> Any:
-        self.applied.append(rows)
+        # The orders as the agent reads them: typed, checked records.
+        self.applied.append([WorkerOrder.from_wire(r) for r in rows])
         return self.hold_apply
 
     def remote_report(self) -> dict[str, Any]:
@@ -140,8 +142,12 @@ def run(link: Link, d: defer.Deferred[Any]) -> Any:
     return link.wait(d)
 
 
-def row_total(rows: list[Any]) -> int:
-    return sum(int(t) for t, _ in rows)
+def row_total(orders: list[WorkerOrder]) -> int:
+    return sum(o.target for o in orders)
+
+
+def targets(orders: list[WorkerOrder]) -> list[int]:
+    return [o.target for o in orders]
 
 
 # ---------------------------------------------------------------- logins
@@ -172,15 +178,18 @@ def test_unknown_role_is_refused(controller: Controller) -> None:
 
 
 def test_agent_without_mind_is_refused(controller: Controller) -> None:
+    # Not just "some failure": the login is refused, for this reason, and nobody is registered.
     result = Link(controller).login(b"agent:x", mind=None)
-    assert isinstance(result, Failure)
+    assert isinstance(result, Failure) and result.check(cred_error.UnauthorizedLogin)
+    assert result.getErrorMessage() == "an agent login needs a mind to take orders"
+    assert controller.agents == {}
 
 
 def test_request_avatar_id_checks_hashed_password(controller: Controller) -> None:
     # The same check outside PB: a plain UsernamePassword provides checkPassword too.
-    ok = controller.requestAvatarId(credentials.UsernamePassword(b"operator", SECRET))
+    ok = controller.checker.requestAvatarId(credentials.UsernamePassword(b"operator", SECRET))
     assert ok.result == b"operator"
-    bad = controller.requestAvatarId(credentials.UsernamePassword(b"operator", b"wrong"))
+    bad = controller.checker.requestAvatarId(credentials.UsernamePassword(b"operator", b"wrong"))
     failures: list[Failure] = []
     bad.addErrback(failures.append)
     assert failures and failures[0].check(cred_error.UnauthorizedLogin)
@@ -191,7 +200,7 @@ def test_request_avatar_id_checks_hashed_password(controller: Controller) -> Non
 
 def test_register_lists_the_agent(controller: Controller) -> None:
     link, mind, answer = register(controller)
-    assert answer == {"target": 0}
+    assert answer["target"] == 0 and len(answer["session"]) == 64
     assert controller.clients() == [
         {"name": "x", "connected": True, "host": "loadgen-1", "pid": 4242, "workers": 0, "target": 0,
          "open": 0, "launched": False}
@@ -213,22 +222,22 @@ def test_connections_start_and_stop(controller: Controller) -> None:
     assert target == 25000
     # budget 19900 -> 18905 per worker -> two workers for 25000
     assert mind.ensure_calls == [2]
-    rows = mind.applied[-1]
-    assert row_total(rows) == 25000
-    assert [int(t) for t, _ in rows] == [12500, 12500]
-    for _, routes in rows:
+    orders = mind.applied[-1]
+    assert row_total(orders) == 25000
+    assert targets(orders) == [12500, 12500]
+    for order in orders:
         # Every worker gets every configured route, a share of the tuple capacity.
-        assert [(src, host, port) for src, host, port, _ in routes] == [("", "127.0.0.1", 8989), ("", "127.0.0.1", 8990)]
-        assert [quota for *_, quota in routes] == [7000, 7000]
+        assert [r.key() for r in order.routes] == [(None, "127.0.0.1", 8989), (None, "127.0.0.1", 8990)]
+        assert [r.quota for r in order.routes] == [7000, 7000]
     for i in range(2):
-        assert sum(routes[i][3] for _, routes in rows) == 14000  # each tuple's shares: its full cap
+        assert sum(o.routes[i].quota for o in orders) == 14000  # each tuple's shares: its full cap
     assert controller.agents["x"].worker_targets == [12500, 12500]
     assert controller.clients()[0]["target"] == 25000 and controller.clients()[0]["workers"] == 2
 
     target = run(link, controller.connections_stop(5000, "x"))
     assert target == 20000
     assert row_total(mind.applied[-1]) == 20000
-    assert [int(t) for t, _ in mind.applied[-1]] == [10000, 10000]
+    assert targets(mind.applied[-1]) == [10000, 10000]
     assert mind.ensure_calls == [2, 2]  # never fewer workers than it has
 
 
@@ -270,8 +279,8 @@ def test_capacity_limited_by_routes_is_noted(clock: Clock) -> None:
 def test_source_ips_from_agent_info(controller: Controller) -> None:
     link, mind, _ = register(controller, source_ips=["10.0.0.1", "10.0.0.2"])
     run(link, controller.connections_start(100, "x"))
-    _, routes = mind.applied[-1][0]
-    assert sorted({r[0] for r in routes}) == ["10.0.0.1", "10.0.0.2"]
+    routes = mind.applied[-1][0].routes
+    assert sorted({r.src for r in routes}) == ["10.0.0.1", "10.0.0.2"]
     assert len(routes) == 4  # 2 sources x 2 ports
 
 
@@ -301,7 +310,8 @@ def test_no_client_name_with_two_agents_is_a_control_error(controller: Controlle
 def test_negative_start_is_refused(controller: Controller) -> None:
     link, mind, _ = register(controller)
     f = run(link, controller.connections_start(-5, "x"))
-    assert isinstance(f, Failure) and "n must be >= 0" in f.getErrorMessage()
+    assert isinstance(f, Failure) and f.check(ControlError)
+    assert f.getErrorMessage() == "connections_start: n: must be between 0 and 10000000, got -5"
     assert mind.applied == []
 
 
@@ -309,8 +319,43 @@ def test_negative_stop_is_refused(controller: Controller) -> None:
     link, mind, _ = register(controller)
     run(link, controller.connections_start(100, "x"))
     f = run(link, controller.connections_stop(-50, "x"))
-    assert isinstance(f, Failure)
-    assert controller.agents["x"].target == 100
+    assert isinstance(f, Failure) and f.check(ControlError)
+    assert f.getErrorMessage() == "connections_stop: n: must be between 0 and 10000000, got -50"
+    assert controller.agents["x"].target == 100 and len(mind.applied) == 1
+
+
+@pytest.mark.parametrize("call, message", [
+    (("connections_start", (float("nan"), "x")), "connections_start: n: expected an integer, got nan"),
+    (("connections_start", (10**9, "x")), "connections_start: n: must be between 0 and 10000000, got 1000000000"),
+    (("connections_start", (True, "x")), "connections_start: n: expected an integer, got True"),
+    (("connections_start", ("10", "x")), "connections_start: n: expected an integer, got '10'"),
+    (("connections_start", (10, "bad name!")), "connections_start: client: expected a name of letters"),
+    (("connections_start", ()), "connections_start(n, client=None): n is missing"),
+    (("connections_start", (1, "x", 3)), "connections_start(n, client=None) takes at most 2 arguments, got 3"),
+    (("set_rate", (float("nan"),)), "set_rate: rate: must be a finite number, got nan"),
+    (("set_rate", (float("inf"),)), "set_rate: rate: must be a finite number, got inf"),
+    (("set_rate", (-1.0,)), "set_rate: rate: must be > 0 and <= 1e+07, got -1"),
+    (("set_rate", (0,)), "set_rate: rate: must be > 0 and <= 1e+07, got 0"),
+    (("set_rate", (1e12,)), "set_rate: rate: must be > 0 and <= 1e+07, got 1e+12"),
+    (("format_disk", ()), "no verb named 'format_disk'"),
+])
+def test_verbs_refuse_nan_negative_and_absurd_values(controller: Controller, call: Any, message: str) -> None:
+    link, mind, _ = register(controller)
+    name, args = call
+    f = run(link, controller.call(name, args))
+    assert isinstance(f, Failure) and f.check(ControlError), f
+    assert f.getErrorMessage().startswith(message), f.getErrorMessage()
+    assert "\n" not in f.getErrorMessage()
+    assert mind.applied == [] and mind.rates == []
+
+
+def test_keyword_arguments_are_checked_too(controller: Controller) -> None:
+    link, mind, _ = register(controller)
+    assert run(link, controller.call("connections_start", (), {"n": 5, "client": "x"})) == 5
+    f = run(link, controller.call("connections_start", (5,), {"n": 6}))
+    assert isinstance(f, Failure) and "n given twice" in f.getErrorMessage()
+    f = run(link, controller.call("connections_start", (5,), {"force": True}))
+    assert isinstance(f, Failure) and "no argument named 'force'" in f.getErrorMessage()
 
 
 def test_control_error_crosses_pb_as_one_line(controller: Controller) -> None:
@@ -335,7 +380,8 @@ def test_agent_disconnect_marks_it_not_connected(controller: Controller) -> None
     assert agent.connected is False and agent.mind is None and agent.losses == 1
     assert controller.clients()[0]["connected"] is False
     assert controller.clients()[0]["target"] == 300  # remembered for a re-registration
-    assert any("agent x disconnected; it held 280 connections" in e for e in controller.events)
+    assert any("agent x lost: its connection closed; it held 280 connections" in e for e in controller.events)
+    assert controller.agents["x"].lost_reason == "its connection closed"
     f = controller.connections_start(1, "x")
     failures: list[Failure] = []
     f.addErrback(failures.append)
@@ -348,19 +394,22 @@ def test_reregister_adopts_worker_targets(controller: Controller) -> None:
     link.drop()
     # The agent kept its workers (hub or network blip) and says what they hold.
     link2, mind2, answer = register(controller, worker_targets=[100, 250], workers=2)
-    assert answer == {"target": 350}
+    assert answer["target"] == 350
     assert controller.agents["x"].worker_targets == [100, 250]
     assert controller.agents["x"].connected is True
     assert controller.clients()[0]["workers"] == 2
     run(link2, controller.connections_start(50, "x"))
     assert row_total(mind2.applied[-1]) == 400
-    assert all(int(t) >= c for (t, _), c in zip(mind2.applied[-1], [100, 250]))
+    assert all(t >= c for t, c in zip(targets(mind2.applied[-1]), [100, 250]))
     assert mind.applied and len(mind.applied) == 1  # the old mind got nothing more
 
 
-def test_register_twice_replaces_older_session(controller: Controller) -> None:
-    link1, mind1, _ = register(controller)
-    link2, mind2, _ = register(controller)
+def test_register_twice_with_the_session_token_replaces_older_session(controller: Controller) -> None:
+    link1, mind1, answer = register(controller)
+    # The agent reconnects before the hub saw its old connection die: it proves
+    # it is the same session with the token the hub gave it.
+    link2, mind2, again = register(controller, session=answer["session"])
+    assert again["session"] == answer["session"]
     assert any("registered again" in e for e in controller.events)
     # The older session ending must not mark the new one disconnected.
     link1.drop()
@@ -460,17 +509,50 @@ def test_concurrent_orders_do_not_lose_updates(controller: Controller) -> None:
 def test_a_second_agent_under_a_taken_name_is_refused(controller: Controller) -> None:
     first = Link(controller)
     p1 = first.login(b"agent:x", mind=FakeMind())
-    assert first.wait(p1.callRemote("register", {"host": "h1", "pid": 1, "budget": 19900}))["target"] == 0
+    answer = first.wait(p1.callRemote("register", {"host": "h1", "pid": 1, "budget": 19900}))
+    assert answer["target"] == 0
     second = Link(controller)
     p2 = second.login(b"agent:x", mind=FakeMind())
     f = second.wait(p2.callRemote("register", {"host": "h2", "pid": 2, "budget": 19900}))
     assert isinstance(f, Failure)
     assert "agent name 'x' is taken by pid 1 on h1" in f.getErrorMessage()
-    assert controller.agents["x"].info["pid"] == 1
-    # The same process coming back on a new connection replaces its old session.
+    assert controller.agents["x"].info.pid == 1
+    # Host and pid are public (clients() shows them): repeating them takes nothing over.
     third = Link(controller)
     p3 = third.login(b"agent:x", mind=FakeMind())
-    assert third.wait(p3.callRemote("register", {"host": "h1", "pid": 1, "budget": 19900}))["target"] == 0
+    f = third.wait(p3.callRemote("register", {"host": "h1", "pid": 1, "budget": 19900, "session": "ab" * 32}))
+    assert isinstance(f, Failure) and "is taken by pid 1 on h1" in f.getErrorMessage()
+    # Only the session token the hub gave the first agent does.
+    fourth = Link(controller)
+    p4 = fourth.login(b"agent:x", mind=FakeMind())
+    again = fourth.wait(p4.callRemote("register", {"host": "h1", "pid": 1, "session": answer["session"]}))
+    assert again["session"] == answer["session"]
+
+
+@pytest.mark.parametrize("payload, problem", [
+    ({"host": "h", "pid": "1"}, "AgentInfo.pid: expected an integer, got '1'"),
+    ({"host": "h"}, "AgentInfo.pid: missing"),
+    ({"host": "h", "pid": 1, "budget": -1}, "AgentInfo.budget: must be between 0"),
+    ({"host": "h", "pid": 1, "worker_targets": [1] * 5000}, "AgentInfo.worker_targets: more than 4096 items"),
+    ({"host": "h", "pid": 1, "source_ips": ["not-an-ip"]}, "AgentInfo.source_ips: [0]: expected an IP address"),
+    ({"host": "x" * 300, "pid": 1}, "AgentInfo.host: longer than 255 characters"),
+    ("not a mapping", "AgentInfo: expected a mapping"),
+])
+def test_a_malformed_registration_is_refused_at_the_boundary(controller: Controller, payload: Any,
+                                                             problem: str) -> None:
+    link = Link(controller)
+    perspective = link.login(b"agent:x", mind=FakeMind())
+    f = link.wait(perspective.callRemote("register", payload))
+    assert isinstance(f, Failure)
+    assert f.getErrorMessage().startswith(f"registration refused: {problem}"), f.getErrorMessage()
+    assert not controller.agents.get("x") or not controller.agents["x"].connected
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 64, "ünï", "a/b", "a\nb"])
+def test_agent_names_are_validated(controller: Controller, name: str) -> None:
+    f = Link(controller).login(f"agent:{name}".encode(), mind=FakeMind())
+    assert isinstance(f, Failure) and f.check(cred_error.UnauthorizedLogin)
+    assert controller.agents == {}
 
 
 def test_routes_go_to_the_ports_this_hub_serves(clock: Clock) -> None:
@@ -478,8 +560,8 @@ def test_routes_go_to_the_ports_this_hub_serves(clock: Clock) -> None:
     controller = Controller(clock, make_cfg(server="0.0.0.0:9001-9002"), SECRET)
     link, mind, _ = register(controller, master_host="198.18.0.1")
     run(link, controller.connections_start(10, "x"))
-    _, routes = mind.applied[-1][0]
-    assert sorted({(r[1], r[2]) for r in routes}) == [("198.18.0.1", 9001), ("198.18.0.1", 9002)]
+    routes = mind.applied[-1][0].routes
+    assert sorted({(r.host, r.port) for r in routes}) == [("198.18.0.1", 9001), ("198.18.0.1", 9002)]
 
 
 def test_an_agent_configured_with_zero_workers_still_gets_one(controller: Controller) -> None:

@@ -35,6 +35,20 @@ def test_table_aligns_columns_and_says_none():
     lines = format_table(rows, CLIENT_COLUMNS).splitlines()
     assert lines[0].split() == list(CLIENT_COLUMNS)
     assert lines[1].split() == ["a1", "True", "h", "2", "100", "99"]
-    assert len({line.index("connected") for line in lines[:1]}) == 1
+    # Text columns start where their header starts; number columns end where it ends.
+    start = lines[0].index("connected")
+    assert lines[1][start:start + 4] == "True" and lines[2][start:start + 5] == "False"
+    end = lines[0].index("target") + len("target")
+    assert lines[1][:end].endswith(" 100") and lines[2][:end].endswith(" 0")
     assert lines[2].startswith("agent-2  False")
     assert format_table([], CLIENT_COLUMNS) == "(none)"
+
+
+def test_table_of_named_records_with_missing_and_nested_cells():
+    text = format_table([{"open": 1, "p50": 0.25}, {"open": 20, "p50": None, "ips": ["a", "b"]}],
+                        names=["client-a", "b"])
+    assert text.splitlines() == [
+        "          open    p50  ips",
+        "client-a     1  0.250  -",
+        "b           20      -  a,b",
+    ]

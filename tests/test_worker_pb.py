@@ -25,6 +25,8 @@ import json, os, signal, socket, sys, time
 from twisted.internet import defer, task
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
+from connscale.net.routes import Route
+from connscale.procs.records import ClientSpec, ServerSpec, WorkerOrder
 from connscale.procs.supervisor import Supervisor
 
 globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr, timeFormat="")], redirectStandardIO=False)
@@ -55,17 +57,17 @@ def until(reactor, what, check, *sups):
 @defer.inlineCallbacks
 def main(reactor):
     port = free_port()
-    servers = Supervisor(reactor, "server", {"interface": "127.0.0.1", "ports": [port], "backlog": 512,
-                                             "framing": "line", "max_line": 1024}, "t", restart_delay=0.2)
-    clients = Supervisor(reactor, "client", {"interval": 0.5, "timeout": 3.0, "rate": 2000.0,
-                                             "framing": "line"}, "t", restart_delay=0.2, hung_after=3.0)
+    servers = Supervisor(reactor, "server", ServerSpec(interface="127.0.0.1", ports=(port,), backlog=512),
+                         "t", restart_delay=0.2)
+    clients = Supervisor(reactor, "client", ClientSpec(interval=0.5, timeout=3.0, rate=2000.0),
+                         "t", restart_delay=0.2, hung_after=3.0)
     try:
         out["server_budgets"] = yield servers.ensure(1)
         out["client_budgets"] = yield clients.ensure(1)
         slot = clients.slots[0]
         out["pid1"] = slot.pid
         out["pid1_alive"] = slot.alive
-        yield clients.apply([(50, [["", "127.0.0.1", port, 1000]])])
+        yield clients.apply([WorkerOrder(50, (Route(None, "127.0.0.1", port, 1000),))])
         ok = yield until(reactor, "open50", lambda: clients.count() == 50 and servers.count() == 50
                          and clients.totals().pongs >= 50, clients, servers)
         out["before"] = {"client": clients.totals().to_dict(), "server": servers.totals().to_dict()}
@@ -85,7 +87,8 @@ def main(reactor):
         out["pid2_alive"] = slot.alive
         out["pid2_running"] = os.path.exists(f"/proc/{slot.pid}")
         out["final"] = {"client": clients.totals().to_dict(), "server": servers.totals().to_dict(),
-                        "lost_workers": clients.lost_workers, "workers": clients.workers(),
+                        "lost_workers": clients.lost_workers,
+                        "workers": [w.to_wire() for w in clients.workers()],
                         "target": slot.target}
         if not ok:
             return

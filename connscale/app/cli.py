@@ -21,7 +21,6 @@ from connscale.app.startup import (
     load_or_exit,
 )
 from connscale.config.settings import Config
-from connscale.metrics.render import CLIENT_COLUMNS, format_stats, format_table
 
 
 def master_of(cfg: Config, given: str | None) -> tuple[str, int]:
@@ -40,25 +39,30 @@ def master_of(cfg: Config, given: str | None) -> tuple[str, int]:
     return address[0] or "127.0.0.1", address[1]
 
 
-def ctl(argv: Sequence[str]) -> int:
+def ctl_parser() -> argparse.ArgumentParser:
+    """`connscale ctl`'s options and one subcommand per controller verb (control.verbs.VERBS)."""
+    from connscale.control.verbs import VERBS
+
     p = argparse.ArgumentParser(prog="connscale ctl", description="Drive a running hub's controller.")
     p.add_argument("--master", "-m", help="HOST:PORT of the controller (default: from the config, 127.0.0.1:8790)")
     p.add_argument("--config", "-c", help="YAML config (for control.secret/secret_file and the address)")
     sub = p.add_subparsers(dest="verb", required=True)
-    sub.add_parser("clients", help="list agents")
-    for verb in ("start", "stop"):
-        sp = sub.add_parser(verb, help=f"{verb} N connections on a client")
-        sp.add_argument("n", type=int)
-        sp.add_argument("--client", help="agent name (optional when only one is connected)")
-    sp = sub.add_parser("count", help="server-side count, or one client's with --client")
-    sp.add_argument("--client")
-    sp = sub.add_parser("stats", help="merged statistics")
-    sp.add_argument("--json", action="store_true")
-    sp = sub.add_parser("client-start", help="launch a configured client over ssh")
-    sp.add_argument("name")
-    sp = sub.add_parser("client-stop", help="stop a client and its agent")
-    sp.add_argument("name")
-    args = p.parse_args(argv)
+    for verb in VERBS:
+        sp = sub.add_parser(verb.cli, help=verb.doc, description=verb.doc)
+        for param in verb.params:
+            if param.flag:
+                sp.add_argument(f"--{param.name}", type=param.cli_type, help=param.help)
+            else:
+                sp.add_argument(param.name, type=param.cli_type, help=param.help)
+        if verb.name == "stats":
+            sp.add_argument("--json", action="store_true", help="the whole answer as JSON")
+    return p
+
+
+def ctl(argv: Sequence[str]) -> int:
+    from connscale.control.verbs import BY_CLI
+
+    args = ctl_parser().parse_args(argv)
     cfg = load_or_exit("connscale", args.config)
     host, port = master_of(cfg, args.master)
     from connscale.control.secret import SecretError, client_secret
@@ -68,32 +72,16 @@ def ctl(argv: Sequence[str]) -> int:
     except SecretError as e:
         sys.stderr.write(f"connscale ctl: {e}\n")
         return EXIT_USAGE
-    calls = {
-        "clients": ("clients", ()),
-        "start": ("connections_start", (getattr(args, "n", 0), getattr(args, "client", None))),
-        "stop": ("connections_stop", (getattr(args, "n", 0), getattr(args, "client", None))),
-        "count": ("count_connections", (getattr(args, "client", None),)),
-        "stats": ("stats", ()),
-        "client-start": ("client_start", (getattr(args, "name", None),)),
-        "client-stop": ("client_stop", (getattr(args, "name", None),)),
-    }
-    method, call_args = calls[args.verb]
-    status, result = operator_call(host, port, secret, method, *call_args, tls_ca=cfg.control.tls_ca)
+    verb = BY_CLI[args.verb]
+    call_args = [getattr(args, param.name) for param in verb.params]
+    status, result = operator_call(host, port, secret, verb.name, *call_args, tls_ca=cfg.control.tls_ca)
     if status != EXIT_OK:
         sys.stderr.write(f"connscale ctl: {result}\n")
         return status
-    if args.verb == "clients":
-        print(format_table(result, CLIENT_COLUMNS))
-    elif args.verb == "stats":
-        print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_stats(result))
-    elif args.verb in ("start", "stop"):
-        print(f"target {result}")
-    elif args.verb == "count":
-        print(result)
-    elif args.verb == "client-start":
-        print(f"started {result}")
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, sort_keys=True))
     else:
-        print("stopped")
+        print(verb.render(result))
     return EXIT_OK
 
 

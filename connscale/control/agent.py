@@ -19,8 +19,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from connscale.config.records import RecordError, integer, nested, seq
 from connscale.config.settings import Config
-from connscale.control import dial, plan
+from connscale.control import dial, plan, verbs
+from connscale.control.errors import ControlError
+from connscale.control.records import AgentInfo, AgentReport
 from connscale.control.secret import SecretError, client_secret
 from connscale.host.limits import prepare_fds
 from connscale.host.resources import cpu_count
@@ -29,6 +32,7 @@ from connscale.metrics.histograms import RttAccumulator, encode_histogram
 from connscale.metrics.status import StatusService
 from connscale.net.routes import make_routes
 from connscale.procs.childproc import stop_reactor
+from connscale.procs.records import ClientSpec, WorkerOrder
 from connscale.procs.supervisor import Supervisor
 
 log = Logger(namespace="connscale.agent")
@@ -39,28 +43,37 @@ BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 class AgentMind(pb.Referenceable):
-    """What the controller may call on an agent."""
+    """What the controller may call on an agent; every argument is checked here."""
 
-    def __init__(self, agent: "Agent") -> None:
+    def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
-    def remote_ensure_workers(self, count: int) -> defer.Deferred[list[int]]:
-        return self.agent.supervisor.ensure(int(count))
+    def remote_ensure_workers(self, count: object) -> defer.Deferred[list[int]]:
+        return self.agent.supervisor.ensure(_checked(integer(1, plan.MAX_WORKERS), count, "ensure_workers"))
 
-    def remote_apply(self, rows: list[Any]) -> defer.Deferred[None]:
-        return self.agent.supervisor.apply([(int(t), routes) for t, routes in rows])
+    def remote_apply(self, rows: object) -> defer.Deferred[None]:
+        orders = _checked(seq(nested(WorkerOrder), plan.MAX_WORKERS), rows, "apply")
+        return self.agent.supervisor.apply(orders)
 
     def remote_report(self) -> defer.Deferred[dict[str, Any]]:
         # Fresh from the workers: a count right after an order should see it.
-        return self.agent.supervisor.poll().addCallback(lambda _: self.agent.report())
+        return self.agent.supervisor.poll().addCallback(lambda _: self.agent.report().to_wire())
 
-    def remote_set_rate(self, rate: float) -> defer.Deferred[Any]:
-        self.agent.supervisor.spec["rate"] = float(rate)
-        return self.agent.supervisor.call_all("set_rate", float(rate))
+    def remote_set_rate(self, rate: object) -> defer.Deferred[Any]:
+        return self.agent.supervisor.set_rate(_checked(verbs.rate, rate, "set_rate"))
 
     def remote_shutdown(self) -> None:
         log.info("{prog}: shutdown requested by the controller", prog=PROG)
         self.agent.reactor.callLater(0.1, stop_reactor, self.agent.reactor)
+
+
+def _checked(parse: Any, value: object, what: str) -> Any:
+    """An order's argument, or a refusal the controller sees as one line."""
+    try:
+        return parse(value)
+    except RecordError as e:
+        log.warn("{prog}: refused an order: {what}: {why}", prog=PROG, what=what, why=str(e))
+        raise ControlError(f"agent refused {what}: {e}") from None
 
 
 class Agent(MultiService):
@@ -73,7 +86,7 @@ class Agent(MultiService):
         self.standalone_workers = standalone_workers
         # Workers raise their own limits; this logs what each of them gets.
         _, self.budget = prepare_fds(0, PROG)
-        spec = {"interval": c.interval, "timeout": c.timeout, "rate": c.rate, "framing": c.framing}
+        spec = ClientSpec(interval=c.interval, timeout=c.timeout, rate=c.rate, framing=c.framing)
         self.report_rtt = RttAccumulator()
         self.supervisor = Supervisor(reactor, "client", spec, self.name, on_rtt=self.report_rtt.add)
         self.status = StatusService(reactor, c.status_interval, self.supervisor.totals, with_rtt=True, final=False)
@@ -92,31 +105,31 @@ class Agent(MultiService):
             )
             self.link.setServiceParent(self)
 
-    def info(self) -> dict[str, Any]:
+    def info(self, session: str = "") -> AgentInfo:
         c = self.cfg.client
-        return {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "cores": cpu_count(),
-            "budget": self.budget,
-            "source_ips": list(c.source_ips),
-            "master_host": c.master[0] if c.master else None,
-            "ephemeral": ephemeral_count(),
-            "configured_workers": c.workers,
-            "workers": len(self.supervisor.slots),
-            "worker_targets": [s.target for s in self.supervisor.slots],
-        }
+        return AgentInfo(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            cores=cpu_count(),
+            budget=self.budget,
+            source_ips=tuple(c.source_ips),
+            master_host=c.master[0] if c.master else None,
+            ephemeral=ephemeral_count(),
+            configured_workers=c.workers,
+            workers=len(self.supervisor.slots),
+            worker_targets=tuple(s.target for s in self.supervisor.slots),
+            session=session,
+        )
 
-    def report(self) -> dict[str, Any]:
-        totals = self.supervisor.totals().counts()
+    def report(self) -> AgentReport:
         window = self.report_rtt.take_window()
-        return {
-            "totals": totals,
-            "rtt": encode_histogram(window) if window.get_total_count() else "",
-            "workers": self.supervisor.workers(),
-            "connecting": sum(int((s.last or {}).get("connecting", 0)) for s in self.supervisor.slots),
-            "events": self.supervisor.take_events(),
-        }
+        return AgentReport(
+            totals=self.supervisor.totals(),
+            rtt=encode_histogram(window) if window.get_total_count() else "",
+            workers=tuple(self.supervisor.workers()),
+            connecting=sum(int((s.last or {}).get("connecting", 0)) for s in self.supervisor.slots),
+            events=tuple(self.supervisor.take_events()),
+        )
 
     def startService(self) -> None:
         super().startService()
@@ -131,7 +144,7 @@ class Agent(MultiService):
         routes = make_routes(c.server_host, c.server_ports, c.source_ips, 1)
         cap = plan.tuple_cap(c.per_route_max, ephemeral_count())
         assignments = plan.assign(c.connections, budgets, routes, cap)
-        yield self.supervisor.apply([(t, plan.route_rows(q)) for t, q in assignments])
+        yield self.supervisor.apply([WorkerOrder(t, tuple(q)) for t, q in assignments])
         log.info(
             "{prog}: {n} connections over {w} workers ({split})",
             prog=PROG, n=c.connections, w=workers, split="+".join(str(t) for t, _ in assignments),
@@ -196,7 +209,7 @@ class ControllerLink(Service):
         self.perspective = perspective
         perspective.notifyOnDisconnect(self._lost)
         try:
-            answer = yield perspective.callRemote("register", self.info())
+            answer = yield perspective.callRemote("register", self.info().to_wire())
         except Exception as e:
             message = (str(e).strip().splitlines() or [repr(e)])[-1]
             fatal(self.reactor, f"{PROG}: the controller refused our registration: {message}")

@@ -36,6 +36,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from connscale.metrics.render import cell, format_table, is_scalar
+
 if TYPE_CHECKING:
     from connscale.config.settings import ControlSettings
 
@@ -83,45 +85,6 @@ class Readable:
         return item in self.value  # type: ignore[operator]
 
 
-def _is_scalar(value: object) -> bool:
-    return value is None or isinstance(value, (str, bytes, int, float))
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and not isinstance(value, bool):
-        return f"{value:.3f}"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple, set, frozenset)) and all(_is_scalar(v) for v in value):
-        return ",".join(_cell(v) for v in value) or "-"
-    return repr(value)
-
-
-def _numeric(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _table(rows: Sequence[Mapping[Any, Any]], names: Sequence[object] | None) -> str:
-    columns: list[Any] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    header = ([""] if names is not None else []) + [str(c) for c in columns]
-    body = [([_cell(n)] if names is not None else []) + [_cell(row.get(c)) for c in columns]
-            for n, row in zip(names if names is not None else [None] * len(rows), rows)]
-    # Right-align a column when every present value in it is a number, so digits line up.
-    numeric = ([False] if names is not None else []) + [
-        all(_numeric(row[c]) for row in rows if c in row and row[c] is not None) for c in columns]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-
-    def render(line: list[str]) -> str:
-        return "  ".join(cell.rjust(w) if num else cell.ljust(w)
-                         for cell, w, num in zip(line, widths, numeric)).rstrip()
-
-    return "\n".join(render(line) for line in [header, *body])
-
-
 def format_value(value: object) -> str:
     """Plain multi-line text for a verb's result: tables for records, aligned key/values."""
     if isinstance(value, str):
@@ -130,12 +93,12 @@ def format_value(value: object) -> str:
         if not value:
             return "(empty)"
         if all(isinstance(v, Mapping) for v in value.values()):
-            return _table(list(value.values()), list(value.keys()))
+            return format_table(list(value.values()), names=list(value.keys()), empty="(empty)")
         width = max(len(str(k)) for k in value)
         lines = []
         for key, item in value.items():
-            if _is_scalar(item) or isinstance(item, (list, tuple)) and all(map(_is_scalar, item)):
-                lines.append(f"{str(key).ljust(width)}  {_cell(item)}".rstrip())
+            if is_scalar(item) or isinstance(item, (list, tuple)) and all(map(is_scalar, item)):
+                lines.append(f"{str(key).ljust(width)}  {cell(item)}".rstrip())
             else:
                 nested = format_value(item).replace("\n", "\n    ")
                 lines.append(f"{key}:\n    {nested}")
@@ -144,8 +107,8 @@ def format_value(value: object) -> str:
         if not value:
             return "(empty)"
         if all(isinstance(v, Mapping) for v in value):
-            return _table(value, None)
-        return "\n".join(_cell(v) if _is_scalar(v) else pprint.pformat(v, width=100) for v in value)
+            return format_table(value, empty="(empty)")
+        return "\n".join(cell(v) if is_scalar(v) else pprint.pformat(v, width=100) for v in value)
     return pprint.pformat(value, width=100, sort_dicts=False)
 
 

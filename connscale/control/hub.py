@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
@@ -21,6 +21,7 @@ from twisted.spread import pb
 from connscale.config.settings import ClientHost, Config, endpoint_address
 from connscale.control import plan
 from connscale.control.controller import POLL_INTERVAL, ControlError, Controller
+from connscale.control.verbs import VERBS, Verb, describe
 from connscale.control.secret import SecretError, config_dir, hub_secret
 from connscale.host.limits import prepare_fds
 from connscale.host.resources import cpu_count
@@ -28,6 +29,7 @@ from connscale.metrics.render import format_stats
 from connscale.metrics.status import StatusService
 from connscale.metrics.timeline import Timeline
 from connscale.net.server import ListenError, bind_sockets
+from connscale.procs.records import ServerSpec
 from connscale.procs.supervisor import Supervisor
 
 log = Logger(namespace="connscale.hub")
@@ -142,50 +144,30 @@ def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[st
 
 
 def console_namespace(controller: Controller) -> dict[str, Any]:
-    c = controller
+    """The console's verbs: every verb of `verbs.VERBS`, checked by the controller.
 
-    def client_start(name: str) -> defer.Deferred[str]:
-        """client_start(name): launch the agent `name` from clients: over ssh."""
-        return c.client_start(name)
+    `stats()` prints the summary `connscale ctl stats` prints; `stats_raw()`
+    answers the whole dict.
+    """
 
-    def client_stop(client: str) -> defer.Deferred[None]:
-        """client_stop(c): stop a client's connections and its agent."""
-        return c.client_stop(client)
+    def make(verb: Verb) -> Callable[..., defer.Deferred[Any]]:
+        def call(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+            d = controller.call(verb.name, args, kwargs)
+            return d.addCallback(format_stats) if verb.name == "stats" else d
 
-    def connections_start(n: int, client: str | None = None) -> defer.Deferred[int]:
-        """connections_start(n, c): open n more connections on client c."""
-        return c.connections_start(n, client)
+        call.__name__ = call.__qualname__ = verb.name
+        call.__doc__ = describe(verb)
+        call.__signature__ = verb.python_signature()  # type: ignore[attr-defined]
+        return call
 
-    def connections_stop(n: int, client: str | None = None) -> defer.Deferred[int]:
-        """connections_stop(n, c): close n connections on client c."""
-        return c.connections_stop(n, client)
-
-    def count_connections(client: str | None = None) -> defer.Deferred[int]:
-        """count_connections(): server side; count_connections(c): client c."""
-        return c.count_connections(client)
-
-    def clients() -> list[dict[str, Any]]:
-        """clients(): every agent, its target and open connections."""
-        return c.clients()
-
-    def stats() -> defer.Deferred[str]:
-        """stats(): merged counters, RTT percentiles, failures, clients (stats_raw() for all of it)."""
-        return c.poll().addCallback(lambda _: format_stats(c.stats()))
+    namespace: dict[str, Any] = {verb.name: make(verb) for verb in VERBS}
 
     def stats_raw() -> defer.Deferred[dict[str, Any]]:
         """stats_raw(): everything the controller knows, as a dict."""
-        return c.poll().addCallback(lambda _: c.stats())
+        return controller.call("stats")
 
-    return {
-        "client_start": client_start,
-        "client_stop": client_stop,
-        "connections_start": connections_start,
-        "connections_stop": connections_stop,
-        "count_connections": count_connections,
-        "clients": clients,
-        "stats": stats,
-        "stats_raw": stats_raw,
-    }
+    namespace["stats_raw"] = stats_raw
+    return namespace
 
 
 def state_dir() -> str:
@@ -209,13 +191,8 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     except SecretError as e:
         raise SystemExit(f"{PROG}: {e}") from None
     workers = plan.server_workers(cfg.scenario.target, budget, cpu_count(), s.workers)
-    spec = {
-        "interface": s.interface,
-        "ports": list(s.ports),
-        "backlog": s.backlog,
-        "framing": s.framing,
-        "max_line": s.max_line,
-    }
+    spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
+                      max_line=s.max_line)
     servers = Supervisor(reactor, "server", spec, "hub")
     run_dir = Path(record_dir) if record_dir else Path(cfg.run.dir) / time.strftime("%Y%m%d-%H%M%S-hub")
     timeline = Timeline(run_dir)

@@ -2,17 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 CLIENT_COLUMNS = ("name", "connected", "host", "workers", "target", "open")
 
 
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+def is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, (str, bytes, int, float))
+
+
+def cell(value: object) -> str:
+    """One table cell: "-" for nothing, floats to 3 places, flat lists comma-joined."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:.3f}"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(is_scalar(v) for v in value):
+        return ",".join(cell(v) for v in value) or "-"
+    return repr(value)
+
+
+def _numeric(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_table(rows: Sequence[Mapping[Any, Any]], columns: Sequence[Any] | None = None,
+                 names: Sequence[object] | None = None, empty: str = "(none)") -> str:
+    """Rows of records as an aligned table: the one renderer of ctl and the console.
+
+    `columns` picks and orders the columns (default: every key, in order of first
+    appearance); `names` adds a first, unlabelled column (a dict of records). A
+    column whose values are all numbers is right-aligned, so digits line up.
+    """
     if not rows:
-        return "(none)"
-    table = [list(columns)] + [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+        return empty
+    if columns is None:
+        found: list[Any] = []
+        for row in rows:
+            found += [c for c in row if c not in found]
+        columns = found
+    header = ([""] if names is not None else []) + [str(c) for c in columns]
+    labels = list(names) if names is not None else [None] * len(rows)
+    body = [([cell(n)] if names is not None else []) + [cell(row.get(c)) for c in columns]
+            for n, row in zip(labels, rows)]
+    numeric = ([False] if names is not None else []) + [
+        all(_numeric(row[c]) for row in rows if c in row and row[c] is not None) for c in columns]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def render(line: list[str]) -> str:
+        return "  ".join(text.rjust(w) if num else text.ljust(w)
+                         for text, w, num in zip(line, widths, numeric)).rstrip()
+
+    return "\n".join(render(line) for line in [header, *body])
 
 
 def format_stats(stats: dict[str, Any]) -> str:

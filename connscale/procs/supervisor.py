@@ -16,11 +16,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
+from connscale.net.routes import Route
 from connscale.procs.childproc import PBChild, spawn_python
+from connscale.procs.records import WorkerHello, WorkerOrder, WorkerRow, WorkerSpec
 
 log = Logger(namespace="connscale.supervisor")
-
-RouteSpec = Sequence[Any]  # (src, host, port, quota)
 
 
 @attrs.define
@@ -28,7 +28,7 @@ class Slot:
     index: int
     child: PBChild | None = None
     target: int = 0
-    routes: list[RouteSpec] = attrs.Factory(list)
+    routes: tuple[Route, ...] = ()
     last: dict[str, Any] | None = None
     budget: int = 0
     pid: int | None = None
@@ -44,7 +44,7 @@ class Supervisor:
         self,
         reactor: Any,
         role: str,
-        spec: dict[str, Any],
+        spec: WorkerSpec,
         name: str,
         restart_delay: float = 1.0,
         on_rtt: Callable[[str], None] | None = None,
@@ -77,19 +77,20 @@ class Supervisor:
 
     def _spawn(self, slot: Slot) -> defer.Deferred[None]:
         label = f"{self.name}-{self.role}-worker-{slot.index + 1}"
-        spec = dict(self.spec, name=label, index=slot.index)
+        spec = attrs.evolve(self.spec, name=label, index=slot.index)
         child = PBChild(label, lambda c, reason: self._exited(slot, c, reason))
         slot.child = child
-        spawn_python(self.reactor, "connscale.procs.worker", [self.role, json.dumps(spec)], child)
+        spawn_python(self.reactor, "connscale.procs.worker", [self.role, json.dumps(spec.to_wire())], child)
         slot.pid = child.pid
 
         slot.started_at = self.reactor.seconds()
 
-        def ready(info: dict[str, Any]) -> defer.Deferred[None] | None:
+        def ready(data: object) -> defer.Deferred[None] | None:
+            hello = WorkerHello.from_wire(data)
             slot.alive = True
             slot.answered_at = self.reactor.seconds()
-            slot.budget = int(info["budget"])
-            slot.pid = int(info["pid"])
+            slot.budget = hello.budget
+            slot.pid = hello.pid
             log.info("{label} started (pid {pid}, fd budget {budget})", label=label, pid=slot.pid, budget=slot.budget)
             if slot.target or slot.routes:
                 return self._push(slot)
@@ -158,19 +159,25 @@ class Supervisor:
         return defer.DeferredList(waits).addCallback(lambda _: None)
 
     # -- orders ------------------------------------------------------------------
-    def apply(self, assignments: Sequence[tuple[int, list[RouteSpec]]]) -> defer.Deferred[None]:
-        """Give worker i `assignments[i]` = (target, routes); missing ones get 0."""
+    def apply(self, orders: Sequence[WorkerOrder]) -> defer.Deferred[None]:
+        """Give worker i `orders[i]`; workers beyond the orders get a target of 0."""
         calls = []
         for i, slot in enumerate(self.slots):
-            target, routes = assignments[i] if i < len(assignments) else (0, slot.routes)
-            slot.target, slot.routes = int(target), [list(r) for r in routes]
+            order = orders[i] if i < len(orders) else WorkerOrder(0, slot.routes)
+            slot.target, slot.routes = order.target, order.routes
             if slot.alive:
                 calls.append(self._push(slot))
         return defer.gatherResults(calls, consumeErrors=True).addCallback(lambda _: None)
 
     def _push(self, slot: Slot) -> defer.Deferred[None]:
         assert slot.child is not None
-        return slot.child.call("set_target", slot.target, slot.routes).addCallback(lambda _: None)
+        order = WorkerOrder(slot.target, slot.routes)
+        return slot.child.call("set_target", order.to_wire()).addCallback(lambda _: None)
+
+    def set_rate(self, rate: float) -> defer.Deferred[list[Any]]:
+        """A new connect rate for every worker, and for the ones started later."""
+        self.spec = attrs.evolve(self.spec, rate=rate)  # type: ignore[misc]
+        return self.call_all("set_rate", rate)
 
     def call_all(self, method: str, *args: Any) -> defer.Deferred[list[Any]]:
         calls = [s.child.call(method, *args) for s in self.slots if s.alive and s.child is not None]
@@ -208,21 +215,22 @@ class Supervisor:
         live = [Snapshot.from_dict(s.last) for s in self.slots if s.last]
         return sum_snapshots([*live, *self.retired])
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> list[WorkerRow]:
         out = []
         for s in self.slots:
             last = s.last or {}
             out.append(
-                {
-                    "index": s.index,
-                    "pid": s.pid,
-                    "alive": s.alive,
-                    "target": s.target,
-                    "open": int(last.get("open", 0)),
-                    "budget": s.budget,
-                    "restarts": s.restarts,
-                    "resources": last.get("resources", {}),
-                }
+                WorkerRow(
+                    index=s.index,
+                    pid=s.pid,
+                    alive=s.alive,
+                    target=s.target,
+                    open=int(last.get("open", 0)),
+                    budget=s.budget,
+                    restarts=s.restarts,
+                    resources=dict(last.get("resources", {})),
+                    load=dict(last.get("load", {})),
+                )
             )
         return out
 

@@ -25,9 +25,9 @@ from connscale.host.limits import connection_budget, raise_nofile
 from connscale.host.resources import process_resources
 from connscale.metrics.counters import Counters
 from connscale.net.pool import ConnectionPool, PoolSettings
-from connscale.net.routes import Route
 from connscale.net.server import ListeningService, PingServerFactory, bind_sockets
 from connscale.procs.childproc import stop_reactor
+from connscale.procs.records import SPECS, ClientSpec, ServerSpec, WorkerHello, WorkerOrder
 
 
 class WorkerRoot(pb.Root):
@@ -39,7 +39,7 @@ class WorkerRoot(pb.Root):
         self.counters = Counters()
 
     def remote_hello(self) -> dict[str, object]:
-        return {"pid": os.getpid(), "role": self.role, "budget": self.budget}
+        return WorkerHello(os.getpid(), self.role, self.budget).to_wire()
 
     def extra(self) -> dict[str, object]:
         return {}
@@ -57,10 +57,10 @@ class WorkerRoot(pb.Root):
 class ServerWorkerRoot(WorkerRoot):
     role = "server"
 
-    def __init__(self, reactor: Any, budget: int, spec: dict[str, Any]) -> None:
+    def __init__(self, reactor: Any, budget: int, spec: ServerSpec) -> None:
         super().__init__(reactor, budget)
-        sockets = bind_sockets(spec["interface"], spec["ports"], spec["backlog"], reuse_port=True)
-        factory = PingServerFactory(spec["framing"], self.counters, spec.get("max_line", 1024))
+        sockets = bind_sockets(spec.interface, spec.ports, spec.backlog, reuse_port=True)
+        factory = PingServerFactory(spec.framing, self.counters, spec.max_line)
         self.listening = ListeningService(reactor, sockets, factory)
         self.listening.startService()
 
@@ -68,20 +68,22 @@ class ServerWorkerRoot(WorkerRoot):
 class ClientWorkerRoot(WorkerRoot):
     role = "client"
 
-    def __init__(self, reactor: Any, budget: int, spec: dict[str, Any]) -> None:
+    def __init__(self, reactor: Any, budget: int, spec: ClientSpec) -> None:
         super().__init__(reactor, budget)
-        settings = PoolSettings(spec["interval"], spec["timeout"], spec["rate"], spec["framing"])
+        settings = PoolSettings(spec.interval, spec.timeout, spec.rate, spec.framing)
         self.pool = ConnectionPool(reactor, reactor, settings, [], counters=self.counters)
 
-    def remote_set_target(self, target: int, routes: list[list[Any]]) -> int:
-        self.pool.set_routes([Route(src or None, host, int(port), int(quota)) for src, host, port, quota in routes])
-        self.pool.set_target(int(target))
+    def remote_set_target(self, data: object) -> int:
+        order = WorkerOrder.from_wire(data)
+        self.pool.set_routes(list(order.routes))
+        self.pool.set_target(order.target)
         return self.pool.wanted()
 
-    def remote_set_rate(self, rate: float) -> None:
+    def remote_set_rate(self, rate: object) -> None:
         import attrs
 
-        self.pool.settings = attrs.evolve(self.pool.settings, rate=float(rate))
+        value = ClientSpec.from_wire({"rate": rate}).rate
+        self.pool.settings = attrs.evolve(self.pool.settings, rate=value)
 
     def remote_drain(self):  # type: ignore[no-untyped-def]
         return self.pool.close_all()
@@ -96,8 +98,16 @@ ROLES = {"server": ServerWorkerRoot, "client": ClientWorkerRoot}
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    role, spec = argv[0], json.loads(argv[1])
-    name = spec.get("name", f"{role}-worker")
+    from connscale.config.records import RecordError
+
+    try:
+        role = argv[0]
+        spec = SPECS[role].from_wire(json.loads(argv[1]))
+    except (IndexError, KeyError, ValueError, RecordError) as e:
+        # A parent of another version, or a typo by hand: one line, exit 2.
+        sys.stderr.write(f"connscale worker: bad arguments: {e}\n")
+        sys.exit(2)
+    name = spec.name
     from twisted.internet import reactor
 
     from connscale.net.dispatch import direct_dispatch

@@ -1,0 +1,113 @@
+"""Orders: how many connections each worker of each agent holds, over which routes.
+
+Orders for one agent run one at a time (a `DeferredLock` per agent), each from
+the target the previous one left, so the console and `ctl` may overlap without
+losing an update. The split itself is `plan`'s arithmetic; this module turns it
+into `WorkerOrder`s and sends them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+
+from connscale.config.records import integer, seq
+from connscale.config.settings import Config
+from connscale.control import plan
+from connscale.control.registry import AgentHandle, Registry
+from connscale.host.sysctl import ephemeral_count
+from connscale.net.routes import Route, make_routes
+from connscale.procs.records import WorkerOrder
+
+
+class Orders:
+    def __init__(self, clock: Any, cfg: Config, registry: Registry, note: Callable[[str], None]) -> None:
+        self.clock = clock
+        self.cfg = cfg
+        self.registry = registry
+        self.note = note
+
+    # -- what an agent may use -------------------------------------------------------------
+    def routes(self, agent: AgentHandle) -> list[Route]:
+        """Every source IP of the agent × every port this hub serves.
+
+        The hub is the server, so its own `server.ports` and interface are the
+        truth; when it listens on all interfaces, agents dial the address at
+        which they reached the controller. Source IPs are the agent's own
+        (its --source-ip, or clients.NAME.source_ips when launched over ssh).
+        """
+        s = self.cfg.server
+        host = s.interface
+        info = agent.info
+        if ipaddress.ip_address(host).is_unspecified:
+            host = (info.master_host if info else None) or "127.0.0.1"
+        return make_routes(host, s.ports, info.source_ips if info else (), 1)
+
+    def tuple_cap(self, agent: AgentHandle) -> int:
+        ephemeral = agent.info.ephemeral if agent.info else 0
+        return plan.tuple_cap(self.cfg.client.per_route_max, ephemeral or ephemeral_count())
+
+    # -- orders ------------------------------------------------------------------------------
+    def serial(self, agent: AgentHandle, order: Callable[[], defer.Deferred[int]]) -> defer.Deferred[int]:
+        """Run `order` once the agent's previous orders are done.
+
+        The result is a fresh Deferred that fires only with the final value, so
+        the console shows it when it arrives instead of an intermediate chain.
+        """
+        result: defer.Deferred[int] = defer.Deferred()
+        agent.lock.run(order).chainDeferred(result)
+        return result
+
+    @defer.inlineCallbacks
+    def set_target(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]
+        info = agent.info
+        assert info is not None, "orders go to registered agents only"
+        budget = info.budget or 1
+        routes = self.routes(agent)
+        cap = self.tuple_cap(agent)
+        # Workers for what the routes can carry, not for an order they cannot:
+        # `start 1000000` on one route must not fork fifty processes.
+        placeable = min(total, plan.capacity(routes, cap))
+        # An agent holds its connections in worker processes: at least one.
+        workers = max(1, len(agent.worker_targets), plan.client_workers(placeable, budget, info.configured_workers))
+        if workers > plan.MAX_WORKERS:
+            self.note(f"agent {agent.name}: {workers} workers wanted, capped at {plan.MAX_WORKERS}")
+            workers = max(len(agent.worker_targets), plan.MAX_WORKERS)
+        budgets = yield agent.call(self.clock, "ensure_workers", workers)
+        # What the agent answers is checked like every payload: a list of budgets.
+        budgets = list(seq(integer(0, 1 << 30), 4 * plan.MAX_WORKERS)(budgets))
+        assignments = plan.assign(total, budgets, routes, cap, agent.worker_targets)
+        room = sum(min(plan.per_worker(b), sum(r.quota for r in q)) for b, (_, q) in zip(budgets, assignments))
+        if total > room:
+            self.note(
+                f"agent {agent.name}: {total} connections exceed what its routes allow ({room}); "
+                "add source IPs or server ports"
+            )
+        orders = [WorkerOrder(t, tuple(q)) for t, q in assignments]
+        yield agent.call(self.clock, "apply", [o.to_wire() for o in orders])
+        agent.worker_targets = [o.target for o in orders]
+        return agent.target
+
+    def change(self, client: str | None, n: int, sign: int) -> defer.Deferred[int]:
+        try:
+            agent = self.registry.pick(client)
+        except Exception as e:
+            return defer.fail(e)
+        return self.serial(agent, lambda: self.set_target(agent, max(0, agent.target + sign * n)))
+
+    def restore(self, agent: AgentHandle) -> None:
+        """Open again whatever was lost while the agent and the hub were apart."""
+        if agent.connected and agent.target:
+            self.serial(agent, lambda: self.set_target(agent, agent.target)).addErrback(
+                lambda f: self.note(f"agent {agent.name}: restoring target {agent.target} failed: {f.getErrorMessage()}")
+            )
+
+    def set_rate(self, rate: float, client: str | None = None) -> defer.Deferred[None]:
+        try:
+            agents = [self.registry.pick(client)] if client else self.registry.live()
+        except Exception as e:
+            return defer.fail(e)
+        return defer.gatherResults([a.call(self.clock, "set_rate", rate) for a in agents]).addCallback(lambda _: None)

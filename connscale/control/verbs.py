@@ -1,0 +1,132 @@
+"""The controller's verbs, listed once.
+
+The operator's PB avatar, the console's namespace and `connscale ctl`'s
+subcommands are all made from `VERBS`: a verb's name, its parameters (each with
+the strict parser that checks it at the boundary), its one-line description,
+its `ctl` name and how `ctl` prints its answer. Adding a verb here (and the
+Controller method of the same name) gives it to all three.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from connscale.config.records import Parse, RecordError, integer, number, text
+from connscale.control.errors import ControlError
+from connscale.metrics.render import CLIENT_COLUMNS, format_stats, format_table
+
+#: Most connections one order may add or remove (more than any machine holds).
+MAX_ORDER = 10_000_000
+#: Connects per second an order may ask for.
+MAX_RATE = 10_000_000.0
+#: What an agent (client) name may look like: it appears in logs, file names and tables.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+
+agent_name: Parse = text(63, NAME_PATTERN, "a name of letters, digits, '.', '_' or '-' (at most 63)")
+count: Parse = integer(0, MAX_ORDER)
+rate: Parse = number(0, MAX_RATE, open_low=True)
+#: A run's phase becomes a label of the timeline and a table row: short, small alphabet.
+phase: Parse = text(32, r"[A-Za-z0-9_:]{0,32}", "a phase of letters, digits, '_' or ':' (at most 32)")
+
+
+@attrs.frozen
+class Param:
+    name: str
+    parse: Parse
+    help: str
+    #: May be left out (None): e.g. the client when only one is connected.
+    optional: bool = False
+    #: On the ctl command line: a positional (False) or an --option (True).
+    flag: bool = False
+    #: How ctl's argparse converts the command-line text before `parse` checks it.
+    cli_type: Callable[[str], Any] = str
+
+
+@attrs.frozen
+class Verb:
+    name: str
+    params: tuple[Param, ...]
+    doc: str
+    #: The `connscale ctl` subcommand.
+    cli: str
+    #: How ctl prints the answer.
+    render: Callable[[Any], str] = str
+
+    def signature(self) -> str:
+        parts = [p.name + ("=None" if p.optional else "") for p in self.params]
+        return f"{self.name}({', '.join(parts)})"
+
+    def arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The checked arguments of one call, in order; ControlError (one line) if they do not fit."""
+        if len(args) > len(self.params):
+            raise ControlError(f"{self.signature()} takes at most {len(self.params)} arguments, got {len(args)}")
+        given: dict[str, Any] = {p.name: a for p, a in zip(self.params, args)}
+        names = {p.name for p in self.params}
+        for key, value in kwargs.items():
+            key = key.decode() if isinstance(key, bytes) else key
+            if key not in names:
+                raise ControlError(f"{self.signature()}: no argument named {str(key)[:40]!r}")
+            if key in given:
+                raise ControlError(f"{self.signature()}: {key} given twice")
+            given[key] = value
+        out = []
+        for p in self.params:
+            value = given.get(p.name)
+            if value is None:
+                if not p.optional:
+                    raise ControlError(f"{self.signature()}: {p.name} is missing")
+                out.append(None)
+                continue
+            try:
+                out.append(p.parse(value))
+            except RecordError as e:
+                raise ControlError(f"{self.name}: {p.name}: {e}") from None
+        return tuple(out)
+
+    def python_signature(self) -> inspect.Signature:
+        return inspect.Signature([
+            inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                              default=None if p.optional else inspect.Parameter.empty)
+            for p in self.params
+        ])
+
+
+def _client(help: str = "the client (agent) name; optional when only one is connected") -> Param:
+    return Param("client", agent_name, help, optional=True, flag=True)
+
+
+VERBS: tuple[Verb, ...] = (
+    Verb("clients", (), "every agent: connected, host, workers, target and open connections", "clients",
+         lambda rows: format_table(rows, CLIENT_COLUMNS)),
+    Verb("connections_start", (Param("n", count, "connections to add", cli_type=int), _client()),
+         "open n more connections on a client; answers its new target", "start", lambda t: f"target {t}"),
+    Verb("connections_stop", (Param("n", count, "connections to close", cli_type=int), _client()),
+         "close n connections on a client (most loaded workers first); answers its new target", "stop",
+         lambda t: f"target {t}"),
+    Verb("count_connections", (_client("a client's established connections (default: the servers' count)"),),
+         "connections the servers hold, or one client's established connections", "count"),
+    Verb("stats", (), "merged counters, RTT percentiles, failures, clients", "stats", format_stats),
+    Verb("set_rate", (Param("rate", rate, "connects per second", cli_type=float), _client()),
+         "set the connect rate of one client, or of every client", "rate", lambda _: "rate set"),
+    Verb("set_phase", (Param("phase", phase, "e.g. ramp:1, hold:1, final_hold, stop"),),
+         "name what the run does from now on: every timeline second carries it", "phase", lambda p: f"phase {p}"),
+    Verb("client_start", (Param("name", agent_name, "a client under clients: in the config"),),
+         "launch the agent of a configured client over ssh; answers once it registered", "client-start",
+         lambda name: f"started {name}"),
+    Verb("client_stop", (Param("name", agent_name, "the client to stop"),),
+         "stop a client: its connections close and its agent exits", "client-stop", lambda _: "stopped"),
+)
+
+BY_NAME: dict[str, Verb] = {v.name: v for v in VERBS}
+BY_CLI: dict[str, Verb] = {v.cli: v for v in VERBS}
+
+
+def describe(verb: Verb) -> str:
+    """The docstring a console user sees with help(verb)."""
+    lines = [f"{verb.signature()}: {verb.doc}."]
+    lines += [f"  {p.name}: {p.help}" for p in verb.params]
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Records a parent and its workers exchange, and the orders an agent passes on to them.
+
+A worker is started with a `ClientSpec` or `ServerSpec` (JSON on its command line),
+answers `hello` with a `WorkerHello`, and takes `WorkerOrder`s (a target and the
+routes it may use). The controller sends an agent one `WorkerOrder` per worker, so
+the same record is checked at both PB boundaries it crosses. `WorkerRow` is how a
+supervisor describes one of its workers in reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from connscale.config.records import (
+    Record,
+    RecordError,
+    boolean,
+    choice,
+    field,
+    hostname,
+    integer,
+    ip_or_empty,
+    loose,
+    number,
+    optional,
+    seq,
+    text,
+)
+from connscale.net.routes import Route
+
+#: One worker never holds more than this (RLIMIT_NOFILE's hard ceiling is far below).
+MAX_WORKER_TARGET = 1 << 24
+#: Routes in one order: source IPs × server ports.
+MAX_ROUTES = 16384
+#: One route's quota never exceeds the ephemeral port range.
+MAX_QUOTA = 65536
+FRAMINGS = ("line", "raw")
+
+
+_ROUTE_PARTS = (("source", ip_or_empty), ("host", hostname), ("port", integer(1, 65535)),
+                ("quota", integer(0, MAX_QUOTA)))
+
+
+def route(value: object) -> Route:
+    """A route on the wire is a compact row [src or "", host, port, quota]."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise RecordError("a route is [source, host, port, quota]")
+    parts = {}
+    for (name, parse), part in zip(_ROUTE_PARTS, value):
+        try:
+            parts[name] = parse(part)
+        except RecordError as e:
+            raise RecordError(f"route {list(value)!r:.60}: {name}: {e}") from None
+    return Route(parts["source"] or None, parts["host"], parts["port"], parts["quota"])
+
+
+def route_row(r: Route) -> list[object]:
+    return [r.src or "", r.host, r.port, r.quota]
+
+
+@attrs.frozen
+class WorkerOrder(Record):
+    """Hold `target` connections over `routes` (each with its share of a tuple's ports)."""
+
+    target: int = field(integer(0, MAX_WORKER_TARGET))
+    routes: tuple[Route, ...] = field(seq(route, MAX_ROUTES), default=())
+
+    def to_wire(self) -> dict[str, object]:
+        return {"target": self.target, "routes": [route_row(r) for r in self.routes]}
+
+    @property
+    def capacity(self) -> int:
+        return sum(r.quota for r in self.routes)
+
+
+@attrs.frozen
+class WorkerHello(Record):
+    """A worker's first answer: it started, and this is its fd budget."""
+
+    pid: int = field(integer(1))
+    role: str = field(choice("server", "client"))
+    budget: int = field(integer(0, 1 << 30))
+
+
+_label = text(128, r"[A-Za-z0-9._:-]+", "a worker label")
+
+
+@attrs.frozen
+class ClientSpec(Record):
+    """How a client worker's connections behave (the pool's settings)."""
+
+    interval: float = field(number(0.001, 86400), default=5.0)
+    timeout: float = field(number(0.001, 86400), default=1.0)
+    rate: float = field(number(0, 10_000_000, open_low=True), default=2000.0)
+    framing: str = field(choice(*FRAMINGS), default="line")
+    name: str = field(_label, default="client-worker")
+    index: int = field(integer(0, 4096), default=0)
+    role = "client"
+
+
+@attrs.frozen
+class ServerSpec(Record):
+    """Where a server worker listens and how it answers."""
+
+    interface: str = field(hostname, default="127.0.0.1")
+    ports: tuple[int, ...] = field(seq(integer(1, 65535), 65535), default=(8989,))
+    backlog: int = field(integer(1, 1 << 20), default=4096)
+    framing: str = field(choice(*FRAMINGS), default="line")
+    max_line: int = field(integer(1, 1 << 24), default=1024)
+    name: str = field(_label, default="server-worker")
+    index: int = field(integer(0, 4096), default=0)
+    role = "server"
+
+
+WorkerSpec = ClientSpec | ServerSpec
+SPECS: dict[str, Any] = {"client": ClientSpec, "server": ServerSpec}
+
+
+@attrs.frozen
+class WorkerRow(Record):
+    """One worker as its supervisor reports it."""
+
+    index: int = field(integer(0, 4096))
+    pid: int | None = field(optional(integer(1)), default=None)
+    alive: bool = field(boolean, default=False)
+    target: int = field(integer(0, MAX_WORKER_TARGET), default=0)
+    open: int = field(integer(0, MAX_WORKER_TARGET), default=0)
+    budget: int = field(integer(0, 1 << 30), default=0)
+    restarts: int = field(integer(0), default=0)
+    resources: dict[str, Any] = field(loose(), factory=dict)
+    load: dict[str, Any] = field(loose(), factory=dict)

@@ -1,0 +1,370 @@
+"""The controller's parts one at a time, with a fake clock and a fake agent mind:
+registry (names, sessions, lost agents), orders (split, serialised, restored),
+collect (reports checked, silent agents marked lost, the timeline record),
+records (the PB boundary) and verbs (one list for the avatar, console and ctl).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from connscale.config.records import RecordError
+from connscale.config.settings import parse_config
+from connscale.control.collect import Collector, EventLog
+from connscale.control.errors import ControlError
+from connscale.control.orders import Orders
+from connscale.control.records import AgentInfo, AgentReport, RegisterAnswer
+from connscale.control.registry import Registry
+from connscale.control.verbs import BY_CLI, BY_NAME, VERBS
+from connscale.metrics.snapshot import Snapshot
+from connscale.metrics.timeline import Timeline, read_timeline
+from connscale.net.routes import Route
+from connscale.procs.records import ClientSpec, ServerSpec, WorkerHello, WorkerOrder, WorkerRow
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class Broker:
+    def __init__(self) -> None:
+        self.transport = Transport()
+
+
+class Mind:
+    """A fake agent mind: answers each method with a handler, or holds the answer back."""
+
+    def __init__(self, **handlers: Callable[..., Any]) -> None:
+        self.broker = Broker()
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.handlers: dict[str, Callable[..., Any]] = {
+            "ensure_workers": lambda n: [19900] * n,
+            "apply": lambda rows: None,
+            "report": lambda: AgentReport().to_wire(),
+            "set_rate": lambda rate: None,
+        }
+        self.handlers.update(handlers)
+        self.held: list[defer.Deferred[Any]] = []
+
+    def callRemote(self, method: str, *args: Any) -> defer.Deferred[Any]:
+        self.calls.append((method, args))
+        handler = self.handlers.get(method)
+        if handler is None:  # never answers: a hung agent
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.held.append(d)
+            return d
+        return defer.maybeDeferred(handler, *args)
+
+    def orders(self) -> list[list[WorkerOrder]]:
+        return [[WorkerOrder.from_wire(r) for r in args[0]] for m, args in self.calls if m == "apply"]
+
+
+def info(**extra: Any) -> AgentInfo:
+    data = {"host": "loadgen-1", "pid": 4242, "budget": 19900, "ephemeral": 28232}
+    data.update(extra)
+    return AgentInfo.from_wire(data)
+
+
+def cfg(server: str = "127.0.0.1:8989-8990"):  # type: ignore[no-untyped-def]
+    interface, _, ports = server.rpartition(":")
+    return parse_config({"server": {"interface": interface, "ports": ports}, "control": {"secret": "x" * 16}})
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def events() -> EventLog:
+    return EventLog()
+
+
+@pytest.fixture
+def registry(clock: Clock, events: EventLog) -> Registry:
+    return Registry(clock, events.note)
+
+
+def result(d: defer.Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    return out[0]
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_registry_issues_a_session_and_binds_the_name(registry: Registry) -> None:
+    mind = Mind()
+    agent, answer = registry.register("a1", mind, info())
+    assert isinstance(answer, RegisterAnswer) and len(answer.session) == 64
+    assert agent.connected and agent.session == answer.session and registry.live() == [agent]
+    with pytest.raises(ControlError, match="agent name 'a1' is taken by pid 4242 on loadgen-1"):
+        registry.register("a1", Mind(), info())  # the same host and pid prove nothing
+    with pytest.raises(ControlError, match="is taken"):
+        registry.register("a1", Mind(), info(session="0" * 64))
+    assert not mind.broker.transport.aborted
+    # The holder of the token reconnecting: the old connection is closed, the session kept.
+    again, answer2 = registry.register("a1", Mind(), info(session=answer.session))
+    assert again is agent and answer2.session == answer.session and mind.broker.transport.aborted
+
+
+def test_registry_detach_from_an_older_session_is_ignored(registry: Registry, events: EventLog) -> None:
+    old = Mind()
+    _, answer = registry.register("a1", old, info())
+    registry.register("a1", Mind(), info(session=answer.session))
+    registry.detached("a1", old)
+    assert registry.agents["a1"].connected and registry.agents["a1"].losses == 0
+
+
+def test_registry_lost_agent_is_marked_with_its_reason_and_cut(registry: Registry, events: EventLog) -> None:
+    mind = Mind()
+    agent, _ = registry.register("a1", mind, info())
+    registry.lost(agent, "no answer for 5 s")
+    assert not agent.connected and agent.lost_reason == "no answer for 5 s" and agent.losses == 1
+    assert mind.broker.transport.aborted
+    assert any("agent a1 lost: no answer for 5 s" in e for e in events.take())
+    # The name is free again: a new process under it is welcome, and gets a new session.
+    again, answer = registry.register("a1", Mind(), info(pid=4343))
+    assert again.connected and answer.session != agent.session or again is agent
+
+
+def test_registry_adopts_what_a_returning_agent_holds(registry: Registry) -> None:
+    agent, _ = registry.register("a1", Mind(), info())
+    agent.worker_targets = [300]
+    registry.detached("a1", agent.mind)
+    # A restarted agent holding nothing gets the name's target back (restored by orders).
+    agent2, answer = registry.register("a1", Mind(), info(pid=99))
+    assert answer.target == 300
+    registry.detached("a1", agent2.mind)
+    # One that kept its workers (a hub restart, a network cut) says what they hold.
+    _, answer = registry.register("a1", Mind(), info(worker_targets=[100, 250]))
+    assert answer.target == 350
+
+
+def test_registry_pick(registry: Registry) -> None:
+    with pytest.raises(ControlError, match="connected agents are none"):
+        registry.pick(None)
+    a, _ = registry.register("a", Mind(), info())
+    assert registry.pick(None) is a
+    registry.register("b", Mind(), info())
+    with pytest.raises(ControlError, match="say which client: connected agents are a, b"):
+        registry.pick(None)
+    with pytest.raises(ControlError, match=r"no connected agent named 'c' \(connected: a, b\)"):
+        registry.pick("c")
+
+
+def test_registry_wait_registered(registry: Registry) -> None:
+    d = registry.wait_registered("a1")
+    assert not d.called
+    registry.register("a1", Mind(), info())
+    assert d.called and registry.wait_registered("a1").called
+
+
+def test_agent_call_times_out_on_the_given_clock(registry: Registry, clock: Clock) -> None:
+    agent, _ = registry.register("a1", Mind(report=None), info())  # type: ignore[arg-type]
+    d = agent.call(clock, "report", timeout=3)
+    clock.advance(3)
+    f = result(d)
+    assert isinstance(f, Failure) and f.check(defer.TimeoutError)
+
+
+# ---------------------------------------------------------------- orders
+
+
+def orders_for(registry: Registry, clock: Clock, events: EventLog, server: str = "127.0.0.1:8989-8990") -> Orders:
+    return Orders(clock, cfg(server), registry, events.note)
+
+
+def test_orders_split_and_send_typed_orders(registry: Registry, clock: Clock, events: EventLog) -> None:
+    mind = Mind()
+    agent, _ = registry.register("a1", mind, info())
+    orders = orders_for(registry, clock, events)
+    assert result(orders.change("a1", 25000, +1)) == 25000
+    (sent,) = mind.orders()
+    assert [o.target for o in sent] == [12500, 12500]
+    assert sent[0].routes == (Route(None, "127.0.0.1", 8989, 7000), Route(None, "127.0.0.1", 8990, 7000))
+    assert result(orders.change(None, 5000, -1)) == 20000
+    assert result(orders.change(None, 10**6, -1)) == 0
+
+
+def test_orders_run_one_at_a_time_per_agent(registry: Registry, clock: Clock, events: EventLog) -> None:
+    held: list[defer.Deferred[None]] = []
+
+    def apply(rows: Any) -> defer.Deferred[None]:
+        held.append(defer.Deferred())
+        return held[-1]
+
+    mind = Mind(apply=apply)
+    registry.register("a1", mind, info())
+    orders = orders_for(registry, clock, events)
+    first, second = orders.change("a1", 100, +1), orders.change("a1", 100, +1)
+    assert len(held) == 1 and not first.called  # the second waits for the first
+    held[0].callback(None)
+    assert result(first) == 100 and len(held) == 2
+    held[1].callback(None)
+    assert result(second) == 200
+
+
+def test_orders_refuse_an_agent_answering_nonsense(registry: Registry, clock: Clock, events: EventLog) -> None:
+    registry.register("a1", Mind(ensure_workers=lambda n: ["lots"]), info())
+    f = result(orders_for(registry, clock, events).change("a1", 10, +1))
+    assert isinstance(f, Failure) and f.check(RecordError) and "expected an integer" in f.getErrorMessage()
+
+
+def test_orders_restore_a_returning_agents_target(registry: Registry, clock: Clock, events: EventLog) -> None:
+    mind = Mind()
+    agent, _ = registry.register("a1", mind, info())
+    agent.worker_targets = [70]
+    orders_for(registry, clock, events).restore(agent)
+    assert sum(o.target for o in mind.orders()[-1]) == 70
+
+
+def test_orders_set_rate_reaches_every_agent(registry: Registry, clock: Clock, events: EventLog) -> None:
+    a, b = Mind(), Mind()
+    registry.register("a", a, info())
+    registry.register("b", b, info())
+    assert result(orders_for(registry, clock, events).set_rate(10.0)) is None
+    assert ("set_rate", (10.0,)) in a.calls and ("set_rate", (10.0,)) in b.calls
+
+
+# ---------------------------------------------------------------- collect
+
+
+def report(open_: int = 0, **extra: Any) -> dict[str, Any]:
+    return AgentReport(totals=Snapshot(open=open_, opened=open_), **extra).to_wire()
+
+
+def test_collect_merges_reports_and_records_a_second(registry: Registry, clock: Clock, events: EventLog,
+                                                     tmp_path: Path) -> None:
+    registry.register("a", Mind(report=lambda: report(7, events=("worker 1 lost",))), info())
+    registry.register("b", Mind(report=lambda: report(5)), info())
+    timeline = Timeline(tmp_path)
+    collector = Collector(clock, registry, events, timeline=timeline)
+    clock.advance(2)
+    result(collector.tick())
+    timeline.close()
+    (record,) = list(read_timeline(timeline.path))
+    assert record["client"]["open"] == 12 and record["elapsed_s"] == 2.0
+    assert record["clients"]["a"]["open"] == 7 and record["clients"]["a"]["lost_reason"] == ""
+    assert "agent a: worker 1 lost" in record["events"]
+    assert collector.clients()[0]["name"] == "a"
+
+
+def test_collect_refuses_a_malformed_report(registry: Registry, clock: Clock, events: EventLog) -> None:
+    agent, _ = registry.register("a", Mind(report=lambda: {"totals": {"open": -3}}), info())
+    result(Collector(clock, registry, events).poll())
+    assert agent.last is None
+    assert any("agent a: report refused: AgentReport.totals: open: must be between 0" in e for e in events.take())
+
+
+def test_collect_marks_a_silent_agent_lost_within_seconds(registry: Registry, clock: Clock,
+                                                          events: EventLog) -> None:
+    mind = Mind(report=None)  # type: ignore[arg-type]  # it never answers: SIGSTOP, a cut cable
+    agent, _ = registry.register("a", mind, info())
+    collector = Collector(clock, registry, events, lost_after=5.0)
+    for _ in range(6):
+        collector.poll()
+        clock.advance(1.0)
+    assert not agent.connected and mind.broker.transport.aborted
+    assert agent.lost_reason.startswith("no answer for 5 s")
+    assert collector.stats()["clients"]["a"]["lost_reason"] == agent.lost_reason
+
+
+def test_collect_keeps_an_agent_that_answers(registry: Registry, clock: Clock, events: EventLog) -> None:
+    agent, _ = registry.register("a", Mind(report=lambda: report(1)), info())
+    collector = Collector(clock, registry, events, lost_after=5.0)
+    for _ in range(30):
+        result(collector.poll())
+        clock.advance(1.0)
+    assert agent.connected and agent.open() == 1
+
+
+def test_concurrent_polls_share_one_round(registry: Registry, clock: Clock, events: EventLog) -> None:
+    held: list[defer.Deferred[Any]] = []
+    registry.register("a", Mind(report=lambda: held.append(defer.Deferred()) or held[-1]), info())
+    collector = Collector(clock, registry, events)
+    first, second = collector.poll(), collector.poll()
+    assert len(held) == 1
+    held[0].callback(report(3))
+    assert first.called and second.called
+
+
+# ---------------------------------------------------------------- records
+
+
+def test_records_round_trip() -> None:
+    order = WorkerOrder(5, (Route("127.0.0.2", "127.0.0.1", 8989, 100), Route(None, "::1", 1, 0)))
+    assert WorkerOrder.from_wire(order.to_wire()) == order
+    assert order.to_wire() == {"target": 5, "routes": [["127.0.0.2", "127.0.0.1", 8989, 100], ["", "::1", 1, 0]]}
+    for record in (info(source_ips=("10.0.0.1",), worker_targets=(1, 2)), RegisterAnswer(3, "ab" * 32),
+                   WorkerHello(1, "client", 100), ClientSpec(rate=5.0), ServerSpec(ports=(1, 2)),
+                   WorkerRow(index=0, pid=9, resources={"rss": 1})):
+        assert type(record).from_wire(record.to_wire()) == record
+    rep = AgentReport(totals=Snapshot(open=3, failures={"connect:EMFILE": 2}), workers=(WorkerRow(index=1),))
+    assert AgentReport.from_wire(rep.to_wire()) == rep
+
+
+@pytest.mark.parametrize("data, problem", [
+    ({"target": -1}, "WorkerOrder.target: must be between 0"),
+    ({"target": 1, "routes": [["", "h", 0, 1]]}, "port: must be between 1 and 65535, got 0"),
+    ({"target": 1, "routes": [["300.1.1.1", "h", 1, 1]]}, "expected an IP address"),
+    ({"target": 1, "routes": [["", "h", 1]]}, "a route is [source, host, port, quota]"),
+    ({"target": 1, "routes": [["", "h", 1, 1]] * 20000}, "more than 16384 items"),
+    ({"target": 1.5}, "expected an integer"),
+    ({"routes": []}, "WorkerOrder.target: missing"),
+    ({f"k{i}": 0 for i in range(100)} | {"target": 1}, "too many"),
+])
+def test_order_records_refuse_bad_payloads_in_one_line(data: Any, problem: str) -> None:
+    with pytest.raises(RecordError) as e:
+        WorkerOrder.from_wire(data)
+    assert problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_specs_refuse_nonsense() -> None:
+    with pytest.raises(RecordError, match="ClientSpec.rate: must be a finite number"):
+        ClientSpec.from_wire({"rate": float("nan")})
+    with pytest.raises(RecordError, match="ServerSpec.framing: expected one of line, raw"):
+        ServerSpec.from_wire({"framing": "xml"})
+    with pytest.raises(RecordError, match="WorkerRow.resources: nested deeper than 4"):
+        WorkerRow.from_wire({"index": 0, "resources": {"a": {"b": {"c": {"d": {"e": 1}}}}}})
+
+
+# ---------------------------------------------------------------- verbs
+
+
+def test_one_verb_list_for_avatar_console_and_ctl() -> None:
+    from connscale.app.cli import ctl_parser
+    from connscale.control.controller import Controller
+    from connscale.control.hub import console_namespace
+
+    controller = Controller(Clock(), cfg(), b"x" * 16)
+    namespace = console_namespace(controller)
+    subcommands = ctl_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for verb in VERBS:
+        assert callable(getattr(controller, f"op_{verb.name}")), verb.name
+        assert verb.name in namespace and namespace[verb.name].__doc__.startswith(verb.signature())
+        assert verb.cli in subcommands
+    assert set(subcommands) == set(BY_CLI)
+    assert set(namespace) == set(BY_NAME) | {"stats_raw"}
+
+
+def test_console_verbs_are_checked_by_the_controller() -> None:
+    from connscale.control.controller import Controller
+    from connscale.control.hub import console_namespace
+
+    namespace = console_namespace(Controller(Clock(), cfg(), b"x" * 16))
+    f = result(namespace["connections_start"](float("nan"), "a"))
+    assert isinstance(f, Failure) and f.getErrorMessage() == "connections_start: n: expected an integer, got nan"
+    assert result(namespace["clients"]()) == []
