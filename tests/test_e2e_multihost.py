@@ -253,6 +253,12 @@ def test_wrong_secret_refused(tmp_path: Path) -> None:
         assert hub.running()
 
 
+def remote_env() -> dict[str, str]:
+    """sshd passes no environment: the remote agent must load the code under test
+    (this checkout, via PYTHONPATH), not whatever is installed."""
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+
+
 def ssh_options_without_port(sshd: Sshd) -> list[str]:
     """The port is the clients: entry's own key."""
     options = sshd.ssh_options()
@@ -269,7 +275,7 @@ def test_remote_launch_over_ssh(tmp_path: Path) -> None:
         options = ssh_options_without_port(sshd)
         common = {
             "host": h2.ip, "port": sshd.port, "user": "root", "ssh_options": options,
-            "master": master(h1), "source_ips": [h2.ip],
+            "master": master(h1), "source_ips": [h2.ip], "env": remote_env(),
         }
         cfg = write_config(tmp_path / "connscale.yaml", hub_config(
             h1, random_secret(),
@@ -336,7 +342,7 @@ def test_console_launches_remote_client_over_ssh_and_scales_it(tmp_path: Path) -
         options = ssh_options_without_port(sshd)
         data = hub_config(h1, random_secret(), clients={"c2": {
             "host": h2.ip, "port": sshd.port, "user": "root", "ssh_options": options,
-            "master": master(h1), "source_ips": [h2.ip], "python": sys.executable,
+            "master": master(h1), "source_ips": [h2.ip], "python": sys.executable, "env": remote_env(),
         }})
         data["control"].update(console="ssh", console_listen=f"tcp:{CONSOLE_PORT}:interface={h1.ip}",
                                console_keys=str(keys), console_user="admin")
