@@ -106,9 +106,10 @@ def expected_numbers(records: list[dict[str, Any]], summary: dict[str, Any] | No
         rs = [r for r in records if r["phase"] == phase]
         h = merged(rs)
         p = pct_ms(h)
-        exp.update({f"phase.{phase}.seconds": len(rs), f"phase.{phase}.open": rs[-1]["client"]["open"],
-                    f"phase.{phase}.failures": fails_in[phase], f"phase.{phase}.samples": h.get_total_count(),
-                    f"phase.{phase}.p50": p["p50"], f"phase.{phase}.p99": p["p99"], f"phase.{phase}.max": p["max"]})
+        name = phase or "(none)"  # seconds before anyone named a phase
+        exp.update({f"phase.{name}.seconds": len(rs), f"phase.{name}.open": rs[-1]["client"]["open"],
+                    f"phase.{name}.failures": fails_in[phase], f"phase.{name}.samples": h.get_total_count(),
+                    f"phase.{name}.p50": p["p50"], f"phase.{name}.p99": p["p99"], f"phase.{name}.max": p["max"]})
     # Resources per side: CPU from cumulative seconds, RSS growth over each worker's first sample.
     def side_workers(r: dict[str, Any], side: str) -> list[dict[str, Any]]:
         if side == "server":
@@ -120,16 +121,23 @@ def expected_numbers(records: list[dict[str, Any]], summary: dict[str, Any] | No
         cpu = []
         for a, b in zip(live, live[1:]):
             dt = b["elapsed_s"] - a["elapsed_s"]
-            sa = {w["index"]: w["resources"] for w in side_workers(a, side)}
+            # A worker not yet (or no longer) reporting has no resources that second.
+            sa = {(w["index"], w["pid"]): w["resources"] for w in side_workers(a, side) if w["resources"]}
             cpu.append(sum((w["resources"]["cpu_user_s"] + w["resources"]["cpu_system_s"]
-                            - sa[w["index"]]["cpu_user_s"] - sa[w["index"]]["cpu_system_s"]) / dt * 100
-                           for w in side_workers(b, side) if w["index"] in sa))
+                            - sa[(w["index"], w["pid"])]["cpu_user_s"] - sa[(w["index"], w["pid"])]["cpu_system_s"])
+                           / dt * 100 for w in side_workers(b, side)
+                           if w["resources"] and (w["index"], w["pid"]) in sa))
         exp[f"cpu_max_{side}"] = max(cpu)
-        first = {w["index"]: w["resources"]["rss_bytes"] for w in side_workers(records[0], side)}
-        at_peak = side_workers(live[peak], side)
-        opened = live[peak]["server" if side == "server" else "client"]["open"]
+        first: dict[tuple[int, int], tuple[float, int]] = {}  # a worker's RSS and open count when first seen
+        for r in records:
+            for w in side_workers(r, side):
+                if w["resources"]:
+                    first.setdefault((w["index"], w["pid"]), (w["resources"]["rss_bytes"], w["open"]))
+        at_peak = [w for w in side_workers(live[peak], side) if w["resources"]]
         exp[f"rss_{side}"] = sum(w["resources"]["rss_bytes"] for w in at_peak)
-        exp[f"mem_per_conn_{side}"] = sum(w["resources"]["rss_bytes"] - first[w["index"]] for w in at_peak) / opened
+        grown = sum(w["resources"]["rss_bytes"] - first[(w["index"], w["pid"])][0] for w in at_peak)
+        added = sum(w["open"] - first[(w["index"], w["pid"])][1] for w in at_peak)
+        exp[f"mem_per_conn_{side}"] = grown / added if added > 0 else None
     return exp
 
 

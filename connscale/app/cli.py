@@ -56,6 +56,11 @@ def ctl_parser() -> argparse.ArgumentParser:
                 sp.add_argument(param.name, type=param.cli_type, help=param.help)
         if verb.name == "stats":
             sp.add_argument("--json", action="store_true", help="the whole answer as JSON")
+    sp = sub.add_parser("watch", help="a live dashboard of the hub (plain lines when stdout is not a terminal)")
+    sp.add_argument("--interval", type=float, default=1.0, help="seconds between updates (default 1)")
+    sp.add_argument("--count", type=int, default=0, help="stop after this many updates (default: until Ctrl-C)")
+    sp.add_argument("--every", type=float, default=None,
+                    help="without a terminal: seconds between plain lines (default: every update)")
     return p
 
 
@@ -72,6 +77,15 @@ def ctl(argv: Sequence[str]) -> int:
     except SecretError as e:
         sys.stderr.write(f"connscale ctl: {e}\n")
         return EXIT_USAGE
+    if args.verb == "watch":
+        if not args.interval > 0 or args.count < 0:
+            sys.stderr.write("connscale ctl watch: --interval must be > 0 and --count >= 0\n")
+            return EXIT_USAGE
+        status, message = watch(host, port, secret, cfg.control.tls_ca, args.interval, args.count,
+                                args.interval if args.every is None else args.every)
+        if message:
+            sys.stderr.write(f"connscale ctl: {message}\n")
+        return status
     verb = BY_CLI[args.verb]
     call_args = [getattr(args, param.name) for param in verb.params]
     status, result = operator_call(host, port, secret, verb.name, *call_args, tls_ca=cfg.control.tls_ca)
@@ -117,6 +131,53 @@ def operator_call(host: str, port: int, secret: bytes, method: str, *args: Any,
     except SystemExit:
         pass
     return outcome[0] if outcome else (EXIT_UNREACHABLE, "no answer from the controller")
+
+
+def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: float, count: int,
+          every: float) -> tuple[int, str]:
+    """`ctl watch`: the controller's stats every `interval` seconds into a LiveView."""
+    from twisted.internet import defer, task
+
+    from connscale.app.live import LiveView
+    from connscale.control import dial
+
+    outcome: list[tuple[int, str]] = []
+
+    @defer.inlineCallbacks
+    def main(reactor: Any):  # type: ignore[no-untyped-def]
+        try:
+            factory, perspective = yield dial.login(reactor, host, port, "operator", secret, tls_ca)
+        except Exception as e:
+            if dial.is_unauthorized(e):
+                outcome.append((EXIT_AUTH, "the controller refused our login: wrong control secret"))
+            else:
+                outcome.append((EXIT_UNREACHABLE, f"cannot reach the controller at {host}:{port}: {e}"))
+            return
+        view = LiveView(every=every, clock=reactor.seconds, title=f"connscale hub {host}:{port}")
+        # Ctrl-C stops the reactor mid-wait: leave the last frame (and the cursor) in place.
+        reactor.addSystemEventTrigger("before", "shutdown", view.final)
+        shown = 0
+        try:
+            while not count or shown < count:
+                if shown:
+                    yield task.deferLater(reactor, interval, lambda: None)
+                try:
+                    stats = yield perspective.callRemote("stats")
+                except Exception as e:
+                    outcome.append((EXIT_UNREACHABLE, f"lost the controller at {host}:{port}: {e}"))
+                    return
+                view.show(stats)
+                shown += 1
+            outcome.append((EXIT_OK, ""))
+        finally:
+            view.final()
+            factory.disconnect()
+
+    try:
+        task.react(main)
+    except (SystemExit, KeyboardInterrupt):
+        pass
+    return outcome[0] if outcome else (EXIT_OK, "")
 
 
 def twistd(command: str, argv: Sequence[str]) -> int:

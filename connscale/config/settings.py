@@ -513,6 +513,8 @@ class ControlSettings:
     console_listen: str = _setting("tcp:8791:interface=127.0.0.1", _endpoint)
     console_keys: str | None = _setting(None, _optional(_path))  # None = ~/.ssh/authorized_keys
     console_user: str = _setting("admin", _string)
+    # Prometheus /metrics of the hub (e.g. tcp:9108:interface=127.0.0.1); None = off.
+    metrics_listen: str | None = _setting(None, _optional(_endpoint))
 
 
 @attrs.frozen
@@ -721,6 +723,8 @@ def _check_listeners(c: Config) -> Iterator[str]:
     endpoints = [("control.listen", c.control.listen)]
     if c.control.console != "none":
         endpoints.append(("control.console_listen", c.control.console_listen))
+    if c.control.metrics_listen is not None:
+        endpoints.append(("control.metrics_listen", c.control.metrics_listen))
     binds = [(key, *addr) for key, ep in endpoints if (addr := endpoint_address(ep))]
     if c.server.workers != 0:
         binds += [("server.ports", c.server.interface, port) for port in c.server.ports]
@@ -736,7 +740,7 @@ _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], 
     (("client.timeout", "client.interval"), _check_timeout),
     (("control.secret", "control.secret_file"), _check_secret),
     (("client.server", "client.source_ips"), _check_source_family),
-    (("control", "control.listen", "control.console", "control.console_listen",
+    (("control", "control.listen", "control.console", "control.console_listen", "control.metrics_listen",
       "server", "server.interface", "server.ports", "server.workers"), _check_listeners),
 )
 

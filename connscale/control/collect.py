@@ -10,7 +10,7 @@ seconds, not when TCP gives up).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -64,6 +64,8 @@ class Collector:
         # can be taken per phase instead of over the whole run.
         self.phase = ""
         self._window_phases: list[str] = [""]
+        #: Called with every timeline record as it is written (e.g. /metrics).
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def set_phase(self, phase: str) -> str:
         self.phase = phase
@@ -124,7 +126,7 @@ class Collector:
         return self.poll().addCallback(lambda _: self.record())
 
     def record(self) -> None:
-        if self.timeline is None:
+        if self.timeline is None and not self.listeners:
             self.events.take()
             return
         window = self.client_rtt.take_window()
@@ -139,7 +141,13 @@ class Collector:
         # tail of a connect burst or a drain.
         record["phase"] = window_phase(self._window_phases)
         self._window_phases = [self.phase]
-        self.timeline.write(record)
+        if self.timeline is not None:
+            self.timeline.write(record)
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:
+                log.failure("a timeline listener failed")
 
     # -- numbers ---------------------------------------------------------------------------
     def client_totals(self) -> Snapshot:
@@ -162,6 +170,8 @@ class Collector:
         agents = self.registry.agents.values()
         out: dict[str, Any] = {
             "elapsed_s": round(self.clock.seconds() - self.started, 3),
+            # The phase now; a timeline line replaces it with its second's phase.
+            "phase": self.phase,
             "server": server.counts(),
             "client": client.counts(),
             "clients": {

@@ -95,6 +95,31 @@ class HubService(MultiService):
         return d
 
 
+def serve_metrics(reactor: Any, controller: Controller, endpoint: str) -> Service:
+    """Prometheus /metrics from the timeline records, on `control.metrics_listen`."""
+    from connscale.metrics.prometheus import TimelineCollector, metrics_site
+
+    collector = TimelineCollector()
+    controller.collector.listeners.append(collector.observe)
+    service = ListeningEndpoint(reactor, endpoint, metrics_site(collector), "control.metrics_listen")
+    address = endpoint_address(endpoint)  # None: a unix socket, local by nature
+    if address is not None and not _loopback(address[0]):
+        # The numbers carry addresses of the run and no login protects them.
+        log.warn("{prog}: control.metrics_listen {endpoint} is reachable beyond loopback and asks for no login",
+                 prog=PROG, endpoint=endpoint)
+    log.info("{prog}: Prometheus metrics on {endpoint} at /metrics", prog=PROG, endpoint=endpoint)
+    return service
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host or "0.0.0.0").is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def control_address(cfg: Config) -> tuple[str, int]:
     address = endpoint_address(cfg.control.listen)
     if address is None:
@@ -201,6 +226,8 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     ListeningEndpoint(reactor, cfg.control.listen, pb.PBServerFactory(controller.portal()), "control.listen").setServiceParent(hub)
     hub.status = StatusService(reactor, s.status_interval, servers.totals, with_rtt=False, final=False)
     hub.status.setServiceParent(hub)
+    if cfg.control.metrics_listen is not None:
+        serve_metrics(reactor, controller, cfg.control.metrics_listen).setServiceParent(hub)
     from connscale.control.console import ConsoleError, default_keys_path, make_console
 
     default_keys = default_keys_path()

@@ -78,6 +78,16 @@ def _shade_phases(ax: Any, s: Series) -> None:
             start = i
 
 
+def _log_ms(ax: Any) -> None:
+    """A log axis labelled 0.2, 0.5, 1, 2, 5 ms... instead of 2x10^-1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _no_data(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11, color="#757575")
 
@@ -92,8 +102,11 @@ def connections(s: Series, incidents: Sequence[tuple[float, str]] = ()) -> bytes
     fig, ax = _figure()
     _shade_phases(ax, s)
     ax.step(s.elapsed, s.target, where="post", color=TARGET, linestyle=":", linewidth=1.2, label="target")
-    ax.plot(s.elapsed, s.server_open, color=SERVER, linewidth=2.6, alpha=0.55, label="open (server)")
-    ax.plot(s.elapsed, s.open, color=CLIENT, linewidth=1.4, label="open (clients)", zorder=3)
+    # The server's count as a wide pale band under the clients' line: where
+    # they differ (ghosts, a lost worker) the band shows from under it.
+    ax.plot(s.elapsed, s.server_open, color=SERVER, linewidth=5, alpha=0.35, label="open (server)",
+            solid_capstyle="butt")
+    ax.plot(s.elapsed, s.open, color=CLIENT, linewidth=1.8, label="open (clients)", zorder=3)
     if any(s.ghosts):
         ax.plot(s.elapsed, s.ghosts, color=GHOST, linewidth=1.0, label="ghosts (half-open)")
     ax.set_xlabel("seconds", fontsize=8)
@@ -151,7 +164,7 @@ def rtt_over_time(s: Series) -> bytes:
     ax.set_xlabel("seconds", fontsize=8)
     ax.set_ylabel("RTT of each second, ms", fontsize=8)
     if drawn:
-        ax.set_yscale("log")
+        _log_ms(ax)
         _legend(ax, loc="best")
     else:
         _no_data(ax, "no pongs recorded")
@@ -180,7 +193,7 @@ def scaling_curve(s: Series, points: Sequence[CurvePoint], knee: Knee | None) ->
     ax.set_ylabel("RTT, ms", fontsize=8)
     _thousands(ax, "x")
     if ramp or held or points:
-        ax.set_yscale("log")
+        _log_ms(ax)
         ax.set_xlim(left=0)
         _legend(ax, loc="best")
     else:
@@ -230,7 +243,7 @@ def resources(s: Series) -> bytes:
         if xs:
             cpu.scatter(xs, ys, color=color, s=12, alpha=0.8, label=side)
             drawn_cpu = True
-    mem.set_title("memory per connection (RSS growth)", fontsize=9)
+    mem.set_title("memory per connection added (RSS growth)", fontsize=9)
     mem.set_xlabel("open connections", fontsize=8)
     mem.set_ylabel("bytes", fontsize=8)
     cpu.set_title("CPU of the workers", fontsize=9)
@@ -239,7 +252,8 @@ def resources(s: Series) -> bytes:
     for ax, drawn in ((mem, drawn_mem), (cpu, drawn_cpu)):
         _thousands(ax, "x")
         if drawn:
-            ax.set_ylim(bottom=0)
+            # Room above the highest dot, so none sits clipped on the frame.
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
             _legend(ax, loc="best")
         else:
             _no_data(ax, "no samples")

@@ -321,7 +321,7 @@ _SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("RTT all holds p50 / p90 / p99 / max", "rtt_holds_p50|rtt_holds_p90|rtt_holds_p99|rtt_holds_max", "ms"),
     ("RTT whole run, ramps included, p50 / p90 / p99 / max", "rtt_run_p50|rtt_run_p90|rtt_run_p99|rtt_run_max", "ms"),
     ("peak CPU of the workers (server / client)", "cpu_max_server|cpu_max_client", "% of a core"),
-    ("memory per connection at the peak (server / client)", "mem_per_conn_server|mem_per_conn_client", "bytes"),
+    ("memory per connection added, at the peak (server / client)", "mem_per_conn_server|mem_per_conn_client", "bytes"),
     ("workers' RSS at the peak (server / client)", "rss_server|rss_client", "bytes"),
 )
 
@@ -508,7 +508,7 @@ def build_plots(s: Series, points: Sequence[CurvePoint], knee: Knee | None,
         Plot("failures", "Failures by cause", "Failures in each second, by phase:cause (server ones prefixed).",
              plots.failures_by_cause(s)),
         Plot("resources", "Memory and CPU versus open connections",
-             "Left: each side's RSS growth since its workers started, per open connection. Right: CPU of each "
+             "Left: each side's RSS growth since its workers' first sample, per connection added since. Right: CPU of each "
              "side's workers in % of one core (100 = a core saturated).", plots.resources(s)),
         Plot("workers", "Open connections per worker",
              "One line per worker (server dashed, clients solid), by index.", plots.worker_open(s)),

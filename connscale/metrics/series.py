@@ -75,7 +75,8 @@ class Series:
     #: p50/p90/p99/max (ms) of each second's RTTs; None when no pong came back
     rtt: dict[str, list[float | None]] = attrs.Factory(lambda: {k: [] for k in ("p50", "p90", "p99", "max")})
     rtt_count: list[int] = attrs.Factory(list)
-    #: per side: CPU of its workers in % of one core, RSS in bytes, RSS growth per connection in bytes
+    #: per side: CPU of its workers in % of one core, RSS in bytes, and RSS growth per connection added
+    #: (bytes) since each worker's first sample
     cpu_pct: dict[str, list[float | None]] = attrs.Factory(lambda: {s: [] for s in SIDES})
     rss: dict[str, list[float]] = attrs.Factory(lambda: {s: [] for s in SIDES})
     mem_per_conn: dict[str, list[float | None]] = attrs.Factory(lambda: {s: [] for s in SIDES})
@@ -93,9 +94,10 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
     prev: Mapping[str, Any] | None = None
     prev_failures: dict[str, int] = {}
     prev_cpu: dict[str, tuple[int | None, float]] = {}
-    # A worker's RSS when first seen (before it holds much): what a connection
-    # adds is measured against it, so the interpreter itself is not counted.
-    base_rss: dict[tuple[str, int | None], float] = {}
+    # A worker's RSS and open count when first seen: what a connection adds
+    # is (RSS growth) / (connections added) since then, so neither the
+    # interpreter itself nor connections opened before the first sample skew it.
+    base: dict[tuple[str, int | None], tuple[float, int]] = {}
     for i, r in enumerate(records):
         elapsed = float(r.get("elapsed_s", i))
         dt = elapsed - float(prev.get("elapsed_s", i - 1)) if prev is not None else 0.0
@@ -136,6 +138,7 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
         cpu_known = {side: False for side in SIDES}
         rss = {side: 0.0 for side in SIDES}
         grown = {side: 0.0 for side in SIDES}
+        added = {side: 0 for side in SIDES}
         seen: set[str] = set()
         for side, label, w in workers_of(r):
             seen.add(label)
@@ -144,7 +147,11 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
             s.worker_open.setdefault(label, [None] * i).append(int(w.get("open", 0)))
             seconds = _cpu_seconds(w)
             pct_cpu: float | None = None
-            if seconds is not None:
+            if seconds is None:
+                # No sample this second: the next one has no base (a rate over
+                # one second must come from two consecutive samples).
+                prev_cpu.pop(label, None)
+            else:
                 before = prev_cpu.get(label)
                 if before is not None and before[0] == pid and dt > 0:
                     pct_cpu = max(0.0, seconds - before[1]) / dt * 100.0
@@ -154,17 +161,18 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
             s.worker_cpu.setdefault(label, [None] * i).append(pct_cpu)
             rss_now = float((w.get("resources") or {}).get("rss_bytes", 0.0))
             if rss_now:
-                base = base_rss.setdefault((label, pid), rss_now)
+                rss0, open0 = base.setdefault((label, pid), (rss_now, int(w.get("open", 0))))
                 rss[side] += rss_now
-                grown[side] += rss_now - base
+                grown[side] += rss_now - rss0
+                added[side] += int(w.get("open", 0)) - open0
         for label in s.worker_open.keys() - seen:
             s.worker_open[label].append(None)
             s.worker_cpu[label].append(None)
-        opens = {"server": s.server_open[-1], "client": s.open[-1]}
+            prev_cpu.pop(label, None)
         for side in SIDES:
             s.cpu_pct[side].append(cpu[side] if cpu_known[side] else None)
             s.rss[side].append(rss[side])
-            s.mem_per_conn[side].append(grown[side] / opens[side] if opens[side] > 0 else None)
+            s.mem_per_conn[side].append(grown[side] / added[side] if added[side] > 0 else None)
         prev = r
     return s
 
