@@ -345,7 +345,7 @@ def test_specs_refuse_nonsense() -> None:
 
 
 def test_one_verb_list_for_avatar_console_and_ctl() -> None:
-    from connscale.app.cli import ctl_parser
+    from connscale.app.cli import LOCAL_SUBCOMMANDS, ctl_parser
     from connscale.control.controller import Controller
     from connscale.control.hub import console_namespace
 
@@ -356,7 +356,7 @@ def test_one_verb_list_for_avatar_console_and_ctl() -> None:
         assert callable(getattr(controller, f"op_{verb.name}")), verb.name
         assert verb.name in namespace and namespace[verb.name].__doc__.startswith(verb.signature())
         assert verb.cli in subcommands
-    assert set(subcommands) == set(BY_CLI)
+    assert set(subcommands) == set(BY_CLI) | LOCAL_SUBCOMMANDS  # `watch` polls `stats` itself
     assert set(namespace) == set(BY_NAME) | {"stats_raw"}
 
 

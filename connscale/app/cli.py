@@ -39,6 +39,10 @@ def master_of(cfg: Config, given: str | None) -> tuple[str, int]:
     return address[0] or "127.0.0.1", address[1]
 
 
+#: ctl subcommands that are not controller verbs: they run on the operator's side.
+LOCAL_SUBCOMMANDS = frozenset({"watch"})
+
+
 def ctl_parser() -> argparse.ArgumentParser:
     """`connscale ctl`'s options and one subcommand per controller verb (control.verbs.VERBS)."""
     from connscale.control.verbs import VERBS
