@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.mounts import can_mount, remount_read_only, tmpfs
 from tests.support.procs import connscale, free_port, free_ports
 
 pytestmark = pytest.mark.slow
@@ -103,9 +104,27 @@ def test_run_stops_on_failures_and_says_why(tmp_path):
     assert "reason: failures exceeded" in r.stdout
 
 
+def timeline_records(tmp: Path) -> list[dict]:
+    from connscale.metrics.timeline import read_timeline
+
+    paths = list((tmp / "runs").glob("*/timeline.jsonl"))
+    return list(read_timeline(paths[0])) if paths else []
+
+
+def wait_ramp_started(tmp: Path, timeout: float = 60.0) -> None:
+    """Until the hub's timeline shows client connections open (polled, not slept)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(r["client"]["open"] > 0 for r in timeline_records(tmp)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no client connection in the timeline after {timeout}s")
+
+
 def test_interrupted_run_still_writes_its_summary_and_stops_its_children(tmp_path):
     import signal
-    import time
 
     import psutil
 
@@ -114,10 +133,7 @@ def test_interrupted_run_still_writes_its_summary_and_stops_its_children(tmp_pat
     proc = subprocess.Popen(connscale("run", "-c", str(config)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list((tmp_path / "runs").glob("*/timeline.jsonl")):
-            time.sleep(0.2)
-        time.sleep(3)  # the ramp is under way
+        wait_ramp_started(tmp_path)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children
         proc.send_signal(signal.SIGTERM)
@@ -132,3 +148,164 @@ def test_interrupted_run_still_writes_its_summary_and_stops_its_children(tmp_pat
     assert summary["verdict"] == "failed" and summary["reason"] == "interrupted"
     gone, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, alive
+
+
+def start_run(tmp: Path, config: Path) -> subprocess.Popen:
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"))
+    return subprocess.Popen(connscale("run", "-c", str(config)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=tmp)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    return out
+
+
+def assert_all_gone(procs, timeout: float = 30) -> None:
+    import psutil
+
+    gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    assert not alive, [(p.pid, p.cmdline()) for p in alive]
+
+
+def test_a_configured_secret_is_used_and_never_written(tmp_path):
+    config = write_config(tmp_path, target="1000")
+    config.write_text(config.read_text().replace("console: none}", 'console: none, secret: "configured-secret-1"}'))
+    r, summary = run(tmp_path, config)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_dir = Path(summary["run_dir"])
+    for path in run_dir.iterdir():
+        assert b"configured-secret-1" not in path.read_bytes(), path
+    assert (run_dir / "config.yaml").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_killed_hub_is_named_and_the_run_leaves_nothing_behind(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    proc = start_run(tmp_path, write_config(tmp_path, target="20000"))
+    try:
+        wait_ramp_started(tmp_path)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        hub = next(p for p in psutil.Process(proc.pid).children() if "server" in p.cmdline())
+        killed_at = time.time()
+        os.kill(hub.pid, signal.SIGKILL)  # a pid our run started
+    finally:
+        out = finish(proc)
+    assert proc.returncode == 1, out
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert f"the hub (pid {hub.pid}) was killed by signal 9 (SIGKILL) during the run" in summary["reason"]
+    assert "timeline.jsonl holds every second up to then" in summary["reason"]
+    assert f"reason: the hub (pid {hub.pid}) was killed" in out
+    # Every line written is whole, and the last one is from just before the kill.
+    lines = next((tmp_path / "runs").glob("*/timeline.jsonl")).read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records and killed_at - 3 <= records[-1]["t"] <= killed_at + 1
+    assert_all_gone(family)
+
+
+def test_a_killed_run_leaves_no_orphans(tmp_path):
+    import psutil
+
+    proc = start_run(tmp_path, write_config(tmp_path, target="20000"))
+    try:
+        wait_ramp_started(tmp_path)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 4  # hub, agent and their workers
+        proc.kill()  # SIGKILL: the run cannot clean up; the lifelines must
+    finally:
+        finish(proc)
+    assert_all_gone(family)
+
+
+needs_mount = pytest.mark.skipif(not can_mount(), reason="needs root to mount a tmpfs")
+
+
+@needs_mount
+def test_a_read_only_run_directory_is_one_line(tmp_path):
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        remount_read_only(disk)
+        config = write_config(tmp_path)
+        config.write_text(config.read_text().replace("run: {dir: runs}", f"run: {{dir: {disk}/runs}}"))
+        r = subprocess.run(connscale("run", "-c", str(config)), capture_output=True, text=True, timeout=60,
+                           cwd=tmp_path, env=dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg")))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"connscale run: cannot create a run directory under {disk}/runs: Read-only file system"
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until its file system is full."""
+    try:
+        with open(path, "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError:
+        pass
+
+
+@needs_mount
+def test_a_full_disk_still_gets_its_summary_out(tmp_path):
+    import time
+
+    import psutil
+
+    with tmpfs(tmp_path / "disk", "256k") as disk:
+        config = write_config(tmp_path, target="3000")
+        config.write_text(config.read_text().replace("run: {dir: runs}", f"run: {{dir: {disk}/runs}}"))
+        proc = start_run(tmp_path, config)
+        try:
+            deadline = time.monotonic() + 60
+            while not list(disk.glob("runs/*/timeline.jsonl")):
+                assert time.monotonic() < deadline, "no timeline after 60 s"
+                time.sleep(0.1)
+            family = psutil.Process(proc.pid).children(recursive=True)
+            fill(disk / "filler")
+        finally:
+            out = finish(proc)
+        assert_all_gone(family)
+        hub_log = next(disk.glob("runs/*/hub.log")).read_text(errors="replace")
+    assert proc.returncode in (0, 1), out
+    lines = out.splitlines()
+    note = next(i for i, line in enumerate(lines) if "summary.json: No space left on device; the summary follows" in line)
+    summary = json.loads(lines[note + 1])
+    assert summary["target"] == 3000 and summary["verdict"] in ("held", "failed")
+    assert "Traceback" not in out and "Traceback" not in hub_log
+
+
+def test_a_hub_stopped_for_40_s_neither_ends_the_run_nor_kills_healthy_workers(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    config = write_config(tmp_path, target="3000")
+    config.write_text(config.read_text().replace("final_hold: 3, time_limit: 60", "final_hold: 55, time_limit: 150"))
+    proc = start_run(tmp_path, config)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(r["client"]["open"] >= 3000 for r in timeline_records(tmp_path)):
+            assert time.monotonic() < deadline, "the target was not reached"
+            time.sleep(0.2)
+        hub = next(p for p in psutil.Process(proc.pid).children() if "server" in p.cmdline())
+        os.kill(hub.pid, signal.SIGSTOP)  # a pid our run started
+        try:
+            time.sleep(40)  # the fault itself: the hub frozen for 40 s
+        finally:
+            os.kill(hub.pid, signal.SIGCONT)
+    finally:
+        out = finish(proc, timeout=150)
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert proc.returncode == 0, out
+    assert summary["verdict"] == "held" and summary["held"] == 3000
+    assert any("the hub did not answer for" in e for e in summary["events"]), summary["events"]
+    hub_log = next((tmp_path / "runs").glob("*/hub.log")).read_text()
+    assert "supervisor was stalled for" in hub_log
+    assert "killing it" not in hub_log and "lost:" not in hub_log

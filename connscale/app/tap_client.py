@@ -54,7 +54,7 @@ class Options(ConfigOptions):
         "name": "client.name",
         "secret-file": "control.secret_file",
     }
-    optFlags = [["lifeline", None, "Exit when stdin closes (used by ssh launch)."]]
+    optFlags = [["lifeline", None, "Exit when stdin closes (used by the ssh launch and connscale run)."]]
     repeatable = ("source-ip",)
     opt_source_ip = repeat_option(
         "source-ip", "Source address(es): list or range 127.0.0.2-127.0.0.9; repeatable [client.source_ips]."
@@ -83,11 +83,20 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     cfg = options.load(PROG)
+    top = _make(reactor, cfg)
+    if options["lifeline"]:
+        from connscale.procs.lifeline import Lifeline
+
+        Lifeline(reactor, PROG).setServiceParent(top)  # type: ignore[arg-type]
+    return top
+
+
+def _make(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     c = cfg.client
     if c.master is not None:
         from connscale.control.agent import make_agent
 
-        return make_agent(reactor, cfg, lifeline=bool(options["lifeline"]))
+        return make_agent(reactor, cfg)
     workers = c.workers
     if workers == "auto":
         # One process unless its file budget can't hold the target.

@@ -53,6 +53,7 @@ class Options(ConfigOptions):
         "console-listen": "control.console_listen",
         "run-dir": "run.dir",
     }
+    optFlags = [["lifeline", None, "Exit when stdin closes (used by connscale run)."]]
     repeatable = ("port",)
     opt_port = repeat_option("port", "Port(s) to listen on: 8989, 8989-8992 or 8989,8990; repeatable [server.ports].")
     opt_p = opt_port
@@ -67,10 +68,16 @@ def makeService(options: Options) -> IService:
     if warning:
         log.warn("{prog}: {warning}", prog=PROG, warning=warning)
     if s.workers == 0:
-        return single_process(reactor, cfg)
-    from connscale.control.hub import make_hub
+        top = single_process(reactor, cfg)
+    else:
+        from connscale.control.hub import make_hub
 
-    return make_hub(reactor, cfg, record_dir=options["record-dir"])
+        top = make_hub(reactor, cfg, record_dir=options["record-dir"])
+    if options["lifeline"]:
+        from connscale.procs.lifeline import Lifeline
+
+        Lifeline(reactor, PROG).setServiceParent(top)
+    return top
 
 
 def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]

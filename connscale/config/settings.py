@@ -37,6 +37,7 @@ Framing = Literal["line", "raw"]
 Parser = Callable[[Any], Any]
 
 MAX_PORTS = 1024
+MAX_CONFIG_BYTES = 1 << 20
 MAX_IPS = 4096
 _NO_OVERRIDES: Mapping[str, object] = MappingProxyType({})
 
@@ -99,6 +100,14 @@ def _number(value: object) -> float:
             if math.isfinite(number):  # an infinite rate or timeout is never meant
                 return number
     raise _Invalid(f"expected a number, got {_describe(value)}")
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return value.lower() in ("true", "yes", "on")
+    raise _Invalid(f"expected true or false, got {_describe(value)}")
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[object], int]:
@@ -538,13 +547,16 @@ class ClientHost:
 class ScenarioSettings:
     """``scenario:`` the ramp the hub drives its agents through."""
 
-    target: int = _setting(50000, _int(1))
+    target: int = _setting(50000, _int(1, 100_000_000))
     rate: float = _setting(2000.0, _positive)
     steps: int = _setting(5, _int(1, 1000))                  # ramp in this many equal steps
     hold: float = _setting(5.0, _duration(allow_zero=True))   # after each step
     final_hold: float = _setting(10.0, _duration(allow_zero=True))
     max_failures: int = _setting(0, _int(0))                  # stop once failures exceed this
     time_limit: float = _setting(110.0, _duration(allow_zero=False))
+    # Server-side failures are the clients' too (and counted there); count the
+    # server's own tally toward max_failures only when asked.
+    count_server_failures: bool = _setting(False, _boolean)
 
 
 @attrs.frozen
@@ -803,8 +815,17 @@ def load_config(path: str | os.PathLike[str] | None,
         raise ConfigError([f"config: cannot read {path}: {e.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"config: {path} is not UTF-8 text"]) from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"config: {path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; "
+                           "this is not a connscale config"])
     try:
         data = yaml.load(text, Loader=_StrictLoader)
+    except RecursionError:
+        raise ConfigError([f"config: {path}: nested too deeply"]) from None
+    except ValueError as e:
+        # Python refuses to convert integers of thousands of digits.
+        what = "a number too long to be one" if "digits" in str(e) else " ".join(str(e).split())[:120]
+        raise ConfigError([f"config: {path}: invalid value: {what}"]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

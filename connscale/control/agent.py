@@ -261,28 +261,5 @@ def fatal(reactor: Any, message: str, code: int = 2) -> None:
     stop_reactor(reactor)
 
 
-class Lifeline(Service):
-    """Exit when stdin closes: the ssh session that launched us is gone."""
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-
-    def startService(self) -> None:
-        super().startService()
-        from twisted.internet import protocol, stdio
-
-        reactor = self.reactor
-
-        class Watch(protocol.Protocol):
-            def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-                log.info("{prog}: stdin closed (launcher gone); exiting", prog=PROG)
-                stop_reactor(reactor)
-
-        stdio.StandardIO(Watch(), stdout=os.dup(1), reactor=reactor)
-
-
-def make_agent(reactor: Any, cfg: Config, standalone_workers: int | None = None, lifeline: bool = False) -> Agent:
-    agent = Agent(reactor, cfg, standalone_workers)
-    if lifeline:
-        Lifeline(reactor).setServiceParent(agent)
-    return agent
+def make_agent(reactor: Any, cfg: Config, standalone_workers: int | None = None) -> Agent:
+    return Agent(reactor, cfg, standalone_workers)

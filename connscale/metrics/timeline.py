@@ -11,6 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from twisted.logger import Logger
+
+log = Logger(namespace="connscale.timeline")
+
 
 class Timeline:
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
@@ -18,15 +22,29 @@ class Timeline:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "timeline.jsonl"
         self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+        #: Lines that could not be written (a full or read-only disk).
+        self.lost = 0
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file.closed:
             return
-        self._file.write(json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n")
+        line = json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as e:
+            # The measurement goes on; the run's summary says what was lost.
+            if not self.lost:
+                log.error("cannot write {path}: {why}; the timeline is incomplete from here",
+                          path=str(self.path), why=e.strerror or str(e))
+            self.lost += 1
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                self.lost += 1  # the buffered rest of the last line
 
 
 def read_timeline(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

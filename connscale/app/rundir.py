@@ -1,0 +1,82 @@
+"""A run's directory: created once, written atomically, never holding a secret.
+
+Everything a run records goes here (`config.json`, `summary.json`, the logs of
+its hub and agent, the hub's `timeline.jsonl`). A full or read-only disk must
+cost a clear line, not a traceback, and must never lose the summary: callers
+get a `RunDirError` with one line and decide where else to put what failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from connscale.config.settings import Config
+
+
+class RunDirError(Exception):
+    """The run directory could not be created or written; the message is one line."""
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+class RunDirectory:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, parent: str | os.PathLike[str],
+               stamp: Callable[[], str] = lambda: time.strftime("%Y%m%d-%H%M%S")) -> "RunDirectory":
+        """A new directory `<parent>/<stamp>[-N]`; never reuses an existing one."""
+        base = Path(parent)
+        name = stamp()
+        for suffix in range(1, 1000):
+            path = base / (name if suffix == 1 else f"{name}-{suffix}")
+            try:
+                path.mkdir(parents=True)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise RunDirError(f"cannot create a run directory under {base}: {_why(e)}") from None
+            return cls(path.resolve())
+        raise RunDirError(f"cannot create a run directory under {base}: 999 runs named {name} already")
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_text(self, name: str, text: str, mode: int = 0o644) -> Path:
+        """Write `name` whole or not at all (a torn summary is worse than none)."""
+        target = self.file(name)
+        tmp = target.with_name(f".{name}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, target)
+        except OSError as e:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise RunDirError(f"cannot write {target}: {_why(e)}") from None
+        return target
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def write_config(self, cfg: Config) -> Path:
+        """`config.json` for the record (secrets redacted) and `config.yaml` for the
+        run's hub and agent: the effective configuration with no secret in it at
+        all (they get the secret through their environment). Returns the latter."""
+        self.write_json("config.json", cfg.as_dict())
+        effective = cfg.as_dict(redact_secrets=False)
+        effective["control"]["secret"] = None
+        effective["control"]["secret_file"] = None
+        return self.write_text("config.yaml", yaml.safe_dump(effective, sort_keys=False))

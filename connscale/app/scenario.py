@@ -1,0 +1,248 @@
+"""The experiment of `connscale run`: ramp in steps, hold, stop on a reason.
+
+`Scenario` drives a hub it is handed (anything with `call(verb, *args)`, the
+operator verbs over PB in a real run, a fake in unit tests) with an injected
+clock. It knows nothing about processes or files: the caller checks its
+children through `health` and writes what `Progress` holds when it is over.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Protocol
+
+import attrs
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+
+from connscale.config.settings import ScenarioSettings
+
+#: How long one answer from the hub may take before that second counts as silent.
+CALL_TIMEOUT = 5.0
+#: A hub silent this long (stopped, wedged) ends the run.
+HUB_SILENT_LIMIT = 60.0
+#: Reaching a step may take this many times its share of the ramp (plus
+#: STEP_SLACK for worker start-up) before the step is declared failed.
+STEP_DEADLINE_FACTOR = 3.0
+STEP_SLACK = 15.0
+AGENT_REGISTER_TIMEOUT = 30.0
+
+
+class HubAPI(Protocol):
+    def call(self, method: str, *args: Any) -> defer.Deferred[Any]: ...
+
+
+class RunError(Exception):
+    """Why a run stopped early; one line."""
+
+
+@attrs.define
+class StepRecord:
+    """One ramp step as it happened; `rate_achieved` is what the ramp really did."""
+
+    step: int
+    target: int
+    started: float
+    rate_asked: float
+    reached: float | None = None
+    opened_from: int = 0
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.reached is None else self.reached - self.started
+
+    def as_dict(self) -> dict[str, Any]:
+        seconds = self.seconds
+        achieved = None
+        if seconds:
+            achieved = round((self.target - self.opened_from) / seconds, 1)
+        return {
+            "step": self.step, "target": self.target, "started": round(self.started, 3),
+            "seconds": None if seconds is None else round(seconds, 3),
+            "rate_asked": self.rate_asked, "rate_achieved": achieved,
+        }
+
+
+@attrs.define
+class Progress:
+    """What the run watches, refreshed every second from the controller."""
+
+    started: float
+    step: int = 0
+    steps: int = 0
+    step_target: int = 0
+    open: int = 0
+    server_open: int = 0
+    peak_open: int = 0
+    #: client-side failures ("phase:cause") and server-side ones ("server:phase:cause")
+    failures: dict[str, int] = attrs.Factory(dict)
+    #: failures that count toward scenario.max_failures
+    counted_failures: int = 0
+    stats: dict[str, Any] = attrs.Factory(dict)
+    phase: str = "starting"
+    phases: list[dict[str, Any]] = attrs.Factory(list)
+    step_log: list[StepRecord] = attrs.Factory(list)
+    #: open at the end of the final hold, if no counted failure happened during it
+    held: int = 0
+    hub_silent_s: float = 0.0
+    events: list[str] = attrs.Factory(list)
+
+    @property
+    def failure_total(self) -> int:
+        return sum(self.failures.values())
+
+
+def merged_failures(stats: dict[str, Any]) -> dict[str, int]:
+    out = dict(stats["client"]["failures"])
+    for key, n in stats["server"]["failures"].items():
+        out[f"server:{key}"] = n
+    return out
+
+
+class Scenario:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        settings: ScenarioSettings,
+        hub: HubAPI,
+        agent: str,
+        show: Callable[[Progress], None] = lambda p: None,
+        health: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.clock = clock
+        self.settings = settings
+        self.hub = hub
+        self.agent = agent
+        self.show = show
+        self.health = health
+        self.progress = Progress(started=clock.seconds())
+        self._silent_since: float | None = None
+
+    # -- phases ------------------------------------------------------------------
+    def enter(self, phase: str) -> None:
+        """Mark the start of a phase (`ramp 2/5`, `hold 2/5`, `final hold`): reports
+        split RTT by phase, because a ramp's connect bursts are not the hold's latency."""
+        now = self.clock.seconds()
+        p = self.progress
+        if p.phases and p.phases[-1]["end"] is None:
+            p.phases[-1]["end"] = round(now, 3)
+        p.phase = phase
+        p.phases.append({"phase": phase, "start": round(now, 3), "end": None})
+
+    def close_phases(self) -> None:
+        p = self.progress
+        if p.phases and p.phases[-1]["end"] is None:
+            p.phases[-1]["end"] = round(self.clock.seconds(), 3)
+
+    # -- talking to the hub --------------------------------------------------------
+    @defer.inlineCallbacks
+    def refresh(self):  # type: ignore[no-untyped-def]
+        """One fresh view of the controller's numbers; a silent hub is tolerated
+        for HUB_SILENT_LIMIT seconds (it may be stopped, or swapping), then ends the run."""
+        try:
+            stats = yield self.hub.call("stats").addTimeout(CALL_TIMEOUT, self.clock)
+        except defer.TimeoutError:
+            now = self.clock.seconds()
+            if self._silent_since is None:
+                self._silent_since = now - CALL_TIMEOUT
+            silent = now - self._silent_since
+            self.progress.hub_silent_s = max(self.progress.hub_silent_s, silent)
+            if silent >= HUB_SILENT_LIMIT:
+                raise RunError(f"the hub has not answered for {silent:.0f}s")
+            return None
+        if self._silent_since is not None:
+            silent = self.clock.seconds() - self._silent_since
+            self.progress.events.append(f"the hub did not answer for {silent:.0f}s, then resumed")
+            self._silent_since = None
+        self.absorb(stats)
+        return stats
+
+    def absorb(self, stats: dict[str, Any]) -> None:
+        p = self.progress
+        p.stats = stats
+        p.open = int(stats["client"]["open"])
+        p.server_open = int(stats["server"]["open"])
+        p.peak_open = max(p.peak_open, p.open)
+        p.failures = merged_failures(stats)
+        # A reset the server saw is the client's failure too and is counted
+        # there; the server's own tally only counts when asked for.
+        counted = stats["client"]["failure_total"]
+        if self.settings.count_server_failures:
+            counted += stats["server"]["failure_total"]
+        p.counted_failures = int(counted)
+        self.show(p)
+
+    # -- stop conditions -------------------------------------------------------------
+    def check(self) -> None:
+        self.health()
+        limit = self.settings.max_failures
+        p = self.progress
+        if p.counted_failures > limit:
+            top = ", ".join(f"{k}={v}" for k, v in sorted(p.failures.items(), key=lambda kv: -kv[1])[:3])
+            raise RunError(f"failures exceeded scenario.max_failures={limit}: {top}")
+        if self.clock.seconds() - p.started > self.settings.time_limit:
+            raise RunError(f"scenario.time_limit of {self.settings.time_limit:g}s reached")
+
+    @defer.inlineCallbacks
+    def watch(self, seconds: float, until: Callable[[], bool] | None = None):  # type: ignore[no-untyped-def]
+        """Refresh once a second for `seconds`; True as soon as `until()` holds."""
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end:
+            yield task.deferLater(self.clock, 1.0, lambda: None)
+            yield self.refresh()
+            self.check()
+            if until is not None and until():
+                return True
+        return False
+
+    @defer.inlineCallbacks
+    def fresh(self):  # type: ignore[no-untyped-def]
+        """Refresh until the hub answers (a silent hub ends the run after HUB_SILENT_LIMIT)."""
+        while (yield self.refresh()) is None:
+            self.check()
+            yield task.deferLater(self.clock, 1.0, lambda: None)
+
+    def agent_connected(self) -> bool:
+        agent = self.progress.stats.get("clients", {}).get(self.agent)
+        return bool(agent and agent.get("connected"))
+
+    # -- the experiment ------------------------------------------------------------------
+    @defer.inlineCallbacks
+    def execute(self):  # type: ignore[no-untyped-def]
+        sc, p = self.settings, self.progress
+        self.enter("starting")
+        if not (yield self.watch(AGENT_REGISTER_TIMEOUT, until=self.agent_connected)):
+            raise RunError(f"the local agent did not register within {AGENT_REGISTER_TIMEOUT:g} s")
+        p.steps = sc.steps
+        target = 0
+        step_time = sc.target / sc.rate / sc.steps
+        for step in range(1, sc.steps + 1):
+            p.step = step
+            new_target = math.ceil(sc.target * step / sc.steps)
+            self.enter(f"ramp {step}/{sc.steps}")
+            record = StepRecord(step, new_target, self.clock.seconds(), sc.rate, opened_from=p.open)
+            p.step_log.append(record)
+            placed = yield self.hub.call("connections_start", new_target - target, self.agent)
+            if placed < new_target:
+                raise RunError(
+                    f"step {step}: the client's routes hold at most {placed} connections "
+                    "(client.per_route_max x source IPs x server ports); add source IPs or server ports"
+                )
+            target = p.step_target = new_target
+            deadline = step_time * STEP_DEADLINE_FACTOR + STEP_SLACK
+            reached = yield self.watch(deadline, until=lambda: p.open >= p.step_target)
+            if not reached:
+                raise RunError(
+                    f"step {step}: only {p.open} of {p.step_target} connections opened in {deadline:.0f}s "
+                    f"(asked: {sc.rate:g}/s)"
+                )
+            record.reached = self.clock.seconds()
+            final = step == sc.steps
+            self.enter("final hold" if final else f"hold {step}/{sc.steps}")
+            before = p.counted_failures
+            yield self.watch(sc.final_hold if final else sc.hold)
+            if final:
+                # Judge the hold on numbers from after it, not on a silent hub's old ones.
+                yield self.fresh()
+                p.held = p.open if p.counted_failures == before else 0
+        self.close_phases()

@@ -1,0 +1,337 @@
+"""The parts of `connscale run` with fakes: the scenario on a fake clock and hub,
+the run directory, the summary, the config it picks."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from connscale.app import run as run_mod
+from connscale.app import summary
+from connscale.app.children import describe_exit
+from connscale.app.rundir import RunDirectory, RunDirError
+from connscale.app.scenario import CALL_TIMEOUT, HUB_SILENT_LIMIT, RunError, Scenario
+from connscale.config.settings import (
+    Config,
+    ScenarioSettings,
+    load_config,
+    parse_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FakeHub:
+    """A controller whose agent opens `rate` connections a second towards its target."""
+
+    def __init__(self, clock: Clock, rate: int = 1000, capacity: int = 10**9) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.capacity = capacity
+        self.target = 0
+        self.open = 0
+        self.client_failures: dict[str, int] = {}
+        self.server_failures: dict[str, int] = {}
+        self.silent = False
+        self.connected = True
+        self.calls: list[tuple] = []
+
+    def tick(self) -> None:
+        self.open = min(self.target, self.open + self.rate)
+
+    def stats(self) -> dict:
+        return {
+            "client": {"open": self.open, "failures": dict(self.client_failures),
+                       "failure_total": sum(self.client_failures.values()), "pings": 0, "pongs": 0},
+            "server": {"open": self.open, "failures": dict(self.server_failures),
+                       "failure_total": sum(self.server_failures.values())},
+            "clients": {"local": {"connected": self.connected}},
+            "rtt_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0},
+            "workers": {"server": 2, "client": 1},
+        }
+
+    def call(self, method, *args):
+        self.calls.append((method, *args))
+        if method == "stats":
+            if self.silent:
+                return defer.Deferred()  # never answers: the caller's timeout fires
+            self.tick()
+            return defer.succeed(self.stats())
+        if method == "connections_start":
+            self.target = min(self.capacity, self.target + args[0])
+            return defer.succeed(self.target)
+        raise AssertionError(method)
+
+
+def scenario(clock, hub, **settings) -> Scenario:
+    base = dict(target=3000, rate=1000.0, steps=3, hold=2.0, final_hold=3.0, time_limit=60.0)
+    base.update(settings)
+    return Scenario(clock, ScenarioSettings(**base), hub, "local")
+
+
+def drive(clock: Clock, d: defer.Deferred, seconds: float = 300.0) -> None:
+    for _ in range(int(seconds * 10)):
+        if d.called:
+            return
+        clock.advance(0.1)
+
+
+def outcome(d: defer.Deferred):
+    results: list = []
+    d.addBoth(results.append)
+    assert results, "the scenario did not finish"
+    return results[0]
+
+
+def start(clock: Clock | None = None, **kw):
+    clock = clock or Clock()
+    clock.advance(1_000_000)
+    hub = kw.pop("hub", None) or FakeHub(clock)
+    sc = scenario(clock, hub, **kw)
+    d = sc.execute()
+    return clock, hub, sc, d
+
+
+def test_a_target_reached_step_by_step_is_held():
+    clock, hub, sc, d = start()
+    drive(clock, d)
+    assert outcome(d) is None
+    p = sc.progress
+    assert p.held == 3000 and p.peak_open == 3000
+    assert [c[1] for c in hub.calls if c[0] == "connections_start"] == [1000, 1000, 1000]
+    assert [ph["phase"] for ph in p.phases] == [
+        "starting", "ramp 1/3", "hold 1/3", "ramp 2/3", "hold 2/3", "ramp 3/3", "final hold"]
+    assert all(ph["end"] is not None and ph["end"] >= ph["start"] for ph in p.phases)
+    steps = [s.as_dict() for s in p.step_log]
+    assert [s["target"] for s in steps] == [1000, 2000, 3000]
+    # The fake opens 1000 a second and is asked once a second: the achieved rate says so.
+    assert all(s["rate_achieved"] == pytest.approx(1000, rel=0.15) for s in steps)
+    assert all(s["rate_asked"] == 1000.0 for s in steps)
+
+
+def test_routes_that_cannot_hold_a_step_end_the_run_with_the_reason():
+    clock, hub, sc, d = start(hub=FakeHub(Clock(), capacity=1500))
+    hub.clock = clock
+    drive(clock, d)
+    err = outcome(d).value
+    assert isinstance(err, RunError)
+    assert "step 2: the client's routes hold at most 1500 connections" in str(err)
+
+
+def test_a_step_that_is_not_reached_in_time_says_how_far_it_got():
+    clock = Clock()
+    clock.advance(1_000_000)
+    hub = FakeHub(clock, rate=10)  # far slower than the 1000/s asked
+    sc = scenario(clock, hub, target=3000, steps=1, time_limit=1000.0)
+    d = sc.execute()
+    drive(clock, d, 200)
+    err = outcome(d).value
+    assert isinstance(err, RunError)
+    assert "step 1: only" in str(err) and "of 3000 connections opened" in str(err) and "asked: 1000/s" in str(err)
+
+
+def test_client_failures_stop_the_run_but_server_ones_only_when_asked():
+    clock = Clock()
+    clock.advance(1_000_000)
+    hub = FakeHub(clock)
+    hub.server_failures = {"steady:ECONNRESET": 5}
+    sc = scenario(clock, hub)
+    d = sc.execute()
+    drive(clock, d)
+    assert outcome(d) is None and sc.progress.held == 3000
+    assert sc.progress.failures == {"server:steady:ECONNRESET": 5}
+
+    clock = Clock()
+    clock.advance(1_000_000)
+    hub = FakeHub(clock)
+    hub.server_failures = {"steady:ECONNRESET": 5}
+    sc = scenario(clock, hub, count_server_failures=True)
+    d = sc.execute()
+    drive(clock, d)
+    err = outcome(d).value
+    assert "failures exceeded scenario.max_failures=0: server:steady:ECONNRESET=5" in str(err)
+
+
+def test_a_failure_during_the_final_hold_means_nothing_was_held():
+    clock, hub, sc, d = start(max_failures=10)
+    while sc.progress.phase != "final hold":
+        clock.advance(0.1)
+    hub.client_failures = {"steady:no_answer_from_server": 1}
+    drive(clock, d)
+    assert outcome(d) is None
+    assert sc.progress.held == 0
+
+
+def test_the_time_limit_holds():
+    clock, hub, sc, d = start(time_limit=4.0)
+    drive(clock, d)
+    assert "scenario.time_limit of 4s reached" in str(outcome(d).value)
+
+
+def test_a_hub_silent_for_a_while_is_waited_for_and_noted():
+    clock, hub, sc, d = start(final_hold=30.0)
+    while sc.progress.phase != "final hold":
+        clock.advance(0.1)
+    hub.silent = True
+    for _ in range(400):  # 40 s: a SIGSTOPped hub
+        clock.advance(0.1)
+    assert not d.called
+    assert sc.progress.hub_silent_s >= 30
+    hub.silent = False
+    drive(clock, d)
+    assert outcome(d) is None
+    assert any("the hub did not answer for" in e and "then resumed" in e for e in sc.progress.events)
+
+
+def test_a_final_hold_ending_in_silence_is_judged_on_fresh_numbers():
+    clock, hub, sc, d = start(final_hold=3.0)
+    while sc.progress.phase != "final hold":
+        clock.advance(0.1)
+    hub.silent = True
+    for _ in range(200):
+        clock.advance(0.1)
+    assert not d.called  # the hold is over, but its numbers are not in yet
+    hub.client_failures = {"steady:no_answer_from_server": 1}
+    hub.silent = False
+    drive(clock, d)
+    assert outcome(d) is None and sc.progress.held == 0
+
+
+def test_a_hub_silent_too_long_ends_the_run():
+    clock, hub, sc, d = start(final_hold=300.0, time_limit=1000.0)
+    while sc.progress.phase != "final hold":
+        clock.advance(0.1)
+    hub.silent = True
+    drive(clock, d, HUB_SILENT_LIMIT + 2 * CALL_TIMEOUT + 5)
+    assert "the hub has not answered for" in str(outcome(d).value)
+
+
+def test_the_time_limit_holds_while_the_hub_is_silent():
+    clock, hub, sc, d = start(final_hold=300.0, time_limit=20.0)
+    hub.silent = True
+    drive(clock, d, 40)
+    assert "scenario.time_limit of 20s reached" in str(outcome(d).value)
+
+
+def test_an_agent_that_never_registers():
+    clock = Clock()
+    clock.advance(1_000_000)
+    hub = FakeHub(clock)
+    hub.connected = False
+    sc = scenario(clock, hub)
+    d = sc.execute()
+    drive(clock, d, 60)
+    assert "the local agent did not register within 30 s" in str(outcome(d).value)
+
+
+def test_the_health_check_ends_the_run_with_its_reason():
+    clock = Clock()
+    clock.advance(1_000_000)
+    hub = FakeHub(clock)
+
+    def health():
+        if clock.seconds() > 1_000_003:
+            raise RunError("the hub (pid 7) was killed by signal 9 (SIGKILL) during the run")
+
+    sc = Scenario(clock, ScenarioSettings(target=3000, rate=100.0, steps=1), hub, "local", health=health)
+    d = sc.execute()
+    drive(clock, d)
+    assert "killed by signal 9 (SIGKILL)" in str(outcome(d).value)
+
+
+# -- summary ------------------------------------------------------------------------------
+
+def test_summary_and_verdict_line():
+    clock, hub, sc, d = start()
+    drive(clock, d)
+    s = summary.build(sc.progress, sc.settings, True, "", 12.3, "/tmp/r")
+    assert s["verdict"] == "held" and s["held"] == 3000 and s["target"] == 3000
+    assert s["rtt_ms"] == {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}
+    assert [p["phase"] for p in s["phases"]][-1] == "final hold"
+    assert len(s["steps"]) == 3
+    json.dumps(s)  # plain data
+    assert summary.verdict_line(s) == ("HELD: held=3000 target=3000 peak_open=3000 failures=0 "
+                                       "rtt_ms p50=1.0 p99=3.0 workers server=2 client=1 duration=12s")
+
+
+# -- run directory ------------------------------------------------------------------------
+
+def test_run_directories_are_never_reused(tmp_path):
+    a = RunDirectory.create(tmp_path / "runs", stamp=lambda: "20261130-120000")
+    b = RunDirectory.create(tmp_path / "runs", stamp=lambda: "20261130-120000")
+    assert a.path != b.path and a.path.name == "20261130-120000" and b.path.name == "20261130-120000-2"
+
+
+def test_config_for_the_children_never_holds_the_secret(tmp_path):
+    cfg = parse_config({"control": {"secret": "s3cret-value-123"}, "scenario": {"target": 10}})
+    rd = RunDirectory.create(tmp_path)
+    path = rd.write_config(cfg)
+    text = path.read_text()
+    assert "s3cret-value-123" not in text and "s3cret-value-123" not in rd.file("config.json").read_text()
+    assert yaml.safe_load(text)["control"]["secret"] is None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    # What the children load is the same configuration, minus the secret.
+    assert load_config(path).scenario.target == 10
+
+
+def test_a_write_that_fails_is_one_line_and_leaves_no_torn_file(tmp_path, monkeypatch):
+    rd = RunDirectory.create(tmp_path)
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(RunDirError) as e:
+        rd.write_json("summary.json", {"verdict": "held"})
+    assert str(e.value) == f"cannot write {rd.file('summary.json')}: No space left on device"
+    assert sorted(p.name for p in rd.path.iterdir()) == []
+
+
+def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RunDirError) as e:
+        RunDirectory.create(blocker / "runs")
+    assert str(e.value).startswith(f"cannot create a run directory under {blocker / 'runs'}: ")
+    assert "\n" not in str(e.value)
+
+
+# -- choosing the config ---------------------------------------------------------------------
+
+def test_no_config_anywhere_means_the_shipped_experiment(tmp_path):
+    assert run_mod.choose_config(None, cwd=tmp_path) == str(run_mod.PACKAGED_CONFIG)
+    (tmp_path / "connscale.yaml").write_text("scenario: {target: 5}\n")
+    assert run_mod.choose_config(None, cwd=tmp_path) == str(tmp_path / "connscale.yaml")
+    assert run_mod.choose_config("x.yaml", cwd=tmp_path) == "x.yaml"
+
+
+def test_the_shipped_experiment_is_the_top_level_connscale_yaml():
+    top = REPO / "connscale.yaml"
+    assert top.resolve() == run_mod.PACKAGED_CONFIG.resolve()
+    cfg = load_config(run_mod.PACKAGED_CONFIG)
+    assert cfg != Config()  # it is an experiment, not the bare defaults
+    assert cfg.scenario.target == 50000 and len(cfg.client.source_ips) * len(cfg.server.ports) >= 4
+
+
+def test_a_run_uses_the_configured_secret(monkeypatch):
+    monkeypatch.delenv("CONNSCALE_SECRET", raising=False)
+    cfg = parse_config({"control": {"secret": "configured-secret"}})
+    assert run_mod.run_secret(cfg) == b"configured-secret"
+    fresh = run_mod.run_secret(Config())
+    assert len(fresh) >= 24 and fresh != run_mod.run_secret(Config())
+
+
+def test_exit_descriptions():
+    from twisted.internet.error import ProcessTerminated
+    from twisted.python.failure import Failure
+
+    assert describe_exit(Failure(ProcessTerminated(signal=9))) == "was killed by signal 9 (SIGKILL)"
+    assert describe_exit(Failure(ProcessTerminated(exitCode=3))) == "exited with status 3"

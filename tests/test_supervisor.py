@@ -1,0 +1,71 @@
+"""Supervisor logic with a fake clock and fake children: hung workers versus our own stalls."""
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from connscale.procs.supervisor import OWN_STALL, Slot, Supervisor
+
+
+class SilentChild:
+    """A worker that is alive but never answers a call."""
+
+    name = "t-client-worker-1"
+    running = True
+
+    def __init__(self):
+        self.signals = []
+
+    def signal(self, sig):
+        self.signals.append(sig)
+
+    def call(self, method, *args):
+        return defer.Deferred()
+
+
+def supervisor_with_a_silent_worker():
+    clock = Clock()
+    clock.advance(1000)
+    sup = Supervisor(clock, "client", {}, "t", hung_after=30.0)
+    sup.ensure(0)  # starts the supervisor's own heartbeat, spawns nothing
+    child = SilentChild()
+    sup.slots.append(Slot(0, child=child, alive=True, pid=4242, answered_at=clock.seconds()))
+    return clock, sup, child
+
+
+def poll_every_second(clock, sup, seconds):
+    for _ in range(int(seconds)):
+        clock.advance(1.0)
+        sup.poll()
+
+
+def test_a_worker_silent_longer_than_hung_after_is_killed():
+    clock, sup, child = supervisor_with_a_silent_worker()
+    poll_every_second(clock, sup, 29)
+    assert child.signals == []
+    poll_every_second(clock, sup, 3)
+    assert child.signals[:1] == ["KILL"]
+    assert any("has not answered for 3" in e for e in sup.events)
+
+
+def test_our_own_stall_is_not_held_against_the_workers():
+    clock, sup, child = supervisor_with_a_silent_worker()
+    poll_every_second(clock, sup, 2)
+    clock.advance(40.0)  # the whole process was stopped (SIGSTOP) for 40 s
+    sup.poll()
+    assert child.signals == []
+    assert any("stalled for 40s" in e for e in sup.events)
+    # From then on it gets a fresh window, and is killed if it stays silent.
+    poll_every_second(clock, sup, 29)
+    assert child.signals == []
+    poll_every_second(clock, sup, 3)
+    assert child.signals[:1] == ["KILL"]
+
+
+def test_slow_polls_alone_are_not_a_stall():
+    # The heartbeat runs whatever the workers do; polls that come seldom
+    # (a caller waiting on a slow round) must not look like our own stall.
+    clock, sup, child = supervisor_with_a_silent_worker()
+    for _ in range(int(OWN_STALL * 3)):
+        clock.advance(1.0)  # heartbeats only
+    sup.poll()
+    assert not any("stalled" in e for e in sup.events)
