@@ -43,6 +43,7 @@ class FakeHub:
         self.silent = False
         self.connected = True
         self.calls: list[tuple] = []
+        self.phases: list[str] = []
 
     def tick(self) -> None:
         self.open = min(self.target, self.open + self.rate)
@@ -65,6 +66,9 @@ class FakeHub:
                 return defer.Deferred()  # never answers: the caller's timeout fires
             self.tick()
             return defer.succeed(self.stats())
+        if method == "set_phase":
+            self.phases.append(args[0])
+            return defer.succeed(args[0])
         if method == "connections_start":
             self.target = min(self.capacity, self.target + args[0])
             return defer.succeed(self.target)
@@ -108,7 +112,8 @@ def test_a_target_reached_step_by_step_is_held():
     assert p.held == 3000 and p.peak_open == 3000
     assert [c[1] for c in hub.calls if c[0] == "connections_start"] == [1000, 1000, 1000]
     assert [ph["phase"] for ph in p.phases] == [
-        "starting", "ramp 1/3", "hold 1/3", "ramp 2/3", "hold 2/3", "ramp 3/3", "final hold"]
+        "setup", "ramp:1", "hold:1", "ramp:2", "hold:2", "ramp:3", "final_hold"]
+    assert hub.phases == [ph["phase"] for ph in p.phases]  # the hub stamps its timeline with them
     assert all(ph["end"] is not None and ph["end"] >= ph["start"] for ph in p.phases)
     steps = [s.as_dict() for s in p.step_log]
     assert [s["target"] for s in steps] == [1000, 2000, 3000]
@@ -162,7 +167,7 @@ def test_client_failures_stop_the_run_but_server_ones_only_when_asked():
 
 def test_a_failure_during_the_final_hold_means_nothing_was_held():
     clock, hub, sc, d = start(max_failures=10)
-    while sc.progress.phase != "final hold":
+    while sc.progress.phase != "final_hold":
         clock.advance(0.1)
     hub.client_failures = {"steady:no_answer_from_server": 1}
     drive(clock, d)
@@ -178,7 +183,7 @@ def test_the_time_limit_holds():
 
 def test_a_hub_silent_for_a_while_is_waited_for_and_noted():
     clock, hub, sc, d = start(final_hold=30.0)
-    while sc.progress.phase != "final hold":
+    while sc.progress.phase != "final_hold":
         clock.advance(0.1)
     hub.silent = True
     for _ in range(400):  # 40 s: a SIGSTOPped hub
@@ -193,7 +198,7 @@ def test_a_hub_silent_for_a_while_is_waited_for_and_noted():
 
 def test_a_final_hold_ending_in_silence_is_judged_on_fresh_numbers():
     clock, hub, sc, d = start(final_hold=3.0)
-    while sc.progress.phase != "final hold":
+    while sc.progress.phase != "final_hold":
         clock.advance(0.1)
     hub.silent = True
     for _ in range(200):
@@ -207,7 +212,7 @@ def test_a_final_hold_ending_in_silence_is_judged_on_fresh_numbers():
 
 def test_a_hub_silent_too_long_ends_the_run():
     clock, hub, sc, d = start(final_hold=300.0, time_limit=1000.0)
-    while sc.progress.phase != "final hold":
+    while sc.progress.phase != "final_hold":
         clock.advance(0.1)
     hub.silent = True
     drive(clock, d, HUB_SILENT_LIMIT + 2 * CALL_TIMEOUT + 5)
@@ -255,7 +260,7 @@ def test_summary_and_verdict_line():
     s = summary.build(sc.progress, sc.settings, True, "", 12.3, "/tmp/r")
     assert s["verdict"] == "held" and s["held"] == 3000 and s["target"] == 3000
     assert s["rtt_ms"] == {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}
-    assert [p["phase"] for p in s["phases"]][-1] == "final hold"
+    assert [p["phase"] for p in s["phases"]][-1] == "final_hold"
     assert len(s["steps"]) == 3
     json.dumps(s)  # plain data
     assert summary.verdict_line(s) == ("HELD: held=3000 target=3000 peak_open=3000 failures=0 "

@@ -30,6 +30,7 @@ from connscale.app.rundir import RunDirectory, RunDirError
 from connscale.app.scenario import Progress, RunError, Scenario
 from connscale.app.startup import EXIT_USAGE, load_or_exit
 from connscale.config.settings import Config, endpoint_address
+from connscale.metrics import phases
 
 AGENT_NAME = "local"
 HUB_LOGIN_TIMEOUT = 30.0
@@ -143,7 +144,7 @@ class Experiment:
 
     # -- output ------------------------------------------------------------------------
     def show(self, p: Progress, final: bool = False) -> None:
-        if p.phase != self._phase_shown and p.phase == "final hold":
+        if p.phase != self._phase_shown and p.phase == phases.FINAL_HOLD:
             if self.tty:
                 self.out("")  # end the live line
             self.out(f"holding {p.open} connections for {self.cfg.scenario.final_hold:g}s")
@@ -177,6 +178,7 @@ class Experiment:
         if self.tty:
             self.out("")
         if self.perspective is not None and self.hub is not None and self.hub.running:
+            self.scenario.enter(phases.STOP)
             try:
                 yield self.scenario.refresh()
             except Exception:
@@ -193,7 +195,7 @@ class Experiment:
             result["summary_path"] = None
         if self.factory is not None:
             self.factory.disconnect()
-        yield children.stop_all(self.reactor, self.children)
+        yield children.stop_all(self.children)
         return result
 
 

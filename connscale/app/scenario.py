@@ -16,6 +16,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
 from connscale.config.settings import ScenarioSettings
+from connscale.metrics import phases
 
 #: How long one answer from the hub may take before that second counts as silent.
 CALL_TIMEOUT = 5.0
@@ -79,7 +80,7 @@ class Progress:
     #: failures that count toward scenario.max_failures
     counted_failures: int = 0
     stats: dict[str, Any] = attrs.Factory(dict)
-    phase: str = "starting"
+    phase: str = ""
     phases: list[dict[str, Any]] = attrs.Factory(list)
     step_log: list[StepRecord] = attrs.Factory(list)
     #: open at the end of the final hold, if no counted failure happened during it
@@ -120,14 +121,17 @@ class Scenario:
 
     # -- phases ------------------------------------------------------------------
     def enter(self, phase: str) -> None:
-        """Mark the start of a phase (`ramp 2/5`, `hold 2/5`, `final hold`): reports
-        split RTT by phase, because a ramp's connect bursts are not the hold's latency."""
+        """Mark the start of a phase (`ramp:2`, `hold:2`, `final_hold`; see
+        metrics.phases): the hub stamps its timeline seconds with it, so RTT is
+        reported per phase, because a ramp's connect bursts are not the hold's latency."""
         now = self.clock.seconds()
         p = self.progress
         if p.phases and p.phases[-1]["end"] is None:
             p.phases[-1]["end"] = round(now, 3)
         p.phase = phase
         p.phases.append({"phase": phase, "start": round(now, 3), "end": None})
+        # Best effort: a hub that misses it still has the run's own record of phases.
+        self.hub.call("set_phase", phase).addErrback(lambda _: None)
 
     def close_phases(self) -> None:
         p = self.progress
@@ -210,7 +214,7 @@ class Scenario:
     @defer.inlineCallbacks
     def execute(self):  # type: ignore[no-untyped-def]
         sc, p = self.settings, self.progress
-        self.enter("starting")
+        self.enter(phases.SETUP)
         if not (yield self.watch(AGENT_REGISTER_TIMEOUT, until=self.agent_connected)):
             raise RunError(f"the local agent did not register within {AGENT_REGISTER_TIMEOUT:g} s")
         p.steps = sc.steps
@@ -219,7 +223,7 @@ class Scenario:
         for step in range(1, sc.steps + 1):
             p.step = step
             new_target = math.ceil(sc.target * step / sc.steps)
-            self.enter(f"ramp {step}/{sc.steps}")
+            self.enter(phases.ramp(step))
             record = StepRecord(step, new_target, self.clock.seconds(), sc.rate, opened_from=p.open)
             p.step_log.append(record)
             placed = yield self.hub.call("connections_start", new_target - target, self.agent)
@@ -238,7 +242,7 @@ class Scenario:
                 )
             record.reached = self.clock.seconds()
             final = step == sc.steps
-            self.enter("final hold" if final else f"hold {step}/{sc.steps}")
+            self.enter(phases.FINAL_HOLD if final else phases.hold(step))
             before = p.counted_failures
             yield self.watch(sc.final_hold if final else sc.hold)
             if final:
