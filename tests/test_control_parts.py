@@ -282,6 +282,19 @@ def test_collect_marks_a_silent_agent_lost_within_seconds(registry: Registry, cl
     assert collector.stats()["clients"]["a"]["lost_reason"] == agent.lost_reason
 
 
+def test_collect_does_not_blame_agents_for_its_own_stall(registry: Registry, clock: Clock,
+                                                         events: EventLog) -> None:
+    agent, _ = registry.register("a", Mind(report=lambda: report(1)), info())
+    collector = Collector(clock, registry, events, lost_after=5.0)
+    for _ in range(3):
+        result(collector.poll())
+        clock.advance(1.0)
+    clock.advance(40.0)  # the hub itself was stopped (SIGSTOP) for 40 s
+    result(collector.poll())
+    assert agent.connected and agent.lost_reason == ""
+    assert any("the controller was stalled for 40s" in e for e in events.take())
+
+
 def test_collect_keeps_an_agent_that_answers(registry: Registry, clock: Clock, events: EventLog) -> None:
     agent, _ = registry.register("a", Mind(report=lambda: report(1)), info())
     collector = Collector(clock, registry, events, lost_after=5.0)

@@ -3,7 +3,8 @@
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from connscale.procs.supervisor import OWN_STALL, Slot, Supervisor
+from connscale.metrics.stall import OWN_STALL
+from connscale.procs.supervisor import Slot, Supervisor
 
 
 class SilentChild:

@@ -22,6 +22,7 @@ from connscale.host.kernel import kernel_snapshot
 from connscale.metrics.histograms import RttAccumulator, encode_histogram, rtt_summary_ms
 from connscale.metrics.phases import window_phase
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
+from connscale.metrics.stall import StallWatch
 from connscale.metrics.timeline import Timeline
 from connscale.procs.supervisor import Supervisor
 
@@ -66,6 +67,15 @@ class Collector:
         self._window_phases: list[str] = [""]
         #: Called with every timeline record as it is written (e.g. /metrics).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        # Agents are judged by their silence; never by ours (a stopped hub).
+        self.stall = StallWatch(clock, self._stalled)
+
+    def _stalled(self, seconds: float) -> None:
+        self.events.note(f"the controller was stalled for {seconds:.0f}s; "
+                         "agent silence during the stall is not held against them")
+        now = self.clock.seconds()
+        for agent in self.registry.live():
+            agent.answered_at = max(agent.answered_at, now)
 
     def set_phase(self, phase: str) -> str:
         self.phase = phase
@@ -88,6 +98,7 @@ class Collector:
                 self.events.note(f"agent {agent.name}: {event}")
 
         def failed(_: Any) -> None:
+            self.stall.check()
             silent = self.clock.seconds() - agent.answered_at
             if agent.connected and silent >= self.lost_after:
                 self.registry.lost(agent, f"no answer for {silent:.0f} s (hung, or its network is down)")
@@ -96,6 +107,8 @@ class Collector:
 
     def check_silent(self) -> None:
         """Agents whose last answer is older than `lost_after` are lost, even while a call is pending."""
+        self.stall.start()
+        self.stall.check()
         now = self.clock.seconds()
         for agent in self.registry.live():
             if now - agent.answered_at >= self.lost_after + POLL_INTERVAL:

@@ -12,20 +12,17 @@ from typing import Any, Callable, Sequence
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
+from connscale.metrics.stall import StallWatch
 from connscale.net.routes import Route
 from connscale.procs.childproc import PBChild, spawn_python
 from connscale.procs.records import WorkerHello, WorkerOrder, WorkerRow, WorkerSpec
 
 log = Logger(namespace="connscale.supervisor")
 
-#: A gap this long between two of our own polls (normally a second apart)
-#: means we were stalled ourselves.
-OWN_STALL = 5.0
 
 
 @attrs.define
@@ -68,15 +65,13 @@ class Supervisor:
         self.stopping = False
         self.rtt_listeners: list[Callable[[str], None]] = [on_rtt] if on_rtt else []
         self.events: list[str] = []
-        self._last_beat: float | None = None
-        self._heartbeat = LoopingCall(self._beat)
-        self._heartbeat.clock = reactor
+        self.stall = StallWatch(reactor, self._stalled)
 
     # -- lifecycle -----------------------------------------------------------
     def ensure(self, count: int) -> defer.Deferred[list[int]]:
         """Run at least `count` workers; fires with every worker's fd budget."""
-        if not self._heartbeat.running and not self.stopping:
-            self._heartbeat.start(1.0)
+        if not self.stopping:
+            self.stall.start()
         starting = []
         while len(self.slots) < count:
             slot = Slot(len(self.slots))
@@ -145,8 +140,7 @@ class Supervisor:
     def stop(self, grace: float = 5.0) -> defer.Deferred[None]:
         """Drain connections, then end every worker (by the pid we started)."""
         self.stopping = True
-        if self._heartbeat.running:
-            self._heartbeat.stop()
+        self.stall.stop()
         live = [s for s in self.slots if s.child is not None and s.child.running]
         if not live:
             return defer.succeed(None)
@@ -196,26 +190,22 @@ class Supervisor:
         return defer.gatherResults(calls, consumeErrors=True)
 
     # -- our own stalls ------------------------------------------------------------
-    def _beat(self) -> None:
-        """Runs every second whatever the workers do; a long gap between two
-        beats means *we* were not running (SIGSTOP, swapped out, a debugger):
-        the workers' silence during that gap is ours, not theirs."""
+    def _stalled(self, seconds: float) -> None:
+        """We did not run for `seconds`: the workers' silence meanwhile is ours, not theirs."""
+        message = (f"{self.name} {self.role} supervisor was stalled for {seconds:.0f}s; "
+                   "worker silence during the stall is not held against them")
+        self.events.append(message)
+        log.warn("{message}", message=message)
         now = self.reactor.seconds()
-        if self._last_beat is not None and now - self._last_beat > OWN_STALL:
-            message = (f"{self.name} {self.role} supervisor was stalled for {now - self._last_beat:.0f}s; "
-                       "worker silence during the stall is not held against them")
-            self.events.append(message)
-            log.warn("{message}", message=message)
-            for slot in self.slots:
-                slot.answered_at = max(slot.answered_at, now)
-        self._last_beat = now
+        for slot in self.slots:
+            slot.answered_at = max(slot.answered_at, now)
 
     # -- statistics ----------------------------------------------------------------
     def poll(self) -> defer.Deferred[None]:
         """Ask every live worker for its snapshot; kill the ones that stopped answering."""
         calls = []
         now = self.reactor.seconds()
-        self._beat()
+        self.stall.check()
         for slot in self.slots:
             if not (slot.alive and slot.child is not None):
                 continue
