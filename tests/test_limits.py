@@ -262,23 +262,28 @@ def test_read_sockstat(tmp_path):
 def test_kernel_snapshot(tmp_path):
     (tmp_path / "netstat").write_text(NETSTAT)
     (tmp_path / "sockstat").write_text(SOCKSTAT)
-    snap = kernel_snapshot(str(tmp_path / "netstat"), str(tmp_path / "sockstat"))
+    (tmp_path / "meminfo").write_text("MemTotal: 1000 kB\nMemAvailable:     512 kB\n")
+    snap = kernel_snapshot(str(tmp_path / "netstat"), str(tmp_path / "sockstat"), str(tmp_path / "meminfo"))
     assert snap == {
         "tcp_inuse": 201,
         "tcp_tw": 17,
         "tcp_orphan": 4,
         "tcp_mem_pages": 12,
+        "tcp_alloc": 230,
+        "sockets_used": 311,
         "listen_overflows": 17,
         "listen_drops": 19,
         "abort_on_overflow": 2,
+        "syncookies_sent": 3,
+        "mem_available_bytes": 512 * 1024,
     }
 
 
 def test_kernel_snapshot_missing_files(tmp_path):
-    assert kernel_snapshot(str(tmp_path / "a"), str(tmp_path / "b")) == {}
+    assert kernel_snapshot(str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")) == {}
     (tmp_path / "sockstat").write_text(SOCKSTAT)
-    snap = kernel_snapshot(str(tmp_path / "a"), str(tmp_path / "sockstat"))
-    assert set(snap) == {"tcp_inuse", "tcp_tw", "tcp_orphan", "tcp_mem_pages"}
+    snap = kernel_snapshot(str(tmp_path / "a"), str(tmp_path / "sockstat"), str(tmp_path / "c"))
+    assert set(snap) == {"tcp_inuse", "tcp_tw", "tcp_orphan", "tcp_mem_pages", "tcp_alloc", "sockets_used"}
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/sockstat"), reason="needs Linux /proc")

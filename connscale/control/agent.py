@@ -25,6 +25,7 @@ from connscale.control import dial, plan, verbs
 from connscale.control.errors import ControlError
 from connscale.control.records import AgentInfo, AgentReport
 from connscale.control.secret import SecretError, client_secret
+from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
 from connscale.host.resources import cpu_count
 from connscale.host.sysctl import ephemeral_count
@@ -115,6 +116,11 @@ class Agent(MultiService):
             source_ips=tuple(c.source_ips),
             master_host=c.master[0] if c.master else None,
             ephemeral=ephemeral_count(),
+            # Every limit of this host, so the hub's check and incidents cover it.
+            limits=read_host_limits().to_dict(),
+            rate=float(getattr(self.supervisor.spec, "rate", c.rate)),
+            interval=c.interval,
+            timeout=c.timeout,
             configured_workers=c.workers,
             workers=len(self.supervisor.slots),
             worker_targets=tuple(s.target for s in self.supervisor.slots),

@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from connscale.config.records import RecordError
+from connscale.control.diagnosis import Diagnosis
 from connscale.control.records import AgentReport
 from connscale.control.registry import AgentHandle, Registry
 from connscale.host.kernel import kernel_snapshot
@@ -50,8 +51,10 @@ class EventLog:
 
 class Collector:
     def __init__(self, clock: Any, registry: Registry, events: EventLog, servers: Supervisor | None = None,
-                 timeline: Timeline | None = None, lost_after: float = LOST_AFTER) -> None:
+                 timeline: Timeline | None = None, lost_after: float = LOST_AFTER,
+                 diagnosis: Diagnosis | None = None) -> None:
         self.clock = clock
+        self.diagnosis = diagnosis
         self.registry = registry
         self.events = events
         self.servers = servers
@@ -154,6 +157,13 @@ class Collector:
         # tail of a connect burst or a drain.
         record["phase"] = window_phase(self._window_phases)
         self._window_phases = [self.phase]
+        if self.diagnosis is not None:
+            try:
+                self.diagnosis.observe(record)
+            except Exception:
+                # Naming walls must never cost the run its record of them.
+                record["incidents"] = []
+                log.failure("the incident detector failed")
         if self.timeline is not None:
             self.timeline.write(record)
         for listener in self.listeners:
@@ -197,6 +207,8 @@ class Collector:
                     "lost_reason": a.lost_reason,
                     "failures": dict(a.last.totals.failures) if a.last is not None else {},
                     "workers": [w.to_wire() for w in a.last.workers] if a.last is not None else [],
+                    # Connects per second it was asked for (its --rate, or set_rate).
+                    "rate": a.rate,
                 }
                 for a in agents
             },
@@ -214,6 +226,11 @@ class Collector:
         }
         if rtt is not None:
             out["rtt_window_ms"] = rtt_summary_ms(rtt)
+        if self.diagnosis is not None:
+            try:
+                self.diagnosis.annotate(out)
+            except Exception:
+                log.failure("the load summary failed")
         return out
 
     def clients(self) -> list[dict[str, Any]]:

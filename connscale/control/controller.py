@@ -30,6 +30,7 @@ from zope.interface import implementer
 from connscale.config.records import RecordError
 from connscale.config.settings import Config
 from connscale.control.collect import LOST_AFTER, POLL_INTERVAL, Collector, EventLog
+from connscale.control.diagnosis import Diagnosis
 from connscale.control.errors import ControlError
 from connscale.control.login import SecretChecker
 from connscale.control.orders import Orders
@@ -96,7 +97,9 @@ class Controller:
         self.log = EventLog()
         self.registry = Registry(reactor, self.log.note)
         self.orders = Orders(reactor, cfg, self.registry, self.log.note)
-        self.collector = Collector(reactor, self.registry, self.log, servers, timeline, lost_after)
+        #: Names the walls the run meets (connscale.diagnose).
+        self.diagnosis = Diagnosis(cfg, self.registry, self.log.note)
+        self.collector = Collector(reactor, self.registry, self.log, servers, timeline, lost_after, self.diagnosis)
         self.checker = SecretChecker(secret)
         self._launcher = launcher
 

@@ -110,4 +110,6 @@ class Orders:
             agents = [self.registry.pick(client)] if client else self.registry.live()
         except Exception as e:
             return defer.fail(e)
+        for a in agents:
+            a.rate = float(rate)
         return defer.gatherResults([a.call(self.clock, "set_rate", rate) for a in agents]).addCallback(lambda _: None)

@@ -21,8 +21,10 @@ from connscale.config.records import (
     hostname,
     integer,
     ip_or_empty,
+    loose,
     mapping,
     nested,
+    number,
     optional,
     seq,
     text,
@@ -79,6 +81,13 @@ class AgentInfo(Record):
     worker_targets: tuple[int, ...] = field(seq(integer(0, MAX_WORKER_TARGET), MAX_AGENT_WORKERS), default=())
     #: The token of the session this agent had with this hub ("" for a first login).
     session: str = field(SESSION, default="")
+    #: Every limit of its host (`host.inventory.HostLimits.to_dict()`): the hub's
+    #: budget and incidents judge this agent's share against them.
+    limits: dict[str, Any] = field(loose(64, 2), factory=dict)
+    #: Connects per second its workers pace at; its ping interval and timeout.
+    rate: float = field(number(0, 10_000_000), default=0.0)
+    interval: float = field(number(0, 86400), default=0.0)
+    timeout: float = field(number(0, 86400), default=0.0)
 
 
 @attrs.frozen

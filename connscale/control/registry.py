@@ -45,6 +45,8 @@ class AgentHandle:
     lost_reason: str = ""
     #: Clock time of the last answer from the agent (registration counts).
     answered_at: float = 0.0
+    #: Connects per second its workers pace at (from its registration, then set_rate).
+    rate: float = 0.0
 
     @property
     def target(self) -> int:
@@ -94,6 +96,7 @@ class Registry:
         resumed = bool(info.session) and secrets.compare_digest(info.session, agent.session)
         agent.mind = mind
         agent.info = info
+        agent.rate = info.rate
         agent.connected = True
         agent.lost_reason = ""
         agent.answered_at = self.clock.seconds()

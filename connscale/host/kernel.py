@@ -59,9 +59,15 @@ _SNAPSHOT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType(
         "tcp_tw": ("sockstat", "tcp_tw"),
         "tcp_orphan": ("sockstat", "tcp_orphan"),
         "tcp_mem_pages": ("sockstat", "tcp_mem"),
+        "tcp_alloc": ("sockstat", "tcp_alloc"),
+        "sockets_used": ("sockstat", "sockets_used"),
         "listen_overflows": ("netstat", "ListenOverflows"),
         "listen_drops": ("netstat", "ListenDrops"),
         "abort_on_overflow": ("netstat", "TCPAbortOnOverflow"),
+        # SYNs sent again: a peer's SYN queue or accept queue dropping ours.
+        "syn_retrans": ("netstat", "TCPSynRetrans"),
+        "tcp_timeouts": ("netstat", "TCPTimeouts"),
+        "syncookies_sent": ("netstat", "SyncookiesSent"),
     }
 )
 
@@ -69,11 +75,13 @@ _SNAPSHOT_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType(
 def kernel_snapshot(
     netstat_path: str = "/proc/net/netstat",
     sockstat_path: str = "/proc/net/sockstat",
+    meminfo_path: str = "/proc/meminfo",
 ) -> dict[str, int]:
     """The kernel counters worth showing next to a connection count.
 
     Keys missing from the sources are left out rather than reported as 0, so
-    "not available here" is not mistaken for "nothing happened".
+    "not available here" is not mistaken for "nothing happened". Counters are
+    per network namespace: a hub in a namespace sees its own.
     """
     sources = {"netstat": read_netstat(netstat_path), "sockstat": read_sockstat(sockstat_path)}
     out: dict[str, int] = {}
@@ -81,4 +89,19 @@ def kernel_snapshot(
         value = sources[source].get(name)
         if value is not None:
             out[key] = value
+    available = _mem_available(meminfo_path)
+    if available is not None:
+        out["mem_available_bytes"] = available
     return out
+
+
+def _mem_available(path: str) -> int | None:
+    # MemAvailable only: a whole meminfo parse each second would be wasted.
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

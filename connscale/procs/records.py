@@ -131,3 +131,5 @@ class WorkerRow(Record):
     restarts: int = field(integer(0), default=0)
     resources: dict[str, Any] = field(loose(), factory=dict)
     load: dict[str, Any] = field(loose(), factory=dict)
+    #: Seconds since it last answered its supervisor (None when not alive).
+    silent_s: float | None = field(optional(number(0, 1e9)), default=None)

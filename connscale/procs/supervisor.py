@@ -39,6 +39,14 @@ class Slot:
     started_at: float = 0.0
     delay: float = 0.0
     answered_at: float = 0.0
+    asking: defer.Deferred[None] | None = None  # a snapshot call not answered yet
+
+
+#: How long a poll waits for a worker's answer. A worker that is stopped or
+#: saturated answers later (or never): the round goes on with its previous
+#: snapshot instead of freezing every count, the timeline and the diagnosis
+#: until the hung-worker kill.
+POLL_WAIT = 2.0
 
 
 class Supervisor:
@@ -218,9 +226,33 @@ class Supervisor:
                 log.warn("{message}", message=message)
                 slot.child.signal("KILL")  # the pid we started; _exited counts the loss
                 continue
-            call = slot.child.call("snapshot").addTimeout(self.hung_after, self.reactor)
-            calls.append(call.addCallback(self._got, slot).addErrback(lambda _: None))
+            if slot.asking is None:
+                # One question at a time: a late answer still lands in `last`.
+                call = slot.child.call("snapshot").addTimeout(self.hung_after, self.reactor)
+                call.addCallback(self._got, slot).addErrback(lambda _: None)
+                call.addBoth(self._answered, slot)
+                slot.asking = call
+            calls.append(self._within(slot.asking, POLL_WAIT))
         return defer.gatherResults(calls).addCallback(lambda _: None)
+
+    @staticmethod
+    def _answered(result: Any, slot: Slot) -> Any:
+        slot.asking = None
+        return result
+
+    def _within(self, d: defer.Deferred[Any], seconds: float) -> defer.Deferred[None]:
+        """Fires when `d` does or after `seconds`, whichever comes first; never cancels `d`."""
+        out: defer.Deferred[None] = defer.Deferred()
+
+        def fire(result: Any = None) -> Any:
+            if not out.called:
+                out.callback(None)
+            return result
+
+        timer = self.reactor.callLater(seconds, fire)
+        out.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        d.addBoth(fire)
+        return out
 
     def _got(self, data: dict[str, Any], slot: Slot) -> None:
         slot.answered_at = self.reactor.seconds()
@@ -234,6 +266,7 @@ class Supervisor:
         return sum_snapshots([*live, *self.retired])
 
     def workers(self) -> list[WorkerRow]:
+        now = self.reactor.seconds()
         out = []
         for s in self.slots:
             last = s.last or {}
@@ -248,6 +281,9 @@ class Supervisor:
                     restarts=s.restarts,
                     resources=dict(last.get("resources", {})),
                     load=dict(last.get("load", {})),
+                    # Seconds since it last answered a poll: a stopped or wedged
+                    # worker shows here long before the hung-worker kill.
+                    silent_s=round(now - s.answered_at, 1) if s.alive else None,
                 )
             )
         return out

@@ -24,6 +24,7 @@ from twisted.spread import pb
 from connscale.host.limits import connection_budget, raise_nofile
 from connscale.host.resources import process_resources
 from connscale.metrics.counters import Counters
+from connscale.metrics.load import LoadProbe
 from connscale.net.pool import ConnectionPool, PoolSettings
 from connscale.net.server import ListeningService, PingServerFactory, bind_sockets
 from connscale.procs.childproc import stop_reactor
@@ -37,6 +38,9 @@ class WorkerRoot(pb.Root):
         self.reactor = reactor
         self.budget = budget
         self.counters = Counters()
+        # Loop lag and CPU, so the hub can tell this worker's limit from the server's.
+        self.load = LoadProbe(reactor)
+        self.load.start()
 
     def remote_hello(self) -> dict[str, object]:
         return WorkerHello(os.getpid(), self.role, self.budget).to_wire()
@@ -47,6 +51,7 @@ class WorkerRoot(pb.Root):
     def remote_snapshot(self) -> dict[str, object]:
         data: dict[str, Any] = self.counters.snapshot().to_dict()
         data["resources"] = process_resources()
+        data["load"] = self.load.take()
         data.update(self.extra())
         return data
 

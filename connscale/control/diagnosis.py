@@ -1,0 +1,62 @@
+"""The hub's side of the diagnosis: every second's record judged for walls.
+
+Holds the incident detector (`connscale.diagnose.incidents`) and what it judges
+against (`Context`: this hub's config and host limits, each agent's
+registration). The collector calls `annotate` on every stats dict (the live
+view, `ctl stats` and the run see the current load and the incidents so far)
+and `observe` on every timeline record (which carries each incident once, on
+the second it opened).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from connscale.config.settings import Config
+from connscale.control.registry import Registry
+from connscale.diagnose.incidents import IncidentDetector, load_summary
+from connscale.diagnose.walls import AgentSetup, Context
+from connscale.host.inventory import HostLimits, read_host_limits
+
+
+class Diagnosis:
+    def __init__(self, cfg: Config, registry: Registry, note: Callable[[str], None],
+                 host: HostLimits | None = None) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.note = note
+        self.host = host if host is not None else read_host_limits()
+        self.detector = IncidentDetector()
+
+    def context(self) -> Context:
+        c, s, h = self.cfg.client, self.cfg.server, self.host
+        agents = {}
+        for a in self.registry.agents.values():
+            info = a.info
+            if info is None:
+                continue
+            port_range = (info.limits or {}).get("port_range")
+            agents[a.name] = AgentSetup(
+                source_ips=tuple(info.source_ips),
+                ephemeral=info.ephemeral or None,
+                port_range=(int(port_range[0]), int(port_range[1])) if port_range else None,
+                cores=float(info.cores),
+                host=info.host,
+            )
+        return Context(
+            interval=c.interval, timeout=c.timeout, backlog=s.backlog, server_ports=len(s.ports),
+            per_route_max=c.per_route_max, somaxconn=h.somaxconn, tcp_max_syn_backlog=h.tcp_max_syn_backlog,
+            abort_on_overflow=h.abort_on_overflow, hub_cores=h.effective_cores, hub_host=h.hostname, agents=agents,
+        )
+
+    def annotate(self, stats: dict[str, Any]) -> None:
+        """Is connscale itself the bottleneck right now, and which walls were met so far."""
+        stats["load"] = load_summary(stats)
+        stats["incidents"] = list(self.detector.incidents)
+
+    def observe(self, record: dict[str, Any]) -> None:
+        """Judge one second; the record keeps only the incidents it opened."""
+        record["incidents"] = self.detector.observe(record, self.context())
+        for incident in record["incidents"]:
+            self.note(f"incident: {incident['headline']} (at {incident['open']} open)")

@@ -1,0 +1,134 @@
+"""The explanation a run ends with: held N, or stopped at N because of a wall, with the fix.
+
+`explain` turns what a run knows at its end (outcome, the reason it stopped,
+its incidents, the preflight budget) into ``summary["explanation"]``:
+
+    {"headline": str, "wall": str, "side": str, "evidence": [str], "fix": [str],
+     "measuring_side_saturated": bool}
+
+Pure, so the report can re-derive it from a run directory alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from connscale.diagnose.walls import Finding, listen_in_use
+
+#: Walls whose failures name their cause by themselves; they explain a stop
+#: better than a saturation seen around the same time.
+DEFINITE = frozenset({"fd_process", "fd_system", "ephemeral_ports", "routes", "server_down", "worker_lost",
+                      "protocol", "memory", "conntrack", "listen_in_use"})
+
+#: Budget limit keys -> wall ids.
+BUDGET_WALLS: Mapping[str, str] = {
+    "routes": "routes", "ephemeral_ports": "ephemeral_ports", "fd_process": "fd_process",
+    "fd_system": "fd_system", "memory": "memory", "cpu": "cpu", "conntrack": "conntrack",
+    "time_limit": "time_limit",
+}
+
+
+def primary_incident(incidents: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The incident that explains the run: the earliest definite one, else the earliest."""
+    ordered = sorted(incidents, key=lambda i: float(i.get("elapsed_s", 0.0)))
+    for incident in ordered:
+        if incident.get("wall") in DEFINITE:
+            return incident
+    return ordered[0] if ordered else None
+
+
+def _from_reason(reason: str, target: int) -> Finding | None:
+    """Stops that no incident covers, recognised from the run's one-line reason."""
+    hub = listen_in_use(reason)
+    if hub is not None:
+        return hub
+    m = re.search(r"routes hold at most (\d+)", reason)
+    if m:
+        return Finding("routes", "client", f"the routes hold at most {int(m.group(1)):,} connections",
+                       (reason,), ("more source IPs (client.source_ips) or server ports (server.ports)",))
+    if "time_limit" in reason:
+        return Finding("time_limit", "run", "the run's time limit ran out before the target was held",
+                       (reason,), ("a longer scenario.time_limit, or a faster scenario.rate if the hosts keep up",))
+    return None
+
+
+def _rtt_line(rtt: Mapping[str, Any] | None) -> str:
+    if not rtt or rtt.get("p99") is None:
+        return ""
+    return f" (RTT p50 {rtt.get('p50'):.2f} ms, p99 {rtt.get('p99'):.2f} ms)"
+
+
+def explain(
+    outcome: str,
+    target: int,
+    held: int = 0,
+    peak_open: int = 0,
+    reason: str = "",
+    incidents: Sequence[Mapping[str, Any]] = (),
+    preflight: Mapping[str, Any] | None = None,
+    rtt: Mapping[str, Any] | None = None,
+    saturated: bool = False,
+) -> dict[str, Any]:
+    """The run's explanation (see the module doc)."""
+    measuring = [i for i in incidents if i.get("wall") == "measuring_side"]
+    saturated = saturated or bool(measuring)
+    out: dict[str, Any]
+
+    if preflight is not None and reason.startswith("preflight") and preflight.get("binding"):
+        b = next((lim for lim in preflight.get("limits", ()) if lim.get("binding")), None) or {}
+        out = {
+            "headline": f"refused before starting: this host reaches {preflight.get('reachable', 0):,} of "
+                        f"{target:,} connections; {b.get('key')} binds first",
+            "wall": BUDGET_WALLS.get(str(b.get("key")), "unknown"),
+            "side": b.get("side", "host"),
+            "evidence": [str(b.get("detail", ""))],
+            "fix": [lim["fix"] for lim in preflight.get("limits", ())
+                    if lim.get("capacity") is not None and lim["capacity"] < target and lim.get("fix")],
+        }
+    elif outcome == "held":
+        out = {
+            "headline": f"held {held:,} of {target:,} connections through the final hold{_rtt_line(rtt)}",
+            "wall": "none", "side": "", "evidence": [], "fix": [],
+        }
+        if incidents:
+            first = primary_incident(incidents) or incidents[0]
+            out["evidence"] = [f"incident at {first.get('elapsed_s', 0):.0f} s ({first.get('open', 0):,} open): "
+                               f"{first.get('headline')}"]
+    else:
+        incident = primary_incident(incidents)
+        finding = None if incident is not None else _from_reason(reason, target)
+        at = f"stopped at {peak_open:,} of {target:,} connections"
+        if incident is not None:
+            evidence = [f"at {incident.get('elapsed_s', 0):.0f} s, {incident.get('open', 0):,} open, "
+                        f"connecting at {incident.get('connect_rate', 0):,.0f}/s of "
+                        f"{incident.get('asked_rate', 0):,.0f}/s asked", *incident.get("evidence", ())]
+            out = {"headline": f"{at}: {incident.get('headline')}", "wall": incident.get("wall", "unknown"),
+                   "side": incident.get("side", ""), "evidence": evidence, "fix": list(incident.get("fix", ()))}
+        elif finding is not None:
+            out = {"headline": f"{at}: {finding.headline}", **{k: v for k, v in finding.to_dict().items()
+                                                                 if k != "headline"}}
+        else:
+            out = {"headline": f"{at}: {reason or 'no cause recorded'}", "wall": "unknown", "side": "",
+                   "evidence": [reason] if reason else [], "fix": []}
+        if reason and reason not in out["evidence"]:
+            out["evidence"].append(f"the run stopped because: {reason}")
+
+    if saturated:
+        note = ("connscale's own client workers were saturated: RTT and ramp rate reflect connscale, "
+                "so this is not the server's limit")
+        if out["wall"] != "measuring_side":
+            out["headline"] += f"; but {note}"
+            if measuring:
+                out["evidence"] += list(measuring[0].get("evidence", ()))[:3]
+                out["fix"] += [f for f in measuring[0].get("fix", ()) if f not in out["fix"]]
+    out["measuring_side_saturated"] = saturated
+    return out
+
+
+def verdict_line(explanation: Mapping[str, Any]) -> str:
+    """The one line a run prints under its HELD/FAILED line."""
+    line = str(explanation.get("headline", ""))
+    fixes = explanation.get("fix") or []
+    return line + (f". Fix: {fixes[0]}" if fixes else "")

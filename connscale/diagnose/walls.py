@@ -1,0 +1,495 @@
+"""The walls a connection count meets, and how to tell which one it is.
+
+`name_wall` takes a failure cause (or a ramp that fell behind) together with
+what was seen around it (`Window`: counts, rates, kernel counter deltas, every
+worker's CPU and loop lag) and the setup (`Context`), and returns a `Finding`:
+which wall, on which side, a one-line headline, the evidence in words with the
+numbers, and the fix. Pure; the incident detector and the run's verdict use it.
+
+The walls are the original tool's findings (fds, ephemeral ports, the accept
+queue's half-open ghosts, EADDRINUSE on listen, timeouts from a starved
+server) and the one it never saw: connscale's own workers saturated, which
+makes the RTT and the ramp rate connscale's rather than the server's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+#: Every wall id, with a title. Bounded, so reports may key on them.
+WALLS: Mapping[str, str] = {
+    "none": "no wall: the target was held",
+    "fd_process": "file descriptors per process (EMFILE)",
+    "fd_system": "file descriptors of the whole system (ENFILE)",
+    "ephemeral_ports": "ephemeral ports of a (source IP, server IP:port) tuple",
+    "routes": "every route at its quota",
+    "accept_queue": "the server's accept queue overflowing (half-open ghosts)",
+    "listen_in_use": "the server port already in use (EADDRINUSE on listen)",
+    "server_starved": "the server answering too late (starved of CPU, or stopped)",
+    "server_down": "the server refusing or closing connections",
+    "measuring_side": "connscale's own client workers saturated",
+    "memory": "memory",
+    "conntrack": "the connection-tracking table",
+    "cpu": "CPU",
+    "worker_lost": "a worker process died",
+    "protocol": "a protocol mismatch",
+    "time_limit": "the run's time limit",
+    "unknown": "not recognised",
+}
+
+# -- when is a worker saturated ---------------------------------------------------------------
+#: A worker busy this share of a core is saturated (one process uses one core).
+CPU_SATURATED = 0.9
+#: Mean loop lag over a second at which every read is noticeably late.
+LAG_MEAN_SATURATED_MS = 50.0
+#: A single stall this long in a second delays every pong waiting behind it.
+LAG_MAX_SATURATED_MS = 500.0
+#: A worker that has not answered its parent for this long is stopped or wedged.
+SILENT_S = 2.0
+
+
+@attrs.frozen
+class WorkerLoad:
+    side: str          # client | server
+    agent: str         # the agent's name; "hub" for server workers
+    index: int
+    pid: int | None
+    alive: bool = True
+    open: int = 0
+    target: int = 0
+    budget: int = 0
+    cpu: float | None = None
+    lag_ms_max: float | None = None
+    lag_ms_mean: float | None = None
+    nofile: int | None = None
+    silent_s: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.agent}-{self.side}-worker-{self.index + 1}"
+
+    @property
+    def saturated(self) -> bool:
+        return self.alive and (
+            (self.cpu or 0.0) >= CPU_SATURATED
+            or (self.lag_ms_mean or 0.0) >= LAG_MEAN_SATURATED_MS
+            or (self.lag_ms_max or 0.0) >= LAG_MAX_SATURATED_MS
+        )
+
+    @property
+    def silent(self) -> bool:
+        return self.alive and (self.silent_s or 0.0) >= SILENT_S
+
+    def describe(self) -> str:
+        bits = [f"{self.name} (pid {self.pid})"]
+        if self.silent:
+            # Its load figures are from before it went quiet: leave them out.
+            return f"{bits[0]}, has not answered for {self.silent_s:g} s, {self.open:,} open at its last report"
+        if self.cpu is not None:
+            bits.append(f"cpu {self.cpu * 100:.0f} %")
+        if self.lag_ms_mean is not None:
+            bits.append(f"loop lag mean {self.lag_ms_mean:g} ms, max {self.lag_ms_max:g} ms")
+        bits.append(f"{self.open:,} open")
+        return ", ".join(bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_row(cls, side: str, agent: str, row: Mapping[str, Any]) -> "WorkerLoad":
+        load = row.get("load") or {}
+        return cls(
+            side=side, agent=agent, index=int(row.get("index", 0)), pid=row.get("pid"),
+            alive=bool(row.get("alive", True)), open=int(row.get("open", 0)), target=int(row.get("target", 0)),
+            budget=int(row.get("budget", 0)), cpu=load.get("cpu"), lag_ms_max=load.get("lag_ms_max"),
+            lag_ms_mean=load.get("lag_ms_mean"), nofile=load.get("nofile"), silent_s=row.get("silent_s"),
+        )
+
+
+def workers_of(record: Mapping[str, Any]) -> list[WorkerLoad]:
+    """Every worker of a controller stats record, both sides."""
+    out = [WorkerLoad.from_row("server", "hub", row) for row in record.get("server_workers") or ()]
+    for name, agent in (record.get("clients") or {}).items():
+        if agent.get("connected", True):
+            out += [WorkerLoad.from_row("client", name, row) for row in agent.get("workers") or ()]
+    return out
+
+
+@attrs.frozen
+class AgentSetup:
+    """What the controller knows of one agent (from its registration)."""
+
+    source_ips: tuple[str, ...] = ()
+    ephemeral: int | None = None          # ports per tuple it planned with
+    port_range: tuple[int, int] | None = None
+    cores: float | None = None
+    host: str = ""
+
+
+@attrs.frozen
+class Context:
+    """The setup the walls are judged against."""
+
+    interval: float = 5.0
+    timeout: float = 1.0
+    backlog: int = 4096
+    server_ports: int = 1
+    per_route_max: int = 14_000
+    somaxconn: int | None = None
+    tcp_max_syn_backlog: int | None = None
+    abort_on_overflow: int | None = None
+    hub_cores: float | None = None
+    hub_host: str = ""
+    agents: Mapping[str, AgentSetup] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class Window:
+    """What was seen over the last few seconds, as the walls need it."""
+
+    elapsed_s: float = 0.0
+    open: int = 0
+    server_open: int = 0
+    target: int = 0
+    connecting: int = 0
+    connect_rate: float = 0.0
+    asked_rate: float = 0.0
+    failures: Mapping[str, int] = attrs.Factory(dict)   # "phase:cause" and "server:phase:cause" -> n in the window
+    kernel: Mapping[str, int] = attrs.Factory(dict)     # levels now
+    kernel_delta: Mapping[str, int] = attrs.Factory(dict)
+    ghosts: int = 0
+    ghosts_max: int = 0                                 # the most seen in the window
+    workers: Sequence[WorkerLoad] = ()
+    host_busy: float | None = None                      # the hub host's CPU share, when known
+
+    def side(self, side: str) -> list[WorkerLoad]:
+        return [w for w in self.workers if w.side == side]
+
+    def saturated(self, side: str) -> list[WorkerLoad]:
+        return [w for w in self.side(side) if w.saturated]
+
+    def silent(self, side: str) -> list[WorkerLoad]:
+        return [w for w in self.side(side) if w.silent]
+
+    def top_failures(self, n: int = 3) -> str:
+        items = sorted(self.failures.items(), key=lambda kv: -kv[1])[:n]
+        return ", ".join(f"{k}={v:,}" for k, v in items)
+
+
+@attrs.frozen
+class Finding:
+    wall: str
+    side: str
+    headline: str
+    evidence: tuple[str, ...] = ()
+    fix: tuple[str, ...] = ()
+    #: False when the evidence is thin (no side looks busy or stopped yet): the
+    #: detector waits a second or two for better evidence before it settles.
+    confident: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"wall": self.wall, "side": self.side, "headline": self.headline,
+                "evidence": list(self.evidence), "fix": list(self.fix)}
+
+
+# -- naming ---------------------------------------------------------------------------------
+
+
+def _cause(key: str) -> tuple[str, str, str]:
+    """("client"|"server", phase, cause) of a failure key."""
+    side = "client"
+    if key.startswith("server:"):
+        side, key = "server", key[len("server:"):]
+    phase, _, cause = key.partition(":")
+    return side, phase, cause
+
+
+def _count(w: Window, key: str) -> str:
+    return f"{w.failures.get(key, 0):,} {key} in the last seconds at {w.open:,} open"
+
+
+def _kernel_line(w: Window) -> str | None:
+    names = [("listen_overflows", "ListenOverflows"), ("listen_drops", "ListenDrops"),
+             ("abort_on_overflow", "TCPAbortOnOverflow"), ("syn_retrans", "SYN retransmits")]
+    bits = [f"{label} +{w.kernel_delta[k]:,}" for k, label in names if w.kernel_delta.get(k)]
+    return "kernel: " + ", ".join(bits) if bits else None
+
+
+def _busiest(workers: Sequence[WorkerLoad], n: int = 3) -> list[str]:
+    ranked = sorted(workers, key=lambda x: (-(x.silent_s or 0) if x.silent else 0, -(x.lag_ms_mean or 0),
+                                            -(x.cpu or 0)))
+    return [x.describe() for x in ranked[:n]]
+
+
+def measuring_side(w: Window, ctx: Context, why: str = "") -> Finding:
+    """The client workers are the bottleneck: what is measured is connscale's own delay."""
+    sat = w.saturated("client") or w.silent("client")
+    clients = w.side("client")
+    cpu_total = sum(x.cpu or 0.0 for x in clients)
+    evidence = [f"{len(sat)} of {len(clients)} client workers saturated (cpu >= {CPU_SATURATED * 100:.0f} % "
+                f"of a core or loop lag mean >= {LAG_MEAN_SATURATED_MS:g} ms)"]
+    evidence += _busiest(sat or clients)
+    evidence.append(f"client workers together use {cpu_total:.2f} cores")
+    # Late but hardly running: something else has the CPU (a cgroup quota, other
+    # processes on these cores, the server on the same host).
+    starved = [x for x in sat if (x.cpu or 0.0) < 0.5 and (x.lag_ms_mean or 0.0) >= LAG_MEAN_SATURATED_MS]
+    if starved:
+        x = starved[0]
+        evidence.append(f"{x.name}'s loop runs {x.lag_ms_mean:g} ms late while it uses only {(x.cpu or 0) * 100:.0f} % "
+                        "of a core: it is starved of CPU (a cgroup CPU quota, or other processes on its cores), "
+                        "not busy by itself")
+    server_sat = w.saturated("server")
+    if server_sat:
+        evidence.append(f"{len(server_sat)} server workers are saturated too: they share this host's cores")
+    if w.asked_rate and w.connect_rate < w.asked_rate * 0.5 and w.target > w.open:
+        evidence.append(f"the ramp connects {w.connect_rate:,.0f}/s of the {w.asked_rate:,.0f}/s asked")
+    if why:
+        evidence.insert(0, why)
+    fixes = []
+    if starved:
+        fixes.append("give the client workers their CPU back: lift the agent's cgroup CPU quota (cpu.max, "
+                     "cpu.cfs_quota_us) or move other work off its cores")
+    agents = {x.agent for x in clients}
+    cores = [ctx.agents[a].cores for a in agents if a in ctx.agents and ctx.agents[a].cores]
+    host_cores = sum(cores) if cores else None
+    if not starved and host_cores is not None and cpu_total < host_cores * 0.7 and len(sat) < len(clients) / 2 + 1:
+        fixes.append(f"more client workers (client.workers: {len(clients) * 2}), so the load spreads over "
+                     f"the {host_cores:g} cores the agents have")
+    fixes.append("more agent hosts (clients: in the config; connections_start on each), so the clients stop "
+                 "sharing cores with each other and with the server")
+    fixes.append("a lower scenario.rate or a longer client.interval, if the point was the server's hold, not its speed")
+    return Finding(
+        "measuring_side", "client",
+        "connscale's own client workers are saturated: the RTT and the ramp rate measured are connscale's, "
+        "not the server's limit",
+        tuple(evidence), tuple(fixes),
+    )
+
+
+def server_starved(w: Window, ctx: Context, key: str) -> Finding:
+    silent = w.silent("server")
+    sat = w.saturated("server")
+    evidence = [_count(w, key)]
+    confident = True
+    if silent:
+        headline = "the server stopped answering: its workers are stopped or wedged (timeouts)"
+        evidence.append(f"{len(silent)} of {len(w.side('server'))} server workers have not answered the hub "
+                        f"for {max(x.silent_s or 0 for x in silent):g} s (SIGSTOP, a debugger, swapping)")
+        evidence += _busiest(silent)
+        fixes = ["resume or restart the stopped server process (kill -CONT PID); a server that pauses under "
+                 "load is the finding"]
+    else:
+        headline = "the server answers too late: its workers are starved of CPU (timeouts)"
+        if sat:
+            evidence.append(f"{len(sat)} of {len(w.side('server'))} server workers saturated")
+            evidence += _busiest(sat)
+        else:
+            evidence.append("no server worker looks saturated from here: the delay is on the way "
+                            "(network, a busy host) or in another server")
+            confident = False
+        fixes = [
+            "more server cores (server workers take one core each: server.workers: auto uses every core)",
+            f"fewer pings per second (client.interval above {ctx.interval:g} s) or a longer client.timeout "
+            f"than {ctx.timeout:g} s, if the server is allowed to be that slow",
+        ]
+    if w.host_busy is not None and w.host_busy >= 0.9:
+        evidence.append(f"the hub host's CPU is {w.host_busy * 100:.0f} % busy")
+    return Finding("server_starved", "server", headline, tuple(evidence), tuple(fixes), confident)
+
+
+def accept_queue(w: Window, ctx: Context, key: str | None) -> Finding:
+    evidence = []
+    if key:
+        evidence.append(_count(w, key))
+    ghosts = max(w.ghosts, w.ghosts_max)
+    if ghosts:
+        evidence.append(f"up to {ghosts:,} ghosts in the last seconds: connections the clients hold that no server "
+                        "worker accepted (connect() and the first send succeed, no answer ever comes)")
+    k = _kernel_line(w)
+    if k:
+        evidence.append(k)
+    eff = ctx.backlog if ctx.somaxconn is None else min(ctx.backlog, ctx.somaxconn)
+    evidence.append(f"accept queue per listener: server.backlog {ctx.backlog:,}"
+                    + (f" capped by net.core.somaxconn {ctx.somaxconn:,}" if ctx.somaxconn is not None
+                       and ctx.somaxconn < ctx.backlog else "")
+                    + f" (effective {eff:,})")
+    silent = w.silent("server") + w.saturated("server")
+    if silent:
+        evidence.append("server workers not accepting in time: " + "; ".join(_busiest(silent, 2)))
+    fixes = [f"a larger accept queue: server.backlog: {max(eff * 4, 1024)} with "
+             f"sysctl -w net.core.somaxconn={max(eff * 4, 1024)} "
+             f"net.ipv4.tcp_max_syn_backlog={max(eff * 4, 1024)}"]
+    if w.asked_rate:
+        fixes.append(f"a slower ramp (scenario.rate below {w.asked_rate:,.0f}/s), so the server accepts as fast "
+                     "as clients connect")
+    if not ctx.abort_on_overflow:
+        fixes.append("sysctl -w net.ipv4.tcp_abort_on_overflow=1 turns silent half-open connections into "
+                     "resets the client sees at once (diagnosis, not a cure)")
+    return Finding(
+        "accept_queue", "server",
+        "the server's accept queue overflowed: clients hold half-open connections the server never accepted",
+        tuple(evidence), tuple(fixes),
+    )
+
+
+def _agent_setup(ctx: Context, w: Window) -> AgentSetup:
+    agents = {x.agent for x in w.side("client")}
+    for name in sorted(agents):
+        if name in ctx.agents:
+            return ctx.agents[name]
+    return next(iter(ctx.agents.values()), AgentSetup())
+
+
+def ephemeral_ports(w: Window, ctx: Context, key: str) -> Finding:
+    setup = _agent_setup(ctx, w)
+    ips = max(1, len(setup.source_ips))
+    routes = ips * ctx.server_ports
+    evidence = [_count(w, key),
+                f"{routes} routes ({ips} source IP{'s' if ips > 1 else ''} x {ctx.server_ports} server ports)"]
+    if setup.port_range:
+        lo, hi = setup.port_range
+        evidence.append(f"net.ipv4.ip_local_port_range {lo}-{hi} ({hi - lo + 1:,} ports per route)")
+    per_route = w.open / routes if routes else 0
+    planned = setup.ephemeral
+    if planned and per_route < planned * 0.9:
+        evidence.append(
+            f"~{per_route:,.0f} connections per route when it failed, fewer than the {planned:,} ports the agent "
+            "planned with: something else holds ports of these tuples (another agent or program on the same "
+            "source IPs), or the range was narrowed after the agent started"
+        )
+    fixes = [
+        f"more source IPs (client.source_ips, e.g. {', '.join(setup.source_ips[:1]) or '127.0.0.2'}-... "
+        "on loopback; addresses of the client host elsewhere)",
+        "more server ports (server.ports)",
+        "sysctl -w net.ipv4.ip_local_port_range='1024 65535'",
+    ]
+    return Finding("ephemeral_ports", "client",
+                   "ephemeral ports ran out for a (source IP, server IP:port) tuple", tuple(evidence), tuple(fixes))
+
+
+def fd_process(w: Window, ctx: Context, key: str, side: str) -> Finding:
+    evidence = [_count(w, key)]
+    workers = w.side(side)
+    low = [x for x in workers if x.nofile is not None and x.nofile > 0 and x.open >= x.nofile - 110]
+    for x in low[:3]:
+        evidence.append(f"{x.name} (pid {x.pid}) holds {x.open:,} connections under RLIMIT_NOFILE {x.nofile:,}"
+                        + (f" (its budget at start was {x.budget:,})" if x.budget and x.nofile < x.budget else ""))
+    shrunk = [x for x in workers if x.nofile is not None and x.budget and 0 < x.nofile < x.budget]
+    if shrunk:
+        evidence.append(f"{len(shrunk)} worker(s) had their file limit lowered after they started (prlimit?)")
+    role = "client" if side == "client" else "server"
+    fixes = [
+        f"more {role} workers ({role}.workers: auto sizes them by the fd budget; or a larger number)",
+        "a higher hard limit before starting: ulimit -Hn 1048576 (systemd: LimitNOFILE=; /etc/security/limits.conf)",
+    ]
+    if shrunk:
+        fixes.insert(0, "raise the lowered limit again (prlimit --pid PID --nofile=HARD:HARD) or restart the worker")
+    where = "a client worker" if side == "client" else "a server worker (accept)"
+    return Finding("fd_process", side, f"{where} ran out of file descriptors (EMFILE)", tuple(evidence), tuple(fixes))
+
+
+def name_wall(key: str, w: Window, ctx: Context) -> Finding:
+    """The wall behind failure `key` ("phase:cause", "server:phase:cause")."""
+    side, phase, cause = _cause(key)
+    # connscale's own late reads look like timeouts: rule them out first.
+    if cause == "no_answer_from_server" and w.saturated("client") and not w.silent("server"):
+        return measuring_side(w, ctx, f"{_count(w, key)}: pongs read late by the client's own busy loop")
+    if cause in ("EMFILE",):
+        return fd_process(w, ctx, key, side)
+    if cause == "ENFILE":
+        return Finding(
+            "fd_system", "host", "the system ran out of file descriptors (ENFILE)",
+            (_count(w, key),), ("sysctl -w fs.file-max=<twice the connections times 2 on a host with both sides>",
+                                "or spread the load over more hosts"),
+        )
+    if phase == "connect" and cause in ("EADDRNOTAVAIL", "EADDRINUSE") and side == "client":
+        return ephemeral_ports(w, ctx, key)
+    if cause == "route_quota":
+        setup = _agent_setup(ctx, w)
+        ips = max(1, len(setup.source_ips))
+        return Finding(
+            "routes", "client", "every route is at its quota: the configuration cannot place more connections",
+            (_count(w, key), f"{ips} source IPs x {ctx.server_ports} server ports x {ctx.per_route_max:,} "
+             "(client.per_route_max)"),
+            ("more source IPs (client.source_ips)", "more server ports (server.ports)"),
+        )
+    overflow = any(w.kernel_delta.get(k) for k in ("listen_overflows", "listen_drops", "abort_on_overflow"))
+    if (phase == "first_ping" and cause in ("ECONNRESET", "no_answer_from_server", "closed_by_peer")
+            and (overflow or w.ghosts or w.ghosts_max)):
+        return accept_queue(w, ctx, key)
+    if phase == "connect" and cause == "ETIMEDOUT":
+        if overflow or w.kernel_delta.get("syn_retrans"):
+            return accept_queue(w, ctx, key)
+        return Finding("server_down", "server", "SYNs go unanswered: the server host drops them or is down",
+                       (_count(w, key),), ("check that the server host is up and no firewall drops SYNs",))
+    if cause == "no_answer_from_server":
+        return server_starved(w, ctx, key)
+    if cause == "ECONNREFUSED":
+        return Finding("server_down", "server", "nothing listens on the server port (connection refused)",
+                       (_count(w, key),), ("start the server, or check server.ports and client.server",))
+    if cause in ("closed_by_peer", "ECONNRESET"):
+        lost = [x for x in w.side("server") if not x.alive]
+        evidence = [_count(w, key)]
+        if lost:
+            evidence.append(f"{len(lost)} server workers are down")
+        elif w.silent("server"):
+            return server_starved(w, ctx, key)
+        return Finding("server_down", "server", "the server closed or reset established connections",
+                       tuple(evidence), ("check the server's log: restarted, a worker lost, or a protocol error",))
+    if cause == "worker_lost":
+        mem = w.kernel.get("mem_available_bytes")
+        evidence = [_count(w, key)]
+        if mem is not None and mem < 512 * 2**20:
+            return Finding("memory", "host", "the host ran out of memory: a worker died with its connections",
+                           (*evidence, f"MemAvailable {mem / 2**20:.0f} MiB"),
+                           ("fewer connections per host, more hosts, or more memory",))
+        return Finding("worker_lost", side, "a worker process died and took its connections with it",
+                       tuple(evidence), ("see the worker's last lines in the hub's or agent's log",))
+    if cause == "protocol_error":
+        return Finding("protocol", side, "the peer spoke something else (protocol errors)", (_count(w, key),),
+                       ("use the same framing (line or raw) on both sides",))
+    return Finding("unknown", side, f"failures with cause {cause}", (_count(w, key),),
+                   ("see the logs and the kernel counters in the timeline",), confident=False)
+
+
+def name_stall(w: Window, ctx: Context) -> Finding:
+    """Why a ramp falls behind what was asked, when no failure says so by itself."""
+    if w.saturated("client") or w.silent("client"):
+        return measuring_side(w, ctx, f"the ramp connects {w.connect_rate:,.0f}/s of the {w.asked_rate:,.0f}/s asked")
+    if w.failures:
+        top = max(w.failures.items(), key=lambda kv: kv[1])[0]
+        return name_wall(top, w, ctx)
+    if w.silent("server") or w.saturated("server"):
+        return server_starved(w, ctx, "connect:(none yet)")
+    overflow = any(w.kernel_delta.get(k) for k in ("listen_overflows", "listen_drops", "syn_retrans"))
+    if overflow or w.ghosts or w.ghosts_max:
+        return accept_queue(w, ctx, None)
+    clients = w.side("client")
+    down = [x for x in clients if not x.alive]
+    if down:
+        return Finding("worker_lost", "client", "client workers are down, so their share is not being opened",
+                       (f"{len(down)} of {len(clients)} client workers are down",),
+                       ("see the agent's log",))
+    return Finding(
+        "unknown", "client",
+        f"the ramp falls behind ({w.connect_rate:,.0f}/s of {w.asked_rate:,.0f}/s asked) without a failure "
+        "or a busy worker on either side",
+        (f"{w.open:,} open of {w.target:,}, {w.connecting:,} connecting",),
+        ("look at the agent's log and at the kernel counters in the timeline",),
+        confident=False,
+    )
+
+
+def listen_in_use(text: str) -> Finding | None:
+    """A hub that could not listen: the original's first finding."""
+    if "Address already in use" not in text and "EADDRINUSE" not in text:
+        return None
+    return Finding(
+        "listen_in_use", "server", "the server could not listen: the port is already in use (EADDRINUSE)",
+        (text.strip().splitlines()[-1][:300],),
+        ("another process holds the port: find it with ss -ltnp 'sport = :PORT', stop it or change server.ports "
+         "(connscale sets SO_REUSEADDR, so connections of an earlier run in TIME_WAIT do not block it)",),
+    )

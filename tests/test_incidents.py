@@ -1,0 +1,274 @@
+"""Limit incidents and the verdict, driven by invented controller records (fast).
+
+Every wall is provoked for real in tests/test_walls_e2e.py; here the
+reasoning is pinned down: which evidence names which wall, when an incident
+opens (and that it opens once), and what the explanation says.
+"""
+
+from __future__ import annotations
+
+import json
+
+from connscale.diagnose.incidents import SUSTAIN, IncidentDetector, load_summary
+from connscale.diagnose.verdict import explain, primary_incident, verdict_line
+from connscale.diagnose.walls import WALLS, AgentSetup, Context, Window, WorkerLoad, listen_in_use, name_wall
+from connscale.metrics.load import LoadProbe
+
+CTX = Context(interval=2.0, timeout=1.0, backlog=8, server_ports=2, per_route_max=14_000, somaxconn=4096,
+              abort_on_overflow=0, agents={"a1": AgentSetup(source_ips=("127.0.0.2", "127.0.0.3"), ephemeral=28_232,
+                                                            port_range=(32768, 60999), cores=2)})
+
+
+def worker(index=0, open=1000, cpu=0.1, lag_mean=1.0, lag_max=3.0, nofile=20_000, silent=0.5, alive=True,
+           budget=19_900, target=1000):
+    return {"index": index, "pid": 1000 + index, "alive": alive, "target": target, "open": open, "budget": budget,
+            "restarts": 0, "resources": {}, "silent_s": silent,
+            "load": {"cpu": cpu, "lag_ms_max": lag_max, "lag_ms_mean": lag_mean, "nofile": nofile}}
+
+
+def record(t, open, target=None, opened=None, failures=None, server_failures=None, server_open=None, kernel=None,
+           clients=None, servers=None, rate=1000.0, connecting=0):
+    target = open if target is None else target
+    return {
+        "elapsed_s": float(t),
+        "client": {"open": open, "opened": open if opened is None else opened, "failures": failures or {}},
+        "server": {"open": open if server_open is None else server_open, "failures": server_failures or {}},
+        "clients": {"a1": {"connected": True, "target": target, "open": open, "connecting": connecting,
+                           "rate": rate, "workers": clients if clients is not None else [worker(open=open)]}},
+        "server_workers": servers if servers is not None else [worker(0, open // 2), worker(1, open - open // 2)],
+        "ghosts": max(0, open - (open if server_open is None else server_open)),
+        "kernel": kernel or {"listen_overflows": 0, "listen_drops": 0, "syn_retrans": 0},
+        "rtt_window_ms": {"p50": 1.0, "p99": 5.0},
+    }
+
+
+def feed(records, ctx=CTX):
+    d = IncidentDetector()
+    opened = []
+    for r in records:
+        opened += d.observe(r, ctx)
+    return d, opened
+
+
+# --- walls from single windows --------------------------------------------------------------
+
+
+def window(**kw):
+    base = dict(elapsed_s=10.0, open=5000, server_open=5000, target=10_000, connect_rate=500.0, asked_rate=1000.0)
+    base.update(kw)
+    return Window(**base)
+
+
+def test_emfile_on_a_client_worker_with_a_lowered_limit():
+    w = window(failures={"connect:EMFILE": 40},
+               workers=(WorkerLoad("client", "a1", 0, 77, open=195, budget=19_900, nofile=300),))
+    f = name_wall("connect:EMFILE", w, CTX)
+    assert (f.wall, f.side) == ("fd_process", "client")
+    text = " ".join(f.evidence)
+    assert "a1-client-worker-1 (pid 77) holds 195 connections under RLIMIT_NOFILE 300" in text
+    assert "lowered after they started" in text
+    assert f.fix[0].startswith("raise the lowered limit again")
+    server = name_wall("server:connect:EMFILE", w, CTX)
+    assert (server.wall, server.side) == ("fd_process", "server") and "accept" in server.headline
+
+
+def test_ephemeral_ports_say_when_fewer_than_planned():
+    w = window(open=1000, failures={"connect:EADDRNOTAVAIL": 12}, workers=(WorkerLoad("client", "a1", 0, 1),))
+    f = name_wall("connect:EADDRNOTAVAIL", w, CTX)
+    assert f.wall == "ephemeral_ports"
+    text = " ".join(f.evidence)
+    assert "4 routes (2 source IPs x 2 server ports)" in text and "32768-60999" in text
+    assert "~250 connections per route" in text and "something else holds ports" in text
+    assert any("ip_local_port_range" in fix for fix in f.fix)
+    assert name_wall("connect:EADDRINUSE", w, CTX).wall == "ephemeral_ports"
+
+
+def test_half_open_ghosts_with_overflows_are_the_accept_queue():
+    w = window(ghosts=300, failures={"first_ping:no_answer_from_server": 30},
+               kernel_delta={"listen_overflows": 120, "syn_retrans": 40})
+    f = name_wall("first_ping:no_answer_from_server", w, CTX)
+    assert (f.wall, f.side) == ("accept_queue", "server")
+    text = " ".join(f.evidence)
+    assert "up to 300 ghosts" in text and "ListenOverflows +120" in text and "SYN retransmits +40" in text
+    assert "server.backlog 8" in text
+    assert any("tcp_abort_on_overflow=1" in fix for fix in f.fix)
+    assert name_wall("first_ping:ECONNRESET", w, CTX).wall == "accept_queue"
+
+
+def test_timeouts_with_a_silent_server_are_a_stopped_server():
+    w = window(failures={"steady:no_answer_from_server": 800},
+               workers=(WorkerLoad("server", "hub", 0, 5, silent_s=6.0, cpu=0.0),
+                        WorkerLoad("client", "a1", 0, 6, cpu=0.2, lag_ms_mean=1.0)))
+    f = name_wall("steady:no_answer_from_server", w, CTX)
+    assert f.wall == "server_starved" and "stopped" in f.headline
+    assert "have not answered the hub for 6 s" in " ".join(f.evidence)
+
+
+def test_timeouts_with_a_busy_server_are_a_starved_server():
+    w = window(failures={"steady:no_answer_from_server": 800},
+               workers=(WorkerLoad("server", "hub", 0, 5, cpu=0.98, lag_ms_mean=120.0, lag_ms_max=400.0),))
+    f = name_wall("steady:no_answer_from_server", w, CTX)
+    assert f.wall == "server_starved" and "starved of CPU" in f.headline
+    assert "1 of 1 server workers saturated" in " ".join(f.evidence)
+
+
+def test_timeouts_with_a_saturated_client_are_the_measuring_side():
+    w = window(failures={"steady:no_answer_from_server": 50},
+               workers=(WorkerLoad("client", "a1", 0, 6, cpu=0.99, lag_ms_mean=300.0, lag_ms_max=900.0),
+                        WorkerLoad("server", "hub", 0, 5, cpu=0.3, lag_ms_mean=1.0)))
+    f = name_wall("steady:no_answer_from_server", w, CTX)
+    assert (f.wall, f.side) == ("measuring_side", "client")
+    assert "not the server's limit" in f.headline
+    assert "pongs read late by the client's own busy loop" in f.evidence[0]
+    assert any("agent hosts" in fix for fix in f.fix)
+
+
+def test_every_cause_maps_to_a_known_wall():
+    w = window(workers=(WorkerLoad("server", "hub", 0, 1, alive=False),))
+    for key in ("connect:ENFILE", "connect:ECONNREFUSED", "steady:closed_by_peer", "steady:worker_lost",
+                "steady:protocol_error", "connect:route_quota", "connect:ETIMEDOUT", "steady:ERRNO_999",
+                "first_ping:ECONNRESET"):
+        f = name_wall(key, window(failures={key: 1}, workers=w.workers), CTX)
+        assert f.wall in WALLS and f.headline and f.evidence and f.fix, key
+    assert listen_in_use("connscale-server: cannot listen on 127.0.0.1:8989: [Errno 98] Address already in use") \
+        .wall == "listen_in_use"
+    assert listen_in_use("something else") is None
+
+
+# --- the detector over seconds --------------------------------------------------------------
+
+
+def test_a_clean_run_opens_no_incident():
+    d, opened = feed(record(t, open=min(1000 * t, 5000), target=5000, opened=min(1000 * t, 5000)) for t in range(12))
+    assert opened == [] and d.incidents == [] and not d.measuring_side_saturated
+
+
+def test_failures_open_one_incident_per_wall_with_the_snapshot():
+    clients = [worker(0, open=195, nofile=300)]
+    recs = [record(t, open=195, target=1000, clients=clients) for t in range(3)]
+    recs += [record(3 + t, open=195, target=1000, clients=clients, failures={"connect:EMFILE": 10 * (t + 1)},
+                    kernel={"listen_overflows": 0, "tcp_inuse": 400}) for t in range(5)]
+    d, opened = feed(recs)
+    assert len(opened) == 1
+    inc = opened[0]
+    assert (inc["trigger"], inc["wall"], inc["side"]) == ("failures", "fd_process", "client")
+    assert inc["open"] == 195 and inc["target"] == 1000 and inc["failures"] == {"connect:EMFILE": 10}
+    assert inc["kernel"]["tcp_inuse"] == 400
+    assert inc["workers"][0]["nofile"] == 300 and inc["workers"][0]["side"] == "client"
+    json.dumps(inc)  # plain data for the timeline and PB
+
+
+def test_a_ramp_behind_with_saturated_clients_is_the_measuring_side():
+    busy = [worker(0, cpu=0.97, lag_mean=200.0, lag_max=700.0)]
+    recs = [record(t, open=200 * t, target=20_000, opened=200 * t, clients=busy, rate=2000.0) for t in range(12)]
+    d, opened = feed(recs)
+    walls = [(i["trigger"], i["wall"]) for i in opened]
+    assert ("measuring_side", "measuring_side") in walls
+    # Saturation opens its incident after SUSTAIN seconds, the slow ramp does not add a second one.
+    assert len([w for w in walls if w[1] == "measuring_side"]) == 1
+    assert d.measuring_side_saturated and d.saturated_seconds == 12
+    first = opened[0]
+    assert first["elapsed_s"] == SUSTAIN - 1 and "not the server's limit" in first["headline"]
+
+
+def test_a_ramp_behind_opens_only_after_the_grace_period():
+    quiet = [worker(0, cpu=0.2)]
+    # The target rises at t=0; the ramp stalls at 1000 from t=1.
+    recs = [record(t, open=min(1000, 1000 * t), target=20_000, opened=min(1000, 1000 * t), clients=quiet,
+                   rate=2000.0, servers=[worker(0, cpu=0.2, silent=8.0)]) for t in range(10)]
+    d, opened = feed(recs)
+    assert [i["trigger"] for i in opened] == ["ramp_behind"]
+    assert opened[0]["elapsed_s"] >= 5 and opened[0]["wall"] == "server_starved"
+    assert opened[0]["asked_rate"] == 2000.0 and opened[0]["connect_rate"] == 0.0
+
+
+def test_ghosts_with_overflows_open_an_accept_queue_incident():
+    recs = [record(t, open=1000, server_open=600, kernel={"listen_overflows": 50 * t, "listen_drops": 50 * t})
+            for t in range(6)]
+    d, opened = feed(recs)
+    assert [(i["trigger"], i["wall"]) for i in opened] == [("ghosts", "accept_queue")]
+    assert opened[0]["ghosts"] == 400 and opened[0]["kernel"]["listen_overflows_delta"] > 0
+
+
+def test_load_summary_names_the_busiest_worker():
+    r = record(1, open=10, clients=[worker(0, cpu=0.2), worker(1, cpu=0.95, lag_mean=80.0, lag_max=300.0)])
+    load = load_summary(r)
+    assert load["client"]["worker"] == "a1-client-worker-2" and load["client"]["saturated"] == 1
+    assert load["measuring_side_saturated"] is True
+    assert load_summary({})["measuring_side_saturated"] is False
+
+
+# --- the verdict ----------------------------------------------------------------------------
+
+
+def test_a_held_run_says_held_with_its_rtt():
+    e = explain("held", 5000, held=5000, peak_open=5000, rtt={"p50": 1.0, "p99": 9.5})
+    assert e["wall"] == "none" and e["headline"] == (
+        "held 5,000 of 5,000 connections through the final hold (RTT p50 1.00 ms, p99 9.50 ms)")
+    assert e["measuring_side_saturated"] is False and set(e) == {
+        "headline", "wall", "side", "evidence", "fix", "measuring_side_saturated"}
+
+
+def test_a_held_run_with_saturated_clients_says_it_is_not_the_servers_limit():
+    sat = {"elapsed_s": 4, "open": 3000, "wall": "measuring_side", "side": "client", "headline": "saturated",
+           "evidence": ["1 of 1 client workers saturated"], "fix": ["more agent hosts"]}
+    e = explain("held", 5000, held=5000, peak_open=5000, incidents=[sat])
+    assert e["measuring_side_saturated"] and "not the server's limit" in e["headline"]
+    assert "more agent hosts" in e["fix"]
+
+
+def test_a_stop_is_explained_by_the_earliest_definite_incident():
+    sat = {"elapsed_s": 3, "open": 900, "wall": "measuring_side", "headline": "saturated", "evidence": [], "fix": []}
+    emfile = {"elapsed_s": 5, "open": 950, "wall": "fd_process", "side": "client", "connect_rate": 10,
+              "asked_rate": 2000, "headline": "a client worker ran out of file descriptors (EMFILE)",
+              "evidence": ["40 connect:EMFILE"], "fix": ["ulimit -Hn 1048576"]}
+    assert primary_incident([sat, emfile]) is emfile
+    e = explain("failed", 5000, peak_open=950, reason="failures exceeded scenario.max_failures=0",
+                incidents=[sat, emfile])
+    assert e["wall"] == "fd_process" and e["headline"].startswith("stopped at 950 of 5,000 connections: a client")
+    assert e["fix"][0] == "ulimit -Hn 1048576" and e["measuring_side_saturated"]
+    assert "at 5 s, 950 open, connecting at 10/s of 2,000/s asked" in e["evidence"][0]
+    assert verdict_line(e).endswith("Fix: ulimit -Hn 1048576")
+
+
+def test_stops_without_incidents_are_read_from_the_reason():
+    e = explain("failed", 3000, reason="the hub did not come up: cannot listen: [Errno 98] Address already in use")
+    assert e["wall"] == "listen_in_use" and "ss -ltnp" in e["fix"][0]
+    e = explain("failed", 3000, reason="step 1: the client's routes hold at most 1000 connections (...)")
+    assert e["wall"] == "routes"
+    e = explain("failed", 3000, reason="something odd")
+    assert e["wall"] == "unknown" and "something odd" in e["headline"]
+
+
+def test_a_preflight_refusal_names_the_binding_limit_and_every_fix():
+    preflight = {"reachable": 112_000, "binding": "routes", "limits": [
+        {"key": "routes", "side": "client", "capacity": 112_000, "detail": "4 x 2 x 14,000", "fix": "more IPs",
+         "binding": True},
+        {"key": "cpu", "side": "host", "capacity": 211_000, "detail": "cores", "fix": "other hosts", "binding": False},
+        {"key": "memory", "side": "host", "capacity": 1_300_000, "detail": "ok", "fix": "ram", "binding": False}]}
+    e = explain("failed", 1_000_000, reason="preflight: ...", preflight=preflight)
+    assert e["wall"] == "routes" and "reaches 112,000 of 1,000,000" in e["headline"]
+    assert e["fix"] == ["more IPs", "other hosts"]
+
+
+# --- the load probe -------------------------------------------------------------------------
+
+
+def test_load_probe_measures_lag_and_cpu_on_a_clock():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    cpu = [0.0]
+    probe = LoadProbe(clock, interval=0.25, cpu_time=lambda: cpu[0], nofile=lambda: 300)
+    probe.start()
+    clock.advance(0.25)         # on time
+    clock.advance(0.25 + 0.1)   # 100 ms late
+    cpu[0] = 0.3
+    taken = probe.take()
+    assert taken == {"cpu": 0.5, "lag_ms_max": 100.0, "lag_ms_mean": 50.0, "nofile": 300}
+    # A loop stuck right now: the overdue probe counts before it fires.
+    clock.rightNow += 2.0
+    stuck = probe.take()
+    assert stuck["lag_ms_max"] >= 1500 and stuck["cpu"] == 0.0
+    probe.stop()
+    assert not clock.getDelayedCalls()
