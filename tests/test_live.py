@@ -81,6 +81,21 @@ def test_plain_lines_every_few_seconds_and_the_last_one_at_the_end() -> None:
     assert out.getvalue().endswith("holding 6000 connections\n")
 
 
+def test_incidents_are_shown_once_each() -> None:
+    records = make_records(fail_at_step=2)
+    incident = {"elapsed_s": 8.0, "wall": "ephemeral_ports", "headline": "EADDRNOTAVAIL on connect",
+                "fix": ["add --source-ip 127.0.0.3"]}
+    out = io.StringIO()
+    view = LiveView(out=out, tty=False, every=100.0, clock=lambda: 0.0)
+    view.show(records[7])
+    view.show(dict(records[8], incidents=[incident]))
+    view.show(dict(records[9], incidents=[incident]))
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("incident:")]
+    assert lines == ["incident: ephemeral_ports: EADDRNOTAVAIL on connect; fix: add --source-ip 127.0.0.3"]
+    text = render(dashboard(Frame.of(records[8], dict(records[9], incidents=[incident]))))
+    assert "incidents" in text and "ephemeral_ports" in text and "add --source-ip 127.0.0.3" in text
+
+
 def test_plain_line_names_each_failure_cause() -> None:
     records = make_records(fail_at_step=2)
     line = plain_line(Frame.of(records[8], records[9]))

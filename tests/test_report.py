@@ -300,3 +300,14 @@ def test_report_of_an_empty_or_missing_timeline_is_one_clear_error(tmp_path: Pat
     (tmp_path / "timeline.jsonl").write_text("")
     page = render_html(load_run(tmp_path))  # an empty run still renders (a hub that died at once)
     assert "0 seconds recorded" in page
+
+
+def test_hubs_workers_and_the_cli_start_without_matplotlib_rich_or_prometheus() -> None:
+    import sys
+
+    code = ("import sys, connscale.control.hub, connscale.procs.worker, connscale.app.cli, connscale.app.run, "
+            "connscale.control.agent; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'matplotlib', 'rich', 'prometheus_client'}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -141,6 +141,19 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
                 causes.add_row(key, f"{n:,}")
         parts.append(causes)
 
+    incidents = [i for i in st.get("incidents") or () if isinstance(i, Mapping)]
+    if incidents:
+        table = Table(box=box.SIMPLE_HEAD, title="incidents (the walls hit)", title_justify="left",
+                      title_style="bold red")
+        for col in ("at", "wall", "what", "fix"):
+            table.add_column(col)
+        for i in incidents[-3:]:
+            at = i.get("elapsed_s")
+            fix = i.get("fix") or []
+            table.add_row("-" if at is None else f"{float(at):.0f} s", str(i.get("wall", "")),
+                          str(i.get("headline", "")), str(fix[0] if isinstance(fix, list) and fix else fix or ""))
+        parts.append(table)
+
     agents = Table(box=box.SIMPLE_HEAD, title="agents", title_justify="left")
     for col, justify in (("agent", "left"), ("state", "left"), ("target", "right"), ("open", "right"),
                          ("connecting", "right"), ("workers", "right"), ("failures", "right")):
@@ -192,6 +205,7 @@ class LiveView:
         self._last_line: float | None = None
         self._live: Any = None
         self._shown = True  # plain mode: whether the latest frame was printed
+        self._incidents_seen = 0
         self._console: Any = None
         if self.tty:
             from rich.console import Console
@@ -204,12 +218,23 @@ class LiveView:
         if self.tty:
             self._draw(info)
             return
+        self._announce_incidents(stats)
         now = self.clock()
         self._shown = False
         if self._last_line is None or now - self._last_line >= self.every:
             self._last_line = now
             self._shown = True
             self._write(plain_line(self.frame, info))
+
+    def _announce_incidents(self, stats: Mapping[str, Any]) -> None:
+        """Plain output: one line per new incident, when it happens."""
+        incidents = [i for i in stats.get("incidents") or () if isinstance(i, Mapping)]
+        for i in incidents[self._incidents_seen:]:
+            fix = i.get("fix") or []
+            fix_text = fix[0] if isinstance(fix, list) and fix else fix
+            self._write(f"incident: {i.get('wall', '?')}: {i.get('headline', '')}"
+                        + (f"; fix: {fix_text}" if fix_text else ""))
+        self._incidents_seen = max(self._incidents_seen, len(incidents))
 
     def _draw(self, info: RunInfo | None) -> None:
         from rich.live import Live

@@ -32,7 +32,7 @@ WIDTH, HEIGHT, DPI = 7.6, 3.3, 110
 def _figure(ncols: int = 1) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(WIDTH, HEIGHT), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(WIDTH, HEIGHT), dpi=DPI, layout="constrained", facecolor="white")
     axes = fig.subplots(1, ncols) if ncols > 1 else fig.subplots()
     for ax in axes if ncols > 1 else [axes]:
         ax.grid(True, color="#dddddd", linewidth=0.6)
@@ -46,9 +46,9 @@ def _figure(ncols: int = 1) -> tuple[Any, Any]:
 def _png(fig: Any) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    # The canvas's own print_png draws once; Figure.savefig drew twice here.
+    FigureCanvasAgg(fig).print_png(buf)
     return buf.getvalue()
 
 
