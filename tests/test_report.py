@@ -86,6 +86,9 @@ def expected_numbers(records: list[dict[str, Any]], summary: dict[str, Any] | No
     }
     if summary and "held" in summary:
         exp["held"] = summary["held"]
+    for st in (summary or {}).get("steps", []):  # the ramp as the run saw it
+        for key in ("target", "seconds", "rate_asked", "rate_achieved"):
+            exp[f"step.{st['step']}.{key}"] = st[key]
     holds = [r for r in records if str(r.get("phase", "")).split(":")[0] in ("hold", "final_hold")]
     for span, rs in (("final_hold", final), ("holds", holds)):
         for k, v in pct_ms(merged(rs)).items():
@@ -160,7 +163,11 @@ def check_numbers(page: str, records: list[dict[str, Any]], summary: dict[str, A
 
 def test_every_number_on_a_held_run_equals_the_timeline(tmp_path: Path) -> None:
     records = make_records()
-    summary = {"verdict": "held", "reason": "", "target": 6000, "held": 6000}
+    summary = {"verdict": "held", "reason": "", "target": 6000, "held": 6000,
+               "steps": [{"step": 1, "target": 2000, "started": 1.0, "seconds": 2.012, "rate_asked": 2000.0,
+                          "rate_achieved": 994.0},
+                         {"step": 2, "target": 4000, "started": 7.0, "seconds": None, "rate_asked": 2000.0,
+                          "rate_achieved": None}]}
     run_dir = write_run(tmp_path / "run", records, summary)
     path = write_report(run_dir)
     page = path.read_text()

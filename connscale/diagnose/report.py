@@ -348,6 +348,24 @@ def phases_table(rows: Sequence[tuple[str, Mapping[str, Number]]]) -> str:
     return f'<table class="grid"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def steps_html(summary: Mapping[str, Any] | None) -> str:
+    """The ramp as it happened (summary["steps"]): how fast each step really opened."""
+    steps = [s for s in (summary or {}).get("steps") or () if isinstance(s, Mapping)]
+    if not steps:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("step", "target", "seconds to reach", "rate asked /s",
+                                              "rate achieved /s"))
+    rows = []
+    for st in steps:
+        k = st.get("step")
+        cells = [("target", st.get("target"), "int"), ("seconds", st.get("seconds"), "s"),
+                 ("rate_asked", st.get("rate_asked"), "rate"), ("rate_achieved", st.get("rate_achieved"), "rate")]
+        tds = "".join(f'<td class="num">{_n(f"step.{k}.{key}", Number(v, kind))}</td>' for key, v, kind in cells)
+        rows.append(f"<tr><th>{_e(k)}</th>{tds}</tr>")
+    return (f'<h3>Ramp steps</h3><table class="grid"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return f"<code>{_e(json.dumps(value, sort_keys=True))}</code>"
@@ -543,7 +561,7 @@ def render_html(run: RunFiles) -> str:
 <section><h2>Summary</h2>{summary_table(nums)}</section>
 <section><h2>Phases</h2>{phases_table(phase_numbers(run))}
 <p class="muted">RTT of a phase comes from the merged histograms of its seconds; a second in which the phase
-changed counts as ramp, so holds are pure.</p></section>
+changed counts as ramp, so holds are pure.</p>{steps_html(run.summary)}</section>
 </div>
 {incidents_html(incidents)}
 <h2>Plots</h2><div class="plots">{figs}</div>
