@@ -68,6 +68,14 @@ def test_run_holds_a_small_target(tmp_path):
     assert (run_dir / "timeline.jsonl").stat().st_size > 0
     assert (run_dir / "hub.log").exists() and (run_dir / "agent.log").exists()
     assert json.loads((run_dir / "config.json").read_text())["scenario"]["target"] == 3000
+    # Latency of the final hold apart from the ramps, in the summary and the verdict line.
+    final = summary["rtt_final_hold_ms"]
+    assert final["p50"] > 0 and final["p99"] >= final["p50"]
+    assert summary["rtt_by_phase"]["final_hold"]["seconds"] >= 2
+    assert f"rtt_ms final_hold p50={final['p50']} p99={final['p99']} whole_run p99=" in r.stdout
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["sysctls"]["net.ipv4.ip_local_port_range"] and manifest["config"]["scenario"]["target"] == 3000
+    assert f"report: {run_dir / 'report.html'}" in r.stdout and (run_dir / "report.html").stat().st_size > 10_000
 
 
 def test_run_stops_when_routes_cannot_hold_the_step(tmp_path):
@@ -103,6 +111,9 @@ def test_run_stops_on_failures_and_says_why(tmp_path):
     assert "failures exceeded scenario.max_failures=0" in summary["reason"]
     assert summary["failures"].get("server:first_ping:protocol_error", 0) > 0
     assert "reason: failures exceeded" in r.stdout
+    # A failed run gets its report too, saying why in words.
+    page = (Path(summary["run_dir"]) / "report.html").read_text()
+    assert "FAILED" in page and "failures exceeded scenario.max_failures=0" in page
 
 
 def timeline_records(tmp: Path) -> list[dict]:
@@ -147,6 +158,7 @@ def test_interrupted_run_still_writes_its_summary_and_stops_its_children(tmp_pat
     assert "reason: interrupted" in out
     summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
     assert summary["verdict"] == "failed" and summary["reason"] == "interrupted"
+    assert (Path(summary["run_dir"]) / "report.html").exists() and "report: " in out
     gone, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, alive
 

@@ -265,6 +265,11 @@ def test_summary_and_verdict_line():
     json.dumps(s)  # plain data
     assert summary.verdict_line(s) == ("HELD: held=3000 target=3000 peak_open=3000 failures=0 "
                                        "rtt_ms p50=1.0 p99=3.0 workers server=2 client=1 duration=12s")
+    # With the timeline's phases, the line gives the final hold's latency first.
+    s["rtt_final_hold_ms"] = {"p50": 0.5, "p90": 0.8, "p99": 1.5, "max": 2.0}
+    assert summary.verdict_line(s) == ("HELD: held=3000 target=3000 peak_open=3000 failures=0 "
+                                       "rtt_ms final_hold p50=0.5 p99=1.5 whole_run p99=3.0 "
+                                       "workers server=2 client=1 duration=12s")
 
 
 # -- run directory ------------------------------------------------------------------------

@@ -30,7 +30,10 @@ from connscale.app.rundir import RunDirectory, RunDirError
 from connscale.app.scenario import Progress, RunError, Scenario
 from connscale.app.startup import EXIT_USAGE, load_or_exit
 from connscale.config.settings import Config, endpoint_address
+from connscale.app.live import LiveView, RunInfo
+from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.metrics import phases
+from connscale.metrics.timeline import read_timeline
 
 AGENT_NAME = "local"
 HUB_LOGIN_TIMEOUT = 30.0
@@ -68,12 +71,13 @@ class Experiment:
         self.out = out
         self.secret = run_secret(cfg)
         self.config_path = rundir.write_config(cfg)
+        # The host and its limits as the run began: the report is re-rendered from the directory alone.
+        rundir.write_json(MANIFEST_FILE, collect_manifest(cfg.as_dict()))
         self.children: list[children.RunChild] = []
         self.hub: children.RunChild | None = None
         self.factory: Any = None
         self.perspective: Any = None
-        self.tty = sys.stdout.isatty()
-        self._last_print = 0.0
+        self.view = LiveView(sys.stdout, every=5.0, clock=reactor.seconds, title="connscale run")
         self._phase_shown = ""
         self.scenario = Scenario(reactor, cfg.scenario, self, AGENT_NAME, show=self.show, health=self.health)
 
@@ -143,24 +147,12 @@ class Experiment:
                 yield task.deferLater(self.reactor, 0.5, lambda: None)
 
     # -- output ------------------------------------------------------------------------
-    def show(self, p: Progress, final: bool = False) -> None:
+    def show(self, p: Progress) -> None:
         if p.phase != self._phase_shown and p.phase == phases.FINAL_HOLD:
-            if self.tty:
-                self.out("")  # end the live line
-            self.out(f"holding {p.open} connections for {self.cfg.scenario.final_hold:g}s")
+            self.view.message(f"holding {p.open} connections for {self.cfg.scenario.final_hold:g}s")
         self._phase_shown = p.phase
-        now = self.reactor.seconds()
-        if not (self.tty or final or now - self._last_print >= 5.0):
-            return
-        self._last_print = now
-        rtt = p.stats.get("rtt_window_ms") or p.stats.get("rtt_ms") or {}
-        p99 = rtt.get("p99")
-        line = (
-            f"t={now - p.started:5.1f}s step {p.step}/{p.steps} target={p.step_target} "
-            f"open={p.open} server={p.server_open} failures={p.failure_total} "
-            f"rtt_p99_ms={'-' if p99 is None else f'{p99:.2f}'}"
-        )
-        self.out(("\r" + line.ljust(100)) if self.tty and not final else line)
+        if p.stats:
+            self.view.show(p.stats, RunInfo(p.phase, p.step, p.steps, self.cfg.scenario.target))
 
     # -- the run -------------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -175,8 +167,6 @@ class Experiment:
     @defer.inlineCallbacks
     def finish(self, ok: bool, reason: str):  # type: ignore[no-untyped-def]
         """Last numbers, the summary on disk (or on stdout if the disk refuses), children stopped."""
-        if self.tty:
-            self.out("")
         if self.perspective is not None and self.hub is not None and self.hub.running:
             self.scenario.enter(phases.STOP)
             try:
@@ -185,8 +175,14 @@ class Experiment:
                 pass  # the summary says what we had
         self.scenario.close_phases()
         p = self.scenario.progress
+        self.view.final()
         result = summary.build(p, self.cfg.scenario, ok, reason, self.reactor.seconds() - p.started,
                                str(self.rundir.path))
+        # RTT per phase from the hub's timeline: every final-hold second is on disk by now (the
+        # stop phase was entered first, and a second that saw it counts as stop).
+        timeline = self.rundir.file("timeline.jsonl")
+        if timeline.exists():
+            result.update(phases.summary_fields(list(read_timeline(timeline))))
         try:
             self.rundir.write_json("summary.json", result)
         except RunDirError as e:
@@ -274,7 +270,24 @@ def run_main(argv: list[str]) -> int:
         out(f"reason: {result['reason']}")
     if result.get("summary_path", True) is not None:
         out(f"summary: {rundir.file('summary.json')}")
+    # After the children are gone, so the report sees the whole timeline; a run
+    # that failed or was interrupted gets one too. Never the reason a run fails.
+    out(render_report(rundir.path))
     return 0 if result["verdict"] == "held" else 1
+
+
+def render_report(run_dir: Path) -> str:
+    """Write report.html; one line saying where, or why not."""
+    from connscale.diagnose.report import ReportError, write_report
+
+    try:
+        return f"report: {write_report(run_dir)}"
+    except ReportError as e:
+        return f"report: none ({e})"
+    except KeyboardInterrupt:
+        return f"report: skipped (interrupted); render it with connscale report {run_dir}"
+    except Exception as e:  # a bug in the report must not hide the verdict above
+        return f"report: failed ({type(e).__name__}: {e}); retry with connscale report {run_dir}"
 
 
 if __name__ == "__main__":

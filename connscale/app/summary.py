@@ -41,10 +41,17 @@ def build(progress: Progress, settings: ScenarioSettings, ok: bool, reason: str,
 def verdict_line(summary: dict[str, Any]) -> str:
     rtt = summary["rtt_ms"]
     workers = summary["workers"]
+    final = summary.get("rtt_final_hold_ms") or {}
+    if final.get("p50") is not None:
+        # The hold's latency, with the whole run's p99 beside it: a ramp's
+        # connect bursts must not pass for the latency of holding.
+        latency = f"rtt_ms final_hold p50={final['p50']} p99={final['p99']} whole_run p99={rtt['p99']}"
+    else:
+        latency = f"rtt_ms p50={rtt['p50']} p99={rtt['p99']}"
     return (
         f"{summary['verdict'].upper()}: held={summary['held']} target={summary['target']} "
         f"peak_open={summary['peak_open']} failures={sum(summary['failures'].values())} "
-        f"rtt_ms p50={rtt['p50']} p99={rtt['p99']} "
+        f"{latency} "
         f"workers server={workers.get('server')} client={workers.get('client')} "
         f"duration={summary['duration_s']:.0f}s"
     )

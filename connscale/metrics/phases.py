@@ -125,3 +125,22 @@ def rtt_by_phase(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, fl
 def hold_rtt_ms(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """RTT over every hold second of the run (all plateaus and the final hold)."""
     return rtt_summary_ms(merged_histogram(r for r in records if is_hold(r.get("phase"))))
+
+
+def summary_fields(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What summary.json keeps of the phases: RTT per phase, of the final hold and of all holds.
+
+    `rtt_final_hold_ms` is the latency the run's verdict is about; the
+    cumulative `rtt_ms` mixes in every ramp's connect bursts.
+    """
+    table = phase_table(records)
+    by_phase = {
+        phase: {"seconds": row["seconds"], "samples": row["rtt_samples"], "open": row["open"], **row["rtt_ms"]}
+        for phase, row in table.items() if phase
+    }
+    final = table.get(FINAL_HOLD)
+    return {
+        "rtt_by_phase": by_phase,
+        "rtt_final_hold_ms": dict(final["rtt_ms"]) if final else rtt_summary_ms(new_histogram()),
+        "rtt_holds_ms": hold_rtt_ms(records),
+    }
