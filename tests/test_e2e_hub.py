@@ -128,7 +128,9 @@ def test_agent_registers_again_after_hub_restart_and_target_is_restored(hub):
         assert re.search(r"^a1\s+True\s+\S+\s+\d+\s+1500\s+1500$", clients, re.M), clients
         failures = h.stats()["client"]["failures"]
         assert set(failures) <= {"steady:closed_by_peer", "steady:ECONNRESET", "first_ping:closed_by_peer",
-                                 "first_ping:ECONNRESET", "connect:ECONNREFUSED"}, failures
+                                 "first_ping:ECONNRESET", "connect:ECONNREFUSED",
+                                 # a connect caught in a closing listener's queue is reset
+                                 "connect:ECONNRESET"}, failures
     assert agent.popen.returncode is not None
 
 

@@ -26,6 +26,9 @@ def write_config(tmp: Path, **extra: str) -> Path:
         "target": "3000",
         "per_route_max": "14000",
         "source_ips": "127.0.0.2-127.0.0.3",
+        # Generous: these tests are about the run's mechanics, on a box that may be busy.
+        "timeout": "5",
+        "max_failures": "0",
     }
     values.update(extra)
     path = tmp / "run.yaml"
@@ -36,9 +39,11 @@ client:
   server: "127.0.0.1:{values['ports']}"
   source_ips: "{values['source_ips']}"
   interval: 2
+  timeout: {values['timeout']}
   per_route_max: {values['per_route_max']}
 control: {{listen: "tcp:{values['control']}:interface=127.0.0.1", console: none}}
-scenario: {{target: {values['target']}, rate: 3000, steps: 2, hold: 1, final_hold: 3, time_limit: 60}}
+scenario: {{target: {values['target']}, rate: 3000, steps: 2, hold: 1, final_hold: 3, time_limit: 60,
+            max_failures: {values['max_failures']}}}
 run: {{dir: runs}}  # relative: resolved against the directory connscale run starts in
 """
     )
@@ -140,7 +145,7 @@ def test_interrupted_run_still_writes_its_summary_and_stops_its_children(tmp_pat
 
     import psutil
 
-    config = write_config(tmp_path, target="20000")
+    config = write_config(tmp_path, target="20000", max_failures="1000000")
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
     proc = subprocess.Popen(connscale("run", "-c", str(config)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, cwd=tmp_path)
@@ -203,7 +208,7 @@ def test_a_killed_hub_is_named_and_the_run_leaves_nothing_behind(tmp_path):
 
     import psutil
 
-    proc = start_run(tmp_path, write_config(tmp_path, target="20000"))
+    proc = start_run(tmp_path, write_config(tmp_path, target="20000", max_failures="1000000"))
     try:
         wait_ramp_started(tmp_path)
         family = psutil.Process(proc.pid).children(recursive=True)
@@ -227,7 +232,7 @@ def test_a_killed_hub_is_named_and_the_run_leaves_nothing_behind(tmp_path):
 def test_a_killed_run_leaves_no_orphans(tmp_path):
     import psutil
 
-    proc = start_run(tmp_path, write_config(tmp_path, target="20000"))
+    proc = start_run(tmp_path, write_config(tmp_path, target="20000", max_failures="1000000"))
     try:
         wait_ramp_started(tmp_path)
         family = psutil.Process(proc.pid).children(recursive=True)
