@@ -66,6 +66,17 @@ def test_metrics_are_the_latest_timeline_line() -> None:
     assert not any("pid" in dict(labels) for _, labels in m)
 
 
+def test_incidents_are_counted_by_wall() -> None:
+    records = make_records()
+    records[5]["incidents"] = [{"wall": "ephemeral_ports", "headline": "x"}]
+    records[6]["incidents"] = [{"wall": "ephemeral_ports"}, {"wall": "Not A Wall!"}]
+    records[-1]["load"] = {"measuring_side_saturated": True}
+    m = scrape_collector(records)
+    assert m[("connscale_incidents_total", (("wall", "ephemeral_ports"),))] == 2
+    assert m[("connscale_incidents_total", (("wall", "other"),))] == 1
+    assert m[("connscale_measuring_side_saturated", ())] == 1
+
+
 def test_label_sets_are_bounded() -> None:
     assert bounded_cause("ECONNRESET") == "ECONNRESET" and bounded_cause("no_answer_from_server") != "other"
     assert bounded_cause("ERRNO_511") == "ERRNO_511"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from connscale.app.startup import (
     EXIT_AUTH,
@@ -103,9 +103,14 @@ def ctl(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def operator_call(host: str, port: int, secret: bytes, method: str, *args: Any,
-                  tls_ca: str | None = None) -> tuple[int, Any]:
-    """Log in as operator, make one call, return (exit status, result or message)."""
+def operator_session(host: str, port: int, secret: bytes, tls_ca: str | None,
+                     work: Callable[[Any, Any], Any], silent: tuple[int, Any] = (EXIT_OK, "")) -> tuple[int, Any]:
+    """Log in as operator, run `work(reactor, perspective)`, log out: one reactor, one session.
+
+    `work` returns (or fires with) (exit status, result or message). A refused
+    login is EXIT_AUTH and an unreachable hub EXIT_UNREACHABLE, each one line;
+    `silent` is the outcome when the reactor stops before `work` says (Ctrl-C).
+    """
     from twisted.internet import defer, task
 
     from connscale.control import dial
@@ -123,18 +128,32 @@ def operator_call(host: str, port: int, secret: bytes, method: str, *args: Any,
                 outcome.append((EXIT_UNREACHABLE, f"cannot reach the controller at {host}:{port}: {e}"))
             return
         try:
-            result = yield perspective.callRemote(method, *args)
-            outcome.append((EXIT_OK, result))
-        except Exception as e:
-            # A pb.Error from the controller arrives as RemoteError(message).
-            outcome.append((EXIT_REFUSED, (str(e).strip().splitlines() or [repr(e)])[-1]))
-        factory.disconnect()
+            outcome.append((yield defer.maybeDeferred(work, reactor, perspective)))
+        finally:
+            factory.disconnect()
 
     try:
         task.react(main)
-    except SystemExit:
+    except (SystemExit, KeyboardInterrupt):
         pass
-    return outcome[0] if outcome else (EXIT_UNREACHABLE, "no answer from the controller")
+    return outcome[0] if outcome else silent
+
+
+def remote_error(e: BaseException) -> str:
+    """A pb.Error from the controller arrives as RemoteError(message): its last line."""
+    return (str(e).strip().splitlines() or [repr(e)])[-1]
+
+
+def operator_call(host: str, port: int, secret: bytes, method: str, *args: Any,
+                  tls_ca: str | None = None) -> tuple[int, Any]:
+    """Log in as operator, make one call, return (exit status, result or message)."""
+
+    def call(reactor: Any, perspective: Any) -> Any:
+        return perspective.callRemote(method, *args).addCallbacks(
+            lambda result: (EXIT_OK, result), lambda f: (EXIT_REFUSED, remote_error(f.value)))
+
+    return operator_session(host, port, secret, tls_ca, call,
+                            silent=(EXIT_UNREACHABLE, "no answer from the controller"))
 
 
 def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: float, count: int,
@@ -143,20 +162,9 @@ def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: flo
     from twisted.internet import defer, task
 
     from connscale.app.live import LiveView
-    from connscale.control import dial
-
-    outcome: list[tuple[int, str]] = []
 
     @defer.inlineCallbacks
-    def main(reactor: Any):  # type: ignore[no-untyped-def]
-        try:
-            factory, perspective = yield dial.login(reactor, host, port, "operator", secret, tls_ca)
-        except Exception as e:
-            if dial.is_unauthorized(e):
-                outcome.append((EXIT_AUTH, "the controller refused our login: wrong control secret"))
-            else:
-                outcome.append((EXIT_UNREACHABLE, f"cannot reach the controller at {host}:{port}: {e}"))
-            return
+    def show(reactor: Any, perspective: Any):  # type: ignore[no-untyped-def]
         view = LiveView(every=every, clock=reactor.seconds, title=f"connscale hub {host}:{port}")
         # Ctrl-C stops the reactor mid-wait: leave the last frame (and the cursor) in place.
         reactor.addSystemEventTrigger("before", "shutdown", view.final)
@@ -168,20 +176,14 @@ def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: flo
                 try:
                     stats = yield perspective.callRemote("stats")
                 except Exception as e:
-                    outcome.append((EXIT_UNREACHABLE, f"lost the controller at {host}:{port}: {e}"))
-                    return
+                    return (EXIT_UNREACHABLE, f"lost the controller at {host}:{port}: {e}")
                 view.show(stats)
                 shown += 1
-            outcome.append((EXIT_OK, ""))
+            return (EXIT_OK, "")
         finally:
             view.final()
-            factory.disconnect()
 
-    try:
-        task.react(main)
-    except (SystemExit, KeyboardInterrupt):
-        pass
-    return outcome[0] if outcome else (EXIT_OK, "")
+    return operator_session(host, port, secret, tls_ca, show)
 
 
 def twistd(command: str, argv: Sequence[str]) -> int:

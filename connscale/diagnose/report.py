@@ -231,16 +231,20 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
             f"max {_nk(nums, 'rtt_final_hold_max')} ms (over the whole run, ramps included, "
             f"p99 was {_nk(nums, 'rtt_run_p99')} ms).</p>"
         )
-    elif verdict != "unknown":
+    explanation = (summary or {}).get("explanation")
+    if not explanation and summary is not None and verdict in ("held", "failed"):
+        explanation = derive_explanation(run, summary)
+    headline = isinstance(explanation, Mapping) and explanation.get("headline")
+    if verdict not in ("held", "unknown") and not headline:
         reason = str(summary.get("reason") or "no reason recorded") if summary else ""
         parts.append(
             f"<p><strong>Stopped at {_nk(nums, 'open_at_end')} of {_nk(nums, 'target')} connections</strong> "
             f"(peak {_nk(nums, 'peak_open')}): {_e(reason)}.</p>"
         )
-    explanation = (summary or {}).get("explanation")
     if explanation:
-        parts.append(explanation_html(explanation))
-    elif verdict != "held":
+        parts.append(explanation_html(explanation, brief=verdict == "held"))
+    fixed = isinstance(explanation, Mapping) and _items(explanation.get("fix"))
+    if verdict != "held" and not fixed:
         failures = (summary or {}).get("failures") or (failures_of(run.records[run_end(run.records)])
                                                          if run.records else {})
         top = _top_causes(failures)
@@ -277,11 +281,27 @@ def _items(values: Any) -> list[str]:
     return [str(v) for v in values] if isinstance(values, (list, tuple)) else [str(values)]
 
 
-def explanation_html(explanation: Any) -> str:
-    """The diagnosis from summary.json: the wall that was hit, its evidence and its fix.
+def derive_explanation(run: RunFiles, summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A run whose summary predates the verdict logic: explain it now, from the directory alone."""
+    from connscale.diagnose.verdict import explain
+
+    try:
+        return explain(
+            str(summary.get("verdict")), int(summary.get("target") or 0), held=int(summary.get("held") or 0),
+            peak_open=int(summary.get("peak_open") or 0), reason=str(summary.get("reason") or ""),
+            incidents=gather_incidents(run), preflight=summary.get("preflight"),
+            rtt=summary.get("rtt_final_hold_ms") or summary.get("rtt_ms"),
+        )
+    except Exception:  # an old or odd summary: the page still renders, with the fallback words
+        return None
+
+
+def explanation_html(explanation: Any, brief: bool = False) -> str:
+    """The diagnosis: the wall that was hit, its evidence and its fix.
 
     A dict {headline, wall, side, evidence: [...], fix: [...]} (what the
-    verdict logic writes), or plain text.
+    verdict logic writes), or plain text. `brief` (a held run, already
+    summed up in words) leaves out a headline that names no wall.
     """
     if not isinstance(explanation, Mapping):
         return "".join(f'<p class="explanation">{_e(p)}</p>' for p in str(explanation).split("\n\n"))
@@ -289,10 +309,15 @@ def explanation_html(explanation: Any) -> str:
     headline = explanation.get("headline")
     wall = explanation.get("wall")
     side = f" &middot; {_e(explanation['side'])}" if explanation.get("side") else ""
-    tag = f' <span class="wall">{_e(wall)}{side}</span>' if wall and wall != "none" else ""
+    named = wall and wall not in ("none", "unknown")
+    tag = f' <span class="wall">{_e(wall)}{side}</span>' if named else ""
+    if brief and not named:
+        headline = None
     if headline:
-        out.append(f'<p class="explanation">{_e(headline)}{tag}</p>')
-    evidence = _items(explanation.get("evidence"))
+        out.append(f'<p class="explanation">{_e(headline[:1].upper() + headline[1:])}{tag}</p>')
+    # Evidence the headline already says (the run's reason, when no wall was named) is said once.
+    evidence = [x for x in _items(explanation.get("evidence"))
+                if not headline or x.removeprefix("the run stopped because: ") not in headline]
     if evidence:
         out.append('<p class="label">Evidence</p><ul>' + "".join(f"<li>{_e(x)}</li>" for x in evidence) + "</ul>")
     fix = _items(explanation.get("fix"))

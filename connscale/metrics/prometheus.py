@@ -11,6 +11,7 @@ are labelled by index and agent name, never by pid.
 from __future__ import annotations
 
 import errno
+import re
 from typing import Any, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -36,6 +37,15 @@ def bounded_cause(cause: str) -> str:
     return "other"
 
 
+#: Wall ids are short words from the verdict logic's list; more distinct ones than this become "other".
+MAX_WALLS = 32
+_WALL = re.compile(r"^[a-z][a-z_]{0,31}$")
+
+
+def bounded_wall(wall: str) -> str:
+    return wall if _WALL.match(wall) else "other"
+
+
 def _phase_kind(phase: str) -> str:
     kind = phase.split(":", 1)[0]
     return kind if kind in _PHASE_KINDS else "other"
@@ -47,11 +57,18 @@ class TimelineCollector(Collector):
     def __init__(self) -> None:
         self.latest: Mapping[str, Any] | None = None
         self.rtt = new_histogram()
+        self.incidents: dict[str, int] = {}
 
     def observe(self, record: Mapping[str, Any]) -> None:
         hist = record_histogram(record)
         if hist is not None:
             self.rtt.add(hist)
+        # A timeline line carries the incidents opened in that second.
+        for incident in record.get("incidents") or ():
+            wall = bounded_wall(str(incident.get("wall", "")) if isinstance(incident, Mapping) else "")
+            if wall not in self.incidents and len(self.incidents) >= MAX_WALLS:
+                wall = "other"
+            self.incidents[wall] = self.incidents.get(wall, 0) + 1
         self.latest = record
 
     def collect(self) -> Iterator[Any]:
@@ -97,6 +114,15 @@ class TimelineCollector(Collector):
                                 value=float(step) if step.isdigit() else 0.0)
         yield GaugeMetricFamily("connscale_ghosts", "Connections clients hold open that no server holds",
                                 value=float(r.get("ghosts", 0)))
+        incidents = CounterMetricFamily("connscale_incidents", "Walls met (limit incidents), by wall", labels=["wall"])
+        for wall, n in sorted(self.incidents.items()):
+            incidents.add_metric([wall], float(n))
+        yield incidents
+        load = r.get("load")
+        if isinstance(load, Mapping) and "measuring_side_saturated" in load:
+            yield GaugeMetricFamily("connscale_measuring_side_saturated", "1 while connscale's own client workers "
+                                    "are saturated (RTT and ramp rate are then connscale's)",
+                                    value=1.0 if load.get("measuring_side_saturated") else 0.0)
         target = GaugeMetricFamily("connscale_target_connections", "Connections ordered, per agent", labels=["agent"])
         connected = GaugeMetricFamily("connscale_agent_connected", "1 while the agent is logged in", labels=["agent"])
         for name, a in sorted((r.get("clients") or {}).items()):
