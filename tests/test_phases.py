@@ -122,3 +122,18 @@ def test_per_phase_percentiles_keep_ramps_apart_from_holds() -> None:
         if r["rtt_hist"]:
             everything.add(decode_histogram(r["rtt_hist"]))
     assert rtt_summary_ms(everything)["p99"] == pytest.approx(400.0, rel=0.01)
+
+
+def test_summary_fields_give_the_final_hold_and_the_run_before_its_stop() -> None:
+    from connscale.metrics.phases import summary_fields
+
+    records = [
+        record("ramp:1", 500, hist_of(*[300_000] * 10, *[2_000] * 90)),
+        record("final_hold", 1000, hist_of(*[3_000] * 100)),
+        record("stop", 0, hist_of(*[900_000] * 100)),   # a drain's stragglers: not the run's latency
+    ]
+    fields = summary_fields(records)
+    assert fields["rtt_final_hold_ms"]["p99"] == pytest.approx(3.0, rel=0.01)
+    assert fields["rtt_ms"]["max"] == pytest.approx(300.0, rel=0.01)   # ramps included, stop not
+    assert fields["rtt_by_phase"]["final_hold"]["samples"] == 100 and fields["rtt_by_phase"]["stop"]["seconds"] == 1
+    assert summary_fields([record("ramp:1", 10, "")])["rtt_final_hold_ms"]["p50"] is None

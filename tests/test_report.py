@@ -93,7 +93,7 @@ def expected_numbers(records: list[dict[str, Any]], summary: dict[str, Any] | No
     for span, rs in (("final_hold", final), ("holds", holds)):
         for k, v in pct_ms(merged(rs)).items():
             exp[f"rtt_{span}_{k}"] = v
-    for k, v in last["rtt_ms"].items():
+    for k, v in pct_ms(merged(live)).items():  # every second of the run, before it stopped
         exp[f"rtt_run_{k}"] = v
     # Per phase: seconds, open at its last second, failures during it, RTT of its seconds.
     order: list[str] = []
@@ -261,6 +261,10 @@ def test_knee_is_where_p99_leaves_the_low_load_band() -> None:
     assert knee is not None and knee.open == 3000 and knee.before_open == 2000 and knee.p99 == 40.0
     # A loopback wobble (0.3 -> 0.9 ms) is no knee: the rise must also exceed KNEE_MIN_MS.
     assert find_knee([CurvePoint(1, "", 0.1, 0.3, 1), CurvePoint(2, "", 0.1, 0.9, 1)]) is None
+    # Nor is one noisy plateau the next one contradicts (a busy box): the rise must last.
+    noisy = flat[:3] + [CurvePoint(4000, "", 2.0, 12.0, 10), CurvePoint(5000, "", 1.5, 2.5, 10)]
+    assert find_knee(noisy) is None
+    assert find_knee(noisy + [CurvePoint(6000, "", 5.0, 30.0, 10)]).open == 6000
 
 
 def test_scaling_curve_has_one_point_per_plateau_and_finds_the_knee() -> None:

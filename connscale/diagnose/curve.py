@@ -6,8 +6,9 @@ holds (a standalone hub, an interrupted ramp) falls back to the per-second
 points binned by count.
 
 The knee is said in words a reader can check against the plot: the first
-point where p99 RTT exceeds KNEE_FACTOR times its low-load value (and by at
-least KNEE_MIN_MS, so a 0.3 ms -> 0.7 ms wobble on loopback is no knee).
+point from which p99 RTT stays above KNEE_FACTOR times its low-load value
+(and at least KNEE_MIN_MS above it, so a 0.3 ms -> 0.7 ms wobble on loopback
+is no knee).
 """
 
 from __future__ import annotations
@@ -84,14 +85,15 @@ def _bins(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, int, list[Map
 
 
 def find_knee(points: Sequence[CurvePoint]) -> Knee | None:
-    """The first point whose p99 left the low-load band, None if RTT stayed flat."""
-    if len(points) < 2:
-        return None
-    # The lowest p99 so far is the low-load value: one noisy first plateau
-    # must not hide a knee behind it.
-    baseline = points[0].p99
-    for before, point in zip(points, points[1:]):
-        if point.p99 > max(baseline * KNEE_FACTOR, baseline + KNEE_MIN_MS):
-            return Knee(point.open, before.open, baseline, point.p99)
-        baseline = min(baseline, point.p99)
+    """The first point from which p99 stays out of the low-load band, None if it never does.
+
+    The band is KNEE_FACTOR times the lowest p99 seen before the point (and
+    at least KNEE_MIN_MS above it). Every later point must stay out too: one
+    noisy plateau on a busy box followed by a calmer one is no knee.
+    """
+    for i in range(1, len(points)):
+        baseline = min(p.p99 for p in points[:i])
+        limit = max(baseline * KNEE_FACTOR, baseline + KNEE_MIN_MS)
+        if all(p.p99 > limit for p in points[i:]):
+            return Knee(points[i].open, points[i - 1].open, baseline, points[i].p99)
     return None

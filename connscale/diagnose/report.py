@@ -29,7 +29,7 @@ from connscale.diagnose.curve import (
     find_knee,
 )
 from connscale.diagnose.manifest import read_manifest
-from connscale.metrics.phases import FINAL_HOLD, STOP, hold_rtt_ms, is_hold, phase_table
+from connscale.metrics.phases import FINAL_HOLD, STOP, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
 from connscale.metrics.series import Series, build_series, failures_of
 from connscale.metrics.timeline import read_timeline
 
@@ -149,7 +149,7 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
     spans = {
         "final_hold": phases.get(FINAL_HOLD, {}).get("rtt_ms") or rtt_summary_ms_empty(),
         "holds": hold_rtt_ms(records),
-        "run": last.get("rtt_ms") or rtt_summary_ms_empty(),
+        "run": run_rtt_ms(records),
     }
     for span, pct in spans.items():
         for p in ("p50", "p90", "p99", "max"):

@@ -127,11 +127,25 @@ def hold_rtt_ms(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]
     return rtt_summary_ms(merged_histogram(r for r in records if is_hold(r.get("phase"))))
 
 
+def run_rtt_ms(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """RTT over every second of the run before it began to stop, ramps included.
+
+    From the per-second histograms, so the summary, the verdict line and the
+    report agree; timelines from before `rtt_hist` fall back to the last
+    cumulative `rtt_ms` they carry.
+    """
+    live = [r for r in records if r.get("phase") != STOP] or list(records)
+    if any(r.get("rtt_hist") for r in live):
+        return rtt_summary_ms(merged_histogram(live))
+    return dict(live[-1].get("rtt_ms") or {}) if live else rtt_summary_ms(new_histogram())
+
+
 def summary_fields(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """What summary.json keeps of the phases: RTT per phase, of the final hold and of all holds.
 
-    `rtt_final_hold_ms` is the latency the run's verdict is about; the
-    cumulative `rtt_ms` mixes in every ramp's connect bursts.
+    `rtt_final_hold_ms` is the latency the run's verdict is about; `rtt_ms`
+    (every second before the stop, from the timeline, like the report's)
+    mixes in every ramp's connect bursts.
     """
     table = phase_table(records)
     by_phase = {
@@ -140,6 +154,7 @@ def summary_fields(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
     final = table.get(FINAL_HOLD)
     return {
+        "rtt_ms": run_rtt_ms(records),
         "rtt_by_phase": by_phase,
         "rtt_final_hold_ms": dict(final["rtt_ms"]) if final else rtt_summary_ms(new_histogram()),
         "rtt_holds_ms": hold_rtt_ms(records),
