@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from connscale.control.launch import (
     remote_agent_argv,
     ssh_argv,
 )
+from tests.support.procs import free_port
 from tests.support.sshd import remote_python, sshd_or_skip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,12 +257,6 @@ def wait_gone(pid: int, seconds: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,19 +14,21 @@ from typing import Callable, Sequence
 
 from connscale.metrics.status import parse_status
 
+#: Ports for servers under test come from below Linux's ephemeral range
+#: (32768-60999): a port the kernel handed out with bind(0) is also what the
+#: next outgoing connect may take, and our tests open thousands of those.
+PORT_POOL = range(20000, 32000)
+_rng = random.Random()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n consecutive free ports (for port ranges)."""
-    for _ in range(200):
-        base = free_port(host)
-        if base + n > 65000:
-            continue
+    """n consecutive free ports (for port ranges), outside the ephemeral range."""
+    for _ in range(500):
+        base = _rng.randrange(PORT_POOL.start, PORT_POOL.stop - n)
         socks = []
         try:
             for p in range(base, base + n):
