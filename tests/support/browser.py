@@ -31,12 +31,3 @@ def screenshot(page: Path, out: Path, width: int = 1600, height: int = 2600, tim
         )
     assert r.returncode == 0 and out.exists(), f"chromium failed ({r.returncode}): {r.stderr[-2000:]}"
     return out
-
-
-def dump_dom(page: Path, timeout: float = 90) -> str:
-    """The DOM after the browser parsed (and laid out) `page`."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        r = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.resolve().as_uri()],
-                           capture_output=True, text=True, timeout=timeout, check=False)
-    assert r.returncode == 0, f"chromium failed ({r.returncode}): {r.stderr[-2000:]}"
-    return r.stdout
