@@ -233,7 +233,7 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
         )
     explanation = (summary or {}).get("explanation")
     if not explanation and summary is not None and verdict in ("held", "failed"):
-        explanation = derive_explanation(run, summary)
+        explanation = derive_explanation(run, summary, int(nums["peak_open"].value or 0))
     headline = isinstance(explanation, Mapping) and explanation.get("headline")
     if verdict not in ("held", "unknown") and not headline:
         reason = str(summary.get("reason") or "no reason recorded") if summary else ""
@@ -281,14 +281,18 @@ def _items(values: Any) -> list[str]:
     return [str(v) for v in values] if isinstance(values, (list, tuple)) else [str(values)]
 
 
-def derive_explanation(run: RunFiles, summary: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A run whose summary predates the verdict logic: explain it now, from the directory alone."""
+def derive_explanation(run: RunFiles, summary: Mapping[str, Any], peak_open: int) -> dict[str, Any] | None:
+    """A run whose summary has no explanation: explain it now, from the directory alone.
+
+    `peak_open` is the timeline's (before the stop phase), so the words agree
+    with the table beside them.
+    """
     from connscale.diagnose.verdict import explain
 
     try:
         return explain(
             str(summary.get("verdict")), int(summary.get("target") or 0), held=int(summary.get("held") or 0),
-            peak_open=int(summary.get("peak_open") or 0), reason=str(summary.get("reason") or ""),
+            peak_open=peak_open, reason=str(summary.get("reason") or ""),
             incidents=gather_incidents(run), preflight=summary.get("preflight"),
             rtt=summary.get("rtt_final_hold_ms") or summary.get("rtt_ms"),
         )
