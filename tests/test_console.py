@@ -26,6 +26,7 @@ from twisted.internet.testing import MemoryReactor
 from connscale.config.settings import ControlSettings
 from connscale.control.console import (
     ConsoleError,
+    TELNET_REMOVED,
     ConsoleService,
     Readable,
     _ConsoleInterpreter,
@@ -201,25 +202,50 @@ def test_ssh_console_runs_verbs_and_refuses_other_keys(tmp_path, console_server)
     assert b"Permission denied" in other_user.stderr
 
 
-def test_telnet_console_on_loopback(console_server):
-    port = console_server("telnet", None)
+@needs_ssh
+def test_an_http_post_to_the_console_runs_nothing(tmp_path, console_server):
+    """The attack on the old telnet console: any local program (a web page's fetch()
+    included) POSTs Python to the console port. Only SSH listens now: nothing runs."""
+    keygen(tmp_path / "id_admin")
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text((tmp_path / "id_admin.pub").read_text())
+    port = console_server("ssh", authorized)
+    marker = tmp_path / "pwned"
+    body = f"open({str(marker)!r}, 'w').write('x')\r\n".encode()
+    request = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body)) + body
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"connections_start(3)\r\ncount_connections()\r\n")
-        data, deadline = b"", time.monotonic() + 5
-        while not re.search(r"^connections\s+3$", clean(data), re.M):
-            assert time.monotonic() < deadline, clean(data)
-            data += sock.recv(65536)
+        sock.sendall(request)
+        received, deadline = b"", time.monotonic() + 10
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break  # the SSH server hung up on a client that is not speaking SSH
+            received += chunk
+    assert received.startswith(b"SSH-2.0-"), received[:80]
+    assert not marker.exists()
 
 
-@pytest.mark.parametrize("listen", ["tcp:8791", "tcp:8791:interface=0.0.0.0",
-                                    "tcp:8791:interface=10.1.2.3", "tcp6:8791:interface=\\:\\:",
-                                    "unix:/tmp/console.sock", "tcp:8791:interface=localhost"])
-def test_telnet_refused_off_loopback(tmp_path, listen):
+@pytest.mark.parametrize("listen", ["tcp:8791:interface=127.0.0.1", "tcp:8791:interface=0.0.0.0"])
+def test_telnet_console_is_gone(tmp_path, listen):
     control = ControlSettings(console="telnet", console_listen=listen)
     with pytest.raises(ConsoleError) as e:
         make_console(MemoryReactor(), control, {}, str(tmp_path))
-    assert str(e.value) == ("control.console_listen: telnet console only on a loopback interface "
-                            "(it has no authentication)")
+    assert str(e.value) == TELNET_REMOVED and "\n" not in str(e.value)
+
+
+def test_ssh_console_beyond_loopback_warns(tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        control = ControlSettings(console_listen="tcp:8791:interface=0.0.0.0",
+                                  console_keys=str(public_key_file(tmp_path / "authorized_keys")))
+        assert make_console(MemoryReactor(), control, {}, str(tmp_path / "state")) is not None
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any("reachable beyond loopback" in e.get("log_format", "") for e in events)
 
 
 @pytest.mark.parametrize("listen", ["tcp:8791:interface=127.0.0.1", "tcp:0:127.0.0.5",
@@ -256,14 +282,6 @@ def test_service_binds_given_endpoint_and_exposes_port(tmp_path):
     assert svc.port is None
 
 
-def test_telnet_refused_when_socket_is_not_loopback(tmp_path):
-    # MemoryReactor's fake port reports 0.0.0.0 whatever was asked: the bound socket wins.
-    svc = make_console(MemoryReactor(), ControlSettings(console="telnet"), {}, str(tmp_path))
-    with pytest.raises(ConsoleError, match="telnet console only on a loopback interface"):
-        svc.privilegedStartService()
-    assert svc.port is None
-
-
 def test_console_none():
     assert make_console(MemoryReactor(), ControlSettings(console="none"), {}, "/nonexistent") is None
 
@@ -279,10 +297,12 @@ def test_missing_keys_file(tmp_path):
     assert not (tmp_path / "console_host_key").exists()  # nothing written for a failed start
 
 
-def test_default_keys_file_is_home_ssh(tmp_path, monkeypatch):
+def test_the_console_is_opt_in_with_its_own_keys_file(tmp_path, monkeypatch):
+    # ~/.ssh/authorized_keys (the keys that open a shell on this host) opens no console.
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(ConsoleError, match=re.escape(str(tmp_path / ".ssh" / "authorized_keys"))):
-        make_console(MemoryReactor(), ControlSettings(), {}, str(tmp_path))
+    public_key_file((tmp_path / ".ssh").mkdir() or tmp_path / ".ssh" / "authorized_keys")
+    assert ControlSettings().console == "ssh" and ControlSettings().console_keys is None
+    assert make_console(MemoryReactor(), ControlSettings(), {}, str(tmp_path)) is None
 
 
 def test_keys_file_without_usable_key(tmp_path):

@@ -48,7 +48,7 @@ class Mind:
         self.broker = Broker()
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.handlers: dict[str, Callable[..., Any]] = {
-            "ensure_workers": lambda n: [19900] * n,
+            "ensure_workers": lambda n, target=None: [19900] * n,
             "apply": lambda rows: None,
             "report": lambda: AgentReport().to_wire(),
             "set_rate": lambda rate: None,
@@ -218,7 +218,7 @@ def test_orders_run_one_at_a_time_per_agent(registry: Registry, clock: Clock, ev
 
 
 def test_orders_refuse_an_agent_answering_nonsense(registry: Registry, clock: Clock, events: EventLog) -> None:
-    registry.register("a1", Mind(ensure_workers=lambda n: ["lots"]), info())
+    registry.register("a1", Mind(ensure_workers=lambda n, target=None: ["lots"]), info())
     f = result(orders_for(registry, clock, events).change("a1", 10, +1))
     assert isinstance(f, Failure) and f.check(RecordError) and "expected an integer" in f.getErrorMessage()
 

@@ -114,6 +114,8 @@ def operator_session(host: str, port: int, secret: bytes, tls_ca: str | None,
     from twisted.internet import defer, task
 
     from connscale.control import dial
+    from connscale.control.auth import CredentialError
+    from connscale.control.link import describe_refusal
 
     outcome: list[tuple[int, Any]] = []
 
@@ -121,9 +123,12 @@ def operator_session(host: str, port: int, secret: bytes, tls_ca: str | None,
     def main(reactor: Any):  # type: ignore[no-untyped-def]
         try:
             factory, perspective = yield dial.login(reactor, host, port, "operator", secret, tls_ca)
+        except CredentialError as e:
+            outcome.append((EXIT_AUTH, str(e)))
+            return
         except Exception as e:
             if dial.is_unauthorized(e):
-                outcome.append((EXIT_AUTH, "the controller refused our login: wrong control secret"))
+                outcome.append((EXIT_AUTH, describe_refusal(e, f"{host}:{port}")))
             else:
                 outcome.append((EXIT_UNREACHABLE, f"cannot reach the controller at {host}:{port}: {e}"))
             return

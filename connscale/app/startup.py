@@ -9,6 +9,8 @@ get the same one-line error. Errors leave through `SystemExit` from
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Mapping
 
 from twisted.logger import Logger
@@ -66,3 +68,20 @@ def repeat_option(name: str, doc: str):  # type: ignore[no-untyped-def]
 
     opt.__doc__ = doc
     return opt
+
+
+@contextmanager
+def startup_errors() -> Iterator[None]:
+    """Every start-up error of a command leaves as one line on stderr and exit status 2.
+
+    Lower layers raise `SystemExit("prog: what went wrong")` (one line); Python
+    would print it and exit 1. Scripts tell a bad start (2) from a run that failed.
+    """
+    try:
+        yield
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            sys.stderr.write(e.code.rstrip("\n") + "\n")
+            sys.stderr.flush()
+            raise SystemExit(EXIT_USAGE) from None
+        raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.application.service import IService, MultiService, Service
 from twisted.logger import Logger
 
-from connscale.app.startup import ConfigOptions, repeat_option
+from connscale.app.startup import ConfigOptions, repeat_option, startup_errors
 from connscale.control import plan
 from connscale.host.limits import prepare_fds
 from connscale.host.sysctl import ephemeral_count
@@ -80,6 +80,11 @@ class PoolService(Service):
 
 
 def makeService(options: Options) -> IService:
+    with startup_errors():
+        return _make_service(options)
+
+
+def _make_service(options: Options) -> IService:
     from twisted.internet import reactor
 
     cfg = options.load(PROG)

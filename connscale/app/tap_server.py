@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 
-from connscale.app.startup import ConfigOptions, repeat_option
+from connscale.app.startup import ConfigOptions, repeat_option, startup_errors
 from connscale.host.limits import prepare_fds
 from connscale.host.sysctl import backlog_warning, read_sysctl
 from connscale.metrics.counters import Counters
@@ -60,6 +60,11 @@ class Options(ConfigOptions):
 
 
 def makeService(options: Options) -> IService:
+    with startup_errors():
+        return _make_service(options)
+
+
+def _make_service(options: Options) -> IService:
     from twisted.internet import reactor
 
     cfg = options.load(PROG)

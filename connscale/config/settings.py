@@ -508,6 +508,8 @@ class ClientSettings:
     master: tuple[str, int] | None = _setting(
         None, _optional(_one_hostport), dump=_format_master)
     name: str | None = _setting(None, _optional(_name))         # None = hostname, at runtime
+    # An agent whose hub is gone this long stops its load (and waits for orders).
+    hub_grace: float = _setting(60.0, _duration(allow_zero=True))
 
 
 @attrs.frozen

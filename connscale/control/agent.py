@@ -1,5 +1,13 @@
 """The agent: supervises client workers and, with `--master`, takes orders
-from the hub's controller over PB (logging in again after every reconnect).
+from the hub's controller over PB.
+
+Its link to the hub is a `link.HubLink` (Twisted's ClientService): it logs in
+again and registers after every reconnect, presenting the session token the
+hub gave it so that it keeps its name, and a keepalive notices a hub that
+stopped answering. Orders are checked against `bounds.OrderBounds` before they
+reach a worker. A hub gone for longer than `client.hub_grace` seconds takes
+the load with it: the agent closes its connections (keeping its workers) and
+waits for a hub to give orders again.
 
 Standalone (no master) the agent is its own controller: it asks `plan` for
 the same split the hub's controller would make.
@@ -21,9 +29,12 @@ from twisted.spread import pb
 
 from connscale.config.records import RecordError, integer, nested, seq
 from connscale.config.settings import Config
-from connscale.control import dial, plan, verbs
+from connscale.control import plan, verbs
+from connscale.control.auth import CredentialError, Credentials
+from connscale.control.bounds import OrderBounds
 from connscale.control.errors import ControlError
-from connscale.control.records import AgentInfo, AgentReport
+from connscale.control.link import HubLink
+from connscale.control.records import AgentInfo, AgentReport, RegisterAnswer
 from connscale.control.secret import SecretError, client_secret
 from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
@@ -39,21 +50,22 @@ from connscale.procs.supervisor import Supervisor
 log = Logger(namespace="connscale.agent")
 PROG = "connscale-client"
 
-#: Reconnect delays: each level is logged once, not every attempt.
-BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-
-
 class AgentMind(pb.Referenceable):
     """What the controller may call on an agent; every argument is checked here."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
-    def remote_ensure_workers(self, count: object) -> defer.Deferred[list[int]]:
-        return self.agent.supervisor.ensure(_checked(integer(1, plan.MAX_WORKERS), count, "ensure_workers"))
+    def remote_ensure_workers(self, count: object, target: object = None) -> defer.Deferred[list[int]]:
+        n = _checked(integer(1, plan.MAX_WORKERS), count, "ensure_workers")
+        wanted = None if target is None else _checked(integer(0, 1 << 40), target, "ensure_workers")
+        self.agent.bounds.workers(n, wanted, len(self.agent.supervisor.slots))
+        return self.agent.supervisor.ensure(n)
 
     def remote_apply(self, rows: object) -> defer.Deferred[None]:
         orders = _checked(seq(nested(WorkerOrder), plan.MAX_WORKERS), rows, "apply")
+        self.agent.bounds.orders(orders, [s.budget for s in self.agent.supervisor.slots])
+        self.agent.obeyed()
         return self.agent.supervisor.apply(orders)
 
     def remote_report(self) -> defer.Deferred[dict[str, Any]]:
@@ -95,17 +107,68 @@ class Agent(MultiService):
         self.status.setServiceParent(self)
         self._poll = LoopingCall(self.supervisor.poll)
         self._poll.clock = reactor
-        self.link: ControllerLink | None = None
+        destinations = [c.server_host] + ([c.master[0]] if c.master else [])
+        self.bounds = OrderBounds(self.budget, c.workers, c.source_ips, destinations,
+                                  memory=lambda: read_host_limits().usable_memory)
+        #: The session token the hub gave us: presented again after a reconnect.
+        self.session = ""
+        self.registered = 0
+        self._orphaned: Any = None
+        self.link: HubLink | None = None
         if c.master is not None:
             try:
-                secret = client_secret(cfg.control)
-            except SecretError as e:
+                credentials = Credentials.from_secret(client_secret(cfg.control))
+                credentials.key("agent")
+                verbs.agent_name(self.name)
+            except (SecretError, CredentialError) as e:
                 raise SystemExit(f"{PROG}: {e}") from None
-            self.link = ControllerLink(
-                reactor, c.master, self.name, secret, AgentMind(self), self.info, cfg.control.tls_ca
+            except RecordError as e:
+                raise SystemExit(f"{PROG}: client.name {self.name!r}: {e}") from None
+            self.link = HubLink(
+                reactor, c.master, f"agent:{self.name}", credentials, tls_ca=cfg.control.tls_ca,
+                mind=AgentMind(self), on_login=self._register, on_lost=self._hub_lost, on_refused=self._refused,
             )
             self.link.setServiceParent(self)
 
+    # -- the hub ------------------------------------------------------------------------
+    @defer.inlineCallbacks
+    def _register(self, perspective: pb.RemoteReference):  # type: ignore[no-untyped-def]
+        answer = RegisterAnswer.from_wire((yield perspective.callRemote("register", self.info(self.session).to_wire())))
+        self.session = answer.session
+        self.registered += 1
+        self.obeyed()
+        assert self.cfg.client.master is not None
+        host, port = self.cfg.client.master
+        log.info("{prog}: registered with controller {host}:{port} as {name} (target {target})",
+                 prog=PROG, host=host, port=port, name=self.name, target=answer.target)
+
+    def obeyed(self) -> None:
+        """A hub is giving orders: whatever grace period was running is over."""
+        if self._orphaned is not None and self._orphaned.active():
+            self._orphaned.cancel()
+        self._orphaned = None
+
+    def _hub_lost(self, why: str) -> None:
+        grace = self.cfg.client.hub_grace
+        if self._orphaned is None and self.supervisor.slots:
+            log.warn("{prog}: the hub is gone; holding our connections for {grace:g} s while it comes back",
+                     prog=PROG, grace=grace)
+            self._orphaned = self.reactor.callLater(grace, self._orphan)
+
+    def _orphan(self) -> None:
+        """No hub for the whole grace period: stop the load, keep the workers, wait for orders."""
+        self._orphaned = None
+        held = sum(s.target for s in self.supervisor.slots)
+        log.warn("{prog}: no hub for {grace:g} s: closing our {n} connections until a hub gives orders again",
+                 prog=PROG, grace=self.cfg.client.hub_grace, n=held)
+        self.supervisor.events.append(f"no hub for {self.cfg.client.hub_grace:g} s: load stopped ({held} connections)")
+        self.supervisor.apply([WorkerOrder(0, s.routes) for s in self.supervisor.slots]).addErrback(
+            lambda f: log.failure("stopping the load failed", f))
+
+    def _refused(self, message: str) -> None:
+        fatal(self.reactor, f"{PROG}: {message}")
+
+    # -- what we say ---------------------------------------------------------------------
     def info(self, session: str = "") -> AgentInfo:
         c = self.cfg.client
         return AgentInfo(
@@ -122,6 +185,7 @@ class Agent(MultiService):
             interval=c.interval,
             timeout=c.timeout,
             configured_workers=c.workers,
+            memory=read_host_limits().usable_memory or 0,
             workers=len(self.supervisor.slots),
             worker_targets=tuple(s.target for s in self.supervisor.slots),
             session=session,
@@ -159,99 +223,13 @@ class Agent(MultiService):
     def stopService(self):  # type: ignore[no-untyped-def]
         # First of all: workers exiting from here on are being stopped, not lost.
         self.supervisor.stopping = True
+        self.obeyed()
         if self._poll.running:
             self._poll.stop()
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.supervisor.stop())
         d.addCallback(lambda _: self.status.tick())
         return d
-
-
-class ControllerLink(Service):
-    """Stay logged in to the controller; log in again after every reconnect."""
-
-    def __init__(
-        self,
-        reactor: Any,
-        master: tuple[str, int],
-        name: str,
-        secret: bytes,
-        mind: pb.Referenceable,
-        info: Any,
-        tls_ca: str | None = None,
-    ) -> None:
-        self.tls_ca = tls_ca
-        self.reactor = reactor
-        self.master = master
-        self.name = name
-        self.secret = secret
-        self.mind = mind
-        self.info = info
-        self.level = -1
-        self.attempt = 0
-        self.perspective: pb.RemoteReference | None = None
-        self._retry: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._connect()
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-
-    def _connect(self) -> None:
-        self._retry = None
-        if not self.running:
-            return
-        host, port = self.master
-        d = dial.login(self.reactor, host, port, f"agent:{self.name}", self.secret, self.tls_ca, mind=self.mind)
-        d.addCallback(lambda result: self._logged_in(result[1]))
-        d.addErrback(self._failed)
-
-    @defer.inlineCallbacks
-    def _logged_in(self, perspective: pb.RemoteReference):  # type: ignore[no-untyped-def]
-        self.perspective = perspective
-        perspective.notifyOnDisconnect(self._lost)
-        try:
-            answer = yield perspective.callRemote("register", self.info().to_wire())
-        except Exception as e:
-            message = (str(e).strip().splitlines() or [repr(e)])[-1]
-            fatal(self.reactor, f"{PROG}: the controller refused our registration: {message}")
-            return
-        self.attempt = 0
-        self.level = -1
-        log.info(
-            "{prog}: registered with controller {host}:{port} as {name} (target {target})",
-            prog=PROG, host=self.master[0], port=self.master[1], name=self.name, target=answer.get("target"),
-        )
-
-    def _lost(self, _: Any) -> None:
-        self.perspective = None
-        if self.running:
-            log.warn("{prog}: lost the controller; reconnecting", prog=PROG)
-            self._schedule()
-
-    def _failed(self, f: Failure) -> None:
-        if dial.is_unauthorized(f.value):
-            fatal(self.reactor, f"{PROG}: the controller refused our login: wrong control secret")
-            return
-        self._schedule(f)
-
-    def _schedule(self, f: Failure | None = None) -> None:
-        if not self.running:
-            return
-        level = min(self.attempt, len(BACKOFF) - 1)
-        delay = BACKOFF[level]
-        self.attempt += 1
-        if f is not None and level != self.level:
-            self.level = level
-            log.warn(
-                "{prog}: controller {host}:{port} unreachable ({why}); retrying every {delay:g}s",
-                prog=PROG, host=self.master[0], port=self.master[1], why=f.getErrorMessage(), delay=delay,
-            )
-        self._retry = self.reactor.callLater(delay, self._connect)
 
 
 def fatal(reactor: Any, message: str, code: int = 2) -> None:

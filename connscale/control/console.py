@@ -1,13 +1,15 @@
-"""The operator console: a Python manhole served by the hub, over SSH or loopback telnet.
+"""The operator console: a Python manhole served by the hub, over SSH.
 
 The operator gets the hub's verbs (``client_start(...)``, ``stats()``, ...) in a live
 interpreter. Verbs usually answer with a Deferred (the work happens on remote agents), so
 results are converted to ``Readable`` objects whose repr is an aligned table instead of a
 one-line dict, and the interpreter prints already-fired Deferreds as their result.
 
-SSH accepts exactly one user, authenticated by the keys of an OpenSSH authorized_keys file
-(no passwords). Telnet has no authentication at all, so it is refused unless it listens on
-a loopback interface.
+SSH accepts exactly one user, authenticated by the keys of the console's own authorized_keys
+file (`control.console_keys`, no passwords): the console is off until that key is set, and
+it warns when it listens beyond loopback. There is no telnet console any more: a console
+without authentication runs Python sent by any local program, and a web page in a
+browser on that host can send it an HTTP POST.
 """
 
 from __future__ import annotations
@@ -29,14 +31,13 @@ from twisted.conch.checkers import InMemorySSHKeyDB, SSHPublicKeyChecker
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import keys
-from twisted.conch.telnet import TelnetBootstrapProtocol, TelnetTransport
 from twisted.cred.portal import Portal
-from twisted.internet import defer, endpoints, protocol
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from connscale.metrics.render import cell, format_table, is_scalar
+from connscale.net.listen import EndpointService
 
 if TYPE_CHECKING:
     from connscale.config.settings import ControlSettings
@@ -46,8 +47,6 @@ __all__ = ["ConsoleError", "ConsoleService", "Readable", "make_console", "wrap_n
 log = Logger(namespace="connscale.console")
 
 HOST_KEY_NAME = "console_host_key"
-_TELNET_NOT_LOOPBACK = ("control.console_listen: telnet console only on a loopback interface "
-                        "(it has no authentication)")
 
 
 class ConsoleError(Exception):
@@ -267,18 +266,14 @@ class _ConsoleSession(manhole_ssh.TerminalSession):
             self._terminal.loseConnection()
 
 
-def default_keys_path() -> str:
-    return os.path.expanduser("~/.ssh/authorized_keys")
-
-
 def read_authorized_keys(path: str) -> list[keys.Key]:
     """Public keys of an OpenSSH authorized_keys file; ConsoleError if there are none.
 
     Lines with options (``from="..." ssh-ed25519 ...``) are skipped rather than accepted
     without the restriction they ask for.
     """
-    what = ("create it with a line from your ~/.ssh/id_ed25519.pub (ssh-keygen -t ed25519 "
-            "makes one), point control.console_keys at another file, or set control.console: none")
+    what = ("put a line from your ~/.ssh/id_ed25519.pub in it (ssh-keygen -t ed25519 makes one), "
+            "point control.console_keys at another file, or set control.console: none")
     try:
         with open(path, "rb") as f:
             lines = f.read().splitlines()
@@ -349,7 +344,8 @@ def _generate_host_key(state_dir: str, path: str) -> None:
 
 def _ssh_factory(control: ControlSettings, namespace: dict[str, object],
                  state_dir: str) -> tuple[protocol.Factory, str]:
-    keys_path = os.path.expanduser(control.console_keys) if control.console_keys else default_keys_path()
+    assert control.console_keys is not None, "the console is opt-in: no keys, no console"
+    keys_path = os.path.expanduser(control.console_keys)
     authorized = read_authorized_keys(keys_path)
     host_key = load_host_key(state_dir)
 
@@ -366,7 +362,7 @@ def _ssh_factory(control: ControlSettings, namespace: dict[str, object],
     return factory, what
 
 
-# ---------------------------------------------------------------- telnet
+# ---------------------------------------------------------------- endpoints
 
 def _split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
     parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
@@ -392,118 +388,45 @@ def endpoint_is_loopback(description: str) -> bool:
     return _is_loopback(interface)
 
 
-def _telnet_factory(namespace: dict[str, object]) -> protocol.Factory:
-    factory = protocol.ServerFactory()
-    factory.protocol = lambda: TelnetTransport(  # type: ignore[assignment]
-        TelnetBootstrapProtocol, insults.ServerProtocol, _ConsoleManhole, namespace)
-    return factory
-
-
 # ---------------------------------------------------------------- service
 
-class ConsoleService(service.Service):
-    """Listens on ``description`` with ``factory``; ``port`` is the IListeningPort once bound.
+class ConsoleService(EndpointService):
+    """The console's port (see `net.listen.EndpointService`); errors are ConsoleError."""
 
-    Binding happens in privilegedStartService (like strports.service), so a busy port
-    fails the hub's start with a one-line ConsoleError instead of a log line.
-    """
+    error_class = ConsoleError
 
     def __init__(self, reactor: Any, description: str, factory: protocol.Factory,
                  kind: str, what: str = "") -> None:
-        self.description = description
-        self.endpoint = endpoints.serverFromString(reactor, description)
-        self.factory = factory
+        super().__init__(reactor, description, factory, "control.console_listen", what,
+                         label=f"console ({kind})")
         self.kind = kind
-        self.what = what
-        self.port: IListeningPort | None = None
-        self._listening: defer.Deferred[IListeningPort] | None = None
-        self._waiters: list[defer.Deferred[IListeningPort]] = []
-        self._error: Failure | None = None
-        self._starting = False
 
-    def when_listening(self) -> defer.Deferred[IListeningPort]:
-        """Fires with the IListeningPort (at once if already bound); tests read the port from it."""
-        if self.port is not None:
-            return defer.succeed(self.port)
-        d: defer.Deferred[IListeningPort] = defer.Deferred()
-        self._waiters.append(d)
-        return d
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        super().startService()
-        if self._listening is None:
-            self._listen()
-
-    def _listen(self) -> None:
-        self._error = None
-        self._starting = True
-        self._listening = self.endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._bound, self._failed)
-        self._starting = False
-        if self._error is not None:  # TCP endpoints fail synchronously (EADDRINUSE, EACCES)
-            self._listening = None
-            error = self._error.value
-            if isinstance(error, ConsoleError):
-                raise error
-            raise ConsoleError(f"control.console_listen: cannot listen on {self.description} "
-                               f"({self._error.getErrorMessage()})")
-
-    def _failed(self, failure: Failure) -> None:
-        self._error = failure
-        if not self._starting and not failure.check(defer.CancelledError):  # else raised
-            log.failure("console ({kind}) cannot listen on {description}", failure,
-                        kind=self.kind, description=self.description)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(failure)
-
-    def _bound(self, port: IListeningPort) -> IListeningPort | None:
-        host = port.getHost()
-        if self.kind == "telnet" and not _is_loopback(getattr(host, "host", "")):
-            # Belt and braces: the endpoint string said loopback, the socket says otherwise.
-            port.stopListening()
-            self._failed(Failure(ConsoleError(_TELNET_NOT_LOOPBACK)))
-            return None
-        self.port = port
-        log.info("console ({kind}) listening on {host}:{port}{what}", kind=self.kind,
-                 host=getattr(host, "host", host), port=getattr(host, "port", ""),
-                 what=f"; {self.what}" if self.what else "")
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(port)
-        return port
-
-    def stopService(self) -> defer.Deferred[None] | None:
-        super().stopService()
-        listening, self._listening = self._listening, None
-        port, self.port = self.port, None
-        if port is not None:
-            return defer.maybeDeferred(port.stopListening)
-        if listening is not None:
-            listening.cancel()
-        return None
+TELNET_REMOVED = ("control.console: the telnet console was removed (anything on this host, even a web "
+                  "page's HTTP POST, could run Python in it); use console: ssh with control.console_keys")
 
 
 def make_console(reactor: Any, control: ControlSettings, namespace: dict[str, object],
                  state_dir: str) -> service.IService | None:
-    """The hub's console service per ``control.console``; None for "none".
+    """The hub's console per ``control.console``; None when it is off.
 
-    Raises ConsoleError (one line) for a telnet console off loopback, a missing or
-    keyless authorized_keys file, or an unusable host key.
+    The console is opt-in: ``console: ssh`` (the default) listens only once
+    ``control.console_keys`` names its own authorized_keys file. Raises ConsoleError
+    (one line) for ``console: telnet``, a missing or keyless keys file, or an
+    unusable host key.
     """
     if control.console == "none":
         return None
     if control.console == "telnet":
-        if not endpoint_is_loopback(control.console_listen):
-            raise ConsoleError(_TELNET_NOT_LOOPBACK)
-        return ConsoleService(reactor, control.console_listen,
-                              _telnet_factory(wrap_namespace(namespace)), "telnet",
-                              "no authentication (loopback only)")
+        raise ConsoleError(TELNET_REMOVED)
     if control.console == "ssh":
+        if control.console_keys is None:
+            log.info("console off: set control.console_keys to an authorized_keys file of its own to turn it on")
+            return None
+        if not endpoint_is_loopback(control.console_listen):
+            log.warn("console: control.console_listen {listen} is reachable beyond loopback; anyone with a key "
+                     "in {keys} gets a Python prompt inside the hub", listen=control.console_listen,
+                     keys=control.console_keys)
         factory, what = _ssh_factory(control, wrap_namespace(namespace), state_dir)
         return ConsoleService(reactor, control.console_listen, factory, "ssh", what)
-    raise ConsoleError(f"control.console: expected ssh, telnet or none, got {control.console!r}")
+    raise ConsoleError(f"control.console: expected ssh or none, got {control.console!r}")

@@ -32,7 +32,8 @@ from connscale.config.settings import Config
 from connscale.control.collect import LOST_AFTER, POLL_INTERVAL, Collector, EventLog
 from connscale.control.diagnosis import Diagnosis
 from connscale.control.errors import ControlError
-from connscale.control.login import SecretChecker
+from connscale.control.auth import Credentials
+from connscale.control.login import ControlServerFactory, LoginRoot, LoginThrottle, ProofChecker
 from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo
 from connscale.control.registry import CALL_TIMEOUT, AgentHandle, Registry
@@ -76,6 +77,8 @@ class OperatorAvatar(pb.Avatar):
         args = broker.unserialize(args, self)
         kw = broker.unserialize(kw, self)
         name = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        if name == "keepalive":  # a long-lived operator link (connscale run) probing the hub
+            return None
         return broker.serialize(self.controller.call(name, args, kw), self, None, args, kw)
 
 
@@ -85,7 +88,7 @@ class Controller:
         self,
         reactor: Any,
         cfg: Config,
-        secret: bytes,
+        secret: bytes | Credentials,
         servers: Supervisor | None = None,
         timeline: Timeline | None = None,
         launcher: Callable[..., Any] | None = None,
@@ -93,14 +96,14 @@ class Controller:
     ) -> None:
         self.reactor = reactor
         self.cfg = cfg
-        self.secret = secret
+        self.credentials = secret if isinstance(secret, Credentials) else Credentials.from_secret(secret)
+        self.throttle = LoginThrottle(reactor)
         self.log = EventLog()
         self.registry = Registry(reactor, self.log.note)
         self.orders = Orders(reactor, cfg, self.registry, self.log.note)
         #: Names the walls the run meets (connscale.diagnose).
         self.diagnosis = Diagnosis(cfg, self.registry, self.log.note)
         self.collector = Collector(reactor, self.registry, self.log, servers, timeline, lost_after, self.diagnosis)
-        self.checker = SecretChecker(secret)
         self._launcher = launcher
 
     # -- the parts, as the hub and the console see them ---------------------------------
@@ -129,7 +132,15 @@ class Controller:
         self.log.note(message)
 
     def portal(self) -> Portal:
-        return Portal(self, [self.checker])
+        return Portal(self, [ProofChecker()])
+
+    def login_root(self) -> LoginRoot:
+        """The PB root of the control port: the mutual login, then this realm."""
+        return LoginRoot(self.portal(), self.credentials)
+
+    def server_factory(self) -> ControlServerFactory:
+        """The control port's factory: login gate, guarded connections, throttled failures."""
+        return ControlServerFactory(self.login_root(), self.reactor, self.throttle)
 
     # -- realm -------------------------------------------------------------------------------
     def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
@@ -146,6 +157,7 @@ class Controller:
             return pb.IPerspective, avatar, lambda: self.registry.detached(name, mind)
         if kind == "operator" and not name:
             return pb.IPerspective, OperatorAvatar(self), lambda: None
+        # (login.authenticate never gets here with another role: its key is unknown.)
         raise cred_error.UnauthorizedLogin(f"unknown role {kind[:40]!r}")
 
     # -- agents ------------------------------------------------------------------------------

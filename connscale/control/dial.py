@@ -1,14 +1,14 @@
 """Reaching the controller: plain TCP, or TLS verified against `control.tls_ca`.
 
-Agents, `connscale ctl` and `connscale run` all log in through here, so the
-three speak to a hub the same way.
+Agents, `connscale ctl` and `connscale run` all log in through here (or through
+`link.HubLink`, which reconnects), so the three speak to a hub the same way:
+the mutual exchange of `login`, where the hub proves the secret first.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.cred import credentials
 from twisted.internet import defer, endpoints
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -29,11 +29,21 @@ def controller_endpoint(reactor: Any, host: str, port: int, tls_ca: str | None =
     return endpoints.wrapClientTLS(options, tcp)
 
 
+def credentials_of(secret: Any) -> Any:
+    """Credentials from a secret (bytes) or an agent-key line; passes Credentials through."""
+    from connscale.control.auth import Credentials
+
+    return secret if isinstance(secret, Credentials) else Credentials.from_secret(secret)
+
+
 @defer.inlineCallbacks
-def login(reactor: Any, host: str, port: int, username: str, secret: bytes, tls_ca: str | None = None,
+def login(reactor: Any, host: str, port: int, username: str, secret: Any, tls_ca: str | None = None,
           mind: pb.Referenceable | None = None, timeout: float = 10):  # type: ignore[no-untyped-def]
-    """Connect and log in; fires with (factory, perspective)."""
-    factory = pb.PBClientFactory()
+    """Connect and log in (`secret`: bytes or `auth.Credentials`); fires with (factory, perspective)."""
+    from connscale.control.login import ControlClientFactory, authenticate
+
+    credentials = credentials_of(secret)
+    factory = ControlClientFactory()
     broker = yield controller_endpoint(reactor, host, port, tls_ca, timeout).connect(factory)
     # A connection dropped during login (a refused TLS handshake, a hub going
     # away) would otherwise leave the login waiting forever.
@@ -46,7 +56,7 @@ def login(reactor: Any, host: str, port: int, username: str, secret: bytes, tls_
     broker.notifyOnDisconnect(lambda: settle(Failure(ConnectionLost(
         "the controller closed the connection during login" + (" (TLS refused?)" if tls_ca else "")
     ))))
-    attempt = factory.login(credentials.UsernamePassword(username.encode(), secret), client=mind)
+    attempt = factory.getRootObject().addCallback(authenticate, username, credentials, mind)
     attempt.addTimeout(timeout, reactor)
     attempt.addBoth(settle)
     try:
@@ -57,11 +67,20 @@ def login(reactor: Any, host: str, port: int, username: str, secret: bytes, tls_
     return factory, perspective
 
 
-def is_unauthorized(exc: BaseException) -> bool:
-    """A refused login, whether raised here or copied over PB."""
+REFUSALS = ("twisted.cred.error.UnauthorizedLogin", "connscale.control.login.LoginRefused")
+
+
+def is_unauthorized(exc: BaseException | Failure) -> bool:
+    """A refused login (or a hub that could not prove the secret), raised here or copied over PB."""
     from twisted.cred.error import UnauthorizedLogin
 
-    remote = getattr(exc, "remoteType", b"")
+    if isinstance(exc, Failure):
+        # A failure copied over PB names the remote exception's class in `type`.
+        remote = exc.type if isinstance(exc.type, bytes) else b""
+        if not remote:
+            return is_unauthorized(exc.value)
+    else:
+        remote = getattr(exc, "remoteType", b"")
     if isinstance(remote, bytes):
         remote = remote.decode("ascii", "replace")
-    return isinstance(exc, UnauthorizedLogin) or remote == "twisted.cred.error.UnauthorizedLogin"
+    return isinstance(exc, UnauthorizedLogin) or remote in REFUSALS or type(exc).__name__ == "LoginRefused"

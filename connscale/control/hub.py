@@ -22,13 +22,15 @@ from connscale.config.settings import ClientHost, Config, endpoint_address
 from connscale.control import plan
 from connscale.control.controller import POLL_INTERVAL, ControlError, Controller
 from connscale.control.verbs import VERBS, Verb, describe
-from connscale.control.secret import SecretError, config_dir, hub_secret
+from connscale.control.auth import CredentialError, Credentials
+from connscale.control.secret import SecretError, config_dir, hub_secret, is_loopback_endpoint
 from connscale.host.limits import prepare_fds
 from connscale.host.resources import cpu_count
 from connscale.metrics.render import format_stats
 from connscale.metrics.status import StatusService
 from connscale.metrics.timeline import Timeline
-from connscale.net.server import ListenError, bind_sockets
+from connscale.net.listen import EndpointService, ListenError
+from connscale.net.server import bind_sockets
 from connscale.procs.records import ServerSpec
 from connscale.procs.supervisor import Supervisor
 
@@ -36,26 +38,6 @@ log = Logger(namespace="connscale.hub")
 PROG = "connscale-server"
 
 REGISTER_TIMEOUT = 60.0
-
-
-class ListeningEndpoint(Service):
-    """Listen on an endpoint string *now*, so a port in use is one line at start-up."""
-
-    def __init__(self, reactor: Any, description: str, factory: Any, key: str) -> None:
-        from twisted.internet import endpoints
-
-        self.port: Any = None
-        failure: list[Any] = []
-        d = endpoints.serverFromString(reactor, description).listen(factory)
-        d.addCallbacks(lambda port: setattr(self, "port", port), failure.append)
-        if failure:
-            raise SystemExit(f"{PROG}: {key} {description}: {failure[0].getErrorMessage()}")
-
-    def stopService(self):  # type: ignore[no-untyped-def]
-        super().stopService()
-        if self.port is not None:
-            return self.port.stopListening()
-        return None
 
 
 class HubService(MultiService):
@@ -140,7 +122,9 @@ def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[st
     def line(text: str) -> None:
         log.info("[{name}] {line}", name=name, line=text)
 
-    launched = launch.launch(reactor, host, argv, controller.secret + b"\n", line)
+    # The remote agent gets its role's key, never the secret: it can log in as
+    # an agent and nothing more (no orders, no launches) if its host is taken.
+    launched = launch.launch(reactor, host, argv, controller.credentials.agent_line() + b"\n", line)
     registered = controller.wait_registered(name)
     result: defer.Deferred[str] = defer.Deferred()
 
@@ -213,7 +197,10 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
         raise SystemExit(f"{PROG}: {e}") from None
     try:
         secret, source = hub_secret(cfg.control)
-    except SecretError as e:
+        credentials = Credentials.from_secret(secret)
+        if not credentials.whole_secret:
+            raise SecretError("the hub's control secret is an agent key: a hub needs the secret itself")
+    except (SecretError, CredentialError) as e:
         raise SystemExit(f"{PROG}: {e}") from None
     workers = plan.server_workers(cfg.scenario.target, budget, cpu_count(), s.workers)
     spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
@@ -221,28 +208,32 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     servers = Supervisor(reactor, "server", spec, "hub")
     run_dir = Path(record_dir) if record_dir else Path(cfg.run.dir) / time.strftime("%Y%m%d-%H%M%S-hub")
     timeline = Timeline(run_dir)
-    controller = Controller(reactor, cfg, secret, servers, timeline, launcher=launch_client)
+    controller = Controller(reactor, cfg, credentials, servers, timeline, launcher=launch_client)
     hub = HubService(reactor, controller, servers, workers)
-    ListeningEndpoint(reactor, cfg.control.listen, pb.PBServerFactory(controller.portal()), "control.listen").setServiceParent(hub)
+    try:
+        EndpointService(reactor, cfg.control.listen, controller.server_factory(), "control.listen",
+                        listen_now=True, label="controller").setServiceParent(hub)
+    except ListenError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    if not is_loopback_endpoint(cfg.control.listen) and not cfg.control.listen.startswith("ssl:"):
+        log.warn(
+            "{prog}: control.listen {listen} is reachable beyond loopback over plain TCP: logins are mutual "
+            "(HMAC-SHA256, the hub proves the secret first) but the session itself is neither encrypted nor "
+            "integrity-protected; on a network you do not trust use ssl: with control.tls_ca",
+            prog=PROG, listen=cfg.control.listen,
+        )
     hub.status = StatusService(reactor, s.status_interval, servers.totals, with_rtt=False, final=False)
     hub.status.setServiceParent(hub)
     if cfg.control.metrics_listen is not None:
         serve_metrics(reactor, controller, cfg.control.metrics_listen).setServiceParent(hub)
-    from connscale.control.console import ConsoleError, default_keys_path, make_console
+    from connscale.control.console import ConsoleError, make_console
 
-    default_keys = default_keys_path()
-    if cfg.control.console == "ssh" and cfg.control.console_keys is None and not os.path.exists(default_keys):
-        log.warn(
-            "{prog}: console disabled: no {keys}; set control.console_keys to an authorized_keys file",
-            prog=PROG, keys=default_keys,
-        )
-    elif cfg.control.console != "none":
-        try:
-            console = make_console(reactor, cfg.control, console_namespace(controller), state_dir())
-        except ConsoleError as e:
-            raise SystemExit(f"{PROG}: {e}") from None
-        if console is not None:
-            console.setServiceParent(hub)
+    try:
+        console = make_console(reactor, cfg.control, console_namespace(controller), state_dir())
+    except ConsoleError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    if console is not None:
+        console.setServiceParent(hub)
     log.info(
         "{prog}: hub with {workers} server workers on {interface} ports {ports}; controller on {listen} "
         "(secret: {source}); timeline in {run_dir}",

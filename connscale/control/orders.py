@@ -76,7 +76,8 @@ class Orders:
         if workers > plan.MAX_WORKERS:
             self.note(f"agent {agent.name}: {workers} workers wanted, capped at {plan.MAX_WORKERS}")
             workers = max(len(agent.worker_targets), plan.MAX_WORKERS)
-        budgets = yield agent.call(self.clock, "ensure_workers", workers)
+        # The agent checks the count against what `placeable` needs with its budget.
+        budgets = yield agent.call(self.clock, "ensure_workers", workers, placeable)
         # What the agent answers is checked like every payload: a list of budgets.
         budgets = list(seq(integer(0, 1 << 30), 4 * plan.MAX_WORKERS)(budgets))
         assignments = plan.assign(total, budgets, routes, cap, agent.worker_targets)

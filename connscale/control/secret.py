@@ -13,10 +13,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Mapping
 
+from twisted.logger import Logger
+
 from connscale.config.settings import ControlSettings, endpoint_address
+
+log = Logger(namespace="connscale.secret")
 
 
 class SecretError(Exception):
@@ -33,10 +38,31 @@ def default_secret_path(env: Mapping[str, str] = os.environ) -> Path:
     return config_dir(env) / "secret"
 
 
+def check_private(path: str | Path, fd: int) -> None:
+    """A secret file others may read is a leaked secret: make it ours alone (0600),
+    with a warning, or refuse it when it is not ours to change."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o077:
+        return  # a pipe (/dev/stdin from ssh) or already private
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():
+        raise SecretError(
+            f"control secret file {path} is readable by others (mode {mode:04o}) and not ours to fix; "
+            f"chmod 600 {path}"
+        )
+    os.fchmod(fd, mode & 0o700)
+    log.warn("control secret file {path} was readable by others (mode {mode:04o}); made it {new:04o}",
+             path=str(path), mode=mode, new=mode & 0o700)
+
+
 def read_secret_file(path: str | Path) -> bytes:
     # One line only: /dev/stdin is a valid secret file for ssh-launched agents.
-    with open(path, "rb") as f:
-        value = f.readline().strip()
+    try:
+        with open(path, "rb") as f:
+            check_private(path, f.fileno())
+            value = f.readline().strip()
+    except OSError as e:
+        raise SecretError(f"control secret file {path}: {e.strerror or e}") from None
     if not value:
         raise SecretError(f"control secret file {path} is empty")
     return value

@@ -23,10 +23,11 @@ from connscale.metrics.render import CLIENT_COLUMNS, format_stats, format_table
 MAX_ORDER = 10_000_000
 #: Connects per second an order may ask for.
 MAX_RATE = 10_000_000.0
-#: What an agent (client) name may look like: it appears in logs, file names and tables.
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+#: What an agent (client) name may look like (as client.name in the config): it appears
+#: in logs, file names and tables.
+NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 
-agent_name: Parse = text(63, NAME_PATTERN, "a name of letters, digits, '.', '_' or '-' (at most 63)")
+agent_name: Parse = text(64, NAME_PATTERN, "a name of letters, digits, '.', '_' or '-' (at most 64)")
 count: Parse = integer(0, MAX_ORDER)
 rate: Parse = number(0, MAX_RATE, open_low=True)
 #: A run's phase becomes a label of the timeline and a table row: short, small alphabet.

@@ -17,14 +17,11 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from connscale.metrics.counters import Counters, errno_cause
+from connscale.net.listen import ListenError
 from connscale.net.transport import adopt_port
 from connscale.net.wire import SERVER_PROTOCOLS, ServerState
 
 log = Logger()
-
-
-class ListenError(Exception):
-    """A listening socket could not be set up; the message is one line."""
 
 
 class PingServerFactory(ServerFactory):

@@ -1,0 +1,262 @@
+"""The control plane's faults and guards through real processes on loopback:
+a flood before login and a silent connection against a real hub, failed logins
+throttled, an agent hung or killed (marked lost, with the reason, within
+seconds), the hub killed under load (agents stop after their grace period and
+register again when a hub returns), roles (an agent key cannot drive the hub),
+a secret file readable by others, and start-up errors as one line with exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from connscale.control.auth import Credentials
+from connscale.control.login import LOGIN_TIMEOUT, PRELOGIN_BYTES, THROTTLE_FAILURES
+from tests.support.procs import connscale
+from tests.test_e2e_hub import Hub
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def hub(tmp_path):
+    made: list[Hub] = []
+
+    def make(grace: float | None = None, **kw) -> Hub:
+        h = Hub(tmp_path, **kw)
+        if grace is not None:
+            h.config.write_text(h.config.read_text().replace("client:\n", f"client:\n  hub_grace: {grace}\n", 1))
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        if h.proc is not None:
+            h.proc.stop()
+
+
+def secret_of(h: Hub) -> bytes:
+    return (h.tmp / "xdg" / "connscale" / "secret").read_bytes().strip()
+
+
+def wait(what: str, probe, timeout: float = 30.0, every: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def client_row(h: Hub, name: str) -> dict:
+    return h.stats()["clients"].get(name, {})
+
+
+# ---------------------------------------------------------------- before login
+
+
+def test_a_flood_before_login_is_cut_and_the_hub_stays_small(hub):
+    h = hub()
+    h.start()
+    process = psutil.Process(h.proc.pid)
+    before = process.memory_info().rss
+    sent = 0
+    # A Banana list of 640 KiB strings, the biggest Banana allows each, for ever.
+    chunk = b"\x7f\x7f\x82" + (b"\x00\x80\x27\x82" + b"x" * 640 * 1024) * 4
+    with socket.create_connection(("127.0.0.1", h.control), timeout=10) as sock:
+        try:
+            while sent < 64 * 1024 * 1024:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert sent < 16 * 1024 * 1024, f"the hub took {sent} bytes before login"
+    assert process.memory_info().rss - before < 16 * 1024 * 1024
+    # A connection that says nothing is dropped after the login deadline.
+    with socket.create_connection(("127.0.0.1", h.control), timeout=LOGIN_TIMEOUT + 10) as idle:
+        started = time.monotonic()
+        try:
+            while idle.recv(4096):  # the hub's Banana greeting, then the end
+                pass
+        except ConnectionResetError:
+            pass  # the hub aborts: a reset is an end too
+        assert time.monotonic() - started < LOGIN_TIMEOUT + 10
+    # The hub is unharmed and still answers its operator.
+    assert h.count() == 0
+    assert PRELOGIN_BYTES < sent
+
+
+FORGER = r"""
+import sys
+from twisted.internet import defer, task
+from connscale.control.login import ControlClientFactory
+
+@defer.inlineCallbacks
+def main(reactor, port):
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    factory = ControlClientFactory()
+    # From 127.0.0.2: the throttle counts per address, the operator's 127.0.0.1 stays welcome.
+    yield TCP4ClientEndpoint(reactor, "127.0.0.1", int(port), bindAddress=("127.0.0.2", 0)).connect(factory)
+    root = yield factory.getRootObject()
+    try:
+        _, _, challenge = yield root.callRemote("hello", 1, "operator", b"n" * 32)
+        yield challenge.callRemote("respond", b"\0" * 32, None)
+        print("LOGGED IN")
+    except Exception as e:
+        print("REFUSED", str(e).splitlines()[-1])
+
+task.react(main, sys.argv[1:])
+"""
+
+
+def test_failed_logins_are_throttled_and_logged_once_per_interval(hub):
+    h = hub()
+    h.start()
+    answers = []
+    for _ in range(THROTTLE_FAILURES + 2):
+        r = subprocess.run([sys.executable, "-c", FORGER, str(h.control)], capture_output=True, text=True,
+                           timeout=30, env=dict(os.environ, **h.env))
+        answers.append(r.stdout.strip())
+    assert answers[:THROTTLE_FAILURES] == ["REFUSED wrong control secret"] * THROTTLE_FAILURES, answers
+    assert all("too many failed logins from 127.0.0.2" in a for a in answers[THROTTLE_FAILURES:]), answers
+    h.proc.wait_line("refused", 15)
+    lines = [line for line in h.proc.lines() if "control: refused" in line]
+    assert 1 <= len(lines) <= 2, lines  # seven refusals, not seven lines
+    assert "Traceback" not in h.proc.text()
+    assert h.count() == 0  # the operator, from another address, is not locked out
+
+
+# ---------------------------------------------------------------- agents lost and found
+
+
+def test_a_hung_agent_is_marked_lost_within_seconds_and_comes_back(hub):
+    h = hub()
+    h.start()
+    with h.agent("a1") as agent:
+        agent.wait_line("registered with controller", 30)
+        assert h.ctl("start", "200", "--client", "a1").returncode == 0
+        h.wait_count(200, "a1")
+        os.kill(agent.pid, signal.SIGSTOP)  # the agent process we started
+        try:
+            row = wait("a1 marked lost", lambda: (r := client_row(h, "a1")) and not r["connected"] and r, 30)
+            assert row["lost_reason"].startswith("no answer for"), row
+            h.proc.wait_line("agent a1 lost: no answer for", 5)
+        finally:
+            os.kill(agent.pid, signal.SIGCONT)
+        # Awake again: it reconnects with its session token and keeps its name and load.
+        wait("a1 back", lambda: client_row(h, "a1").get("connected"), 60)
+        assert client_row(h, "a1")["target"] == 200
+        h.wait_count(200, "a1", timeout=60)
+
+
+def test_a_killed_agent_is_marked_lost_at_once(hub):
+    h = hub()
+    h.start()
+    agent = h.agent("a1")
+    try:
+        agent.wait_line("registered with controller", 30)
+        assert h.ctl("start", "100", "--client", "a1").returncode == 0
+        h.wait_count(100, "a1")
+        os.kill(agent.pid, signal.SIGKILL)
+        row = wait("a1 marked lost", lambda: (r := client_row(h, "a1")) and not r["connected"] and r, 15)
+        assert row["lost_reason"] == "its connection closed"
+        # Its workers see their parent gone and leave; the servers see the connections close.
+        h.wait_count(0, timeout=60)
+    finally:
+        agent.stop()
+
+
+def test_the_hub_killed_under_load(hub):
+    h = hub(grace=3)
+    h.start()
+    with h.agent("a1") as agent:
+        agent.wait_line("registered with controller", 30)
+        assert h.ctl("start", "300", "--client", "a1").returncode == 0
+        h.wait_count(300, "a1")
+        timeline = h.tmp / "rec" / "timeline.jsonl"
+        os.kill(h.proc.pid, signal.SIGKILL)  # the hub we started; its workers follow it
+        h.proc.popen.wait(10)
+        agent.wait_line("the hub is gone; holding our connections for 3 s", 30)
+        agent.wait_line("no hub for 3 s: closing our 300 connections", 30)
+        agent.wait_for(lambda: agent.last_status().get("open") == "0", 60, "the agent's load to stop")
+        assert agent.running()
+        # Every line the hub wrote is whole JSON: it never leaves half a second behind.
+        records = [json.loads(line) for line in timeline.read_text().splitlines()]
+        assert records and records[-1]["client"]["open"] == 300
+        # A hub comes back: the agent registers again, holding nothing, ready for orders.
+        h.start()
+        agent.wait_for(lambda: agent.text().count("registered with controller") >= 2, 60, "second registration")
+        row = wait("a1 registered", lambda: client_row(h, "a1").get("connected") and client_row(h, "a1"), 30)
+        assert row["target"] == 0
+        assert h.ctl("start", "50", "--client", "a1").returncode == 0
+        h.wait_count(50, "a1")
+
+
+# ---------------------------------------------------------------- roles and secrets
+
+
+def test_an_agent_key_runs_an_agent_and_nothing_else(hub, tmp_path: Path):
+    h = hub()
+    h.start()
+    key = tmp_path / "agent.key"
+    key.write_bytes(Credentials.from_secret(secret_of(h)).agent_line() + b"\n")
+    key.chmod(0o600)
+    with h.agent("a1", "--secret-file", str(key)) as agent:
+        agent.wait_line("registered with controller", 30)
+        r = subprocess.run(connscale("ctl", "--config", str(h.config), "count"), capture_output=True, text=True,
+                           timeout=30, env=dict(os.environ, **h.env, CONNSCALE_SECRET=key.read_text().strip()))
+        assert r.returncode == 4, r
+        assert "logging in as operator needs the control secret" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert h.ctl("count", "--client", "a1").stdout.strip() == "0"
+
+
+def test_a_secret_file_others_can_read_is_made_private(hub, tmp_path: Path):
+    h = hub()
+    secret = tmp_path / "hub.secret"
+    secret.write_text("a-long-enough-secret-for-the-hub\n")
+    secret.chmod(0o644)
+    h.config.write_text(h.config.read_text().replace("control:\n", f"control:\n  secret_file: {secret}\n", 1))
+    h.start()
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert any("was readable by others (mode 0644); made it 0600" in line for line in h.proc.lines())
+    env = dict(os.environ, **h.env, CONNSCALE_SECRET="a-long-enough-secret-for-the-hub")
+    r = subprocess.run(connscale("ctl", "--config", str(h.config), "count"), capture_output=True, text=True,
+                       timeout=30, env=env)
+    assert r.returncode == 0, r
+
+
+def test_start_up_errors_are_one_line_and_exit_2(hub, tmp_path: Path):
+    h = hub()
+    env = dict(os.environ, **h.env)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cases = [
+            # First, while no hub has written a secret for them to find.
+            (["agent", "--config", str(h.config), "--master", f"127.0.0.1:{h.control}"], "no control secret"),
+            (["server", "--config", str(h.config), "--control", f"tcp:{port}:interface=127.0.0.1"],
+             f"control.listen: cannot listen on tcp:{port}:interface=127.0.0.1: EADDRINUSE"),
+            (["server", "--config", str(h.config), "--console", "telnet"], "the telnet console was removed"),
+            (["ctl", "--config", str(h.config), "--master", "127.0.0.1:x", "count"], "--master"),
+        ]
+        for argv, needle in cases:
+            r = subprocess.run(connscale(*argv), capture_output=True, text=True, timeout=60, env=env)
+            out = (r.stdout + r.stderr).strip()
+            assert r.returncode == 2, (argv, out)
+            assert needle in out and len([line for line in out.splitlines() if needle in line]) == 1, (argv, out)
+            assert "Traceback" not in out, out
