@@ -260,3 +260,13 @@ def test_start_up_errors_are_one_line_and_exit_2(hub, tmp_path: Path):
             assert r.returncode == 2, (argv, out)
             assert needle in out and len([line for line in out.splitlines() if needle in line]) == 1, (argv, out)
             assert "Traceback" not in out, out
+
+
+def test_agent_key_command_prints_a_key_that_is_not_the_secret(tmp_path: Path):
+    env = dict(os.environ, CONNSCALE_SECRET="the-secret-of-this-test")
+    r = subprocess.run(connscale("agent-key"), capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0, r
+    line = r.stdout.strip()
+    assert line.startswith("connscale-agent-key:") and "the-secret-of-this-test" not in line
+    assert Credentials.from_secret(line.encode()).key("agent") == \
+        Credentials.from_secret(b"the-secret-of-this-test").key("agent")

@@ -22,7 +22,7 @@ from connscale.control.errors import ControlError
 from connscale.control.link import HubLink
 from connscale.control.records import AgentInfo, AgentReport
 from connscale.net.routes import Route
-from connscale.procs.records import WorkerOrder
+from connscale.procs.records import ClientSpec, WorkerOrder
 from tests.test_control import SECRET, FakeMind, agent_info, make_cfg
 
 
@@ -162,6 +162,7 @@ class StubSupervisor:
         self.slots = [type("Slot", (), {"budget": b, "target": 0, "routes": ()})() for b in budgets]
         self.applied: list[list[WorkerOrder]] = []
         self.ensured: list[int] = []
+        self.spec = ClientSpec(rate=100.0)
         self.events: list[str] = []
 
     def apply(self, orders: list[WorkerOrder]) -> defer.Deferred[None]:

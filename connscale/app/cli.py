@@ -229,9 +229,30 @@ def report(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def agent_key(argv: Sequence[str]) -> int:
+    """`connscale agent-key`: the line an agent host needs instead of the secret."""
+    p = argparse.ArgumentParser(
+        prog="connscale agent-key",
+        description="Print the agent key of the control secret: a secret-file line that lets an agent "
+                    "register and nothing more (it cannot give orders or launch agents).")
+    p.add_argument("--config", "-c", help="YAML config (for control.secret/secret_file)")
+    args = p.parse_args(argv)
+    cfg = load_or_exit("connscale", args.config)
+    from connscale.control.auth import CredentialError, Credentials
+    from connscale.control.secret import SecretError, client_secret
+
+    try:
+        line = Credentials.from_secret(client_secret(cfg.control)).agent_line()
+    except (SecretError, CredentialError) as e:
+        sys.stderr.write(f"connscale agent-key: {e}\n")
+        return EXIT_USAGE
+    print(line.decode("ascii"))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: connscale {run,check,ctl,report,server,agent} ... (connscale VERB --help for more)"
+    usage = "usage: connscale {run,check,ctl,report,server,agent,agent-key} ... (connscale VERB --help for more)"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return EXIT_OK if argv else EXIT_USAGE
@@ -242,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report(rest)
     if verb == "agent":
         return twistd("connscale-client", rest)
+    if verb == "agent-key":
+        return agent_key(rest)
     if verb == "server":
         return twistd("connscale-server", rest)
     if verb == "check":

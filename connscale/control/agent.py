@@ -171,6 +171,7 @@ class Agent(MultiService):
     # -- what we say ---------------------------------------------------------------------
     def info(self, session: str = "") -> AgentInfo:
         c = self.cfg.client
+        limits = read_host_limits()
         return AgentInfo(
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -180,12 +181,12 @@ class Agent(MultiService):
             master_host=c.master[0] if c.master else None,
             ephemeral=ephemeral_count(),
             # Every limit of this host, so the hub's check and incidents cover it.
-            limits=read_host_limits().to_dict(),
+            limits=limits.to_dict(),
             rate=float(getattr(self.supervisor.spec, "rate", c.rate)),
             interval=c.interval,
             timeout=c.timeout,
             configured_workers=c.workers,
-            memory=read_host_limits().usable_memory or 0,
+            memory=limits.usable_memory or 0,
             workers=len(self.supervisor.slots),
             worker_targets=tuple(s.target for s in self.supervisor.slots),
             session=session,
