@@ -83,7 +83,11 @@ def serve_metrics(reactor: Any, controller: Controller, endpoint: str) -> Servic
 
     collector = TimelineCollector()
     controller.collector.listeners.append(collector.observe)
-    service = ListeningEndpoint(reactor, endpoint, metrics_site(collector), "control.metrics_listen")
+    try:
+        service = EndpointService(reactor, endpoint, metrics_site(collector), "control.metrics_listen",
+                                  listen_now=True, label="metrics")
+    except ListenError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
     address = endpoint_address(endpoint)  # None: a unix socket, local by nature
     if address is not None and not _loopback(address[0]):
         # The numbers carry addresses of the run and no login protects them.
