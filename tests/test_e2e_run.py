@@ -50,10 +50,10 @@ run: {{dir: runs}}  # relative: resolved against the directory connscale run sta
     return path
 
 
-def run(tmp: Path, config: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
+def run(tmp: Path, config: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"))
-    r = subprocess.run(connscale("run", "-c", str(config)), capture_output=True, text=True, timeout=150, env=env,
-                       cwd=tmp)
+    r = subprocess.run(connscale("run", "-c", str(config), *extra), capture_output=True, text=True, timeout=150,
+                       env=env, cwd=tmp)
     summaries = list((tmp / "runs").glob("*/summary.json"))
     assert len(summaries) == 1, (r.stdout, r.stderr)
     return r, json.loads(summaries[0].read_text())
@@ -81,16 +81,39 @@ def test_run_holds_a_small_target(tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["sysctls"]["net.ipv4.ip_local_port_range"] and manifest["config"]["scenario"]["target"] == 3000
     assert f"report: {run_dir / 'report.html'}" in r.stdout and (run_dir / "report.html").stat().st_size > 10_000
+    # It explains itself: held, with the final hold's RTT, and what the preflight saw.
+    explanation = summary["explanation"]
+    assert explanation["wall"] == "none" and explanation["headline"].startswith("held 3,000 of 3,000 connections")
+    assert "RTT p50" in explanation["headline"] and explanation["measuring_side_saturated"] is False
+    assert summary["preflight"]["ok"] and summary["preflight"]["reachable"] == 3000
+    assert summary["incidents"] == []
+    assert "why: held 3,000 of 3,000" in r.stdout
+
+
+def test_run_refuses_a_target_its_routes_cannot_reach(tmp_path):
+    # One source IP x two server ports x a quota of 500: at most 1000 of 3000.
+    config = write_config(tmp_path, per_route_max="500", source_ips="127.0.0.2")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    r = subprocess.run(connscale("run", "-c", str(config)), capture_output=True, text=True, timeout=60, env=env,
+                       cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "connscale run: refused: routes (client) allow 1,000 of 3,000 connections" in r.stdout
+    assert "client.source_ips: 127.0.0.2-127.0.0.4" in r.stdout and "--force" in r.stdout
+    # Refused before anything started: no run directory, no process.
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
 def test_run_stops_when_routes_cannot_hold_the_step(tmp_path):
-    # One source IP x two server ports x a quota of 500: at most 1000 of the first step's 1500.
+    # Forced past the preflight: the step itself finds the routes short.
     config = write_config(tmp_path, per_route_max="500", source_ips="127.0.0.2")
-    r, summary = run(tmp_path, config)
+    r, summary = run(tmp_path, config, "--force")
     assert r.returncode == 1
+    assert "connscale run: --force: running although routes (client) allow 1,000" in r.stdout
     assert summary["verdict"] == "failed" and summary["held"] == 0
     assert "the client's routes hold at most 1000 connections" in summary["reason"]
     assert "reason: step 1: the client's routes hold at most 1000" in r.stdout
+    assert summary["preflight"]["binding"] == "routes" and summary["preflight"]["reachable"] == 1000
+    assert summary["explanation"]["wall"] == "routes"
 
 
 def test_run_with_a_port_in_use_fails_with_the_hubs_reason(tmp_path):
@@ -104,6 +127,10 @@ def test_run_with_a_port_in_use_fails_with_the_hubs_reason(tmp_path):
     assert r.returncode == 1
     assert summary["verdict"] == "failed"
     assert "cannot listen on 127.0.0.1" in summary["reason"] and "EADDRINUSE" in summary["reason"]
+    # The original's first finding, named: EADDRINUSE on listen, with the fix.
+    explanation = summary["explanation"]
+    assert explanation["wall"] == "listen_in_use" and "ss -ltnp" in explanation["fix"][0]
+    assert "why: stopped at 0 of 3,000 connections: the server could not listen" in r.stdout
 
 
 def test_run_stops_on_failures_and_says_why(tmp_path):
@@ -119,6 +146,8 @@ def test_run_stops_on_failures_and_says_why(tmp_path):
     # A failed run gets its report too, saying why in words.
     page = (Path(summary["run_dir"]) / "report.html").read_text()
     assert "FAILED" in page and "failures exceeded scenario.max_failures=0" in page
+    assert summary["explanation"]["wall"] == "protocol"
+    assert any(i["wall"] == "protocol" for i in summary["incidents"])
 
 
 def timeline_records(tmp: Path) -> list[dict]:

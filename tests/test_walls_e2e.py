@@ -265,3 +265,53 @@ def test_a_throttled_client_worker_is_the_measuring_side_not_the_server(tmp_path
         assert "starved of CPU" in " ".join(incident["evidence"]) and "cgroup CPU quota" in incident["fix"][0]
         load = r.stats()["load"]
         assert set(load) >= {"client", "server", "measuring_side_saturated"}
+
+
+def client_worker_of(run_pid: int) -> int | None:
+    """The pid of the client worker under `connscale run` (run -> agent -> worker)."""
+    import psutil
+
+    try:
+        for proc in psutil.Process(run_pid).children(recursive=True):
+            cmd = proc.cmdline()
+            if "connscale.procs.worker" in cmd and "client" in cmd:
+                return proc.pid
+    except psutil.Error:
+        return None
+    return None
+
+
+@pytest.mark.skipif(not cgroup_v1_cpu(), reason="needs root and the cgroup v1 cpu controller")
+def test_a_run_whose_client_is_throttled_says_it_is_not_the_servers_limit(tmp_path):
+    ports = (free_port(), )
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+server: {{ports: {ports[0]}, status_interval: 1}}
+client: {{server: "127.0.0.1:{ports[0]}", source_ips: 127.0.0.2, interval: 0.5, timeout: 2, workers: 1}}
+control: {{listen: "tcp:{free_port()}:interface=127.0.0.1", console: none}}
+scenario: {{target: 2000, rate: 4000, steps: 1, hold: 0, final_hold: 25, time_limit: 60}}
+run: {{dir: runs}}
+""")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    proc = subprocess.Popen(connscale("run", "-c", str(config)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 40
+        pid = None
+        while time.monotonic() < deadline and pid is None and proc.poll() is None:
+            pid = client_worker_of(proc.pid)
+            time.sleep(0.2)
+        assert pid is not None, "no client worker appeared"
+        with cpu_quota(pid, 3):
+            out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    explanation = summary["explanation"]
+    assert explanation["measuring_side_saturated"] is True, (explanation, out)
+    assert "not the server's limit" in explanation["headline"]
+    assert any(i["wall"] == "measuring_side" for i in summary["incidents"])
+    assert any("agent hosts" in fix for fix in explanation["fix"])
+    assert "incident: measuring_side" in out and "why:" in out

@@ -15,8 +15,15 @@ import sys
 from collections.abc import Sequence
 
 from connscale.app.startup import EXIT_OK, EXIT_REFUSED, load_or_exit
-from connscale.diagnose.budget import Demand, budget, render
-from connscale.host.inventory import read_host_limits
+from connscale.config.settings import Config
+from connscale.diagnose.budget import Budget, Demand, budget, render
+from connscale.host.inventory import HostLimits, read_host_limits
+
+
+def preflight(cfg: Config, limits: HostLimits | None = None) -> tuple[Budget, HostLimits]:
+    """`connscale run`'s check: server and client on this host, the scenario's target."""
+    limits = limits if limits is not None else read_host_limits()
+    return budget(limits, Demand.from_config(cfg, cfg.scenario.target, "both")), limits
 
 
 def check_main(argv: Sequence[str]) -> int:

@@ -26,11 +26,14 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.spread import pb
 
 from connscale.app import children, summary
+from connscale.app.check import preflight
+from connscale.app.live import LiveView, RunInfo
 from connscale.app.rundir import RunDirectory, RunDirError
 from connscale.app.scenario import Progress, RunError, Scenario
-from connscale.app.startup import EXIT_USAGE, load_or_exit
+from connscale.app.search import SearchScenario
+from connscale.app.startup import EXIT_REFUSED, EXIT_USAGE, load_or_exit
 from connscale.config.settings import Config, endpoint_address
-from connscale.app.live import LiveView, RunInfo
+from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.metrics import phases
 from connscale.metrics.timeline import read_timeline
@@ -64,7 +67,9 @@ def run_secret(cfg: Config) -> bytes:
 class Experiment:
     """One run: its directory, its two children, its scenario, its summary."""
 
-    def __init__(self, reactor: Any, cfg: Config, rundir: RunDirectory, out: Callable[[str], None]) -> None:
+    def __init__(self, reactor: Any, cfg: Config, rundir: RunDirectory, out: Callable[[str], None],
+                 preflight: dict[str, Any] | None = None) -> None:
+        self.preflight = preflight
         self.reactor = reactor
         self.cfg = cfg
         self.rundir = rundir
@@ -79,7 +84,13 @@ class Experiment:
         self.perspective: Any = None
         self.view = LiveView(sys.stdout, every=5.0, clock=reactor.seconds, title="connscale run")
         self._phase_shown = ""
-        self.scenario = Scenario(reactor, cfg.scenario, self, AGENT_NAME, show=self.show, health=self.health)
+        self.scenario: Scenario
+        if cfg.scenario.mode == "search":
+            self.scenario = SearchScenario(reactor, cfg.scenario, self, AGENT_NAME, show=self.show,
+                                           health=self.health, timeline=rundir.file("timeline.jsonl"),
+                                           interval=cfg.client.interval)
+        else:
+            self.scenario = Scenario(reactor, cfg.scenario, self, AGENT_NAME, show=self.show, health=self.health)
 
     # -- HubAPI for the scenario -----------------------------------------------------
     def call(self, method: str, *args: Any) -> defer.Deferred[Any]:
@@ -176,13 +187,15 @@ class Experiment:
         self.scenario.close_phases()
         p = self.scenario.progress
         self.view.final()
+        search = self.scenario.result() if isinstance(self.scenario, SearchScenario) else None
         result = summary.build(p, self.cfg.scenario, ok, reason, self.reactor.seconds() - p.started,
-                               str(self.rundir.path))
+                               str(self.rundir.path), preflight=self.preflight, search=search)
         # RTT per phase from the hub's timeline: every final-hold second is on disk by now (the
         # stop phase was entered first, and a second that saw it counts as stop).
         timeline = self.rundir.file("timeline.jsonl")
         if timeline.exists():
             result.update(phases.summary_fields(list(read_timeline(timeline))))
+        result["explanation"] = summary.explanation(result)
         try:
             self.rundir.write_json("summary.json", result)
         except RunDirError as e:
@@ -195,12 +208,18 @@ class Experiment:
         return result
 
 
+def sc_mode(cfg: Config) -> str:
+    return cfg.scenario.mode
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="connscale run", description="Run the scenario of a config on this machine.")
     p.add_argument("-c", "--config", default=None,
                    help="YAML config (default: ./connscale.yaml, else the shipped experiment)")
     p.add_argument("--target", help="override scenario.target")
     p.add_argument("--run-dir", help="override run.dir (parent of the run directory)")
+    p.add_argument("--force", action="store_true",
+                   help="run even when `connscale check` says this host cannot reach the target")
     return p.parse_args(argv)
 
 
@@ -209,25 +228,42 @@ def run_main(argv: list[str]) -> int:
     path = choose_config(args.config)
     overrides: dict[str, object] = {"scenario.target": args.target, "run.dir": args.run_dir}
     cfg = load_or_exit("connscale run", path, overrides)
+
+    def out(line: str) -> None:
+        sys.stdout.write(line if line.startswith("\r") else line + "\n")
+        sys.stdout.flush()
+
+    # Preflight: what this host can reach with this configuration, before any connection.
+    budget, limits = preflight(cfg)
+    if not budget.ok and sc_mode(cfg) == "search":
+        # A search's target is an upper bound, not a promise: say where the wall is
+        # expected and let the search find it.
+        out(f"connscale run: search: this host is expected to reach about {budget.reachable:,} "
+            f"({budget.binding.key if budget.binding else '?'} binds first; `connscale check` says more)")
+    elif not budget.ok:
+        for line in render(budget, limits):
+            out(f"connscale check: {line}")
+        if not args.force:
+            out(f"connscale run: refused: {budget.reason()}")
+            out("connscale run: fix the configuration or the host as above, or run anyway with --force")
+            return EXIT_REFUSED
+        out(f"connscale run: --force: running although {budget.reason()}")
     try:
         rundir = RunDirectory.create(cfg.run.dir)
     except RunDirError as e:
         sys.stderr.write(f"connscale run: {e}\n")
         return EXIT_USAGE
 
-    def out(line: str) -> None:
-        sys.stdout.write(line if line.startswith("\r") else line + "\n")
-        sys.stdout.flush()
-
     sc = cfg.scenario
-    out(f"connscale run: target {sc.target} connections in {sc.steps} steps at {sc.rate:g}/s "
-        f"({path}); records in {rundir.path}")
+    what = (f"search up to {sc.target} connections from {sc.search_start}" if sc.mode == "search"
+            else f"target {sc.target} connections in {sc.steps} steps")
+    out(f"connscale run: {what} at {sc.rate:g}/s ({path}); records in {rundir.path}")
     result: dict[str, Any] = {}
 
     @defer.inlineCallbacks
     def main(reactor: Any):  # type: ignore[no-untyped-def]
         try:
-            experiment = Experiment(reactor, cfg, rundir, out)
+            experiment = Experiment(reactor, cfg, rundir, out, preflight=budget.to_dict())
         except (RunError, RunDirError) as e:
             sys.stderr.write(f"connscale run: {e}\n")
             result["exit"] = EXIT_USAGE
@@ -245,9 +281,14 @@ def run_main(argv: list[str]) -> int:
         try:
             yield experiment.execute()
             held = experiment.scenario.progress.held
-            ok = held >= sc.target
-            if not ok:
-                reason = f"held {held} of {sc.target} through the final hold"
+            if sc.mode == "search":
+                found = experiment.scenario.result()  # type: ignore[attr-defined]
+                ok = held > 0 and not found["stopped"]
+                reason = "" if ok else (found["stopped"] or "no plateau passed the SLO")
+            else:
+                ok = held >= sc.target
+                if not ok:
+                    reason = f"held {held} of {sc.target} through the final hold"
         except RunError as e:
             reason = str(e)
         except Exception as e:  # a bug: still write what we have, and say what it was
@@ -268,12 +309,17 @@ def run_main(argv: list[str]) -> int:
     out(summary.verdict_line(result))
     if result["reason"]:
         out(f"reason: {result['reason']}")
+    explanation = result.get("explanation") or {}
+    if explanation:
+        out(f"why: {explanation.get('headline')}")
+        for line in explanation.get("fix") or []:
+            out(f"fix: {line}")
     if result.get("summary_path", True) is not None:
         out(f"summary: {rundir.file('summary.json')}")
     # After the children are gone, so the report sees the whole timeline; a run
     # that failed or was interrupted gets one too. Never the reason a run fails.
     out(render_report(rundir.path))
-    return 0 if result["verdict"] == "held" else 1
+    return 0 if result["verdict"] in ("held", "knee") else 1
 
 
 def render_report(run_dir: Path) -> str:

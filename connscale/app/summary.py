@@ -1,4 +1,4 @@
-"""What a finished run says: `summary.json` and its one verdict line."""
+"""What a finished run says: `summary.json`, its one verdict line and its explanation."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ from typing import Any
 
 from connscale.app.scenario import Progress
 from connscale.config.settings import ScenarioSettings
+from connscale.diagnose.verdict import explain, explain_search_verdict
 from connscale.metrics.histograms import new_histogram, rtt_summary_ms
 
 
 def build(progress: Progress, settings: ScenarioSettings, ok: bool, reason: str,
-          duration_s: float, run_dir: str) -> dict[str, Any]:
+          duration_s: float, run_dir: str, preflight: dict[str, Any] | None = None,
+          search: dict[str, Any] | None = None) -> dict[str, Any]:
     p = progress
     stats = p.stats or {}
     rtt = stats.get("rtt_ms") or rtt_summary_ms(new_histogram())
-    return {
-        "verdict": "held" if ok else "failed",
+    result: dict[str, Any] = {
+        # A search ends with a knee (see "search") rather than a held target.
+        "verdict": ("knee" if ok else "failed") if search is not None else ("held" if ok else "failed"),
         "reason": reason,
         "target": settings.target,
         "peak_open": p.peak_open,
@@ -35,7 +38,27 @@ def build(progress: Progress, settings: ScenarioSettings, ok: bool, reason: str,
         "steps": [s.as_dict() for s in p.step_log],
         "events": p.events,
         "run_dir": run_dir,
+        # Walls met, each as the hub snapshotted it (see connscale.diagnose.incidents).
+        "incidents": list(stats.get("incidents") or []),
+        # What `connscale check` said of this host before the run.
+        "preflight": preflight,
     }
+    if search is not None:
+        result["search"] = search
+    return result
+
+
+def explanation(result: dict[str, Any]) -> dict[str, Any]:
+    """Why it held or where it stopped, in words, with the fix (connscale.diagnose.verdict);
+    called once the summary has its per-phase RTT."""
+    if result.get("search") is not None:
+        return explain_search_verdict(result["search"])
+    final = result.get("rtt_final_hold_ms") or {}
+    return explain(
+        result["verdict"], int(result["target"]), held=int(result["held"]), peak_open=int(result["peak_open"]),
+        reason=str(result.get("reason", "")), incidents=result.get("incidents") or [],
+        preflight=result.get("preflight"), rtt=final if final.get("p99") is not None else result.get("rtt_ms"),
+    )
 
 
 def verdict_line(summary: dict[str, Any]) -> str:

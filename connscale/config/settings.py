@@ -120,6 +120,15 @@ def _int(lo: int, hi: int | None = None) -> Callable[[object], int]:
     return parse
 
 
+def _number_between(lo: float, hi: float) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        number = _number(value)
+        if not lo <= number <= hi:
+            raise _Invalid(f"must be between {lo:g} and {hi:g}, got {number:g}")
+        return number
+    return parse
+
+
 def _positive(value: object) -> float:
     number = _number(value)
     if number <= 0:
@@ -559,6 +568,16 @@ class ScenarioSettings:
     # Server-side failures are the clients' too (and counted there); count the
     # server's own tally toward max_failures only when asked.
     count_server_failures: bool = _setting(False, _boolean)
+    # ramp: reach `target` in steps and hold it. search: find the largest count
+    # that passes the SLO by itself, up to `target` (see README, "Search mode").
+    mode: Literal["ramp", "search"] = _setting("ramp", _choice("ramp", "search"))
+    search_start: int = _setting(5000, _int(1, 100_000_000))      # the first plateau
+    search_growth: float = _setting(2.0, _number_between(1.01, 100.0))  # next plateau = last pass x this
+    search_plateau: float = _setting(3.0, _number_between(1.0, 1000.0))  # hold each plateau this many client.intervals
+    search_resolution: float = _setting(0.05, _number_between(0.001, 1.0))  # stop narrowing within this share
+    slo_p99_ms: float = _setting(100.0, _positive)                # a plateau passes with p99 RTT at most this
+    slo_timeout_rate: float = _setting(0.001, _number_between(0.0, 1.0))  # timeouts per ping
+    slo_failures: int = _setting(0, _int(0))                      # failures of any cause per plateau
 
 
 @attrs.frozen

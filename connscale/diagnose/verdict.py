@@ -132,3 +132,22 @@ def verdict_line(explanation: Mapping[str, Any]) -> str:
     line = str(explanation.get("headline", ""))
     fixes = explanation.get("fix") or []
     return line + (f". Fix: {fixes[0]}" if fixes else "")
+
+
+def explain_search_verdict(search: Mapping[str, Any]) -> dict[str, Any]:
+    """A search's explanation: the knee, the wall above it and its fix, the curve in words."""
+    cause = search.get("cause") or {}
+    evidence = []
+    for p in search.get("curve") or ():
+        p99 = (p.get("rtt_ms") or {}).get("p99")
+        rtt = f"p99 {p99:.1f} ms" if p99 is not None else "no RTT"
+        verdict = "passed" if p.get("passed") else "failed: " + "; ".join(p.get("reasons") or ())
+        evidence.append(f"plateau {p.get('index')} at {p.get('level'):,} ({p.get('open'):,} open, {rtt}): {verdict}")
+    return {
+        "headline": str(search.get("headline", "")),
+        "wall": str(cause.get("wall") or "none"),
+        "side": str(cause.get("side") or ""),
+        "evidence": evidence,
+        "fix": list(cause.get("fix") or ()),
+        "measuring_side_saturated": bool(search.get("measuring_side_saturated")),
+    }

@@ -1,0 +1,247 @@
+"""Search mode: the largest connection count a setup sustains, found by itself.
+
+`Search` decides the next plateau: it grows by `growth` from `start` while
+plateaus pass, and once one fails it bisects between the highest pass and the
+lowest failure until the gap is within `resolution` of the pass. `judge` says
+whether a plateau passed its SLO, from the timeline seconds it spanned: p99 RTT,
+timeouts per ping, failures of any kind, and connscale's own side saturated
+(a plateau the measuring side could not measure is not the server's pass).
+
+Pure: the run's driver (`connscale.app.search`) holds the plateaus and feeds
+the results back; tests drive both with invented timelines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from connscale.diagnose.incidents import failures_of
+from connscale.diagnose.verdict import primary_incident
+from connscale.metrics.histograms import rtt_summary_ms
+from connscale.metrics.phases import merged_histogram
+
+
+@attrs.frozen
+class Slo:
+    """What a plateau must meet to pass."""
+
+    p99_ms: float = 100.0
+    timeout_rate: float = 0.001      # no_answer_from_server per ping sent in the plateau
+    failures: int = 0                 # failures of any cause allowed in a plateau
+    #: Seconds of saturated client workers a plateau tolerates before it is not a measurement.
+    saturated_s: int = 1
+
+
+class Search:
+    """Which level to try next: grow, then bisect."""
+
+    def __init__(self, start: int, target: int, growth: float = 2.0, resolution: float = 0.05,
+                 min_gap: int = 100) -> None:
+        if start < 1 or target < 1 or growth <= 1.0:
+            raise ValueError("start and target must be >= 1 and growth > 1")
+        self.start = min(start, target)
+        self.target = target
+        self.growth = growth
+        self.resolution = resolution
+        self.min_gap = min_gap
+        self.passed = 0                 # the highest level that passed
+        self.failed: int | None = None  # the lowest level that failed
+        self.tried: list[tuple[int, bool]] = []
+
+    def next_level(self) -> int | None:
+        """The next plateau, or None when the knee is found (or the target passed)."""
+        if not self.tried:
+            return self.start
+        if self.failed is None:
+            if self.passed >= self.target:
+                return None
+            return min(self.target, max(self.passed + 1, math.ceil(self.passed * self.growth)))
+        gap = self.failed - self.passed
+        if gap <= max(self.min_gap, self.resolution * self.passed):
+            return None
+        return self.passed + gap // 2
+
+    def report(self, level: int, passed: bool) -> None:
+        self.tried.append((level, passed))
+        if passed:
+            self.passed = max(self.passed, level)
+            # A failure below a pass is noise in the other direction: keep the lowest above.
+            if self.failed is not None and self.failed <= level:
+                self.failed = None
+        else:
+            self.failed = level if self.failed is None else min(self.failed, level)
+
+    @property
+    def knee(self) -> int:
+        return self.passed
+
+    @property
+    def reached_target(self) -> bool:
+        return self.passed >= self.target
+
+
+@attrs.frozen
+class Plateau:
+    """One plateau as judged."""
+
+    index: int
+    level: int
+    reached: bool
+    seconds: int = 0
+    open: int = 0
+    open_min: int = 0
+    pings: int = 0
+    rtt_ms: Mapping[str, float | None] = attrs.Factory(dict)
+    failures: Mapping[str, int] = attrs.Factory(dict)
+    timeouts: int = 0
+    saturated_s: int = 0
+    passed: bool = False
+    reasons: tuple[str, ...] = ()
+    cause: Mapping[str, Any] | None = None   # {wall, side, headline, fix} when it failed
+
+    def to_dict(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["reasons"] = list(self.reasons)
+        return data
+
+
+def judge(index: int, level: int, records: Sequence[Mapping[str, Any]], slo: Slo, reached: bool = True,
+          before: Mapping[str, Any] | None = None,
+          incidents: Sequence[Mapping[str, Any]] = (), placed: int | None = None) -> Plateau:
+    """Pass or fail the plateau whose timeline seconds are `records` (`before`: the second before it).
+
+    `placed` is what the controller could place of `level` (less when the routes are full).
+    """
+    first = before or (records[0] if records else {})
+    last = records[-1] if records else first
+    f0, f1 = failures_of(first), failures_of(last)
+    failures = {k: n - f0.get(k, 0) for k, n in f1.items() if n > f0.get(k, 0)}
+    timeouts = sum(n for k, n in failures.items() if k.endswith("no_answer_from_server"))
+    pings = int((last.get("client") or {}).get("pings", 0)) - int((first.get("client") or {}).get("pings", 0))
+    rtt = rtt_summary_ms(merged_histogram(records))
+    opens = [int((r.get("client") or {}).get("open", 0)) for r in records]
+    saturated = sum(1 for r in records if (r.get("load") or {}).get("measuring_side_saturated"))
+    reasons = []
+    if placed is not None and placed < level:
+        reasons.append(f"the routes hold at most {placed:,} connections")
+    elif not reached:
+        reasons.append(f"the ramp did not reach {level:,} (got {max(opens or [0]):,})")
+    if sum(failures.values()) > slo.failures:
+        top = ", ".join(f"{k}={v:,}" for k, v in sorted(failures.items(), key=lambda kv: -kv[1])[:3])
+        reasons.append(f"{sum(failures.values()):,} failures (SLO {slo.failures}): {top}")
+    if pings and timeouts / pings > slo.timeout_rate:
+        reasons.append(f"timeouts {timeouts / pings:.4f} of pings (SLO {slo.timeout_rate:g})")
+    if rtt["p99"] is not None and rtt["p99"] > slo.p99_ms:
+        reasons.append(f"p99 RTT {rtt['p99']:.1f} ms (SLO {slo.p99_ms:g} ms)")
+    if reached and rtt["p99"] is None and level > 0 and records:
+        reasons.append("no pong at all during the plateau")
+    if saturated > slo.saturated_s:
+        reasons.append(f"connscale's client workers saturated for {saturated} s: not a measurement of the server")
+    passed = not reasons
+    cause = None
+    if not passed and placed is not None and placed < level:
+        cause = {"wall": "routes", "side": "client",
+                 "headline": f"the routes hold at most {placed:,} connections (source IPs x server ports x "
+                             "client.per_route_max)",
+                 "fix": ["more source IPs (client.source_ips) or server ports (server.ports)"]}
+    elif not passed:
+        t0 = float(first.get("elapsed_s", 0.0)) if first else 0.0
+        t1 = float(last.get("elapsed_s", t0)) if last else t0
+        cause = _cause(records, _relevant(incidents, failures, t0, t1), saturated > slo.saturated_s, rtt, reasons)
+    return Plateau(
+        index=index, level=level, reached=reached, seconds=len(records), open=opens[-1] if opens else 0,
+        open_min=min(opens) if opens else 0, pings=pings, rtt_ms=rtt, failures=failures, timeouts=timeouts,
+        saturated_s=saturated, passed=passed, reasons=tuple(reasons), cause=cause,
+    )
+
+
+def _relevant(incidents: Sequence[Mapping[str, Any]], failures: Mapping[str, int], t0: float,
+              t1: float) -> list[Mapping[str, Any]]:
+    """The incidents that explain a plateau: those opened during it, else earlier ones
+    (an incident opens once per wall) whose failure causes this plateau saw again."""
+    during = [i for i in incidents if t0 <= float(i.get("elapsed_s", -1.0)) <= t1 + 1.0]
+    if during:
+        return during
+    return [i for i in incidents if set(i.get("failures") or ()) & set(failures)]
+
+
+def _cause(records: Sequence[Mapping[str, Any]], incidents: Sequence[Mapping[str, Any]], saturated: bool,
+           rtt: Mapping[str, Any], reasons: Sequence[str]) -> dict[str, Any]:
+    """The wall behind a failed plateau: its incidents first, else what the load says."""
+    if saturated:
+        mine = [i for i in incidents if i.get("wall") == "measuring_side"]
+        if mine:
+            return _brief(mine[0])
+        return {"wall": "measuring_side", "side": "client",
+                "headline": "connscale's own client workers were saturated during the plateau",
+                "fix": ["more client workers or agent hosts (clients: in the config)"]}
+    incident = primary_incident(incidents)
+    if incident is not None:
+        return _brief(incident)
+    server = [(r.get("load") or {}).get("server") or {} for r in records]
+    client = [(r.get("load") or {}).get("client") or {} for r in records]
+    if any(s.get("saturated") or s.get("silent") for s in server):
+        return {"wall": "server_starved", "side": "server",
+                "headline": "the server's workers were saturated: it answers too late at this count",
+                "fix": ["more server cores, or fewer pings per second (a longer client.interval)"]}
+    # A pong waits in the socket as long as its reader's loop is late: whose loop
+    # lag is of the order of the p99 explains the latency.
+    p99 = rtt.get("p99") or 0.0
+    client_lag = max((float(c.get("lag_ms_max") or 0.0) for c in client), default=0.0)
+    server_lag = max((float(s.get("lag_ms_max") or 0.0) for s in server), default=0.0)
+    if p99 and client_lag >= 0.5 * p99 and client_lag >= server_lag:
+        return {"wall": "measuring_side", "side": "client",
+                "headline": f"connscale's client loops ran up to {client_lag:.0f} ms late, of the order of the "
+                            f"p99 of {p99:.0f} ms: the latency is largely connscale's own",
+                "fix": ["more client workers or agent hosts (clients: in the config)",
+                        "a longer client.interval, so each worker has less to do per second"]}
+    if p99 and server_lag >= 0.5 * p99:
+        return {"wall": "server_starved", "side": "server",
+                "headline": f"the server's loops ran up to {server_lag:.0f} ms late, of the order of the p99 "
+                            f"of {p99:.0f} ms: it answers too late at this count",
+                "fix": ["more server cores, or fewer pings per second (a longer client.interval)"]}
+    return {"wall": "unknown", "side": "",
+            "headline": "; ".join(reasons) + " (neither side's loop lag explains it: the host's other load, "
+                        "the kernel, or the network)",
+            "fix": ["see the plateau's seconds in timeline.jsonl and report.html"]}
+
+
+def _brief(incident: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: incident.get(k) for k in ("wall", "side", "headline", "fix")}
+
+
+def explain_search(search: Search, plateaus: Sequence[Plateau], slo: Slo, stopped: str = "") -> dict[str, Any]:
+    """What summary.json says of a search: the knee, its cause, the curve."""
+    knee = search.knee
+    above = [p for p in plateaus if not p.passed and p.level > knee]
+    first_fail = min(above, key=lambda p: p.level) if above else None
+    at_knee = next((p for p in plateaus if p.passed and p.level == knee), None)
+    saturated = any(p.cause and p.cause.get("wall") == "measuring_side" for p in plateaus if not p.passed)
+    if knee == 0:
+        headline = f"no plateau passed the SLO, not even {search.start:,} connections"
+    elif search.reached_target:
+        headline = f"sustained the upper bound, {knee:,} connections (scenario.target): no knee below it"
+    else:
+        headline = f"the largest sustainable count is {knee:,} connections"
+    if at_knee is not None and at_knee.rtt_ms.get("p99") is not None:
+        headline += f" (p99 RTT {at_knee.rtt_ms['p99']:.1f} ms)"
+    if first_fail is not None and first_fail.cause:
+        headline += f"; at {first_fail.level:,}: {first_fail.cause.get('headline')}"
+    if stopped:
+        headline += f"; the search stopped early: {stopped}"
+    if saturated:
+        headline += "; connscale's client workers saturated there, so the knee is connscale's, not the server's"
+    return {
+        "knee": knee,
+        "failed_at": first_fail.level if first_fail else None,
+        "cause": dict(first_fail.cause) if first_fail and first_fail.cause else None,
+        "headline": headline,
+        "measuring_side_saturated": saturated,
+        "slo": attrs.asdict(slo),
+        "curve": [p.to_dict() for p in sorted(plateaus, key=lambda p: p.index)],
+        "stopped": stopped,
+    }
