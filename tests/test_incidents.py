@@ -130,8 +130,16 @@ def test_every_cause_maps_to_a_known_wall():
                 "first_ping:ECONNRESET"):
         f = name_wall(key, window(failures={key: 1}, workers=w.workers), CTX)
         assert f.wall in WALLS and f.headline and f.evidence and f.fix, key
+    both = window(failures={"server:first_ping:protocol_error": 40, "first_ping:closed_by_peer": 90})
+    for key in ("first_ping:closed_by_peer", "server:first_ping:protocol_error"):
+        f = name_wall(key, both, CTX)
+        assert (f.wall, f.side) == ("protocol", "server") and "framing" in f.fix[0]
     assert listen_in_use("connscale-server: cannot listen on 127.0.0.1:8989: [Errno 98] Address already in use") \
         .wall == "listen_in_use"
+    both = window(failures={"server:first_ping:protocol_error": 40, "first_ping:closed_by_peer": 90})
+    for key in ("first_ping:closed_by_peer", "server:first_ping:protocol_error"):
+        f = name_wall(key, both, CTX)
+        assert (f.wall, f.side) == ("protocol", "server") and "framing" in f.fix[0]
     assert listen_in_use("something else") is None
 
 
@@ -232,8 +240,9 @@ def test_a_stop_is_explained_by_the_earliest_definite_incident():
 
 
 def test_stops_without_incidents_are_read_from_the_reason():
-    e = explain("failed", 3000, reason="the hub did not come up: cannot listen: [Errno 98] Address already in use")
-    assert e["wall"] == "listen_in_use" and "ss -ltnp" in e["fix"][0]
+    e = explain("failed", 3000, reason="the hub did not come up: cannot listen on 127.0.0.1:8989: EADDRINUSE "
+                                       "(Address already in use)")
+    assert e["wall"] == "listen_in_use" and "ss -ltnp 'sport = :8989'" in e["fix"][0]
     e = explain("failed", 3000, reason="step 1: the client's routes hold at most 1000 connections (...)")
     assert e["wall"] == "routes"
     e = explain("failed", 3000, reason="something odd")

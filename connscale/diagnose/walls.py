@@ -14,6 +14,7 @@ makes the RTT and the ramp rate connscale's rather than the server's.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -430,6 +431,13 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
     if cause == "ECONNREFUSED":
         return Finding("server_down", "server", "nothing listens on the server port (connection refused)",
                        (_count(w, key),), ("start the server, or check server.ports and client.server",))
+    protocol = [k for k in w.failures if k.endswith(":protocol_error")]
+    if cause == "protocol_error" or (cause in ("closed_by_peer", "ECONNRESET") and protocol):
+        # The server closes a connection that breaks the protocol: the client sees it closed.
+        return Finding("protocol", "server" if any(k.startswith("server:") for k in protocol) else side,
+                       "the two sides speak different protocols (protocol errors close the connections)",
+                       tuple(_count(w, k) for k in sorted({key, *protocol})),
+                       ("use the same framing on both sides (server.framing and client.framing: line or raw)",))
     if cause in ("closed_by_peer", "ECONNRESET"):
         lost = [x for x in w.side("server") if not x.alive]
         evidence = [_count(w, key)]
@@ -448,9 +456,6 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
                            ("fewer connections per host, more hosts, or more memory",))
         return Finding("worker_lost", side, "a worker process died and took its connections with it",
                        tuple(evidence), ("see the worker's last lines in the hub's or agent's log",))
-    if cause == "protocol_error":
-        return Finding("protocol", side, "the peer spoke something else (protocol errors)", (_count(w, key),),
-                       ("use the same framing (line or raw) on both sides",))
     return Finding("unknown", side, f"failures with cause {cause}", (_count(w, key),),
                    ("see the logs and the kernel counters in the timeline",), confident=False)
 
@@ -487,9 +492,12 @@ def listen_in_use(text: str) -> Finding | None:
     """A hub that could not listen: the original's first finding."""
     if "Address already in use" not in text and "EADDRINUSE" not in text:
         return None
+    m = re.search(r":(\d{1,5})\b", text)
+    port = m.group(1) if m else "PORT"
     return Finding(
         "listen_in_use", "server", "the server could not listen: the port is already in use (EADDRINUSE)",
         (text.strip().splitlines()[-1][:300],),
-        ("another process holds the port: find it with ss -ltnp 'sport = :PORT', stop it or change server.ports "
-         "(connscale sets SO_REUSEADDR, so connections of an earlier run in TIME_WAIT do not block it)",),
+        (f"another process holds the port: find it with ss -ltnp 'sport = :{port}', stop it or change "
+         "server.ports (connscale sets SO_REUSEADDR, so connections of an earlier run in TIME_WAIT do not "
+         "block it)",),
     )
