@@ -334,12 +334,13 @@ def test_a_hub_stopped_for_40_s_neither_ends_the_run_nor_kills_healthy_workers(t
     import psutil
 
     config = write_config(tmp_path, target="3000")
-    config.write_text(config.read_text().replace("final_hold: 3, time_limit: 60", "final_hold: 55, time_limit: 150"))
+    config.write_text(config.read_text().replace("final_hold: 3, time_limit: 60", "final_hold: 8, time_limit: 150"))
     proc = start_run(tmp_path, config)
     try:
         deadline = time.monotonic() + 60
-        while not any(r["client"]["open"] >= 3000 for r in timeline_records(tmp_path)):
-            assert time.monotonic() < deadline, "the target was not reached"
+        while not any(r.get("phase") == "final_hold" for r in timeline_records(tmp_path)):
+            assert time.monotonic() < deadline, "the final hold did not begin"
+            assert proc.poll() is None, finish(proc)
             time.sleep(0.2)
         hub = next(p for p in psutil.Process(proc.pid).children() if "server" in p.cmdline())
         os.kill(hub.pid, signal.SIGSTOP)  # a pid our run started

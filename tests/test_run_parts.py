@@ -182,7 +182,7 @@ def test_the_time_limit_holds():
 
 
 def test_a_hub_silent_for_a_while_is_waited_for_and_noted():
-    clock, hub, sc, d = start(final_hold=30.0)
+    clock, hub, sc, d = start(final_hold=30.0, time_limit=200.0)
     while sc.progress.phase != "final_hold":
         clock.advance(0.1)
     hub.silent = True
@@ -197,7 +197,7 @@ def test_a_hub_silent_for_a_while_is_waited_for_and_noted():
 
 
 def test_a_final_hold_ending_in_silence_is_judged_on_fresh_numbers():
-    clock, hub, sc, d = start(final_hold=3.0)
+    clock, hub, sc, d = start(final_hold=3.0, max_failures=10)
     while sc.progress.phase != "final_hold":
         clock.advance(0.1)
     hub.silent = True
@@ -208,6 +208,32 @@ def test_a_final_hold_ending_in_silence_is_judged_on_fresh_numbers():
     hub.silent = False
     drive(clock, d)
     assert outcome(d) is None and sc.progress.held == 0
+
+
+def test_silent_seconds_do_not_count_against_a_step():
+    clock = Clock()
+    clock.advance(1_000_000)
+    hub = FakeHub(clock, rate=100)
+    sc = scenario(clock, hub, target=1000, steps=1, time_limit=1000.0)  # 1 s asked, 18 s allowed
+    d = sc.execute()
+    while sc.progress.phase != "ramp:1":
+        clock.advance(0.1)
+    hub.silent = True
+    for _ in range(400):  # 40 s without an answer: far past the step's deadline
+        clock.advance(0.1)
+    assert not d.called
+    hub.silent = False
+    drive(clock, d)
+    assert outcome(d) is None and sc.progress.held == 1000
+
+
+def test_the_peak_is_what_the_run_reached_before_it_stopped():
+    clock, hub, sc, d = start()
+    drive(clock, d)
+    sc.enter("stop")
+    hub.open = 5000  # the agent kept opening while being stopped
+    sc.absorb(hub.stats())
+    assert sc.progress.peak_open == 3000 and sc.progress.open == 5000
 
 
 def test_a_hub_silent_too_long_ends_the_run():

@@ -166,7 +166,9 @@ class Scenario:
         p.stats = stats
         p.open = int(stats["client"]["open"])
         p.server_open = int(stats["server"]["open"])
-        p.peak_open = max(p.peak_open, p.open)
+        if p.phase != phases.STOP:
+            # What the run reached, not what the agent still opened while being stopped.
+            p.peak_open = max(p.peak_open, p.open)
         p.failures = merged_failures(stats)
         # A reset the server saw is the client's failure too and is counted
         # there; the server's own tally only counts when asked for.
@@ -189,11 +191,17 @@ class Scenario:
 
     @defer.inlineCallbacks
     def watch(self, seconds: float, until: Callable[[], bool] | None = None):  # type: ignore[no-untyped-def]
-        """Refresh once a second for `seconds`; True as soon as `until()` holds."""
+        """Refresh once a second for `seconds` of seeing the hub; True as soon as `until()` holds.
+
+        Seconds in which the hub did not answer do not count: a step cannot be
+        judged late, nor a hold complete, on numbers nobody could read.
+        """
         end = self.clock.seconds() + seconds
         while self.clock.seconds() < end:
+            began = self.clock.seconds()
             yield task.deferLater(self.clock, 1.0, lambda: None)
-            yield self.refresh()
+            if (yield self.refresh()) is None:
+                end += self.clock.seconds() - began
             self.check()
             if until is not None and until():
                 return True
