@@ -16,6 +16,7 @@ class FakeTransport(StringTransport):
     def __init__(self, conn):
         super().__init__()
         self.conn = conn
+        self.protocol = conn  # as connscale's transports: the factory finds the connection
         self.stopped = False
 
     def loseConnection(self):
@@ -24,7 +25,7 @@ class FakeTransport(StringTransport):
 
     def stopConnecting(self):
         self.stopped = True
-        self.conn.connectionFailed(Failure(error.UserError()))
+        self.conn.pool.factory.clientConnectionFailed(self, Failure(error.UserError()))
 
 
 class Harness:
@@ -130,7 +131,7 @@ def test_steady_phase_after_first_pong_and_rtt_recorded():
         h.run(0.01)
         h.answer_all()
     c = h.pool.counters
-    assert c.pongs >= 1 and c.rtt.get_total_count() == c.pongs
+    assert c.pongs >= 1 and c.rtt.total() == c.pongs
     h.run(2.0)  # stop answering
     assert c.failures == {("steady", "no_answer_from_server"): 1}
 
@@ -176,9 +177,10 @@ def test_connect_failure_classified():
     h.pool.start(2)
     h.run(0.01)
     _, conn, _ = h.dialed[0]
-    conn.connectionFailed(Failure(error.ConnectionRefusedError()))
+    conn.pool.factory.clientConnectionFailed(conn.transport, Failure(error.ConnectionRefusedError()))
     _, conn, _ = h.dialed[1]
-    conn.connectionFailed(Failure(error.ConnectBindError(99, "Cannot assign requested address")))
+    conn.pool.factory.clientConnectionFailed(
+        conn.transport, Failure(error.ConnectBindError(99, "Cannot assign requested address")))
     assert h.pool.counters.failures == {("connect", "ECONNREFUSED"): 1, ("connect", "EADDRNOTAVAIL"): 1}
 
 
@@ -256,7 +258,7 @@ def test_a_pong_after_the_deadline_is_a_timeout_even_before_the_tick():
 
 def refuse(h, conns):
     for conn in conns:
-        conn.connectionFailed(Failure(error.ConnectionRefusedError()))
+        conn.pool.factory.clientConnectionFailed(conn.transport, Failure(error.ConnectionRefusedError()))
 
 
 def test_refused_connects_are_replaced_with_backoff_until_the_target_is_held():

@@ -41,14 +41,14 @@ def test_a_line_every_interval_and_a_last_one_on_stop() -> None:
 def test_rtt_covers_the_interval_only() -> None:
     clock, counters, lines, service = make()
     service.startService()
-    counters.rtt.record_value(2000)
+    counters.rtt.record(2000)
     clock.advance(5)
     first = parse_status(lines[-1])
     assert float(first["rtt_p50_ms"]) == pytest.approx(2.0, rel=0.02)
     clock.advance(5)
     second = parse_status(lines[-1])
     assert second["rtt_p50_ms"] == "-" and second["rtt_p99_ms"] == "-"
-    counters.rtt.record_value(40_000)
+    counters.rtt.record(40_000)
     clock.advance(5)
     assert float(parse_status(lines[-1])["rtt_p99_ms"]) == pytest.approx(40.0, rel=0.02)
     # The cumulative view keeps everything.

@@ -105,19 +105,3 @@ def test_reset_counts_as_failure_clean_close_does_not():
     lose(proto)
     assert c.failures == {}
     assert (c.opened, c.closed) == (1, 1)
-
-
-def test_accept_errors_are_counted_not_logged_per_connection():
-    from connscale.net.transport import AcceptErrors
-
-    counters = Counters()
-    forwarded = []
-    observer = AcceptErrors(counters.fail, forwarded.append)
-    observer({"log_format": "EMFILE encountered; releasing reserved file descriptor."})
-    for _ in range(3):
-        observer({"log_format": "EMFILE recovery: Closed socket from {address}", "address": ("127.0.0.2", 5)})
-    observer({"log_format": "Re-reserving EMFILE recovery file descriptor."})
-    observer({"log_format": "Could not accept new connection ({acceptError})", "acceptError": "ENOBUFS"})
-    observer({"log_format": "something else"})
-    assert counters.failures == {("connect", "EMFILE"): 3, ("connect", "ENOBUFS"): 1}
-    assert [e["log_format"] for e in forwarded] == ["something else"]

@@ -34,6 +34,7 @@ class Options(ConfigOptions):
         ["framing", None, None, "line or raw [client.framing, default line]."],
         ["workers", "w", None, "Client worker processes, or auto; 0 holds them in this process [client.workers]."],
         ["per-route-max", None, None, "Most connections per (source IP, server IP:port) [client.per_route_max]."],
+        ["close", None, None, "How our closes end: fin, or rst (no TIME_WAIT left) [client.close, default fin]."],
         ["status-interval", None, None, "Seconds between status lines [client.status_interval, default 5]."],
         ["master", "m", None, "HOST:PORT of a hub's controller: run as its agent [client.master]."],
         ["name", None, None, "Agent name shown by the controller [client.name, default hostname]."],
@@ -48,6 +49,7 @@ class Options(ConfigOptions):
         "framing": "client.framing",
         "workers": "client.workers",
         "per-route-max": "client.per_route_max",
+        "close": "client.close",
         "status-interval": "client.status_interval",
         "source-ip": "client.source_ips",
         "master": "client.master",
@@ -123,7 +125,7 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
         c.server_host, c.server_ports, c.source_ips, plan.tuple_cap(c.per_route_max, ephemeral_count())
     )
     pool = ConnectionPool(
-        reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing), routes
+        reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close), routes
     )
     top = MultiService()
     status = StatusService(reactor, c.status_interval, pool.counters.snapshot, with_rtt=True, final=False)

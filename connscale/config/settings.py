@@ -519,6 +519,9 @@ class ClientSettings:
     name: str | None = _setting(None, _optional(_name))         # None = hostname, at runtime
     # An agent whose hub is gone this long stops its load (and waits for orders).
     hub_grace: float = _setting(60.0, _duration(allow_zero=True))
+    # How the client's closes end: fin (orderly; each closed port waits out
+    # TIME_WAIT on this host) or rst (a reset, SO_LINGER 0: no TIME_WAIT).
+    close: Literal["fin", "rst"] = _setting("fin", _choice("fin", "rst"))
 
 
 @attrs.frozen

@@ -12,7 +12,7 @@ import errno
 from twisted.internet import error as terror
 from twisted.python.failure import Failure
 
-from connscale.metrics.histograms import encode_histogram, new_histogram
+from connscale.metrics.buckets import RttBuckets
 from connscale.metrics.snapshot import Snapshot
 
 PHASES: tuple[str, ...] = ("connect", "first_ping", "steady")
@@ -49,9 +49,11 @@ def classify(reason: Failure | BaseException) -> str:
     if isinstance(exc, terror.ConnectionDone):
         return "closed_by_peer"
     if isinstance(exc, terror.ConnectionLost):
-        # Twisted drops the errno of a failed read; on Linux a non-clean loss
-        # of an established connection is a reset in practice.
-        return "ECONNRESET"
+        # connscale's transports keep the errno of a failed read or write;
+        # Twisted's drop it, and on Linux a non-clean loss of an established
+        # connection is a reset in practice.
+        number = getattr(exc, "errno", None)
+        return errno_cause(number) if isinstance(number, int) else "ECONNRESET"
     if isinstance(exc, terror.ConnectError):
         if isinstance(exc.osError, int):
             return errno_cause(exc.osError)
@@ -91,7 +93,7 @@ class Counters:
         self.protocol: dict[str, int] = {}
         # Holds RTTs since the last snapshot; the cumulative view lives in
         # whoever merges snapshots, so a worker never grows a second copy.
-        self.rtt = new_histogram()
+        self.rtt = RttBuckets()
 
     def fail(self, phase: str, cause: str) -> None:
         key = (phase, cause)
@@ -112,7 +114,7 @@ class Counters:
             skipped=self.skipped,
             failures={f"{p}:{c}": n for (p, c), n in self.failures.items()},
             protocol=dict(self.protocol),
-            rtt=encode_histogram(self.rtt) if self.rtt.get_total_count() else "",
+            rtt=self.rtt.encode() if self.rtt else "",
         )
         if reset_rtt:
             self.rtt.reset()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from hdrh.histogram import HdrHistogram
 
+from connscale.metrics.buckets import RttBuckets, is_encoded_buckets
+
 # RTTs are recorded in microseconds: 1 us .. 10 min at 2 significant digits
 # (about 1 % resolution, a few KiB per histogram).
 _RTT_LOW_US = 1
@@ -22,9 +24,15 @@ def encode_histogram(hist: HdrHistogram) -> str:
 
 
 def decode_histogram(text: str) -> HdrHistogram:
+    """An encoded HdrHistogram, or a worker's encoded buckets, as a histogram."""
     hist = new_histogram()
     if text:
-        hist.decode_and_add(text)
+        if is_encoded_buckets(text):
+            buckets = RttBuckets()
+            buckets.add_encoded(text)
+            _record_buckets(hist, buckets)
+        else:
+            hist.decode_and_add(text)
     return hist
 
 
@@ -42,24 +50,64 @@ def rtt_summary_ms(hist: HdrHistogram) -> dict[str, float | None]:
 
 
 class RttAccumulator:
-    """Cumulative and windowed RTT views built from interval histograms."""
+    """Cumulative and windowed RTT views built from interval histograms.
 
-    def __init__(self) -> None:
-        self.total = new_histogram()
+    `add` takes what a worker or an agent reports: an encoded HdrHistogram
+    (what agents send the hub) or a worker's encoded buckets (see
+    `metrics.buckets`). Buckets are summed as they come and turned into
+    HdrHistogram values only when `total` or `take_window()` is read, so a
+    parent of fifty workers does a list addition per report, not fifty
+    histogram merges. With `keep_total=False` only the window is kept.
+    """
+
+    def __init__(self, keep_total: bool = True) -> None:
+        self.keep_total = keep_total
+        self._total = new_histogram()
         self.window = new_histogram()
+        self._total_buckets = RttBuckets()
+        self._window_buckets = RttBuckets()
+        self._pending = False
+
+    @property
+    def total(self) -> HdrHistogram:
+        if self._pending:
+            self._pending = False
+            _record_buckets(self._total, self._total_buckets)
+        return self._total
 
     def add(self, encoded: str) -> None:
         if not encoded:
             return
-        hist = decode_histogram(encoded)
-        self.total.add(hist)
-        self.window.add(hist)
+        if is_encoded_buckets(encoded):
+            self._window_buckets.add_encoded(encoded)
+            if self.keep_total:
+                self._total_buckets.add_encoded(encoded)
+                self._pending = True
+            return
+        self.add_histogram(decode_histogram(encoded))
 
     def add_histogram(self, hist: HdrHistogram) -> None:
         if hist.get_total_count():
-            self.total.add(hist)
+            if self.keep_total:
+                self._total.add(hist)
             self.window.add(hist)
 
     def take_window(self) -> HdrHistogram:
         window, self.window = self.window, new_histogram()
+        _record_buckets(window, self._window_buckets)
         return window
+
+
+def _record_buckets(hist: HdrHistogram, buckets: RttBuckets) -> None:
+    """Move the counts of `buckets` into `hist` (and empty `buckets`)."""
+    if buckets:
+        for value, count in buckets.values():
+            hist.record_value(max(1, value), count)
+        buckets.reset()
+
+
+def buckets_to_histogram(buckets: RttBuckets) -> HdrHistogram:
+    hist = new_histogram()
+    for value, count in buckets.values():
+        hist.record_value(max(1, value), count)
+    return hist

@@ -24,6 +24,8 @@ class Snapshot:
     skipped: int = 0
     failures: Mapping[str, int] = attrs.field(factory=dict)
     protocol: Mapping[str, int] = attrs.field(factory=dict)
+    #: RTTs since the previous snapshot: a worker's encoded buckets
+    #: (metrics.buckets) or an encoded HdrHistogram; "" when none.
     rtt: str = ""
 
     @property

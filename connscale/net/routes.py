@@ -6,7 +6,7 @@ routes between workers without importing the client's hot path.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 

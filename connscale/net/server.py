@@ -9,7 +9,7 @@ runs lets a port in use stop start-up with one clear line.
 from __future__ import annotations
 
 import socket
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
@@ -17,8 +17,9 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from connscale.metrics.counters import Counters, errno_cause
+from connscale.net.dispatch import loop_for
 from connscale.net.listen import ListenError
-from connscale.net.transport import adopt_port
+from connscale.net.transport import ListeningPort
 from connscale.net.wire import SERVER_PROTOCOLS, ServerState
 
 log = Logger()
@@ -63,6 +64,24 @@ def bind_sockets(
     return made
 
 
+def listen_on(
+    reactor: IReactorSocket, sock: socket.socket, factory: ServerFactory, fail: Callable[[str, str], None] | None = None
+) -> IListeningPort:
+    """Serve `factory` on a bound, listening socket (which the port now owns).
+
+    On an epoll reactor, connections get connscale's lean transports and accept
+    errors go to `fail(phase, cause)`; elsewhere Twisted's own port is used.
+    """
+    loop = loop_for(reactor)
+    if loop is not None:
+        port = ListeningPort(loop, sock, factory, fail)
+        port.startListening()
+        return port
+    adopted = reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    sock.close()  # the port holds its own duplicate
+    return adopted
+
+
 class ListeningService(Service):
     """Adopts pre-bound sockets into the reactor while the service runs."""
 
@@ -74,11 +93,9 @@ class ListeningService(Service):
 
     def startService(self) -> None:
         super().startService()
+        fail = self.factory.state.counters.fail if isinstance(self.factory, PingServerFactory) else None
         for sock in self.sockets:
-            fail = self.factory.state.counters.fail if isinstance(self.factory, PingServerFactory) else None
-            self.ports.append(adopt_port(self.reactor, sock, self.factory, fail))
-            # The port dup()s the descriptor; ours is no longer needed.
-            sock.close()
+            self.ports.append(listen_on(self.reactor, sock, self.factory, fail))
         self.sockets = []
 
     def stopService(self):  # type: ignore[no-untyped-def]

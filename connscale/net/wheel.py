@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -25,6 +26,7 @@ from twisted.logger import Logger
 log = Logger()
 
 UNSCHEDULED = -1
+_ceil = math.ceil
 
 
 class TimerItem(Protocol):
@@ -34,11 +36,25 @@ class TimerItem(Protocol):
 
 
 class TimerWheel:
-    def __init__(self, clock: IReactorTime, tick: float = 0.01) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        tick: float = 0.01,
+        fire: Callable[[Any, float], None] | None = None,
+        phase: float = 0.0,
+    ) -> None:
+        """`fire(item, now)`, when given, is called instead of `item.on_timer(now)`
+        (one call less per timer for the pool, which owns the policy anyway).
+
+        Ticks fall at `k * tick + phase`. Processes that each start a wheel
+        with their own random phase do not all wake (and send) at once.
+        """
         if tick <= 0:
             raise ValueError("tick must be > 0")
+        self._fire_item = fire
         self._clock = clock
         self._tick = tick
+        self._phase = phase % tick
         self._slots: dict[int, list[Any]] = {}
         self._heap: list[int] = []
         self._call: IDelayedCall | None = None
@@ -51,7 +67,7 @@ class TimerWheel:
 
     def schedule(self, item: TimerItem, when: float) -> None:
         """Call `item.on_timer(now)` at the first tick at or after `when`."""
-        tick = math.ceil(when / self._tick)
+        tick = _ceil((when - self._phase) / self._tick)
         if item.due == tick:
             return  # already there; a second entry would fire it twice
         item.due = tick
@@ -82,7 +98,7 @@ class TimerWheel:
         if not self._heap:
             return
         self._armed_for = self._heap[0]
-        delay = max(0.0, self._armed_for * self._tick - self._clock.seconds())
+        delay = max(0.0, self._armed_for * self._tick + self._phase - self._clock.seconds())
         self._call = self._clock.callLater(delay, self._fire)
 
     def _fire(self) -> None:
@@ -90,8 +106,9 @@ class TimerWheel:
         now = self._clock.seconds()
         # A small epsilon: float tick*k may land a hair above `now` when the
         # reactor wakes exactly on time, which would re-arm with zero delay.
-        current = math.floor(now / self._tick + 1e-9)
+        current = math.floor((now - self._phase) / self._tick + 1e-9)
         heap, slots = self._heap, self._slots
+        fire = self._fire_item
         while heap and heap[0] <= current:
             tick = heapq.heappop(heap)
             items = slots.pop(tick, ())
@@ -100,7 +117,10 @@ class TimerWheel:
                     continue  # cancelled or rescheduled since
                 item.due = UNSCHEDULED
                 try:
-                    item.on_timer(now)
+                    if fire is None:
+                        item.on_timer(now)
+                    else:
+                        fire(item, now)
                 except Exception:
                     # One broken item must not stop the wheel for the rest.
                     self.errors += 1

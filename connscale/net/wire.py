@@ -17,6 +17,7 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from connscale.compat.lines import PresizedLineReceiver
 from connscale.metrics.counters import Counters, classify
 
 FRAMINGS = ("line", "raw")
@@ -79,18 +80,18 @@ class _ServerMixin:
         self.transport.loseConnection()  # type: ignore[attr-defined]
 
 
-class LineServerProtocol(_ServerMixin, LineReceiver):
+class LineServerProtocol(_ServerMixin, PresizedLineReceiver):
+    """The brief's `LineReceiver`: `Ping` lines in, `Pong` lines out."""
+
     delimiter = b"\n"
 
     def __init__(self, state: ServerState) -> None:
+        super().__init__()
         self.state = state
         self.MAX_LENGTH = state.max_line
-        # Set now rather than on first use (see transport.py on dict growth).
-        self._buffer = b""
-        self._busyReceiving = False
 
     def dataReceived(self, data: bytes) -> None:
-        if data == b"Ping\n" and not self._buffer:
+        if data == b"Ping\n" and not self.pending_line:
             # The one message a healthy client sends, whole in one read.
             self.transport.write(b"Pong\n")
             self.pinged = True
@@ -156,34 +157,33 @@ class PoolHooks(TypingProtocol):
     framing: str
     reply: bytes
 
-    def connected(self, conn: "ClientConnection") -> None: ...
-    def pong(self, conn: "ClientConnection") -> None: ...
-    def bad_reply(self, conn: "ClientConnection", kind: str) -> None: ...
-    def lost(self, conn: "ClientConnection", reason: Failure) -> None: ...
-    def connect_failed(self, conn: "ClientConnection", reason: Failure) -> None: ...
-    def timer(self, conn: "ClientConnection", now: float) -> None: ...
+    def connected(self, conn: ClientConnection) -> None: ...
+    def pong(self, conn: ClientConnection) -> None: ...
+    def bad_reply(self, conn: ClientConnection, kind: str) -> None: ...
+    def lost(self, conn: ClientConnection, reason: Failure) -> None: ...
+    def timer(self, conn: ClientConnection, now: float) -> None: ...
 
 
 class ClientConnection(Protocol):
-    """One client connection: its own protocol *and* its transport's connector.
+    """One client connection: the protocol a `PingClientFactory` builds.
 
-    Acting as the connector spares a `Connector` and a factory per connection;
-    Twisted's `tcp.Client` only needs `buildProtocol`, `connectionFailed` and
-    `connectionLost` from it. Everything else is a few slots; the pool reads
-    and writes them directly.
+    Everything else is a few slots; the pool (which owns all policy: pings,
+    timeouts, classification) reads and writes them directly. It works over
+    connscale's lean `ClientTransport` and over any Twisted transport alike
+    (`reactor.connectTCP(host, port, pool.factory)`).
     """
 
     __slots__ = (
-        "pool",
-        "transport",
-        "connected",
-        "route",
-        "due",
-        "sent_at",
-        "next_ping",
         "answered",
-        "state",
         "buf",
+        "connected",
+        "due",
+        "next_ping",
+        "pool",
+        "route",
+        "sent_at",
+        "state",
+        "transport",
     )
 
     # state values
@@ -203,14 +203,6 @@ class ClientConnection(Protocol):
         self.answered = False  # has any pong arrived (phase first_ping vs steady)
         self.state = ClientConnection.CONNECTING
         self.buf = b""
-
-    # -- connector interface, called by tcp.Client --
-    def buildProtocol(self, addr: object) -> "ClientConnection":
-        return self
-
-    def connectionFailed(self, reason: Failure) -> None:
-        self.transport = None
-        self.pool.connect_failed(self, reason)
 
     # -- protocol interface --
     def connectionMade(self) -> None:
@@ -250,10 +242,9 @@ class ClientConnection(Protocol):
         self.buf = data
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        # tcp.Client calls this twice: once as protocol, once as connector.
         if self.state == ClientConnection.CLOSED:
             return
-        self.transport = None  # break the transport <-> connector cycle
+        self.transport = None  # break the transport <-> protocol cycle
         self.pool.lost(self, reason)
 
     def on_timer(self, now: float) -> None:

@@ -95,6 +95,7 @@ class ClientSpec(Record):
     timeout: float = field(number(0.001, 86400), default=1.0)
     rate: float = field(number(0, 10_000_000, open_low=True), default=2000.0)
     framing: str = field(choice(*FRAMINGS), default="line")
+    close: str = field(choice("fin", "rst"), default="fin")
     name: str = field(_label, default="client-worker")
     index: int = field(integer(0, 4096), default=0)
     role = "client"

@@ -75,7 +75,7 @@ class ClientWorkerRoot(WorkerRoot):
 
     def __init__(self, reactor: Any, budget: int, spec: ClientSpec) -> None:
         super().__init__(reactor, budget)
-        settings = PoolSettings(spec.interval, spec.timeout, spec.rate, spec.framing)
+        settings = PoolSettings(spec.interval, spec.timeout, spec.rate, spec.framing, close=spec.close)
         self.pool = ConnectionPool(reactor, reactor, settings, [], counters=self.counters)
 
     def remote_set_target(self, data: object) -> int:
