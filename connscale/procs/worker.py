@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":
-    # Workers never speak TLS. Without this, twisted.internet.tcp imports
-    # pyOpenSSL: 13 MB of RSS per worker process, and a million connections
-    # need about a hundred workers (bench: 47 -> 34 MB at start-up).
-    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
+    # Before Twisted: no TLS, HTTP or cookie modules in a worker (a million
+    # connections need about a hundred workers; bench/README.md has the MB).
+    from connscale.compat.startup import skip_unused_modules
+
+    skip_unused_modules()
 
 import json
 import os
