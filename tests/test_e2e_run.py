@@ -333,7 +333,7 @@ def test_a_hub_stopped_for_40_s_neither_ends_the_run_nor_kills_healthy_workers(t
 
     import psutil
 
-    config = write_config(tmp_path, target="3000")
+    config = write_config(tmp_path, target="3000", timeout="10")
     config.write_text(config.read_text().replace("final_hold: 3, time_limit: 60", "final_hold: 8, time_limit: 150"))
     proc = start_run(tmp_path, config)
     try:
