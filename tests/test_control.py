@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.cred import credentials
-from twisted.cred import error as cred_error
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock

@@ -381,3 +381,24 @@ def test_console_verbs_are_checked_by_the_controller() -> None:
     f = result(namespace["connections_start"](float("nan"), "a"))
     assert isinstance(f, Failure) and f.getErrorMessage() == "connections_start: n: expected an integer, got nan"
     assert result(namespace["clients"]()) == []
+
+
+def test_worker_snapshots_are_checked_where_they_enter_the_parent() -> None:
+    from connscale.procs.records import check_worker_snapshot
+    from connscale.procs.supervisor import Slot, Supervisor
+
+    good = Snapshot(open=3, opened=3, failures={"connect:EMFILE": 1}).to_dict()
+    good.update(resources={"rss": 1.5}, load={"cpu": 0.2}, established=3, connecting=0, pending=0)
+    assert check_worker_snapshot(good) is good
+    for bad, problem in [({"open": -1}, "open: must be between 0"), ({"failures": {"x": "many"}}, "failures"),
+                         ({"connecting": 1.5}, "expected an integer"), ("junk", "expected a mapping"),
+                         ({"resources": {"a": {"b": {"c": {"d": {"e": 1}}}}}}, "nested deeper")]:
+        with pytest.raises(RecordError, match=problem):
+            check_worker_snapshot(bad)
+    supervisor = Supervisor(Clock(), "client", ClientSpec(), "t")
+    slot = Slot(0)
+    supervisor.slots.append(slot)
+    supervisor._got({"open": "lots"}, slot)
+    assert slot.last is None and slot.answered_at == 0.0  # junk is no answer
+    supervisor._got(good, slot)
+    assert slot.last == good and supervisor.totals().open == 3

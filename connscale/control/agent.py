@@ -20,11 +20,10 @@ import socket
 import sys
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from connscale.config.records import RecordError, integer, nested, seq

@@ -7,7 +7,6 @@ status line, and records the run's timeline.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +15,6 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.spread import pb
 
 from connscale.config.settings import ClientHost, Config, endpoint_address
 from connscale.control import plan

@@ -14,7 +14,6 @@ import attrs
 
 from connscale.config.records import (
     Record,
-    RecordError,
     choice,
     either,
     field,
@@ -22,14 +21,13 @@ from connscale.config.records import (
     integer,
     ip_or_empty,
     loose,
-    mapping,
     nested,
     number,
     optional,
     seq,
     text,
 )
-from connscale.metrics.snapshot import Snapshot
+from connscale.metrics.snapshot import Snapshot, snapshot_from_wire
 from connscale.procs.records import MAX_WORKER_TARGET, WorkerRow
 
 #: Most workers one agent may run (plan.MAX_WORKERS, with room for an older peer).
@@ -43,22 +41,8 @@ _COUNT = integer(0, 1 << 62)
 
 
 def snapshot(value: object) -> Snapshot:
-    """A snapshot's counters as `Snapshot.counts()` sends them."""
-    data = mapping(text(64), lambda v: v, 64)(value)
-    out: dict[str, Any] = {}
-    for name in ("open", "opened", "closed", "pings", "pongs", "skipped"):
-        if name in data:
-            try:
-                out[name] = _COUNT(data[name])
-            except RecordError as e:
-                raise RecordError(f"{name}: {e}") from None
-    for name in ("failures", "protocol"):
-        if name in data:
-            try:
-                out[name] = mapping(text(128), _COUNT, 4096)(data[name])
-            except RecordError as e:
-                raise RecordError(f"{name}: {e}") from None
-    return Snapshot(**out)
+    """A snapshot's counters as `Snapshot.counts()` sends them (the histogram travels apart)."""
+    return attrs.evolve(snapshot_from_wire(value), rtt="")
 
 
 @attrs.frozen

@@ -64,3 +64,31 @@ def sum_snapshots(snaps: Iterable[Snapshot]) -> Snapshot:
         for k, n in s.protocol.items():
             protocol[k] = protocol.get(k, 0) + n
     return Snapshot(failures=failures, protocol=protocol, **total)
+
+
+def snapshot_from_wire(value: object) -> Snapshot:
+    """A snapshot's counters as a peer sent them (`to_dict` or `counts`), checked strictly:
+    counts are non-negative ints, failure keys bounded text; anything else is a RecordError."""
+    from connscale.config.records import RecordError, integer, mapping, text
+
+    count = integer(0, 1 << 62)
+    data = mapping(text(64), lambda v: v, 64)(value)
+    out: dict[str, object] = {}
+    for name in ("open", "opened", "closed", "pings", "pongs", "skipped"):
+        if name in data:
+            try:
+                out[name] = count(data[name])
+            except RecordError as e:
+                raise RecordError(f"{name}: {e}") from None
+    for name in ("failures", "protocol"):
+        if name in data:
+            try:
+                out[name] = mapping(text(128), count, 4096)(data[name])
+            except RecordError as e:
+                raise RecordError(f"{name}: {e}") from None
+    if "rtt" in data:
+        try:
+            out["rtt"] = text(640 * 1024)(data["rtt"])
+        except RecordError as e:
+            raise RecordError(f"rtt: {e}") from None
+    return Snapshot(**out)  # type: ignore[arg-type]

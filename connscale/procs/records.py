@@ -134,3 +134,30 @@ class WorkerRow(Record):
     load: dict[str, Any] = field(loose(), factory=dict)
     #: Seconds since it last answered its supervisor (None when not alive).
     silent_s: float | None = field(optional(number(0, 1e9)), default=None)
+
+
+_EXTRA_COUNT = integer(0, 1 << 62)
+
+
+def check_worker_snapshot(data: object) -> dict[str, Any]:
+    """A worker's `snapshot` answer, checked where it enters its parent: the counters
+    strictly (`metrics.snapshot.snapshot_from_wire`), the pool's gauges as counts, the
+    resource and load readings as bounded plain data. Returns the same plain dict."""
+    from connscale.metrics.snapshot import snapshot_from_wire
+
+    if not isinstance(data, dict):
+        raise RecordError(f"worker snapshot: expected a mapping, got a {type(data).__name__}")
+    try:
+        snapshot_from_wire({k: v for k, v in data.items() if k not in _SNAPSHOT_EXTRAS})
+        for key in ("established", "connecting", "pending"):
+            if key in data:
+                _EXTRA_COUNT(data[key])
+        for key in ("resources", "load"):
+            if key in data:
+                loose()(data[key])
+    except RecordError as e:
+        raise RecordError(f"worker snapshot: {e}") from None
+    return data
+
+
+_SNAPSHOT_EXTRAS = frozenset({"established", "connecting", "pending", "resources", "load"})

@@ -19,7 +19,8 @@ from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.stall import StallWatch
 from connscale.net.routes import Route
 from connscale.procs.childproc import PBChild, spawn_python
-from connscale.procs.records import WorkerHello, WorkerOrder, WorkerRow, WorkerSpec
+from connscale.config.records import RecordError
+from connscale.procs.records import WorkerHello, WorkerOrder, WorkerRow, WorkerSpec, check_worker_snapshot
 
 log = Logger(namespace="connscale.supervisor")
 
@@ -255,6 +256,12 @@ class Supervisor:
         return out
 
     def _got(self, data: dict[str, Any], slot: Slot) -> None:
+        try:
+            data = check_worker_snapshot(data)
+        except RecordError as e:
+            # Not an answer: a worker that only sends junk ends up killed as hung.
+            log.warn("{name}: snapshot refused: {why}", name=slot.child.name if slot.child else slot.index, why=str(e))
+            return
         slot.answered_at = self.reactor.seconds()
         slot.last = data
         if data.get("rtt"):
