@@ -315,3 +315,26 @@ def test_check_inside_a_namespace_with_a_narrow_port_range(tmp_path):
     # 4 source IPs x 2 ports x 500 ports in this namespace.
     assert line.split()[0] == "ephemeral_ports" and "4,000" in line and "40000-40499" in line
     assert "sysctl -w net.core.somaxconn=" in r.stdout  # the namespace's own somaxconn of 64
+
+
+def test_a_fleet_is_bound_by_its_server_or_by_its_clients_together():
+    from connscale.diagnose.budget import HostShare, fleet, render_fleet
+
+    narrow = attrs.evolve(ROOMY, hostname="a1", port_range=(40000, 40999))
+    hosts = [
+        HostShare("hub", ROOMY, demand(target=50_000, roles="server")),
+        HostShare("a1", narrow, demand(target=50_000, roles="client", source_ips=("10.0.0.2",), server_ports=2)),
+        HostShare("a2", attrs.evolve(narrow, hostname="a2"),
+                  demand(target=50_000, roles="client", source_ips=("10.0.0.3",), server_ports=2)),
+    ]
+    result = fleet(50_000, hosts)
+    assert not result["ok"] and result["reachable"] == 4000
+    assert result["binding"]["side"] == "clients" and result["binding"]["limit"]["key"] == "ephemeral_ports"
+    text = render_fleet(result)
+    assert "the client sides together reach 4,000 of 50,000" in text and "more agents" in text
+    # A server host with a low file limit binds the fleet from the other side.
+    small_hub = attrs.evolve(ROOMY, nofile_hard=300)
+    result = fleet(50_000, [HostShare("hub", small_hub, demand(target=50_000, roles="server")),
+                            HostShare("a1", ROOMY, demand(target=50_000, roles="client"))])
+    assert result["binding"]["side"] == "server" and result["binding"]["limit"]["key"] == "fd_process"
+    assert fleet(1000, [HostShare("hub", ROOMY, demand(target=1000, roles="server"))])["ok"]

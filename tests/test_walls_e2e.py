@@ -315,3 +315,25 @@ run: {{dir: runs}}
     assert any(i["wall"] == "measuring_side" for i in summary["incidents"])
     assert any("agent hosts" in fix for fix in explanation["fix"])
     assert "incident: measuring_side" in out and "why:" in out
+
+
+@pytest.mark.skipif(not netns_available(), reason="needs root + ip netns")
+def test_the_hubs_check_covers_an_agent_on_another_host(tmp_path):
+    from tests.test_e2e_multihost import ctl, hub_config, random_secret, start_agent, start_hub, write_config
+
+    # The agent's host has 500 ephemeral ports; the hub's check must see that from its registration.
+    with TestNetwork(2) as net, contextlib.ExitStack() as stack:
+        h1, h2 = net.hosts
+        h2.run(["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=40000 40499"], check=True)
+        cfg = write_config(tmp_path / "connscale.yaml", hub_config(h1, random_secret()))
+        start_hub(stack, h1, cfg, tmp_path)
+        start_agent(stack, h2, h1, "far", cfg, tmp_path, [h2.ip]).wait_line("registered with controller", 60)
+        r = ctl(h1, cfg, "check", "--target", "5000")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "target 5,000 connections over 2 host(s)" in out
+    far = next(line for line in out.splitlines() if line.strip().startswith("far"))
+    # 1 source IP x 2 server ports x 500 ports, read on the agent's own host.
+    assert "reaches        1,000" in far and "ephemeral_ports" in far and "40000-40499" in far
+    assert "verdict: the client sides together reach 1,000 of 5,000: ephemeral_ports on far binds first" in out
+    assert "more agents" in out

@@ -209,6 +209,9 @@ class Controller:
     def op_set_rate(self, rate: float, client: str | None) -> defer.Deferred[None]:
         return self.orders.set_rate(rate, client)
 
+    def op_check(self, target: int | None) -> dict[str, Any]:
+        return self.diagnosis.fleet(target)
+
     def op_set_phase(self, phase: str) -> str:
         return self.collector.set_phase(phase)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from connscale.config.settings import Config
 from connscale.control.registry import Registry
+from connscale.diagnose.budget import Demand, HostShare, fleet
 from connscale.diagnose.incidents import IncidentDetector, load_summary
 from connscale.diagnose.walls import AgentSetup, Context
 from connscale.host.inventory import HostLimits, read_host_limits
@@ -60,3 +61,29 @@ class Diagnosis:
         record["incidents"] = self.detector.observe(record, self.context())
         for incident in record["incidents"]:
             self.note(f"incident: {incident['headline']} (at {incident['open']} open)")
+
+    def fleet(self, target: int | None = None) -> dict[str, Any]:
+        """`connscale ctl check`: this hub's host (the server side) and every connected agent's
+        host (its client side, judged on the limits it reported when it registered)."""
+        cfg, c = self.cfg, self.cfg.client
+        target = int(target or cfg.scenario.target)
+        hub = read_host_limits()
+        ports = len(cfg.server.ports)
+
+        def demand(roles: str, sources: tuple[str, ...], workers: Any, interval: float, rate: float) -> Demand:
+            return Demand(target=target, roles=roles, source_ips=sources, server_ports=ports,  # type: ignore[arg-type]
+                          per_route_max=c.per_route_max, client_workers=workers, server_workers=cfg.server.workers,
+                          interval=interval or c.interval, rate=rate or c.rate, backlog=cfg.server.backlog)
+
+        shares = [HostShare("hub", hub, demand("server", (), c.workers, c.interval, c.rate))]
+        for a in self.registry.agents.values():
+            info = a.info
+            if not a.connected or info is None:
+                continue
+            limits = HostLimits.from_dict(info.limits or {"hostname": info.host})
+            # An agent on the hub's machine shares its memory, fds and cores with the
+            # server: its budget charges both sides (its ports are still its own).
+            roles = "both" if info.host == hub.hostname else "client"
+            shares.append(HostShare(a.name, limits, demand(roles, tuple(info.source_ips), info.configured_workers,
+                                                           info.interval, info.rate)))
+        return fleet(target, shares)

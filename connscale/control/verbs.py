@@ -17,6 +17,7 @@ import attrs
 
 from connscale.config.records import Parse, RecordError, integer, number, text
 from connscale.control.errors import ControlError
+from connscale.diagnose.budget import render_fleet
 from connscale.metrics.render import CLIENT_COLUMNS, format_stats, format_table
 
 #: Most connections one order may add or remove (more than any machine holds).
@@ -120,6 +121,10 @@ VERBS: tuple[Verb, ...] = (
          lambda name: f"started {name}"),
     Verb("client_stop", (Param("name", agent_name, "the client to stop"),),
          "stop a client: its connections close and its agent exits", "client-stop", lambda _: "stopped"),
+    Verb("check", (Param("target", count, "connections wanted (default: scenario.target)", optional=True,
+                         flag=True, cli_type=int),),
+         "how many connections the hub's host and every connected agent's host reach together; the limit "
+         "that binds first, with its fix", "check", render_fleet),
 )
 
 BY_NAME: dict[str, Verb] = {v.name: v for v in VERBS}

@@ -516,3 +516,87 @@ def render(b: Budget, h: HostLimits | None = None) -> list[str]:
     for lim in b.warnings:
         lines.append(f"warning: {lim.key}: {lim.detail}" + (f"; fix: {lim.fix}" if lim.fix else ""))
     return lines
+
+
+# -- a hub's check: every host of the fleet ---------------------------------------------------
+
+
+@attrs.frozen
+class HostShare:
+    """One host of a fleet: what it reads and what it runs."""
+
+    name: str                      # "hub", or the agents' names on it
+    limits: HostLimits
+    demand: Demand
+
+
+def _capacity(b: Budget) -> tuple[int | None, Limit | None]:
+    first = b.counted[:1]
+    return (first[0].capacity, first[0]) if first else (None, None)
+
+
+def fleet(target: int, hosts: Sequence[HostShare]) -> dict[str, Any]:
+    """The server side (the hub's host) against the sum of the client sides (every agent's
+    host, each judged on its own limits; one on the hub's machine with both sides' costs)."""
+    per_host = []
+    server_cap: int | None = None
+    server_lim: tuple[str, Limit | None] = ("", None)
+    client_total = 0
+    client_known = False
+    for share in hosts:
+        b = budget(share.limits, share.demand)
+        cap, lim = _capacity(b)
+        per_host.append({"name": share.name, "host": share.limits.hostname, "roles": share.demand.roles,
+                         "capacity": cap, "binding": lim.to_dict() if lim else None, "budget": b.to_dict()})
+        if cap is None:
+            continue
+        if share.demand.roles == "server":
+            server_cap, server_lim = cap, (share.name, lim)
+        else:
+            # An agent on the hub's machine is judged with both sides' costs ("both").
+            client_total += cap
+            client_known = True
+    candidates = []
+    if server_cap is not None:
+        candidates.append((server_cap, "server", server_lim))
+    if client_known:
+        worst = min((h for h in per_host if h["roles"] in ("client", "both") and h["capacity"] is not None),
+                    key=lambda h: h["capacity"])
+        candidates.append((client_total, "clients", (worst["name"], Limit(**worst["binding"]))))
+    reachable = min([target, *(c[0] for c in candidates)])
+    binding = min(candidates, key=lambda c: c[0]) if candidates else None
+    out: dict[str, Any] = {"target": target, "reachable": reachable, "ok": reachable >= target, "hosts": per_host}
+    if binding is not None and binding[0] < target:
+        name, lim = binding[2]
+        out["binding"] = {"side": binding[1], "capacity": binding[0], "host": name,
+                          "limit": lim.to_dict() if lim else None}
+    else:
+        out["binding"] = None
+    return out
+
+
+def render_fleet(result: dict[str, Any]) -> str:
+    """What `connscale ctl check` prints."""
+    lines = [f"target {result['target']:,} connections over {len(result['hosts'])} host(s)"]
+    for h in result["hosts"]:
+        cap = f"{h['capacity']:,}" if h["capacity"] is not None else "?"
+        lim = h["binding"] or {}
+        lines.append(f"  {h['name']:<16} {h['host']:<16} {h['roles']:<6} reaches {cap:>12}"
+                     + (f"  ({lim.get('key')}: {lim.get('detail')})" if lim else ""))
+    b = result.get("binding")
+    if b is None:
+        lines.append(f"verdict: these hosts can reach {result['target']:,} connections.")
+        return "\n".join(lines)
+    lim = b.get("limit") or {}
+    side = "the server side" if b["side"] == "server" else "the client sides together"
+    lines.append(f"verdict: {side} reach {b['capacity']:,} of {result['target']:,}: {lim.get('key')} on "
+                 f"{b['host']} binds first ({lim.get('detail')}).")
+    if lim.get("fix"):
+        lines.append(f"fix: {lim['fix']}")
+    if b["side"] == "clients":
+        lines.append("fix: or more agents (clients: in the config, client_start on each)")
+    for h in result["hosts"]:
+        for limit in h["budget"]["limits"]:
+            if limit.get("warn"):
+                lines.append(f"warning: {h['name']}: {limit['key']}: {limit['detail']}")
+    return "\n".join(lines)
