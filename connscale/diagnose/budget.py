@@ -29,19 +29,20 @@ Roles = Literal["both", "server", "client"]
 #: reference's notes once something lists /proc/PID/fd (a dentry and inode per fd): the
 #: larger figure, since psutil and ps do list it.
 KERNEL_BYTES_PER_PAIR = 10_300
-#: User memory per connection, per side (`bench/mem_per_conn.py --after-ping`).
-USER_BYTES = {"client": 1_345, "server": 1_149}
-#: One worker process before its first connection: 35 MB RSS, 23 MB of it anonymous.
-WORKER_BYTES = 30 * 2**20
-#: CPU per ping round trip, per side (`bench/cpu_per_rtt.py -n 10000`, 10k pings/s).
-US_PER_ROUNDTRIP = {"client": 14.2, "server": 11.3}
+#: User memory per connection, per side, once it has pinged (`bench/mem_per_conn.py -n 10000
+#: --after-ping`, 2026-11-30: 563 B client, 314 B server).
+USER_BYTES = {"client": 563, "server": 314}
+#: One worker process before its first connection: 28 MB RSS, 20 MB of it anonymous (2026-11-30).
+WORKER_BYTES = 24 * 2**20
+#: CPU per ping round trip, per side (`bench/cpu_per_rtt.py -n 10000`, 10k pings/s, 2026-11-30).
+US_PER_ROUNDTRIP = {"client": 12.4, "server": 11.3}
 #: CPU per connect, per side (19,000 connects at 5,000/s: 0.55 s client, 0.25 s server).
 US_PER_CONNECT = {"client": 40.0, "server": 18.0}
 #: CPU a held connection costs besides its pings, per side, in us per second: its
 #: worker's timer wheel, garbage collection over its objects, the worker's report
 #: (`bench/pair_cost.py -n 19000`: 19,000 connections at interval 60 s, where the
-#: controller fills workers to). At a million that alone is ~1.5 cores.
-US_IDLE_PER_CONN = {"client": 1.06, "server": 0.46}
+#: controller fills workers to; 2026-11-30, after the perf work: 0.25 and 0.06).
+US_IDLE_PER_CONN = {"client": 0.25, "server": 0.06}
 #: The share of the cores keepalive traffic may plan on. The rest keeps the event
 #: loops prompt: a loop that is busy all the time delays every pong it reads, so
 #: the RTT measured would be connscale's own queueing rather than the server's.
