@@ -102,16 +102,27 @@ def test_metrics_are_off_by_default_and_the_key_is_checked() -> None:
     assert "control.metrics_listen: port 9108 is also used by control.listen" in str(e.value)
 
 
+def test_metrics_listen_is_loopback_unless_asked_and_warned() -> None:
+    from connscale.control.hub import metrics_endpoint
+
+    assert metrics_endpoint("tcp:9108") == ("tcp:9108:interface=127.0.0.1", False)
+    assert metrics_endpoint("tcp:9108:interface=127.0.0.2") == ("tcp:9108:interface=127.0.0.2", False)
+    assert metrics_endpoint(r"tcp:9108:interface=\:\:1") == (r"tcp:9108:interface=\:\:1", False)  # Twisted escapes
+    assert metrics_endpoint("tcp:9108:interface=0.0.0.0") == ("tcp:9108:interface=0.0.0.0", True)
+    assert metrics_endpoint("tcp:9108:interface=192.0.2.7")[1] is True
+    assert metrics_endpoint("unix:/run/connscale-metrics.sock") == ("unix:/run/connscale-metrics.sock", False)
+
+
 @pytest.mark.slow
 def test_scraping_a_real_hub_gives_the_numbers_of_its_timeline(tmp_path: Path) -> None:
     from tests.test_e2e_hub import Hub
 
     hub = Hub(tmp_path)
     port = free_port()
-    hub.config.write_text(hub.config.read_text() + f"  metrics_listen: tcp:{port}:interface=127.0.0.1\n")
+    hub.config.write_text(hub.config.read_text() + f"  metrics_listen: tcp:{port}\n")  # loopback by default
     proc = hub.start()
     try:
-        assert f"Prometheus metrics on tcp:{port}" in proc.text()
+        assert f"Prometheus metrics on tcp:{port}:interface=127.0.0.1" in proc.text()
         assert "reachable beyond loopback" not in proc.text()
         with hub.agent("m1") as agent:
             agent.wait_line("registered with controller", 30)

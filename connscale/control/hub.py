@@ -75,19 +75,35 @@ class HubService(MultiService):
         return d
 
 
+def metrics_endpoint(endpoint: str) -> tuple[str, bool]:
+    """(the endpoint to listen on, whether it is reachable beyond loopback).
+
+    A tcp: endpoint without an interface means loopback here, not every
+    interface as Twisted would have it: the numbers carry the run's
+    addresses and no login protects them. Beyond loopback must be asked for
+    (interface=0.0.0.0) and is warned about.
+    """
+    address = endpoint_address(endpoint)  # None: a unix socket, local by nature
+    if address is None:
+        return endpoint, False
+    if endpoint.startswith("tcp:") and "interface=" not in endpoint:
+        return f"{endpoint}:interface=127.0.0.1", False
+    return endpoint, not _loopback(address[0])
+
+
 def serve_metrics(reactor: Any, controller: Controller, endpoint: str) -> Service:
     """Prometheus /metrics from the timeline records, on `control.metrics_listen`."""
     from connscale.metrics.prometheus import TimelineCollector, metrics_site
 
     collector = TimelineCollector()
     controller.collector.listeners.append(collector.observe)
+    endpoint, exposed = metrics_endpoint(endpoint)
     try:
         service = EndpointService(reactor, endpoint, metrics_site(collector), "control.metrics_listen",
                                   listen_now=True, label="metrics")
     except ListenError as e:
         raise SystemExit(f"{PROG}: {e}") from None
-    address = endpoint_address(endpoint)  # None: a unix socket, local by nature
-    if address is not None and not _loopback(address[0]):
+    if exposed:
         # The numbers carry addresses of the run and no login protects them.
         log.warn("{prog}: control.metrics_listen {endpoint} is reachable beyond loopback and asks for no login",
                  prog=PROG, endpoint=endpoint)
