@@ -281,3 +281,13 @@ def test_load_probe_measures_lag_and_cpu_on_a_clock():
     assert stuck["lag_ms_max"] >= 1500 and stuck["cpu"] == 0.0
     probe.stop()
     assert not clock.getDelayedCalls()
+
+
+def test_first_ping_timeouts_with_ghosts_but_no_overflow_blame_a_starved_server():
+    busy = (WorkerLoad("server", "hub", 0, 5, cpu=0.97, lag_ms_mean=120.0, lag_ms_max=300.0),)
+    w = window(ghosts_max=40, failures={"first_ping:no_answer_from_server": 20}, workers=busy)
+    assert name_wall("first_ping:no_answer_from_server", w, CTX).wall == "server_starved"
+    # With the kernel's overflow count, the queue is the wall whatever the server does.
+    w = window(ghosts_max=40, failures={"first_ping:no_answer_from_server": 20}, workers=busy,
+               kernel_delta={"listen_overflows": 7})
+    assert name_wall("first_ping:no_answer_from_server", w, CTX).wall == "accept_queue"

@@ -289,7 +289,7 @@ def test_a_run_whose_client_is_throttled_says_it_is_not_the_servers_limit(tmp_pa
 server: {{ports: {ports[0]}, status_interval: 1}}
 client: {{server: "127.0.0.1:{ports[0]}", source_ips: 127.0.0.2, interval: 0.5, timeout: 2, workers: 1}}
 control: {{listen: "tcp:{free_port()}:interface=127.0.0.1", console: none}}
-scenario: {{target: 2000, rate: 4000, steps: 1, hold: 0, final_hold: 25, time_limit: 60}}
+scenario: {{target: 2000, rate: 4000, steps: 1, hold: 0, final_hold: 15, time_limit: 45}}
 run: {{dir: runs}}
 """)
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
@@ -337,3 +337,18 @@ def test_the_hubs_check_covers_an_agent_on_another_host(tmp_path):
     assert "reaches        1,000" in far and "ephemeral_ports" in far and "40000-40499" in far
     assert "verdict: the client sides together reach 1,000 of 5,000: ephemeral_ports on far binds first" in out
     assert "more agents" in out
+
+
+@pytest.mark.skipif(not cgroup_v1_cpu(), reason="needs root and the cgroup v1 cpu controller")
+def test_a_cpu_starved_server_worker_gives_timeouts_named_as_such(tmp_path):
+    with rig(tmp_path, interval=0.5, timeout=1.0) as r:
+        r.open(2000)
+        r.wait("pongs", lambda s: s["client"]["pongs"] >= 2000)
+        pid = server_worker_pid(r.stats())
+        with cpu_quota(pid, 3):
+            incident = r.incident("server_starved", timeout=45)
+        check_incident(incident, "server_starved", "server")
+        assert any(k.endswith("no_answer_from_server") for k in incident["failures"]), incident["failures"]
+        assert f"(pid {pid})" in " ".join(incident["evidence"])
+        # The clients were fine: this is the server's limit, not connscale's.
+        assert not any(i["wall"] == "measuring_side" for i in r.stats()["incidents"])

@@ -418,8 +418,11 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
             ("more source IPs (client.source_ips)", "more server ports (server.ports)"),
         )
     overflow = any(w.kernel_delta.get(k) for k in ("listen_overflows", "listen_drops", "abort_on_overflow"))
+    server_busy = bool(w.saturated("server") or w.silent("server"))
+    # The kernel counting overflows is the accept queue's own evidence. Ghosts alone
+    # also appear while a starved server is slow to accept: then the server is the wall.
     if (phase == "first_ping" and cause in ("ECONNRESET", "no_answer_from_server", "closed_by_peer")
-            and (overflow or w.ghosts or w.ghosts_max)):
+            and (overflow or ((w.ghosts or w.ghosts_max) and not server_busy))):
         return accept_queue(w, ctx, key)
     if phase == "connect" and cause == "ETIMEDOUT":
         if overflow or w.kernel_delta.get("syn_retrans"):
