@@ -291,3 +291,35 @@ def test_first_ping_timeouts_with_ghosts_but_no_overflow_blame_a_starved_server(
     w = window(ghosts_max=40, failures={"first_ping:no_answer_from_server": 20}, workers=busy,
                kernel_delta={"listen_overflows": 7})
     assert name_wall("first_ping:no_answer_from_server", w, CTX).wall == "accept_queue"
+
+
+def test_saturation_during_ramps_only_says_the_hold_was_measured_cleanly():
+    from connscale.diagnose.incidents import saturated_phases
+
+    records = [{"phase": "ramp:3", "load": {"measuring_side_saturated": True}} for _ in range(4)]
+    records += [{"phase": "final_hold", "load": {"measuring_side_saturated": False}} for _ in range(10)]
+    records += [{"phase": "stop", "load": {"measuring_side_saturated": True}} for _ in range(5)]
+    phases = saturated_phases(records)
+    assert phases == {"ramp:3": 4}
+    sat = {"elapsed_s": 4, "open": 3000, "wall": "measuring_side", "headline": "saturated", "evidence": [],
+           "fix": ["more agent hosts"]}
+    e = explain("held", 5000, held=5000, peak_open=5000, incidents=[sat], saturated_phases=phases)
+    assert "during ramp:3 (not during a hold)" in e["headline"] and "hold's RTT was measured" in e["headline"]
+    assert e["measuring_side_saturated"]
+    held = explain("held", 5000, held=5000, incidents=[sat], saturated_phases={"final_hold": 5})
+    assert "RTT and ramp rate reflect connscale" in held["headline"]
+
+
+def test_a_run_its_own_control_plane_ended_is_explained_by_that():
+    sat = {"elapsed_s": 40, "open": 245_834, "wall": "measuring_side", "side": "client", "headline": "saturated",
+           "evidence": ["1 of 53 client workers saturated"], "fix": ["more agent hosts"]}
+    e = explain("failed", 1_000_000, peak_open=750_000, incidents=[sat],
+                reason="lost the connection to the hub (pid 18932): ConnectionAborted")
+    assert e["wall"] == "control_plane" and e["side"] == "connscale"
+    assert e["headline"].startswith("stopped at 750,000 of 1,000,000 connections: connscale lost its own hub")
+    assert any("before that, at 40 s (245,834 open): saturated" in line for line in e["evidence"])
+    assert e["measuring_side_saturated"] and "not the server's limit" in e["headline"]
+    e = explain("failed", 5000, peak_open=100, reason="interrupted")
+    assert e["wall"] == "interrupted"
+    e = explain("failed", 5000, reason="AttributeError: 'str' object has no attribute 'x'")
+    assert e["wall"] == "control_plane" and "a bug" in e["headline"]

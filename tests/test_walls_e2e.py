@@ -349,6 +349,8 @@ def test_a_cpu_starved_server_worker_gives_timeouts_named_as_such(tmp_path):
             incident = r.incident("server_starved", timeout=45)
         check_incident(incident, "server_starved", "server")
         assert any(k.endswith("no_answer_from_server") for k in incident["failures"]), incident["failures"]
-        assert f"(pid {pid})" in " ".join(incident["evidence"])
-        # The clients were fine: this is the server's limit, not connscale's.
-        assert not any(i["wall"] == "measuring_side" for i in r.stats()["incidents"])
+        evidence = " ".join(incident["evidence"])
+        # Named on the server's own evidence: that worker's loop lag. (Whether the clients
+        # also saturate depends on how busy the shared box is, so that is not asserted.)
+        assert f"(pid {pid})" in evidence and "server workers saturated" in evidence, evidence
+        assert "starved of CPU" in incident["headline"]

@@ -193,9 +193,10 @@ class Experiment:
         # RTT per phase from the hub's timeline: every final-hold second is on disk by now (the
         # stop phase was entered first, and a second that saw it counts as stop).
         timeline = self.rundir.file("timeline.jsonl")
-        if timeline.exists():
-            result.update(phases.summary_fields(list(read_timeline(timeline))))
-        result["explanation"] = summary.explanation(result)
+        records = list(read_timeline(timeline)) if timeline.exists() else None
+        if records is not None:
+            result.update(phases.summary_fields(records))
+        result["explanation"] = summary.explanation(result, records)
         try:
             self.rundir.write_json("summary.json", result)
         except RunDirError as e:

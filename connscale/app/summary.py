@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from connscale.app.scenario import Progress
 from connscale.config.settings import ScenarioSettings
+from connscale.diagnose.incidents import saturated_phases
 from connscale.diagnose.verdict import explain, explain_search_verdict
 from connscale.metrics.histograms import new_histogram, rtt_summary_ms
 
@@ -48,9 +50,10 @@ def build(progress: Progress, settings: ScenarioSettings, ok: bool, reason: str,
     return result
 
 
-def explanation(result: dict[str, Any]) -> dict[str, Any]:
+def explanation(result: dict[str, Any], records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Why it held or where it stopped, in words, with the fix (connscale.diagnose.verdict);
-    called once the summary has its per-phase RTT."""
+    called once the summary has its per-phase RTT. `records`: the timeline, which says in
+    which phases connscale's own clients were saturated."""
     if result.get("search") is not None:
         return explain_search_verdict(result["search"])
     final = result.get("rtt_final_hold_ms") or {}
@@ -58,6 +61,7 @@ def explanation(result: dict[str, Any]) -> dict[str, Any]:
         result["verdict"], int(result["target"]), held=int(result["held"]), peak_open=int(result["peak_open"]),
         reason=str(result.get("reason", "")), incidents=result.get("incidents") or [],
         preflight=result.get("preflight"), rtt=final if final.get("p99") is not None else result.get("rtt_ms"),
+        saturated_phases=saturated_phases(records) if records is not None else None,
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from connscale.diagnose.walls import (
@@ -253,3 +253,14 @@ def snapshot(trigger: str, finding: Finding, w: Window, record: Mapping[str, Any
         "workers": _worker_rows(list(w.workers)),
         "rtt_window_ms": record.get("rtt_window_ms"),
     }
+
+
+def saturated_phases(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Phase -> seconds in which connscale's client workers were saturated (from the timeline)."""
+    out: dict[str, int] = {}
+    for r in records:
+        if (r.get("load") or {}).get("measuring_side_saturated"):
+            phase = str(r.get("phase") or "")
+            out[phase] = out.get(phase, 0) + 1
+    # The drain at the end is not a measurement: closing connections saturates nothing that matters.
+    return {p: n for p, n in out.items() if n >= SUSTAIN and p != "stop"}

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from connscale.diagnose.walls import Finding, listen_in_use
+from connscale.metrics.phases import is_hold
 
 #: Walls whose failures name their cause by themselves; they explain a stop
 #: better than a saturation seen around the same time.
@@ -54,6 +55,35 @@ def _from_reason(reason: str, target: int) -> Finding | None:
     return None
 
 
+#: What a run's reason says when connscale's own processes ended it, and what that means.
+_CONTROL = (
+    ("interrupted", "interrupted", "the run was interrupted (Ctrl-C or SIGTERM) before it could finish",
+     "run it again; what was recorded so far is in timeline.jsonl"),
+    ("lost the connection to the hub", "control_plane",
+     "connscale lost its own hub (the run's control connection broke)",
+     "see the last lines of hub.log; on a saturated box give the hub and agent headroom (fewer workers per "
+     "host, agents on other hosts)"),
+    ("has not answered for", "control_plane", "connscale's own hub stopped answering",
+     "see hub.log; the hub may be stopped or starved of CPU"),
+    (" exited ", "control_plane", "one of connscale's own processes (hub or agent) exited during the run",
+     "see its last lines in hub.log or agent.log"),
+    ("did not register", "control_plane", "connscale's local agent did not register with the hub",
+     "see agent.log"),
+)
+
+
+def _control_failure(reason: str) -> Finding | None:
+    if listen_in_use(reason) is not None:
+        return None
+    for needle, wall, headline, fix in _CONTROL:
+        if needle in reason:
+            return Finding(wall, "connscale", headline, (reason,), (fix,))
+    if re.match(r"^[A-Z][A-Za-z]*Error: ", reason):
+        return Finding("control_plane", "connscale", "connscale itself failed (a bug)", (reason,),
+                       ("report it with run directory's hub.log and agent.log",))
+    return None
+
+
 def _rtt_line(rtt: Mapping[str, Any] | None) -> str:
     if not rtt or rtt.get("p99") is None:
         return ""
@@ -70,10 +100,17 @@ def explain(
     preflight: Mapping[str, Any] | None = None,
     rtt: Mapping[str, Any] | None = None,
     saturated: bool = False,
+    saturated_phases: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The run's explanation (see the module doc)."""
+    """The run's explanation (see the module doc).
+
+    `saturated_phases` (phase -> seconds the client workers were saturated, from the
+    timeline) scopes the measuring-side caveat: saturated during a hold, the RTT is
+    connscale's; during ramps only, the ramp's rate is, and the hold was measured cleanly.
+    """
     measuring = [i for i in incidents if i.get("wall") == "measuring_side"]
-    saturated = saturated or bool(measuring)
+    saturated = saturated or bool(measuring) or bool(saturated_phases)
+    control = _control_failure(reason) if outcome != "held" else None
     out: dict[str, Any]
 
     if preflight is not None and reason.startswith("preflight") and preflight.get("binding"):
@@ -97,8 +134,10 @@ def explain(
             out["evidence"] = [f"incident at {first.get('elapsed_s', 0):.0f} s ({first.get('open', 0):,} open): "
                                f"{first.get('headline')}"]
     else:
-        incident = primary_incident(incidents)
-        finding = None if incident is not None else _from_reason(reason, target)
+        # A run cut short by its own control plane, or by the user, is explained by
+        # that: the incidents before it are context, not the reason it stopped.
+        incident = None if control is not None else primary_incident(incidents)
+        finding = control if control is not None else (None if incident is not None else _from_reason(reason, target))
         at = f"stopped at {peak_open:,} of {target:,} connections"
         if incident is not None:
             evidence = [f"at {incident.get('elapsed_s', 0):.0f} s, {incident.get('open', 0):,} open, "
@@ -114,10 +153,18 @@ def explain(
                    "evidence": [reason] if reason else [], "fix": []}
         if reason and reason not in out["evidence"]:
             out["evidence"].append(f"the run stopped because: {reason}")
+        if control is not None and incidents:
+            first = primary_incident(incidents) or incidents[0]
+            out["evidence"].append(f"before that, at {first.get('elapsed_s', 0):.0f} s "
+                                   f"({first.get('open', 0):,} open): {first.get('headline')}")
 
     if saturated:
         note = ("connscale's own client workers were saturated: RTT and ramp rate reflect connscale, "
                 "so this is not the server's limit")
+        if saturated_phases is not None and saturated_phases and not any(is_hold(p) for p in saturated_phases):
+            ramps = ", ".join(sorted(saturated_phases))
+            note = (f"connscale's own client workers were saturated during {ramps} (not during a hold): the "
+                    "ramp's rate there is connscale's, the hold's RTT was measured with the clients keeping up")
         if out["wall"] != "measuring_side":
             out["headline"] += f"; but {note}"
             if measuring:

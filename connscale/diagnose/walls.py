@@ -38,6 +38,8 @@ WALLS: Mapping[str, str] = {
     "worker_lost": "a worker process died",
     "protocol": "a protocol mismatch",
     "time_limit": "the run's time limit",
+    "control_plane": "connscale's own hub or agent failed",
+    "interrupted": "the run was interrupted",
     "unknown": "not recognised",
 }
 
