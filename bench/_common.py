@@ -22,7 +22,22 @@ from typing import Callable, Iterable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-C_REF_DIR = "/work/shared/reference/c-pingpong"
+C_REF_REL = os.path.join("shared", "reference", "c-pingpong")
+
+
+def find_c_ref() -> str:
+    """The C reference: `../shared/reference/c-pingpong` beside the repository
+    (or beside a parent of it, for a git worktree), or $CONNSCALE_C_REF."""
+    if os.environ.get("CONNSCALE_C_REF"):
+        return os.environ["CONNSCALE_C_REF"]
+    here = REPO
+    for _ in range(4):
+        here = os.path.dirname(here)
+        candidate = os.path.join(here, C_REF_REL)
+        if os.path.isfile(os.path.join(candidate, "pingpong_client.c")):
+            return candidate
+    raise SystemExit(f"the C reference is not at ../{C_REF_REL} beside the repository; set CONNSCALE_C_REF")
+
 
 #: The C reference's own figures (its README, measured on the reference box).
 C_README = {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The C reference (/work/shared/reference/c-pingpong) on this machine.
+"""The C reference (../shared/reference/c-pingpong beside the repository) on this machine.
 
 Builds pingpong_server.c and pingpong_client.c with `gcc -O2` into a temp
 dir and runs the same two measurements as the Python benches, at the same
@@ -42,8 +42,9 @@ def kv(line: str) -> dict[str, str]:
 
 def build(outdir: str) -> tuple[str, str]:
     bins = []
+    ref = c.find_c_ref()
     for name in ("pingpong_server", "pingpong_client"):
-        src = os.path.join(c.C_REF_DIR, name + ".c")
+        src = os.path.join(ref, name + ".c")
         exe = os.path.join(outdir, name)
         subprocess.run(["gcc", "-O2", "-Wall", "-o", exe, src], check=True, timeout=120)
         bins.append(exe)

@@ -70,3 +70,40 @@ def test_slow_polls_alone_are_not_a_stall():
         clock.advance(1.0)  # heartbeats only
     sup.poll()
     assert not any("stalled" in e for e in sup.events)
+
+
+class RecordingChild(SilentChild):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def call(self, method, *args):
+        self.calls.append((method, args))
+        return defer.succeed(None)
+
+
+def test_an_agents_rate_is_split_by_what_each_worker_has_left_to_open():
+    from connscale.procs.records import ClientSpec, WorkerOrder
+
+    sup = Supervisor(Clock(), "client", ClientSpec(rate=1000.0), "t")
+    children = [RecordingChild() for _ in range(3)]
+    for i, (child, held) in enumerate(zip(children, (100, 0, 0))):
+        sup.slots.append(Slot(i, child=child, alive=True, last={"open": held}))
+    sup.apply([WorkerOrder(100), WorkerOrder(200), WorkerOrder(100)])
+    sent = [WorkerOrder.from_wire(child.calls[-1][1][0]) for child in children]
+    assert [o.target for o in sent] == [100, 200, 100]
+    rates = [o.rate for o in sent]
+    # Together the ramping workers connect at the agent's rate, not at three times it.
+    assert rates[1] == 2 * rates[2] and abs(rates[1] + rates[2] - 1000.0) < 1e-6
+    assert 0 < rates[0] <= 1000.0 / 3 / 10  # the full one keeps a little, for replacements
+    sup.set_rate(3000.0)
+    assert [c.calls[-1][0] for c in children] == ["set_rate"] * 3
+    assert abs(sum(c.calls[-1][1][0] for c in children[1:]) - 3000.0) < 1e-6
+
+
+def test_the_controllers_orders_carry_no_rate_and_old_payloads_still_parse():
+    from connscale.procs.records import WorkerOrder
+
+    assert "rate" not in WorkerOrder(5).to_wire()
+    assert WorkerOrder.from_wire({"target": 5, "routes": []}).rate is None
+    assert WorkerOrder.from_wire({"target": 5, "routes": [], "rate": 250.0}).rate == 250.0

@@ -25,4 +25,4 @@ the bound in pyproject.toml).
 from __future__ import annotations
 
 #: Twisted releases the suite was run against (pyproject.toml carries the same bounds).
-TESTED_TWISTED = (">=23.10", "<27")
+TESTED_TWISTED = (">=25.5", "<27")

@@ -39,6 +39,7 @@ from connscale.net.wire import PING, PONG, ClientConnection
 log = Logger()
 
 PACE_TICK = 0.01  # seconds between connect batches
+PACE_BURST = 0.1  # most connects in one batch, in seconds of the rate
 #: The timer wheel's tick: pings go out, and timeouts are noticed, on these
 #: boundaries (never early, at most one tick late). Coarser ticks wake a worker
 #: less often and batch its sends: at 3,300 pings/s per worker, 10 ms -> 50 ms
@@ -328,7 +329,9 @@ class ConnectionPool:
         self._pace_call = None
         now = self.clock.seconds()
         rate = self.settings.rate
-        burst = max(1.0, rate * PACE_TICK * 2)
+        # Up to PACE_BURST seconds' worth at once: a busy loop that came back
+        # late catches up instead of losing the rate it was asked for.
+        burst = max(1.0, rate * PACE_BURST)
         self._tokens = min(self._tokens + (now - self._last_pace) * rate, burst)
         self._last_pace = now
         n = min(int(self._tokens), self.pending)

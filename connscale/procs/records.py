@@ -62,13 +62,21 @@ def route_row(r: Route) -> list[object]:
 
 @attrs.frozen
 class WorkerOrder(Record):
-    """Hold `target` connections over `routes` (each with its share of a tuple's ports)."""
+    """Hold `target` connections over `routes` (each with its share of a tuple's ports).
+
+    `rate` is this worker's share of its agent's connect rate (connects per
+    second); an agent fills it in for its workers, the controller leaves it out.
+    """
 
     target: int = field(integer(0, MAX_WORKER_TARGET))
     routes: tuple[Route, ...] = field(seq(route, MAX_ROUTES), default=())
+    rate: float | None = field(optional(number(0, 10_000_000, open_low=True)), default=None)
 
     def to_wire(self) -> dict[str, object]:
-        return {"target": self.target, "routes": [route_row(r) for r in self.routes]}
+        wire: dict[str, object] = {"target": self.target, "routes": [route_row(r) for r in self.routes]}
+        if self.rate is not None:
+            wire["rate"] = self.rate
+        return wire
 
     @property
     def capacity(self) -> int:

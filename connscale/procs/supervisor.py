@@ -40,6 +40,7 @@ class Slot:
     started_at: float = 0.0
     delay: float = 0.0
     answered_at: float = 0.0
+    rate: float | None = None  # this worker's share of the agent's connect rate
     asking: defer.Deferred[None] | None = None  # a snapshot call not answered yet
 
 
@@ -177,22 +178,50 @@ class Supervisor:
     def apply(self, orders: Sequence[WorkerOrder]) -> defer.Deferred[None]:
         """Give worker i `orders[i]`; workers beyond the orders get a target of 0."""
         calls = []
+        targets = [orders[i].target if i < len(orders) else 0 for i in range(len(self.slots))]
+        rates = self.rate_shares(targets)
         for i, slot in enumerate(self.slots):
             order = orders[i] if i < len(orders) else WorkerOrder(0, slot.routes)
             slot.target, slot.routes = order.target, order.routes
+            slot.rate = rates[i] if rates else None
             if slot.alive:
                 calls.append(self._push(slot))
         return defer.gatherResults(calls, consumeErrors=True).addCallback(lambda _: None)
 
+    def rate_shares(self, targets: Sequence[int]) -> list[float] | None:
+        """Split this agent's connect rate (spec.rate) between its workers.
+
+        By what each has still to open, so that together they connect at the
+        rate asked (not a rate per worker: fifty workers must not try fifty
+        times it) and finish together. A worker with nothing to open keeps a
+        small share for replacing what it loses. None for roles without a rate.
+        """
+        total = getattr(self.spec, "rate", None)
+        n = len(self.slots)
+        if not total or not n:
+            return None
+        held = [int((s.last or {}).get("open", 0)) for s in self.slots]
+        want = [max(0, t - h) for t, h in zip(targets, held)]
+        floor = total / n / 10
+        if not sum(want):
+            return [total / n] * n
+        return [max(total * w / sum(want), floor) for w in want]
+
     def _push(self, slot: Slot) -> defer.Deferred[None]:
         assert slot.child is not None
-        order = WorkerOrder(slot.target, slot.routes)
+        order = WorkerOrder(slot.target, slot.routes, slot.rate)
         return slot.child.call("set_target", order.to_wire()).addCallback(lambda _: None)
 
     def set_rate(self, rate: float) -> defer.Deferred[list[Any]]:
-        """A new connect rate for every worker, and for the ones started later."""
+        """A new connect rate for this agent, split between its workers."""
         self.spec = attrs.evolve(self.spec, rate=rate)  # type: ignore[misc]
-        return self.call_all("set_rate", rate)
+        shares = self.rate_shares([s.target for s in self.slots]) or []
+        calls = []
+        for slot, share in zip(self.slots, shares):
+            slot.rate = share
+            if slot.alive and slot.child is not None:
+                calls.append(slot.child.call("set_rate", share))
+        return defer.gatherResults(calls, consumeErrors=True)
 
     def call_all(self, method: str, *args: Any) -> defer.Deferred[list[Any]]:
         calls = [s.child.call(method, *args) for s in self.slots if s.alive and s.child is not None]

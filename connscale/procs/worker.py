@@ -20,6 +20,8 @@ import json
 import os
 from typing import Any
 
+import attrs
+
 from twisted.spread import pb
 
 from connscale.host.limits import connection_budget, raise_nofile
@@ -81,13 +83,13 @@ class ClientWorkerRoot(WorkerRoot):
 
     def remote_set_target(self, data: object) -> int:
         order = WorkerOrder.from_wire(data)
+        if order.rate is not None:
+            self.pool.settings = attrs.evolve(self.pool.settings, rate=order.rate)
         self.pool.set_routes(list(order.routes))
         self.pool.set_target(order.target)
         return self.pool.wanted()
 
     def remote_set_rate(self, rate: object) -> None:
-        import attrs
-
         value = ClientSpec.from_wire({"rate": rate}).rate
         self.pool.settings = attrs.evolve(self.pool.settings, rate=value)
 
