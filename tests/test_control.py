@@ -572,3 +572,52 @@ def test_workers_follow_what_the_routes_can_carry(clock: Clock) -> None:
     link, mind, _ = register(controller)
     assert run(link, controller.connections_start(1_000_000, "x")) == 14000
     assert mind.ensure_calls[-1] == 1
+
+
+# ---------------------------------------------------------------- packed reports
+
+
+class PackedMind(FakeMind):
+    """An agent of this version: it answers report_packed (one JSON string)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packed_calls = 0
+
+    def remote_report(self) -> dict[str, Any]:
+        raise AssertionError("a packed agent is asked for report_packed")
+
+    def remote_report_packed(self) -> str:
+        from connscale.config.packed import pack
+
+        self.packed_calls += 1
+        return pack(self.report)
+
+
+def test_an_agent_that_offers_packed_reports_is_asked_for_them(controller: Controller) -> None:
+    mind = PackedMind()
+    mind.report["totals"]["open"] = 42
+    link, _, _ = register(controller, "p", mind=mind, packed=True)
+    run(link, controller.poll())
+    assert mind.packed_calls == 1
+    assert controller.stats()["client"]["open"] == 42
+
+
+def test_an_agent_that_does_not_say_so_is_asked_for_plain_reports(controller: Controller) -> None:
+    mind = FakeMind()
+    mind.report["totals"]["open"] = 7
+    link, _, _ = register(controller, "old", mind=mind)  # an older agent: no `packed` field
+    run(link, controller.poll())
+    assert controller.stats()["client"]["open"] == 7
+
+
+def test_stats_packed_is_stats_as_one_json_string(controller: Controller) -> None:
+    import json
+
+    op = Link(controller)
+    perspective = op.login(b"operator")
+    plain = op.wait(perspective.callRemote("stats"))
+    packed = op.wait(perspective.callRemote("stats_packed"))
+    assert isinstance(packed, str)
+    got = json.loads(packed)
+    assert got["client"] == plain["client"] and got["server"] == plain["server"]

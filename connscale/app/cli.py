@@ -20,6 +20,7 @@ from connscale.app.startup import (
     EXIT_USAGE,
     load_or_exit,
 )
+from connscale.config.packed import unpack
 from connscale.config.settings import Config
 
 
@@ -179,7 +180,7 @@ def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: flo
                 if shown:
                     yield task.deferLater(reactor, interval, lambda: None)
                 try:
-                    stats = yield perspective.callRemote("stats")
+                    stats = unpack((yield perspective.callRemote("stats_packed")))
                 except Exception as e:
                     return (EXIT_UNREACHABLE, f"lost the controller at {host}:{port}: {e}")
                 view.show(stats)

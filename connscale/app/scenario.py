@@ -15,6 +15,7 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
+from connscale.config.packed import unpack
 from connscale.config.settings import ScenarioSettings
 from connscale.metrics import phases
 
@@ -144,7 +145,8 @@ class Scenario:
         """One fresh view of the controller's numbers; a silent hub is tolerated
         for HUB_SILENT_LIMIT seconds (it may be stopped, or swapping), then ends the run."""
         try:
-            stats = yield self.hub.call("stats").addTimeout(CALL_TIMEOUT, self.clock)
+            # One JSON string (config.packed): cheap for the hub and for us at any size.
+            stats = unpack((yield self.hub.call("stats_packed").addTimeout(CALL_TIMEOUT, self.clock)))
         except defer.TimeoutError:
             now = self.clock.seconds()
             if self._silent_since is None:

@@ -26,6 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.spread import pb
 
+from connscale.config.packed import pack
 from connscale.config.records import RecordError, integer, nested, seq
 from connscale.config.settings import Config
 from connscale.control import plan, verbs
@@ -71,6 +72,10 @@ class AgentMind(pb.Referenceable):
         # Fresh from the workers: a count right after an order should see it.
         return self.agent.supervisor.poll().addCallback(lambda _: self.agent.report().to_wire())
 
+    def remote_report_packed(self) -> defer.Deferred[str]:
+        """`report` as one JSON string (config.packed): what a hub of this version asks for."""
+        return self.remote_report().addCallback(pack)
+
     def remote_set_rate(self, rate: object) -> defer.Deferred[Any]:
         return self.agent.supervisor.set_rate(_checked(verbs.rate, rate, "set_rate"))
 
@@ -104,7 +109,7 @@ class Agent(MultiService):
         self.status = StatusService(reactor, c.status_interval, self.supervisor.totals, with_rtt=True, final=False)
         self.supervisor.rtt_listeners.append(self.status.rtt.add)
         self.status.setServiceParent(self)
-        self._poll = LoopingCall(self.supervisor.poll)
+        self._poll = LoopingCall(self._poll_unless_asked)
         self._poll.clock = reactor
         destinations = [c.server_host] + ([c.master[0]] if c.master else [])
         self.bounds = OrderBounds(self.budget, c.workers, c.source_ips, destinations,
@@ -168,6 +173,13 @@ class Agent(MultiService):
         fatal(self.reactor, f"{PROG}: {message}")
 
     # -- what we say ---------------------------------------------------------------------
+    def _poll_unless_asked(self) -> defer.Deferred[None] | None:
+        """Our own once-a-second poll (for the status line, and standalone), unless a
+        hub's report has just asked the workers: one snapshot per worker per second."""
+        if self.reactor.seconds() - self.supervisor.polled_at < 0.9:
+            return None
+        return self.supervisor.poll()
+
     def info(self, session: str = "") -> AgentInfo:
         c = self.cfg.client
         limits = read_host_limits()
@@ -189,6 +201,7 @@ class Agent(MultiService):
             workers=len(self.supervisor.slots),
             worker_targets=tuple(s.target for s in self.supervisor.slots),
             session=session,
+            packed=True,
         )
 
     def report(self) -> AgentReport:

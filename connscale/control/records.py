@@ -14,6 +14,7 @@ import attrs
 
 from connscale.config.records import (
     Record,
+    boolean,
     choice,
     either,
     field,
@@ -72,6 +73,9 @@ class AgentInfo(Record):
     rate: float = field(number(0, 10_000_000), default=0.0)
     interval: float = field(number(0, 86400), default=0.0)
     timeout: float = field(number(0, 86400), default=0.0)
+    #: It answers `report_packed` (its report as one JSON string, config.packed);
+    #: an agent that does not say so is asked for `report`.
+    packed: bool = field(boolean, default=False)
 
 
 @attrs.frozen

@@ -77,10 +77,9 @@ class RttBuckets:
         pairs = array("I")
         pairs.frombytes(bytes.fromhex(text[len(PREFIX):]))
         counts = self.counts
-        for i in range(0, len(pairs) - 1, 2):
-            idx = pairs[i]
-            if 0 <= idx < LENGTH:
-                counts[idx] += pairs[i + 1]
+        for idx, n in zip(pairs[::2], pairs[1::2]):
+            if idx < LENGTH:  # unsigned: never below 0
+                counts[idx] += n
 
     def add(self, other: RttBuckets) -> None:
         counts = self.counts

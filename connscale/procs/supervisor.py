@@ -15,12 +15,19 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from connscale.config.packed import PackError, unpack
+from connscale.config.records import RecordError
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.stall import StallWatch
 from connscale.net.routes import Route
 from connscale.procs.childproc import PBChild, spawn_python
-from connscale.config.records import RecordError
-from connscale.procs.records import WorkerHello, WorkerOrder, WorkerRow, WorkerSpec, check_worker_snapshot
+from connscale.procs.records import (
+    WorkerHello,
+    WorkerOrder,
+    WorkerRow,
+    WorkerSpec,
+    check_worker_snapshot,
+)
 
 log = Logger(namespace="connscale.supervisor")
 
@@ -76,6 +83,8 @@ class Supervisor:
         self.rtt_listeners: list[Callable[[str], None]] = [on_rtt] if on_rtt else []
         self.events: list[str] = []
         self.stall = StallWatch(reactor, self._stalled)
+        #: When the last poll started (an agent polls less when its hub just did).
+        self.polled_at = float("-inf")
 
     # -- lifecycle -----------------------------------------------------------
     def ensure(self, count: int) -> defer.Deferred[list[int]]:
@@ -242,7 +251,7 @@ class Supervisor:
     def poll(self) -> defer.Deferred[None]:
         """Ask every live worker for its snapshot; kill the ones that stopped answering."""
         calls = []
-        now = self.reactor.seconds()
+        now = self.polled_at = self.reactor.seconds()
         self.stall.check()
         for slot in self.slots:
             if not (slot.alive and slot.child is not None):
@@ -258,7 +267,7 @@ class Supervisor:
                 continue
             if slot.asking is None:
                 # One question at a time: a late answer still lands in `last`.
-                call = slot.child.call("snapshot").addTimeout(self.hung_after, self.reactor)
+                call = slot.child.call("snapshot_packed").addTimeout(self.hung_after, self.reactor)
                 call.addCallback(self._got, slot).addErrback(lambda _: None)
                 call.addBoth(self._answered, slot)
                 slot.asking = call
@@ -284,10 +293,10 @@ class Supervisor:
         d.addBoth(fire)
         return out
 
-    def _got(self, data: dict[str, Any], slot: Slot) -> None:
+    def _got(self, data: Any, slot: Slot) -> None:
         try:
-            data = check_worker_snapshot(data)
-        except RecordError as e:
+            data = check_worker_snapshot(unpack(data))
+        except (RecordError, PackError) as e:
             # Not an answer: a worker that only sends junk ends up killed as hung.
             log.warn("{name}: snapshot refused: {why}", name=slot.child.name if slot.child else slot.index, why=str(e))
             return

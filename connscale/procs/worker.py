@@ -21,9 +21,9 @@ import os
 from typing import Any
 
 import attrs
-
 from twisted.spread import pb
 
+from connscale.config.packed import pack
 from connscale.host.limits import connection_budget, raise_nofile
 from connscale.host.resources import process_resources
 from connscale.metrics.counters import Counters
@@ -31,7 +31,13 @@ from connscale.metrics.load import LoadProbe
 from connscale.net.pool import ConnectionPool, PoolSettings
 from connscale.net.server import ListeningService, PingServerFactory, bind_sockets
 from connscale.procs.childproc import stop_reactor
-from connscale.procs.records import SPECS, ClientSpec, ServerSpec, WorkerHello, WorkerOrder
+from connscale.procs.records import (
+    SPECS,
+    ClientSpec,
+    ServerSpec,
+    WorkerHello,
+    WorkerOrder,
+)
 
 
 class WorkerRoot(pb.Root):
@@ -57,6 +63,10 @@ class WorkerRoot(pb.Root):
         data["load"] = self.load.take()
         data.update(self.extra())
         return data
+
+    def remote_snapshot_packed(self) -> str:
+        """`snapshot` as one JSON string (see config.packed): what the parent asks for."""
+        return pack(self.remote_snapshot())
 
     def remote_exit(self) -> None:
         self.reactor.callLater(0, stop_reactor, self.reactor)
