@@ -83,6 +83,7 @@ class RecordingChild(SilentChild):
 
 
 def test_an_agents_rate_is_split_by_what_each_worker_has_left_to_open():
+    from connscale.config.packed import unpack
     from connscale.procs.records import ClientSpec, WorkerOrder
 
     sup = Supervisor(Clock(), "client", ClientSpec(rate=1000.0), "t")
@@ -90,7 +91,7 @@ def test_an_agents_rate_is_split_by_what_each_worker_has_left_to_open():
     for i, (child, held) in enumerate(zip(children, (100, 0, 0))):
         sup.slots.append(Slot(i, child=child, alive=True, last={"open": held}))
     sup.apply([WorkerOrder(100), WorkerOrder(200), WorkerOrder(100)])
-    sent = [WorkerOrder.from_wire(child.calls[-1][1][0]) for child in children]
+    sent = [WorkerOrder.from_wire(unpack(child.calls[-1][1][0])) for child in children]
     assert [o.target for o in sent] == [100, 200, 100]
     rates = [o.rate for o in sent]
     # Together the ramping workers connect at the agent's rate, not at three times it.

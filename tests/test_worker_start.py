@@ -54,7 +54,9 @@ child = PBChild("probe", lambda c, r: None)
 spawn_python(reactor, "connscale.procs.worker", [{role!r}, {json.dumps(json.dumps(spec))}], child)
 result = {{}}
 def done(info):
+    import os
     result.update(info)
+    result["nicer_by"] = os.getpriority(os.PRIO_PROCESS, info["pid"]) - os.getpriority(os.PRIO_PROCESS, 0)
     return child.call("exit")
 def bail(f):
     result["error"] = f.getErrorMessage()
@@ -66,3 +68,7 @@ print(json.dumps(result))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info.get("role") == role and info.get("budget", 0) > 0, (info, out.stderr[-2000:])
+    # Niced, so that a hundred busy workers leave the hub and agent their deadlines.
+    from connscale.procs.worker import WORKER_NICE
+
+    assert info["nicer_by"] == min(WORKER_NICE, 19 - os.getpriority(os.PRIO_PROCESS, 0))

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from connscale.config.packed import pack
 from connscale.config.records import integer, seq
 from connscale.config.settings import Config
 from connscale.control import plan
@@ -21,6 +22,10 @@ from connscale.control.registry import AgentHandle, Registry
 from connscale.host.sysctl import ephemeral_count
 from connscale.net.routes import Route, make_routes
 from connscale.procs.records import WorkerOrder
+
+#: How long an agent may take to start the worker processes an order needs (a
+#: dozen interpreters starting on a box busy with a ramp took over 10 s).
+ENSURE_TIMEOUT = 120.0
 
 
 class Orders:
@@ -77,7 +82,8 @@ class Orders:
             self.note(f"agent {agent.name}: {workers} workers wanted, capped at {plan.MAX_WORKERS}")
             workers = max(len(agent.worker_targets), plan.MAX_WORKERS)
         # The agent checks the count against what `placeable` needs with its budget.
-        budgets = yield agent.call(self.clock, "ensure_workers", workers, placeable)
+        # Starting a dozen worker processes on a box busy with a ramp can take a while.
+        budgets = yield agent.call(self.clock, "ensure_workers", workers, placeable, timeout=ENSURE_TIMEOUT)
         # What the agent answers is checked like every payload: a list of budgets.
         budgets = list(seq(integer(0, 1 << 30), 4 * plan.MAX_WORKERS)(budgets))
         assignments = plan.assign(total, budgets, routes, cap, agent.worker_targets)
@@ -88,7 +94,12 @@ class Orders:
                 "add source IPs or server ports"
             )
         orders = [WorkerOrder(t, tuple(q)) for t, q in assignments]
-        yield agent.call(self.clock, "apply", [o.to_wire() for o in orders])
+        rows = [o.to_wire() for o in orders]
+        if info.packed:
+            # One JSON string (config.packed): every order carries every route.
+            yield agent.call(self.clock, "apply_packed", pack(rows))
+        else:
+            yield agent.call(self.clock, "apply", rows)
         agent.worker_targets = [o.target for o in orders]
         return agent.target
 

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from connscale.config.packed import PackError, unpack
+from connscale.config.packed import PackError, pack, unpack
 from connscale.config.records import RecordError
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.stall import StallWatch
@@ -219,7 +219,7 @@ class Supervisor:
     def _push(self, slot: Slot) -> defer.Deferred[None]:
         assert slot.child is not None
         order = WorkerOrder(slot.target, slot.routes, slot.rate)
-        return slot.child.call("set_target", order.to_wire()).addCallback(lambda _: None)
+        return slot.child.call("set_target_packed", pack(order.to_wire())).addCallback(lambda _: None)
 
     def set_rate(self, rate: float) -> defer.Deferred[list[Any]]:
         """A new connect rate for this agent, split between its workers."""
