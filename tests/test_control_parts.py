@@ -402,3 +402,26 @@ def test_worker_snapshots_are_checked_where_they_enter_the_parent() -> None:
     assert slot.last is None and slot.answered_at == 0.0  # junk is no answer
     supervisor._got(good, slot)
     assert slot.last == good and supervisor.totals().open == 3
+
+
+def test_collect_carries_lost_server_workers_in_stats_and_each_once_in_the_timeline(
+        registry: Registry, clock: Clock, events: EventLog, tmp_path: Path) -> None:
+    from connscale.procs.records import WorkerLoss
+    from connscale.procs.supervisor import Supervisor
+
+    servers = Supervisor(clock, "server", ServerSpec(interface="127.0.0.1", ports=(8989,)), "hub")
+    timeline = Timeline(tmp_path)
+    collector = Collector(clock, registry, events, servers=servers, timeline=timeline)
+    clock.advance(3)
+    loss = WorkerLoss(worker="hub-server-worker-1", side="server", pid=4242, how="was killed by signal 9 (SIGKILL)",
+                      connections=511, t=clock.seconds())
+    servers.losses.append(loss)
+    result(collector.tick())
+    clock.advance(1)
+    result(collector.tick())
+    timeline.close()
+    first, second = list(read_timeline(timeline.path))
+    assert first["worker_losses"] == [{**loss.to_wire(), "elapsed_s": 3.0}] and second["worker_losses"] == []
+    # stats (what `connscale run` puts in summary.json) has every loss so far.
+    assert collector.stats()["worker_losses"] == first["worker_losses"]
+    assert WorkerLoss.from_wire(loss.to_wire()) == loss

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from connscale.diagnose.incidents import SUSTAIN, IncidentDetector, load_summary
-from connscale.diagnose.verdict import explain, primary_incident, verdict_line
+from connscale.diagnose.verdict import explain, losses_line, primary_incident, verdict_line
 from connscale.diagnose.walls import WALLS, AgentSetup, Context, Window, WorkerLoad, listen_in_use, name_wall
 from connscale.metrics.load import LoadProbe
 
@@ -323,3 +323,41 @@ def test_a_run_its_own_control_plane_ended_is_explained_by_that():
     assert e["wall"] == "interrupted"
     e = explain("failed", 5000, reason="AttributeError: 'str' object has no attribute 'x'")
     assert e["wall"] == "control_plane" and "a bug" in e["headline"]
+
+
+# --- workers lost during the run ------------------------------------------------------------
+
+KILLED = {"worker": "hub-server-worker-1", "side": "server", "pid": 4242, "how": "was killed by signal 9 (SIGKILL)",
+          "connections": 511, "t": 1.0, "elapsed_s": 5.2}
+
+
+def test_a_held_run_that_lost_a_server_worker_says_who_how_and_how_many():
+    e = explain("held", 2000, held=2000, peak_open=2000, losses=[KILLED])
+    assert e["wall"] == "none" and e["headline"] == (
+        "held 2,000 of 2,000 connections through the final hold; a server worker (pid 4242) was killed by "
+        "signal 9 (SIGKILL) at 5 s; 511 connections were lost with it and replaced")
+    assert e["evidence"][0] == ("a server worker (pid 4242) was killed by signal 9 (SIGKILL) at 5 s; "
+                                "511 connections were lost with it")
+
+
+def test_a_failed_run_that_lost_a_worker_names_it_beside_the_wall():
+    closed = {"elapsed_s": 6, "open": 1489, "wall": "server_down", "side": "server", "connect_rate": 0,
+              "asked_rate": 0, "headline": "the server closed or reset established connections",
+              "evidence": ["511 steady:closed_by_peer"], "fix": ["check the server's log"]}
+    e = explain("failed", 2000, peak_open=2000, reason="held 0 of 2000 through the final hold",
+                incidents=[closed], losses=[KILLED])
+    assert e["wall"] == "server_down"
+    assert e["headline"].endswith("connections: the server closed or reset established connections; a server worker "
+                                  "(pid 4242) was killed by signal 9 (SIGKILL) at 5 s; 511 connections were lost "
+                                  "with it")
+    assert "replaced" not in e["headline"]
+
+
+def test_several_lost_workers_are_each_named_with_the_total():
+    exited = {**KILLED, "pid": 4243, "how": "exited with status 1", "connections": 400, "elapsed_s": 9.0}
+    line = losses_line([KILLED, exited, {**exited, "pid": None}, {**exited, "pid": 4245}])
+    assert line == ("4 server workers died: pid 4242 was killed by signal 9 (SIGKILL) at 5 s (511 connections), "
+                    "pid 4243 exited with status 1 at 9 s (400 connections), one exited with status 1 at 9 s "
+                    "(400 connections) and 1 more; 1,711 connections were lost with them")
+    assert losses_line([]) == ""
+    assert explain("held", 10, held=10, losses=[])["headline"].startswith("held 10 of 10 connections")

@@ -371,3 +371,19 @@ def test_exit_descriptions():
 
     assert describe_exit(Failure(ProcessTerminated(signal=9))) == "was killed by signal 9 (SIGKILL)"
     assert describe_exit(Failure(ProcessTerminated(exitCode=3))) == "exited with status 3"
+
+
+def test_the_summary_names_a_server_worker_lost_during_the_run():
+    clock, hub, sc, d = start()
+    drive(clock, d)
+    loss = {"worker": "hub-server-worker-2", "side": "server", "pid": 777, "how": "was killed by signal 9 (SIGKILL)",
+            "connections": 1500, "t": 1.0, "elapsed_s": 7.0}
+    sc.progress.stats["worker_losses"] = [loss]
+    s = summary.build(sc.progress, sc.settings, True, "", 12.3, "/tmp/r")
+    assert s["worker_losses"] == [loss]
+    assert summary.explanation(s)["headline"].endswith(
+        "; a server worker (pid 777) was killed by signal 9 (SIGKILL) at 7 s; 1,500 connections were lost with it "
+        "and replaced")
+    # A stats dict from before this field (an older hub): no losses, nothing said.
+    del sc.progress.stats["worker_losses"]
+    assert summary.build(sc.progress, sc.settings, True, "", 12.3, "/tmp/r")["worker_losses"] == []

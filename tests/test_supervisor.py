@@ -11,6 +11,7 @@ class SilentChild:
     """A worker that is alive but never answers a call."""
 
     name = "t-client-worker-1"
+    pid = 4242
     running = True
 
     def __init__(self):
@@ -108,3 +109,56 @@ def test_the_controllers_orders_carry_no_rate_and_old_payloads_still_parse():
     assert "rate" not in WorkerOrder(5).to_wire()
     assert WorkerOrder.from_wire({"target": 5, "routes": []}).rate is None
     assert WorkerOrder.from_wire({"target": 5, "routes": [], "rate": 250.0}).rate == 250.0
+
+
+class ExitedChild(SilentChild):
+    """A worker whose process has ended."""
+
+    running = False
+
+
+def ended(**how):
+    from twisted.internet.error import ProcessTerminated
+    from twisted.python.failure import Failure
+
+    return Failure(ProcessTerminated(**how))
+
+
+def test_a_lost_worker_is_recorded_with_how_it_ended_and_what_it_held():
+    clock, sup, child = supervisor_with_a_silent_worker()
+    slot = sup.slots[0]
+    slot.last = {"open": 511, "opened": 600, "closed": 89}
+    child = ExitedChild()
+    slot.child = child
+    clock.advance(5)
+    sup._exited(slot, child, ended(signal=9))
+    (loss,) = sup.losses
+    assert loss.to_wire() == {"worker": "t-client-worker-1", "side": "client", "pid": 4242,
+                              "how": "was killed by signal 9 (SIGKILL)", "connections": 511, "t": 1005.0}
+    assert sup.events[-1] == ("t-client-worker-1 (pid 4242) lost: it was killed by signal 9 (SIGKILL); "
+                              "511 connections lost with it; restarting in 1s")
+    assert sup.totals().failures == {"steady:worker_lost": 511}
+
+
+def test_a_worker_killed_as_hung_is_recorded_as_our_kill():
+    clock, sup, child = supervisor_with_a_silent_worker()
+    poll_every_second(clock, sup, 32)
+    assert child.signals[:1] == ["KILL"]
+    sup._exited(sup.slots[0], child, ended(signal=9))
+    (loss,) = sup.losses
+    assert loss.how.startswith("was killed by its supervisor as hung (no answer for 3") and loss.connections == 0
+    # The next loss of that slot is judged on its own.
+    assert sup.slots[0].killed_as_hung == ""
+
+
+def test_losses_kept_are_bounded_but_all_are_counted():
+    from connscale.procs.supervisor import MAX_LOSSES
+
+    clock, sup, _ = supervisor_with_a_silent_worker()
+    slot = sup.slots[0]
+    for _ in range(MAX_LOSSES + 5):
+        child = ExitedChild()
+        slot.child = child
+        sup._exited(slot, child, ended(exitCode=1))
+    assert len(sup.losses) == MAX_LOSSES and sup.lost_workers == MAX_LOSSES + 5
+    assert sup.losses[0].how == "exited with status 1"

@@ -9,7 +9,6 @@ its workers with it), so a run never leaves orphans holding sockets.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,21 +16,9 @@ from typing import Any, Mapping
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from connscale.procs.child import ChildProcess
+from connscale.procs.child import ChildProcess, describe_exit
 
-
-def describe_exit(reason: Failure) -> str:
-    """'exited with status 3' or 'was killed by signal 9 (SIGKILL)'."""
-    value = reason.value
-    sig = getattr(value, "signal", None)
-    if sig:
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        return f"was killed by signal {sig} ({name})"
-    code = getattr(value, "exitCode", None)
-    return f"exited with status {code}" if code is not None else "ended"
+__all__ = ["RunChild", "describe_exit", "spawn", "stop_all"]
 
 
 class RunChild(ChildProcess):

@@ -42,6 +42,8 @@ def build(progress: Progress, settings: ScenarioSettings, ok: bool, reason: str,
         "run_dir": run_dir,
         # Walls met, each as the hub snapshotted it (see connscale.diagnose.incidents).
         "incidents": list(stats.get("incidents") or []),
+        # Workers that died during the run: who, how, when, and the connections lost with them.
+        "worker_losses": list(stats.get("worker_losses") or []),
         # What `connscale check` said of this host before the run.
         "preflight": preflight,
     }
@@ -62,6 +64,7 @@ def explanation(result: dict[str, Any], records: Sequence[Mapping[str, Any]] | N
         reason=str(result.get("reason", "")), incidents=result.get("incidents") or [],
         preflight=result.get("preflight"), rtt=final if final.get("p99") is not None else result.get("rtt_ms"),
         saturated_phases=saturated_phases(records) if records is not None else None,
+        losses=result.get("worker_losses") or [],
     )
 
 

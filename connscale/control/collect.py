@@ -73,6 +73,7 @@ class Collector:
         # can be taken per phase instead of over the whole run.
         self.phase = ""
         self._window_phases: list[str] = [""]
+        self._losses_recorded = 0
         #: Called with every timeline record as it is written (e.g. /metrics).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         # Agents are judged by their silence; never by ours (a stopped hub).
@@ -164,6 +165,10 @@ class Collector:
         # side of the change, so a hold's seconds never carry the head or the
         # tail of a connect burst or a drain.
         record["phase"] = window_phase(self._window_phases)
+        # Like incidents: a timeline line carries the losses of its own second only.
+        losses = record["worker_losses"]
+        record["worker_losses"] = losses[self._losses_recorded:]
+        self._losses_recorded = len(losses)
         self._window_phases = [self.phase]
         if self.diagnosis is not None:
             try:
@@ -230,6 +235,8 @@ class Collector:
             },
             "server_workers": [w.to_wire() for w in self.servers.workers()] if self.servers is not None else [],
             "server_lost_workers": self.servers.lost_workers if self.servers is not None else 0,
+            # Each worker lost so far, how it ended and what it held, in words the summary repeats.
+            "worker_losses": self.worker_losses(),
             "kernel": kernel_snapshot(),
         }
         if rtt is not None:
@@ -240,6 +247,12 @@ class Collector:
             except Exception:
                 log.failure("the load summary failed")
         return out
+
+    def worker_losses(self) -> list[dict[str, Any]]:
+        """The hub's lost server workers (`procs.records.WorkerLoss`), with when in the run."""
+        if self.servers is None:
+            return []
+        return [{**loss.to_wire(), "elapsed_s": round(loss.t - self.started, 3)} for loss in self.servers.losses]
 
     def clients(self) -> list[dict[str, Any]]:
         """Every agent the controller knows, connected or not."""

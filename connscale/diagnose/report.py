@@ -295,6 +295,7 @@ def derive_explanation(run: RunFiles, summary: Mapping[str, Any], peak_open: int
             peak_open=peak_open, reason=str(summary.get("reason") or ""),
             incidents=gather_incidents(run), preflight=summary.get("preflight"),
             rtt=summary.get("rtt_final_hold_ms") or summary.get("rtt_ms"),
+            losses=summary.get("worker_losses") or [],
         )
     except Exception:  # an old or odd summary: the page still renders, with the fallback words
         return None

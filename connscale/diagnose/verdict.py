@@ -84,6 +84,31 @@ def _control_failure(reason: str) -> Finding | None:
     return None
 
 
+def losses_line(losses: Sequence[Mapping[str, Any]]) -> str:
+    """Workers that died during the run, in words: who, how, when, and what went with them.
+
+    One: "a server worker (pid 123) was killed by signal 9 (SIGKILL) at 5 s; 511 connections
+    were lost with it". Several: each named, with the total lost.
+    """
+    def one(loss: Mapping[str, Any], lead: bool) -> str:
+        pid = loss.get("pid")
+        who = (f"a {loss.get('side', '')} worker (pid {pid})" if lead else f"pid {pid}") if pid else \
+            (f"a {loss.get('side', '')} worker" if lead else "one")
+        when = f" at {float(loss['elapsed_s']):.0f} s" if loss.get("elapsed_s") is not None else ""
+        return f"{who} {loss.get('how', 'ended')}{when}"
+
+    if not losses:
+        return ""
+    total = sum(int(loss.get("connections", 0)) for loss in losses)
+    if len(losses) == 1:
+        return f"{one(losses[0], True)}; {total:,} connections were lost with it"
+    sides = sorted({str(loss.get("side", "")) for loss in losses})
+    listed = ", ".join(f"{one(loss, False)} ({int(loss.get('connections', 0)):,} connections)" for loss in losses[:3])
+    more = f" and {len(losses) - 3} more" if len(losses) > 3 else ""
+    return (f"{len(losses)} {' and '.join(sides)} workers died: {listed}{more}; "
+            f"{total:,} connections were lost with them")
+
+
 def _rtt_line(rtt: Mapping[str, Any] | None) -> str:
     if not rtt or rtt.get("p99") is None:
         return ""
@@ -101,12 +126,16 @@ def explain(
     rtt: Mapping[str, Any] | None = None,
     saturated: bool = False,
     saturated_phases: Mapping[str, int] | None = None,
+    losses: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The run's explanation (see the module doc).
 
     `saturated_phases` (phase -> seconds the client workers were saturated, from the
     timeline) scopes the measuring-side caveat: saturated during a hold, the RTT is
     connscale's; during ramps only, the ramp's rate is, and the hold was measured cleanly.
+    `losses` are the workers that died during the run (summary["worker_losses"]): said in
+    the headline, whatever the outcome, because a held target that lost a server worker on
+    the way is not the same finding.
     """
     measuring = [i for i in incidents if i.get("wall") == "measuring_side"]
     saturated = saturated or bool(measuring) or bool(saturated_phases)
@@ -157,6 +186,12 @@ def explain(
             first = primary_incident(incidents) or incidents[0]
             out["evidence"].append(f"before that, at {first.get('elapsed_s', 0):.0f} s "
                                    f"({first.get('open', 0):,} open): {first.get('headline')}")
+
+    lost = losses_line(losses)
+    if lost:
+        replaced = " and replaced" if outcome == "held" and held >= target else ""
+        out["headline"] += f"; {lost}{replaced}"
+        out["evidence"].insert(0, lost)
 
     if saturated:
         note = ("connscale's own client workers were saturated: RTT and ramp rate reflect connscale, "

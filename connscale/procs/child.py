@@ -11,6 +11,7 @@ lines with a tail kept for error messages. Subclasses say what a line means
 from __future__ import annotations
 
 import os
+import signal as signals
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["ChildProcess", "exit_code_of", "MAX_LINE", "PIPE_LINGER"]
+__all__ = ["ChildProcess", "describe_exit", "exit_code_of", "MAX_LINE", "PIPE_LINGER"]
 
 log = Logger(namespace="connscale.child")
 
@@ -39,6 +40,20 @@ def exit_code_of(reason: Failure) -> int:
         return int(code)
     sig = getattr(value, "signal", None)
     return -int(sig) if sig else -1
+
+
+def describe_exit(reason: Failure) -> str:
+    """'exited with status 3' or 'was killed by signal 9 (SIGKILL)': how a child ended, in words."""
+    value = reason.value
+    sig = getattr(value, "signal", None)
+    if sig:
+        try:
+            name = signals.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"was killed by signal {sig} ({name})"
+    code = getattr(value, "exitCode", None)
+    return f"exited with status {code}" if code is not None else "ended"
 
 
 class ChildProcess(ProcessProtocol):

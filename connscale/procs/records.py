@@ -144,6 +144,24 @@ class WorkerRow(Record):
     silent_s: float | None = field(optional(number(0, 1e9)), default=None)
 
 
+@attrs.frozen
+class WorkerLoss(Record):
+    """A worker that ended without being asked to, and what went with it.
+
+    `how` is in words ("was killed by signal 9 (SIGKILL)", "exited with status 1",
+    "was killed by its supervisor as hung (no answer for 31 s)"), so a summary can say it as is.
+    """
+
+    worker: str = field(text(120))
+    side: str = field(choice("client", "server"))
+    pid: int | None = field(optional(integer(1)), default=None)
+    how: str = field(text(200), default="ended")
+    #: Connections it held at its last snapshot: lost with it (counted as worker_lost).
+    connections: int = field(integer(0, MAX_WORKER_TARGET), default=0)
+    #: When, on its supervisor's clock (seconds since the epoch on a real reactor).
+    t: float = field(number(0, 1e12), default=0.0)
+
+
 _EXTRA_COUNT = integer(0, 1 << 62)
 
 

@@ -20,9 +20,11 @@ from connscale.config.records import RecordError
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.stall import StallWatch
 from connscale.net.routes import Route
+from connscale.procs.child import describe_exit
 from connscale.procs.childproc import PBChild, spawn_python
 from connscale.procs.records import (
     WorkerHello,
+    WorkerLoss,
     WorkerOrder,
     WorkerRow,
     WorkerSpec,
@@ -49,6 +51,8 @@ class Slot:
     answered_at: float = 0.0
     rate: float | None = None  # this worker's share of the agent's connect rate
     asking: defer.Deferred[None] | None = None  # a snapshot call not answered yet
+    #: Set when we kill it as hung: its loss is ours, said so in words.
+    killed_as_hung: str = ""
 
 
 #: How long a poll waits for a worker's answer. A worker that is stopped or
@@ -56,6 +60,8 @@ class Slot:
 #: snapshot instead of freezing every count, the timeline and the diagnosis
 #: until the hung-worker kill.
 POLL_WAIT = 2.0
+#: Worker losses kept with their details (the count, `lost_workers`, goes on).
+MAX_LOSSES = 64
 
 
 class Supervisor:
@@ -79,6 +85,8 @@ class Supervisor:
         self.slots: list[Slot] = []
         self.retired: list[Snapshot] = []
         self.lost_workers = 0
+        #: The first MAX_LOSSES workers lost, each with how it ended and what it held.
+        self.losses: list[WorkerLoss] = []
         self.stopping = False
         self.rtt_listeners: list[Callable[[str], None]] = [on_rtt] if on_rtt else []
         self.events: list[str] = []
@@ -141,8 +149,13 @@ class Supervisor:
         # A worker that keeps dying at once must not become a fork loop.
         lived = self.reactor.seconds() - slot.started_at
         slot.delay = self.restart_delay if lived > 30 or not slot.delay else min(slot.delay * 2, 30.0)
+        how = slot.killed_as_hung or describe_exit(reason)
+        slot.killed_as_hung = ""
+        if len(self.losses) < MAX_LOSSES:
+            self.losses.append(WorkerLoss(worker=child.name, side=self.role, pid=child.pid, how=how,
+                                          connections=held, t=self.reactor.seconds()))
         message = (
-            f"{child.name} (pid {child.pid}) lost: {reason.getErrorMessage().rstrip('.')}; "
+            f"{child.name} (pid {child.pid}) lost: it {how}; "
             f"{held} connections lost with it; restarting in {slot.delay:g}s"
         )
         self.events.append(message)
@@ -263,6 +276,7 @@ class Supervisor:
                 )
                 self.events.append(message)
                 log.warn("{message}", message=message)
+                slot.killed_as_hung = f"was killed by its supervisor as hung (no answer for {now - slot.answered_at:.0f} s)"
                 slot.child.signal("KILL")  # the pid we started; _exited counts the loss
                 continue
             if slot.asking is None:
