@@ -68,6 +68,10 @@ class Collector:
         self.client_rtt = RttAccumulator()
         self.started = clock.seconds()
         self._poll_running: defer.Deferred[None] | None = None
+        #: Seconds the last finished poll round took, from its first call to its
+        #: last answer (None before the first): the timeline's `poll_ms`. Past a
+        #: second, the hub can no longer keep one timeline line per second.
+        self.poll_s: float | None = None
         # What the driver of the run says it is doing (ramp:K, hold:K,
         # final_hold...), stamped on every timeline second so percentiles
         # can be taken per phase instead of over the whole run.
@@ -133,6 +137,7 @@ class Collector:
             self._poll_running.addBoth(lambda r: (d.callback(None), r)[1])
             return d
         self.check_silent()
+        started = self.clock.seconds()
         calls = [self.refresh(a) for a in self.registry.live()]
         if self.servers is not None:
             servers = self.servers
@@ -142,6 +147,7 @@ class Collector:
 
         def done(_: Any) -> None:
             self._poll_running = None
+            self.poll_s = self.clock.seconds() - started
 
         running.addBoth(done)
         return running
@@ -169,6 +175,7 @@ class Collector:
         losses = record["worker_losses"]
         record["worker_losses"] = losses[self._losses_recorded:]
         self._losses_recorded = len(losses)
+        record["poll_ms"] = round(self.poll_s * 1000, 1) if self.poll_s is not None else None
         self._window_phases = [self.phase]
         if self.diagnosis is not None:
             try:
