@@ -347,6 +347,7 @@ class Fleet:
             "connected_at_end": connected,
             "agent_losses": sum(int(v.get("disconnects", 0)) for v in clients.values()),
             "open_reported": last.get("client", {}).get("open"),
+            "hub_rss_mb": round(c.rss_bytes(self.hub.pid) / 2**20, 1),
         })
         out["keeps_one_line_per_s"] = bool(
             ts and len(ts) >= int(span) - 1 and (max(gaps) if gaps else 0) <= MAX_GAP_S and connected == n
