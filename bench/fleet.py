@@ -40,6 +40,7 @@ The last line is one JSON object with every step's figures.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -57,7 +58,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-import _common as c  # noqa: E402
+import _common as c
 
 #: The agent a simulated agent stands for: 50 workers at their fd budget.
 WORKERS = 50
@@ -326,7 +327,7 @@ class Fleet:
         busy = sum(machine1[k] - machine0[k] for k in machine1 if k not in ("idle", "iowait")) / c.HZ
         records = self.lines(size0, size1)
         ts = [r["t"] for r in records if t_wall0 <= r["t"] <= t_wall1]
-        gaps = [b - a for a, b in zip(ts, ts[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(ts)]
         polls = sorted(r["poll_ms"] for r in records if r.get("poll_ms") is not None)
         last = records[-1] if records else {}
         clients = last.get("clients", {})
