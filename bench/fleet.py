@@ -437,8 +437,12 @@ def main() -> None:
     if args.helper:
         run_helper(args)
         return
-    c.stop_on_signals()
-    signal.signal(signal.SIGINT, lambda s, f: (_ for _ in ()).throw(c.Terminated("SIGINT")))
+    c.stop_on_signals()  # SIGTERM, SIGHUP
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise c.Terminated("SIGINT")
+
+    signal.signal(signal.SIGINT, interrupted)
     fleet = Fleet(args)
     c.log(f"fleet bench in {fleet.dir}")
     results: list[dict[str, Any]] = []
@@ -461,8 +465,8 @@ def main() -> None:
     finally:
         fleet.stop()
     print(table(results))
-    print(f"largest fleet with one timeline line per second: {largest or 'none'} agents "
-          f"(each reporting {WORKERS} workers); run files in {fleet.dir}")
+    kept = f"{largest} agents (each reporting {WORKERS} workers)" if largest else "none of the steps run"
+    print(f"largest fleet with one timeline line per second: {kept}; run files in {fleet.dir}")
     print(json.dumps({"largest": largest, "steps": results}))
 
 
