@@ -117,6 +117,7 @@ def run_helper(args: argparse.Namespace) -> None:
     from twisted.internet import defer, reactor, task
     from twisted.spread import pb
 
+    from connscale.config.packed import unpack
     from connscale.control.auth import Credentials
     from connscale.control.link import HubLink
     from connscale.control.records import AgentInfo, RegisterAnswer
@@ -159,9 +160,10 @@ def run_helper(args: argparse.Namespace) -> None:
         def remote_ensure_workers(self, count: int, target: Any = None) -> list[int]:
             return [BUDGET] * int(count)
 
-        def remote_apply_packed(self, text: str) -> None:
+        def remote_apply_packed(self, text: Any) -> None:
             counts["orders"] += 1
-            self.targets = tuple(int(o["target"]) for o in json.loads(text))
+            # One JSON string, or a list of pieces of one (config.packed decides).
+            self.targets = tuple(int(o["target"]) for o in unpack(text))
 
         def remote_apply(self, rows: Any) -> None:
             counts["orders"] += 1
