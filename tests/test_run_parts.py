@@ -387,3 +387,31 @@ def test_the_summary_names_a_server_worker_lost_during_the_run():
     # A stats dict from before this field (an older hub): no losses, nothing said.
     del sc.progress.stats["worker_losses"]
     assert summary.build(sc.progress, sc.settings, True, "", 12.3, "/tmp/r")["worker_losses"] == []
+
+
+# -- the run's calls to its hub ----------------------------------------------------------
+
+def test_an_error_the_hub_answers_ends_the_run_with_the_hubs_reason():
+    """PB hands a hub-side error over as a CopiedFailure whose value is a str; the run
+    must end with the hub's reason, not with the AttributeError that Failure.trap()
+    raises on such a failure ('str' object has no attribute 'with_traceback')."""
+    from twisted.spread import pb
+    from twisted.test import iosim
+
+    class Hub(pb.Root):
+        def remote_set_target(self, name: str, n: int) -> None:
+            raise defer.TimeoutError(10.0, "Deferred")
+
+    server_factory, client_factory = pb.PBServerFactory(Hub()), pb.PBClientFactory()
+    _, _, pump = iosim.connectedServerAndClient(lambda: server_factory.buildProtocol(None),
+                                                lambda: client_factory.buildProtocol(None))
+    roots: list = []
+    client_factory.getRootObject().addCallback(roots.append)
+    pump.flush()
+    experiment = run_mod.Experiment.__new__(run_mod.Experiment)
+    experiment.perspective = roots[0]
+    out: list = []
+    experiment.call("set_target", "local", 1000).addBoth(out.append)
+    pump.flush()
+    assert out and out[0].check(RunError), out
+    assert str(out[0].value) == "the hub failed set_target: TimeoutError: (10.0, 'Deferred')"

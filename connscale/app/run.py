@@ -98,12 +98,23 @@ class Experiment:
             d = self.perspective.callRemote(method, *args)
         except pb.DeadReferenceError as e:
             d = defer.fail(e)
-        return d.addErrback(self._lost_hub)
+        return d.addErrback(self._hub_failed, method)
+
+    def _hub_failed(self, failure: Any, method: str = "") -> Any:
+        """A call to the hub failed: the link broke, or the hub answered with an error."""
+        if failure.check(pb.DeadReferenceError, pb.PBConnectionLost, ConnectionLost, ConnectionDone):
+            return self._lost_hub(failure)
+        if isinstance(failure, pb.CopiedFailure):
+            # The hub's own error, as PB copies it: its value is a str, so Failure.trap() or
+            # raiseException() on it would raise AttributeError ('with_traceback') and the
+            # run would end with that instead of the hub's reason.
+            kind = failure.type.decode() if isinstance(failure.type, bytes) else str(failure.type)
+            raise RunError(f"the hub failed {method or 'a call'}: {kind.rsplit('.', 1)[-1]}: {failure.value}")
+        return failure
 
     @defer.inlineCallbacks
     def _lost_hub(self, failure: Any):  # type: ignore[no-untyped-def]
         """The link to the hub broke: say why in the hub's own words if it died."""
-        failure.trap(pb.DeadReferenceError, pb.PBConnectionLost, ConnectionLost, ConnectionDone)
         assert self.hub is not None
         if self.hub.running:
             # Its exit status usually arrives a moment after the broken pipe.
