@@ -583,7 +583,7 @@ def test_workers_follow_what_the_routes_can_carry(clock: Clock) -> None:
 
 
 class PackedMind(FakeMind):
-    """An agent of this version: it answers report_packed (one JSON string)."""
+    """An agent of this version: it answers report_packed (JSON text; a real agent sends pieces)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -625,20 +625,56 @@ def test_an_agent_that_does_not_say_so_is_asked_for_plain_reports(controller: Co
     assert controller.stats()["client"]["open"] == 7
 
 
-def test_stats_packed_is_stats_as_one_json_string(controller: Controller) -> None:
+def test_stats_packed_is_stats_as_json_text(controller: Controller) -> None:
     import json
 
     op = Link(controller)
     perspective = op.login(b"operator")
     plain = op.wait(perspective.callRemote("stats"))
     packed = op.wait(perspective.callRemote("stats_packed"))
-    assert isinstance(packed, str)
-    got = json.loads(packed)
+    assert isinstance(packed, list) and all(isinstance(p, str) for p in packed)
+    got = json.loads("".join(packed))
     assert got["client"] == plain["client"] and got["server"] == plain["server"]
 
 
-def test_a_packed_agents_orders_arrive_as_one_json_string(controller: Controller) -> None:
+def test_a_packed_agents_orders_arrive_packed(controller: Controller) -> None:
     mind = PackedMind()
     link, _, _ = register(controller, "p", mind=mind, packed=True)
     assert run(link, controller.connections_start(500, "p")) == 500
     assert row_total(mind.applied[-1]) == 500 and mind.applied[-1][0].routes
+
+
+def test_a_million_connections_of_orders_reach_a_real_agent_mind_over_pb(clock: Clock) -> None:
+    """bench/million.yaml's layout: 53 workers' orders with 640 routes each are ~940 KB of
+    JSON, more than Banana carries in one string (640 KiB): they travel in pieces."""
+    from connscale.config.packed import PIECE
+    from connscale.control.agent import AgentMind, make_agent
+    from tests.test_link import StubSupervisor
+
+    sources = "127.0.0.2-127.0.0.41"  # 40 source IPs x 16 ports = 640 routes
+    controller = Controller(clock, make_cfg(server="127.0.0.1:10000-10015", per_route_max=14000), SECRET)
+    agent = make_agent(clock, parse_config({
+        "client": {"master": "127.0.0.1:8790", "name": "big", "source_ips": sources, "per_route_max": 14000},
+        "control": {"secret": SECRET.decode()}}))
+    agent.supervisor = StubSupervisor([19900] * 53)  # type: ignore[assignment]
+    agent.bounds.memory = lambda: 1 << 40
+
+    class BigMind(FakeMind):
+        def remote_ensure_workers(self, count: int, target: int | None = None) -> Any:
+            self.ensure_calls.append(count)
+            return AgentMind(agent).remote_ensure_workers(count, target)
+
+        def remote_apply_packed(self, pieces: Any) -> Any:
+            self.applied.append(pieces)
+            return AgentMind(agent).remote_apply_packed(pieces)
+
+    mind = BigMind()
+    link, _, _ = register(controller, "big", mind=mind, packed=True,
+                          source_ips=[f"127.0.0.{i}" for i in range(2, 42)])
+    assert run(link, controller.connections_start(1_000_000, "big")) == 1_000_000
+    assert mind.ensure_calls == [53]
+    pieces = mind.applied[-1]
+    assert len(pieces) > 1 and all(len(p) <= PIECE for p in pieces)  # it would not fit in one
+    orders = agent.supervisor.applied[-1]
+    assert len(orders) == 53 and sum(o.target for o in orders) == 1_000_000
+    assert all(len(o.routes) == 640 for o in orders)

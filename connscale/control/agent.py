@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from connscale.config.packed import PackError, pack, unpack
+from connscale.config.packed import PackError, pack_pieces, unpack
 from connscale.config.records import RecordError, integer, nested, seq
 from connscale.config.settings import Config
 from connscale.control import plan, verbs
@@ -69,8 +69,10 @@ class AgentMind(pb.Referenceable):
         return self.agent.supervisor.apply(orders)
 
     def remote_apply_packed(self, text: object) -> defer.Deferred[None]:
-        """`apply` with the orders as one JSON string (config.packed): 53 workers' orders
-        with 640 routes each are ~135,000 PB elements, seconds of work to decode."""
+        """`apply` with the orders packed (config.packed): 53 workers' orders with 640
+        routes each are ~135,000 PB elements, seconds of work to decode, and ~940 KB
+        of JSON, which Banana only carries in pieces (a list of strings; one string
+        from a hub that packed it whole is accepted too)."""
         try:
             rows = unpack(text)
         except PackError as e:
@@ -81,9 +83,9 @@ class AgentMind(pb.Referenceable):
         # Fresh from the workers: a count right after an order should see it.
         return self.agent.supervisor.poll().addCallback(lambda _: self.agent.report().to_wire())
 
-    def remote_report_packed(self) -> defer.Deferred[str]:
-        """`report` as one JSON string (config.packed): what a hub of this version asks for."""
-        return self.remote_report().addCallback(pack)
+    def remote_report_packed(self) -> defer.Deferred[list[str]]:
+        """`report` packed (config.packed): what a hub of this version asks for."""
+        return self.remote_report().addCallback(pack_pieces)
 
     def remote_set_rate(self, rate: object) -> defer.Deferred[Any]:
         return self.agent.supervisor.set_rate(_checked(verbs.rate, rate, "set_rate"))

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
-from connscale.config.packed import pack
+from connscale.config.packed import pack_pieces
 from connscale.config.records import RecordError
 from connscale.config.settings import Config
 from connscale.control.auth import Credentials
@@ -86,10 +86,10 @@ class OperatorAvatar(pb.Avatar):
         if name == "keepalive":  # a long-lived operator link (connscale run) probing the hub
             return None
         if name == "stats_packed":
-            # `stats` as one JSON string (config.packed), for callers that poll it every
+            # `stats` packed as JSON (config.packed), for callers that poll it every
             # second (connscale run, ctl watch): at a million connections its rows cost
             # PB ~0.2 s to encode and decode each time, the JSON string ~1 ms.
-            result = self.controller.call("stats", args, kw).addCallback(pack)
+            result = self.controller.call("stats", args, kw).addCallback(pack_pieces)
             return broker.serialize(result, self, None, args, kw)
         return broker.serialize(self.controller.call(name, args, kw), self, None, args, kw)
 
