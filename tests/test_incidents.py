@@ -112,6 +112,25 @@ def test_timeouts_with_a_busy_server_are_a_starved_server():
     assert "1 of 1 server workers saturated" in " ".join(f.evidence)
 
 
+def test_timeouts_with_a_late_but_running_server_are_a_starved_server():
+    # Too little CPU to reach its loop for seconds: late like a stopped worker, but the
+    # kernel has it running, so the fix is CPU, not "resume the stopped process".
+    w = window(failures={"steady:no_answer_from_server": 800},
+               workers=(WorkerLoad("server", "hub", 0, 5, silent_s=2.8, stopped=False, cpu=0.02),))
+    f = name_wall("steady:no_answer_from_server", w, CTX)
+    assert f.wall == "server_starved" and "starved of CPU" in f.headline
+    evidence = " ".join(f.evidence)
+    assert "1 of 1 server workers saturated" in evidence
+    assert "(pid 5), running but has not answered for 2.8 s (starved of CPU)" in evidence
+
+
+def test_a_late_worker_whose_state_is_unknown_still_counts_as_stopped():
+    late = WorkerLoad("server", "hub", 0, 5, silent_s=6.0)
+    assert late.silent and not late.starved and not late.saturated
+    stopped = WorkerLoad("server", "hub", 0, 5, silent_s=6.0, stopped=True)
+    assert stopped.silent and not stopped.starved
+
+
 def test_timeouts_with_a_saturated_client_are_the_measuring_side():
     w = window(failures={"steady:no_answer_from_server": 50},
                workers=(WorkerLoad("client", "a1", 0, 6, cpu=0.99, lag_ms_mean=300.0, lag_ms_max=900.0),

@@ -162,3 +162,41 @@ def test_losses_kept_are_bounded_but_all_are_counted():
         sup._exited(slot, child, ended(exitCode=1))
     assert len(sup.losses) == MAX_LOSSES and sup.lost_workers == MAX_LOSSES + 5
     assert sup.losses[0].how == "exited with status 1"
+
+
+def test_a_late_workers_run_state_is_read_from_the_kernel_only_once_it_is_late():
+    asked = []
+
+    def is_stopped(pid):
+        asked.append(pid)
+        return False
+
+    clock, sup, child = supervisor_with_a_silent_worker()
+    sup.is_stopped = is_stopped
+    assert sup.workers()[0].stopped is None and asked == []
+    poll_every_second(clock, sup, 3)
+    row = sup.workers()[0]
+    assert (row.silent_s, row.stopped, asked) == (3.0, False, [4242])
+
+
+def test_the_kernel_tells_a_stopped_process_from_a_running_one():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from connscale.host.resources import process_stopped
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_stopped(proc.pid) is False
+        os.kill(proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not process_stopped(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process_stopped(proc.pid) is True
+    finally:
+        proc.kill()
+        proc.wait()
+    assert process_stopped(proc.pid) is None

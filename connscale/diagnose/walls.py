@@ -69,6 +69,8 @@ class WorkerLoad:
     lag_ms_mean: float | None = None
     nofile: int | None = None
     silent_s: float | None = None
+    #: For a silent worker: stopped by the kernel (True), running but late (False), unknown (None).
+    stopped: bool | None = None
 
     @property
     def name(self) -> str:
@@ -80,17 +82,31 @@ class WorkerLoad:
             (self.cpu or 0.0) >= CPU_SATURATED
             or (self.lag_ms_mean or 0.0) >= LAG_MEAN_SATURATED_MS
             or (self.lag_ms_max or 0.0) >= LAG_MAX_SATURATED_MS
+            or self.starved
         )
 
     @property
-    def silent(self) -> bool:
+    def late(self) -> bool:
         return self.alive and (self.silent_s or 0.0) >= SILENT_S
+
+    @property
+    def silent(self) -> bool:
+        """Late and not known to be running: stopped or wedged."""
+        return self.late and self.stopped is not False
+
+    @property
+    def starved(self) -> bool:
+        """Late although the kernel has it running: it cannot get the CPU to reach its loop."""
+        return self.late and self.stopped is False
 
     def describe(self) -> str:
         bits = [f"{self.name} (pid {self.pid})"]
         if self.silent:
             # Its load figures are from before it went quiet: leave them out.
             return f"{bits[0]}, has not answered for {self.silent_s:g} s, {self.open:,} open at its last report"
+        if self.starved:
+            return (f"{bits[0]}, running but has not answered for {self.silent_s:g} s (starved of CPU), "
+                    f"{self.open:,} open at its last report")
         if self.cpu is not None:
             bits.append(f"cpu {self.cpu * 100:.0f} %")
         if self.lag_ms_mean is not None:
@@ -109,6 +125,7 @@ class WorkerLoad:
             alive=bool(row.get("alive", True)), open=int(row.get("open", 0)), target=int(row.get("target", 0)),
             budget=int(row.get("budget", 0)), cpu=load.get("cpu"), lag_ms_max=load.get("lag_ms_max"),
             lag_ms_mean=load.get("lag_ms_mean"), nofile=load.get("nofile"), silent_s=row.get("silent_s"),
+            stopped=row.get("stopped"),
         )
 
 

@@ -43,6 +43,24 @@ def process_resources(pid: int | None = None, count_fds: bool = False) -> dict[s
     return out
 
 
+def process_stopped(pid: int) -> bool | None:
+    """Is the process stopped (SIGSTOP, a debugger), rather than running or waiting?
+
+    A worker that does not answer its supervisor is either stopped or starved
+    (runnable, but given too little CPU to reach its loop in time); only the
+    kernel's run state tells the two apart. None when it cannot be read (gone,
+    or no /proc), so the caller keeps its old judgement.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]
+    # T: stopped by a signal; t: stopped by a tracer (a debugger).
+    return state in (b"T", b"t")
+
+
 def _psutil_resources(pid: int | None, count_fds: bool) -> dict[str, float]:
     import psutil
 

@@ -142,6 +142,9 @@ class WorkerRow(Record):
     load: dict[str, Any] = field(loose(), factory=dict)
     #: Seconds since it last answered its supervisor (None when not alive).
     silent_s: float | None = field(optional(number(0, 1e9)), default=None)
+    #: For a silent worker, whether the kernel has it stopped (True) or running (False,
+    #: i.e. starved or busy); None when it answers, or its state could not be read.
+    stopped: bool | None = field(optional(boolean), default=None)
 
 
 @attrs.frozen

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from connscale.config.packed import PackError, pack, unpack
 from connscale.config.records import RecordError
+from connscale.host.resources import process_stopped
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.stall import StallWatch
 from connscale.net.routes import Route
@@ -74,7 +75,10 @@ class Supervisor:
         restart_delay: float = 1.0,
         on_rtt: Callable[[str], None] | None = None,
         hung_after: float = 30.0,
+        is_stopped: Callable[[int], bool | None] = process_stopped,
     ) -> None:
+        #: Reads whether a worker's process is stopped (injected: tests fake the kernel's answer).
+        self.is_stopped = is_stopped
         #: A live worker silent this long is hung: it is killed and replaced.
         self.hung_after = hung_after
         self.reactor = reactor
@@ -329,6 +333,9 @@ class Supervisor:
         out = []
         for s in self.slots:
             last = s.last or {}
+            silent = round(now - s.answered_at, 1) if s.alive else None
+            # Only for one already late: a stopped worker and a starved one need different fixes.
+            stopped = self.is_stopped(s.pid) if silent is not None and silent >= 1.0 and s.pid else None
             out.append(
                 WorkerRow(
                     index=s.index,
@@ -342,7 +349,8 @@ class Supervisor:
                     load=dict(last.get("load", {})),
                     # Seconds since it last answered a poll: a stopped or wedged
                     # worker shows here long before the hung-worker kill.
-                    silent_s=round(now - s.answered_at, 1) if s.alive else None,
+                    silent_s=silent,
+                    stopped=stopped,
                 )
             )
         return out
