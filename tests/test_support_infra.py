@@ -204,7 +204,8 @@ def test_hosts_reach_each_other_tcp(net2):
 @pytest.mark.skipif(shutil.which("ping") is None, reason="no ping binary")
 def test_hosts_ping(net2):
     h1, h2 = net2.hosts
-    r = h1.run(["ping", "-c1", "-W1", h2.ip], **RUN)
+    # Up to 3 tries: the first echo also waits for ARP on a veth that has just come up.
+    r = h1.run(["ping", "-c3", "-i0.2", "-W2", h2.ip], **RUN)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
