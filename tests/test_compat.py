@@ -13,11 +13,12 @@ import socket
 import tokenize
 from pathlib import Path
 
-import twisted
+import pytest
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import LineReceiver
 
+import twisted
 from connscale.compat import TESTED_TWISTED
 from connscale.compat.epoll import (
     is_epoll_reactor,
@@ -148,3 +149,125 @@ def test_no_module_outside_compat_touches_those_private_names() -> None:
         if "compat" not in path.parts:
             offenders += [f"{path.relative_to(ROOT)}: .{name}" for name in sorted(names & _attribute_names(path))]
     assert offenders == []
+
+
+# ------------------------------------------------- a worker's lean Twisted import
+
+LEAN_PROBE = r"""
+import json, sys, warnings
+from connscale.compat.startup import import_twisted_lean, skip_unused_modules
+skip_unused_modules()
+import_twisted_lean()
+out = {"before": sorted(m for m in ("asyncio", "decimal") if m in sys.modules)}
+
+from twisted.internet import defer
+from twisted.spread import jelly
+
+# Callback results and ensureDeferred still tell coroutines from plain values.
+async def two():
+    return 2
+seen = []
+defer.ensureDeferred(two()).addCallback(seen.append)
+@defer.inlineCallbacks
+def gen():
+    x = yield two()  # a coroutine yielded: defer's iscoroutine() must say so
+    y = yield defer.succeed(1)
+    return x + y
+gen().addCallback(seen.append)
+try:
+    defer.ensureDeferred(5)
+except defer.NotACoroutineError:
+    seen.append("not a coroutine")
+out["seen"] = seen
+
+# jelly: plain data goes through without decimal; a Decimal that arrives is a real one.
+out["plain"] = jelly.unjelly(jelly.jelly({"a": [1, 2.5, "x"]}))
+made = jelly.unjelly([b"decimal", 15, -1])
+out["unjellied"] = [type(made).__module__, str(made)]
+import decimal
+out["decimal_real"] = type(made) is decimal.Decimal
+out["roundtrip"] = str(jelly.unjelly(jelly.jelly(decimal.Decimal("2.25"))))
+
+# The real asyncio is importable afterwards, and Deferreds meet its futures.
+import asyncio
+loop = asyncio.new_event_loop()
+fut = loop.create_future()
+got = []
+defer.Deferred.fromFuture(fut).addCallback(got.append)
+fut.set_result(7)
+loop.run_until_complete(asyncio.sleep(0))
+d = defer.Deferred()
+f2 = d.asFuture(loop)
+d.callback(8)
+got.append(loop.run_until_complete(f2))
+loop.close()
+out["asyncio"] = got
+print(json.dumps(out))
+"""
+
+
+def test_twisted_imported_lean_works_without_asyncio_and_decimal_loaded() -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", LEAN_PROBE], env=env, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["before"] == []
+    assert res["seen"] == [2, 3, "not a coroutine"]
+    assert res["plain"] == {"a": [1, 2.5, "x"]}
+    assert res["unjellied"] == ["decimal", "1.5"] and res["decimal_real"]
+    assert res["roundtrip"] == "2.25"
+    assert res["asyncio"] == [7, 8]
+
+
+def _imported_names(source: str, module: str) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == module:
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_what_the_stand_ins_provide_is_what_twisted_takes() -> None:
+    """A Twisted that takes more from asyncio (or decimal) still works (the stand-in
+    answers from the real module) but loses the saving: caught here, by name."""
+    import inspect as _inspect
+
+    from twisted.internet import defer
+    from twisted.spread import jelly
+
+    from connscale.compat.startup import DEFER_NEEDS, _iscoroutine
+
+    assert _imported_names(_inspect.getsource(defer), "asyncio") == set(DEFER_NEEDS)
+    jelly_source = _inspect.getsource(jelly)
+    assert _imported_names(jelly_source, "decimal") == set()
+    assert set(re.findall(r"decimal\.(\w+)", jelly_source)) == {"Decimal"}
+
+    async def coro() -> None:
+        pass
+
+    c = coro()
+    assert _iscoroutine(c) and _iscoroutine(c)  # the second from the type cache
+    c.close()
+    assert not _iscoroutine(1) and not _iscoroutine(x for x in ())
+
+
+def test_a_stand_in_asked_for_more_brings_the_real_module() -> None:
+    import sys
+
+    from connscale.compat.startup import _AsyncioForDefer
+
+    stand_in = _AsyncioForDefer("asyncio")
+    import asyncio
+
+    assert stand_in.get_event_loop_policy is asyncio.get_event_loop_policy
+    assert sys.modules["asyncio"] is asyncio
+    with pytest.raises(AttributeError):
+        stand_in.__path__  # noqa: B018

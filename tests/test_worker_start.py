@@ -12,19 +12,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PROBE = """
+#: Never in a worker: each costs every one of ~100 workers its RSS (bench/README.md,
+#: "Worker baseline RSS"), and none is used there. The hub and the CLI use the rest.
+NOT_IN_A_WORKER = (
+    "OpenSSL", "ssl", "_ssl", "_hashlib", "urllib.request", "email.parser", "http.client", "psutil", "hdrh",
+    "hdrh.histogram", "yaml", "rich", "matplotlib", "prometheus_client", "asyncio", "decimal", "ctypes",
+    "twisted.internet.endpoints", "twisted.conch", "twisted.web", "connscale.control", "connscale.app",
+    "connscale.diagnose", "connscale.metrics.histograms", "connscale.metrics.status", "connscale.config.settings",
+)
+
+PROBE = f"""
 import sys
-from connscale.compat.startup import skip_unused_modules
+from connscale.compat.startup import import_twisted_lean, skip_unused_modules
 skip_unused_modules()
+import_twisted_lean()
 import connscale.procs.worker
 from twisted.internet import reactor, stdio
 from twisted.spread import pb
-heavy = ("OpenSSL", "ssl", "_hashlib", "urllib.request", "email.parser", "psutil", "hdrh", "hdrh.histogram", "yaml")
-print(sorted(m for m in heavy if sys.modules.get(m) is not None))
+print(sorted(m for m in {NOT_IN_A_WORKER!r} if sys.modules.get(m) is not None))
 """
 
 
-def test_a_worker_imports_no_tls_http_psutil_or_hdrh() -> None:
+def test_a_worker_imports_none_of_the_modules_it_must_not() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -72,3 +81,63 @@ print(json.dumps(result))
     from connscale.procs.worker import WORKER_NICE
 
     assert info["nicer_by"] == min(WORKER_NICE, 19 - os.getpriority(os.PRIO_PROCESS, 0))
+
+
+#: A real worker, run as its parent runs it, with `-X importtime` on (through the
+#: environment, which the worker inherits): every module it imports, at start and
+#: while it answers, is one line on its stderr, which the parent hears.
+RUNNING = r"""
+import json, sys
+from twisted.internet import defer, reactor, task
+from connscale.procs.childproc import PBChild, spawn_python
+
+imported = []
+class Child(PBChild):
+    def line(self, fd, text):
+        if text.startswith("import time:") and "|" in text:
+            imported.append(text.rsplit("|", 1)[1].strip())
+child = Child("probe", lambda c, r: None)
+role, spec = sys.argv[1], sys.argv[2]
+spawn_python(reactor, "connscale.procs.worker", [role, spec], child)
+result = {}
+
+@defer.inlineCallbacks
+def exercise(info):
+    result.update(info)
+    # What a parent asks of a worker, a few times, as the hub does every second.
+    for _ in range(3):
+        yield child.call("snapshot_packed")
+        yield task.deferLater(reactor, 0.3, lambda: None)
+    if role == "client":
+        yield child.call("set_target_packed", json.dumps({"target": 0, "routes": [["", "127.0.0.1", 9, 1]]}))
+        yield child.call("set_rate", 100.0)
+        yield child.call("snapshot_packed")
+    yield child.call("exit").addErrback(lambda f: None)
+
+def bail(f):
+    result["error"] = f.getErrorMessage()
+child.ready.addCallback(exercise).addErrback(bail).addBoth(lambda _: reactor.callLater(0.5, reactor.stop))
+reactor.callLater(30, reactor.stop)
+reactor.run()
+result["imported"] = imported
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize("role", ["client", "server"])
+def test_a_running_worker_never_imports_what_it_must_not(role: str) -> None:
+    from tests.support.procs import free_port
+
+    spec = {"name": "probe"} if role == "client" else {"ports": [free_port()], "name": "probe"}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONPROFILEIMPORTTIME="1")
+    out = subprocess.run([sys.executable, "-c", RUNNING, role, json.dumps(spec)], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "error" not in res and res.get("role") == role, (res.get("error"), out.stderr[-2000:])
+    imported = set(res["imported"])
+    # The probe sees the worker's imports (a wrong one would make this pass vacuously).
+    assert {"twisted.spread.pb", "connscale.procs.childproc", "connscale.net.pool"} <= imported
+    # Modules marked absent (compat.startup.ABSENT) show up as tried, and cannot load.
+    from connscale.compat.startup import ABSENT
+
+    assert sorted(imported & (set(NOT_IN_A_WORKER) - set(ABSENT))) == []

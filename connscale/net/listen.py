@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -55,6 +55,10 @@ class EndpointService(Service):
         self.label = label or key
         self.what = what
         self.factory = factory
+        # Here, not at the top: server workers import this module for ListenError
+        # and never parse an endpoint (twisted.internet.endpoints is ~0.4 MB each).
+        from twisted.internet import endpoints
+
         self.endpoint = endpoints.serverFromString(reactor, description)
         self.port: IListeningPort | None = None
         self._listening: defer.Deferred[IListeningPort] | None = None

@@ -12,9 +12,10 @@ import sys
 if __name__ == "__main__":
     # Before Twisted: no TLS, HTTP or cookie modules in a worker (a million
     # connections need about a hundred workers; bench/README.md has the MB).
-    from connscale.compat.startup import skip_unused_modules
+    from connscale.compat.startup import import_twisted_lean, skip_unused_modules
 
     skip_unused_modules()
+    import_twisted_lean()
     # Niced before the imports: a dozen workers starting mid-ramp must not take
     # the hub's and the agent's CPU either (see WORKER_NICE).
     import os as _os
