@@ -9,6 +9,7 @@ a secret file readable by others, and start-up errors as one line with exit 2.
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import signal
 import socket
@@ -276,3 +277,35 @@ def test_agent_key_command_prints_a_key_that_is_not_the_secret(tmp_path: Path):
     assert line.startswith("connscale-agent-key:") and "the-secret-of-this-test" not in line
     assert Credentials.from_secret(line.encode()).key("agent") == \
         Credentials.from_secret(b"the-secret-of-this-test").key("agent")
+
+
+CGROUP_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+@pytest.mark.skipif(not (CGROUP_MEMORY / "cgroup.procs").exists() or os.geteuid() != 0,
+                    reason="needs root and the cgroup v1 memory controller")
+def test_a_hub_refuses_more_server_workers_than_memory_holds(hub, tmp_path: Path):
+    # A typo in server.workers must not fork a hundred interpreters into a host without
+    # the memory for them: one line, exit 2, no worker started. 1 GiB holds ~25 workers.
+    h = hub()
+    group = CGROUP_MEMORY / f"connscale-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(1 << 30))
+        argv = connscale("server", "--config", str(h.config), "--workers", "64")
+        # The shell moves itself into the group, then becomes the hub: every child inherits it.
+        script = f'echo $$ > {group}/cgroup.procs && exec "$@"'
+        r = subprocess.run(["sh", "-c", script, "sh", *argv], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, **h.env))
+        out = (r.stdout + r.stderr).strip()
+        assert r.returncode == 2, out
+        line = "the hub will not start 64 server workers: they need about 2,560 MB"
+        assert len([x for x in out.splitlines() if line in x]) == 1, out
+        assert "server.workers is 64" in out and "Traceback" not in out
+        assert (group / "cgroup.procs").read_text().strip() == ""  # nothing of it is left running
+    finally:
+        deadline = time.monotonic() + 5
+        while group.exists() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+            time.sleep(0.1)

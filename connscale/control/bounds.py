@@ -34,6 +34,21 @@ def addresses_of(host: str) -> set[str]:
         return set()
 
 
+def check_worker_memory(more: int, available: int | None, who: str, fix: str = "",
+                        noun: str = "more workers") -> None:
+    """Refuse to start `more` workers when their start-up memory alone exceeds what is available.
+
+    A worker costs ~30 MB before its first connection, so a typo in a worker count
+    or a target must end in one line, not in a host swapping under hundreds of
+    interpreters. `available` is MemAvailable, or the room left under a cgroup limit.
+    """
+    if available is not None and more * WORKER_MEMORY > available:
+        raise ControlError(
+            f"{who} {more} {noun}: they need about {more * WORKER_MEMORY >> 20:,} MB, "
+            f"{available >> 20:,} MB is available{fix}"
+        )
+
+
 class OrderBounds:
     def __init__(self, budget: int, configured_workers: int | str, sources: Iterable[str],
                  destinations: Iterable[str], memory: Callable[[], int | None] = lambda: None) -> None:
@@ -58,13 +73,7 @@ class OrderBounds:
                     f"agent refused {count} workers: {target} connections need {needed} "
                     f"with a budget of {self.budget} each"
                 )
-        available = self.memory()
-        more = count - running
-        if available is not None and more * WORKER_MEMORY > available:
-            raise ControlError(
-                f"agent refused {more} more workers: they need about {more * WORKER_MEMORY >> 20} MB, "
-                f"{available >> 20} MB is available"
-            )
+        check_worker_memory(count - running, self.memory(), "agent refused")
 
     def orders(self, orders: Sequence[WorkerOrder], budgets: Sequence[int]) -> None:
         """Targets within each worker's fd budget; routes from our addresses to the hub's servers."""

@@ -21,7 +21,9 @@ from connscale.control import plan
 from connscale.control.controller import POLL_INTERVAL, ControlError, Controller
 from connscale.control.verbs import VERBS, Verb, describe
 from connscale.control.auth import CredentialError, Credentials
+from connscale.control.bounds import check_worker_memory
 from connscale.control.secret import SecretError, config_dir, hub_secret, is_loopback_endpoint
+from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
 from connscale.host.resources import cpu_count
 from connscale.metrics.render import format_stats
@@ -221,6 +223,14 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     except (SecretError, CredentialError) as e:
         raise SystemExit(f"{PROG}: {e}") from None
     workers = plan.server_workers(cfg.scenario.target, budget, cpu_count(), s.workers)
+    try:
+        check_worker_memory(
+            workers, read_host_limits().usable_memory, "the hub will not start",
+            f" (server.workers is {s.workers}, scenario.target {cfg.scenario.target:,}: lower one of them)",
+            noun="server workers",
+        )
+    except ControlError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
     spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
                       max_line=s.max_line)
     servers = Supervisor(reactor, "server", spec, "hub")
