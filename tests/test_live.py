@@ -61,6 +61,21 @@ def test_dashboard_prefers_the_workers_own_load_and_caps_the_rows() -> None:
     assert "more workers (less busy) not shown" in text
 
 
+def test_an_agents_row_shows_its_busiest_workers_cpu_and_worst_loop_lag() -> None:
+    before, now = two_seconds()
+    agent = dict(now["clients"]["local"])
+    agent["workers"] = [dict(w, index=i, load={"cpu": cpu, "lag_ms_max": lag})
+                        for i, (w, cpu, lag) in enumerate(zip(agent["workers"] * 2, (0.35, 0.93), (4.0, 180.5)))]
+    now = dict(now, clients={"local": agent, "quiet": {"connected": True, "target": 0, "workers": []}})
+    text = render(dashboard(Frame.of(before, now)), width=160)
+    header = next(line for line in text.splitlines() if "busiest cpu %" in line)
+    assert "worst lag ms" in header
+    local = next(line for line in text.splitlines() if line.strip().startswith("local ") and "connected" in line)
+    assert local.split()[-2:] == ["93", "180.5"], local
+    quiet = next(line for line in text.splitlines() if line.strip().startswith("quiet "))
+    assert quiet.split()[-2:] == ["-", "-"], quiet
+
+
 def test_plain_lines_every_few_seconds_and_the_last_one_at_the_end() -> None:
     records = make_records()
     now = [0.0]

@@ -39,6 +39,10 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{float(value):.2f}"
 
 
+def _hot(cpu: float) -> str:
+    return f"[bold red]{cpu:.0f}[/]" if cpu >= 90.0 else f"{cpu:.0f}"
+
+
 def _worker_load(worker: Mapping[str, Any], fallback_cpu: float | None) -> tuple[float | None, float | None]:
     """(CPU % of a core, loop lag ms): the worker's own `load` when it reports one."""
     load = worker.get("load") or {}
@@ -156,12 +160,19 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
 
     agents = Table(box=box.SIMPLE_HEAD, title="agents", title_justify="left")
     for col, justify in (("agent", "left"), ("state", "left"), ("target", "right"), ("open", "right"),
-                         ("connecting", "right"), ("workers", "right"), ("failures", "right")):
+                         ("connecting", "right"), ("workers", "right"), ("failures", "right"),
+                         ("busiest cpu %", "right"), ("worst lag ms", "right")):
         agents.add_column(col, justify=justify)  # type: ignore[arg-type]
     for name, a in sorted(st.get("clients", {}).items()):
+        # An agent is as prompt as its busiest worker: that one's CPU and loop lag say
+        # whether this agent's share of the numbers is the server's or connscale's own.
+        loads = [_worker_load(w, None) for w in a.get("workers", [])]
+        cpus = [c for c, _ in loads if c is not None]
+        lags = [lag for _, lag in loads if lag is not None]
         agents.add_row(name, "connected" if a.get("connected") else "[red]disconnected[/]", f"{int(a.get('target', 0)):,}",
                        f"{int(a.get('open', 0)):,}", f"{int(a.get('connecting', 0)):,}", str(len(a.get("workers", []))),
-                       f"{sum(int(v) for v in a.get('failures', {}).values()):,}")
+                       f"{sum(int(v) for v in a.get('failures', {}).values()):,}",
+                       _hot(max(cpus)) if cpus else "-", f"{max(lags):.1f}" if lags else "-")
     parts.append(agents)
 
     rows = []
@@ -177,11 +188,10 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         rows.sort(key=lambda r: -(r[3] or 0.0))
         for side, label, w, cpu, lag in rows[:MAX_WORKER_ROWS]:
             rss = float((w.get("resources") or {}).get("rss_bytes", 0.0)) / 2**20
-            hot = cpu is not None and cpu >= 90.0
             table.add_row(
                 label + ("" if w.get("alive", True) else " [red](down)[/]"),
                 f"{int(w.get('open', 0)):,}", f"{int(w.get('target', 0)):,}" if side == "client" else "-",
-                f"[bold red]{cpu:.0f}[/]" if hot else ("-" if cpu is None else f"{cpu:.0f}"),
+                "-" if cpu is None else _hot(cpu),
                 "-" if lag is None else f"{lag:.1f}", f"{rss:.0f}" if rss else "-", str(w.get("restarts", 0)),
             )
         if len(rows) > MAX_WORKER_ROWS:
