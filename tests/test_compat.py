@@ -14,6 +14,7 @@ import tokenize
 from pathlib import Path
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import LineReceiver
@@ -118,6 +119,33 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
 
 
+def test_the_manholes_deferred_display_hook_still_shows_what_we_hand_it() -> None:
+    from twisted.conch import manhole
+
+    from connscale.compat.manhole import ResultShapingInterpreter
+
+    assert "_cbDisplayDeferred" in vars(manhole.ManholeInterpreter)
+
+    class Shouting(ResultShapingInterpreter):
+        def shown(self, result: object) -> object:
+            return str(result).upper()
+
+    class Handler:
+        def __init__(self) -> None:
+            self.written: list[str] = []
+
+        def addOutput(self, text: str, asynchronous: bool = False) -> None:
+            self.written.append(text)
+
+    handler = Handler()
+    interpreter = Shouting(handler, {})
+    d: defer.Deferred[str] = defer.Deferred()
+    interpreter.displayhook(d)   # a pending Deferred is numbered and shown when it fires
+    d.callback("quiet")
+    assert any("QUIET" in line for line in handler.written), handler.written
+    assert d.result == "quiet"   # what the Deferred carries is untouched
+
+
 def test_the_installed_twisted_is_inside_the_tested_range() -> None:
     low, high = (_version(b) for b in TESTED_TWISTED)
     assert low <= _version(twisted.__version__) < high, (twisted.__version__, TESTED_TWISTED)
@@ -143,7 +171,8 @@ def _attribute_names(path: Path) -> set[str]:
 
 def test_no_module_outside_compat_touches_those_private_names() -> None:
     names = {"_poller", "_selectables", "_doReadOrWrite", "_buffer", "_busyReceiving", "_accept",
-             "_tempDataBuffer", "_writeDisconnected", "_fromListeningDescriptor", "_logger", "_reads", "_writes"}
+             "_tempDataBuffer", "_writeDisconnected", "_fromListeningDescriptor", "_logger", "_reads", "_writes",
+             "_cbDisplayDeferred"}
     offenders = []
     for path in (ROOT / "connscale").rglob("*.py"):
         if "compat" not in path.parts:

@@ -36,6 +36,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from connscale.compat.manhole import ResultShapingInterpreter
 from connscale.metrics.render import cell, format_table, is_scalar
 from connscale.net.listen import EndpointService
 
@@ -195,7 +196,7 @@ def wrap_namespace(funcs: Mapping[str, object]) -> dict[str, object]:
     return namespace
 
 
-class _ConsoleInterpreter(manhole.ManholeInterpreter):
+class _ConsoleInterpreter(ResultShapingInterpreter):
     def displayhook(self, obj: object) -> None:
         # Stock manhole prints a fired Deferred as "<Deferred at 0x.. current result: ..>";
         # the operator wants the result itself.
@@ -204,12 +205,10 @@ class _ConsoleInterpreter(manhole.ManholeInterpreter):
             obj = obj.result
         super().displayhook(obj)
 
-    def _cbDisplayDeferred(self, result: object, k: int, obj: defer.Deferred[Any]) -> object:
+    def shown(self, result: object) -> object:
         # A table must start on its own line, not after "Deferred #N called back: ".
-        shown = result
         if isinstance(result, Readable) and "\n" in result.text:
-            shown = Readable(result.value, "\n" + result.text)
-        super()._cbDisplayDeferred(shown, k, obj)
+            return Readable(result.value, "\n" + result.text)
         return result
 
 
