@@ -141,14 +141,57 @@ def expected_numbers(records: list[dict[str, Any]], summary: dict[str, Any] | No
         grown = sum(w["resources"]["rss_bytes"] - first[(w["index"], w["pid"])][0] for w in at_peak)
         added = sum(w["open"] - first[(w["index"], w["pid"])][1] for w in at_peak)
         exp[f"mem_per_conn_{side}"] = grown / added if added > 0 else None
+    exp.update(expected_curve(records))
     return exp
+
+
+def expected_curve(records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The scaling sentence: one point per hold (its lowest open count, p99 of its seconds), else
+    count bins; the knee is the first point from which every later p99 leaves the low-load band."""
+    from connscale.diagnose.curve import KNEE_FACTOR, KNEE_MIN_MS
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if str(r.get("phase", "")).split(":")[0] in ("hold", "final_hold", "plateau"):
+            groups.setdefault(r["phase"], []).append(r)
+    points = [(min(r["client"]["open"] for r in rs), pct_ms(merged(rs))["p99"]) for rs in groups.values()
+              if merged(rs).get_total_count()]
+    if len(points) < 2:
+        with_rtt = [r for r in records if r.get("rtt_hist") and r["client"]["open"] > 0]
+        width = max(1, -(-max((r["client"]["open"] for r in with_rtt), default=1) // 12))
+        bins: dict[int, list[dict[str, Any]]] = {}
+        for r in with_rtt:
+            bins.setdefault(min(11, (r["client"]["open"] - 1) // width), []).append(r)
+        points = [((b + 1) * width, pct_ms(merged(rs))["p99"]) for b, rs in bins.items()]
+    points.sort()
+    for i in range(1, len(points)):
+        base = min(p for _, p in points[:i])
+        if all(p > max(base * KNEE_FACTOR, base + KNEE_MIN_MS) for _, p in points[i:]):
+            return {"knee.open": points[i][0], "knee.before_open": points[i - 1][0],
+                    "knee.baseline_p99": base, "knee.p99": points[i][1]}
+    return {"curve.first_open": points[0][0], "curve.last_open": points[-1][0]} if len(points) >= 2 else {}
+
+
+def optional_numbers(records: list[dict[str, Any]], summary: dict[str, Any] | None) -> dict[str, float]:
+    """Numbers a page shows only in some verdicts: failure counts by cause."""
+    failures = (summary or {}).get("failures")
+    if not failures:
+        live = [r for r in records if r.get("phase") != "stop"] or records
+        last = live[-1]
+        failures = dict(last["client"]["failures"])
+        failures.update({f"server:{k}": v for k, v in last["server"]["failures"].items()})
+    return {f"failures.{k}": v for k, v in failures.items()}
 
 
 def check_numbers(page: str, records: list[dict[str, Any]], summary: dict[str, Any] | None) -> int:
     shown = shown_numbers(page)
     expected = expected_numbers(records, summary)
+    optional = optional_numbers(records, summary)
     assert shown, "no tagged numbers in the page"
     for key, value in shown.items():
+        if key in optional:
+            assert value == optional[key], f"{key}: page {value} != {optional[key]}"
+            continue
         assert key in expected, f"the page shows {key} = {value}, which this test does not know how to check"
         assert expected[key] is not None, f"{key}: page shows {value}, timeline has none"
         tolerance = 0.5 * 10 ** -decimals(page, key) + 1e-9
@@ -187,6 +230,7 @@ def test_failed_run_explains_the_top_cause_with_its_fix(tmp_path: Path) -> None:
     verdict = page.split('id="verdict">')[1].split("</section>")[0]
     assert "Stopped at" in verdict and "failures exceeded scenario.max_failures=0" in verdict
     assert "EADDRNOTAVAIL" in verdict and "ip_local_port_range" in verdict  # the advice, with its fix
+    assert shown_numbers(verdict)["failures.connect:EADDRNOTAVAIL"] == 40
 
 
 def test_the_walls_explanation_and_incidents_are_shown_when_the_summary_has_them(tmp_path: Path) -> None:
@@ -274,6 +318,16 @@ def test_scaling_curve_has_one_point_per_plateau_and_finds_the_knee() -> None:
     assert [p.open for p in points] == [2000, 4000, 6000, 8000]
     knee = find_knee(points)
     assert knee is not None and knee.open == 6000
+
+
+def test_the_knee_sentence_says_the_timelines_numbers(tmp_path: Path) -> None:
+    records = make_records(steps=4, knee_at_step=3)
+    summary = {"verdict": "held", "reason": "", "target": 8000, "held": 8000}
+    page = write_report(write_run(tmp_path / "run", records, summary)).read_text()
+    check_numbers(page, records, summary)
+    shown = shown_numbers(page)
+    assert shown["knee.open"] == 6000 and shown["knee.before_open"] == 4000
+    assert "that is the knee of the curve" in page
 
 
 def test_csv_has_per_second_percentiles_recomputed_from_the_histograms(tmp_path: Path) -> None:

@@ -249,7 +249,7 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
                                                          if run.records else {})
         top = _top_causes(failures)
         if top:
-            listed = ", ".join(f"<code>{_e(k)}</code> ({v:,})" for k, v in top)
+            listed = ", ".join(f"<code>{_e(k)}</code> ({_n('failures.' + k, Number(v, 'int'))})" for k, v in top)
             cause = _cause_of(top[0][0])
             parts.append(
                 f"<p>Failures by cause: {listed}. <strong>{_e(cause)}</strong>: {_e(advise(cause))}</p>"
@@ -262,14 +262,17 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
             )
     if knee is not None:
         parts.append(
-            f"<p>Scaling: p99 RTT stayed near its low-load value ({knee.baseline_p99:.3f} ms) up to "
-            f"{knee.before_open:,} connections and reached {knee.p99:.3f} ms at {knee.open:,} "
+            f"<p>Scaling: p99 RTT stayed near its low-load value "
+            f"({_n('knee.baseline_p99', Number(knee.baseline_p99, 'ms'))} ms) up to "
+            f"{_n('knee.before_open', Number(knee.before_open, 'int'))} connections and reached "
+            f"{_n('knee.p99', Number(knee.p99, 'ms'))} ms at {_n('knee.open', Number(knee.open, 'int'))} "
             f"(more than {KNEE_FACTOR:g}&times;): that is the knee of the curve.</p>"
         )
     elif len(points) >= 2:
         parts.append(
             f"<p>Scaling: p99 RTT stayed within {KNEE_FACTOR:g}&times; of its low-load value from "
-            f"{points[0].open:,} to {points[-1].open:,} connections: no knee within this run.</p>"
+            f"{_n('curve.first_open', Number(points[0].open, 'int'))} to "
+            f"{_n('curve.last_open', Number(points[-1].open, 'int'))} connections: no knee within this run.</p>"
         )
     css = {"held": "held", "failed": "failed"}.get(verdict, "unknown")
     return css, "\n".join(parts)
