@@ -415,3 +415,91 @@ def test_an_error_the_hub_answers_ends_the_run_with_the_hubs_reason():
     pump.flush()
     assert out and out[0].check(RunError), out
     assert str(out[0].value) == "the hub failed set_target: TimeoutError: (10.0, 'Deferred')"
+
+
+# -- the experiment's own steps, on a fake clock ----------------------------------------------
+
+class FakeHubChild:
+    pid = 4321
+
+    def __init__(self, running: bool = True) -> None:
+        self.running = running
+        self.exit_description = "exited with status 2"
+
+    def last_lines(self, n: int = 3) -> str:
+        return "connscale-server: control.listen: cannot listen on tcp:8790: EADDRINUSE"
+
+
+def experiment_with(tmp_path, dial_login):  # type: ignore[no-untyped-def]
+    clock = Clock()
+    cfg = parse_config({"control": {"secret": "a-secret-for-this-test"}, "scenario": {"target": 10}})
+    out: list[str] = []
+    exp = run_mod.Experiment(clock, cfg, RunDirectory.create(tmp_path / "runs"), out.append, dial_login=dial_login)
+    exp.hub = FakeHubChild()
+    return clock, exp, out
+
+
+def test_the_run_logs_in_once_the_hub_answers(tmp_path):
+    from twisted.internet.error import ConnectionRefusedError
+
+    tries: list[float] = []
+
+    def dial_login(reactor, host, port, role, secret, tls_ca, timeout):  # type: ignore[no-untyped-def]
+        tries.append(reactor.seconds())
+        assert (role, secret) == ("operator", b"a-secret-for-this-test")
+        if len(tries) < 4:
+            return defer.fail(ConnectionRefusedError())
+        return defer.succeed(("factory", "perspective"))
+
+    clock, exp, _ = experiment_with(tmp_path, dial_login)
+    done: list = []
+    exp.login().addBoth(done.append)
+    assert done == [] and len(tries) == 1
+    clock.pump([0.5] * 3)
+    assert done == [None] and len(tries) == 4 and exp.perspective == "perspective"
+
+
+def test_the_run_gives_up_on_a_hub_that_never_answers_and_says_why(tmp_path):
+    from twisted.internet.error import ConnectionRefusedError
+
+    clock, exp, _ = experiment_with(tmp_path, lambda *a, **kw: defer.fail(ConnectionRefusedError()))
+    done: list = []
+    exp.login().addBoth(done.append)
+    clock.pump([0.5] * int(run_mod.HUB_LOGIN_TIMEOUT / 0.5 + 2))
+    assert done and done[0].check(RunError)
+    assert str(done[0].value).startswith(f"the hub did not answer on 127.0.0.1:8790 within "
+                                         f"{run_mod.HUB_LOGIN_TIMEOUT:g}s: ")
+
+
+def test_a_hub_that_died_or_refused_the_secret_ends_the_login_at_once(tmp_path):
+    from twisted.cred.error import UnauthorizedLogin
+    from twisted.internet.error import ConnectionRefusedError
+
+    clock, exp, _ = experiment_with(tmp_path, lambda *a, **kw: defer.fail(ConnectionRefusedError()))
+    exp.hub = FakeHubChild(running=False)
+    done: list = []
+    exp.login().addBoth(done.append)
+    assert str(done[0].value) == ("the hub did not come up: connscale-server: control.listen: cannot listen "
+                                  "on tcp:8790: EADDRINUSE")
+
+    clock, exp, _ = experiment_with(tmp_path / "2", lambda *a, **kw: defer.fail(UnauthorizedLogin()))
+    done = []
+    exp.login().addBoth(done.append)
+    assert str(done[0].value) == "the hub refused our login: its control secret is not the run's"
+
+
+def test_a_summary_the_disk_refuses_is_printed_whole(tmp_path, monkeypatch):
+    clock, exp, out = experiment_with(tmp_path, None)
+    exp.hub = None   # never started: nothing to ask, nothing to stop
+
+    def refuse(name, data):  # type: ignore[no-untyped-def]
+        raise RunDirError(f"cannot write {exp.rundir.file(name)}: No space left on device")
+
+    monkeypatch.setattr(exp.rundir, "write_json", refuse)
+    done: list = []
+    exp.finish(False, "interrupted").addBoth(done.append)
+    result = done[0]
+    assert result["summary_path"] is None and result["verdict"] != "held"
+    assert out[0] == f"connscale run: cannot write {exp.rundir.file('summary.json')}: No space left on device; " \
+                     "the summary follows"
+    assert json.loads(out[1])["reason"] == "interrupted"

@@ -68,8 +68,11 @@ class Experiment:
     """One run: its directory, its two children, its scenario, its summary."""
 
     def __init__(self, reactor: Any, cfg: Config, rundir: RunDirectory, out: Callable[[str], None],
-                 preflight: dict[str, Any] | None = None) -> None:
+                 preflight: dict[str, Any] | None = None,
+                 dial_login: Callable[..., defer.Deferred[Any]] | None = None) -> None:
         self.preflight = preflight
+        #: control.dial.login, or a fake: the login's retries are tested on a fake clock.
+        self.dial_login = dial_login
         self.reactor = reactor
         self.cfg = cfg
         self.rundir = rundir
@@ -149,11 +152,12 @@ class Experiment:
     def login(self):  # type: ignore[no-untyped-def]
         from connscale.control import dial
 
+        dial_login = self.dial_login or dial.login
         host, port = self.control_address()
         deadline = self.reactor.seconds() + HUB_LOGIN_TIMEOUT
         while True:
             try:
-                self.factory, self.perspective = yield dial.login(
+                self.factory, self.perspective = yield dial_login(
                     self.reactor, host, port, "operator", self.secret, self.cfg.control.tls_ca, timeout=5
                 )
                 return
