@@ -199,6 +199,31 @@ def test_orders_split_and_send_typed_orders(registry: Registry, clock: Clock, ev
     assert result(orders.change(None, 10**6, -1)) == 0
 
 
+def test_prepare_starts_the_final_targets_workers_and_opens_nothing(
+        registry: Registry, clock: Clock, events: EventLog) -> None:
+    running: list[int] = []
+
+    def ensure_workers(n: int, target: int | None = None) -> list[int]:
+        # As the agent's supervisor does: at least n, never fewer than run already.
+        running[:] = [19900] * max(n, len(running))
+        return list(running)
+
+    mind = Mind(ensure_workers=ensure_workers)
+    registry.register("a1", mind, info(source_ips=["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]))
+    orders = orders_for(registry, clock, events)
+    # 8 routes x client.per_route_max 14,000: 100,000 fit, in 6 workers of a 19,900 fd budget.
+    assert result(orders.prepare("a1", 100_000)) == 6
+    assert [m for m, _ in mind.calls] == ["ensure_workers"] and mind.calls[0][1] == (6, 100_000)
+    assert registry.agents["a1"].target == 0 and mind.orders() == []
+    # The first step's orders spread over every worker already running.
+    assert result(orders.change("a1", 25_000, +1)) == 25_000
+    (order,) = mind.orders()
+    assert len(order) == 6 and sum(o.target for o in order) == 25_000
+    assert max(o.target for o in order) - min(o.target for o in order) <= 1
+    f = result(orders.prepare("nobody", 10))
+    assert isinstance(f, Failure) and f.check(ControlError)
+
+
 def test_orders_run_one_at_a_time_per_agent(registry: Registry, clock: Clock, events: EventLog) -> None:
     held: list[defer.Deferred[None]] = []
 

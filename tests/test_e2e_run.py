@@ -69,6 +69,10 @@ def test_run_holds_a_small_target(tmp_path):
     assert set(summary["rtt_ms"]) == {"p50", "p90", "p99", "max"} and summary["rtt_ms"]["p50"] > 0
     assert summary["workers"]["server"] >= 2 and summary["workers"]["client"] >= 1
     assert summary["duration_s"] > 0
+    # The client workers of the final target were started (real processes, over PB) before the ramp.
+    assert summary["client_workers_start_s"] is not None
+    assert any(e.startswith(f"{summary['workers']['client']} client worker") and "running for 3000 connections" in e
+               and e.endswith("before the ramp)") for e in summary["events"]), summary["events"]
     run_dir = Path(summary["run_dir"])
     assert (run_dir / "timeline.jsonl").stat().st_size > 0
     assert (run_dir / "hub.log").exists() and (run_dir / "agent.log").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.task import Clock
 
 from connscale.app import run as run_mod
@@ -44,6 +44,9 @@ class FakeHub:
         self.connected = True
         self.calls: list[tuple] = []
         self.phases: list[str] = []
+        #: Seconds the fake agent takes to start its workers when asked to prepare.
+        self.workers_start_s = 0.0
+        self.workers = 0
 
     def tick(self) -> None:
         self.open = min(self.target, self.open + self.rate)
@@ -72,6 +75,11 @@ class FakeHub:
         if method == "connections_start":
             self.target = min(self.capacity, self.target + args[0])
             return defer.succeed(self.target)
+        if method == "prepare":
+            def started() -> int:
+                self.workers = max(1, -(-args[0] // 1000))
+                return self.workers
+            return task.deferLater(self.clock, self.workers_start_s, started)
         raise AssertionError(method)
 
 
@@ -120,6 +128,44 @@ def test_a_target_reached_step_by_step_is_held():
     # The fake opens 1000 a second and is asked once a second: the achieved rate says so.
     assert all(s["rate_achieved"] == pytest.approx(1000, rel=0.15) for s in steps)
     assert all(s["rate_asked"] == 1000.0 for s in steps)
+
+
+def test_the_final_targets_workers_start_before_the_ramp_and_their_start_up_is_setup_time():
+    clock = Clock()
+    clock.advance(1_000_000)
+    hub = FakeHub(clock)
+    hub.workers_start_s = 25.0  # interpreters starting on a busy box
+    sc = scenario(clock, hub, steps=3, time_limit=120.0)
+    d = sc.execute()
+    drive(clock, d)
+    assert outcome(d) is None and sc.progress.held == 3000
+    names = [c[0] for c in hub.calls if c[0] not in ("stats", "stats_packed", "set_phase")]
+    # Asked once, for the final target, before the first step's connections.
+    assert names == ["prepare", "connections_start", "connections_start", "connections_start"]
+    assert hub.calls[[c[0] for c in hub.calls].index("prepare")][1:] == (3000, "local")
+    p = sc.progress
+    assert p.client_workers_start_s == pytest.approx(25.0, abs=0.15)
+    assert any("3 client workers running for 3000 connections (started in 25.1 s, before the ramp)" in e
+               for e in p.events)
+    # The 25 s are the setup phase's, not the first step's: its rate is the connects'.
+    setup = p.phases[0]
+    assert setup["phase"] == "setup" and setup["end"] - setup["start"] >= 25.0
+    first = p.step_log[0].as_dict()
+    assert first["seconds"] < 3 and first["rate_achieved"] == pytest.approx(1000, rel=0.15)
+    s = summary.build(p, sc.settings, True, "held", 40.0, "/tmp/x")
+    assert s["client_workers_start_s"] == pytest.approx(25.0, abs=0.15)
+
+
+def test_workers_that_take_longer_than_the_time_limit_to_start_end_the_run_there():
+    clock = Clock()
+    clock.advance(1_000_000)
+    hub = FakeHub(clock)
+    hub.workers_start_s = 90.0
+    sc = scenario(clock, hub, time_limit=60.0)
+    d = sc.execute()
+    drive(clock, d)
+    assert "scenario.time_limit of 60s reached" in str(outcome(d).value)
+    assert [c for c in hub.calls if c[0] == "connections_start"] == []
 
 
 def test_routes_that_cannot_hold_a_step_end_the_run_with_the_reason():

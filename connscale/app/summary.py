@@ -38,6 +38,8 @@ def build(progress: Progress, settings: ScenarioSettings, ok: bool, reason: str,
         "kernel": stats.get("kernel", {}),
         "phases": p.phases,
         "steps": [s.as_dict() for s in p.step_log],
+        # Setup time before the ramp: the agent starting the client workers the target needs.
+        "client_workers_start_s": p.client_workers_start_s,
         "events": p.events,
         "run_dir": run_dir,
         # Walls met, each as the hub snapshotted it (see connscale.diagnose.incidents).

@@ -206,6 +206,9 @@ class Controller:
     def op_connections_stop(self, n: int, client: str | None) -> defer.Deferred[int]:
         return self.orders.change(client, n, -1)
 
+    def op_prepare(self, n: int, client: str | None) -> defer.Deferred[int]:
+        return self.orders.prepare(client, n)
+
     def op_count_connections(self, client: str | None) -> defer.Deferred[int]:
         if client is None:
             return self.collector.count()

@@ -67,15 +67,14 @@ class Orders:
         return result
 
     @defer.inlineCallbacks
-    def set_target(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]
+    def ensure_workers(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]
+        """Have the agent run the workers `total` connections need; fires with their fd budgets."""
         info = agent.info
         assert info is not None, "orders go to registered agents only"
         budget = info.budget or 1
-        routes = self.routes(agent)
-        cap = self.tuple_cap(agent)
         # Workers for what the routes can carry, not for an order they cannot:
         # `start 1000000` on one route must not fork fifty processes.
-        placeable = min(total, plan.capacity(routes, cap))
+        placeable = min(total, plan.capacity(self.routes(agent), self.tuple_cap(agent)))
         # An agent holds its connections in worker processes: at least one.
         workers = max(1, len(agent.worker_targets), plan.client_workers(placeable, budget, info.configured_workers))
         if workers > plan.MAX_WORKERS:
@@ -85,7 +84,29 @@ class Orders:
         # Starting a dozen worker processes on a box busy with a ramp can take a while.
         budgets = yield agent.call(self.clock, "ensure_workers", workers, placeable, timeout=ENSURE_TIMEOUT)
         # What the agent answers is checked like every payload: a list of budgets.
-        budgets = list(seq(integer(0, 1 << 30), 4 * plan.MAX_WORKERS)(budgets))
+        return list(seq(integer(0, 1 << 30), 4 * plan.MAX_WORKERS)(budgets))
+
+    def prepare(self, client: str | None, total: int) -> defer.Deferred[int]:
+        """Start the workers `total` connections need, opening none; fires with how many run.
+
+        A ramp asks for its final target's workers before its first step: an
+        agent that started them step by step made every step wait for a dozen
+        interpreters starting on a box already busy with the ramp (5-25 s each
+        at a million). The orders that follow spread over every running worker.
+        """
+        try:
+            agent = self.registry.pick(client)
+        except Exception as e:
+            return defer.fail(e)
+        return self.serial(agent, lambda: self.ensure_workers(agent, total).addCallback(len))
+
+    @defer.inlineCallbacks
+    def set_target(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]
+        info = agent.info
+        assert info is not None, "orders go to registered agents only"
+        routes = self.routes(agent)
+        cap = self.tuple_cap(agent)
+        budgets = yield self.ensure_workers(agent, total)
         assignments = plan.assign(total, budgets, routes, cap, agent.worker_targets)
         room = sum(min(plan.per_worker(b), sum(r.quota for r in q)) for b, (_, q) in zip(budgets, assignments))
         if total > room:

@@ -112,6 +112,11 @@ VERBS: tuple[Verb, ...] = (
     Verb("count_connections", (_client("a client's established connections (default: the servers' count)"),),
          "connections the servers hold, or one client's established connections", "count"),
     Verb("stats", (), "merged counters, RTT percentiles, failures, clients", "stats", format_stats),
+    Verb("prepare", (Param("n", count, "the most connections the client will be asked to hold", cli_type=int),
+                     _client()),
+         "start the worker processes a client needs to hold n connections, opening none: a ramp's steps "
+         "then do not wait for interpreters to start; answers how many workers run", "prepare",
+         lambda n: f"{n} workers running"),
     Verb("set_rate", (Param("rate", rate, "connects per second", cli_type=float), _client()),
          "set the connect rate of one client, or of every client", "rate", lambda _: "rate set"),
     Verb("set_phase", (Param("phase", phase, "e.g. ramp:1, hold:1, final_hold, stop"),),
