@@ -71,6 +71,32 @@ def test_connects_are_paced():
     assert h.pool.count() == 500
 
 
+def test_a_small_rate_is_paced_in_batches_of_fewer_wake_ups_at_the_same_rate():
+    from connscale.net.pool import PACE_BATCH, PACE_TICK, PACE_TICK_MAX, pace_tick
+
+    assert pace_tick(15_000) == PACE_TICK  # a whole agent's rate: every 10 ms
+    assert pace_tick(283) == PACE_BATCH / 283  # a worker's share of a million's ramp: ~28 ms
+    assert pace_tick(20) == PACE_TICK_MAX and pace_tick(0) == PACE_TICK_MAX
+
+    h = Harness(rate=283)
+    wakes = []
+    real_pace = h.pool._pace
+
+    def counted():
+        wakes.append(h.clock.seconds())
+        real_pace()
+
+    h.pool._pace = counted
+    h.pool.start(2000)
+    h.run(5.0, step=0.001)
+    # The rate asked, within a batch, over 5 s ...
+    assert abs(len(h.dialed) - 1 - 283 * 5) <= PACE_BATCH + 1
+    # ... in ~36 wake-ups a second instead of 100, each opening a batch.
+    assert 150 <= len(wakes) <= 200
+    gaps = [b - a for a, b in zip(wakes, wakes[1:])]
+    assert min(gaps) >= PACE_BATCH / 283 - 1e-9
+
+
 def test_first_ping_at_random_offset_within_interval_then_every_interval():
     h = Harness(rate=10_000, interval=2.0, timeout=0.5)
     h.pool.start(200)

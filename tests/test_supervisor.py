@@ -200,3 +200,29 @@ def test_the_kernel_tells_a_stopped_process_from_a_running_one():
         proc.kill()
         proc.wait()
     assert process_stopped(proc.pid) is None
+
+
+def test_a_route_repeated_in_orders_is_checked_once_and_refused_alike(monkeypatch):
+    """A million's orders repeat 640 routes 53 times: the agent checks each once."""
+    import pytest
+
+    from connscale.config.records import RecordError
+    from connscale.procs import records
+
+    checked = []
+    real = records._checked_route
+    monkeypatch.setattr(records, "_checked_route", lambda v: checked.append(list(v)) or real(v))
+    monkeypatch.setattr(records, "_ROUTES_SEEN", {})
+    row = ["127.0.0.2", "127.0.0.1", 10000, 264]
+    order = {"target": 100, "routes": [row, ["127.0.0.3", "127.0.0.1", 10000, 264]]}
+    orders = [records.WorkerOrder.from_wire(order) for _ in range(53)]
+    assert checked == order["routes"]  # two distinct routes, each checked once
+    assert all(o.routes == orders[0].routes for o in orders)
+    assert orders[0].routes[0] == records.Route("127.0.0.2", "127.0.0.1", 10000, 264)
+    # What the check refuses stays refused, however often it comes, and a bool
+    # is not taken for the integer it equals.
+    for bad in (["127.0.0.2", "127.0.0.1", True, 264], ["127.0.0.2", "127.0.0.1", 10000.0, 264],
+                ["not an ip", "127.0.0.1", 10000, 264], ["127.0.0.2", "127.0.0.1", 10000, -1]):
+        for _ in range(2):
+            with pytest.raises(RecordError):
+                records.route(bad)

@@ -66,6 +66,13 @@ def done(info):
     import os
     result.update(info)
     result["nicer_by"] = os.getpriority(os.PRIO_PROCESS, info["pid"]) - os.getpriority(os.PRIO_PROCESS, 0)
+    result["own_group"] = os.getpgid(info["pid"]) == info["pid"]
+    result["our_session"] = os.getsid(info["pid"]) == os.getsid(0)
+    try:
+        result["our_autogroup"] = (open(f"/proc/{{info['pid']}}/autogroup").read().split()[0]
+                                   == open("/proc/self/autogroup").read().split()[0])
+    except OSError:  # a kernel without CONFIG_SCHED_AUTOGROUP
+        result["our_autogroup"] = None
     return child.call("exit")
 def bail(f):
     result["error"] = f.getErrorMessage()
@@ -81,6 +88,10 @@ print(json.dumps(result))
     from connscale.procs.worker import WORKER_NICE
 
     assert info["nicer_by"] == min(WORKER_NICE, 19 - os.getpriority(os.PRIO_PROCESS, 0))
+    # Out of our process group (our Ctrl-C is not its crash), but in our session and
+    # scheduler autogroup: the nice value only weighs within one autogroup.
+    assert info["own_group"] and info["our_session"]
+    assert info["our_autogroup"] in (True, None)
 
 
 #: A real worker, run as its parent runs it, with `-X importtime` on (through the

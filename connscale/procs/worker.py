@@ -167,8 +167,16 @@ def main(argv: list[str] | None = None) -> None:
     # Only the parent stops a worker: a Ctrl-C or a signal to the parent's
     # process group must not look like a crash. A parent that dies closes our
     # stdin, and the orphan guard ends us then.
+    # Our own process group, not our own session: Linux schedules each session
+    # as one "autogroup" (kernel.sched_autogroup_enabled, on by default), and
+    # autogroups share the CPU equally whatever their processes' nice values.
+    # After setsid() every worker was an autogroup of its own, weighted like the
+    # whole hub: WORKER_NICE did nothing, and at a million (106 workers) the hub
+    # and the agent got ~1 % of the box each, stalled for 7-8 s mid-ramp and
+    # lost their link. In the parent's session they share its autogroup, where
+    # the nice value gives the control plane its CPU first.
     try:
-        os.setsid()
+        os.setpgid(0, 0)
     except OSError:
         pass
     # A hundred workers under full load must not starve the hub, the agent and
