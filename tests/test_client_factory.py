@@ -7,6 +7,7 @@ through it, and a library user can hand it to `reactor.connectTCP`.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 
@@ -111,6 +112,22 @@ def test_close_rst_leaves_no_time_wait(reactor) -> None:  # noqa: F811
     pool, server, port = held_pool(reactor, "rst")
     assert time_wait_to(port) == 0
     assert pool.counters.failures == {}
+
+
+def test_close_rst_holds_when_the_sockets_end_with_the_process(reactor) -> None:  # noqa: F811
+    """A worker stopped before it drained: the kernel closes what it held, with a reset too."""
+    server, port = ping_server(reactor)
+    pool = ConnectionPool(reactor, reactor, PoolSettings(interval=0.2, timeout=2.0, rate=5000, close="rst"),
+                          [Route("127.0.0.4", "127.0.0.1", port, 1000)])
+    pool.set_target(200)
+    spin(reactor, lambda: pool.established == 200 and pool.counters.pongs >= 200)
+    loop = pool._loop
+    for conn in list(pool._live()):
+        fd = conn.transport.fd
+        loop.forget(fd)
+        os.close(fd)  # as the process's exit does, behind the pool's back
+    spin(reactor, lambda: server.open == 0)
+    assert time_wait_to(port) == 0
 
 
 def test_close_fin_leaves_time_wait_behind(reactor) -> None:  # noqa: F811

@@ -173,6 +173,7 @@ class ConnectionPool:
         )
         if settings.close not in CLOSE_MODES:
             raise ValueError(f"close must be one of {CLOSE_MODES}, not {settings.close!r}")
+        self._reset_on_close = settings.close == "rst"
         self.factory = PingClientFactory(self)
         # How a connection attempt starts; tests swap in an in-memory one.
         self.dial = dial if dial is not None else self._dial_tcp
@@ -386,7 +387,8 @@ class ConnectionPool:
     def _dial_tcp(self, route: Route, conn: ClientConnection) -> Any:
         if self._loop is not None and _is_address(route.host):
             transport = ClientTransport(self._loop, conn, self.factory)
-            transport.connect(route.host, route.port, route.src)
+            # close: rst holds for every end of the socket, a worker's exit included.
+            transport.connect(route.host, route.port, route.src, self._reset_on_close)
             return transport
         bind = (route.src, 0) if route.src else None
         return self.reactor.connectTCP(route.host, route.port, _TwistedDial(self, conn), bindAddress=bind)

@@ -305,8 +305,13 @@ class ClientTransport(Connection):
     def connected(self) -> bool:
         return self.fd >= 0 and not (self.disconnecting or self.connecting)
 
-    def connect(self, host: str, port: int, src: str | None = None) -> None:
-        """Start connecting; the outcome arrives as an event."""
+    def connect(self, host: str, port: int, src: str | None = None, reset_on_close: bool = False) -> None:
+        """Start connecting; the outcome arrives as an event.
+
+        `reset_on_close`: SO_LINGER 0 from the start, so that every close of
+        this socket is a reset, also the kernel's when the process ends with it
+        still open (a worker stopped before it drained): no TIME_WAIT is left.
+        """
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
@@ -314,6 +319,8 @@ class ClientTransport(Connection):
             self._connect_failed(e.errno or 0)
             return
         try:
+            if reset_on_close:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
             if src:
                 if family == socket.AF_INET:
                     s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
