@@ -24,7 +24,9 @@ CALL_TIMEOUT = 5.0
 #: A hub silent this long (stopped, wedged) ends the run.
 HUB_SILENT_LIMIT = 60.0
 #: Reaching a step may take this many times its share of the ramp (plus
-#: STEP_SLACK for worker start-up) before the step is declared failed.
+#: STEP_SLACK for the orders to reach the workers and their counts to come
+#: back; the workers themselves start before the ramp, see `prepare`) before
+#: the step is declared failed.
 STEP_DEADLINE_FACTOR = 3.0
 STEP_SLACK = 15.0
 AGENT_REGISTER_TIMEOUT = 30.0
