@@ -66,13 +66,11 @@ def done(info):
     import os
     result.update(info)
     result["nicer_by"] = os.getpriority(os.PRIO_PROCESS, info["pid"]) - os.getpriority(os.PRIO_PROCESS, 0)
-    result["own_group"] = os.getpgid(info["pid"]) == info["pid"]
-    result["our_session"] = os.getsid(info["pid"]) == os.getsid(0)
+    result["own_session"] = os.getsid(info["pid"]) == info["pid"]
     try:
-        result["our_autogroup"] = (open(f"/proc/{{info['pid']}}/autogroup").read().split()[0]
-                                   == open("/proc/self/autogroup").read().split()[0])
+        result["autogroup"] = open(f"/proc/{{info['pid']}}/autogroup").read().split()
     except OSError:  # a kernel without CONFIG_SCHED_AUTOGROUP
-        result["our_autogroup"] = None
+        result["autogroup"] = None
     return child.call("exit")
 def bail(f):
     result["error"] = f.getErrorMessage()
@@ -88,10 +86,12 @@ print(json.dumps(result))
     from connscale.procs.worker import WORKER_NICE
 
     assert info["nicer_by"] == min(WORKER_NICE, 19 - os.getpriority(os.PRIO_PROCESS, 0))
-    # Out of our process group (our Ctrl-C is not its crash), but in our session and
-    # scheduler autogroup: the nice value only weighs within one autogroup.
-    assert info["own_group"] and info["our_session"]
-    assert info["our_autogroup"] in (True, None)
+    # A session of its own (our Ctrl-C is not its crash), hence its own scheduler
+    # autogroup, weighted like its nice value: the nice value alone weighs nothing
+    # between autogroups.
+    assert info["own_session"]
+    if info["autogroup"] is not None:
+        assert info["autogroup"][1:] == ["nice", str(WORKER_NICE)], info["autogroup"]
 
 
 #: A real worker, run as its parent runs it, with `-X importtime` on (through the
@@ -152,3 +152,11 @@ def test_a_running_worker_never_imports_what_it_must_not(role: str) -> None:
     from connscale.compat.startup import ABSENT
 
     assert sorted(imported & (set(NOT_IN_A_WORKER) - set(ABSENT))) == []
+
+
+def test_an_autogroup_weight_that_cannot_be_set_is_left_alone(tmp_path) -> None:
+    from connscale.procs.worker import weigh_own_autogroup
+
+    assert not weigh_own_autogroup(10, str(tmp_path / "no" / "such" / "autogroup"))
+    target = tmp_path / "autogroup"
+    assert weigh_own_autogroup(10, str(target)) and target.read_text() == "10"

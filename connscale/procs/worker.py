@@ -51,6 +51,29 @@ from connscale.procs.records import (
 
 #: Scheduling niceness of worker processes (the control plane runs at 0).
 WORKER_NICE = 10
+AUTOGROUP = "/proc/self/autogroup"
+
+
+def weigh_own_autogroup(nice: int, path: str = AUTOGROUP) -> bool:
+    """Give this process's scheduler autogroup the weight of `nice`; True if it took.
+
+    Linux (kernel.sched_autogroup_enabled, on by default) schedules each session
+    as one "autogroup", and autogroups share the CPU by their own weight, not by
+    their processes' nice values. A worker is a session of its own (setsid), so
+    its nice value alone weighed nothing against the hub and the agent: with 106
+    workers each weighing as much as the hub's whole session, the control plane
+    got ~1 % of the box; at a million the hub stalled 7-8 s mid-ramp and lost
+    its agent. Weighted like its nice value, a worker stays its own autogroup
+    (it still competes with other sessions as before) while the hub and the
+    agent weigh ~9x more against it. A kernel without autogroups has no such
+    file: the nice value then does the job by itself.
+    """
+    try:
+        with open(path, "w") as f:
+            f.write(str(nice))
+        return True
+    except OSError:
+        return False
 
 
 class WorkerRoot(pb.Root):
@@ -167,18 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     # Only the parent stops a worker: a Ctrl-C or a signal to the parent's
     # process group must not look like a crash. A parent that dies closes our
     # stdin, and the orphan guard ends us then.
-    # Our own process group, not our own session: Linux schedules each session
-    # as one "autogroup" (kernel.sched_autogroup_enabled, on by default), and
-    # autogroups share the CPU equally whatever their processes' nice values.
-    # After setsid() every worker was an autogroup of its own, weighted like the
-    # whole hub: WORKER_NICE did nothing, and at a million (106 workers) the hub
-    # and the agent got ~1 % of the box each, stalled for 7-8 s mid-ramp and
-    # lost their link. In the parent's session they share its autogroup, where
-    # the nice value gives the control plane its CPU first.
     try:
-        os.setpgid(0, 0)
+        os.setsid()
     except OSError:
         pass
+    weigh_own_autogroup(WORKER_NICE)
     # A hundred workers under full load must not starve the hub, the agent and
     # the run, whose keepalives and reports have deadlines (at a million
     # connections, unniced, the hub missed its 6 s keepalive mid-ramp). Workers
