@@ -16,8 +16,10 @@ processes of their own (`--per-helper` agents each, one reactor each).
 For each fleet size, once every agent has registered and a few seconds have
 passed, it measures over a window (`--window`):
   - the hub's CPU per second (utime+stime of the hub process, /proc/PID/stat);
-  - the poll round time: how long one collection round over all agents takes
-    (`poll_ms` of each timeline line, written by control/collect.py);
+  - the poll round time: how long each line waited for the agents' answers,
+    from its first question to its last answer, or the hub's `answer_wait`
+    (0.7 s) when an answer was late (`poll_ms` of each timeline line, written
+    by control/collect.py), and how many lines counted an agent stale;
   - the timeline's bytes per second and per hour (growth of timeline.jsonl);
   - lines written per second and the longest gap between two lines: one line
     per second is kept when no gap exceeds 1.5 s and none is missing;
@@ -331,6 +333,8 @@ class Fleet:
         ts = [r["t"] for r in records if t_wall0 <= r["t"] <= t_wall1]
         gaps = [b - a for a, b in itertools.pairwise(ts)]
         polls = sorted(r["poll_ms"] for r in records if r.get("poll_ms") is not None)
+        # Agents counted with an old report because their answer was late (control/collect.py).
+        stale = [len(r.get("stale") or ()) for r in records if t_wall0 <= r["t"] <= t_wall1]
         last = records[-1] if records else {}
         clients = last.get("clients", {})
         connected = sum(1 for v in clients.values() if v.get("connected"))
@@ -344,6 +348,8 @@ class Fleet:
             "max_gap_s": round(max(gaps), 2) if gaps else None,
             "poll_ms_p50": polls[len(polls) // 2] if polls else None,
             "poll_ms_max": polls[-1] if polls else None,
+            "lines_with_stale": sum(1 for k in stale if k),
+            "stale_agents_max": max(stale, default=0),
             "line_bytes": round((size1 - size0) / max(1, len(records))),
             "timeline_bytes_per_s": round((size1 - size0) / span),
             "timeline_gb_per_hour": round((size1 - size0) / span * 3600 / 1e9, 2),

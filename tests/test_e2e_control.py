@@ -157,6 +157,11 @@ def test_a_hung_agent_is_marked_lost_within_seconds_and_comes_back(hub):
             h.proc.wait_line("agent a1 lost: no answer for", 5)
         finally:
             os.kill(agent.pid, signal.SIGCONT)
+        # While it was silent the timeline went on without it: lines that count it with
+        # its last report, marked stale with that report's age (issue 9.3).
+        timeline = [json.loads(line) for line in (h.tmp / "rec" / "timeline.jsonl").read_text().splitlines()[:-1]]
+        stale = [r["clients"]["a1"] for r in timeline if "a1" in r.get("stale", ())]
+        assert stale and all(s["connected"] and s["stale_s"] > 0 and s["open"] > 0 for s in stale), stale
         # Awake again: it reconnects with its session token and keeps its name and load.
         wait("a1 back", lambda: client_row(h, "a1").get("connected"), 60)
         assert client_row(h, "a1")["target"] == 200

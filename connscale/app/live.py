@@ -169,7 +169,10 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         loads = [_worker_load(w, None) for w in a.get("workers", [])]
         cpus = [c for c, _ in loads if c is not None]
         lags = [lag for _, lag in loads if lag is not None]
-        agents.add_row(name, "connected" if a.get("connected") else "[red]disconnected[/]", f"{int(a.get('target', 0)):,}",
+        state = "connected" if a.get("connected") else "[red]disconnected[/]"
+        if a.get("connected") and a.get("stale_s"):
+            state = f"[yellow]stale {float(a['stale_s']):g} s[/]"  # counted with its last report, this old
+        agents.add_row(name, state, f"{int(a.get('target', 0)):,}",
                        f"{int(a.get('open', 0)):,}", f"{int(a.get('connecting', 0)):,}", str(len(a.get("workers", []))),
                        f"{sum(int(v) for v in a.get('failures', {}).values()):,}",
                        _hot(max(cpus)) if cpus else "-", f"{max(lags):.1f}" if lags else "-")

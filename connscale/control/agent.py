@@ -49,6 +49,10 @@ from connscale.procs.supervisor import Supervisor
 
 log = Logger(namespace="connscale.agent")
 PROG = "connscale-client"
+#: How long a report waits for the workers' answers: well inside the hub's own
+#: wait for the agents (control.collect.ANSWER_WAIT), so one slow worker does
+#: not make the agent late.
+REPORT_WAIT = 0.4
 
 class AgentMind(pb.Referenceable):
     """What the controller may call on an agent; every argument is checked here."""
@@ -80,8 +84,11 @@ class AgentMind(pb.Referenceable):
         return self.remote_apply(rows)
 
     def remote_report(self) -> defer.Deferred[dict[str, Any]]:
-        # Fresh from the workers: a count right after an order should see it.
-        return self.agent.supervisor.poll().addCallback(lambda _: self.agent.report().to_wire())
+        # Fresh from the workers (a count right after an order should see it),
+        # but never later than REPORT_WAIT: a slow worker counts with its last
+        # snapshot (its row's silent_s says how old) rather than making this
+        # whole agent late for the hub's second.
+        return self.agent.supervisor.poll(REPORT_WAIT).addCallback(lambda _: self.agent.report().to_wire())
 
     def remote_report_packed(self) -> defer.Deferred[list[str]]:
         """`report` packed (config.packed): what a hub of this version asks for."""
@@ -184,12 +191,15 @@ class Agent(MultiService):
         fatal(self.reactor, f"{PROG}: {message}")
 
     # -- what we say ---------------------------------------------------------------------
-    def _poll_unless_asked(self) -> defer.Deferred[None] | None:
+    def _poll_unless_asked(self) -> None:
         """Our own once-a-second poll (for the status line, and standalone), unless a
-        hub's report has just asked the workers: one snapshot per worker per second."""
+        hub's report has just asked the workers: one snapshot per worker per second.
+
+        Not waited for (the LoopingCall would skip the seconds a slow worker
+        held it up); the supervisor asks each worker one question at a time."""
         if self.reactor.seconds() - self.supervisor.polled_at < 0.9:
-            return None
-        return self.supervisor.poll()
+            return
+        self.supervisor.poll().addErrback(lambda f: log.failure("polling the workers failed", f))
 
     def info(self, session: str = "") -> AgentInfo:
         c = self.cfg.client

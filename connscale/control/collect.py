@@ -1,10 +1,28 @@
-"""Collection: poll the server workers and every agent once a second, merge, record.
+"""Collection: ask the server workers and every agent once a second, merge, record.
 
 The one place that turns reports into the run's numbers: `stats()` is what the
 timeline records every second, what `ctl stats` and the console show, and what
 `connscale run` watches. An agent that does not answer a poll within
 `lost_after` seconds is marked lost (a hung or cut-off agent is seen within
 seconds, not when TCP gives up).
+
+One line a second, whatever an agent does. Each second's line asks every
+source that has no question outstanding, waits at most `answer_wait` for the
+answers, and is written with what is in hand: an agent whose answer is late
+counts with its last report, marked stale with its age (`stale_s` in its row,
+its name in `stale`). An agent is asked one question at a time: a slow one is
+not asked again until it answers (or its call times out at `lost_after`, when
+it is marked lost).
+
+Where a late answer's numbers go: an agent's counters are cumulative, so its
+late report replaces the one in hand and the totals move once, in the first
+line written after it lands. Its RTTs (the histogram of its pings since its
+previous report) go into that same line's window (`rtt_hist`,
+`rtt_window_ms`), and so do the failures and incidents its counters show:
+nothing of it is dropped, nothing counted twice. A line's per-second fields
+are therefore "what the hub learnt in that second". (An answer later than
+`lost_after` is never read: the agent is lost by then, and that report's RTTs
+with it; its counters come back with its next report if it returns.)
 """
 
 from __future__ import annotations
@@ -37,6 +55,15 @@ log = Logger(namespace="connscale.control")
 POLL_INTERVAL = 1.0
 #: An agent silent this long (no answer to a report) is marked lost.
 LOST_AFTER = 5.0
+#: How long a second's line waits for the answers to its questions before it
+#: is written with what is in hand. Below the interval, with room for writing
+#: the line; above an agent's own wait for its workers (agent.REPORT_WAIT), so
+#: an agent with one slow worker still answers in time.
+ANSWER_WAIT = 0.7
+#: A report this recent is fresh enough: the agent is not asked again for it
+#: (the tick and `connscale run`'s stats poll would otherwise each ask every
+#: agent, and each agent every worker, twice a second).
+FRESH = 0.5
 
 
 class EventLog:
@@ -57,8 +84,11 @@ class EventLog:
 class Collector:
     def __init__(self, clock: Any, registry: Registry, events: EventLog, servers: Supervisor | None = None,
                  timeline: Timeline | None = None, lost_after: float = LOST_AFTER,
-                 diagnosis: Diagnosis | None = None) -> None:
+                 diagnosis: Diagnosis | None = None, answer_wait: float = ANSWER_WAIT,
+                 fresh: float = FRESH) -> None:
         self.clock = clock
+        self.answer_wait = answer_wait
+        self.fresh = fresh
         self.diagnosis = diagnosis
         self.registry = registry
         self.events = events
@@ -67,11 +97,13 @@ class Collector:
         self.lost_after = lost_after
         self.client_rtt = RttAccumulator()
         self.started = clock.seconds()
-        self._poll_running: defer.Deferred[None] | None = None
-        #: Seconds the last finished poll round took, from its first call to its
-        #: last answer (None before the first): the timeline's `poll_ms`. Past a
-        #: second, the hub can no longer keep one timeline line per second.
+        #: Seconds the last poll round waited, from its first question to its
+        #: last answer, or `answer_wait` when some answer was late (None before
+        #: the first): the timeline's `poll_ms`.
         self.poll_s: float | None = None
+        #: When the latest poll round started: reports older than it (less
+        #: `fresh`) are stale.
+        self._round_at: float | None = None
         # What the driver of the run says it is doing (ramp:K, hold:K,
         # final_hold...), stamped on every timeline second so percentiles
         # can be taken per phase instead of over the whole run.
@@ -97,13 +129,23 @@ class Collector:
 
     # -- polling -------------------------------------------------------------------------
     def refresh(self, agent: AgentHandle) -> defer.Deferred[None]:
+        """Ask `agent` for its report (unless a question is outstanding: then that one's answer);
+        fires when the answer is in, or the question failed."""
+        if agent.asking is None or agent.asked_of is not agent.mind:
+            return _follow(self._ask(agent))
+        return _follow(agent.asking)
+
+    def _ask(self, agent: AgentHandle) -> defer.Deferred[None]:
         def got(data: object) -> None:
             try:
                 report = AgentReport.from_wire(unpack(data))
             except (RecordError, PackError) as e:
                 self.events.note(f"agent {agent.name}: report refused: {e}")
                 return
+            # Counters are cumulative: a late report replaces the one in hand
+            # and its RTTs join the window of the line being gathered now.
             agent.last = report
+            agent.reported_at = self.clock.seconds()
             if report.rtt:
                 self.client_rtt.add(report.rtt)
             # A worker lost on an agent is an event of the run, in the timeline.
@@ -116,10 +158,17 @@ class Collector:
             if agent.connected and silent >= self.lost_after:
                 self.registry.lost(agent, f"no answer for {silent:.0f} s (hung, or its network is down)")
 
+        def settled(_: Any) -> None:
+            if agent.asking is asking:
+                agent.asking = agent.asked_of = None
+
         # One JSON string from an agent that offers it (AgentInfo.packed): a
         # report of 53 worker rows costs ~0.2 ms that way, ~90 ms as PB structures.
         method = "report_packed" if agent.info is not None and agent.info.packed else "report"
-        return agent.call(self.clock, method, timeout=self.lost_after).addCallbacks(got, failed)
+        asking = agent.call(self.clock, method, timeout=self.lost_after).addCallbacks(got, failed)
+        agent.asking, agent.asked_of = asking, agent.mind
+        asking.addBoth(settled)  # may run at once: an answer already in hand
+        return asking
 
     def check_silent(self) -> None:
         """Agents whose last answer is older than `lost_after` are lost, even while a call is pending."""
@@ -130,33 +179,43 @@ class Collector:
             if now - agent.answered_at >= self.lost_after + POLL_INTERVAL:
                 self.registry.lost(agent, f"no answer for {now - agent.answered_at:.0f} s (hung, or its network is down)")
 
-    def poll(self) -> defer.Deferred[None]:
-        """Refresh every source once; concurrent callers share one round."""
-        if self._poll_running is not None:
-            d: defer.Deferred[None] = defer.Deferred()
-            self._poll_running.addBoth(lambda r: (d.callback(None), r)[1])
-            return d
+    def poll(self, wait: float | None = None) -> defer.Deferred[None]:
+        """Ask every source that has neither a question outstanding nor a fresh report; fire
+        when every outstanding answer is in, or after `wait` (`answer_wait`) seconds.
+
+        Never more than one question per agent (concurrent callers share them),
+        and never a wait on the slowest: what is late counts when it lands."""
         self.check_silent()
-        started = self.clock.seconds()
-        calls = [self.refresh(a) for a in self.registry.live()]
+        wait = self.answer_wait if wait is None else wait
+        now = started = self.clock.seconds()
+        self._round_at = started
+        calls = []
+        for agent in self.registry.live():
+            if agent.asking is None and agent.reported_at is not None and now - agent.reported_at < self.fresh:
+                continue
+            calls.append(self.refresh(agent))
         if self.servers is not None:
             servers = self.servers
-            calls.append(servers.poll().addCallback(lambda _: [self.events.note(e) for e in servers.take_events()]))
-        running = defer.gatherResults(calls, consumeErrors=True).addErrback(lambda _: None)
-        self._poll_running = running
+            calls.append(servers.poll(wait).addCallback(lambda _: self._server_events()))
+        running = _all_within(self.clock, calls, wait)
 
-        def done(_: Any) -> None:
-            self._poll_running = None
+        def done(complete: bool) -> None:
             self.poll_s = self.clock.seconds() - started
 
-        running.addBoth(done)
-        return running
+        return running.addCallback(done)
+
+    def _server_events(self) -> None:
+        if self.servers is not None:
+            for event in self.servers.take_events():
+                self.events.note(event)
 
     def tick(self) -> defer.Deferred[None]:
-        """One second of the timeline: poll, merge, record."""
+        """One second of the timeline: ask, wait at most `answer_wait`, record what is in hand."""
         return self.poll().addCallback(lambda _: self.record())
 
     def record(self) -> None:
+        # A server worker's loss noticed after the round's wait is this second's news.
+        self._server_events()
         if self.timeline is None and not self.listeners:
             self.events.take()
             return
@@ -211,6 +270,7 @@ class Collector:
         server = self.server_totals()
         client = self.client_totals()
         agents = self.registry.agents.values()
+        stale = {a.name: self.stale_s(a) for a in agents}
         out: dict[str, Any] = {
             "elapsed_s": round(self.clock.seconds() - self.started, 3),
             # The phase now; a timeline line replaces it with its second's phase.
@@ -229,9 +289,14 @@ class Collector:
                     "workers": [w.to_wire() for w in a.last.workers] if a.last is not None else [],
                     # Connects per second it was asked for (its --rate, or set_rate).
                     "rate": a.rate,
+                    # 0.0: its report is this second's; else the age in seconds of the
+                    # report counted (its answer is late); None: no report yet.
+                    "stale_s": stale[a.name],
                 }
                 for a in agents
             },
+            # Connected agents counted with an old report (or none yet) in this record.
+            "stale": sorted(a.name for a in agents if a.connected and stale[a.name] != 0.0),
             "rtt_ms": rtt_summary_ms(self.client_rtt.total),
             # Connections a client believes open that no server holds: the
             # half-open "ghosts" of an overflowing accept queue.
@@ -255,6 +320,16 @@ class Collector:
                 log.failure("the load summary failed")
         return out
 
+    def stale_s(self, agent: AgentHandle) -> float | None:
+        """0.0 if the agent's report in hand is this round's (or was fresh at its start),
+        else its age in seconds; None before its first report."""
+        if agent.reported_at is None:
+            return None
+        now = self.clock.seconds()
+        since = (self._round_at if self._round_at is not None else now) - self.fresh
+        # The same line as poll()'s: a report fresh enough not to be asked again is this round's.
+        return 0.0 if agent.reported_at > since else round(now - agent.reported_at, 1)
+
     def worker_losses(self) -> list[dict[str, Any]]:
         """The hub's lost server workers (`procs.records.WorkerLoss`), with when in the run."""
         if self.servers is None:
@@ -276,3 +351,44 @@ class Collector:
             }
             for a in sorted(self.registry.agents.values(), key=lambda a: a.name)
         ]
+
+
+def _follow(d: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """A Deferred of our own that fires (with None) when `d` does, leaving `d`'s result alone."""
+    out: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: Any) -> Any:
+        out.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return out
+
+
+def _all_within(clock: Any, calls: list[defer.Deferred[Any]], seconds: float) -> defer.Deferred[bool]:
+    """Fires when every call has (True) or after `seconds` (False), whichever comes first.
+
+    The calls go on: nothing is cancelled, a late answer lands where it belongs.
+    A failed call counts as settled."""
+    out: defer.Deferred[bool] = defer.Deferred()
+    left = len(calls)
+    if not left:
+        out.callback(True)
+        return out
+
+    def fire(complete: bool) -> None:
+        if not out.called:
+            if timer.active():
+                timer.cancel()
+            out.callback(complete)
+
+    def settled(result: Any) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            fire(True)
+
+    timer = clock.callLater(seconds, fire, False)
+    for d in calls:
+        d.addBoth(settled)
+    return out

@@ -48,8 +48,14 @@ class HubService(MultiService):
         self.servers = servers
         self.workers = workers
         self.status: StatusService | None = None
-        self._tick = LoopingCall(controller.tick)
+        self._tick = LoopingCall(self._second)
         self._tick.clock = reactor
+
+    def _second(self) -> None:
+        """Start this second's timeline line, without making the loop wait for it: a
+        LoopingCall skips the seconds a call overran, and a line that waits for a late
+        answer and is then written could overrun one (control.collect.ANSWER_WAIT)."""
+        self.controller.tick().addErrback(lambda f: log.failure("the timeline tick failed", f))
 
     def startService(self) -> None:
         super().startService()

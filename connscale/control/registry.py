@@ -47,6 +47,12 @@ class AgentHandle:
     answered_at: float = 0.0
     #: Connects per second its workers pace at (from its registration, then set_rate).
     rate: float = 0.0
+    #: The report question outstanding, and the mind it was put to (control.collect
+    #: asks one at a time: a slow agent is not asked again until it answers).
+    asking: defer.Deferred[None] | None = None
+    asked_of: Any = None
+    #: Clock time the report in hand (`last`) arrived; None before the first.
+    reported_at: float | None = None
 
     @property
     def target(self) -> int:

@@ -125,11 +125,17 @@ class TimelineCollector(Collector):
                                     value=1.0 if load.get("measuring_side_saturated") else 0.0)
         target = GaugeMetricFamily("connscale_target_connections", "Connections ordered, per agent", labels=["agent"])
         connected = GaugeMetricFamily("connscale_agent_connected", "1 while the agent is logged in", labels=["agent"])
+        stale = GaugeMetricFamily("connscale_agent_report_age_seconds", "Age of the report an agent is counted "
+                                  "with: 0 while it answers each second, more while its answer is late",
+                                  labels=["agent"])
         for name, a in sorted((r.get("clients") or {}).items()):
             target.add_metric([name], float(a.get("target", 0)))
             connected.add_metric([name], 1.0 if a.get("connected") else 0.0)
+            if a.get("connected") and a.get("stale_s") is not None:
+                stale.add_metric([name], float(a["stale_s"]))
         yield target
         yield connected
+        yield stale
         window = GaugeMetricFamily("connscale_rtt_last_second_seconds",
                                    "RTT percentiles of the latest second (quantile 1 = max)", labels=["quantile"])
         for key, q in (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99"), ("max", "1")):

@@ -79,6 +79,9 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(f"fail    {key}={failures[key]}")
     for name, agent in sorted(stats.get("clients", {}).items()):
         state = "connected" if agent["connected"] else "disconnected"
+        if agent["connected"] and agent.get("stale_s"):
+            # Its answer is late: these numbers are its last report's, this old.
+            state += f" (stale {agent['stale_s']:g}s)"
         lines.append(f"client  {name}: {state} target={agent['target']} open={agent['open']} "
                      f"connecting={agent['connecting']} workers={len(agent['workers'])}")
     return "\n".join(lines)

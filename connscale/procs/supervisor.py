@@ -56,10 +56,12 @@ class Slot:
     killed_as_hung: str = ""
 
 
-#: How long a poll waits for a worker's answer. A worker that is stopped or
-#: saturated answers later (or never): the round goes on with its previous
-#: snapshot instead of freezing every count, the timeline and the diagnosis
-#: until the hung-worker kill.
+#: How long a poll waits for a worker's answer unless told otherwise. A worker
+#: that is stopped or saturated answers later (or never): the round goes on
+#: with its previous snapshot (its row's `silent_s` says how old) instead of
+#: freezing every count, the timeline and the diagnosis until the hung-worker
+#: kill. Callers that must answer within a second pass less (the hub's
+#: Collector its `answer_wait`, an agent's report agent.REPORT_WAIT).
 POLL_WAIT = 2.0
 #: Worker losses kept with their details (the count, `lost_workers`, goes on).
 MAX_LOSSES = 64
@@ -265,8 +267,13 @@ class Supervisor:
             slot.answered_at = max(slot.answered_at, now)
 
     # -- statistics ----------------------------------------------------------------
-    def poll(self) -> defer.Deferred[None]:
-        """Ask every live worker for its snapshot; kill the ones that stopped answering."""
+    def poll(self, wait: float = POLL_WAIT) -> defer.Deferred[None]:
+        """Ask every live worker for its snapshot; kill the ones that stopped answering.
+
+        Fires when every worker has answered or after `wait` seconds. A worker
+        is asked one question at a time: a slow one is not asked again until it
+        answers, and its late answer lands in `last` (its RTTs go to the
+        listeners then, once)."""
         calls = []
         now = self.polled_at = self.reactor.seconds()
         self.stall.check()
@@ -289,7 +296,7 @@ class Supervisor:
                 call.addCallback(self._got, slot).addErrback(lambda _: None)
                 call.addBoth(self._answered, slot)
                 slot.asking = call
-            calls.append(self._within(slot.asking, POLL_WAIT))
+            calls.append(self._within(slot.asking, wait))
         return defer.gatherResults(calls).addCallback(lambda _: None)
 
     @staticmethod
