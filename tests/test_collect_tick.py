@@ -20,7 +20,11 @@ from twisted.internet.task import Clock
 from connscale.control.collect import ANSWER_WAIT, Collector, EventLog
 from connscale.control.records import AgentReport
 from connscale.control.registry import Registry
-from connscale.metrics.histograms import decode_histogram, encode_histogram, new_histogram
+from connscale.metrics.histograms import (
+    decode_histogram,
+    encode_histogram,
+    new_histogram,
+)
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
 from connscale.procs.supervisor import Slot, Supervisor
@@ -132,9 +136,11 @@ def test_one_line_a_second_on_time_while_an_agent_answers_3_s_late(registry: Reg
     seconds(collector, clock, 12, each=lambda i: slow_mind.release() if i % 3 == 2 else None)
     recs = lines(timeline)
 
-    # A line every second, each written the moment its answers were in or the wait ran out.
-    assert [r["elapsed_s"] for r in recs] == pytest.approx(
-        [start + i + (ANSWER_WAIT if i % 3 != 2 else 0.5) for i in range(12)], abs=1e-6)
+    # A line every second, stamped with its second, each written the moment its answers
+    # were in (poll_ms after it) or the wait ran out.
+    assert [r["elapsed_s"] for r in recs] == pytest.approx([start + i for i in range(12)], abs=1e-6)
+    assert [r["poll_ms"] for r in recs] == pytest.approx(
+        [(ANSWER_WAIT if i % 3 != 2 else 0.5) * 1000 for i in range(12)], abs=0.1)
     assert all(r["clients"]["fast"]["stale_s"] == 0.0 for r in recs)
     # One question at a time: asked at 0, 3, 6, 9 only, not once a second.
     assert slow_mind.report_calls() == 4
@@ -313,8 +319,15 @@ def test_a_supervisor_poll_waits_for_a_slow_worker_only_as_long_as_it_is_told(cl
     child.asked[0].callback(snapshot(9, 4))  # the late answer lands: once, in `last` and the RTTs
     assert slot.last is not None and slot.last["open"] == 9 and len(got) == 1
     assert sup.workers()[0].silent_s == 0.0
+    clock.advance(0.3)
+    sup.poll(0.4, fresh=0.5)
+    assert len(child.asked) == 1  # its answer of 0.3 s ago will do for the hub's tick
     sup.poll(0.4)
     assert len(child.asked) == 2  # answered: asked again
+    child.asked[1].callback(snapshot(9, 0))
+    clock.advance(0.5)
+    sup.poll(0.4, fresh=0.5)
+    assert len(child.asked) == 3  # no longer fresh
 
 
 def test_an_agent_answers_the_hub_within_its_report_wait_despite_a_silent_worker(clock: Clock) -> None:

@@ -196,7 +196,7 @@ class Collector:
             calls.append(self.refresh(agent))
         if self.servers is not None:
             servers = self.servers
-            calls.append(servers.poll(wait).addCallback(lambda _: self._server_events()))
+            calls.append(servers.poll(wait, self.fresh).addCallback(lambda _: self._server_events()))
         running = _all_within(self.clock, calls, wait)
 
         def done(complete: bool) -> None:
@@ -210,10 +210,15 @@ class Collector:
                 self.events.note(event)
 
     def tick(self) -> defer.Deferred[None]:
-        """One second of the timeline: ask, wait at most `answer_wait`, record what is in hand."""
-        return self.poll().addCallback(lambda _: self.record())
+        """One second of the timeline: ask, wait at most `answer_wait`, record what is in hand.
 
-    def record(self) -> None:
+        The line is stamped with its second (`t`, `elapsed_s`: when its questions
+        went out), not with when its answers were in (`poll_ms` later): lines
+        stand one second apart however long each waited."""
+        at, now = time.time(), self.clock.seconds()
+        return self.poll().addCallback(lambda _: self.record(at, now))
+
+    def record(self, at: float | None = None, now: float | None = None) -> None:
         # A server worker's loss noticed after the round's wait is this second's news.
         self._server_events()
         if self.timeline is None and not self.listeners:
@@ -221,7 +226,9 @@ class Collector:
             return
         window = self.client_rtt.take_window()
         record = self.stats(rtt=window)
-        record["t"] = round(time.time(), 3)
+        record["t"] = round(time.time() if at is None else at, 3)
+        if now is not None:
+            record["elapsed_s"] = round(now - self.started, 3)
         record["events"] = self.events.take()
         # The merged histogram of this second, so any percentile of any span
         # can be recomputed from the timeline alone.

@@ -267,13 +267,15 @@ class Supervisor:
             slot.answered_at = max(slot.answered_at, now)
 
     # -- statistics ----------------------------------------------------------------
-    def poll(self, wait: float = POLL_WAIT) -> defer.Deferred[None]:
+    def poll(self, wait: float = POLL_WAIT, fresh: float = 0.0) -> defer.Deferred[None]:
         """Ask every live worker for its snapshot; kill the ones that stopped answering.
 
         Fires when every worker has answered or after `wait` seconds. A worker
         is asked one question at a time: a slow one is not asked again until it
         answers, and its late answer lands in `last` (its RTTs go to the
-        listeners then, once)."""
+        listeners then, once). A worker that answered less than `fresh` seconds
+        ago is not asked again (the hub's tick and a `connscale run` stats poll
+        would otherwise ask every server worker twice a second)."""
         calls = []
         now = self.polled_at = self.reactor.seconds()
         self.stall.check()
@@ -289,6 +291,8 @@ class Supervisor:
                 log.warn("{message}", message=message)
                 slot.killed_as_hung = f"was killed by its supervisor as hung (no answer for {now - slot.answered_at:.0f} s)"
                 slot.child.signal("KILL")  # the pid we started; _exited counts the loss
+                continue
+            if slot.asking is None and slot.last is not None and now - slot.answered_at < fresh:
                 continue
             if slot.asking is None:
                 # One question at a time: a late answer still lands in `last`.
