@@ -65,3 +65,25 @@ def test_reset_keeps_the_list_the_pool_writes_to():
     b.record(1000)
     b.reset()
     assert counts is b.counts and not b and b.total() == 0
+
+
+def test_pairs_are_every_non_empty_bucket_in_order_with_counts_clamped_to_32_bits():
+    import random
+
+    from connscale.metrics.buckets import LENGTH, RttBuckets
+
+    rng = random.Random(9)
+    b = RttBuckets()
+    for _ in range(500):
+        b.counts[rng.randrange(LENGTH)] += rng.randrange(1, 1000)
+    b.counts[0] = 1
+    b.counts[LENGTH - 1] = 1 << 40
+    expected = []
+    for i, n in enumerate(b.counts):
+        if n:
+            expected += [i, min(n, 0xFFFFFFFF)]
+    assert list(b.pairs()) == expected
+    back = RttBuckets()
+    back.add_encoded(b.encode())
+    assert back.counts == [min(n, 0xFFFFFFFF) for n in b.counts]
+    assert list(RttBuckets().pairs()) == [] and RttBuckets().encode() == "b1:"

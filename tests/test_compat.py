@@ -187,7 +187,7 @@ import json, sys, warnings
 from connscale.compat.startup import import_twisted_lean, skip_unused_modules
 skip_unused_modules()
 import_twisted_lean()
-out = {"before": sorted(m for m in ("asyncio", "decimal") if m in sys.modules)}
+out = {"before": sorted(m for m in ("asyncio", "decimal", "html", "http") if m in sys.modules)}
 
 from twisted.internet import defer
 from twisted.spread import jelly
@@ -216,6 +216,13 @@ out["unjellied"] = [type(made).__module__, str(made)]
 import decimal
 out["decimal_real"] = type(made) is decimal.Decimal
 out["roundtrip"] = str(jelly.unjelly(jelly.jelly(decimal.Decimal("2.25"))))
+
+# twisted.python.compat's escape is html.escape's answer; the real html imports later.
+from twisted.python import compat
+warnings.simplefilter("ignore")
+out["escape"] = [compat.escape("<a href='x'>&"), compat.escape("'", quote=False)]
+import html
+out["html_real"] = html.escape("<") == "&lt;" and "html.entities" in sys.modules
 
 # The real asyncio is importable afterwards, and Deferreds meet its futures.
 import asyncio
@@ -252,6 +259,7 @@ def test_twisted_imported_lean_works_without_asyncio_and_decimal_loaded() -> Non
     assert res["unjellied"] == ["decimal", "1.5"] and res["decimal_real"]
     assert res["roundtrip"] == "2.25"
     assert res["asyncio"] == [7, 8]
+    assert res["escape"] == ["&lt;a href=&#x27;x&#x27;&gt;&amp;", "'"] and res["html_real"]
 
 
 def _imported_names(source: str, module: str) -> set[str]:
@@ -270,11 +278,15 @@ def test_what_the_stand_ins_provide_is_what_twisted_takes() -> None:
     import inspect as _inspect
 
     from twisted.internet import defer
+    from twisted.python import compat
     from twisted.spread import jelly
 
     from connscale.compat.startup import DEFER_NEEDS, _iscoroutine
 
     assert _imported_names(_inspect.getsource(defer), "asyncio") == set(DEFER_NEEDS)
+    compat_source = _inspect.getsource(compat)
+    assert _imported_names(compat_source, "html") == {"escape"}
+    assert _imported_names(compat_source, "http") == {"cookiejar"}
     jelly_source = _inspect.getsource(jelly)
     assert _imported_names(jelly_source, "decimal") == set()
     assert set(re.findall(r"decimal\.(\w+)", jelly_source)) == {"Decimal"}

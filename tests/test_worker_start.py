@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: "Worker baseline RSS"), and none is used there. The hub and the CLI use the rest.
 NOT_IN_A_WORKER = (
     "OpenSSL", "ssl", "_ssl", "_hashlib", "urllib.request", "email.parser", "http.client", "psutil", "hdrh",
-    "hdrh.histogram", "yaml", "rich", "matplotlib", "prometheus_client", "asyncio", "decimal", "ctypes",
+    "hdrh.histogram", "yaml", "rich", "matplotlib", "prometheus_client", "asyncio", "decimal", "ctypes", "html",
+    "html.entities", "http",
     "twisted.internet.endpoints", "twisted.conch", "twisted.web", "connscale.control", "connscale.app",
     "connscale.diagnose", "connscale.metrics.histograms", "connscale.metrics.status", "connscale.config.settings",
 )

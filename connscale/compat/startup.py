@@ -132,24 +132,60 @@ class _DecimalForJelly(types.ModuleType):
         return value
 
 
-def _import_with_stand_in(module: str, name: str, stand_in: types.ModuleType) -> None:
-    """Import `module` while `name` is `stand_in` in sys.modules, then take it out."""
-    if name in sys.modules or module in sys.modules:
+# ------------------------------------------------------------------ html, http
+
+def _escape(s: str, quote: bool = True) -> str:
+    """`html.escape`, by the real one: imported on the first call (never, in a worker)."""
+    import html
+
+    return html.escape(s, quote)
+
+
+class _NamesForCompat(types.ModuleType):
+    """`html` or `http` while `twisted.python.compat` is imported: it takes
+    `escape` from one and the `cookiejar` stand-in (see STAND_INS) from the other,
+    for twisted.web only. The real `html` builds its entity tables (~340 KB), `http`
+    its HTTPStatus enum (~70 KB); any other name brings the real module."""
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(_real_module(self.__name__, self), name)
+
+
+def _compat_stand_ins() -> dict[str, types.ModuleType]:
+    html = _NamesForCompat("html")
+    html.escape = _escape  # type: ignore[attr-defined]
+    http = _NamesForCompat("http")
+    jar = sys.modules.get("http.cookiejar")
+    if isinstance(jar, _StandIn):
+        http.cookiejar = jar  # type: ignore[attr-defined]
+    return {"html": html, "http": http}
+
+
+def _import_with_stand_ins(module: str, stand_ins: dict[str, types.ModuleType]) -> None:
+    """Import `module` while `stand_ins` are in sys.modules, then take them out.
+
+    Nothing is done if the module or any of the real ones is already imported.
+    """
+    if module in sys.modules or any(name in sys.modules for name in stand_ins):
         return
-    sys.modules[name] = stand_in
+    sys.modules.update(stand_ins)
     try:
         importlib.import_module(module)
     finally:
-        if sys.modules.get(name) is stand_in:
-            del sys.modules[name]
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
 
 
 def import_twisted_lean() -> None:
-    """Import `twisted.internet.defer` (Twisted's core) without the real asyncio,
-    and PB's jelly without the real decimal.
+    """Import Twisted's core (`twisted.internet.defer`) without the real asyncio,
+    html and http, and PB's jelly without the real decimal.
 
-    For worker processes only, before anything imports Twisted; both modules stay
-    importable afterwards (the stand-ins are in `sys.modules` only meanwhile).
+    For worker processes only, before anything imports Twisted (call
+    `skip_unused_modules` first); these modules stay importable afterwards (the
+    stand-ins are in `sys.modules` only meanwhile).
     """
-    _import_with_stand_in("twisted.internet.defer", "asyncio", _AsyncioForDefer("asyncio"))
-    _import_with_stand_in("twisted.spread.jelly", "decimal", _DecimalForJelly("decimal"))
+    _import_with_stand_ins("twisted.internet.defer", {"asyncio": _AsyncioForDefer("asyncio"), **_compat_stand_ins()})
+    _import_with_stand_ins("twisted.spread.jelly", {"decimal": _DecimalForJelly("decimal")})

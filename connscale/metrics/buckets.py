@@ -15,6 +15,7 @@ hosts stay HdrHistogram's.
 from __future__ import annotations
 
 from array import array
+from itertools import compress
 
 SUB_BITS = 8
 #: Largest value kept (µs), ~17.9 minutes; larger ones count as this.
@@ -62,11 +63,14 @@ class RttBuckets:
 
     def pairs(self) -> array:
         """Non-empty buckets as a flat array [index, count, index, count, ...]."""
-        out = array("I")
-        for i, n in enumerate(self.counts):
-            if n:
-                out.append(i)
-                out.append(min(n, 0xFFFFFFFF))
+        counts = self.counts
+        # compress() finds the non-empty buckets in C: a worker's histogram has
+        # 3,072 buckets of which a second's RTTs fill a few hundred at most
+        # (a loop over all of them in Python was ~150 µs per snapshot).
+        where = list(compress(_INDICES, counts))
+        out = array("I", bytes(8 * len(where)))
+        out[0::2] = array("I", where)
+        out[1::2] = array("I", [min(n, 0xFFFFFFFF) for n in map(counts.__getitem__, where)])
         return out
 
     def encode(self) -> str:
@@ -100,3 +104,4 @@ class RttBuckets:
 
 
 _ZEROS = [0] * LENGTH
+_INDICES = list(range(LENGTH))  # a list: compress() then makes no int objects
