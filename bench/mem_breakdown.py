@@ -54,7 +54,8 @@ def role_server(port: int, n: int, k: int, frames: int, hold: float) -> None:
 
     from connscale.host.limits import raise_nofile
     from connscale.metrics.counters import Counters
-    from connscale.net.server import ListeningService, PingServerFactory, bind_sockets
+    from connscale.net.listen import ListeningService
+    from connscale.net.server import PingServerFactory, bind_sockets
 
     raise_nofile()
     counters = Counters()

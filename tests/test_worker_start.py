@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_IN_A_WORKER = (
     "OpenSSL", "ssl", "_ssl", "_hashlib", "urllib.request", "email.parser", "http.client", "psutil", "hdrh",
     "hdrh.histogram", "yaml", "rich", "matplotlib", "prometheus_client", "asyncio", "decimal", "ctypes", "html",
-    "html.entities", "http",
+    "html.entities", "http", "twisted.application.service", "twisted.plugin",
     "twisted.internet.endpoints", "twisted.conch", "twisted.web", "connscale.control", "connscale.app",
     "connscale.diagnose", "connscale.metrics.histograms", "connscale.metrics.status", "connscale.config.settings",
 )

@@ -11,12 +11,8 @@ from connscale.host.sysctl import backlog_warning, read_sysctl
 from connscale.metrics.counters import Counters
 from connscale.metrics.status import StatusService
 from connscale.net.dispatch import direct_dispatch
-from connscale.net.server import (
-    ListenError,
-    ListeningService,
-    PingServerFactory,
-    bind_sockets,
-)
+from connscale.net.listen import ListeningService
+from connscale.net.server import ListenError, PingServerFactory, bind_sockets
 
 log = Logger(namespace="connscale.server")
 PROG = "connscale-server"

@@ -2,7 +2,8 @@
 
 The server workers bind their own SO_REUSEPORT sockets (`server.bind_sockets`, whose
 errors are `ListenError` too); everything else that listens on an endpoint string
-(the hub's controller, the console) is an `EndpointService`. Both bind before
+(the hub's controller, the console) is an `EndpointService`. `ListeningService` holds
+the server's pre-bound sockets in a twistd application. All bind before
 anything else starts, so a port in use stops start-up with one line naming the
 config key, the endpoint and the reason, instead of a traceback in a log.
 """
@@ -11,21 +12,49 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorSocket
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["EndpointService", "ListenError"]
+from connscale.net.server import ListenError, serve
+
+__all__ = ["EndpointService", "ListenError", "ListeningService"]
 
 log = Logger(namespace="connscale.listen")
 
 
-class ListenError(Exception):
-    """A listening socket could not be set up; the message is one line."""
+class ListeningService(Service):
+    """Adopts pre-bound sockets into the reactor while the service runs."""
+
+    def __init__(self, reactor: IReactorSocket, sockets: Sequence[socket.socket], factory: ServerFactory) -> None:
+        self.reactor = reactor
+        self.sockets = list(sockets)
+        self.factory = factory
+        self.ports: list[IListeningPort] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self.ports.extend(serve(self.reactor, self.sockets, self.factory))
+        self.sockets = []
+
+    def stopService(self):  # type: ignore[no-untyped-def]
+        super().stopService()
+        ports, self.ports = self.ports, []
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+    def addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for p in self.ports:
+            h = p.getHost()
+            out.append((h.host, h.port))
+        return out
 
 
 def _why(error: BaseException) -> str:

@@ -38,7 +38,7 @@ from connscale.host.resources import process_resources
 from connscale.metrics.counters import Counters
 from connscale.metrics.load import LoadProbe
 from connscale.net.pool import ConnectionPool, PoolSettings
-from connscale.net.server import ListeningService, PingServerFactory, bind_sockets
+from connscale.net.server import PingServerFactory, bind_sockets, serve
 from connscale.procs.childproc import stop_reactor
 from connscale.procs.records import (
     SPECS,
@@ -47,7 +47,6 @@ from connscale.procs.records import (
     WorkerHello,
     WorkerOrder,
 )
-
 
 #: Scheduling niceness of worker processes (the control plane runs at 0).
 WORKER_NICE = 10
@@ -115,8 +114,7 @@ class ServerWorkerRoot(WorkerRoot):
         super().__init__(reactor, budget)
         sockets = bind_sockets(spec.interface, spec.ports, spec.backlog, reuse_port=True)
         factory = PingServerFactory(spec.framing, self.counters, spec.max_line)
-        self.listening = ListeningService(reactor, sockets, factory)
-        self.listening.startService()
+        self.ports = serve(reactor, sockets, factory)
 
 
 class ClientWorkerRoot(WorkerRoot):
