@@ -481,3 +481,27 @@ def test_collect_carries_lost_server_workers_in_stats_and_each_once_in_the_timel
     # stats (what `connscale run` puts in summary.json) has every loss so far.
     assert collector.stats()["worker_losses"] == first["worker_losses"]
     assert WorkerLoss.from_wire(loss.to_wire()) == loss
+
+
+def test_collect_carries_lost_client_workers_from_agent_reports(
+        registry: Registry, clock: Clock, events: EventLog, tmp_path: Path) -> None:
+    from connscale.diagnose.verdict import losses_line
+    from connscale.procs.records import WorkerLoss
+
+    loss = WorkerLoss(worker="a-client-worker-2", side="client", pid=777, how="was killed by signal 9 (SIGKILL)",
+                      connections=900, t=55.0)   # the agent's clock: not ours
+    reports = [report(7, losses=(loss,)), report(6)]
+    registry.register("a", Mind(report=lambda: reports.pop(0) if reports else report(6)), info())
+    timeline = Timeline(tmp_path)
+    collector = Collector(clock, registry, events, timeline=timeline)
+    clock.advance(4)
+    result(collector.tick())
+    clock.advance(1)
+    result(collector.tick())
+    timeline.close()
+    first, second = list(read_timeline(timeline.path))
+    expected = {**loss.to_wire(), "agent": "a", "elapsed_s": 4.0}
+    assert first["worker_losses"] == [expected] and second["worker_losses"] == []
+    assert collector.stats()["worker_losses"] == [expected]
+    assert losses_line([expected]) == ("a client worker (pid 777) on agent a was killed by signal 9 (SIGKILL) "
+                                       "at 4 s; 900 connections were lost with it")

@@ -1,4 +1,4 @@
-"""Server workers failing under a real `connscale run` (issue 7, item 6).
+"""Workers failing under a real `connscale run` (issue 7, item 6).
 
 A real run (hub, agent, their workers, real sockets on loopback); the test
 finds a server worker's pid in the hub's timeline, checks that the pid is one
@@ -168,6 +168,36 @@ def test_a_server_worker_killed_during_a_hold_is_replaced_refilled_and_named(tmp
     assert words in summary["explanation"]["headline"]
     assert "why: held 2,000 of 2,000" in out and words in out
     assert_all_gone(family)
+
+
+def test_a_client_worker_killed_during_a_hold_is_named_with_its_agent(tmp_path):
+    # The measuring side's loss must reach the summary too: which agent, which worker, how,
+    # how many connections; the agent's supervisor restarts it and the final hold is whole.
+    run = Run(tmp_path, target=2000, steps=2, hold=10, final_hold=4, interval=2, timeout=5, max_failures=2000)
+    try:
+        def probe(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+            if not records or records[-1].get("phase") != "hold:1":
+                return None
+            workers = records[-1]["clients"].get("local", {}).get("workers", [])
+            alive = [w for w in workers if w["alive"] and w["open"] > 0]
+            return max(alive, key=lambda w: w["open"]) if alive else None
+
+        victim = run.wait("a client worker with connections in hold:1", probe)
+        assert victim["pid"] in {p.pid for p in run.family()}, "not a process of this run"
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed_at = time.time()
+    finally:
+        out = run.finish()
+    summary = run.summary()
+    assert killed_at < run.phase_start("final_hold"), "the kill was meant for hold:1; the run was faster"
+    assert run.proc.returncode == 0, out
+    assert summary["verdict"] == "held" and summary["held"] == 2000, out
+    (loss,) = summary["worker_losses"]
+    assert (loss["pid"], loss["side"], loss["agent"]) == (victim["pid"], "client", "local")
+    assert loss["how"] == "was killed by signal 9 (SIGKILL)" and loss["connections"] > 0
+    assert summary["failures"].get("steady:worker_lost") == loss["connections"], summary["failures"]
+    words = f"a client worker (pid {victim['pid']}) on agent local was killed by signal 9 (SIGKILL)"
+    assert words in summary["explanation"]["headline"] and words in out
 
 
 def test_a_server_worker_stopped_3_s_with_a_longer_timeout_loses_nothing(tmp_path):

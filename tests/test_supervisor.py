@@ -140,6 +140,18 @@ def test_a_lost_worker_is_recorded_with_how_it_ended_and_what_it_held():
     assert sup.totals().failures == {"steady:worker_lost": 511}
 
 
+def test_each_loss_is_handed_up_once():
+    clock, sup, _ = supervisor_with_a_silent_worker()
+    slot = sup.slots[0]
+    assert sup.take_losses() == []
+    for _ in range(2):
+        child = ExitedChild()
+        slot.child = child
+        sup._exited(slot, child, ended(exitCode=1))
+    assert [loss.how for loss in sup.take_losses()] == ["exited with status 1"] * 2
+    assert sup.take_losses() == [] and len(sup.losses) == 2
+
+
 def test_a_worker_killed_as_hung_is_recorded_as_our_kill():
     clock, sup, child = supervisor_with_a_silent_worker()
     poll_every_second(clock, sup, 32)
@@ -152,7 +164,7 @@ def test_a_worker_killed_as_hung_is_recorded_as_our_kill():
 
 
 def test_losses_kept_are_bounded_but_all_are_counted():
-    from connscale.procs.supervisor import MAX_LOSSES
+    from connscale.procs.records import MAX_LOSSES
 
     clock, sup, _ = supervisor_with_a_silent_worker()
     slot = sup.slots[0]

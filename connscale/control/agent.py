@@ -233,6 +233,7 @@ class Agent(MultiService):
             workers=tuple(self.supervisor.workers()),
             connecting=sum(int((s.last or {}).get("connecting", 0)) for s in self.supervisor.slots),
             events=tuple(self.supervisor.take_events()),
+            losses=tuple(self.supervisor.take_losses()),
         )
 
     def startService(self) -> None:

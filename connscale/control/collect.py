@@ -48,6 +48,7 @@ from connscale.metrics.phases import window_phase
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.stall import StallWatch
 from connscale.metrics.timeline import Timeline
+from connscale.procs.records import MAX_LOSSES
 from connscale.procs.supervisor import Supervisor
 
 log = Logger(namespace="connscale.control")
@@ -110,6 +111,9 @@ class Collector:
         self.phase = ""
         self._window_phases: list[str] = [""]
         self._losses_recorded = 0
+        #: Workers lost, server and client, in the order we learn of them (bounded: the hub keeps
+        #: its first MAX_LOSSES, each agent reports its own first MAX_LOSSES).
+        self.losses: list[dict[str, Any]] = []
         #: Called with every timeline record as it is written (e.g. /metrics).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         # Agents are judged by their silence; never by ours (a stopped hub).
@@ -151,6 +155,11 @@ class Collector:
             # A worker lost on an agent is an event of the run, in the timeline.
             for event in report.events:
                 self.events.note(f"agent {agent.name}: {event}")
+            # Timed on our clock as it reaches us (within a poll of the loss): an agent's
+            # clock may not agree with ours.
+            at = round(self.clock.seconds() - self.started, 3)
+            for loss in report.losses[: max(0, 2 * MAX_LOSSES - len(self.losses))]:
+                self.losses.append({**loss.to_wire(), "agent": agent.name, "elapsed_s": at})
 
         def failed(_: Any) -> None:
             self.stall.check()
@@ -338,10 +347,13 @@ class Collector:
         return 0.0 if agent.reported_at > since else round(now - agent.reported_at, 1)
 
     def worker_losses(self) -> list[dict[str, Any]]:
-        """The hub's lost server workers (`procs.records.WorkerLoss`), with when in the run."""
-        if self.servers is None:
-            return []
-        return [{**loss.to_wire(), "elapsed_s": round(loss.t - self.started, 3)} for loss in self.servers.losses]
+        """Lost workers (`procs.records.WorkerLoss`): the hub's server ones, then the agents' client
+        ones (with the agent's name), each with when in the run."""
+        # One list in the order losses reach us, so a timeline line can take the new ones by count.
+        if self.servers is not None:
+            for loss in self.servers.take_losses():
+                self.losses.append({**loss.to_wire(), "elapsed_s": round(loss.t - self.started, 3)})
+        return list(self.losses)
 
     def clients(self) -> list[dict[str, Any]]:
         """Every agent the controller knows, connected or not."""

@@ -29,7 +29,7 @@ from connscale.config.records import (
     text,
 )
 from connscale.metrics.snapshot import Snapshot, snapshot_from_wire
-from connscale.procs.records import MAX_WORKER_TARGET, WorkerRow
+from connscale.procs.records import MAX_LOSSES, MAX_WORKER_TARGET, WorkerLoss, WorkerRow
 
 #: Most workers one agent may run (plan.MAX_WORKERS, with room for an older peer).
 MAX_AGENT_WORKERS = 4096
@@ -97,6 +97,8 @@ class AgentReport(Record):
     connecting: int = field(_COUNT, default=0)
     #: Worker losses and kills since the previous report, one line each.
     events: tuple[str, ...] = field(seq(text(2000), 1000), default=())
+    #: The client workers lost since the previous report, with how and what they held.
+    losses: tuple[WorkerLoss, ...] = field(seq(nested(WorkerLoss), MAX_LOSSES), default=())
 
     def to_wire(self) -> dict[str, object]:
         data = super().to_wire()

@@ -94,6 +94,8 @@ def losses_line(losses: Sequence[Mapping[str, Any]]) -> str:
         pid = loss.get("pid")
         who = (f"a {loss.get('side', '')} worker (pid {pid})" if lead else f"pid {pid}") if pid else \
             (f"a {loss.get('side', '')} worker" if lead else "one")
+        if loss.get("agent"):
+            who += f" on agent {loss['agent']}"
         when = f" at {float(loss['elapsed_s']):.0f} s" if loss.get("elapsed_s") is not None else ""
         return f"{who} {loss.get('how', 'ended')}{when}"
 

@@ -169,6 +169,10 @@ class WorkerRow(Record):
     stopped: bool | None = field(optional(boolean), default=None)
 
 
+#: Worker losses kept with their details (the count, `lost_workers`, goes on).
+MAX_LOSSES = 64
+
+
 @attrs.frozen
 class WorkerLoss(Record):
     """A worker that ended without being asked to, and what went with it.

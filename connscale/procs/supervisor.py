@@ -24,6 +24,7 @@ from connscale.net.routes import Route
 from connscale.procs.child import describe_exit
 from connscale.procs.childproc import PBChild, spawn_python
 from connscale.procs.records import (
+    MAX_LOSSES,
     WorkerHello,
     WorkerLoss,
     WorkerOrder,
@@ -63,8 +64,6 @@ class Slot:
 #: kill. Callers that must answer within a second pass less (the hub's
 #: Collector its `answer_wait`, an agent's report agent.REPORT_WAIT).
 POLL_WAIT = 2.0
-#: Worker losses kept with their details (the count, `lost_workers`, goes on).
-MAX_LOSSES = 64
 
 
 class Supervisor:
@@ -93,6 +92,7 @@ class Supervisor:
         self.lost_workers = 0
         #: The first MAX_LOSSES workers lost, each with how it ended and what it held.
         self.losses: list[WorkerLoss] = []
+        self._losses_taken = 0
         self.stopping = False
         self.rtt_listeners: list[Callable[[str], None]] = [on_rtt] if on_rtt else []
         self.events: list[str] = []
@@ -365,6 +365,12 @@ class Supervisor:
                 )
             )
         return out
+
+    def take_losses(self) -> list[WorkerLoss]:
+        """Losses recorded since the last call (an agent sends them up with its report)."""
+        new = self.losses[self._losses_taken:]
+        self._losses_taken = len(self.losses)
+        return new
 
     def take_events(self) -> list[str]:
         """Losses and kills since the last call, for whoever reports upward."""
