@@ -74,13 +74,21 @@ run: {{dir: runs}}
 
     def server_worker_in(self, phase: str) -> dict[str, Any]:
         """A server worker holding connections, as the timeline shows it during `phase`."""
+        return self.worker_in(phase, "server", lambda record: record["server_workers"])
+
+    def client_worker_in(self, phase: str) -> dict[str, Any]:
+        """A client worker of the run's agent holding connections, as the timeline shows it during `phase`."""
+        return self.worker_in(phase, "client", lambda record: record["clients"].get("local", {}).get("workers", []))
+
+    def worker_in(self, phase: str, side: str,
+                  rows: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> dict[str, Any]:
         def probe(records: list[dict[str, Any]]) -> dict[str, Any] | None:
             if not records or records[-1].get("phase") != phase:
                 return None
-            alive = [w for w in records[-1]["server_workers"] if w["alive"] and w["open"] > 0]
+            alive = [w for w in rows(records[-1]) if w["alive"] and w["open"] > 0]
             return max(alive, key=lambda w: w["open"]) if alive else None
 
-        worker = self.wait(f"a server worker with connections in phase {phase}", probe)
+        worker = self.wait(f"a {side} worker with connections in phase {phase}", probe)
         ours = {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
         assert worker["pid"] in ours, f"pid {worker['pid']} is not a process of this run"
         return worker
@@ -175,15 +183,7 @@ def test_a_client_worker_killed_during_a_hold_is_named_with_its_agent(tmp_path):
     # how many connections; the agent's supervisor restarts it and the final hold is whole.
     run = Run(tmp_path, target=2000, steps=2, hold=10, final_hold=4, interval=2, timeout=5, max_failures=2000)
     try:
-        def probe(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-            if not records or records[-1].get("phase") != "hold:1":
-                return None
-            workers = records[-1]["clients"].get("local", {}).get("workers", [])
-            alive = [w for w in workers if w["alive"] and w["open"] > 0]
-            return max(alive, key=lambda w: w["open"]) if alive else None
-
-        victim = run.wait("a client worker with connections in hold:1", probe)
-        assert victim["pid"] in {p.pid for p in run.family()}, "not a process of this run"
+        victim = run.client_worker_in("hold:1")
         os.kill(victim["pid"], signal.SIGKILL)
         killed_at = time.time()
     finally:
