@@ -272,3 +272,16 @@ def test_sshd_in_namespace_reachable_from_other_host(net2):
         # default route (see test_root_namespace_untouched).
         pid = server.pid
     assert not _alive(pid)
+
+
+def test_free_ports_never_hands_out_a_port_twice(monkeypatch):
+    # Probed-free is not reserved: a hub's control port once came out equal to
+    # its server port picked a line earlier. Force the collision with a pool of 3.
+    from tests.support import procs
+
+    monkeypatch.setattr(procs, "PORT_POOL", range(21000, 21003))
+    monkeypatch.setattr(procs, "_given", set())
+    got = [procs.free_port() for _ in range(3)]
+    assert sorted(got) == [21000, 21001, 21002]
+    with pytest.raises(RuntimeError):
+        procs.free_port()

@@ -19,6 +19,11 @@ from connscale.metrics.status import parse_status
 #: next outgoing connect may take, and our tests open thousands of those.
 PORT_POOL = range(20000, 32000)
 _rng = random.Random()
+#: Ports already handed out in this test process. A port is free when we probe
+#: it and stays free until its process binds it, so two calls in a row (a
+#: server's ports, then the hub's control port) could return the same port and
+#: the hub would refuse its own configuration. Never hand one out twice.
+_given: set[int] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -26,21 +31,26 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n consecutive free ports (for port ranges), outside the ephemeral range."""
+    """n consecutive free ports (for port ranges), outside the ephemeral range,
+    none of them handed out before by this process."""
     for _ in range(500):
-        base = _rng.randrange(PORT_POOL.start, PORT_POOL.stop - n)
+        base = _rng.randrange(PORT_POOL.start, PORT_POOL.stop - n + 1)
+        wanted = range(base, base + n)
+        if _given.intersection(wanted):
+            continue
         socks = []
         try:
-            for p in range(base, base + n):
+            for p in wanted:
                 s = socket.socket()
                 s.bind((host, p))
                 socks.append(s)
-            return list(range(base, base + n))
         except OSError:
             continue
         finally:
             for s in socks:
                 s.close()
+        _given.update(wanted)
+        return list(wanted)
     raise RuntimeError("no consecutive free ports")
 
 
