@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+import attrs
+
 from connscale.diagnose.incidents import SUSTAIN, IncidentDetector, load_summary
 from connscale.diagnose.verdict import explain, losses_line, primary_incident, verdict_line
 from connscale.diagnose.walls import WALLS, AgentSetup, Context, Window, WorkerLoad, listen_in_use, name_wall
@@ -183,6 +185,65 @@ def test_failures_open_one_incident_per_wall_with_the_snapshot():
     assert inc["kernel"]["tcp_inuse"] == 400
     assert inc["workers"][0]["nofile"] == 300 and inc["workers"][0]["side"] == "client"
     json.dumps(inc)  # plain data for the timeline and PB
+
+
+def framing_mismatch(client_first: bool) -> list[dict]:
+    """A line client against a raw server: the server counts a protocol error and closes,
+    the client sees its connections closed at the first ping. One side's report reaches
+    the hub a second before the other's."""
+    recs = [record(t, open=200, target=200) for t in range(3)]
+    client = {"first_ping:closed_by_peer": 200}
+    server = {"first_ping:protocol_error": 200}
+    early, late = (client, {}) if client_first else ({}, server)
+    recs.append(record(3, open=0, target=200, failures=early, server_failures=late))
+    recs += [record(4 + t, open=0, target=200, failures=client, server_failures=server) for t in range(4)]
+    return recs
+
+
+def test_a_framing_mismatch_is_named_whichever_side_reports_first():
+    for client_first in (True, False):
+        d, opened = feed(framing_mismatch(client_first))
+        assert [(i["wall"], i["side"]) for i in opened] == [("protocol", "server")], (client_first, opened)
+        e = explain("failed", 200, reason="failures exceeded scenario.max_failures=0", incidents=d.incidents)
+        assert e["wall"] == "protocol" and "framing" in e["fix"][0]
+        # Both keys are named now; nothing is left for a stopping run to wait for.
+        assert d.unjudged({"first_ping:closed_by_peer": 200, "server:first_ping:protocol_error": 200}) == []
+
+
+def test_a_close_the_server_never_explains_is_named_server_down_after_it_settles():
+    recs = [record(t, open=200, target=200) for t in range(3)]
+    recs += [record(3 + t, open=0, target=200, failures={"steady:closed_by_peer": 200}) for t in range(4)]
+    d = IncidentDetector()
+    seen = []
+    for r in recs:
+        seen.append((r["elapsed_s"], [i["wall"] for i in d.observe(r, CTX)],
+                     d.unjudged({"steady:closed_by_peer": 200})))
+    # Waits for the server's report (SETTLE s), then settles on what it has.
+    assert seen[3] == (3.0, [], ["steady:closed_by_peer"])
+    assert seen[5] == (5.0, ["server_down"], [])
+
+
+def test_failures_in_the_first_record_are_news():
+    # Counters start at zero: a detector that starts after the failures began still sees them.
+    d, opened = feed([record(0, open=10, target=400, failures={"connect:EADDRNOTAVAIL": 7})])
+    assert opened and opened[0]["wall"] == "ephemeral_ports"
+    assert opened[0]["failures"] == {"connect:EADDRNOTAVAIL": 7}
+
+
+def test_busy_clients_do_not_take_the_blame_for_a_starved_servers_timeouts():
+    # Both sides busy; the clients run 60 ms late, the server worker 3 s: only the
+    # server's delay can make a pong later than the 1 s timeout.
+    clients = [worker(0, cpu=0.95, lag_mean=60.0, lag_max=120.0)]
+    servers = [worker(0, cpu=0.04, lag_mean=3000.0, lag_max=3500.0)]
+    w = Window(elapsed_s=10.0, open=2000, target=2000, failures={"steady:no_answer_from_server": 50},
+               workers=tuple(WorkerLoad.from_row("client", "a1", r) for r in clients)
+               + tuple(WorkerLoad.from_row("server", "hub", r) for r in servers))
+    assert name_wall("steady:no_answer_from_server", w, CTX).wall == "server_starved"
+    # A client whose own loop runs as late as the timeout is still the measuring side.
+    late = [worker(0, cpu=0.95, lag_mean=400.0, lag_max=900.0)]
+    w = attrs.evolve(w, workers=tuple(WorkerLoad.from_row("client", "a1", r) for r in late)
+                     + tuple(WorkerLoad.from_row("server", "hub", r) for r in servers))
+    assert name_wall("steady:no_answer_from_server", w, CTX).wall == "measuring_side"
 
 
 def test_a_ramp_behind_with_saturated_clients_is_the_measuring_side():
@@ -380,3 +441,14 @@ def test_several_lost_workers_are_each_named_with_the_total():
                     "(400 connections) and 1 more; 1,711 connections were lost with them")
     assert losses_line([]) == ""
     assert explain("held", 10, held=10, losses=[])["headline"].startswith("held 10 of 10 connections")
+
+
+def test_a_client_worker_running_but_too_late_to_answer_gets_the_cpu_quota_fix():
+    starved = worker(0, cpu=0.01, lag_mean=0.5, lag_max=1.0, silent=4.0)
+    row = WorkerLoad.from_row("client", "a1", {**starved, "stopped": False})
+    assert row.starved and row.saturated
+    f = name_wall("steady:no_answer_from_server", Window(failures={"steady:no_answer_from_server": 3},
+                                                         workers=(row,)), CTX)
+    assert f.wall == "measuring_side"
+    assert "has not answered for 4 s although the kernel has it running" in " ".join(f.evidence)
+    assert "cgroup CPU quota" in f.fix[0]

@@ -549,3 +549,79 @@ def test_a_summary_the_disk_refuses_is_printed_whole(tmp_path, monkeypatch):
     assert out[0] == f"connscale run: cannot write {exp.rundir.file('summary.json')}: No space left on device; " \
                      "the summary follows"
     assert json.loads(out[1])["reason"] == "interrupted"
+
+
+class JudgingHub(FakeHub):
+    """A hub whose detector judges once a second, as the real collector's tick does,
+    while `stats` answers at once with the fresh counters (as op_stats does). The
+    framing-mismatch failures reach it client side first or server side first."""
+
+    def __init__(self, clock: Clock, client_first: bool, fail_at: float) -> None:
+        super().__init__(clock)
+        from connscale.diagnose.incidents import IncidentDetector
+
+        self.detector = IncidentDetector()
+        self.client_first = client_first
+        self.fail_at = fail_at
+        self.started = clock.seconds()
+        judging = task.LoopingCall(self.judge)
+        judging.clock = clock
+        # Its seconds fall between the run's polls.
+        clock.callLater(0.5, judging.start, 1.0, now=False)
+
+    def tick(self) -> None:
+        super().tick()
+        late = self.clock.seconds() - self.fail_at
+        if late >= 0:
+            first, second = ((self.client_failures, self.server_failures) if self.client_first
+                             else (self.server_failures, self.client_failures))
+            first_key, second_key = (("first_ping:closed_by_peer", "first_ping:protocol_error") if self.client_first
+                                     else ("first_ping:protocol_error", "first_ping:closed_by_peer"))
+            first[first_key] = 50
+            if late >= 1.5:  # the other side's report, a poll and a half later
+                second[second_key] = 50
+
+    def stats(self) -> dict:
+        from connscale.diagnose.incidents import failures_of
+
+        out = super().stats()
+        out["incidents"] = list(self.detector.incidents)
+        out["unjudged_failures"] = self.detector.unjudged(failures_of(out))
+        return out
+
+    def judge(self) -> None:
+        self.tick()
+        from tests.test_incidents import record
+
+        self.detector.observe(record(self.clock.seconds() - self.started, open=self.open, target=self.target,
+                                     failures=self.client_failures, server_failures=self.server_failures))
+
+
+def test_a_run_stopped_by_a_framing_mismatch_names_it_whichever_side_reports_first():
+    for client_first in (True, False):
+        clock = Clock()
+        clock.advance(1_000_000)
+        hub = JudgingHub(clock, client_first, fail_at=clock.seconds() + 2.0)
+        sc = scenario(clock, hub, count_server_failures=True)
+        d = sc.execute()
+        drive(clock, d)
+        reason = str(outcome(d).value)
+        assert "failures exceeded" in reason
+        # At the stop, the hub has not named what it stopped on yet ...
+        assert sc.progress.stats["unjudged_failures"], client_first
+        settled = sc.settle()
+        drive(clock, settled)
+        # ... and the run waited until it had.
+        assert sc.progress.stats["unjudged_failures"] == [], client_first
+        result = summary.build(sc.progress, sc.settings, False, reason, 3.0, "/tmp/x")
+        assert summary.explanation(result)["wall"] == "protocol", client_first
+
+
+def test_settling_the_verdict_waits_a_bounded_time():
+    clock, hub, sc, d = start()
+    sc.progress.stats = {"unjudged_failures": ["steady:ECONNRESET"]}
+    hub.stats = lambda: {**FakeHub.stats(hub), "unjudged_failures": ["steady:ECONNRESET"]}
+    began = clock.seconds()
+    settled = sc.settle()
+    drive(clock, settled)
+    assert settled.called and clock.seconds() - began <= 6.0

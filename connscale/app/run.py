@@ -197,6 +197,7 @@ class Experiment:
             self.scenario.enter(phases.STOP)
             try:
                 yield self.scenario.refresh()
+                yield self.scenario.settle()
             except Exception:
                 pass  # the summary says what we had
         self.scenario.close_phases()

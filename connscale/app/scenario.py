@@ -30,6 +30,10 @@ HUB_SILENT_LIMIT = 60.0
 STEP_DEADLINE_FACTOR = 3.0
 STEP_SLACK = 15.0
 AGENT_REGISTER_TIMEOUT = 30.0
+#: How long a run that stopped waits for the hub to name the failures it stopped on.
+#: The hub judges once a second and gives a thin finding (a connection closed by
+#: the server, before the server's own report says why) up to its SETTLE of 2 s.
+VERDICT_WAIT = 5.0
 
 
 class HubAPI(Protocol):
@@ -213,6 +217,22 @@ class Scenario:
             if until is not None and until():
                 return True
         return False
+
+    @defer.inlineCallbacks
+    def settle(self):  # type: ignore[no-untyped-def]
+        """Once the run has stopped: refresh until the hub has named every failure in
+        its numbers (`unjudged_failures` empty), at most VERDICT_WAIT seconds.
+
+        A run stops on the first counted failure it sees, which may be before the
+        hub's detector has judged that second, or before the other side's report
+        has reached it; the explanation must not depend on either."""
+        deadline = self.clock.seconds() + VERDICT_WAIT
+        while self.progress.stats.get("unjudged_failures") and self.clock.seconds() < deadline:
+            yield task.deferLater(self.clock, 1.0, lambda: None)
+            try:
+                yield self.refresh()
+            except RunError:
+                return  # a hub gone silent: the summary says what we had
 
     @defer.inlineCallbacks
     def fresh(self):  # type: ignore[no-untyped-def]

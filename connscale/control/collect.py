@@ -235,6 +235,8 @@ class Collector:
             return
         window = self.client_rtt.take_window()
         record = self.stats(rtt=window)
+        # Judged below, as the line is observed; only a live view asks what is not judged yet.
+        record.pop("unjudged_failures", None)
         record["t"] = round(time.time() if at is None else at, 3)
         if now is not None:
             record["elapsed_s"] = round(now - self.started, 3)

@@ -16,7 +16,7 @@ from typing import Any
 from connscale.config.settings import Config
 from connscale.control.registry import Registry
 from connscale.diagnose.budget import Demand, HostShare, fleet
-from connscale.diagnose.incidents import IncidentDetector, load_summary
+from connscale.diagnose.incidents import IncidentDetector, failures_of, load_summary
 from connscale.diagnose.walls import AgentSetup, Context
 from connscale.host.inventory import HostLimits, read_host_limits
 
@@ -55,6 +55,8 @@ class Diagnosis:
         """Is connscale itself the bottleneck right now, and which walls were met so far."""
         stats["load"] = load_summary(stats)
         stats["incidents"] = list(self.detector.incidents)
+        # Failures seen here that the detector has not named yet (it judges once a second).
+        stats["unjudged_failures"] = self.detector.unjudged(failures_of(stats))
 
     def observe(self, record: dict[str, Any]) -> None:
         """Judge one second; the record keeps only the incidents it opened."""

@@ -108,6 +108,8 @@ class IncidentDetector:
         self.dropped = 0
         self._opened: set[tuple[str, str]] = set()
         self._pending: dict[str, float] = {}  # failure key -> when it first appeared
+        #: Failure keys already named (an incident opened for their wall, or one was open already).
+        self._judged: set[str] = set()
         self._behind = 0
         self._saturated = 0
         self._ghostly = 0
@@ -122,7 +124,9 @@ class IncidentDetector:
         first = self.history[0] if self.history else record
         prev = self.history[-1] if self.history else record
         dt1 = max(1e-6, float(record.get("elapsed_s", 0.0)) - float(prev.get("elapsed_s", 0.0)))
-        now_f, then_f = failures_of(record), failures_of(first)
+        # Counters are cumulative from zero: before the first record nothing had failed,
+        # so the first record's failures are all news (not "none", as `first` would say).
+        now_f, then_f = failures_of(record), failures_of(first) if self.history else {}
         failures = {k: n - then_f.get(k, 0) for k, n in now_f.items() if n - then_f.get(k, 0) > 0}
         kernel = dict(record.get("kernel") or {})
         k0 = first.get("kernel") or {}
@@ -163,6 +167,7 @@ class IncidentDetector:
             finding = name_wall(key, w, ctx)
             if finding.confident or w.elapsed_s - since >= SETTLE:
                 del self._pending[key]
+                self._judged.add(key)
                 self._open(new, "failures", finding, w, record)
 
         # The measuring side: client workers saturated for SUSTAIN seconds.
@@ -215,6 +220,14 @@ class IncidentDetector:
         incident = snapshot(trigger, finding, w, record)
         self.incidents.append(incident)
         new.append(incident)
+
+    def unjudged(self, failures: Mapping[str, int]) -> list[str]:
+        """Failure keys of a stats record (`failures_of`) that no incident names yet: not
+        observed in a timeline second so far, or waiting up to SETTLE s for the other side's
+        report. A run that stops on failures waits for these before it explains itself."""
+        if sum(failures.values()) < self.failure_threshold:
+            return []
+        return sorted(k for k, n in failures.items() if n > 0 and k not in self._judged)
 
     @property
     def measuring_side_saturated(self) -> bool:

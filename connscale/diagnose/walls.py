@@ -255,12 +255,14 @@ def measuring_side(w: Window, ctx: Context, why: str = "") -> Finding:
     evidence.append(f"client workers together use {cpu_total:.2f} cores")
     # Late but hardly running: something else has the CPU (a cgroup quota, other
     # processes on these cores, the server on the same host).
-    starved = [x for x in sat if (x.cpu or 0.0) < 0.5 and (x.lag_ms_mean or 0.0) >= LAG_MEAN_SATURATED_MS]
+    starved = [x for x in sat if x.starved
+               or ((x.cpu or 0.0) < 0.5 and (x.lag_ms_mean or 0.0) >= LAG_MEAN_SATURATED_MS)]
     if starved:
         x = starved[0]
-        evidence.append(f"{x.name}'s loop runs {x.lag_ms_mean:g} ms late while it uses only {(x.cpu or 0) * 100:.0f} % "
-                        "of a core: it is starved of CPU (a cgroup CPU quota, or other processes on its cores), "
-                        "not busy by itself")
+        late = (f"has not answered for {x.silent_s:g} s although the kernel has it running" if x.starved
+                else f"runs {x.lag_ms_mean:g} ms late while it uses only {(x.cpu or 0) * 100:.0f} % of a core")
+        evidence.append(f"{x.name}'s loop {late}: it is starved of CPU (a cgroup CPU quota, or other processes on "
+                        "its cores), not busy by itself")
     server_sat = w.saturated("server")
     if server_sat:
         evidence.append(f"{len(server_sat)} server workers are saturated too: they share this host's cores")
@@ -411,11 +413,25 @@ def fd_process(w: Window, ctx: Context, key: str, side: str) -> Finding:
     return Finding("fd_process", side, f"{where} ran out of file descriptors (EMFILE)", tuple(evidence), tuple(fixes))
 
 
+def _clients_explain_timeouts(w: Window, ctx: Context) -> bool:
+    """Can the client workers' own delay account for pongs later than the timeout?
+
+    A saturated client reads late by about its loop lag. When the server workers are
+    saturated too, the timeouts are the clients' only if a client's loop runs late by
+    a good part of the timeout (or it stopped answering); a client 60 ms late cannot
+    make a pong a second late, a server worker starved of CPU can."""
+    if not w.saturated("server"):
+        return True
+    late_ms = 500.0 * ctx.timeout
+    return any(x.late or (x.lag_ms_max or 0.0) >= late_ms for x in w.saturated("client"))
+
+
 def name_wall(key: str, w: Window, ctx: Context) -> Finding:
     """The wall behind failure `key` ("phase:cause", "server:phase:cause")."""
     side, phase, cause = _cause(key)
     # connscale's own late reads look like timeouts: rule them out first.
-    if cause == "no_answer_from_server" and w.saturated("client") and not w.silent("server"):
+    if cause == "no_answer_from_server" and w.saturated("client") and not w.silent("server") \
+            and _clients_explain_timeouts(w, ctx):
         return measuring_side(w, ctx, f"{_count(w, key)}: pongs read late by the client's own busy loop")
     if cause in ("EMFILE",):
         return fd_process(w, ctx, key, side)
@@ -467,8 +483,12 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
             evidence.append(f"{len(lost)} server workers are down")
         elif w.silent("server"):
             return server_starved(w, ctx, key)
+        # Why the server closed is in its own report, which may reach the hub a poll after
+        # the client's (a protocol error it counted, a worker it lost): wait for it before
+        # settling on "down", so the verdict does not depend on which side reported first.
         return Finding("server_down", "server", "the server closed or reset established connections",
-                       tuple(evidence), ("check the server's log: restarted, a worker lost, or a protocol error",))
+                       tuple(evidence), ("check the server's log: restarted, a worker lost, or a protocol error",),
+                       confident=bool(lost) or side == "server")
     if cause == "worker_lost":
         mem = w.kernel.get("mem_available_bytes")
         evidence = [_count(w, key)]
