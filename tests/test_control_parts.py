@@ -20,7 +20,7 @@ from connscale.control.collect import Collector, EventLog
 from connscale.control.errors import ControlError
 from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo, AgentReport, RegisterAnswer
-from connscale.control.registry import Registry
+from connscale.control.registry import NAME_HOLD, NameHeld, Registry
 from connscale.control.verbs import BY_CLI, BY_NAME, VERBS
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
@@ -135,9 +135,24 @@ def test_registry_lost_agent_is_marked_with_its_reason_and_cut(registry: Registr
     assert not agent.connected and agent.lost_reason == "no answer for 5 s" and agent.losses == 1
     assert mind.broker.transport.aborted
     assert any("agent a1 lost: no answer for 5 s" in e for e in events.take())
-    # The name is free again: a new process under it is welcome, and gets a new session.
+    # The name is kept for its owner (its token; a restarted agent keeps it in a file) for
+    # NAME_HOLD seconds: another holder of the agent key is told to wait, and the owner is welcome.
+    token = agent.session
+    with pytest.raises(NameHeld, match=r"agent name 'a1' belongs to an agent that left 0 s ago .*try again in 300 s"):
+        registry.register("a1", Mind(), info(pid=4343))
+    again, answer = registry.register("a1", Mind(), info(pid=4343, session=token))
+    assert again is agent and again.connected and answer.session == token
+
+
+def test_registry_frees_a_held_name_after_the_hold_or_when_released(registry: Registry, clock: Clock) -> None:
+    agent, _ = registry.register("a1", Mind(), info())
+    registry.lost(agent, "gone")
+    clock.advance(NAME_HOLD + 1)
     again, answer = registry.register("a1", Mind(), info(pid=4343))
-    assert again.connected and answer.session != agent.session or again is agent
+    assert again.connected and answer.session != ""
+    registry.lost(again, "gone")
+    registry.release("a1")  # client_stop: the operator frees it at once
+    assert registry.register("a1", Mind(), info(pid=4444))[0].connected
 
 
 def test_registry_adopts_what_a_returning_agent_holds(registry: Registry) -> None:
@@ -145,11 +160,11 @@ def test_registry_adopts_what_a_returning_agent_holds(registry: Registry) -> Non
     agent.worker_targets = [300]
     registry.detached("a1", agent.mind)
     # A restarted agent holding nothing gets the name's target back (restored by orders).
-    agent2, answer = registry.register("a1", Mind(), info(pid=99))
+    agent2, answer = registry.register("a1", Mind(), info(pid=99, session=agent.session))
     assert answer.target == 300
     registry.detached("a1", agent2.mind)
     # One that kept its workers (a hub restart, a network cut) says what they hold.
-    _, answer = registry.register("a1", Mind(), info(worker_targets=[100, 250]))
+    _, answer = registry.register("a1", Mind(), info(worker_targets=[100, 250], session=agent.session))
     assert answer.target == 350
 
 

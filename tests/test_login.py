@@ -45,7 +45,7 @@ def root_of(link: Link) -> Any:
 
 def server_closed(link: Link) -> bool:
     link.pump.flush()
-    return bool(link.server.disconnected)
+    return bool(link.broker.disconnected)
 
 
 # ---------------------------------------------------------------- keys and roles
