@@ -95,10 +95,8 @@ class Link:
                 proto, isServer=True, peerAddress=IPv4Address("TCP", peer, 40000)),
         )
 
-    @property
-    def broker(self) -> Any:
-        """The hub's end of this connection (inside its TLS layer)."""
-        return self.server.wrappedProtocol
+        #: The hub's end of this connection (inside its TLS layer, which forgets it at the end).
+        self.broker = self.server.wrappedProtocol
 
     def login(self, user: bytes, secret: bytes = SECRET, mind: Any = None) -> Any:
         d = self.client_factory.getRootObject().addCallback(

@@ -166,10 +166,10 @@ class Experiment:
                 if not self.hub.running:
                     raise RunError(f"the hub did not come up: {self.hub.last_lines() or self.hub.exit_description}")
                 if dial.is_unauthorized(e):
-                    raise RunError(f"the hub refused our login: {dial.one_line(e)}") from None
+                    raise RunError("the hub refused our login: its control secret is not the run's") from None
                 if self.reactor.seconds() > deadline:
                     why = dial.one_line(e) if dial.is_throttled(e) else (self.hub.last_lines() or e)
-                    raise RunError(f"the hub did not let us in on {host}:{port} within {HUB_LOGIN_TIMEOUT:g}s: {why}")
+                    raise RunError(f"the hub did not answer on {host}:{port} within {HUB_LOGIN_TIMEOUT:g}s: {why}")
                 yield task.deferLater(self.reactor, 0.5, lambda: None)
 
     # -- output ------------------------------------------------------------------------

@@ -276,12 +276,23 @@ class Agent(MultiService):
 
 
 def read_session(path: Any) -> str:
-    """The session token a previous run of this agent kept ("" if none, or not one)."""
+    """The session token a previous run of this agent kept ("" if none, not one, or kept by an
+    agent of this name that is still running: two agents under one name stay two)."""
     try:
-        text = path.read_text().strip()
+        token, _, pid = path.read_text().strip().partition(" ")
     except (OSError, UnicodeDecodeError):
         return ""
-    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else ""
+    if len(token) != 64 or any(c not in "0123456789abcdef" for c in token):
+        return ""
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            os.kill(int(pid), 0)
+            return ""  # its writer lives: not ours
+        except ProcessLookupError:
+            pass
+        except OSError:
+            return ""
+    return token
 
 
 def keep_session(path: Any, token: str) -> None:
@@ -291,7 +302,7 @@ def keep_session(path: Any, token: str) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
+            f.write(f"{token} {os.getpid()}\n")
         os.replace(tmp, path)
     except OSError as e:
         log.warn("{prog}: cannot keep our session in {path} ({why}): a restart of this agent waits "
