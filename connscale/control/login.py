@@ -283,7 +283,8 @@ class GuardedBroker(pb.Broker):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         negotiated = getattr(self, "negotiated", None)
-        if negotiated is not None and not negotiated.called:
+        # (Only a peer waits for it; on the hub an unanswered errback is a traceback in its log.)
+        if negotiated is not None and not negotiated.called and self.isClient:
             negotiated.errback(pb.PBConnectionLost("the connection closed before PB was ready"))
         super().connectionLost(reason)
 
@@ -395,7 +396,9 @@ class LoginGate(pb.Referenceable):
             throttle.refuse(self.peer, kind, reason)
         clock = getattr(self.broker.factory, "clock", None)
         if clock is not None:
-            clock.callLater(0, lambda: self.broker.transport and self.broker.transport.abortConnection())
+            # Closed, not aborted: the answer is still on its way (the login deadline aborts
+            # a peer that does not read it).
+            clock.callLater(0, lambda: self.broker.transport and self.broker.transport.loseConnection())
         return error(reason)
 
     def check_throttle(self) -> None:
