@@ -13,7 +13,7 @@ What README's "Security" section claims, and the test that holds each claim:
 | local user | a link left as a report's temporary file is not followed | test_report_does_not_follow_a_planted_temporary_file |
 | agent-key holder | cannot flood the hub: names, events, failure keys and worker rows are bounded per agent, departed agents leave the live record, ctl stats and watch keep working | test_an_agent_key_cannot_flood_the_hub |
 | agent-key holder | cannot take the name of an agent that is away; the owner gets it back | test_an_agent_key_cannot_take_a_departed_agents_name |
-| agent-key holder | its host and failure causes reach terminals as text, never as escape sequences or markup | test_an_agents_host_and_causes_reach_terminals_as_text |
+| agent-key holder | its host and failure causes reach terminals as text, never as escape sequences or markup (and ctl never exits 0 on a crash) | test_an_agents_host_and_causes_reach_terminals_as_text; test_a_crash_of_ctl_after_login_is_not_exit_0 |
 | agent-key holder | cannot act as operator (test_e2e_control: test_an_agent_key_runs_an_agent_and_nothing_else) | |
 | operator | a key for one agent name logs in as that agent only (test_e2e_control: test_agent_key_command_prints_keys_of_the_hub_that_are_not_the_secret) | |
 """
@@ -294,6 +294,26 @@ def test_an_agents_host_and_causes_reach_terminals_as_text(hub, tmp_path: Path):
         w = h.ctl("watch", "--count", "2", "--interval", "0.5")
         assert w.returncode == 0, w.stderr
         assert "\x1b" not in w.stdout and "[/bold]" not in w.stdout
+
+
+CRASHING_WORK = """
+import sys
+from connscale.app.cli import operator_session
+
+def work(reactor, perspective):
+    raise ValueError("a display that cannot show what it got")
+
+print(operator_session("127.0.0.1", int(sys.argv[1]), sys.argv[2].encode(), None, work))
+"""
+
+
+def test_a_crash_of_ctl_after_login_is_not_exit_0(hub):
+    h = hub()
+    h.start()
+    secret = (h.tmp / "xdg" / "connscale" / "secret").read_text().strip()
+    r = subprocess.run([sys.executable, "-c", CRASHING_WORK, str(h.control), secret], capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, **h.env))
+    assert r.stdout.strip() == "(1, 'ValueError: a display that cannot show what it got')", r.stdout + r.stderr
 
 
 # ---------------------------------------------------------------- secrets on this host

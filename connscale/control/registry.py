@@ -43,7 +43,7 @@ CALL_TIMEOUT = 10.0
 #: Seconds a departed agent's name stays bound to its session token.
 NAME_HOLD = 300.0
 #: Seconds a departed agent's row stays in stats() and the timeline.
-SHOW_DEPARTED = 30.0
+SHOW_DEPARTED = 15.0
 #: Names the registry knows at most (a fleet of 250-500 agents, with room).
 MAX_NAMES = 2048
 #: New names per second, and at once (a whole fleet registering after a hub restart).
