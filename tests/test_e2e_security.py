@@ -35,26 +35,12 @@ from connscale.control.auth import Credentials, confirmation
 from connscale.control.login import THROTTLE_FAILURES
 from connscale.control.registry import SHOW_DEPARTED
 from tests.support.procs import Proc, connscale, free_port
-from tests.test_e2e_hub import Hub
+from tests.test_e2e_control import wait
+from tests.test_e2e_hub import Hub, hub  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def hub(tmp_path):
-    made: list[Hub] = []
-
-    def make(**kw) -> Hub:
-        h = Hub(tmp_path, **kw)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        if h.proc is not None:
-            h.proc.stop()
 
 
 def hostile(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess[str]:
@@ -64,17 +50,6 @@ def hostile(*args: str, timeout: float = 60, env: dict | None = None) -> subproc
 
 def hostile_proc(tmp: Path, name: str, *args: str) -> Proc:
     return Proc([sys.executable, "-m", "tests.support.hostile", *args], tmp / f"{name}.log", cwd=ROOT)
-
-
-def wait(what: str, probe, timeout: float = 30.0, every: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def agent_key(h: Hub, path: Path, name: str | None = None) -> Path:
