@@ -144,6 +144,60 @@ def test_registry_lost_agent_is_marked_with_its_reason_and_cut(registry: Registr
     assert again is agent and again.connected and answer.session == token
 
 
+def test_registry_admits_a_report_within_what_one_agent_may_add(registry: Registry, clock: Clock) -> None:
+    from connscale.config.packed import pack_pieces
+    from connscale.control.registry import EVENT_BURST, ROW_SLACK
+
+    agent, _ = registry.register("a1", Mind(), info(workers=2))
+    row = {"index": 0, "alive": True}
+    big = {"totals": {"open": 1}, "workers": [dict(row, index=i) for i in range(500)], "events": ["e"] * 16}
+    reports = [registry.admit(agent, pack_pieces(big)) for _ in range(4)]
+    assert all(len(r.workers) == 2 + ROW_SLACK for r in reports)  # the workers it runs, not 500
+    kept = [e for r in reports for e in r.events if e == "e"]
+    assert len(kept) == EVENT_BURST  # then 2 a second
+    assert sum("the rest are dropped" in e for r in reports for e in r.events) == 1  # said once
+    clock.advance(5)
+    assert len([e for e in registry.admit(agent, pack_pieces(big)).events if e == "e"]) == 10
+    # What the records refuse: failure keys that are not phase:cause, too many of them, control characters.
+    for bad in ({"totals": {"failures": {"[/x]": 1}}}, {"totals": {"failures": {f"steady:c{i}": 1 for i in range(300)}}},
+                {"events": ["\x1b[2J"]}):
+        with pytest.raises(RecordError):
+            registry.admit(agent, pack_pieces(bad))
+
+
+def test_registry_bounds_new_names(registry: Registry, clock: Clock) -> None:
+    from connscale.control.registry import NAME_BURST
+
+    for i in range(int(NAME_BURST)):
+        registry.register(f"n{i}", Mind(), info())
+    with pytest.raises(NameHeld, match="too many new agent names at once"):
+        registry.register("one-more", Mind(), info())
+    clock.advance(1)
+    assert registry.register("one-more", Mind(), info())[0].connected
+    # Departed agents leave the live record after SHOW_DEPARTED; connected ones stay.
+    from connscale.control.registry import SHOW_DEPARTED
+
+    for agent in list(registry.live())[:-1]:
+        registry.lost(agent, "gone")
+    clock.advance(SHOW_DEPARTED + 1)
+    assert [a.name for a in registry.shown()] == ["one-more"]
+
+
+def test_stats_are_packed_below_what_a_peer_accepts() -> None:
+    from connscale.config.packed import unpack
+    from connscale.control.controller import pack_bounded
+
+    row = {"index": 0, "resources": {f"k{i}": "v" * 100 for i in range(40)}}
+    stats = {"phase": "", "clients": {f"a{i}": {"open": i, "workers": [row] * 20} for i in range(20)}}
+    small = unpack(pack_bounded(stats, limit=10_000_000))
+    assert "truncated" not in small and len(small["clients"]["a1"]["workers"]) == 20
+    cut = unpack(pack_bounded(stats, limit=100_000))
+    assert cut["truncated"].startswith("worker rows left out") and cut["clients"]["a1"] == {"open": 1, "workers": []}
+    assert sum(map(len, pack_bounded(stats, limit=100_000))) <= 100_000
+    tiny = pack_bounded(stats, limit=300)
+    assert unpack(tiny)["clients"] == {} and sum(map(len, tiny)) <= 300
+
+
 def test_registry_frees_a_held_name_after_the_hold_or_when_released(registry: Registry, clock: Clock) -> None:
     agent, _ = registry.register("a1", Mind(), info())
     registry.lost(agent, "gone")
