@@ -126,7 +126,7 @@ def run_helper(args: argparse.Namespace) -> None:
 
     rng = random.Random(args.first)
     credentials = Credentials.from_secret(os.environ["FLEET_AGENT_KEY"].encode())
-    credentials.key("agent")
+    credentials.check_role("agent:sim-0")  # an agent key, not the secret
     rtts = rtt_windows(6, rng)
     sources = tuple(f"127.0.{1 + k // 250}.{1 + k % 250}" for k in range(16))
     counts = {"registered": 0, "reports": 0, "lost": 0, "orders": 0}
