@@ -103,6 +103,8 @@ class Link:
             authenticate, user.decode("utf-8"), Credentials.from_secret(secret), mind, "127.0.0.1:8790")
         # Held: PB logs an avatar out as soon as the client drops its perspective.
         self.perspective = self.wait(d)
+        if isinstance(self.perspective, Failure):
+            self.drop()  # as dial.login does: a failed login hangs up (and frees its peer's turn)
         return self.perspective
 
     def wait(self, d: defer.Deferred[Any]) -> Any:

@@ -319,15 +319,41 @@ def test_failed_logins_are_throttled_and_logged_once_per_interval(controller: Co
 
 
 def test_parallel_connections_do_not_get_past_the_throttle(controller: Controller) -> None:
-    # Every guess counts from its start (the SPAKE2 step), not from its refusal: a guesser
-    # opening many connections at once gets THROTTLE_FAILURES hub answers, then none.
+    # One exchange in flight per peer: a guesser opening many connections at once gets one
+    # hub answer at a time, each counted when it fails, and THROTTLE_FAILURES in all.
     links = [Link(controller) for _ in range(THROTTLE_FAILURES * 3)]
     exchanges = [link.wait(root_of(link).callRemote("hello", 2, "operator", "hub:1"))[1] for link in links]
-    answers = [link.wait(ex.callRemote("start", LoginExchange("peer", b"guess", b"t").start()))
-               for link, ex in zip(links, exchanges)]
-    answered = [a for a in answers if not isinstance(a, Failure)]
+    starts = [ex.callRemote("start", LoginExchange("peer", b"guess", b"t").start()) for ex in exchanges]
+    for link in links:
+        link.pump.flush()
+    answered = []
+    for link, ex, d in zip(links, exchanges, starts):
+        for other in links:
+            other.pump.flush()
+        if not d.called:
+            continue
+        answer = link.wait(d)
+        if isinstance(answer, Failure):
+            assert "too many failed logins" in answer.getErrorMessage()
+            continue
+        answered.append(answer)
+        assert sum(s.called for s in starts) <= len(answered) + THROTTLE_FAILURES * 3  # (the rest wait)
+        link.wait(ex.callRemote("confirm", b"\0" * 32, None))  # wrong: counted, the next one's turn
     assert len(answered) == THROTTLE_FAILURES
-    assert all("too many failed logins" in a.getErrorMessage() for a in answers if isinstance(a, Failure))
+
+
+def test_a_fleet_logging_in_at_once_from_one_address_queues_and_gets_in(controller: Controller) -> None:
+    from connscale.control.login import authenticate
+
+    links = [Link(controller) for _ in range(THROTTLE_FAILURES * 4)]
+    logins = [link.client_factory.getRootObject().addCallback(
+        authenticate, f"agent:a{i}", Credentials.from_secret(SECRET), FakeMind(), "hub:1")
+        for i, link in enumerate(links)]
+    for _ in range(5):
+        for link in links:
+            link.pump.flush()
+    assert all(d.called for d in logins)
+    assert not [link.wait(d) for link, d in zip(links, logins) if isinstance(link.wait(d), Failure)]
 
 
 def test_a_right_login_does_not_count_against_its_peer(controller: Controller) -> None:
@@ -339,12 +365,14 @@ def test_a_right_login_does_not_count_against_its_peer(controller: Controller) -
 def test_throttle_counts_per_peer_and_forgets_after_the_window(clock: Clock) -> None:
     throttle = LoginThrottle(clock, failures=3, window=10)
     for _ in range(3):
-        throttle.guess("10.0.0.1")
+        throttle.acquire("10.0.0.1")
+        throttle.release("10.0.0.1", failed=True)
     assert throttle.blocked_for("10.0.0.1") == pytest.approx(10)
     assert throttle.blocked_for("10.0.0.2") == 0
     # On loopback the key is the address and the local user: one user's guesses are not another's.
     for _ in range(3):
-        throttle.guess("127.0.0.1 uid 65534")
+        throttle.acquire("127.0.0.1 uid 65534")
+        throttle.release("127.0.0.1 uid 65534", failed=True)
     assert throttle.blocked_for("127.0.0.1 uid 0") == 0
     clock.advance(10)
     assert throttle.blocked_for("10.0.0.1") == 0

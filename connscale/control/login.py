@@ -8,10 +8,12 @@ answers the avatar). `authenticate` is the peer's side (agents, `ctl`, `run`).
 The exchange is bound to the connection's TLS channel (`channel.binding`): a
 connection without TLS cannot log in.
 
-The throttle counts guesses, not connections: each `start` counts as a failed
-login of its peer (`peer.peer_key`: the address, and on loopback the local
-user owning the socket) until its `confirm` proves the password, so parallel
-connections cannot get past it; every step checks it. After
+The throttle counts guesses, not connections: a peer (`peer.peer_key`: the
+address, and on loopback the local user owning the socket) has one exchange
+in flight at a time (`start` waits its turn; a fleet logging in at once from
+one address queues), and each that does not end in a proved password counts
+as a failed login, so parallel connections cannot get past it; every step
+checks it. After
 `THROTTLE_FAILURES` in `THROTTLE_WINDOW` seconds that peer is refused with
 `LoginThrottled`, which says how long to wait and which every peer of ours
 retries with backoff: the throttle slows a guesser and shuts no one out for
@@ -82,6 +84,8 @@ THROTTLE_WINDOW = 10.0
 LOG_INTERVAL = 10.0
 #: Peers the throttle remembers (oldest forgotten first).
 MAX_TRACKED = 4096
+#: Logins of one peer waiting for their turn (its one exchange in flight) at most.
+MAX_WAITING = 256
 #: The calls a connection may make before it has logged in.
 LOGIN_CALLS = frozenset({b"hello", b"start", b"confirm"})
 #: What PB may say before login besides those calls (its version, dropping a reference).
@@ -121,6 +125,9 @@ class LoginThrottle:
         self._logged_at = -float("inf")
         #: Every refusal so far, by kind (tests and stats read it).
         self.refused: collections.Counter[str] = collections.Counter()
+        #: Peers with an exchange in flight, and the starts waiting for their turn.
+        self._busy: set[str] = set()
+        self._waiting: dict[str, collections.deque[defer.Deferred[None]]] = {}
 
     def blocked_for(self, peer: str) -> float:
         """Seconds this peer must wait before it may try again (0: it may)."""
@@ -130,19 +137,37 @@ class LoginThrottle:
         left = times[0] + self.window - self.clock.seconds()
         return max(0.0, left)
 
-    def guess(self, peer: str) -> None:
-        """A guess is being made: it counts as a failure until `forgive` says it was right."""
+    def _count(self, peer: str) -> None:
         times = self._recent.pop(peer, None) or collections.deque(maxlen=self.failures)
         times.append(self.clock.seconds())
         self._recent[peer] = times
         while len(self._recent) > MAX_TRACKED:
             self._recent.popitem(last=False)
 
-    def forgive(self, peer: str) -> None:
-        """The guess was the password: it does not count against the peer."""
-        times = self._recent.get(peer)
-        if times:
-            times.pop()
+    def acquire(self, peer: str) -> defer.Deferred[None]:
+        """The peer's turn to make a guess: one exchange in flight per peer, the others wait
+        their turn (at most MAX_WAITING; beyond, LoginThrottled). Parallel connections cannot
+        get past the failure count, and a fleet logging in at once from one address queues."""
+        waiting = self._waiting.setdefault(peer, collections.deque())
+        if peer not in self._busy:
+            self._busy.add(peer)
+            return defer.succeed(None)
+        if len(waiting) >= MAX_WAITING:
+            return defer.fail(LoginThrottled(f"too many logins at once from {peer}; try again in 1 s"))
+        turn: defer.Deferred[None] = defer.Deferred()
+        waiting.append(turn)
+        return turn
+
+    def release(self, peer: str, failed: bool) -> None:
+        """The peer's exchange in flight ended (`failed`: without proving the password)."""
+        if failed:
+            self._count(peer)
+        waiting = self._waiting.get(peer)
+        if waiting:
+            waiting.popleft().callback(None)
+            return
+        self._busy.discard(peer)
+        self._waiting.pop(peer, None)
 
     def failed(self, peer: str, reason: str) -> None:
         """A refused login whose guess (if any) was counted already."""
@@ -439,11 +464,50 @@ class Exchange(pb.Referenceable):
         self.key: bytes | None = None
         self.step = "hello"  # hello -> started -> done
 
-    def remote_start(self, message: object) -> list[bytes]:
+    def remote_start(self, message: object) -> defer.Deferred[list[bytes]]:
         gate = self.gate
         gate.check_throttle()
         if self.step != "hello":
             raise gate.refuse("one login per connection", "protocol")
+        self.step = "waiting"
+        throttle = gate.throttle
+        if throttle is None:
+            return defer.maybeDeferred(self._start, message)
+        peer = gate.peer
+        # From here the peer can test one guess of the password: one at a time per peer, and
+        # each counts as failed unless its confirmation proves it right.
+        turn = throttle.acquire(peer)
+
+        def go(_: Any) -> list[bytes]:
+            self.holding = True
+            if gate.broker.disconnected:
+                self._done(failed=False)
+                raise LoginRefused("the connection closed")
+            gate.broker.notifyOnDisconnect(lambda: self._done(failed=True))
+            gate.check_throttle()
+            return self._start(message)
+
+        def refused(failure: Any) -> Any:
+            if self.holding:
+                self._done(failed=False)  # refused at its turn (and counted there)
+            elif failure.check(LoginThrottled):
+                gate.refuse(failure.getErrorMessage(), "throttled")  # no turn: too many waiting
+            return failure
+
+        return turn.addCallback(go).addErrback(refused)
+
+    holding = False
+
+    def _done(self, failed: bool) -> None:
+        """Give the peer's turn back (once), counting a failure unless the password was proved."""
+        if self.holding:
+            self.holding = False
+            throttle = self.gate.throttle
+            if throttle is not None:
+                throttle.release(self.gate.peer, failed)
+
+    def _start(self, message: object) -> list[bytes]:
+        gate = self.gate
         self.step = "started"
         try:
             password = gate.root.credentials.password(self.username, gate.root.salt)
@@ -452,9 +516,6 @@ class Exchange(pb.Referenceable):
             self.key = exchange.finish(message)
         except CredentialError as e:
             raise gate.refuse(str(e), "protocol") from None
-        # From here the peer can test one guess of the password: it counts until proved right.
-        if gate.throttle is not None:
-            gate.throttle.guess(gate.peer)
         return [ours, confirmation(self.key, "hub")]
 
     def remote_confirm(self, given: object, mind: Any) -> defer.Deferred[Any]:
@@ -471,8 +532,7 @@ class Exchange(pb.Referenceable):
         _, avatar, logout = result
         gate = self.gate
         broker = gate.broker
-        if gate.throttle is not None:
-            gate.throttle.forgive(gate.peer)
+        self._done(failed=False)
         if not IJellyable.providedBy(avatar):
             avatar = pb.AsReferenceable(avatar, "perspective")
         done: list[bool] = []
@@ -491,6 +551,7 @@ class Exchange(pb.Referenceable):
         reason = failure.getErrorMessage() if failure.check(cred_error.UnauthorizedLogin) else "login failed"
         if not failure.check(cred_error.UnauthorizedLogin):
             log.failure("login of {name} failed", failure, name=self.username)
+        self._done(failed=True)
         raise self.gate.refuse(reason)
 
 
