@@ -40,6 +40,7 @@ from connscale.control.login import (
     LoginThrottle,
     ProofChecker,
 )
+from connscale.control.observers import Observers
 from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo
 from connscale.control.registry import CALL_TIMEOUT, AgentHandle, Registry
@@ -60,6 +61,8 @@ class AgentAvatar(pb.Avatar):
         self.controller = controller
         self.name = name
         self.mind = mind
+        #: Registered as an observer (not an agent that holds connections).
+        self.observer = False
 
     def perspective_register(self, info: object) -> dict[str, Any]:
         try:
@@ -68,9 +71,24 @@ class AgentAvatar(pb.Avatar):
             raise ControlError(f"registration refused: {e}") from None
         return self.controller.agent_registered(self.name, self.mind, record)
 
+    def perspective_observe(self, info: object) -> dict[str, Any]:
+        """An observer (`connscale observe`) registers: it watches a server, holds no connections."""
+        try:
+            record = AgentInfo.from_wire(info)
+        except RecordError as e:
+            raise ControlError(f"registration refused: {e}") from None
+        self.observer = True
+        return self.controller.observers.register(self.name, self.mind, record)
+
     def perspective_keepalive(self) -> None:
         """An agent's probe that the hub still answers."""
         return None
+
+    def detached(self) -> None:
+        if self.observer:
+            self.controller.observers.detached(self.name, self.mind)
+        else:
+            self.controller.registry.detached(self.name, self.mind)
 
 
 class OperatorAvatar(pb.Avatar):
@@ -116,6 +134,9 @@ class Controller:
         #: Names the walls the run meets (connscale.diagnose).
         self.diagnosis = Diagnosis(cfg, self.registry, self.log.note)
         self.collector = Collector(reactor, self.registry, self.log, servers, timeline, lost_after, self.diagnosis)
+        #: Observers of the server under test (connscale observe), kept apart from the agents.
+        self.observers = Observers(reactor, self.log.note, self.collector.started, lost_after)
+        self.collector.observers = self.observers
         self._launcher = launcher
 
     # -- the parts, as the hub and the console see them ---------------------------------
@@ -166,7 +187,7 @@ class Controller:
             except RecordError as e:
                 raise cred_error.UnauthorizedLogin(f"agent name refused: {e}") from None
             avatar = AgentAvatar(self, name, mind)
-            return pb.IPerspective, avatar, lambda: self.registry.detached(name, mind)
+            return pb.IPerspective, avatar, avatar.detached
         if kind == "operator" and not name:
             return pb.IPerspective, OperatorAvatar(self), lambda: None
         # (login.authenticate never gets here with another role: its key is unknown.)
