@@ -299,6 +299,7 @@ def derive_explanation(run: RunFiles, summary: Mapping[str, Any], peak_open: int
             incidents=gather_incidents(run), preflight=summary.get("preflight"),
             rtt=summary.get("rtt_final_hold_ms") or summary.get("rtt_ms"),
             losses=summary.get("worker_losses") or [],
+            target_events=summary.get("target_events") or [],
         )
     except Exception:  # an old or odd summary: the page still renders, with the fallback words
         return None
