@@ -268,7 +268,7 @@ def test_report_needs_only_the_run_directory_and_nothing_from_the_network(tmp_pa
         assert attr.startswith("data:image/png;base64,"), attr
     assert "@import" not in page and "url(" not in page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 7
+    assert len(images) == 8
     for data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
 
