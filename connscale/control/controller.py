@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from connscale.config.packed import pack_pieces
 from connscale.config.records import RecordError
-from connscale.config.settings import Config
+from connscale.config.settings import ClientHost, Config
 from connscale.control.auth import Credentials
 from connscale.control.collect import LOST_AFTER, POLL_INTERVAL, Collector, EventLog
 from connscale.control.diagnosis import Diagnosis
@@ -205,6 +205,10 @@ class Controller:
     def wait_registered(self, name: str) -> defer.Deferred[None]:
         return self.registry.wait_registered(name)
 
+    def registry_of(self, host: ClientHost) -> Registry:
+        """Where a `clients:` entry registers: the observers' registry for one with `observe:`."""
+        return self.observers.registry if host.observe else self.registry
+
     # -- verbs ---------------------------------------------------------------------------------
     def call(self, name: str, args: Any = (), kwargs: Any = None) -> defer.Deferred[Any]:
         """Carry out the verb `name`, its arguments checked first; fails with a ControlError."""
@@ -258,15 +262,16 @@ class Controller:
         if name not in self.cfg.clients:
             known = ", ".join(sorted(self.cfg.clients)) or "none configured"
             return defer.fail(ControlError(f"no client {name!r} under clients: in the config (known: {known})"))
-        agent = self.agents.get(name)
+        agent = self.registry_of(self.cfg.clients[name]).agents.get(name)
         if agent is not None and agent.connected:
             return defer.fail(ControlError(f"client {name} is already running"))
         return self._launcher(self, self.cfg.clients[name])
 
     @defer.inlineCallbacks
     def op_client_stop(self, name: str):  # type: ignore[no-untyped-def]
-        """Stop a client: its connections close, its agent exits."""
-        agent = self.agents.get(name)
+        """Stop a client: its connections close, its agent (or observer) exits."""
+        host = self.cfg.clients.get(name)
+        agent = (self.registry_of(host) if host is not None else self.registry).agents.get(name)
         if agent is None:
             raise ControlError(f"no client named {name!r}")
         if agent.connected:

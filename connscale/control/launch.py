@@ -33,6 +33,7 @@ from connscale.procs.child import ChildProcess
 
 __all__ = [
     "LaunchError", "LaunchedAgent", "explain_failure", "launch", "remote_agent_argv", "remote_command",
+    "remote_observer_argv",
     "ssh_argv",
 ]
 
@@ -84,6 +85,19 @@ def remote_agent_argv(host: ClientHost, master: str, extra: Sequence[str] = ()) 
     argv += ["--workers", str(host.workers)]
     argv += list(extra)
     return argv
+
+
+def remote_observer_argv(host: ClientHost, master: str) -> list[str]:
+    """The observer command line for a `clients:` entry with `observe:` (a pid or a process name)."""
+    target = host.observe or ""
+    argv = [
+        host.python, "-m", "connscale", "observe",
+        "--master", master,
+        "--label", host.name,
+        "--secret-file", "/dev/stdin",
+        "--lifeline",
+    ]
+    return argv + (["--pid", target] if target.isdigit() else ["--name", target])
 
 
 def remote_command(host: ClientHost, remote: Sequence[str]) -> str:
