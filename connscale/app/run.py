@@ -253,7 +253,7 @@ def observer_targets(cfg: Config, hub_pid: int | None) -> list[str]:
         return ["--pid", str(cfg.observe.pid)]
     if cfg.observe.name is not None:
         return ["--name", cfg.observe.name]
-    return ["--children-of", str(hub_pid)]
+    return ["--children-of", str(hub_pid), "--target-label", "connscale server workers"]
 
 
 def sc_mode(cfg: Config) -> str:

@@ -8,6 +8,7 @@ See `connscale.control.observer`.
 
 from __future__ import annotations
 
+import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
@@ -30,6 +31,7 @@ class Options(ConfigOptions):
         ["label", None, None, "Name this observer registers under (default observer-<hostname>)."],
         ["secret-file", None, None, "File holding the control secret or agent key [control.secret_file]."],
         ["status-interval", None, None, "Seconds between status lines without a hub (default 5)."],
+        ["target-label", None, None, "What to call the (first) target in reports (default: its name or pid)."],
     ]
     keys = {"master": "client.master", "secret-file": "control.secret_file"}
     optFlags = [["lifeline", None, "Exit when stdin closes (used by the ssh launch and connscale run)."]]
@@ -64,6 +66,8 @@ class Options(ConfigOptions):
             specs.append(TargetSpec(name=cfg.observe.name))
         if not specs:
             raise usage.UsageError("nothing to observe: give --pid, --name or --children-of (or observe: in the config)")
+        if self["target-label"]:
+            specs[0] = attrs.evolve(specs[0], label=self["target-label"][:128])
         return specs
 
 
