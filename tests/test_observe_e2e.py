@@ -336,3 +336,48 @@ def test_an_observer_launched_over_ssh_reports_a_server_in_its_namespace(tmp_pat
         assert ctl_ok(h1, cfg, "client-stop", "srv", logs=(hub,)).strip() == "stopped"
         client.kill()
         server.kill()
+
+
+def test_an_observer_that_may_not_read_its_target_says_so_once_and_goes_on(tmp_path):
+    """Another user's process, watched by an observer without the capabilities to read it (root
+    with an empty bounding set, as an unprivileged user would be): its fds and smaps are not
+    ours, one line each at start, then the status lines go on with what can be read."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv")
+    # setpriv execs: the pid is sleep's, running as nobody.
+    victim = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "120"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{victim.pid}/comm").read_text().strip() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc = Proc(["setpriv", "--bounding-set=-all", "--inh-caps=-all",
+                     *connscale("observe", "--pid", str(victim.pid), "--status-interval", "1")],
+                    tmp_path / "observe.log", env={"HOME": str(tmp_path)})
+        try:
+            proc.wait_for(lambda: proc.text().count("connscale-observe: target=") >= 3, 30, "status lines")
+        finally:
+            proc.stop()
+    finally:
+        victim.kill()
+        victim.wait()
+    lines = [line for line in proc.lines() if "cannot read" in line]
+    assert any(f"pid {victim.pid} (sleep): cannot read its fds: Permission denied; going on without it" in line
+               for line in lines), proc.text()[-2000:]
+    assert len(lines) == len({line.split("cannot read its ")[1].split(":")[0] for line in lines}), lines  # once each
+    assert "Traceback" not in proc.text()
+    status = [line for line in proc.lines() if "connscale-observe: target=" in line][-1]
+    assert "alive=True" in status and "fds=-" in status and "rss_mib=" in status
+
+
+@pytest.mark.skipif(not netns_available(), reason="needs root and working `ip netns`")
+def test_a_run_observing_a_process_in_another_namespace_says_so_and_holds(tmp_path):
+    with TestNetwork(1) as net:
+        (h1,) = net.hosts
+        other = h1.popen(["sleep", "120"])
+        run = Run(tmp_path, write_config(tmp_path, target=1000, final_hold=2), "--observe", str(other.pid))
+        code, summary = run.finish()
+    assert code == 0, run.text()[-3000:]
+    said = [line for line in run.text().splitlines() if "another network namespace" in line]
+    assert len(said) == 1 and said[0].startswith("observer server: pid ") and \
+        said[0].endswith("; the run goes on without it"), said
+    assert summary["verdict"] == "held"

@@ -121,9 +121,8 @@ class Observer(MultiService):
     def _say_problems(self, row: TargetRow) -> None:
         """One line per problem, the first time it is seen: the run goes on without those rows."""
         for problem in row.problems:
-            key = problem.split(":", 1)[0] + problem.rsplit(":", 1)[-1]
-            if key not in self._said:
-                self._said.add(key)
+            if problem not in self._said:
+                self._said.add(problem)
                 log.warn("{prog}: {problem}; going on without it", prog=PROG, problem=problem)
 
     def report(self) -> ObserverReport:
