@@ -138,14 +138,7 @@ class Agent(MultiService):
         self._orphaned: Any = None
         self.link: HubLink | None = None
         if c.master is not None:
-            try:
-                credentials = Credentials.from_secret(client_secret(cfg.control))
-                credentials.key("agent")
-                verbs.agent_name(self.name)
-            except (SecretError, CredentialError) as e:
-                raise SystemExit(f"{PROG}: {e}") from None
-            except RecordError as e:
-                raise SystemExit(f"{PROG}: client.name {self.name!r}: {e}") from None
+            credentials = agent_credentials(cfg, self.name, PROG, "client.name")
             self.link = HubLink(
                 reactor, c.master, f"agent:{self.name}", credentials, tls_ca=cfg.control.tls_ca,
                 mind=AgentMind(self), on_login=self._register, on_lost=self._hub_lost, on_refused=self._refused,
@@ -265,6 +258,20 @@ class Agent(MultiService):
         d.addCallback(lambda _: self.supervisor.stop())
         d.addCallback(lambda _: self.status.tick())
         return d
+
+
+def agent_credentials(cfg: Config, name: str, prog: str, what: str) -> Credentials:
+    """The agent login's credentials (agents and observers), or SystemExit with one line: no
+    secret, a key that cannot log in as an agent, or a name (`what`) the hub would refuse."""
+    try:
+        credentials = Credentials.from_secret(client_secret(cfg.control))
+        credentials.key("agent")
+        verbs.agent_name(name)
+    except (SecretError, CredentialError) as e:
+        raise SystemExit(f"{prog}: {e}") from None
+    except RecordError as e:
+        raise SystemExit(f"{prog}: {what} {name!r}: {e}") from None
+    return credentials
 
 
 def fatal(reactor: Any, message: str, code: int = 2) -> None:

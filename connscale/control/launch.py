@@ -71,15 +71,16 @@ class LaunchError(Exception):
     """Launching could not even start (no ssh client, spawn failed); the message is one line."""
 
 
+def _remote_connscale(host: ClientHost, verb: str, master: str, name_flag: str) -> list[str]:
+    """`python -m connscale VERB` on ``host``, reporting to ``master`` under the entry's name,
+    its key on stdin (which then stays open as its lifeline)."""
+    return [host.python, "-m", "connscale", verb, "--master", master, name_flag, host.name,
+            "--secret-file", "/dev/stdin", "--lifeline"]
+
+
 def remote_agent_argv(host: ClientHost, master: str, extra: Sequence[str] = ()) -> list[str]:
     """The agent command line to run on ``host`` (``host.env`` is applied by :func:`ssh_argv`)."""
-    argv = [
-        host.python, "-m", "connscale", "agent",
-        "--master", master,
-        "--name", host.name,
-        "--secret-file", "/dev/stdin",
-        "--lifeline",
-    ]
+    argv = _remote_connscale(host, "agent", master, "--name")
     if host.source_ips:
         argv += ["--source-ip", ",".join(host.source_ips)]
     argv += ["--workers", str(host.workers)]
@@ -90,13 +91,7 @@ def remote_agent_argv(host: ClientHost, master: str, extra: Sequence[str] = ()) 
 def remote_observer_argv(host: ClientHost, master: str) -> list[str]:
     """The observer command line for a `clients:` entry with `observe:` (a pid or a process name)."""
     target = host.observe or ""
-    argv = [
-        host.python, "-m", "connscale", "observe",
-        "--master", master,
-        "--label", host.name,
-        "--secret-file", "/dev/stdin",
-        "--lifeline",
-    ]
+    argv = _remote_connscale(host, "observe", master, "--label")
     return argv + (["--pid", target] if target.isdigit() else ["--name", target])
 
 

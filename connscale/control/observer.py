@@ -31,14 +31,10 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from connscale.config.packed import pack_pieces
-from connscale.config.records import RecordError
 from connscale.config.settings import Config
-from connscale.control import verbs
-from connscale.control.agent import fatal
-from connscale.control.auth import CredentialError, Credentials
+from connscale.control.agent import agent_credentials, fatal
 from connscale.control.link import HubLink
 from connscale.control.records import AgentInfo, RegisterAnswer
-from connscale.control.secret import SecretError, client_secret
 from connscale.host.inventory import read_host_limits
 from connscale.host.observed import MAX_EVENTS, ObserverReport, TargetEvent, TargetRow
 from connscale.host.resources import cpu_count
@@ -89,14 +85,7 @@ class Observer(MultiService):
         self._poll.clock = reactor
         self.link: HubLink | None = None
         if master is not None:
-            try:
-                credentials = Credentials.from_secret(client_secret(cfg.control))
-                credentials.key("agent")
-                verbs.agent_name(self.name)
-            except (SecretError, CredentialError) as e:
-                raise SystemExit(f"{PROG}: {e}") from None
-            except RecordError as e:
-                raise SystemExit(f"{PROG}: --label {self.name!r}: {e}") from None
+            credentials = agent_credentials(cfg, self.name, PROG, "--label")
             self.link = HubLink(reactor, master, f"agent:{self.name}", credentials, tls_ca=cfg.control.tls_ca,
                                 mind=ObserverMind(self), on_login=self._register, on_refused=self._refused)
             self.link.setServiceParent(self)

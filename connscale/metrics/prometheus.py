@@ -211,34 +211,30 @@ class TimelineCollector(Collector):
                                         value=float(kernel[key]))
 
 
+#: (key, metric name after connscale_observed_, help) of each observed target, and of its host.
+_OBSERVED = (
+    ("fds", "open_files", "Open files of the observed server's processes"),
+    ("nofile", "open_files_limit", "Lowest RLIMIT_NOFILE (soft) among the observed server's processes"),
+    ("established", "established_connections", "Connections established on the observed server's listening ports"),
+    ("rss", "resident_memory_bytes", "RSS of the observed server's processes"),
+    ("queue", "accept_queue", "Connections waiting in the observed server's accept queue (its longest listener)"),
+    ("alive", "up", "1 while the observed server runs"),
+)
+_OBSERVED_HOST = (
+    ("slab", "socket_slab_bytes", "Kernel memory of the socket slab caches on the observer's host"),
+    ("tcp_mem", "tcp_memory_bytes", "TCP buffer memory on the observer's host (sockstat mem)"),
+    ("conntrack", "conntrack_entries", "Connections tracked by nf_conntrack on the observer's host"),
+    ("mem", "memory_available_bytes", "MemAvailable of the observer's host"),
+)
+
+
 def observed_families(observers: Mapping[str, Any]) -> Iterator[Any]:
     """The observed servers and their hosts (connscale observe): labelled by observer and target
     label (at most 16 targets an observer), never by pid."""
-    labels = ["observer", "target"]
-    fams = {
-        "fds": GaugeMetricFamily("connscale_observed_open_files", "Open files of the observed server's processes",
-                                 labels=labels),
-        "nofile": GaugeMetricFamily("connscale_observed_open_files_limit", "Lowest RLIMIT_NOFILE (soft) among the "
-                                    "observed server's processes", labels=labels),
-        "established": GaugeMetricFamily("connscale_observed_established_connections", "Connections established "
-                                          "on the observed server's listening ports", labels=labels),
-        "rss": GaugeMetricFamily("connscale_observed_resident_memory_bytes", "RSS of the observed server's "
-                                 "processes", labels=labels),
-        "queue": GaugeMetricFamily("connscale_observed_accept_queue", "Connections waiting in the observed "
-                                   "server's accept queue (the longest of its listeners)", labels=labels),
-        "alive": GaugeMetricFamily("connscale_observed_up", "1 while the observed server runs", labels=labels),
-    }
-    host_labels = ["observer"]
-    hosts = {
-        "slab": GaugeMetricFamily("connscale_observed_host_socket_slab_bytes", "Kernel memory of the socket slab "
-                                  "caches on the observer's host", labels=host_labels),
-        "tcp_mem": GaugeMetricFamily("connscale_observed_host_tcp_memory_bytes", "TCP buffer memory on the "
-                                     "observer's host (sockstat mem)", labels=host_labels),
-        "conntrack": GaugeMetricFamily("connscale_observed_host_conntrack_entries", "Connections tracked by "
-                                       "nf_conntrack on the observer's host", labels=host_labels),
-        "mem": GaugeMetricFamily("connscale_observed_host_memory_available_bytes", "MemAvailable of the observer's "
-                                 "host", labels=host_labels),
-    }
+    fams = {key: GaugeMetricFamily(f"connscale_observed_{name}", text, labels=["observer", "target"])
+            for key, name, text in _OBSERVED}
+    hosts = {key: GaugeMetricFamily(f"connscale_observed_host_{name}", text, labels=["observer"])
+             for key, name, text in _OBSERVED_HOST}
     for name, o in sorted(observers.items()):
         if not isinstance(o, Mapping) or not o.get("connected"):
             continue
