@@ -232,3 +232,28 @@ def test_metrics_and_live_rows_of_an_observed_server():
     assert 'connscale_observed_host_socket_slab_bytes{observer="server"} 1.048576e+06' in text
     (row,) = observer_rows(record)
     assert row[:5] == ("server", "redis-server", "41", "120 / 5,000", "90") and row[6] == "3/511"
+
+
+def test_check_plans_memory_with_what_a_run_measured(tmp_path, capsys):
+    from connscale.app.check import check_main
+    from connscale.diagnose.budget import ConnectionCosts
+    from connscale.diagnose.memory import costs_from_table
+
+    table = {"rows": [{"key": "kernel", "what": "kernel total", "kind": "kernel", "side": "host",
+                       "opened": 5000.0, "pinging": 7000.0},
+                      {"key": "server_rss", "what": "server process RSS", "kind": "user", "side": "server",
+                       "opened": 900.0, "pinging": 1200.0}]}
+    costs = costs_from_table(table, "runs/x")
+    assert (costs.kernel_pair, costs.user_server, costs.source) == (7000.0, 1200.0, "the run in runs/x")
+    assert costs.user_client == ConnectionCosts().user_client   # not measured there: this box's bench figure
+    (tmp_path / "summary.json").write_text(__import__("json").dumps({"memory": table}))
+    check_main(["--target", "1000", "--measured", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert f"memory per held connection measured in {tmp_path}" in out
+    assert "server process RSS               user   900 B / 1,200 B" in out
+    assert f"per connection as measured by the run in {tmp_path}" in out
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        check_main(["--measured", str(tmp_path)])
+    assert e.value.code == 2
+    assert "has no memory table" in capsys.readouterr().err

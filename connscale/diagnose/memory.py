@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from connscale.diagnose.budget import ConnectionCosts
 from connscale.host.observed import HostRow, TargetRow
 from connscale.metrics.phases import FINAL_HOLD, STOP
 
@@ -163,3 +164,25 @@ def render_lines(table: Mapping[str, Any]) -> list[str]:
         cells = " / ".join(f"{row[c]:,.0f} B" if row.get(c) is not None else "-" for c in ("opened", "pinging"))
         lines.append(f"{row['what']:<32} {row['kind']:<6} {cells}")
     return lines
+
+
+def costs_from_table(table: Mapping[str, Any], where: str) -> ConnectionCosts:
+    """A run's table as the planning's per-connection costs (after pinging; where the run did not
+    measure a figure, this box's bench figure stays). The kernel's is per pair of ends, as a
+    `connscale run` on one box measures it."""
+    rows = {r["key"]: r.get("pinging") for r in table.get("rows") or () if isinstance(r, Mapping)}
+    default = ConnectionCosts()
+
+    def pick(*keys: str, fallback: float) -> float:
+        for key in keys:
+            value = rows.get(key)
+            if isinstance(value, (int, float)) and value > 0:
+                return float(value)
+        return fallback
+
+    return ConnectionCosts(
+        kernel_pair=pick("kernel", fallback=default.kernel_pair),
+        user_client=pick("connscale_client_rss", fallback=default.user_client),
+        user_server=pick("server_rss", "connscale_server_rss", fallback=default.user_server),
+        source=f"the run in {where}",
+    )
