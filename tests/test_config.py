@@ -613,13 +613,13 @@ def test_as_dict_is_json_and_round_trips(tmp_path):
         "scenario": {"hold": 0},
     })
     plain = json.loads(json.dumps(config.as_dict()))
-    assert list(plain) == ["server", "client", "control", "clients", "scenario", "run"]
+    assert list(plain) == ["server", "client", "control", "clients", "scenario", "run", "observe"]
     assert plain["client"]["server"] == "[::1]:8989-8991,9000"
     assert plain["client"]["master"] == "hub:8790"
     assert plain["server"]["ports"] == [8989, 8990, 8991, 9000]
     assert plain["clients"] == {"w": {"host": "h", "user": None, "port": 22, "ssh_options": ["-4"],
                                       "python": "python3", "workers": "auto", "source_ips": [],
-                                      "env": {"A": "1"}, "master": None}}
+                                      "env": {"A": "1"}, "master": None, "observe": None}}
     assert parse_config(plain) == config
     assert parse_config(json.loads(json.dumps(Config().as_dict()))) == Config()
 
