@@ -69,7 +69,7 @@ class Observer(MultiService):
         super().__init__()
         self.reactor = reactor
         self.cfg = cfg
-        self.name = name or f"observer-{socket.gethostname()}"[:64]
+        self.label = name or f"observer-{socket.gethostname()}"[:64]
         self.master = master
         self.watches = [TargetWatch(spec, proc) for spec in targets]
         self.proc = proc
@@ -85,8 +85,8 @@ class Observer(MultiService):
         self._poll.clock = reactor
         self.link: HubLink | None = None
         if master is not None:
-            credentials = agent_credentials(cfg, self.name, PROG, "--label")
-            self.link = HubLink(reactor, master, f"agent:{self.name}", credentials, tls_ca=cfg.control.tls_ca,
+            credentials = agent_credentials(cfg, self.label, PROG, "--label")
+            self.link = HubLink(reactor, master, f"agent:{self.label}", credentials, tls_ca=cfg.control.tls_ca,
                                 mind=ObserverMind(self), on_login=self._register, on_refused=self._refused)
             self.link.setServiceParent(self)
 
@@ -143,7 +143,7 @@ class Observer(MultiService):
         self.registered += 1
         assert self.master is not None
         log.info("{prog}: registered with controller {host}:{port} as observer {name}, watching {targets}",
-                 prog=PROG, host=self.master[0], port=self.master[1], name=self.name,
+                 prog=PROG, host=self.master[0], port=self.master[1], name=self.label,
                  targets=", ".join(w.label for w in self.watches))
 
     def _refused(self, message: str) -> None:

@@ -141,7 +141,7 @@ def count_fds(pid: int, proc: str = PROC) -> int:
     return len(os.listdir(os.path.join(proc, str(pid), "fd")))
 
 
-def read_process(pid: int, proc: str = PROC, fds: bool = True, scan: int | None | bool = False) -> ProcessReading | None:
+def read_process(pid: int, proc: str = PROC, fds: bool = True, scan: int | bool = False) -> ProcessReading | None:
     """The process `pid`, or None when it does not exist (any more). `scan`: also the inodes of its
     socket fds (True: every fd; a number: its lowest that many; False: none)."""
     raw = _read(os.path.join(proc, str(pid), "stat"), binary=True)
