@@ -135,36 +135,90 @@ def close(mine: float, theirs: float, rel: float = 0.10, slack: float = 0.0) -> 
     return abs(mine - theirs) <= max(rel * abs(theirs), slack)
 
 
+def sockets_of(pid: int) -> int:
+    """The test's own count of a process's socket fds."""
+    base = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in base.iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
+
+
+def started_pids(log: Path, prefix: str) -> list[int]:
+    """pids of the workers a supervisor log says it started ("<prefix>-N started (pid P, ...")."""
+    if not log.exists():
+        return []
+    return [int(line.split("(pid ")[1].split(",")[0]) for line in log.read_text(errors="replace").splitlines()
+            if f"{prefix}-" in line and " started (pid " in line]
+
+
+def idle_readings(run: "Run", servers: int, clients: int, ports: int = 2,
+                  timeout: float = 60.0) -> tuple[dict[int, int], list[int], list[int]]:
+    """RSS of every worker before its first connection, read by the test from /proc/PID/statm
+    every 20 ms from the moment its supervisor logs its pid; a worker's last reading counts while
+    it holds no socket but its listeners (`ports` of them for a server worker, none for a client)."""
+    run_dir = lambda: next(iter((run.tmp / "runs").glob("*/")), None)  # noqa: E731
+    idle: dict[int, int] = {}
+    done: set[int] = set()
+    deadline = time.monotonic() + timeout
+    server_pids: list[int] = []
+    client_pids: list[int] = []
+    while time.monotonic() < deadline and run.popen.poll() is None:
+        where = run_dir()
+        if where is not None:
+            server_pids = started_pids(where / "hub.log", "hub-server-worker")[:servers]
+            client_pids = started_pids(where / "agent.log", "local-client-worker")[:clients]
+        for pid in server_pids + client_pids:
+            if pid in done:
+                continue
+            try:
+                reading, held = rss([pid]), sockets_of(pid)
+            except OSError:
+                continue
+            if held > (ports if pid in server_pids else 0):
+                done.add(pid)
+            else:
+                idle[pid] = reading
+        if len(server_pids) == servers and len(client_pids) == clients and done >= set(server_pids + client_pids):
+            return idle, server_pids, client_pids
+        time.sleep(0.02)
+    raise AssertionError(f"workers did not start and connect: {server_pids} {client_pids}\n{run.text()[-3000:]}")
+
+
 def test_a_run_observes_its_own_server_and_its_memory_table_agrees_with_proc(tmp_path):
     """Every run watches its own server workers. The table's user memory per connection (the
     server workers', the client workers') agrees within 10 % with what this test reads from
-    /proc/PID/statm itself before the first connection and during the final hold; the kernel's
-    (slab and TCP buffers, whole-host counters that other programs on a shared box move too)
-    within 10 % or 600 B."""
+    /proc/PID/statm itself before each worker's first connection and during the final hold; the
+    kernel's (slab and TCP buffers: whole-host counters that other programs on a shared box move
+    too) within 10 % or 600 B."""
     run = Run(tmp_path, write_config(tmp_path, target=8000))
     try:
+        idle, server_pids, client_pids = idle_readings(run, servers=2, clients=1)
         base_line = run.wait_line("the observer's rows before any connection",
-                                  lambda r: observed(r) is not None and r["client"]["open"] == 0
-                                  and r.get("server_workers") and r["clients"].get("local", {}).get("workers"))
-        server_pids = [w["pid"] for w in base_line["server_workers"]]
-        client_pids = [w["pid"] for w in base_line["clients"]["local"]["workers"]]
-        base = {"server": rss(server_pids), "client": rss(client_pids), "kernel": kernel_bytes()}
+                                  lambda r: observed(r) is not None and r["client"]["open"] == 0)
+        base_kernel = kernel_bytes()
         target = observed(base_line)
         assert target["label"] == "connscale server workers" and target["alive"]
         assert sorted(p["pid"] for p in target["processes"]) == sorted(server_pids)
         assert all(p["nofile_soft"] and p["fds"] for p in target["processes"])
-        hold: dict[str, Any] = {}
+        readings: dict[float, dict[str, Any]] = {}
         deadline = time.monotonic() + 90
-        # Read /proc again at every final-hold second until the run leaves it: the last reading
-        # stands beside the table's last final-hold second.
+        # Read /proc once for each final-hold second as its line appears, until the run leaves
+        # the hold. The last such reading may overlap the stop (connections closing): the one of
+        # the second before it stands beside the table's (the hold is steady).
         while time.monotonic() < deadline and run.popen.poll() is None:
             lines = run.lines()
             if lines and lines[-1].get("phase") == "final_hold":
-                hold = {"server": rss(server_pids), "client": rss(client_pids), "kernel": kernel_bytes(),
-                        "open": lines[-1]["client"]["open"]}
-            elif hold:
+                readings.setdefault(lines[-1]["elapsed_s"], {
+                    "server": rss(server_pids), "client": rss(client_pids), "kernel": kernel_bytes(),
+                    "open": lines[-1]["client"]["open"]})
+            elif readings:
                 break
-            time.sleep(0.3)
+            time.sleep(0.1)
+        hold = readings[sorted(readings)[-2]] if len(readings) >= 2 else {}
         code, summary = run.finish()
     finally:
         run.stop()
@@ -174,17 +228,19 @@ def test_a_run_observes_its_own_server_and_its_memory_table_agrees_with_proc(tmp
     rows = {r["key"]: r for r in table["rows"]}
     assert table["server"]["label"] == "connscale server workers"
     assert table["pinging"]["phase"] == "final_hold" and table["pinging"]["open"] == 8000
-    mine = {side: (hold[side] - base[side]) / hold["open"] for side in ("server", "client")}
+    mine = {"server": (hold["server"] - sum(idle[p] for p in server_pids)) / hold["open"],
+            "client": (hold["client"] - sum(idle[p] for p in client_pids)) / hold["open"]}
     assert close(mine["server"], rows["connscale_server_rss"]["pinging"]), (mine, rows)
     assert close(mine["server"], rows["server_rss"]["pinging"]), (mine, rows)
     assert close(mine["client"], rows["connscale_client_rss"]["pinging"]), (mine, rows)
-    if base["kernel"] is not None:
-        kernel = (hold["kernel"] - base["kernel"]) / hold["open"]
+    if base_kernel is not None:
+        kernel = (hold["kernel"] - base_kernel) / hold["open"]
         assert close(kernel, rows["kernel"]["pinging"], slack=600), (kernel, rows["kernel"])
     report = (Path(summary["run_dir"]) / "report.html").read_text()
     assert "Memory per held connection" in report and 'data-k="memory.server_rss.pinging"' in report
     print("memory per connection (bytes):", json.dumps({r["key"]: (r.get("opened"), r.get("pinging"))
-                                                         for r in table["rows"]}), "test's own:", mine)
+                                                         for r in table["rows"]}), "test's own:", mine,
+          "idle:", idle, "hold readings:", readings)
 
 
 def unique_server(tmp: Path) -> tuple[str, Path]:

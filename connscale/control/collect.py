@@ -127,7 +127,8 @@ class Collector:
         self.events.note(f"the controller was stalled for {seconds:.0f}s; "
                          "agent silence during the stall is not held against them")
         now = self.clock.seconds()
-        for agent in self.registry.live():
+        observers = self.observers.registry.live() if self.observers is not None else []
+        for agent in [*self.registry.live(), *observers]:
             agent.answered_at = max(agent.answered_at, now)
 
     def set_phase(self, phase: str) -> str:

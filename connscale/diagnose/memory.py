@@ -126,7 +126,8 @@ def memory_table(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     rows = []
     columns = {name: per_connection(records, base, i) for name, i in moments.items()}
     for key, what, kind, side in QUANTITIES:
-        values = {name: round(col[key], 1) for name, col in columns.items() if key in col}
+        # Unrounded: the report rounds once, as it shows them.
+        values = {name: col[key] for name, col in columns.items() if key in col}
         if values:
             rows.append({"key": key, "what": what, "kind": kind, "side": side, **values})
     if not rows:
