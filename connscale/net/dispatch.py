@@ -31,6 +31,7 @@ from connscale.compat.epoll import (
     reactor_dispatch,
     reactor_epoll,
     reactor_selectables,
+    replace_main_loop,
 )
 from connscale.compat.epoll import replace_poll as _replace_poll
 
@@ -65,7 +66,10 @@ class Loop:
         self._soon: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._twisted = reactor_selectables(reactor)
         self._twisted_dispatch = reactor_dispatch(reactor)
-        _replace_poll(reactor, self._make_poll())
+        poll = self._make_poll()
+        _replace_poll(reactor, poll)
+        # Timers only when one is due: a turn goes from epoll to the handlers.
+        replace_main_loop(reactor, lambda timeout: poll(reactor, timeout))
 
     def add(self, fd: int, handler: Any, events: int) -> None:
         self.epoll.register(fd, events)
