@@ -230,7 +230,11 @@ class TreeSampler:
                     continue
                 kind = self._kinds.get(pid)
                 if kind is None:
-                    kind = self._kinds[pid] = self.kind(cmdline(pid))
+                    kind = self.kind(cmdline(pid))
+                    # A child just forked still shows its parent's command line:
+                    # only a worker's (which it keeps) is remembered.
+                    if kind.endswith("workers") or kind.startswith("c_"):
+                        self._kinds[pid] = kind
                 procs[pid] = (kind, int(f[11]) + int(f[12]), int(f[21]) * c.PAGE)
         self.samples.append((time.time(), time.monotonic(), procs, c.machine_cpu()))
 
@@ -248,12 +252,18 @@ class TreeSampler:
             return {}
         (w0, _, p0, m0), (w1, _, p1, m1) = self.samples[i0], self.samples[i1]
         dt = w1 - w0
+        # Each process's last reading inside the window: one that ended before
+        # its end keeps the CPU it had used (one born inside counts from zero).
+        last: dict[int, tuple[str, int, int]] = {}
+        for _, _, procs, _ in self.samples[i0:i1 + 1]:
+            last.update(procs)
         cores: dict[str, float] = {}
         count: dict[str, int] = {}
         rss: dict[str, int] = {}
-        for pid, (kind, ticks, mem) in p1.items():
-            before = p0.get(pid, (kind, 0, 0))[1]  # born inside the window: from zero
+        for pid, (kind, ticks, _) in last.items():
+            before = p0.get(pid, (kind, 0, 0))[1]
             cores[kind] = cores.get(kind, 0.0) + (ticks - before) / c.HZ / dt
+        for pid, (kind, _, mem) in p1.items():
             count[kind] = count.get(kind, 0) + 1
             rss[kind] = rss.get(kind, 0) + mem
         busy = sum(m1[k] - m0[k] for k in m1 if k not in ("idle", "iowait")) / c.HZ / dt
@@ -397,8 +407,9 @@ class CRef:
             done_at, done = self.b.wait(lambda: cli.tail.matching(r"^HOLD_DONE"), hold + 60, "HOLD_DONE", [srv])[0]
             res["hold_line"] = done
             sampler.stop()
-            # The hold's CPU: from a second after ESTABLISHED to a second before its end.
-            cpu_fields(res, sampler.window(est_at + 1, done_at - 1, wall=False))
+            # The hold's CPU and memory: from a second after ESTABLISHED to 3 s
+            # before the hold's end (the client's processes exit at its end).
+            cpu_fields(res, sampler.window(est_at + 1, min(done_at, est_at + hold) - 3, wall=False))
             res.update(c_figures(cli.tail.matching(r"^(C t=|ESTABLISHED|HOLD_DONE)"), n))
             e, h = kv(est), kv(done)
             failures = sum(int(h.get(k, 0)) for k in ("timeouts", "conn_err", "closed_by_peer", "io_err", "bad"))
