@@ -38,7 +38,7 @@ from connscale.control.records import AgentInfo, AgentReport, RegisterAnswer
 from connscale.control.secret import SecretError, client_secret
 from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
-from connscale.host.resources import cpu_count
+from connscale.host.resources import cpu_count, process_resources
 from connscale.host.sysctl import ephemeral_count
 from connscale.metrics.histograms import RttAccumulator, encode_histogram
 from connscale.metrics.status import StatusService
@@ -235,6 +235,7 @@ class Agent(MultiService):
             connecting=sum(int((s.last or {}).get("connecting", 0)) for s in self.supervisor.slots),
             events=tuple(self.supervisor.take_events()),
             losses=tuple(self.supervisor.take_losses()),
+            resources=process_resources(),
         )
 
     def startService(self) -> None:
