@@ -204,9 +204,14 @@ def main(argv: list[str] | None = None) -> None:
             os.nice(WORKER_NICE - os.getpriority(os.PRIO_PROCESS, 0))
         except OSError:
             pass
+    import gc
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What start-up made (modules, Twisted, PB: ~100,000 objects) lives as long as
+    # the worker: out of the collector's way, so a full collection scans only
+    # what the connections made since (load reports gc_ms and gc_full).
+    gc.freeze()
     reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
 
 
