@@ -139,6 +139,29 @@ class Bench:
         return c.Proc(f"cs-{role}-{mode}", [sys.executable, "-c", PARENT, role, json.dumps(spec), order,
                                             str(limit)], self.dir, env=env)
 
+    # -- where the CPU goes ----------------------------------------------------------
+    def profile(self, role: str, mode: str, pid: int, window: float) -> subprocess.Popen[bytes] | None:
+        """`perf record` (software clock, so it works in a VM) of `pid` over the window."""
+        if not self.args.perf:
+            return None
+        return subprocess.Popen(["perf", "record", "-q", "-F", "2999", "-e", "cpu-clock", "-p", str(pid), "-o",
+                                 _perf_path(self, role, mode), "--", "sleep", str(window)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def perf_split(self, role: str, mode: str) -> dict[str, float]:
+        """Share of the samples in the kernel, in the interpreter and in the rest (libc, ...)."""
+        out = subprocess.run(["perf", "report", "-q", "-i", _perf_path(self, role, mode), "--stdio", "--sort",
+                              "dso"], capture_output=True, text=True, timeout=120).stdout
+        split: dict[str, float] = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].endswith("%"):
+                dso = parts[1]
+                kind = "kernel" if "kernel" in dso else "python" if "python" in dso or "libpython" in dso \
+                    else "c" if "pingpong" in dso else "other"
+                split[kind] = round(split.get(kind, 0.0) + float(parts[0][:-1]), 1)
+        return split
+
     # -- one measurement -----------------------------------------------------------
     def one(self, role: str, mode: str) -> dict[str, Any]:
         n, window = self.args.connections, self.args.window
@@ -182,7 +205,11 @@ class Bench:
             c.sleep_polling(self.args.warm, [p.tail for p in procs])
             (r0, w0, s0), t0 = schedstat(measured), time.monotonic()
             lines0 = len(cli.tail.matching(r"^(C t=|\{\"t\")"))
+            profiler = self.profile(role, mode, measured, window)
             c.sleep_polling(window, [p.tail for p in procs])
+            if profiler is not None:
+                profiler.wait(30)
+                res["perf"] = self.perf_split(role, mode)
             (r1, w1, s1), t1 = schedstat(measured), time.monotonic()
             lines = cli.tail.matching(r"^(C t=|\{\"t\")")[lines0:]
             dt = t1 - t0
@@ -215,6 +242,10 @@ class Bench:
         return res
 
 
+def _perf_path(bench: Bench, role: str, mode: str) -> str:
+    return os.path.join(bench.dir, f"perf-{role}-{mode}.data")
+
+
 def c_line(line: str) -> dict[str, float]:
     return {k: float(v) for k, v in re.findall(r"([A-Za-z0-9_/]+)=([-0-9.]+)", line)}
 
@@ -227,6 +258,7 @@ def main() -> None:
     ap.add_argument("--warm", type=float, default=62.0, help="seconds after all are open (one interval + 2)")
     ap.add_argument("--window", type=float, default=20.0)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--perf", action="store_true", help="perf record the measured process: kernel vs user share")
     args = ap.parse_args()
     c.stop_on_signals()
     bench = Bench(args)
@@ -242,7 +274,7 @@ def main() -> None:
                   f"{r.get('cpu_us_per_ping', 0):>8.1f} {r.get('wakeups_per_s', 0):>8.0f} "
                   f"{r.get('events_per_wakeup', 0):>8.2f} {r.get('runq_wait_ms_per_s', 0):>9.2f} "
                   f"{c.fmt(r.get('rtt_p50_ms_median'), '.3f'):>7s} {c.fmt(r.get('rtt_p99_ms_median'), '.2f'):>7s} "
-                  f"{c.fmt(r.get('rtt_p99_ms_worst'), '.2f'):>8s}", flush=True)
+                  f"{c.fmt(r.get('rtt_p99_ms_worst'), '.2f'):>8s}  {r.get('perf', '')}", flush=True)
     c.dump_json(args.json, {"results": results})
     print(json.dumps(results))
 
