@@ -60,35 +60,41 @@ def replace_main_loop(reactor: Any, poll_once: Callable[[float | None], None]) -
     from twisted.logger import Logger
 
     log = Logger(namespace="connscale.dispatch")
+    seconds = reactor.seconds
+    run_timers = reactor.runUntilCurrent
+    self = reactor
 
-    def main_loop(self: Any) -> None:
-        seconds = self.seconds
-        run_timers = self.runUntilCurrent
+    def one_turn() -> None:
+        pending = self._pendingTimedCalls
+        now = seconds()
+        if (self._newTimedCalls or self.threadCallQueue or self._justStopped
+                or (pending and pending[0].time <= now)):
+            run_timers()
+            # Calls the timers just made: in the heap before we wait.
+            self._insertNewDelayedCalls()
+            pending = self._pendingTimedCalls
+            now = seconds()
+        if not self.running:
+            timeout: float | None = 0.0
+        elif pending:
+            delay = pending[0].time - now
+            timeout = 0.0 if delay < 0.0 else LONGEST_WAIT if delay > LONGEST_WAIT else delay
+        else:
+            timeout = None
+        poll_once(timeout)
+
+    def main_loop(_: Any) -> None:
         while self._started:
             try:
                 while self._started:
-                    pending = self._pendingTimedCalls
-                    now = seconds()
-                    if (self._newTimedCalls or self.threadCallQueue or self._justStopped
-                            or (pending and pending[0].time <= now)):
-                        run_timers()
-                        # Calls the timers just made: in the heap before we wait.
-                        self._insertNewDelayedCalls()
-                        pending = self._pendingTimedCalls
-                        now = seconds()
-                    if not self.running:
-                        timeout: float | None = 0.0
-                    elif pending:
-                        delay = pending[0].time - now
-                        timeout = 0.0 if delay < 0.0 else LONGEST_WAIT if delay > LONGEST_WAIT else delay
-                    else:
-                        timeout = None
-                    poll_once(timeout)
+                    one_turn()
             except BaseException:
                 log.failure("Unexpected error in main loop.")
         log.info("Main loop terminated.")
 
     reactor.mainLoop = types.MethodType(main_loop, reactor)
+    # One turn by itself, for a bench that drives the loop event by event.
+    reactor.connscale_turn = one_turn
 
 
 def replace_poll(reactor: Any, poll: Callable[[Any, float | None], None]) -> None:
