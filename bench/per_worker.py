@@ -141,7 +141,12 @@ class Bench:
 
     # -- where the CPU goes ----------------------------------------------------------
     def profile(self, role: str, mode: str, pid: int, window: float) -> subprocess.Popen[bytes] | None:
-        """`perf record` (software clock, so it works in a VM) of `pid` over the window."""
+        """`perf record` (software clock, so it works in a VM) of `pid` over the window,
+        or with --pyspy (a connscale worker) py-spy's Python stacks."""
+        if self.args.pyspy and mode != "c":
+            return subprocess.Popen(["py-spy", "record", "-r", "250", "-d", str(int(window)), "-f", "raw", "-o",
+                                     _perf_path(self, role, mode) + ".raw", "-p", str(pid), "--nonblocking"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not self.args.perf:
             return None
         return subprocess.Popen(["perf", "record", "-q", "-F", "2999", "-e", "cpu-clock", "-p", str(pid), "-o",
@@ -149,7 +154,10 @@ class Bench:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def perf_split(self, role: str, mode: str) -> dict[str, float]:
-        """Share of the samples in the kernel, in the interpreter and in the rest (libc, ...)."""
+        """Share of the samples in the kernel, in the interpreter and in the rest (libc, ...);
+        with --pyspy, the share of each activity of the worker's Python."""
+        if self.args.pyspy and mode != "c":
+            return activities(_perf_path(self, role, mode) + ".raw")
         out = subprocess.run(["perf", "report", "-q", "-i", _perf_path(self, role, mode), "--stdio", "--sort",
                               "dso"], capture_output=True, text=True, timeout=120).stdout
         split: dict[str, float] = {}
@@ -209,7 +217,7 @@ class Bench:
             c.sleep_polling(window, [p.tail for p in procs])
             if profiler is not None:
                 profiler.wait(30)
-                res["perf"] = self.perf_split(role, mode)
+                res["perf" if not self.args.pyspy else "activities"] = self.perf_split(role, mode)
             (r1, w1, s1), t1 = schedstat(measured), time.monotonic()
             lines = cli.tail.matching(r"^(C t=|\{\"t\")")[lines0:]
             dt = t1 - t0
@@ -242,6 +250,46 @@ class Bench:
         return res
 
 
+#: What a worker does, recognised by the innermost frame of a stack that names it
+#: (py-spy's raw stacks run from the outermost frame to the innermost).
+ACTIVITIES = (
+    ("probe (load.py, 4 Hz)", ("(connscale/metrics/load.py:",)),
+    ("snapshot (PB over stdio)", ("remote_snapshot", "(twisted/spread/", "(connscale/procs/childproc.py:",
+                                  "(twisted/internet/process.py:", "(twisted/internet/_posixstdio.py:",
+                                  "(connscale/config/packed.py:", "(connscale/metrics/buckets.py:",
+                                  "(connscale/host/resources.py:")),
+    ("client: ping sends (wheel tick)", ("timer (connscale/net/pool.py:", "_fire (connscale/net/wheel.py:")),
+    ("client: pongs timed (pool.pong)", ("pong (connscale/net/pool.py:",)),
+    ("protocol (wire.py: a ping answered, a pong parsed)", ("(connscale/net/wire.py:", "(connscale/compat/lines.py:")),
+    ("transport (read/write calls)", ("(connscale/net/transport.py:",)),
+    ("Twisted timers (runUntilCurrent)", ("runUntilCurrent",)),
+    ("loop (turn, epoll_wait, dispatch)", ("(connscale/net/dispatch.py:", "(connscale/compat/epoll.py:")),
+)
+
+
+def activities(raw: str) -> dict[str, float]:
+    """py-spy raw output -> share (%) of the samples per activity."""
+    counts: dict[str, int] = {}
+    total = 0
+    try:
+        lines = open(raw).read().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        name = "other"
+        for label, marks in ACTIVITIES:
+            if any(m in f for f in frames for m in marks):
+                name = label
+                break
+        counts[name] = counts.get(name, 0) + int(n)
+        total += int(n)
+    return {k: round(100 * v / total, 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {}
+
+
 def _perf_path(bench: Bench, role: str, mode: str) -> str:
     return os.path.join(bench.dir, f"perf-{role}-{mode}.data")
 
@@ -259,6 +307,7 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=20.0)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--perf", action="store_true", help="perf record the measured process: kernel vs user share")
+    ap.add_argument("--pyspy", action="store_true", help="py-spy the connscale worker: its Python by activity")
     args = ap.parse_args()
     c.stop_on_signals()
     bench = Bench(args)
@@ -274,7 +323,7 @@ def main() -> None:
                   f"{r.get('cpu_us_per_ping', 0):>8.1f} {r.get('wakeups_per_s', 0):>8.0f} "
                   f"{r.get('events_per_wakeup', 0):>8.2f} {r.get('runq_wait_ms_per_s', 0):>9.2f} "
                   f"{c.fmt(r.get('rtt_p50_ms_median'), '.3f'):>7s} {c.fmt(r.get('rtt_p99_ms_median'), '.2f'):>7s} "
-                  f"{c.fmt(r.get('rtt_p99_ms_worst'), '.2f'):>8s}  {r.get('perf', '')}", flush=True)
+                  f"{c.fmt(r.get('rtt_p99_ms_worst'), '.2f'):>8s}  {r.get('perf') or r.get('activities') or ''}", flush=True)
     c.dump_json(args.json, {"results": results})
     print(json.dumps(results))
 
