@@ -144,7 +144,8 @@ class Bench:
         """`perf record` (software clock, so it works in a VM) of `pid` over the window,
         or with --pyspy (a connscale worker) py-spy's Python stacks."""
         if self.args.pyspy and mode != "c":
-            return subprocess.Popen(["py-spy", "record", "-r", "250", "-d", str(int(window)), "-f", "raw", "-o",
+            here = os.path.join(os.path.dirname(sys.executable), "py-spy")  # pip installs it beside python
+            return subprocess.Popen([here if os.path.exists(here) else "py-spy", "record", "-r", "250", "-d", str(int(window)), "-f", "raw", "-o",
                                      _perf_path(self, role, mode) + ".raw", "-p", str(pid), "--nonblocking"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not self.args.perf:
