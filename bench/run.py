@@ -271,6 +271,9 @@ class TreeSampler:
         return {"seconds": round(dt, 1), "cores": {k: round(v, 3) for k, v in sorted(cores.items())},
                 "total_cores": round(total, 3), "processes": count, "rss_bytes": rss,
                 "total_rss_bytes": sum(rss.values()), "machine_busy_cores": round(busy, 3),
+                # Loopback's receive work runs as softirq: in the process that sent when it can,
+                # in ksoftirqd (not ours, by this count) when the box is busy.
+                "softirq_cores": round((m1["softirq"] - m0["softirq"]) / c.HZ / dt, 3),
                 "others_cores": round(max(0.0, busy - total), 3)}
 
 
@@ -345,6 +348,7 @@ def cpu_fields(out: dict[str, Any], win: dict[str, Any]) -> None:
     out["processes"] = win["processes"]
     out["hold_machine_busy_cores"] = win["machine_busy_cores"]
     out["hold_others_cores"] = win["others_cores"]
+    out["hold_softirq_cores"] = win["softirq_cores"]
     out["hold_cpu_window_s"] = win["seconds"]
 
 
@@ -410,6 +414,9 @@ class CRef:
             # The hold's CPU and memory: from a second after ESTABLISHED to 3 s
             # before the hold's end (the client's processes exit at its end).
             cpu_fields(res, sampler.window(est_at + 1, min(done_at, est_at + hold) - 3, wall=False))
+            first = cli.tail.matching(r"^C t=")
+            if first:
+                res["ramp_cpu_by_kind"] = sampler.window(first[0][0], est_at, wall=False).get("cores")
             res.update(c_figures(cli.tail.matching(r"^(C t=|ESTABLISHED|HOLD_DONE)"), n))
             e, h = kv(est), kv(done)
             failures = sum(int(h.get(k, 0)) for k in ("timeouts", "conn_err", "closed_by_peer", "io_err", "bad"))
@@ -883,7 +890,8 @@ def details(results: dict[str, dict[str, Any]]) -> None:
                   + (f" GUARD: {m['guard']}" if m.get("guard") else ""))
         if m.get("hold_cpu_by_kind"):
             print(f"      hold CPU by kind (cores): {m['hold_cpu_by_kind']}; processes {m.get('processes')}; "
-                  f"machine busy {m.get('hold_machine_busy_cores')} cores, not ours {m.get('hold_others_cores')}")
+                  f"machine busy {m.get('hold_machine_busy_cores')} cores, not ours {m.get('hold_others_cores')} "
+                  f"(softirq {m.get('hold_softirq_cores')})")
         if m.get("ramp_cpu_by_kind"):
             print(f"      ramp CPU by kind (cores): {m['ramp_cpu_by_kind']}")
         if mc:
