@@ -609,7 +609,9 @@ class Connscale:
         hold_t = figures.pop("hold_t")
         res.update(figures)
         if hold_t and sampler:
-            cpu_fields(res, sampler[0].window(hold_t[0], hold_t[1]))
+            # Ends 2 s before the hold's last line: the run then writes its report (plots), and the
+            # sample nearest the end may already be past it.
+            cpu_fields(res, sampler[0].window(hold_t[0], max(hold_t[0] + 1, hold_t[1] - 2)))
             ramp_t = ramp_window(read_timeline(timeline))
             if ramp_t:
                 res["ramp_cpu_by_kind"] = sampler[0].window(*ramp_t).get("cores")
