@@ -130,11 +130,11 @@ class Bench:
             order = "-"
         else:
             spec = {"interval": 60.0, "timeout": 10.0, "rate": 5000.0, "close": "rst", "name": "measured"}
+            routes = [[f"127.0.0.{2 + i}", "127.0.0.1", port, 14000] for i in range(2)]
+            order = json.dumps({"target": n, "routes": routes, "rate": 5000.0})
         if mode == "stock":
             # A worker takes the path from its spec (its parent applied the switch).
             spec["fast_path"] = False
-            routes = [[f"127.0.0.{2 + i}", "127.0.0.1", port, 14000] for i in range(2)]
-            order = json.dumps({"target": n, "routes": routes, "rate": 5000.0})
         env = {"PYTHONPATH": self.repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
         if mode in ("fast", "stock"):
             env["CONNSCALE_FAST_PATH"] = "1" if mode == "fast" else "0"
