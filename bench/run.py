@@ -689,8 +689,10 @@ class Connscale:
         except GuardTripped as g:
             res["guard"] = str(g)
             return res
-        res["preflight"] = (summary.get("preflight") or {}).get("verdict") \
-            if isinstance(summary.get("preflight"), dict) else summary.get("preflight")
+        pre = summary.get("preflight")
+        # What connscale's own preflight said of this step (refused or not, it ran: --force).
+        res["preflight"] = "ok" if isinstance(pre, dict) and pre.get("ok") else (
+            "refused" if isinstance(pre, dict) else "not asked")
         hold = summary.get("rtt_final_hold_ms") or {}
         res["p99_ms"] = hold.get("p99")
         res["failures"] = sum((summary.get("failures") or {}).values())
