@@ -44,6 +44,7 @@ from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo
 from connscale.control.registry import CALL_TIMEOUT, AgentHandle, Registry
 from connscale.control.verbs import BY_NAME, VERBS, agent_name
+from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline
 from connscale.procs.supervisor import Supervisor
@@ -219,7 +220,8 @@ class Controller:
         return self.collector.refresh(agent).addCallback(lambda _: agent.open())
 
     def op_stats(self) -> defer.Deferred[dict[str, Any]]:
-        return self.poll().addCallback(lambda _: self.stats())
+        # A verb answers plain data (PB, ctl --json, stats_packed): the record's wire form.
+        return self.poll().addCallback(lambda _: self.stats().to_wire())
 
     def op_set_rate(self, rate: float, client: str | None) -> defer.Deferred[None]:
         return self.orders.set_rate(rate, client)
@@ -287,7 +289,7 @@ class Controller:
     def tick(self) -> defer.Deferred[None]:
         return self.collector.tick()
 
-    def stats(self, rtt: Any = None) -> dict[str, Any]:
+    def stats(self, rtt: Any = None) -> Stats:
         return self.collector.stats(rtt)
 
     def clients(self) -> list[dict[str, Any]]:
