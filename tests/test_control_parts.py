@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
 import pytest
 from twisted.internet import defer, task
 from twisted.internet.task import Clock
@@ -281,9 +282,9 @@ def test_collect_merges_reports_and_records_a_second(registry: Registry, clock: 
     result(collector.tick())
     timeline.close()
     (record,) = list(read_timeline(timeline.path))
-    assert record["client"]["open"] == 12 and record["elapsed_s"] == 2.0
-    assert record["clients"]["a"]["open"] == 7 and record["clients"]["a"]["lost_reason"] == ""
-    assert "agent a: worker 1 lost" in record["events"]
+    assert record.client.open == 12 and record.elapsed_s == 2.0
+    assert record.clients["a"].open == 7 and record.clients["a"].lost_reason == ""
+    assert "agent a: worker 1 lost" in record.events
     assert collector.clients()[0]["name"] == "a"
 
 
@@ -299,7 +300,7 @@ def test_collect_times_each_poll_round_for_the_timeline(registry: Registry, cloc
     result(d)
     timeline.close()
     (record,) = list(read_timeline(timeline.path))
-    assert record["poll_ms"] == 250.0 and record["client"]["open"] == 4
+    assert record.poll_ms == 250.0 and record.client.open == 4
 
 
 def test_collect_refuses_a_malformed_report(registry: Registry, clock: Clock, events: EventLog) -> None:
@@ -319,7 +320,7 @@ def test_collect_marks_a_silent_agent_lost_within_seconds(registry: Registry, cl
         clock.advance(1.0)
     assert not agent.connected and mind.broker.transport.aborted
     assert agent.lost_reason.startswith("no answer for 5 s")
-    assert collector.stats()["clients"]["a"]["lost_reason"] == agent.lost_reason
+    assert collector.stats().clients["a"].lost_reason == agent.lost_reason
 
 
 def test_collect_does_not_blame_agents_for_its_own_stall(registry: Registry, clock: Clock,
@@ -477,9 +478,9 @@ def test_collect_carries_lost_server_workers_in_stats_and_each_once_in_the_timel
     result(collector.tick())
     timeline.close()
     first, second = list(read_timeline(timeline.path))
-    assert first["worker_losses"] == [{**loss.to_wire(), "elapsed_s": 3.0}] and second["worker_losses"] == []
+    assert first.worker_losses == (attrs.evolve(loss, elapsed_s=3.0),) and second.worker_losses == ()
     # stats (what `connscale run` puts in summary.json) has every loss so far.
-    assert collector.stats()["worker_losses"] == first["worker_losses"]
+    assert collector.stats().worker_losses == first.worker_losses
     assert WorkerLoss.from_wire(loss.to_wire()) == loss
 
 
@@ -500,8 +501,8 @@ def test_collect_carries_lost_client_workers_from_agent_reports(
     result(collector.tick())
     timeline.close()
     first, second = list(read_timeline(timeline.path))
-    expected = {**loss.to_wire(), "agent": "a", "elapsed_s": 4.0}
-    assert first["worker_losses"] == [expected] and second["worker_losses"] == []
-    assert collector.stats()["worker_losses"] == [expected]
+    expected = attrs.evolve(loss, agent="a", elapsed_s=4.0)
+    assert first.worker_losses == (expected,) and second.worker_losses == ()
+    assert collector.stats().worker_losses == (expected,)
     assert losses_line([expected]) == ("a client worker (pid 777) on agent a was killed by signal 9 (SIGKILL) "
                                        "at 4 s; 900 connections were lost with it")
