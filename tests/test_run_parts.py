@@ -290,6 +290,17 @@ def test_the_peak_is_what_the_run_reached_before_it_stopped():
     assert sc.progress.peak_open == 3000 and sc.progress.open == 5000
 
 
+def test_stats_that_do_not_fit_end_the_run_in_one_line():
+    """A hub answering `stats_packed` with something that is not its record (another version,
+    a bug) ends the run with what does not fit, not with a KeyError from deep in the scenario."""
+    clock, hub, sc, d = start()
+    hub.stats = lambda: {"elapsed_s": 1.0, "client": {"open": "many"}, "server": {}}
+    drive(clock, d)
+    failure = outcome(d)
+    assert failure.check(RunError)
+    assert str(failure.value) == "the hub's stats do not fit: Stats.client: open: expected an integer, got 'many'"
+
+
 def test_a_hub_silent_too_long_ends_the_run():
     clock, hub, sc, d = start(final_hold=300.0, time_limit=1000.0)
     while sc.progress.phase != "final_hold":

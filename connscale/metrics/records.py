@@ -116,11 +116,11 @@ class AgentRow(Record):
     lost_reason: str = field(text(2000), default="", doc="why its last session ended (empty while connected)")
     failures: Mapping[str, int] = field(_FAILURES, factory=dict, doc="its failures, phase:cause -> count")
     workers: tuple[WorkerRow, ...] = field(seq(nested(WorkerRow), MAX_WORKERS), default=(),
-                                           doc="its client workers, as its report gave them")
+                                           doc="its client workers, as its report gave them (rows as in server_workers)")
     rate: float | None = field(optional(number(0, 1e9)), default=None, doc="connects per second asked of it")
     stale_s: float | None = field(optional(number(0, 1e9)), default=None,
                                   doc="0: its report is this second's; else the age in seconds of the report "
-                                      "it is counted with (its answer is late); None before its first")
+                                      "it is counted with (its answer is late); null before its first")
 
 
 @attrs.frozen
@@ -248,24 +248,29 @@ class Stats(Record):
                                             doc="every agent the hub knows, by name, connected or not")
     stale: tuple[str, ...] = field(seq(text(255), MAX_AGENTS), default=(),
                                    doc="connected agents counted with an old report (their answer was late)")
-    workers: WorkerCount = field(nested(WorkerCount), factory=WorkerCount, doc="worker processes per side")
+    workers: WorkerCount = field(nested(WorkerCount), factory=WorkerCount, doc="worker processes per side: server, client")
     server_workers: tuple[WorkerRow, ...] = field(seq(nested(WorkerRow), MAX_WORKERS), default=(),
                                                   doc="the hub's server workers")
     server_lost_workers: int = field(_COUNT, default=0, doc="server workers lost so far")
     worker_losses: tuple[WorkerLoss, ...] = field(seq(nested(WorkerLoss), 4 * MAX_LOSSES), default=(),
-                                                  doc="workers that died (stats: so far; line: in its second)")
+                                                  doc="workers that died (stats: so far; line: in its second): worker, side, pid, how, "
+                                                      "connections, t, agent, elapsed_s")
     rtt_ms: Percentiles = field(nested(Percentiles), factory=Percentiles,
-                                doc="RTT percentiles since the hub started")
+                                doc="p50, p90, p99, max (ms) of every RTT since the hub started")
     rtt_window_ms: Percentiles | None = field(optional(nested(Percentiles)), default=None,
-                                              doc="line: RTT percentiles of its second")
+                                              doc="line: p50, p90, p99, max (ms) of its second's RTTs (null where none)")
     rtt_hist: str = field(text(8 * 2**20), default="",
                           doc="line: the merged HdrHistogram of its second's RTTs (empty when none)")
     kernel: KernelCounters = field(nested(KernelCounters), factory=KernelCounters,
-                                   doc="the hub host's kernel counters (left out where not available)")
+                                   doc="the hub host's kernel counters: sockstat (tcp_inuse, tcp_tw, ...), TcpExt "
+                                       "(listen_overflows, listen_drops, ...), mem_available_bytes; a counter "
+                                       "this host lacks is left out")
     load: LoadSummary = field(nested(LoadSummary), factory=LoadSummary,
-                              doc="the busiest worker per side; measuring_side_saturated")
+                              doc="per side (client, server; null without live workers): cpu_max, cpu_total, lag_ms_max, "
+                                  "lag_ms_mean, saturated, silent, worker (the busiest); and measuring_side_saturated")
     incidents: tuple[Incident, ...] = field(seq(nested(Incident), MAX_INCIDENTS), default=(),
-                                            doc="walls met (stats: so far; line: those opened in its second)")
+                                            doc="walls met (stats: so far; line: those opened in its second), each as "
+                                                "snapshotted (see Why it stopped)")
     unjudged_failures: tuple[str, ...] = field(seq(text(200), 8192), default=(),
                                                doc="stats: failure keys no incident names yet (empty in a line)")
     events: tuple[str, ...] = field(seq(text(4096), MAX_EVENTS), default=(),

@@ -51,7 +51,7 @@ class WorkerRow(Record):
     """One worker as its supervisor reports it."""
 
     index: int = field(integer(0, 4096), doc="its slot (0-based; labels count from 1)")
-    pid: int | None = field(optional(integer(1)), default=None, doc="its process id (None before it started)")
+    pid: int | None = field(optional(integer(1)), default=None, doc="its process id (null before it started)")
     alive: bool = field(boolean, default=False, doc="its process runs")
     target: int = field(integer(0, MAX_WORKER_TARGET), default=0, doc="connections ordered (client workers)")
     open: int = field(integer(0, MAX_WORKER_TARGET), default=0, doc="connections it holds")
@@ -62,7 +62,7 @@ class WorkerRow(Record):
     load: dict[str, Any] = field(loose(), factory=dict,
                                  doc="its own probe: cpu (share of a core), lag_ms_max, lag_ms_mean, nofile")
     silent_s: float | None = field(optional(number(0, 1e9)), default=None,
-                                   doc="seconds since it last answered its supervisor (None when not alive)")
+                                   doc="seconds since it last answered its supervisor (null when not alive)")
     stopped: bool | None = field(optional(boolean), default=None,
                                  doc="for a silent worker: stopped by the kernel (true) or running (false)")
 
