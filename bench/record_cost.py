@@ -7,7 +7,8 @@ process (a real `Collector`, `Registry`, `Diagnosis` and `Timeline` in a tempora
 directory; the server supervisor and the agent are stand-ins that answer with rows
 shaped like real ones) and times `Collector.record()` (the stats record, the
 incident detector's judgement, the JSON line written and flushed) over --lines
-lines, reporting the median and the 90th percentile in ms and the line's size.
+lines, reporting the median and the 90th percentile in ms and the line's size,
+and what reading such a line back into its record costs.
 
     python3 bench/record_cost.py                      # 53 + 53 workers, 300 lines
     python3 bench/record_cost.py --workers 100 --lines 500
@@ -114,10 +115,28 @@ def main() -> None:
             took.append((time.perf_counter() - t0) * 1000)
         timeline.close()
         size = timeline.path.stat().st_size / args.lines
+        last = timeline.path.read_text().splitlines()[-1]
     took.sort()
     print(f"Collector.record with {2 * args.workers} worker rows, {args.lines} lines: "
           f"median {statistics.median(took):.2f} ms, p90 {took[int(0.9 * len(took))]:.2f} ms, "
-          f"line {size / 1024:.1f} KiB")
+          f"line {size:,.0f} bytes")
+    read = reading_cost(last)
+    if read is not None:
+        print(f"reading one such line back (Stats.from_json, as `connscale run` and `ctl watch` read "
+              f"stats_packed): median {read:.2f} ms")
+
+
+def reading_cost(line: str, times: int = 200) -> float | None:
+    try:
+        from connscale.metrics.records import Stats
+    except ImportError:  # a connscale from before the typed records
+        return None
+    took = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        Stats.from_json(line)
+        took.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(took)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,13 @@ def test_a_line_goes_to_json_and_back_whole() -> None:
     assert list(json.loads(line.to_json())) == [f.name for f in attrs.fields(Stats)]
 
 
+def test_a_worker_row_spelt_out_for_speed_is_still_the_record_whole() -> None:
+    row = a_line().server_workers[1]
+    assert list(row.to_wire()) == [f.name for f in attrs.fields(WorkerRow)]
+    assert WorkerRow.from_wire(json.loads(json.dumps(row.to_wire()))) == row
+    assert row.cpu is not None and row.lag_ms_max is not None and row.rss_bytes and row.cpu_s
+
+
 def test_the_summary_goes_to_json_and_back_whole() -> None:
     raw = json.loads((OLD_RUNS / "search" / "summary.json").read_text())
     summary = Summary.from_wire(raw)
