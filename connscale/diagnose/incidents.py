@@ -29,7 +29,7 @@ from connscale.diagnose.walls import (
     measuring_side,
     name_stall,
     name_wall,
-    workers_of,
+    worker_loads,
 )
 from connscale.metrics.records import Incident, IncidentWorker, LoadSummary, SideLoad, Stats
 
@@ -57,10 +57,10 @@ def _asked_rate(record: Stats) -> float:
 def load_summary(record: Stats, workers: Sequence[WorkerLoad] | None = None) -> LoadSummary:
     """Per side: the busiest worker's CPU and loop lag; whether the clients are saturated now.
 
-    `workers`: `workers_of(record)` when the caller has it already (a hub
+    `workers`: `worker_loads(record)` when the caller has it already (a hub
     steering 500 agents reads 25,000 worker rows a second; once is enough)."""
     if workers is None:
-        workers = workers_of(record)
+        workers = worker_loads(record)
     def side(name: str) -> SideLoad | None:
         mine = [w for w in workers if w.side == name and w.alive]
         if not mine:
@@ -121,7 +121,7 @@ class IncidentDetector:
             kernel_delta=record.kernel.delta(first.kernel),
             ghosts=record.ghosts,
             ghosts_max=max(r.ghosts for r in (*self.history, record)),
-            workers=tuple(workers_of(record)),
+            workers=tuple(worker_loads(record)),
         )
 
     # -- one second --------------------------------------------------------------------------

@@ -134,7 +134,7 @@ class WorkerLoad:
                               nofile=self.nofile, silent_s=self.silent_s, alive=self.alive)
 
 
-def workers_of(record: Stats) -> list[WorkerLoad]:
+def worker_loads(record: Stats) -> list[WorkerLoad]:
     """Every worker of a stats record the walls judge (`Stats.worker_rows()`: connected agents only)."""
     return [WorkerLoad.of(ref) for ref in record.worker_rows()]
 
