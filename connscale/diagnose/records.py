@@ -37,13 +37,21 @@ from connscale.config.records import (
 )
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import PhaseRtt
-from connscale.metrics.records import SCHEMA, Incident, KernelCounters, WorkerCount
+from connscale.metrics.records import (
+    COUNT,
+    FAILURES,
+    SCHEMA,
+    SCHEMA_FIELD,
+    TEXTS,
+    Incident,
+    KernelCounters,
+    WorkerCount,
+    with_schema,
+)
 from connscale.metrics.workers import MAX_LOSSES, WorkerLoss
 
 SUMMARY_FILE = "summary.json"
 
-_COUNT = integer(0, 1 << 62)
-_TEXTS = seq(text(4096), 512)
 _WORDS = text(4096)
 _TIME = number(0, 1e12)
 
@@ -55,8 +63,8 @@ class Explanation(Record):
     headline: str = field(_WORDS, doc="what happened, in one line")
     wall: str = field(text(32), default="unknown", doc="the wall's id: none when the target was held")
     side: str = field(text(32), default="", doc="where the wall is: client, server, host, run, connscale")
-    evidence: tuple[str, ...] = field(_TEXTS, default=(), doc="what was seen, in words with the numbers")
-    fix: tuple[str, ...] = field(_TEXTS, default=(), doc="what lifts it, most direct first")
+    evidence: tuple[str, ...] = field(TEXTS, default=(), doc="what was seen, in words with the numbers")
+    fix: tuple[str, ...] = field(TEXTS, default=(), doc="what lifts it, most direct first")
     measuring_side_saturated: bool = field(boolean, default=False,
                                            doc="connscale's own client workers were saturated at some point")
 
@@ -70,7 +78,7 @@ class Cause(Record):
     wall: str = field(text(32), doc="the wall's id")
     side: str = field(text(32), default="", doc="its side")
     headline: str = field(_WORDS, default="", doc="the wall in one line")
-    fix: tuple[str, ...] = field(_TEXTS, default=(), doc="what lifts it")
+    fix: tuple[str, ...] = field(TEXTS, default=(), doc="what lifts it")
 
     @classmethod
     def of(cls, incident: Incident) -> Cause:
@@ -84,8 +92,8 @@ class Slo(Record):
     p99_ms: float = field(number(0, 1e9), default=100.0, doc="p99 RTT at most this, ms")
     timeout_rate: float = field(number(0, 1), default=0.001,
                                 doc="no_answer_from_server per ping sent in the plateau, at most")
-    failures: int = field(_COUNT, default=0, doc="failures of any cause allowed in a plateau")
-    saturated_s: int = field(_COUNT, default=1,
+    failures: int = field(COUNT, default=0, doc="failures of any cause allowed in a plateau")
+    saturated_s: int = field(COUNT, default=1,
                              doc="seconds of saturated client workers a plateau tolerates before it is no measurement")
 
 
@@ -94,18 +102,18 @@ class Plateau(Record):
     """One plateau of a search, as judged (`diagnose.search.judge`)."""
 
     index: int = field(integer(0, 1 << 20), doc="its number, from 1")
-    level: int = field(_COUNT, doc="connections it asked for")
+    level: int = field(COUNT, doc="connections it asked for")
     reached: bool = field(boolean, doc="the ramp reached the level")
-    seconds: int = field(_COUNT, default=0, doc="timeline seconds judged")
-    open: int = field(_COUNT, default=0, doc="open at its end")
-    open_min: int = field(_COUNT, default=0, doc="the fewest open during it")
-    pings: int = field(_COUNT, default=0, doc="pings sent during it")
+    seconds: int = field(COUNT, default=0, doc="timeline seconds judged")
+    open: int = field(COUNT, default=0, doc="open at its end")
+    open_min: int = field(COUNT, default=0, doc="the fewest open during it")
+    pings: int = field(COUNT, default=0, doc="pings sent during it")
     rtt_ms: Percentiles = field(nested(Percentiles), factory=Percentiles, doc="its RTT")
-    failures: Mapping[str, int] = field(mapping(text(128), _COUNT, 4096), factory=dict, doc="failures during it")
-    timeouts: int = field(_COUNT, default=0, doc="pings that timed out")
-    saturated_s: int = field(_COUNT, default=0, doc="seconds connscale's client workers were saturated")
+    failures: Mapping[str, int] = field(FAILURES, factory=dict, doc="failures during it")
+    timeouts: int = field(COUNT, default=0, doc="pings that timed out")
+    saturated_s: int = field(COUNT, default=0, doc="seconds connscale's client workers were saturated")
     passed: bool = field(boolean, default=False, doc="it met the SLO")
-    reasons: tuple[str, ...] = field(_TEXTS, default=(), doc="why it failed")
+    reasons: tuple[str, ...] = field(TEXTS, default=(), doc="why it failed")
     cause: Cause | None = field(optional(nested(Cause)), default=None, doc="the wall behind a failure")
 
 
@@ -113,8 +121,8 @@ class Plateau(Record):
 class SearchResult(Record):
     """What a search found: the knee, the wall above it, the curve (`summary.json`'s `search`)."""
 
-    knee: int = field(_COUNT, doc="the largest count that met the SLO (0: none)")
-    failed_at: int | None = field(optional(_COUNT), default=None, doc="the lowest level above it that failed")
+    knee: int = field(COUNT, doc="the largest count that met the SLO (0: none)")
+    failed_at: int | None = field(optional(COUNT), default=None, doc="the lowest level above it that failed")
     cause: Cause | None = field(optional(nested(Cause)), default=None, doc="the wall at failed_at")
     headline: str = field(_WORDS, default="", doc="the result in one line")
     measuring_side_saturated: bool = field(boolean, default=False,
@@ -132,7 +140,7 @@ class PreflightLimit(Record):
 
     key: str = field(text(64), doc="the limit's id")
     side: str = field(text(32), doc="client, server, host or run")
-    capacity: int | None = field(optional(_COUNT), doc="connections it allows (None: bounds no count)")
+    capacity: int | None = field(optional(COUNT), doc="connections it allows (None: bounds no count)")
     detail: str = field(_WORDS, doc="the evidence, in words with the numbers")
     fix: str | None = field(optional(_WORDS), default=None, doc="the change that lifts it")
     warn: bool = field(boolean, default=False, doc="a risk worth saying even when it is not a count")
@@ -143,14 +151,14 @@ class PreflightLimit(Record):
 class Preflight(Record):
     """What `connscale check` said of the host before the run (`diagnose.budget.Budget.to_dict`)."""
 
-    target: int = field(_COUNT, doc="connections wanted")
-    reachable: int = field(_COUNT, doc="connections the host reaches")
+    target: int = field(COUNT, doc="connections wanted")
+    reachable: int = field(COUNT, doc="connections the host reaches")
     ok: bool = field(boolean, doc="it reaches the target")
     host: str = field(text(255), default="", doc="the host judged")
     roles: str = field(text(16), default="both", doc="both, client or server")
     binding: str | None = field(optional(text(64)), default=None, doc="the key of the limit that binds first")
     limits: tuple[PreflightLimit, ...] = field(seq(nested(PreflightLimit), 256), default=(), doc="every limit")
-    warnings: tuple[str, ...] = field(_TEXTS, default=(), doc="risks, one line each")
+    warnings: tuple[str, ...] = field(TEXTS, default=(), doc="risks, one line each")
 
     @property
     def binding_limit(self) -> PreflightLimit | None:
@@ -173,7 +181,7 @@ class Step(Record):
     """One ramp step as it happened: `rate_achieved` is what the ramp really did."""
 
     step: int = field(integer(0, 1 << 20), doc="its number, from 1")
-    target: int = field(_COUNT, doc="connections it ramped to")
+    target: int = field(COUNT, doc="connections it ramped to")
     started: float = field(_TIME, doc="when (Unix time)")
     seconds: float | None = field(optional(number(0, 1e9)), default=None, doc="time to reach it (None: never)")
     rate_asked: float = field(number(0, 1e12), default=0.0, doc="connects per second asked")
@@ -184,21 +192,21 @@ class Step(Record):
 class Summary(Record):
     """`summary.json`: what a finished run says (written even when it failed)."""
 
-    schema: int = field(integer(1, 1 << 16), default=SCHEMA, doc="the version of its form (1: written before it had one)")
+    schema: int = field(SCHEMA_FIELD, default=SCHEMA, doc="the version of its form (1: written before it had one)")
     verdict: str = field(text(16), doc="held, failed (ramp mode) or knee (search mode)")
     reason: str = field(_WORDS, default="", doc="why it did not hold, in one line (empty when it did)")
-    target: int = field(_COUNT, doc="scenario.target")
-    peak_open: int = field(_COUNT, default=0, doc="the most connections open before the stop")
-    held: int = field(_COUNT, default=0,
+    target: int = field(COUNT, doc="scenario.target")
+    peak_open: int = field(COUNT, default=0, doc="the most connections open before the stop")
+    held: int = field(COUNT, default=0,
                       doc="open at the end of the final hold if no failure happened during it, else 0 (search: the knee)")
-    open_at_end: int = field(_COUNT, default=0, doc="the clients' open count at the end")
-    server_open_at_end: int = field(_COUNT, default=0, doc="the servers' open count at the end")
-    ghosts: int = field(_COUNT, default=0, doc="half-open connections at the end")
-    failures: Mapping[str, int] = field(mapping(text(160), _COUNT, 8192), factory=dict,
+    open_at_end: int = field(COUNT, default=0, doc="the clients' open count at the end")
+    server_open_at_end: int = field(COUNT, default=0, doc="the servers' open count at the end")
+    ghosts: int = field(COUNT, default=0, doc="half-open connections at the end")
+    failures: Mapping[str, int] = field(mapping(text(160), COUNT, 8192), factory=dict,
                                         doc="phase:cause -> count; server ones prefixed server:")
-    counted_failures: int = field(_COUNT, default=0, doc="failures counted toward scenario.max_failures")
-    pings: int = field(_COUNT, default=0, doc="pings sent")
-    pongs: int = field(_COUNT, default=0, doc="pongs received")
+    counted_failures: int = field(COUNT, default=0, doc="failures counted toward scenario.max_failures")
+    pings: int = field(COUNT, default=0, doc="pings sent")
+    pongs: int = field(COUNT, default=0, doc="pongs received")
     rtt_ms: Percentiles = field(nested(Percentiles), factory=Percentiles,
                                 doc="RTT over the whole run before it stopped, ramps included")
     rtt_final_hold_ms: Percentiles = field(nested(Percentiles), factory=Percentiles, doc="RTT over the final hold")
@@ -227,9 +235,7 @@ class Summary(Record):
 
     @classmethod
     def from_wire(cls, data: object) -> Summary:
-        if isinstance(data, Mapping) and "schema" not in data:
-            data = {**data, "schema": 1}
-        return super().from_wire(data)
+        return super().from_wire(with_schema(data))
 
     @property
     def failure_total(self) -> int:

@@ -38,17 +38,18 @@ def decode_histogram(text: str) -> HdrHistogram:
     return hist
 
 
-_MS = optional(number(0.0, 1e9))
+#: A span of milliseconds, or None (no pong came back in it).
+MS = optional(number(0.0, 1e9))
 
 
 @attrs.frozen
 class Percentiles(Record):
     """RTT percentiles of some span, in milliseconds; None when no pong came back in it."""
 
-    p50: float | None = field(_MS, default=None, doc="median")
-    p90: float | None = field(_MS, default=None, doc="90th percentile")
-    p99: float | None = field(_MS, default=None, doc="99th percentile")
-    max: float | None = field(_MS, default=None, doc="the slowest")
+    p50: float | None = field(MS, default=None, doc="median")
+    p90: float | None = field(MS, default=None, doc="90th percentile")
+    p99: float | None = field(MS, default=None, doc="99th percentile")
+    max: float | None = field(MS, default=None, doc="the slowest")
 
     @property
     def known(self) -> bool:

@@ -16,8 +16,8 @@ from typing import Iterable, Sequence
 import attrs
 from hdrh.histogram import HdrHistogram
 
-from connscale.config.records import Record, field, integer, number, optional
-from connscale.metrics.histograms import Percentiles, new_histogram, rtt_summary_ms
+from connscale.config.records import Record, field, integer
+from connscale.metrics.histograms import MS, Percentiles, new_histogram, rtt_summary_ms
 from connscale.metrics.records import Stats
 
 SETUP = "setup"
@@ -25,8 +25,6 @@ FINAL_HOLD = "final_hold"
 STOP = "stop"
 
 _NAME = re.compile(r"^[A-Za-z0-9_:]{0,32}$")
-
-_MS = optional(number(0.0, 1e9))
 
 #: Phases during which the load is meant to be steady.
 _HOLD_PREFIXES = ("hold", "final_hold", "plateau")
@@ -95,10 +93,10 @@ class PhaseRtt(Record):
     seconds: int = field(integer(0, 1 << 40), default=0, doc="seconds of the timeline in the phase")
     samples: int = field(integer(0, 1 << 62), default=0, doc="pongs timed in it")
     open: int = field(integer(0, 1 << 62), default=0, doc="clients' open connections at its end")
-    p50: float | None = field(_MS, default=None, doc="median RTT, ms")
-    p90: float | None = field(_MS, default=None, doc="90th percentile, ms")
-    p99: float | None = field(_MS, default=None, doc="99th percentile, ms")
-    max: float | None = field(_MS, default=None, doc="the slowest, ms")
+    p50: float | None = field(MS, default=None, doc="median RTT, ms")
+    p90: float | None = field(MS, default=None, doc="90th percentile, ms")
+    p99: float | None = field(MS, default=None, doc="99th percentile, ms")
+    max: float | None = field(MS, default=None, doc="the slowest, ms")
 
     @property
     def rtt(self) -> Percentiles:

@@ -53,10 +53,18 @@ MAX_WORKERS = 4096
 MAX_INCIDENTS = 64
 MAX_EVENTS = 10_000
 
-_COUNT = integer(0, 1 << 62)
-_FAILURES = mapping(text(128), _COUNT, 4096)
-_TEXTS = seq(text(4096), 256)
-_SCHEMA = integer(1, 1 << 16)
+#: Parsers the run's records share (diagnose.records too).
+COUNT = integer(0, 1 << 62)
+FAILURES = mapping(text(128), COUNT, 4096)
+TEXTS = seq(text(4096), 512)
+SCHEMA_FIELD = integer(1, 1 << 16)
+
+
+def with_schema(data: object) -> object:
+    """A record's data as read: without `schema`, it was written before records had one (1)."""
+    if isinstance(data, Mapping) and "schema" not in data:
+        return {**data, "schema": 1}
+    return data
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -109,12 +117,12 @@ class AgentRow(Record):
     """One agent in a stats record, keyed by its name in `Stats.clients`."""
 
     connected: bool = field(boolean, default=False, doc="logged in to the hub now")
-    target: int = field(_COUNT, default=0, doc="connections ordered from it")
-    open: int = field(_COUNT, default=0, doc="connections its report says it holds")
-    connecting: int = field(_COUNT, default=0, doc="connects in flight")
-    disconnects: int = field(_COUNT, default=0, doc="times its session dropped")
+    target: int = field(COUNT, default=0, doc="connections ordered from it")
+    open: int = field(COUNT, default=0, doc="connections its report says it holds")
+    connecting: int = field(COUNT, default=0, doc="connects in flight")
+    disconnects: int = field(COUNT, default=0, doc="times its session dropped")
     lost_reason: str = field(text(2000), default="", doc="why its last session ended (empty while connected)")
-    failures: Mapping[str, int] = field(_FAILURES, factory=dict, doc="its failures, phase:cause -> count")
+    failures: Mapping[str, int] = field(FAILURES, factory=dict, doc="its failures, phase:cause -> count")
     workers: tuple[WorkerRow, ...] = field(seq(nested(WorkerRow), MAX_WORKERS), default=(),
                                            doc="its client workers, as its report gave them (rows as in server_workers)")
     rate: float | None = field(optional(number(0, 1e9)), default=None, doc="connects per second asked of it")
@@ -171,7 +179,7 @@ class IncidentWorker(Record):
     agent: str = field(text(255), doc="its agent (hub for a server worker)")
     index: int = field(integer(0, 4096), doc="its slot")
     pid: int | None = field(optional(integer(1)), default=None, doc="its process id")
-    open: int = field(_COUNT, default=0, doc="connections it held")
+    open: int = field(COUNT, default=0, doc="connections it held")
     cpu: float | None = field(optional(number(0, 1e6)), default=None, doc="share of a core")
     lag_ms_max: float | None = field(optional(number(0, 1e12)), default=None, doc="worst loop lag, ms")
     lag_ms_mean: float | None = field(optional(number(0, 1e12)), default=None, doc="mean loop lag, ms")
@@ -190,17 +198,17 @@ class Incident(Record):
     wall: str = field(text(32), doc="the wall's id (see the table of walls)")
     side: str = field(text(32), default="", doc="client, server, host, run or connscale")
     headline: str = field(text(2000), default="", doc="the wall in one line")
-    evidence: tuple[str, ...] = field(_TEXTS, default=(), doc="what was seen, in words with the numbers")
-    fix: tuple[str, ...] = field(_TEXTS, default=(), doc="what lifts it")
-    open: int = field(_COUNT, default=0, doc="connections the clients held")
-    server_open: int = field(_COUNT, default=0, doc="connections the servers held")
-    target: int = field(_COUNT, default=0, doc="connections ordered (`Stats.target`)")
-    connecting: int = field(_COUNT, default=0, doc="connects in flight")
+    evidence: tuple[str, ...] = field(TEXTS, default=(), doc="what was seen, in words with the numbers")
+    fix: tuple[str, ...] = field(TEXTS, default=(), doc="what lifts it")
+    open: int = field(COUNT, default=0, doc="connections the clients held")
+    server_open: int = field(COUNT, default=0, doc="connections the servers held")
+    target: int = field(COUNT, default=0, doc="connections ordered (`Stats.target`)")
+    connecting: int = field(COUNT, default=0, doc="connects in flight")
     connect_rate: float = field(number(0, 1e12), default=0.0, doc="connects per second in that second")
     asked_rate: float = field(number(0, 1e12), default=0.0, doc="connects per second asked")
-    ghosts: int = field(_COUNT, default=0, doc="connections the clients hold that no server holds")
-    ghosts_max: int = field(_COUNT, default=0, doc="the most ghosts in the last seconds")
-    failures: Mapping[str, int] = field(_FAILURES, factory=dict,
+    ghosts: int = field(COUNT, default=0, doc="connections the clients hold that no server holds")
+    ghosts_max: int = field(COUNT, default=0, doc="the most ghosts in the last seconds")
+    failures: Mapping[str, int] = field(FAILURES, factory=dict,
                                         doc="failures in the last seconds, phase:cause (server:phase:cause)")
     kernel: KernelCounters = field(nested(KernelCounters), factory=KernelCounters, doc="kernel counters then")
     kernel_delta: KernelCounters = field(nested(KernelCounters), factory=KernelCounters,
@@ -234,7 +242,7 @@ _SIDE_DOC = ("counters of the {} side, cumulative: open, opened, closed, pings, 
 class Stats(Record):
     """The controller's numbers at one moment; with its second's fields, one timeline line (module doc)."""
 
-    schema: int = field(_SCHEMA, default=SCHEMA, doc="the version of this record's form (1: written before it had one)")
+    schema: int = field(SCHEMA_FIELD, default=SCHEMA, doc="the version of this record's form (1: written before it had one)")
     t: float | None = field(optional(number(0, 1e12)), default=None,
                             doc="line: Unix time of its second (when its questions went out)")
     elapsed_s: float = field(number(-1e9, 1e12), doc="seconds since the hub started")
@@ -243,7 +251,7 @@ class Stats(Record):
                            "second that saw the phase change counts as the ramp or stop side of it")
     client: Snapshot = field(_side, doc=_SIDE_DOC.format("client (every connected agent)"))
     server: Snapshot = field(_side, doc=_SIDE_DOC.format("server"))
-    ghosts: int = field(_COUNT, default=0, doc="connections clients believe open that no server holds (half-open)")
+    ghosts: int = field(COUNT, default=0, doc="connections clients believe open that no server holds (half-open)")
     clients: Mapping[str, AgentRow] = field(mapping(text(255), nested(AgentRow), MAX_AGENTS), factory=dict,
                                             doc="every agent the hub knows, by name, connected or not")
     stale: tuple[str, ...] = field(seq(text(255), MAX_AGENTS), default=(),
@@ -251,7 +259,7 @@ class Stats(Record):
     workers: WorkerCount = field(nested(WorkerCount), factory=WorkerCount, doc="worker processes per side: server, client")
     server_workers: tuple[WorkerRow, ...] = field(seq(nested(WorkerRow), MAX_WORKERS), default=(),
                                                   doc="the hub's server workers")
-    server_lost_workers: int = field(_COUNT, default=0, doc="server workers lost so far")
+    server_lost_workers: int = field(COUNT, default=0, doc="server workers lost so far")
     worker_losses: tuple[WorkerLoss, ...] = field(seq(nested(WorkerLoss), 4 * MAX_LOSSES), default=(),
                                                   doc="workers that died (stats: so far; line: in its second): worker, side, pid, how, "
                                                       "connections, t, agent, elapsed_s")
@@ -281,9 +289,7 @@ class Stats(Record):
     # -- the wire and the file ------------------------------------------------------------
     @classmethod
     def from_wire(cls, data: object) -> Stats:
-        if isinstance(data, Mapping) and "schema" not in data:
-            data = {**data, "schema": 1}
-        return super().from_wire(data)
+        return super().from_wire(with_schema(data))
 
     def to_wire(self) -> dict[str, object]:
         data = super().to_wire()
