@@ -172,7 +172,7 @@ def test_a_server_worker_killed_during_a_hold_is_replaced_refilled_and_named(tmp
     assert any(loss_line.pid == victim.pid for r in run.records() for loss_line in r.worker_losses)
 
     # In plain words, in summary.json and under the verdict line.
-    words = (f"a server worker (pid {victim['pid']}) was killed by signal 9 (SIGKILL) at "
+    words = (f"a server worker (pid {victim.pid}) was killed by signal 9 (SIGKILL) at "
              f"{loss['elapsed_s']:.0f} s; {lost:,} connections were lost with it and replaced")
     assert words in summary["explanation"]["headline"]
     assert "why: held 2,000 of 2,000" in out and words in out
@@ -197,7 +197,7 @@ def test_a_client_worker_killed_during_a_hold_is_named_with_its_agent(tmp_path):
     assert (loss["pid"], loss["side"], loss["agent"]) == (victim.pid, "client", "local")
     assert loss["how"] == "was killed by signal 9 (SIGKILL)" and loss["connections"] > 0
     assert summary["failures"].get("steady:worker_lost") == loss["connections"], summary["failures"]
-    words = f"a client worker (pid {victim['pid']}) on agent local was killed by signal 9 (SIGKILL)"
+    words = f"a client worker (pid {victim.pid}) on agent local was killed by signal 9 (SIGKILL)"
     assert words in summary["explanation"]["headline"] and words in out
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import attrs
 
@@ -215,10 +214,6 @@ class Finding:
     #: False when the evidence is thin (no side looks busy or stopped yet): the
     #: detector waits a second or two for better evidence before it settles.
     confident: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"wall": self.wall, "side": self.side, "headline": self.headline,
-                "evidence": list(self.evidence), "fix": list(self.fix)}
 
 
 # -- naming ---------------------------------------------------------------------------------
