@@ -165,8 +165,8 @@ class TimelineCollector(Collector):
                 phase, _, cause = str(key).partition(":")
                 label = (phase if phase in PHASES else "other", bounded_cause(cause))
                 merged[label] = merged.get(label, 0.0) + float(n)
-            for (phase, cause), n in sorted(merged.items()):
-                failures.add_metric([side, phase, cause], n)
+            for (phase, cause), total in sorted(merged.items()):
+                failures.add_metric([side, phase, cause], total)
             for kind, n in counts.protocol.items():
                 protocol.add_metric([side, kind if kind in PROTOCOL_KINDS else "other"], float(n))
         yield open_
