@@ -139,7 +139,7 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         causes.add_column("count", justify="right")
         for key, n in sorted(failures.items(), key=lambda kv: -kv[1])[:8]:
             if n:
-                causes.add_row(key, f"{n:,}")
+                causes.add_row(Text(key), f"{n:,}")  # text, never markup: it came from an agent
         parts.append(causes)
 
     if st.incidents:
@@ -148,7 +148,7 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         for col in ("at", "wall", "what", "fix"):
             table.add_column(col)
         for i in st.incidents[-3:]:
-            table.add_row(f"{i.elapsed_s:.0f} s", i.wall, i.headline, i.fix[0] if i.fix else "")
+            table.add_row(f"{i.elapsed_s:.0f} s", Text(i.wall), Text(i.headline), Text(i.fix[0] if i.fix else ""))
         parts.append(table)
 
     agents = Table(box=box.SIMPLE_HEAD, title="agents", title_justify="left")
@@ -165,7 +165,7 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         state = "connected" if a.connected else "[red]disconnected[/]"
         if a.connected and a.stale_s:
             state = f"[yellow]stale {a.stale_s:g} s[/]"  # counted with its last report, this old
-        agents.add_row(name, state, f"{a.target:,}", f"{a.open:,}", f"{a.connecting:,}", str(len(a.workers)),
+        agents.add_row(Text(name), state, f"{a.target:,}", f"{a.open:,}", f"{a.connecting:,}", str(len(a.workers)),
                        f"{sum(a.failures.values()):,}",
                        _hot(max(cpus)) if cpus else "-", f"{max(lags):.1f}" if lags else "-")
     parts.append(agents)
@@ -184,7 +184,7 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         for side, label, w, cpu, lag in rows[:MAX_WORKER_ROWS]:
             rss = (w.rss_bytes or 0.0) / 2**20
             table.add_row(
-                label + ("" if w.alive else " [red](down)[/]"),
+                Text(label) + (Text("") if w.alive else Text(" (down)", "red")),
                 f"{w.open:,}", f"{w.target:,}" if side == "client" else "-",
                 "-" if cpu is None else _hot(cpu),
                 "-" if lag is None else f"{lag:.1f}", f"{rss:.0f}" if rss else "-", str(w.restarts),

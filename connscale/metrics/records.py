@@ -285,6 +285,9 @@ class Stats(Record):
                                     doc="line: what happened in its second, in words")
     poll_ms: float | None = field(optional(number(0, 1e9)), default=None,
                                   doc="line: how long its poll round waited for the answers, ms")
+    truncated: str = field(text(200), default="",
+                           doc="stats: what the hub left out of this answer because it was too large to send "
+                               "(empty: nothing)")
 
     # -- the wire and the file ------------------------------------------------------------
     @classmethod

@@ -86,9 +86,12 @@ def format_stats(stats: Stats) -> str:
             state += f" (stale {agent.stale_s:g}s)"
         lines.append(f"client  {name}: {state} target={agent.target} open={agent.open} "
                      f"connecting={agent.connecting} workers={len(agent.workers)}")
+    if stats.truncated:
+        lines.append(f"note    {stats.truncated}")
     return "\n".join(lines)
 
 
 def render_stats(data: object) -> str:
-    """`format_stats` of the `stats` verb's answer (its wire form), checked like any peer's."""
-    return format_stats(Stats.from_wire(data))
+    """`format_stats` of the `stats` verb's answer: the record (the console), or its wire form
+    (`ctl stats`), checked like any peer's."""
+    return format_stats(data if isinstance(data, Stats) else Stats.from_wire(data))
