@@ -34,6 +34,11 @@ def test_stats_summary_lines():
     ]
 
 
+def test_stats_say_what_the_hub_left_out():
+    text = render_stats(stats(truncated="worker rows left out: too large to send"))
+    assert text.splitlines()[-1] == "note    worker rows left out: too large to send"
+
+
 def test_a_stats_answer_that_does_not_fit_is_one_line():
     with pytest.raises(RecordError) as e:
         render_stats(stats(client={"open": "eleven"}))
