@@ -386,11 +386,10 @@ STATUS_RX = r"\[connscale\.status#info\] open="
 
 
 def status_lines(tail: LogTail) -> list[tuple[float, dict[str, str]]]:
-    out = []
-    for t, line in tail.matching(STATUS_RX):
-        body = line.split("] ", 1)[1]
-        out.append((t, dict(tok.split("=", 1) for tok in body.split() if "=" in tok)))
-    return out
+    """(time seen, fields) of every status line in a log, read by the package's own parser."""
+    from connscale.metrics.status import parse_status
+
+    return [(t, parse_status(line.split("] ", 1)[1])) for t, line in tail.matching(STATUS_RX)]
 
 
 def last_status(tail: LogTail) -> dict[str, str] | None:

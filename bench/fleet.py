@@ -62,6 +62,8 @@ sys.path.insert(0, HERE)
 
 import _common as c
 
+from connscale.metrics.records import Stats
+
 #: The agent a simulated agent stands for: 50 workers at their fd budget.
 WORKERS = 50
 BUDGET = 19_900
@@ -333,14 +335,15 @@ class Fleet:
         span = w1 - w0
         busy = sum(machine1[k] - machine0[k] for k in machine1 if k not in ("idle", "iowait")) / c.HZ
         records = self.lines(size0, size1)
-        ts = [r["t"] for r in records if t_wall0 <= r["t"] <= t_wall1]
+        inside = [r for r in records if r.t is not None and t_wall0 <= r.t <= t_wall1]
+        ts = [r.t for r in inside if r.t is not None]
         gaps = [b - a for a, b in itertools.pairwise(ts)]
-        polls = sorted(r["poll_ms"] for r in records if r.get("poll_ms") is not None)
+        polls = sorted(r.poll_ms for r in records if r.poll_ms is not None)
         # Agents counted with an old report because their answer was late (control/collect.py).
-        stale = [len(r.get("stale") or ()) for r in records if t_wall0 <= r["t"] <= t_wall1]
-        last = records[-1] if records else {}
-        clients = last.get("clients", {})
-        connected = sum(1 for v in clients.values() if v.get("connected"))
+        stale = [len(r.stale) for r in inside]
+        last = records[-1] if records else None
+        clients = last.clients if last is not None else {}
+        connected = sum(1 for v in clients.values() if v.connected)
         out.update({
             "window_s": round(span, 1),
             "hub_cpu_ms_per_s": round(1000 * (tick1 - tick0) / c.HZ / span, 1) if tick0 and tick1 else None,
@@ -357,8 +360,8 @@ class Fleet:
             "timeline_bytes_per_s": round((size1 - size0) / span),
             "timeline_gb_per_hour": round((size1 - size0) / span * 3600 / 1e9, 2),
             "connected_at_end": connected,
-            "agent_losses": sum(int(v.get("disconnects", 0)) for v in clients.values()),
-            "open_reported": last.get("client", {}).get("open"),
+            "agent_losses": sum(v.disconnects for v in clients.values()),
+            "open_reported": last.client.open if last is not None else None,
             "hub_rss_mb": round(c.rss_bytes(self.hub.pid) / 2**20, 1),
         })
         out["keeps_one_line_per_s"] = bool(
@@ -368,16 +371,18 @@ class Fleet:
             out["profile"] = profile
         return out
 
-    def lines(self, start: int, end: int) -> list[dict[str, Any]]:
+    def lines(self, start: int, end: int) -> list[Stats]:
         """The timeline's records written between two sizes (whole lines only)."""
+        from connscale.config.records import RecordError
+
         out = []
         with open(self.timeline, "rb") as f:
             f.seek(start)
             data = f.read(end - start)
         for raw in data.split(b"\n"):
             try:
-                out.append(json.loads(raw))
-            except ValueError:
+                out.append(Stats.from_json(raw.decode("utf-8", "replace")))
+            except RecordError:
                 continue  # the torn line at either edge
         return out
 

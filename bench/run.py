@@ -61,6 +61,14 @@ sys.path.insert(0, HERE)
 import _common as c  # noqa: E402
 
 REPO = c.REPO
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from connscale.diagnose.records import Summary, read_summary  # noqa: E402
+from connscale.metrics.records import Stats  # noqa: E402
+from connscale.metrics.timeline import TIMELINE_FILE  # noqa: E402
+from connscale.metrics.timeline import read_timeline as read_records  # noqa: E402
+
 KEYS = ("held", "mem_per_conn_server", "mem_per_conn_client", "worker_baseline_rss", "cpu_us_per_rt",
         "max_pings_per_s", "connect_rate", "hold_rtt_p99_ms")
 #: The million's figures, per second (both modes report them; issue 21 reads them at a million).
@@ -323,17 +331,17 @@ def c_figures(lines: list[tuple[float, str]], n: int) -> dict[str, Any]:
     return out
 
 
-def hold_figures(recs: list[dict[str, Any]]) -> dict[str, Any]:
+def hold_figures(recs: list[Stats]) -> dict[str, Any]:
     """Per-second RTT of connscale's final hold from its timeline, and its wall times."""
-    hold = [r for r in recs if r.get("phase") == "final_hold"]
+    hold = [r for r in recs if r.phase == "final_hold"]
     # The first line of the hold covers the last second of the ramp.
     hold = hold[1:]
-    win = [r.get("rtt_window_ms") or {} for r in hold]
+    win = [r.rtt_window_ms for r in hold if r.rtt_window_ms is not None]
     return {
-        "hold_p50_ms": spread([w["p50"] for w in win if w.get("p50") is not None]),
-        "hold_p99_ms": spread([w["p99"] for w in win if w.get("p99") is not None]),
+        "hold_p50_ms": spread([w.p50 for w in win if w.p50 is not None]),
+        "hold_p99_ms": spread([w.p99 for w in win if w.p99 is not None]),
         "hold_seconds": len(hold),
-        "hold_t": (hold[0]["t"], hold[-1]["t"]) if hold else None,
+        "hold_t": (hold[0].t or 0.0, hold[-1].t or 0.0) if hold else None,
     }
 
 
@@ -558,7 +566,7 @@ class Connscale:
         return path
 
     def run(self, tag: str, config: str, extra: list[str], bound: float,
-            sampler: list[TreeSampler] | None = None) -> tuple[dict[str, Any], str]:
+            sampler: list[TreeSampler] | None = None) -> tuple[Summary, str]:
         """`connscale run`, to its end; (summary.json, run directory). With `sampler`
         (a list), a TreeSampler over the run's processes is appended to it."""
         run_dir = os.path.join(self.b.dir, f"runs-{tag}")
@@ -577,8 +585,10 @@ class Connscale:
         summaries = [s for s in summaries if os.path.exists(s)]
         if not summaries:
             raise RuntimeError(f"connscale run ({tag}) wrote no summary:\n{proc.last_lines(20)}")
-        with open(summaries[-1]) as f:
-            return json.load(f), os.path.dirname(summaries[-1])
+        summary, problem = read_summary(os.path.dirname(summaries[-1]))
+        if summary is None:
+            raise RuntimeError(f"connscale run ({tag}): {problem}")
+        return summary, os.path.dirname(summaries[-1])
 
     def max_phase(self, n: int, hold: float, rate: float) -> dict[str, Any]:
         res: dict[str, Any] = {"n": n, "rate_asked": rate}
@@ -598,12 +608,11 @@ class Connscale:
         except GuardTripped as g:
             res["guard"] = str(g)
             return res
-        res["verdict"] = summary.get("verdict")
-        res["held"] = int(summary.get("held", 0))
-        res["failures"] = sum((summary.get("failures") or {}).values())
-        hold_rtt = summary.get("rtt_final_hold_ms") or {}
-        res["hold_rtt_p50_ms"], res["hold_rtt_p99_ms"] = hold_rtt.get("p50"), hold_rtt.get("p99")
-        timeline = os.path.join(run_dir, "timeline.jsonl")
+        res["verdict"] = summary.verdict
+        res["held"] = summary.held
+        res["failures"] = summary.failure_total
+        res["hold_rtt_p50_ms"], res["hold_rtt_p99_ms"] = summary.rtt_final_hold_ms.p50, summary.rtt_final_hold_ms.p99
+        timeline = os.path.join(run_dir, TIMELINE_FILE)
         res.update(ramp_figures(summary, timeline))
         figures = hold_figures(read_timeline(timeline))
         hold_t = figures.pop("hold_t")
@@ -643,7 +652,7 @@ class Connscale:
                                                 "--name", "bench"), self.b.dir, env=self.env)
             self.b.wait(lambda: "registered with controller" in agent.tail.text(), 60, "the agent", [hub, agent])
             self.ctl(config, host, port, "start", str(workers), "--client", "bench")
-            timeline = os.path.join(self.b.dir, "memcpu-hub", "timeline.jsonl")
+            timeline = os.path.join(self.b.dir, "memcpu-hub", TIMELINE_FILE)
             self.b.wait(lambda: opened(timeline, workers), 60, f"{workers} connections", [hub, agent])
             self.b.wait(lambda: len(workers_of(agent.pid, "client")) >= workers, 30, "client workers", [agent])
             self.b.sleep(interval + 2)
@@ -659,10 +668,9 @@ class Connscale:
             for side in ("server", "client"):
                 res[f"mem_per_conn_{side}"] = (sum(loaded[side]) - sum(base[side])) / (n - workers)
             res.update(measure_cpu(self.b, {"server": hub.pid, "client": agent.pid}, window,
-                                   lambda: last_record(timeline).get("client", {}).get("pongs", 0)))
+                                   lambda: pongs(last_record(timeline))))
             rec = last_record(timeline)
-            res["failures"] = rec.get("client", {}).get("failure_total", 0) + rec.get("server", {}).get(
-                "failure_total", 0)
+            res["failures"] = rec.failure_total if rec is not None else 0
         except GuardTripped as g:
             res["guard"] = str(g)
         finally:
@@ -689,74 +697,68 @@ class Connscale:
         except GuardTripped as g:
             res["guard"] = str(g)
             return res
-        pre = summary.get("preflight")
+        pre = summary.preflight
         # What connscale's own preflight said of this step (refused or not, it ran: --force).
-        res["preflight"] = "ok" if isinstance(pre, dict) and pre.get("ok") else (
-            "refused" if isinstance(pre, dict) else "not asked")
-        hold = summary.get("rtt_final_hold_ms") or {}
-        res["p99_ms"] = hold.get("p99")
-        res["failures"] = sum((summary.get("failures") or {}).values())
-        res["verdict"] = summary.get("verdict")
-        recs = [r for r in read_timeline(os.path.join(run_dir, "timeline.jsonl")) if r.get("phase") == "final_hold"]
+        res["preflight"] = "not asked" if pre is None else "ok" if pre.ok else "refused"
+        res["p99_ms"] = summary.rtt_final_hold_ms.p99
+        res["failures"] = summary.failure_total
+        res["verdict"] = summary.verdict
+        recs = [r for r in read_timeline(os.path.join(run_dir, TIMELINE_FILE)) if r.phase == "final_hold"]
         if len(recs) >= 2:
-            res["answered_per_s"] = (recs[-1]["client"]["pongs"] - recs[0]["client"]["pongs"]) / (
-                recs[-1]["t"] - recs[0]["t"])
+            res["answered_per_s"] = (recs[-1].client.pongs - recs[0].client.pongs) / (
+                (recs[-1].t or 0.0) - (recs[0].t or 0.0))
         if res["verdict"] != "held":
             res["failures"] = max(1, res["failures"])
         return res
 
 
-def read_timeline(path: str) -> list[dict[str, Any]]:
-    out = []
+def read_timeline(path: str) -> list[Stats]:
+    """The package's reader, for a timeline that may not exist yet."""
     try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
+        return list(read_records(path))
     except OSError:
-        pass
-    return out
+        return []
 
 
-def last_record(path: str) -> dict[str, Any]:
+def last_record(path: str) -> Stats | None:
     recs = read_timeline(path)
-    return recs[-1] if recs else {}
+    return recs[-1] if recs else None
+
+
+def pongs(rec: Stats | None) -> int:
+    return rec.client.pongs if rec is not None else 0
 
 
 def opened(timeline: str, n: int) -> bool:
     rec = last_record(timeline)
-    return rec.get("client", {}).get("open", 0) >= n and rec.get("server", {}).get("open", 0) >= n
+    return rec is not None and rec.client.open >= n and rec.server.open >= n
 
 
-def ramp_figures(summary: dict[str, Any], timeline: str) -> dict[str, Any]:
+def ramp_figures(summary: Summary, timeline: str) -> dict[str, Any]:
     """Average connect rate over the ramp steps, the rate around 10 % and 90 % of
     the target, and RTT p99 per second while ramping."""
-    steps = summary.get("steps") or []
+    steps = summary.steps
     out: dict[str, Any] = {}
-    seconds = sum(s.get("seconds") or 0 for s in steps)
-    opened_n = sum(s["target"] - s.get("opened_from", 0) for s in steps if "target" in s) if steps else 0
+    seconds = sum(s.seconds or 0 for s in steps)
     if steps and seconds:
-        first = steps[0].get("opened_from", 0)
-        opened_n = steps[-1]["target"] - first
-        out["connect_rate"] = out["ramp_rate"] = opened_n / seconds
-        out["ramp_steps"] = [{k: s.get(k) for k in ("step", "target", "seconds", "rate_asked", "rate_achieved")}
-                             for s in steps]
-        out["ramp_first_step_rate"] = steps[0].get("rate_achieved")
-        out["ramp_last_step_rate"] = steps[-1].get("rate_achieved")
+        # The first step opened from nothing: the steps together opened the last one's target.
+        out["connect_rate"] = out["ramp_rate"] = steps[-1].target / seconds
+        out["ramp_steps"] = [{"step": s.step, "target": s.target, "seconds": s.seconds, "rate_asked": s.rate_asked,
+                              "rate_achieved": s.rate_achieved} for s in steps]
+        out["ramp_first_step_rate"] = steps[0].rate_achieved
+        out["ramp_last_step_rate"] = steps[-1].rate_achieved
     recs = read_timeline(timeline)
-    target = summary.get("target") or 0
+    target = summary.target
     rates, p99s = {"10%": [], "90%": []}, []
     for a, b in zip(recs, recs[1:]):
-        if not str(b.get("phase", "")).startswith("ramp"):
+        if not b.phase.startswith("ramp"):
             continue
-        dt = b["t"] - a["t"]
-        rate = (b["client"]["opened"] - a["client"]["opened"]) / dt if dt > 0 else 0
-        p99 = (b.get("rtt_window_ms") or {}).get("p99")
+        dt = (b.t or 0.0) - (a.t or 0.0)
+        rate = (b.client.opened - a.client.opened) / dt if dt > 0 else 0
+        p99 = b.rtt_window_ms.p99 if b.rtt_window_ms is not None else None
         if p99 is not None and rate > 0:
             p99s.append(p99)
-        opn = b["client"]["open"]
+        opn = b.client.open
         if rate > 0:
             if 0.05 * target <= opn <= 0.15 * target:
                 rates["10%"].append(rate)
@@ -771,9 +773,9 @@ def ramp_figures(summary: dict[str, Any], timeline: str) -> dict[str, Any]:
     return out
 
 
-def ramp_window(recs: list[dict[str, Any]]) -> tuple[float, float] | None:
+def ramp_window(recs: list[Stats]) -> tuple[float, float] | None:
     """Wall times of the first and last ramp second."""
-    ramp = [r["t"] for r in recs if str(r.get("phase", "")).startswith("ramp")]
+    ramp = [r.t or 0.0 for r in recs if r.phase.startswith("ramp")]
     return (ramp[0], ramp[-1]) if len(ramp) >= 2 else None
 
 

@@ -65,9 +65,12 @@ sys.path.insert(0, REPO)
 
 import _common as c
 
+from connscale.config.records import RecordError
+from connscale.diagnose.records import read_summary
 from connscale.metrics.histograms import rtt_summary_ms
 from connscale.metrics.phases import FINAL_HOLD, merged_histogram
-from connscale.metrics.timeline import read_timeline
+from connscale.metrics.records import Stats
+from connscale.metrics.timeline import TIMELINE_FILE, read_timeline
 
 MiB = 1024 * 1024
 #: Causes that name nothing (connscale.metrics.counters.APP_CAUSES has "unknown";
@@ -200,7 +203,7 @@ class TimelineTail:
         self.runs = runs
         self.path: str | None = None
         self.pos = 0
-        self.last: dict[str, Any] = {}
+        self.last: Stats | None = None
         self.hold_started: float | None = None
 
     def poll(self) -> None:
@@ -208,7 +211,7 @@ class TimelineTail:
             dirs = sorted(os.listdir(self.runs)) if os.path.isdir(self.runs) else []
             if not dirs:
                 return
-            self.path = os.path.join(self.runs, dirs[-1], "timeline.jsonl")
+            self.path = os.path.join(self.runs, dirs[-1], TIMELINE_FILE)
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.pos)
@@ -221,12 +224,12 @@ class TimelineTail:
         self.pos += end + 1
         for line in data[:end].splitlines():
             try:
-                record = json.loads(line)
-            except ValueError:
+                record = Stats.from_json(line.decode("utf-8", "replace"))
+            except RecordError:
                 continue
             self.last = record
-            if self.hold_started is None and record.get("phase") == FINAL_HOLD:
-                self.hold_started = float(record["t"])
+            if self.hold_started is None and record.phase == FINAL_HOLD:
+                self.hold_started = record.t
 
 
 def stop_run(proc: subprocess.Popen, why: str) -> None:
@@ -309,10 +312,10 @@ def soak(args: argparse.Namespace, out: str) -> dict[str, Any]:
                 if now >= next_log:
                     r = tail.last
                     tree = sum(p["rss"] for p in samples[-1]["procs"].values()) if samples else 0
-                    c.log(f"soak: {now - started:5.0f}s phase={r.get('phase', '-')} "
-                          f"open={r.get('client', {}).get('open', '-')} "
-                          f"failures={r.get('client', {}).get('failure_total', '-')}"
-                          f"/{r.get('server', {}).get('failure_total', '-')} "
+                    c.log(f"soak: {now - started:5.0f}s phase={r.phase if r else '-'} "
+                          f"open={r.client.open if r else '-'} "
+                          f"failures={r.client.failure_total if r else '-'}"
+                          f"/{r.server.failure_total if r else '-'} "
                           f"procs={len(samples[-1]['procs']) if samples else 0} rss={tree / MiB:,.0f} MiB "
                           f"avail={avail / 2**30:.1f} GiB")
                     next_log += 60
@@ -345,8 +348,10 @@ def _uncaused(key: str) -> bool:
     return cause in CAUSELESS or cause.startswith("ERRNO_")
 
 
-def _failures(record: dict[str, Any]) -> dict[str, dict[str, int]]:
-    return {side: dict(record.get(side, {}).get("failures") or {}) for side in ("client", "server")}
+def _failures(record: Stats | None) -> dict[str, dict[str, int]]:
+    if record is None:
+        return {"client": {}, "server": {}}
+    return {"client": dict(record.client.failures), "server": dict(record.server.failures)}
 
 
 def _minus(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
@@ -398,20 +403,18 @@ def analyse(args: argparse.Namespace, run_dir: str | None, samples: list[dict[st
             stopped: str = "") -> dict[str, Any]:
     res: dict[str, Any] = {"run_dir": run_dir, "target": args.target, "interval_s": args.interval,
                            "minutes": args.minutes, "samples": len(samples)}
-    summary: dict[str, Any] = {}
-    records: list[dict[str, Any]] = []
+    summary = None
+    records: list[Stats] = []
     if run_dir:
-        try:
-            with open(os.path.join(run_dir, "summary.json")) as f:
-                summary = json.load(f)
-        except (OSError, ValueError) as e:
-            res["summary_error"] = str(e)
-        if os.path.exists(os.path.join(run_dir, "timeline.jsonl")):
-            records = list(read_timeline(os.path.join(run_dir, "timeline.jsonl")))
-    res["verdict"] = summary.get("verdict")
-    res["reason"] = summary.get("reason")
+        summary, problem = read_summary(run_dir)
+        if problem or summary is None:
+            res["summary_error"] = problem or "no summary.json"
+        if os.path.exists(os.path.join(run_dir, TIMELINE_FILE)):
+            records = list(read_timeline(os.path.join(run_dir, TIMELINE_FILE)))
+    res["verdict"] = summary.verdict if summary else None
+    res["reason"] = summary.reason if summary else None
     res["timeline_lines"] = len(records)
-    hold_idx = [i for i, r in enumerate(records) if r.get("phase") == FINAL_HOLD]
+    hold_idx = [i for i, r in enumerate(records) if r.phase == FINAL_HOLD]
     checks: dict[str, bool] = {}
     if not hold_idx:
         res["error"] = "the run never reached its final hold"
@@ -420,12 +423,12 @@ def analyse(args: argparse.Namespace, run_dir: str | None, samples: list[dict[st
         return res
     first, last = hold_idx[0], hold_idx[-1]
     hold = records[first:last + 1]
-    t0, t1 = float(hold[0]["t"]), float(hold[-1]["t"])
-    foreign = sorted({str(r.get("phase")) for r in hold if r.get("phase") != FINAL_HOLD})
+    t0, t1 = hold[0].t or 0.0, hold[-1].t or 0.0
+    foreign = sorted({r.phase for r in hold if r.phase != FINAL_HOLD})
     # Timeline completeness over the hold.
-    gaps = [float(b["t"]) - float(a["t"]) for a, b in pairwise(hold)]
+    gaps = [(b.t or 0.0) - (a.t or 0.0) for a, b in pairwise(hold)]
     largest = max(gaps, default=0.0)
-    at = hold[gaps.index(largest)]["t"] if gaps else t0
+    at = (hold[gaps.index(largest)].t or 0.0) if gaps else t0
     res["timeline"] = {
         "hold_lines": len(hold), "hold_span_s": round(t1 - t0, 1), "largest_gap_s": round(largest, 2),
         "largest_gap_at_s_into_hold": round(float(at) - t0, 1),
@@ -436,17 +439,16 @@ def analyse(args: argparse.Namespace, run_dir: str | None, samples: list[dict[st
     # The hold ran its planned length (a run stopped early, by itself or by us, proves less).
     checks["hold_ran_full_length"] = not stopped and t1 - t0 >= args.minutes * 60 - MAX_GAP_S - 1
     # Held: the target open through the hold, both sides.
-    opens = [int(r.get("client", {}).get("open", 0)) for r in hold]
-    server_opens = [int(r.get("server", {}).get("open", 0)) for r in hold]
+    opens = [r.client.open for r in hold]
+    server_opens = [r.server.open for r in hold]
     span = max(t1 - t0, 1e-9)
     res["held"] = {"client_open_min": min(opens), "client_open_max": max(opens),
                    "server_open_min": min(server_opens), "server_open_max": max(server_opens),
-                   "pongs_per_s": round((int(hold[-1]["client"].get("pongs", 0))
-                                         - int(hold[0]["client"].get("pongs", 0))) / span, 1),
+                   "pongs_per_s": round((hold[-1].client.pongs - hold[0].client.pongs) / span, 1),
                    "hold_minutes": round(span / 60, 2)}
     checks["held_target"] = min(opens) >= args.target and min(server_opens) >= args.target
     # Failures: during the hold (last hold line minus the line before the hold) and the whole run.
-    before = records[first - 1] if first > 0 else {}
+    before = records[first - 1] if first > 0 else None
     in_hold = _minus(_failures(hold[-1]), _failures(before))
     whole = _failures(records[-1])
     uncaused = sorted({f"{side}:{k}" for part in (in_hold, whole) for side, d in part.items()
@@ -455,14 +457,14 @@ def analyse(args: argparse.Namespace, run_dir: str | None, samples: list[dict[st
                        "hold_total": sum(sum(d.values()) for d in in_hold.values()),
                        "whole_run_total": sum(sum(d.values()) for d in whole.values()),
                        "without_cause": uncaused,
-                       "summary_counted": summary.get("counted_failures")}
+                       "summary_counted": summary.counted_failures if summary else None}
     checks["every_failure_has_a_cause"] = not uncaused
     # RTT over the hold.
     warm_t = t0 + min(args.warmup, (t1 - t0) / 4)
-    after_warm = [r for r in hold if float(r["t"]) >= warm_t]
-    res["rtt_ms"] = {"final_hold(summary)": summary.get("rtt_final_hold_ms"),
-                     "hold(timeline)": rtt_summary_ms(merged_histogram(hold)),
-                     "after_warmup(timeline)": rtt_summary_ms(merged_histogram(after_warm))}
+    after_warm = [r for r in hold if (r.t or 0.0) >= warm_t]
+    res["rtt_ms"] = {"final_hold(summary)": summary.rtt_final_hold_ms.to_wire() if summary else None,
+                     "hold(timeline)": rtt_summary_ms(merged_histogram(hold)).to_wire(),
+                     "after_warmup(timeline)": rtt_summary_ms(merged_histogram(after_warm)).to_wire()}
     # RSS drift between the end of the warm-up and the end of the hold.
     rows = drift_table(samples, warm_t, t1 + args.sample_every / 2)
     res["rss"] = {"window_s": [round(warm_t - t0, 1), round(t1 - t0, 1)], "processes": rows}

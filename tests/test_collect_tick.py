@@ -25,6 +25,7 @@ from connscale.metrics.histograms import (
     encode_histogram,
     new_histogram,
 )
+from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
 from connscale.procs.supervisor import Slot, Supervisor
@@ -113,13 +114,13 @@ def seconds(collector: Collector, clock: Clock, n: int, each: Any = None) -> Non
         run_until(clock, t + 1.0)
 
 
-def lines(timeline: Timeline) -> list[dict[str, Any]]:
+def lines(timeline: Timeline) -> list[Stats]:
     timeline.close()
     return list(read_timeline(timeline.path))
 
 
-def rtt_count(record: dict[str, Any]) -> int:
-    return decode_histogram(record["rtt_hist"]).get_total_count() if record["rtt_hist"] else 0
+def rtt_count(record: Stats) -> int:
+    return decode_histogram(record.rtt_hist).get_total_count() if record.rtt_hist else 0
 
 
 def test_one_line_a_second_on_time_while_an_agent_answers_3_s_late(registry: Registry, clock: Clock,
@@ -138,13 +139,13 @@ def test_one_line_a_second_on_time_while_an_agent_answers_3_s_late(registry: Reg
 
     # A line every second, stamped with its second, each written the moment its answers
     # were in (poll_ms after it) or the wait ran out.
-    assert [r["elapsed_s"] for r in recs] == pytest.approx([start + i for i in range(12)], abs=1e-6)
-    assert [r["poll_ms"] for r in recs] == pytest.approx(
+    assert [r.elapsed_s for r in recs] == pytest.approx([start + i for i in range(12)], abs=1e-6)
+    assert [r.poll_ms for r in recs] == pytest.approx(
         [(ANSWER_WAIT if i % 3 != 2 else 0.5) * 1000 for i in range(12)], abs=0.1)
-    assert all(r["clients"]["fast"]["stale_s"] == 0.0 for r in recs)
+    assert all(r.clients["fast"].stale_s == 0.0 for r in recs)
     # One question at a time: asked at 0, 3, 6, 9 only, not once a second.
     assert slow_mind.report_calls() == 4
-    assert registry.agents["slow"].connected and all(r["clients"]["slow"]["connected"] for r in recs)
+    assert registry.agents["slow"].connected and all(r.clients["slow"].connected for r in recs)
 
 
 def test_a_late_agent_is_counted_with_its_last_report_marked_stale_with_its_age(
@@ -163,16 +164,16 @@ def test_a_late_agent_is_counted_with_its_last_report_marked_stale_with_its_age(
 
     seconds(collector, clock, 6, each=each)
     recs = lines(timeline)
-    slow_rows = [r["clients"]["slow"] for r in recs]
+    slow_rows = [r.clients["slow"] for r in recs]
     # Second 0: asked at 0, answered at 0.5 (before the wait ran out): fresh.
-    assert slow_rows[0]["stale_s"] == 0.0 and recs[0]["stale"] == []
+    assert slow_rows[0].stale_s == 0.0 and recs[0].stale == ()
     # Seconds 1-3: its question of second 1 is late; its report of 100.5 is counted, and aged.
     for i in (1, 2, 3):
-        assert recs[i]["stale"] == ["slow"]
-        assert slow_rows[i]["stale_s"] == pytest.approx(i + ANSWER_WAIT - 0.5)
-        assert slow_rows[i]["open"] == 5 and recs[i]["client"]["open"] == 15
+        assert recs[i].stale == ("slow",)
+        assert slow_rows[i].stale_s == pytest.approx(i + ANSWER_WAIT - 0.5)
+        assert slow_rows[i].open == 5 and recs[i].client.open == 15
     # Second 4: its answer lands at 4.5, within that line's wait: fresh again.
-    assert slow_rows[4]["stale_s"] == 0.0 and recs[4]["stale"] == []
+    assert slow_rows[4].stale_s == 0.0 and recs[4].stale == ()
 
 
 def test_the_console_the_live_view_and_metrics_say_which_agent_is_stale(
@@ -190,7 +191,7 @@ def test_the_console_the_live_view_and_metrics_say_which_agent_is_stale(
     collector = Collector(clock, registry, events, timeline=timeline)
     seconds(collector, clock, 3, each=lambda i: slow_mind.release() if i == 0 else None)
     last = lines(timeline)[-1]
-    assert last["clients"]["slow"]["stale_s"] == pytest.approx(2.2)
+    assert last.clients["slow"].stale_s == pytest.approx(2.2)
     text = format_stats(last)
     assert "client  slow: connected (stale 2.2s)" in text and "client  fast: connected target" in text
     metrics = TimelineCollector()
@@ -226,9 +227,9 @@ def test_a_late_answer_is_counted_once_in_the_line_written_after_it_lands(
     # The slow agent's RTTs (7 a report) come in the line after its answer landed.
     assert per_line == [100, 100, 100, 107, 100, 100, 107, 100]
     # Counters are cumulative: the totals jump once, to the agent's own count, never beyond it.
-    pings = [r["client"]["pings"] for r in recs]
+    pings = [r.client.pings for r in recs]
     assert pings == sorted(pings) and pings[-1] == fast.pings + slow.pings
-    assert [r["clients"]["slow"]["stale_s"] == 0.0 for r in recs] == [
+    assert [r.clients["slow"].stale_s == 0.0 for r in recs] == [
         False, False, False, True, False, False, True, False]
     # Asked at 0 (answered at 2.8), at 4 (its report of 2.8 was still fresh at 3;
     # answered at 5.8), and at 7.
@@ -250,12 +251,12 @@ def test_an_agent_that_never_answers_is_still_marked_lost_and_the_lines_go_on(
     assert not agent.connected and hung.broker.transport.aborted
     assert agent.lost_reason.startswith("no answer for 5 s")
     # Meanwhile: reported stale (no report yet), then lost, with its reason, in the lines.
-    assert recs[0]["stale"] == ["hung"] and recs[0]["clients"]["hung"]["stale_s"] is None
-    assert recs[-1]["clients"]["hung"]["lost_reason"] == agent.lost_reason and recs[-1]["stale"] == []
-    assert any("agent hung lost: no answer for 5 s" in e for r in recs for e in r["events"])
+    assert recs[0].stale == ("hung",) and recs[0].clients["hung"].stale_s is None
+    assert recs[-1].clients["hung"].lost_reason == agent.lost_reason and recs[-1].stale == ()
+    assert any("agent hung lost: no answer for 5 s" in e for r in recs for e in r.events)
     # One question only, until it timed out and the agent was lost.
     assert sum(1 for m, _ in hung.calls if m == "report") == 1
-    assert all(r["clients"]["fast"]["stale_s"] == 0.0 for r in recs)
+    assert all(r.clients["fast"].stale_s == 0.0 for r in recs)
 
 
 def test_the_stats_poll_and_the_tick_share_questions_and_a_fresh_report(registry: Registry, clock: Clock,
@@ -268,7 +269,7 @@ def test_the_stats_poll_and_the_tick_share_questions_and_a_fresh_report(registry
     clock.advance(0.3)
     result(collector.poll())  # `ctl stats` / `connscale run` right after the tick: that report will do
     assert sum(1 for m, _ in mind.calls if m == "report") == 1
-    assert collector.stats()["clients"]["a"]["stale_s"] == 0.0
+    assert collector.stats().clients["a"].stale_s == 0.0
     clock.advance(0.7)
     result(collector.poll())
     assert sum(1 for m, _ in mind.calls if m == "report") == 2

@@ -24,6 +24,8 @@ from connscale.control.auth import CredentialError, Credentials
 from connscale.control.channel import TLSFactory, client_options
 from connscale.control.controller import ControlError, Controller
 from connscale.control.login import ControlClientFactory, HubNotAuthentic, authenticate
+from connscale.metrics.histograms import Percentiles
+from connscale.metrics.records import SCHEMA, Stats
 from connscale.metrics.timeline import Timeline, read_timeline
 from connscale.procs.records import WorkerOrder
 
@@ -443,12 +445,12 @@ def test_count_and_stats_from_agent_reports(controller: Controller, tmp_path: Pa
     mind.report["connecting"] = 2
     assert run(link, controller.count_connections("x")) == 42
     stats = controller.stats()
-    assert stats["client"]["open"] == 42
-    assert stats["client"]["failure_total"] == 3
-    assert stats["clients"]["x"]["connecting"] == 2
-    assert stats["ghosts"] == 42  # no server supervisor in this controller
-    assert stats["server"]["open"] == 0
-    assert stats["rtt_ms"] == {"p50": None, "p90": None, "p99": None, "max": None}
+    assert stats.client.open == 42
+    assert stats.client.failure_total == 3
+    assert stats.clients["x"].connecting == 2
+    assert stats.ghosts == 42  # no server supervisor in this controller
+    assert stats.server.open == 0
+    assert stats.rtt_ms == Percentiles(None, None, None, None)
 
 
 def test_count_without_servers_is_zero(controller: Controller) -> None:
@@ -465,10 +467,10 @@ def test_tick_writes_a_timeline_record(clock: Clock, tmp_path: Path) -> None:
     run(link, controller.tick())
     tl.close()
     (record,) = list(read_timeline(tl.path))
-    assert record["client"]["open"] == 7
-    assert record["elapsed_s"] == 3.0
-    assert any("registered" in e for e in record["events"])
-    assert "rtt_window_ms" in record
+    assert record.client.open == 7
+    assert record.elapsed_s == 3.0
+    assert any("registered" in e for e in record.events)
+    assert record.rtt_window_ms is not None
     assert controller.events == []
 
 
@@ -627,7 +629,7 @@ def test_an_agent_that_offers_packed_reports_is_asked_for_them(controller: Contr
     link, _, _ = register(controller, "p", mind=mind, packed=True)
     run(link, controller.poll())
     assert mind.packed_calls == 1
-    assert controller.stats()["client"]["open"] == 42
+    assert controller.stats().client.open == 42
 
 
 def test_an_agent_that_does_not_say_so_is_asked_for_plain_reports(controller: Controller) -> None:
@@ -635,7 +637,7 @@ def test_an_agent_that_does_not_say_so_is_asked_for_plain_reports(controller: Co
     mind.report["totals"]["open"] = 7
     link, _, _ = register(controller, "old", mind=mind)  # an older agent: no `packed` field
     run(link, controller.poll())
-    assert controller.stats()["client"]["open"] == 7
+    assert controller.stats().client.open == 7
 
 
 def test_stats_packed_is_stats_as_json_text(controller: Controller) -> None:
@@ -648,6 +650,9 @@ def test_stats_packed_is_stats_as_json_text(controller: Controller) -> None:
     assert isinstance(packed, list) and all(isinstance(p, str) for p in packed)
     got = json.loads("".join(packed))
     assert got["client"] == plain["client"] and got["server"] == plain["server"]
+    # The other side reads it back into the record, checked, as `connscale run` and `ctl watch` do.
+    stats = Stats.from_wire(got)
+    assert stats.schema == SCHEMA and stats.client == controller.stats().client
 
 
 def test_a_packed_agents_orders_arrive_packed(controller: Controller) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
 import pytest
 from twisted.internet import defer, task
 from twisted.internet.task import Clock
@@ -22,6 +23,7 @@ from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo, AgentReport, RegisterAnswer
 from connscale.control.registry import NAME_HOLD, NameHeld, Registry
 from connscale.control.verbs import BY_CLI, BY_NAME, VERBS
+from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
 from connscale.net.routes import Route
@@ -188,14 +190,16 @@ def test_stats_are_packed_below_what_a_peer_accepts() -> None:
     from connscale.control.controller import pack_bounded
 
     row = {"index": 0, "resources": {f"k{i}": "v" * 100 for i in range(40)}}
-    stats = {"phase": "", "clients": {f"a{i}": {"open": i, "workers": [row] * 20} for i in range(20)}}
-    small = unpack(pack_bounded(stats, limit=10_000_000))
-    assert "truncated" not in small and len(small["clients"]["a1"]["workers"]) == 20
-    cut = unpack(pack_bounded(stats, limit=100_000))
-    assert cut["truncated"].startswith("worker rows left out") and cut["clients"]["a1"] == {"open": 1, "workers": []}
+    stats = Stats.from_wire({"elapsed_s": 1.0, "client": {}, "server": {}, "phase": "",
+                             "clients": {f"a{i}": {"open": i, "workers": [row] * 20} for i in range(20)}})
+    small = Stats.from_wire(unpack(pack_bounded(stats, limit=10_000_000)))
+    assert small.truncated == "" and len(small.clients["a1"].workers) == 20
+    cut = Stats.from_wire(unpack(pack_bounded(stats, limit=100_000)))
+    assert cut.truncated.startswith("worker rows left out")
+    assert cut.clients["a1"].open == 1 and cut.clients["a1"].workers == ()
     assert sum(map(len, pack_bounded(stats, limit=100_000))) <= 100_000
-    tiny = pack_bounded(stats, limit=300)
-    assert unpack(tiny)["clients"] == {} and sum(map(len, tiny)) <= 300
+    tiny = pack_bounded(stats, limit=800)
+    assert Stats.from_wire(unpack(tiny)).clients == {} and sum(map(len, tiny)) <= 800
 
 
 def test_registry_frees_a_held_name_after_the_hold_or_when_released(registry: Registry, clock: Clock) -> None:
@@ -350,9 +354,9 @@ def test_collect_merges_reports_and_records_a_second(registry: Registry, clock: 
     result(collector.tick())
     timeline.close()
     (record,) = list(read_timeline(timeline.path))
-    assert record["client"]["open"] == 12 and record["elapsed_s"] == 2.0
-    assert record["clients"]["a"]["open"] == 7 and record["clients"]["a"]["lost_reason"] == ""
-    assert "agent a: worker 1 lost" in record["events"]
+    assert record.client.open == 12 and record.elapsed_s == 2.0
+    assert record.clients["a"].open == 7 and record.clients["a"].lost_reason == ""
+    assert "agent a: worker 1 lost" in record.events
     assert collector.clients()[0]["name"] == "a"
 
 
@@ -368,7 +372,7 @@ def test_collect_times_each_poll_round_for_the_timeline(registry: Registry, cloc
     result(d)
     timeline.close()
     (record,) = list(read_timeline(timeline.path))
-    assert record["poll_ms"] == 250.0 and record["client"]["open"] == 4
+    assert record.poll_ms == 250.0 and record.client.open == 4
 
 
 def test_collect_refuses_a_malformed_report(registry: Registry, clock: Clock, events: EventLog) -> None:
@@ -388,7 +392,7 @@ def test_collect_marks_a_silent_agent_lost_within_seconds(registry: Registry, cl
         clock.advance(1.0)
     assert not agent.connected and mind.broker.transport.aborted
     assert agent.lost_reason.startswith("no answer for 5 s")
-    assert collector.stats()["clients"]["a"]["lost_reason"] == agent.lost_reason
+    assert collector.stats().clients["a"].lost_reason == agent.lost_reason
 
 
 def test_collect_does_not_blame_agents_for_its_own_stall(registry: Registry, clock: Clock,
@@ -546,9 +550,9 @@ def test_collect_carries_lost_server_workers_in_stats_and_each_once_in_the_timel
     result(collector.tick())
     timeline.close()
     first, second = list(read_timeline(timeline.path))
-    assert first["worker_losses"] == [{**loss.to_wire(), "elapsed_s": 3.0}] and second["worker_losses"] == []
+    assert first.worker_losses == (attrs.evolve(loss, elapsed_s=3.0),) and second.worker_losses == ()
     # stats (what `connscale run` puts in summary.json) has every loss so far.
-    assert collector.stats()["worker_losses"] == first["worker_losses"]
+    assert collector.stats().worker_losses == first.worker_losses
     assert WorkerLoss.from_wire(loss.to_wire()) == loss
 
 
@@ -569,8 +573,8 @@ def test_collect_carries_lost_client_workers_from_agent_reports(
     result(collector.tick())
     timeline.close()
     first, second = list(read_timeline(timeline.path))
-    expected = {**loss.to_wire(), "agent": "a", "elapsed_s": 4.0}
-    assert first["worker_losses"] == [expected] and second["worker_losses"] == []
-    assert collector.stats()["worker_losses"] == [expected]
+    expected = attrs.evolve(loss, agent="a", elapsed_s=4.0)
+    assert first.worker_losses == (expected,) and second.worker_losses == ()
+    assert collector.stats().worker_losses == (expected,)
     assert losses_line([expected]) == ("a client worker (pid 777) on agent a was killed by signal 9 (SIGKILL) "
                                        "at 4 s; 900 connections were lost with it")

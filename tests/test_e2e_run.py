@@ -174,7 +174,7 @@ def test_run_stops_on_failures_and_says_why(tmp_path):
     assert any(i["wall"] == "protocol" for i in summary["incidents"])
 
 
-def timeline_records(tmp: Path) -> list[dict]:
+def timeline_records(tmp: Path) -> list:
     from connscale.metrics.timeline import read_timeline
 
     paths = list((tmp / "runs").glob("*/timeline.jsonl"))
@@ -187,7 +187,7 @@ def wait_ramp_started(tmp: Path, timeout: float = 60.0) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(r["client"]["open"] > 0 for r in timeline_records(tmp)):
+        if any(r.client.open > 0 for r in timeline_records(tmp)):
             return
         time.sleep(0.2)
     raise AssertionError(f"no client connection in the timeline after {timeout}s")
@@ -362,7 +362,7 @@ def test_a_hub_stopped_for_40_s_neither_ends_the_run_nor_kills_healthy_workers(t
     proc = start_run(tmp_path, config)
     try:
         deadline = time.monotonic() + 60
-        while not any(r.get("phase") == "final_hold" for r in timeline_records(tmp_path)):
+        while not any(r.phase == "final_hold" for r in timeline_records(tmp_path)):
             assert time.monotonic() < deadline, "the final hold did not begin"
             assert proc.poll() is None, finish(proc)
             time.sleep(0.2)

@@ -23,7 +23,9 @@ from typing import Any
 import psutil
 import pytest
 
+from connscale.metrics.records import Stats
 from connscale.metrics.timeline import read_timeline
+from connscale.metrics.workers import WorkerRow
 from tests.support.procs import connscale, free_port, free_ports
 
 pytestmark = pytest.mark.slow
@@ -57,11 +59,11 @@ run: {{dir: runs}}
                                      stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
         self.out = ""
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[Stats]:
         paths = list((self.tmp / "runs").glob("*/timeline.jsonl"))
         return list(read_timeline(paths[0])) if paths else []
 
-    def wait(self, what: str, probe: Callable[[list[dict[str, Any]]], Any], timeout: float = 90.0) -> Any:
+    def wait(self, what: str, probe: Callable[[list[Stats]], Any], timeout: float = 90.0) -> Any:
         """Poll the timeline until `probe(records)` is truthy; fail if the run ends first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -72,25 +74,24 @@ run: {{dir: runs}}
             time.sleep(0.2)
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
-    def server_worker_in(self, phase: str) -> dict[str, Any]:
+    def server_worker_in(self, phase: str) -> WorkerRow:
         """A server worker holding connections, as the timeline shows it during `phase`."""
-        return self.worker_in(phase, "server", lambda record: record["server_workers"])
+        return self.worker_in(phase, "server")
 
-    def client_worker_in(self, phase: str) -> dict[str, Any]:
+    def client_worker_in(self, phase: str) -> WorkerRow:
         """A client worker of the run's agent holding connections, as the timeline shows it during `phase`."""
-        return self.worker_in(phase, "client", lambda record: record["clients"].get("local", {}).get("workers", []))
+        return self.worker_in(phase, "client")
 
-    def worker_in(self, phase: str, side: str,
-                  rows: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> dict[str, Any]:
-        def probe(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-            if not records or records[-1].get("phase") != phase:
+    def worker_in(self, phase: str, side: str) -> WorkerRow:
+        def probe(records: list[Stats]) -> WorkerRow | None:
+            if not records or records[-1].phase != phase:
                 return None
-            alive = [w for w in rows(records[-1]) if w["alive"] and w["open"] > 0]
-            return max(alive, key=lambda w: w["open"]) if alive else None
+            alive = [w.row for w in records[-1].worker_rows() if w.side == side and w.row.alive and w.row.open > 0]
+            return max(alive, key=lambda w: w.open) if alive else None
 
         worker = self.wait(f"a {side} worker with connections in phase {phase}", probe)
         ours = {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
-        assert worker["pid"] in ours, f"pid {worker['pid']} is not a process of this run"
+        assert worker.pid in ours, f"pid {worker.pid} is not a process of this run"
         return worker
 
     def family(self) -> list[psutil.Process]:
@@ -141,7 +142,7 @@ def test_a_server_worker_killed_during_a_hold_is_replaced_refilled_and_named(tmp
     try:
         victim = run.server_worker_in("hold:1")
         family = run.family()
-        os.kill(victim["pid"], signal.SIGKILL)
+        os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.time()
     finally:
         out = run.finish()
@@ -153,7 +154,7 @@ def test_a_server_worker_killed_during_a_hold_is_replaced_refilled_and_named(tmp
     # The hub's supervisor says which worker, how, and what it held; the server's tally agrees.
     (loss,) = summary["worker_losses"]
     lost = loss["connections"]
-    assert loss["pid"] == victim["pid"] and loss["side"] == "server"
+    assert loss["pid"] == victim.pid and loss["side"] == "server"
     assert loss["how"] == "was killed by signal 9 (SIGKILL)"
     assert lost > 0 and summary["failures"]["server:steady:worker_lost"] == lost
     # The clients saw each of those connections closed, and classified it.
@@ -163,15 +164,15 @@ def test_a_server_worker_killed_during_a_hold_is_replaced_refilled_and_named(tmp
     assert sum(client.values()) == lost, (client, lost)
 
     # The pool refilled: every lost connection was opened again (the final hold held all 2000).
-    before_stop = [r for r in run.records() if r["phase"] != "stop"]
-    assert before_stop[-1]["client"]["opened"] >= 2000 + lost
+    before_stop = [r for r in run.records() if r.phase != "stop"]
+    assert before_stop[-1].client.opened >= 2000 + lost
     # The supervisor replaced the worker: two alive again, one of them new.
-    last = before_stop[-1]["server_workers"]
-    assert sum(w["alive"] for w in last) == 2 and victim["pid"] not in {w["pid"] for w in last}
-    assert any(loss_line["pid"] == victim["pid"] for r in run.records() for loss_line in r.get("worker_losses", ()))
+    last = before_stop[-1].server_workers
+    assert sum(w.alive for w in last) == 2 and victim.pid not in {w.pid for w in last}
+    assert any(loss_line.pid == victim.pid for r in run.records() for loss_line in r.worker_losses)
 
     # In plain words, in summary.json and under the verdict line.
-    words = (f"a server worker (pid {victim['pid']}) was killed by signal 9 (SIGKILL) at "
+    words = (f"a server worker (pid {victim.pid}) was killed by signal 9 (SIGKILL) at "
              f"{loss['elapsed_s']:.0f} s; {lost:,} connections were lost with it and replaced")
     assert words in summary["explanation"]["headline"]
     assert "why: held 2,000 of 2,000" in out and words in out
@@ -184,7 +185,7 @@ def test_a_client_worker_killed_during_a_hold_is_named_with_its_agent(tmp_path):
     run = Run(tmp_path, target=2000, steps=2, hold=10, final_hold=4, interval=2, timeout=5, max_failures=2000)
     try:
         victim = run.client_worker_in("hold:1")
-        os.kill(victim["pid"], signal.SIGKILL)
+        os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.time()
     finally:
         out = run.finish()
@@ -193,10 +194,10 @@ def test_a_client_worker_killed_during_a_hold_is_named_with_its_agent(tmp_path):
     assert run.proc.returncode == 0, out
     assert summary["verdict"] == "held" and summary["held"] == 2000, out
     (loss,) = summary["worker_losses"]
-    assert (loss["pid"], loss["side"], loss["agent"]) == (victim["pid"], "client", "local")
+    assert (loss["pid"], loss["side"], loss["agent"]) == (victim.pid, "client", "local")
     assert loss["how"] == "was killed by signal 9 (SIGKILL)" and loss["connections"] > 0
     assert summary["failures"].get("steady:worker_lost") == loss["connections"], summary["failures"]
-    words = f"a client worker (pid {victim['pid']}) on agent local was killed by signal 9 (SIGKILL)"
+    words = f"a client worker (pid {victim.pid}) on agent local was killed by signal 9 (SIGKILL)"
     assert words in summary["explanation"]["headline"] and words in out
 
 
@@ -205,13 +206,13 @@ def test_a_server_worker_stopped_3_s_with_a_longer_timeout_loses_nothing(tmp_pat
     run = Run(tmp_path, target=1000, steps=1, hold=1, final_hold=15, interval=1, timeout=10, max_failures=0)
     try:
         victim = run.server_worker_in("final_hold")
-        with stopped(victim["pid"]):
+        with stopped(victim.pid):
             time.sleep(STOP_S)  # the fault itself
         resumed_at = time.time()
         # It answers its supervisor again (polled, not assumed), still in the final hold.
         run.wait("the stopped worker to answer again", lambda rs: any(
-            r["t"] > resumed_at and any(w["pid"] == victim["pid"] and w["alive"] and w["silent_s"] < 1.5
-                                        for w in r["server_workers"]) for r in rs))
+            (r.t or 0) > resumed_at and any(w.pid == victim.pid and w.alive and (w.silent_s or 0) < 1.5
+                                            for w in r.server_workers) for r in rs))
     finally:
         out = run.finish()
     summary = run.summary()
@@ -220,13 +221,13 @@ def test_a_server_worker_stopped_3_s_with_a_longer_timeout_loses_nothing(tmp_pat
     assert resumed_at < summary["phases"][-1]["start"], "the stop was meant for the final hold; the run was faster"
     records = run.records()
     # The stop was real and seen: the hub saw the worker silent, its pings came back late, not lost.
-    assert any(w["pid"] == victim["pid"] and (w["silent_s"] or 0) >= 2.0
-               for r in records for w in r["server_workers"]), "the hub never saw the worker silent"
+    assert any(w.pid == victim.pid and (w.silent_s or 0) >= 2.0
+               for r in records for w in r.server_workers), "the hub never saw the worker silent"
     assert summary["rtt_final_hold_ms"]["max"] >= 2000
     # Not killed as hung, not replaced: the same two workers from start to end.
     assert summary["worker_losses"] == [] and "killing it" not in run.hub_log()
-    last = [r for r in records if r["phase"] == "final_hold"][-1]["server_workers"]
-    assert all(w["alive"] and w["restarts"] == 0 for w in last) and victim["pid"] in {w["pid"] for w in last}
+    last = [r for r in records if r.phase == "final_hold"][-1].server_workers
+    assert all(w.alive and w.restarts == 0 for w in last) and victim.pid in {w.pid for w in last}
 
 
 def test_a_server_worker_stopped_3_s_past_the_timeout_costs_timeouts_then_refills(tmp_path):
@@ -235,7 +236,7 @@ def test_a_server_worker_stopped_3_s_past_the_timeout_costs_timeouts_then_refill
     run = Run(tmp_path, target=1000, steps=2, hold=10, final_hold=3, interval=1, timeout=1, max_failures=100_000)
     try:
         victim = run.server_worker_in("hold:1")
-        with stopped(victim["pid"]):
+        with stopped(victim.pid):
             time.sleep(STOP_S)  # the fault itself
         resumed_at = time.time()
     finally:
@@ -249,8 +250,8 @@ def test_a_server_worker_stopped_3_s_past_the_timeout_costs_timeouts_then_refill
     assert set(client) <= {"steady:no_answer_from_server", "first_ping:no_answer_from_server"}, client
     # The pool refilled: the run held its whole target through a clean final hold.
     assert summary["verdict"] == "held" and summary["held"] == 1000, out
-    before_stop = [r for r in run.records() if r["phase"] != "stop"]
-    assert before_stop[-1]["client"]["opened"] >= 1000 + client["steady:no_answer_from_server"]
+    before_stop = [r for r in run.records() if r.phase != "stop"]
+    assert before_stop[-1].client.opened >= 1000 + client["steady:no_answer_from_server"]
     # The worker was slow, not dead: not killed as hung, nothing lost with it.
     assert summary["worker_losses"] == [] and "killing it" not in run.hub_log()
-    assert victim["pid"] in {w["pid"] for w in before_stop[-1]["server_workers"] if w["alive"]}
+    assert victim.pid in {w.pid for w in before_stop[-1].server_workers if w.alive}

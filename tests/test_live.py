@@ -16,8 +16,14 @@ from typing import Any
 import pytest
 
 from connscale.app.live import MAX_WORKER_ROWS, Frame, LiveView, RunInfo, dashboard, plain_line
+from connscale.metrics.records import Stats
 from connscale.metrics.status import parse_status
 from tests.support.timelines import make_records
+
+
+def frame(before: dict, now: dict) -> Frame:
+    """Two seconds as the live view gets them (the hub's answers, checked as `Stats`)."""
+    return Frame.of(Stats.from_wire(before), Stats.from_wire(now))
 
 
 def render(renderable: Any, width: int = 120) -> str:
@@ -35,7 +41,7 @@ def two_seconds(**change: Any) -> tuple[dict, dict]:
 
 def test_dashboard_shows_counts_rates_rtt_failures_agents_and_workers() -> None:
     before, now = two_seconds()
-    text = render(dashboard(Frame.of(before, now), RunInfo("ramp:2", 2, 3, 6000), "connscale run"))
+    text = render(dashboard(frame(before, now), RunInfo("ramp:2", 2, 3, 6000), "connscale run"))
     assert f"open {now['client']['open']:,} / 6,000" in text
     assert "ramp:2 (step 2/3)" in text
     assert f"connects/s {now['client']['opened'] - before['client']['opened']:,}" in text
@@ -54,7 +60,7 @@ def test_dashboard_prefers_the_workers_own_load_and_caps_the_rows() -> None:
     now = dict(now, server_workers=[
         dict(w, index=i, pid=1000 + i, load={"cpu": 0.97 if i == 30 else 0.1, "lag_ms_max": 250.0 if i == 30 else 1.5})
         for i, w in enumerate(now["server_workers"] * 20)])
-    text = render(dashboard(Frame.of(before, now)))
+    text = render(dashboard(frame(before, now)))
     rows = [line for line in text.splitlines() if "server #" in line]
     assert len(rows) == MAX_WORKER_ROWS - 1  # plus the client's row, busiest first
     assert rows[0].split()[:2] == ["server", "#31"] and "97" in rows[0] and "250.0" in rows[0]
@@ -67,7 +73,7 @@ def test_an_agents_row_shows_its_busiest_workers_cpu_and_worst_loop_lag() -> Non
     agent["workers"] = [dict(w, index=i, load={"cpu": cpu, "lag_ms_max": lag})
                         for i, (w, cpu, lag) in enumerate(zip(agent["workers"] * 2, (0.35, 0.93), (4.0, 180.5)))]
     now = dict(now, clients={"local": agent, "quiet": {"connected": True, "target": 0, "workers": []}})
-    text = render(dashboard(Frame.of(before, now)), width=160)
+    text = render(dashboard(frame(before, now)), width=160)
     header = next(line for line in text.splitlines() if "busiest cpu %" in line)
     assert "worst lag ms" in header
     local = next(line for line in text.splitlines() if line.strip().startswith("local ") and "connected" in line)
@@ -82,7 +88,7 @@ def test_plain_lines_every_few_seconds_and_the_last_one_at_the_end() -> None:
     out = io.StringIO()
     view = LiveView(out=out, tty=False, every=5.0, clock=lambda: now[0])
     for r in records[:12]:
-        view.show(r)
+        view.show(Stats.from_wire(r))
         now[0] += 1.0
     view.final()
     lines = out.getvalue().splitlines()
@@ -98,22 +104,23 @@ def test_plain_lines_every_few_seconds_and_the_last_one_at_the_end() -> None:
 
 def test_incidents_are_shown_once_each() -> None:
     records = make_records(fail_at_step=2)
-    incident = {"elapsed_s": 8.0, "wall": "ephemeral_ports", "headline": "EADDRNOTAVAIL on connect",
+    incident = {"elapsed_s": 8.0, "trigger": "failures", "wall": "ephemeral_ports",
+                "headline": "EADDRNOTAVAIL on connect",
                 "fix": ["add --source-ip 127.0.0.3"]}
     out = io.StringIO()
     view = LiveView(out=out, tty=False, every=100.0, clock=lambda: 0.0)
-    view.show(records[7])
-    view.show(dict(records[8], incidents=[incident]))
-    view.show(dict(records[9], incidents=[incident]))
+    view.show(Stats.from_wire(records[7]))
+    view.show(Stats.from_wire(dict(records[8], incidents=[incident])))
+    view.show(Stats.from_wire(dict(records[9], incidents=[incident])))
     lines = [line for line in out.getvalue().splitlines() if line.startswith("incident:")]
     assert lines == ["incident: ephemeral_ports: EADDRNOTAVAIL on connect; fix: add --source-ip 127.0.0.3"]
-    text = render(dashboard(Frame.of(records[8], dict(records[9], incidents=[incident]))))
+    text = render(dashboard(frame(records[8], dict(records[9], incidents=[incident]))))
     assert "incidents" in text and "ephemeral_ports" in text and "add --source-ip 127.0.0.3" in text
 
 
 def test_plain_line_names_each_failure_cause() -> None:
     records = make_records(fail_at_step=2)
-    line = plain_line(Frame.of(records[8], records[9]))
+    line = plain_line(frame(records[8], records[9]))
     n = records[9]["client"]["failures"]["connect:EADDRNOTAVAIL"]
     assert n > 0 and f"fail.connect.EADDRNOTAVAIL={n}" in line and f"failures={n}" in line
 
@@ -122,8 +129,8 @@ def test_terminal_mode_redraws_in_place() -> None:
     records = make_records()
     out = io.StringIO()
     view = LiveView(out=out, tty=True, width=110)
-    view.show(records[3])
-    view.show(records[4], RunInfo("ramp:2", 2, 3, 6000))
+    view.show(Stats.from_wire(records[3]))
+    view.show(Stats.from_wire(records[4]), RunInfo("ramp:2", 2, 3, 6000))
     view.message("a note above the dashboard")
     view.final()
     text = out.getvalue()

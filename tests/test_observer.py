@@ -5,6 +5,7 @@ The real processes are in tests/test_observe_e2e.py."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -21,9 +22,22 @@ from connscale.diagnose.memory import memory_table, per_second
 from connscale.diagnose.observed import ServerWatch, observed_rows, server_side
 from connscale.diagnose.verdict import explain
 from connscale.diagnose.walls import Context, Window, name_wall
-from connscale.host.observed import HostRow, ListenerRow, ObserverReport, ProcessRow, TargetEvent, TargetRow
+from connscale.diagnose.records import MemoryMoment, MemoryRow, MemoryServer, MemoryTable, Summary
+from connscale.host.observed import (
+    HostRow,
+    ListenerRow,
+    ObservedEvent,
+    ObserverReport,
+    ObserverRow,
+    ProcessRow,
+    TargetEvent,
+    TargetRow,
+)
 from connscale.host.watch import TargetSpec
 from connscale.metrics.prometheus import TimelineCollector, registry_for
+from connscale.metrics.records import AgentRow, Incident, Stats
+from connscale.metrics.snapshot import Snapshot
+from connscale.metrics.workers import WorkerRow
 from tests.test_control_parts import Mind, info
 
 SECRET = "s" * 16
@@ -79,10 +93,18 @@ def host(**kw: Any) -> HostRow:
     return HostRow(**data)
 
 
-def observers(t: TargetRow, h: HostRow | None = None) -> dict[str, Any]:
-    wire = ObserverReport((t,), h or host()).to_wire()
-    wire.pop("events")
-    return {"server": {"connected": True, "host": "srv", "stale_s": 0.0, **wire}}
+def observers(t: TargetRow, h: HostRow | None = None) -> dict[str, ObserverRow]:
+    report = ObserverReport((t,), h or host())
+    return {"server": ObserverRow.of(report, connected=True, login_host="srv", lost_reason="", stale_s=0.0)}
+
+
+def stats(elapsed_s: float = 1.0, open_: int = 0, **fields: Any) -> Stats:
+    """A stats record or timeline line with the fields a test gives."""
+    return Stats(elapsed_s=elapsed_s, client=Snapshot(open=open_), server=Snapshot(), **fields)
+
+
+def gone_event(kind: str, text: str) -> ObservedEvent:
+    return ObservedEvent(kind, "redis-server", 41, observer="server", text=text)
 
 
 # -- the hub's side -------------------------------------------------------------------------------
@@ -102,24 +124,27 @@ def test_an_observer_registers_apart_from_the_agents_and_its_rows_reach_the_line
     assert answer["target"] == 0 and answer["session"]
     assert controller.clients() == []            # not a client: no connections, no target
     assert "observer obs registered from srv" in " ".join(controller.events)
-    lines: list[dict[str, Any]] = []
+    lines: list[Stats] = []
     controller.collector.listeners.append(lines.append)
     controller.reactor.advance(5)
     controller.tick()
-    row = lines[-1]["observers"]["obs"]
-    assert row["connected"] and row["stale_s"] == 0.0 and "events" not in row
-    assert TargetRow.from_wire(row["targets"][0]).established == 90
-    (event,) = lines[-1]["target_events"]
-    assert event["text"] == "redis-server (pid 41) exited at 5 s; restarted as pid 57"
-    assert "observer obs: redis-server (pid 41) exited at 5 s; restarted as pid 57" in lines[-1]["events"]
+    row = lines[-1].observers["obs"]
+    assert row.connected and row.stale_s == 0.0 and row.login_host == "srv"
+    assert row.targets[0].established == 90 and row.host == host()
+    (event,) = lines[-1].target_events
+    assert event.text == "redis-server (pid 41) exited at 5 s; restarted as pid 57"
+    assert (event.observer, event.elapsed_s, event.kind, event.new_pid) == ("obs", 5.0, "restarted", 57)
+    assert "observer obs: redis-server (pid 41) exited at 5 s; restarted as pid 57" in lines[-1].events
+    # The line goes to JSON and back whole, the observer's rows and events with it.
+    assert Stats.from_json(lines[-1].to_json()) == lines[-1]
     # The next line carries no old events, and a quiet observer's row goes stale with its age.
     reports.append(ObserverReport((target(),), host()))
     mind.handlers["report_packed"] = lambda: defer.Deferred()  # stops answering
     controller.reactor.advance(2)
     controller.tick()
     controller.reactor.advance(1)
-    assert lines[-1]["target_events"] == [] and lines[-1]["observers"]["obs"]["stale_s"] > 0
-    assert controller.stats()["target_events"][0]["new_pid"] == 57
+    assert lines[-1].target_events == () and (lines[-1].observers["obs"].stale_s or 0) > 0
+    assert controller.stats().target_events[0].new_pid == 57
     # A second avatar detaching is the observer's, not an agent's.
     avatar.detached()
     assert not controller.observers.registry.agents["obs"].connected
@@ -128,7 +153,7 @@ def test_an_observer_registers_apart_from_the_agents_and_its_rows_reach_the_line
 # -- walls on the server's side ----------------------------------------------------------------------
 
 def test_a_server_at_its_file_limit_is_named_with_its_pid_limit_and_fix():
-    rows = observed_rows({"observers": observers(target(fds=4975, nofile=5000))})
+    rows = observed_rows(stats(observers=observers(target(fds=4975, nofile=5000))))
     finding = server_side(rows)
     assert (finding.wall, finding.side) == ("fd_process", "server")
     assert "redis-server (pid 41) reached its open-file limit (Max open files 5,000)" in finding.headline
@@ -141,7 +166,7 @@ def test_a_server_at_its_file_limit_is_named_with_its_pid_limit_and_fix():
     assert name_wall("first_ping:closed_by_peer", w, Context()) is finding
     # ...but a client's own wall stays the client's.
     assert name_wall("connect:EADDRNOTAVAIL", w, Context()).wall == "ephemeral_ports"
-    assert server_side(observed_rows({"observers": observers(target(fds=4000, nofile=5000))})) is None
+    assert server_side(observed_rows(stats(observers=observers(target(fds=4000, nofile=5000))))) is None
 
 
 @pytest.mark.parametrize("t, h, wall, words", [
@@ -151,46 +176,48 @@ def test_a_server_at_its_file_limit_is_named_with_its_pid_limit_and_fix():
     (target(), host(mem_available=100 << 20), "memory", "running out of memory"),
 ])
 def test_other_server_side_walls(t, h, wall, words):
-    finding = server_side(observed_rows({"observers": observers(t, h)}))
+    finding = server_side(observed_rows(stats(observers=observers(t, h))))
     assert finding.wall == wall and words in finding.headline and finding.fix
 
 
 def test_the_detector_opens_a_lasting_server_wall_and_the_server_gone():
     detector = IncidentDetector()
-    full = {"observers": observers(target(fds=4990))}
     opened = []
     for second in range(3):
-        opened += detector.observe({"elapsed_s": float(second), "client": {"open": 4968}, **full})
-    assert [(i["wall"], i["side"], i["trigger"]) for i in opened] == [("fd_process", "server", "observer")]
-    gone = {"elapsed_s": 4.0, "target_events": [{"kind": "exited", "text": "redis-server (pid 41) exited at 4 s"}],
-            "observers": observers(target(alive=False))}
+        opened += detector.observe(stats(float(second), 4968, observers=observers(target(fds=4990))))
+    assert [(i.wall, i.side, i.trigger) for i in opened] == [("fd_process", "server", "observer")]
+    gone = stats(4.0, target_events=(gone_event("exited", "redis-server (pid 41) exited at 4 s"),),
+                 observers=observers(target(alive=False)))
     (incident,) = detector.observe(gone)
-    assert incident["wall"] == "server_down" and "redis-server (pid 41) exited at 4 s" in incident["headline"]
+    assert incident.wall == "server_down" and "redis-server (pid 41) exited at 4 s" in incident.headline
     watch = ServerWatch()
-    assert watch.observe({}, ()) == []
+    assert watch.observe(stats(), ()) == []
 
 
 def test_the_verdict_names_the_server_event_and_the_side():
-    events = [{"kind": "exited", "text": "redis-server (pid 41) exited at 41 s; restarted as pid 57"},
-              {"kind": "child_exited", "text": "a worker's churn is not the server going away"}]
+    events = [gone_event("exited", "redis-server (pid 41) exited at 41 s; restarted as pid 57"),
+              gone_event("child_exited", "a worker's churn is not the server going away")]
     held = explain("held", 1000, held=1000, target_events=events)
-    assert held["headline"].endswith("; redis-server (pid 41) exited at 41 s; restarted as pid 57")
-    assert "churn" not in held["headline"]
-    finding = server_side(observed_rows({"observers": observers(target(fds=4990))}))
-    incident = {"elapsed_s": 10.0, "open": 4968, **finding.to_dict()}
+    assert held.headline.endswith("; redis-server (pid 41) exited at 41 s; restarted as pid 57")
+    assert "churn" not in held.headline
+    finding = server_side(observed_rows(stats(observers=observers(target(fds=4990)))))
+    incident = Incident(elapsed_s=10.0, trigger="observer", open=4968, wall=finding.wall, side=finding.side,
+                        headline=finding.headline, evidence=finding.evidence, fix=finding.fix)
     failed = explain("failed", 10000, peak_open=4968, incidents=[incident])
-    assert failed["wall"] == "fd_process" and failed["side"] == "server"
-    assert "pid 41" in failed["headline"] and "Max open files 5,000" in failed["headline"]
-    assert failed["evidence"][-1] == "the wall is on the server side (read on the server's host by the observer)"
+    assert failed.wall == "fd_process" and failed.side == "server"
+    assert "pid 41" in failed.headline and "Max open files 5,000" in failed.headline
+    assert failed.evidence[-1] == "the wall is on the server side (read on the server's host by the observer)"
 
 
 # -- memory per connection ---------------------------------------------------------------------------
 
-def line(t: float, phase: str, open_: int, rss: int, slab: int, pages: int, server_rss: int, client_rss: int):
-    return {"elapsed_s": t, "phase": phase, "client": {"open": open_},
-            "observers": observers(target(rss=rss), host(socket_slab={"TCP": slab}, tcp_mem_pages=pages)),
-            "server_workers": [{"alive": True, "resources": {"rss_bytes": server_rss}}],
-            "clients": {"local": {"connected": True, "workers": [{"alive": True, "resources": {"rss_bytes": client_rss}}]}}}
+def line(t: float, phase: str, open_: int, rss: int, slab: int, pages: int, server_rss: int,
+         client_rss: int) -> Stats:
+    return stats(t, open_, phase=phase,
+                 observers=observers(target(rss=rss), host(socket_slab={"TCP": slab}, tcp_mem_pages=pages)),
+                 server_workers=(WorkerRow(index=0, alive=True, resources={"rss_bytes": server_rss}),),
+                 clients={"local": AgentRow(connected=True, workers=(
+                     WorkerRow(index=0, alive=True, resources={"rss_bytes": client_rss}),))})
 
 
 def test_memory_table_from_the_baseline_to_the_ramp_and_the_hold():
@@ -202,25 +229,29 @@ def test_memory_table_from_the_baseline_to_the_ramp_and_the_hold():
                line(4, "final_hold", 1000, 10 * mb + 1_200_000, 10 * mb, 110, 20 * mb + 400_000, 30 * mb + 700_000),
                line(5, "stop", 0, 0, 0, 0, 0, 0)]
     table = memory_table(records)
-    rows = {r["key"]: r for r in table["rows"]}
-    assert table["baseline"] == {"elapsed_s": 1, "open": 0}
-    assert table["opened"]["elapsed_s"] == 3 and table["pinging"]["elapsed_s"] == 4
-    assert rows["server_rss"]["opened"] == 1000.0 and rows["server_rss"]["pinging"] == 1200.0
-    assert rows["server_pss"]["pinging"] == 600.0
-    assert rows["connscale_server_rss"]["pinging"] == 400.0 and rows["connscale_client_rss"]["opened"] == 600.0
-    assert rows["kernel_slab"]["opened"] == pytest.approx(5 * mb / 1000, rel=1e-3)
-    assert rows["kernel_tcp_mem"]["pinging"] == pytest.approx(100 * 4096 / 1000)
-    assert rows["kernel"]["pinging"] == pytest.approx(rows["kernel_slab"]["pinging"] + 409.6, rel=1e-3)
-    assert table["server"] == {"label": "redis-server", "pid": 41}
+    assert table is not None
+    rows = {r.key: r for r in table.rows}
+    assert table.baseline == MemoryMoment(elapsed_s=1, open=0)
+    assert table.opened is not None and table.opened.elapsed_s == 3
+    assert table.pinging is not None and table.pinging.elapsed_s == 4 and table.pinging.phase == "final_hold"
+    assert rows["server_rss"].opened == 1000.0 and rows["server_rss"].pinging == 1200.0
+    assert rows["server_pss"].pinging == 600.0
+    assert rows["connscale_server_rss"].pinging == 400.0 and rows["connscale_client_rss"].opened == 600.0
+    assert rows["kernel_slab"].opened == pytest.approx(5 * mb / 1000, rel=1e-3)
+    assert rows["kernel_tcp_mem"].pinging == pytest.approx(100 * 4096 / 1000)
+    assert rows["kernel"].pinging == pytest.approx(rows["kernel_slab"].pinging + 409.6, rel=1e-3)
+    assert table.server == MemoryServer(label="redis-server", pid=41)
+    # summary.json carries it whole.
+    assert MemoryTable.from_wire(json.loads(json.dumps(table.to_wire()))) == table
     plotted = per_second(records)
     assert [o for o, _ in plotted["server_rss"]] == [500, 1000, 1000]   # the stop is not plotted
-    assert memory_table([{"elapsed_s": 0, "client": {"open": 5}}]) is None
+    assert memory_table([stats(0.0, 5)]) is None
 
 
 # -- /metrics and the live view ------------------------------------------------------------------------
 
 def test_metrics_and_live_rows_of_an_observed_server():
-    record = {"t": 1.0, "elapsed_s": 1.0, "observers": observers(target(fds=120, queue=3))}
+    record = stats(t=1.0, observers=observers(target(fds=120, queue=3)))
     collector = TimelineCollector()
     collector.observe(record)
     from prometheus_client.exposition import generate_latest
@@ -231,7 +262,7 @@ def test_metrics_and_live_rows_of_an_observed_server():
     assert 'connscale_observed_accept_queue{observer="server",target="redis-server"} 3.0' in text
     assert 'connscale_observed_host_socket_slab_bytes{observer="server"} 1.048576e+06' in text
     (row,) = observer_rows(record)
-    assert row[:5] == ("server", "redis-server", "41", "120 / 5,000", "90") and row[6] == "3/511"
+    assert tuple(map(str, row[:5])) == ("server", "redis-server", "41", "120 / 5,000", "90") and row[6] == "3/511"
 
 
 def test_check_plans_memory_with_what_a_run_measured(tmp_path, capsys):
@@ -239,21 +270,28 @@ def test_check_plans_memory_with_what_a_run_measured(tmp_path, capsys):
     from connscale.diagnose.budget import ConnectionCosts
     from connscale.diagnose.memory import costs_from_table
 
-    table = {"rows": [{"key": "kernel", "what": "kernel total", "kind": "kernel", "side": "host",
-                       "opened": 5000.0, "pinging": 7000.0},
-                      {"key": "server_rss", "what": "server process RSS", "kind": "user", "side": "server",
-                       "opened": 900.0, "pinging": 1200.0}]}
+    table = MemoryTable(baseline=MemoryMoment(), rows=(
+        MemoryRow("kernel", "kernel total", "kernel", "host", 5000.0, 7000.0),
+        MemoryRow("server_rss", "server process RSS", "user", "server", 900.0, 1200.0)))
     costs = costs_from_table(table, "runs/x")
     assert (costs.kernel_pair, costs.user_server, costs.source) == (7000.0, 1200.0, "the run in runs/x")
     assert costs.user_client == ConnectionCosts().user_client   # not measured there: this box's bench figure
-    (tmp_path / "summary.json").write_text(__import__("json").dumps({"memory": table}))
+    summary = Summary(verdict="held", target=1000, memory=table)
+    (tmp_path / "summary.json").write_text(json.dumps(summary.to_wire()))
     check_main(["--target", "1000", "--measured", str(tmp_path)])
     out = capsys.readouterr().out
     assert f"memory per held connection measured in {tmp_path}" in out
     assert "server process RSS               user   900 B / 1,200 B" in out
     assert f"per connection as measured by the run in {tmp_path}" in out
-    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "summary.json").write_text(json.dumps(Summary(verdict="held", target=1000).to_wire()))
     with pytest.raises(SystemExit) as e:
         check_main(["--measured", str(tmp_path)])
     assert e.value.code == 2
     assert "has no memory table" in capsys.readouterr().err
+    # A summary that does not read is one line naming what does not fit.
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        check_main(["--measured", str(tmp_path)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"connscale check: --measured: cannot read {tmp_path / 'summary.json'}: "
+                                       "summary.json: Summary.verdict: missing\n")

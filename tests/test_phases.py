@@ -24,6 +24,8 @@ from connscale.metrics.phases import (
     rtt_by_phase,
     window_phase,
 )
+from connscale.metrics.records import Stats
+from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
 from tests.test_control import SECRET, Link, make_cfg, register, run
 
@@ -78,19 +80,18 @@ def test_controller_stamps_phase_and_histogram_on_each_second(tmp_path: Path) ->
     tl.close()
 
     records = list(read_timeline(tl.path))
-    assert [r["phase"] for r in records] == ["ramp:1", "ramp:1", "hold:1"]
-    first = decode_histogram(records[0]["rtt_hist"])
+    assert [r.phase for r in records] == ["ramp:1", "ramp:1", "hold:1"]
+    first = decode_histogram(records[0].rtt_hist)
     assert first.get_total_count() == 3
-    assert rtt_summary_ms(first) == records[0]["rtt_window_ms"]
-    assert decode_histogram(records[1]["rtt_hist"]).get_total_count() == 1
-    assert records[2]["rtt_hist"] == ""
+    assert rtt_summary_ms(first) == records[0].rtt_window_ms
+    assert decode_histogram(records[1].rtt_hist).get_total_count() == 1
+    assert records[2].rtt_hist == ""
     assert controller.phase == "hold:1"
 
 
-def record(phase: str, open_: int, hist: str = "", failures: dict[str, int] | None = None) -> dict:
-    return {"phase": phase, "rtt_hist": hist, "client": {"open": open_, "failure_total": sum((failures or {}).values()),
-                                                          "failures": failures or {}},
-            "server": {"open": open_, "failure_total": 0, "failures": {}}}
+def record(phase: str, open_: int, hist: str = "", failures: dict[str, int] | None = None) -> Stats:
+    return Stats(elapsed_s=0.0, phase=phase, rtt_hist=hist, client=Snapshot(open=open_, failures=failures or {}),
+                 server=Snapshot(open=open_))
 
 
 def test_per_phase_percentiles_keep_ramps_apart_from_holds() -> None:
@@ -106,22 +107,22 @@ def test_per_phase_percentiles_keep_ramps_apart_from_holds() -> None:
     table = phase_table(records)
     assert list(table) == ["ramp:1", "hold:1", "ramp:2", "final_hold", "stop"]
     final = table["final_hold"]
-    assert final["seconds"] == 2 and final["open"] == 2000 and final["rtt_samples"] == 200
-    assert final["failures"] == 1 and table["ramp:2"]["failures"] == 2
-    assert final["rtt_ms"]["p50"] == pytest.approx(3.0, rel=0.01)
-    assert final["rtt_ms"]["p99"] == pytest.approx(3.0, rel=0.01)
-    assert final["rtt_ms"]["max"] == pytest.approx(20.0, rel=0.01)
-    assert table["stop"]["rtt_ms"]["p50"] is None
+    assert final.seconds == 2 and final.open == 2000 and final.rtt_samples == 200
+    assert final.failures == 1 and table["ramp:2"].failures == 2
+    assert final.rtt_ms.p50 == pytest.approx(3.0, rel=0.01)
+    assert final.rtt_ms.p99 == pytest.approx(3.0, rel=0.01)
+    assert final.rtt_ms.max == pytest.approx(20.0, rel=0.01)
+    assert table["stop"].rtt_ms.p50 is None
     by_phase = rtt_by_phase(records)
-    assert by_phase["ramp:2"]["p50"] == pytest.approx(400.0, rel=0.01)
+    assert by_phase["ramp:2"].p50 == pytest.approx(400.0, rel=0.01)
     holds = hold_rtt_ms(records)
-    assert holds["p99"] == pytest.approx(3.0, rel=0.01)
+    assert holds.p99 == pytest.approx(3.0, rel=0.01)
     # One cumulative histogram would have said p99 = 400 ms.
     everything = new_histogram()
     for r in records:
-        if r["rtt_hist"]:
-            everything.add(decode_histogram(r["rtt_hist"]))
-    assert rtt_summary_ms(everything)["p99"] == pytest.approx(400.0, rel=0.01)
+        if r.rtt_hist:
+            everything.add(decode_histogram(r.rtt_hist))
+    assert rtt_summary_ms(everything).p99 == pytest.approx(400.0, rel=0.01)
 
 
 def test_summary_fields_give_the_final_hold_and_the_run_before_its_stop() -> None:
@@ -133,7 +134,7 @@ def test_summary_fields_give_the_final_hold_and_the_run_before_its_stop() -> Non
         record("stop", 0, hist_of(*[900_000] * 100)),   # a drain's stragglers: not the run's latency
     ]
     fields = summary_fields(records)
-    assert fields["rtt_final_hold_ms"]["p99"] == pytest.approx(3.0, rel=0.01)
-    assert fields["rtt_ms"]["max"] == pytest.approx(300.0, rel=0.01)   # ramps included, stop not
-    assert fields["rtt_by_phase"]["final_hold"]["samples"] == 100 and fields["rtt_by_phase"]["stop"]["seconds"] == 1
-    assert summary_fields([record("ramp:1", 10, "")])["rtt_final_hold_ms"]["p50"] is None
+    assert fields.rtt_final_hold_ms.p99 == pytest.approx(3.0, rel=0.01)
+    assert fields.rtt_ms.max == pytest.approx(300.0, rel=0.01)   # ramps included, stop not
+    assert fields.rtt_by_phase["final_hold"].samples == 100 and fields.rtt_by_phase["stop"].seconds == 1
+    assert summary_fields([record("ramp:1", 10, "")]).rtt_final_hold_ms.p50 is None

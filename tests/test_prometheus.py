@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connscale.config.settings import ConfigError, parse_config
 from connscale.metrics.prometheus import TimelineCollector, bounded_cause, registry_for
+from connscale.metrics.records import Stats
 from connscale.metrics.timeline import read_timeline
 from tests.support.procs import free_port
 from tests.support.timelines import make_records
@@ -29,9 +30,10 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def scrape_collector(records: list[dict[str, Any]]) -> dict:
+    """The lines as the hub hands them to the collector (each checked as a `Stats`)."""
     collector = TimelineCollector()
     for r in records:
-        collector.observe(r)
+        collector.observe(Stats.from_wire(r))
     return samples(generate_latest(registry_for(collector)).decode())
 
 
@@ -68,8 +70,9 @@ def test_metrics_are_the_latest_timeline_line() -> None:
 
 def test_incidents_are_counted_by_wall() -> None:
     records = make_records()
-    records[5]["incidents"] = [{"wall": "ephemeral_ports", "headline": "x"}]
-    records[6]["incidents"] = [{"wall": "ephemeral_ports"}, {"wall": "Not A Wall!"}]
+    incident = {"elapsed_s": 5.0, "trigger": "failures", "headline": "x"}
+    records[5]["incidents"] = [{**incident, "wall": "ephemeral_ports"}]
+    records[6]["incidents"] = [{**incident, "wall": "ephemeral_ports"}, {**incident, "wall": "Not A Wall!"}]
     records[-1]["load"] = {"measuring_side_saturated": True}
     m = scrape_collector(records)
     assert m[("connscale_incidents_total", (("wall", "ephemeral_ports"),))] == 2
@@ -132,23 +135,23 @@ def test_scraping_a_real_hub_gives_the_numbers_of_its_timeline(tmp_path: Path) -
             deadline = time.monotonic() + 30
             while True:
                 m = samples(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
-                lines = {r["t"]: r for r in read_timeline(timeline)}
+                lines = {r.t: r for r in read_timeline(timeline)}
                 line = lines.get(m.get(("connscale_timeline_timestamp_seconds", ()), -1))
-                if line is not None and line["client"]["open"] == 300 and line["client"]["pongs"] > 0:
+                if line is not None and line.client.open == 300 and line.client.pongs > 0:
                     break
                 assert time.monotonic() < deadline, json.dumps(m, default=str)[:2000]
                 time.sleep(0.5)
     finally:
         proc.stop()
-    assert m[("connscale_open_connections", (("side", "client"),))] == line["client"]["open"] == 300
-    assert m[("connscale_open_connections", (("side", "server"),))] == line["server"]["open"]
-    assert m[("connscale_pings_total", (("side", "client"),))] == line["client"]["pings"]
-    assert m[("connscale_pongs_total", (("side", "server"),))] == line["server"]["pongs"]
-    assert m[("connscale_ghosts", ())] == line["ghosts"]
+    assert m[("connscale_open_connections", (("side", "client"),))] == line.client.open == 300
+    assert m[("connscale_open_connections", (("side", "server"),))] == line.server.open
+    assert m[("connscale_pings_total", (("side", "client"),))] == line.client.pings
+    assert m[("connscale_pongs_total", (("side", "server"),))] == line.server.pongs
+    assert m[("connscale_ghosts", ())] == line.ghosts
     assert m[("connscale_worker_open_connections", (("agent", "m1"), ("side", "client"), ("worker", "0")))] \
-        == line["clients"]["m1"]["workers"][0]["open"]
+        == line.clients["m1"].workers[0].open
     # The cumulative RTT histogram is the sum of every line's histogram up to that one.
     from connscale.metrics.phases import merged_histogram
 
-    upto = merged_histogram(r for r in read_timeline(timeline) if r["t"] <= line["t"])
+    upto = merged_histogram(r for r in read_timeline(timeline) if (r.t or 0) <= (line.t or 0))
     assert m[("connscale_rtt_seconds_count", ())] == upto.get_total_count() > 0

@@ -1,8 +1,13 @@
-from connscale.metrics.render import CLIENT_COLUMNS, format_stats, format_table
+import pytest
+
+from connscale.config.records import RecordError
+from connscale.metrics.render import CLIENT_COLUMNS, format_table, render_stats
 
 
 def stats(**over):
+    """The `stats` verb's answer as it crosses PB (the record's wire form)."""
     base = {
+        "elapsed_s": 12.0,
         "server": {"open": 10, "opened": 12, "closed": 2, "pongs": 40, "failure_total": 1,
                    "failures": {"steady:ECONNRESET": 1}},
         "client": {"open": 11, "opened": 12, "closed": 1, "pings": 41, "pongs": 40, "failure_total": 1,
@@ -10,14 +15,14 @@ def stats(**over):
         "rtt_ms": {"p50": 0.25, "p90": 1.0, "p99": 2.5, "max": None},
         "ghosts": 1,
         "workers": {"server": 2, "client": 1},
-        "clients": {"a1": {"connected": True, "target": 12, "open": 11, "connecting": 0, "workers": [{}]}},
+        "clients": {"a1": {"connected": True, "target": 12, "open": 11, "connecting": 0, "workers": [{"index": 0}]}},
     }
     base.update(over)
     return base
 
 
 def test_stats_summary_lines():
-    text = format_stats(stats())
+    text = render_stats(stats())
     assert text.splitlines() == [
         "server  open=10 opened=12 closed=2 pongs=40 failures=1 workers=2",
         "clients open=11 opened=12 closed=1 pings=41 pongs=40 failures=1 workers=1",
@@ -27,6 +32,19 @@ def test_stats_summary_lines():
         "fail    server steady:ECONNRESET=1",
         "client  a1: connected target=12 open=11 connecting=0 workers=1",
     ]
+
+
+def test_stats_say_what_the_hub_left_out():
+    text = render_stats(stats(truncated="worker rows left out: too large to send"))
+    assert text.splitlines()[-1] == "note    worker rows left out: too large to send"
+
+
+def test_a_stats_answer_that_does_not_fit_is_one_line():
+    with pytest.raises(RecordError) as e:
+        render_stats(stats(client={"open": "eleven"}))
+    assert str(e.value) == "Stats.client: open: expected an integer, got 'eleven'"
+    with pytest.raises(RecordError, match="^Stats.server: missing$"):
+        render_stats({"elapsed_s": 1.0, "client": {}})
 
 
 def test_table_aligns_columns_and_says_none():

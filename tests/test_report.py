@@ -25,7 +25,7 @@ from connscale.diagnose.report import (
     write_report,
 )
 from tests.support.procs import connscale
-from tests.support.timelines import make_records, write_run
+from tests.support.timelines import make_records, make_stats, write_run
 
 NUMBER = re.compile(r'<span class="n" data-k="([^"]+)">([^<]*)</span>')
 
@@ -380,8 +380,7 @@ def test_knee_is_where_p99_leaves_the_low_load_band() -> None:
 
 
 def test_scaling_curve_has_one_point_per_plateau_and_finds_the_knee() -> None:
-    records = make_records(steps=4, knee_at_step=3)
-    points = curve_points(records)
+    points = curve_points(make_stats(steps=4, knee_at_step=3))
     assert [p.label for p in points] == ["hold:1", "hold:2", "hold:3", "final_hold"]
     assert [p.open for p in points] == [2000, 4000, 6000, 8000]
     knee = find_knee(points)

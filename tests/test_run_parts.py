@@ -9,6 +9,7 @@ import os
 import stat
 from pathlib import Path
 
+import attrs
 import pytest
 import yaml
 from twisted.internet import defer, task
@@ -25,6 +26,10 @@ from connscale.config.settings import (
     load_config,
     parse_config,
 )
+from connscale.diagnose.records import Summary
+from connscale.metrics.histograms import Percentiles
+from connscale.metrics.records import SCHEMA, Stats
+from connscale.metrics.workers import WorkerLoss
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,7 +57,9 @@ class FakeHub:
         self.open = min(self.target, self.open + self.rate)
 
     def stats(self) -> dict:
+        """What `stats_packed` unpacks to: the record's wire form."""
         return {
+            "elapsed_s": 1.0,
             "client": {"open": self.open, "failures": dict(self.client_failures),
                        "failure_total": sum(self.client_failures.values()), "pings": 0, "pongs": 0},
             "server": {"open": self.open, "failures": dict(self.server_failures),
@@ -119,15 +126,15 @@ def test_a_target_reached_step_by_step_is_held():
     p = sc.progress
     assert p.held == 3000 and p.peak_open == 3000
     assert [c[1] for c in hub.calls if c[0] == "connections_start"] == [1000, 1000, 1000]
-    assert [ph["phase"] for ph in p.phases] == [
+    assert [ph.phase for ph in p.phases] == [
         "setup", "ramp:1", "hold:1", "ramp:2", "hold:2", "ramp:3", "final_hold"]
-    assert hub.phases == [ph["phase"] for ph in p.phases]  # the hub stamps its timeline with them
-    assert all(ph["end"] is not None and ph["end"] >= ph["start"] for ph in p.phases)
-    steps = [s.as_dict() for s in p.step_log]
-    assert [s["target"] for s in steps] == [1000, 2000, 3000]
+    assert hub.phases == [ph.phase for ph in p.phases]  # the hub stamps its timeline with them
+    assert all(ph.end is not None and ph.end >= ph.start for ph in p.phases)
+    steps = [s.as_step() for s in p.step_log]
+    assert [s.target for s in steps] == [1000, 2000, 3000]
     # The fake opens 1000 a second and is asked once a second: the achieved rate says so.
-    assert all(s["rate_achieved"] == pytest.approx(1000, rel=0.15) for s in steps)
-    assert all(s["rate_asked"] == 1000.0 for s in steps)
+    assert all(s.rate_achieved == pytest.approx(1000, rel=0.15) for s in steps)
+    assert all(s.rate_asked == 1000.0 for s in steps)
 
 
 def test_the_final_targets_workers_start_before_the_ramp_and_their_start_up_is_setup_time():
@@ -149,11 +156,12 @@ def test_the_final_targets_workers_start_before_the_ramp_and_their_start_up_is_s
                for e in p.events)
     # The 25 s are the setup phase's, not the first step's: its rate is the connects'.
     setup = p.phases[0]
-    assert setup["phase"] == "setup" and setup["end"] - setup["start"] >= 25.0
-    first = p.step_log[0].as_dict()
-    assert first["seconds"] < 3 and first["rate_achieved"] == pytest.approx(1000, rel=0.15)
+    assert setup.phase == "setup" and setup.end is not None and setup.end - setup.start >= 25.0
+    first = p.step_log[0].as_step()
+    assert first.seconds is not None and first.seconds < 3
+    assert first.rate_achieved == pytest.approx(1000, rel=0.15)
     s = summary.build(p, sc.settings, True, "held", 40.0, "/tmp/x")
-    assert s["client_workers_start_s"] == pytest.approx(25.0, abs=0.15)
+    assert s.client_workers_start_s == pytest.approx(25.0, abs=0.15)
 
 
 def test_workers_that_take_longer_than_the_time_limit_to_start_end_the_run_there():
@@ -278,8 +286,19 @@ def test_the_peak_is_what_the_run_reached_before_it_stopped():
     drive(clock, d)
     sc.enter("stop")
     hub.open = 5000  # the agent kept opening while being stopped
-    sc.absorb(hub.stats())
+    sc.absorb(Stats.from_wire(hub.stats()))
     assert sc.progress.peak_open == 3000 and sc.progress.open == 5000
+
+
+def test_stats_that_do_not_fit_end_the_run_in_one_line():
+    """A hub answering `stats_packed` with something that is not its record (another version,
+    a bug) ends the run with what does not fit, not with a KeyError from deep in the scenario."""
+    clock, hub, sc, d = start()
+    hub.stats = lambda: {"elapsed_s": 1.0, "client": {"open": "many"}, "server": {}}
+    drive(clock, d)
+    failure = outcome(d)
+    assert failure.check(RunError)
+    assert str(failure.value) == "the hub's stats do not fit: Stats.client: open: expected an integer, got 'many'"
 
 
 def test_a_hub_silent_too_long_ends_the_run():
@@ -330,15 +349,16 @@ def test_summary_and_verdict_line():
     clock, hub, sc, d = start()
     drive(clock, d)
     s = summary.build(sc.progress, sc.settings, True, "", 12.3, "/tmp/r")
-    assert s["verdict"] == "held" and s["held"] == 3000 and s["target"] == 3000
-    assert s["rtt_ms"] == {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}
-    assert [p["phase"] for p in s["phases"]][-1] == "final_hold"
-    assert len(s["steps"]) == 3
-    json.dumps(s)  # plain data
+    assert s.verdict == "held" and s.held == 3000 and s.target == 3000
+    assert s.rtt_ms == Percentiles(1.0, 2.0, 3.0, 4.0)
+    assert [p.phase for p in s.phases][-1] == "final_hold"
+    assert len(s.steps) == 3
+    assert Summary.from_wire(json.loads(json.dumps(s.to_wire()))) == s  # one way to the file and back
+    assert s.to_wire()["schema"] == SCHEMA
     assert summary.verdict_line(s) == ("HELD: held=3000 target=3000 peak_open=3000 failures=0 "
                                        "rtt_ms p50=1.0 p99=3.0 workers server=2 client=1 duration=12s")
     # With the timeline's phases, the line gives the final hold's latency first.
-    s["rtt_final_hold_ms"] = {"p50": 0.5, "p90": 0.8, "p99": 1.5, "max": 2.0}
+    s = attrs.evolve(s, rtt_final_hold_ms=Percentiles(0.5, 0.8, 1.5, 2.0))
     assert summary.verdict_line(s) == ("HELD: held=3000 target=3000 peak_open=3000 failures=0 "
                                        "rtt_ms final_hold p50=0.5 p99=1.5 whole_run p99=3.0 "
                                        "workers server=2 client=1 duration=12s")
@@ -442,17 +462,18 @@ def test_exit_descriptions():
 def test_the_summary_names_a_server_worker_lost_during_the_run():
     clock, hub, sc, d = start()
     drive(clock, d)
-    loss = {"worker": "hub-server-worker-2", "side": "server", "pid": 777, "how": "was killed by signal 9 (SIGKILL)",
-            "connections": 1500, "t": 1.0, "elapsed_s": 7.0}
-    sc.progress.stats["worker_losses"] = [loss]
+    loss = WorkerLoss(worker="hub-server-worker-2", side="server", pid=777, how="was killed by signal 9 (SIGKILL)",
+                      connections=1500, t=1.0, elapsed_s=7.0)
+    assert sc.progress.stats is not None
+    sc.progress.stats = attrs.evolve(sc.progress.stats, worker_losses=(loss,))
     s = summary.build(sc.progress, sc.settings, True, "", 12.3, "/tmp/r")
-    assert s["worker_losses"] == [loss]
-    assert summary.explanation(s)["headline"].endswith(
+    assert s.worker_losses == (loss,)
+    assert summary.explanation(s).headline.endswith(
         "; a server worker (pid 777) was killed by signal 9 (SIGKILL) at 7 s; 1,500 connections were lost with it "
         "and replaced")
-    # A stats dict from before this field (an older hub): no losses, nothing said.
-    del sc.progress.stats["worker_losses"]
-    assert summary.build(sc.progress, sc.settings, True, "", 12.3, "/tmp/r")["worker_losses"] == []
+    # Stats from before this field (an older hub): no losses, nothing said.
+    sc.progress.stats = Stats.from_wire(hub.stats())
+    assert summary.build(sc.progress, sc.settings, True, "", 12.3, "/tmp/r").worker_losses == ()
 
 
 # -- the run's calls to its hub ----------------------------------------------------------
@@ -564,8 +585,8 @@ def test_a_summary_the_disk_refuses_is_printed_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(exp.rundir, "write_json", refuse)
     done: list = []
     exp.finish(False, "interrupted").addBoth(done.append)
-    result = done[0]
-    assert result["summary_path"] is None and result["verdict"] != "held"
+    result, written = done[0]
+    assert not written and result.verdict != "held"
     assert out[0] == f"connscale run: cannot write {exp.rundir.file('summary.json')}: No space left on device; " \
                      "the summary follows"
     assert json.loads(out[1])["reason"] == "interrupted"
@@ -602,11 +623,9 @@ class JudgingHub(FakeHub):
                 second[second_key] = 50
 
     def stats(self) -> dict:
-        from connscale.diagnose.incidents import failures_of
-
         out = super().stats()
-        out["incidents"] = list(self.detector.incidents)
-        out["unjudged_failures"] = self.detector.unjudged(failures_of(out))
+        out["incidents"] = [i.to_wire() for i in self.detector.incidents]
+        out["unjudged_failures"] = list(self.detector.unjudged(Stats.from_wire(out).failures()))
         return out
 
     def judge(self) -> None:
@@ -628,19 +647,19 @@ def test_a_run_stopped_by_a_framing_mismatch_names_it_whichever_side_reports_fir
         reason = str(outcome(d).value)
         assert "failures exceeded" in reason
         # At the stop, the hub has not named what it stopped on yet ...
-        assert sc.progress.stats["unjudged_failures"], client_first
+        assert sc.unjudged(), client_first
         settled = sc.settle()
         drive(clock, settled)
         # ... and the run waited until it had.
-        assert sc.progress.stats["unjudged_failures"] == [], client_first
+        assert sc.unjudged() == (), client_first
         result = summary.build(sc.progress, sc.settings, False, reason, 3.0, "/tmp/x")
-        assert summary.explanation(result)["wall"] == "protocol", client_first
+        assert summary.explanation(result).wall == "protocol", client_first
 
 
 def test_settling_the_verdict_waits_a_bounded_time():
     clock, hub, sc, d = start()
-    sc.progress.stats = {"unjudged_failures": ["steady:ECONNRESET"]}
     hub.stats = lambda: {**FakeHub.stats(hub), "unjudged_failures": ["steady:ECONNRESET"]}
+    sc.progress.stats = Stats.from_wire(hub.stats())
     began = clock.seconds()
     settled = sc.settle()
     drive(clock, settled)

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from connscale.config.settings import ConfigError, parse_config
+from connscale.diagnose.records import Cause, SearchResult
 from connscale.diagnose.search import Search, Slo, explain_search, judge
 from connscale.diagnose.verdict import explain_search_verdict
 from connscale.metrics.histograms import encode_histogram, new_histogram
+from connscale.metrics.records import Incident, Stats
 from tests.support.procs import connscale, free_port, free_ports
 
 
@@ -51,7 +53,7 @@ def second(t, open, pings, rtt_ms=None, failures=None, saturated=False, client_l
     hist = new_histogram()
     for ms in rtt_ms or []:
         hist.record_value(int(ms * 1000))
-    return {
+    return Stats.from_wire({
         "elapsed_s": float(t), "phase": phase,
         "client": {"open": open, "pings": pings, "failures": failures or {}},
         "server": {"open": open, "failures": {}},
@@ -59,7 +61,7 @@ def second(t, open, pings, rtt_ms=None, failures=None, saturated=False, client_l
         "load": {"measuring_side_saturated": saturated,
                  "client": {"lag_ms_max": client_lag, "saturated": 1 if saturated else 0},
                  "server": {"lag_ms_max": server_lag, "saturated": 0, "silent": 0}},
-    }
+    })
 
 
 SLO = Slo(p99_ms=50.0, timeout_rate=0.001, failures=0)
@@ -69,40 +71,41 @@ def test_a_quiet_plateau_passes():
     recs = [second(t, 10_000, 1000 * t, rtt_ms=[1, 2, 3, 5]) for t in range(1, 6)]
     p = judge(1, 10_000, recs, SLO, before=second(0, 10_000, 0))
     assert p.passed and p.reasons == () and p.cause is None
-    assert p.pings == 5000 and p.open_min == 10_000 and p.rtt_ms["p99"] == pytest.approx(5.0, rel=0.02)
+    assert p.pings == 5000 and p.open_min == 10_000 and p.rtt_ms.p99 == pytest.approx(5.0, rel=0.02)
 
 
 def test_a_slow_plateau_fails_on_p99_and_names_whose_loop_was_late():
     recs = [second(t, 20_000, 1000 * t, rtt_ms=[5, 80, 120], client_lag=110.0) for t in range(1, 6)]
     p = judge(2, 20_000, recs, SLO, before=second(0, 20_000, 0))
     assert not p.passed and "p99 RTT" in p.reasons[0]
-    assert p.cause["wall"] == "measuring_side" and "largely connscale's own" in p.cause["headline"]
+    assert p.cause.wall == "measuring_side" and "largely connscale's own" in p.cause.headline
     recs = [second(t, 20_000, 1000 * t, rtt_ms=[5, 80, 120], server_lag=100.0) for t in range(1, 6)]
-    assert judge(2, 20_000, recs, SLO).cause["wall"] == "server_starved"
+    assert judge(2, 20_000, recs, SLO).cause.wall == "server_starved"
 
 
 def test_timeouts_and_failures_fail_a_plateau_with_the_incident_that_names_them():
     recs = [second(t, 9000, 1000 * t, rtt_ms=[1], failures={"steady:no_answer_from_server": 30 * t})
             for t in range(1, 6)]
-    incident = {"elapsed_s": 3.0, "wall": "server_starved", "side": "server", "headline": "stopped",
-                "fix": ["kill -CONT"], "failures": {"steady:no_answer_from_server": 30}}
+    incident = Incident.from_wire({"elapsed_s": 3.0, "trigger": "failures", "wall": "server_starved",
+                                   "side": "server", "headline": "stopped", "fix": ["kill -CONT"],
+                                   "failures": {"steady:no_answer_from_server": 30}})
     p = judge(3, 9000, recs, SLO, before=second(0, 9000, 0), incidents=[incident])
     assert not p.passed and p.timeouts == 150 and p.failures == {"steady:no_answer_from_server": 150}
     assert any("timeouts 0.0300 of pings" in r for r in p.reasons)
-    assert p.cause == {"wall": "server_starved", "side": "server", "headline": "stopped", "fix": ["kill -CONT"]}
+    assert p.cause == Cause("server_starved", "server", "stopped", ("kill -CONT",))
 
 
 def test_saturated_clients_fail_a_plateau_as_not_a_measurement():
     recs = [second(t, 9000, 1000 * t, rtt_ms=[1], saturated=True) for t in range(1, 6)]
     p = judge(4, 9000, recs, SLO)
     assert not p.passed and "not a measurement of the server" in p.reasons[-1]
-    assert p.cause["wall"] == "measuring_side"
+    assert p.cause.wall == "measuring_side"
 
 
 def test_full_routes_fail_a_plateau_as_routes():
     p = judge(5, 2000, [], SLO, reached=False, placed=1400)
     assert not p.passed and p.reasons == ("the routes hold at most 1,400 connections",)
-    assert p.cause["wall"] == "routes"
+    assert p.cause.wall == "routes"
 
 
 def test_the_search_summary_names_the_knee_its_cause_and_the_curve():
@@ -113,13 +116,14 @@ def test_the_search_summary_names_the_knee_its_cause_and_the_curve():
         plateaus.append(judge(k, level, recs, SLO) if ok else judge(k, level, [], SLO, reached=False, placed=1400))
         s.report(level, ok)
     found = explain_search(s, plateaus, SLO)
-    assert found["knee"] == 1000 and found["failed_at"] == 2000 and found["cause"]["wall"] == "routes"
-    assert found["headline"].startswith("the largest sustainable count is 1,000 connections (p99 RTT")
-    assert "at 2,000: the routes hold at most 1,400" in found["headline"]
-    assert [p["level"] for p in found["curve"]] == [1000, 2000]
-    json.dumps(found)
+    assert found.knee == 1000 and found.failed_at == 2000 and found.cause and found.cause.wall == "routes"
+    assert found.headline.startswith("the largest sustainable count is 1,000 connections (p99 RTT")
+    assert "at 2,000: the routes hold at most 1,400" in found.headline
+    assert [p.level for p in found.curve] == [1000, 2000]
+    # One way into summary.json and back.
+    assert SearchResult.from_wire(json.loads(json.dumps(found.to_wire()))) == found
     e = explain_search_verdict(found)
-    assert e["wall"] == "routes" and e["fix"] and len(e["evidence"]) == 2 and not e["measuring_side_saturated"]
+    assert e.wall == "routes" and e.fix and len(e.evidence) == 2 and not e.measuring_side_saturated
 
 
 def test_search_keys_are_validated():

@@ -18,6 +18,7 @@ from connscale.metrics.counters import (
     errno_cause,
 )
 from connscale.metrics.histograms import (
+    Percentiles,
     RttAccumulator,
     decode_histogram,
     encode_histogram,
@@ -199,11 +200,12 @@ def test_histogram_encoding_round_trip() -> None:
 
 
 def test_rtt_summary_ms() -> None:
-    assert rtt_summary_ms(new_histogram()) == {"p50": None, "p90": None, "p99": None, "max": None}
+    assert rtt_summary_ms(new_histogram()) == Percentiles(None, None, None, None)
     s = rtt_summary_ms(hist_of(*([1000] * 99), 50_000))
-    assert s["p50"] == pytest.approx(1.0, rel=0.02)
-    assert s["p99"] == pytest.approx(1.0, rel=0.02)
-    assert s["max"] == pytest.approx(50.0, rel=0.02)
+    assert s.p50 == pytest.approx(1.0, rel=0.02)
+    assert s.p99 == pytest.approx(1.0, rel=0.02)
+    assert s.max == pytest.approx(50.0, rel=0.02)
+    assert s.to_wire() == {"p50": s.p50, "p90": s.p90, "p99": s.p99, "max": s.max}
 
 
 def test_rtt_accumulator_windows_and_total() -> None:
@@ -218,7 +220,7 @@ def test_rtt_accumulator_windows_and_total() -> None:
     acc.add(encode_histogram(hist_of(9000)))
     assert acc.take_window().get_total_count() == 1
     assert acc.total.get_total_count() == 4
-    assert rtt_summary_ms(acc.total)["max"] == pytest.approx(9.0, rel=0.02)
+    assert rtt_summary_ms(acc.total).max == pytest.approx(9.0, rel=0.02)
 
 
 # ---------------------------------------------------------------- status lines

@@ -133,8 +133,10 @@ def test_a_lost_worker_is_recorded_with_how_it_ended_and_what_it_held():
     clock.advance(5)
     sup._exited(slot, child, ended(signal=9))
     (loss,) = sup.losses
+    # (its agent and its time in the run are the hub's to add, as it learns of it)
     assert loss.to_wire() == {"worker": "t-client-worker-1", "side": "client", "pid": 4242,
-                              "how": "was killed by signal 9 (SIGKILL)", "connections": 511, "t": 1005.0}
+                              "how": "was killed by signal 9 (SIGKILL)", "connections": 511, "t": 1005.0,
+                              "agent": "", "elapsed_s": None}
     assert sup.events[-1] == ("t-client-worker-1 (pid 4242) lost: it was killed by signal 9 (SIGKILL); "
                               "511 connections lost with it; restarting in 1s")
     assert sup.totals().failures == {"steady:worker_lost": 511}

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from connscale.metrics.records import Stats
 from tests.support.netns import TestNetwork, netns_available
 from tests.support.cpu import cgroup_v1_cpu, starved
 from tests.support.procs import Proc, connscale, free_port
@@ -197,7 +198,7 @@ def test_a_tiny_backlog_before_a_stopped_server_overflows_into_ghosts(tmp_path):
             # backlog + 1 handshakes complete into the queue: the clients hold them,
             # the stopped server never accepted them; every later SYN is dropped.
             assert incident["ghosts_max"] >= 9, incident
-            assert incident["kernel"].get("listen_overflows_delta", 0) > 0, incident["kernel"]
+            assert incident["kernel_delta"].get("listen_overflows", 0) > 0, incident["kernel_delta"]
             evidence = " ".join(incident["evidence"])
             assert "ghosts" in evidence and "ListenOverflows +" in evidence and "server.backlog 8" in evidence
             assert any("server.backlog" in fix and "somaxconn" in fix for fix in incident["fix"])
@@ -241,7 +242,7 @@ def test_a_throttled_client_worker_is_the_measuring_side_not_the_server(tmp_path
         assert set(load) >= {"client", "server", "measuring_side_saturated"}
 
 
-def run_timeline(tmp: Path) -> list[dict[str, Any]]:
+def run_timeline(tmp: Path) -> list[Stats]:
     from connscale.metrics.timeline import read_timeline
 
     paths = list((tmp / "runs").glob("*/timeline.jsonl"))
@@ -281,7 +282,7 @@ run: {{dir: runs}}
     try:
         # Starved of a share of what it uses while it holds the target: the ramp is done.
         deadline = time.monotonic() + 40
-        while not any(r["client"]["open"] >= 2000 for r in run_timeline(tmp_path)):
+        while not any(r.client.open >= 2000 for r in run_timeline(tmp_path)):
             assert time.monotonic() < deadline and proc.poll() is None, "the run did not reach 2000 open"
             time.sleep(0.2)
         pid = client_worker_of(proc.pid)

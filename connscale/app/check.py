@@ -20,6 +20,7 @@ from connscale.app.startup import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, load_or_exi
 from connscale.config.settings import Config
 from connscale.diagnose.budget import Budget, Demand, budget, render
 from connscale.diagnose.memory import costs_from_table, render_lines
+from connscale.diagnose.records import SUMMARY_FILE, MemoryTable, read_summary
 from connscale.host.inventory import HostLimits, read_host_limits
 
 
@@ -29,19 +30,18 @@ def preflight(cfg: Config, limits: HostLimits | None = None) -> tuple[Budget, Ho
     return budget(limits, Demand.from_config(cfg, cfg.scenario.target, "both")), limits
 
 
-def measured_table(run_dir: str) -> dict:  # type: ignore[type-arg]
+def measured_table(run_dir: str) -> MemoryTable:
     """The memory table of a run directory's summary.json, or exit 2 with one line."""
-    path = os.path.join(run_dir, "summary.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            table = json.load(f).get("memory")
-    except (OSError, ValueError, AttributeError) as e:
-        sys.stderr.write(f"connscale check: --measured: cannot read {path}: {getattr(e, 'strerror', None) or e}\n")
-        raise SystemExit(EXIT_USAGE) from None
-    if not isinstance(table, dict) or not table.get("rows"):
+    path = os.path.join(run_dir, SUMMARY_FILE)
+    summary, problem = read_summary(run_dir)
+    if summary is None:
+        sys.stderr.write(f"connscale check: --measured: cannot read {path}: "
+                         f"{problem or 'no such file'}\n")
+        raise SystemExit(EXIT_USAGE)
+    if summary.memory is None or not summary.memory.rows:
         sys.stderr.write(f"connscale check: --measured: {path} has no memory table (a run before the observer?)\n")
         raise SystemExit(EXIT_USAGE)
-    return table
+    return summary.memory
 
 
 def check_main(argv: Sequence[str]) -> int:

@@ -102,8 +102,14 @@ def ctl(argv: Sequence[str]) -> int:
         return status
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2, sort_keys=True))
-    else:
+        return EXIT_OK
+    from connscale.config.records import RecordError
+
+    try:
         print(verb.render(result))
+    except RecordError as e:  # an answer that does not fit its record (another version of connscale?)
+        sys.stderr.write(f"connscale ctl: the controller's answer does not fit: {e}\n")
+        return EXIT_REFUSED
     return EXIT_OK
 
 
@@ -185,6 +191,9 @@ def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: flo
     from twisted.internet import defer, task
 
     from connscale.app.live import LiveView
+    from connscale.config.packed import PackError
+    from connscale.config.records import RecordError
+    from connscale.metrics.records import Stats
 
     @defer.inlineCallbacks
     def show(reactor: Any, perspective: Any):  # type: ignore[no-untyped-def]
@@ -197,9 +206,13 @@ def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: flo
                 if shown:
                     yield task.deferLater(reactor, interval, lambda: None)
                 try:
-                    stats = unpack((yield perspective.callRemote("stats_packed")))
+                    packed = yield perspective.callRemote("stats_packed")
                 except Exception as e:
                     return (EXIT_UNREACHABLE, f"lost the controller at {host}:{port}: {e}")
+                try:
+                    stats = Stats.from_wire(unpack(packed))
+                except (PackError, RecordError) as e:
+                    return (EXIT_REFUSED, f"the controller at {host}:{port} answered stats that do not fit: {e}")
                 view.show(stats)
                 shown += 1
             return (EXIT_OK, "")

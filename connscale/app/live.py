@@ -7,7 +7,7 @@ its CPU and event-loop lag. When stdout is not a terminal (CI, a pipe, a
 log file) it prints one plain `key=value` line every `every` seconds, which
 scripts can parse like the status lines.
 
-Rates and per-worker CPU come from two consecutive stats dicts through the
+Rates and per-worker CPU come from two consecutive stats records through the
 same code the report uses (`metrics.series`), so the live numbers and the
 report's agree.
 """
@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Callable
 
 import attrs
 
-from connscale.metrics.series import build_series, failures_of, target_of, workers_of
+from connscale.metrics.histograms import Percentiles
+from connscale.metrics.records import Stats
+from connscale.metrics.series import build_series
+from connscale.metrics.workers import WorkerRow
 
 MAX_WORKER_ROWS = 16
 
@@ -43,58 +46,52 @@ def _hot(cpu: float) -> str:
     return f"[bold red]{cpu:.0f}[/]" if cpu >= 90.0 else f"{cpu:.0f}"
 
 
-def _worker_load(worker: Mapping[str, Any], fallback_cpu: float | None) -> tuple[float | None, float | None]:
-    """(CPU % of a core, loop lag ms): the worker's own `load` when it reports one."""
-    load = worker.get("load") or {}
-    cpu = load.get("cpu")
-    lag = load.get("lag_ms_max")
-    return (float(cpu) * 100.0 if cpu is not None else fallback_cpu), (float(lag) if lag is not None else None)
+def _worker_load(worker: WorkerRow, fallback_cpu: float | None) -> tuple[float | None, float | None]:
+    """(CPU % of a core, loop lag ms): the worker's own probe when it reports one."""
+    return (worker.cpu * 100.0 if worker.cpu is not None else fallback_cpu), worker.lag_ms_max
 
 
 @attrs.define
 class Frame:
     """One second's view: the stats plus what two consecutive stats give."""
 
-    stats: Mapping[str, Any]
+    stats: Stats
     connect_rate: float
     ping_rate: float
     worker_cpu: dict[str, float | None]
 
     @classmethod
-    def of(cls, previous: Mapping[str, Any] | None, stats: Mapping[str, Any]) -> "Frame":
+    def of(cls, previous: Stats | None, stats: Stats) -> "Frame":
         s = build_series([previous, stats] if previous is not None else [stats])
         return cls(stats, s.connect_rate[-1], s.ping_rate[-1], {k: v[-1] for k, v in s.worker_cpu.items()})
 
     @property
-    def rtt(self) -> Mapping[str, Any]:
-        return self.stats.get("rtt_window_ms") or self.stats.get("rtt_ms") or {}
+    def rtt(self) -> Percentiles:
+        return self.stats.rtt_window_ms or self.stats.rtt_ms
 
     def phase(self, info: RunInfo | None) -> str:
-        return (info.phase if info and info.phase else "") or str(self.stats.get("phase") or "")
+        return (info.phase if info and info.phase else "") or self.stats.phase
 
 
 def plain_line(frame: Frame, info: RunInfo | None = None) -> str:
     """One line of `key=value` pairs, stable keys (failures as fail.<phase>.<cause>)."""
     st = frame.stats
-    target = target_of(st)
     fields = [
-        ("t", f"{float(st.get('elapsed_s', 0.0)):.0f}s"),
+        ("t", f"{st.elapsed_s:.0f}s"),
         ("phase", frame.phase(info) or "-"),
-        ("open", str(st.get("client", {}).get("open", 0))),
-        ("target", str(target)),
-        ("server_open", str(st.get("server", {}).get("open", 0))),
-        ("ghosts", str(st.get("ghosts", 0))),
+        ("open", str(st.client.open)),
+        ("target", str(st.target)),
+        ("server_open", str(st.server.open)),
+        ("ghosts", str(st.ghosts)),
         ("connects_per_s", f"{frame.connect_rate:.0f}"),
         ("pings_per_s", f"{frame.ping_rate:.0f}"),
-        ("rtt_p50_ms", _ms(frame.rtt.get("p50"))),
-        ("rtt_p99_ms", _ms(frame.rtt.get("p99"))),
+        ("rtt_p50_ms", _ms(frame.rtt.p50)),
+        ("rtt_p99_ms", _ms(frame.rtt.p99)),
     ]
-    cost = st.get("cost")
-    if isinstance(cost, Mapping):
-        # connscale's own processes (hub, agents, workers): what the tool takes from the box.
-        fields += [("own_cores", f"{float(cost.get('cores', 0)):.2f}"),
-                   ("own_rss_mb", f"{int(cost.get('rss_bytes', 0)) / 1e6:.0f}")]
-    failures = failures_of(st)
+    if st.cost is not None:
+        # connscale's own processes (hub, agents, observers, workers): what the tool takes from the box.
+        fields += [("own_cores", f"{st.cost.cores:.2f}"), ("own_rss_mb", f"{st.cost.rss_bytes / 1e6:.0f}")]
+    failures = st.failures()
     fields.append(("failures", str(sum(failures.values()))))
     for key in sorted(failures):
         if failures[key]:
@@ -112,11 +109,10 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
     from rich.text import Text
 
     st = frame.stats
-    client, server = st.get("client", {}), st.get("server", {})
-    opened = int(client.get("open", 0))
-    ordered = target_of(st)
+    opened = st.client.open
+    ordered = st.target
     goal = info.target if info and info.target else ordered
-    failures = failures_of(st)
+    failures = st.failures()
     failed = sum(failures.values())
 
     head = Table.grid(padding=(0, 3))
@@ -126,24 +122,24 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
     bar = ProgressBar(total=max(goal, 1), completed=min(opened, max(goal, 1)), width=28)
     head.add_row(Text.assemble(("open ", "dim"), (f"{opened:,}", "bold cyan"), (" / ", "dim"),
                                (f"{goal:,}", "bold")), bar,
-                 Text.assemble(("server ", "dim"), f"{int(server.get('open', 0)):,}", ("   ghosts ", "dim"),
-                               (f"{int(st.get('ghosts', 0)):,}", "bold magenta" if st.get("ghosts") else "")))
+                 Text.assemble(("server ", "dim"), f"{st.server.open:,}", ("   ghosts ", "dim"),
+                               (f"{st.ghosts:,}", "bold magenta" if st.ghosts else "")))
     head.add_row(Text.assemble(("connects/s ", "dim"), f"{frame.connect_rate:,.0f}", ("   pings/s ", "dim"),
                                f"{frame.ping_rate:,.0f}"),
-                 Text.assemble(("RTT p50 ", "dim"), f"{_ms(frame.rtt.get('p50'))} ms", ("  p99 ", "dim"),
-                               (f"{_ms(frame.rtt.get('p99'))} ms", "bold")),
+                 Text.assemble(("RTT p50 ", "dim"), f"{_ms(frame.rtt.p50)} ms", ("  p99 ", "dim"),
+                               (f"{_ms(frame.rtt.p99)} ms", "bold")),
                  Text.assemble(("failures ", "dim"), (f"{failed:,}", "bold red" if failed else "green"),
                                ("   ordered ", "dim"), f"{ordered:,}"))
-    cost = st.get("cost")
-    if isinstance(cost, Mapping):
-        # What connscale itself takes (hub, agents, workers; this view's own process is in the summary).
-        head.add_row(Text.assemble(("connscale itself ", "dim"), f"{float(cost.get('cores', 0)):.2f} cores"),
-                     Text.assemble(("RSS ", "dim"), f"{int(cost.get('rss_bytes', 0)) / 1e6:,.0f} MB"),
-                     Text.assemble(("processes ", "dim"), f"{int(cost.get('processes', 0)):,}"))
+    cost = st.cost
+    if cost is not None:
+        # What connscale itself takes (hub, agents, observers, workers; this view's own process is
+        # in the summary).
+        head.add_row(Text.assemble(("connscale itself ", "dim"), f"{cost.cores:.2f} cores"),
+                     Text.assemble(("RSS ", "dim"), f"{cost.rss_bytes / 1e6:,.0f} MB"),
+                     Text.assemble(("processes ", "dim"), f"{cost.processes:,}"))
     phase = frame.phase(info)
     step = f" (step {info.step}/{info.steps})" if info and info.steps else ""
-    subtitle = f"{phase}{step} · {float(st.get('elapsed_s', 0.0)):.0f} s" if phase else \
-        f"{float(st.get('elapsed_s', 0.0)):.0f} s"
+    subtitle = f"{phase}{step} · {st.elapsed_s:.0f} s" if phase else f"{st.elapsed_s:.0f} s"
     parts: list[Any] = [Panel(head, title=f"[bold]{title}[/]", subtitle=subtitle, box=box.ROUNDED,
                               border_style="red" if failed else "cyan")]
 
@@ -156,18 +152,13 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
                 causes.add_row(Text(key), f"{n:,}")  # text, never markup: it came from an agent
         parts.append(causes)
 
-    incidents = [i for i in st.get("incidents") or () if isinstance(i, Mapping)]
-    if incidents:
+    if st.incidents:
         table = Table(box=box.SIMPLE_HEAD, title="incidents (the walls hit)", title_justify="left",
                       title_style="bold red")
         for col in ("at", "wall", "what", "fix"):
             table.add_column(col)
-        for i in incidents[-3:]:
-            at = i.get("elapsed_s")
-            fix = i.get("fix") or []
-            table.add_row("-" if at is None else f"{float(at):.0f} s", Text(str(i.get("wall", ""))),
-                          Text(str(i.get("headline", ""))),
-                          Text(str(fix[0] if isinstance(fix, list) and fix else fix or "")))
+        for i in st.incidents[-3:]:
+            table.add_row(f"{i.elapsed_s:.0f} s", Text(i.wall), Text(i.headline), Text(i.fix[0] if i.fix else ""))
         parts.append(table)
 
     agents = Table(box=box.SIMPLE_HEAD, title="agents", title_justify="left")
@@ -175,18 +166,17 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
                          ("connecting", "right"), ("workers", "right"), ("failures", "right"),
                          ("busiest cpu %", "right"), ("worst lag ms", "right")):
         agents.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for name, a in sorted(st.get("clients", {}).items()):
+    for name, a in sorted(st.clients.items()):
         # An agent is as prompt as its busiest worker: that one's CPU and loop lag say
         # whether this agent's share of the numbers is the server's or connscale's own.
-        loads = [_worker_load(w, None) for w in a.get("workers", [])]
+        loads = [_worker_load(w, None) for w in a.workers]
         cpus = [c for c, _ in loads if c is not None]
         lags = [lag for _, lag in loads if lag is not None]
-        state = "connected" if a.get("connected") else "[red]disconnected[/]"
-        if a.get("connected") and a.get("stale_s"):
-            state = f"[yellow]stale {float(a['stale_s']):g} s[/]"  # counted with its last report, this old
-        agents.add_row(Text(name), state, f"{int(a.get('target', 0)):,}",
-                       f"{int(a.get('open', 0)):,}", f"{int(a.get('connecting', 0)):,}", str(len(a.get("workers", []))),
-                       f"{sum(int(v) for v in a.get('failures', {}).values()):,}",
+        state = "connected" if a.connected else "[red]disconnected[/]"
+        if a.connected and a.stale_s:
+            state = f"[yellow]stale {a.stale_s:g} s[/]"  # counted with its last report, this old
+        agents.add_row(Text(name), state, f"{a.target:,}", f"{a.open:,}", f"{a.connecting:,}", str(len(a.workers)),
+                       f"{sum(a.failures.values()):,}",
                        _hot(max(cpus)) if cpus else "-", f"{max(lags):.1f}" if lags else "-")
     parts.append(agents)
     observed = observers_table(st)
@@ -194,9 +184,9 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         parts.append(observed)
 
     rows = []
-    for side, label, w in workers_of(st):
-        cpu, lag = _worker_load(w, frame.worker_cpu.get(label))
-        rows.append((side, label, w, cpu, lag))
+    for ref in st.worker_rows():
+        cpu, lag = _worker_load(ref.row, frame.worker_cpu.get(ref.label))
+        rows.append((ref.side, ref.label, ref.row, cpu, lag))
     if rows:
         table = Table(box=box.SIMPLE_HEAD, title="workers", title_justify="left")
         for col, justify in (("worker", "left"), ("open", "right"), ("target", "right"), ("CPU %", "right"),
@@ -205,12 +195,12 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         # The busiest first: with a hundred workers the saturated ones matter.
         rows.sort(key=lambda r: -(r[3] or 0.0))
         for side, label, w, cpu, lag in rows[:MAX_WORKER_ROWS]:
-            rss = float((w.get("resources") or {}).get("rss_bytes", 0.0)) / 2**20
+            rss = (w.rss_bytes or 0.0) / 2**20
             table.add_row(
-                Text(label) + (Text("") if w.get("alive", True) else Text(" (down)", "red")),
-                f"{int(w.get('open', 0)):,}", f"{int(w.get('target', 0)):,}" if side == "client" else "-",
+                Text(label) + (Text("") if w.alive else Text(" (down)", "red")),
+                f"{w.open:,}", f"{w.target:,}" if side == "client" else "-",
                 "-" if cpu is None else _hot(cpu),
-                "-" if lag is None else f"{lag:.1f}", f"{rss:.0f}" if rss else "-", str(w.get("restarts", 0)),
+                "-" if lag is None else f"{lag:.1f}", f"{rss:.0f}" if rss else "-", str(w.restarts),
             )
         if len(rows) > MAX_WORKER_ROWS:
             table.caption = f"{len(rows) - MAX_WORKER_ROWS} more workers (less busy) not shown"
@@ -218,7 +208,7 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
     return Group(*parts)
 
 
-def observers_table(stats: Mapping[str, Any]) -> Any:
+def observers_table(stats: Stats) -> Any:
     """The observed servers beside the agents: fds against their limit, connections, memory,
     accept queue (None when no observer reports)."""
     from rich import box
@@ -235,26 +225,26 @@ def observers_table(stats: Mapping[str, Any]) -> Any:
     return table
 
 
-def observer_rows(stats: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    """One row of words per observed target."""
-    out = []
-    for name, o in sorted((stats.get("observers") or {}).items()):
-        state = "connected" if o.get("connected") else "disconnected"
-        if o.get("connected") and o.get("stale_s"):
-            state = f"stale {float(o['stale_s']):g} s"
-        for t in o.get("targets") or ():
-            procs = t.get("processes") or []
-            fds = [p["fds"] for p in procs if p.get("fds") is not None]
-            limits = [p["nofile_soft"] for p in procs if p.get("nofile_soft")]
-            ports = {lst["port"]: lst.get("established", 0) for lst in t.get("listeners") or ()}
-            queues = [f"{lst['queue']}/{lst.get('backlog') if lst.get('backlog') is not None else '?'}"
-                      for lst in (t.get("listeners") or ())[:2]]
-            out.append((name, str(t.get("label", "")), str(t.get("pid") or "-"),
-                        f"{sum(fds):,} / {min(limits):,}" if fds and limits else (f"{sum(fds):,}" if fds else "-"),
-                        f"{sum(ports.values()):,}" if ports else "-",
-                        f"{sum(p.get('rss', 0) for p in procs) / 2**20:.0f}" if procs else "-",
+def observer_rows(stats: Stats) -> list[tuple[Any, ...]]:
+    """One row per observed target (its observer's name and its label as given: Text, never markup)."""
+    from rich.text import Text
+
+    out: list[tuple[Any, ...]] = []
+    for name, o in sorted(stats.observers.items()):
+        state = "connected" if o.connected else "disconnected"
+        if o.connected and o.stale_s:
+            state = f"stale {o.stale_s:g} s"
+        for t in o.targets:
+            limits = [p.nofile_soft for p in t.processes if p.nofile_soft]
+            queues = [f"{lst.queue}/{lst.backlog if lst.backlog is not None else '?'}" for lst in t.listeners[:2]]
+            fds = t.fds
+            out.append((Text(name), Text(t.label), str(t.pid or "-"),
+                        f"{fds:,} / {min(limits):,}" if fds is not None and limits else
+                        (f"{fds:,}" if fds is not None else "-"),
+                        f"{t.established:,}" if t.established is not None else "-",
+                        f"{t.rss / 2**20:.0f}" if t.processes else "-",
                         " ".join(queues) or "-",
-                        state if t.get("alive") else "[red]not running[/]"))
+                        state if t.alive else "[red]not running[/]"))
     return out
 
 
@@ -268,7 +258,7 @@ class LiveView:
         self.every = every
         self.clock = clock
         self.title = title
-        self.previous: Mapping[str, Any] | None = None
+        self.previous: Stats | None = None
         self.frame: Frame | None = None
         self._last_line: float | None = None
         self._live: Any = None
@@ -280,7 +270,7 @@ class LiveView:
 
             self._console = Console(file=self.out, force_terminal=True, width=width)
 
-    def show(self, stats: Mapping[str, Any], info: RunInfo | None = None) -> None:
+    def show(self, stats: Stats, info: RunInfo | None = None) -> None:
         self.frame = Frame.of(self.previous, stats)
         self.previous = stats
         if self.tty:
@@ -294,15 +284,11 @@ class LiveView:
             self._shown = True
             self._write(plain_line(self.frame, info))
 
-    def _announce_incidents(self, stats: Mapping[str, Any]) -> None:
+    def _announce_incidents(self, stats: Stats) -> None:
         """Plain output: one line per new incident, when it happens."""
-        incidents = [i for i in stats.get("incidents") or () if isinstance(i, Mapping)]
-        for i in incidents[self._incidents_seen:]:
-            fix = i.get("fix") or []
-            fix_text = fix[0] if isinstance(fix, list) and fix else fix
-            self._write(f"incident: {i.get('wall', '?')}: {i.get('headline', '')}"
-                        + (f"; fix: {fix_text}" if fix_text else ""))
-        self._incidents_seen = max(self._incidents_seen, len(incidents))
+        for i in stats.incidents[self._incidents_seen:]:
+            self._write(f"incident: {i.wall or '?'}: {i.headline}" + (f"; fix: {i.fix[0]}" if i.fix else ""))
+        self._incidents_seen = max(self._incidents_seen, len(stats.incidents))
 
     def _draw(self, info: RunInfo | None) -> None:
         from rich.live import Live

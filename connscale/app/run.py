@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.spread import pb
@@ -36,11 +37,13 @@ from connscale.config.settings import Config, endpoint_address
 from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.diagnose.memory import memory_table
+from connscale.diagnose.records import SUMMARY_FILE, Preflight, Summary
 from connscale.host.resources import process_resources
 from connscale.metrics import phases
-from connscale.metrics.cost import cpu_seconds, mean_cost, with_process
-from connscale.metrics.cost import describe as describe_cost
-from connscale.metrics.timeline import read_timeline
+from connscale.metrics.cost import Cost, mean_cost, with_process
+from connscale.metrics.records import Stats
+from connscale.metrics.timeline import TIMELINE_FILE, read_timeline
+from connscale.metrics.workers import cpu_seconds, rss_of
 
 AGENT_NAME = "local"
 #: The observer `connscale run` starts on this host.
@@ -74,7 +77,7 @@ class Experiment:
     """One run: its directory, its two children, its scenario, its summary."""
 
     def __init__(self, reactor: Any, cfg: Config, rundir: RunDirectory, out: Callable[[str], None],
-                 preflight: dict[str, Any] | None = None,
+                 preflight: Preflight | None = None,
                  dial_login: Callable[..., defer.Deferred[Any]] | None = None) -> None:
         self.preflight = preflight
         #: control.dial.login, or a fake: the login's retries are tested on a fake clock.
@@ -101,7 +104,7 @@ class Experiment:
         self.scenario: Scenario
         if cfg.scenario.mode == "search":
             self.scenario = SearchScenario(reactor, cfg.scenario, self, AGENT_NAME, show=self.show,
-                                           health=self.health, timeline=rundir.file("timeline.jsonl"),
+                                           health=self.health, timeline=rundir.file(TIMELINE_FILE),
                                            interval=cfg.client.interval)
         else:
             self.scenario = Scenario(reactor, cfg.scenario, self, AGENT_NAME, show=self.show, health=self.health)
@@ -192,27 +195,27 @@ class Experiment:
         if p.phase != self._phase_shown and p.phase == phases.FINAL_HOLD:
             self.view.message(f"holding {p.open} connections for {self.cfg.scenario.final_hold:g}s")
         self._phase_shown = p.phase
-        if p.stats:
+        if p.stats is not None:
             self._say_observer_problems(p.stats)
             self.view.show(p.stats, RunInfo(p.phase, p.step, p.steps, self.cfg.scenario.target))
 
-    def _say_observer_problems(self, stats: dict[str, Any]) -> None:
+    def _say_observer_problems(self, stats: Stats) -> None:
         """What the observer cannot read, once each, in one line: the run goes on without it."""
-        for name, row in (stats.get("observers") or {}).items():
-            for target in row.get("targets") or ():
-                for problem in target.get("problems") or ():
+        for name, row in stats.observers.items():
+            for target in row.targets:
+                for problem in target.problems:
                     if problem not in self._problems_said:
                         self._problems_said.add(problem)
                         self.view.message(f"observer {name}: {problem}; the run goes on without it")
 
-    def own_cost(self, records: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """connscale's own cost over the final hold: the timeline's (hub, agents, workers)
-        and this process's (the scenario, its stats poll and the live view)."""
-        cost = mean_cost(r for r in records if r.get("phase") == phases.FINAL_HOLD)
+    def own_cost(self, records: list[Stats]) -> Cost | None:
+        """connscale's own cost over the final hold: the timeline's (hub, agents, observers,
+        workers) and this process's (the scenario, its stats poll and the live view)."""
+        cost = mean_cost(r.cost for r in records if r.phase == phases.FINAL_HOLD)
         if cost is None or self._own_hold is None:
             return cost
         first, last = self._own_hold
-        return with_process(cost, "run", _own_cores(first, last), int(last[1].get("rss_bytes", 0)))
+        return with_process(cost, "run", _own_cores(first, last), int(rss_of(last[1]) or 0))
 
     # -- the run -------------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -228,7 +231,9 @@ class Experiment:
 
     @defer.inlineCallbacks
     def finish(self, ok: bool, reason: str):  # type: ignore[no-untyped-def]
-        """Last numbers, the summary on disk (or on stdout if the disk refuses), children stopped."""
+        """Last numbers, the summary on disk (or on stdout if the disk refuses), children stopped.
+
+        Fires with (the summary, whether it reached the disk)."""
         if self.perspective is not None and self.hub is not None and self.hub.running:
             self.scenario.enter(phases.STOP)
             try:
@@ -244,24 +249,25 @@ class Experiment:
                                str(self.rundir.path), preflight=self.preflight, search=search)
         # RTT per phase from the hub's timeline: every final-hold second is on disk by now (the
         # stop phase was entered first, and a second that saw it counts as stop).
-        timeline = self.rundir.file("timeline.jsonl")
+        timeline = self.rundir.file(TIMELINE_FILE)
         records = list(read_timeline(timeline)) if timeline.exists() else None
         if records is not None:
-            result.update(phases.summary_fields(records))
-            # Memory per held connection, both ends, user and kernel (the observer's and the workers' rows).
-            result["memory"] = memory_table(records)
-            result["cost_final_hold"] = self.own_cost(records)
-        result["explanation"] = summary.explanation(result, records)
+            result = summary.with_phases(result, phases.summary_fields(records))
+            # Memory per held connection, both ends, user and kernel (the observer's and the workers' rows),
+            # and what connscale itself took over the final hold.
+            result = attrs.evolve(result, memory=memory_table(records), cost_final_hold=self.own_cost(records))
+        result = attrs.evolve(result, explanation=summary.explanation(result, records))
+        written = True
         try:
-            self.rundir.write_json("summary.json", result)
+            self.rundir.write_json(SUMMARY_FILE, result.to_wire())
         except RunDirError as e:
             self.out(f"connscale run: {e}; the summary follows")
-            self.out(json.dumps(result, sort_keys=True))
-            result["summary_path"] = None
+            self.out(json.dumps(result.to_wire(), sort_keys=True))
+            written = False
         if self.factory is not None:
             self.factory.disconnect()
         yield children.stop_all(self.children)
-        return result
+        return result, written
 
 
 def observer_targets(cfg: Config, hub_pid: int | None) -> list[str]:
@@ -336,21 +342,22 @@ def run_main(argv: list[str]) -> int:
     what = (f"search up to {sc.target} connections from {sc.search_start}" if sc.mode == "search"
             else f"target {sc.target} connections in {sc.steps} steps")
     out(f"connscale run: {what} at {sc.rate:g}/s ({path}); records in {rundir.path}")
-    result: dict[str, Any] = {}
+    ended: list[tuple[Summary, bool]] = []
+    refused: list[int] = []
 
     @defer.inlineCallbacks
     def main(reactor: Any):  # type: ignore[no-untyped-def]
         try:
-            experiment = Experiment(reactor, cfg, rundir, out, preflight=budget.to_dict())
+            experiment = Experiment(reactor, cfg, rundir, out, preflight=Preflight.from_wire(budget.to_dict()))
         except (RunError, RunDirError) as e:
             sys.stderr.write(f"connscale run: {e}\n")
-            result["exit"] = EXIT_USAGE
+            refused.append(EXIT_USAGE)
             return
         ending: list[defer.Deferred[Any]] = []
 
         def end(ok: bool, reason: str) -> defer.Deferred[Any]:
             if not ending:
-                ending.append(experiment.finish(ok, reason).addCallback(result.update))
+                ending.append(experiment.finish(ok, reason).addCallback(ended.append))
             return ending[0]
 
         # Ctrl-C or SIGTERM: what was recorded so far still gets its summary.
@@ -361,8 +368,8 @@ def run_main(argv: list[str]) -> int:
             held = experiment.scenario.progress.held
             if sc.mode == "search":
                 found = experiment.scenario.result()  # type: ignore[attr-defined]
-                ok = held > 0 and not found["stopped"]
-                reason = "" if ok else (found["stopped"] or "no plateau passed the SLO")
+                ok = held > 0 and not found.stopped
+                reason = "" if ok else (found.stopped or "no plateau passed the SLO")
             else:
                 ok = held >= sc.target
                 if not ok:
@@ -380,26 +387,26 @@ def run_main(argv: list[str]) -> int:
         pass
     finally:
         signal.signal(signal.SIGINT, previous)
-    if "exit" in result:
-        return int(result["exit"])
-    if "verdict" not in result:
+    if refused:
+        return refused[0]
+    if not ended:
         return 1
+    result, written = ended[0]
     out(summary.verdict_line(result))
-    if result["reason"]:
-        out(f"reason: {result['reason']}")
-    explanation = result.get("explanation") or {}
-    if explanation:
-        out(f"why: {explanation.get('headline')}")
-        for line in explanation.get("fix") or []:
+    if result.reason:
+        out(f"reason: {result.reason}")
+    if result.explanation is not None:
+        out(f"why: {result.explanation.headline}")
+        for line in result.explanation.fix:
             out(f"fix: {line}")
-    if result.get("cost_final_hold"):
-        out(f"cost: {describe_cost(result['cost_final_hold'])}, over the final hold")
-    if result.get("summary_path", True) is not None:
-        out(f"summary: {rundir.file('summary.json')}")
+    if result.cost_final_hold is not None:
+        out(f"cost: {result.cost_final_hold.describe()}, over the final hold")
+    if written:
+        out(f"summary: {rundir.file(SUMMARY_FILE)}")
     # After the children are gone, so the report sees the whole timeline; a run
     # that failed or was interrupted gets one too. Never the reason a run fails.
     out(render_report(rundir.path))
-    return 0 if result["verdict"] in ("held", "knee") else 1
+    return 0 if result.verdict in ("held", "knee") else 1
 
 
 def render_report(run_dir: Path) -> str:

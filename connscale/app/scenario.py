@@ -15,9 +15,12 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from connscale.config.packed import unpack
+from connscale.config.packed import PackError, unpack
+from connscale.config.records import RecordError
 from connscale.config.settings import ScenarioSettings
+from connscale.diagnose.records import PhaseSpan, Step
 from connscale.metrics import phases
+from connscale.metrics.records import Stats
 
 #: How long one answer from the hub may take before that second counts as silent.
 CALL_TIMEOUT = 5.0
@@ -62,16 +65,15 @@ class StepRecord:
     def seconds(self) -> float | None:
         return None if self.reached is None else self.reached - self.started
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_step(self) -> Step:
+        """What the summary keeps of it."""
         seconds = self.seconds
         achieved = None
         if seconds:
             achieved = round((self.target - self.opened_from) / seconds, 1)
-        return {
-            "step": self.step, "target": self.target, "started": round(self.started, 3),
-            "seconds": None if seconds is None else round(seconds, 3),
-            "rate_asked": self.rate_asked, "rate_achieved": achieved,
-        }
+        return Step(step=self.step, target=self.target, started=round(self.started, 3),
+                    seconds=None if seconds is None else round(seconds, 3), rate_asked=self.rate_asked,
+                    rate_achieved=achieved)
 
 
 @attrs.define
@@ -89,9 +91,10 @@ class Progress:
     failures: dict[str, int] = attrs.Factory(dict)
     #: failures that count toward scenario.max_failures
     counted_failures: int = 0
-    stats: dict[str, Any] = attrs.Factory(dict)
+    #: The hub's latest numbers (None before its first answer).
+    stats: Stats | None = None
     phase: str = ""
-    phases: list[dict[str, Any]] = attrs.Factory(list)
+    phases: list[PhaseSpan] = attrs.Factory(list)
     step_log: list[StepRecord] = attrs.Factory(list)
     #: open at the end of the final hold, if no counted failure happened during it
     held: int = 0
@@ -104,13 +107,6 @@ class Progress:
     @property
     def failure_total(self) -> int:
         return sum(self.failures.values())
-
-
-def merged_failures(stats: dict[str, Any]) -> dict[str, int]:
-    out = dict(stats["client"]["failures"])
-    for key, n in stats["server"]["failures"].items():
-        out[f"server:{key}"] = n
-    return out
 
 
 class Scenario:
@@ -139,17 +135,16 @@ class Scenario:
         reported per phase, because a ramp's connect bursts are not the hold's latency."""
         now = self.clock.seconds()
         p = self.progress
-        if p.phases and p.phases[-1]["end"] is None:
-            p.phases[-1]["end"] = round(now, 3)
+        self.close_phases()
         p.phase = phase
-        p.phases.append({"phase": phase, "start": round(now, 3), "end": None})
+        p.phases.append(PhaseSpan(phase, round(now, 3)))
         # Best effort: a hub that misses it still has the run's own record of phases.
         self.hub.call("set_phase", phase).addErrback(lambda _: None)
 
     def close_phases(self) -> None:
         p = self.progress
-        if p.phases and p.phases[-1]["end"] is None:
-            p.phases[-1]["end"] = round(self.clock.seconds(), 3)
+        if p.phases and p.phases[-1].end is None:
+            p.phases[-1] = attrs.evolve(p.phases[-1], end=round(self.clock.seconds(), 3))
 
     # -- talking to the hub --------------------------------------------------------
     @defer.inlineCallbacks
@@ -158,7 +153,7 @@ class Scenario:
         for HUB_SILENT_LIMIT seconds (it may be stopped, or swapping), then ends the run."""
         try:
             # One JSON string (config.packed): cheap for the hub and for us at any size.
-            stats = unpack((yield self.hub.call("stats_packed").addTimeout(CALL_TIMEOUT, self.clock)))
+            packed = yield self.hub.call("stats_packed").addTimeout(CALL_TIMEOUT, self.clock)
         except defer.TimeoutError:
             now = self.clock.seconds()
             if self._silent_since is None:
@@ -168,6 +163,10 @@ class Scenario:
             if silent >= HUB_SILENT_LIMIT:
                 raise RunError(f"the hub has not answered for {silent:.0f}s")
             return None
+        try:
+            stats = Stats.from_wire(unpack(packed))
+        except (PackError, RecordError) as e:
+            raise RunError(f"the hub's stats do not fit: {e}") from None
         if self._silent_since is not None:
             silent = self.clock.seconds() - self._silent_since
             self.progress.events.append(f"the hub did not answer for {silent:.0f}s, then resumed")
@@ -175,21 +174,21 @@ class Scenario:
         self.absorb(stats)
         return stats
 
-    def absorb(self, stats: dict[str, Any]) -> None:
+    def absorb(self, stats: Stats) -> None:
         p = self.progress
         p.stats = stats
-        p.open = int(stats["client"]["open"])
-        p.server_open = int(stats["server"]["open"])
+        p.open = stats.client.open
+        p.server_open = stats.server.open
         if p.phase != phases.STOP:
             # What the run reached, not what the agent still opened while being stopped.
             p.peak_open = max(p.peak_open, p.open)
-        p.failures = merged_failures(stats)
+        p.failures = stats.failures()
         # A reset the server saw is the client's failure too and is counted
         # there; the server's own tally only counts when asked for.
-        counted = stats["client"]["failure_total"]
+        counted = stats.client.failure_total
         if self.settings.count_server_failures:
-            counted += stats["server"]["failure_total"]
-        p.counted_failures = int(counted)
+            counted += stats.server.failure_total
+        p.counted_failures = counted
         self.show(p)
 
     # -- stop conditions -------------------------------------------------------------
@@ -230,12 +229,17 @@ class Scenario:
         hub's detector has judged that second, or before the other side's report
         has reached it; the explanation must not depend on either."""
         deadline = self.clock.seconds() + VERDICT_WAIT
-        while self.progress.stats.get("unjudged_failures") and self.clock.seconds() < deadline:
+        while self.unjudged() and self.clock.seconds() < deadline:
             yield task.deferLater(self.clock, 1.0, lambda: None)
             try:
                 yield self.refresh()
             except RunError:
                 return  # a hub gone silent: the summary says what we had
+
+    def unjudged(self) -> tuple[str, ...]:
+        """Failures in the hub's latest numbers that it has not named yet."""
+        stats = self.progress.stats
+        return stats.unjudged_failures if stats is not None else ()
 
     @defer.inlineCallbacks
     def fresh(self):  # type: ignore[no-untyped-def]
@@ -245,8 +249,9 @@ class Scenario:
             yield task.deferLater(self.clock, 1.0, lambda: None)
 
     def agent_connected(self) -> bool:
-        agent = self.progress.stats.get("clients", {}).get(self.agent)
-        return bool(agent and agent.get("connected"))
+        stats = self.progress.stats
+        agent = stats.clients.get(self.agent) if stats is not None else None
+        return agent is not None and agent.connected
 
     # -- the experiment ------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -273,11 +278,10 @@ class Scenario:
         """The latest stats hold a fresh report of every client worker of our agent and of every
         connected observer (its target read): what memory looks like before any connection."""
         stats = self.progress.stats
-        agent = stats.get("clients", {}).get(self.agent) or {}
-        if len(agent.get("workers") or ()) < workers or agent.get("stale_s") != 0.0:
+        agent = stats.clients.get(self.agent) if stats is not None else None
+        if stats is None or agent is None or len(agent.workers) < workers or agent.stale_s != 0.0:
             return False
-        return all(o.get("stale_s") == 0.0 and o.get("targets") for o in (stats.get("observers") or {}).values()
-                   if o.get("connected"))
+        return all(o.stale_s == 0.0 and o.targets for o in stats.observers.values() if o.connected)
 
     @defer.inlineCallbacks
     def execute(self):  # type: ignore[no-untyped-def]

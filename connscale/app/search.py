@@ -19,8 +19,10 @@ from typing import Any
 from twisted.internet import defer
 
 from connscale.app.scenario import AGENT_REGISTER_TIMEOUT, STEP_DEADLINE_FACTOR, STEP_SLACK, RunError, Scenario
+from connscale.diagnose.records import SearchResult
 from connscale.diagnose.search import Plateau, Search, Slo, explain_search, judge
 from connscale.metrics import phases
+from connscale.metrics.records import Stats
 from connscale.metrics.timeline import read_timeline
 
 
@@ -45,16 +47,16 @@ class SearchScenario(Scenario):
         if self.clock.seconds() - self.progress.started > self.settings.time_limit:
             raise RunError(f"scenario.time_limit of {self.settings.time_limit:g}s reached")
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> SearchResult:
         return explain_search(self.search, self.plateaus, self.slo, self.stopped)
 
-    def records(self, phase: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    def records(self, phase: str) -> tuple[list[Stats], Stats | None]:
         """The timeline seconds of `phase`, and the second just before them."""
         try:
             records = list(read_timeline(self.timeline))
         except OSError:
             return [], None
-        mine = [i for i, r in enumerate(records) if r.get("phase") == phase]
+        mine = [i for i, r in enumerate(records) if r.phase == phase]
         if not mine:
             return [], None
         before = records[mine[0] - 1] if mine[0] > 0 else None
@@ -90,7 +92,7 @@ class SearchScenario(Scenario):
                     # The hub writes a second after it ends: let the plateau's last one land.
                     yield self.watch(1.0)
                 records, before = self.records(plateau(k) if reached else phases.ramp(k))
-                incidents = list(p.stats.get("incidents") or [])
+                incidents = list(p.stats.incidents) if p.stats is not None else []
                 result = judge(k, level, records, self.slo, reached=reached, before=before, incidents=incidents,
                                placed=placed)
                 self.plateaus.append(result)

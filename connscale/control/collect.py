@@ -1,8 +1,8 @@
 """Collection: ask the server workers and every agent once a second, merge, record.
 
-The one place that turns reports into the run's numbers: `stats()` is what the
-timeline records every second, what `ctl stats` and the console show, and what
-`connscale run` watches. An agent that does not answer a poll within
+The one place that turns reports into the run's numbers: `stats()` (a
+`metrics.records.Stats`) is what the timeline records every second, what `ctl
+stats` and the console show, and what `connscale run` watches. An agent that does not answer a poll within
 `lost_after` seconds is marked lost (a hung or cut-off agent is seen within
 seconds, not when TCP gives up).
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -39,18 +40,20 @@ from connscale.control.diagnosis import Diagnosis
 from connscale.control.observers import Observers
 from connscale.control.registry import AgentHandle, Registry
 from connscale.host.kernel import kernel_snapshot
+from connscale.host.observed import ObservedEvent
 from connscale.host.resources import process_resources
-from connscale.metrics.cost import CostMeter
+from connscale.metrics.cost import Cost, CostMeter
 from connscale.metrics.histograms import (
     RttAccumulator,
     encode_histogram,
     rtt_summary_ms,
 )
 from connscale.metrics.phases import window_phase
+from connscale.metrics.records import AgentRow, KernelCounters, Stats, WorkerCount
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.stall import StallWatch
 from connscale.metrics.timeline import Timeline
-from connscale.procs.records import MAX_LOSSES
+from connscale.metrics.workers import MAX_LOSSES, WorkerLoss
 from connscale.procs.supervisor import Supervisor
 
 log = Logger(namespace="connscale.control")
@@ -102,7 +105,7 @@ class Collector:
         self.started = clock.seconds()
         #: CPU and RSS of every process of the run (metrics.cost), once per timeline line.
         self.cost_meter = CostMeter()
-        self.cost: dict[str, Any] | None = None
+        self.cost: Cost | None = None
         #: Seconds the last poll round waited, from its first question to its
         #: last answer, or `answer_wait` when some answer was late (None before
         #: the first): the timeline's `poll_ms`.
@@ -118,9 +121,9 @@ class Collector:
         self._losses_recorded = 0
         #: Workers lost, server and client, in the order we learn of them (bounded: the hub keeps
         #: its first MAX_LOSSES, each agent reports its own first MAX_LOSSES).
-        self.losses: list[dict[str, Any]] = []
+        self.losses: list[WorkerLoss] = []
         #: Called with every timeline record as it is written (e.g. /metrics).
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.listeners: list[Callable[[Stats], None]] = []
         # Agents are judged by their silence; never by ours (a stopped hub).
         self.stall = StallWatch(clock, self._stalled)
         #: Observers of the server under test (control.observers), asked in the same rounds.
@@ -168,7 +171,7 @@ class Collector:
             # clock may not agree with ours.
             at = round(self.clock.seconds() - self.started, 3)
             for loss in report.losses[: max(0, 2 * MAX_LOSSES - len(self.losses))]:
-                self.losses.append({**loss.to_wire(), "agent": agent.name, "elapsed_s": at})
+                self.losses.append(attrs.evolve(loss, agent=agent.name, elapsed_s=at))
 
         def failed(_: Any) -> None:
             self.stall.check()
@@ -245,52 +248,60 @@ class Collector:
             self.events.take()
             return
         window = self.client_rtt.take_window()
-        record = self.stats(rtt=window)
-        # Judged below, as the line is observed; only a live view asks what is not judged yet.
-        record.pop("unjudged_failures", None)
-        record["t"] = round(time.time() if at is None else at, 3)
-        if now is not None:
-            record["elapsed_s"] = round(now - self.started, 3)
-        record["events"] = self.events.take()
-        # The merged histogram of this second, so any percentile of any span
-        # can be recomputed from the timeline alone.
-        record["rtt_hist"] = encode_histogram(window) if window.get_total_count() else ""
-        # A second that saw the phase change belongs to the ramp (or stop)
-        # side of the change, so a hold's seconds never carry the head or the
-        # tail of a connect burst or a drain.
-        record["phase"] = window_phase(self._window_phases)
+        stats = self.stats(rtt=window)
         # Like incidents: a timeline line carries the losses of its own second only.
-        losses = record["worker_losses"]
-        record["worker_losses"] = losses[self._losses_recorded:]
+        losses = stats.worker_losses
+        new_losses = losses[self._losses_recorded:]
         self._losses_recorded = len(losses)
-        record["poll_ms"] = round(self.poll_s * 1000, 1) if self.poll_s is not None else None
-        self._observed(record)
-        # What connscale itself took this second: hub, agents and every worker.
-        self.cost = record["cost"] = self.cost_meter.observe(self.clock.seconds(), self.cost_readings())
+        line = attrs.evolve(
+            stats,
+            t=round(time.time() if at is None else at, 3),
+            elapsed_s=stats.elapsed_s if now is None else round(now - self.started, 3),
+            events=tuple(self.events.take()),
+            # The merged histogram of this second, so any percentile of any span
+            # can be recomputed from the timeline alone.
+            rtt_hist=encode_histogram(window) if window.get_total_count() else "",
+            # A second that saw the phase change belongs to the ramp (or stop)
+            # side of the change, so a hold's seconds never carry the head or the
+            # tail of a connect burst or a drain.
+            phase=window_phase(self._window_phases),
+            worker_losses=new_losses,
+            target_events=self._new_target_events(),
+            poll_ms=round(self.poll_s * 1000, 1) if self.poll_s is not None else None,
+            # What connscale itself took this second: hub, agents and every worker.
+            cost=self._measure_cost(),
+            # Judged below, as the line is observed; only a live view asks what is not judged yet.
+            unjudged_failures=(),
+            incidents=(),
+        )
         self._window_phases = [self.phase]
         if self.diagnosis is not None:
             try:
-                self.diagnosis.observe(record)
+                line = self.diagnosis.observe(line)
             except Exception:
                 # Naming walls must never cost the run its record of them.
-                record["incidents"] = []
                 log.failure("the incident detector failed")
         if self.timeline is not None:
-            self.timeline.write(record)
+            self.timeline.write(line)
         for listener in self.listeners:
             try:
-                listener(record)
+                listener(line)
             except Exception:
                 log.failure("a timeline listener failed")
 
-    def _observed(self, record: dict[str, Any]) -> None:
+    def _new_target_events(self) -> tuple[ObservedEvent, ...]:
         """Like worker losses: a line carries the target events of its own second only (its
         `observers` rows, beside the clients', come with stats())."""
         if self.observers is None:
-            return
+            return ()
         events = self.observers.events
-        record["target_events"] = events[self._target_events_recorded:]
+        new = tuple(events[self._target_events_recorded:])
         self._target_events_recorded = len(events)
+        return new
+
+    def _measure_cost(self) -> Cost:
+        self.cost = self.cost_meter.observe(self.clock.seconds(), self.cost_readings())
+        return self.cost
 
     # -- numbers ---------------------------------------------------------------------------
     def client_totals(self) -> Snapshot:
@@ -307,64 +318,61 @@ class Collector:
         servers = self.servers
         return servers.poll().addCallback(lambda _: servers.count())
 
-    def stats(self, rtt: Any = None) -> dict[str, Any]:
+    def stats(self, rtt: Any = None) -> Stats:
+        """The numbers now (`rtt`: the histogram of the line being written, for its percentiles)."""
         server = self.server_totals()
         client = self.client_totals()
         agents = self.registry.shown()  # departed agents leave the live record
         stale = {a.name: self.stale_s(a) for a in agents}
-        out: dict[str, Any] = {
-            "elapsed_s": round(self.clock.seconds() - self.started, 3),
+        stats = Stats(
+            elapsed_s=round(self.clock.seconds() - self.started, 3),
             # The phase now; a timeline line replaces it with its second's phase.
-            "phase": self.phase,
-            "server": server.counts(),
-            "client": client.counts(),
-            "clients": {
-                a.name: {
-                    "connected": a.connected,
-                    "target": a.target,
-                    "open": a.open(),
-                    "connecting": a.last.connecting if a.last is not None else 0,
-                    "disconnects": a.losses,
-                    "lost_reason": a.lost_reason,
-                    "failures": dict(a.last.totals.failures) if a.last is not None else {},
-                    "workers": [w.to_wire() for w in a.last.workers] if a.last is not None else [],
+            phase=self.phase,
+            server=server,
+            client=client,
+            clients={
+                a.name: AgentRow(
+                    connected=a.connected,
+                    target=a.target,
+                    open=a.open(),
+                    connecting=a.last.connecting if a.last is not None else 0,
+                    disconnects=a.losses,
+                    lost_reason=a.lost_reason,
+                    failures=dict(a.last.totals.failures) if a.last is not None else {},
+                    workers=a.last.workers if a.last is not None else (),
                     # Connects per second it was asked for (its --rate, or set_rate).
-                    "rate": a.rate,
-                    # 0.0: its report is this second's; else the age in seconds of the
-                    # report counted (its answer is late); None: no report yet.
-                    "stale_s": stale[a.name],
-                }
+                    rate=a.rate,
+                    stale_s=stale[a.name],
+                )
                 for a in agents
             },
             # Connected agents counted with an old report (or none yet) in this record.
-            "stale": sorted(a.name for a in agents if a.connected and stale[a.name] != 0.0),
-            "rtt_ms": rtt_summary_ms(self.client_rtt.total),
+            stale=tuple(sorted(a.name for a in agents if a.connected and stale[a.name] != 0.0)),
+            rtt_ms=rtt_summary_ms(self.client_rtt.total),
+            rtt_window_ms=rtt_summary_ms(rtt) if rtt is not None else None,
             # Connections a client believes open that no server holds: the
             # half-open "ghosts" of an overflowing accept queue.
-            "ghosts": max(0, client.open - server.open),
-            "workers": {
-                "server": len(self.servers.slots) if self.servers is not None else 0,
-                "client": sum(len(a.worker_targets) for a in agents),
-            },
-            "server_workers": [w.to_wire() for w in self.servers.workers()] if self.servers is not None else [],
-            "server_lost_workers": self.servers.lost_workers if self.servers is not None else 0,
+            ghosts=max(0, client.open - server.open),
+            workers=WorkerCount(
+                server=len(self.servers.slots) if self.servers is not None else 0,
+                client=sum(len(a.worker_targets) for a in agents),
+            ),
+            server_workers=tuple(self.servers.workers()) if self.servers is not None else (),
+            server_lost_workers=self.servers.lost_workers if self.servers is not None else 0,
             # Each worker lost so far, how it ended and what it held, in words the summary repeats.
-            "worker_losses": self.worker_losses(),
-            "kernel": kernel_snapshot(),
+            worker_losses=tuple(self.worker_losses()),
+            kernel=KernelCounters.from_wire(kernel_snapshot()),
             # The last timeline line's (a stats call between two lines reads the same).
-            "cost": self.cost,
-        }
-        if rtt is not None:
-            out["rtt_window_ms"] = rtt_summary_ms(rtt)
-        if self.observers is not None:
-            out["observers"] = self.observers.rows(self._round_at)
-            out["target_events"] = list(self.observers.events)
+            cost=self.cost,
+            observers=self.observers.rows(self._round_at) if self.observers is not None else {},
+            target_events=tuple(self.observers.events) if self.observers is not None else (),
+        )
         if self.diagnosis is not None:
             try:
-                self.diagnosis.annotate(out)
+                stats = self.diagnosis.annotate(stats)
             except Exception:
                 log.failure("the load summary failed")
-        return out
+        return stats
 
     def cost_readings(self) -> list[tuple[str, object, dict[str, Any]]]:
         """(kind, key, resources) of the hub, its server workers, every agent and its workers."""
@@ -389,13 +397,12 @@ class Collector:
         # The same line as poll()'s: a report fresh enough not to be asked again is this round's.
         return 0.0 if agent.reported_at > since else round(now - agent.reported_at, 1)
 
-    def worker_losses(self) -> list[dict[str, Any]]:
-        """Lost workers (`procs.records.WorkerLoss`): the hub's server ones, then the agents' client
-        ones (with the agent's name), each with when in the run."""
+    def worker_losses(self) -> list[WorkerLoss]:
+        """Lost workers, server and client (with the agent's name), each with when in the run."""
         # One list in the order losses reach us, so a timeline line can take the new ones by count.
         if self.servers is not None:
             for loss in self.servers.take_losses():
-                self.losses.append({**loss.to_wire(), "elapsed_s": round(loss.t - self.started, 3)})
+                self.losses.append(attrs.evolve(loss, elapsed_s=round(loss.t - self.started, 3)))
         return list(self.losses)
 
     def clients(self) -> list[dict[str, Any]]:

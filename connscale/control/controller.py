@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import attrs
 from twisted.cred import error as cred_error
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
@@ -28,7 +29,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from connscale.config.packed import pack_pieces
-from connscale.config.records import RecordError
+from connscale.config.records import Record, RecordError
 from connscale.config.settings import ClientHost, Config
 from connscale.control import channel
 from connscale.control.auth import Credentials, LoginExchange
@@ -47,6 +48,7 @@ from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo
 from connscale.control.registry import CALL_TIMEOUT, AgentHandle, Registry
 from connscale.control.verbs import BY_NAME, VERBS, agent_name
+from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline
 from connscale.procs.supervisor import Supervisor
@@ -111,25 +113,31 @@ class OperatorAvatar(pb.Avatar):
             # cost PB ~0.2 s to encode and decode each time, the JSON string ~1 ms.
             result = self.controller.call("stats", args, kw).addCallback(pack_bounded)
             return broker.serialize(result, self, None, args, kw)
-        return broker.serialize(self.controller.call(name, args, kw), self, None, args, kw)
+        return broker.serialize(self.controller.call(name, args, kw).addCallback(_plain), self, None, args, kw)
+
+
+def _plain(answer: Any) -> Any:
+    """A verb's answer as it crosses PB: a record as its wire form (`stats`), anything else as it is."""
+    return answer.to_wire() if isinstance(answer, Record) else answer
 
 
 #: What `stats_packed` answers at most: below what a peer's guarded broker accepts in one message.
 STATS_BYTES = MESSAGE_BYTES * 3 // 4
 
 
-def pack_bounded(stats: dict[str, Any], limit: int = STATS_BYTES) -> list[str]:
+def pack_bounded(stats: Stats, limit: int = STATS_BYTES) -> list[str]:
     """`stats` packed, without the per-worker rows when they would make it larger than a peer
     accepts (`truncated` says so); never larger than `limit`."""
-    pieces = pack_pieces(stats)
+    pieces = pack_pieces(stats.to_wire())
     if sum(map(len, pieces)) <= limit:
         return pieces
-    clients = {name: {**row, "workers": []} for name, row in stats.get("clients", {}).items()}
-    pieces = pack_pieces({**stats, "clients": clients, "truncated": "worker rows left out: too large to send"})
+    rowless = {name: attrs.evolve(row, workers=()) for name, row in stats.clients.items()}
+    pieces = pack_pieces(attrs.evolve(stats, clients=rowless, truncated="worker rows left out: too large to send")
+                         .to_wire())
     if sum(map(len, pieces)) <= limit:
         return pieces
-    return pack_pieces({k: v for k, v in stats.items() if k not in ("clients", "worker_losses", "incidents")}
-                       | {"clients": {}, "truncated": "clients left out: too large to send"})
+    return pack_pieces(attrs.evolve(stats, clients={}, worker_losses=(), incidents=(),
+                                    truncated="clients left out: too large to send").to_wire())
 
 
 @implementer(IRealm)
@@ -277,7 +285,7 @@ class Controller:
             return defer.fail(e)
         return self.collector.refresh(agent).addCallback(lambda _: agent.open())
 
-    def op_stats(self) -> defer.Deferred[dict[str, Any]]:
+    def op_stats(self) -> defer.Deferred[Stats]:
         return self.poll().addCallback(lambda _: self.stats())
 
     def op_set_rate(self, rate: float, client: str | None) -> defer.Deferred[None]:
@@ -351,7 +359,7 @@ class Controller:
     def tick(self) -> defer.Deferred[None]:
         return self.collector.tick()
 
-    def stats(self, rtt: Any = None) -> dict[str, Any]:
+    def stats(self, rtt: Any = None) -> Stats:
         return self.collector.stats(rtt)
 
     def clients(self) -> list[dict[str, Any]]:

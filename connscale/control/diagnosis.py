@@ -2,10 +2,10 @@
 
 Holds the incident detector (`connscale.diagnose.incidents`) and what it judges
 against (`Context`: this hub's config and host limits, each agent's
-registration). The collector calls `annotate` on every stats dict (the live
-view, `ctl stats` and the run see the current load and the incidents so far)
-and `observe` on every timeline record (which carries each incident once, on
-the second it opened).
+registration). The collector has `annotate` complete every stats record (the
+live view, `ctl stats` and the run see the current load, the incidents so far
+and the failures not named yet) and `observe` judge every timeline line (which
+carries each incident once, on the second it opened).
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from connscale.config.settings import Config
 from connscale.control.registry import Registry
 from connscale.diagnose.budget import Demand, HostShare, fleet
-from connscale.diagnose.incidents import IncidentDetector, failures_of, load_summary
+from connscale.diagnose.incidents import IncidentDetector, load_summary
 from connscale.diagnose.walls import AgentSetup, Context
 from connscale.host.inventory import HostLimits, read_host_limits
+from connscale.metrics.records import Stats
 
 
 class Diagnosis:
@@ -51,18 +54,19 @@ class Diagnosis:
             abort_on_overflow=h.abort_on_overflow, hub_cores=h.effective_cores, hub_host=h.hostname, agents=agents,
         )
 
-    def annotate(self, stats: dict[str, Any]) -> None:
-        """Is connscale itself the bottleneck right now, and which walls were met so far."""
-        stats["load"] = load_summary(stats)
-        stats["incidents"] = list(self.detector.incidents)
-        # Failures seen here that the detector has not named yet (it judges once a second).
-        stats["unjudged_failures"] = self.detector.unjudged(failures_of(stats))
+    def annotate(self, stats: Stats) -> Stats:
+        """The record with whether connscale itself is the bottleneck right now, which walls
+        were met so far, and the failures seen that the detector has not named yet (it
+        judges once a second)."""
+        return attrs.evolve(stats, load=load_summary(stats), incidents=tuple(self.detector.incidents),
+                            unjudged_failures=self.detector.unjudged(stats.failures()))
 
-    def observe(self, record: dict[str, Any]) -> None:
-        """Judge one second; the record keeps only the incidents it opened."""
-        record["incidents"] = self.detector.observe(record, self.context())
-        for incident in record["incidents"]:
-            self.note(f"incident: {incident['headline']} (at {incident['open']} open)")
+    def observe(self, line: Stats) -> Stats:
+        """Judge one second; the line keeps only the incidents it opened."""
+        opened = self.detector.observe(line, self.context())
+        for incident in opened:
+            self.note(f"incident: {incident.headline} (at {incident.open} open)")
+        return attrs.evolve(line, incidents=tuple(opened))
 
     def fleet(self, target: int | None = None) -> dict[str, Any]:
         """`connscale ctl check`: this hub's host (the server side) and every connected agent's

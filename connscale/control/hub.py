@@ -26,7 +26,7 @@ from connscale.control.secret import SecretError, config_dir, hub_salt, hub_secr
 from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
 from connscale.host.resources import cpu_count
-from connscale.metrics.render import format_stats
+from connscale.metrics.render import render_stats
 from connscale.metrics.status import StatusService
 from connscale.metrics.timeline import Timeline
 from connscale.net.listen import EndpointService, ListenError
@@ -213,7 +213,7 @@ def console_namespace(controller: Controller) -> dict[str, Any]:
     def make(verb: Verb) -> Callable[..., defer.Deferred[Any]]:
         def call(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
             d = controller.call(verb.name, args, kwargs)
-            return d.addCallback(format_stats) if verb.name == "stats" else d
+            return d.addCallback(render_stats) if verb.name == "stats" else d
 
         call.__name__ = call.__qualname__ = verb.name
         call.__doc__ = describe(verb)
@@ -223,8 +223,8 @@ def console_namespace(controller: Controller) -> dict[str, Any]:
     namespace: dict[str, Any] = {verb.name: make(verb) for verb in VERBS}
 
     def stats_raw() -> defer.Deferred[dict[str, Any]]:
-        """stats_raw(): everything the controller knows, as a dict."""
-        return controller.call("stats")
+        """stats_raw(): everything the controller knows, as a dict (the record's wire form)."""
+        return controller.call("stats").addCallback(lambda stats: stats.to_wire())
 
     namespace["stats_raw"] = stats_raw
     return namespace

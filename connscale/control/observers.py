@@ -16,16 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 
 from connscale.config.packed import PackError, unpack
 from connscale.config.records import RecordError
 from connscale.control.records import AgentInfo
 from connscale.control.registry import AgentHandle, Registry
-from connscale.host.observed import ObserverReport
-
-#: Target events kept for the summary (the first ones: they explain the rest).
-MAX_TARGET_EVENTS = 256
+from connscale.host.observed import MAX_TARGET_EVENTS, ObservedEvent, ObserverReport, ObserverRow
 
 
 class Observers:
@@ -38,8 +36,8 @@ class Observers:
         self.fresh = fresh
         self.registry = Registry(clock, note, kind="observer")
         self.reports: dict[str, ObserverReport] = {}
-        #: Every target event so far, as plain records with the hub's elapsed seconds.
-        self.events: list[dict[str, Any]] = []
+        #: Every target event so far (the first MAX_TARGET_EVENTS), timed on the hub's clock.
+        self.events: list[ObservedEvent] = []
 
     def register(self, name: str, mind: Any, info: AgentInfo) -> dict[str, Any]:
         _, answer = self.registry.register(name, mind, info)
@@ -80,7 +78,8 @@ class Observers:
                 text = event.describe(at)
                 self.note(f"observer {handle.name}: {text}")
                 if len(self.events) < MAX_TARGET_EVENTS:
-                    self.events.append({**event.to_wire(), "observer": handle.name, "elapsed_s": at, "text": text})
+                    self.events.append(ObservedEvent(**attrs.asdict(event, recurse=False), observer=handle.name,
+                                                     elapsed_s=at, text=text))
 
         def failed(_: Any) -> None:
             silent = self.clock.seconds() - handle.answered_at
@@ -99,23 +98,17 @@ class Observers:
         return asking
 
     # -- what the timeline shows ---------------------------------------------------------
-    def rows(self, round_at: float | None) -> dict[str, dict[str, Any]]:
-        """name -> its latest report (without its events: those are the line's `target_events`),
-        with `connected`, `host` and `stale_s` (0.0 when the report is this round's)."""
+    def rows(self, round_at: float | None) -> dict[str, ObserverRow]:
+        """name -> its session and latest report (without its events: those are the line's
+        `target_events`), `stale_s` 0.0 when the report is this round's."""
         now = self.clock.seconds()
         out = {}
         for name, handle in sorted(self.registry.agents.items()):
-            report = self.reports.get(name)
             stale: float | None = None
             if handle.reported_at is not None:
                 since = (round_at if round_at is not None else now) - self.fresh
                 stale = 0.0 if handle.reported_at > since else round(now - handle.reported_at, 1)
-            row: dict[str, Any] = {"connected": handle.connected, "host": handle.info.host if handle.info else "",
-                                   "lost_reason": handle.lost_reason, "stale_s": stale}
-            if report is not None:
-                wire = report.to_wire()
-                wire.pop("events", None)
-                row.update(wire)
-            out[name] = row
+            out[name] = ObserverRow.of(self.reports.get(name), connected=handle.connected,
+                                       login_host=handle.info.host if handle.info else "",
+                                       lost_reason=handle.lost_reason, stale_s=stale)
         return out
-

@@ -18,7 +18,7 @@ import attrs
 from connscale.config.records import Parse, RecordError, integer, number, text
 from connscale.control.errors import ControlError
 from connscale.diagnose.budget import render_fleet
-from connscale.metrics.render import CLIENT_COLUMNS, format_stats, format_table
+from connscale.metrics.render import CLIENT_COLUMNS, format_table, render_stats
 
 #: Most connections one order may add or remove (more than any machine holds).
 MAX_ORDER = 10_000_000
@@ -111,7 +111,7 @@ VERBS: tuple[Verb, ...] = (
          lambda t: f"target {t}"),
     Verb("count_connections", (_client("a client's established connections (default: the servers' count)"),),
          "connections the servers hold, or one client's established connections", "count"),
-    Verb("stats", (), "merged counters, RTT percentiles, failures, clients", "stats", format_stats),
+    Verb("stats", (), "merged counters, RTT percentiles, failures, clients", "stats", render_stats),
     Verb("prepare", (Param("n", count, "the most connections the client will be asked to hold", cli_type=int),
                      _client()),
          "start the worker processes a client needs to hold n connections, opening none: a ramp's steps "

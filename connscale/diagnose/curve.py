@@ -13,12 +13,13 @@ is no knee).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import attrs
 
-from connscale.metrics.histograms import new_histogram, rtt_summary_ms
-from connscale.metrics.phases import is_hold, record_histogram
+from connscale.metrics.histograms import rtt_summary_ms
+from connscale.metrics.phases import is_hold, merged_histogram
+from connscale.metrics.records import Stats
 
 KNEE_FACTOR = 2.0
 KNEE_MIN_MS = 5.0
@@ -42,45 +43,40 @@ class Knee:
     p99: float
 
 
-def curve_points(records: Sequence[Mapping[str, Any]]) -> list[CurvePoint]:
+def curve_points(records: Sequence[Stats]) -> list[CurvePoint]:
     """One point per hold (count = its lowest open second), else count bins."""
-    holds: dict[str, list[Mapping[str, Any]]] = {}
+    holds: dict[str, list[Stats]] = {}
     for r in records:
-        if is_hold(r.get("phase")):
-            holds.setdefault(str(r["phase"]), []).append(r)
-    groups: list[tuple[str, int, list[Mapping[str, Any]]]] = [
-        (phase, min(int(r.get("client", {}).get("open", 0)) for r in rs), rs) for phase, rs in holds.items()
+        if is_hold(r.phase):
+            holds.setdefault(r.phase, []).append(r)
+    groups: list[tuple[str, int, list[Stats]]] = [
+        (phase, min(r.client.open for r in rs), rs) for phase, rs in holds.items()
     ]
     if len([g for g in groups if _samples(g[2])]) < 2:
         groups = _bins(records)
     points = []
     for label, opened, rs in groups:
-        hist = new_histogram()
-        for r in rs:
-            h = record_histogram(r)
-            if h is not None:
-                hist.add(h)
+        hist = merged_histogram(rs)
         if not hist.get_total_count():
             continue
         pct = rtt_summary_ms(hist)
-        points.append(CurvePoint(opened, label, float(pct["p50"] or 0), float(pct["p99"] or 0),
-                                 hist.get_total_count()))
+        points.append(CurvePoint(opened, label, float(pct.p50 or 0), float(pct.p99 or 0), hist.get_total_count()))
     return sorted(points, key=lambda p: p.open)
 
 
-def _samples(records: Sequence[Mapping[str, Any]]) -> int:
-    return sum(1 for r in records if r.get("rtt_hist"))
+def _samples(records: Sequence[Stats]) -> int:
+    return sum(1 for r in records if r.rtt_hist)
 
 
-def _bins(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, int, list[Mapping[str, Any]]]]:
-    with_rtt = [r for r in records if r.get("rtt_hist") and int(r.get("client", {}).get("open", 0)) > 0]
+def _bins(records: Sequence[Stats]) -> list[tuple[str, int, list[Stats]]]:
+    with_rtt = [r for r in records if r.rtt_hist and r.client.open > 0]
     if not with_rtt:
         return []
-    top = max(int(r["client"]["open"]) for r in with_rtt)
+    top = max(r.client.open for r in with_rtt)
     width = max(1, -(-top // _BINS))
-    bins: dict[int, list[Mapping[str, Any]]] = {}
+    bins: dict[int, list[Stats]] = {}
     for r in with_rtt:
-        bins.setdefault(min(_BINS - 1, (int(r["client"]["open"]) - 1) // width), []).append(r)
+        bins.setdefault(min(_BINS - 1, (r.client.open - 1) // width), []).append(r)
     return [(f"~{(b + 1) * width}", (b + 1) * width, rs) for b, rs in sorted(bins.items())]
 
 

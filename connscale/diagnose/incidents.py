@@ -1,7 +1,7 @@
 """Limit incidents: the moment a run meets a wall, snapshotted and named.
 
 The controller feeds `IncidentDetector.observe` one stats record a second (the
-same dict it writes to the timeline). An incident opens when
+`Stats` it writes to the timeline). An incident opens when
 
 * failures of a cause first appear (``trigger: failures``),
 * the ramp falls behind what was asked for a few seconds (``ramp_behind``),
@@ -11,7 +11,7 @@ same dict it writes to the timeline). An incident opens when
 at most once per wall and side. Each incident holds the count, the connect
 rate, failures by cause over the last seconds, the kernel counters and their
 change, and the busiest workers' CPU and loop lag, with the wall named by
-`connscale.diagnose.walls`.
+`connscale.diagnose.walls`, as an `Incident` record (`metrics.records`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from connscale.diagnose.observed import ServerWatch, observed_rows, server_side
 from connscale.diagnose.walls import (
@@ -31,8 +30,9 @@ from connscale.diagnose.walls import (
     measuring_side,
     name_stall,
     name_wall,
-    workers_of,
+    worker_loads,
 )
+from connscale.metrics.records import Incident, IncidentWorker, LoadSummary, SideLoad, Stats
 
 #: Records (seconds) the window of an incident covers.
 WINDOW = 5
@@ -50,62 +50,42 @@ MAX_INCIDENTS = 32
 #: Workers listed in an incident, per side (the busiest).
 WORKERS_LISTED = 16
 
-KERNEL_KEYS = ("listen_overflows", "listen_drops", "abort_on_overflow", "syn_retrans", "tcp_timeouts",
-               "syncookies_sent")
+def _asked_rate(record: Stats) -> float:
+    """Connects per second asked of the connected agents still short of their target."""
+    return sum(a.rate or 0.0 for _, a in record.connected_agents() if a.target > a.open)
 
 
-def failures_of(record: Mapping[str, Any]) -> dict[str, int]:
-    """Client failures as "phase:cause", server ones as "server:phase:cause"."""
-    out = dict((record.get("client") or {}).get("failures") or {})
-    for key, n in ((record.get("server") or {}).get("failures") or {}).items():
-        out[f"server:{key}"] = n
-    return out
-
-
-def _target(record: Mapping[str, Any]) -> int:
-    return sum(int(a.get("target", 0)) for a in (record.get("clients") or {}).values() if a.get("connected", True))
-
-
-def _asked_rate(record: Mapping[str, Any]) -> float:
-    rate = 0.0
-    for a in (record.get("clients") or {}).values():
-        if a.get("connected", True) and int(a.get("target", 0)) > int(a.get("open", 0)):
-            rate += float(a.get("rate") or 0.0)
-    return rate
-
-
-def load_summary(record: Mapping[str, Any], workers: Sequence[WorkerLoad] | None = None) -> dict[str, Any]:
+def load_summary(record: Stats, workers: Sequence[WorkerLoad] | None = None) -> LoadSummary:
     """Per side: the busiest worker's CPU and loop lag; whether the clients are saturated now.
 
-    `workers`: `workers_of(record)` when the caller has it already (a hub
+    `workers`: `worker_loads(record)` when the caller has it already (a hub
     steering 500 agents reads 25,000 worker rows a second; once is enough)."""
     if workers is None:
-        workers = workers_of(record)
-    out: dict[str, Any] = {}
-    for side in ("client", "server"):
-        mine = [w for w in workers if w.side == side and w.alive]
+        workers = worker_loads(record)
+    def side(name: str) -> SideLoad | None:
+        mine = [w for w in workers if w.side == name and w.alive]
         if not mine:
-            out[side] = {}
-            continue
+            return None
         busiest = max(mine, key=lambda w: ((w.lag_ms_mean or 0.0), (w.cpu or 0.0)))
-        out[side] = {
-            "cpu_max": max((w.cpu or 0.0) for w in mine),
-            "cpu_total": round(sum((w.cpu or 0.0) for w in mine), 3),
-            "lag_ms_max": max((w.lag_ms_max or 0.0) for w in mine),
-            "lag_ms_mean": round(sum((w.lag_ms_mean or 0.0) for w in mine) / len(mine), 1),
-            "saturated": sum(1 for w in mine if w.saturated),
-            "silent": sum(1 for w in mine if w.silent),
-            "worker": busiest.name,
-        }
-    out["measuring_side_saturated"] = bool(out["client"] and out["client"]["saturated"])
-    return out
+        return SideLoad(
+            cpu_max=max((w.cpu or 0.0) for w in mine),
+            cpu_total=round(sum((w.cpu or 0.0) for w in mine), 3),
+            lag_ms_max=max((w.lag_ms_max or 0.0) for w in mine),
+            lag_ms_mean=round(sum((w.lag_ms_mean or 0.0) for w in mine) / len(mine), 1),
+            saturated=sum(1 for w in mine if w.saturated),
+            silent=sum(1 for w in mine if w.silent),
+            worker=busiest.name,
+        )
+
+    client = side("client")
+    return LoadSummary(client=client, server=side("server"), measuring_side_saturated=bool(client and client.saturated))
 
 
 class IncidentDetector:
     def __init__(self, failure_threshold: int = 1) -> None:
         self.failure_threshold = failure_threshold
-        self.history: deque[Mapping[str, Any]] = deque(maxlen=WINDOW + 1)
-        self.incidents: list[dict[str, Any]] = []
+        self.history: deque[Stats] = deque(maxlen=WINDOW + 1)
+        self.incidents: list[Incident] = []
         self.dropped = 0
         self._opened: set[tuple[str, str]] = set()
         self._pending: dict[str, float] = {}  # failure key -> when it first appeared
@@ -118,51 +98,47 @@ class IncidentDetector:
         self._target_since = 0.0
         #: Seconds in which the client workers were saturated (for the verdict).
         self.saturated_seconds = 0
-        self.load: dict[str, Any] = {}
+        self.load = LoadSummary()
         #: Server-side walls from the observers' rows (diagnose.observed).
         self.server = ServerWatch()
 
     # -- the window ------------------------------------------------------------------------
-    def window(self, record: Mapping[str, Any]) -> Window:
+    def window(self, record: Stats) -> Window:
         first = self.history[0] if self.history else record
         prev = self.history[-1] if self.history else record
-        dt1 = max(1e-6, float(record.get("elapsed_s", 0.0)) - float(prev.get("elapsed_s", 0.0)))
+        dt1 = max(1e-6, record.elapsed_s - prev.elapsed_s)
         # Counters are cumulative from zero: before the first record nothing had failed,
         # so the first record's failures are all news (not "none", as `first` would say).
-        now_f, then_f = failures_of(record), failures_of(first) if self.history else {}
+        now_f, then_f = record.failures(), first.failures() if self.history else {}
         failures = {k: n - then_f.get(k, 0) for k, n in now_f.items() if n - then_f.get(k, 0) > 0}
-        kernel = dict(record.get("kernel") or {})
-        k0 = first.get("kernel") or {}
-        client, client_prev = record.get("client") or {}, prev.get("client") or {}
         return Window(
-            elapsed_s=float(record.get("elapsed_s", 0.0)),
-            open=int(client.get("open", 0)),
-            server_open=int((record.get("server") or {}).get("open", 0)),
-            target=_target(record),
-            connecting=sum(int(a.get("connecting", 0)) for a in (record.get("clients") or {}).values()),
-            connect_rate=(int(client.get("opened", 0)) - int(client_prev.get("opened", 0))) / dt1 if prev is not record
-            else 0.0,
+            elapsed_s=record.elapsed_s,
+            open=record.client.open,
+            server_open=record.server.open,
+            target=record.target,
+            connecting=record.connecting,
+            connect_rate=(record.client.opened - prev.client.opened) / dt1 if prev is not record else 0.0,
             asked_rate=_asked_rate(record),
             failures=failures,
-            kernel=kernel,
-            kernel_delta={k: kernel[k] - k0[k] for k in KERNEL_KEYS if k in kernel and k in k0 and kernel[k] > k0[k]},
-            ghosts=int(record.get("ghosts", 0)),
-            ghosts_max=max(int(r.get("ghosts", 0)) for r in (*self.history, record)),
-            workers=tuple(workers_of(record)),
+            kernel=record.kernel,
+            kernel_delta=record.kernel.delta(first.kernel),
+            ghosts=record.ghosts,
+            ghosts_max=max(r.ghosts for r in (*self.history, record)),
+            workers=tuple(worker_loads(record)),
             server_wall=server_side(observed_rows(record)),
         )
 
     # -- one second --------------------------------------------------------------------------
-    def observe(self, record: Mapping[str, Any], ctx: Context | None = None) -> list[dict[str, Any]]:
+    def observe(self, record: Stats, ctx: Context | None = None) -> list[Incident]:
         """Take one stats record; returns the incidents it opened."""
         ctx = ctx or Context()
         w = self.window(record)
         self.load = load_summary(record, w.workers)
-        new: list[dict[str, Any]] = []
+        new: list[Incident] = []
 
         # Failures: every cause that appeared this second, once the total crossed the threshold.
-        prev = failures_of(self.history[-1]) if self.history else {}
-        now_f = failures_of(record)
+        prev = self.history[-1].failures() if self.history else {}
+        now_f = record.failures()
         if sum(now_f.values()) >= self.failure_threshold:
             fresh = sorted((k for k, n in now_f.items() if n > prev.get(k, 0)), key=lambda k: -(now_f[k] - prev.get(k, 0)))
             for key in fresh:
@@ -199,7 +175,7 @@ class IncidentDetector:
             self._open(new, "ramp_behind", name_stall(w, ctx), w, record)
 
         # Ghosts with accept-queue overflows in the kernel's counters.
-        overflow = any(w.kernel_delta.get(k) for k in ("listen_overflows", "listen_drops"))
+        overflow = bool(w.kernel_delta.listen_overflows or w.kernel_delta.listen_drops)
         # A handful is enough: a full queue holds only backlog + 1 of them. While
         # clients connect, client-open runs ahead of server-open by the accepts in
         # flight; ghosts that stay once connecting stops are the stuck kind.
@@ -216,8 +192,7 @@ class IncidentDetector:
         self.history.append(record)
         return new
 
-    def _open(self, new: list[dict[str, Any]], trigger: str, finding: Finding, w: Window,
-              record: Mapping[str, Any]) -> None:
+    def _open(self, new: list[Incident], trigger: str, finding: Finding, w: Window, record: Stats) -> None:
         key = (finding.wall, finding.side)
         if key in self._opened:
             return
@@ -229,63 +204,63 @@ class IncidentDetector:
         self.incidents.append(incident)
         new.append(incident)
 
-    def unjudged(self, failures: Mapping[str, int]) -> list[str]:
-        """Failure keys of a stats record (`failures_of`) that no incident names yet: not
+    def unjudged(self, failures: Mapping[str, int]) -> tuple[str, ...]:
+        """Failure keys of a stats record (`Stats.failures()`) that no incident names yet: not
         observed in a timeline second so far, or waiting up to SETTLE s for the other side's
         report. A run that stops on failures waits for these before it explains itself."""
         if sum(failures.values()) < self.failure_threshold:
-            return []
-        return sorted(k for k, n in failures.items() if n > 0 and k not in self._judged)
+            return ()
+        return tuple(sorted(k for k, n in failures.items() if n > 0 and k not in self._judged))
 
     @property
     def measuring_side_saturated(self) -> bool:
         """Were the client workers ever saturated long enough to count?"""
-        return any(i["wall"] == "measuring_side" for i in self.incidents)
+        return any(i.wall == "measuring_side" for i in self.incidents)
 
 
-def _worker_rows(workers: list[WorkerLoad]) -> list[dict[str, Any]]:
+def _worker_rows(workers: list[WorkerLoad]) -> tuple[IncidentWorker, ...]:
     def busy(w: WorkerLoad) -> tuple[float, float, float]:
         return ((w.silent_s or 0.0) if w.silent else 0.0, w.lag_ms_mean or 0.0, w.cpu or 0.0)
 
-    rows = []
+    rows: list[IncidentWorker] = []
     for side in ("client", "server"):
         mine = sorted((w for w in workers if w.side == side), key=busy, reverse=True)[:WORKERS_LISTED]
-        rows += [{"side": w.side, "agent": w.agent, "index": w.index, "pid": w.pid, "open": w.open,
-                  "cpu": w.cpu, "lag_ms_max": w.lag_ms_max, "lag_ms_mean": w.lag_ms_mean,
-                  "nofile": w.nofile, "silent_s": w.silent_s, "alive": w.alive} for w in mine]
-    return rows
+        rows += [w.incident_row() for w in mine]
+    return tuple(rows)
 
 
-def snapshot(trigger: str, finding: Finding, w: Window, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The incident as it goes into the timeline, stats and the summary (plain JSON)."""
-    kernel = {k: v for k, v in w.kernel.items()}
-    kernel.update({f"{k}_delta": v for k, v in w.kernel_delta.items()})
-    return {
-        "t": record.get("t", round(time.time(), 3)),
-        "elapsed_s": w.elapsed_s,
-        "trigger": trigger,
-        **finding.to_dict(),
-        "open": w.open,
-        "server_open": w.server_open,
-        "target": w.target,
-        "connecting": w.connecting,
-        "connect_rate": round(w.connect_rate, 1),
-        "asked_rate": w.asked_rate,
-        "ghosts": w.ghosts,
-        "ghosts_max": w.ghosts_max,
-        "failures": dict(w.failures),
-        "kernel": kernel,
-        "workers": _worker_rows(list(w.workers)),
-        "rtt_window_ms": record.get("rtt_window_ms"),
-    }
+def snapshot(trigger: str, finding: Finding, w: Window, record: Stats) -> Incident:
+    """The incident as it goes into the timeline, stats and the summary."""
+    return Incident(
+        t=record.t if record.t is not None else round(time.time(), 3),
+        elapsed_s=w.elapsed_s,
+        trigger=trigger,
+        wall=finding.wall,
+        side=finding.side,
+        headline=finding.headline,
+        evidence=tuple(finding.evidence),
+        fix=tuple(finding.fix),
+        open=w.open,
+        server_open=w.server_open,
+        target=w.target,
+        connecting=w.connecting,
+        connect_rate=round(w.connect_rate, 1),
+        asked_rate=w.asked_rate,
+        ghosts=w.ghosts,
+        ghosts_max=w.ghosts_max,
+        failures=dict(w.failures),
+        kernel=w.kernel,
+        kernel_delta=w.kernel_delta,
+        workers=_worker_rows(list(w.workers)),
+        rtt_window_ms=record.rtt_window_ms,
+    )
 
 
-def saturated_phases(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def saturated_phases(records: Sequence[Stats]) -> dict[str, int]:
     """Phase -> seconds in which connscale's client workers were saturated (from the timeline)."""
     out: dict[str, int] = {}
     for r in records:
-        if (r.get("load") or {}).get("measuring_side_saturated"):
-            phase = str(r.get("phase") or "")
-            out[phase] = out.get(phase, 0) + 1
+        if r.measuring_side_saturated:
+            out[r.phase] = out.get(r.phase, 0) + 1
     # The drain at the end is not a measurement: closing connections saturates nothing that matters.
     return {p: n for p, n in out.items() if n >= SUSTAIN and p != "stop"}

@@ -21,12 +21,13 @@ avoids. Pure: the report re-derives the table from the run directory alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from connscale.diagnose.budget import ConnectionCosts
+from connscale.diagnose.records import MemoryMoment, MemoryRow, MemoryServer, MemoryTable
 from connscale.host.observed import HostRow, TargetRow
 from connscale.metrics.phases import FINAL_HOLD, STOP
+from connscale.metrics.records import Stats
 
 #: Quantities of the table: key, what it is in words, user or kernel, whose.
 QUANTITIES: tuple[tuple[str, str, str, str], ...] = (
@@ -38,21 +39,19 @@ QUANTITIES: tuple[tuple[str, str, str, str], ...] = (
     ("kernel_tcp_mem", "kernel TCP buffers", "kernel", "host"),
     ("kernel", "kernel total", "kernel", "host"),
 )
+#: The two moments measured, in the order shown.
+MOMENTS = ("opened", "pinging")
 
 
-def observed(record: Mapping[str, Any]) -> tuple[TargetRow | None, HostRow | None]:
-    """The first observer's first target and its host, read back into their records."""
-    for row in (record.get("observers") or {}).values():
-        if not isinstance(row, Mapping) or not row.get("targets"):
-            continue
-        try:
-            return TargetRow.from_wire(row["targets"][0]), HostRow.from_wire(row.get("host") or {})
-        except Exception:  # an old or foreign line: not this table's to judge
-            return None, None
+def observed(record: Stats) -> tuple[TargetRow | None, HostRow | None]:
+    """The first observer's first target and its host."""
+    for row in record.observers.values():
+        if row.targets:
+            return row.targets[0], row.host or HostRow()
     return None, None
 
 
-def levels(record: Mapping[str, Any]) -> dict[str, float]:
+def levels(record: Stats) -> dict[str, float]:
     """Every quantity's level at one second (those it has)."""
     out: dict[str, float] = {}
     target, host = observed(record)
@@ -67,83 +66,74 @@ def levels(record: Mapping[str, Any]) -> dict[str, float]:
             out["kernel_tcp_mem"] = float(host.tcp_mem_bytes)
         if "kernel_slab" in out and "kernel_tcp_mem" in out:
             out["kernel"] = out["kernel_slab"] + out["kernel_tcp_mem"]
-    server = [w for w in record.get("server_workers") or () if w.get("alive", True)]
-    if server:
-        out["connscale_server_rss"] = float(sum((w.get("resources") or {}).get("rss_bytes", 0) for w in server))
-    clients = [w for a in (record.get("clients") or {}).values() if a.get("connected", True)
-               for w in a.get("workers") or () if w.get("alive", True)]
-    if clients:
-        out["connscale_client_rss"] = float(sum((w.get("resources") or {}).get("rss_bytes", 0) for w in clients))
+    for side, key in (("server", "connscale_server_rss"), ("client", "connscale_client_rss")):
+        rows = [w.row for w in record.worker_rows() if w.side == side and w.row.alive]
+        if rows:
+            out[key] = float(sum(row.rss_bytes or 0 for row in rows))
     return out
 
 
-def _open(record: Mapping[str, Any]) -> int:
-    return int((record.get("client") or {}).get("open", 0))
-
-
-def baseline_index(records: Sequence[Mapping[str, Any]]) -> int | None:
+def baseline_index(records: Sequence[Stats]) -> int | None:
     """The last second before the first connection opened that the observer read."""
     best = None
     for i, r in enumerate(records):
-        if _open(r) > 0:
+        if r.client.open > 0:
             break
         if observed(r)[0] is not None:
             best = i
     return best
 
 
-def _moments(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Index of "opened" (the first second at the peak count, before the final hold) and
-    "pinging" (the last second of the final hold, else the last before the stop)."""
-    live = [i for i, r in enumerate(records) if r.get("phase") != STOP]
+def _moments(records: Sequence[Stats]) -> tuple[int | None, int | None]:
+    """Indexes of the "opened" second (the first at the peak count, before the final hold) and
+    the "pinging" one (the last of the final hold, else the last before the stop)."""
+    live = [i for i, r in enumerate(records) if r.phase != STOP]
     if not live:
-        return {}
-    peak = max(_open(records[i]) for i in live)
-    out = {}
-    reached = [i for i in live if _open(records[i]) >= peak and peak > 0]
-    if reached:
-        out["opened"] = reached[0]
-    final = [i for i in live if records[i].get("phase") == FINAL_HOLD]
-    out["pinging"] = final[-1] if final else live[-1]
-    return out
+        return None, None
+    peak = max(records[i].client.open for i in live)
+    reached = [i for i in live if records[i].client.open >= peak and peak > 0]
+    final = [i for i in live if records[i].phase == FINAL_HOLD]
+    return (reached[0] if reached else None), (final[-1] if final else live[-1])
 
 
-def per_connection(records: Sequence[Mapping[str, Any]], base: int, at: int) -> dict[str, float]:
+def per_connection(records: Sequence[Stats], base: int, at: int) -> dict[str, float]:
     """Bytes per connection of each quantity from `base` to `at`."""
-    added = _open(records[at]) - _open(records[base])
+    added = records[at].client.open - records[base].client.open
     if added <= 0:
         return {}
     b, a = levels(records[base]), levels(records[at])
     return {k: (a[k] - b[k]) / added for k in a if k in b}
 
 
-def memory_table(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+def memory_table(records: Sequence[Stats]) -> MemoryTable | None:
     """The table for summary.json and the report; None without an observed baseline."""
     base = baseline_index(records)
     if base is None:
         return None
-    moments = _moments(records)
+    opened, pinging = _moments(records)
+    columns = [per_connection(records, base, i) if i is not None else {} for i in (opened, pinging)]
     rows = []
-    columns = {name: per_connection(records, base, i) for name, i in moments.items()}
     for key, what, kind, side in QUANTITIES:
         # Unrounded: the report rounds once, as it shows them.
-        values = {name: col[key] for name, col in columns.items() if key in col}
-        if values:
-            rows.append({"key": key, "what": what, "kind": kind, "side": side, **values})
+        if any(key in col for col in columns):
+            rows.append(MemoryRow(key, what, kind, side, *(col.get(key) for col in columns)))
     if not rows:
         return None
-    target, host = observed(records[moments.get("pinging", base)])
-    return {
-        "baseline": {"elapsed_s": records[base].get("elapsed_s"), "open": _open(records[base])},
-        **{name: {"elapsed_s": records[i].get("elapsed_s"), "open": _open(records[i]),
-                  "phase": records[i].get("phase")} for name, i in moments.items()},
-        "server": {"label": target.label, "pid": target.pid} if target is not None else None,
-        "host": host.hostname if host is not None else "",
-        "rows": rows,
-    }
+    target, host = observed(records[pinging if pinging is not None else base])
+
+    def moment(i: int | None) -> MemoryMoment | None:
+        return None if i is None else MemoryMoment(records[i].elapsed_s, records[i].client.open, records[i].phase)
+
+    return MemoryTable(
+        baseline=MemoryMoment(records[base].elapsed_s, records[base].client.open),
+        opened=moment(opened), pinging=moment(pinging),
+        server=MemoryServer(target.label, target.pid) if target is not None else None,
+        host=host.hostname if host is not None else "",
+        rows=tuple(rows),
+    )
 
 
-def per_second(records: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+def per_second(records: Sequence[Stats]) -> dict[str, list[tuple[int, float]]]:
     """quantity -> (open, bytes per connection since the baseline) for every second after it: the
     report plots each against open connections."""
     base = baseline_index(records)
@@ -151,33 +141,33 @@ def per_second(records: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int
     if base is None:
         return out
     for i in range(base + 1, len(records)):
-        if records[i].get("phase") == STOP:
+        if records[i].phase == STOP:
             break
         for key, value in per_connection(records, base, i).items():
-            out.setdefault(key, []).append((_open(records[i]), value))
+            out.setdefault(key, []).append((records[i].client.open, value))
     return out
 
 
-def render_lines(table: Mapping[str, Any]) -> list[str]:
+def render_lines(table: MemoryTable) -> list[str]:
     """The table in plain lines (for `connscale check --measured` and logs)."""
     lines = []
-    for row in table.get("rows") or ():
-        cells = " / ".join(f"{row[c]:,.0f} B" if row.get(c) is not None else "-" for c in ("opened", "pinging"))
-        lines.append(f"{row['what']:<32} {row['kind']:<6} {cells}")
+    for row in table.rows:
+        cells = " / ".join(f"{v:,.0f} B" if v is not None else "-" for v in (row.opened, row.pinging))
+        lines.append(f"{row.what:<32} {row.kind:<6} {cells}")
     return lines
 
 
-def costs_from_table(table: Mapping[str, Any], where: str) -> ConnectionCosts:
+def costs_from_table(table: MemoryTable, where: str) -> ConnectionCosts:
     """A run's table as the planning's per-connection costs (after pinging; where the run did not
     measure a figure, this box's bench figure stays). The kernel's is per pair of ends, as a
     `connscale run` on one box measures it."""
-    rows = {r["key"]: r.get("pinging") for r in table.get("rows") or () if isinstance(r, Mapping)}
+    rows = {r.key: r.pinging for r in table.rows}
     default = ConnectionCosts()
 
     def pick(*keys: str, fallback: float) -> float:
         for key in keys:
             value = rows.get(key)
-            if isinstance(value, (int, float)) and value > 0:
+            if value is not None and value > 0:
                 return float(value)
         return fallback
 

@@ -11,8 +11,7 @@ even before a client fails. The findings themselves are in `walls`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import attrs
 
@@ -26,6 +25,7 @@ from connscale.diagnose.walls import (
     server_memory,
 )
 from connscale.host.observed import HostRow, ProcessRow, TargetRow
+from connscale.metrics.records import Stats
 
 #: Seconds a server-side condition lasts before it is an incident by itself.
 SUSTAIN = 2
@@ -44,19 +44,10 @@ class Observed:
     host: HostRow = attrs.Factory(HostRow)
 
 
-def observed_rows(record: Mapping[str, Any]) -> tuple[Observed, ...]:
-    """The observers of a timeline line or stats record, read back into their records
-    (a row that does not read, from an older or foreign writer, is left out)."""
-    out = []
-    for name, row in sorted((record.get("observers") or {}).items()):
-        if not isinstance(row, Mapping) or not row.get("connected", True) or "targets" not in row:
-            continue
-        try:
-            targets = tuple(TargetRow.from_wire(t) for t in row.get("targets") or ())
-            out.append(Observed(str(name), targets, HostRow.from_wire(row.get("host") or {})))
-        except Exception:
-            continue
-    return tuple(out)
+def observed_rows(record: Stats) -> tuple[Observed, ...]:
+    """The connected observers of a timeline line or stats record that have reported."""
+    return tuple(Observed(name, row.targets, row.host) for name, row in sorted(record.observers.items())
+                 if row.connected and row.host is not None)
 
 
 def at_fd_limit(p: ProcessRow) -> bool:
@@ -88,11 +79,11 @@ def server_side(observed: Sequence[Observed]) -> Finding | None:
     return None
 
 
-def gone(record: Mapping[str, Any]) -> Finding | None:
+def gone(record: Stats) -> Finding | None:
     """The observed server exited, restarted or was replaced in this second."""
-    for event in record.get("target_events") or ():
-        if isinstance(event, Mapping) and event.get("kind") in GONE:
-            return server_gone(str(event.get("text") or event.get("label")))
+    for event in record.target_events:
+        if event.kind in GONE:
+            return server_gone(event.text or event.label)
     return None
 
 
@@ -102,7 +93,7 @@ class ServerWatch:
     def __init__(self) -> None:
         self._seen: dict[str, int] = {}
 
-    def observe(self, record: Mapping[str, Any], observed: Sequence[Observed]) -> list[Finding]:
+    def observe(self, record: Stats, observed: Sequence[Observed]) -> list[Finding]:
         out = []
         left = gone(record)
         if left is not None:

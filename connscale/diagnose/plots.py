@@ -156,8 +156,9 @@ def rtt_over_time(s: Series) -> bytes:
     fig, ax = _figure()
     _shade_phases(ax, s)
     drawn = False
-    for key, color, label, width in (("max", MAX, "max", 0.9), ("p99", P99, "p99", 1.4), ("p50", P50, "p50", 1.4)):
-        xs, ys = _present(s.elapsed, s.rtt[key])
+    for values, color, label, width in ((s.rtt.max, MAX, "max", 0.9), (s.rtt.p99, P99, "p99", 1.4),
+                                        (s.rtt.p50, P50, "p50", 1.4)):
+        xs, ys = _present(s.elapsed, values)
         if xs:
             ax.plot(xs, ys, color=color, linewidth=width, label=label, marker="." if len(xs) < 40 else None)
             drawn = True
@@ -173,8 +174,8 @@ def rtt_over_time(s: Series) -> bytes:
 
 def scaling_curve(s: Series, points: Sequence[CurvePoint], knee: Knee | None) -> bytes:
     fig, ax = _figure()
-    ramp = [(o, r) for o, r, ph in zip(s.open, s.rtt["p99"], s.phase) if r is not None and not is_hold(ph)]
-    held = [(o, r) for o, r, ph in zip(s.open, s.rtt["p99"], s.phase) if r is not None and is_hold(ph)]
+    ramp = [(o, r) for o, r, ph in zip(s.open, s.rtt.p99, s.phase) if r is not None and not is_hold(ph)]
+    held = [(o, r) for o, r, ph in zip(s.open, s.rtt.p99, s.phase) if r is not None and is_hold(ph)]
     if ramp:
         ax.scatter(*zip(*ramp), s=9, color="#b0bec5", label="p99 of a ramp second", zorder=2)
     if held:

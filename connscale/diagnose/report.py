@@ -5,7 +5,10 @@ measurements), `summary.json` (the verdict, when the run got to write one),
 `manifest.json` (the host and its limits) and `config.json`. Every number the
 page shows is computed here from those files and tagged `data-k`, so a test
 can check each one against the timeline. Plots are PNGs inlined as data:
-URIs: the page opens from disk with no network.
+URIs: the page opens from disk with no network. A directory written by an
+older connscale reads the same (the records read its form); what a directory
+lacks or could not be read (a summary cut short, torn timeline lines) is said
+on the page, never a reason not to render it.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ from connscale.diagnose.curve import (
     find_knee,
 )
 from connscale.diagnose.manifest import read_manifest
+from connscale.diagnose.records import Explanation, MemoryTable, Summary, read_summary
 from connscale.metrics.cost import mean_cost
+from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import FINAL_HOLD, STOP, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
-from connscale.metrics.series import Series, build_series, failures_of
-from connscale.metrics.timeline import read_timeline
+from connscale.metrics.records import Incident, Stats
+from connscale.metrics.series import Series, build_series
+from connscale.metrics.timeline import TIMELINE_FILE, read_timeline
 
 REPORT_FILE = "report.html"
 CSV_FILE = "rtt_per_second.csv"
@@ -47,10 +53,12 @@ class ReportError(Exception):
 @attrs.frozen
 class RunFiles:
     dir: Path
-    records: list[dict[str, Any]]
-    summary: dict[str, Any] | None
+    records: list[Stats]
+    summary: Summary | None
     manifest: dict[str, Any] | None
     config: dict[str, Any] | None
+    #: What could not be read, one line each (a summary cut short, torn timeline lines).
+    problems: tuple[str, ...] = ()
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -63,13 +71,18 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 def load_run(run_dir: str | os.PathLike[str]) -> RunFiles:
     path = Path(run_dir)
-    timeline = path / "timeline.jsonl"
+    timeline = path / TIMELINE_FILE
     if not path.is_dir():
         raise ReportError(f"{path}: no such run directory")
     if not timeline.exists():
-        raise ReportError(f"{path}: no timeline.jsonl (is this a run directory?)")
-    records = list(read_timeline(timeline))
-    return RunFiles(path, records, _json(path / "summary.json"), read_manifest(path), _json(path / "config.json"))
+        raise ReportError(f"{path}: no {TIMELINE_FILE} (is this a run directory?)")
+    torn: list[str] = []
+    records = list(read_timeline(timeline, torn))
+    summary, unread = read_summary(path)
+    problems = [unread] if unread else []
+    if torn:
+        problems.append(f"{TIMELINE_FILE}: {len(torn)} line{'s' if len(torn) > 1 else ''} skipped ({torn[0]})")
+    return RunFiles(path, records, summary, read_manifest(path), _json(path / "config.json"), tuple(problems))
 
 
 # ----------------------------------------------------------------------------- the numbers
@@ -92,9 +105,9 @@ class Number:
     kind: str
 
 
-def _last_of_phase(records: Sequence[Mapping[str, Any]], phase: str) -> Mapping[str, Any] | None:
+def _last_of_phase(records: Sequence[Stats], phase: str) -> Stats | None:
     for r in reversed(records):
-        if r.get("phase") == phase:
+        if r.phase == phase:
             return r
     return None
 
@@ -105,7 +118,7 @@ def _peak_index(s: Series, end: int) -> int | None:
     return max(range(end + 1), key=lambda i: (s.open[i], -i))
 
 
-def run_end(records: Sequence[Mapping[str, Any]]) -> int:
+def run_end(records: Sequence[Stats]) -> int:
     """Index of the run's last second before it began to stop.
 
     Stopping drains connections and ends workers: what happens then (a
@@ -113,51 +126,51 @@ def run_end(records: Sequence[Mapping[str, Any]]) -> int:
     the run measured, so "at the end" means before the `stop` phase.
     """
     for i in range(len(records) - 1, -1, -1):
-        if records[i].get("phase") != STOP:
+        if records[i].phase != STOP:
             return i
     return len(records) - 1
 
 
 def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
     """Every number of the summary table, keyed as the page tags them."""
-    summary = run.summary or {}
+    summary = run.summary
     end = run_end(run.records)
     records = run.records[: end + 1]
-    last = records[-1] if records else {}
+    last = records[-1] if records else None
     out: dict[str, Number] = {}
 
     def put(key: str, value: Any, kind: str) -> None:
         out[key] = Number(value, kind)
 
-    target = summary.get("target")
-    put("target", int(target) if target is not None else max(s.target[: end + 1], default=0), "int")
-    if "held" in summary:
-        put("held", int(summary["held"]), "int")
+    put("target", summary.target if summary is not None else max(s.target[: end + 1], default=0), "int")
+    if summary is not None:
+        put("held", summary.held, "int")
     put("peak_open", max(s.open[: end + 1], default=0), "int")
     final = _last_of_phase(records, FINAL_HOLD)
-    put("final_hold_open", int(final["client"]["open"]) if final else None, "int")
+    put("final_hold_open", final.client.open if final else None, "int")
     put("final_hold_seconds", sum(1 for p in s.phase if p == FINAL_HOLD), "int")
-    put("open_at_end", int(last.get("client", {}).get("open", 0)), "int")
-    put("server_open_at_end", int(last.get("server", {}).get("open", 0)), "int")
+    put("open_at_end", last.client.open if last else 0, "int")
+    put("server_open_at_end", last.server.open if last else 0, "int")
     put("ghosts_max", max(s.ghosts[: end + 1], default=0), "int")
-    put("failures", sum(failures_of(last).values()) if last else 0, "int")
-    put("pings", int(last.get("client", {}).get("pings", 0)), "int")
-    put("pongs", int(last.get("client", {}).get("pongs", 0)), "int")
+    put("failures", last.failure_total if last else 0, "int")
+    put("pings", last.client.pings if last else 0, "int")
+    put("pongs", last.client.pongs if last else 0, "int")
     put("connect_rate_max", max(s.connect_rate[: end + 1], default=0.0), "rate")
-    put("duration_s", float(last.get("elapsed_s", 0.0)), "s")
-    workers = last.get("workers", {})
-    put("workers_server", int(workers.get("server", 0)), "int")
-    put("workers_client", int(workers.get("client", 0)), "int")
+    put("duration_s", last.elapsed_s if last else 0.0, "s")
+    put("workers_server", last.workers.server if last else 0, "int")
+    put("workers_client", last.workers.client if last else 0, "int")
 
-    phases = phase_table(run.records)
+    final_phase = phase_table(run.records).get(FINAL_HOLD)
     spans = {
-        "final_hold": phases.get(FINAL_HOLD, {}).get("rtt_ms") or rtt_summary_ms_empty(),
+        "final_hold": final_phase.rtt_ms if final_phase else Percentiles(),
         "holds": hold_rtt_ms(records),
         "run": run_rtt_ms(records),
     }
     for span, pct in spans.items():
-        for p in ("p50", "p90", "p99", "max"):
-            put(f"rtt_{span}_{p}", pct.get(p), "ms")
+        put(f"rtt_{span}_p50", pct.p50, "ms")
+        put(f"rtt_{span}_p90", pct.p90, "ms")
+        put(f"rtt_{span}_p99", pct.p99, "ms")
+        put(f"rtt_{span}_max", pct.max, "ms")
 
     peak = _peak_index(s, end)
     for side in ("server", "client"):
@@ -167,30 +180,27 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
         put(f"rss_{side}", s.rss[side][peak] if peak is not None else None, "bytes")
     # What connscale itself took over the final hold (the summary's, with the run's own
     # process; else the timeline's hub, agents and workers).
-    cost = summary.get("cost_final_hold") or mean_cost(r for r in records if r.get("phase") == FINAL_HOLD)
-    if isinstance(cost, Mapping):
-        put("own_cores", float(cost.get("cores", 0.0)), "cores")
-        put("own_rss", int(cost.get("rss_bytes", 0)), "bytes")
-        put("own_processes", int(cost.get("processes", 0)), "int")
+    cost = summary.cost_final_hold if summary is not None else None
+    if cost is None:
+        cost = mean_cost(r.cost for r in records if r.phase == FINAL_HOLD)
+    if cost is not None:
+        put("own_cores", cost.cores, "cores")
+        put("own_rss", cost.rss_bytes, "bytes")
+        put("own_processes", cost.processes, "int")
     return out
-
-
-def rtt_summary_ms_empty() -> dict[str, float | None]:
-    return {"p50": None, "p90": None, "p99": None, "max": None}
 
 
 def phase_numbers(run: RunFiles) -> list[tuple[str, dict[str, Number]]]:
     rows = []
     for phase, row in phase_table(run.records).items():
-        rtt = row["rtt_ms"]
         rows.append((phase or "(none)", {
-            "seconds": Number(row["seconds"], "int"),
-            "open": Number(row["open"], "int"),
-            "failures": Number(row["failures"], "int"),
-            "samples": Number(row["rtt_samples"], "int"),
-            "p50": Number(rtt["p50"], "ms"),
-            "p99": Number(rtt["p99"], "ms"),
-            "max": Number(rtt["max"], "ms"),
+            "seconds": Number(row.seconds, "int"),
+            "open": Number(row.open, "int"),
+            "failures": Number(row.failures, "int"),
+            "samples": Number(row.rtt_samples, "int"),
+            "p50": Number(row.rtt_ms.p50, "ms"),
+            "p99": Number(row.rtt_ms.p99, "ms"),
+            "max": Number(row.rtt_ms.max, "ms"),
         }))
     return rows
 
@@ -226,6 +236,7 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
     """(css class, paragraphs) in plain words: what happened, why, and the fix."""
     summary = run.summary
     parts: list[str] = []
+    explanation: Explanation | None = None
     if summary is None:
         verdict = "unknown"
         parts.append(
@@ -233,7 +244,10 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
             "directory): everything below comes from the timeline alone.</p>"
         )
     else:
-        verdict = str(summary.get("verdict", "unknown"))
+        verdict = summary.verdict
+        explanation = summary.explanation
+    for problem in run.problems:
+        parts.append(f'<p class="warn">Not read: {_e(problem)}.</p>')
     if verdict == "held":
         parts.append(
             f"<p><strong>Held {_nk(nums, 'held')} connections</strong> (target {_nk(nums, 'target')}) through "
@@ -242,22 +256,18 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
             f"max {_nk(nums, 'rtt_final_hold_max')} ms (over the whole run, ramps included, "
             f"p99 was {_nk(nums, 'rtt_run_p99')} ms).</p>"
         )
-    explanation = (summary or {}).get("explanation")
-    if not explanation and summary is not None and verdict in ("held", "failed"):
+    if explanation is None and summary is not None and verdict in ("held", "failed"):
         explanation = derive_explanation(run, summary, int(nums["peak_open"].value or 0))
-    headline = isinstance(explanation, Mapping) and explanation.get("headline")
-    if verdict not in ("held", "unknown") and not headline:
-        reason = str(summary.get("reason") or "no reason recorded") if summary else ""
+    if summary is not None and verdict != "held" and not (explanation and explanation.headline):
         parts.append(
             f"<p><strong>Stopped at {_nk(nums, 'open_at_end')} of {_nk(nums, 'target')} connections</strong> "
-            f"(peak {_nk(nums, 'peak_open')}): {_e(reason)}.</p>"
+            f"(peak {_nk(nums, 'peak_open')}): {_e(summary.reason or 'no reason recorded')}.</p>"
         )
-    if explanation:
+    if explanation is not None:
         parts.append(explanation_html(explanation, brief=verdict == "held"))
-    fixed = isinstance(explanation, Mapping) and _items(explanation.get("fix"))
-    if verdict != "held" and not fixed:
-        failures = (summary or {}).get("failures") or (failures_of(run.records[run_end(run.records)])
-                                                         if run.records else {})
+    if verdict != "held" and not (explanation and explanation.fix):
+        failures = (summary.failures if summary is not None else {}) or \
+            (run.records[run_end(run.records)].failures() if run.records else {})
         top = _top_causes(failures)
         if top:
             listed = ", ".join(f"<code>{_e(k)}</code> ({_n('failures.' + k, Number(v, 'int'))})" for k, v in top)
@@ -289,13 +299,7 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
     return css, "\n".join(parts)
 
 
-def _items(values: Any) -> list[str]:
-    if not values:
-        return []
-    return [str(v) for v in values] if isinstance(values, (list, tuple)) else [str(values)]
-
-
-def derive_explanation(run: RunFiles, summary: Mapping[str, Any], peak_open: int) -> dict[str, Any] | None:
+def derive_explanation(run: RunFiles, summary: Summary, peak_open: int) -> Explanation:
     """A run whose summary has no explanation: explain it now, from the directory alone.
 
     `peak_open` is the timeline's (before the stop phase), so the words agree
@@ -303,32 +307,25 @@ def derive_explanation(run: RunFiles, summary: Mapping[str, Any], peak_open: int
     """
     from connscale.diagnose.verdict import explain
 
-    try:
-        return explain(
-            str(summary.get("verdict")), int(summary.get("target") or 0), held=int(summary.get("held") or 0),
-            peak_open=peak_open, reason=str(summary.get("reason") or ""),
-            incidents=gather_incidents(run), preflight=summary.get("preflight"),
-            rtt=summary.get("rtt_final_hold_ms") or summary.get("rtt_ms"),
-            losses=summary.get("worker_losses") or [],
-            target_events=summary.get("target_events") or [],
-        )
-    except Exception:  # an old or odd summary: the page still renders, with the fallback words
-        return None
+    final = summary.rtt_final_hold_ms
+    return explain(
+        summary.verdict, summary.target, held=summary.held, peak_open=peak_open, reason=summary.reason,
+        incidents=gather_incidents(run), preflight=summary.preflight,
+        rtt=final if final.p50 is not None else summary.rtt_ms, losses=summary.worker_losses,
+        target_events=summary.target_events,
+    )
 
 
-def explanation_html(explanation: Any, brief: bool = False) -> str:
+def explanation_html(explanation: Explanation, brief: bool = False) -> str:
     """The diagnosis: the wall that was hit, its evidence and its fix.
 
-    A dict {headline, wall, side, evidence: [...], fix: [...]} (what the
-    verdict logic writes), or plain text. `brief` (a held run, already
-    summed up in words) leaves out a headline that names no wall.
+    `brief` (a held run, already summed up in words) leaves out a headline
+    that names no wall.
     """
-    if not isinstance(explanation, Mapping):
-        return "".join(f'<p class="explanation">{_e(p)}</p>' for p in str(explanation).split("\n\n"))
     out = []
-    headline = explanation.get("headline")
-    wall = explanation.get("wall")
-    side = f" &middot; {_e(explanation['side'])}" if explanation.get("side") else ""
+    headline: str | None = explanation.headline
+    wall = explanation.wall
+    side = f" &middot; {_e(explanation.side)}" if explanation.side else ""
     named = wall and wall not in ("none", "unknown")
     tag = f' <span class="wall">{_e(wall)}{side}</span>' if named else ""
     if brief and not named:
@@ -336,14 +333,14 @@ def explanation_html(explanation: Any, brief: bool = False) -> str:
     if headline:
         out.append(f'<p class="explanation">{_e(headline[:1].upper() + headline[1:])}{tag}</p>')
     # Evidence the headline already says (the run's reason, when no wall was named) is said once.
-    evidence = [x for x in _items(explanation.get("evidence"))
+    evidence = [x for x in explanation.evidence
                 if not headline or x.removeprefix("the run stopped because: ") not in headline]
     if evidence:
         out.append('<p class="label">Evidence</p><ul>' + "".join(f"<li>{_e(x)}</li>" for x in evidence) + "</ul>")
-    fix = _items(explanation.get("fix"))
-    if fix:
-        out.append('<p class="label">Fix</p><ul class="fix">' + "".join(f"<li>{_e(x)}</li>" for x in fix) + "</ul>")
-    if explanation.get("measuring_side_saturated"):
+    if explanation.fix:
+        out.append('<p class="label">Fix</p><ul class="fix">'
+                   + "".join(f"<li>{_e(x)}</li>" for x in explanation.fix) + "</ul>")
+    if explanation.measuring_side_saturated:
         out.append('<p class="warn">The measuring side (connscale\'s own client workers) was saturated: the '
                    "RTT and ramp rate above are partly connscale's, not the server's.</p>")
     return "".join(out)
@@ -394,18 +391,17 @@ def phases_table(rows: Sequence[tuple[str, Mapping[str, Number]]]) -> str:
     return f'<table class="grid"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def steps_html(summary: Mapping[str, Any] | None) -> str:
-    """The ramp as it happened (summary["steps"]): how fast each step really opened."""
-    steps = [s for s in (summary or {}).get("steps") or () if isinstance(s, Mapping)]
-    if not steps:
+def steps_html(summary: Summary | None) -> str:
+    """The ramp as it happened (the summary's `steps`): how fast each step really opened."""
+    if summary is None or not summary.steps:
         return ""
     head = "".join(f"<th>{h}</th>" for h in ("step", "target", "seconds to reach", "rate asked /s",
                                               "rate achieved /s"))
     rows = []
-    for st in steps:
-        k = st.get("step")
-        cells = [("target", st.get("target"), "int"), ("seconds", st.get("seconds"), "s"),
-                 ("rate_asked", st.get("rate_asked"), "rate"), ("rate_achieved", st.get("rate_achieved"), "rate")]
+    for st in summary.steps:
+        k = st.step
+        cells = [("target", st.target, "int"), ("seconds", st.seconds, "s"),
+                 ("rate_asked", st.rate_asked, "rate"), ("rate_achieved", st.rate_achieved, "rate")]
         tds = "".join(f'<td class="num">{_n(f"step.{k}.{key}", Number(v, kind))}</td>' for key, v, kind in cells)
         rows.append(f"<tr><th>{_e(k)}</th>{tds}</tr>")
     return (f'<h3>Ramp steps</h3><table class="grid"><thead><tr>{head}</tr></thead>'
@@ -418,35 +414,34 @@ def _cell(value: Any) -> str:
     return _e(value)
 
 
-def gather_incidents(run: RunFiles) -> list[Mapping[str, Any]]:
+def gather_incidents(run: RunFiles) -> list[Incident]:
     """The summary's incidents, else those the timeline recorded second by second."""
-    listed = (run.summary or {}).get("incidents")
-    if listed:
-        return [i for i in listed if isinstance(i, Mapping)]
-    return [i for r in run.records for i in (r.get("incidents") or ()) if isinstance(i, Mapping)]
+    if run.summary is not None and run.summary.incidents:
+        return list(run.summary.incidents)
+    return [i for r in run.records for i in r.incidents]
 
 
-def incidents_html(incidents: Sequence[Mapping[str, Any]]) -> str:
+#: What an incident's row shows in its own cells; the rest goes under "numbers at that moment".
+_INCIDENT_SHOWN = frozenset({"t", "elapsed_s", "headline", "evidence", "fix", "wall", "trigger", "side"})
+
+
+def incidents_html(incidents: Sequence[Incident]) -> str:
     if not incidents:
         return ""
     rows = []
     for i in incidents:
-        at = i.get("elapsed_s")
-        when = f"{float(at):.0f} s" if isinstance(at, (int, float)) else "-"
-        what = _e(i.get("headline") or i.get("title") or i.get("summary") or "")
-        evidence = "".join(f"<li>{_e(x)}</li>" for x in _items(i.get("evidence")))
-        fix = "".join(f"<li>{_e(x)}</li>" for x in _items(i.get("fix")))
-        shown = {"t", "elapsed_s", "headline", "title", "summary", "evidence", "fix", "wall", "trigger", "side"}
-        rest = {k: v for k, v in i.items() if k not in shown}
+        evidence = "".join(f"<li>{_e(x)}</li>" for x in i.evidence)
+        fix = "".join(f"<li>{_e(x)}</li>" for x in i.fix)
+        rest = {k: v for k, v in i.to_wire().items() if k not in _INCIDENT_SHOWN}
         details = (f"<details><summary>numbers at that moment</summary><pre>{_e(json.dumps(rest, indent=1, sort_keys=True))}"
-                   "</pre></details>") if rest else ""
-        side = f" &middot; {_e(i['side'])}" if i.get("side") else ""
+                   "</pre></details>")
+        side = f" &middot; {_e(i.side)}" if i.side else ""
         evidence_list = f"<ul>{evidence}</ul>" if evidence else ""
         fix_list = f'<ul class="fix">{fix}</ul>' if fix else ""
         rows.append(
-            f'<tr><td class="t">{when}</td><td>{_e(i.get("trigger", ""))}</td>'
-            f'<td><b>{_e(i.get("wall", ""))}</b>{side}</td>'
-            f"<td>{what}{evidence_list}{details}</td><td>{fix_list}</td></tr>"
+            f'<tr><td class="t">{i.elapsed_s:.0f} s</td><td>{_e(i.trigger)}</td>'
+            f'<td><b>{_e(i.wall)}</b>{side}</td>'
+            f"<td>{_e(i.headline)}{evidence_list}{details}</td><td>{fix_list}</td></tr>"
         )
     head = "".join(f"<th>{h}</th>" for h in ("when", "trigger", "wall", "what was seen", "fix"))
     return (f'<h2>Incidents</h2><table class="grid incidents"><thead><tr>{head}</tr></thead>'
@@ -458,32 +453,33 @@ def memory_html(run: RunFiles) -> str:
     else derived from the timeline."""
     from connscale.diagnose.memory import memory_table
 
-    table = (run.summary or {}).get("memory") or memory_table(run.records)
-    if not isinstance(table, Mapping) or not table.get("rows"):
+    table: MemoryTable | None = run.summary.memory if run.summary is not None else None
+    if table is None:
+        table = memory_table(run.records)
+    if table is None or not table.rows:
         return ""
     head = "".join(f"<th>{h}</th>" for h in ("what", "user or kernel", "whose",
                                               "bytes per connection, just opened", "after pinging"))
     body = []
-    for row in table["rows"]:
-        key = row["key"]
-        cells = "".join(f'<td class="num">{_n(f"memory.{key}.{col}", Number(row.get(col), "bytes"))}</td>'
+    for row in table.rows:
+        cells = "".join(f'<td class="num">{_n(f"memory.{row.key}.{col}", Number(row.at(col), "bytes"))}</td>'
                         for col in ("opened", "pinging"))
-        body.append(f"<tr><th>{_e(row['what'])}</th><td>{_e(row['kind'])}</td><td>{_e(row['side'])}</td>{cells}</tr>")
-    server = table.get("server") or {}
-    who = f" The observed server: {_e(server.get('label'))} (pid {_e(server.get('pid'))})." if server else ""
-    moments = ", ".join(f"{name} at {float(m['elapsed_s']):.0f} s ({int(m['open']):,} open)"
-                        for name, m in ((k, table.get(k)) for k in ("baseline", "opened", "pinging")) if m)
+        body.append(f"<tr><th>{_e(row.what)}</th><td>{_e(row.kind)}</td><td>{_e(row.side)}</td>{cells}</tr>")
+    server = table.server
+    who = f" The observed server: {_e(server.label)} (pid {_e(server.pid)})." if server is not None else ""
+    moments = ", ".join(f"{name} at {m.elapsed_s:.0f} s ({m.open:,} open)"
+                        for name, m in (("baseline", table.baseline), *table.moments.items()))
     return (f'<h2>Memory per held connection</h2><table class="grid"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table><p class="muted">Growth per connection from {moments}.{who} '
             "Kernel figures are the whole host's (both ends when the clients run on it too).</p>")
 
 
-def events_html(records: Sequence[Mapping[str, Any]], limit: int = 200) -> str:
-    rows = [(r.get("elapsed_s", 0.0), e) for r in records for e in r.get("events", ())]
+def events_html(records: Sequence[Stats], limit: int = 200) -> str:
+    rows = [(r.elapsed_s, e) for r in records for e in r.events]
     if not rows:
         return ""
     shown = rows[:limit]
-    body = "".join(f"<tr><td class=\"t\">{float(t):.0f} s</td><td>{_e(e)}</td></tr>" for t, e in shown)
+    body = "".join(f"<tr><td class=\"t\">{t:.0f} s</td><td>{_e(e)}</td></tr>" for t, e in shown)
     more = f"<p class=\"muted\">{len(rows) - limit} more in timeline.jsonl</p>" if len(rows) > limit else ""
     return (f'<details><summary>Events ({len(rows)})</summary><table class="grid events">{body}</table>'
             f"{more}</details>")
@@ -577,13 +573,11 @@ class Plot:
 
 
 def build_plots(s: Series, points: Sequence[CurvePoint], knee: Knee | None,
-                incidents: Sequence[Mapping[str, Any]] = (),
-                records: Sequence[Mapping[str, Any]] = ()) -> list[Plot]:
+                incidents: Sequence[Incident] = (), records: Sequence[Stats] = ()) -> list[Plot]:
     from connscale.diagnose import plots
     from connscale.diagnose.memory import per_second
 
-    marks = [(float(i["elapsed_s"]), str(i.get("wall") or i.get("trigger") or "incident"))
-             for i in incidents if isinstance(i.get("elapsed_s"), (int, float))]
+    marks = [(i.elapsed_s, i.wall or i.trigger or "incident") for i in incidents]
     knee_words = f"; knee at about {knee.open:,}" if knee else ""
     return [
         Plot("connections", "Open connections and target",
@@ -619,7 +613,7 @@ def render_html(run: RunFiles) -> str:
     incidents = gather_incidents(run)
     figures = build_plots(s, points, knee, incidents, run.records)
     badge = {"held": "HELD", "failed": "FAILED"}.get(css, "NO VERDICT")
-    started = run.records[0].get("t") if run.records else None
+    started = run.records[0].t if run.records else None
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "-"
     figs = "".join(
         f'<figure id="{p.id}"><img alt="{_e(p.title)}" src="data:image/png;base64,'

@@ -15,25 +15,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-import attrs
-
-from connscale.diagnose.incidents import failures_of
+from connscale.diagnose.records import Cause, Plateau, SearchResult, Slo
 from connscale.diagnose.verdict import primary_incident
-from connscale.metrics.histograms import rtt_summary_ms
+from connscale.metrics.histograms import Percentiles, rtt_summary_ms
 from connscale.metrics.phases import merged_histogram
+from connscale.metrics.records import Incident, Stats
 
-
-@attrs.frozen
-class Slo:
-    """What a plateau must meet to pass."""
-
-    p99_ms: float = 100.0
-    timeout_rate: float = 0.001      # no_answer_from_server per ping sent in the plateau
-    failures: int = 0                 # failures of any cause allowed in a plateau
-    #: Seconds of saturated client workers a plateau tolerates before it is not a measurement.
-    saturated_s: int = 1
+__all__ = ["Plateau", "Search", "Slo", "explain_search", "judge"]
 
 
 class Search:
@@ -84,47 +73,22 @@ class Search:
         return self.passed >= self.target
 
 
-@attrs.frozen
-class Plateau:
-    """One plateau as judged."""
-
-    index: int
-    level: int
-    reached: bool
-    seconds: int = 0
-    open: int = 0
-    open_min: int = 0
-    pings: int = 0
-    rtt_ms: Mapping[str, float | None] = attrs.Factory(dict)
-    failures: Mapping[str, int] = attrs.Factory(dict)
-    timeouts: int = 0
-    saturated_s: int = 0
-    passed: bool = False
-    reasons: tuple[str, ...] = ()
-    cause: Mapping[str, Any] | None = None   # {wall, side, headline, fix} when it failed
-
-    def to_dict(self) -> dict[str, Any]:
-        data = attrs.asdict(self)
-        data["reasons"] = list(self.reasons)
-        return data
-
-
-def judge(index: int, level: int, records: Sequence[Mapping[str, Any]], slo: Slo, reached: bool = True,
-          before: Mapping[str, Any] | None = None,
-          incidents: Sequence[Mapping[str, Any]] = (), placed: int | None = None) -> Plateau:
+def judge(index: int, level: int, records: Sequence[Stats], slo: Slo, reached: bool = True,
+          before: Stats | None = None, incidents: Sequence[Incident] = (), placed: int | None = None) -> Plateau:
     """Pass or fail the plateau whose timeline seconds are `records` (`before`: the second before it).
 
     `placed` is what the controller could place of `level` (less when the routes are full).
     """
-    first = before or (records[0] if records else {})
+    first = before or (records[0] if records else None)
     last = records[-1] if records else first
-    f0, f1 = failures_of(first), failures_of(last)
+    f0 = first.failures() if first is not None else {}
+    f1 = last.failures() if last is not None else {}
     failures = {k: n - f0.get(k, 0) for k, n in f1.items() if n > f0.get(k, 0)}
     timeouts = sum(n for k, n in failures.items() if k.endswith("no_answer_from_server"))
-    pings = int((last.get("client") or {}).get("pings", 0)) - int((first.get("client") or {}).get("pings", 0))
+    pings = (last.client.pings - first.client.pings) if first is not None and last is not None else 0
     rtt = rtt_summary_ms(merged_histogram(records))
-    opens = [int((r.get("client") or {}).get("open", 0)) for r in records]
-    saturated = sum(1 for r in records if (r.get("load") or {}).get("measuring_side_saturated"))
+    opens = [r.client.open for r in records]
+    saturated = sum(1 for r in records if r.measuring_side_saturated)
     reasons = []
     if placed is not None and placed < level:
         reasons.append(f"the routes hold at most {placed:,} connections")
@@ -135,22 +99,21 @@ def judge(index: int, level: int, records: Sequence[Mapping[str, Any]], slo: Slo
         reasons.append(f"{sum(failures.values()):,} failures (SLO {slo.failures}): {top}")
     if pings and timeouts / pings > slo.timeout_rate:
         reasons.append(f"timeouts {timeouts / pings:.4f} of pings (SLO {slo.timeout_rate:g})")
-    if rtt["p99"] is not None and rtt["p99"] > slo.p99_ms:
-        reasons.append(f"p99 RTT {rtt['p99']:.1f} ms (SLO {slo.p99_ms:g} ms)")
-    if reached and rtt["p99"] is None and level > 0 and records:
+    if rtt.p99 is not None and rtt.p99 > slo.p99_ms:
+        reasons.append(f"p99 RTT {rtt.p99:.1f} ms (SLO {slo.p99_ms:g} ms)")
+    if reached and rtt.p99 is None and level > 0 and records:
         reasons.append("no pong at all during the plateau")
     if saturated > slo.saturated_s:
         reasons.append(f"connscale's client workers saturated for {saturated} s: not a measurement of the server")
     passed = not reasons
     cause = None
     if not passed and placed is not None and placed < level:
-        cause = {"wall": "routes", "side": "client",
-                 "headline": f"the routes hold at most {placed:,} connections (source IPs x server ports x "
-                             "client.per_route_max)",
-                 "fix": ["more source IPs (client.source_ips) or server ports (server.ports)"]}
+        cause = Cause("routes", "client", f"the routes hold at most {placed:,} connections (source IPs x server "
+                      "ports x client.per_route_max)",
+                      ("more source IPs (client.source_ips) or server ports (server.ports)",))
     elif not passed:
-        t0 = float(first.get("elapsed_s", 0.0)) if first else 0.0
-        t1 = float(last.get("elapsed_s", t0)) if last else t0
+        t0 = first.elapsed_s if first is not None else 0.0
+        t1 = last.elapsed_s if last is not None else t0
         cause = _cause(records, _relevant(incidents, failures, t0, t1), saturated > slo.saturated_s, rtt, reasons)
     return Plateau(
         index=index, level=level, reached=reached, seconds=len(records), open=opens[-1] if opens else 0,
@@ -159,89 +122,80 @@ def judge(index: int, level: int, records: Sequence[Mapping[str, Any]], slo: Slo
     )
 
 
-def _relevant(incidents: Sequence[Mapping[str, Any]], failures: Mapping[str, int], t0: float,
-              t1: float) -> list[Mapping[str, Any]]:
+def _relevant(incidents: Sequence[Incident], failures: Mapping[str, int], t0: float, t1: float) -> list[Incident]:
     """The incidents that explain a plateau: those opened during it, else earlier ones
     (an incident opens once per wall) whose failure causes this plateau saw again."""
-    during = [i for i in incidents if t0 <= float(i.get("elapsed_s", -1.0)) <= t1 + 1.0]
+    during = [i for i in incidents if t0 <= i.elapsed_s <= t1 + 1.0]
     if during:
         return during
-    return [i for i in incidents if set(i.get("failures") or ()) & set(failures)]
+    return [i for i in incidents if set(i.failures) & set(failures)]
 
 
-def _cause(records: Sequence[Mapping[str, Any]], incidents: Sequence[Mapping[str, Any]], saturated: bool,
-           rtt: Mapping[str, Any], reasons: Sequence[str]) -> dict[str, Any]:
+def _cause(records: Sequence[Stats], incidents: Sequence[Incident], saturated: bool, rtt: Percentiles,
+           reasons: Sequence[str]) -> Cause:
     """The wall behind a failed plateau: its incidents first, else what the load says."""
     if saturated:
-        mine = [i for i in incidents if i.get("wall") == "measuring_side"]
+        mine = [i for i in incidents if i.wall == "measuring_side"]
         if mine:
-            return _brief(mine[0])
-        return {"wall": "measuring_side", "side": "client",
-                "headline": "connscale's own client workers were saturated during the plateau",
-                "fix": ["more client workers or agent hosts (clients: in the config)"]}
+            return Cause.of(mine[0])
+        return Cause("measuring_side", "client", "connscale's own client workers were saturated during the plateau",
+                     ("more client workers or agent hosts (clients: in the config)",))
     incident = primary_incident(incidents)
     if incident is not None:
-        return _brief(incident)
-    server = [(r.get("load") or {}).get("server") or {} for r in records]
-    client = [(r.get("load") or {}).get("client") or {} for r in records]
-    if any(s.get("saturated") or s.get("silent") for s in server):
-        return {"wall": "server_starved", "side": "server",
-                "headline": "the server's workers were saturated: it answers too late at this count",
-                "fix": ["more server cores, or fewer pings per second (a longer client.interval)"]}
+        return Cause.of(incident)
+    server = [r.load.server for r in records if r.load.server is not None]
+    client = [r.load.client for r in records if r.load.client is not None]
+    if any(s.saturated or s.silent for s in server):
+        return Cause("server_starved", "server", "the server's workers were saturated: it answers too late at this count",
+                     ("more server cores, or fewer pings per second (a longer client.interval)",))
     # A pong waits in the socket as long as its reader's loop is late: whose loop
     # lag is of the order of the p99 explains the latency.
-    p99 = rtt.get("p99") or 0.0
-    client_lag = max((float(c.get("lag_ms_max") or 0.0) for c in client), default=0.0)
-    server_lag = max((float(s.get("lag_ms_max") or 0.0) for s in server), default=0.0)
+    p99 = rtt.p99 or 0.0
+    client_lag = max((c.lag_ms_max for c in client), default=0.0)
+    server_lag = max((s.lag_ms_max for s in server), default=0.0)
     if p99 and client_lag >= 0.5 * p99 and client_lag >= server_lag:
-        return {"wall": "measuring_side", "side": "client",
-                "headline": f"connscale's client loops ran up to {client_lag:.0f} ms late, of the order of the "
-                            f"p99 of {p99:.0f} ms: the latency is largely connscale's own",
-                "fix": ["more client workers or agent hosts (clients: in the config)",
-                        "a longer client.interval, so each worker has less to do per second"]}
+        return Cause("measuring_side", "client",
+                     f"connscale's client loops ran up to {client_lag:.0f} ms late, of the order of the "
+                     f"p99 of {p99:.0f} ms: the latency is largely connscale's own",
+                     ("more client workers or agent hosts (clients: in the config)",
+                      "a longer client.interval, so each worker has less to do per second"))
     if p99 and server_lag >= 0.5 * p99:
-        return {"wall": "server_starved", "side": "server",
-                "headline": f"the server's loops ran up to {server_lag:.0f} ms late, of the order of the p99 "
-                            f"of {p99:.0f} ms: it answers too late at this count",
-                "fix": ["more server cores, or fewer pings per second (a longer client.interval)"]}
-    return {"wall": "unknown", "side": "",
-            "headline": "; ".join(reasons) + " (neither side's loop lag explains it: the host's other load, "
-                        "the kernel, or the network)",
-            "fix": ["see the plateau's seconds in timeline.jsonl and report.html"]}
+        return Cause("server_starved", "server",
+                     f"the server's loops ran up to {server_lag:.0f} ms late, of the order of the p99 "
+                     f"of {p99:.0f} ms: it answers too late at this count",
+                     ("more server cores, or fewer pings per second (a longer client.interval)",))
+    return Cause("unknown", "", "; ".join(reasons) + " (neither side's loop lag explains it: the host's other load, "
+                 "the kernel, or the network)", ("see the plateau's seconds in timeline.jsonl and report.html",))
 
 
-def _brief(incident: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: incident.get(k) for k in ("wall", "side", "headline", "fix")}
-
-
-def explain_search(search: Search, plateaus: Sequence[Plateau], slo: Slo, stopped: str = "") -> dict[str, Any]:
+def explain_search(search: Search, plateaus: Sequence[Plateau], slo: Slo, stopped: str = "") -> SearchResult:
     """What summary.json says of a search: the knee, its cause, the curve."""
     knee = search.knee
     above = [p for p in plateaus if not p.passed and p.level > knee]
     first_fail = min(above, key=lambda p: p.level) if above else None
     at_knee = next((p for p in plateaus if p.passed and p.level == knee), None)
-    saturated = any(p.cause and p.cause.get("wall") == "measuring_side" for p in plateaus if not p.passed)
+    saturated = any(p.cause is not None and p.cause.wall == "measuring_side" for p in plateaus if not p.passed)
     if knee == 0:
         headline = f"no plateau passed the SLO, not even {search.start:,} connections"
     elif search.reached_target:
         headline = f"sustained the upper bound, {knee:,} connections (scenario.target): no knee below it"
     else:
         headline = f"the largest sustainable count is {knee:,} connections"
-    if at_knee is not None and at_knee.rtt_ms.get("p99") is not None:
-        headline += f" (p99 RTT {at_knee.rtt_ms['p99']:.1f} ms)"
+    if at_knee is not None and at_knee.rtt_ms.p99 is not None:
+        headline += f" (p99 RTT {at_knee.rtt_ms.p99:.1f} ms)"
     if first_fail is not None and first_fail.cause:
-        headline += f"; at {first_fail.level:,}: {first_fail.cause.get('headline')}"
+        headline += f"; at {first_fail.level:,}: {first_fail.cause.headline}"
     if stopped:
         headline += f"; the search stopped early: {stopped}"
     if saturated:
         headline += "; connscale's client workers saturated there, so the knee is connscale's, not the server's"
-    return {
-        "knee": knee,
-        "failed_at": first_fail.level if first_fail else None,
-        "cause": dict(first_fail.cause) if first_fail and first_fail.cause else None,
-        "headline": headline,
-        "measuring_side_saturated": saturated,
-        "slo": attrs.asdict(slo),
-        "curve": [p.to_dict() for p in sorted(plateaus, key=lambda p: p.index)],
-        "stopped": stopped,
-    }
+    return SearchResult(
+        knee=knee,
+        failed_at=first_fail.level if first_fail else None,
+        cause=first_fail.cause if first_fail else None,
+        headline=headline,
+        measuring_side_saturated=saturated,
+        slo=slo,
+        curve=tuple(sorted(plateaus, key=lambda p: p.index)),
+        stopped=stopped,
+    )

@@ -1,10 +1,9 @@
 """The explanation a run ends with: held N, or stopped at N because of a wall, with the fix.
 
 `explain` turns what a run knows at its end (outcome, the reason it stopped,
-its incidents, the preflight budget) into ``summary["explanation"]``:
-
-    {"headline": str, "wall": str, "side": str, "evidence": [str], "fix": [str],
-     "measuring_side_saturated": bool}
+its incidents, the preflight budget) into the summary's `Explanation`
+(`diagnose.records`): headline, wall, side, evidence, fix and whether
+connscale's own clients were saturated.
 
 Pure, so the report can re-derive it from a run directory alone.
 """
@@ -13,10 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
+from connscale.diagnose.records import Explanation, Preflight, SearchResult
 from connscale.diagnose.walls import Finding, listen_in_use
+from connscale.host.observed import ObservedEvent
+from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import is_hold
+from connscale.metrics.records import Incident
+from connscale.metrics.workers import WorkerLoss
 
 #: Walls whose failures name their cause by themselves; they explain a stop
 #: better than a saturation seen around the same time.
@@ -31,11 +34,11 @@ BUDGET_WALLS: Mapping[str, str] = {
 }
 
 
-def primary_incident(incidents: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def primary_incident(incidents: Sequence[Incident]) -> Incident | None:
     """The incident that explains the run: the earliest definite one, else the earliest."""
-    ordered = sorted(incidents, key=lambda i: float(i.get("elapsed_s", 0.0)))
+    ordered = sorted(incidents, key=lambda i: i.elapsed_s)
     for incident in ordered:
-        if incident.get("wall") in DEFINITE:
+        if incident.wall in DEFINITE:
             return incident
     return ordered[0] if ordered else None
 
@@ -84,48 +87,47 @@ def _control_failure(reason: str) -> Finding | None:
     return None
 
 
-def losses_line(losses: Sequence[Mapping[str, Any]]) -> str:
+def losses_line(losses: Sequence[WorkerLoss]) -> str:
     """Workers that died during the run, in words: who, how, when, and what went with them.
 
     One: "a server worker (pid 123) was killed by signal 9 (SIGKILL) at 5 s; 511 connections
     were lost with it". Several: each named, with the total lost.
     """
-    def one(loss: Mapping[str, Any], lead: bool) -> str:
-        pid = loss.get("pid")
-        who = (f"a {loss.get('side', '')} worker (pid {pid})" if lead else f"pid {pid}") if pid else \
-            (f"a {loss.get('side', '')} worker" if lead else "one")
-        if loss.get("agent"):
-            who += f" on agent {loss['agent']}"
-        when = f" at {float(loss['elapsed_s']):.0f} s" if loss.get("elapsed_s") is not None else ""
-        return f"{who} {loss.get('how', 'ended')}{when}"
+    def one(loss: WorkerLoss, lead: bool) -> str:
+        pid = loss.pid
+        who = (f"a {loss.side} worker (pid {pid})" if lead else f"pid {pid}") if pid else \
+            (f"a {loss.side} worker" if lead else "one")
+        if loss.agent:
+            who += f" on agent {loss.agent}"
+        when = f" at {loss.elapsed_s:.0f} s" if loss.elapsed_s is not None else ""
+        return f"{who} {loss.how}{when}"
 
     if not losses:
         return ""
-    total = sum(int(loss.get("connections", 0)) for loss in losses)
+    total = sum(loss.connections for loss in losses)
     if len(losses) == 1:
         return f"{one(losses[0], True)}; {total:,} connections were lost with it"
-    sides = sorted({str(loss.get("side", "")) for loss in losses})
-    listed = ", ".join(f"{one(loss, False)} ({int(loss.get('connections', 0)):,} connections)" for loss in losses[:3])
+    sides = sorted({loss.side for loss in losses})
+    listed = ", ".join(f"{one(loss, False)} ({loss.connections:,} connections)" for loss in losses[:3])
     more = f" and {len(losses) - 3} more" if len(losses) > 3 else ""
     return (f"{len(losses)} {' and '.join(sides)} workers died: {listed}{more}; "
             f"{total:,} connections were lost with them")
 
 
-def target_events_line(events: Sequence[Mapping[str, Any]]) -> str:
+def target_events_line(events: Sequence[ObservedEvent]) -> str:
     """The observed server going away, in the hub's words ("redis-server (pid 41) exited at 41 s;
     restarted as pid 57"); a worker's churn under its master is not news here."""
-    said = [str(e.get("text")) for e in events if e.get("kind") in ("exited", "restarted", "replaced")
-            and e.get("text")]
+    said = [e.text for e in events if e.kind in ("exited", "restarted", "replaced") and e.text]
     if not said:
         return ""
     more = f" and {len(said) - 3} more" if len(said) > 3 else ""
     return "; ".join(said[:3]) + more
 
 
-def _rtt_line(rtt: Mapping[str, Any] | None) -> str:
-    if not rtt or rtt.get("p99") is None:
+def _rtt_line(rtt: Percentiles | None) -> str:
+    if rtt is None or rtt.p50 is None or rtt.p99 is None:
         return ""
-    return f" (RTT p50 {rtt.get('p50'):.2f} ms, p99 {rtt.get('p99'):.2f} ms)"
+    return f" (RTT p50 {rtt.p50:.2f} ms, p99 {rtt.p99:.2f} ms)"
 
 
 def explain(
@@ -134,48 +136,45 @@ def explain(
     held: int = 0,
     peak_open: int = 0,
     reason: str = "",
-    incidents: Sequence[Mapping[str, Any]] = (),
-    preflight: Mapping[str, Any] | None = None,
-    rtt: Mapping[str, Any] | None = None,
+    incidents: Sequence[Incident] = (),
+    preflight: Preflight | None = None,
+    rtt: Percentiles | None = None,
     saturated: bool = False,
     saturated_phases: Mapping[str, int] | None = None,
-    losses: Sequence[Mapping[str, Any]] = (),
-    target_events: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, Any]:
+    losses: Sequence[WorkerLoss] = (),
+    target_events: Sequence[ObservedEvent] = (),
+) -> Explanation:
     """The run's explanation (see the module doc).
 
     `saturated_phases` (phase -> seconds the client workers were saturated, from the
     timeline) scopes the measuring-side caveat: saturated during a hold, the RTT is
     connscale's; during ramps only, the ramp's rate is, and the hold was measured cleanly.
-    `losses` are the workers that died during the run (summary["worker_losses"]): said in
+    `losses` are the workers that died during the run (the summary's `worker_losses`): said in
     the headline, whatever the outcome, because a held target that lost a server worker on
     the way is not the same finding.
     """
-    measuring = [i for i in incidents if i.get("wall") == "measuring_side"]
+    measuring = [i for i in incidents if i.wall == "measuring_side"]
     saturated = saturated or bool(measuring) or bool(saturated_phases)
     control = _control_failure(reason) if outcome != "held" else None
-    out: dict[str, Any]
+    headline: str
+    wall, side = "unknown", ""
+    evidence: list[str] = []
+    fix: list[str] = []
 
-    if preflight is not None and reason.startswith("preflight") and preflight.get("binding"):
-        b = next((lim for lim in preflight.get("limits", ()) if lim.get("binding")), None) or {}
-        out = {
-            "headline": f"refused before starting: this host reaches {preflight.get('reachable', 0):,} of "
-                        f"{target:,} connections; {b.get('key')} binds first",
-            "wall": BUDGET_WALLS.get(str(b.get("key")), "unknown"),
-            "side": b.get("side", "host"),
-            "evidence": [str(b.get("detail", ""))],
-            "fix": [lim["fix"] for lim in preflight.get("limits", ())
-                    if lim.get("capacity") is not None and lim["capacity"] < target and lim.get("fix")],
-        }
+    binding = preflight.binding_limit if preflight is not None else None
+    if preflight is not None and reason.startswith("preflight") and preflight.binding:
+        headline = (f"refused before starting: this host reaches {preflight.reachable:,} of "
+                    f"{target:,} connections; {binding.key if binding else None} binds first")
+        wall = BUDGET_WALLS.get(binding.key if binding else "None", "unknown")
+        side = binding.side if binding else "host"
+        evidence = [binding.detail if binding else ""]
+        fix = [lim.fix for lim in preflight.limits if lim.capacity is not None and lim.capacity < target and lim.fix]
     elif outcome == "held":
-        out = {
-            "headline": f"held {held:,} of {target:,} connections through the final hold{_rtt_line(rtt)}",
-            "wall": "none", "side": "", "evidence": [], "fix": [],
-        }
+        headline = f"held {held:,} of {target:,} connections through the final hold{_rtt_line(rtt)}"
+        wall = "none"
         if incidents:
             first = primary_incident(incidents) or incidents[0]
-            out["evidence"] = [f"incident at {first.get('elapsed_s', 0):.0f} s ({first.get('open', 0):,} open): "
-                               f"{first.get('headline')}"]
+            evidence = [f"incident at {first.elapsed_s:.0f} s ({first.open:,} open): {first.headline}"]
     else:
         # A run cut short by its own control plane, or by the user, is explained by
         # that: the incidents before it are context, not the reason it stopped.
@@ -183,40 +182,38 @@ def explain(
         finding = control if control is not None else (None if incident is not None else _from_reason(reason, target))
         at = f"stopped at {peak_open:,} of {target:,} connections"
         if incident is not None:
-            evidence = [f"at {incident.get('elapsed_s', 0):.0f} s, {incident.get('open', 0):,} open, "
-                        f"connecting at {incident.get('connect_rate', 0):,.0f}/s of "
-                        f"{incident.get('asked_rate', 0):,.0f}/s asked", *incident.get("evidence", ())]
-            out = {"headline": f"{at}: {incident.get('headline')}", "wall": incident.get("wall", "unknown"),
-                   "side": incident.get("side", ""), "evidence": evidence, "fix": list(incident.get("fix", ()))}
+            headline = f"{at}: {incident.headline}"
+            wall, side, fix = incident.wall, incident.side, list(incident.fix)
+            evidence = [f"at {incident.elapsed_s:.0f} s, {incident.open:,} open, connecting at "
+                        f"{incident.connect_rate:,.0f}/s of {incident.asked_rate:,.0f}/s asked", *incident.evidence]
         elif finding is not None:
-            out = {"headline": f"{at}: {finding.headline}", **{k: v for k, v in finding.to_dict().items()
-                                                                 if k != "headline"}}
+            headline = f"{at}: {finding.headline}"
+            wall, side, evidence, fix = finding.wall, finding.side, list(finding.evidence), list(finding.fix)
         else:
-            out = {"headline": f"{at}: {reason or 'no cause recorded'}", "wall": "unknown", "side": "",
-                   "evidence": [reason] if reason else [], "fix": []}
-        if reason and reason not in out["evidence"]:
-            out["evidence"].append(f"the run stopped because: {reason}")
+            headline = f"{at}: {reason or 'no cause recorded'}"
+            evidence = [reason] if reason else []
+        if reason and reason not in evidence:
+            evidence.append(f"the run stopped because: {reason}")
         if control is not None and incidents:
             first = primary_incident(incidents) or incidents[0]
-            out["evidence"].append(f"before that, at {first.get('elapsed_s', 0):.0f} s "
-                                   f"({first.get('open', 0):,} open): {first.get('headline')}")
+            evidence.append(f"before that, at {first.elapsed_s:.0f} s ({first.open:,} open): {first.headline}")
 
     gone = target_events_line(target_events)
     if gone:
-        out["headline"] += f"; {gone}"
-        out["evidence"].insert(0, gone)
-        if out["wall"] in ("none", "unknown"):
-            out["side"] = "server"
-    if out["side"] in ("server", "client") and out["wall"] not in ("none", "unknown"):
-        out["evidence"].append(f"the wall is on the {out['side']} side"
-                               + (" (read on the server's host by the observer)" if out["side"] == "server"
-                                  and any("read by the observer" in str(e) for e in out["evidence"]) else ""))
+        headline += f"; {gone}"
+        evidence.insert(0, gone)
+        if wall in ("none", "unknown"):
+            side = "server"
+    if side in ("server", "client") and wall not in ("none", "unknown"):
+        evidence.append(f"the wall is on the {side} side"
+                        + (" (read on the server's host by the observer)" if side == "server"
+                           and any("read by the observer" in e for e in evidence) else ""))
 
     lost = losses_line(losses)
     if lost:
         replaced = " and replaced" if outcome == "held" and held >= target else ""
-        out["headline"] += f"; {lost}{replaced}"
-        out["evidence"].insert(0, lost)
+        headline += f"; {lost}{replaced}"
+        evidence.insert(0, lost)
 
     if saturated:
         note = ("connscale's own client workers were saturated: RTT and ramp rate reflect connscale, "
@@ -225,36 +222,33 @@ def explain(
             ramps = ", ".join(sorted(saturated_phases))
             note = (f"connscale's own client workers were saturated during {ramps} (not during a hold): the "
                     "ramp's rate there is connscale's, the hold's RTT was measured with the clients keeping up")
-        if out["wall"] != "measuring_side":
-            out["headline"] += f"; but {note}"
+        if wall != "measuring_side":
+            headline += f"; but {note}"
             if measuring:
-                out["evidence"] += list(measuring[0].get("evidence", ()))[:3]
-                out["fix"] += [f for f in measuring[0].get("fix", ()) if f not in out["fix"]]
-    out["measuring_side_saturated"] = saturated
-    return out
+                evidence += list(measuring[0].evidence)[:3]
+                fix += [f for f in measuring[0].fix if f not in fix]
+    return Explanation(headline=headline, wall=wall, side=side, evidence=tuple(evidence), fix=tuple(fix),
+                       measuring_side_saturated=saturated)
 
 
-def verdict_line(explanation: Mapping[str, Any]) -> str:
+def verdict_line(explanation: Explanation) -> str:
     """The one line a run prints under its HELD/FAILED line."""
-    line = str(explanation.get("headline", ""))
-    fixes = explanation.get("fix") or []
-    return line + (f". Fix: {fixes[0]}" if fixes else "")
+    return explanation.headline + (f". Fix: {explanation.fix[0]}" if explanation.fix else "")
 
 
-def explain_search_verdict(search: Mapping[str, Any]) -> dict[str, Any]:
+def explain_search_verdict(search: SearchResult) -> Explanation:
     """A search's explanation: the knee, the wall above it and its fix, the curve in words."""
-    cause = search.get("cause") or {}
     evidence = []
-    for p in search.get("curve") or ():
-        p99 = (p.get("rtt_ms") or {}).get("p99")
-        rtt = f"p99 {p99:.1f} ms" if p99 is not None else "no RTT"
-        verdict = "passed" if p.get("passed") else "failed: " + "; ".join(p.get("reasons") or ())
-        evidence.append(f"plateau {p.get('index')} at {p.get('level'):,} ({p.get('open'):,} open, {rtt}): {verdict}")
-    return {
-        "headline": str(search.get("headline", "")),
-        "wall": str(cause.get("wall") or "none"),
-        "side": str(cause.get("side") or ""),
-        "evidence": evidence,
-        "fix": list(cause.get("fix") or ()),
-        "measuring_side_saturated": bool(search.get("measuring_side_saturated")),
-    }
+    for p in search.curve:
+        rtt = f"p99 {p.rtt_ms.p99:.1f} ms" if p.rtt_ms.p99 is not None else "no RTT"
+        verdict = "passed" if p.passed else "failed: " + "; ".join(p.reasons)
+        evidence.append(f"plateau {p.index} at {p.level:,} ({p.open:,} open, {rtt}): {verdict}")
+    cause = search.cause
+    return Explanation(
+        headline=search.headline,
+        wall=(cause.wall if cause else "") or "none",
+        side=cause.side if cause else "",
+        evidence=tuple(evidence),
+        fix=cause.fix if cause else (),
+        measuring_side_saturated=search.measuring_side_saturated,
+    )

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import attrs
 
 from connscale.host.observed import HostRow, ListenerRow, ProcessRow, TargetRow
+from connscale.metrics.records import IncidentWorker, KernelCounters, Stats
+from connscale.metrics.workers import WorkerRef
 
 #: Every wall id, with a title. Bounded, so reports may key on them.
 WALLS: Mapping[str, str] = {
@@ -116,28 +117,26 @@ class WorkerLoad:
         bits.append(f"{self.open:,} open")
         return ", ".join(bits)
 
-    def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
     @classmethod
-    def from_row(cls, side: str, agent: str, row: Mapping[str, Any]) -> "WorkerLoad":
-        load = row.get("load") or {}
+    def of(cls, ref: WorkerRef) -> "WorkerLoad":
+        """A worker of a stats record (`Stats.worker_rows()`), as the walls judge it."""
+        row = ref.row
         return cls(
-            side=side, agent=agent, index=int(row.get("index", 0)), pid=row.get("pid"),
-            alive=bool(row.get("alive", True)), open=int(row.get("open", 0)), target=int(row.get("target", 0)),
-            budget=int(row.get("budget", 0)), cpu=load.get("cpu"), lag_ms_max=load.get("lag_ms_max"),
-            lag_ms_mean=load.get("lag_ms_mean"), nofile=load.get("nofile"), silent_s=row.get("silent_s"),
-            stopped=row.get("stopped"),
+            side=ref.side, agent=ref.agent, index=row.index, pid=row.pid, alive=row.alive, open=row.open,
+            target=row.target, budget=row.budget, cpu=row.cpu, lag_ms_max=row.lag_ms_max,
+            lag_ms_mean=row.lag_ms_mean, nofile=row.nofile, silent_s=row.silent_s, stopped=row.stopped,
         )
 
+    def incident_row(self) -> IncidentWorker:
+        """What an incident keeps of it."""
+        return IncidentWorker(side=self.side, agent=self.agent, index=self.index, pid=self.pid, open=self.open,
+                              cpu=self.cpu, lag_ms_max=self.lag_ms_max, lag_ms_mean=self.lag_ms_mean,
+                              nofile=self.nofile, silent_s=self.silent_s, alive=self.alive)
 
-def workers_of(record: Mapping[str, Any]) -> list[WorkerLoad]:
-    """Every worker of a controller stats record, both sides."""
-    out = [WorkerLoad.from_row("server", "hub", row) for row in record.get("server_workers") or ()]
-    for name, agent in (record.get("clients") or {}).items():
-        if agent.get("connected", True):
-            out += [WorkerLoad.from_row("client", name, row) for row in agent.get("workers") or ()]
-    return out
+
+def worker_loads(record: Stats) -> list[WorkerLoad]:
+    """Every worker of a stats record the walls judge (`Stats.worker_rows()`: connected agents only)."""
+    return [WorkerLoad.of(ref) for ref in record.worker_rows()]
 
 
 @attrs.frozen
@@ -168,6 +167,11 @@ class Context:
     agents: Mapping[str, AgentSetup] = attrs.Factory(dict)
 
 
+def _kernel(value: KernelCounters | Mapping[str, int]) -> KernelCounters:
+    """Counters given by name (tests, a hand-made window) as the record."""
+    return value if isinstance(value, KernelCounters) else KernelCounters(**value)
+
+
 @attrs.frozen
 class Window:
     """What was seen over the last few seconds, as the walls need it."""
@@ -180,8 +184,8 @@ class Window:
     connect_rate: float = 0.0
     asked_rate: float = 0.0
     failures: Mapping[str, int] = attrs.Factory(dict)   # "phase:cause" and "server:phase:cause" -> n in the window
-    kernel: Mapping[str, int] = attrs.Factory(dict)     # levels now
-    kernel_delta: Mapping[str, int] = attrs.Factory(dict)
+    kernel: KernelCounters = attrs.field(factory=KernelCounters, converter=_kernel)   # levels now
+    kernel_delta: KernelCounters = attrs.field(factory=KernelCounters, converter=_kernel)  # growth in the window
     ghosts: int = 0
     ghosts_max: int = 0                                 # the most seen in the window
     workers: Sequence[WorkerLoad] = ()
@@ -214,10 +218,6 @@ class Finding:
     #: detector waits a second or two for better evidence before it settles.
     confident: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"wall": self.wall, "side": self.side, "headline": self.headline,
-                "evidence": list(self.evidence), "fix": list(self.fix)}
-
 
 # -- naming ---------------------------------------------------------------------------------
 
@@ -236,9 +236,10 @@ def _count(w: Window, key: str) -> str:
 
 
 def _kernel_line(w: Window) -> str | None:
-    names = [("listen_overflows", "ListenOverflows"), ("listen_drops", "ListenDrops"),
-             ("abort_on_overflow", "TCPAbortOnOverflow"), ("syn_retrans", "SYN retransmits")]
-    bits = [f"{label} +{w.kernel_delta[k]:,}" for k, label in names if w.kernel_delta.get(k)]
+    d = w.kernel_delta
+    named = [(d.listen_overflows, "ListenOverflows"), (d.listen_drops, "ListenDrops"),
+             (d.abort_on_overflow, "TCPAbortOnOverflow"), (d.syn_retrans, "SYN retransmits")]
+    bits = [f"{label} +{n:,}" for n, label in named if n]
     return "kernel: " + ", ".join(bits) if bits else None
 
 
@@ -463,7 +464,8 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
              "(client.per_route_max)"),
             ("more source IPs (client.source_ips)", "more server ports (server.ports)"),
         )
-    overflow = any(w.kernel_delta.get(k) for k in ("listen_overflows", "listen_drops", "abort_on_overflow"))
+    d = w.kernel_delta
+    overflow = bool(d.listen_overflows or d.listen_drops or d.abort_on_overflow)
     server_busy = bool(w.saturated("server") or w.silent("server"))
     # The kernel counting overflows is the accept queue's own evidence. Ghosts alone
     # also appear while a starved server is slow to accept: then the server is the wall.
@@ -471,7 +473,7 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
             and (overflow or ((w.ghosts or w.ghosts_max) and not server_busy))):
         return accept_queue(w, ctx, key)
     if phase == "connect" and cause == "ETIMEDOUT":
-        if overflow or w.kernel_delta.get("syn_retrans"):
+        if overflow or d.syn_retrans:
             return accept_queue(w, ctx, key)
         return Finding("server_down", "server", "SYNs go unanswered: the server host drops them or is down",
                        (_count(w, key),), ("check that the server host is up and no firewall drops SYNs",))
@@ -501,7 +503,7 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
                        tuple(evidence), ("check the server's log: restarted, a worker lost, or a protocol error",),
                        confident=bool(lost) or side == "server")
     if cause == "worker_lost":
-        mem = w.kernel.get("mem_available_bytes")
+        mem = w.kernel.mem_available_bytes
         evidence = [_count(w, key)]
         if mem is not None and mem < 512 * 2**20:
             return Finding("memory", "host", "the host ran out of memory: a worker died with its connections",
@@ -522,7 +524,8 @@ def name_stall(w: Window, ctx: Context) -> Finding:
         return name_wall(top, w, ctx)
     if w.silent("server") or w.saturated("server"):
         return server_starved(w, ctx, "connect:(none yet)")
-    overflow = any(w.kernel_delta.get(k) for k in ("listen_overflows", "listen_drops", "syn_retrans"))
+    d = w.kernel_delta
+    overflow = bool(d.listen_overflows or d.listen_drops or d.syn_retrans)
     if overflow or w.ghosts or w.ghosts_max:
         return accept_queue(w, ctx, None)
     clients = w.side("client")

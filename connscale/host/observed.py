@@ -13,6 +13,8 @@ one too) and its descendants (nginx's workers), or only its children
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 
 from connscale.config.records import (
@@ -38,6 +40,8 @@ MAX_PROCESSES = 512
 MAX_LISTENERS = 256
 MAX_TARGETS = 16
 MAX_EVENTS = 64
+#: Target events the hub keeps for the summary (the first ones: they explain the rest).
+MAX_TARGET_EVENTS = 256
 
 
 @attrs.frozen
@@ -176,11 +180,12 @@ class TargetEvent(Record):
 
     `at` is on the observer's clock; the hub times events as they reach it."""
 
-    kind: str = field(choice("exited", "restarted", "replaced", "found", "child_exited", "child_started"))
-    label: str = field(text(128))
-    pid: int | None = field(optional(integer(1)), default=None)
-    new_pid: int | None = field(optional(integer(1)), default=None)
-    name: str = field(text(64), default="")
+    kind: str = field(choice("exited", "restarted", "replaced", "found", "child_exited", "child_started"),
+                      doc="exited, restarted, replaced, found, child_exited or child_started")
+    label: str = field(text(128), doc="the target's label")
+    pid: int | None = field(optional(integer(1)), default=None, doc="the process that ended or was replaced")
+    new_pid: int | None = field(optional(integer(1)), default=None, doc="the process that came in its place")
+    name: str = field(text(64), default="", doc="the process's name (what now holds a replaced pid)")
 
     def describe(self, at: float | None = None) -> str:
         """"redis-server (pid 41) exited at 41 s; restarted as pid 57", in the hub's seconds."""
@@ -208,3 +213,53 @@ class ObserverReport(Record):
     events: tuple[TargetEvent, ...] = field(seq(nested(TargetEvent), MAX_EVENTS), default=())
     #: Milliseconds the reading took (the observer's own cost, at this connection count).
     read_ms: float = field(number(0, 1e9), default=0.0)
+
+
+# ----------------------------------------------------------------------------- in the hub's records
+
+@attrs.frozen
+class ObservedEvent(TargetEvent):
+    """A target event as the hub keeps it: which observer saw it, when on the hub's clock, in words.
+
+    The timeline's `target_events` (a line: those of its second) and summary.json's carry these."""
+
+    observer: str = field(text(255), default="", doc="the observer that saw it")
+    elapsed_s: float | None = field(optional(number(-1e9, 1e12)), default=None,
+                                    doc="when it reached the hub, seconds since the hub started")
+    text: str = field(text(600), default="", doc="what happened, in words (`TargetEvent.describe`)")
+
+
+@attrs.frozen
+class ObserverRow(Record):
+    """One observer in a stats record or timeline line (`Stats.observers`, keyed by its name):
+    its session, and its latest report without the events (those are `target_events`)."""
+
+    connected: bool = field(boolean, default=False, doc="logged in to the hub now")
+    login_host: str = field(text(255), default="", doc="the host it logged in from")
+    lost_reason: str = field(text(2000), default="", doc="why its last session ended (empty while connected)")
+    stale_s: float | None = field(optional(number(0, 1e9)), default=None,
+                                  doc="0: its report is this second's; else the report's age in seconds; "
+                                      "null before its first")
+    targets: tuple[TargetRow, ...] = field(seq(nested(TargetRow), MAX_TARGETS), default=(),
+                                           doc="the servers it watches (processes, listeners, problems)")
+    host: HostRow | None = field(optional(nested(HostRow)), default=None,
+                                 doc="its host's kernel counters, memory and conntrack (null before its first report)")
+    read_ms: float | None = field(optional(number(0, 1e9)), default=None,
+                                  doc="milliseconds its last reading took (its own cost)")
+
+    @classmethod
+    def of(cls, report: ObserverReport | None, *, connected: bool, login_host: str, lost_reason: str,
+           stale_s: float | None) -> ObserverRow:
+        if report is None:
+            return cls(connected, login_host, lost_reason, stale_s)
+        return cls(connected, login_host, lost_reason, stale_s, report.targets, report.host, report.read_ms)
+
+    @classmethod
+    def from_wire(cls, data: object) -> ObserverRow:
+        if isinstance(data, Mapping) and "login_host" not in data:
+            # Written before the row was a record: `host` was the login host until the first
+            # report, whose host row then took its key.
+            host = data.get("host")
+            data = {**data, "login_host": host if isinstance(host, str) else "",
+                    "host": None if isinstance(host, str) else host}
+        return super().from_wire(data)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import attrs
 from hdrh.histogram import HdrHistogram
 
+from connscale.config.records import Record, field, number, optional
 from connscale.metrics.buckets import RttBuckets, is_encoded_buckets
 
 # RTTs are recorded in microseconds: 1 us .. 10 min at 2 significant digits
@@ -36,17 +38,30 @@ def decode_histogram(text: str) -> HdrHistogram:
     return hist
 
 
-def rtt_summary_ms(hist: HdrHistogram) -> dict[str, float | None]:
+#: A span of milliseconds, or None (no pong came back in it).
+MS = optional(number(0.0, 1e9))
+
+
+@attrs.frozen
+class Percentiles(Record):
+    """RTT percentiles of some span, in milliseconds; None when no pong came back in it."""
+
+    p50: float | None = field(MS, default=None, doc="median")
+    p90: float | None = field(MS, default=None, doc="90th percentile")
+    p99: float | None = field(MS, default=None, doc="99th percentile")
+    max: float | None = field(MS, default=None, doc="the slowest")
+
+    @property
+    def known(self) -> bool:
+        return self.p99 is not None
+
+
+def rtt_summary_ms(hist: HdrHistogram) -> Percentiles:
     """p50/p90/p99/max in milliseconds, None when nothing was recorded."""
     if hist.get_total_count() == 0:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
+        return Percentiles()
     pct = hist.get_percentile_to_value_dict([50, 90, 99])
-    return {
-        "p50": pct[50] / 1000.0,
-        "p90": pct[90] / 1000.0,
-        "p99": pct[99] / 1000.0,
-        "max": hist.get_max_value() / 1000.0,
-    }
+    return Percentiles(pct[50] / 1000.0, pct[90] / 1000.0, pct[99] / 1000.0, hist.get_max_value() / 1000.0)
 
 
 class RttAccumulator:

@@ -11,11 +11,14 @@ that mixes ramps and holds.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
+import attrs
 from hdrh.histogram import HdrHistogram
 
-from connscale.metrics.histograms import decode_histogram, new_histogram, rtt_summary_ms
+from connscale.config.records import Record, field, integer
+from connscale.metrics.histograms import MS, Percentiles, new_histogram, rtt_summary_ms
+from connscale.metrics.records import Stats
 
 SETUP = "setup"
 FINAL_HOLD = "final_hold"
@@ -60,102 +63,122 @@ def window_phase(seen: Sequence[str]) -> str:
     return busy[-1] if busy else seen[-1]
 
 
-def record_histogram(record: Mapping[str, Any]) -> HdrHistogram | None:
-    """The RTT histogram of one timeline second, None when the record has none."""
-    text = record.get("rtt_hist")
-    if not text:
-        return None
-    return decode_histogram(str(text))
-
-
-def merged_histogram(records: Iterable[Mapping[str, Any]]) -> HdrHistogram:
+def merged_histogram(records: Iterable[Stats]) -> HdrHistogram:
     total = new_histogram()
     for record in records:
-        hist = record_histogram(record)
+        hist = record.histogram()
         if hist is not None:
             total.add(hist)
     return total
 
 
-def _failure_total(record: Mapping[str, Any]) -> int:
-    return int(record.get("client", {}).get("failure_total", 0)) + int(
-        record.get("server", {}).get("failure_total", 0)
-    )
+@attrs.frozen
+class PhaseRow:
+    """One phase of a timeline: its seconds, failures, counts and RTT (`phase_table`)."""
+
+    seconds: int
+    #: Failures (both sides) that happened during it.
+    failures: int
+    #: The clients' open count at its last second, and the lowest during it.
+    open: int
+    open_min: int
+    rtt_samples: int
+    rtt_ms: Percentiles
 
 
-def phase_table(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+@attrs.frozen
+class PhaseRtt(Record):
+    """What summary.json keeps of a phase (`rtt_by_phase`): its RTT and how much it saw."""
+
+    seconds: int = field(integer(0, 1 << 40), default=0, doc="seconds of the timeline in the phase")
+    samples: int = field(integer(0, 1 << 62), default=0, doc="pongs timed in it")
+    open: int = field(integer(0, 1 << 62), default=0, doc="clients' open connections at its end")
+    p50: float | None = field(MS, default=None, doc="median RTT, ms")
+    p90: float | None = field(MS, default=None, doc="90th percentile, ms")
+    p99: float | None = field(MS, default=None, doc="99th percentile, ms")
+    max: float | None = field(MS, default=None, doc="the slowest, ms")
+
+    @property
+    def rtt(self) -> Percentiles:
+        return Percentiles(self.p50, self.p90, self.p99, self.max)
+
+
+def phase_table(records: Sequence[Stats]) -> dict[str, PhaseRow]:
     """Per phase, in order of first appearance: seconds, RTT percentiles, counts.
 
-    `open` is the client side's open count at the phase's last second,
-    `failures` the failures (both sides) that happened during it, and the
-    RTT figures come from the phase's merged per-second histograms (None
+    The RTT figures come from the phase's merged per-second histograms (None
     when no pong came back during the phase).
     """
     hists: dict[str, HdrHistogram] = {}
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, int]] = {}
     previous_failures = 0
     for record in records:
-        phase = str(record.get("phase") or "")
-        row = rows.get(phase)
+        row = rows.get(record.phase)
         if row is None:
-            row = rows[phase] = {"seconds": 0, "failures": 0, "open": 0, "open_min": None, "rtt_samples": 0}
-            hists[phase] = new_histogram()
-        failures = _failure_total(record)
+            row = rows[record.phase] = {"seconds": 0, "failures": 0, "open": 0, "open_min": record.client.open}
+            hists[record.phase] = new_histogram()
+        failures = record.failure_total
         row["seconds"] += 1
         row["failures"] += max(0, failures - previous_failures)
         previous_failures = failures
-        opened = int(record.get("client", {}).get("open", 0))
-        row["open"] = opened
-        row["open_min"] = opened if row["open_min"] is None else min(row["open_min"], opened)
-        hist = record_histogram(record)
+        row["open"] = record.client.open
+        row["open_min"] = min(row["open_min"], record.client.open)
+        hist = record.histogram()
         if hist is not None:
-            hists[phase].add(hist)
-    for phase, row in rows.items():
-        hist = hists[phase]
-        row["rtt_samples"] = hist.get_total_count()
-        row["rtt_ms"] = rtt_summary_ms(hist)
-    return rows
+            hists[record.phase].add(hist)
+    return {phase: PhaseRow(rtt_samples=hists[phase].get_total_count(), rtt_ms=rtt_summary_ms(hists[phase]), **row)
+            for phase, row in rows.items()}
 
 
-def rtt_by_phase(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
+def rtt_by_phase(records: Sequence[Stats]) -> dict[str, Percentiles]:
     """RTT percentiles (ms) per phase: what the summary keeps of `phase_table`."""
-    return {phase: row["rtt_ms"] for phase, row in phase_table(records).items() if phase}
+    return {phase: row.rtt_ms for phase, row in phase_table(records).items() if phase}
 
 
-def hold_rtt_ms(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+def hold_rtt_ms(records: Sequence[Stats]) -> Percentiles:
     """RTT over every hold second of the run (all plateaus and the final hold)."""
-    return rtt_summary_ms(merged_histogram(r for r in records if is_hold(r.get("phase"))))
+    return rtt_summary_ms(merged_histogram(r for r in records if is_hold(r.phase)))
 
 
-def run_rtt_ms(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+def run_rtt_ms(records: Sequence[Stats]) -> Percentiles:
     """RTT over every second of the run before it began to stop, ramps included.
 
     From the per-second histograms, so the summary, the verdict line and the
     report agree; timelines from before `rtt_hist` fall back to the last
     cumulative `rtt_ms` they carry.
     """
-    live = [r for r in records if r.get("phase") != STOP] or list(records)
-    if any(r.get("rtt_hist") for r in live):
+    live = [r for r in records if r.phase != STOP] or list(records)
+    if any(r.rtt_hist for r in live):
         return rtt_summary_ms(merged_histogram(live))
-    return dict(live[-1].get("rtt_ms") or {}) if live else rtt_summary_ms(new_histogram())
+    return live[-1].rtt_ms if live else Percentiles()
 
 
-def summary_fields(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+@attrs.frozen
+class PhaseFigures:
     """What summary.json keeps of the phases: RTT per phase, of the final hold and of all holds.
 
     `rtt_final_hold_ms` is the latency the run's verdict is about; `rtt_ms`
     (every second before the stop, from the timeline, like the report's)
     mixes in every ramp's connect bursts.
     """
+
+    rtt_ms: Percentiles
+    rtt_by_phase: dict[str, PhaseRtt]
+    rtt_final_hold_ms: Percentiles
+    rtt_holds_ms: Percentiles
+
+
+def summary_fields(records: Sequence[Stats]) -> PhaseFigures:
     table = phase_table(records)
     by_phase = {
-        phase: {"seconds": row["seconds"], "samples": row["rtt_samples"], "open": row["open"], **row["rtt_ms"]}
+        phase: PhaseRtt(row.seconds, row.rtt_samples, row.open, row.rtt_ms.p50, row.rtt_ms.p90, row.rtt_ms.p99,
+                        row.rtt_ms.max)
         for phase, row in table.items() if phase
     }
     final = table.get(FINAL_HOLD)
-    return {
-        "rtt_ms": run_rtt_ms(records),
-        "rtt_by_phase": by_phase,
-        "rtt_final_hold_ms": dict(final["rtt_ms"]) if final else rtt_summary_ms(new_histogram()),
-        "rtt_holds_ms": hold_rtt_ms(records),
-    }
+    return PhaseFigures(
+        rtt_ms=run_rtt_ms(records),
+        rtt_by_phase=by_phase,
+        rtt_final_hold_ms=final.rtt_ms if final else Percentiles(),
+        rtt_holds_ms=hold_rtt_ms(records),
+    )

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import errno
 import re
-from typing import Any, Iterator, Mapping
+from collections.abc import Mapping
+from typing import Any, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from connscale.host.observed import ObserverRow
 from connscale.metrics.counters import APP_CAUSES, PHASES, PROTOCOL_KINDS
 from connscale.metrics.histograms import new_histogram
-from connscale.metrics.phases import record_histogram
+from connscale.metrics.records import KernelCounters, Stats
 
 #: Bucket bounds of the cumulative RTT histogram, in seconds.
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -55,17 +57,17 @@ class TimelineCollector(Collector):
     """Keeps the latest timeline record and the run's cumulative RTT histogram."""
 
     def __init__(self) -> None:
-        self.latest: Mapping[str, Any] | None = None
+        self.latest: Stats | None = None
         self.rtt = new_histogram()
         self.incidents: dict[str, int] = {}
 
-    def observe(self, record: Mapping[str, Any]) -> None:
-        hist = record_histogram(record)
+    def observe(self, record: Stats) -> None:
+        hist = record.histogram()
         if hist is not None:
             self.rtt.add(hist)
         # A timeline line carries the incidents opened in that second.
-        for incident in record.get("incidents") or ():
-            wall = bounded_wall(str(incident.get("wall", "")) if isinstance(incident, Mapping) else "")
+        for incident in record.incidents:
+            wall = bounded_wall(incident.wall)
             if wall not in self.incidents and len(self.incidents) >= MAX_WALLS:
                 wall = "other"
             self.incidents[wall] = self.incidents.get(wall, 0) + 1
@@ -82,8 +84,8 @@ class TimelineCollector(Collector):
         yield from self._run(record)
         yield from self._sides(record)
         yield from self._workers(record)
-        yield from self._kernel(record.get("kernel") or {})
-        yield from observed_families(record.get("observers") or {})
+        yield from self._kernel(record.kernel)
+        yield from observed_families(record.observers)
 
     def _rtt_buckets(self) -> tuple[list[tuple[str, float]], int, float]:
         h = self.rtt
@@ -100,12 +102,11 @@ class TimelineCollector(Collector):
         total = h.get_mean_value() * count / 1e6 if count else 0.0
         return out, count, total
 
-    def _run(self, r: Mapping[str, Any]) -> Iterator[Any]:
+    def _run(self, r: Stats) -> Iterator[Any]:
         yield GaugeMetricFamily("connscale_timeline_timestamp_seconds",
-                                "Unix time of the timeline line these numbers come from", value=float(r.get("t", 0)))
-        yield GaugeMetricFamily("connscale_elapsed_seconds", "Seconds since the hub started",
-                                value=float(r.get("elapsed_s", 0)))
-        phase = str(r.get("phase") or "")
+                                "Unix time of the timeline line these numbers come from", value=r.t or 0.0)
+        yield GaugeMetricFamily("connscale_elapsed_seconds", "Seconds since the hub started", value=r.elapsed_s)
+        phase = r.phase
         kind = GaugeMetricFamily("connscale_phase", "1 for the kind of phase the run is in", labels=["kind"])
         for k in (*_PHASE_KINDS, "other"):
             kind.add_metric([k], 1.0 if phase and _phase_kind(phase) == k else 0.0)
@@ -114,38 +115,37 @@ class TimelineCollector(Collector):
         yield GaugeMetricFamily("connscale_phase_step", "Step of the current ramp or hold (0 outside them)",
                                 value=float(step) if step.isdigit() else 0.0)
         yield GaugeMetricFamily("connscale_ghosts", "Connections clients hold open that no server holds",
-                                value=float(r.get("ghosts", 0)))
+                                value=float(r.ghosts))
         incidents = CounterMetricFamily("connscale_incidents", "Walls met (limit incidents), by wall", labels=["wall"])
         for wall, n in sorted(self.incidents.items()):
             incidents.add_metric([wall], float(n))
         yield incidents
-        load = r.get("load")
-        if isinstance(load, Mapping) and "measuring_side_saturated" in load:
-            yield GaugeMetricFamily("connscale_measuring_side_saturated", "1 while connscale's own client workers "
-                                    "are saturated (RTT and ramp rate are then connscale's)",
-                                    value=1.0 if load.get("measuring_side_saturated") else 0.0)
+        yield GaugeMetricFamily("connscale_measuring_side_saturated", "1 while connscale's own client workers "
+                                "are saturated (RTT and ramp rate are then connscale's)",
+                                value=1.0 if r.measuring_side_saturated else 0.0)
         target = GaugeMetricFamily("connscale_target_connections", "Connections ordered, per agent", labels=["agent"])
         connected = GaugeMetricFamily("connscale_agent_connected", "1 while the agent is logged in", labels=["agent"])
         stale = GaugeMetricFamily("connscale_agent_report_age_seconds", "Age of the report an agent is counted "
                                   "with: 0 while it answers each second, more while its answer is late",
                                   labels=["agent"])
-        for name, a in sorted((r.get("clients") or {}).items()):
-            target.add_metric([name], float(a.get("target", 0)))
-            connected.add_metric([name], 1.0 if a.get("connected") else 0.0)
-            if a.get("connected") and a.get("stale_s") is not None:
-                stale.add_metric([name], float(a["stale_s"]))
+        for name, a in sorted(r.clients.items()):
+            target.add_metric([name], float(a.target))
+            connected.add_metric([name], 1.0 if a.connected else 0.0)
+            if a.connected and a.stale_s is not None:
+                stale.add_metric([name], a.stale_s)
         yield target
         yield connected
         yield stale
         window = GaugeMetricFamily("connscale_rtt_last_second_seconds",
                                    "RTT percentiles of the latest second (quantile 1 = max)", labels=["quantile"])
-        for key, q in (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99"), ("max", "1")):
-            value = (r.get("rtt_window_ms") or {}).get(key)
-            if value is not None:
-                window.add_metric([q], float(value) / 1000.0)
+        if r.rtt_window_ms is not None:
+            last = r.rtt_window_ms
+            for value, q in ((last.p50, "0.5"), (last.p90, "0.9"), (last.p99, "0.99"), (last.max, "1")):
+                if value is not None:
+                    window.add_metric([q], value / 1000.0)
         yield window
 
-    def _sides(self, r: Mapping[str, Any]) -> Iterator[Any]:
+    def _sides(self, r: Stats) -> Iterator[Any]:
         open_ = GaugeMetricFamily("connscale_open_connections", "Connections established now", labels=["side"])
         families = {
             name: CounterMetricFamily(f"connscale_{name}", help_, labels=["side"])
@@ -158,57 +158,54 @@ class TimelineCollector(Collector):
                                        labels=["side", "phase", "cause"])
         protocol = CounterMetricFamily("connscale_protocol_violations", "Protocol violations by kind",
                                        labels=["side", "kind"])
-        for side in ("client", "server"):
-            counts = r.get(side) or {}
-            open_.add_metric([side], float(counts.get("open", 0)))
-            for name, key in (("connections_opened", "opened"), ("connections_closed", "closed"),
-                              ("pings", "pings"), ("pongs", "pongs")):
-                families[name].add_metric([side], float(counts.get(key, 0)))
+        for side, counts in (("client", r.client), ("server", r.server)):
+            open_.add_metric([side], float(counts.open))
+            for name, value in (("connections_opened", counts.opened), ("connections_closed", counts.closed),
+                                ("pings", counts.pings), ("pongs", counts.pongs)):
+                families[name].add_metric([side], float(value))
             merged: dict[tuple[str, str], float] = {}
-            for key, n in (counts.get("failures") or {}).items():
+            for key, n in counts.failures.items():
                 phase, _, cause = str(key).partition(":")
                 label = (phase if phase in PHASES else "other", bounded_cause(cause))
                 merged[label] = merged.get(label, 0.0) + float(n)
-            for (phase, cause), n in sorted(merged.items()):
-                failures.add_metric([side, phase, cause], n)
-            for kind, n in (counts.get("protocol") or {}).items():
+            for (phase, cause), total in sorted(merged.items()):
+                failures.add_metric([side, phase, cause], total)
+            for kind, n in counts.protocol.items():
                 protocol.add_metric([side, kind if kind in PROTOCOL_KINDS else "other"], float(n))
         yield open_
         yield from families.values()
         yield failures
         yield protocol
 
-    def _workers(self, r: Mapping[str, Any]) -> Iterator[Any]:
+    def _workers(self, r: Stats) -> Iterator[Any]:
         labels = ["side", "agent", "worker"]
         open_ = GaugeMetricFamily("connscale_worker_open_connections", "Connections a worker holds", labels=labels)
         cpu = CounterMetricFamily("connscale_worker_cpu_seconds", "CPU time of a worker process", labels=labels)
         rss = GaugeMetricFamily("connscale_worker_resident_memory_bytes", "RSS of a worker process", labels=labels)
         lag = GaugeMetricFamily("connscale_worker_loop_lag_seconds", "Worst event-loop lag of a worker in the "
                                 "latest second", labels=labels)
-        rows = [("server", "hub", w) for w in r.get("server_workers") or []]
-        rows += [("client", name, w) for name, a in sorted((r.get("clients") or {}).items()) for w in a.get("workers", [])]
-        for side, agent, w in rows:
-            key = [side, agent, str(int(w.get("index", 0)))]
-            open_.add_metric(key, float(w.get("open", 0)))
-            res = w.get("resources") or {}
-            if "cpu_user_s" in res:
-                cpu.add_metric(key, float(res.get("cpu_user_s", 0)) + float(res.get("cpu_system_s", 0)))
-            if "rss_bytes" in res:
-                rss.add_metric(key, float(res["rss_bytes"]))
-            worst = (w.get("load") or {}).get("lag_ms_max")
-            if worst is not None:
-                lag.add_metric(key, float(worst) / 1000.0)
+        for ref in r.worker_rows():
+            w = ref.row
+            key = [ref.side, ref.agent, str(w.index)]
+            open_.add_metric(key, float(w.open))
+            if w.cpu_s is not None:
+                cpu.add_metric(key, w.cpu_s)
+            if w.rss_bytes is not None:
+                rss.add_metric(key, w.rss_bytes)
+            if w.lag_ms_max is not None:
+                lag.add_metric(key, w.lag_ms_max / 1000.0)
         yield from (open_, cpu, rss, lag)
 
-    def _kernel(self, kernel: Mapping[str, Any]) -> Iterator[Any]:
+    def _kernel(self, kernel: KernelCounters) -> Iterator[Any]:
+        known = kernel.to_wire()  # the counters this host has, by name
         for key, name in _KERNEL_COUNTERS.items():
-            if key in kernel:
+            if key in known:
                 yield CounterMetricFamily(f"connscale_kernel_{key}", f"/proc/net/netstat TcpExt {name} of the hub's "
-                                          "host", value=float(kernel[key]))
+                                          "host", value=float(known[key]))  # type: ignore[arg-type]
         for key, help_ in _KERNEL_GAUGES.items():
-            if key in kernel:
+            if key in known:
                 yield GaugeMetricFamily(f"connscale_kernel_{key}", f"/proc/net/sockstat: {help_} on the hub's host",
-                                        value=float(kernel[key]))
+                                        value=float(known[key]))  # type: ignore[arg-type]
 
 
 #: (key, metric name after connscale_observed_, help) of each observed target, and of its host.
@@ -228,7 +225,7 @@ _OBSERVED_HOST = (
 )
 
 
-def observed_families(observers: Mapping[str, Any]) -> Iterator[Any]:
+def observed_families(observers: Mapping[str, ObserverRow]) -> Iterator[Any]:
     """The observed servers and their hosts (connscale observe): labelled by observer and target
     label (at most 16 targets an observer), never by pid."""
     fams = {key: GaugeMetricFamily(f"connscale_observed_{name}", text, labels=["observer", "target"])
@@ -236,35 +233,32 @@ def observed_families(observers: Mapping[str, Any]) -> Iterator[Any]:
     hosts = {key: GaugeMetricFamily(f"connscale_observed_host_{name}", text, labels=["observer"])
              for key, name, text in _OBSERVED_HOST}
     for name, o in sorted(observers.items()):
-        if not isinstance(o, Mapping) or not o.get("connected"):
+        if not o.connected:
             continue
-        for t in (o.get("targets") or ())[:16]:
-            key = [str(name), str(t.get("label", ""))[:128]]
-            procs = t.get("processes") or []
-            fams["alive"].add_metric(key, 1.0 if t.get("alive") else 0.0)
-            fds = [p["fds"] for p in procs if p.get("fds") is not None]
-            if fds:
-                fams["fds"].add_metric(key, float(sum(fds)))
-            limits = [p["nofile_soft"] for p in procs if p.get("nofile_soft")]
+        for t in o.targets[:16]:
+            key = [name, t.label[:128]]
+            fams["alive"].add_metric(key, 1.0 if t.alive else 0.0)
+            if t.fds is not None:
+                fams["fds"].add_metric(key, float(t.fds))
+            limits = [p.nofile_soft for p in t.processes if p.nofile_soft]
             if limits:
                 fams["nofile"].add_metric(key, float(min(limits)))
-            listeners = t.get("listeners") or []
-            if listeners:
-                ports = {lst["port"]: lst.get("established", 0) for lst in listeners}
-                fams["established"].add_metric(key, float(sum(ports.values())))
-                fams["queue"].add_metric(key, float(max(lst.get("queue", 0) for lst in listeners)))
-            if procs:
-                fams["rss"].add_metric(key, float(sum(p.get("rss", 0) for p in procs)))
-        host = o.get("host") or {}
-        slab = host.get("socket_slab")
-        if isinstance(slab, Mapping):
-            hosts["slab"].add_metric([str(name)], float(sum(v for v in slab.values() if isinstance(v, int))))
-        if host.get("tcp_mem_pages") is not None:
-            hosts["tcp_mem"].add_metric([str(name)], float(host["tcp_mem_pages"] * host.get("page_size", 4096)))
-        if host.get("conntrack_count") is not None:
-            hosts["conntrack"].add_metric([str(name)], float(host["conntrack_count"]))
-        if host.get("mem_available") is not None:
-            hosts["mem"].add_metric([str(name)], float(host["mem_available"]))
+            if t.established is not None:
+                fams["established"].add_metric(key, float(t.established))
+                fams["queue"].add_metric(key, float(max(lst.queue for lst in t.listeners)))
+            if t.processes:
+                fams["rss"].add_metric(key, float(t.rss))
+        host = o.host
+        if host is None:
+            continue
+        if host.socket_slab_bytes is not None:
+            hosts["slab"].add_metric([name], float(host.socket_slab_bytes))
+        if host.tcp_mem_bytes is not None:
+            hosts["tcp_mem"].add_metric([name], float(host.tcp_mem_bytes))
+        if host.conntrack_count is not None:
+            hosts["conntrack"].add_metric([name], float(host.conntrack_count))
+        if host.mem_available is not None:
+            hosts["mem"].add_metric([name], float(host.mem_available))
     yield from fams.values()
     yield from hosts.values()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from connscale.metrics.records import Stats
+
 CLIENT_COLUMNS = ("name", "connected", "host", "workers", "target", "open")
 
 
@@ -59,29 +61,37 @@ def format_table(rows: Sequence[Mapping[Any, Any]], columns: Sequence[Any] | Non
     return "\n".join(render(line) for line in [header, *body])
 
 
-def format_stats(stats: dict[str, Any]) -> str:
-    s, c, rtt = stats["server"], stats["client"], stats["rtt_ms"]
+def format_stats(stats: Stats) -> str:
+    s, c, rtt = stats.server, stats.client, stats.rtt_ms
 
-    def ms(v: Any) -> str:
+    def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     lines = [
-        f"server  open={s['open']} opened={s['opened']} closed={s['closed']} pongs={s['pongs']} "
-        f"failures={s['failure_total']} workers={stats['workers']['server']}",
-        f"clients open={c['open']} opened={c['opened']} closed={c['closed']} pings={c['pings']} "
-        f"pongs={c['pongs']} failures={c['failure_total']} workers={stats['workers']['client']}",
-        f"rtt_ms  p50={ms(rtt['p50'])} p90={ms(rtt['p90'])} p99={ms(rtt['p99'])} max={ms(rtt['max'])}",
-        f"ghosts  {stats['ghosts']} (client-open minus server-open)",
+        f"server  open={s.open} opened={s.opened} closed={s.closed} pongs={s.pongs} "
+        f"failures={s.failure_total} workers={stats.workers.server}",
+        f"clients open={c.open} opened={c.opened} closed={c.closed} pings={c.pings} "
+        f"pongs={c.pongs} failures={c.failure_total} workers={stats.workers.client}",
+        f"rtt_ms  p50={ms(rtt.p50)} p90={ms(rtt.p90)} p99={ms(rtt.p99)} max={ms(rtt.max)}",
+        f"ghosts  {stats.ghosts} (client-open minus server-open)",
     ]
-    failures = {**{f"client {k}": v for k, v in c["failures"].items()},
-                **{f"server {k}": v for k, v in s["failures"].items()}}
+    failures = {**{f"client {k}": v for k, v in c.failures.items()},
+                **{f"server {k}": v for k, v in s.failures.items()}}
     for key in sorted(failures):
         lines.append(f"fail    {key}={failures[key]}")
-    for name, agent in sorted(stats.get("clients", {}).items()):
-        state = "connected" if agent["connected"] else "disconnected"
-        if agent["connected"] and agent.get("stale_s"):
+    for name, agent in sorted(stats.clients.items()):
+        state = "connected" if agent.connected else "disconnected"
+        if agent.connected and agent.stale_s:
             # Its answer is late: these numbers are its last report's, this old.
-            state += f" (stale {agent['stale_s']:g}s)"
-        lines.append(f"client  {name}: {state} target={agent['target']} open={agent['open']} "
-                     f"connecting={agent['connecting']} workers={len(agent['workers'])}")
+            state += f" (stale {agent.stale_s:g}s)"
+        lines.append(f"client  {name}: {state} target={agent.target} open={agent.open} "
+                     f"connecting={agent.connecting} workers={len(agent.workers)}")
+    if stats.truncated:
+        lines.append(f"note    {stats.truncated}")
     return "\n".join(lines)
+
+
+def render_stats(data: object) -> str:
+    """`format_stats` of the `stats` verb's answer: the record (the console), or its wire form
+    (`ctl stats`), checked like any peer's."""
+    return format_stats(data if isinstance(data, Stats) else Stats.from_wire(data))

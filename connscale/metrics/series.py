@@ -9,50 +9,35 @@ re-rendered months later shows the same numbers.
 from __future__ import annotations
 
 import csv
-from typing import IO, Any, Iterable, Mapping, Sequence
+from typing import IO, Iterable, Sequence
 
 import attrs
 
-from connscale.metrics.histograms import rtt_summary_ms
-from connscale.metrics.phases import record_histogram
+from connscale.metrics.histograms import Percentiles, rtt_summary_ms
+from connscale.metrics.records import Stats
 
 SIDES = ("server", "client")
-
-
-def failures_of(record: Mapping[str, Any]) -> dict[str, int]:
-    """Cumulative failures of both sides, keyed `phase:cause` (server ones `server:phase:cause`)."""
-    out = {str(k): int(v) for k, v in record.get("client", {}).get("failures", {}).items()}
-    for key, n in record.get("server", {}).get("failures", {}).items():
-        out[f"server:{key}"] = int(n)
-    return out
-
-
-def target_of(record: Mapping[str, Any]) -> int:
-    """What was ordered at that second: the sum of every agent's target."""
-    return sum(int(c.get("target", 0)) for c in record.get("clients", {}).values())
-
-
-def workers_of(record: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
-    """(side, label, worker) for every worker in a record; labels use indexes, never pids."""
-    out: list[tuple[str, str, Mapping[str, Any]]] = []
-    for w in record.get("server_workers", []):
-        out.append(("server", f"server #{int(w.get('index', 0)) + 1}", w))
-    for name, agent in sorted(record.get("clients", {}).items()):
-        for w in agent.get("workers", []):
-            out.append(("client", f"{name} #{int(w.get('index', 0)) + 1}", w))
-    return out
-
-
-def _cpu_seconds(worker: Mapping[str, Any]) -> float | None:
-    res = worker.get("resources") or {}
-    if "cpu_user_s" not in res:
-        return None
-    return float(res.get("cpu_user_s", 0.0)) + float(res.get("cpu_system_s", 0.0))
 
 
 def _rate(now: float, before: float, dt: float) -> float:
     # Counters reset when an agent reconnects with fresh workers: never negative.
     return max(0.0, now - before) / dt if dt > 0 else 0.0
+
+
+@attrs.define
+class RttSeries:
+    """p50/p90/p99/max (ms) of each second's RTTs; None in a second no pong came back."""
+
+    p50: list[float | None] = attrs.Factory(list)
+    p90: list[float | None] = attrs.Factory(list)
+    p99: list[float | None] = attrs.Factory(list)
+    max: list[float | None] = attrs.Factory(list)
+
+    def append(self, pct: Percentiles) -> None:
+        self.p50.append(pct.p50)
+        self.p90.append(pct.p90)
+        self.p99.append(pct.p99)
+        self.max.append(pct.max)
 
 
 @attrs.define
@@ -72,8 +57,7 @@ class Series:
     failures_total: list[int] = attrs.Factory(list)
     #: "phase:cause" (client) or "server:phase:cause" -> failures in each second
     failures_by_cause: dict[str, list[int]] = attrs.Factory(dict)
-    #: p50/p90/p99/max (ms) of each second's RTTs; None when no pong came back
-    rtt: dict[str, list[float | None]] = attrs.Factory(lambda: {k: [] for k in ("p50", "p90", "p99", "max")})
+    rtt: RttSeries = attrs.Factory(RttSeries)
     rtt_count: list[int] = attrs.Factory(list)
     #: per side: CPU of its workers in % of one core, RSS in bytes, and RSS growth per connection added
     #: (bytes) since each worker's first sample
@@ -89,9 +73,9 @@ class Series:
         return len(self.elapsed)
 
 
-def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
+def build_series(records: Sequence[Stats]) -> Series:
     s = Series()
-    prev: Mapping[str, Any] | None = None
+    prev: Stats | None = None
     prev_failures: dict[str, int] = {}
     prev_cpu: dict[str, tuple[int | None, float]] = {}
     # A worker's RSS and open count when first seen: what a connection adds
@@ -99,21 +83,18 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
     # interpreter itself nor connections opened before the first sample skew it.
     base: dict[tuple[str, int | None], tuple[float, int]] = {}
     for i, r in enumerate(records):
-        elapsed = float(r.get("elapsed_s", i))
-        dt = elapsed - float(prev.get("elapsed_s", i - 1)) if prev is not None else 0.0
-        client, server = r.get("client", {}), r.get("server", {})
-        s.elapsed.append(elapsed)
-        s.t.append(float(r.get("t", 0.0)))
-        s.phase.append(str(r.get("phase") or ""))
-        s.target.append(target_of(r))
-        s.open.append(int(client.get("open", 0)))
-        s.server_open.append(int(server.get("open", 0)))
-        s.ghosts.append(int(r.get("ghosts", 0)))
-        pc = prev.get("client", {}) if prev is not None else {}
-        s.connect_rate.append(_rate(client.get("opened", 0), pc.get("opened", 0), dt) if prev is not None else 0.0)
-        s.ping_rate.append(_rate(client.get("pings", 0), pc.get("pings", 0), dt) if prev is not None else 0.0)
+        dt = r.elapsed_s - prev.elapsed_s if prev is not None else 0.0
+        s.elapsed.append(r.elapsed_s)
+        s.t.append(r.t or 0.0)
+        s.phase.append(r.phase)
+        s.target.append(r.target)
+        s.open.append(r.client.open)
+        s.server_open.append(r.server.open)
+        s.ghosts.append(r.ghosts)
+        s.connect_rate.append(_rate(r.client.opened, prev.client.opened, dt) if prev is not None else 0.0)
+        s.ping_rate.append(_rate(r.client.pings, prev.client.pings, dt) if prev is not None else 0.0)
 
-        failures = failures_of(r)
+        failures = r.failures()
         total = sum(failures.values())
         s.failures_total.append(total)
         s.failure_rate.append(_rate(total, sum(prev_failures.values()), dt) if prev is not None else float(total))
@@ -122,16 +103,15 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
             column.append(max(0, failures.get(key, 0) - prev_failures.get(key, 0)))
         prev_failures = failures
 
-        hist = record_histogram(r)
+        hist = r.histogram()
         if hist is not None:
             pct = rtt_summary_ms(hist)
             count = hist.get_total_count()
         else:
             # Timelines written before `rtt_hist` existed carry the percentiles only.
-            pct = dict(r.get("rtt_window_ms") or {})
+            pct = r.rtt_window_ms or Percentiles()
             count = 0
-        for key in s.rtt:
-            s.rtt[key].append(pct.get(key))
+        s.rtt.append(pct)
         s.rtt_count.append(count)
 
         cpu = {side: 0.0 for side in SIDES}
@@ -140,12 +120,12 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
         grown = {side: 0.0 for side in SIDES}
         added = {side: 0 for side in SIDES}
         seen: set[str] = set()
-        for side, label, w in workers_of(r):
+        for ref in r.worker_rows():
+            side, label, w = ref.side, ref.label, ref.row
             seen.add(label)
-            pid = w.get("pid")
             s.worker_side[label] = side
-            s.worker_open.setdefault(label, [None] * i).append(int(w.get("open", 0)))
-            seconds = _cpu_seconds(w)
+            s.worker_open.setdefault(label, [None] * i).append(w.open)
+            seconds = w.cpu_s
             pct_cpu: float | None = None
             if seconds is None:
                 # No sample this second: the next one has no base (a rate over
@@ -153,18 +133,18 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
                 prev_cpu.pop(label, None)
             else:
                 before = prev_cpu.get(label)
-                if before is not None and before[0] == pid and dt > 0:
+                if before is not None and before[0] == w.pid and dt > 0:
                     pct_cpu = max(0.0, seconds - before[1]) / dt * 100.0
                     cpu[side] += pct_cpu
                     cpu_known[side] = True
-                prev_cpu[label] = (pid, seconds)
+                prev_cpu[label] = (w.pid, seconds)
             s.worker_cpu.setdefault(label, [None] * i).append(pct_cpu)
-            rss_now = float((w.get("resources") or {}).get("rss_bytes", 0.0))
+            rss_now = w.rss_bytes or 0.0
             if rss_now:
-                rss0, open0 = base.setdefault((label, pid), (rss_now, int(w.get("open", 0))))
+                rss0, open0 = base.setdefault((label, w.pid), (rss_now, w.open))
                 rss[side] += rss_now
                 grown[side] += rss_now - rss0
-                added[side] += int(w.get("open", 0)) - open0
+                added[side] += w.open - open0
         for label in s.worker_open.keys() - seen:
             s.worker_open[label].append(None)
             s.worker_cpu[label].append(None)
@@ -189,7 +169,7 @@ def csv_columns(percentiles: Iterable[float] = CSV_PERCENTILES) -> list[str]:
     return [*_CSV_HEAD, *names, "rtt_max_ms"]
 
 
-def write_csv(records: Sequence[Mapping[str, Any]], out: IO[str],
+def write_csv(records: Sequence[Stats], out: IO[str],
               percentiles: Iterable[float] = CSV_PERCENTILES) -> int:
     """Per-second percentiles recomputed from each second's histogram; returns rows written."""
     s = build_series(records)
@@ -197,7 +177,7 @@ def write_csv(records: Sequence[Mapping[str, Any]], out: IO[str],
     pcts = tuple(percentiles)
     writer.writerow(csv_columns(pcts))
     for i, r in enumerate(records):
-        hist = record_histogram(r)
+        hist = r.histogram()
         if hist is not None:
             values = [hist.get_value_at_percentile(p) / 1000.0 for p in pcts] + [hist.get_max_value() / 1000.0]
         else:

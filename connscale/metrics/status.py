@@ -36,7 +36,7 @@ def status_fields(snap: Snapshot, rtt: HdrHistogram | None) -> list[tuple[str, s
     ]
     if rtt is not None:
         summary = rtt_summary_ms(rtt)
-        fields += [("rtt_p50_ms", _ms(summary["p50"])), ("rtt_p99_ms", _ms(summary["p99"]))]
+        fields += [("rtt_p50_ms", _ms(summary.p50)), ("rtt_p99_ms", _ms(summary.p99))]
     fields.append(("failures", str(snap.failure_total)))
     for key in sorted(snap.failures):
         if snap.failures[key]:

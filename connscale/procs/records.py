@@ -3,8 +3,9 @@
 A worker is started with a `ClientSpec` or `ServerSpec` (JSON on its command line),
 answers `hello` with a `WorkerHello`, and takes `WorkerOrder`s (a target and the
 routes it may use). The controller sends an agent one `WorkerOrder` per worker, so
-the same record is checked at both PB boundaries it crosses. `WorkerRow` is how a
-supervisor describes one of its workers in reports.
+the same record is checked at both PB boundaries it crosses. `WorkerRow` (how a
+supervisor describes one of its workers in reports) and `WorkerLoss` live in
+`metrics.workers`, with the timeline that carries them.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from connscale.config.records import (
     seq,
     text,
 )
+# Defined with the timeline that carries them; imported from here by the supervisors that make them.
+from connscale.metrics.workers import MAX_LOSSES, MAX_WORKER_TARGET, WorkerLoss, WorkerRow  # noqa: F401
 from connscale.net.routes import Route
 
-#: One worker never holds more than this (RLIMIT_NOFILE's hard ceiling is far below).
-MAX_WORKER_TARGET = 1 << 24
 #: Routes in one order: source IPs × server ports.
 MAX_ROUTES = 16384
 #: One route's quota never exceeds the ephemeral port range.
@@ -150,48 +151,6 @@ class ServerSpec(Record):
 
 WorkerSpec = ClientSpec | ServerSpec
 SPECS: dict[str, Any] = {"client": ClientSpec, "server": ServerSpec}
-
-
-@attrs.frozen
-class WorkerRow(Record):
-    """One worker as its supervisor reports it."""
-
-    index: int = field(integer(0, 4096))
-    pid: int | None = field(optional(integer(1)), default=None)
-    alive: bool = field(boolean, default=False)
-    target: int = field(integer(0, MAX_WORKER_TARGET), default=0)
-    open: int = field(integer(0, MAX_WORKER_TARGET), default=0)
-    budget: int = field(integer(0, 1 << 30), default=0)
-    restarts: int = field(integer(0), default=0)
-    resources: dict[str, Any] = field(loose(), factory=dict)
-    load: dict[str, Any] = field(loose(), factory=dict)
-    #: Seconds since it last answered its supervisor (None when not alive).
-    silent_s: float | None = field(optional(number(0, 1e9)), default=None)
-    #: For a silent worker, whether the kernel has it stopped (True) or running (False,
-    #: i.e. starved or busy); None when it answers, or its state could not be read.
-    stopped: bool | None = field(optional(boolean), default=None)
-
-
-#: Worker losses kept with their details (the count, `lost_workers`, goes on).
-MAX_LOSSES = 64
-
-
-@attrs.frozen
-class WorkerLoss(Record):
-    """A worker that ended without being asked to, and what went with it.
-
-    `how` is in words ("was killed by signal 9 (SIGKILL)", "exited with status 1",
-    "was killed by its supervisor as hung (no answer for 31 s)"), so a summary can say it as is.
-    """
-
-    worker: str = field(text(120))
-    side: str = field(choice("client", "server"))
-    pid: int | None = field(optional(integer(1)), default=None)
-    how: str = field(text(200), default="ended")
-    #: Connections it held at its last snapshot: lost with it (counted as worker_lost).
-    connections: int = field(integer(0, MAX_WORKER_TARGET), default=0)
-    #: When, on its supervisor's clock (seconds since the epoch on a real reactor).
-    t: float = field(number(0, 1e12), default=0.0)
 
 
 _EXTRA_COUNT = integer(0, 1 << 62)

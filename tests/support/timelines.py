@@ -1,9 +1,10 @@
 """Synthetic timelines shaped like the controller's records, for fast report tests.
 
-The records carry the same keys `Controller.stats` + `_record` write (checked
-against a real record in tests/test_report.py), with real encoded
-HdrHistograms, so the code under test decodes and merges exactly as it does
-for a real run.
+`make_records` gives the lines as plain JSON data, the way a hub of schema 1
+wrote them (no `schema` key), with real encoded HdrHistograms, so the code under
+test decodes and merges exactly as it does for a real run, and a test can read
+them independently of the package; `make_stats` gives the same lines as the
+package reads them (`Stats`, each checked by its strict parser).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from connscale.metrics.histograms import encode_histogram, new_histogram, rtt_summary_ms
+from connscale.metrics.records import Stats
 
 
 def _worker(index: int, pid: int, open_: int, cpu_s: float, rss: float) -> dict[str, Any]:
@@ -79,12 +81,17 @@ def make_records(steps: int = 3, per_step: int = 2000, hold: int = 3, final_hold
             "workers": {"server": 2, "client": 1},
             "ghosts": 0,
             "kernel": {"listen_overflows": 0, "listen_drops": 0, "tcp_inuse": open_ * 2},
-            "rtt_ms": rtt_summary_ms(total),
-            "rtt_window_ms": rtt_summary_ms(hist),
+            "rtt_ms": rtt_summary_ms(total).to_wire(),
+            "rtt_window_ms": rtt_summary_ms(hist).to_wire(),
             "rtt_hist": encode_histogram(hist) if hist.get_total_count() else "",
             "events": ["agent local registered from test (pid 1, 0 workers, target 0)"] if phase == "setup" else [],
         })
     return records
+
+
+def make_stats(**kw: Any) -> list[Stats]:
+    """`make_records(**kw)` as the package reads them."""
+    return [Stats.from_wire(r) for r in make_records(**kw)]
 
 
 def write_run(run_dir: Path, records: list[dict[str, Any]], summary: dict[str, Any] | None = None,
