@@ -16,11 +16,11 @@ def test_cores_come_from_two_readings_of_the_same_process() -> None:
     first = meter.observe(10.0, [("hub", "hub", res(1.0)), ("server_workers", 11, res(5.0, 2000))])
     assert first.cores == 0.0 and first.processes == 2 and first.rss_bytes == 3000
     second = meter.observe(12.0, [("hub", "hub", res(1.2)), ("server_workers", 11, res(5.5, 2500)),
-                                  ("server_workers", 12, res(0.3))])
+                                  ("server_workers", 12, res(0.3)), ("observers", "server", res(2.0, 700))])
     assert second.by_kind["hub"] == KindCost(cores=0.1, rss_bytes=1000, processes=1)
     # The new worker has no rate yet; the old one used 0.5 s in 2 s.
     assert second.by_kind["server_workers"] == KindCost(cores=0.25, rss_bytes=3500, processes=2)
-    assert second.cores == 0.35 and list(second.by_kind) == ["hub", "server_workers"]
+    assert second.cores == 0.35 and list(second.by_kind) == ["hub", "server_workers", "observers"]
     # One record to JSON and back (a timeline line's `cost`).
     assert Cost.from_wire(json.loads(json.dumps(second.to_wire()))) == second
 

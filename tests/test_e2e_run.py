@@ -83,14 +83,15 @@ def test_run_holds_a_small_target(tmp_path, fast_path):
     assert config["scenario"]["target"] == 3000
     # The config recorded is the one the run ran with: the environment's word applied.
     assert config["net"]["fast_path"] is (fast_path == "1")
-    # connscale's own cost: every timeline line says what the hub, the agent and the workers take,
-    # and the summary adds the run's own process over the final hold.
+    # connscale's own cost: every timeline line says what the hub, the agent, the observer of its
+    # server and the workers take, and the summary adds the run's own process over the final hold.
     lines = [json.loads(line) for line in (run_dir / "timeline.jsonl").read_text().splitlines() if line.strip()]
     kinds = set().union(*(line["cost"]["by_kind"] for line in lines[2:]))
-    assert {"hub", "server_workers", "agents", "client_workers"} <= kinds, lines[-1]["cost"]
+    assert {"hub", "server_workers", "agents", "client_workers", "observers"} <= kinds, lines[-1]["cost"]
     cost = summary["cost_final_hold"]
     assert cost["by_kind"]["run"]["processes"] == 1 and cost["cores"] > 0 and cost["rss_bytes"] > 50e6
-    assert cost["processes"] == 3 + summary["workers"]["server"] + summary["workers"]["client"]
+    assert cost["by_kind"]["observers"]["processes"] == 1 and cost["by_kind"]["observers"]["rss_bytes"] > 10e6
+    assert cost["processes"] == 4 + summary["workers"]["server"] + summary["workers"]["client"]
     assert "cost: connscale itself: " in r.stdout
     path = "fast path" if fast_path == "1" else "Twisted's transports"
     assert f"server workers listening ({path};" in (run_dir / "hub.log").read_text()

@@ -150,6 +150,32 @@ def test_an_observer_registers_apart_from_the_agents_and_its_rows_reach_the_line
     assert not controller.observers.registry.agents["obs"].connected
 
 
+def test_an_observers_own_cpu_and_rss_count_in_connscales_cost(controller):
+    """The observer is one of connscale's processes: its report carries its resources as an
+    agent's does, and the hub counts it in every line's `cost` (kind `observers`) while connected."""
+    cpu = [1.0]
+
+    def report() -> Any:
+        own = {"cpu_user_s": cpu[0] * 0.75, "cpu_system_s": cpu[0] * 0.25, "rss_bytes": 30e6}
+        return pack_pieces(ObserverReport((target(),), host(), resources=own).to_wire())
+
+    mind = Mind(report_packed=report)
+    avatar = AgentAvatar(controller, "obs", mind)
+    avatar.perspective_observe(info(host="srv").to_wire())
+    lines: list[Stats] = []
+    controller.collector.listeners.append(lines.append)
+    for _ in range(2):
+        controller.reactor.advance(2)
+        controller.tick()
+        cpu[0] += 1.0                     # one CPU second in two: half a core
+    own = lines[-1].cost.by_kind["observers"] if lines[-1].cost is not None else None
+    assert own is not None and own.processes == 1 and own.rss_bytes == 30_000_000 and own.cores == 0.5
+    avatar.detached()
+    controller.reactor.advance(2)
+    controller.tick()
+    assert lines[-1].cost is not None and "observers" not in lines[-1].cost.by_kind
+
+
 # -- walls on the server's side ----------------------------------------------------------------------
 
 def test_a_server_at_its_file_limit_is_named_with_its_pid_limit_and_fix():

@@ -268,7 +268,7 @@ class Collector:
             worker_losses=new_losses,
             target_events=self._new_target_events(),
             poll_ms=round(self.poll_s * 1000, 1) if self.poll_s is not None else None,
-            # What connscale itself took this second: hub, agents and every worker.
+            # What connscale itself took this second: hub, agents, observers and every worker.
             cost=self._measure_cost(),
             # Judged below, as the line is observed; only a live view asks what is not judged yet.
             unjudged_failures=(),
@@ -375,7 +375,8 @@ class Collector:
         return stats
 
     def cost_readings(self) -> list[tuple[str, object, dict[str, Any]]]:
-        """(kind, key, resources) of the hub, its server workers, every agent and its workers."""
+        """(kind, key, resources) of the hub, its server workers, every agent and its workers,
+        and every observer (each one of connscale's processes)."""
         out: list[tuple[str, object, dict[str, Any]]] = [("hub", "hub", process_resources())]
         if self.servers is not None:
             out += [("server_workers", w.pid, w.resources) for w in self.servers.workers() if w.alive]
@@ -385,6 +386,8 @@ class Collector:
             if a.last.resources:
                 out.append(("agents", a.name, a.last.resources))
             out += [("client_workers", (a.name, w.pid), w.resources) for w in a.last.workers if w.alive]
+        if self.observers is not None:
+            out += self.observers.cost_readings()
         return out
 
     def stale_s(self, agent: AgentHandle) -> float | None:

@@ -37,7 +37,7 @@ from connscale.control.link import HubLink
 from connscale.control.records import AgentInfo, RegisterAnswer
 from connscale.host.inventory import read_host_limits
 from connscale.host.observed import MAX_EVENTS, ObserverReport, TargetEvent, TargetRow
-from connscale.host.resources import cpu_count
+from connscale.host.resources import cpu_count, process_resources
 from connscale.host.watch import TargetSpec, TargetWatch, read_host
 
 log = Logger(namespace="connscale.observer")
@@ -121,7 +121,9 @@ class Observer(MultiService):
             self.read()
         assert self._last is not None
         events, self._events = self._events[:MAX_EVENTS], self._events[MAX_EVENTS:]
-        return ObserverReport(self._last.targets, self._last.host, tuple(events), self._last.read_ms)
+        # Its own CPU and RSS, as an agent reports its own: the hub counts it in connscale's cost.
+        return ObserverReport(self._last.targets, self._last.host, tuple(events), self._last.read_ms,
+                              process_resources())
 
     def _poll_unless_asked(self) -> None:
         """Our own once-a-second reading, unless the hub just asked: targets are followed (and

@@ -112,3 +112,8 @@ class Observers:
                                        login_host=handle.info.host if handle.info else "",
                                        lost_reason=handle.lost_reason, stale_s=stale)
         return out
+
+    def cost_readings(self) -> list[tuple[str, object, dict[str, Any]]]:
+        """(kind, key, resources) of every connected observer's own process (metrics.cost)."""
+        return [("observers", name, report.resources) for name, report in sorted(self.reports.items())
+                if name in self.registry.agents and self.registry.agents[name].connected and report.resources]

@@ -213,6 +213,9 @@ class ObserverReport(Record):
     events: tuple[TargetEvent, ...] = field(seq(nested(TargetEvent), MAX_EVENTS), default=())
     #: Milliseconds the reading took (the observer's own cost, at this connection count).
     read_ms: float = field(number(0, 1e9), default=0.0)
+    #: The observer process's own rss_bytes, cpu_user_s, cpu_system_s (host.resources), as an
+    #: agent reports its own: the hub counts it in connscale's cost.
+    resources: dict[str, object] = field(loose(16, 1), factory=dict)
 
 
 # ----------------------------------------------------------------------------- in the hub's records

@@ -3,7 +3,8 @@
 A million connections on one box run ~110 connscale processes beside the server
 under test; a user reading the server's figures needs to know what the tool
 took. Every process reports its cumulative CPU seconds and its RSS (the
-workers in their snapshots, an agent in its report, the hub itself); the hub turns them into cores per kind of process, per timeline second,
+workers in their snapshots, an agent and an observer in their reports, the hub
+itself); the hub turns them into cores per kind of process, per timeline second,
 with a `CostMeter` (`Stats.cost`). `connscale run` adds its own process (its
 scenario, stats poll and live view) to the summary's `cost_final_hold`.
 """
@@ -19,7 +20,7 @@ from connscale.config.records import Record, field, integer, mapping, nested, nu
 from connscale.metrics.workers import cpu_seconds, rss_of
 
 #: Kinds of process, in the order they are shown.
-KINDS = ("hub", "server_workers", "agents", "client_workers", "run")
+KINDS = ("hub", "server_workers", "agents", "client_workers", "observers", "run")
 
 _CORES = number(0, 1e6)
 _BYTES = integer(0, 1 << 62)
@@ -28,7 +29,7 @@ _PROCESSES = integer(0, 1 << 30)
 
 @attrs.frozen
 class KindCost(Record):
-    """The processes of one kind (hub, server_workers, agents, client_workers, run)."""
+    """The processes of one kind (hub, server_workers, agents, client_workers, observers, run)."""
 
     cores: float = field(_CORES, default=0.0, doc="cores they used together")
     rss_bytes: int = field(_BYTES, default=0, doc="their RSS together, bytes")

@@ -288,7 +288,7 @@ class Stats(Record):
                                   "lag_ms_mean, saturated, silent, worker (the busiest); and measuring_side_saturated")
     cost: Cost | None = field(optional(nested(Cost)), default=None,
                               doc="connscale's own CPU and RSS in the latest second: cores, rss_bytes, processes, "
-                                  "by_kind (hub, server_workers, agents, client_workers); null before "
+                                  "by_kind (hub, server_workers, agents, client_workers, observers); null before "
                                   "the first line")
     incidents: tuple[Incident, ...] = field(seq(nested(Incident), MAX_INCIDENTS), default=(),
                                             doc="walls met (stats: so far; line: those opened in its second), each as "
