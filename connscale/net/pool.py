@@ -15,8 +15,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random
-import socket
-import struct
 from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import Any
@@ -28,11 +26,12 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from connscale.config.tls import ClientTLSSettings
 from connscale.metrics.buckets import MAX_US, SUB_BITS
 from connscale.metrics.counters import Counters, classify
 from connscale.net.dispatch import loop_for
 from connscale.net.routes import Route
-from connscale.net.transport import ClientTransport, Connection
+from connscale.net.transport import ClientTransport, reset
 from connscale.net.wheel import TimerWheel
 from connscale.net.wire import PING, PONG, ClientConnection
 
@@ -71,7 +70,6 @@ CONNECTING = ClientConnection.CONNECTING
 #: How a connection the pool closes ends: "fin" (orderly; the client side keeps
 #: the port in TIME_WAIT for a minute) or "rst" (SO_LINGER 0: no TIME_WAIT).
 CLOSE_MODES = ("fin", "rst")
-_LINGER_RST = struct.pack("ii", 1, 0)
 
 
 @attrs.frozen
@@ -83,6 +81,8 @@ class PoolSettings:
     #: Replace a connection that failed or closed, so the pool keeps its target.
     replace: bool = True
     close: str = "fin"
+    #: With `tls.enabled` every connection is dialled through `net.tls.ClientTLS.wrap`.
+    tls: ClientTLSSettings = ClientTLSSettings()
 
 
 @functools.lru_cache(maxsize=256)
@@ -519,15 +519,3 @@ def pace_tick(rate: float) -> float:
     return min(PACE_TICK_MAX, max(PACE_TICK, PACE_BATCH / rate))
 
 
-def reset(transport: Any) -> None:
-    """Close with a reset (SO_LINGER 0): no TIME_WAIT on either side."""
-    if not isinstance(transport, Connection):
-        # Twisted's own TCP transport closes without shutdown() when aborted,
-        # which with a zero linger is a reset.
-        handle = getattr(transport, "getHandle", None)
-        if handle is not None:
-            try:
-                handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-            except OSError:
-                pass
-    transport.abortConnection()

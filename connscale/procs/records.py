@@ -23,11 +23,13 @@ from connscale.config.records import (
     integer,
     ip_or_empty,
     loose,
+    nested,
     number,
     optional,
     seq,
     text,
 )
+from connscale.config.tls import ClientTLSSettings, ServerTLSSettings
 from connscale.net.routes import Route
 
 #: One worker never holds more than this (RLIMIT_NOFILE's hard ceiling is far below).
@@ -126,6 +128,7 @@ class ClientSpec(Record):
     rate: float = field(number(0, 10_000_000, open_low=True), default=2000.0)
     framing: str = field(choice(*FRAMINGS), default="line")
     close: str = field(choice("fin", "rst"), default="fin")
+    tls: ClientTLSSettings = field(nested(ClientTLSSettings), factory=ClientTLSSettings)
     name: str = field(_label, default="client-worker")
     index: int = field(integer(0, 4096), default=0)
     role = "client"
@@ -140,6 +143,8 @@ class ServerSpec(Record):
     backlog: int = field(integer(1, 1 << 20), default=4096)
     framing: str = field(choice(*FRAMINGS), default="line")
     max_line: int = field(integer(1, 1 << 24), default=1024)
+    #: Its certificate and key are files by now (`auto` was made into them before any worker started).
+    tls: ServerTLSSettings = field(nested(ServerTLSSettings), factory=ServerTLSSettings)
     name: str = field(_label, default="server-worker")
     index: int = field(integer(0, 4096), default=0)
     role = "server"
