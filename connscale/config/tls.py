@@ -29,11 +29,15 @@ import attrs
 from connscale.config.records import Record, boolean, field, hostname, number, optional, text
 
 __all__ = [
-    "ClientTLSSettings", "ServerTLSSettings", "check_ca_file", "check_cert_pair", "is_self_signed",
+    "ClientTLSSettings", "ServerTLSSettings", "TLSSetupError", "check_ca_file", "check_cert_pair", "is_self_signed",
     "certificate_problem",
 ]
 
 _PATH = text(4096)
+
+class TLSSetupError(Exception):
+    """TLS settings that cannot make a context (a file changed since the config was read); one line."""
+
 
 #: Seconds a TLS handshake may take from TCP connected to finished, unless configured.
 HANDSHAKE_TIMEOUT = 10.0

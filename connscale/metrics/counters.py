@@ -110,6 +110,8 @@ class Counters:
         "failures",
         "protocol",
         "rtt",
+        "handshake",
+        "resumed",
     )
 
     def __init__(self) -> None:
@@ -124,6 +126,10 @@ class Counters:
         # Holds RTTs since the last snapshot; the cumulative view lives in
         # whoever merges snapshots, so a worker never grows a second copy.
         self.rtt = RttBuckets()
+        # TLS handshakes since the last snapshot (µs, the RTT buckets' layout), and
+        # how many of all of them resumed a session.
+        self.handshake = RttBuckets()
+        self.resumed = 0
 
     def fail(self, phase: str, cause: str) -> None:
         key = (phase, cause)
@@ -145,7 +151,10 @@ class Counters:
             failures={f"{p}:{c}": n for (p, c), n in self.failures.items()},
             protocol=dict(self.protocol),
             rtt=self.rtt.encode() if self.rtt else "",
+            handshake=self.handshake.encode() if self.handshake else "",
+            resumed=self.resumed,
         )
         if reset_rtt:
             self.rtt.reset()
+            self.handshake.reset()
         return snap

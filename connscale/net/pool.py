@@ -124,6 +124,8 @@ class PingClientFactory(ClientFactory):
         # connscale's transports know their connection; Twisted's Connector
         # fails before any connection was built.
         conn = getattr(connector, "protocol", None)
+        # A TLS layer (net/tls) stands between the transport and the connection.
+        conn = getattr(conn, "wrappedProtocol", conn)
         self.pool.connect_failed(conn if isinstance(conn, ClientConnection) else None, reason)
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
@@ -136,12 +138,13 @@ class _TwistedDial(ClientFactory):
 
     noisy = False
 
-    def __init__(self, pool: ConnectionPool, conn: ClientConnection) -> None:
+    def __init__(self, pool: ConnectionPool, conn: ClientConnection, protocol: Any = None) -> None:
         self.pool = pool
         self.conn = conn
+        self.protocol = conn if protocol is None else protocol
 
-    def buildProtocol(self, addr: Any) -> ClientConnection:
-        return self.conn
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.protocol
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.pool.connect_failed(self.conn, reason)
@@ -175,6 +178,12 @@ class ConnectionPool:
             raise ValueError(f"close must be one of {CLOSE_MODES}, not {settings.close!r}")
         self._reset_on_close = settings.close == "rst"
         self.factory = PingClientFactory(self)
+        self.tls: Any = None
+        if settings.tls.enabled:
+            # Imported here: a worker that speaks no TLS starts without ssl (compat/startup.py).
+            from connscale.net.tls import ClientTLS
+
+            self.tls = ClientTLS(settings.tls, clock, self.counters, self.factory)
         # How a connection attempt starts; tests swap in an in-memory one.
         self.dial = dial if dial is not None else self._dial_tcp
         self._loop = loop_for(reactor) if dial is None else None
@@ -384,14 +393,28 @@ class ConnectionPool:
         """Track a connection the factory built (held, counted, closed with the pool)."""
         self._conns[conn] = None
 
+    def secure(self, conn: ClientConnection, route: Route) -> Any:
+        """What the transport talks to: `conn` itself, or TLS around it.
+
+        The one place a client connection is wrapped in TLS (`client.tls`, net/tls):
+        every dial goes through here, so every protocol gets TLS alike."""
+        if self.tls is None:
+            return conn
+        return self.tls.wrap(conn, self.settings.tls.server_name or route.host, route.key())
+
     def _dial_tcp(self, route: Route, conn: ClientConnection) -> Any:
+        protocol = self.secure(conn, route)
         if self._loop is not None and _is_address(route.host):
-            transport = ClientTransport(self._loop, conn, self.factory)
+            transport = ClientTransport(self._loop, protocol, self.factory)
             # close: rst holds for every end of the socket, a worker's exit included.
             transport.connect(route.host, route.port, route.src, self._reset_on_close)
-            return transport
-        bind = (route.src, 0) if route.src else None
-        return self.reactor.connectTCP(route.host, route.port, _TwistedDial(self, conn), bindAddress=bind)
+        else:
+            bind = (route.src, 0) if route.src else None
+            transport = self.reactor.connectTCP(route.host, route.port, _TwistedDial(self, conn, protocol),
+                                                bindAddress=bind)
+        # With TLS the layer is the connection's transport from the start: closing it
+        # mid-handshake stops the handshake, as closing a connecting transport stops TCP.
+        return transport if protocol is conn else protocol.over(transport)
 
     # -- events from connections -------------------------------------------
     def connected(self, conn: ClientConnection) -> None:
