@@ -102,23 +102,36 @@ def check_ca_file(path: str) -> str | None:
 
 
 def check_cert_pair(cert: str, key: str | None) -> tuple[str, str] | None:
-    """None if the certificate and key load and match; else (which key is wrong, why)."""
+    """None if the certificate and its key load and match; else (which key is wrong, why)."""
     import ssl
 
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        certificate = _load_certificate(cert)
+    except OSError as e:
+        return "cert", f"cannot read {cert}: {e.strerror}"
+    except ValueError:
+        return "cert", f"not a PEM certificate: {cert}"
+    where = key if key is not None else cert
+    try:
+        with open(where, "rb") as f:
+            private = serialization.load_pem_private_key(f.read(), password=None)
+    except OSError as e:
+        return "key", f"cannot read {where}: {e.strerror}"
+    except TypeError:
+        return "key", f"encrypted with a passphrase (connscale needs it unencrypted): {where}"
+    except ValueError:
+        if key is None:
+            return "key", f"required: {cert} holds no private key"
+        return "key", f"not a PEM private key: {key}"
+    if private.public_key() != certificate.public_key():
+        return "key", f"does not match the certificate {cert}"
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         ctx.load_cert_chain(cert, key)
-    except ssl.SSLError as e:
-        reason = getattr(e, "reason", "") or ""
-        if "KEY_VALUES_MISMATCH" in reason:
-            return "key", f"does not match the certificate {cert}"
-        if reason in ("PEM_LIB", "NO_START_LINE") or "PEM" in reason:
-            if key is None:
-                return "key", f"required: {cert} holds no private key (or not in PEM)"
-            return "key", f"not a PEM private key (or not the certificate's): {key} ({_ssl_reason(e)})"
-        return "cert", f"cannot load {cert}: {_ssl_reason(e)}"
-    except OSError as e:
-        return "cert", f"cannot read {cert if key is None else cert + ' or ' + key}: {e.strerror}"
+    except (ssl.SSLError, OSError) as e:
+        return "cert", f"OpenSSL cannot use {cert}: {_ssl_reason(e)}"
     return None
 
 
