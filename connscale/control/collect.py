@@ -97,6 +97,8 @@ class Collector:
         self.timeline = timeline
         self.lost_after = lost_after
         self.client_rtt = RttAccumulator()
+        #: The clients' TLS handshake times, merged as their RTTs are.
+        self.client_handshake = RttAccumulator()
         self.started = clock.seconds()
         #: Seconds the last poll round waited, from its first question to its
         #: last answer, or `answer_wait` when some answer was late (None before
@@ -152,6 +154,8 @@ class Collector:
             agent.reported_at = self.clock.seconds()
             if report.rtt:
                 self.client_rtt.add(report.rtt)
+            if report.handshake:
+                self.client_handshake.add(report.handshake)
             # A worker lost on an agent is an event of the run, in the timeline.
             for event in report.events:
                 self.events.note(f"agent {agent.name}: {event}")
@@ -244,6 +248,9 @@ class Collector:
         # The merged histogram of this second, so any percentile of any span
         # can be recomputed from the timeline alone.
         record["rtt_hist"] = encode_histogram(window) if window.get_total_count() else ""
+        # The TLS handshakes finished in this second, the same way ("" without TLS).
+        handshakes = self.client_handshake.take_window()
+        record["handshake_hist"] = encode_histogram(handshakes) if handshakes.get_total_count() else ""
         # A second that saw the phase change belongs to the ramp (or stop)
         # side of the change, so a hold's seconds never carry the head or the
         # tail of a connect burst or a drain.
@@ -316,6 +323,8 @@ class Collector:
             # Connected agents counted with an old report (or none yet) in this record.
             "stale": sorted(a.name for a in agents if a.connected and stale[a.name] != 0.0),
             "rtt_ms": rtt_summary_ms(self.client_rtt.total),
+            # Every TLS handshake so far (all None without TLS).
+            "handshake_ms": rtt_summary_ms(self.client_handshake.total),
             # Connections a client believes open that no server holds: the
             # half-open "ghosts" of an overflowing accept queue.
             "ghosts": max(0, client.open - server.open),

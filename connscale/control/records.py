@@ -42,8 +42,8 @@ _COUNT = integer(0, 1 << 62)
 
 
 def snapshot(value: object) -> Snapshot:
-    """A snapshot's counters as `Snapshot.counts()` sends them (the histogram travels apart)."""
-    return attrs.evolve(snapshot_from_wire(value), rtt="")
+    """A snapshot's counters as `Snapshot.counts()` sends them (the histograms travel apart)."""
+    return attrs.evolve(snapshot_from_wire(value), rtt="", handshake="")
 
 
 @attrs.frozen
@@ -93,6 +93,8 @@ class AgentReport(Record):
     totals: Snapshot = field(snapshot, factory=Snapshot)
     #: Encoded HdrHistogram of the RTTs since the previous report ("" if none).
     rtt: str = field(text(640 * 1024), default="")
+    #: Encoded HdrHistogram of the TLS handshake times since the previous report ("" if none).
+    handshake: str = field(text(640 * 1024), default="")
     workers: tuple[WorkerRow, ...] = field(seq(nested(WorkerRow), MAX_AGENT_WORKERS), default=())
     connecting: int = field(_COUNT, default=0)
     #: Worker losses and kills since the previous report, one line each.
