@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.spread import pb
@@ -33,10 +34,12 @@ from connscale.app.scenario import Progress, RunError, Scenario
 from connscale.app.search import SearchScenario
 from connscale.app.startup import EXIT_REFUSED, EXIT_USAGE, load_or_exit
 from connscale.config.settings import Config, endpoint_address
+from connscale.config.tls import is_self_signed
 from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.metrics import phases
 from connscale.metrics.timeline import read_timeline
+from connscale.net.tlscert import make_auto
 
 AGENT_NAME = "local"
 HUB_LOGIN_TIMEOUT = 30.0
@@ -64,6 +67,24 @@ def run_secret(cfg: Config) -> bytes:
     return value if value is not None else secrets.token_urlsafe(24).encode()
 
 
+def own_tls(cfg: Config, directory: Path) -> Config:
+    """With `server.tls` on, the run's own clients speak TLS to its own server.
+
+    `auto` is made here, in the run directory (the hub and every worker load those
+    files), and the clients trust that certificate: verification stays on."""
+    server = cfg.server.tls
+    if not server.enabled:
+        return cfg
+    if server.cert is None:
+        server = make_auto(directory, cfg.server.interface)
+    client = cfg.client.tls
+    if not client.enabled:
+        client = attrs.evolve(client, enabled=True)
+    if client.verify and client.ca_file is None and (server.auto or is_self_signed(str(server.cert))):
+        client = attrs.evolve(client, ca_file=server.cert)
+    return attrs.evolve(cfg, server=attrs.evolve(cfg.server, tls=server), client=attrs.evolve(cfg.client, tls=client))
+
+
 class Experiment:
     """One run: its directory, its two children, its scenario, its summary."""
 
@@ -74,7 +95,7 @@ class Experiment:
         #: control.dial.login, or a fake: the login's retries are tested on a fake clock.
         self.dial_login = dial_login
         self.reactor = reactor
-        self.cfg = cfg
+        self.cfg = cfg = own_tls(cfg, rundir.path / "tls")
         self.rundir = rundir
         self.out = out
         self.secret = run_secret(cfg)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 
@@ -82,6 +85,8 @@ def _make_service(options: Options) -> IService:
 
 
 def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
+    from connscale.control.hub import server_tls
+
     s = cfg.server
     direct_dispatch(reactor)
     prepare_fds(0, PROG)
@@ -91,11 +96,14 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
         raise SystemExit(f"{PROG}: {e}") from None
     counters = Counters()
     top = MultiService()
-    listening = ListeningService(reactor, sockets, PingServerFactory(s.framing, counters, s.max_line))
+    # `auto` outside a hub has no run directory: its certificate goes to a private temporary one.
+    tls = server_tls(s.tls, s.interface, Path(tempfile.mkdtemp(prefix="connscale-tls-"))) if s.tls.enabled else s.tls
+    listening = ListeningService(reactor, sockets, PingServerFactory(s.framing, counters, s.max_line), tls)
     listening.setServiceParent(top)
     StatusService(reactor, s.status_interval, counters.snapshot, with_rtt=False).setServiceParent(top)
     log.info(
-        "{prog}: serving {framing} framing on {interface} ports {ports} (backlog {backlog})",
+        "{prog}: serving {framing} framing{tls} on {interface} ports {ports} (backlog {backlog})",
         prog=PROG, framing=s.framing, interface=s.interface, ports=",".join(map(str, s.ports)), backlog=s.backlog,
+        tls=" over TLS" if tls.enabled else "",
     )
     return top

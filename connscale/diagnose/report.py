@@ -29,8 +29,8 @@ from connscale.diagnose.curve import (
     find_knee,
 )
 from connscale.diagnose.manifest import read_manifest
-from connscale.metrics.phases import FINAL_HOLD, STOP, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
-from connscale.metrics.series import Series, build_series, failures_of
+from connscale.metrics.phases import FINAL_HOLD, hold_rtt_ms, is_hold, phase_table, run_end, run_rtt_ms
+from connscale.metrics.series import Series, build_series, failures_of, mem_per_conn_at_peak, peak_index
 from connscale.metrics.timeline import read_timeline
 
 REPORT_FILE = "report.html"
@@ -95,25 +95,6 @@ def _last_of_phase(records: Sequence[Mapping[str, Any]], phase: str) -> Mapping[
     return None
 
 
-def _peak_index(s: Series, end: int) -> int | None:
-    if not s.open:
-        return None
-    return max(range(end + 1), key=lambda i: (s.open[i], -i))
-
-
-def run_end(records: Sequence[Mapping[str, Any]]) -> int:
-    """Index of the run's last second before it began to stop.
-
-    Stopping drains connections and ends workers: what happens then (a
-    server worker gone before its clients, pings unanswered) is not what
-    the run measured, so "at the end" means before the `stop` phase.
-    """
-    for i in range(len(records) - 1, -1, -1):
-        if records[i].get("phase") != STOP:
-            return i
-    return len(records) - 1
-
-
 def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
     """Every number of the summary table, keyed as the page tags them."""
     summary = run.summary or {}
@@ -155,11 +136,12 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
         for p in ("p50", "p90", "p99", "max"):
             put(f"rtt_{span}_{p}", pct.get(p), "ms")
 
-    peak = _peak_index(s, end)
+    peak = peak_index(s, end)
+    memory = mem_per_conn_at_peak(s, end)
     for side in ("server", "client"):
         cpu = [v for v in s.cpu_pct[side][: end + 1] if v is not None]
         put(f"cpu_max_{side}", max(cpu) if cpu else None, "pct")
-        put(f"mem_per_conn_{side}", s.mem_per_conn[side][peak] if peak is not None else None, "bytes")
+        put(f"mem_per_conn_{side}", memory[side], "bytes")
         put(f"rss_{side}", s.rss[side][peak] if peak is not None else None, "bytes")
     return out
 

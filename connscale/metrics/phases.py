@@ -60,21 +60,35 @@ def window_phase(seen: Sequence[str]) -> str:
     return busy[-1] if busy else seen[-1]
 
 
-def record_histogram(record: Mapping[str, Any]) -> HdrHistogram | None:
-    """The RTT histogram of one timeline second, None when the record has none."""
-    text = record.get("rtt_hist")
+def record_histogram(record: Mapping[str, Any], key: str = "rtt_hist") -> HdrHistogram | None:
+    """The RTT histogram of one timeline second (or the one under `key`: `handshake_hist`),
+    None when the record has none."""
+    text = record.get(key)
     if not text:
         return None
     return decode_histogram(str(text))
 
 
-def merged_histogram(records: Iterable[Mapping[str, Any]]) -> HdrHistogram:
+def merged_histogram(records: Iterable[Mapping[str, Any]], key: str = "rtt_hist") -> HdrHistogram:
     total = new_histogram()
     for record in records:
-        hist = record_histogram(record)
+        hist = record_histogram(record, key)
         if hist is not None:
             total.add(hist)
     return total
+
+
+def run_end(records: Sequence[Mapping[str, Any]]) -> int:
+    """Index of the run's last second before it began to stop.
+
+    Stopping drains connections and ends workers: what happens then (a
+    server worker gone before its clients, pings unanswered) is not what
+    the run measured, so "at the end" means before the `stop` phase.
+    """
+    for i in range(len(records) - 1, -1, -1):
+        if records[i].get("phase") != STOP:
+            return i
+    return len(records) - 1
 
 
 def _failure_total(record: Mapping[str, Any]) -> int:

@@ -177,6 +177,20 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
     return s
 
 
+def peak_index(s: Series, end: int) -> int | None:
+    """The second the clients held the most connections (the first such), up to `end`."""
+    if not s.open:
+        return None
+    return max(range(end + 1), key=lambda i: (s.open[i], -i))
+
+
+def mem_per_conn_at_peak(s: Series, end: int) -> dict[str, float | None]:
+    """User memory per connection per side (workers' RSS growth per connection added) at the peak:
+    what one more connection (a TLS one, with TLS on) costs each side."""
+    peak = peak_index(s, end)
+    return {side: s.mem_per_conn[side][peak] if peak is not None else None for side in SIDES}
+
+
 CSV_PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 _CSV_HEAD = (
     "elapsed_s", "t", "phase", "target", "open", "server_open", "ghosts", "connects_per_s", "pings_per_s",
