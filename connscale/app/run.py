@@ -37,7 +37,7 @@ from connscale.config.settings import Config, endpoint_address
 from connscale.config.tls import is_self_signed
 from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
-from connscale.metrics import phases
+from connscale.metrics import handshakes, phases
 from connscale.metrics.timeline import read_timeline
 from connscale.net.tlscert import make_auto
 
@@ -233,6 +233,8 @@ class Experiment:
         records = list(read_timeline(timeline)) if timeline.exists() else None
         if records is not None:
             result.update(phases.summary_fields(records))
+            # Every TLS handshake of the run, from the timeline's per-second histograms (None without TLS).
+            result["handshake_ms"] = handshakes.handshake_ms(records)
         result["explanation"] = summary.explanation(result, records)
         try:
             self.rundir.write_json("summary.json", result)
