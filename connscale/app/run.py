@@ -235,6 +235,8 @@ class Experiment:
             result.update(phases.summary_fields(records))
             # Every TLS handshake of the run, from the timeline's per-second histograms (None without TLS).
             result["handshake_ms"] = handshakes.handshake_ms(records)
+            # TLS connections made per second (handshakes finished): the best second and the mean.
+            result["tls_connect_rate"] = handshakes.connect_rate(records)
         result["explanation"] = summary.explanation(result, records)
         try:
             self.rundir.write_json("summary.json", result)
