@@ -38,6 +38,7 @@ from connscale.config.tls import is_self_signed
 from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.metrics import handshakes, phases
+from connscale.metrics.series import build_series, mem_per_conn_at_peak
 from connscale.metrics.timeline import read_timeline
 from connscale.net.tlscert import make_auto
 
@@ -237,6 +238,9 @@ class Experiment:
             result["handshake_ms"] = handshakes.handshake_ms(records)
             # TLS connections made per second (handshakes finished): the best second and the mean.
             result["tls_connect_rate"] = handshakes.connect_rate(records)
+            # User memory per connection per side at the peak, as the report computes it.
+            end = phases.run_end(records)
+            result["mem_per_conn_bytes"] = mem_per_conn_at_peak(build_series(records[: end + 1]), end)
         result["explanation"] = summary.explanation(result, records)
         try:
             self.rundir.write_json("summary.json", result)
