@@ -241,6 +241,8 @@ class Experiment:
             # User memory per connection per side at the peak, as the report computes it.
             end = phases.run_end(records)
             result["mem_per_conn_bytes"] = mem_per_conn_at_peak(build_series(records[: end + 1]), end)
+        # Which ends spoke TLS, and how many handshakes resumed a session.
+        result["tls"] = summary.tls_fields(self.cfg, p.stats or {})
         result["explanation"] = summary.explanation(result, records)
         try:
             self.rundir.write_json("summary.json", result)
@@ -360,6 +362,8 @@ def run_main(argv: list[str]) -> int:
         out(f"why: {explanation.get('headline')}")
         for line in explanation.get("fix") or []:
             out(f"fix: {line}")
+    if (tls := summary.tls_line(result)) is not None:
+        out(tls)
     if result.get("summary_path", True) is not None:
         out(f"summary: {rundir.file('summary.json')}")
     # After the children are gone, so the report sees the whole timeline; a run

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from connscale.app.scenario import Progress
-from connscale.config.settings import ScenarioSettings
+from connscale.config.settings import Config, ScenarioSettings
 from connscale.diagnose.incidents import saturated_phases
 from connscale.diagnose.verdict import explain, explain_search_verdict
 from connscale.metrics.histograms import new_histogram, rtt_summary_ms
@@ -68,6 +68,35 @@ def explanation(result: dict[str, Any], records: Sequence[Mapping[str, Any]] | N
         saturated_phases=saturated_phases(records) if records is not None else None,
         losses=result.get("worker_losses") or [],
     )
+
+
+def tls_fields(cfg: Config, stats: Mapping[str, Any]) -> dict[str, Any]:
+    """`server`: auto (a certificate made for the run), cert, or None; `client`: whether the
+    clients spoke TLS; `resumed`: handshakes that resumed a session."""
+    server = cfg.server.tls
+    return {
+        "server": ("auto" if server.auto else "cert") if server.enabled else None,
+        "client": cfg.client.tls.enabled,
+        "resumed": int((stats.get("client") or {}).get("resumed", 0)),
+    }
+
+
+def tls_line(summary: Mapping[str, Any]) -> str | None:
+    """`tls: handshake p50=.. p99=.. ms, ...` after the verdict, when the clients spoke TLS."""
+    tls = summary.get("tls") or {}
+    if not tls.get("client"):
+        return None
+    hs = summary.get("handshake_ms") or {}
+    rate = summary.get("tls_connect_rate") or {}
+    mem = summary.get("mem_per_conn_bytes") or {}
+
+    def kb(side: str) -> str:
+        value = mem.get(side)
+        return "-" if value is None else f"{value / 1024:.1f} KiB"
+
+    return (f"tls: handshake p50={hs.get('p50')} p99={hs.get('p99')} ms ({hs.get('count', 0)} handshakes, "
+            f"{tls.get('resumed', 0)} resumed); connects/s max={rate.get('max')} mean={rate.get('mean')}; "
+            f"memory per TLS connection server={kb('server')} client={kb('client')}")
 
 
 def verdict_line(summary: dict[str, Any]) -> str:
