@@ -29,6 +29,7 @@ from connscale.diagnose.curve import (
     find_knee,
 )
 from connscale.diagnose.manifest import read_manifest
+from connscale.metrics import handshakes
 from connscale.metrics.phases import FINAL_HOLD, hold_rtt_ms, is_hold, phase_table, run_end, run_rtt_ms
 from connscale.metrics.series import Series, build_series, failures_of, mem_per_conn_at_peak, peak_index
 from connscale.metrics.timeline import read_timeline
@@ -143,6 +144,18 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
         put(f"cpu_max_{side}", max(cpu) if cpu else None, "pct")
         put(f"mem_per_conn_{side}", memory[side], "bytes")
         put(f"rss_{side}", s.rss[side][peak] if peak is not None else None, "bytes")
+    if any(s.handshake_count[: end + 1]):
+        # With TLS: the handshakes, how many a second, and what a TLS connection costs each side.
+        shakes = handshakes.handshake_ms(records)
+        for p in ("p50", "p90", "p99", "max"):
+            put(f"tls_handshake_{p}", shakes[p], "ms")
+        put("tls_handshakes", shakes["count"], "int")
+        put("tls_resumed", int(last.get("client", {}).get("resumed", 0)), "int")
+        rate = handshakes.connect_rate(records)
+        put("tls_connect_rate_max", rate["max"], "rate")
+        put("tls_connect_rate_mean", rate["mean"], "rate")
+        for side in ("server", "client"):
+            put(f"tls_mem_per_conn_{side}", memory[side], "bytes")
     return out
 
 
@@ -338,6 +351,12 @@ _SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("peak CPU of the workers (server / client)", "cpu_max_server|cpu_max_client", "% of a core"),
     ("memory per connection added, at the peak (server / client)", "mem_per_conn_server|mem_per_conn_client", "bytes"),
     ("workers' RSS at the peak (server / client)", "rss_server|rss_client", "bytes"),
+    ("TLS handshake p50 / p90 / p99 / max", "tls_handshake_p50|tls_handshake_p90|tls_handshake_p99|tls_handshake_max",
+     "ms"),
+    ("TLS handshakes (resumed)", "tls_handshakes|tls_resumed", ""),
+    ("TLS connect rate (best second / mean)", "tls_connect_rate_max|tls_connect_rate_mean", "/s"),
+    ("user memory per TLS connection, at the peak (server / client)", "tls_mem_per_conn_server|tls_mem_per_conn_client",
+     "bytes"),
 )
 
 
@@ -545,7 +564,10 @@ def build_plots(s: Series, points: Sequence[CurvePoint], knee: Knee | None,
              "side's workers in % of one core (100 = a core saturated).", plots.resources(s)),
         Plot("workers", "Open connections per worker",
              "One line per worker (server dashed, clients solid), by index.", plots.worker_open(s)),
-    ]
+    ] + ([Plot("handshakes", "TLS handshakes",
+               "p50, p99 and max of each second's TLS handshakes, TCP connected to TLS ready (log scale); "
+               "handshakes finished per second on the right axis.", plots.handshakes(s))]
+         if any(s.handshake_count) else [])
 
 
 def render_html(run: RunFiles) -> str:

@@ -75,6 +75,9 @@ class Series:
     #: p50/p90/p99/max (ms) of each second's RTTs; None when no pong came back
     rtt: dict[str, list[float | None]] = attrs.Factory(lambda: {k: [] for k in ("p50", "p90", "p99", "max")})
     rtt_count: list[int] = attrs.Factory(list)
+    #: p50/p99/max (ms) of each second's TLS handshakes (None when none finished), and their count
+    handshake: dict[str, list[float | None]] = attrs.Factory(lambda: {k: [] for k in ("p50", "p99", "max")})
+    handshake_count: list[int] = attrs.Factory(list)
     #: per side: CPU of its workers in % of one core, RSS in bytes, and RSS growth per connection added
     #: (bytes) since each worker's first sample
     cpu_pct: dict[str, list[float | None]] = attrs.Factory(lambda: {s: [] for s in SIDES})
@@ -133,6 +136,11 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> Series:
         for key in s.rtt:
             s.rtt[key].append(pct.get(key))
         s.rtt_count.append(count)
+        shake = record_histogram(r, "handshake_hist")
+        shake_pct = rtt_summary_ms(shake) if shake is not None else {}
+        for key in s.handshake:
+            s.handshake[key].append(shake_pct.get(key))
+        s.handshake_count.append(shake.get_total_count() if shake is not None else 0)
 
         cpu = {side: 0.0 for side in SIDES}
         cpu_known = {side: False for side in SIDES}
