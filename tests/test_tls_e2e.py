@@ -1,0 +1,111 @@
+"""`connscale run` with `server.tls: auto`: how many TLS connections this box holds, end to end.
+
+A real hub, server workers (SO_REUSEPORT, each loading the run's certificate), an agent
+and its client workers, all speaking TLS on loopback; the summary's TLS figures are
+recomputed here from the timeline, independently of the code that wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connscale.metrics.histograms import decode_histogram, new_histogram
+from tests.support.procs import connscale, free_port, free_ports
+
+pytestmark = pytest.mark.slow
+
+TARGET = 3000
+
+
+def write_config(tmp: Path) -> Path:
+    ports = free_ports(2)
+    path = tmp / "run.yaml"
+    path.write_text(f"""
+server: {{ports: "{ports[0]}-{ports[1]}", tls: auto}}
+client:
+  server: "127.0.0.1:{ports[0]}-{ports[1]}"
+  interval: 2
+  timeout: 5      # generous: the box may be busy; the run is about holding
+control: {{listen: "tcp:{free_port()}:interface=127.0.0.1", console: none}}
+scenario: {{target: {TARGET}, rate: 1000, steps: 2, hold: 1, final_hold: 3, time_limit: 90}}
+run: {{dir: runs}}
+""")
+    return path
+
+
+def memory_per_connection(records: list[dict[str, Any]], side: str) -> float:
+    """RSS growth per connection added, summed over a side's workers, at the clients' peak."""
+    live = [r for r in records if r["phase"] != "stop"]
+    peak = max(range(len(live)), key=lambda i: (live[i]["client"]["open"], -i))
+
+    def workers(r: dict[str, Any]) -> dict[tuple[str, Any], dict[str, Any]]:
+        rows = r["server_workers"] if side == "server" else [w for a in r["clients"].values() for w in a["workers"]]
+        return {(str(w["index"]), w["pid"]): w for w in rows if w["resources"].get("rss_bytes")}
+
+    first: dict[tuple[str, Any], dict[str, Any]] = {}
+    for r in live[: peak + 1]:
+        for key, w in workers(r).items():
+            first.setdefault(key, w)
+    grown = added = 0.0
+    for key, w in workers(live[peak]).items():
+        grown += w["resources"]["rss_bytes"] - first[key]["resources"]["rss_bytes"]
+        added += w["open"] - first[key]["open"]
+    return grown / added
+
+
+def test_a_run_holds_tls_connections_and_says_what_each_costs(tmp_path: Path) -> None:
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    r = subprocess.run(connscale("run", "-c", str(write_config(tmp_path))), capture_output=True, text=True,
+                       timeout=150, env=env, cwd=tmp_path)
+    (summary_path,) = (tmp_path / "runs").glob("*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"HELD: held={TARGET} target={TARGET}" in r.stdout and summary["failures"] == {}
+    run_dir = Path(summary["run_dir"])
+    records = [json.loads(line) for line in (run_dir / "timeline.jsonl").read_text().splitlines()]
+
+    # The certificate was made for this run, in its directory, the key private to us;
+    # the run's clients trust it: verification stayed on.
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["server"]["tls"]["auto"] is True
+    cert, key = Path(config["server"]["tls"]["cert"]), Path(config["server"]["tls"]["key"])
+    assert cert.parent == run_dir / "tls" and key.stat().st_mode & 0o777 == 0o600
+    assert (run_dir / "tls").stat().st_mode & 0o777 == 0o700
+    assert config["client"]["tls"] == {**config["client"]["tls"], "enabled": True, "verify": True,
+                                       "ca_file": str(cert)}
+    assert summary["tls"] == {"server": "auto", "client": True, "resumed": 0}
+    assert max(rec["server"]["open"] for rec in records) == TARGET
+
+    # Every connection's handshake is in the timeline, one histogram a second; the summary's
+    # percentiles are those of their sum.
+    merged = new_histogram()
+    per_second = []
+    for rec in records:
+        hist = decode_histogram(rec["handshake_hist"]) if rec["handshake_hist"] else new_histogram()
+        merged.add(hist)
+        per_second.append(hist.get_total_count())
+    assert merged.get_total_count() == TARGET == summary["handshake_ms"]["count"]
+    shakes = summary["handshake_ms"]
+    assert shakes["p50"] == merged.get_value_at_percentile(50) / 1000.0
+    assert shakes["p99"] == merged.get_value_at_percentile(99) / 1000.0 and shakes["p99"] >= shakes["p50"] > 0
+    assert summary["tls_connect_rate"]["max"] == max(per_second)
+    busy = [n for n in per_second if n]
+    assert summary["tls_connect_rate"]["mean"] == round(sum(busy) / len(busy), 1)
+
+    # User memory per TLS connection per side, as the timeline's worker rows say it.
+    for side in ("server", "client"):
+        assert summary["mem_per_conn_bytes"][side] == pytest.approx(memory_per_connection(records, side))
+    # OpenSSL's state for one connection is kilobytes (a plain connection costs a few hundred bytes).
+    assert summary["mem_per_conn_bytes"]["client"] > 4000 and summary["mem_per_conn_bytes"]["server"] > 4000
+
+    # The verdict's tls: line, and the report's rows, say the same.
+    assert f"tls: handshake p50={shakes['p50']} p99={shakes['p99']} ms ({TARGET} handshakes, 0 resumed)" in r.stdout
+    report = (run_dir / "report.html").read_text()
+    assert 'data-k="tls_handshake_p99"' in report and 'data-k="tls_mem_per_conn_client"' in report
+    assert 'id="handshakes"' in report
