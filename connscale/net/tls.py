@@ -47,8 +47,9 @@ log = Logger(namespace="connscale.tls")
 
 #: Plain bytes asked of one SSLObject.read(); a ping's reply is a few bytes.
 READ_SIZE = 16384
-#: Sessions kept per route for resumption, and in all (each holds the server's certificate).
-SESSIONS_PER_ROUTE = 64
+#: Sessions kept for resumption, in all routes together (each holds ~1-2 KB, the server's
+#: certificate included): enough for every connection a worker replaces at a time, short of a
+#: mass reconnect, whose connections beyond it make full handshakes.
 SESSIONS_MAX = 4096
 
 
@@ -424,10 +425,8 @@ class ClientTLS:
         session = obj.session
         if session is None or not (session.has_ticket or session.id):
             return  # TLS 1.3 before its ticket arrived: nothing to resume
-        saved = self.sessions.setdefault(layer.route, [])
-        if len(saved) < SESSIONS_PER_ROUTE:
-            saved.append(session)
-            self._saved += 1
+        self.sessions.setdefault(layer.route, []).append(session)
+        self._saved += 1
 
     def _take_session(self, route: Hashable) -> ssl.SSLSession | None:
         saved = self.sessions.get(route)

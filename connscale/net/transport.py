@@ -501,6 +501,6 @@ def reset(transport: Any) -> None:
         if handle is not None:
             try:
                 handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-            except OSError:
-                pass
+            except (OSError, AttributeError):
+                pass  # (Twisted's TLS protocol hands out its OpenSSL connection, not a socket)
     transport.abortConnection()
