@@ -379,20 +379,42 @@ class TLSLayer:
             deadline.cancel()
 
 
-# ---------------------------------------------------------------- the client side
+# ---------------------------------------------------------------- the two sides
 
-class ClientTLS:
+class _Side:
+    """What a layer reports to, on either side: the context, the clock and the counters."""
+
+    def __init__(self, context: ssl.SSLContext, clock: IReactorTime, counters: Counters,
+                 handshake_timeout: float) -> None:
+        self.context = context
+        self.clock = clock
+        self.counters = counters
+        self.handshake_timeout = handshake_timeout
+
+    def handshake_done(self, layer: TLSLayer, obj: ssl.SSLObject, seconds: float) -> None:
+        c = self.counters
+        us = int(seconds * 1e6)
+        c.handshake.record(1 if us < 1 else MAX_US if us > MAX_US else us)
+        if obj.session_reused:
+            c.resumed += 1
+
+    def handshake_failed(self, layer: TLSLayer, reason: Failure) -> None:
+        """Counted by cause in phase connect (the client side tells its pool instead)."""
+        self.counters.fail("connect", classify(reason))
+
+    def closed(self, layer: TLSLayer, obj: ssl.SSLObject) -> None:
+        """An open connection ended."""
+
+
+class ClientTLS(_Side):
     """A pool's TLS: one context, the handshake's figures, sessions saved per route."""
 
     def __init__(self, settings: ClientTLSSettings, clock: IReactorTime, counters: Counters,
                  factory: Any = None) -> None:
+        super().__init__(client_context(settings), clock, counters, settings.handshake_timeout)
         self.settings = settings
-        self.clock = clock
-        self.counters = counters
         #: Told of a connect that failed in the handshake, as of one that failed in TCP.
         self.factory = factory
-        self.handshake_timeout = settings.handshake_timeout
-        self.context = client_context(settings)
         self.sessions: dict[Hashable, list[ssl.SSLSession]] = {}
         self._saved = 0
 
@@ -406,20 +428,14 @@ class ClientTLS:
         obj = self.context.wrap_bio(inc, out, server_side=False, server_hostname=server_name, session=session)
         return TLSLayer(self, conn, obj, inc, out, route)
 
-    # -- what layers report -----------------------------------------------------------------
-    def handshake_done(self, layer: TLSLayer, obj: ssl.SSLObject, seconds: float) -> None:
-        c = self.counters
-        us = int(seconds * 1e6)
-        c.handshake.record(1 if us < 1 else MAX_US if us > MAX_US else us)
-        if obj.session_reused:
-            c.resumed += 1
-
     def handshake_failed(self, layer: TLSLayer, reason: Failure) -> None:
         if self.factory is not None:
             self.factory.clientConnectionFailed(layer.transport, reason)
+        else:
+            super().handshake_failed(layer, reason)
 
     def closed(self, layer: TLSLayer, obj: ssl.SSLObject) -> None:
-        """An open connection ended: keep its session for the next connection of its route."""
+        """Keep the session of a connection that ended for the next connection of its route."""
         if not self.settings.resume or self._saved >= SESSIONS_MAX:
             return
         session = obj.session
@@ -439,33 +455,15 @@ class ClientTLS:
         return None
 
 
-# ---------------------------------------------------------------- the server side
-
-class ServerTLS:
+class ServerTLS(_Side):
     """A server worker's TLS: one context; failed handshakes counted by cause."""
 
     def __init__(self, settings: ServerTLSSettings, clock: IReactorTime, counters: Counters) -> None:
-        self.clock = clock
-        self.counters = counters
-        self.handshake_timeout = HANDSHAKE_TIMEOUT
-        self.context = server_context(settings)
+        super().__init__(server_context(settings), clock, counters, HANDSHAKE_TIMEOUT)
 
     def wrap(self, protocol: Any) -> TLSLayer:
         inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
         return TLSLayer(self, protocol, self.context.wrap_bio(inc, out, server_side=True), inc, out)
-
-    def handshake_done(self, layer: TLSLayer, obj: ssl.SSLObject, seconds: float) -> None:
-        c = self.counters
-        us = int(seconds * 1e6)
-        c.handshake.record(1 if us < 1 else MAX_US if us > MAX_US else us)
-        if obj.session_reused:
-            c.resumed += 1
-
-    def handshake_failed(self, layer: TLSLayer, reason: Failure) -> None:
-        self.counters.fail("connect", classify(reason))
-
-    def closed(self, layer: TLSLayer, obj: ssl.SSLObject) -> None:
-        pass
 
 
 class ServerTLSFactory(Factory):
