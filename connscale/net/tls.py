@@ -33,7 +33,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from twisted.internet import error as terror
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -193,7 +193,7 @@ class TLSLayer:
         self.transport: Any = None
         #: When TCP was connected; 0.0 once the handshake is done.
         self.started = 0.0
-        self.deadline: IDelayedCall | None = None
+        self.deadline: Any = None  # an IDelayedCall while the handshake runs
         #: Why this connection is ending, when it is TLS's doing (given to whoever is told).
         self.failure: NamedFailure | None = None
 
@@ -481,6 +481,6 @@ class ServerTLSFactory(Factory):
     def doStop(self) -> None:
         self.factory.doStop()
 
-    def buildProtocol(self, addr: Any) -> TLSLayer | None:
+    def buildProtocol(self, addr: Any) -> Any:
         protocol = self.factory.buildProtocol(addr)
         return None if protocol is None else self.tls.wrap(protocol)
