@@ -315,3 +315,32 @@ def test_every_cause_the_layer_names_is_in_the_bounded_set() -> None:
     named |= {"tls_handshake_timeout", "tls_closed_in_handshake", "tls_error", "tls_cert_invalid"}
     assert named <= TLS_CAUSES
     assert attrs.has(ClientTLSSettings)
+
+
+class Recording(PingServerFactory):
+    """connscale's ping server, keeping every protocol it builds (to close them from the server side)."""
+
+    def __init__(self, counters: Counters) -> None:
+        super().__init__("line", counters)
+        self.built: list[Any] = []
+
+    def buildProtocol(self, addr: object):  # type: ignore[no-untyped-def]
+        protocol = super().buildProtocol(addr)
+        self.built.append(protocol)
+        return protocol
+
+
+def test_a_connection_the_server_drops_is_replaced_and_its_replacement_resumes(reactor, pki) -> None:  # noqa: F811
+    counters = Counters()
+    factory = Recording(counters)
+    sock = bind_sockets("127.0.0.1", [0], 64)[0]
+    serve(reactor, [sock], factory, pki.server())
+    pool = client(reactor, sock.getsockname()[1], trusting(pki), replace=True)
+    pool.start(4)
+    spin(reactor, lambda: pool.established == 4 and all(c.answered for c in pool._live()))
+    for protocol in factory.built[:2]:
+        protocol.transport.loseConnection()  # the server ends two of them (close_notify, FIN)
+    spin(reactor, lambda: pool.counters.closed == 2 and pool.established == 4, what="two replacements")
+    assert pool.counters.failures == {("steady", "closed_by_peer"): 2}
+    # The replacements resumed the sessions the dropped connections left on their routes.
+    assert pool.counters.resumed == 2 and handshakes(pool.counters) == 6
