@@ -109,3 +109,31 @@ def test_a_run_holds_tls_connections_and_says_what_each_costs(tmp_path: Path) ->
     report = (run_dir / "report.html").read_text()
     assert 'data-k="tls_handshake_p99"' in report and 'data-k="tls_mem_per_conn_client"' in report
     assert 'id="handshakes"' in report
+
+
+def test_a_run_whose_clients_refuse_the_servers_certificate_names_tls_and_the_fix(tmp_path: Path) -> None:
+    from tests.support.certs import Pki
+
+    pki = Pki(tmp_path)
+    cert, key = pki.issue("server", rogue=True)  # signed by a CA the clients are not given
+    ports = free_ports(2)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+server: {{ports: "{ports[0]}-{ports[1]}", tls: {{cert: "{cert}", key: "{key}"}}}}
+client: {{server: "127.0.0.1:{ports[0]}-{ports[1]}", interval: 2, timeout: 5, tls: {{ca_file: "{pki.ca_file}"}}}}
+control: {{listen: "tcp:{free_port()}:interface=127.0.0.1", console: none}}
+scenario: {{target: 500, rate: 500, steps: 1, hold: 1, final_hold: 2, time_limit: 60}}
+run: {{dir: runs}}
+""")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    r = subprocess.run(connscale("run", "-c", str(config)), capture_output=True, text=True, timeout=120,
+                       env=env, cwd=tmp_path)
+    (summary_path,) = (tmp_path / "runs").glob("*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert r.returncode == 1 and summary["verdict"] == "failed", r.stdout + r.stderr
+    assert set(summary["failures"]) <= {"connect:tls_unknown_ca", "server:connect:tls_cert_rejected"}
+    assert summary["failures"]["connect:tls_unknown_ca"] > 0
+    explanation = summary["explanation"]
+    assert explanation["wall"] == "tls" and explanation["side"] == "client"
+    assert "client.tls.ca_file" in " ".join(explanation["fix"]) and "Traceback" not in r.stdout + r.stderr
+    assert "why: stopped at 0 of 500 connections: TLS handshakes fail" in r.stdout
