@@ -57,12 +57,15 @@ class TimelineCollector(Collector):
     def __init__(self) -> None:
         self.latest: Mapping[str, Any] | None = None
         self.rtt = new_histogram()
+        #: Every TLS handshake since the hub started (empty without TLS).
+        self.handshake = new_histogram()
         self.incidents: dict[str, int] = {}
 
     def observe(self, record: Mapping[str, Any]) -> None:
-        hist = record_histogram(record)
-        if hist is not None:
-            self.rtt.add(hist)
+        for total, key in ((self.rtt, "rtt_hist"), (self.handshake, "handshake_hist")):
+            hist = record_histogram(record, key)
+            if hist is not None:
+                total.add(hist)
         # A timeline line carries the incidents opened in that second.
         for incident in record.get("incidents") or ():
             wall = bounded_wall(str(incident.get("wall", "")) if isinstance(incident, Mapping) else "")
@@ -77,6 +80,12 @@ class TimelineCollector(Collector):
         rtt = HistogramMetricFamily("connscale_rtt_seconds", "Ping round-trip times since the hub started")
         rtt.add_metric([], buckets, total)
         yield rtt
+        if self.handshake.get_total_count():
+            buckets, _, total = self._rtt_buckets(self.handshake)
+            shakes = HistogramMetricFamily("connscale_tls_handshake_seconds",
+                                           "TLS handshake times, TCP connected to TLS ready, since the hub started")
+            shakes.add_metric([], buckets, total)
+            yield shakes
         if record is None:
             return
         yield from self._run(record)
@@ -84,8 +93,8 @@ class TimelineCollector(Collector):
         yield from self._workers(record)
         yield from self._kernel(record.get("kernel") or {})
 
-    def _rtt_buckets(self) -> tuple[list[tuple[str, float]], int, float]:
-        h = self.rtt
+    def _rtt_buckets(self, hist: Any = None) -> tuple[list[tuple[str, float]], int, float]:
+        h = self.rtt if hist is None else hist
         count = h.get_total_count()
         out = []
         if count:
