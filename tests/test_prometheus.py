@@ -169,3 +169,7 @@ def test_tls_handshakes_are_a_histogram_of_their_own_once_there_are_any() -> Non
     assert m[("connscale_tls_handshake_seconds_count", ())] == n
     assert m[("connscale_tls_handshake_seconds_bucket", (("le", "0.005"),))] == 10 * len(records)
     assert m[("connscale_tls_handshake_seconds_bucket", (("le", "+Inf"),))] == n
+
+
+def test_tls_causes_keep_their_names_as_labels() -> None:
+    assert bounded_cause("tls_unknown_ca") == "tls_unknown_ca" and bounded_cause("tls_whatever") == "other"

@@ -17,13 +17,13 @@ from typing import Any, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from connscale.metrics.counters import APP_CAUSES, PHASES, PROTOCOL_KINDS
+from connscale.metrics.counters import APP_CAUSES, PHASES, PROTOCOL_KINDS, TLS_CAUSES
 from connscale.metrics.histograms import new_histogram
 from connscale.metrics.phases import record_histogram
 
 #: Bucket bounds of the cumulative RTT histogram, in seconds.
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_CAUSES = frozenset(APP_CAUSES) | frozenset(errno.errorcode.values())
+_CAUSES = frozenset(APP_CAUSES) | TLS_CAUSES | frozenset(errno.errorcode.values())
 _PHASE_KINDS = ("setup", "ramp", "hold", "final_hold", "plateau", "stop")
 _KERNEL_COUNTERS = {"listen_overflows": "ListenOverflows", "listen_drops": "ListenDrops",
                     "abort_on_overflow": "TCPAbortOnOverflow"}
