@@ -38,12 +38,14 @@ WORKER_BYTES = 24 * 2**20
 US_PER_ROUNDTRIP = {"client": 12.4, "server": 11.3}
 #: CPU per connect, per side (19,000 connects at 5,000/s: 0.55 s client, 0.25 s server).
 US_PER_CONNECT = {"client": 40.0, "server": 18.0}
-#: What TLS adds to a connection, per side (`bench/tls_cost.py -n 10000`, connscale's transports
-#: and net/tls, figures in docs/design.md): OpenSSL's state for it, its handshake, and the
-#: record layer around each ping and pong.
-TLS_USER_BYTES = {"client": 30_000, "server": 17_000}
-TLS_US_PER_CONNECT = {"client": 430.0, "server": 260.0}
-TLS_US_PER_ROUNDTRIP = {"client": 8.0, "server": 5.0}
+#: What TLS adds to a connection, per side, over the plain figures above (`bench/tls_cost.py
+#: -n 10000`, connscale's transports and net/tls, ECDSA P-256, 2026-12-07; docs/design.md):
+#: OpenSSL's state for it (the client's after it read a session ticket: the larger of the
+#: bench's 34.2 KB and a 50,000-connection run's 23.8 KB), its handshake, and the record
+#: layer around each ping and pong.
+TLS_USER_BYTES = {"client": 34_200, "server": 16_800}
+TLS_US_PER_CONNECT = {"client": 448.0, "server": 259.0}
+TLS_US_PER_ROUNDTRIP = {"client": 6.1, "server": 5.2}
 #: CPU a held connection costs besides its pings, per side, in us per second: its
 #: worker's timer wheel, garbage collection over its objects, the worker's report
 #: (`bench/pair_cost.py -n 19000`: 19,000 connections at interval 60 s, where the

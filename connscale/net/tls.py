@@ -2,11 +2,12 @@
 
 Why the standard library's `ssl` (SSLObject over two MemoryBIOs) on connscale's own
 transports, rather than Twisted's `TLSMemoryBIOFactory` over its stock TCP: per held
-connection OpenSSL's state dominates either way (~15-35 KB per end with OpenSSL 3.0),
-but pyOpenSSL adds ~10 KB per end on top (cffi wrappers, a `Provides` declaration per
-connection) and each of its calls goes through cffi; `ssl` is C all the way, and its
-module maps ~4 MB into a worker where pyOpenSSL and cryptography take ~13 MB. Measured
-in bench/tls_cost.py, the figures are in docs/design.md. A layer rather than a socket
+connection OpenSSL's state dominates either way (17 KB server end, 35 KB client end with
+OpenSSL 3.0), but the stock path adds 16-20 KB per end (pyOpenSSL's cffi wrappers, a
+`Provides` declaration per connection), 20-50 % more CPU per handshake and three times the
+CPU per round trip (every call through cffi, a `callLater(0)` per write); `ssl` is C all the
+way, and its module maps ~4 MB into a worker where pyOpenSSL and cryptography take ~13 MB.
+Measured with bench/tls_cost.py; the figures are in docs/design.md. A layer rather than a socket
 BIO: the same code runs over the lean transports (net/transport.py) and over
 Twisted's (a server given by name, a reactor without epoll), and it reads each record
 with one read(2) where OpenSSL on the socket would do two (header, then body).
