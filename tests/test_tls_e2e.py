@@ -104,6 +104,13 @@ def test_a_run_holds_tls_connections_and_says_what_each_costs(tmp_path: Path) ->
     # OpenSSL's state for one connection is kilobytes (a plain connection costs a few hundred bytes).
     assert summary["mem_per_conn_bytes"]["client"] > 4000 and summary["mem_per_conn_bytes"]["server"] > 4000
 
+    # Held, and said so; saturated clients (TLS handshakes are CPU) named when they were.
+    explanation = summary["explanation"]
+    assert explanation["wall"] == "none" and explanation["headline"].startswith(f"held {TARGET:,} of {TARGET:,}")
+    assert explanation["measuring_side_saturated"] == ("not the server's limit" in explanation["headline"]
+                                                       or "clients keeping up" in explanation["headline"])
+    assert all(i["wall"] == "measuring_side" for i in summary["incidents"])  # and no wall of TLS's
+
     # The verdict's tls: line, and the report's rows, say the same.
     assert f"tls: handshake p50={shakes['p50']} p99={shakes['p99']} ms ({TARGET} handshakes, 0 resumed)" in r.stdout
     report = (run_dir / "report.html").read_text()
