@@ -302,6 +302,26 @@ def test_over_twisted_transports_too(pki) -> None:
         r.removeAll()
 
 
+def test_a_refused_handshake_over_twisted_transports_is_counted_and_frees_its_route(pki) -> None:
+    """Over Twisted's TCP a dial is a connector until it connects: a handshake refused after TCP
+    connected fails the connect by its cause and leaves no connector or route load behind."""
+    from twisted.internet.selectreactor import SelectReactor
+
+    r = SelectReactor()
+    try:
+        server, port = tls_server(r, pki.server(rogue=True))
+        pool = client(r, port, trusting(pki))
+        assert pool._loop is None
+        pool.start(3)
+        spin(r, lambda: sum(pool.counters.failures.values()) == 3, what="three refused handshakes")
+        assert pool.counters.failures == {("connect", "tls_unknown_ca"): 3}
+        assert pool._dialing == {} and pool.route_load == [0] and pool.connecting == 0
+    finally:
+        for call in r.getDelayedCalls():
+            call.cancel()
+        r.removeAll()
+
+
 def test_tls_records_are_recognised() -> None:
     assert is_tls_record(b"\x15\x03\x03\x00\x02\x02\x46")
     assert is_tls_record(b"\x16\x03\x01\x02\x00\x01")

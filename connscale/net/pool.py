@@ -131,8 +131,9 @@ class PingClientFactory(ClientFactory):
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         # connscale's transports are their own connector and know their
         # connection; Twisted's Connector fails before any connection was built.
-        conn = getattr(connector, "protocol", None)
-        # A TLS layer (net/tls) stands between the transport and the connection.
+        # A TLS layer (net/tls) stands between the transport and the connection; a handshake
+        # that failed is told with the layer itself (Twisted's transport has let go of it by then).
+        conn = getattr(connector, "wrappedProtocol", None) or getattr(connector, "protocol", None)
         conn = getattr(conn, "wrappedProtocol", conn)
         self.pool.connect_failed(conn if isinstance(conn, ClientConnection) else None, reason, connector)
 
@@ -506,7 +507,7 @@ class ConnectionPool:
             self._forget(conn)
             if self._dialing:
                 # A dial over Twisted's transport that failed in its TLS handshake.
-                self._dialing.pop(getattr(connector, "connector", None), None)
+                self._dialing.pop(_connector_of(connector), None)
         elif connector is not None:
             if connector in self._stopped_dials:
                 self._stopped_dials.discard(connector)

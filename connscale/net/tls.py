@@ -431,7 +431,9 @@ class ClientTLS(_Side):
 
     def handshake_failed(self, layer: TLSLayer, reason: Failure) -> None:
         if self.factory is not None:
-            self.factory.clientConnectionFailed(layer.transport, reason)
+            # The layer, which knows its connection and its transport: Twisted's own TCP
+            # transport has dropped its protocol by the time its connection is lost.
+            self.factory.clientConnectionFailed(layer, reason)
         else:
             super().handshake_failed(layer, reason)
 
