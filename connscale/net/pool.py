@@ -31,7 +31,7 @@ from connscale.metrics.buckets import MAX_US, SUB_BITS
 from connscale.metrics.counters import Counters, classify
 from connscale.net import fastpath
 from connscale.net.routes import Route
-from connscale.net.transport import ClientTransport, Connection, DialTarget, reset
+from connscale.net.transport import ClientTransport, DialTarget, reset
 from connscale.net.wheel import CallLaterTimers, TimerWheel
 from connscale.net.wire import PING, PONG, ClientConnection
 
