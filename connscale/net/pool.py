@@ -28,13 +28,15 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from connscale.config.target import ProfileOptions, TlsOptions
 from connscale.metrics.buckets import MAX_US, SUB_BITS
 from connscale.metrics.counters import Counters, classify
 from connscale.net.dispatch import loop_for
+from connscale.net.profiles import Profile, ProfileError, make_profile
 from connscale.net.routes import Route
 from connscale.net.transport import ClientTransport, Connection
 from connscale.net.wheel import TimerWheel
-from connscale.net.wire import PING, PONG, ClientConnection
+from connscale.net.wire import PONG, ClientConnection
 
 log = Logger()
 
@@ -66,6 +68,9 @@ OPEN = ClientConnection.OPEN
 CLOSING = ClientConnection.CLOSING
 CLOSED = ClientConnection.CLOSED
 CONNECTING = ClientConnection.CONNECTING
+HANDSHAKING = ClientConnection.HANDSHAKING
+#: Closed by the pool before its session opened: still counted as connecting until it is gone.
+ABORTING = 5
 
 
 #: How a connection the pool closes ends: "fin" (orderly; the client side keeps
@@ -83,6 +88,14 @@ class PoolSettings:
     #: Replace a connection that failed or closed, so the pool keeps its target.
     replace: bool = True
     close: str = "fin"
+    #: What the connections speak (net/profiles); `framing` "raw" still means the raw profile.
+    profile: ProfileOptions = ProfileOptions()
+    tls: TlsOptions = TlsOptions()
+
+    def protocol(self) -> str:
+        if self.profile.protocol == "line" and self.framing == "raw":
+            return "raw"
+        return self.profile.protocol
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,7 +128,7 @@ class PingClientFactory(ClientFactory):
         self.pool.connecting += 1
 
     def buildProtocol(self, addr: Any) -> ClientConnection:
-        conn = ClientConnection(self.pool, -1)
+        conn = self.pool.profile.connection(self.pool, -1)
         conn.factory = self  # type: ignore[attr-defined]
         self.pool.adopt(conn)
         return conn
@@ -124,6 +137,8 @@ class PingClientFactory(ClientFactory):
         # connscale's transports know their connection; Twisted's Connector
         # fails before any connection was built.
         conn = getattr(connector, "protocol", None)
+        # A TLS layer (net/tls) stands between the transport and the connection.
+        conn = getattr(conn, "wrappedProtocol", conn)
         self.pool.connect_failed(conn if isinstance(conn, ClientConnection) else None, reason)
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
@@ -136,12 +151,13 @@ class _TwistedDial(ClientFactory):
 
     noisy = False
 
-    def __init__(self, pool: ConnectionPool, conn: ClientConnection) -> None:
+    def __init__(self, pool: ConnectionPool, conn: ClientConnection, protocol: Any = None) -> None:
         self.pool = pool
         self.conn = conn
+        self.protocol = conn if protocol is None else protocol
 
-    def buildProtocol(self, addr: Any) -> ClientConnection:
-        return self.conn
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.protocol
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.pool.connect_failed(self.conn, reason)
@@ -162,15 +178,25 @@ class ConnectionPool:
         self.reactor = reactor
         self.clock = clock
         self.settings = settings
-        self.framing = settings.framing
-        self.ping = PING if settings.framing == "raw" else PING + b"\n"
-        self.reply = PONG if settings.framing == "raw" else PONG + b"\n"
+        protocol = settings.protocol()
+        self.profile: Profile = make_profile(attrs.evolve(settings.profile, protocol=protocol),
+                                             settings.interval, settings.timeout)
+        #: A session opening before the first ping (net/profiles/base.py).
+        self.opens = self.profile.opens
+        self.framing = "raw" if protocol == "raw" else "line"
+        #: The keepalive request when it is the same for every connection (else profile.ping_for).
+        self.ping = self.profile.ping
+        self.reply = PONG if protocol == "raw" else PONG + b"\n"
+        self._serial = 0
+        self._secure = tls_layer(settings.tls)
         self.counters = counters if counters is not None else Counters()
         self.rng = rng if rng is not None else random.Random()
         self.wheel = (
             wheel if wheel is not None
             else TimerWheel(clock, WHEEL_TICK, fire=self.timer, phase=self.rng.random() * WHEEL_TICK)
         )
+        if self.opens:
+            self.handshake_timeout = settings.profile.handshake_timeout
         if settings.close not in CLOSE_MODES:
             raise ValueError(f"close must be one of {CLOSE_MODES}, not {settings.close!r}")
         self._reset_on_close = settings.close == "rst"
@@ -273,7 +299,7 @@ class ConnectionPool:
             self._replace_call.cancel()
         self._replace_call = None
         for conn in list(self._conns):
-            if conn.state != CLOSING:
+            if conn.state not in (CLOSING, ABORTING):
                 self.close(conn)
         d: defer.Deferred[None] = defer.Deferred()
         if not self._conns:
@@ -295,13 +321,14 @@ class ConnectionPool:
 
     def close(self, conn: ClientConnection, cause: str | None = None) -> None:
         """Close one connection; with a `cause` it counts as a failure."""
-        if conn.state in (CLOSING, CLOSED):
+        was = conn.state
+        if was in (CLOSING, CLOSED, ABORTING):
             return
         if cause is not None:
-            self.counters.fail("steady" if conn.answered else "first_ping", cause)
+            phase = "connect" if was == HANDSHAKING else "steady" if conn.answered else "first_ping"
+            self.counters.fail(phase, cause)
             self._replace_later()
-        was = conn.state
-        conn.state = CLOSING
+        conn.state = ABORTING if was == HANDSHAKING else CLOSING
         self.wheel.cancel(conn)
         transport = conn.transport
         if transport is None:
@@ -380,21 +407,64 @@ class ConnectionPool:
         self.connecting += 1
         conn.transport = self.dial(route, conn)
 
+    def next_serial(self) -> int:
+        """A number for each connection of this pool (MQTT client ids, `{n}`)."""
+        self._serial += 1
+        return self._serial
+
+    def secure(self, conn: ClientConnection, route: Route) -> Any:
+        """What the transport talks to: `conn` itself, or TLS around it.
+
+        The one place a client connection is wrapped in TLS (`client.tls`, net/tls):
+        every dial goes through here, so every profile gets TLS alike."""
+        if self._secure is None:
+            return conn
+        return self._secure(conn, self.settings.tls, self.settings.tls.server_name or self.profile.options.host
+                            or route.host)
+
     def adopt(self, conn: ClientConnection) -> None:
         """Track a connection the factory built (held, counted, closed with the pool)."""
         self._conns[conn] = None
 
     def _dial_tcp(self, route: Route, conn: ClientConnection) -> Any:
+        protocol = self.secure(conn, route)
         if self._loop is not None and _is_address(route.host):
-            transport = ClientTransport(self._loop, conn, self.factory)
+            transport = ClientTransport(self._loop, protocol, self.factory)
             # close: rst holds for every end of the socket, a worker's exit included.
             transport.connect(route.host, route.port, route.src, self._reset_on_close)
             return transport
         bind = (route.src, 0) if route.src else None
-        return self.reactor.connectTCP(route.host, route.port, _TwistedDial(self, conn), bindAddress=bind)
+        return self.reactor.connectTCP(route.host, route.port, _TwistedDial(self, conn, protocol), bindAddress=bind)
 
     # -- events from connections -------------------------------------------
     def connected(self, conn: ClientConnection) -> None:
+        if self.opens:
+            # The session opens first; until then the connection is still connecting.
+            conn.state = HANDSHAKING
+            now = self.clock.seconds()
+            conn.sent_at = now
+            route = self.routes[conn.route] if 0 <= conn.route < len(self.routes) else None
+            host, port = (route.host, route.port) if route is not None else ("localhost", 0)
+            conn.transport.write(self.profile.opening(conn, host, port))
+            self.wheel.schedule(conn, now + self.handshake_timeout)
+            return
+        self._opened(conn)
+
+    def session_open(self, conn: ClientConnection) -> None:
+        """The profile's session opening completed: the connection is open and pings."""
+        if conn.state != HANDSHAKING:
+            self.bad_reply(conn, "unexpected_reply")
+            return
+        conn.state = OPEN
+        conn.sent_at = 0.0
+        self._opened(conn)
+
+    def refused(self, conn: ClientConnection, cause: str, words: bytes | str) -> None:
+        """The server said no, in `words`: a failure by `cause`, the words kept as a sample."""
+        self.counters.say(cause, words)
+        self.close(conn, cause)
+
+    def _opened(self, conn: ClientConnection) -> None:
         self.connecting -= 1
         self.established += 1
         self._backoff = REPLACE_BACKOFF
@@ -418,7 +488,16 @@ class ConnectionPool:
             self._replace_later()
 
     def lost(self, conn: ClientConnection, reason: Failure) -> None:
-        closing = conn.state == CLOSING
+        state = conn.state
+        if state in (HANDSHAKING, ABORTING):
+            self._forget(conn)
+            self.connecting -= 1
+            if state == HANDSHAKING:
+                # Closed or reset before the session opened: the server would not have it.
+                self.counters.fail("connect", classify(reason))
+                self._replace_later()
+            return
+        closing = state == CLOSING
         self._forget(conn)
         self.established -= 1
         c = self.counters
@@ -458,6 +537,11 @@ class ConnectionPool:
 
     def timer(self, conn: ClientConnection, now: float) -> None:
         if conn.state != OPEN:
+            if conn.state == HANDSHAKING:
+                if now + _EPS >= conn.sent_at + self.handshake_timeout:
+                    self.close(conn, "handshake_timeout")
+                else:
+                    self.wheel.schedule(conn, conn.sent_at + self.handshake_timeout)
             return
         s = self.settings
         if conn.sent_at:
@@ -475,7 +559,8 @@ class ConnectionPool:
         transport = conn.transport
         if transport is None:
             return
-        transport.write(self.ping)
+        ping = self.ping
+        transport.write(ping if ping is not None else self.profile.ping_for(conn))
         self.counters.pings += 1
         # Stamp each send: a tick's batch goes out over a few milliseconds.
         conn.sent_at = self.clock.seconds()
@@ -493,7 +578,7 @@ class ConnectionPool:
 
     # -- internals -----------------------------------------------------------
     def _live(self):  # type: ignore[no-untyped-def]
-        return (c for c in self._conns if c.state in (OPEN, CONNECTING))
+        return (c for c in self._conns if c.state in (OPEN, CONNECTING, HANDSHAKING))
 
     def _forget(self, conn: ClientConnection) -> None:
         conn.state = CLOSED
@@ -509,6 +594,21 @@ class ConnectionPool:
         for d in waiting:
             if not d.called:
                 d.callback(None)
+
+
+def tls_layer(tls: TlsOptions) -> Callable[..., Any] | None:
+    """How `ConnectionPool.secure` wraps a connection in TLS; None when TLS is off.
+
+    The layer itself is net/tls's (`wrap_client(conn, tls, server_name)`); a build
+    without it refuses TLS here, once, when the pool is made (one line, no traceback)."""
+    if not tls.enabled:
+        return None
+    try:
+        from connscale.net import tls as layer  # type: ignore[attr-defined]
+    except ImportError:
+        raise ProfileError("client.tls: TLS is not available in this build of connscale") from None
+    wrap: Callable[..., Any] = layer.wrap_client
+    return wrap
 
 
 def pace_tick(rate: float) -> float:
