@@ -235,6 +235,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="YAML config (default: ./connscale.yaml, else the shipped experiment)")
     p.add_argument("--target", help="override scenario.target")
     p.add_argument("--run-dir", help="override run.dir (parent of the run directory)")
+    p.add_argument("--url", help="the target as a URL (redis://HOST:PORT, http://HOST:PORT/PATH, ws://, mqtt://, "
+                                 "tcp://HOST:PORT-PORT, ...): no server of connscale's own is started [client.url]")
+    p.add_argument("--protocol", help="what the clients speak: line, raw, redis, http, websocket, mqtt, custom "
+                                      "[client.protocol]")
     p.add_argument("--force", action="store_true",
                    help="run even when `connscale check` says this host cannot reach the target")
     return p.parse_args(argv)
@@ -243,7 +247,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_main(argv: list[str]) -> int:
     args = parse_args(argv)
     path = choose_config(args.config)
-    overrides: dict[str, object] = {"scenario.target": args.target, "run.dir": args.run_dir}
+    overrides: dict[str, object] = {"scenario.target": args.target, "run.dir": args.run_dir,
+                                    "client.url": args.url, "client.protocol": args.protocol}
     cfg = load_or_exit("connscale run", path, overrides)
 
     def out(line: str) -> None:

@@ -32,6 +32,9 @@ class Options(ConfigOptions):
         ["interval", None, None, "Seconds between pings of a connection [client.interval, default 5]."],
         ["timeout", "t", None, "Seconds to wait for Pong [client.timeout, default 1]."],
         ["framing", None, None, "line or raw [client.framing, default line]."],
+        ["url", "u", None, "The target as a URL: redis://HOST:PORT, http(s)://HOST:PORT/PATH, ws(s)://, "
+         "mqtt(s)://, tcp://HOST:PORT-PORT, raw://, tls:// [client.url]."],
+        ["protocol", None, None, "line, raw, redis, http, websocket, mqtt or custom [client.protocol]."],
         ["workers", "w", None, "Client worker processes, or auto; 0 holds them in this process [client.workers]."],
         ["per-route-max", None, None, "Most connections per (source IP, server IP:port) [client.per_route_max]."],
         ["close", None, None, "How our closes end: fin, or rst (no TIME_WAIT left) [client.close, default fin]."],
@@ -47,6 +50,8 @@ class Options(ConfigOptions):
         "interval": "client.interval",
         "timeout": "client.timeout",
         "framing": "client.framing",
+        "url": "client.url",
+        "protocol": "client.protocol",
         "workers": "client.workers",
         "per-route-max": "client.per_route_max",
         "close": "client.close",
@@ -125,7 +130,8 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
         c.server_host, c.server_ports, c.source_ips, plan.tuple_cap(c.per_route_max, ephemeral_count())
     )
     pool = ConnectionPool(
-        reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close), routes
+        reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close,
+                                       profile=c.profile_options(), tls=c.tls_options()), routes
     )
     top = MultiService()
     status = StatusService(reactor, c.status_interval, pool.counters.snapshot, with_rtt=True, final=False)

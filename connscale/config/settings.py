@@ -26,6 +26,9 @@ from typing import Any, Literal
 import attrs
 import yaml
 
+from connscale.config.records import RecordError
+from connscale.config.target import PROTOCOLS, ProfileOptions, Target, TlsOptions, parse_url
+
 __all__ = [
     "ClientHost", "ClientSettings", "Config", "ConfigError", "ControlSettings", "RunSettings",
     "ScenarioSettings", "ServerSettings", "load_config", "parse_config", "parse_duration",
@@ -457,6 +460,78 @@ def _env(value: object) -> dict[str, str]:
     return env
 
 
+# ---------------------------------------------------------------- what the clients speak to
+
+def _url(value: object) -> str:
+    """`client.url`: checked whole here (scheme, host, ports, path); kept as written."""
+    try:
+        parse_url(value, parse_hostport)
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+    assert isinstance(value, str)
+    return value.strip()
+
+
+def _options(*names: str) -> Callable[[object], dict[str, Any]]:
+    """A profile's options (`client.http: {path: /health}`), each checked by the field of
+    `ProfileOptions` it fills, so a bad one is one line naming it."""
+    fields = {f.name: f for f in attrs.fields(ProfileOptions)}
+
+    def parse(value: object) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise _Invalid(f"expected a mapping with keys from {', '.join(names)}, got {_describe(value)}")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                raise _Invalid(f"{key}: unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            try:
+                out[key] = fields[key].metadata["connscale.wire"](item)
+            except RecordError as e:
+                raise _Invalid(f"{key}: {e}") from None
+        return out
+    return parse
+
+
+def _dump_options(value: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: dict(v) if k == "headers" else v for k, v in value.items()}
+
+
+_TLS_BOOLEANS = ("enabled", "verify", "resume")
+_TLS_FILES = ("ca_file", "cert", "key")
+
+
+def _tls(value: object) -> TlsOptions:
+    """`client.tls`: a mapping (or `true`/`false` for enabled alone)."""
+    if value is None:
+        return TlsOptions()
+    if isinstance(value, (bool, str)) and not isinstance(value, Mapping):
+        return TlsOptions(enabled=_boolean(value))
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a mapping (enabled, server_name, verify, ca_file, cert, key, resume), "
+                       f"got {_describe(value)}")
+    names = [f.name for f in attrs.fields(TlsOptions)]
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            raise _Invalid(f"{key}: unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        try:
+            if key in _TLS_BOOLEANS:
+                out[key] = _boolean(item)
+            elif key in _TLS_FILES:
+                out[key] = _optional(_readable_file)(item)
+            else:
+                out[key] = None if item is None else _host(item)
+        except _Invalid as e:
+            raise _Invalid(f"{key}: {e}") from None
+    if (out.get("cert") is None) != (out.get("key") is None):
+        raise _Invalid("cert and key: a client certificate needs both")
+    return TlsOptions(**out)
+
+
 # ---------------------------------------------------------------- the settings table
 
 def _plain(value: Any) -> Any:
@@ -474,16 +549,18 @@ class _Spec:
     dump: Callable[..., Any] = _plain
     key: str | None = None   # YAML key, when it differs from the attribute name
     secret: bool = False     # redacted by Config.as_dict()
+    redact: Callable[[Any], Any] | None = None  # the secret part of a value, redacted by as_dict()
 
 
 _META = "connscale.config"
 
 
 def _setting(default: Any, parse: Parser | None = None, *, key: str | None = None,
-             dump: Callable[..., Any] = _plain, secret: bool = False, **field: Any) -> Any:
+             dump: Callable[..., Any] = _plain, secret: bool = False,
+             redact: Callable[[Any], Any] | None = None, **field: Any) -> Any:
     """One row of the settings table. Several attributes may share a ``key``: the first
     declares the parser, which returns a tuple spread over them (and dump takes them all)."""
-    return attrs.field(default=default, metadata={_META: _Spec(parse, dump, key, secret)}, **field)
+    return attrs.field(default=default, metadata={_META: _Spec(parse, dump, key, secret, redact)}, **field)
 
 
 @attrs.frozen
@@ -522,6 +599,61 @@ class ClientSettings:
     # How the client's closes end: fin (orderly; each closed port waits out
     # TIME_WAIT on this host) or rst (a reset, SO_LINGER 0: no TIME_WAIT).
     close: Literal["fin", "rst"] = _setting("fin", _choice("fin", "rst"))
+    # The target as one URL (redis://127.0.0.1:6379, wss://host/socket, tcp://host:8989-8992):
+    # protocol, TLS, server and path at once; `connscale run` then starts no server of its own.
+    url: str | None = _setting(None, _optional(_url), redact=lambda u: re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1<redacted>@", u))
+    # What the connections speak (net/profiles); None = client.framing (line or raw), or the URL's.
+    protocol: str | None = _setting(None, _optional(_choice(*PROTOCOLS)))
+    http: Mapping[str, Any] = _setting(attrs.Factory(dict), _options("method", "path", "headers"),
+                                       dump=_dump_options, hash=False)
+    websocket: Mapping[str, Any] = _setting(attrs.Factory(dict), _options("path", "subprotocol", "headers"),
+                                            dump=_dump_options, hash=False)
+    mqtt: Mapping[str, Any] = _setting(attrs.Factory(dict), _options("client_prefix"), hash=False)
+    custom: Mapping[str, Any] = _setting(attrs.Factory(dict), _options("send", "expect", "expect_regex"),
+                                         hash=False)
+    # A user and password for the target (MQTT's CONNECT), also from the URL's user:password@.
+    user: str | None = _setting(None, _optional(_string))
+    password: str | None = _setting(None, _optional(_string), secret=True)
+    tls: TlsOptions = _setting(TlsOptions(), _tls, dump=lambda t: t.to_wire())
+    max_reply: int = _setting(65536, _int(64, 16 * 1024 * 1024))   # bytes of one reply at most
+    handshake_timeout: float = _setting(5.0, _duration(allow_zero=False))  # a session opening at most
+
+    def target(self) -> Target | None:
+        """What `url` names, parsed (None without a URL)."""
+        return None if self.url is None else parse_url(self.url, parse_hostport)
+
+    def effective_protocol(self) -> str:
+        target = self.target()
+        if self.protocol is not None:
+            return self.protocol
+        return target.protocol if target is not None else self.framing
+
+    def profile_options(self) -> ProfileOptions:
+        """Everything the chosen profile needs, from the URL and the profile's own keys."""
+        protocol = self.effective_protocol()
+        target = self.target()
+        values: dict[str, Any] = {"protocol": protocol, "max_reply": self.max_reply,
+                                  "handshake_timeout": self.handshake_timeout}
+        if target is not None:
+            default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(target.scheme)
+            port = target.ports[0]
+            host = f"[{target.host}]" if ":" in target.host else target.host
+            values["host"] = host if port == default or len(target.ports) > 1 else f"{host}:{port}"
+            values["path"] = target.path
+        section = {"http": self.http, "websocket": self.websocket, "mqtt": self.mqtt,
+                   "custom": self.custom}.get(protocol, {})
+        values.update(section)
+        user = self.user if self.user is not None else (target.user if target else None)
+        password = self.password if self.password is not None else (target.password if target else None)
+        values.update(user=user, password=password)
+        return ProfileOptions(**values)
+
+    def tls_options(self) -> TlsOptions:
+        """`tls`, switched on by a TLS scheme in the URL."""
+        target = self.target()
+        if target is not None and target.tls and not self.tls.enabled:
+            return attrs.evolve(self.tls, enabled=True)
+        return self.tls
 
 
 @attrs.frozen
@@ -637,6 +769,8 @@ def _dump(obj: Any, redact_secrets: bool) -> dict[str, Any]:
     out = {}
     for key, (spec, names) in _keys(type(obj)).items():
         value = spec.dump(*(getattr(obj, name) for name in names))
+        if redact_secrets and value is not None and spec.redact is not None:
+            value = spec.redact(value)
         out[key] = "<redacted>" if spec.secret and redact_secrets and value is not None else value
     return out
 
@@ -736,6 +870,15 @@ def _check_timeout(c: Config) -> Iterator[str]:
                f"({100 * c.client.interval:g}s), got {c.client.timeout:g}s")
 
 
+def _check_url(c: Config) -> Iterator[str]:
+    target = c.client.target()
+    if target is None:
+        return
+    if c.client.protocol is not None and c.client.protocol != target.protocol:
+        yield (f"client.protocol: {c.client.protocol} contradicts client.url, which says {target.protocol} "
+               f"({target.scheme}://); give one of them")
+
+
 def _check_secret(c: Config) -> Iterator[str]:
     if c.control.secret is not None and c.control.secret_file is not None:
         yield "control.secret_file: cannot be used together with control.secret"
@@ -775,6 +918,7 @@ def _check_listeners(c: Config) -> Iterator[str]:
 _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], ...] = (
     (("client.timeout", "client.interval"), _check_timeout),
     (("control.secret", "control.secret_file"), _check_secret),
+    (("client.url", "client.protocol"), _check_url),
     (("client.server", "client.source_ips"), _check_source_family),
     (("control", "control.listen", "control.console", "control.console_listen", "control.metrics_listen",
       "server", "server.interface", "server.ports", "server.workers"), _check_listeners),
@@ -799,12 +943,22 @@ def parse_config(data: Mapping[str, Any] | None,
         name: _parse_clients(data.get(name), problems, failed) if name == "clients"
         else _parse_section(_SECTIONS[name], data.get(name), name, problems, failed)
         for name in _TOP_KEYS})
+    if "client.url" not in failed and config.client.url is not None:
+        config = _with_url_server(config)
     for keys, check in _CROSS_CHECKS:
         if failed.isdisjoint(keys):
             problems += check(config)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _with_url_server(config: Config) -> Config:
+    """A URL names the server: it is client.server from here on (routes, checks, agents)."""
+    target = config.client.target()
+    assert target is not None
+    client = attrs.evolve(config.client, server_host=target.host, server_ports=target.ports)
+    return attrs.evolve(config, client=client)
 
 
 class _StrictLoader(yaml.SafeLoader):

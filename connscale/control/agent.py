@@ -121,7 +121,8 @@ class Agent(MultiService):
         self.standalone_workers = standalone_workers
         # Workers raise their own limits; this logs what each of them gets.
         _, self.budget = prepare_fds(0, PROG)
-        spec = ClientSpec(interval=c.interval, timeout=c.timeout, rate=c.rate, framing=c.framing, close=c.close)
+        spec = ClientSpec(interval=c.interval, timeout=c.timeout, rate=c.rate, framing=c.framing, close=c.close,
+                          profile=c.profile_options(), tls=c.tls_options())
         self.report_rtt = RttAccumulator()
         self.supervisor = Supervisor(reactor, "client", spec, self.name, on_rtt=self.report_rtt.add)
         self.status = StatusService(reactor, c.status_interval, self.supervisor.totals, with_rtt=True, final=False)

@@ -164,6 +164,8 @@ class Context:
     hub_cores: float | None = None
     hub_host: str = ""
     agents: Mapping[str, AgentSetup] = attrs.Factory(dict)
+    #: False when the clients' target is not connscale's server (client.url).
+    own_server: bool = True
 
 
 @attrs.frozen

@@ -23,11 +23,13 @@ from connscale.config.records import (
     integer,
     ip_or_empty,
     loose,
+    nested,
     number,
     optional,
     seq,
     text,
 )
+from connscale.config.target import ProfileOptions, TlsOptions
 from connscale.net.routes import Route
 
 #: One worker never holds more than this (RLIMIT_NOFILE's hard ceiling is far below).
@@ -128,6 +130,9 @@ class ClientSpec(Record):
     close: str = field(choice("fin", "rst"), default="fin")
     name: str = field(_label, default="client-worker")
     index: int = field(integer(0, 4096), default=0)
+    #: What the connections speak (net/profiles) and whether over TLS.
+    profile: ProfileOptions = field(nested(ProfileOptions), default=ProfileOptions())
+    tls: TlsOptions = field(nested(TlsOptions), default=TlsOptions())
     role = "client"
 
 

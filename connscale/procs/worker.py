@@ -122,7 +122,8 @@ class ClientWorkerRoot(WorkerRoot):
 
     def __init__(self, reactor: Any, budget: int, spec: ClientSpec) -> None:
         super().__init__(reactor, budget)
-        settings = PoolSettings(spec.interval, spec.timeout, spec.rate, spec.framing, close=spec.close)
+        settings = PoolSettings(spec.interval, spec.timeout, spec.rate, spec.framing, close=spec.close,
+                                profile=spec.profile, tls=spec.tls)
         self.pool = ConnectionPool(reactor, reactor, settings, [], counters=self.counters)
 
     def remote_set_target(self, data: object) -> int:
@@ -176,12 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr, timeFormat="")], redirectStandardIO=False)
     nofile = raise_nofile()
     budget = connection_budget(nofile.soft)
+    from connscale.net.profiles import ProfileError
     from connscale.net.server import ListenError
     from connscale.procs.childproc import serve_stdio
 
     try:
         root = ROLES[role](reactor, budget, spec)
-    except ListenError as e:
+    except (ListenError, ProfileError) as e:
         sys.stderr.write(f"{name}: {e}\n")
         sys.exit(3)
     serve_stdio(reactor, root, lambda: stop_reactor(reactor))
