@@ -146,6 +146,7 @@ class IncidentDetector:
             ghosts=int(record.get("ghosts", 0)),
             ghosts_max=max(int(r.get("ghosts", 0)) for r in (*self.history, record)),
             workers=tuple(workers_of(record)),
+            said=dict(client.get("said") or {}),
         )
 
     # -- one second --------------------------------------------------------------------------

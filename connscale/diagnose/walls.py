@@ -37,6 +37,8 @@ WALLS: Mapping[str, str] = {
     "cpu": "CPU",
     "worker_lost": "a worker process died",
     "protocol": "a protocol mismatch",
+    "server_cap": "the server's own connection cap (maxclients, worker_connections, max_connections)",
+    "server_refused": "the server refused, in its own words",
     "time_limit": "the run's time limit",
     "control_plane": "connscale's own hub or agent failed",
     "interrupted": "the run was interrupted",
@@ -166,6 +168,8 @@ class Context:
     agents: Mapping[str, AgentSetup] = attrs.Factory(dict)
     #: False when the clients' target is not connscale's server (client.url).
     own_server: bool = True
+    #: What the clients speak (net/profiles): line, raw, redis, http, websocket, mqtt, custom.
+    protocol: str = "line"
 
 
 @attrs.frozen
@@ -186,6 +190,8 @@ class Window:
     ghosts_max: int = 0                                 # the most seen in the window
     workers: Sequence[WorkerLoad] = ()
     host_busy: float | None = None                      # the hub host's CPU share, when known
+    #: What the server said, by cause (a sample each; "server" is its Server: header).
+    said: Mapping[str, str] = attrs.Factory(dict)
 
     def side(self, side: str) -> list[WorkerLoad]:
         return [w for w in self.workers if w.side == side]
@@ -431,6 +437,10 @@ def _clients_explain_timeouts(w: Window, ctx: Context) -> bool:
 def name_wall(key: str, w: Window, ctx: Context) -> Finding:
     """The wall behind failure `key` ("phase:cause", "server:phase:cause")."""
     side, phase, cause = _cause(key)
+    if side == "client":
+        found = server_words(key, phase, cause, w, ctx)
+        if found is not None:
+            return found
     # connscale's own late reads look like timeouts: rule them out first.
     if cause == "no_answer_from_server" and w.saturated("client") and not w.silent("server") \
             and _clients_explain_timeouts(w, ctx):
@@ -472,6 +482,8 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
         return Finding("server_down", "server", "nothing listens on the server port (connection refused)",
                        (_count(w, key),), ("start the server, or check server.ports and client.server",))
     protocol = [k for k in w.failures if k.endswith(":protocol_error")]
+    if cause == "protocol_error" and ctx.protocol not in ("line", "raw"):
+        return wrong_server(w, ctx, key)
     if cause == "protocol_error" or (cause in ("closed_by_peer", "ECONNRESET") and protocol):
         # The server closes a connection that breaks the protocol: the client sees it closed.
         return Finding("protocol", "server" if any(k.startswith("server:") for k in protocol) else side,
@@ -545,3 +557,129 @@ def listen_in_use(text: str) -> Finding | None:
          "server.ports (connscale sets SO_REUSEADDR, so connections of an earlier run in TIME_WAIT do not "
          "block it)",),
     )
+
+
+# -- the server's own words (client.protocol other than line/raw; net/profiles) -------------------------
+
+def _quote(w: Window, cause: str) -> str:
+    words = w.said.get(cause)
+    return f'"{words}"' if words else ""
+
+
+def _server_is(w: Window, name: str) -> bool:
+    return name in w.said.get("server", "").lower()
+
+
+def _cap(key: str, w: Window, headline: str, words: str, fixes: Sequence[str]) -> Finding:
+    evidence = [_count(w, key)]
+    if words:
+        evidence.append(f"the server said: {words}")
+    if w.said.get("server"):
+        evidence.append(f"it identified itself as {w.said['server']}")
+    return Finding("server_cap", "server", headline + (f": {words}" if words else ""), tuple(evidence), tuple(fixes))
+
+
+def server_words(key: str, phase: str, cause: str, w: Window, ctx: Context) -> Finding | None:
+    """A failure a profile named from what the server said or did (None: not one of those).
+
+    Each server's cap is named with its fix: Redis's maxclients, nginx's
+    worker_connections, a broker's CONNACK refusal or its connection cap, a
+    WebSocket server's 503 at the upgrade; the server's words are quoted."""
+    quote = _quote(w, cause)
+    if cause == "redis_maxclients":
+        return _cap(key, w, "Redis refused new connections at its maxclients", quote, (
+            "raise Redis's maxclients: `maxclients 20000` in redis.conf, or `redis-cli CONFIG SET maxclients 20000` "
+            "on the running server",
+            "Redis lowers maxclients to its open-file limit minus 32 at start: raise the limit it starts with "
+            "(ulimit -n 65536 before redis-server, LimitNOFILE=65536 in its systemd unit) and restart it",
+        ))
+    if cause.startswith("connack_"):
+        code = cause.rsplit("_", 1)[-1]
+        fixes = {
+            "3": ("the broker is at its connection cap or refuses service: raise it (mosquitto: max_connections "
+                  "in mosquitto.conf, -1 for no cap; and its open-file limit, LimitNOFILE=), or it is shutting down",),
+            "4": ("give the broker's user and password: client.user and client.password, or mqtt://USER:PASS@HOST",),
+            "5": ("the broker's ACL or authentication does not let this client in: client.user/client.password, "
+                  "or the broker's allow_anonymous / acl_file",),
+            "2": ("the broker rejects the client id: client.mqtt.client_prefix (ids are the prefix, the worker's "
+                  "pid and a number; keep the prefix short for brokers that allow 23 characters)",),
+            "1": ("the broker does not speak MQTT 3.1.1 (protocol level 4): check its version or listener",),
+        }.get(code, ("see the broker's log for the refusal",))
+        if code == "3":
+            return _cap(key, w, "the MQTT broker refused new connections (CONNACK 3, server unavailable)", quote, fixes)
+        return Finding("server_refused", "server", f"the MQTT broker refused the CONNECT: {quote or cause}",
+                       (_count(w, key),) + ((f"the server said: {quote}",) if quote else ()), fixes)
+    if cause == "http_503" and phase == "connect" and ctx.protocol == "websocket":
+        return _cap(key, w, "the WebSocket server refused the upgrade with 503 (at its own connection limit)",
+                    quote, (
+                        "raise the WebSocket server's own connection limit (autobahn: maxConnections; a proxy in "
+                        "front: its connection cap, e.g. nginx worker_connections) and its open-file limit",
+                        "or spread the clients over more server processes (a port range in client.url)",
+                    ))
+    if phase == "connect" and cause in ("closed_by_peer", "ECONNRESET"):
+        if ctx.protocol == "http" and _server_is(w, "nginx"):
+            return _cap(key, w, "nginx closes new connections: its worker_connections are used up", "", (
+                "raise worker_connections (events { worker_connections 65536; } in nginx.conf): each worker "
+                "holds at most that many connections, its listeners included",
+                "and worker_rlimit_nofile (at least worker_connections, e.g. worker_rlimit_nofile 131072;) so "
+                "the workers may open that many files; more worker_processes multiply both",
+            ))
+        if ctx.protocol == "mqtt":
+            return _cap(key, w, "the MQTT broker closes new connections before its CONNACK (at its connection "
+                        "cap or its open-file limit)", "", (
+                            "raise the broker's cap (mosquitto: max_connections in mosquitto.conf, -1 for none; "
+                            "its log says \"max_connections exceeded\")",
+                            "and its open-file limit (ulimit -n, LimitNOFILE= in its systemd unit)",
+                        ))
+        if ctx.protocol in ("redis", "websocket", "http"):
+            return _cap(key, w, "the server closes new connections before the session opens (a connection "
+                        "cap or its open-file limit)", "", (
+                            "see the server's log for why it closed them; raise its connection cap and its "
+                            "open-file limit (ulimit -n, LimitNOFILE=)",
+                        ))
+        return None
+    if cause == "handshake_timeout":
+        return Finding("server_starved", "server",
+                       "the server does not complete new sessions in time (handshake_timeout)",
+                       (_count(w, key),),
+                       ("a slower ramp (scenario.rate), a longer client.handshake_timeout, or more server capacity",),
+                       confident=True)
+    if cause.startswith(("redis_", "http_", "ws_")) or cause in ("expect_mismatch",):
+        fix = {
+            "redis_noauth": "give Redis's password (redis://:PASSWORD@HOST is not supported yet: use a server "
+                            "without requirepass for the test, or a user allowed PING without AUTH)",
+            "redis_loading": "Redis is loading its dataset: start the run once it is up",
+            "http_connection_close": "the server will not keep connections alive: enable keep-alive "
+                                     "(nginx: keepalive_timeout > client.interval, keepalive_requests high "
+                                     "enough for a run's pings)",
+            "ws_bad_accept": "the server's handshake answer is not RFC 6455's (a proxy in between, or not a "
+                             "WebSocket endpoint): check client.url's path",
+            "expect_mismatch": "client.custom.expect or expect_regex does not match what the server answers",
+        }.get(cause, "see the server's log: it said why")
+        if cause.startswith("http_") and cause[5:].isdigit() and int(cause[5:]) >= 500:
+            fix = "the server fails the request: see its log (an upstream down, a limit reached)"
+        elif cause.startswith("http_4"):
+            fix = "check client.url's path, client.http.method and headers: the server refuses the request"
+        elif cause.startswith("ws_close_"):
+            fix = "the server closed the WebSocket with this code: see its log (1001: going away, 1008: policy)"
+        return Finding("server_refused", "server", f"the server refused: {quote or cause}",
+                       (_count(w, key),) + ((f"the server said: {quote}",) if quote else ()), (fix,))
+    return None
+
+
+def wrong_server(w: Window, ctx: Context, key: str) -> Finding:
+    """Replies that are not the profile's protocol: another server, or TLS spoken to in plain text."""
+    evidence = [_count(w, key)]
+    fixes = []
+    if w.said.get("unexpected_reply"):
+        evidence.append(f'the server answered: "{w.said["unexpected_reply"]}"')
+    if w.said.get("too_large"):
+        evidence.append(f"a reply was too large: {w.said['too_large']}")
+    if w.said.get("tls_reply"):
+        headline = f"the server speaks TLS, the clients plain {ctx.protocol}"
+        fixes.append("use the TLS scheme (rediss://, https://, wss://, mqtts://, tls://) or client.tls.enabled")
+    else:
+        headline = f"the server does not speak {ctx.protocol}: its replies are another protocol (protocol errors)"
+        fixes.append("check client.url's scheme and port: another server answers there")
+    fixes.append("client.max_reply bounds one reply; a server that sends more is cut off as too_large")
+    return Finding("protocol", "server", headline, tuple(evidence), tuple(fixes))

@@ -63,9 +63,14 @@ class ProfileConnection(ClientConnection):
 
     def overflow(self, data: bytes) -> bool:
         """Buffer `data`; True (and the connection failed) when a reply outgrows max_reply."""
-        if len(self.buf) + len(data) > self.pool.profile.options.max_reply:
+        max_reply = self.pool.profile.options.max_reply
+        if len(self.buf) + len(data) > max_reply:
             head, self.buf = self.buf or data, b""
-            self.pool.bad_reply(self, "tls_reply" if is_tls(head) else "too_large")
+            if is_tls(head):
+                self.foreign(head)
+            else:
+                self.pool.counters.say("too_large", f"more than {max_reply:,} bytes in one reply (client.max_reply)")
+                self.pool.bad_reply(self, "too_large")
             return True
         self.buf += data
         return False
@@ -73,10 +78,13 @@ class ProfileConnection(ClientConnection):
     def foreign(self, data: bytes) -> None:
         """Bytes that are not this protocol: a TLS server, or another protocol altogether."""
         self.buf = b""
-        kind = "tls_reply" if is_tls(data) else "unexpected_reply"
-        if kind == "unexpected_reply":
-            self.pool.counters.say(kind, data[:80])  # what it was instead: "HTTP/1.1 400 Bad Request"
-        self.pool.bad_reply(self, kind)
+        if is_tls(data):
+            self.pool.counters.say("tls_reply", f"a TLS record (bytes {data[:3].hex(' ')}) where {self.pool.profile.name} "
+                                   "was expected")
+            self.pool.bad_reply(self, "tls_reply")
+        else:
+            self.pool.counters.say("unexpected_reply", data[:80])  # what it was instead: "HTTP/1.1 400 Bad Request"
+            self.pool.bad_reply(self, "unexpected_reply")
 
 
 class Profile:

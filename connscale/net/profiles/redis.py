@@ -53,7 +53,7 @@ class RedisConnection(ProfileConnection):
                 else:
                     pool.session_open(self)
             elif line[:1] == b"-":
-                pool.refused(self, error_cause(line), line[1:])
+                pool.refused(self, error_cause(line), line)
                 return
             else:
                 self.foreign(line)
