@@ -40,6 +40,11 @@ def is_tls(data: bytes) -> bool:
     return data[:2] in TLS_RECORD_STARTS
 
 
+def undecided(data: bytes) -> bool:
+    """One byte that may still become a TLS record: wait for the next before naming it."""
+    return len(data) < 2 and data[:1] in (b"\x15", b"\x16")
+
+
 class ProfileConnection(ClientConnection):
     """A client connection whose parser keeps a little state of its own.
 

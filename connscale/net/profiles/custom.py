@@ -40,15 +40,13 @@ class CustomConnection(ProfileConnection):
                     self.pool.refused(self, "expect_mismatch", buf[:80])
                 return
         elif profile.expect:
-            if len(buf) < len(profile.expect):
-                if profile.expect.startswith(buf):
-                    return
-            elif buf.startswith(profile.expect):
-                pass
-            else:
+            n = min(len(buf), len(profile.expect))
+            if buf[:n] != profile.expect[:n]:
                 self.buf = b""
                 self.pool.refused(self, "expect_mismatch", buf[:80])
                 return
+            if n < len(profile.expect):
+                return  # a prefix so far: wait for the rest
         self.buf = b""
         self.pool.pong(self)
 

@@ -12,7 +12,7 @@ names nginx's `worker_connections` only when it knows it was nginx.
 
 from __future__ import annotations
 
-from connscale.net.profiles.base import Profile, ProfileConnection
+from connscale.net.profiles.base import Profile, ProfileConnection, undecided
 from connscale.net.profiles.httphead import BadHead, Head, parse_head, split_head, status_cause
 
 HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILER = range(5)
@@ -44,7 +44,7 @@ class HttpConnection(ProfileConnection):
             if stage == HEAD:
                 parts = split_head(buf)
                 if parts is None:
-                    if not b"HTTP/1."[: len(buf)] == buf[:7]:
+                    if b"HTTP/1."[: len(buf)] != buf[:7] and not undecided(buf):
                         self.foreign(buf)
                         return
                     self.buf = buf

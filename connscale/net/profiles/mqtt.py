@@ -71,6 +71,9 @@ class MqttConnection(ProfileConnection):
         pool = self.pool
         buf = self.buf
         while buf and self.alive:
+            if self.state == self.HANDSHAKING and (buf[0] != CONNACK or len(buf) > 1 and buf[1] != 2):
+                self._bad(buf)  # before the session, only a CONNACK is MQTT
+                return
             # Fixed header: type and flags, then 1-4 bytes of remaining length.
             n = shift = 0
             i = 1

@@ -9,7 +9,7 @@ causes, the words themselves kept as a sample).
 
 from __future__ import annotations
 
-from connscale.net.profiles.base import Profile, ProfileConnection
+from connscale.net.profiles.base import Profile, ProfileConnection, undecided
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 PONG = b"+PONG\r\n"
@@ -43,7 +43,7 @@ class RedisConnection(ProfileConnection):
         while self.buf and self.alive:
             end = self.buf.find(b"\r\n")
             if end < 0:
-                if self.buf[:1] not in (b"+", b"-"):
+                if self.buf[:1] not in (b"+", b"-") and not undecided(self.buf):
                     self.foreign(self.buf)
                 return
             line, self.buf = self.buf[:end], self.buf[end + 2:]

@@ -23,7 +23,7 @@ import os
 import random
 import struct
 
-from connscale.net.profiles.base import Profile, ProfileConnection
+from connscale.net.profiles.base import Profile, ProfileConnection, undecided
 from connscale.net.profiles.httphead import BadHead, parse_head, split_head, status_cause
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -69,7 +69,7 @@ class WebSocketConnection(ProfileConnection):
     def _upgraded(self) -> bool:
         parts = split_head(self.buf)
         if parts is None:
-            if b"HTTP/1."[: len(self.buf)] != self.buf[:7]:
+            if b"HTTP/1."[: len(self.buf)] != self.buf[:7] and not undecided(self.buf):
                 self.foreign(self.buf)
             return False
         raw, self.buf = parts
