@@ -570,7 +570,8 @@ class ServerSettings:
     interface: str = _setting("127.0.0.1", _ip_literal)
     ports: tuple[int, ...] = _setting((8989,), parse_ports)
     backlog: int = _setting(4096, _int(1, 1_000_000))
-    framing: Framing = _setting("line", _choice("line", "raw"))
+    # line, raw, or websocket (the upgrade, then ping frames answered with pong frames).
+    framing: str = _setting("line", _choice("line", "raw", "websocket"))
     workers: Workers = _setting("auto", _workers)   # 0 = serve inside the hub process
     status_interval: float = _setting(5.0, _duration(allow_zero=False))
     max_line: int = _setting(1024, _int(16, 65536))   # bytes

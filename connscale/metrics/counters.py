@@ -47,7 +47,9 @@ MAX_SAID_LEN = 200
 PROTOCOL_KINDS: tuple[str, ...] = ("unknown_line", "line_too_long", "flood", "unexpected_pong",
                                    # a profile's reply that is not its protocol, too large, a bad frame,
                                    # or TLS records where plain text was expected
-                                   "unexpected_reply", "too_large", "bad_frame", "tls_reply")
+                                   "unexpected_reply", "too_large", "bad_frame", "tls_reply",
+                                   # connscale's WebSocket server: an upgrade request it cannot take
+                                   "bad_handshake")
 
 
 def errno_cause(number: int) -> str:

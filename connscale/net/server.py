@@ -23,6 +23,10 @@ from connscale.metrics.counters import Counters, errno_cause
 from connscale.net.dispatch import loop_for
 from connscale.net.transport import ListeningPort
 from connscale.net.wire import SERVER_PROTOCOLS, ServerState
+from connscale.net.wsserver import WebSocketServerProtocol
+
+#: Every framing connscale's server speaks (server.framing).
+FRAMINGS: dict[str, type] = {**SERVER_PROTOCOLS, "websocket": WebSocketServerProtocol}
 
 log = Logger()
 
@@ -34,7 +38,7 @@ class ListenError(Exception):
 class PingServerFactory(ServerFactory):
     def __init__(self, framing: str, counters: Counters, max_line: int = 1024) -> None:
         self.state = ServerState(counters, max_line)
-        self.protocol_class = SERVER_PROTOCOLS[framing]
+        self.protocol_class = FRAMINGS[framing]
         self.noisy = False
 
     def buildProtocol(self, addr: object):  # type: ignore[no-untyped-def]

@@ -39,6 +39,8 @@ MAX_ROUTES = 16384
 #: One route's quota never exceeds the ephemeral port range.
 MAX_QUOTA = 65536
 FRAMINGS = ("line", "raw")
+#: What connscale's own server speaks: the client framings and WebSocket (net/wsserver).
+SERVER_FRAMINGS = ("line", "raw", "websocket")
 
 
 _ROUTE_PARTS = (("source", ip_or_empty), ("host", hostname), ("port", integer(1, 65535)),
@@ -143,7 +145,7 @@ class ServerSpec(Record):
     interface: str = field(hostname, default="127.0.0.1")
     ports: tuple[int, ...] = field(seq(integer(1, 65535), 65535), default=(8989,))
     backlog: int = field(integer(1, 1 << 20), default=4096)
-    framing: str = field(choice(*FRAMINGS), default="line")
+    framing: str = field(choice(*SERVER_FRAMINGS), default="line")
     max_line: int = field(integer(1, 1 << 24), default=1024)
     name: str = field(_label, default="server-worker")
     index: int = field(integer(0, 4096), default=0)
