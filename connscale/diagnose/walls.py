@@ -616,14 +616,17 @@ def server_words(key: str, phase: str, cause: str, w: Window, ctx: Context) -> F
                         "front: its connection cap, e.g. nginx worker_connections) and its open-file limit",
                         "or spread the clients over more server processes (a port range in client.url)",
                     ))
+    if cause in ("closed_by_peer", "ECONNRESET") and ctx.protocol == "http" and _server_is(w, "nginx"):
+        # At its worker_connections nginx closes idle keep-alive connections to take new
+        # ones ("worker_connections are not enough, reusing connections" in its error log),
+        # or closes the new ones: either way the clients see their connections closed.
+        return _cap(key, w, "nginx closes connections: its worker_connections are used up", "", (
+            "raise worker_connections (events { worker_connections 65536; } in nginx.conf): each worker "
+            "holds at most that many connections, its listeners included",
+            "and worker_rlimit_nofile (at least worker_connections, e.g. worker_rlimit_nofile 131072;) so "
+            "the workers may open that many files; more worker_processes multiply both",
+        ))
     if phase == "connect" and cause in ("closed_by_peer", "ECONNRESET"):
-        if ctx.protocol == "http" and _server_is(w, "nginx"):
-            return _cap(key, w, "nginx closes new connections: its worker_connections are used up", "", (
-                "raise worker_connections (events { worker_connections 65536; } in nginx.conf): each worker "
-                "holds at most that many connections, its listeners included",
-                "and worker_rlimit_nofile (at least worker_connections, e.g. worker_rlimit_nofile 131072;) so "
-                "the workers may open that many files; more worker_processes multiply both",
-            ))
         if ctx.protocol == "mqtt":
             return _cap(key, w, "the MQTT broker closes new connections before its CONNACK (at its connection "
                         "cap or its open-file limit)", "", (

@@ -1,0 +1,154 @@
+"""Real servers for the profile tests: redis-server, nginx, mosquitto and a WebSocket echo server.
+
+Each is started on a loopback port of `free_port()`, with a config file of the test's own in
+the test's directory and an open-file limit it was given (so its own cap, not the box's, is
+what a test provokes), waited for until it accepts, and stopped by its pid. Shared by the
+e2e tests (tests/test_e2e_servers.py) and the full-size figures (bench/servers.py).
+
+The WebSocket server is autobahn's (`WebSocketServerFactory`, the library the brief brings
+with txaio), run as `python -m tests.support.ws_echo`: it has a connection cap of its own
+(`maxConnections`), answered with a 503 at the upgrade, which is what a WebSocket gateway
+at its limit does, and it answers ping frames with pong frames as RFC 6455 asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.support.procs import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def missing(*programs: str) -> str | None:
+    """Why a test cannot run here (a program not installed), or None."""
+    absent = [p for p in programs if shutil.which(p) is None and not os.path.exists(f"/usr/sbin/{p}")]
+    return f"not installed: {', '.join(absent)} (apt-get install redis-server nginx-light mosquitto)" if absent else None
+
+
+def _program(name: str) -> str:
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+def _nofile(limit: int):  # type: ignore[no-untyped-def]
+    def set_limit() -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        soft = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, max(soft, hard) if hard != resource.RLIM_INFINITY else hard))
+        os.setsid()
+    return set_limit
+
+
+def _wait_accepting(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"the server did not listen on {port} within {timeout:g}s: {log.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def _running(argv: list[str], port: int, workdir: Path, name: str, nofile: int) -> Iterator[int]:
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=workdir, preexec_fn=_nofile(nofile))
+    try:
+        _wait_accepting(port, proc, log)
+        yield port
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@contextlib.contextmanager
+def redis(workdir: Path, maxclients: int | None = None, nofile: int = 65536) -> Iterator[int]:
+    """redis-server; `maxclients` None keeps Redis's default (10,000, lowered to its fd limit - 32)."""
+    port = free_port()
+    conf = workdir / "redis.conf"
+    lines = [f"port {port}", "bind 127.0.0.1", 'save ""', "appendonly no", "daemonize no", f"dir {workdir}",
+             "tcp-backlog 4096"]
+    if maxclients is not None:
+        lines.append(f"maxclients {maxclients}")
+    conf.write_text("\n".join(lines) + "\n")
+    with _running([_program("redis-server"), str(conf)], port, workdir, "redis", nofile) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def nginx(workdir: Path, worker_connections: int, nofile: int = 65536) -> Iterator[int]:
+    """nginx with one worker, keep-alive long enough for a run, `location /` answering 200."""
+    port = free_port()
+    prefix = workdir / "nginx"
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {worker_connections}; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_timeout 600s;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+""")
+    with _running([_program("nginx"), "-p", str(prefix), "-c", str(conf)], port, workdir, "nginx", nofile) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def mosquitto(workdir: Path, max_connections: int = -1, nofile: int = 65536) -> Iterator[int]:
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"""
+listener {port} 127.0.0.1
+max_connections {max_connections}
+allow_anonymous true
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+""")
+    with _running([_program("mosquitto"), "-c", str(conf)], port, workdir, "mosquitto", nofile) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def ws_echo(workdir: Path, max_connections: int = 0, nofile: int = 65536) -> Iterator[int]:
+    """autobahn's WebSocket server echoing messages; `max_connections` 0: no cap of its own."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.support.ws_echo", str(port), str(max_connections)]
+    env_argv = ["env", f"PYTHONPATH={REPO}", *argv]
+    with _running(env_argv, port, workdir, "ws_echo", nofile) as p:
+        yield p

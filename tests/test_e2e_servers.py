@@ -1,0 +1,162 @@
+"""`connscale run --url` against real servers: each held with 0 failures, each stopped at its own cap.
+
+redis-server, nginx, mosquitto and autobahn's WebSocket server (tests/support/servers.py),
+each started here on a loopback port with a config of this test's, stopped by pid. A run
+against a server's cap must stop near it and name the cap and its fix; every explanation
+is checked against the run's timeline (the cause it names is the one the clients counted,
+and the count it stopped at is the timeline's peak). Small counts keep the suite fast;
+bench/servers.py runs the same at full size (15,000-20,000 connections).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from connscale.metrics.timeline import read_timeline
+from tests.support import servers
+from tests.support.procs import connscale, free_port
+
+pytestmark = pytest.mark.slow
+
+#: How a server that closes connections at its cap shows in the clients' counts.
+CLOSED = tuple(f"{phase}:{cause}" for phase in ("connect", "first_ping", "steady")
+               for cause in ("closed_by_peer", "ECONNRESET"))
+
+
+def config(tmp: Path, target: int, **client: object) -> Path:
+    control = free_port()
+    extra = "".join(f"\n  {k}: {json.dumps(v)}" for k, v in client.items())
+    path = tmp / "run.yaml"
+    path.write_text(f"""
+client:
+  interval: 2
+  timeout: 5
+  workers: 1{extra}
+control: {{listen: "tcp:{control}:interface=127.0.0.1", console: none}}
+scenario: {{target: {target}, rate: 2000, steps: 2, hold: 1, final_hold: 3, time_limit: 60, max_failures: 0}}
+run: {{dir: runs}}
+""")
+    return path
+
+
+def run(tmp: Path, url: str, target: int, **client: object) -> tuple[subprocess.CompletedProcess[str], dict, list]:
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"))
+    r = subprocess.run(connscale("run", "-c", str(config(tmp, target, **client)), "--url", url),
+                       capture_output=True, text=True, timeout=150, env=env, cwd=tmp)
+    found = list((tmp / "runs").glob("*/summary.json"))
+    assert len(found) == 1, r.stdout + r.stderr
+    summary = json.loads(found[0].read_text())
+    records = list(read_timeline(found[0].parent / "timeline.jsonl"))
+    assert (found[0].parent / "report.html").exists(), r.stdout
+    return r, summary, records
+
+
+def last_client(records: list) -> dict:
+    """The clients' totals of the last second the agent reported (the very last may follow its exit)."""
+    return [rec["client"] for rec in records if rec["client"]["opened"]][-1]
+
+
+def held(r: subprocess.CompletedProcess[str], summary: dict, records: list, target: int) -> None:
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert summary["verdict"] == "held" and summary["held"] == target and summary["failures"] == {}
+    assert summary["pongs"] > 0
+    # No server of connscale's own: no server-side numbers claimed, no ghosts against a count of 0.
+    assert summary["workers"]["server"] == 0 and summary["server_open_at_end"] is None
+    assert summary["ghosts"] == 0 and all(rec["ghosts"] == 0 for rec in records)
+    assert all(rec["own_server"] is False for rec in records)
+    # The explanation against the timeline: held what the final hold's seconds held.
+    finals = [rec for rec in records if rec["phase"] == "final_hold"]
+    assert finals and all(rec["client"]["open"] == target for rec in finals)
+    assert summary["explanation"]["wall"] == "none"
+    assert summary["explanation"]["headline"].startswith(f"held {target:,} of {target:,}")
+
+
+def stopped_at_cap(r: subprocess.CompletedProcess[str], summary: dict, records: list, causes: tuple[str, ...],
+                   cap: int, words: tuple[str, ...]) -> dict:
+    """The run failed at about `cap`, the timeline counted `cause`, the explanation names it."""
+    assert r.returncode == 1, r.stdout + r.stderr
+    explanation = summary["explanation"]
+    assert explanation["wall"] == "server_cap", explanation
+    # The timeline's peak (once a second, the hub's) and the run's (its own polls) may differ by
+    # a few connections opened and closed between them; both are at the cap.
+    peak = max(rec["client"]["open"] for rec in records)
+    assert cap * 0.8 <= peak <= cap + 2, (peak, cap)  # a server may count its own listener in or out
+    assert cap * 0.8 <= summary["peak_open"] <= cap + 2, (summary["peak_open"], peak)
+    failures = last_client(records)["failures"]
+    assert any(failures.get(c, 0) > 0 for c in causes), failures
+    assert f"stopped at {summary['peak_open']:,} of" in explanation["headline"]
+    text = " ".join([explanation["headline"], *explanation["evidence"], *explanation["fix"]])
+    for word in words:
+        assert word in text, (word, explanation)
+    assert "why: stopped at" in r.stdout and "fix: " in r.stdout
+    return explanation
+
+
+# -- redis -----------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(servers.missing("redis-server") is not None, reason=str(servers.missing("redis-server")))
+def test_redis_held(tmp_path):
+    with servers.redis(tmp_path) as port:
+        held(*run(tmp_path, f"redis://127.0.0.1:{port}", 1000), 1000)
+
+
+@pytest.mark.skipif(servers.missing("redis-server") is not None, reason=str(servers.missing("redis-server")))
+def test_redis_at_maxclients_names_it_quoting_redis(tmp_path):
+    with servers.redis(tmp_path, maxclients=300) as port:
+        r, summary, records = run(tmp_path, f"redis://127.0.0.1:{port}", 800)
+    explanation = stopped_at_cap(r, summary, records, ("connect:redis_maxclients",), 300,
+                                 ("maxclients", "CONFIG SET maxclients", "LimitNOFILE"))
+    # The server's own words, quoted, as the timeline kept them.
+    assert last_client(records)["said"]["redis_maxclients"] == "-ERR max number of clients reached"
+    assert '"-ERR max number of clients reached"' in explanation["headline"]
+
+
+# -- nginx -----------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(servers.missing("nginx") is not None, reason=str(servers.missing("nginx")))
+def test_nginx_held(tmp_path):
+    with servers.nginx(tmp_path, worker_connections=4096) as port:
+        held(*run(tmp_path, f"http://127.0.0.1:{port}/health", 1000), 1000)
+
+
+@pytest.mark.skipif(servers.missing("nginx") is not None, reason=str(servers.missing("nginx")))
+def test_nginx_at_worker_connections_names_it(tmp_path):
+    with servers.nginx(tmp_path, worker_connections=300) as port:
+        r, summary, records = run(tmp_path, f"http://127.0.0.1:{port}/", 800)
+    explanation = stopped_at_cap(r, summary, records, CLOSED, 300, ("worker_connections", "worker_rlimit_nofile"))
+    assert "nginx" in explanation["headline"]
+
+
+# -- mosquitto -------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(servers.missing("mosquitto") is not None, reason=str(servers.missing("mosquitto")))
+def test_mosquitto_held(tmp_path):
+    with servers.mosquitto(tmp_path) as port:
+        held(*run(tmp_path, f"mqtt://127.0.0.1:{port}", 1000), 1000)
+
+
+@pytest.mark.skipif(servers.missing("mosquitto") is not None, reason=str(servers.missing("mosquitto")))
+def test_mosquitto_at_max_connections_names_it(tmp_path):
+    with servers.mosquitto(tmp_path, max_connections=300) as port:
+        r, summary, records = run(tmp_path, f"mqtt://127.0.0.1:{port}", 800)
+    stopped_at_cap(r, summary, records, CLOSED, 300, ("max_connections", "mosquitto.conf"))
+
+
+# -- WebSocket (autobahn) --------------------------------------------------------------------------
+
+def test_websocket_server_held(tmp_path):
+    with servers.ws_echo(tmp_path) as port:
+        held(*run(tmp_path, f"ws://127.0.0.1:{port}/socket", 1000), 1000)
+
+
+def test_websocket_server_at_its_cap_names_the_503(tmp_path):
+    with servers.ws_echo(tmp_path, max_connections=300) as port:
+        r, summary, records = run(tmp_path, f"ws://127.0.0.1:{port}/", 800)
+    explanation = stopped_at_cap(r, summary, records, ("connect:http_503",), 300, ("503", "maxConnections"))
+    assert last_client(records)["said"]["http_503"].startswith("HTTP/1.1 503")
+    assert '"HTTP/1.1 503' in explanation["headline"]
