@@ -58,7 +58,7 @@ def run(tmp: Path, url: str, target: int, **client: object) -> tuple[subprocess.
 
 def last_client(records: list) -> dict:
     """The clients' totals of the last second the agent reported (the very last may follow its exit)."""
-    return [rec["client"] for rec in records if rec["client"]["opened"]][-1]
+    return [rec["client"] for rec in records if rec["client"]["opened"] or rec["client"]["failures"]][-1]
 
 
 def held(r: subprocess.CompletedProcess[str], summary: dict, records: list, target: int) -> None:
@@ -160,3 +160,46 @@ def test_websocket_server_at_its_cap_names_the_503(tmp_path):
     explanation = stopped_at_cap(r, summary, records, ("connect:http_503",), 300, ("503", "maxConnections"))
     assert last_client(records)["said"]["http_503"].startswith("HTTP/1.1 503")
     assert '"HTTP/1.1 503' in explanation["headline"]
+
+
+# -- the wrong server ------------------------------------------------------------------------------
+
+def wrong_server(r: subprocess.CompletedProcess[str], summary: dict, records: list, headline: str,
+                 protocol_errors: bool = True) -> dict:
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    for log in Path(summary["run_dir"]).glob("*.log"):
+        assert "Traceback" not in log.read_text(errors="replace"), log
+    explanation = summary["explanation"]
+    assert explanation["wall"] == "protocol" and headline in explanation["headline"], explanation
+    if protocol_errors:
+        assert any(k.endswith(":protocol_error") for k in last_client(records)["failures"])
+    return explanation
+
+
+@pytest.mark.skipif(servers.missing("nginx") is not None, reason=str(servers.missing("nginx")))
+def test_redis_spoken_to_an_http_server_is_named_with_its_answer(tmp_path):
+    with servers.nginx(tmp_path, worker_connections=1024) as port:
+        r, summary, records = run(tmp_path, f"redis://127.0.0.1:{port}", 50)
+    explanation = wrong_server(r, summary, records, "does not speak redis")
+    assert last_client(records)["said"]["unexpected_reply"].startswith("HTTP/1.1 400")
+    assert "HTTP/1.1 400" in " ".join(explanation["evidence"])
+
+
+def test_plain_text_to_a_tls_server_is_named(tmp_path):
+    with servers.tls_server(tmp_path) as port:
+        r, summary, records = run(tmp_path, f"mqtt://127.0.0.1:{port}", 5)
+    # OpenSSL closes on a plain-text first record without a word (no alert): named as such.
+    explanation = wrong_server(r, summary, records, "it may expect TLS", protocol_errors=False)
+    assert any("mqtts://" in fix for fix in explanation["fix"])
+
+
+def test_a_server_sending_a_gigabyte_is_cut_off_with_bounded_memory(tmp_path):
+    with servers.flood(tmp_path) as port:
+        r, summary, records = run(tmp_path, f"http://127.0.0.1:{port}/", 20, max_reply=65536)
+    explanation = wrong_server(r, summary, records, "does not speak http")
+    assert last_client(records)["protocol"] == {"too_large": 20}
+    assert "more than 65,536 bytes in one reply" in " ".join(explanation["evidence"])
+    rss = [w["resources"]["rss_bytes"] for rec in records for a in rec["clients"].values() for w in a["workers"]
+           if w.get("resources", {}).get("rss_bytes")]
+    assert rss and max(rss) < 150 * 2**20, max(rss)  # a worker is ~25 MB; a gigabyte would show

@@ -627,6 +627,10 @@ def server_words(key: str, phase: str, cause: str, w: Window, ctx: Context) -> F
             "the workers may open that many files; more worker_processes multiply both",
         ))
     if phase == "connect" and cause in ("closed_by_peer", "ECONNRESET"):
+        if w.open == 0 and not any(k.split(":")[0] in ("first_ping", "steady") for k in w.failures):
+            # Not one session ever opened, and not a word: a TLS server (OpenSSL closes on
+            # a plain-text first record without an alert) or a server of another protocol.
+            return wrong_server(w, ctx, key, silent=True)
         if ctx.protocol == "mqtt":
             return _cap(key, w, "the MQTT broker closes new connections before its CONNACK (at its connection "
                         "cap or its open-file limit)", "", (
@@ -670,17 +674,27 @@ def server_words(key: str, phase: str, cause: str, w: Window, ctx: Context) -> F
     return None
 
 
-def wrong_server(w: Window, ctx: Context, key: str) -> Finding:
-    """Replies that are not the profile's protocol: another server, or TLS spoken to in plain text."""
+def wrong_server(w: Window, ctx: Context, key: str, silent: bool = False) -> Finding:
+    """Replies that are not the profile's protocol: another server, or TLS spoken to in plain text.
+
+    `silent`: the server said nothing at all, it closed every connection before the session opened."""
     evidence = [_count(w, key)]
     fixes = []
+    tls_fix = "use the TLS scheme (rediss://, https://, wss://, mqtts://, tls://) or client.tls.enabled"
+    if silent:
+        return Finding("protocol", "server",
+                       f"the server closes every new connection before a {ctx.protocol} session opens, without a "
+                       "word: it may expect TLS, or speak another protocol",
+                       (*evidence, "no connection ever opened a session; the server sent nothing before closing"),
+                       (tls_fix + " if it speaks TLS",
+                        "check client.url's scheme and port, and the server's log for why it closes them"))
     if w.said.get("unexpected_reply"):
         evidence.append(f'the server answered: "{w.said["unexpected_reply"]}"')
     if w.said.get("too_large"):
         evidence.append(f"a reply was too large: {w.said['too_large']}")
     if w.said.get("tls_reply"):
         headline = f"the server speaks TLS, the clients plain {ctx.protocol}"
-        fixes.append("use the TLS scheme (rediss://, https://, wss://, mqtts://, tls://) or client.tls.enabled")
+        fixes.append(tls_fix)
     else:
         headline = f"the server does not speak {ctx.protocol}: its replies are another protocol (protocol errors)"
         fixes.append("check client.url's scheme and port: another server answers there")

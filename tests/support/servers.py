@@ -152,3 +152,24 @@ def ws_echo(workdir: Path, max_connections: int = 0, nofile: int = 65536) -> Ite
     env_argv = ["env", f"PYTHONPATH={REPO}", *argv]
     with _running(env_argv, port, workdir, "ws_echo", nofile) as p:
         yield p
+
+
+@contextlib.contextmanager
+def flood(workdir: Path) -> Iterator[int]:
+    """A server that sends every connection up to 1 GiB (tests/support/flood.py)."""
+    port = free_port()
+    argv = ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "tests.support.flood", str(port)]
+    with _running(argv, port, workdir, "flood", 1024) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def tls_server(workdir: Path) -> Iterator[int]:
+    """`openssl s_server` with a self-signed certificate made here: TLS and nothing else."""
+    port = free_port()
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                    "-days", "1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    argv = ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert), "-key", str(key), "-quiet"]
+    with _running(argv, port, workdir, "tls", 1024) as p:
+        yield p

@@ -74,11 +74,17 @@ class ProfileConnection(ClientConnection):
             if is_tls(head):
                 self.foreign(head)
             else:
-                self.pool.counters.say("too_large", f"more than {max_reply:,} bytes in one reply (client.max_reply)")
-                self.pool.bad_reply(self, "too_large")
+                self.too_large()
             return True
         self.buf += data
         return False
+
+    def too_large(self) -> None:
+        """A reply larger than max_reply: cut off, and said why."""
+        self.buf = b""
+        max_reply = self.pool.profile.options.max_reply
+        self.pool.counters.say("too_large", f"more than {max_reply:,} bytes in one reply (client.max_reply)")
+        self.pool.bad_reply(self, "too_large")
 
     def foreign(self, data: bytes) -> None:
         """Bytes that are not this protocol: a TLS server, or another protocol altogether."""

@@ -35,7 +35,7 @@ class HttpConnection(ProfileConnection):
             if self.stage == HEAD and not self.buf and not data.startswith(b"HTTP/"):
                 self.foreign(data)  # a first read too large to be a response head: another protocol
             else:
-                self._fail("too_large")
+                self.too_large()
             return
         buf = self.buf + data if self.buf else data
         self.buf = b""
@@ -121,7 +121,7 @@ class HttpConnection(ProfileConnection):
                 return False
             self.need = int(length)
             if self.need > pool.profile.options.max_reply:
-                self._fail("too_large")
+                self.too_large()
                 return False
             self.stage = BODY
             if self.need == 0:

@@ -91,8 +91,7 @@ class MqttConnection(ProfileConnection):
                     self._bad(buf)
                     return
             if i + n > pool.profile.options.max_reply:
-                self.buf = b""
-                pool.bad_reply(self, "too_large")
+                self.too_large()
                 return
             if len(buf) < i + n:
                 break

@@ -123,8 +123,7 @@ class WebSocketConnection(ProfileConnection):
                     break
                 n, start = struct.unpack_from("!Q", buf, 2)[0], 10
             if n > pool.profile.options.max_reply:
-                self.buf = b""
-                pool.bad_reply(self, "too_large")
+                self.too_large()
                 return
             if opcode >= OP_CLOSE and (n > 125 or not b0 & 0x80):
                 self._bad()  # control frames are short and never fragmented
