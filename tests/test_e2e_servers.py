@@ -203,3 +203,21 @@ def test_a_server_sending_a_gigabyte_is_cut_off_with_bounded_memory(tmp_path):
     rss = [w["resources"]["rss_bytes"] for rec in records for a in rec["clients"].values() for w in a["workers"]
            if w.get("resources", {}).get("rss_bytes")]
     assert rss and max(rss) < 150 * 2**20, max(rss)  # a worker is ~25 MB; a gigabyte would show
+
+
+# -- connscale's own server speaking WebSocket -----------------------------------------------------
+
+def test_connscale_run_holds_websocket_connections_to_its_own_server(tmp_path):
+    port = free_port()
+    path = config(tmp_path, 1000, protocol="websocket")
+    path.write_text(path.read_text() + f'server: {{framing: websocket, workers: 1, ports: "{port}"}}\n')
+    r = subprocess.run(connscale("run", "-c", str(path)), capture_output=True, text=True, timeout=150,
+                       env=dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg")), cwd=tmp_path)
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert summary["verdict"] == "held" and summary["failures"] == {} and summary["server_open_at_end"] == 1000
+    records = list(read_timeline(Path(summary["run_dir"]) / "timeline.jsonl"))
+    final = [rec for rec in records if rec["phase"] == "final_hold"]
+    # Both sides counted the same pings: the server answered every ping frame itself.
+    assert final and final[-1]["server"]["pongs"] > 0 and final[-1]["server"]["open"] == 1000
+    assert final[-1]["server"]["protocol"] == {}
