@@ -54,7 +54,7 @@ def run_case(name: str, scale: float, interval: float) -> dict[str, object]:
         control = free_port()
         cfg = work / "run.yaml"
         cfg.write_text(f"""
-client: {{interval: {interval}, timeout: 5, handshake_timeout: 10}}
+client: {{interval: {interval}, timeout: 5, handshake_timeout: 10, source_ips: "127.0.0.2-127.0.0.5"}}
 control: {{listen: "tcp:{control}:interface=127.0.0.1", console: none}}
 scenario: {{target: {target}, rate: 2500, steps: 5, hold: 2, final_hold: 15, time_limit: 240, max_failures: 0}}
 run: {{dir: runs}}
