@@ -82,8 +82,9 @@ def plain_line(frame: Frame, info: RunInfo | None = None) -> str:
         ("phase", frame.phase(info) or "-"),
         ("open", str(st.get("client", {}).get("open", 0))),
         ("target", str(target)),
-        ("server_open", str(st.get("server", {}).get("open", 0))),
-        ("ghosts", str(st.get("ghosts", 0))),
+        # Someone else's server (client.url): no count of ours to show or to hold ghosts against.
+        ("server_open", str(st.get("server", {}).get("open", 0)) if st.get("own_server", True) else "-"),
+        ("ghosts", str(st.get("ghosts", 0)) if st.get("own_server", True) else "-"),
         ("connects_per_s", f"{frame.connect_rate:.0f}"),
         ("pings_per_s", f"{frame.ping_rate:.0f}"),
         ("rtt_p50_ms", _ms(frame.rtt.get("p50"))),

@@ -134,7 +134,8 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
     put("final_hold_open", int(final["client"]["open"]) if final else None, "int")
     put("final_hold_seconds", sum(1 for p in s.phase if p == FINAL_HOLD), "int")
     put("open_at_end", int(last.get("client", {}).get("open", 0)), "int")
-    put("server_open_at_end", int(last.get("server", {}).get("open", 0)), "int")
+    put("server_open_at_end", int(last.get("server", {}).get("open", 0)) if last.get("own_server", True) else None,
+        "int")
     put("ghosts_max", max(s.ghosts[: end + 1], default=0), "int")
     put("failures", sum(failures_of(last).values()) if last else 0, "int")
     put("pings", int(last.get("client", {}).get("pings", 0)), "int")
