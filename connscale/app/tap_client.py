@@ -12,6 +12,7 @@ from connscale.host.sysctl import ephemeral_count
 from connscale.metrics.status import StatusService
 from connscale.net.dispatch import direct_dispatch
 from connscale.net.pool import ConnectionPool, PoolSettings
+from connscale.net.profiles import ProfileError
 from connscale.net.routes import make_routes
 
 log = Logger(namespace="connscale.client")
@@ -129,10 +130,13 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     routes = make_routes(
         c.server_host, c.server_ports, c.source_ips, plan.tuple_cap(c.per_route_max, ephemeral_count())
     )
-    pool = ConnectionPool(
-        reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close,
-                                       profile=c.profile_options(), tls=c.tls_options()), routes
-    )
+    try:
+        pool = ConnectionPool(
+            reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close,
+                                           profile=c.profile_options(), tls=c.tls_options()), routes
+        )
+    except ProfileError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
     top = MultiService()
     status = StatusService(reactor, c.status_interval, pool.counters.snapshot, with_rtt=True, final=False)
     status.setServiceParent(top)
