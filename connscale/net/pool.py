@@ -69,8 +69,7 @@ CLOSING = ClientConnection.CLOSING
 CLOSED = ClientConnection.CLOSED
 CONNECTING = ClientConnection.CONNECTING
 HANDSHAKING = ClientConnection.HANDSHAKING
-#: Closed by the pool before its session opened: still counted as connecting until it is gone.
-ABORTING = 5
+ABORTING = ClientConnection.ABORTING
 
 
 #: How a connection the pool closes ends: "fin" (orderly; the client side keeps
