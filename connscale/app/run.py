@@ -280,6 +280,10 @@ def run_main(argv: list[str]) -> int:
     what = (f"search up to {sc.target} connections from {sc.search_start}" if sc.mode == "search"
             else f"target {sc.target} connections in {sc.steps} steps")
     out(f"connscale run: {what} at {sc.rate:g}/s ({path}); records in {rundir.path}")
+    if cfg.client.url is not None:
+        shown = cfg.as_dict()["client"]["url"]  # its password redacted
+        out(f"connscale run: the clients speak {cfg.client.effective_protocol()} to {shown}; "
+            "no server of connscale's own is started")
     result: dict[str, Any] = {}
 
     @defer.inlineCallbacks
