@@ -485,8 +485,7 @@ def _options(*names: str) -> Callable[[object], dict[str, Any]]:
         out: dict[str, Any] = {}
         for key, item in value.items():
             if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                raise _Invalid(f"{key}: unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+                raise _Invalid(_unknown("", key, names))
             try:
                 out[key] = fields[key].metadata["connscale.wire"](item)
             except RecordError as e:
@@ -516,8 +515,7 @@ def _tls(value: object) -> TlsOptions:
     out: dict[str, Any] = {}
     for key, item in value.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            raise _Invalid(f"{key}: unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise _Invalid(_unknown("", key, names))
         try:
             if key in _TLS_BOOLEANS:
                 out[key] = _boolean(item)

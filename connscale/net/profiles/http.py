@@ -13,7 +13,7 @@ names nginx's `worker_connections` only when it knows it was nginx.
 from __future__ import annotations
 
 from connscale.net.profiles.base import Profile, ProfileConnection, undecided
-from connscale.net.profiles.httphead import BadHead, Head, parse_head, split_head, status_cause
+from connscale.net.profiles.httphead import BadHead, Head, parse_head, refused, split_head
 
 HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILER = range(5)
 #: A chunk-size or trailer line longer than this is not HTTP.
@@ -102,12 +102,7 @@ class HttpConnection(ProfileConnection):
                 self.foreign(head.line)
                 return False
             return True  # 100 Continue and friends: the real response follows
-        if self.want is None:
-            server = head.get(b"server")
-            if server:
-                pool.counters.say("server", b"Server: " + server)
-        if head.status >= 400:
-            pool.refused(self, status_cause(head.status), head.line)
+        if refused(self, head):
             return False
         self.want = head
         if pool.profile.options.method == "HEAD" or head.status in (204, 304):

@@ -7,6 +7,7 @@ line that is not HTTP/1.x is another protocol)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import attrs
 
@@ -63,3 +64,17 @@ def split_head(buf: bytes) -> tuple[bytes, bytes] | None:
 def status_cause(status: int) -> str:
     """A refusing status -> a cause from the bounded set (http_400 ... http_599)."""
     return f"http_{status}" if 400 <= status <= 599 else "http_bad_status"
+
+
+def refused(conn: Any, head: Head) -> bool:
+    """What every HTTP-opened session does with a response head: keep the server's name
+    (its `Server:` header: the walls name nginx's caps by it), and refuse the session on a
+    status of 400 or more, in the server's words. True when it refused."""
+    pool = conn.pool
+    server = head.get(b"server")
+    if server:
+        pool.counters.say("server", b"Server: " + server)
+    if head.status >= 400:
+        pool.refused(conn, status_cause(head.status), head.line)
+        return True
+    return False

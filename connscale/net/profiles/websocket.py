@@ -24,7 +24,7 @@ import random
 import struct
 
 from connscale.net.profiles.base import Profile, ProfileConnection, undecided
-from connscale.net.profiles.httphead import BadHead, parse_head, split_head, status_cause
+from connscale.net.profiles.httphead import BadHead, parse_head, refused, split_head
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -79,11 +79,7 @@ class WebSocketConnection(ProfileConnection):
         except BadHead:
             self.foreign(raw)
             return False
-        server = head.get(b"server")
-        if server:
-            pool.counters.say("server", b"Server: " + server)
-        if head.status >= 400:
-            pool.refused(self, status_cause(head.status), head.line)
+        if refused(self, head):
             return False
         if head.status != 101 or not head.has_token(b"upgrade", b"websocket") \
                 or not head.has_token(b"connection", b"upgrade"):
