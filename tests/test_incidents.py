@@ -452,3 +452,13 @@ def test_a_client_worker_running_but_too_late_to_answer_gets_the_cpu_quota_fix()
     assert f.wall == "measuring_side"
     assert "has not answered for 4 s although the kernel has it running" in " ".join(f.evidence)
     assert "cgroup CPU quota" in f.fix[0]
+
+
+def test_a_client_worker_with_long_stalls_while_hardly_running_is_starved():
+    # A CPU quota with a long period lets the worker run in bursts: a low mean, one long stall.
+    bursty = WorkerLoad.from_row("client", "a1", worker(0, cpu=0.016, lag_mean=0.6, lag_max=900.0))
+    assert bursty.saturated and not bursty.late
+    f = name_wall("steady:no_answer_from_server", Window(failures={"steady:no_answer_from_server": 3},
+                                                         workers=(bursty,)), CTX)
+    assert f.wall == "measuring_side" and "cgroup CPU quota" in f.fix[0]
+    assert "runs up to 900 ms late (mean 0.6 ms) while it uses only 2 % of a core" in " ".join(f.evidence)

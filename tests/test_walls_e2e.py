@@ -231,8 +231,9 @@ def test_a_throttled_client_worker_is_the_measuring_side_not_the_server(tmp_path
         check_incident(incident, "measuring_side", "client")
         assert "not the server's limit" in incident["headline"]
         worker = next(w for w in incident["workers"] if w["pid"] == pid)
-        # Late: by its own loop-lag probe, or too late to answer its agent at all.
-        assert worker["lag_ms_mean"] >= 50 or worker["silent_s"] >= 2, worker
+        # Late as the hub judges it: its loop-lag probe (a late mean, or one long stall: a quota
+        # with a long period lets it run in bursts), or too late to answer its agent at all.
+        assert worker["lag_ms_mean"] >= 50 or worker["lag_ms_max"] >= 500 or worker["silent_s"] >= 2, worker
         assert any("agent hosts" in fix for fix in incident["fix"])
         # Late while hardly running: named as starved of CPU, and the quota is the first fix.
         assert "starved of CPU" in " ".join(incident["evidence"]) and "cgroup CPU quota" in incident["fix"][0]

@@ -264,11 +264,13 @@ def measuring_side(w: Window, ctx: Context, why: str = "") -> Finding:
     # Late but hardly running: something else has the CPU (a cgroup quota, other
     # processes on these cores, the server on the same host).
     starved = [x for x in sat if x.starved
-               or ((x.cpu or 0.0) < 0.5 and (x.lag_ms_mean or 0.0) >= LAG_MEAN_SATURATED_MS)]
+               or ((x.cpu or 0.0) < 0.5 and ((x.lag_ms_mean or 0.0) >= LAG_MEAN_SATURATED_MS
+                                             or (x.lag_ms_max or 0.0) >= LAG_MAX_SATURATED_MS))]
     if starved:
         x = starved[0]
         late = (f"has not answered for {x.silent_s:g} s although the kernel has it running" if x.starved
-                else f"runs {x.lag_ms_mean:g} ms late while it uses only {(x.cpu or 0) * 100:.0f} % of a core")
+                else f"runs up to {x.lag_ms_max:g} ms late (mean {x.lag_ms_mean:g} ms) while it uses only "
+                     f"{(x.cpu or 0) * 100:.0f} % of a core")
         evidence.append(f"{x.name}'s loop {late}: it is starved of CPU (a cgroup CPU quota, or other processes on "
                         "its cores), not busy by itself")
     server_sat = w.saturated("server")
