@@ -121,6 +121,16 @@ def test_redis_opens_with_a_ping_and_counts_pongs_split_or_merged():
     every_split("redis", b"+PONG\r\n+PONG\r\n", [("open",), ("pong",)])
 
 
+def test_redis_authenticates_first_when_given_a_password():
+    pool = RecordingPool("redis", user="app", password="s3cret")
+    conn = pool.connect()
+    assert conn.transport.written[0] == (b"*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$6\r\ns3cret\r\n"  # type: ignore[union-attr]
+                                         b"*1\r\n$4\r\nPING\r\n")
+    every_split("redis", b"+OK\r\n+PONG\r\n", [("open",)], password="s3cret")
+    every_split("redis", b"-WRONGPASS invalid username-password pair\r\n",
+                [("refused", "redis_noauth", "-WRONGPASS invalid username-password pair")], password="x")
+
+
 def test_redis_maxclients_is_a_refusal_in_its_words():
     every_split("redis", b"-ERR max number of clients reached\r\n",
                 [("refused", "redis_maxclients", "-ERR max number of clients reached")])

@@ -655,8 +655,8 @@ def server_words(key: str, phase: str, cause: str, w: Window, ctx: Context) -> F
                        confident=True)
     if cause.startswith(("redis_", "http_", "ws_")) or cause in ("expect_mismatch",):
         fix = {
-            "redis_noauth": "give Redis's password (redis://:PASSWORD@HOST is not supported yet: use a server "
-                            "without requirepass for the test, or a user allowed PING without AUTH)",
+            "redis_noauth": "give Redis's password: redis://:PASSWORD@HOST (or USER:PASSWORD@ for an ACL user), "
+                            "or client.password",
             "redis_loading": "Redis is loading its dataset: start the run once it is up",
             "http_connection_close": "the server will not keep connections alive: enable keep-alive "
                                      "(nginx: keepalive_timeout > client.interval, keepalive_requests high "

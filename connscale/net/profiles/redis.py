@@ -1,6 +1,6 @@
 """`redis`: `PING` every interval, `+PONG` is the answer (RESP, any Redis-speaking server).
 
-The session opens with a first PING: a server at its `maxclients` accepts the TCP
+The session opens with a first PING (after `AUTH` when a password is given): a server at its `maxclients` accepts the TCP
 connection, writes `-ERR max number of clients reached` and closes it, so the
 connection is counted as refused in the server's words (phase connect), never as held.
 A RESP error at any time is a refusal classified by its words (a bounded set of
@@ -13,6 +13,15 @@ from connscale.net.profiles.base import Profile, ProfileConnection, undecided
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 PONG = b"+PONG\r\n"
+
+
+def command(words: list[str]) -> bytes:
+    """A RESP command (an array of bulk strings)."""
+    out = [b"*%d\r\n" % len(words)]
+    for word in words:
+        data = word.encode("utf-8")
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def error_cause(line: bytes) -> str:
@@ -52,6 +61,8 @@ class RedisConnection(ProfileConnection):
                     pool.pong(self)
                 else:
                     pool.session_open(self)
+            elif line == b"+OK" and self.state == self.HANDSHAKING:
+                pass  # AUTH accepted; the opening's PING answers next
             elif line[:1] == b"-":
                 pool.refused(self, error_cause(line), line)
                 return
@@ -66,8 +77,15 @@ class RedisProfile(Profile):
     opens = True
     ping = PING
 
+    def __init__(self, options, interval, timeout):  # type: ignore[no-untyped-def]
+        super().__init__(options, interval, timeout)
+        # AUTH first when the URL or client.password gives a password (redis://[USER]:PASS@HOST).
+        auth = [] if options.password is None else \
+            ["AUTH", *([options.user] if options.user else []), options.password]
+        self._opening = (command(auth) if auth else b"") + PING
+
     def opening(self, conn: object, host: str, port: int) -> bytes:
-        return PING
+        return self._opening
 
 
 PROFILE = RedisProfile
