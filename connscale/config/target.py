@@ -32,8 +32,8 @@ from connscale.config.records import (
     text,
 )
 
-#: Every protocol profile; `net.profiles.PROFILES` registers one module for each
-#: (tests/test_profiles.py checks that the two agree).
+#: Every protocol profile, the one registration of a new one: `net/profiles/<name>.py`
+#: is its module (tests/test_profiles.py loads each).
 PROTOCOLS: tuple[str, ...] = ("line", "raw", "redis", "http", "websocket", "mqtt", "custom")
 
 #: URL scheme -> (protocol, TLS on). `tcp` is connscale's own line ping.

@@ -7,8 +7,9 @@ what the server sends and forwards it to the pool. The pool, the timer wheel, pa
 RTT histogram and the failure classes are shared (`net.pool`); a profile holds no timers
 and no statistics of its own.
 
-Adding one (STOMP, an AMQP heartbeat) is one module and one line below; its name must
-also be in `config.target.PROTOCOLS` (tests/test_profiles.py checks the two agree).
+Adding one (STOMP, an AMQP heartbeat) is one module here, named as the protocol, and its
+name in `config.target.PROTOCOLS` (one line); a URL scheme for it is one more line of
+`config.target.SCHEMES`, if it has one.
 Modules are imported on first use, so a worker loads only the profile it speaks.
 """
 
@@ -16,21 +17,15 @@ from __future__ import annotations
 
 import importlib
 
-from connscale.config.target import ProfileOptions
+from connscale.config.target import PROTOCOLS, ProfileOptions
 from connscale.net.profiles.base import Profile, ProfileError
 
 __all__ = ["MODULES", "Profile", "ProfileError", "load", "make_profile"]
 
-#: protocol name -> its module (one line per profile).
-MODULES: dict[str, str] = {
-    "line": "connscale.net.profiles.line",
-    "raw": "connscale.net.profiles.raw",
-    "redis": "connscale.net.profiles.redis",
-    "http": "connscale.net.profiles.http",
-    "websocket": "connscale.net.profiles.websocket",
-    "mqtt": "connscale.net.profiles.mqtt",
-    "custom": "connscale.net.profiles.custom",
-}
+#: protocol name -> its module: `connscale.net.profiles.<name>` for every name of
+#: `config.target.PROTOCOLS`, the one list a new profile joins (the config validates
+#: `client.protocol` against it, and the config layer cannot import this one).
+MODULES: dict[str, str] = {name: f"{__name__}.{name}" for name in PROTOCOLS}
 
 
 def load(name: str) -> type[Profile]:
