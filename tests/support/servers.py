@@ -85,8 +85,10 @@ def redis(workdir: Path, maxclients: int | None = None, nofile: int = 65536) -> 
     """redis-server; `maxclients` None keeps Redis's default (10,000, lowered to its fd limit - 32)."""
     port = free_port()
     conf = workdir / "redis.conf"
+    # protected-mode no: it is bound to 127.0.0.1 anyway, and clients spread over source IPs
+    # 127.0.0.2-... (one route holds 14,000) are "not loopback" to Redis's protected mode.
     lines = [f"port {port}", "bind 127.0.0.1", 'save ""', "appendonly no", "daemonize no", f"dir {workdir}",
-             "tcp-backlog 4096"]
+             "tcp-backlog 4096", "protected-mode no"]
     if maxclients is not None:
         lines.append(f"maxclients {maxclients}")
     conf.write_text("\n".join(lines) + "\n")
@@ -95,14 +97,15 @@ def redis(workdir: Path, maxclients: int | None = None, nofile: int = 65536) -> 
 
 
 @contextlib.contextmanager
-def nginx(workdir: Path, worker_connections: int, nofile: int = 65536) -> Iterator[int]:
-    """nginx with one worker, keep-alive long enough for a run, `location /` answering 200."""
+def nginx(workdir: Path, worker_connections: int, nofile: int = 65536, workers: int = 1) -> Iterator[int]:
+    """nginx with `workers` worker processes (each holds worker_connections), keep-alive long
+    enough for a run, `location /` answering 200."""
     port = free_port()
     prefix = workdir / "nginx"
     prefix.mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
