@@ -72,3 +72,12 @@ def test_the_explanation_quotes_the_server():
     assert out["wall"] == "server_cap"
     assert out["headline"].startswith('stopped at 300 of 800 connections: Redis refused new connections at its '
                                       'maxclients: "-ERR max number of clients reached"')
+
+
+def test_sessions_that_never_open_in_time_with_the_kernel_counting_overflows():
+    w = Window(open=19_992, failures={"connect:handshake_timeout": 8}, kernel_delta={"listen_overflows": 40})
+    f = name_wall("connect:handshake_timeout", w, Context(protocol="http", own_server=False))
+    assert f.wall == "server_starved" and "ListenOverflows +40" in text(f) and "backlog=65535" in f.fix[0]
+    f = name_wall("connect:handshake_timeout", Window(failures={"connect:handshake_timeout": 8}),
+                  Context(protocol="http", own_server=False))
+    assert "backlog" not in text(f)

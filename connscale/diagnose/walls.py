@@ -648,11 +648,18 @@ def server_words(key: str, phase: str, cause: str, w: Window, ctx: Context) -> F
                         ))
         return None
     if cause == "handshake_timeout":
+        evidence = [_count(w, key)]
+        fixes = ["a slower ramp (scenario.rate), a longer client.handshake_timeout, or more server capacity "
+                 "(more worker processes or cores for it)"]
+        kernel = _kernel_line(w)
+        if kernel:
+            # Connections the kernel completed but the server never accepted wait unanswered.
+            evidence.append(f"{kernel}: the server's accept queue overflowed")
+            fixes.insert(0, "a larger accept queue on the server: its listen backlog (nginx: listen ... "
+                            "backlog=65535; Redis: tcp-backlog) with sysctl -w net.core.somaxconn=65535")
         return Finding("server_starved", "server",
                        "the server does not complete new sessions in time (handshake_timeout)",
-                       (_count(w, key),),
-                       ("a slower ramp (scenario.rate), a longer client.handshake_timeout, or more server capacity",),
-                       confident=True)
+                       tuple(evidence), tuple(fixes), confident=True)
     if cause.startswith(("redis_", "http_", "ws_")) or cause in ("expect_mismatch",):
         fix = {
             "redis_noauth": "give Redis's password: redis://:PASSWORD@HOST (or USER:PASSWORD@ for an ACL user), "
