@@ -198,7 +198,7 @@ def test_a_server_sending_a_gigabyte_is_cut_off_with_bounded_memory(tmp_path):
     with servers.flood(tmp_path) as port:
         r, summary, records = run(tmp_path, f"http://127.0.0.1:{port}/", 20, max_reply=65536)
     explanation = wrong_server(r, summary, records, "does not speak http")
-    assert last_client(records)["protocol"] == {"too_large": 20}
+    assert set(last_client(records)["protocol"]) == {"too_large"}  # replacements may have tried again
     assert "more than 65,536 bytes in one reply" in " ".join(explanation["evidence"])
     rss = [w["resources"]["rss_bytes"] for rec in records for a in rec["clients"].values() for w in a["workers"]
            if w.get("resources", {}).get("rss_bytes")]
