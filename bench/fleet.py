@@ -4,7 +4,7 @@
 Starts a real hub (`connscale server`, one idle server worker: the control
 plane is measured, not sockets) and connects simulated agents to it over real
 PB on loopback, 100, then 200, 500, 1000 (`--steps`). Each simulated agent is
-its own PB connection with its own mutual HMAC login (control/link.HubLink,
+its own PB connection with its own TLS and SPAKE2 login (control/link.HubLink,
 the agent's own link, holding the agent key only), registers with an
 AgentInfo like a real agent holding 50 workers x 19,900 connections, answers
 the hub's `report_packed` once a second with a report of that shape (50
@@ -126,7 +126,7 @@ def run_helper(args: argparse.Namespace) -> None:
 
     rng = random.Random(args.first)
     credentials = Credentials.from_secret(os.environ["FLEET_AGENT_KEY"].encode())
-    credentials.key("agent")
+    credentials.check_role("agent:sim-0")  # an agent key, not the secret
     rtts = rtt_windows(6, rng)
     sources = tuple(f"127.0.{1 + k // 250}.{1 + k % 250}" for k in range(16))
     counts = {"registered": 0, "reports": 0, "lost": 0, "orders": 0}
@@ -241,8 +241,9 @@ class Fleet:
         self.helpers: list[c.Proc] = []
         self.agents = 0
         self.timeline = os.path.join(self.dir, "hub", "timeline.jsonl")
+        # The hub's salt goes to its own config directory, not the user's.
         self.env = {"PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                    "CONNSCALE_SECRET": self.secret}
+                    "CONNSCALE_SECRET": self.secret, "XDG_CONFIG_HOME": os.path.join(self.dir, "xdg")}
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -269,11 +270,13 @@ class Fleet:
         self.hub = c.Proc("hub", [sys.executable, "-m", "connscale", "server", "--config", path,
                                   "--record-dir", os.path.join(self.dir, "hub")], self.dir, self.env)
         c.wait_until(lambda: "server workers listening" in self.hub.tail.text(), 60, "the hub", [self.hub])
-        # The agents hold the agent key only, as an ssh-launched agent does.
+        # The agents hold the agent key only, as an ssh-launched agent does (made for the hub's salt).
         from connscale.control.auth import Credentials
 
+        with open(os.path.join(self.dir, "xdg", "connscale", "control-salt")) as f:
+            salt = bytes.fromhex(f.read().strip())
         self.env_agents = dict(self.env, FLEET_AGENT_KEY=Credentials.from_secret(self.secret.encode())
-                               .agent_line().decode())
+                               .agent_line(salt).decode())
         del self.env_agents["CONNSCALE_SECRET"]
 
     def grow(self, n: int) -> None:

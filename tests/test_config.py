@@ -395,7 +395,13 @@ def test_client_ssh_options_string_is_shell_split():
     ("10.0.0.1", ["clients.c: expected a mapping, got '10.0.0.1'"]),
     ({"host": "a b"}, ["clients.c.host: expected a host name or IP address, got 'a b'"]),
     ({"host": "h", "port": 0}, ["clients.c.port: must be between 1 and 65535, got 0"]),
-    ({"host": "h", "user": ""}, ["clients.c.user: expected a non-empty string, got ''"]),
+    ({"host": "h", "user": ""}, ["clients.c.user: expected a user name (letters, digits, '.', '_', '-'; "
+                                 "not starting with '-'), got ''"]),
+    # A user reaches ssh's command line: one starting with '-' would be read as an option.
+    ({"host": "h", "user": "-oProxyCommand=touch /tmp/x"},
+     ["clients.c.user: expected a user name (letters, digits, '.', '_', '-'; not starting with '-'), "
+      "got '-oProxyCommand=touch /tmp/x'"]),
+    ({"host": "h", "env": {"A": "one\ntwo"}}, ["clients.c.env: value of A must be one line"]),
     ({"host": "h", "ssh_options": [1]}, ["clients.c.ssh_options: expected a list of strings, got a list"]),
     ({"host": "h", "ssh_options": "'unclosed"}, ["clients.c.ssh_options: cannot split \"'unclosed\": No closing quotation"]),
     ({"host": "h", "python": None}, ["clients.c.python: expected a non-empty string, got null"]),
@@ -619,7 +625,10 @@ def test_as_dict_is_json_and_round_trips(tmp_path):
     assert plain["server"]["ports"] == [8989, 8990, 8991, 9000]
     assert plain["clients"] == {"w": {"host": "h", "user": None, "port": 22, "ssh_options": ["-4"],
                                       "python": "python3", "workers": "auto", "source_ips": [],
-                                      "env": {"A": "1"}, "master": None}}
+                                      "env": {"A": "<redacted>"}, "master": None}}
+    # The environment's values may be secrets (a token for the remote side): written redacted.
+    assert config.as_dict(redact_secrets=False)["clients"]["w"]["env"] == {"A": "1"}
+    plain["clients"]["w"]["env"] = {"A": "1"}
     assert parse_config(plain) == config
     assert parse_config(json.loads(json.dumps(Config().as_dict()))) == Config()
 

@@ -21,6 +21,7 @@ from connscale.config.settings import parse_config
 from connscale.control import controller as control_mod
 from connscale.control import dial
 from connscale.control.auth import CredentialError, Credentials
+from connscale.control.channel import TLSFactory, client_options
 from connscale.control.controller import ControlError, Controller
 from connscale.control.login import ControlClientFactory, HubNotAuthentic, authenticate
 from connscale.metrics.timeline import Timeline, read_timeline
@@ -73,26 +74,37 @@ class FakeMind(pb.Referenceable):
         self.shutdowns += 1
 
 
+def tls_client(factory: Any) -> TLSFactory:
+    """`factory` behind TLS as a peer dials the hub (channel.client_options, unverified)."""
+    return TLSFactory(client_options("127.0.0.1"), True, factory, clock=Clock())
+
+
 class Link:
-    """One in-memory PB connection to the controller's control port (login gate, guarded broker)."""
+    """One in-memory PB connection to the controller's control port (TLS, login gate, guarded broker)."""
 
     def __init__(self, controller: Controller, peer: str = "127.0.0.1") -> None:
         self.server_factory = controller.server_factory()
         self.client_factory = ControlClientFactory()
         self.perspective: Any = None
+        client_tls = tls_client(self.client_factory)
         self.client, self.server, self.pump = iosim.connectedServerAndClient(
             lambda: self.server_factory.buildProtocol(None),
-            lambda: self.client_factory.buildProtocol(None),
+            lambda: client_tls.buildProtocol(None),
             # Every test connection comes from one address, as a real peer's would.
             serverTransportFactory=lambda proto: iosim.FakeTransport(
                 proto, isServer=True, peerAddress=IPv4Address("TCP", peer, 40000)),
         )
 
+        #: The hub's end of this connection (inside its TLS layer, which forgets it at the end).
+        self.broker = self.server.wrappedProtocol
+
     def login(self, user: bytes, secret: bytes = SECRET, mind: Any = None) -> Any:
         d = self.client_factory.getRootObject().addCallback(
-            authenticate, user.decode("utf-8"), Credentials.from_secret(secret), mind)
+            authenticate, user.decode("utf-8"), Credentials.from_secret(secret), mind, "127.0.0.1:8790")
         # Held: PB logs an avatar out as soon as the client drops its perspective.
         self.perspective = self.wait(d)
+        if isinstance(self.perspective, Failure):
+            self.drop()  # as dial.login does: a failed login hangs up (and frees its peer's turn)
         return self.perspective
 
     def wait(self, d: defer.Deferred[Any]) -> Any:
@@ -384,11 +396,11 @@ def test_agent_disconnect_marks_it_not_connected(controller: Controller) -> None
 
 
 def test_reregister_adopts_worker_targets(controller: Controller) -> None:
-    link, mind, _ = register(controller)
+    link, mind, first = register(controller)
     run(link, controller.connections_start(300, "x"))
     link.drop()
     # The agent kept its workers (hub or network blip) and says what they hold.
-    link2, mind2, answer = register(controller, worker_targets=[100, 250], workers=2)
+    link2, mind2, answer = register(controller, worker_targets=[100, 250], workers=2, session=first["session"])
     assert answer["target"] == 350
     assert controller.agents["x"].worker_targets == [100, 250]
     assert controller.agents["x"].connected is True
@@ -551,9 +563,10 @@ def test_a_malformed_registration_is_refused_at_the_boundary(controller: Control
 
 @pytest.mark.parametrize("name", ["", "a b", "x" * 65, "ünï", "a/b", "a\nb", "a:b"])
 def test_agent_names_are_validated(controller: Controller, name: str) -> None:
+    # Our own side refuses first; the hub refuses a hello that names one anyway (test_login).
     f = Link(controller).login(f"agent:{name}".encode(), mind=FakeMind())
-    assert isinstance(f, Failure) and dial.is_unauthorized(f.value), f
-    assert "agent name refused" in f.getErrorMessage() and "\n" not in f.getErrorMessage()
+    assert isinstance(f, Failure) and f.check(CredentialError), f
+    assert "an agent name is 1-64 letters" in f.getErrorMessage() and "\n" not in f.getErrorMessage()
     assert controller.agents == {}
 
 

@@ -20,7 +20,7 @@ from connscale.control.collect import Collector, EventLog
 from connscale.control.errors import ControlError
 from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo, AgentReport, RegisterAnswer
-from connscale.control.registry import Registry
+from connscale.control.registry import NAME_HOLD, NameHeld, Registry
 from connscale.control.verbs import BY_CLI, BY_NAME, VERBS
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
@@ -135,9 +135,78 @@ def test_registry_lost_agent_is_marked_with_its_reason_and_cut(registry: Registr
     assert not agent.connected and agent.lost_reason == "no answer for 5 s" and agent.losses == 1
     assert mind.broker.transport.aborted
     assert any("agent a1 lost: no answer for 5 s" in e for e in events.take())
-    # The name is free again: a new process under it is welcome, and gets a new session.
+    # The name is kept for its owner (its token; a restarted agent keeps it in a file) for
+    # NAME_HOLD seconds: another holder of the agent key is told to wait, and the owner is welcome.
+    token = agent.session
+    with pytest.raises(NameHeld, match=r"agent name 'a1' belongs to an agent that left 0 s ago .*try again in 300 s"):
+        registry.register("a1", Mind(), info(pid=4343))
+    again, answer = registry.register("a1", Mind(), info(pid=4343, session=token))
+    assert again is agent and again.connected and answer.session == token
+
+
+def test_registry_admits_a_report_within_what_one_agent_may_add(registry: Registry, clock: Clock) -> None:
+    from connscale.config.packed import pack_pieces
+    from connscale.control.registry import EVENT_BURST, ROW_SLACK
+
+    agent, _ = registry.register("a1", Mind(), info(workers=2))
+    row = {"index": 0, "alive": True}
+    big = {"totals": {"open": 1}, "workers": [dict(row, index=i) for i in range(500)], "events": ["e"] * 16}
+    reports = [registry.admit(agent, pack_pieces(big)) for _ in range(4)]
+    assert all(len(r.workers) == 2 + ROW_SLACK for r in reports)  # the workers it runs, not 500
+    kept = [e for r in reports for e in r.events if e == "e"]
+    assert len(kept) == EVENT_BURST  # then 2 a second
+    assert sum("the rest are dropped" in e for r in reports for e in r.events) == 1  # said once
+    clock.advance(5)
+    assert len([e for e in registry.admit(agent, pack_pieces(big)).events if e == "e"]) == 10
+    # What the records refuse: failure keys that are not phase:cause, too many of them, control characters.
+    for bad in ({"totals": {"failures": {"[/x]": 1}}}, {"totals": {"failures": {f"steady:c{i}": 1 for i in range(300)}}},
+                {"events": ["\x1b[2J"]}):
+        with pytest.raises(RecordError):
+            registry.admit(agent, pack_pieces(bad))
+
+
+def test_registry_bounds_new_names(registry: Registry, clock: Clock) -> None:
+    from connscale.control.registry import NAME_BURST
+
+    for i in range(int(NAME_BURST)):
+        registry.register(f"n{i}", Mind(), info())
+    with pytest.raises(NameHeld, match="too many new agent names at once"):
+        registry.register("one-more", Mind(), info())
+    clock.advance(1)
+    assert registry.register("one-more", Mind(), info())[0].connected
+    # Departed agents leave the live record after SHOW_DEPARTED; connected ones stay.
+    from connscale.control.registry import SHOW_DEPARTED
+
+    for agent in list(registry.live())[:-1]:
+        registry.lost(agent, "gone")
+    clock.advance(SHOW_DEPARTED + 1)
+    assert [a.name for a in registry.shown()] == ["one-more"]
+
+
+def test_stats_are_packed_below_what_a_peer_accepts() -> None:
+    from connscale.config.packed import unpack
+    from connscale.control.controller import pack_bounded
+
+    row = {"index": 0, "resources": {f"k{i}": "v" * 100 for i in range(40)}}
+    stats = {"phase": "", "clients": {f"a{i}": {"open": i, "workers": [row] * 20} for i in range(20)}}
+    small = unpack(pack_bounded(stats, limit=10_000_000))
+    assert "truncated" not in small and len(small["clients"]["a1"]["workers"]) == 20
+    cut = unpack(pack_bounded(stats, limit=100_000))
+    assert cut["truncated"].startswith("worker rows left out") and cut["clients"]["a1"] == {"open": 1, "workers": []}
+    assert sum(map(len, pack_bounded(stats, limit=100_000))) <= 100_000
+    tiny = pack_bounded(stats, limit=300)
+    assert unpack(tiny)["clients"] == {} and sum(map(len, tiny)) <= 300
+
+
+def test_registry_frees_a_held_name_after_the_hold_or_when_released(registry: Registry, clock: Clock) -> None:
+    agent, _ = registry.register("a1", Mind(), info())
+    registry.lost(agent, "gone")
+    clock.advance(NAME_HOLD + 1)
     again, answer = registry.register("a1", Mind(), info(pid=4343))
-    assert again.connected and answer.session != agent.session or again is agent
+    assert again.connected and answer.session != ""
+    registry.lost(again, "gone")
+    registry.release("a1")  # client_stop: the operator frees it at once
+    assert registry.register("a1", Mind(), info(pid=4444))[0].connected
 
 
 def test_registry_adopts_what_a_returning_agent_holds(registry: Registry) -> None:
@@ -145,11 +214,11 @@ def test_registry_adopts_what_a_returning_agent_holds(registry: Registry) -> Non
     agent.worker_targets = [300]
     registry.detached("a1", agent.mind)
     # A restarted agent holding nothing gets the name's target back (restored by orders).
-    agent2, answer = registry.register("a1", Mind(), info(pid=99))
+    agent2, answer = registry.register("a1", Mind(), info(pid=99, session=agent.session))
     assert answer.target == 300
     registry.detached("a1", agent2.mind)
     # One that kept its workers (a hub restart, a network cut) says what they hold.
-    _, answer = registry.register("a1", Mind(), info(worker_targets=[100, 250]))
+    _, answer = registry.register("a1", Mind(), info(worker_targets=[100, 250], session=agent.session))
     assert answer.target == 350
 
 

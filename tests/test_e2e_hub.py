@@ -167,7 +167,7 @@ def test_ctl_exit_codes(hub, tmp_path):
     r = h.ctl("start", "10", "--client", "nobody")
     assert r.returncode == 1 and "no connected agent named 'nobody'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    env_wrong = dict(os.environ, **h.env, CONNSCALE_SECRET="not-the-secret")
+    env_wrong = dict(os.environ, **h.env, CONNSCALE_SECRET="not-the-secret-of-this-hub")
     r = subprocess.run(connscale("ctl", "--config", str(h.config), "count"), capture_output=True, text=True,
                        env=env_wrong, timeout=30)
     assert r.returncode == 4 and "wrong control secret" in r.stderr

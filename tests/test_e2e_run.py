@@ -235,7 +235,7 @@ def test_a_configured_secret_is_used_and_never_written(tmp_path):
     run_dir = Path(summary["run_dir"])
     for path in run_dir.iterdir():
         assert b"configured-secret-1" not in path.read_bytes(), path
-    assert (run_dir / "config.yaml").stat().st_mode & 0o777 == 0o644
+    assert (run_dir / "config.yaml").stat().st_mode & 0o777 == 0o600  # configuration: the owner's alone
 
 
 def test_a_killed_hub_is_named_and_the_run_leaves_nothing_behind(tmp_path):

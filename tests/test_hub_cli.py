@@ -16,7 +16,7 @@ from connscale.app import cli
 from connscale.app.startup import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from connscale.config.settings import parse_config
 from connscale.control import hub as hub_mod
-from connscale.control.auth import AGENT_KEY_PREFIX, Credentials
+from connscale.control.auth import AGENT_KEY_PREFIX, CredentialError, Credentials
 from connscale.control.controller import Controller
 from connscale.control.errors import ControlError
 from tests.test_control import SECRET, FakeMind, Link, agent_info
@@ -94,7 +94,11 @@ def test_ssh_launch_hands_the_agent_only_its_key(monkeypatch: pytest.MonkeyPatch
     d = controller.client_start("c2")
     (line,) = sent
     assert line.startswith(AGENT_KEY_PREFIX) and SECRET not in line
-    assert Credentials.from_secret(line).key("agent") == controller.credentials.key("agent")
+    # Its own name's key: it logs in as c2 and as no other agent, nor as operator.
+    held = Credentials.from_secret(line)
+    assert held.password("agent:c2", controller.salt) == controller.credentials.password("agent:c2", controller.salt)
+    with pytest.raises(CredentialError):
+        held.password("agent:c3", controller.salt)
     assert not d.called
     # The launched agent registers: client_start answers with its name.
     link = Link(controller)
@@ -149,6 +153,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         "count_connections": (EXIT_OK, 42),
         "set_rate": (EXIT_OK, None),
         "client_stop": (EXIT_REFUSED, "no client named 'zz'"),
+        "agent_key": (EXIT_OK, "connscale-agent-key:2:..."),
     }
 
     def fake(host: str, port: int, secret: bytes, method: str, *args: Any, tls_ca: Any = None) -> Any:
@@ -156,14 +161,14 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         return answers[method]
 
     monkeypatch.setattr(cli, "operator_call", fake)
-    monkeypatch.setenv("CONNSCALE_SECRET", "s3cret-s3cret")
+    monkeypatch.setenv("CONNSCALE_SECRET", "s3cret-s3cret-of-these-tests")
     return made
 
 
 def test_ctl_subcommands_render_their_answers(calls: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.ctl(["--master", "10.0.0.1:9000", "start", "50", "--client", "a1"]) == EXIT_OK
     assert capsys.readouterr().out == "target 150\n"
-    assert calls[-1] == ("10.0.0.1", 9000, b"s3cret-s3cret", "connections_start", (50, "a1"))
+    assert calls[-1] == ("10.0.0.1", 9000, b"s3cret-s3cret-of-these-tests", "connections_start", (50, "a1"))
     assert cli.ctl(["count"]) == EXIT_OK and capsys.readouterr().out == "42\n"
     assert calls[-1][:2] == ("127.0.0.1", 8790) and calls[-1][3:] == ("count_connections", (None,))
     assert cli.ctl(["clients"]) == EXIT_OK
@@ -193,11 +198,11 @@ def test_ctl_without_a_secret_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert capsys.readouterr().err.startswith("connscale ctl: no control secret")
 
 
-def test_agent_key_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("CONNSCALE_SECRET", "another-long-secret")
-    assert cli.main(["agent-key"]) == EXIT_OK
-    line = capsys.readouterr().out.strip().encode()
-    assert Credentials.from_secret(line).key("agent") == Credentials.from_secret(b"another-long-secret").key("agent")
+def test_agent_key_command(calls: list[Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    # It asks the hub (which holds the deployment's salt), as an operator.
+    assert cli.main(["agent-key", "--name", "a1"]) == EXIT_OK
+    assert calls[-1][3:] == ("agent_key", ("a1",))
     monkeypatch.delenv("CONNSCALE_SECRET")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert cli.main(["agent-key"]) == EXIT_USAGE

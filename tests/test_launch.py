@@ -20,11 +20,13 @@ import pytest
 
 from connscale.config.settings import ClientHost
 from connscale.control.launch import (
+    ENV_PRELUDE,
     LaunchError,
     explain_failure,
     launch,
     remote_agent_argv,
     ssh_argv,
+    stdin_for,
 )
 from tests.support.procs import free_port
 from tests.support.sshd import remote_python, sshd_or_skip
@@ -76,7 +78,11 @@ def test_ssh_argv_no_user_and_env():
     argv = ssh_argv(host, ["python3", "-V"])
     assert argv[0] == "ssh"
     assert argv[-3:-1] == ["198.18.0.2", "--"]
-    assert shlex.split(argv[-1]) == ["env", "PYTHONPATH=/x y", "Q=it's", "python3", "-V"]
+    # The values travel over stdin, read by a prelude of the remote shell: never in argv.
+    assert shlex.split(argv[-1]) == ["sh", "-c", ENV_PRELUDE, "sh", "python3", "-V"]
+    assert not any("/x y" in a or "it's" in a for a in argv)
+    assert stdin_for(host, b"connscale-agent-key:...") == b"PYTHONPATH=/x y\nQ=it's\n\nconnscale-agent-key:...\n"
+    assert stdin_for(make_host(), b"k\n") == b"k\n"
 
 
 def test_ssh_argv_rejects_empty_command():
@@ -164,7 +170,7 @@ DRIVER = r"""
 import json, os, signal, sys, time
 from twisted.internet import defer, task
 from connscale.config.settings import ClientHost
-from connscale.control.launch import explain_failure, launch
+from connscale.control.launch import explain_failure, launch, stdin_for
 
 def within(reactor, d, seconds, what):
     out = defer.Deferred()
@@ -192,7 +198,8 @@ def main(reactor, raw):
         res["lines"].append(line)
         if spec.get("ready") and spec["ready"] in line and not ready.called:
             ready.callback(None)
-    agent = launch(reactor, host, spec["remote"], spec["stdin"].encode(), on_line,
+    # As the hub does: host.env's lines ahead of the key line (never on the command line).
+    agent = launch(reactor, host, spec["remote"], stdin_for(host, spec["stdin"].encode()), on_line,
                    **spec.get("launch", {}))
     res["pid"] = agent.pid
     res["running_at_start"] = agent.running

@@ -23,7 +23,7 @@ from connscale.control.link import HubLink
 from connscale.control.records import AgentInfo, AgentReport
 from connscale.net.routes import Route
 from connscale.procs.records import ClientSpec, WorkerOrder
-from tests.test_control import SECRET, FakeMind, agent_info, make_cfg
+from tests.test_control import SECRET, FakeMind, agent_info, make_cfg, tls_client
 
 
 class MemoryEndpoint:
@@ -40,12 +40,12 @@ class MemoryEndpoint:
         if self.refuse:
             return defer.fail(ConnectionRefusedError("connection refused"))
         server = self.factory.buildProtocol(None)
-        client = factory.buildProtocol(None)
+        client = tls_client(factory).buildProtocol(None)
         pump = iosim.connect(
             server, iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", "127.0.0.1", 5)),
             client, iosim.FakeTransport(client, isServer=False), greet=False)
         self.pumps.append(pump)
-        return defer.succeed(client)
+        return defer.succeed(client.wrappedProtocol)  # as wrapClientTLS gives it: the broker
 
     def flush(self, rounds: int = 20) -> None:
         for _ in range(rounds):
@@ -214,7 +214,11 @@ def test_agent_refuses_workers_the_target_or_memory_cannot_justify(agent: Any) -
     with pytest.raises(ControlError, match="agent refused 50 workers: 1000 connections need 1"):
         mind.remote_ensure_workers(50, 1000)
     with pytest.raises(ControlError, match="between 1 and 256, got 257"):
-        mind.remote_ensure_workers(257)
+        mind.remote_ensure_workers(257, 257 * 19000)
+    # Without its target a hub could ask for the cap: the target is required.
+    with pytest.raises(ControlError, match="agent refused ensure_workers: the target the workers are for is required"):
+        mind.remote_ensure_workers(200)
+    assert agent.supervisor.ensured == []
     agent.bounds.memory = lambda: 3 * WORKER_MEMORY
     with pytest.raises(ControlError, match="agent refused 4 more workers: they need about 160 MB"):
         mind.remote_ensure_workers(6, 6 * 19000)
@@ -222,11 +226,13 @@ def test_agent_refuses_workers_the_target_or_memory_cannot_justify(agent: Any) -
     assert agent.supervisor.ensured == [5]
 
 
-def test_bounds_without_a_target_only_check_memory_and_the_cap() -> None:
+def test_bounds_check_the_workers_against_their_target_and_the_cap() -> None:
     bounds = OrderBounds(19900, "auto", [], ["127.0.0.1"], memory=lambda: None)
-    bounds.workers(200, None, 0)
+    bounds.workers(200, 200 * 19000, 0)
+    with pytest.raises(ControlError, match="agent refused 200 workers: 1000 connections need 1"):
+        bounds.workers(200, 1000, 0)
     with pytest.raises(ControlError):
-        bounds.workers(300, None, 0)
+        bounds.workers(300, 300 * 19000, 0)
 
 
 def test_agent_stops_its_load_when_the_hub_stays_away(agent: Any, clock: Clock) -> None:
@@ -272,7 +278,7 @@ def test_agent_without_a_secret_exits_with_one_line(clock: Clock, tmp_path: Any,
 
 def test_agent_runs_on_an_agent_key_alone(clock: Clock, tmp_path: Any) -> None:
     key = tmp_path / "agent.key"
-    key.write_bytes(Credentials.from_secret(SECRET).agent_line() + b"\n")
+    key.write_bytes(Credentials.from_secret(SECRET).agent_line(b"s" * 16, "a1") + b"\n")
     key.chmod(0o600)
     cfg = parse_config({"client": {"master": "127.0.0.1:8790", "name": "a1"},
                         "control": {"secret_file": str(key)}})

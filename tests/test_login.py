@@ -8,20 +8,29 @@ The same paths through real processes are in test_e2e_control.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.spread.pb import RemoteReference
 
 from connscale.control import dial
-from connscale.control.auth import AGENT_KEY_PREFIX, CredentialError, Credentials, proof
+from connscale.control.auth import (
+    AGENT_KEY_PREFIX,
+    CredentialError,
+    Credentials,
+    LoginExchange,
+    confirmation,
+    transcript,
+)
 from connscale.control.controller import Controller
 from connscale.control.login import (
     LOGIN_TIMEOUT,
+    MESSAGE_ELEMENTS,
     PRELOGIN_BYTES,
+    PRELOGIN_ELEMENTS,
     THROTTLE_FAILURES,
     HubNotAuthentic,
     LoginThrottle,
@@ -45,93 +54,141 @@ def root_of(link: Link) -> Any:
 
 def server_closed(link: Link) -> bool:
     link.pump.flush()
-    return bool(link.server.disconnected)
+    return bool(link.broker.disconnected)
 
 
 # ---------------------------------------------------------------- keys and roles
 
+SALT = b"s" * 16
 
-def test_credentials_roles_and_agent_key() -> None:
+
+def test_credentials_roles_and_agent_keys() -> None:
     whole = Credentials.from_secret(SECRET)
-    assert whole.whole_secret and whole.key("agent") != whole.key("operator")
-    line = whole.agent_line()
+    assert whole.whole_secret
+    assert whole.password("operator", SALT) != whole.password("agent:a1", SALT)
+    assert whole.password("agent:a1", SALT) != whole.password("agent:a2", SALT)
+    # The salt is this deployment's: another salt, other passwords.
+    assert whole.password("operator", SALT) != whole.password("operator", b"t" * 16)
+    line = whole.agent_line(SALT)
     assert line.startswith(AGENT_KEY_PREFIX) and SECRET not in line
-    agent_only = Credentials.from_secret(line + b"\n")
-    assert agent_only.key("agent") == whole.key("agent") and not agent_only.whole_secret
+    root = Credentials.from_secret(line + b"\n")
+    assert root.password("agent:a1", SALT) == whole.password("agent:a1", SALT) and not root.whole_secret
     with pytest.raises(CredentialError, match="logging in as operator needs the control secret"):
-        agent_only.key("operator")
+        root.password("operator", SALT)
+    with pytest.raises(CredentialError, match="made for another hub"):
+        root.password("agent:a1", b"t" * 16)
+    # A key for one name (what ssh launch hands out) logs in as that name only.
+    one = Credentials.from_secret(whole.agent_line(SALT, "a1"))
+    assert one.password("agent:a1", SALT) == whole.password("agent:a1", SALT)
+    with pytest.raises(CredentialError, match="for agent 'a1' only, not 'a2'"):
+        one.password("agent:a2", SALT)
     with pytest.raises(CredentialError, match="not hex"):
-        Credentials.from_secret(AGENT_KEY_PREFIX + b"zz")
+        Credentials.from_secret(AGENT_KEY_PREFIX + b"2:zz:zz")
+    with pytest.raises(CredentialError, match="older connscale"):
+        Credentials.from_secret(AGENT_KEY_PREFIX + b"ab" * 32)
 
 
 def test_an_agent_key_logs_in_as_an_agent_and_never_as_operator(controller: Controller) -> None:
-    agent_only = Credentials.from_secret(Credentials.from_secret(SECRET).agent_line())
+    agent_only = Credentials.from_secret(controller.agent_line())
     link = Link(controller)
     from connscale.control.login import authenticate
 
     perspective = link.wait(link.client_factory.getRootObject().addCallback(
-        authenticate, "agent:x", agent_only, FakeMind()))
+        authenticate, "agent:x", agent_only, FakeMind(), "hub:1"))
     assert not isinstance(perspective, Failure), perspective
     refused = Link(controller)
     result = refused.wait(refused.client_factory.getRootObject().addCallback(
-        authenticate, "operator", agent_only, None))
+        authenticate, "operator", agent_only, None, "hub:1"))
     assert isinstance(result, Failure) and result.check(CredentialError)
-    # Forging it anyway (the agent key used as if it were the operator's): the hub's
-    # proof does not check out, and a proof made with it is refused by the hub.
+    # Forging it anyway (an agent's password used as if it were the operator's): the hub's
+    # confirmation does not check out, and ours is refused.
     forged = Link(controller)
-    root = root_of(forged)
-    nonce = os.urandom(32)
-    hub_nonce, hub_proof, challenge = forged.wait(root.callRemote("hello", 1, "operator", nonce))
-    key = agent_only.key("agent")
-    assert hub_proof != proof(key, "hub", "operator", nonce, hub_nonce)
-    answer = forged.wait(challenge.callRemote("respond", proof(key, "peer", "operator", nonce, hub_nonce), None))
+    salt, exchange, key, hub_confirm = start(forged, "operator", agent_only.password("agent:x", controller.salt))
+    assert hub_confirm != confirmation(key, "hub")
+    answer = forged.wait(exchange.callRemote("confirm", confirmation(key, "peer"), None))
     assert isinstance(answer, Failure) and dial.is_unauthorized(answer)
     assert answer.getErrorMessage() == "wrong control secret"
+
+
+def start(link: Link, username: str, password: bytes, dialled: str = "127.0.0.1:8790") -> tuple:
+    """hello and start by hand: (salt, exchange, our session key, the hub's confirmation)."""
+    from connscale.control.channel import binding
+
+    root = root_of(link)
+    salt, exchange = link.wait(root.callRemote("hello", 2, username, dialled))
+    ours = LoginExchange("peer", password, transcript(username, dialled, salt, binding(link.client)))
+    theirs, hub_confirm = link.wait(exchange.callRemote("start", ours.start()))
+    return salt, exchange, ours.finish(theirs), hub_confirm
+
+
+def test_the_right_password_by_hand_logs_in(controller: Controller) -> None:
+    link = Link(controller)
+    password = Credentials.from_secret(SECRET).password("operator", controller.salt)
+    _, exchange, key, hub_confirm = start(link, "operator", password)
+    assert hub_confirm == confirmation(key, "hub")
+    assert isinstance(link.wait(exchange.callRemote("confirm", confirmation(key, "peer"), None)), RemoteReference)
+
+
+@pytest.mark.parametrize("what", ["binding", "dialled", "username"])
+def test_the_keys_differ_when_the_transcripts_do(what: str) -> None:
+    """What a relay would need: the same session key for two different TLS channels (or
+    for a hub or role other than the one dialled). SPAKE2 gives different keys."""
+    password = b"p" * 32
+    ours = dict(username="operator", dialled="hub:8790", salt=SALT, binding=b"b" * 32)
+    theirs = dict(ours, **{what: {"binding": b"c" * 32, "dialled": "relay:8790", "username": "agent:x"}[what]})
+    peer = LoginExchange("peer", password, transcript(**ours))
+    hub = LoginExchange("hub", password, transcript(**theirs))
+    a, b = peer.start(), hub.start()
+    assert peer.finish(b) != hub.finish(a)
+    same_peer = LoginExchange("peer", password, transcript(**ours))
+    same_hub = LoginExchange("hub", password, transcript(**ours))
+    a, b = same_peer.start(), same_hub.start()
+    assert same_peer.finish(b) == same_hub.finish(a)
 
 
 # ---------------------------------------------------------------- the hub proves first
 
 
-def test_a_hub_without_the_secret_gets_no_proof_from_us(clock: Clock) -> None:
+def test_a_hub_without_the_secret_gets_no_confirmation_from_us(clock: Clock) -> None:
     impostor = Controller(clock, make_cfg(), b"the-impostors-secret")
     sent: list[str] = []
     from connscale.control import login
 
-    original = login.Challenge.remote_respond
+    original = login.Exchange.remote_confirm
 
     def spy(self: Any, given: object, mind: Any) -> Any:
-        sent.append("respond")
+        sent.append("confirm")
         return original(self, given, mind)
 
-    login.Challenge.remote_respond = spy  # type: ignore[method-assign]
+    login.Exchange.remote_confirm = spy  # type: ignore[method-assign]
     try:
         result = Link(impostor).login(b"agent:x", mind=FakeMind())
     finally:
-        login.Challenge.remote_respond = original  # type: ignore[method-assign]
+        login.Exchange.remote_confirm = original  # type: ignore[method-assign]
     assert isinstance(result, Failure) and result.check(HubNotAuthentic)
-    assert sent == []  # we hung up before proving anything: nothing to crack offline
+    assert sent == []  # we hung up before confirming anything
     assert impostor.agents == {}
 
 
-def test_a_captured_proof_cannot_be_replayed(controller: Controller) -> None:
-    key = Credentials.from_secret(SECRET).key("operator")
+def test_a_captured_confirmation_cannot_be_replayed(controller: Controller) -> None:
+    password = Credentials.from_secret(SECRET).password("operator", controller.salt)
     first = Link(controller)
-    nonce = os.urandom(32)
-    hub_nonce, _, challenge = first.wait(root_of(first).callRemote("hello", 1, "operator", nonce))
-    captured = proof(key, "peer", "operator", nonce, hub_nonce)
-    assert not isinstance(first.wait(challenge.callRemote("respond", captured, None)), Failure)
-    # Same peer nonce, same captured proof, a new connection: the hub's nonce is new.
+    _, exchange, key, _ = start(first, "operator", password)
+    captured = confirmation(key, "peer")
+    assert not isinstance(first.wait(exchange.callRemote("confirm", captured, None)), Failure)
+    # A new connection: a new exchange, a new key; the captured confirmation is worth nothing.
     second = Link(controller)
-    _, _, challenge2 = second.wait(root_of(second).callRemote("hello", 1, "operator", nonce))
-    refused = second.wait(challenge2.callRemote("respond", captured, None))
+    _, exchange2, _, _ = start(second, "operator", b"not the password" * 2)
+    refused = second.wait(exchange2.callRemote("confirm", captured, None))
     assert isinstance(refused, Failure) and dial.is_unauthorized(refused)
 
 
 @pytest.mark.parametrize("args, problem", [
-    ((2, "operator", b"n" * 32), "control protocol 2 is not ours"),
-    ((1, "operator", b"short"), "a login nonce is 32 bytes"),
-    ((1, "x" * 200, b"n" * 32), "a login name is text of at most 80 characters"),
-    ((1, "janitor", b"n" * 32), "unknown role"),
+    ((1, "operator", "hub:1"), "control protocol 1 is not ours"),
+    ((2, "x" * 200, "hub:1"), "a login name is text of at most 80 characters"),
+    ((2, "janitor", "hub:1"), "unknown role"),
+    ((2, "agent:a b", "hub:1"), "an agent name is 1-64 letters"),
+    ((2, "operator", "hub\x1b[2J"), "the hub as dialled is text of at most 300 printable characters"),
 ])
 def test_a_malformed_hello_is_refused_in_one_line(controller: Controller, args: tuple, problem: str) -> None:
     link = Link(controller)
@@ -140,11 +197,18 @@ def test_a_malformed_hello_is_refused_in_one_line(controller: Controller, args: 
     assert "\n" not in result.getErrorMessage()
 
 
+def test_a_malformed_start_is_refused(controller: Controller) -> None:
+    link = Link(controller)
+    _, exchange = link.wait(root_of(link).callRemote("hello", 2, "operator", "hub:1"))
+    result = link.wait(exchange.callRemote("start", b"\0" * 33))
+    assert isinstance(result, Failure) and "not a SPAKE2 message" in result.getErrorMessage()
+
+
 def test_one_login_per_connection(controller: Controller) -> None:
     link = Link(controller)
     root = root_of(link)
-    link.wait(root.callRemote("hello", 1, "operator", os.urandom(32)))
-    again = link.wait(root.callRemote("hello", 1, "operator", os.urandom(32)))
+    link.wait(root.callRemote("hello", 2, "operator", "hub:1"))
+    again = link.wait(root.callRemote("hello", 2, "operator", "hub:1"))
     assert isinstance(again, Failure) and "one login per connection" in again.getErrorMessage()
 
 
@@ -171,10 +235,35 @@ def test_a_logged_in_connection_outlives_the_deadline(controller: Controller, cl
 def test_bytes_before_login_are_bounded(controller: Controller) -> None:
     link = Link(controller)
     root = root_of(link)
-    # Banana allows each string 640 KiB; before login the whole connection gets 16 KiB.
-    root.callRemote("hello", 1, "operator", b"x" * (PRELOGIN_BYTES + 1))
+    # Banana allows each string 640 KiB; before login the whole connection gets PRELOGIN_BYTES.
+    root.callRemote("hello", 2, "operator", "x" * (PRELOGIN_BYTES + 1))
     assert server_closed(link)
     assert controller.throttle.refused["size"] == 1
+
+
+def test_elements_before_login_are_bounded(controller: Controller) -> None:
+    # Banana's decoder copies the rest of its buffer per element: many tiny elements cost far
+    # more than their bytes. A list of small ints: ~3 bytes each, well under the byte bound.
+    link = Link(controller)
+    root = root_of(link)
+    root.callRemote("hello", 2, "operator", list(range(PRELOGIN_ELEMENTS + 1)))
+    assert server_closed(link)
+    assert controller.throttle.refused["size"] == 1
+
+
+def test_a_call_other_than_the_logins_before_login_drops_the_connection(controller: Controller) -> None:
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        link = Link(controller)
+        root = root_of(link)
+        # The gate has no such method: not an error answer (nor a traceback in the hub's log), the end.
+        root.callRemote("clients").addErrback(lambda _: None)
+        assert server_closed(link)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert controller.throttle.refused["protocol"] == 1
+    assert not [e for e in events if e.get("log_failure") is not None or e.get("isError")]
 
 
 def test_one_message_after_login_is_bounded(controller: Controller) -> None:
@@ -187,23 +276,36 @@ def test_one_message_after_login_is_bounded(controller: Controller) -> None:
     assert controller.throttle.refused["size"] == 1
 
 
+def test_elements_of_one_message_after_login_are_bounded(controller: Controller) -> None:
+    link = Link(controller)
+    perspective = link.login(b"operator")
+    perspective.callRemote("clients", [0] * (MESSAGE_ELEMENTS + 1))
+    assert server_closed(link)
+    assert controller.throttle.refused["size"] == 1
+
+
+def wrong_guess(controller: Controller) -> tuple[Link, Any]:
+    link = Link(controller)
+    _, exchange, key, _ = start(link, "operator", b"a wrong guess of the password")
+    return link, link.wait(exchange.callRemote("confirm", confirmation(key, "peer"), None))
+
+
 def test_failed_logins_are_throttled_and_logged_once_per_interval(controller: Controller, clock: Clock) -> None:
     events: list[dict] = []
     links: list[Link] = []
     globalLogPublisher.addObserver(events.append)
     try:
         for _ in range(THROTTLE_FAILURES):
-            link = Link(controller)
+            link, refused = wrong_guess(controller)
             links.append(link)
-            root = root_of(link)
-            _, _, challenge = link.wait(root.callRemote("hello", 1, "operator", os.urandom(32)))
-            refused = link.wait(challenge.callRemote("respond", b"\0" * 32, None))
             assert isinstance(refused, Failure) and refused.getErrorMessage() == "wrong control secret"
-        # The next attempt from that address is refused before any key is used.
+        # The next attempt from that peer is refused at its hello, and says it is retryable.
         link = Link(controller)
         links.append(link)
-        result = link.wait(root_of(link).callRemote("hello", 1, "operator", os.urandom(32)))
-        assert isinstance(result, Failure) and "too many failed logins" in result.getErrorMessage()
+        result = link.wait(root_of(link).callRemote("hello", 2, "operator", "hub:1"))
+        assert isinstance(result, Failure) and "too many failed logins from 127.0.0.1" in result.getErrorMessage()
+        assert dial.is_throttled(result) and not dial.is_unauthorized(result)
+        assert dial.retry_after(result) == pytest.approx(10)
         clock.advance(0)
         assert all(server_closed(each) for each in links)  # each refused connection is closed
         clock.advance(60)
@@ -216,11 +318,61 @@ def test_failed_logins_are_throttled_and_logged_once_per_interval(controller: Co
     assert not isinstance(Link(controller).login(b"operator"), Failure)
 
 
-def test_throttle_counts_per_address_and_forgets_after_the_window(clock: Clock) -> None:
+def test_parallel_connections_do_not_get_past_the_throttle(controller: Controller) -> None:
+    # One exchange in flight per peer: a guesser opening many connections at once gets one
+    # hub answer at a time, each counted when it fails, and THROTTLE_FAILURES in all.
+    links = [Link(controller) for _ in range(THROTTLE_FAILURES * 3)]
+    exchanges = [link.wait(root_of(link).callRemote("hello", 2, "operator", "hub:1"))[1] for link in links]
+    starts = [ex.callRemote("start", LoginExchange("peer", b"guess", b"t").start()) for ex in exchanges]
+    for link in links:
+        link.pump.flush()
+    answered = []
+    for link, ex, d in zip(links, exchanges, starts):
+        for other in links:
+            other.pump.flush()
+        if not d.called:
+            continue
+        answer = link.wait(d)
+        if isinstance(answer, Failure):
+            assert "too many failed logins" in answer.getErrorMessage()
+            continue
+        answered.append(answer)
+        assert sum(s.called for s in starts) <= len(answered) + THROTTLE_FAILURES * 3  # (the rest wait)
+        link.wait(ex.callRemote("confirm", b"\0" * 32, None))  # wrong: counted, the next one's turn
+    assert len(answered) == THROTTLE_FAILURES
+
+
+def test_a_fleet_logging_in_at_once_from_one_address_queues_and_gets_in(controller: Controller) -> None:
+    from connscale.control.login import authenticate
+
+    links = [Link(controller) for _ in range(THROTTLE_FAILURES * 4)]
+    logins = [link.client_factory.getRootObject().addCallback(
+        authenticate, f"agent:a{i}", Credentials.from_secret(SECRET), FakeMind(), "hub:1")
+        for i, link in enumerate(links)]
+    for _ in range(5):
+        for link in links:
+            link.pump.flush()
+    assert all(d.called for d in logins)
+    assert not [link.wait(d) for link, d in zip(links, logins) if isinstance(link.wait(d), Failure)]
+
+
+def test_a_right_login_does_not_count_against_its_peer(controller: Controller) -> None:
+    for _ in range(THROTTLE_FAILURES * 2):
+        assert not isinstance(Link(controller).login(b"operator"), Failure)
+    assert controller.throttle.blocked_for("127.0.0.1") == 0
+
+
+def test_throttle_counts_per_peer_and_forgets_after_the_window(clock: Clock) -> None:
     throttle = LoginThrottle(clock, failures=3, window=10)
     for _ in range(3):
-        throttle.failed("10.0.0.1", "wrong control secret")
+        throttle.acquire("10.0.0.1")
+        throttle.release("10.0.0.1", failed=True)
     assert throttle.blocked_for("10.0.0.1") == pytest.approx(10)
     assert throttle.blocked_for("10.0.0.2") == 0
+    # On loopback the key is the address and the local user: one user's guesses are not another's.
+    for _ in range(3):
+        throttle.acquire("127.0.0.1 uid 65534")
+        throttle.release("127.0.0.1 uid 65534", failed=True)
+    assert throttle.blocked_for("127.0.0.1 uid 0") == 0
     clock.advance(10)
     assert throttle.blocked_for("10.0.0.1") == 0

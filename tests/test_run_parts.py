@@ -352,6 +352,24 @@ def test_run_directories_are_never_reused(tmp_path):
     assert a.path != b.path and a.path.name == "20261130-120000" and b.path.name == "20261130-120000-2"
 
 
+def test_clients_env_values_are_in_no_run_file_and_reach_the_hub_through_its_environment(tmp_path):
+    from connscale.app.children import child_env
+    from connscale.control.hub import with_clients_env
+
+    cfg = parse_config({"clients": {"c1": {"host": "198.18.0.2", "env": {"API_TOKEN": "tok-9f2c1e77aa"}}}})
+    rd = RunDirectory.create(tmp_path)
+    rd.write_config(cfg)
+    rd.write_json("manifest.json", cfg.as_dict())
+    for path in rd.path.iterdir():
+        assert b"tok-9f2c1e77aa" not in path.read_bytes(), path
+    # The run hands its hub the values in its environment; the hub takes them out of it.
+    env = child_env(b"a-secret-for-this-test", cfg)
+    loaded = load_config(rd.file("config.yaml"))
+    assert loaded.clients["c1"].env == {"API_TOKEN": "<redacted>"}
+    assert with_clients_env(loaded, env).clients["c1"].env == {"API_TOKEN": "tok-9f2c1e77aa"}
+    assert "CONNSCALE_CLIENTS_ENV" not in env
+
+
 def test_config_for_the_children_never_holds_the_secret(tmp_path):
     cfg = parse_config({"control": {"secret": "s3cret-value-123"}, "scenario": {"target": 10}})
     rd = RunDirectory.create(tmp_path)
@@ -359,7 +377,9 @@ def test_config_for_the_children_never_holds_the_secret(tmp_path):
     text = path.read_text()
     assert "s3cret-value-123" not in text and "s3cret-value-123" not in rd.file("config.json").read_text()
     assert yaml.safe_load(text)["control"]["secret"] is None
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    # The configuration's files are the owner's alone.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(rd.file("config.json").stat().st_mode) == 0o600
     # What the children load is the same configuration, minus the secret.
     assert load_config(path).scenario.target == 10
 
@@ -405,8 +425,8 @@ def test_the_shipped_experiment_is_the_top_level_connscale_yaml():
 
 def test_a_run_uses_the_configured_secret(monkeypatch):
     monkeypatch.delenv("CONNSCALE_SECRET", raising=False)
-    cfg = parse_config({"control": {"secret": "configured-secret"}})
-    assert run_mod.run_secret(cfg) == b"configured-secret"
+    cfg = parse_config({"control": {"secret": "configured-secret-of-this-run"}})
+    assert run_mod.run_secret(cfg) == b"configured-secret-of-this-run"
     fresh = run_mod.run_secret(Config())
     assert len(fresh) >= 24 and fresh != run_mod.run_secret(Config())
 

@@ -168,9 +168,24 @@ def test_hub_refuses_public_listen_even_with_a_generated_file(env: dict[str, str
 
 
 def test_hub_public_listen_with_configured_secret(env: dict[str, str], tmp_path: Path) -> None:
-    assert hub_secret(control(listen="tcp:8790", secret="configured!"), env) == (b"configured!", "configured")
-    env["CONNSCALE_SECRET"] = "environment!"
-    assert hub_secret(control(listen="tcp:8790"), env) == (b"environment!", "configured")
+    assert hub_secret(control(listen="tcp:8790", secret="configured-for-this-hub"), env) == \
+        (b"configured-for-this-hub", "configured")
+    env["CONNSCALE_SECRET"] = "from-the-environment"
+    assert hub_secret(control(listen="tcp:8790"), env) == (b"from-the-environment", "configured")
+
+
+@pytest.mark.parametrize("weak", ["password1", "hunter2hunter2", "qwertyuiop", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"])
+def test_a_weak_secret_is_refused_by_strength_not_length(env: dict[str, str], weak: str) -> None:
+    # password1 passed the old 8-character rule and was the tenth guess of a 10-word list.
+    for where in ({"secret": weak}, {}):
+        env.pop("CONNSCALE_SECRET", None)
+        if not where:
+            env["CONNSCALE_SECRET"] = weak
+        with pytest.raises(SecretError) as info:
+            client_secret(control(**where), env)
+        message = str(info.value)
+        assert "too weak" in message and "secrets.token_urlsafe(32)" in message and "\n" not in message
+        assert weak not in message  # never echoed
 
 
 def test_client_secret_error_when_nothing_available(env: dict[str, str]) -> None:

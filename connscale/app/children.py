@@ -8,6 +8,7 @@ its workers with it), so a run never leaves orphans holding sockets.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Any, Mapping
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from connscale.config.settings import Config
+from connscale.control.hub import CLIENTS_ENV
 from connscale.procs.child import ChildProcess, describe_exit
 
-__all__ = ["RunChild", "describe_exit", "spawn", "stop_all"]
+__all__ = ["RunChild", "child_env", "describe_exit", "spawn", "stop_all"]
 
 
 class RunChild(ChildProcess):
@@ -45,6 +48,16 @@ class RunChild(ChildProcess):
 
     def last_lines(self, n: int = 3) -> str:
         return " | ".join(line.strip() for line in list(self.tail)[-n:] if line.strip())
+
+
+def child_env(secret: bytes, cfg: Config) -> dict[str, str]:
+    """What the run's hub and agent get in their environment beyond ours: the secret, and the
+    values of `clients.*.env` (JSON), which the run directory's config.yaml leaves out."""
+    env = {"CONNSCALE_SECRET": secret.decode()}
+    clients = {name: dict(host.env) for name, host in cfg.clients.items() if host.env}
+    if clients:
+        env[CLIENTS_ENV] = json.dumps(clients)
+    return env
 
 
 def spawn(reactor: Any, name: str, args: list[str], log_path: Path, env: Mapping[str, str]) -> RunChild:

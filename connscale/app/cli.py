@@ -1,7 +1,8 @@
 """The `connscale` command: `run`, `check`, `ctl`, `report`, `server` and `agent`.
 
 Exit codes of `ctl`, for scripts: 0 done, 1 the controller refused the
-order (message on stderr), 2 bad usage or configuration, 3 hub unreachable,
+order (message on stderr) or ctl itself failed, 2 bad usage or configuration,
+3 hub unreachable (or still throttling our logins after `LOGIN_PATIENCE`),
 4 wrong secret.
 """
 
@@ -42,6 +43,8 @@ def master_of(cfg: Config, given: str | None) -> tuple[str, int]:
 
 #: ctl subcommands that are not controller verbs: they run on the operator's side.
 LOCAL_SUBCOMMANDS = frozenset({"watch"})
+#: Seconds ctl keeps retrying a login the hub throttles (someone's failed logins from our address).
+LOGIN_PATIENCE = 60.0
 
 
 def ctl_parser() -> argparse.ArgumentParser:
@@ -120,21 +123,32 @@ def operator_session(host: str, port: int, secret: bytes, tls_ca: str | None,
 
     outcome: list[tuple[int, Any]] = []
 
+    def waiting(seconds: float, why: str) -> None:
+        sys.stderr.write(f"connscale ctl: the controller at {host}:{port} throttles logins from here ({why}); "
+                         f"retrying in {seconds:.0f} s\n")
+
     @defer.inlineCallbacks
     def main(reactor: Any):  # type: ignore[no-untyped-def]
         try:
-            factory, perspective = yield dial.login(reactor, host, port, "operator", secret, tls_ca)
+            factory, perspective = yield dial.login_patiently(reactor, host, port, "operator", secret, tls_ca,
+                                                              patience=LOGIN_PATIENCE, on_wait=waiting)
         except CredentialError as e:
             outcome.append((EXIT_AUTH, str(e)))
             return
         except Exception as e:
-            if dial.is_unauthorized(e):
+            if dial.is_throttled(e):
+                outcome.append((EXIT_UNREACHABLE, f"the controller at {host}:{port} still throttles logins from "
+                                                  f"here after {LOGIN_PATIENCE:g} s: {dial.one_line(e)}"))
+            elif dial.is_unauthorized(e):
                 outcome.append((EXIT_AUTH, describe_refusal(e, f"{host}:{port}")))
             else:
                 outcome.append((EXIT_UNREACHABLE, f"cannot reach the controller at {host}:{port}: {e}"))
             return
         try:
             outcome.append((yield defer.maybeDeferred(work, reactor, perspective)))
+        except Exception as e:
+            # A failure of ours (a display that cannot show what it got, ...): one line, never exit 0.
+            outcome.append((EXIT_REFUSED, f"{type(e).__name__}: {dial.one_line(e)}"))
         finally:
             factory.disconnect()
 
@@ -155,8 +169,11 @@ def operator_call(host: str, port: int, secret: bytes, method: str, *args: Any,
     """Log in as operator, make one call, return (exit status, result or message)."""
 
     def call(reactor: Any, perspective: Any) -> Any:
-        return perspective.callRemote(method, *args).addCallbacks(
-            lambda result: (EXIT_OK, result), lambda f: (EXIT_REFUSED, remote_error(f.value)))
+        if method == "stats":  # packed and bounded by the hub: a fleet's rows as PB elements are too many
+            d = perspective.callRemote("stats_packed", *args).addCallback(unpack)
+        else:
+            d = perspective.callRemote(method, *args)
+        return d.addCallbacks(lambda result: (EXIT_OK, result), lambda f: (EXIT_REFUSED, remote_error(f.value)))
 
     return operator_session(host, port, secret, tls_ca, call,
                             silent=(EXIT_UNREACHABLE, "no answer from the controller"))
@@ -231,24 +248,19 @@ def report(argv: Sequence[str]) -> int:
 
 
 def agent_key(argv: Sequence[str]) -> int:
-    """`connscale agent-key`: the line an agent host needs instead of the secret."""
+    """`connscale agent-key`: the line an agent host needs instead of the secret (`ctl agent-key`)."""
     p = argparse.ArgumentParser(
         prog="connscale agent-key",
-        description="Print the agent key of the control secret: a secret-file line that lets an agent "
-                    "register and nothing more (it cannot give orders or launch agents).")
-    p.add_argument("--config", "-c", help="YAML config (for control.secret/secret_file)")
+        description="Print an agent key of the running hub: a secret-file line that lets an agent "
+                    "register (as NAME only, with --name) and nothing more (it cannot give orders or "
+                    "launch agents). Asks the hub, which holds this deployment's salt.")
+    p.add_argument("--config", "-c", help="YAML config (for control.secret/secret_file and the address)")
+    p.add_argument("--master", "-m", help="HOST:PORT of the controller (default: from the config)")
+    p.add_argument("--name", help="the agent name the key is for (default: any name)")
     args = p.parse_args(argv)
-    cfg = load_or_exit("connscale", args.config)
-    from connscale.control.auth import CredentialError, Credentials
-    from connscale.control.secret import SecretError, client_secret
-
-    try:
-        line = Credentials.from_secret(client_secret(cfg.control)).agent_line()
-    except (SecretError, CredentialError) as e:
-        sys.stderr.write(f"connscale agent-key: {e}\n")
-        return EXIT_USAGE
-    print(line.decode("ascii"))
-    return EXIT_OK
+    return ctl([*(["--config", args.config] if args.config else []),
+                *(["--master", args.master] if args.master else []),
+                "agent-key", *(["--name", args.name] if args.name else [])])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -143,7 +143,7 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         causes.add_column("count", justify="right")
         for key, n in sorted(failures.items(), key=lambda kv: -kv[1])[:8]:
             if n:
-                causes.add_row(key, f"{n:,}")
+                causes.add_row(Text(key), f"{n:,}")  # text, never markup: it came from an agent
         parts.append(causes)
 
     incidents = [i for i in st.get("incidents") or () if isinstance(i, Mapping)]
@@ -155,8 +155,9 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         for i in incidents[-3:]:
             at = i.get("elapsed_s")
             fix = i.get("fix") or []
-            table.add_row("-" if at is None else f"{float(at):.0f} s", str(i.get("wall", "")),
-                          str(i.get("headline", "")), str(fix[0] if isinstance(fix, list) and fix else fix or ""))
+            table.add_row("-" if at is None else f"{float(at):.0f} s", Text(str(i.get("wall", ""))),
+                          Text(str(i.get("headline", ""))),
+                          Text(str(fix[0] if isinstance(fix, list) and fix else fix or "")))
         parts.append(table)
 
     agents = Table(box=box.SIMPLE_HEAD, title="agents", title_justify="left")
@@ -173,7 +174,7 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         state = "connected" if a.get("connected") else "[red]disconnected[/]"
         if a.get("connected") and a.get("stale_s"):
             state = f"[yellow]stale {float(a['stale_s']):g} s[/]"  # counted with its last report, this old
-        agents.add_row(name, state, f"{int(a.get('target', 0)):,}",
+        agents.add_row(Text(name), state, f"{int(a.get('target', 0)):,}",
                        f"{int(a.get('open', 0)):,}", f"{int(a.get('connecting', 0)):,}", str(len(a.get("workers", []))),
                        f"{sum(int(v) for v in a.get('failures', {}).values()):,}",
                        _hot(max(cpus)) if cpus else "-", f"{max(lags):.1f}" if lags else "-")
@@ -193,7 +194,7 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         for side, label, w, cpu, lag in rows[:MAX_WORKER_ROWS]:
             rss = float((w.get("resources") or {}).get("rss_bytes", 0.0)) / 2**20
             table.add_row(
-                label + ("" if w.get("alive", True) else " [red](down)[/]"),
+                Text(label) + (Text("") if w.get("alive", True) else Text(" (down)", "red")),
                 f"{int(w.get('open', 0)):,}", f"{int(w.get('target', 0)):,}" if side == "client" else "-",
                 "-" if cpu is None else _hot(cpu),
                 "-" if lag is None else f"{lag:.1f}", f"{rss:.0f}" if rss else "-", str(w.get("restarts", 0)),

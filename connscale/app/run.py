@@ -128,7 +128,7 @@ class Experiment:
 
     # -- processes ---------------------------------------------------------------------
     def spawn(self, name: str, args: list[str]) -> children.RunChild:
-        env = {"CONNSCALE_SECRET": self.secret.decode()}
+        env = children.child_env(self.secret, self.cfg)
         child = children.spawn(self.reactor, name, [*args, "--config", str(self.config_path)],
                                self.rundir.file(f"{name}.log"), env)
         self.children.append(child)
@@ -168,8 +168,8 @@ class Experiment:
                 if dial.is_unauthorized(e):
                     raise RunError("the hub refused our login: its control secret is not the run's") from None
                 if self.reactor.seconds() > deadline:
-                    raise RunError(f"the hub did not answer on {host}:{port} within {HUB_LOGIN_TIMEOUT:g}s: "
-                                   f"{self.hub.last_lines() or e}")
+                    why = dial.one_line(e) if dial.is_throttled(e) else (self.hub.last_lines() or e)
+                    raise RunError(f"the hub did not answer on {host}:{port} within {HUB_LOGIN_TIMEOUT:g}s: {why}")
                 yield task.deferLater(self.reactor, 0.5, lambda: None)
 
     # -- output ------------------------------------------------------------------------

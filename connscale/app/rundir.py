@@ -1,4 +1,5 @@
-"""A run's directory: created once, written atomically, never holding a secret.
+"""A run's directory: created once, written atomically, never holding a secret
+(the configuration's files are the owner's alone, 0600).
 
 Everything a run records goes here (`config.json`, `summary.json`, the logs of
 its hub and agent, the hub's `timeline.jsonl`). A full or read-only disk must
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -52,19 +54,22 @@ class RunDirectory:
         return self.path / name
 
     def write_text(self, name: str, text: str, mode: int = 0o644) -> Path:
-        """Write `name` whole or not at all (a torn summary is worse than none)."""
+        """Write `name` whole or not at all (a torn summary is worse than none), through a
+        temporary file of our own (created exclusively: never a link someone left there)."""
         target = self.file(name)
-        tmp = target.with_name(f".{name}.tmp")
+        tmp: str | None = None
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
+            os.fchmod(fd, mode)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
             os.replace(tmp, target)
         except OSError as e:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
             raise RunDirError(f"cannot write {target}: {_why(e)}") from None
         return target
 
@@ -72,11 +77,13 @@ class RunDirectory:
         return self.write_text(name, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def write_config(self, cfg: Config) -> Path:
-        """`config.json` for the record (secrets redacted) and `config.yaml` for the
-        run's hub and agent: the effective configuration with no secret in it at
-        all (they get the secret through their environment). Returns the latter."""
-        self.write_json("config.json", cfg.as_dict())
-        effective = cfg.as_dict(redact_secrets=False)
+        """`config.json` for the record (secrets and `clients.*.env` values redacted) and
+        `config.yaml` for the run's hub and agent: the effective configuration with no
+        secret in it at all (the children get the secret, and the `env` values, through
+        their environment: `children.child_env`). Both are the owner's alone (0600).
+        Returns the latter."""
+        self.write_text("config.json", json.dumps(cfg.as_dict(), indent=2, sort_keys=True) + "\n", mode=0o600)
+        effective = cfg.as_dict()
         effective["control"]["secret"] = None
         effective["control"]["secret_file"] = None
-        return self.write_text("config.yaml", yaml.safe_dump(effective, sort_keys=False))
+        return self.write_text("config.yaml", yaml.safe_dump(effective, sort_keys=False), mode=0o600)

@@ -456,8 +456,20 @@ def _env(value: object) -> dict[str, str]:
         # `PYTHONHASHSEED: 0` is natural YAML; bools and nulls are likelier mistakes.
         if not isinstance(item, (str, int, float)) or isinstance(item, bool):
             raise _Invalid(f"value of {name} must be a string, got {_describe(item)}")
+        if "\n" in str(item) or "\0" in str(item):
+            # (never echoed: these values may be secrets) they travel as lines over ssh's stdin
+            raise _Invalid(f"value of {name} must be one line")
         env[name] = str(item)
     return env
+
+
+def _ssh_user(value: object) -> str:
+    """A remote user name as ssh takes it: never an option (`-oProxyCommand=...`), nor a host."""
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.@-]{0,63}", value, re.ASCII):
+        if "@" not in value:
+            return value
+    raise _Invalid(f"expected a user name (letters, digits, '.', '_', '-'; not starting with '-'), "
+                   f"got {_describe(value)}")
 
 
 # ---------------------------------------------------------------- what the clients speak to
@@ -492,6 +504,11 @@ def _options(*names: str) -> Callable[[object], dict[str, Any]]:
                 raise _Invalid(f"{key}: {e}") from None
         return out
     return parse
+
+
+def _redact_url(url: str) -> str:
+    """The URL with its password (`scheme://user:PASSWORD@host`) redacted."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1<redacted>@", url)
 
 
 def _dump_options(value: Mapping[str, Any]) -> dict[str, Any]:
@@ -547,18 +564,22 @@ class _Spec:
     dump: Callable[..., Any] = _plain
     key: str | None = None   # YAML key, when it differs from the attribute name
     secret: bool = False     # redacted by Config.as_dict()
+    secret_values: bool = False  # a mapping whose values (not names) are redacted
     redact: Callable[[Any], Any] | None = None  # the secret part of a value, redacted by as_dict()
 
 
 _META = "connscale.config"
+#: What a redacted secret is written as.
+REDACTED = "<redacted>"
 
 
 def _setting(default: Any, parse: Parser | None = None, *, key: str | None = None,
-             dump: Callable[..., Any] = _plain, secret: bool = False,
+             dump: Callable[..., Any] = _plain, secret: bool = False, secret_values: bool = False,
              redact: Callable[[Any], Any] | None = None, **field: Any) -> Any:
     """One row of the settings table. Several attributes may share a ``key``: the first
     declares the parser, which returns a tuple spread over them (and dump takes them all)."""
-    return attrs.field(default=default, metadata={_META: _Spec(parse, dump, key, secret, redact)}, **field)
+    return attrs.field(default=default,
+                       metadata={_META: _Spec(parse, dump, key, secret, secret_values, redact)}, **field)
 
 
 @attrs.frozen
@@ -600,7 +621,7 @@ class ClientSettings:
     close: Literal["fin", "rst"] = _setting("fin", _choice("fin", "rst"))
     # The target as one URL (redis://127.0.0.1:6379, wss://host/socket, tcp://host:8989-8992):
     # protocol, TLS, server and path at once; `connscale run` then starts no server of its own.
-    url: str | None = _setting(None, _optional(_url), redact=lambda u: re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1<redacted>@", u))
+    url: str | None = _setting(None, _optional(_url), redact=_redact_url)
     # What the connections speak (net/profiles); None = client.framing (line or raw), or the URL's.
     protocol: str | None = _setting(None, _optional(_choice(*PROTOCOLS)))
     http: Mapping[str, Any] = _setting(attrs.Factory(dict), _options("method", "path", "headers"),
@@ -677,13 +698,13 @@ class ClientHost:
 
     name: str   # its key under `clients:`, so deliberately not a setting of its own
     host: str = _setting(attrs.NOTHING, _host)
-    user: str | None = _setting(None, _optional(_string))
+    user: str | None = _setting(None, _optional(_ssh_user))
     port: int = _setting(22, _int(1, 65535))
     ssh_options: tuple[str, ...] = _setting((), _ssh_options)
     python: str = _setting("python3", _string)   # remote interpreter, e.g. /opt/venv/bin/python
     workers: Workers = _setting("auto", _workers)
     source_ips: tuple[str, ...] = _setting((), parse_ips)
-    env: Mapping[str, str] = _setting(attrs.Factory(dict), _env, hash=False)
+    env: Mapping[str, str] = _setting(attrs.Factory(dict), _env, hash=False, secret_values=True)
     # HOST:PORT the agent on this host dials; None = the hub's control.listen address.
     master: tuple[str, int] | None = _setting(None, _optional(_one_hostport), dump=_format_master)
 
@@ -768,9 +789,11 @@ def _dump(obj: Any, redact_secrets: bool) -> dict[str, Any]:
     out = {}
     for key, (spec, names) in _keys(type(obj)).items():
         value = spec.dump(*(getattr(obj, name) for name in names))
+        if spec.secret_values and redact_secrets and value:
+            value = {k: REDACTED for k in value}
         if redact_secrets and value is not None and spec.redact is not None:
             value = spec.redact(value)
-        out[key] = "<redacted>" if spec.secret and redact_secrets and value is not None else value
+        out[key] = REDACTED if spec.secret and redact_secrets and value is not None else value
     return out
 
 

@@ -34,8 +34,8 @@ from connscale.control.auth import CredentialError, Credentials
 from connscale.control.bounds import OrderBounds
 from connscale.control.errors import ControlError
 from connscale.control.link import HubLink
-from connscale.control.records import AgentInfo, AgentReport, RegisterAnswer
-from connscale.control.secret import SecretError, client_secret
+from connscale.control.records import MAX_EVENTS, AgentInfo, AgentReport, RegisterAnswer
+from connscale.control.secret import SecretError, client_secret, config_dir
 from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
 from connscale.host.resources import cpu_count
@@ -44,7 +44,7 @@ from connscale.metrics.histograms import RttAccumulator, encode_histogram
 from connscale.metrics.status import StatusService
 from connscale.net.routes import make_routes
 from connscale.procs.childproc import stop_reactor
-from connscale.procs.records import ClientSpec, WorkerOrder
+from connscale.procs.records import MAX_LOSSES, ClientSpec, WorkerOrder
 from connscale.procs.supervisor import Supervisor
 
 log = Logger(namespace="connscale.agent")
@@ -61,8 +61,12 @@ class AgentMind(pb.Referenceable):
         self.agent = agent
 
     def remote_ensure_workers(self, count: object, target: object = None) -> defer.Deferred[list[int]]:
+        # The target is required: the workers it needs are what bounds them (a hub that
+        # left it out could otherwise make us start up to plan.MAX_WORKERS).
         n = _checked(integer(1, plan.MAX_WORKERS), count, "ensure_workers")
-        wanted = None if target is None else _checked(integer(0, 1 << 40), target, "ensure_workers")
+        if target is None:
+            raise ControlError("agent refused ensure_workers: the target the workers are for is required")
+        wanted = _checked(integer(0, 1 << 40), target, "ensure_workers")
         self.agent.bounds.workers(n, wanted, len(self.agent.supervisor.slots))
         return self.agent.supervisor.ensure(n)
 
@@ -133,16 +137,18 @@ class Agent(MultiService):
         destinations = [c.server_host] + ([c.master[0]] if c.master else [])
         self.bounds = OrderBounds(self.budget, c.workers, c.source_ips, destinations,
                                   memory=lambda: read_host_limits().usable_memory)
-        #: The session token the hub gave us: presented again after a reconnect.
-        self.session = ""
+        #: The session token the hub gave us: presented again after a reconnect, and kept in
+        #: a file of ours so that a restarted agent keeps its name (registry.NAME_HOLD).
+        self.session_file = config_dir() / f"agent-{self.name}.session"
+        self.session = read_session(self.session_file)
         self.registered = 0
         self._orphaned: Any = None
         self.link: HubLink | None = None
         if c.master is not None:
             try:
-                credentials = Credentials.from_secret(client_secret(cfg.control))
-                credentials.key("agent")
                 verbs.agent_name(self.name)
+                credentials = Credentials.from_secret(client_secret(cfg.control))
+                credentials.check_role(f"agent:{self.name}")
             except (SecretError, CredentialError) as e:
                 raise SystemExit(f"{PROG}: {e}") from None
             except RecordError as e:
@@ -157,7 +163,9 @@ class Agent(MultiService):
     @defer.inlineCallbacks
     def _register(self, perspective: pb.RemoteReference):  # type: ignore[no-untyped-def]
         answer = RegisterAnswer.from_wire((yield perspective.callRemote("register", self.info(self.session).to_wire())))
-        self.session = answer.session
+        if answer.session != self.session:
+            self.session = answer.session
+            keep_session(self.session_file, self.session)
         self.registered += 1
         self.obeyed()
         assert self.cfg.client.master is not None
@@ -206,7 +214,7 @@ class Agent(MultiService):
         c = self.cfg.client
         limits = read_host_limits()
         return AgentInfo(
-            host=socket.gethostname(),
+            host=socket.gethostname()[:255],
             pid=os.getpid(),
             cores=cpu_count(),
             budget=self.budget,
@@ -233,8 +241,8 @@ class Agent(MultiService):
             rtt=encode_histogram(window) if window.get_total_count() else "",
             workers=tuple(self.supervisor.workers()),
             connecting=sum(int((s.last or {}).get("connecting", 0)) for s in self.supervisor.slots),
-            events=tuple(self.supervisor.take_events()),
-            losses=tuple(self.supervisor.take_losses()),
+            events=report_events(self.supervisor.take_events()),
+            losses=tuple(self.supervisor.take_losses())[:MAX_LOSSES],
         )
 
     def startService(self) -> None:
@@ -266,6 +274,48 @@ class Agent(MultiService):
         d.addCallback(lambda _: self.supervisor.stop())
         d.addCallback(lambda _: self.status.tick())
         return d
+
+
+def read_session(path: Any) -> str:
+    """The session token a previous run of this agent kept ("" if none, not one, or kept by an
+    agent of this name that is still running: two agents under one name stay two)."""
+    try:
+        token, _, pid = path.read_text().strip().partition(" ")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    if len(token) != 64 or any(c not in "0123456789abcdef" for c in token):
+        return ""
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            os.kill(int(pid), 0)
+            return ""  # its writer lives: not ours
+        except ProcessLookupError:
+            pass
+        except OSError:
+            return ""
+    return token
+
+
+def keep_session(path: Any, token: str) -> None:
+    """Keep the token for a restarted agent (ours alone: it is what proves the name is ours)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{token} {os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warn("{prog}: cannot keep our session in {path} ({why}): a restart of this agent waits "
+                 "for its name", prog=PROG, path=str(path), why=e.strerror or e)
+
+
+def report_events(events: list[str]) -> tuple[str, ...]:
+    """Events as a report carries them: at most MAX_EVENTS printable lines (the rest counted)."""
+    lines = ["".join(c if c.isprintable() else " " for c in e)[:300] for e in events]
+    if len(lines) > MAX_EVENTS:
+        lines = lines[: MAX_EVENTS - 1] + [f"... and {len(lines) - MAX_EVENTS + 1} more events"]
+    return tuple(lines)
 
 
 def fatal(reactor: Any, message: str, code: int = 2) -> None:

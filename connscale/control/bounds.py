@@ -60,19 +60,18 @@ class OrderBounds:
             self.destinations |= addresses_of(host)
         self.memory = memory
 
-    def workers(self, count: int, target: int | None, running: int) -> None:
+    def workers(self, count: int, target: int, running: int) -> None:
         """May the agent run `count` workers for `target` connections (`running` already do)?"""
         if count <= running:
             return
         if count > plan.MAX_WORKERS:
             raise ControlError(f"agent refused {count} workers: at most {plan.MAX_WORKERS}")
-        if target is not None:
-            needed = plan.client_workers(target, self.budget or 1, self.configured_workers)
-            if count > max(needed, running, 1):
-                raise ControlError(
-                    f"agent refused {count} workers: {target} connections need {needed} "
-                    f"with a budget of {self.budget} each"
-                )
+        needed = plan.client_workers(target, self.budget or 1, self.configured_workers)
+        if count > max(needed, running, 1):
+            raise ControlError(
+                f"agent refused {count} workers: {target} connections need {needed} "
+                f"with a budget of {self.budget} each"
+            )
         check_worker_memory(count - running, self.memory(), "agent refused")
 
     def orders(self, orders: Sequence[WorkerOrder], budgets: Sequence[int]) -> None:

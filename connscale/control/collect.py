@@ -33,10 +33,9 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from connscale.config.packed import PackError, unpack
+from connscale.config.packed import PackError
 from connscale.config.records import RecordError
 from connscale.control.diagnosis import Diagnosis
-from connscale.control.records import AgentReport
 from connscale.control.registry import AgentHandle, Registry
 from connscale.host.kernel import kernel_snapshot
 from connscale.metrics.histograms import (
@@ -142,7 +141,7 @@ class Collector:
     def _ask(self, agent: AgentHandle) -> defer.Deferred[None]:
         def got(data: object) -> None:
             try:
-                report = AgentReport.from_wire(unpack(data))
+                report = self.registry.admit(agent, data)  # parsed, and bounded per agent
             except (RecordError, PackError) as e:
                 self.events.note(f"agent {agent.name}: report refused: {e}")
                 return
@@ -287,7 +286,7 @@ class Collector:
     def stats(self, rtt: Any = None) -> dict[str, Any]:
         server = self.server_totals()
         client = self.client_totals()
-        agents = self.registry.agents.values()
+        agents = self.registry.shown()  # departed agents leave the live record
         stale = {a.name: self.stale_s(a) for a in agents}
         out: dict[str, Any] = {
             "elapsed_s": round(self.clock.seconds() - self.started, 3),
@@ -373,7 +372,7 @@ class Collector:
                 "open": a.open(),
                 "launched": a.launch is not None,
             }
-            for a in sorted(self.registry.agents.values(), key=lambda a: a.name)
+            for a in sorted(self.registry.shown(), key=lambda a: a.name)
         ]
 
 

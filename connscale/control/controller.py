@@ -30,11 +30,13 @@ from zope.interface import implementer
 from connscale.config.packed import pack_pieces
 from connscale.config.records import RecordError
 from connscale.config.settings import Config
-from connscale.control.auth import Credentials
+from connscale.control import channel
+from connscale.control.auth import Credentials, LoginExchange
 from connscale.control.collect import LOST_AFTER, POLL_INTERVAL, Collector, EventLog
 from connscale.control.diagnosis import Diagnosis
 from connscale.control.errors import ControlError
 from connscale.control.login import (
+    MESSAGE_BYTES,
     ControlServerFactory,
     LoginRoot,
     LoginThrottle,
@@ -87,11 +89,29 @@ class OperatorAvatar(pb.Avatar):
             return None
         if name == "stats_packed":
             # `stats` packed as JSON (config.packed), for callers that poll it every
-            # second (connscale run, ctl watch): at a million connections its rows cost
-            # PB ~0.2 s to encode and decode each time, the JSON string ~1 ms.
-            result = self.controller.call("stats", args, kw).addCallback(pack_pieces)
+            # second (connscale run, ctl watch, ctl stats): at a million connections its rows
+            # cost PB ~0.2 s to encode and decode each time, the JSON string ~1 ms.
+            result = self.controller.call("stats", args, kw).addCallback(pack_bounded)
             return broker.serialize(result, self, None, args, kw)
         return broker.serialize(self.controller.call(name, args, kw), self, None, args, kw)
+
+
+#: What `stats_packed` answers at most: below what a peer's guarded broker accepts in one message.
+STATS_BYTES = MESSAGE_BYTES * 3 // 4
+
+
+def pack_bounded(stats: dict[str, Any], limit: int = STATS_BYTES) -> list[str]:
+    """`stats` packed, without the per-worker rows when they would make it larger than a peer
+    accepts (`truncated` says so); never larger than `limit`."""
+    pieces = pack_pieces(stats)
+    if sum(map(len, pieces)) <= limit:
+        return pieces
+    clients = {name: {**row, "workers": []} for name, row in stats.get("clients", {}).items()}
+    pieces = pack_pieces({**stats, "clients": clients, "truncated": "worker rows left out: too large to send"})
+    if sum(map(len, pieces)) <= limit:
+        return pieces
+    return pack_pieces({k: v for k, v in stats.items() if k not in ("clients", "worker_losses", "incidents")}
+                       | {"clients": {}, "truncated": "clients left out: too large to send"})
 
 
 @implementer(IRealm)
@@ -105,10 +125,14 @@ class Controller:
         timeline: Timeline | None = None,
         launcher: Callable[..., Any] | None = None,
         lost_after: float = LOST_AFTER,
+        salt: bytes | None = None,
     ) -> None:
         self.reactor = reactor
         self.cfg = cfg
         self.credentials = secret if isinstance(secret, Credentials) else Credentials.from_secret(secret)
+        #: This deployment's salt (`secret.hub_salt`: kept across restarts so agent keys stay good).
+        self.salt = salt if salt is not None else LoginExchange.salt()
+        self._tls: Any = None
         self.throttle = LoginThrottle(reactor)
         self.log = EventLog()
         self.registry = Registry(reactor, self.log.note)
@@ -147,12 +171,22 @@ class Controller:
         return Portal(self, [ProofChecker()])
 
     def login_root(self) -> LoginRoot:
-        """The PB root of the control port: the mutual login, then this realm."""
-        return LoginRoot(self.portal(), self.credentials)
+        """The PB root of the control port: the login, then this realm."""
+        return LoginRoot(self.portal(), self.credentials, self.salt)
 
-    def server_factory(self) -> ControlServerFactory:
-        """The control port's factory: login gate, guarded connections, throttled failures."""
-        return ControlServerFactory(self.login_root(), self.reactor, self.throttle)
+    def server_factory(self, tls: bool = True) -> Any:
+        """The control port's factory: login gate, guarded connections, throttled failures; behind
+        TLS with a certificate of our own unless the endpoint does TLS itself (`ssl:`)."""
+        factory = ControlServerFactory(self.login_root(), self.reactor, self.throttle)
+        if not tls:
+            return factory
+        if self._tls is None:
+            self._tls = channel.hub_options()
+        return channel.wrap_server(factory, self._tls)
+
+    def agent_line(self, name: str | None = None) -> bytes:
+        """The secret-file line of an agent key for this hub (for agent `name` only, when given)."""
+        return self.credentials.agent_line(self.salt, name)
 
     # -- realm -------------------------------------------------------------------------------
     def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
@@ -230,6 +264,9 @@ class Controller:
     def op_set_phase(self, phase: str) -> str:
         return self.collector.set_phase(phase)
 
+    def op_agent_key(self, name: str | None) -> str:
+        return self.agent_line(name).decode("ascii")
+
     def op_client_start(self, name: str) -> defer.Deferred[str]:
         """Start the agent `name` (from `clients:`) over ssh; fires once it registered."""
         if self._launcher is None:
@@ -257,6 +294,7 @@ class Controller:
             yield agent.launch.stop()
             agent.launch = None
         agent.worker_targets = []
+        self.registry.release(name)
         self.note(f"client {name} stopped")
 
     # In-process callers (the hub, tests) use the verbs by name; they are checked too.

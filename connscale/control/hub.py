@@ -22,7 +22,7 @@ from connscale.control.controller import POLL_INTERVAL, ControlError, Controller
 from connscale.control.verbs import VERBS, Verb, describe
 from connscale.control.auth import CredentialError, Credentials
 from connscale.control.bounds import check_worker_memory
-from connscale.control.secret import SecretError, config_dir, hub_secret, is_loopback_endpoint
+from connscale.control.secret import SecretError, config_dir, hub_salt, hub_secret
 from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
 from connscale.host.resources import cpu_count
@@ -38,6 +38,27 @@ log = Logger(namespace="connscale.hub")
 PROG = "connscale-server"
 
 REGISTER_TIMEOUT = 60.0
+#: `connscale run` hands its hub the values of clients.*.env here (JSON), not in a file.
+CLIENTS_ENV = "CONNSCALE_CLIENTS_ENV"
+
+
+def with_clients_env(cfg: Config, env: dict[str, str] | Any) -> Config:
+    """`cfg` with the clients' environment values `connscale run` passed in CLIENTS_ENV (taken
+    out of `env`: our own children have no use for them)."""
+    import json
+
+    import attrs
+
+    text = env.pop(CLIENTS_ENV, None)
+    if not text:
+        return cfg
+    try:
+        given = json.loads(text)
+        clients = {name: attrs.evolve(host, env={str(k): str(v) for k, v in given.get(name, host.env).items()})
+                   for name, host in cfg.clients.items()}
+    except (ValueError, AttributeError) as e:
+        raise SystemExit(f"{PROG}: {CLIENTS_ENV}: not what connscale run writes ({e})") from None
+    return attrs.evolve(cfg, clients=clients)
 
 
 class HubService(MultiService):
@@ -153,9 +174,9 @@ def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[st
     def line(text: str) -> None:
         log.info("[{name}] {line}", name=name, line=text)
 
-    # The remote agent gets its role's key, never the secret: it can log in as
-    # an agent and nothing more (no orders, no launches) if its host is taken.
-    launched = launch.launch(reactor, host, argv, controller.credentials.agent_line() + b"\n", line)
+    # The remote agent gets its own name's key, never the secret: it can log in as
+    # that agent and nothing more (no orders, no launches, no other name) if its host is taken.
+    launched = launch.launch(reactor, host, argv, launch.stdin_for(host, controller.agent_line(name)), line)
     registered = controller.wait_registered(name)
     result: defer.Deferred[str] = defer.Deferred()
 
@@ -217,6 +238,9 @@ def state_dir() -> str:
 
 
 def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiService:
+    import os
+
+    cfg = with_clients_env(cfg, os.environ)
     s = cfg.server
     _, budget = prepare_fds(0, PROG)
     # With client.url the clients speak to someone else's server: no server of ours.
@@ -249,20 +273,20 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     servers = Supervisor(reactor, "server", spec, "hub") if own_server else None
     run_dir = Path(record_dir) if record_dir else Path(cfg.run.dir) / time.strftime("%Y%m%d-%H%M%S-hub")
     timeline = Timeline(run_dir)
-    controller = Controller(reactor, cfg, credentials, servers, timeline, launcher=launch_client)
-    hub = HubService(reactor, controller, servers, workers)
     try:
-        EndpointService(reactor, cfg.control.listen, controller.server_factory(), "control.listen",
+        salt = hub_salt()
+    except OSError as e:
+        raise SystemExit(f"{PROG}: cannot keep the control salt in {config_dir()}: {e.strerror or e}") from None
+    controller = Controller(reactor, cfg, credentials, servers, timeline, launcher=launch_client, salt=salt)
+    hub = HubService(reactor, controller, servers, workers)
+    # Every control connection is TLS: ssl: with the configured certificate, any other
+    # endpoint with one the hub makes now (control.channel).
+    factory = controller.server_factory(tls=not cfg.control.listen.startswith("ssl:"))
+    try:
+        EndpointService(reactor, cfg.control.listen, factory, "control.listen",
                         listen_now=True, label="controller").setServiceParent(hub)
     except ListenError as e:
         raise SystemExit(f"{PROG}: {e}") from None
-    if not is_loopback_endpoint(cfg.control.listen) and not cfg.control.listen.startswith("ssl:"):
-        log.warn(
-            "{prog}: control.listen {listen} is reachable beyond loopback over plain TCP: logins are mutual "
-            "(HMAC-SHA256, the hub proves the secret first) but the session itself is neither encrypted nor "
-            "integrity-protected; on a network you do not trust use ssl: with control.tls_ca",
-            prog=PROG, listen=cfg.control.listen,
-        )
     hub.status = StatusService(reactor, s.status_interval,
                                servers.totals if servers is not None else controller.collector.client_totals,
                                with_rtt=False, final=False)

@@ -5,8 +5,12 @@ agent ...`` and keeps that ssh process as the agent's *lifeline*. We use the sys
 rather than conch so that the user's keys, agent, ``~/.ssh/config``, ProxyJump and
 known_hosts all just work.
 
-The lifeline: the shared secret is written to ssh's stdin (the agent reads it with
-``--secret-file /dev/stdin``) and stdin then stays open. Without a tty, sshd gives the
+The lifeline: the agent's key (for its own name only, never the secret) is written to
+ssh's stdin (the agent reads it with ``--secret-file /dev/stdin``) and stdin then stays
+open. ``clients.NAME.env`` travels the same way, ahead of the key: a small ``sh`` prelude
+on the remote side reads ``NAME=value`` lines up to an empty one and exports them before
+it execs the agent, so no value is ever on a command line (``ps`` shows every local user
+the command lines of ssh and of the remote agent). Without a tty, sshd gives the
 remote command plain pipes, so when we close ssh's stdin, or ssh dies, or the hub dies
 (the kernel closes our end of the pipe), the remote command reads EOF on its stdin and
 ``--lifeline`` makes it exit. Nothing else tells it: sshd sends no SIGHUP to a tty-less
@@ -33,7 +37,7 @@ from connscale.procs.child import ChildProcess
 
 __all__ = [
     "LaunchError", "LaunchedAgent", "explain_failure", "launch", "remote_agent_argv", "remote_command",
-    "ssh_argv",
+    "ssh_argv", "stdin_for",
 ]
 
 log = Logger(namespace="connscale.launch")
@@ -86,13 +90,28 @@ def remote_agent_argv(host: ClientHost, master: str, extra: Sequence[str] = ()) 
     return argv
 
 
+#: Reads NAME=value lines from stdin up to an empty one, exports them, runs the rest.
+#: (`read` takes one byte at a time from a pipe, so what follows the empty line, the
+#: agent key and the lifeline, is left for the agent.)
+ENV_PRELUDE = 'while IFS= read -r kv && [ -n "$kv" ]; do export "$kv"; done; exec "$@"'
+
+
 def remote_command(host: ClientHost, remote: Sequence[str]) -> str:
-    """The one string ssh hands to the remote login shell (a POSIX shell is assumed)."""
+    """The one string ssh hands to the remote login shell (a POSIX shell is assumed).
+
+    sshd forwards none of our environment (no AcceptEnv by default); `host.env` goes
+    over stdin (`stdin_for`), read by ENV_PRELUDE, never on this command line."""
     if not remote:
         raise ValueError("empty remote command")
-    # sshd forwards none of our environment (no AcceptEnv by default), hence `env K=V`.
-    prefix = ["env", *(f"{k}={v}" for k, v in host.env.items())] if host.env else []
+    prefix = ["sh", "-c", ENV_PRELUDE, "sh"] if host.env else []
     return shlex.join([*prefix, *remote])
+
+
+def stdin_for(host: ClientHost, key_line: bytes) -> bytes:
+    """What ssh's stdin carries before it stays open as the lifeline: `host.env` for
+    ENV_PRELUDE (NAME=value lines and an empty one), then the agent's key line."""
+    env = b"".join(f"{k}={v}\n".encode() for k, v in host.env.items()) + b"\n" if host.env else b""
+    return env + key_line.rstrip(b"\n") + b"\n"
 
 
 def _destination(host: ClientHost) -> str:

@@ -6,8 +6,10 @@ runs `on_login` (an agent registers there). A keepalive asks the hub to answer
 every few seconds and drops a connection whose hub has gone silent (stopped,
 or its network cut), so the next attempt starts at once instead of waiting
 for TCP to give up. Failures are classified: a refused login or a hub that
-cannot prove the secret is final (`on_refused`, no retry); anything else is a
-lost link (`on_lost`) and is retried.
+cannot prove the secret is final (`on_refused`, no retry); a login the hub
+throttled (failed logins from our address, someone else's perhaps) is retried
+after the wait the hub names; anything else is a lost link (`on_lost`) and is
+retried with backoff.
 
 Agents use it for their whole life; `connscale run` can use it for its
 operator session (`when_logged_in` gives the perspective).
@@ -45,7 +47,9 @@ LOGIN_TIMEOUT = 10.0
 def is_refusal(failure: Failure) -> bool:
     """A final answer (wrong secret, hub without the secret, registration refused), not a lost link."""
     exc = failure.value
-    if isinstance(exc, CredentialError) or dial.is_unauthorized(exc):
+    if dial.is_throttled(failure):
+        return False
+    if isinstance(exc, CredentialError) or dial.is_unauthorized(failure):
         return True
     return isinstance(exc, pb.RemoteError) and "ControlError" in str(getattr(exc, "remoteType", b""))
 
@@ -136,9 +140,11 @@ class HubLink(Service):
         #: Logins failed in a row: a hub that accepts connections but cannot log us in
         #: backs off like one that refuses them (ClientService counts connects only).
         self._login_failures = 0
+        #: The wait a throttled login was told (0 when the last attempt was not throttled).
+        self._throttled_for = 0.0
         self.service = ClientService(
             _LoggingEndpoint(endpoint, self.where), ControlClientFactory(),
-            retryPolicy=lambda attempts: policy(max(attempts, self._login_failures)),
+            retryPolicy=lambda attempts: max(policy(max(attempts, self._login_failures)), self._throttled_for),
             clock=reactor, prepareConnection=self._prepare,
         )
 
@@ -173,7 +179,7 @@ class HubLink(Service):
         try:
             yield broker.negotiated
             root = broker.remoteForName("root")
-            login = authenticate(root, self.username, self.credentials, self.mind)
+            login = authenticate(root, self.username, self.credentials, self.mind, self.where)
             login.addTimeout(LOGIN_TIMEOUT, self.reactor)
             perspective = yield login
             if self.on_login is not None:
@@ -184,13 +190,18 @@ class HubLink(Service):
             failure = Failure()
             self._login_failures += 1
             broker.transport.abortConnection()
-            if is_refusal(failure):
+            self._throttled_for = dial.retry_after(failure) if dial.is_throttled(failure) else 0.0
+            if self._throttled_for:
+                log.warn("controller {where} throttled our login ({why}); retrying in {wait:.0f} s",
+                         where=self.where, why=one_line(failure), wait=self._throttled_for)
+            elif is_refusal(failure):
                 self._refuse(describe_refusal(failure.value, self.where))
             else:
                 log.warn("controller {where}: login failed ({why}); retrying", where=self.where,
                          why=one_line(failure))
             return None
         self._login_failures = 0
+        self._throttled_for = 0.0
         self._connected(broker, perspective)
         return None
 

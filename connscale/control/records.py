@@ -4,16 +4,27 @@ An agent registers with an `AgentInfo` and is answered a `RegisterAnswer`; the
 controller orders it with one `procs.records.WorkerOrder` per worker and polls it
 for an `AgentReport`. Both ends build and read these classes; plain dicts exist
 only on the wire.
+
+What an agent says reaches the hub's log, its timeline and operators'
+terminals, and the agent key that lets it say so may be held by someone
+hostile: its text is a small alphabet without control characters (a host name,
+failure keys `phase:cause`), an event is one printable line, and every list
+and mapping is bounded in items as well as bytes (`AgentReport.from_packed`
+bounds the JSON text's elements before it is parsed at all). What one agent
+may add per second and in total is the registry's to bound.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import attrs
 
+from connscale.config.packed import PackError, unpack
 from connscale.config.records import (
     Record,
+    RecordError,
     boolean,
     choice,
     either,
@@ -39,18 +50,40 @@ MAX_SOURCE_IPS = 4096
 SESSION = text(64, r"[0-9a-f]*", "a hex session token")
 #: Counters are cumulative over a long run: bounded only by sanity.
 _COUNT = integer(0, 1 << 62)
+#: Failure keys (phase:cause) and protocol-error kinds one report may carry: three phases
+#: times the errno names and connscale's own causes fit with room to spare.
+MAX_FAILURE_KEYS = 256
+_FAILURE_KEY = re.compile(r"[a-z_]{1,16}:[A-Za-z0-9_]{1,48}")
+_PROTOCOL_KEY = re.compile(r"[A-Za-z0-9_]{1,48}")
+#: Events one report may carry (worker losses and kills since the previous report), each one line.
+MAX_EVENTS = 16
+EVENT = text(300, r"[^\x00-\x1f\x7f-\x9f]*", "one line of printable text")
+#: A host as `socket.gethostname()` says it: shown in tables, never a terminal's control sequence.
+HOST = text(255, r"[A-Za-z0-9_.:-]{1,255}", "a host name (letters, digits, '.', '_', '-', ':')")
+#: Bytes and JSON elements of one packed report (4096 worker rows of ~40 values fit).
+MAX_REPORT_BYTES = 4 * 1024 * 1024
+MAX_REPORT_ELEMENTS = 256 * 1024
+_STRUCTURE = str.maketrans("", "", "".join(chr(c) for c in range(128) if chr(c) not in ",:[{"))
 
 
 def snapshot(value: object) -> Snapshot:
-    """A snapshot's counters as `Snapshot.counts()` sends them (the histogram travels apart)."""
-    return attrs.evolve(snapshot_from_wire(value), rtt="")
+    """A snapshot's counters as `Snapshot.counts()` sends them (the histogram travels apart);
+    failure keys `phase:cause`, at most MAX_FAILURE_KEYS of them."""
+    snap = attrs.evolve(snapshot_from_wire(value), rtt="")
+    for what, keys, pattern in (("failures", snap.failures, _FAILURE_KEY), ("protocol", snap.protocol, _PROTOCOL_KEY)):
+        if len(keys) > MAX_FAILURE_KEYS:
+            raise RecordError(f"{what}: more than {MAX_FAILURE_KEYS} keys ({len(keys)})")
+        for key in keys:
+            if not pattern.fullmatch(key):
+                raise RecordError(f"{what}: a key that is not phase:cause ({key[:40]!r})")
+    return snap
 
 
 @attrs.frozen
 class AgentInfo(Record):
     """What an agent says about itself when it registers."""
 
-    host: str = field(text(255))
+    host: str = field(HOST)
     pid: int = field(integer(1))
     cores: int = field(integer(1, 1 << 16), default=1)
     #: Connections one of its workers may hold (its fd budget).
@@ -96,7 +129,7 @@ class AgentReport(Record):
     workers: tuple[WorkerRow, ...] = field(seq(nested(WorkerRow), MAX_AGENT_WORKERS), default=())
     connecting: int = field(_COUNT, default=0)
     #: Worker losses and kills since the previous report, one line each.
-    events: tuple[str, ...] = field(seq(text(2000), 1000), default=())
+    events: tuple[str, ...] = field(seq(EVENT, MAX_EVENTS), default=())
     #: The client workers lost since the previous report, with how and what they held.
     losses: tuple[WorkerLoss, ...] = field(seq(nested(WorkerLoss), MAX_LOSSES), default=())
 
@@ -108,3 +141,24 @@ class AgentReport(Record):
     @property
     def open(self) -> int:
         return self.totals.open
+
+    @classmethod
+    def from_packed(cls, data: object) -> AgentReport:
+        """A report as `report_packed` answers it (or the plain structure), bounded in bytes and
+        in JSON elements before it is parsed: json.loads builds whatever it is given."""
+        pieces = data if isinstance(data, list) else [data]
+        size = 0
+        elements = 0
+        for piece in pieces:
+            if isinstance(piece, (str, bytes)):
+                text_ = piece.decode("utf-8", "replace") if isinstance(piece, bytes) else piece
+                size += len(text_)
+                elements += len(text_.translate(_STRUCTURE))
+        if size > MAX_REPORT_BYTES:
+            raise RecordError(f"AgentReport: more than {MAX_REPORT_BYTES} bytes")
+        if elements > MAX_REPORT_ELEMENTS:
+            raise RecordError(f"AgentReport: more than {MAX_REPORT_ELEMENTS} elements")
+        try:
+            return cls.from_wire(unpack(data))
+        except PackError as e:
+            raise RecordError(f"AgentReport: {e}") from None

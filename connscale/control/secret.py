@@ -69,13 +69,49 @@ def read_secret_file(path: str | Path) -> bytes:
 
 
 def configured_secret(control: ControlSettings, env: Mapping[str, str] = os.environ) -> bytes | None:
+    """The configured secret (or agent-key line), refused when a guesser would find it early."""
+    from connscale.control.auth import CredentialError, check_strength
+
     if control.secret:
-        return control.secret.encode()
-    if env.get("CONNSCALE_SECRET"):
-        return env["CONNSCALE_SECRET"].encode()
-    if control.secret_file:
-        return read_secret_file(control.secret_file)
-    return None
+        value, where = control.secret.encode(), "control.secret"
+    elif env.get("CONNSCALE_SECRET"):
+        value, where = env["CONNSCALE_SECRET"].encode(), "CONNSCALE_SECRET"
+    elif control.secret_file:
+        value, where = read_secret_file(control.secret_file), f"control secret file {control.secret_file}"
+    else:
+        return None
+    try:
+        check_strength(value.strip(), where)
+    except CredentialError as e:
+        raise SecretError(str(e)) from None
+    return value
+
+
+def hub_salt(env: Mapping[str, str] = os.environ) -> bytes:
+    """This deployment's login salt: random, made once into the per-user config directory
+    (public, but kept: agent keys are made for it)."""
+    from connscale.control.auth import SALT_BYTES
+
+    path = config_dir(env) / "control-salt"
+    try:
+        value = bytes.fromhex(path.read_text().strip())
+        if len(value) == SALT_BYTES:
+            return value
+    except (OSError, ValueError):
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    value = secrets.token_bytes(SALT_BYTES)
+    tmp = path.with_name(f".control-salt.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value.hex() + "\n")
+    try:
+        os.link(tmp, path)  # the first hub to make one wins; the others read it
+    except FileExistsError:
+        os.unlink(tmp)
+        return hub_salt(env)
+    os.unlink(tmp)
+    return value
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:

@@ -126,6 +126,10 @@ VERBS: tuple[Verb, ...] = (
          lambda name: f"started {name}"),
     Verb("client_stop", (Param("name", agent_name, "the client to stop"),),
          "stop a client: its connections close and its agent exits", "client-stop", lambda _: "stopped"),
+    Verb("agent_key", (Param("name", agent_name, "an agent name: the key logs in as that agent only "
+                             "(default: any agent name)", optional=True, flag=True),),
+         "the secret-file line of an agent key for this hub: it lets an agent register and nothing more",
+         "agent-key"),
     Verb("check", (Param("target", count, "connections wanted (default: scenario.target)", optional=True,
                          flag=True, cli_type=int),),
          "how many connections the hub's host and every connected agent's host reach together; the limit "

@@ -11,9 +11,11 @@ URIs: the page opens from disk with no network.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -611,9 +613,19 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     """Render `report.html` into the run directory (or `out`); returns its path."""
     run = load_run(run_dir)
     path = Path(out) if out else run.dir / REPORT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(run), encoding="utf-8")
-    tmp.replace(path)  # a reader never sees half a report
+    page = render_html(run)
+    # A temporary file of our own, made exclusively beside the report: a name someone
+    # left there (a link to a file of ours) is never followed, only the report replaced.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(tmp, path)  # a reader never sees half a report
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 

@@ -22,7 +22,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["ChildProcess", "describe_exit", "exit_code_of", "MAX_LINE", "PIPE_LINGER"]
+__all__ = ["ChildProcess", "SECRET_VARIABLES", "child_environment", "describe_exit", "exit_code_of", "MAX_LINE",
+           "PIPE_LINGER"]
 
 log = Logger(namespace="connscale.child")
 
@@ -56,6 +57,16 @@ def describe_exit(reason: Failure) -> str:
     return f"exited with status {code}" if code is not None else "ended"
 
 
+#: Variables that carry secrets to a process (`connscale run` to its hub and agent): a
+#: worker, an ssh client, any other child has no use for them.
+SECRET_VARIABLES = ("CONNSCALE_SECRET", "CONNSCALE_CLIENTS_ENV")
+
+
+def child_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment (or `env`) without the secrets of SECRET_VARIABLES."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if k not in SECRET_VARIABLES}
+
+
 class ChildProcess(ProcessProtocol):
     """The parent's end of one child process.
 
@@ -83,10 +94,11 @@ class ChildProcess(ProcessProtocol):
     # -- starting ------------------------------------------------------------------
     def spawn(self, argv: Sequence[str], env: Mapping[str, str] | None = None, path: str | None = None,
               child_fds: Mapping[int, Any] | None = None, executable: str | None = None) -> "ChildProcess":
-        """Start `argv`; our environment unless `env` is given (spawnProcess' default is an
-        EMPTY one). Raises OSError when the executable cannot be started."""
+        """Start `argv`; our environment less the control secret (`child_environment`) unless
+        `env` is given (spawnProcess' default is an EMPTY one). Raises OSError when the
+        executable cannot be started."""
         self.reactor.spawnProcess(self, executable or argv[0], list(argv),
-                                  env=dict(os.environ if env is None else env), path=path,
+                                  env=dict(child_environment() if env is None else env), path=path,
                                   childFDs=dict(child_fds) if child_fds is not None else None)
         return self
 
