@@ -14,9 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from connscale.app.startup import EXIT_OK, EXIT_REFUSED, load_or_exit
+import attrs
+
+from connscale.app.startup import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, load_or_exit
 from connscale.config.settings import Config
 from connscale.diagnose.budget import Budget, Demand, budget, render
+from connscale.diagnose.memory import costs_from_table, render_lines
 from connscale.host.inventory import HostLimits, read_host_limits
 
 
@@ -26,6 +29,21 @@ def preflight(cfg: Config, limits: HostLimits | None = None) -> tuple[Budget, Ho
     # With client.url the server is someone else's: only the client side runs here.
     roles = "client" if cfg.client.url is not None else "both"
     return budget(limits, Demand.from_config(cfg, cfg.scenario.target, roles)), limits
+
+
+def measured_table(run_dir: str) -> dict:  # type: ignore[type-arg]
+    """The memory table of a run directory's summary.json, or exit 2 with one line."""
+    path = os.path.join(run_dir, "summary.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = json.load(f).get("memory")
+    except (OSError, ValueError, AttributeError) as e:
+        sys.stderr.write(f"connscale check: --measured: cannot read {path}: {getattr(e, 'strerror', None) or e}\n")
+        raise SystemExit(EXIT_USAGE) from None
+    if not isinstance(table, dict) or not table.get("rows"):
+        sys.stderr.write(f"connscale check: --measured: {path} has no memory table (a run before the observer?)\n")
+        raise SystemExit(EXIT_USAGE)
+    return table
 
 
 def check_main(argv: Sequence[str]) -> int:
@@ -40,13 +58,23 @@ def check_main(argv: Sequence[str]) -> int:
         help="what runs on this host: both (connscale run, the default), the hub's server side, or an agent",
     )
     p.add_argument("--json", action="store_true", help="print the budget as JSON")
+    p.add_argument("--measured", metavar="RUN_DIR",
+                   help="plan memory with what a connection cost in that run (its summary.json's memory table: "
+                        "the observed server's, connscale's and the kernel's bytes per connection)")
     args = p.parse_args(argv)
     path = args.config or ("connscale.yaml" if os.path.exists("connscale.yaml") else None)
     key = "client.connections" if args.role == "client" else "scenario.target"
     cfg = load_or_exit("connscale check", path, {key: args.target} if args.target else {})
     target = cfg.client.connections if args.role == "client" else cfg.scenario.target
     limits = read_host_limits()
-    result = budget(limits, Demand.from_config(cfg, target, args.role))
+    demand = Demand.from_config(cfg, target, args.role)
+    if args.measured:
+        table = measured_table(args.measured)
+        demand = attrs.evolve(demand, costs=costs_from_table(table, args.measured))
+        if not args.json:
+            sys.stdout.write(f"memory per held connection measured in {args.measured} (just opened / after pinging):\n"
+                             + "".join(f"  {line}\n" for line in render_lines(table)))
+    result = budget(limits, demand)
     if args.json:
         print(json.dumps(dict(result.to_dict(), host_limits=limits.to_dict()), indent=2, sort_keys=True))
     else:

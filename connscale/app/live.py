@@ -179,6 +179,9 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
                        f"{sum(int(v) for v in a.get('failures', {}).values()):,}",
                        _hot(max(cpus)) if cpus else "-", f"{max(lags):.1f}" if lags else "-")
     parts.append(agents)
+    observed = observers_table(st)
+    if observed is not None:
+        parts.append(observed)
 
     rows = []
     for side, label, w in workers_of(st):
@@ -203,6 +206,46 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
             table.caption = f"{len(rows) - MAX_WORKER_ROWS} more workers (less busy) not shown"
         parts.append(table)
     return Group(*parts)
+
+
+def observers_table(stats: Mapping[str, Any]) -> Any:
+    """The observed servers beside the agents: fds against their limit, connections, memory,
+    accept queue (None when no observer reports)."""
+    from rich import box
+    from rich.table import Table
+
+    rows = observer_rows(stats)
+    if not rows:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, title="observed servers", title_justify="left")
+    for col in ("observer", "target", "pid", "fds / nofile", "established", "RSS MiB", "accept queue", "state"):
+        table.add_column(col, justify="left" if col in ("observer", "target", "state") else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def observer_rows(stats: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """One row of words per observed target."""
+    out = []
+    for name, o in sorted((stats.get("observers") or {}).items()):
+        state = "connected" if o.get("connected") else "disconnected"
+        if o.get("connected") and o.get("stale_s"):
+            state = f"stale {float(o['stale_s']):g} s"
+        for t in o.get("targets") or ():
+            procs = t.get("processes") or []
+            fds = [p["fds"] for p in procs if p.get("fds") is not None]
+            limits = [p["nofile_soft"] for p in procs if p.get("nofile_soft")]
+            ports = {lst["port"]: lst.get("established", 0) for lst in t.get("listeners") or ()}
+            queues = [f"{lst['queue']}/{lst.get('backlog') if lst.get('backlog') is not None else '?'}"
+                      for lst in (t.get("listeners") or ())[:2]]
+            out.append((name, str(t.get("label", "")), str(t.get("pid") or "-"),
+                        f"{sum(fds):,} / {min(limits):,}" if fds and limits else (f"{sum(fds):,}" if fds else "-"),
+                        f"{sum(ports.values()):,}" if ports else "-",
+                        f"{sum(p.get('rss', 0) for p in procs) / 2**20:.0f}" if procs else "-",
+                        " ".join(queues) or "-",
+                        state if t.get("alive") else "[red]not running[/]"))
+    return out
 
 
 class LiveView:

@@ -35,10 +35,13 @@ from connscale.app.startup import EXIT_REFUSED, EXIT_USAGE, load_or_exit
 from connscale.config.settings import Config, endpoint_address
 from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
+from connscale.diagnose.memory import memory_table
 from connscale.metrics import phases
 from connscale.metrics.timeline import read_timeline
 
 AGENT_NAME = "local"
+#: The observer `connscale run` starts on this host.
+OBSERVER_NAME = "server"
 HUB_LOGIN_TIMEOUT = 30.0
 #: The shipped experiment, used when no config is given and ./connscale.yaml is absent.
 PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "connscale.yaml"
@@ -83,6 +86,10 @@ class Experiment:
         rundir.write_json(MANIFEST_FILE, collect_manifest(cfg.as_dict()))
         self.children: list[children.RunChild] = []
         self.hub: children.RunChild | None = None
+        #: The observer of the server under test (its own server workers by default): not a
+        #: reason to stop the run if it fails, so health() leaves it out.
+        self.observer: children.RunChild | None = None
+        self._problems_said: set[str] = set()
         self.factory: Any = None
         self.perspective: Any = None
         self.view = LiveView(sys.stdout, every=5.0, clock=reactor.seconds, title="connscale run")
@@ -136,7 +143,7 @@ class Experiment:
 
     def health(self) -> None:
         for child in self.children:
-            if not child.running:
+            if not child.running and child is not self.observer:
                 what = "hub" if child is self.hub else child.name
                 raise RunError(
                     f"the {what} (pid {child.pid}) {child.exit_description} during the run; "
@@ -178,7 +185,17 @@ class Experiment:
             self.view.message(f"holding {p.open} connections for {self.cfg.scenario.final_hold:g}s")
         self._phase_shown = p.phase
         if p.stats:
+            self._say_observer_problems(p.stats)
             self.view.show(p.stats, RunInfo(p.phase, p.step, p.steps, self.cfg.scenario.target))
+
+    def _say_observer_problems(self, stats: dict[str, Any]) -> None:
+        """What the observer cannot read, once each, in one line: the run goes on without it."""
+        for name, row in (stats.get("observers") or {}).items():
+            for target in row.get("targets") or ():
+                for problem in target.get("problems") or ():
+                    if problem not in self._problems_said:
+                        self._problems_said.add(problem)
+                        self.view.message(f"observer {name}: {problem}; the run goes on without it")
 
     # -- the run -------------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -188,6 +205,10 @@ class Experiment:
         host, port = self.control_address()
         self.spawn("agent", ["agent", "--master", f"{host}:{port}", "--name", AGENT_NAME,
                              "--rate", str(self.cfg.scenario.rate)])
+        targets = observer_targets(self.cfg, self.hub.pid)
+        if targets is not None:
+            self.observer = self.spawn("observer", ["observe", "--master", f"{host}:{port}", "--label",
+                                                    OBSERVER_NAME, *targets])
         yield self.scenario.execute()
 
     @defer.inlineCallbacks
@@ -212,6 +233,8 @@ class Experiment:
         records = list(read_timeline(timeline)) if timeline.exists() else None
         if records is not None:
             result.update(phases.summary_fields(records))
+            # Memory per held connection, both ends, user and kernel (the observer's and the workers' rows).
+            result["memory"] = memory_table(records)
         result["explanation"] = summary.explanation(result, records)
         try:
             self.rundir.write_json("summary.json", result)
@@ -223,6 +246,20 @@ class Experiment:
             self.factory.disconnect()
         yield children.stop_all(self.children)
         return result
+
+
+def observer_targets(cfg: Config, hub_pid: int | None) -> list[str] | None:
+    """`connscale observe` arguments for this run: `observe:` if configured, else the hub's
+    server workers (the hub's children: every run gets the same numbers of its own server).
+    None: nothing to observe (client.url names someone else's server and `observe:` does not
+    say which process it is: `--observe redis-server` does)."""
+    if cfg.observe.pid is not None:
+        return ["--pid", str(cfg.observe.pid)]
+    if cfg.observe.name is not None:
+        return ["--name", cfg.observe.name]
+    if cfg.client.url is not None:
+        return None
+    return ["--children-of", str(hub_pid), "--target-label", "connscale server workers"]
 
 
 def sc_mode(cfg: Config) -> str:
@@ -239,6 +276,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                  "tcp://HOST:PORT-PORT, ...): no server of connscale's own is started [client.url]")
     p.add_argument("--protocol", help="what the clients speak: line, raw, redis, http, websocket, mqtt, custom "
                                       "[client.protocol]")
+    p.add_argument("--observe", metavar="PID|NAME",
+                   help="the server process to observe on this host (observe.pid or observe.name; default: "
+                        "connscale's own server workers)")
     p.add_argument("--force", action="store_true",
                    help="run even when `connscale check` says this host cannot reach the target")
     return p.parse_args(argv)
@@ -249,6 +289,9 @@ def run_main(argv: list[str]) -> int:
     path = choose_config(args.config)
     overrides: dict[str, object] = {"scenario.target": args.target, "run.dir": args.run_dir,
                                     "client.url": args.url, "client.protocol": args.protocol}
+    if args.observe is not None:
+        key = "observe.pid" if args.observe.strip().isdigit() else "observe.name"
+        overrides[key] = args.observe
     cfg = load_or_exit("connscale run", path, overrides)
 
     def out(line: str) -> None:

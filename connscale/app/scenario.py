@@ -34,6 +34,9 @@ AGENT_REGISTER_TIMEOUT = 30.0
 #: The hub judges once a second and gives a thin finding (a connection closed by
 #: the server, before the server's own report says why) up to its SETTLE of 2 s.
 VERDICT_WAIT = 5.0
+#: How long the run waits, before its first connect, for a second in which every client
+#: worker and every observer has reported: the idle baseline of the memory table.
+BASELINE_WAIT = 5.0
 
 
 class HubAPI(Protocol):
@@ -264,6 +267,17 @@ class Scenario:
             f"{workers} client worker{'' if workers == 1 else 's'} running for {self.settings.target} connections "
             f"(started in {p.client_workers_start_s:.1f} s, before the ramp)"
         )
+        return workers
+
+    def idle_reported(self, workers: int) -> bool:
+        """The latest stats hold a fresh report of every client worker of our agent and of every
+        connected observer (its target read): what memory looks like before any connection."""
+        stats = self.progress.stats
+        agent = stats.get("clients", {}).get(self.agent) or {}
+        if len(agent.get("workers") or ()) < workers or agent.get("stale_s") != 0.0:
+            return False
+        return all(o.get("stale_s") == 0.0 and o.get("targets") for o in (stats.get("observers") or {}).values()
+                   if o.get("connected"))
 
     @defer.inlineCallbacks
     def execute(self):  # type: ignore[no-untyped-def]
@@ -271,7 +285,9 @@ class Scenario:
         self.enter(phases.SETUP)
         if not (yield self.watch(AGENT_REGISTER_TIMEOUT, until=self.agent_connected)):
             raise RunError(f"the local agent did not register within {AGENT_REGISTER_TIMEOUT:g} s")
-        yield self.prepare()
+        workers = yield self.prepare()
+        # One second with everything idle on record (diagnose.memory's baseline); bounded, never fatal.
+        yield self.watch(BASELINE_WAIT, until=lambda: self.idle_reported(workers))
         self.check()  # a start-up that outlasted scenario.time_limit ends the run before any connect
         p.steps = sc.steps
         target = 0

@@ -49,6 +49,8 @@ def build(progress: Progress, settings: ScenarioSettings, ok: bool, reason: str,
         "worker_losses": list(stats.get("worker_losses") or []),
         # What `connscale check` said of this host before the run.
         "preflight": preflight,
+        # The observed server exiting, restarting, replaced (connscale observe), timed by the hub.
+        "target_events": list(stats.get("target_events") or []),
     }
     if search is not None:
         result["search"] = search
@@ -68,6 +70,7 @@ def explanation(result: dict[str, Any], records: Sequence[Mapping[str, Any]] | N
         preflight=result.get("preflight"), rtt=final if final.get("p99") is not None else result.get("rtt_ms"),
         saturated_phases=saturated_phases(records) if records is not None else None,
         losses=result.get("worker_losses") or [],
+        target_events=result.get("target_events") or [],
     )
 
 

@@ -145,14 +145,7 @@ class Agent(MultiService):
         self._orphaned: Any = None
         self.link: HubLink | None = None
         if c.master is not None:
-            try:
-                verbs.agent_name(self.name)
-                credentials = Credentials.from_secret(client_secret(cfg.control))
-                credentials.check_role(f"agent:{self.name}")
-            except (SecretError, CredentialError) as e:
-                raise SystemExit(f"{PROG}: {e}") from None
-            except RecordError as e:
-                raise SystemExit(f"{PROG}: client.name {self.name!r}: {e}") from None
+            credentials = agent_credentials(cfg, self.name, PROG, "client.name")
             self.link = HubLink(
                 reactor, c.master, f"agent:{self.name}", credentials, tls_ca=cfg.control.tls_ca,
                 mind=AgentMind(self), on_login=self._register, on_lost=self._hub_lost, on_refused=self._refused,
@@ -316,6 +309,20 @@ def report_events(events: list[str]) -> tuple[str, ...]:
     if len(lines) > MAX_EVENTS:
         lines = lines[: MAX_EVENTS - 1] + [f"... and {len(lines) - MAX_EVENTS + 1} more events"]
     return tuple(lines)
+
+
+def agent_credentials(cfg: Config, name: str, prog: str, what: str) -> Credentials:
+    """The agent login's credentials (agents and observers), or SystemExit with one line: no
+    secret, a key that cannot log in as this agent name, or a name (`what`) the hub would refuse."""
+    try:
+        verbs.agent_name(name)
+        credentials = Credentials.from_secret(client_secret(cfg.control))
+        credentials.check_role(f"agent:{name}")
+    except (SecretError, CredentialError) as e:
+        raise SystemExit(f"{prog}: {e}") from None
+    except RecordError as e:
+        raise SystemExit(f"{prog}: {what} {name!r}: {e}") from None
+    return credentials
 
 
 def fatal(reactor: Any, message: str, code: int = 2) -> None:

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from connscale.config.packed import PackError
 from connscale.config.records import RecordError
 from connscale.control.diagnosis import Diagnosis
+from connscale.control.observers import Observers
 from connscale.control.registry import AgentHandle, Registry
 from connscale.host.kernel import kernel_snapshot
 from connscale.metrics.histograms import (
@@ -117,12 +118,16 @@ class Collector:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         # Agents are judged by their silence; never by ours (a stopped hub).
         self.stall = StallWatch(clock, self._stalled)
+        #: Observers of the server under test (control.observers), asked in the same rounds.
+        self.observers: Observers | None = None
+        self._target_events_recorded = 0
 
     def _stalled(self, seconds: float) -> None:
         self.events.note(f"the controller was stalled for {seconds:.0f}s; "
                          "agent silence during the stall is not held against them")
         now = self.clock.seconds()
-        for agent in self.registry.live():
+        observers = self.observers.registry.live() if self.observers is not None else []
+        for agent in [*self.registry.live(), *observers]:
             agent.answered_at = max(agent.answered_at, now)
 
     def set_phase(self, phase: str) -> str:
@@ -205,6 +210,8 @@ class Collector:
         if self.servers is not None:
             servers = self.servers
             calls.append(servers.poll(wait, self.fresh).addCallback(lambda _: self._server_events()))
+        if self.observers is not None:
+            calls += [_follow(d) for d in self.observers.poll()]
         running = _all_within(self.clock, calls, wait)
 
         def done(complete: bool) -> None:
@@ -252,6 +259,7 @@ class Collector:
         record["worker_losses"] = losses[self._losses_recorded:]
         self._losses_recorded = len(losses)
         record["poll_ms"] = round(self.poll_s * 1000, 1) if self.poll_s is not None else None
+        self._observed(record)
         self._window_phases = [self.phase]
         if self.diagnosis is not None:
             try:
@@ -267,6 +275,15 @@ class Collector:
                 listener(record)
             except Exception:
                 log.failure("a timeline listener failed")
+
+    def _observed(self, record: dict[str, Any]) -> None:
+        """Like worker losses: a line carries the target events of its own second only (its
+        `observers` rows, beside the clients', come with stats())."""
+        if self.observers is None:
+            return
+        events = self.observers.events
+        record["target_events"] = events[self._target_events_recorded:]
+        self._target_events_recorded = len(events)
 
     # -- numbers ---------------------------------------------------------------------------
     def client_totals(self) -> Snapshot:
@@ -333,6 +350,9 @@ class Collector:
         }
         if rtt is not None:
             out["rtt_window_ms"] = rtt_summary_ms(rtt)
+        if self.observers is not None:
+            out["observers"] = self.observers.rows(self._round_at)
+            out["target_events"] = list(self.observers.events)
         if self.diagnosis is not None:
             try:
                 self.diagnosis.annotate(out)

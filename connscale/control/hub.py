@@ -168,28 +168,31 @@ def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[st
 
     reactor = controller.reactor
     master_host, master_port = host.master or control_address(controller.cfg)
-    argv = launch.remote_agent_argv(host, f"{master_host}:{master_port}")
+    master = f"{master_host}:{master_port}"
+    # An entry with `observe:` starts an observer of that server there, not an agent.
+    argv = launch.remote_observer_argv(host, master) if host.observe else launch.remote_agent_argv(host, master)
+    registry = controller.registry_of(host)
     name = host.name
 
     def line(text: str) -> None:
         log.info("[{name}] {line}", name=name, line=text)
 
-    # The remote agent gets its own name's key, never the secret: it can log in as
-    # that agent and nothing more (no orders, no launches, no other name) if its host is taken.
+    # The remote agent (or observer) gets its own name's key, never the secret: it can log in
+    # as that name and nothing more (no orders, no launches, no other name) if its host is taken.
     launched = launch.launch(reactor, host, argv, launch.stdin_for(host, controller.agent_line(name)), line)
-    registered = controller.wait_registered(name)
+    registered = registry.wait_registered(name)
     result: defer.Deferred[str] = defer.Deferred()
 
     def on_registered(_: Any) -> None:
         if not result.called:
-            controller.agents[name].launch = launched
+            registry.agents[name].launch = launched
             controller.note(f"client {name} started on {host.host} over ssh")
             result.callback(name)
 
     def on_ended(code: int) -> None:
         if not result.called:
             result.errback(ControlError(launch.explain_failure(host, code, launched.stderr_tail)))
-        elif controller.agents.get(name) and controller.agents[name].launch is launched:
+        elif registry.agents.get(name) and registry.agents[name].launch is launched:
             controller.note(f"client {name}: ssh session ended (exit {code})")
 
     def on_timeout() -> None:

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from connscale.diagnose.observed import ServerWatch, observed_rows, server_side
 from connscale.diagnose.walls import (
     Context,
     Finding,
@@ -118,6 +119,8 @@ class IncidentDetector:
         #: Seconds in which the client workers were saturated (for the verdict).
         self.saturated_seconds = 0
         self.load: dict[str, Any] = {}
+        #: Server-side walls from the observers' rows (diagnose.observed).
+        self.server = ServerWatch()
 
     # -- the window ------------------------------------------------------------------------
     def window(self, record: Mapping[str, Any]) -> Window:
@@ -147,6 +150,7 @@ class IncidentDetector:
             ghosts_max=max(int(r.get("ghosts", 0)) for r in (*self.history, record)),
             workers=tuple(workers_of(record)),
             said=dict(client.get("said") or {}),
+            server_wall=server_side(observed_rows(record)),
         )
 
     # -- one second --------------------------------------------------------------------------
@@ -205,6 +209,10 @@ class IncidentDetector:
         self._ghostly = self._ghostly + 1 if ghostly else 0
         if self._ghostly >= SUSTAIN:
             self._open(new, "ghosts", accept_queue(w, ctx, None), w, record)
+
+        # The server's side, as its observer sees it: a wall that lasts, or the server gone.
+        for finding in self.server.observe(record, observed_rows(record)):
+            self._open(new, "observer", finding, w, record)
 
         self.history.append(record)
         return new

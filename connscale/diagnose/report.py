@@ -302,6 +302,7 @@ def derive_explanation(run: RunFiles, summary: Mapping[str, Any], peak_open: int
             incidents=gather_incidents(run), preflight=summary.get("preflight"),
             rtt=summary.get("rtt_final_hold_ms") or summary.get("rtt_ms"),
             losses=summary.get("worker_losses") or [],
+            target_events=summary.get("target_events") or [],
         )
     except Exception:  # an old or odd summary: the page still renders, with the fallback words
         return None
@@ -443,6 +444,31 @@ def incidents_html(incidents: Sequence[Mapping[str, Any]]) -> str:
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 
+def memory_html(run: RunFiles) -> str:
+    """Memory per held connection, both ends, user and kernel (diagnose.memory): the summary's table,
+    else derived from the timeline."""
+    from connscale.diagnose.memory import memory_table
+
+    table = (run.summary or {}).get("memory") or memory_table(run.records)
+    if not isinstance(table, Mapping) or not table.get("rows"):
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("what", "user or kernel", "whose",
+                                              "bytes per connection, just opened", "after pinging"))
+    body = []
+    for row in table["rows"]:
+        key = row["key"]
+        cells = "".join(f'<td class="num">{_n(f"memory.{key}.{col}", Number(row.get(col), "bytes"))}</td>'
+                        for col in ("opened", "pinging"))
+        body.append(f"<tr><th>{_e(row['what'])}</th><td>{_e(row['kind'])}</td><td>{_e(row['side'])}</td>{cells}</tr>")
+    server = table.get("server") or {}
+    who = f" The observed server: {_e(server.get('label'))} (pid {_e(server.get('pid'))})." if server else ""
+    moments = ", ".join(f"{name} at {float(m['elapsed_s']):.0f} s ({int(m['open']):,} open)"
+                        for name, m in ((k, table.get(k)) for k in ("baseline", "opened", "pinging")) if m)
+    return (f'<h2>Memory per held connection</h2><table class="grid"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table><p class="muted">Growth per connection from {moments}.{who} '
+            "Kernel figures are the whole host's (both ends when the clients run on it too).</p>")
+
+
 def events_html(records: Sequence[Mapping[str, Any]], limit: int = 200) -> str:
     rows = [(r.get("elapsed_s", 0.0), e) for r in records for e in r.get("events", ())]
     if not rows:
@@ -542,8 +568,10 @@ class Plot:
 
 
 def build_plots(s: Series, points: Sequence[CurvePoint], knee: Knee | None,
-                incidents: Sequence[Mapping[str, Any]] = ()) -> list[Plot]:
+                incidents: Sequence[Mapping[str, Any]] = (),
+                records: Sequence[Mapping[str, Any]] = ()) -> list[Plot]:
     from connscale.diagnose import plots
+    from connscale.diagnose.memory import per_second
 
     marks = [(float(i["elapsed_s"]), str(i.get("wall") or i.get("trigger") or "incident"))
              for i in incidents if isinstance(i.get("elapsed_s"), (int, float))]
@@ -566,6 +594,10 @@ def build_plots(s: Series, points: Sequence[CurvePoint], knee: Knee | None,
              "side's workers in % of one core (100 = a core saturated).", plots.resources(s)),
         Plot("workers", "Open connections per worker",
              "One line per worker (server dashed, clients solid), by index.", plots.worker_open(s)),
+        Plot("memory", "Memory per held connection, user and kernel, against open connections",
+             "Growth since the last second before the first connection, per connection opened since: the observed "
+             "server's RSS and PSS, connscale's own workers per side, and the kernel's socket slab and TCP buffers "
+             "on the observer's host (the whole host's counters).", plots.memory_per_connection(per_second(records))),
     ]
 
 
@@ -576,7 +608,7 @@ def render_html(run: RunFiles) -> str:
     knee = find_knee(points)
     css, verdict = verdict_html(run, nums, knee, points)
     incidents = gather_incidents(run)
-    figures = build_plots(s, points, knee, incidents)
+    figures = build_plots(s, points, knee, incidents, run.records)
     badge = {"held": "HELD", "failed": "FAILED"}.get(css, "NO VERDICT")
     started = run.records[0].get("t") if run.records else None
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "-"
@@ -600,6 +632,7 @@ def render_html(run: RunFiles) -> str:
 changed counts as ramp, so holds are pure.</p>{steps_html(run.summary)}</section>
 </div>
 {incidents_html(incidents)}
+{memory_html(run)}
 <h2>Plots</h2><div class="plots">{figs}</div>
 {events_html(run.records)}
 {manifest_html(run.manifest, run.config)}

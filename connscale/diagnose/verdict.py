@@ -111,6 +111,17 @@ def losses_line(losses: Sequence[Mapping[str, Any]]) -> str:
             f"{total:,} connections were lost with them")
 
 
+def target_events_line(events: Sequence[Mapping[str, Any]]) -> str:
+    """The observed server going away, in the hub's words ("redis-server (pid 41) exited at 41 s;
+    restarted as pid 57"); a worker's churn under its master is not news here."""
+    said = [str(e.get("text")) for e in events if e.get("kind") in ("exited", "restarted", "replaced")
+            and e.get("text")]
+    if not said:
+        return ""
+    more = f" and {len(said) - 3} more" if len(said) > 3 else ""
+    return "; ".join(said[:3]) + more
+
+
 def _rtt_line(rtt: Mapping[str, Any] | None) -> str:
     if not rtt or rtt.get("p99") is None:
         return ""
@@ -129,6 +140,7 @@ def explain(
     saturated: bool = False,
     saturated_phases: Mapping[str, int] | None = None,
     losses: Sequence[Mapping[str, Any]] = (),
+    target_events: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The run's explanation (see the module doc).
 
@@ -188,6 +200,17 @@ def explain(
             first = primary_incident(incidents) or incidents[0]
             out["evidence"].append(f"before that, at {first.get('elapsed_s', 0):.0f} s "
                                    f"({first.get('open', 0):,} open): {first.get('headline')}")
+
+    gone = target_events_line(target_events)
+    if gone:
+        out["headline"] += f"; {gone}"
+        out["evidence"].insert(0, gone)
+        if out["wall"] in ("none", "unknown"):
+            out["side"] = "server"
+    if out["side"] in ("server", "client") and out["wall"] not in ("none", "unknown"):
+        out["evidence"].append(f"the wall is on the {out['side']} side"
+                               + (" (read on the server's host by the observer)" if out["side"] == "server"
+                                  and any("read by the observer" in str(e) for e in out["evidence"]) else ""))
 
     lost = losses_line(losses)
     if lost:

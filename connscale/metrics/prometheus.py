@@ -83,6 +83,7 @@ class TimelineCollector(Collector):
         yield from self._sides(record)
         yield from self._workers(record)
         yield from self._kernel(record.get("kernel") or {})
+        yield from observed_families(record.get("observers") or {})
 
     def _rtt_buckets(self) -> tuple[list[tuple[str, float]], int, float]:
         h = self.rtt
@@ -208,6 +209,64 @@ class TimelineCollector(Collector):
             if key in kernel:
                 yield GaugeMetricFamily(f"connscale_kernel_{key}", f"/proc/net/sockstat: {help_} on the hub's host",
                                         value=float(kernel[key]))
+
+
+#: (key, metric name after connscale_observed_, help) of each observed target, and of its host.
+_OBSERVED = (
+    ("fds", "open_files", "Open files of the observed server's processes"),
+    ("nofile", "open_files_limit", "Lowest RLIMIT_NOFILE (soft) among the observed server's processes"),
+    ("established", "established_connections", "Connections established on the observed server's listening ports"),
+    ("rss", "resident_memory_bytes", "RSS of the observed server's processes"),
+    ("queue", "accept_queue", "Connections waiting in the observed server's accept queue (its longest listener)"),
+    ("alive", "up", "1 while the observed server runs"),
+)
+_OBSERVED_HOST = (
+    ("slab", "socket_slab_bytes", "Kernel memory of the socket slab caches on the observer's host"),
+    ("tcp_mem", "tcp_memory_bytes", "TCP buffer memory on the observer's host (sockstat mem)"),
+    ("conntrack", "conntrack_entries", "Connections tracked by nf_conntrack on the observer's host"),
+    ("mem", "memory_available_bytes", "MemAvailable of the observer's host"),
+)
+
+
+def observed_families(observers: Mapping[str, Any]) -> Iterator[Any]:
+    """The observed servers and their hosts (connscale observe): labelled by observer and target
+    label (at most 16 targets an observer), never by pid."""
+    fams = {key: GaugeMetricFamily(f"connscale_observed_{name}", text, labels=["observer", "target"])
+            for key, name, text in _OBSERVED}
+    hosts = {key: GaugeMetricFamily(f"connscale_observed_host_{name}", text, labels=["observer"])
+             for key, name, text in _OBSERVED_HOST}
+    for name, o in sorted(observers.items()):
+        if not isinstance(o, Mapping) or not o.get("connected"):
+            continue
+        for t in (o.get("targets") or ())[:16]:
+            key = [str(name), str(t.get("label", ""))[:128]]
+            procs = t.get("processes") or []
+            fams["alive"].add_metric(key, 1.0 if t.get("alive") else 0.0)
+            fds = [p["fds"] for p in procs if p.get("fds") is not None]
+            if fds:
+                fams["fds"].add_metric(key, float(sum(fds)))
+            limits = [p["nofile_soft"] for p in procs if p.get("nofile_soft")]
+            if limits:
+                fams["nofile"].add_metric(key, float(min(limits)))
+            listeners = t.get("listeners") or []
+            if listeners:
+                ports = {lst["port"]: lst.get("established", 0) for lst in listeners}
+                fams["established"].add_metric(key, float(sum(ports.values())))
+                fams["queue"].add_metric(key, float(max(lst.get("queue", 0) for lst in listeners)))
+            if procs:
+                fams["rss"].add_metric(key, float(sum(p.get("rss", 0) for p in procs)))
+        host = o.get("host") or {}
+        slab = host.get("socket_slab")
+        if isinstance(slab, Mapping):
+            hosts["slab"].add_metric([str(name)], float(sum(v for v in slab.values() if isinstance(v, int))))
+        if host.get("tcp_mem_pages") is not None:
+            hosts["tcp_mem"].add_metric([str(name)], float(host["tcp_mem_pages"] * host.get("page_size", 4096)))
+        if host.get("conntrack_count") is not None:
+            hosts["conntrack"].add_metric([str(name)], float(host["conntrack_count"]))
+        if host.get("mem_available") is not None:
+            hosts["mem"].add_metric([str(name)], float(host["mem_available"]))
+    yield from fams.values()
+    yield from hosts.values()
 
 
 def registry_for(collector: TimelineCollector) -> CollectorRegistry:
