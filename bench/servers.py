@@ -62,9 +62,11 @@ scenario: {{target: {target}, rate: 2500, steps: 5, hold: 2, final_hold: 15, tim
 run: {{dir: runs}}
 """)
         started = time.monotonic()
-        with getattr(servers, server)(work, **options) as port:
-            r = subprocess.run([sys.executable, "-m", "connscale", "run", "-c", str(cfg),
-                                "--url", url.format(port=port)], capture_output=True, text=True, timeout=600, cwd=work)
+        with getattr(servers, server)(work, **options) as running:
+            # The server's own side too: the observer reads its process (fds, RSS per connection).
+            r = subprocess.run([sys.executable, "-m", "connscale", "run", "-c", str(cfg), "--url",
+                                url.format(port=running.port), "--observe", str(running.pid)],
+                               capture_output=True, text=True, timeout=600, cwd=work)
         summary_path = next((work / "runs").glob("*/summary.json"), None)
         if summary_path is None:
             return {"case": name, "error": (r.stdout + r.stderr)[-500:]}
@@ -77,6 +79,9 @@ run: {{dir: runs}}
             "rtt_final_hold_p50_ms": final.get("p50"), "rtt_final_hold_p99_ms": final.get("p99"),
             "wall": explanation.get("wall"), "headline": explanation.get("headline"),
             "fix": (explanation.get("fix") or [None])[0], "seconds": round(time.monotonic() - started, 1),
+            # The server's RSS per held connection, as the observer read its process.
+            "server_rss_per_conn": next((row.get("pinging") for row in (s.get("memory") or {}).get("rows", ())
+                                         if row.get("key") == "server_rss"), None),
         }
 
 
@@ -100,7 +105,7 @@ def main() -> int:
         print(f"{name}: {result['verdict']} held={result['held']:,} peak={result['peak_open']:,} "
               f"of {result['target']:,}, failures={result['failures']:,} "
               f"final-hold RTT p50/p99 {result['rtt_final_hold_p50_ms']}/{result['rtt_final_hold_p99_ms']} ms "
-              f"({result['seconds']} s)\n    why: {result['headline']}\n    fix: {result['fix']}", flush=True)
+              f"server RSS per connection {result['server_rss_per_conn']} B ({result['seconds']} s)\n    why: {result['headline']}\n    fix: {result['fix']}", flush=True)
     print(json.dumps(results))
     return 0
 

@@ -44,9 +44,10 @@ run: {{dir: runs}}
     return path
 
 
-def run(tmp: Path, url: str, target: int, **client: object) -> tuple[subprocess.CompletedProcess[str], dict, list]:
+def run(tmp: Path, url: str, target: int, *extra: str,
+        **client: object) -> tuple[subprocess.CompletedProcess[str], dict, list]:
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"))
-    r = subprocess.run(connscale("run", "-c", str(config(tmp, target, **client)), "--url", url),
+    r = subprocess.run(connscale("run", "-c", str(config(tmp, target, **client)), "--url", url, *extra),
                        capture_output=True, text=True, timeout=150, env=env, cwd=tmp)
     found = list((tmp / "runs").glob("*/summary.json"))
     assert len(found) == 1, r.stdout + r.stderr
@@ -101,14 +102,26 @@ def stopped_at_cap(r: subprocess.CompletedProcess[str], summary: dict, records: 
 
 @pytest.mark.skipif(servers.missing("redis-server") is not None, reason=str(servers.missing("redis-server")))
 def test_redis_held(tmp_path):
-    with servers.redis(tmp_path) as port:
-        held(*run(tmp_path, f"redis://127.0.0.1:{port}", 1000), 1000)
+    with servers.redis(tmp_path) as server:
+        r, summary, records = run(tmp_path, f"redis://127.0.0.1:{server.port}", 1000, "--observe", str(server.pid))
+    held(r, summary, records, 1000)
+    # Redis's own side, from the observer of its process: its memory per held connection.
+    rows = {row["key"]: row for row in summary["memory"]["rows"]}
+    assert rows["server_rss"]["side"] == "server" and rows["server_rss"]["pinging"] > 0
+
+
+@pytest.mark.skipif(servers.missing("redis-server") is not None, reason=str(servers.missing("redis-server")))
+def test_a_url_run_starts_no_observer_unless_told_which_process(tmp_path):
+    with servers.redis(tmp_path) as server:
+        r, summary, records = run(tmp_path, f"redis://127.0.0.1:{server.port}", 100)
+    held(r, summary, records, 100)
+    assert not (Path(summary["run_dir"]) / "observer.log").exists()
 
 
 @pytest.mark.skipif(servers.missing("redis-server") is not None, reason=str(servers.missing("redis-server")))
 def test_redis_at_maxclients_names_it_quoting_redis(tmp_path):
-    with servers.redis(tmp_path, maxclients=300) as port:
-        r, summary, records = run(tmp_path, f"redis://127.0.0.1:{port}", 800)
+    with servers.redis(tmp_path, maxclients=300) as server:
+        r, summary, records = run(tmp_path, f"redis://127.0.0.1:{server.port}", 800)
     explanation = stopped_at_cap(r, summary, records, ("connect:redis_maxclients",), 300,
                                  ("maxclients", "CONFIG SET maxclients", "LimitNOFILE"))
     # The server's own words, quoted, as the timeline kept them.
@@ -120,14 +133,14 @@ def test_redis_at_maxclients_names_it_quoting_redis(tmp_path):
 
 @pytest.mark.skipif(servers.missing("nginx") is not None, reason=str(servers.missing("nginx")))
 def test_nginx_held(tmp_path):
-    with servers.nginx(tmp_path, worker_connections=4096) as port:
-        held(*run(tmp_path, f"http://127.0.0.1:{port}/health", 1000), 1000)
+    with servers.nginx(tmp_path, worker_connections=4096) as server:
+        held(*run(tmp_path, f"http://127.0.0.1:{server.port}/health", 1000), 1000)
 
 
 @pytest.mark.skipif(servers.missing("nginx") is not None, reason=str(servers.missing("nginx")))
 def test_nginx_at_worker_connections_names_it(tmp_path):
-    with servers.nginx(tmp_path, worker_connections=300) as port:
-        r, summary, records = run(tmp_path, f"http://127.0.0.1:{port}/", 800)
+    with servers.nginx(tmp_path, worker_connections=300) as server:
+        r, summary, records = run(tmp_path, f"http://127.0.0.1:{server.port}/", 800)
     explanation = stopped_at_cap(r, summary, records, CLOSED, 300, ("worker_connections", "worker_rlimit_nofile"))
     assert "nginx" in explanation["headline"]
 
@@ -136,27 +149,27 @@ def test_nginx_at_worker_connections_names_it(tmp_path):
 
 @pytest.mark.skipif(servers.missing("mosquitto") is not None, reason=str(servers.missing("mosquitto")))
 def test_mosquitto_held(tmp_path):
-    with servers.mosquitto(tmp_path) as port:
-        held(*run(tmp_path, f"mqtt://127.0.0.1:{port}", 1000), 1000)
+    with servers.mosquitto(tmp_path) as server:
+        held(*run(tmp_path, f"mqtt://127.0.0.1:{server.port}", 1000), 1000)
 
 
 @pytest.mark.skipif(servers.missing("mosquitto") is not None, reason=str(servers.missing("mosquitto")))
 def test_mosquitto_at_max_connections_names_it(tmp_path):
-    with servers.mosquitto(tmp_path, max_connections=300) as port:
-        r, summary, records = run(tmp_path, f"mqtt://127.0.0.1:{port}", 800)
+    with servers.mosquitto(tmp_path, max_connections=300) as server:
+        r, summary, records = run(tmp_path, f"mqtt://127.0.0.1:{server.port}", 800)
     stopped_at_cap(r, summary, records, CLOSED, 300, ("max_connections", "mosquitto.conf"))
 
 
 # -- WebSocket (autobahn) --------------------------------------------------------------------------
 
 def test_websocket_server_held(tmp_path):
-    with servers.ws_echo(tmp_path) as port:
-        held(*run(tmp_path, f"ws://127.0.0.1:{port}/socket", 1000), 1000)
+    with servers.ws_echo(tmp_path) as server:
+        held(*run(tmp_path, f"ws://127.0.0.1:{server.port}/socket", 1000), 1000)
 
 
 def test_websocket_server_at_its_cap_names_the_503(tmp_path):
-    with servers.ws_echo(tmp_path, max_connections=300) as port:
-        r, summary, records = run(tmp_path, f"ws://127.0.0.1:{port}/", 800)
+    with servers.ws_echo(tmp_path, max_connections=300) as server:
+        r, summary, records = run(tmp_path, f"ws://127.0.0.1:{server.port}/", 800)
     explanation = stopped_at_cap(r, summary, records, ("connect:http_503",), 300, ("503", "maxConnections"))
     assert last_client(records)["said"]["http_503"].startswith("HTTP/1.1 503")
     assert '"HTTP/1.1 503' in explanation["headline"]
@@ -179,24 +192,24 @@ def wrong_server(r: subprocess.CompletedProcess[str], summary: dict, records: li
 
 @pytest.mark.skipif(servers.missing("nginx") is not None, reason=str(servers.missing("nginx")))
 def test_redis_spoken_to_an_http_server_is_named_with_its_answer(tmp_path):
-    with servers.nginx(tmp_path, worker_connections=1024) as port:
-        r, summary, records = run(tmp_path, f"redis://127.0.0.1:{port}", 50)
+    with servers.nginx(tmp_path, worker_connections=1024) as server:
+        r, summary, records = run(tmp_path, f"redis://127.0.0.1:{server.port}", 50)
     explanation = wrong_server(r, summary, records, "does not speak redis")
     assert last_client(records)["said"]["unexpected_reply"].startswith("HTTP/1.1 400")
     assert "HTTP/1.1 400" in " ".join(explanation["evidence"])
 
 
 def test_plain_text_to_a_tls_server_is_named(tmp_path):
-    with servers.tls_server(tmp_path) as port:
-        r, summary, records = run(tmp_path, f"mqtt://127.0.0.1:{port}", 5)
+    with servers.tls_server(tmp_path) as server:
+        r, summary, records = run(tmp_path, f"mqtt://127.0.0.1:{server.port}", 5)
     # OpenSSL closes on a plain-text first record without a word (no alert): named as such.
     explanation = wrong_server(r, summary, records, "it may expect TLS", protocol_errors=False)
     assert any("mqtts://" in fix for fix in explanation["fix"])
 
 
 def test_a_server_sending_a_gigabyte_is_cut_off_with_bounded_memory(tmp_path):
-    with servers.flood(tmp_path) as port:
-        r, summary, records = run(tmp_path, f"http://127.0.0.1:{port}/", 20, max_reply=65536)
+    with servers.flood(tmp_path) as server:
+        r, summary, records = run(tmp_path, f"http://127.0.0.1:{server.port}/", 20, max_reply=65536)
     explanation = wrong_server(r, summary, records, "does not speak http")
     assert set(last_client(records)["protocol"]) == {"too_large"}  # replacements may have tried again
     assert "more than 65,536 bytes in one reply" in " ".join(explanation["evidence"])
@@ -210,7 +223,7 @@ def test_a_server_sending_a_gigabyte_is_cut_off_with_bounded_memory(tmp_path):
 def test_connscale_run_holds_websocket_connections_to_its_own_server(tmp_path):
     port = free_port()
     path = config(tmp_path, 1000, protocol="websocket")
-    path.write_text(path.read_text() + f'server: {{framing: websocket, workers: 1, ports: "{port}"}}\n')
+    path.write_text(path.read_text() + f'server: {{framing: websocket, workers: 1, ports: "{server.port}"}}\n')
     r = subprocess.run(connscale("run", "-c", str(path)), capture_output=True, text=True, timeout=150,
                        env=dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg")), cwd=tmp_path)
     summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())

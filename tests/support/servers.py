@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
+
 from tests.support.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +39,14 @@ def missing(*programs: str) -> str | None:
 
 def _program(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+@attrs.frozen
+class Running:
+    """A server under test: where it listens, and its pid (for `connscale run --observe PID`)."""
+
+    port: int
+    pid: int
 
 
 def _nofile(limit: int):  # type: ignore[no-untyped-def]
@@ -62,14 +72,14 @@ def _wait_accepting(port: int, proc: subprocess.Popen[bytes], log: Path, timeout
 
 
 @contextlib.contextmanager
-def _running(argv: list[str], port: int, workdir: Path, name: str, nofile: int) -> Iterator[int]:
+def _running(argv: list[str], port: int, workdir: Path, name: str, nofile: int) -> Iterator[Running]:
     log = workdir / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=workdir, preexec_fn=_nofile(nofile))
     try:
         _wait_accepting(port, proc, log)
-        yield port
+        yield Running(port, proc.pid)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -81,7 +91,7 @@ def _running(argv: list[str], port: int, workdir: Path, name: str, nofile: int) 
 
 
 @contextlib.contextmanager
-def redis(workdir: Path, maxclients: int | None = None, nofile: int = 65536) -> Iterator[int]:
+def redis(workdir: Path, maxclients: int | None = None, nofile: int = 65536) -> Iterator[Running]:
     """redis-server; `maxclients` None keeps Redis's default (10,000, lowered to its fd limit - 32)."""
     port = free_port()
     conf = workdir / "redis.conf"
@@ -92,12 +102,12 @@ def redis(workdir: Path, maxclients: int | None = None, nofile: int = 65536) -> 
     if maxclients is not None:
         lines.append(f"maxclients {maxclients}")
     conf.write_text("\n".join(lines) + "\n")
-    with _running([_program("redis-server"), str(conf)], port, workdir, "redis", nofile) as p:
-        yield p
+    with _running([_program("redis-server"), str(conf)], port, workdir, "redis", nofile) as running:
+        yield running
 
 
 @contextlib.contextmanager
-def nginx(workdir: Path, worker_connections: int, nofile: int = 65536, workers: int = 1) -> Iterator[int]:
+def nginx(workdir: Path, worker_connections: int, nofile: int = 65536, workers: int = 1) -> Iterator[Running]:
     """nginx with `workers` worker processes (each holds worker_connections), keep-alive long
     enough for a run, `location /` answering 200."""
     port = free_port()
@@ -126,12 +136,12 @@ http {{
     }}
 }}
 """)
-    with _running([_program("nginx"), "-p", str(prefix), "-c", str(conf)], port, workdir, "nginx", nofile) as p:
-        yield p
+    with _running([_program("nginx"), "-p", str(prefix), "-c", str(conf)], port, workdir, "nginx", nofile) as running:
+        yield running
 
 
 @contextlib.contextmanager
-def mosquitto(workdir: Path, max_connections: int = -1, nofile: int = 65536) -> Iterator[int]:
+def mosquitto(workdir: Path, max_connections: int = -1, nofile: int = 65536) -> Iterator[Running]:
     port = free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"""
@@ -143,36 +153,36 @@ log_dest stderr
 log_type error
 log_type warning
 """)
-    with _running([_program("mosquitto"), "-c", str(conf)], port, workdir, "mosquitto", nofile) as p:
-        yield p
+    with _running([_program("mosquitto"), "-c", str(conf)], port, workdir, "mosquitto", nofile) as running:
+        yield running
 
 
 @contextlib.contextmanager
-def ws_echo(workdir: Path, max_connections: int = 0, nofile: int = 65536) -> Iterator[int]:
+def ws_echo(workdir: Path, max_connections: int = 0, nofile: int = 65536) -> Iterator[Running]:
     """autobahn's WebSocket server echoing messages; `max_connections` 0: no cap of its own."""
     port = free_port()
     argv = [sys.executable, "-m", "tests.support.ws_echo", str(port), str(max_connections)]
     env_argv = ["env", f"PYTHONPATH={REPO}", *argv]
-    with _running(env_argv, port, workdir, "ws_echo", nofile) as p:
-        yield p
+    with _running(env_argv, port, workdir, "ws_echo", nofile) as running:
+        yield running
 
 
 @contextlib.contextmanager
-def flood(workdir: Path) -> Iterator[int]:
+def flood(workdir: Path) -> Iterator[Running]:
     """A server that sends every connection up to 1 GiB (tests/support/flood.py)."""
     port = free_port()
     argv = ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "tests.support.flood", str(port)]
-    with _running(argv, port, workdir, "flood", 1024) as p:
-        yield p
+    with _running(argv, port, workdir, "flood", 1024) as running:
+        yield running
 
 
 @contextlib.contextmanager
-def tls_server(workdir: Path) -> Iterator[int]:
+def tls_server(workdir: Path) -> Iterator[Running]:
     """`openssl s_server` with a self-signed certificate made here: TLS and nothing else."""
     port = free_port()
     cert, key = workdir / "cert.pem", workdir / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
                     "-days", "1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     argv = ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert), "-key", str(key), "-quiet"]
-    with _running(argv, port, workdir, "tls", 1024) as p:
-        yield p
+    with _running(argv, port, workdir, "tls", 1024) as running:
+        yield running
