@@ -105,7 +105,8 @@ def main() -> int:
         print(f"{name}: {result['verdict']} held={result['held']:,} peak={result['peak_open']:,} "
               f"of {result['target']:,}, failures={result['failures']:,} "
               f"final-hold RTT p50/p99 {result['rtt_final_hold_p50_ms']}/{result['rtt_final_hold_p99_ms']} ms "
-              f"server RSS per connection {result['server_rss_per_conn']} B ({result['seconds']} s)\n    why: {result['headline']}\n    fix: {result['fix']}", flush=True)
+              f"server RSS per connection {result['server_rss_per_conn']} B ({result['seconds']} s)\n"
+              f"    why: {result['headline']}\n    fix: {result['fix']}", flush=True)
     print(json.dumps(results))
     return 0
 
