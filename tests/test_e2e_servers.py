@@ -223,7 +223,7 @@ def test_a_server_sending_a_gigabyte_is_cut_off_with_bounded_memory(tmp_path):
 def test_connscale_run_holds_websocket_connections_to_its_own_server(tmp_path):
     port = free_port()
     path = config(tmp_path, 1000, protocol="websocket")
-    path.write_text(path.read_text() + f'server: {{framing: websocket, workers: 1, ports: "{server.port}"}}\n')
+    path.write_text(path.read_text() + f'server: {{framing: websocket, workers: 1, ports: "{port}"}}\n')
     r = subprocess.run(connscale("run", "-c", str(path)), capture_output=True, text=True, timeout=150,
                        env=dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg")), cwd=tmp_path)
     summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
