@@ -619,7 +619,7 @@ def test_as_dict_is_json_and_round_trips(tmp_path):
         "scenario": {"hold": 0},
     })
     plain = json.loads(json.dumps(config.as_dict()))
-    assert list(plain) == ["server", "client", "control", "clients", "scenario", "run", "observe"]
+    assert list(plain) == ["server", "client", "control", "clients", "scenario", "run", "observe", "net"]
     assert plain["client"]["server"] == "[::1]:8989-8991,9000"
     assert plain["client"]["master"] == "hub:8790"
     assert plain["server"]["ports"] == [8989, 8990, 8991, 9000]

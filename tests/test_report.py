@@ -141,6 +141,16 @@ def expected_numbers(records: list[dict[str, Any]], summary: dict[str, Any] | No
         grown = sum(w["resources"]["rss_bytes"] - first[(w["index"], w["pid"])][0] for w in at_peak)
         added = sum(w["open"] - first[(w["index"], w["pid"])][1] for w in at_peak)
         exp[f"mem_per_conn_{side}"] = grown / added if added > 0 else None
+    # connscale's own cost over the final hold: the summary's (with the run itself), else the
+    # mean of the hold's lines' cores (its first line has no rate yet) and their largest RSS.
+    cost = (summary or {}).get("cost_final_hold")
+    costs = [r["cost"] for r in final if r.get("cost")]
+    if cost is None and costs:
+        costs = costs[1:] or costs
+        cost = {"cores": sum(c["cores"] for c in costs) / len(costs), "rss_bytes": max(c["rss_bytes"] for c in costs),
+                "processes": max(c["processes"] for c in costs)}
+    if cost is not None:
+        exp.update({"own_cores": cost["cores"], "own_rss": cost["rss_bytes"], "own_processes": cost["processes"]})
     exp.update(expected_curve(records))
     return exp
 

@@ -90,6 +90,11 @@ def plain_line(frame: Frame, info: RunInfo | None = None) -> str:
         ("rtt_p50_ms", _ms(frame.rtt.get("p50"))),
         ("rtt_p99_ms", _ms(frame.rtt.get("p99"))),
     ]
+    cost = st.get("cost")
+    if isinstance(cost, Mapping):
+        # connscale's own processes (hub, agents, workers): what the tool takes from the box.
+        fields += [("own_cores", f"{float(cost.get('cores', 0)):.2f}"),
+                   ("own_rss_mb", f"{int(cost.get('rss_bytes', 0)) / 1e6:.0f}")]
     failures = failures_of(st)
     fields.append(("failures", str(sum(failures.values()))))
     for key in sorted(failures):
@@ -130,6 +135,12 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
                                (f"{_ms(frame.rtt.get('p99'))} ms", "bold")),
                  Text.assemble(("failures ", "dim"), (f"{failed:,}", "bold red" if failed else "green"),
                                ("   ordered ", "dim"), f"{ordered:,}"))
+    cost = st.get("cost")
+    if isinstance(cost, Mapping):
+        # What connscale itself takes (hub, agents, workers; this view's own process is in the summary).
+        head.add_row(Text.assemble(("connscale itself ", "dim"), f"{float(cost.get('cores', 0)):.2f} cores"),
+                     Text.assemble(("RSS ", "dim"), f"{int(cost.get('rss_bytes', 0)) / 1e6:,.0f} MB"),
+                     Text.assemble(("processes ", "dim"), f"{int(cost.get('processes', 0)):,}"))
     phase = frame.phase(info)
     step = f" (step {info.step}/{info.steps})" if info and info.steps else ""
     subtitle = f"{phase}{step} · {float(st.get('elapsed_s', 0.0)):.0f} s" if phase else \

@@ -36,7 +36,10 @@ from connscale.config.settings import Config, endpoint_address
 from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.diagnose.memory import memory_table
+from connscale.host.resources import process_resources
 from connscale.metrics import phases
+from connscale.metrics.cost import cpu_seconds, mean_cost, with_process
+from connscale.metrics.cost import describe as describe_cost
 from connscale.metrics.timeline import read_timeline
 
 AGENT_NAME = "local"
@@ -94,6 +97,7 @@ class Experiment:
         self.perspective: Any = None
         self.view = LiveView(sys.stdout, every=5.0, clock=reactor.seconds, title="connscale run")
         self._phase_shown = ""
+        self._own_hold: tuple[tuple[float, dict[str, Any]], tuple[float, dict[str, Any]]] | None = None
         self.scenario: Scenario
         if cfg.scenario.mode == "search":
             self.scenario = SearchScenario(reactor, cfg.scenario, self, AGENT_NAME, show=self.show,
@@ -181,6 +185,10 @@ class Experiment:
 
     # -- output ------------------------------------------------------------------------
     def show(self, p: Progress) -> None:
+        if p.phase == phases.FINAL_HOLD:
+            # This process's own CPU and RSS over the final hold: its part of connscale's cost.
+            reading = (self.reactor.seconds(), process_resources())
+            self._own_hold = (self._own_hold[0] if self._own_hold else reading, reading)
         if p.phase != self._phase_shown and p.phase == phases.FINAL_HOLD:
             self.view.message(f"holding {p.open} connections for {self.cfg.scenario.final_hold:g}s")
         self._phase_shown = p.phase
@@ -196,6 +204,15 @@ class Experiment:
                     if problem not in self._problems_said:
                         self._problems_said.add(problem)
                         self.view.message(f"observer {name}: {problem}; the run goes on without it")
+
+    def own_cost(self, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """connscale's own cost over the final hold: the timeline's (hub, agents, workers)
+        and this process's (the scenario, its stats poll and the live view)."""
+        cost = mean_cost(r for r in records if r.get("phase") == phases.FINAL_HOLD)
+        if cost is None or self._own_hold is None:
+            return cost
+        first, last = self._own_hold
+        return with_process(cost, "run", _own_cores(first, last), int(last[1].get("rss_bytes", 0)))
 
     # -- the run -------------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -235,6 +252,7 @@ class Experiment:
             result.update(phases.summary_fields(records))
             # Memory per held connection, both ends, user and kernel (the observer's and the workers' rows).
             result["memory"] = memory_table(records)
+            result["cost_final_hold"] = self.own_cost(records)
         result["explanation"] = summary.explanation(result, records)
         try:
             self.rundir.write_json("summary.json", result)
@@ -260,6 +278,12 @@ def observer_targets(cfg: Config, hub_pid: int | None) -> list[str] | None:
     if cfg.client.url is not None:
         return None
     return ["--children-of", str(hub_pid), "--target-label", "connscale server workers"]
+
+
+def _own_cores(first: tuple[float, dict[str, Any]], last: tuple[float, dict[str, Any]]) -> float:
+    (t0, r0), (t1, r1) = first, last
+    c0, c1 = cpu_seconds(r0), cpu_seconds(r1)
+    return (c1 - c0) / (t1 - t0) if c0 is not None and c1 is not None and t1 > t0 else 0.0
 
 
 def sc_mode(cfg: Config) -> str:
@@ -383,6 +407,8 @@ def run_main(argv: list[str]) -> int:
         out(f"why: {explanation.get('headline')}")
         for line in explanation.get("fix") or []:
             out(f"fix: {line}")
+    if result.get("cost_final_hold"):
+        out(f"cost: {describe_cost(result['cost_final_hold'])}, over the final hold")
     if result.get("summary_path", True) is not None:
         out(f"summary: {rundir.file('summary.json')}")
     # After the children are gone, so the report sees the whole timeline; a run

@@ -768,6 +768,16 @@ class RunSettings:
 
 
 @attrs.frozen
+class NetSettings:
+    """``net:`` how connscale's own sockets are driven, on both sides."""
+
+    #: connscale's own transports, dispatch and timer wheel (net.fastpath); false:
+    #: Twisted's listenTCP/connectTCP transports and a callLater per connection.
+    #: CONNSCALE_FAST_PATH (1/0) overrides it.
+    fast_path: bool = _setting(True, _boolean)
+
+
+@attrs.frozen
 class Config:
     """The whole validated configuration. ``clients`` is a plain dict: treat it as read-only."""
 
@@ -778,6 +788,7 @@ class Config:
     scenario: ScenarioSettings = attrs.field(factory=ScenarioSettings)
     run: RunSettings = attrs.field(factory=RunSettings)
     observe: ObserveSettings = attrs.field(factory=ObserveSettings)
+    net: NetSettings = attrs.field(factory=NetSettings)
 
     def as_dict(self, redact_secrets: bool = True) -> dict[str, Any]:
         """Plain JSON-able dict in the YAML layout; parse_config() accepts it back unchanged
@@ -794,9 +805,9 @@ class Config:
 
 _SECTIONS: dict[str, type] = {
     "server": ServerSettings, "client": ClientSettings, "control": ControlSettings,
-    "scenario": ScenarioSettings, "run": RunSettings, "observe": ObserveSettings,
+    "scenario": ScenarioSettings, "run": RunSettings, "observe": ObserveSettings, "net": NetSettings,
 }
-_TOP_KEYS = ("server", "client", "control", "clients", "scenario", "run", "observe")
+_TOP_KEYS = ("server", "client", "control", "clients", "scenario", "run", "observe", "net")
 
 
 @functools.cache

@@ -38,7 +38,7 @@ from connscale.control.records import MAX_EVENTS, AgentInfo, AgentReport, Regist
 from connscale.control.secret import SecretError, client_secret, config_dir
 from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
-from connscale.host.resources import cpu_count
+from connscale.host.resources import cpu_count, process_resources
 from connscale.host.sysctl import ephemeral_count
 from connscale.metrics.histograms import RttAccumulator, encode_histogram
 from connscale.metrics.status import StatusService
@@ -126,7 +126,7 @@ class Agent(MultiService):
         # Workers raise their own limits; this logs what each of them gets.
         _, self.budget = prepare_fds(0, PROG)
         spec = ClientSpec(interval=c.interval, timeout=c.timeout, rate=c.rate, framing=c.framing, close=c.close,
-                          profile=c.profile_options(), tls=c.tls_options())
+                          profile=c.profile_options(), tls=c.tls_options(), fast_path=cfg.net.fast_path)
         self.report_rtt = RttAccumulator()
         self.supervisor = Supervisor(reactor, "client", spec, self.name, on_rtt=self.report_rtt.add)
         self.status = StatusService(reactor, c.status_interval, self.supervisor.totals, with_rtt=True, final=False)
@@ -236,6 +236,7 @@ class Agent(MultiService):
             connecting=sum(int((s.last or {}).get("connecting", 0)) for s in self.supervisor.slots),
             events=report_events(self.supervisor.take_events()),
             losses=tuple(self.supervisor.take_losses())[:MAX_LOSSES],
+            resources=process_resources(),
         )
 
     def startService(self) -> None:

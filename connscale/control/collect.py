@@ -39,6 +39,8 @@ from connscale.control.diagnosis import Diagnosis
 from connscale.control.observers import Observers
 from connscale.control.registry import AgentHandle, Registry
 from connscale.host.kernel import kernel_snapshot
+from connscale.host.resources import process_resources
+from connscale.metrics.cost import CostMeter
 from connscale.metrics.histograms import (
     RttAccumulator,
     encode_histogram,
@@ -98,6 +100,9 @@ class Collector:
         self.lost_after = lost_after
         self.client_rtt = RttAccumulator()
         self.started = clock.seconds()
+        #: CPU and RSS of every process of the run (metrics.cost), once per timeline line.
+        self.cost_meter = CostMeter()
+        self.cost: dict[str, Any] | None = None
         #: Seconds the last poll round waited, from its first question to its
         #: last answer, or `answer_wait` when some answer was late (None before
         #: the first): the timeline's `poll_ms`.
@@ -260,6 +265,8 @@ class Collector:
         self._losses_recorded = len(losses)
         record["poll_ms"] = round(self.poll_s * 1000, 1) if self.poll_s is not None else None
         self._observed(record)
+        # What connscale itself took this second: hub, agents and every worker.
+        self.cost = record["cost"] = self.cost_meter.observe(self.clock.seconds(), self.cost_readings())
         self._window_phases = [self.phase]
         if self.diagnosis is not None:
             try:
@@ -347,6 +354,8 @@ class Collector:
             # Each worker lost so far, how it ended and what it held, in words the summary repeats.
             "worker_losses": self.worker_losses(),
             "kernel": kernel_snapshot(),
+            # The last timeline line's (a stats call between two lines reads the same).
+            "cost": self.cost,
         }
         if rtt is not None:
             out["rtt_window_ms"] = rtt_summary_ms(rtt)
@@ -358,6 +367,19 @@ class Collector:
                 self.diagnosis.annotate(out)
             except Exception:
                 log.failure("the load summary failed")
+        return out
+
+    def cost_readings(self) -> list[tuple[str, object, dict[str, Any]]]:
+        """(kind, key, resources) of the hub, its server workers, every agent and its workers."""
+        out: list[tuple[str, object, dict[str, Any]]] = [("hub", "hub", process_resources())]
+        if self.servers is not None:
+            out += [("server_workers", w.pid, w.resources) for w in self.servers.workers() if w.alive]
+        for a in self.registry.agents.values():
+            if a.last is None or not a.connected:
+                continue
+            if a.last.resources:
+                out.append(("agents", a.name, a.last.resources))
+            out += [("client_workers", (a.name, w.pid), w.resources) for w in a.last.workers if w.alive]
         return out
 
     def stale_s(self, agent: AgentHandle) -> float | None:

@@ -86,8 +86,9 @@ class HubService(MultiService):
             return
         self.servers.ensure(self.workers).addCallbacks(
             lambda budgets: log.info(
-                "{prog}: {n} server workers listening (fd budgets {budgets})",
+                "{prog}: {n} server workers listening ({path}; fd budgets {budgets})",
                 prog=PROG, n=len(budgets), budgets=",".join(map(str, budgets)),
+                path="fast path" if self.servers.spec.fast_path else "Twisted's transports",
             ),
             lambda f: log.error("{prog}: server workers failed to start: {why}", prog=PROG, why=f.getErrorMessage()),
         )
@@ -272,7 +273,7 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     except ControlError as e:
         raise SystemExit(f"{PROG}: {e}") from None
     spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
-                      max_line=s.max_line)
+                      max_line=s.max_line, fast_path=cfg.net.fast_path)
     servers = Supervisor(reactor, "server", spec, "hub") if own_server else None
     run_dir = Path(record_dir) if record_dir else Path(cfg.run.dir) / time.strftime("%Y%m%d-%H%M%S-hub")
     timeline = Timeline(run_dir)

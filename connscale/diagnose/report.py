@@ -31,6 +31,7 @@ from connscale.diagnose.curve import (
     find_knee,
 )
 from connscale.diagnose.manifest import read_manifest
+from connscale.metrics.cost import mean_cost
 from connscale.metrics.phases import FINAL_HOLD, STOP, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
 from connscale.metrics.series import Series, build_series, failures_of
 from connscale.metrics.timeline import read_timeline
@@ -81,6 +82,7 @@ _FORMATS = {
     "bytes": lambda v: f"{v:,.0f}",
     "pct": lambda v: f"{v:.0f}",
     "s": lambda v: f"{v:.1f}",
+    "cores": lambda v: f"{v:.2f}",
 }
 
 
@@ -164,6 +166,13 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
         put(f"cpu_max_{side}", max(cpu) if cpu else None, "pct")
         put(f"mem_per_conn_{side}", s.mem_per_conn[side][peak] if peak is not None else None, "bytes")
         put(f"rss_{side}", s.rss[side][peak] if peak is not None else None, "bytes")
+    # What connscale itself took over the final hold (the summary's, with the run's own
+    # process; else the timeline's hub, agents and workers).
+    cost = summary.get("cost_final_hold") or mean_cost(r for r in records if r.get("phase") == FINAL_HOLD)
+    if isinstance(cost, Mapping):
+        put("own_cores", float(cost.get("cores", 0.0)), "cores")
+        put("own_rss", int(cost.get("rss_bytes", 0)), "bytes")
+        put("own_processes", int(cost.get("processes", 0)), "int")
     return out
 
 
@@ -360,6 +369,7 @@ _SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("peak CPU of the workers (server / client)", "cpu_max_server|cpu_max_client", "% of a core"),
     ("memory per connection added, at the peak (server / client)", "mem_per_conn_server|mem_per_conn_client", "bytes"),
     ("workers' RSS at the peak (server / client)", "rss_server|rss_client", "bytes"),
+    ("connscale itself over the final hold: CPU cores / RSS / processes", "own_cores|own_rss|own_processes", ""),
 )
 
 

@@ -31,11 +31,11 @@ from twisted.python.failure import Failure
 from connscale.config.target import ProfileOptions, TlsOptions
 from connscale.metrics.buckets import MAX_US, SUB_BITS
 from connscale.metrics.counters import Counters, classify
-from connscale.net.dispatch import loop_for
+from connscale.net import fastpath
 from connscale.net.profiles import Profile, ProfileError, make_profile
 from connscale.net.routes import Route
-from connscale.net.transport import ClientTransport, Connection
-from connscale.net.wheel import TimerWheel
+from connscale.net.transport import ClientTransport, Connection, DialTarget
+from connscale.net.wheel import CallLaterTimers, TimerWheel
 from connscale.net.wire import PONG, ClientConnection
 
 log = Logger()
@@ -123,43 +123,29 @@ class PingClientFactory(ClientFactory):
         self.pool = pool
 
     def startedConnecting(self, connector: Any) -> None:
-        # Only Twisted's connectTCP calls this; the pool counts its own dials.
+        # Only Twisted's connectTCP calls this; the pool counts its own lean dials.
         self.pool.connecting += 1
 
-    def buildProtocol(self, addr: Any) -> ClientConnection:
-        conn = self.pool.profile.connection(self.pool, -1)
+    def buildProtocol(self, addr: Any) -> Any:
+        pool = self.pool
+        conn = pool.profile.connection(pool, -1)
         conn.factory = self  # type: ignore[attr-defined]
-        self.pool.adopt(conn)
-        return conn
+        pool.adopt(conn)
+        if pool._secure is None or pool._building:
+            return conn
+        # Over Twisted's connectTCP: what the transport talks to is TLS around it, if asked.
+        return pool.secure(conn, pool.routes[0].host if pool.routes else "")
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        # connscale's transports know their connection; Twisted's Connector
-        # fails before any connection was built.
+        # connscale's transports are their own connector and know their
+        # connection; Twisted's Connector fails before any connection was built.
         conn = getattr(connector, "protocol", None)
         # A TLS layer (net/tls) stands between the transport and the connection.
         conn = getattr(conn, "wrappedProtocol", conn)
-        self.pool.connect_failed(conn if isinstance(conn, ClientConnection) else None, reason)
+        self.pool.connect_failed(conn if isinstance(conn, ClientConnection) else None, reason, connector)
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         pass  # the connection's own connectionLost has told the pool
-
-
-class _TwistedDial(ClientFactory):
-    """One pool connection over Twisted's own TCP transport (no epoll on this
-    reactor, or a server given by name, which Twisted resolves)."""
-
-    noisy = False
-
-    def __init__(self, pool: ConnectionPool, conn: ClientConnection, protocol: Any = None) -> None:
-        self.pool = pool
-        self.conn = conn
-        self.protocol = conn if protocol is None else protocol
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self.protocol
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.pool.connect_failed(self.conn, reason)
 
 
 class ConnectionPool:
@@ -173,6 +159,7 @@ class ConnectionPool:
         wheel: TimerWheel | None = None,
         rng: random.Random | None = None,
         dial: Callable[[Route, ClientConnection], Any] | None = None,
+        fast_path: bool | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
@@ -182,27 +169,38 @@ class ConnectionPool:
                                              settings.interval, settings.timeout)
         #: A session opening before the first ping (net/profiles/base.py).
         self.opens = self.profile.opens
+        self.handshake_timeout = settings.profile.handshake_timeout
         self.framing = "raw" if protocol == "raw" else "line"
         #: The keepalive request when it is the same for every connection (else profile.ping_for).
         self.ping = self.profile.ping
         self.reply = PONG if protocol == "raw" else PONG + b"\n"
         self._serial = 0
         self._secure = tls_layer(settings.tls)
+        #: True while the pool builds a lean-path connection itself (it wraps it in `_dial_tcp`).
+        self._building = False
         self.counters = counters if counters is not None else Counters()
         self.rng = rng if rng is not None else random.Random()
-        self.wheel = (
-            wheel if wheel is not None
-            else TimerWheel(clock, WHEEL_TICK, fire=self.timer, phase=self.rng.random() * WHEEL_TICK)
-        )
-        if self.opens:
-            self.handshake_timeout = settings.profile.handshake_timeout
+        # The fast path (net.fastpath): lean transports on the reactor's epoll
+        # and one timer wheel; else Twisted's connectTCP and a callLater each.
+        self._loop = fastpath.loop(reactor, fastpath.enabled() if fast_path is None else fast_path) \
+            if dial is None else None
+        self.wheel: TimerWheel | CallLaterTimers
+        if wheel is not None:
+            self.wheel = wheel
+        elif self._loop is not None or dial is not None:
+            self.wheel = TimerWheel(clock, WHEEL_TICK, fire=self.timer, phase=self.rng.random() * WHEEL_TICK)
+        else:
+            self.wheel = CallLaterTimers(clock, fire=self.timer)
         if settings.close not in CLOSE_MODES:
             raise ValueError(f"close must be one of {CLOSE_MODES}, not {settings.close!r}")
         self._reset_on_close = settings.close == "rst"
         self.factory = PingClientFactory(self)
         # How a connection attempt starts; tests swap in an in-memory one.
         self.dial = dial if dial is not None else self._dial_tcp
-        self._loop = loop_for(reactor) if dial is None else None
+        # Twisted's connectors still connecting -> the route each was given.
+        self._dialing: dict[Any, int] = {}
+        self._stopped_dials: set[Any] = set()
+        self._targets: dict[int, DialTarget] = {}
         self._burst = 0
         self.routes: list[Route] = []
         self.route_load: list[int] = []
@@ -251,6 +249,11 @@ class ConnectionPool:
             for conn in victims:
                 self.close(conn)
             taken += len(victims)
+        if taken < n and self._dialing:
+            dials = list(islice(self._dialing, n - taken))
+            for connector in dials:
+                self._stop_dial(connector)
+            taken += len(dials)
         return taken
 
     def count(self) -> int:
@@ -279,6 +282,11 @@ class ConnectionPool:
         self.routes = list(routes)
         index = {r.key(): i for i, r in enumerate(self.routes)}
         self.route_load = [0] * len(self.routes)
+        self._targets = {}
+        for connector, route in list(self._dialing.items()):
+            self._dialing[connector] = index.get(old_keys[route], -1) if 0 <= route < len(old_keys) else -1
+            if self._dialing[connector] >= 0:
+                self.route_load[self._dialing[connector]] += 1
         for conn in self._conns:
             if 0 <= conn.route < len(old_keys):
                 conn.route = index.get(old_keys[conn.route], -1)
@@ -300,6 +308,8 @@ class ConnectionPool:
         for conn in list(self._conns):
             if conn.state not in (CLOSING, ABORTING):
                 self.close(conn)
+        for connector in list(self._dialing):
+            self._stop_dial(connector)
         d: defer.Deferred[None] = defer.Deferred()
         if not self._conns:
             d.callback(None)
@@ -400,8 +410,19 @@ class ConnectionPool:
             return
         route = self.routes[idx]
         self.route_load[idx] += 1
+        if self.dial == self._dial_tcp and (self._loop is None or not _is_address(route.host)):
+            # Twisted's own transport: its factory builds the connection once
+            # connected; the connector carries the route until then.
+            bind = (route.src, 0) if route.src else None
+            connector = self.reactor.connectTCP(route.host, route.port, self.factory, bindAddress=bind)
+            self._dialing[connector] = idx
+            return
         # Its peer address is known only once connected; the factory does not need it.
-        conn = self.factory.buildProtocol(None)
+        self._building = True
+        try:
+            conn = self.factory.buildProtocol(None)
+        finally:
+            self._building = False
         conn.route = idx
         self.connecting += 1
         conn.transport = self.dial(route, conn)
@@ -411,39 +432,56 @@ class ConnectionPool:
         self._serial += 1
         return self._serial
 
-    def secure(self, conn: ClientConnection, route: Route) -> Any:
+    def secure(self, conn: ClientConnection, host: str) -> Any:
         """What the transport talks to: `conn` itself, or TLS around it.
 
-        The one place a client connection is wrapped in TLS (`client.tls`, net/tls):
-        every dial goes through here, so every profile gets TLS alike."""
+        The one place a client connection is wrapped in TLS (`client.tls`, net/tls): every
+        dial goes through here (the lean path's `_dial_tcp`, Twisted's through the factory's
+        `buildProtocol`), so every profile gets TLS alike. `host` is the server's name as
+        the route has it; `client.tls.server_name` or the URL's host come first."""
         if self._secure is None:
             return conn
-        return self._secure(conn, self.settings.tls, self.settings.tls.server_name or self.profile.options.host
-                            or route.host)
+        tls = self.settings.tls
+        return self._secure(conn, tls, tls.server_name or self.profile.options.host.rsplit(":", 1)[0] or host)
 
     def adopt(self, conn: ClientConnection) -> None:
         """Track a connection the factory built (held, counted, closed with the pool)."""
         self._conns[conn] = None
 
     def _dial_tcp(self, route: Route, conn: ClientConnection) -> Any:
-        protocol = self.secure(conn, route)
-        if self._loop is not None and _is_address(route.host):
-            transport = ClientTransport(self._loop, protocol, self.factory)
+        """A lean transport (the fast path) dialling `route` for `conn`."""
+        assert self._loop is not None
+        transport = ClientTransport(self._loop, self.secure(conn, route.host), self.factory)
+        idx = conn.route
+        target = self._targets.get(idx)
+        if target is None:
             # close: rst holds for every end of the socket, a worker's exit included.
-            transport.connect(route.host, route.port, route.src, self._reset_on_close)
-            return transport
-        bind = (route.src, 0) if route.src else None
-        return self.reactor.connectTCP(route.host, route.port, _TwistedDial(self, conn, protocol), bindAddress=bind)
+            target = self._targets[idx] = DialTarget(route.host, route.port, route.src, self._reset_on_close)
+        transport.dial(target)
+        return transport
+
+    def _stop_dial(self, connector: Any) -> None:
+        """Stop one of Twisted's connectors; its failure then is ours, not counted."""
+        route = self._dialing.pop(connector, -1)
+        if 0 <= route < len(self.route_load):
+            self.route_load[route] -= 1
+        self._stopped_dials.add(connector)
+        connector.stopConnecting()
 
     # -- events from connections -------------------------------------------
     def connected(self, conn: ClientConnection) -> None:
+        if self._dialing:
+            # Over Twisted's transport: the route its connector was given.
+            route = self._dialing.pop(getattr(conn.transport, "connector", None), None)
+            if route is not None:
+                conn.route = route
         if self.opens:
             # The session opens first; until then the connection is still connecting.
             conn.state = HANDSHAKING
             now = self.clock.seconds()
             conn.sent_at = now
-            route = self.routes[conn.route] if 0 <= conn.route < len(self.routes) else None
-            host, port = (route.host, route.port) if route is not None else ("localhost", 0)
+            route_ = self.routes[conn.route] if 0 <= conn.route < len(self.routes) else None
+            host, port = (route_.host, route_.port) if route_ is not None else ("localhost", 0)
             conn.transport.write(self.profile.opening(conn, host, port))
             self.wheel.schedule(conn, now + self.handshake_timeout)
             return
@@ -475,12 +513,19 @@ class ConnectionPool:
         conn.next_ping = self.clock.seconds() + interval * (1.0 - self.rng.random())
         self.wheel.schedule(conn, conn.next_ping)
 
-    def connect_failed(self, conn: ClientConnection | None, reason: Failure) -> None:
+    def connect_failed(self, conn: ClientConnection | None, reason: Failure, connector: Any = None) -> None:
         """A connect failed (`conn` is None when Twisted's own connector failed
         before building one); unless we stopped it, it counts by cause."""
         stopped = conn is not None and conn.state == CLOSING
         if conn is not None:
             self._forget(conn)
+        elif connector is not None:
+            if connector in self._stopped_dials:
+                self._stopped_dials.discard(connector)
+                stopped = True
+            route = self._dialing.pop(connector, -1)
+            if 0 <= route < len(self.route_load):
+                self.route_load[route] -= 1
         self.connecting -= 1
         if not stopped:
             self.counters.fail("connect", classify(reason))
