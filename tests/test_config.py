@@ -286,7 +286,7 @@ def test_client_server_splits_into_host_and_ports():
     ("server.backlog", 1_000_001, "must be between 1 and 1000000, got 1000001"),
     ("server.backlog", "2.5", "expected an integer, got '2.5'"),
     ("server.backlog", True, "expected an integer, got True"),
-    ("server.framing", "LINE", "expected one of line|raw, got 'LINE'"),
+    ("server.framing", "LINE", "expected one of line|raw|websocket, got 'LINE'"),
     ("server.workers", 257, "expected 'auto' or an integer between 0 and 256, got 257"),
     ("server.workers", "-1", "got '-1'"),
     ("server.workers", "many", "got 'many'"),
@@ -471,7 +471,7 @@ def test_all_errors_at_once():
     # Sections in spec order, keys in file order, cross-key checks last.
     assert str(info.value).splitlines() == info.value.problems == [
         "server.backlog: must be between 1 and 1000000, got 0",
-        "server.framing: expected one of line|raw, got 'udp'",
+        "server.framing: expected one of line|raw|websocket, got 'udp'",
         "client.rate: expected a number, got 'fast'",
         "client.conections: unknown key (did you mean 'connections'?)",
         "control.secret: must be at least 8 characters long",

@@ -448,7 +448,8 @@ def test_count_and_stats_from_agent_reports(controller: Controller, tmp_path: Pa
     assert stats.client.open == 42
     assert stats.client.failure_total == 3
     assert stats.clients["x"].connecting == 2
-    assert stats.ghosts == 42  # no server supervisor in this controller
+    # No server supervisor in this controller (as with client.url): no server count, so no ghosts.
+    assert stats.ghosts == 0 and stats.own_server is False
     assert stats.server.open == 0
     assert stats.rtt_ms == Percentiles(None, None, None, None)
 

@@ -271,6 +271,8 @@ NOT_RECORDS = {
     ("connscale/diagnose/report.py", "peak_open"),
     # The benchmark's own result, counted from the processes' status lines.
     ("bench/cpu_per_rtt.py", "open_at_end"),
+    # The benchmark's own result row per case (made from the typed Summary in `run_case`).
+    ("bench/servers.py", "peak_open"), ("bench/servers.py", "headline"),
     # The benchmark's own sampler of the run's process tree (TreeSampler.window).
     ("bench/run.py", "rss_bytes"),
     # The bench figures of user memory per connection, a constant keyed by side.

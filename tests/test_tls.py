@@ -20,7 +20,7 @@ from connscale.metrics.counters import TLS_CAUSES, Counters
 from connscale.net.pool import ConnectionPool, PoolSettings
 from connscale.net.routes import Route
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on, serve, tls_factory
-from connscale.net.tls import TLSLayer, is_tls_record
+from connscale.net.tls import TLSLayer
 from tests.support.certs import Pki
 from tests.support.loop import reactor, spin, turns  # noqa: F401  (fixture)
 
@@ -320,12 +320,6 @@ def test_a_refused_handshake_over_twisted_transports_is_counted_and_frees_its_ro
         for call in r.getDelayedCalls():
             call.cancel()
         r.removeAll()
-
-
-def test_tls_records_are_recognised() -> None:
-    assert is_tls_record(b"\x15\x03\x03\x00\x02\x02\x46")
-    assert is_tls_record(b"\x16\x03\x01\x02\x00\x01")
-    assert not is_tls_record(b"Pong\n") and not is_tls_record(b"\x15\x03") and not is_tls_record(b"HTTP/1.1")
 
 
 def test_every_cause_the_layer_names_is_in_the_bounded_set() -> None:

@@ -27,7 +27,9 @@ from connscale.host.inventory import HostLimits, read_host_limits
 def preflight(cfg: Config, limits: HostLimits | None = None) -> tuple[Budget, HostLimits]:
     """`connscale run`'s check: server and client on this host, the scenario's target."""
     limits = limits if limits is not None else read_host_limits()
-    return budget(limits, Demand.from_config(cfg, cfg.scenario.target, "both")), limits
+    # With client.url the server is someone else's: only the client side runs here.
+    roles = "client" if cfg.client.url is not None else "both"
+    return budget(limits, Demand.from_config(cfg, cfg.scenario.target, roles)), limits
 
 
 def measured_table(run_dir: str) -> MemoryTable:

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from connscale.config.settings import Config
 from connscale.control.hub import CLIENTS_ENV
-from connscale.procs.child import ChildProcess, describe_exit
+from connscale.procs.child import PASSWORD_VARIABLE, ChildProcess, describe_exit
 
 __all__ = ["RunChild", "child_env", "describe_exit", "spawn", "stop_all"]
 
@@ -51,9 +51,14 @@ class RunChild(ChildProcess):
 
 
 def child_env(secret: bytes, cfg: Config) -> dict[str, str]:
-    """What the run's hub and agent get in their environment beyond ours: the secret, and the
-    values of `clients.*.env` (JSON), which the run directory's config.yaml leaves out."""
+    """What the run's hub and agent get in their environment beyond ours: the secret, the
+    target's password and the values of `clients.*.env` (JSON), which the run directory's
+    config.yaml leaves out."""
     env = {"CONNSCALE_SECRET": secret.decode()}
+    password = cfg.client.target_password()
+    if password is not None:
+        # The target's password (client.password or the URL's): config.yaml has it redacted.
+        env[PASSWORD_VARIABLE] = password
     clients = {name: dict(host.env) for name, host in cfg.clients.items() if host.env}
     if clients:
         env[CLIENTS_ENV] = json.dumps(clients)

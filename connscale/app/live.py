@@ -81,8 +81,9 @@ def plain_line(frame: Frame, info: RunInfo | None = None) -> str:
         ("phase", frame.phase(info) or "-"),
         ("open", str(st.client.open)),
         ("target", str(st.target)),
-        ("server_open", str(st.server.open)),
-        ("ghosts", str(st.ghosts)),
+        # Someone else's server (client.url): no count of ours to show or to hold ghosts against.
+        ("server_open", str(st.server.open) if st.own_server else "-"),
+        ("ghosts", str(st.ghosts) if st.own_server else "-"),
         ("connects_per_s", f"{frame.connect_rate:.0f}"),
         ("pings_per_s", f"{frame.ping_rate:.0f}"),
         ("rtt_p50_ms", _ms(frame.rtt.p50)),

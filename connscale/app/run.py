@@ -245,8 +245,10 @@ class Experiment:
         host, port = self.control_address()
         self.spawn("agent", ["agent", "--master", f"{host}:{port}", "--name", AGENT_NAME,
                              "--rate", str(self.cfg.scenario.rate)])
-        self.observer = self.spawn("observer", ["observe", "--master", f"{host}:{port}", "--label", OBSERVER_NAME,
-                                                *observer_targets(self.cfg, self.hub.pid)])
+        targets = observer_targets(self.cfg, self.hub.pid)
+        if targets is not None:
+            self.observer = self.spawn("observer", ["observe", "--master", f"{host}:{port}", "--label",
+                                                    OBSERVER_NAME, *targets])
         yield self.scenario.execute()
 
     @defer.inlineCallbacks
@@ -301,13 +303,17 @@ class Experiment:
         return result, written
 
 
-def observer_targets(cfg: Config, hub_pid: int | None) -> list[str]:
+def observer_targets(cfg: Config, hub_pid: int | None) -> list[str] | None:
     """`connscale observe` arguments for this run: `observe:` if configured, else the hub's
-    server workers (the hub's children: every run gets the same numbers of its own server)."""
+    server workers (the hub's children: every run gets the same numbers of its own server).
+    None: nothing to observe (client.url names someone else's server and `observe:` does not
+    say which process it is: `--observe redis-server` does)."""
     if cfg.observe.pid is not None:
         return ["--pid", str(cfg.observe.pid)]
     if cfg.observe.name is not None:
         return ["--name", cfg.observe.name]
+    if cfg.client.url is not None:
+        return None
     return ["--children-of", str(hub_pid), "--target-label", "connscale server workers"]
 
 
@@ -327,6 +333,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="YAML config (default: ./connscale.yaml, else the shipped experiment)")
     p.add_argument("--target", help="override scenario.target")
     p.add_argument("--run-dir", help="override run.dir (parent of the run directory)")
+    p.add_argument("--url", help="the target as a URL (redis://HOST:PORT, http://HOST:PORT/PATH, ws://, mqtt://, "
+                                 "tcp://HOST:PORT-PORT, ...): no server of connscale's own is started [client.url]")
+    p.add_argument("--protocol", help="what the clients speak: line, raw, redis, http, websocket, mqtt, custom "
+                                      "[client.protocol]")
     p.add_argument("--observe", metavar="PID|NAME",
                    help="the server process to observe on this host (observe.pid or observe.name; default: "
                         "connscale's own server workers)")
@@ -338,7 +348,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_main(argv: list[str]) -> int:
     args = parse_args(argv)
     path = choose_config(args.config)
-    overrides: dict[str, object] = {"scenario.target": args.target, "run.dir": args.run_dir}
+    overrides: dict[str, object] = {"scenario.target": args.target, "run.dir": args.run_dir,
+                                    "client.url": args.url, "client.protocol": args.protocol}
     if args.observe is not None:
         key = "observe.pid" if args.observe.strip().isdigit() else "observe.name"
         overrides[key] = args.observe
@@ -373,6 +384,9 @@ def run_main(argv: list[str]) -> int:
     what = (f"search up to {sc.target} connections from {sc.search_start}" if sc.mode == "search"
             else f"target {sc.target} connections in {sc.steps} steps")
     out(f"connscale run: {what} at {sc.rate:g}/s ({path}); records in {rundir.path}")
+    if cfg.client.url is not None:
+        out(f"connscale run: the clients speak {cfg.client.effective_protocol()} to {cfg.client.shown_url()}; "
+            "no server of connscale's own is started")
     ended: list[tuple[Summary, bool]] = []
     refused: list[int] = []
 

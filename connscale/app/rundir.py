@@ -86,4 +86,6 @@ class RunDirectory:
         effective = cfg.as_dict()
         effective["control"]["secret"] = None
         effective["control"]["secret_file"] = None
+        # The target's password rides the children's environment too (`children.child_env`).
+        effective["client"]["password"] = None
         return self.write_text("config.yaml", yaml.safe_dump(effective, sort_keys=False), mode=0o600)

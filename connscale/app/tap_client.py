@@ -13,6 +13,7 @@ from connscale.host.sysctl import ephemeral_count
 from connscale.metrics.status import StatusService
 from connscale.net.dispatch import direct_dispatch
 from connscale.net.pool import ConnectionPool, PoolSettings
+from connscale.net.profiles import ProfileError
 from connscale.net.routes import make_routes
 
 log = Logger(namespace="connscale.client")
@@ -33,6 +34,9 @@ class Options(ConfigOptions):
         ["interval", None, None, "Seconds between pings of a connection [client.interval, default 5]."],
         ["timeout", "t", None, "Seconds to wait for Pong [client.timeout, default 1]."],
         ["framing", None, None, "line or raw [client.framing, default line]."],
+        ["url", "u", None, "The target as a URL: redis://HOST:PORT, http(s)://HOST:PORT/PATH, ws(s)://, "
+         "mqtt(s)://, tcp://HOST:PORT-PORT, raw://, tls:// [client.url]."],
+        ["protocol", None, None, "line, raw, redis, http, websocket, mqtt or custom [client.protocol]."],
         ["workers", "w", None, "Client worker processes, or auto; 0 holds them in this process [client.workers]."],
         ["per-route-max", None, None, "Most connections per (source IP, server IP:port) [client.per_route_max]."],
         ["close", None, None, "How our closes end: fin, or rst (no TIME_WAIT left) [client.close, default fin]."],
@@ -48,6 +52,8 @@ class Options(ConfigOptions):
         "interval": "client.interval",
         "timeout": "client.timeout",
         "framing": "client.framing",
+        "url": "client.url",
+        "protocol": "client.protocol",
         "workers": "client.workers",
         "per-route-max": "client.per_route_max",
         "close": "client.close",
@@ -128,10 +134,11 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     )
     try:
         pool = ConnectionPool(
-            reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close, tls=c.tls), routes,
+            reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close,
+                                           profile=c.profile_options(), tls=c.tls), routes,
             fast_path=cfg.net.fast_path,
         )
-    except TLSSetupError as e:
+    except (TLSSetupError, ProfileError) as e:
         raise SystemExit(f"{PROG}: {e}") from None
     top = MultiService()
     status = StatusService(reactor, c.status_interval, pool.counters.snapshot, with_rtt=True, final=False)

@@ -27,7 +27,7 @@ class Options(ConfigOptions):
     optParameters = ConfigOptions.optParameters + [
         ["interface", "i", None, "Address to listen on [server.interface, default 127.0.0.1]."],
         ["backlog", "b", None, "listen() backlog [server.backlog, default 4096]."],
-        ["framing", None, None, "line or raw [server.framing, default line]."],
+        ["framing", None, None, "line, raw or websocket [server.framing, default line]."],
         ["workers", "w", None, "Server worker processes, or auto; 0 serves in this process [server.workers]."],
         ["status-interval", None, None, "Seconds between status lines [server.status_interval, default 5]."],
         ["max-line", None, None, "Longest accepted line in bytes [server.max_line, default 1024]."],

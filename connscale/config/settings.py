@@ -26,6 +26,8 @@ from typing import Any, Literal
 import attrs
 import yaml
 
+from connscale.config.records import RecordError
+from connscale.config.target import DEFAULT_PORTS, PROTOCOLS, ProfileOptions, Target, parse_url
 from connscale.config.tls import (
     ClientTLSSettings,
     ServerTLSSettings,
@@ -487,6 +489,49 @@ def _ssh_user(value: object) -> str:
                    f"got {_describe(value)}")
 
 
+# ---------------------------------------------------------------- what the clients speak to
+
+def _url(value: object) -> str:
+    """`client.url`: checked whole here (scheme, host, ports, path); kept as written."""
+    try:
+        parse_url(value, parse_hostport)
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+    assert isinstance(value, str)
+    return value.strip()
+
+
+def _options(*names: str) -> Callable[[object], dict[str, Any]]:
+    """A profile's options (`client.http: {path: /health}`), each checked by the field of
+    `ProfileOptions` it fills, so a bad one is one line naming it."""
+    fields = {f.name: f for f in attrs.fields(ProfileOptions)}
+
+    def parse(value: object) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise _Invalid(f"expected a mapping with keys from {', '.join(names)}, got {_describe(value)}")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in names:
+                raise _Invalid(_unknown("", key, names))
+            try:
+                out[key] = fields[key].metadata["connscale.wire"](item)
+            except RecordError as e:
+                raise _Invalid(f"{key}: {e}") from None
+        return out
+    return parse
+
+
+def _redact_url(url: str) -> str:
+    """The URL with its password (`scheme://user:PASSWORD@host`) redacted."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1<redacted>@", url)
+
+
+def _dump_options(value: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: dict(v) if k == "headers" else v for k, v in value.items()}
+
+
 def _observe_target(value: object) -> str:
     """A pid or a process name (as `connscale observe --pid/--name` takes them)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -622,6 +667,7 @@ class _Spec:
     key: str | None = None   # YAML key, when it differs from the attribute name
     secret: bool = False     # redacted by Config.as_dict()
     secret_values: bool = False  # a mapping whose values (not names) are redacted
+    redact: Callable[[Any], Any] | None = None  # the secret part of a value, redacted by as_dict()
 
 
 _META = "connscale.config"
@@ -631,10 +677,11 @@ REDACTED = "<redacted>"
 
 def _setting(default: Any, parse: Parser | None = None, *, key: str | None = None,
              dump: Callable[..., Any] = _plain, secret: bool = False, secret_values: bool = False,
-             **field: Any) -> Any:
+             redact: Callable[[Any], Any] | None = None, **field: Any) -> Any:
     """One row of the settings table. Several attributes may share a ``key``: the first
     declares the parser, which returns a tuple spread over them (and dump takes them all)."""
-    return attrs.field(default=default, metadata={_META: _Spec(parse, dump, key, secret, secret_values)}, **field)
+    return attrs.field(default=default,
+                       metadata={_META: _Spec(parse, dump, key, secret, secret_values, redact)}, **field)
 
 
 @attrs.frozen
@@ -644,7 +691,8 @@ class ServerSettings:
     interface: str = _setting("127.0.0.1", _ip_literal)
     ports: tuple[int, ...] = _setting((8989,), parse_ports)
     backlog: int = _setting(4096, _int(1, 1_000_000))
-    framing: Framing = _setting("line", _choice("line", "raw"))
+    # line, raw, or websocket (the upgrade, then ping frames answered with pong frames).
+    framing: str = _setting("line", _choice("line", "raw", "websocket"))
     workers: Workers = _setting("auto", _workers)   # 0 = serve inside the hub process
     status_interval: float = _setting(5.0, _duration(allow_zero=False))
     max_line: int = _setting(1024, _int(16, 65536))   # bytes
@@ -675,8 +723,68 @@ class ClientSettings:
     # How the client's closes end: fin (orderly; each closed port waits out
     # TIME_WAIT on this host) or rst (a reset, SO_LINGER 0: no TIME_WAIT).
     close: Literal["fin", "rst"] = _setting("fin", _choice("fin", "rst"))
-    # TLS around every connection, whatever the protocol inside (see config/tls.py).
+    # The target as one URL (redis://127.0.0.1:6379, wss://host/socket, tcp://host:8989-8992):
+    # protocol, TLS, server and path at once; `connscale run` then starts no server of its own.
+    url: str | None = _setting(None, _optional(_url), redact=_redact_url)
+    # What the connections speak (net/profiles); None = client.framing (line or raw), or the URL's.
+    protocol: str | None = _setting(None, _optional(_choice(*PROTOCOLS)))
+    http: Mapping[str, Any] = _setting(attrs.Factory(dict), _options("method", "path", "headers"),
+                                       dump=_dump_options, hash=False)
+    websocket: Mapping[str, Any] = _setting(attrs.Factory(dict), _options("path", "subprotocol", "headers"),
+                                            dump=_dump_options, hash=False)
+    mqtt: Mapping[str, Any] = _setting(attrs.Factory(dict), _options("client_prefix"), hash=False)
+    custom: Mapping[str, Any] = _setting(attrs.Factory(dict), _options("send", "expect", "expect_regex"),
+                                         hash=False)
+    # A user and password for the target (MQTT's CONNECT, Redis's AUTH), also from the URL's
+    # user:password@. The password never rides a command line (procs.records.without_password).
+    user: str | None = _setting(None, _optional(_string))
+    password: str | None = _setting(None, _optional(_string), secret=True)
+    # TLS around every connection, whatever the protocol inside (see config/tls.py); a TLS
+    # scheme in `url` switches it on (`_with_url_target`).
     tls: ClientTLSSettings = _setting(ClientTLSSettings(), _client_tls, dump=_dump_client_tls)
+    max_reply: int = _setting(65536, _int(64, 16 * 1024 * 1024))   # bytes of one reply at most
+    # A session opening (upgrade, CONNECT, first PING) at most, once connected (and TLS is up).
+    handshake_timeout: float = _setting(5.0, _duration(allow_zero=False))
+
+    def shown_url(self) -> str | None:
+        """`url` as it may be shown (its password redacted)."""
+        return None if self.url is None else _redact_url(self.url)
+
+    def target(self) -> Target | None:
+        """What `url` names, parsed (None without a URL)."""
+        return None if self.url is None else parse_url(self.url, parse_hostport)
+
+    def effective_protocol(self) -> str:
+        target = self.target()
+        if self.protocol is not None:
+            return self.protocol
+        return target.protocol if target is not None else self.framing
+
+    def profile_options(self) -> ProfileOptions:
+        """Everything the chosen profile needs, from the URL and the profile's own keys."""
+        protocol = self.effective_protocol()
+        target = self.target()
+        values: dict[str, Any] = {"protocol": protocol, "max_reply": self.max_reply,
+                                  "handshake_timeout": self.handshake_timeout}
+        if target is not None:
+            port = target.ports[0]
+            host = f"[{target.host}]" if ":" in target.host else target.host
+            values["host"] = host if port == DEFAULT_PORTS[target.scheme] or len(target.ports) > 1 \
+                else f"{host}:{port}"
+            values["path"] = target.path
+        section = {"http": self.http, "websocket": self.websocket, "mqtt": self.mqtt,
+                   "custom": self.custom}.get(protocol, {})
+        values.update(section)
+        values.update(user=self.user if self.user is not None else (target.user if target else None),
+                      password=self.target_password())
+        return ProfileOptions(**values)
+
+    def target_password(self) -> str | None:
+        """The target's password: client.password, else the URL's."""
+        if self.password is not None:
+            return self.password
+        target = self.target()
+        return target.password if target is not None else None
 
 
 @attrs.frozen
@@ -824,6 +932,8 @@ def _dump(obj: Any, redact_secrets: bool) -> dict[str, Any]:
         value = spec.dump(*(getattr(obj, name) for name in names))
         if spec.secret_values and redact_secrets and value:
             value = {k: REDACTED for k in value}
+        if redact_secrets and value is not None and spec.redact is not None:
+            value = spec.redact(value)
         out[key] = REDACTED if spec.secret and redact_secrets and value is not None else value
     return out
 
@@ -927,6 +1037,15 @@ def _check_timeout(c: Config) -> Iterator[str]:
                f"({100 * c.client.interval:g}s), got {c.client.timeout:g}s")
 
 
+def _check_url(c: Config) -> Iterator[str]:
+    target = c.client.target()
+    if target is None:
+        return
+    if c.client.protocol is not None and c.client.protocol != target.protocol:
+        yield (f"client.protocol: {c.client.protocol} contradicts client.url, which says {target.protocol} "
+               f"({target.scheme}://); give one of them")
+
+
 def _check_secret(c: Config) -> Iterator[str]:
     if c.control.secret is not None and c.control.secret_file is not None:
         yield "control.secret_file: cannot be used together with control.secret"
@@ -981,6 +1100,7 @@ def _check_tls_trust(c: Config) -> Iterator[str]:
 _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], ...] = (
     (("client.timeout", "client.interval"), _check_timeout),
     (("control.secret", "control.secret_file"), _check_secret),
+    (("client.url", "client.protocol"), _check_url),
     (("client.server", "client.source_ips"), _check_source_family),
     (("control", "control.listen", "control.console", "control.console_listen", "control.metrics_listen",
       "server", "server.interface", "server.ports", "server.workers"), _check_listeners),
@@ -1007,12 +1127,53 @@ def parse_config(data: Mapping[str, Any] | None,
         name: _parse_clients(data.get(name), problems, failed) if name == "clients"
         else _parse_section(_SECTIONS[name], data.get(name), name, problems, failed)
         for name in _TOP_KEYS})
+    if "client.url" not in failed and config.client.url is not None:
+        config = _with_url_target(config, "client.tls" not in failed and _tls_said_off(data), problems)
     for keys, check in _CROSS_CHECKS:
         if failed.isdisjoint(keys):
             problems += check(config)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _with_url_target(config: Config, tls_said_off: bool, problems: list[str]) -> Config:
+    """A URL names the server: it is client.server from here on (routes, checks, agents);
+    a TLS scheme (rediss, https, wss, mqtts, tls) switches client.tls on, the URL's host
+    name its server_name unless client.tls names one (client.tls's other keys say how)."""
+    target = config.client.target()
+    assert target is not None
+    tls = config.client.tls
+    if target.tls:
+        if tls_said_off:
+            problems.append(f"client.tls.enabled: false contradicts client.url, whose {target.scheme}:// speaks "
+                            "TLS; give one of them")
+        name = tls.server_name
+        if name is None and not _is_ip(target.host):
+            name = target.host
+        tls = attrs.evolve(tls, enabled=True, server_name=name)
+    client = attrs.evolve(config.client, server_host=target.host, server_ports=target.ports, tls=tls)
+    return attrs.evolve(config, client=client)
+
+
+def _tls_said_off(config: Mapping[str, Any]) -> bool:
+    """Whether the YAML's client.tls says off in so many words (false, or enabled: false)."""
+    client = config.get("client")
+    said = client.get("tls") if isinstance(client, Mapping) else None
+    if isinstance(said, Mapping):
+        said = said.get("enabled", True)
+    try:
+        return said is not None and not _boolean(said)
+    except ValueError:
+        return False
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        _ip(host)
+    except _Invalid:
+        return False
+    return True
 
 
 class _StrictLoader(yaml.SafeLoader):

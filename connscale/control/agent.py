@@ -18,7 +18,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import MutableMapping
 from typing import Any
+
+import attrs
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -43,6 +46,7 @@ from connscale.host.sysctl import ephemeral_count
 from connscale.metrics.histograms import RttAccumulator, encode_histogram
 from connscale.metrics.status import StatusService
 from connscale.net.routes import make_routes
+from connscale.procs.child import PASSWORD_VARIABLE
 from connscale.procs.childproc import stop_reactor
 from connscale.procs.records import MAX_LOSSES, ClientSpec, WorkerOrder
 from connscale.procs.supervisor import Supervisor
@@ -126,7 +130,7 @@ class Agent(MultiService):
         # Workers raise their own limits; this logs what each of them gets.
         _, self.budget = prepare_fds(0, PROG)
         spec = ClientSpec(interval=c.interval, timeout=c.timeout, rate=c.rate, framing=c.framing, close=c.close,
-                          fast_path=cfg.net.fast_path, tls=c.tls)
+                          profile=c.profile_options(), tls=c.tls, fast_path=cfg.net.fast_path)
         self.report_rtt = RttAccumulator()
         self.supervisor = Supervisor(reactor, "client", spec, self.name, on_rtt=self.report_rtt.add)
         # TLS handshake times travel like RTTs: merged here, sent up as one histogram per report.
@@ -344,5 +348,11 @@ def fatal(reactor: Any, message: str, code: int = 2) -> None:
     stop_reactor(reactor)
 
 
-def make_agent(reactor: Any, cfg: Config, standalone_workers: int | None = None) -> Agent:
+def make_agent(reactor: Any, cfg: Config, standalone_workers: int | None = None,
+               environ: MutableMapping[str, str] | None = None) -> Agent:
+    """The agent of `cfg`; the target's password, when `connscale run` started us, is in our
+    environment (its config.yaml has it redacted): taken out of it, for our workers alone."""
+    password = (os.environ if environ is None else environ).pop(PASSWORD_VARIABLE, None)
+    if password is not None:
+        cfg = attrs.evolve(cfg, client=attrs.evolve(cfg.client, password=password))
     return Agent(reactor, cfg, standalone_workers)

@@ -361,7 +361,10 @@ class Collector:
             handshake_ms=rtt_summary_ms(self.client_handshake.total),
             # Connections a client believes open that no server holds: the
             # half-open "ghosts" of an overflowing accept queue.
-            ghosts=max(0, client.open - server.open),
+            # Without a server of our own (client.url) there is no count to hold them against.
+            ghosts=max(0, client.open - server.open) if self.servers is not None else 0,
+            # False when the server is not connscale's (client.url): no server-side numbers.
+            own_server=self.servers is not None,
             workers=WorkerCount(
                 server=len(self.servers.slots) if self.servers is not None else 0,
                 client=sum(len(a.worker_targets) for a in agents),

@@ -49,7 +49,9 @@ class Diagnosis:
                 host=info.host,
             )
         return Context(
-            interval=c.interval, timeout=c.timeout, backlog=s.backlog, server_ports=len(s.ports),
+            interval=c.interval, timeout=c.timeout, backlog=s.backlog,
+            server_ports=len(s.ports if c.url is None else c.server_ports), own_server=c.url is None,
+            protocol=c.effective_protocol(),
             per_route_max=c.per_route_max, somaxconn=h.somaxconn, tcp_max_syn_backlog=h.tcp_max_syn_backlog,
             abort_on_overflow=h.abort_on_overflow, hub_cores=h.effective_cores, hub_host=h.hostname, agents=agents,
         )

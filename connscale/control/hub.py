@@ -64,7 +64,7 @@ def with_clients_env(cfg: Config, env: dict[str, str] | Any) -> Config:
 
 
 class HubService(MultiService):
-    def __init__(self, reactor: Any, controller: Controller, servers: Supervisor, workers: int) -> None:
+    def __init__(self, reactor: Any, controller: Controller, servers: Supervisor | None, workers: int) -> None:
         super().__init__()
         self.reactor = reactor
         self.controller = controller
@@ -82,6 +82,10 @@ class HubService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self._tick.start(POLL_INTERVAL, now=False)
+        if self.servers is None:
+            log.info("{prog}: no server of our own: the clients' target is client.url", prog=PROG)
+            return
         self.servers.ensure(self.workers).addCallbacks(
             lambda budgets: log.info(
                 "{prog}: {n} server workers listening ({path}; fd budgets {budgets})",
@@ -90,16 +94,17 @@ class HubService(MultiService):
             ),
             lambda f: log.error("{prog}: server workers failed to start: {why}", prog=PROG, why=f.getErrorMessage()),
         )
-        self._tick.start(POLL_INTERVAL, now=False)
 
     def stopService(self):  # type: ignore[no-untyped-def]
         # First of all: workers exiting from here on are being stopped, not lost.
-        self.servers.stopping = True
+        if self.servers is not None:
+            self.servers.stopping = True
         if self._tick.running:
             self._tick.stop()
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.controller.tick())
-        d.addCallback(lambda _: self.servers.stop())
+        if self.servers is not None:
+            d.addCallback(lambda _: self.servers.stop())  # type: ignore[union-attr]
         if self.status is not None:
             d.addCallback(lambda _: self.status.tick())
         if self.controller.timeline is not None:
@@ -263,10 +268,12 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     cfg = with_clients_env(cfg, os.environ)
     s = cfg.server
     _, budget = prepare_fds(0, PROG)
+    # With client.url the clients speak to someone else's server: no server of ours.
+    own_server = cfg.client.url is None
     try:
         # Bind once here so a port in use stops start-up with one line, before
         # any worker is spawned; the workers bind their own SO_REUSEPORT sockets.
-        for sock in bind_sockets(s.interface, s.ports, s.backlog, reuse_port=True):
+        for sock in bind_sockets(s.interface, s.ports if own_server else (), s.backlog, reuse_port=True):
             sock.close()
     except ListenError as e:
         raise SystemExit(f"{PROG}: {e}") from None
@@ -277,7 +284,7 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
             raise SecretError("the hub's control secret is an agent key: a hub needs the secret itself")
     except (SecretError, CredentialError) as e:
         raise SystemExit(f"{PROG}: {e}") from None
-    workers = plan.server_workers(cfg.scenario.target, budget, cpu_count(), s.workers)
+    workers = plan.server_workers(cfg.scenario.target, budget, cpu_count(), s.workers) if own_server else 0
     try:
         check_worker_memory(
             workers, read_host_limits().usable_memory, "the hub will not start",
@@ -287,10 +294,12 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     except ControlError as e:
         raise SystemExit(f"{PROG}: {e}") from None
     run_dir = Path(record_dir) if record_dir else Path(cfg.run.dir) / time.strftime("%Y%m%d-%H%M%S-hub")
-    spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
-                      max_line=s.max_line, fast_path=cfg.net.fast_path,
-                      tls=server_tls(s.tls, s.interface, run_dir / "tls"))
-    servers = Supervisor(reactor, "server", spec, "hub")
+    servers: Supervisor | None = None
+    if own_server:
+        spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
+                          max_line=s.max_line, fast_path=cfg.net.fast_path,
+                          tls=server_tls(s.tls, s.interface, run_dir / "tls"))
+        servers = Supervisor(reactor, "server", spec, "hub")
     timeline = Timeline(run_dir)
     try:
         salt = hub_salt()
@@ -306,7 +315,9 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
                         listen_now=True, label="controller").setServiceParent(hub)
     except ListenError as e:
         raise SystemExit(f"{PROG}: {e}") from None
-    hub.status = StatusService(reactor, s.status_interval, servers.totals, with_rtt=False, final=False)
+    hub.status = StatusService(reactor, s.status_interval,
+                               servers.totals if servers is not None else controller.collector.client_totals,
+                               with_rtt=False, final=False)
     hub.status.setServiceParent(hub)
     if cfg.control.metrics_listen is not None:
         serve_metrics(reactor, controller, cfg.control.metrics_listen).setServiceParent(hub)

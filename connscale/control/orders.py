@@ -44,9 +44,12 @@ class Orders:
         which they reached the controller. Source IPs are the agent's own
         (its --source-ip, or clients.NAME.source_ips when launched over ssh).
         """
-        s = self.cfg.server
-        host = s.interface
+        s, c = self.cfg.server, self.cfg.client
         info = agent.info
+        if c.url is not None:
+            # Someone else's server, named by the URL: every agent dials it there.
+            return make_routes(c.server_host, c.server_ports, info.source_ips if info else (), 1)
+        host = s.interface
         if ipaddress.ip_address(host).is_unspecified:
             host = (info.master_host if info else None) or "127.0.0.1"
         return make_routes(host, s.ports, info.source_ips if info else (), 1)

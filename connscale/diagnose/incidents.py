@@ -125,6 +125,7 @@ class IncidentDetector:
             ghosts=record.ghosts,
             ghosts_max=max(r.ghosts for r in (*self.history, record)),
             workers=tuple(worker_loads(record)),
+            said=record.client.said,
             server_wall=server_side(observed_rows(record)),
         )
 

@@ -292,7 +292,9 @@ class Summary(Record):
     held: int = field(COUNT, default=0,
                       doc="open at the end of the final hold if no failure happened during it, else 0 (search: the knee)")
     open_at_end: int = field(COUNT, default=0, doc="the clients' open count at the end")
-    server_open_at_end: int = field(COUNT, default=0, doc="the servers' open count at the end")
+    server_open_at_end: int | None = field(optional(COUNT), default=0,
+                                           doc="the servers' open count at the end (null without a server of "
+                                               "connscale's own: client.url)")
     ghosts: int = field(COUNT, default=0, doc="half-open connections at the end")
     failures: Mapping[str, int] = field(mapping(text(160), COUNT, 8192), factory=dict,
                                         doc="phase:cause -> count; server ones prefixed server:")

@@ -164,7 +164,8 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
     put("final_hold_open", final.client.open if final else None, "int")
     put("final_hold_seconds", sum(1 for p in s.phase if p == FINAL_HOLD), "int")
     put("open_at_end", last.client.open if last else 0, "int")
-    put("server_open_at_end", last.server.open if last else 0, "int")
+    # None without a server of connscale's own (client.url): nothing counted it.
+    put("server_open_at_end", last.server.open if last and last.own_server else None if last else 0, "int")
     put("ghosts_max", max(s.ghosts[: end + 1], default=0), "int")
     put("failures", last.failure_total if last else 0, "int")
     put("pings", last.client.pings if last else 0, "int")

@@ -21,7 +21,7 @@ import attrs
 
 from connscale.diagnose.advice import advise
 from connscale.host.observed import HostRow, ListenerRow, ProcessRow, TargetRow
-from connscale.metrics.counters import TLS_CAUSES
+from connscale.metrics.counters import SERVER_HEADER, TLS_CAUSES
 from connscale.metrics.records import IncidentWorker, KernelCounters, Stats
 from connscale.metrics.workers import WorkerRef
 
@@ -43,6 +43,8 @@ WALLS: Mapping[str, str] = {
     "worker_lost": "a worker process died",
     "protocol": "a protocol mismatch",
     "tls": "TLS handshakes failing",
+    "server_cap": "the server's own connection cap (maxclients, worker_connections, max_connections)",
+    "server_refused": "the server refused, in its own words",
     "time_limit": "the run's time limit",
     "control_plane": "connscale's own hub or agent failed",
     "interrupted": "the run was interrupted",
@@ -168,6 +170,10 @@ class Context:
     hub_cores: float | None = None
     hub_host: str = ""
     agents: Mapping[str, AgentSetup] = attrs.Factory(dict)
+    #: False when the clients' target is not connscale's server (client.url).
+    own_server: bool = True
+    #: What the clients speak (net/profiles): line, raw, redis, http, websocket, mqtt, custom.
+    protocol: str = "line"
 
 
 def _kernel(value: KernelCounters | Mapping[str, int]) -> KernelCounters:
@@ -193,6 +199,8 @@ class Window:
     ghosts_max: int = 0                                 # the most seen in the window
     workers: Sequence[WorkerLoad] = ()
     host_busy: float | None = None                      # the hub host's CPU share, when known
+    #: What the server said, by cause (a sample each; "server" is its Server: header).
+    said: Mapping[str, str] = attrs.Factory(dict)
     #: A server-side wall the observers' rows show this second (diagnose.observed), if any.
     server_wall: Finding | None = None
 
@@ -452,6 +460,10 @@ def tls(w: Window, key: str) -> Finding:
 def name_wall(key: str, w: Window, ctx: Context) -> Finding:
     """The wall behind failure `key` ("phase:cause", "server:phase:cause")."""
     side, phase, cause = _cause(key)
+    if side == "client":
+        found = server_words(key, phase, cause, w, ctx)
+        if found is not None:
+            return found
     # connscale's own late reads look like timeouts: rule them out first.
     if cause == "no_answer_from_server" and w.saturated("client") and not w.silent("server") \
             and _clients_explain_timeouts(w, ctx):
@@ -501,6 +513,8 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
     if cause in TLS_CAUSES:
         return tls(w, key)
     protocol = [k for k in w.failures if k.endswith(":protocol_error")]
+    if cause == "protocol_error" and ctx.protocol not in ("line", "raw"):
+        return wrong_server(w, ctx, key)
     if cause == "protocol_error" or (cause in ("closed_by_peer", "ECONNRESET") and protocol):
         # The server closes a connection that breaks the protocol: the client sees it closed.
         return Finding("protocol", "server" if any(k.startswith("server:") for k in protocol) else side,
@@ -577,6 +591,155 @@ def listen_in_use(text: str) -> Finding | None:
     )
 
 
+# -- the server's own words (client.protocol other than line/raw; net/profiles) -------------------------
+
+def _quote(w: Window, cause: str) -> str:
+    words = w.said.get(cause)
+    return f'"{words}"' if words else ""
+
+
+def _server_is(w: Window, name: str) -> bool:
+    return name in w.said.get(SERVER_HEADER, "").lower()
+
+
+def _cap(key: str, w: Window, headline: str, words: str, fixes: Sequence[str]) -> Finding:
+    evidence = [_count(w, key)]
+    if words:
+        evidence.append(f"the server said: {words}")
+    server = w.said.get(SERVER_HEADER)
+    if server:
+        evidence.append(f"it identified itself as {server}")
+    return Finding("server_cap", "server", headline + (f": {words}" if words else ""), tuple(evidence), tuple(fixes))
+
+
+def server_words(key: str, phase: str, cause: str, w: Window, ctx: Context) -> Finding | None:
+    """A failure a profile named from what the server said or did (None: not one of those).
+
+    Each server's cap is named with its fix: Redis's maxclients, nginx's
+    worker_connections, a broker's CONNACK refusal or its connection cap, a
+    WebSocket server's 503 at the upgrade; the server's words are quoted."""
+    quote = _quote(w, cause)
+    if cause == "redis_maxclients":
+        return _cap(key, w, "Redis refused new connections at its maxclients", quote, (
+            "raise Redis's maxclients: `maxclients 20000` in redis.conf, or `redis-cli CONFIG SET maxclients 20000` "
+            "on the running server",
+            "Redis lowers maxclients to its open-file limit minus 32 at start: raise the limit it starts with "
+            "(ulimit -n 65536 before redis-server, LimitNOFILE=65536 in its systemd unit) and restart it",
+        ))
+    if cause.startswith("connack_"):
+        code = cause.rsplit("_", 1)[-1]
+        fixes = {
+            "3": ("the broker is at its connection cap or refuses service: raise it (mosquitto: max_connections "
+                  "in mosquitto.conf, -1 for no cap; and its open-file limit, LimitNOFILE=), or it is shutting down",),
+            "4": ("give the broker's user and password: client.user and client.password, or mqtt://USER:PASS@HOST",),
+            "5": ("the broker's ACL or authentication does not let this client in: client.user/client.password, "
+                  "or the broker's allow_anonymous / acl_file",),
+            "2": ("the broker rejects the client id: client.mqtt.client_prefix (ids are the prefix, the worker's "
+                  "pid and a number; keep the prefix short for brokers that allow 23 characters)",),
+            "1": ("the broker does not speak MQTT 3.1.1 (protocol level 4): check its version or listener",),
+        }.get(code, ("see the broker's log for the refusal",))
+        if code == "3":
+            return _cap(key, w, "the MQTT broker refused new connections (CONNACK 3, server unavailable)", quote, fixes)
+        return Finding("server_refused", "server", f"the MQTT broker refused the CONNECT: {quote or cause}",
+                       (_count(w, key),) + ((f"the server said: {quote}",) if quote else ()), fixes)
+    if cause == "http_503" and phase == "connect" and ctx.protocol == "websocket":
+        return _cap(key, w, "the WebSocket server refused the upgrade with 503 (at its own connection limit)",
+                    quote, (
+                        "raise the WebSocket server's own connection limit (autobahn: maxConnections; a proxy in "
+                        "front: its connection cap, e.g. nginx worker_connections) and its open-file limit",
+                        "or spread the clients over more server processes (a port range in client.url)",
+                    ))
+    if cause in ("closed_by_peer", "ECONNRESET") and ctx.protocol == "http" and _server_is(w, "nginx"):
+        # At its worker_connections nginx closes idle keep-alive connections to take new
+        # ones ("worker_connections are not enough, reusing connections" in its error log),
+        # or closes the new ones: either way the clients see their connections closed.
+        return _cap(key, w, "nginx closes connections: its worker_connections are used up", "", (
+            "raise worker_connections (events { worker_connections 65536; } in nginx.conf): each worker "
+            "holds at most that many connections, its listeners included",
+            "and worker_rlimit_nofile (at least worker_connections, e.g. worker_rlimit_nofile 131072;) so "
+            "the workers may open that many files; more worker_processes multiply both",
+        ))
+    if phase == "connect" and cause in ("closed_by_peer", "ECONNRESET"):
+        if w.open == 0 and not any(k.split(":")[0] in ("first_ping", "steady") for k in w.failures):
+            # Not one session ever opened, and not a word: a TLS server (OpenSSL closes on
+            # a plain-text first record without an alert) or a server of another protocol.
+            return wrong_server(w, ctx, key, silent=True)
+        if ctx.protocol == "mqtt":
+            return _cap(key, w, "the MQTT broker closes new connections before its CONNACK (at its connection "
+                        "cap or its open-file limit)", "", (
+                            "raise the broker's cap (mosquitto: max_connections in mosquitto.conf, -1 for none; "
+                            "its log says \"max_connections exceeded\")",
+                            "and its open-file limit (ulimit -n, LimitNOFILE= in its systemd unit)",
+                        ))
+        if ctx.protocol in ("redis", "websocket", "http"):
+            return _cap(key, w, "the server closes new connections before the session opens (a connection "
+                        "cap or its open-file limit)", "", (
+                            "see the server's log for why it closed them; raise its connection cap and its "
+                            "open-file limit (ulimit -n, LimitNOFILE=)",
+                        ))
+        return None
+    if cause == "handshake_timeout":
+        evidence = [_count(w, key)]
+        fixes = ["a slower ramp (scenario.rate), a longer client.handshake_timeout, or more server capacity "
+                 "(more worker processes or cores for it)"]
+        kernel = _kernel_line(w)
+        if kernel:
+            # Connections the kernel completed but the server never accepted wait unanswered.
+            evidence.append(f"{kernel}: the server's accept queue overflowed")
+            fixes.insert(0, "a larger accept queue on the server: its listen backlog (nginx: listen ... "
+                            "backlog=65535; Redis: tcp-backlog) with sysctl -w net.core.somaxconn=65535")
+        return Finding("server_starved", "server",
+                       "the server does not complete new sessions in time (handshake_timeout)",
+                       tuple(evidence), tuple(fixes), confident=True)
+    if cause.startswith(("redis_", "http_", "ws_")) or cause in ("expect_mismatch",):
+        fix = {
+            "redis_noauth": "give Redis's password: redis://:PASSWORD@HOST (or USER:PASSWORD@ for an ACL user), "
+                            "or client.password",
+            "redis_loading": "Redis is loading its dataset: start the run once it is up",
+            "http_connection_close": "the server will not keep connections alive: enable keep-alive "
+                                     "(nginx: keepalive_timeout > client.interval, keepalive_requests high "
+                                     "enough for a run's pings)",
+            "ws_bad_accept": "the server's handshake answer is not RFC 6455's (a proxy in between, or not a "
+                             "WebSocket endpoint): check client.url's path",
+            "expect_mismatch": "client.custom.expect or expect_regex does not match what the server answers",
+        }.get(cause, "see the server's log: it said why")
+        if cause.startswith("http_") and cause[5:].isdigit() and int(cause[5:]) >= 500:
+            fix = "the server fails the request: see its log (an upstream down, a limit reached)"
+        elif cause.startswith("http_4"):
+            fix = "check client.url's path, client.http.method and headers: the server refuses the request"
+        elif cause.startswith("ws_close_"):
+            fix = "the server closed the WebSocket with this code: see its log (1001: going away, 1008: policy)"
+        return Finding("server_refused", "server", f"the server refused: {quote or cause}",
+                       (_count(w, key),) + ((f"the server said: {quote}",) if quote else ()), (fix,))
+    return None
+
+
+def wrong_server(w: Window, ctx: Context, key: str, silent: bool = False) -> Finding:
+    """Replies that are not the profile's protocol: another server, or TLS spoken to in plain text.
+
+    `silent`: the server said nothing at all, it closed every connection before the session opened."""
+    evidence = [_count(w, key)]
+    fixes = []
+    tls_fix = "use the TLS scheme (rediss://, https://, wss://, mqtts://, tls://) or client.tls.enabled"
+    if silent:
+        return Finding("protocol", "server",
+                       f"the server closes every new connection before a {ctx.protocol} session opens, without a "
+                       "word: it may expect TLS, or speak another protocol",
+                       (*evidence, "no connection ever opened a session; the server sent nothing before closing"),
+                       (tls_fix + " if it speaks TLS",
+                        "check client.url's scheme and port, and the server's log for why it closes them"))
+    if w.said.get("unexpected_reply"):
+        evidence.append(f'the server answered: "{w.said["unexpected_reply"]}"')
+    if w.said.get("too_large"):
+        evidence.append(f"a reply was too large: {w.said['too_large']}")
+    if w.said.get("tls_reply"):
+        headline = f"the server speaks TLS, the clients plain {ctx.protocol}"
+        fixes.append(tls_fix)
+    else:
+        headline = f"the server does not speak {ctx.protocol}: its replies are another protocol (protocol errors)"
+        fixes.append("check client.url's scheme and port: another server answers there")
+    fixes.append("client.max_reply bounds one reply; a server that sends more is cut off as too_large")
+    return Finding("protocol", "server", headline, tuple(evidence), tuple(fixes))
 # -- the server's side, as an observer sees it (connscale observe) ----------------------------
 # Each reads the observer's rows (host.observed) of the second the wall was met; the words name
 # the process, its pid and the number the kernel holds it to, so the fix can be exact.

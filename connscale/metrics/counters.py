@@ -28,6 +28,15 @@ APP_CAUSES: frozenset[str] = frozenset(
         "route_quota",
         "unknown",
     }
+) | frozenset(
+    # What a protocol profile's server said (net/profiles): bounded families, so a
+    # server's free text never becomes a cause of its own (its words go to `said`).
+    {"handshake_timeout", "redis_maxclients", "redis_noauth", "redis_loading", "redis_error",
+     "http_connection_close", "http_bad_status", "ws_bad_accept", "ws_close_other", "connack_other",
+     "expect_mismatch"}
+    | {f"http_{code}" for code in range(400, 600)}
+    | {f"ws_close_{code}" for code in range(1000, 1016)}
+    | {f"connack_{code}" for code in range(1, 6)}
 )
 
 #: Causes of a failed TLS handshake (net/tls.py names them; phase `connect` on both sides),
@@ -58,8 +67,19 @@ class NamedFailure(Exception):
         self.cause = cause
 
 
+#: Causes whose server's words are kept (a sample each), and how long one sample may be.
+MAX_SAID = 32
+MAX_SAID_LEN = 200
+#: The `said` entry that is no cause: the server's own name for itself (HTTP's `Server:`).
+SERVER_HEADER = "server"
+
 #: Server-side protocol violations, counted by kind.
-PROTOCOL_KINDS: tuple[str, ...] = ("unknown_line", "line_too_long", "flood", "unexpected_pong")
+PROTOCOL_KINDS: tuple[str, ...] = ("unknown_line", "line_too_long", "flood", "unexpected_pong",
+                                   # a profile's reply that is not its protocol, too large, a bad frame,
+                                   # or TLS records where plain text was expected
+                                   "unexpected_reply", "too_large", "bad_frame", "tls_reply",
+                                   # connscale's WebSocket server: an upgrade request it cannot take
+                                   "bad_handshake")
 
 
 def errno_cause(number: int) -> str:
@@ -97,6 +117,14 @@ def classify(reason: Failure | BaseException) -> str:
     return "unknown"
 
 
+def printable(words: str | bytes) -> str:
+    """A server's words as one bounded line of printable text."""
+    if isinstance(words, bytes):
+        words = words.decode("utf-8", "replace")
+    line = "".join(ch if ch.isprintable() else " " for ch in words[: MAX_SAID_LEN * 2]).strip()
+    return line[:MAX_SAID_LEN]
+
+
 class Counters:
     """The live, process-wide counters. Hot paths touch plain attributes."""
 
@@ -112,6 +140,7 @@ class Counters:
         "rtt",
         "handshake",
         "resumed",
+        "said",
     )
 
     def __init__(self) -> None:
@@ -123,6 +152,8 @@ class Counters:
         self.skipped = 0
         self.failures: dict[tuple[str, str], int] = {}
         self.protocol: dict[str, int] = {}
+        #: cause -> the server's own words for it (a status line, an error reply), one sample each.
+        self.said: dict[str, str] = {}
         # Holds RTTs since the last snapshot; the cumulative view lives in
         # whoever merges snapshots, so a worker never grows a second copy.
         self.rtt = RttBuckets()
@@ -139,6 +170,12 @@ class Counters:
         self.protocol[kind] = self.protocol.get(kind, 0) + 1
         self.fail(phase, "protocol_error")
 
+    def say(self, cause: str, words: str) -> None:
+        """Keep what the server said for `cause` (the first sample; bounded and printable)."""
+        if cause in self.said or len(self.said) >= MAX_SAID:
+            return
+        self.said[cause] = printable(words)
+
     def snapshot(self, reset_rtt: bool = True) -> "Snapshot":
         """Cumulative counts plus the RTTs recorded since the last call."""
         snap = Snapshot(
@@ -150,6 +187,7 @@ class Counters:
             skipped=self.skipped,
             failures={f"{p}:{c}": n for (p, c), n in self.failures.items()},
             protocol=dict(self.protocol),
+            said=dict(self.said),
             rtt=self.rtt.encode() if self.rtt else "",
             handshake=self.handshake.encode() if self.handshake else "",
             resumed=self.resumed,

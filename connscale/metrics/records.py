@@ -254,7 +254,12 @@ class Stats(Record):
                            "second that saw the phase change counts as the ramp or stop side of it")
     client: Snapshot = field(_side, doc=_SIDE_DOC.format("client (every connected agent)"))
     server: Snapshot = field(_side, doc=_SIDE_DOC.format("server"))
-    ghosts: int = field(COUNT, default=0, doc="connections clients believe open that no server holds (half-open)")
+    ghosts: int = field(COUNT, default=0, doc="connections clients believe open that no server holds (half-open); "
+                                              "0 without a server of connscale's own")
+    own_server: bool = field(boolean, default=True,
+                             doc="the clients' server is connscale's own (false with client.url: someone else's, "
+                                 "so `server` and `ghosts` count nothing; a line written before the field was "
+                                 "always true)")
     clients: Mapping[str, AgentRow] = field(mapping(text(255), nested(AgentRow), MAX_AGENTS), factory=dict,
                                             doc="every agent the hub knows, by name, connected or not")
     stale: tuple[str, ...] = field(seq(text(255), MAX_AGENTS), default=(),

@@ -24,6 +24,8 @@ class Snapshot:
     skipped: int = 0
     failures: Mapping[str, int] = attrs.field(factory=dict)
     protocol: Mapping[str, int] = attrs.field(factory=dict)
+    #: cause -> what the server said for it (a sample; see Counters.say).
+    said: Mapping[str, str] = attrs.field(factory=dict)
     #: RTTs since the previous snapshot: a worker's encoded buckets
     #: (metrics.buckets) or an encoded HdrHistogram; "" when none.
     rtt: str = ""
@@ -62,14 +64,18 @@ def sum_snapshots(snaps: Iterable[Snapshot]) -> Snapshot:
                              "resumed": 0}
     failures: dict[str, int] = {}
     protocol: dict[str, int] = {}
+    said: dict[str, str] = {}
     for s in snaps:
+        for k, words in s.said.items():
+            if k not in said and len(said) < 32:
+                said[k] = words
         for k in total:
             total[k] += getattr(s, k)
         for k, n in s.failures.items():
             failures[k] = failures.get(k, 0) + n
         for k, n in s.protocol.items():
             protocol[k] = protocol.get(k, 0) + n
-    return Snapshot(failures=failures, protocol=protocol, **total)
+    return Snapshot(failures=failures, protocol=protocol, said=said, **total)
 
 
 def snapshot_from_wire(value: object) -> Snapshot:
@@ -92,6 +98,11 @@ def snapshot_from_wire(value: object) -> Snapshot:
                 out[name] = mapping(text(128), count, 4096)(data[name])
             except RecordError as e:
                 raise RecordError(f"{name}: {e}") from None
+    if "said" in data:
+        try:
+            out["said"] = mapping(text(64), text(400), 64)(data["said"])
+        except RecordError as e:
+            raise RecordError(f"said: {e}") from None
     for name in ("rtt", "handshake"):
         if name in data:
             try:

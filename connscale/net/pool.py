@@ -26,14 +26,16 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from connscale.config.target import ProfileOptions
 from connscale.config.tls import ClientTLSSettings
 from connscale.metrics.buckets import MAX_US, SUB_BITS
 from connscale.metrics.counters import Counters, classify
 from connscale.net import fastpath
+from connscale.net.profiles import Profile, make_profile
 from connscale.net.routes import Route
 from connscale.net.transport import ClientTransport, DialTarget, reset
 from connscale.net.wheel import CallLaterTimers, TimerWheel
-from connscale.net.wire import PING, PONG, ClientConnection
+from connscale.net.wire import PONG, ClientConnection
 
 log = Logger()
 
@@ -65,6 +67,8 @@ OPEN = ClientConnection.OPEN
 CLOSING = ClientConnection.CLOSING
 CLOSED = ClientConnection.CLOSED
 CONNECTING = ClientConnection.CONNECTING
+HANDSHAKING = ClientConnection.HANDSHAKING
+ABORTING = ClientConnection.ABORTING
 
 
 #: How a connection the pool closes ends: "fin" (orderly; the client side keeps
@@ -81,19 +85,18 @@ class PoolSettings:
     #: Replace a connection that failed or closed, so the pool keeps its target.
     replace: bool = True
     close: str = "fin"
+    #: What the connections speak (net/profiles); `framing` "raw" still means the raw profile.
+    profile: ProfileOptions = ProfileOptions()
     #: With `tls.enabled` every connection is dialled through `net.tls.ClientTLS.wrap`.
     tls: ClientTLSSettings = ClientTLSSettings()
 
+    def protocol(self) -> str:
+        if self.profile.protocol == "line" and self.framing == "raw":
+            return "raw"
+        return self.profile.protocol
+
 
 @functools.lru_cache(maxsize=256)
-def _connector_of(transport: Any) -> Any:
-    """The Twisted connector behind a connection's transport, or behind the TLS layer's."""
-    connector = getattr(transport, "connector", None)
-    if connector is None:
-        connector = getattr(getattr(transport, "transport", None), "connector", None)
-    return connector
-
-
 def _is_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -123,9 +126,10 @@ class PingClientFactory(ClientFactory):
         self.pool.connecting += 1
 
     def buildProtocol(self, addr: Any) -> ClientConnection:
-        conn = ClientConnection(self.pool, -1)
+        pool = self.pool
+        conn = pool.profile.connection(pool, -1)
         conn.factory = self  # type: ignore[attr-defined]
-        self.pool.adopt(conn)
+        pool.adopt(conn)
         return conn
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
@@ -159,9 +163,17 @@ class _TLSDial(ClientFactory):
     def buildProtocol(self, addr: Any) -> Any:
         pool = self.pool
         conn = pool.factory.buildProtocol(addr)
-        conn.route = pool._dialing.get(self.connector, -1)
+        # TCP is up: the connection takes its route from the connector now, not once it is
+        # connected (`ConnectionPool.connected`): under TLS that is only after the handshake,
+        # and until then the connector is no dial the pool could stop, but a connection it
+        # closes (below).
+        conn.route = pool._dialing.pop(self.connector, -1)
         route = pool.routes[conn.route] if 0 <= conn.route < len(pool.routes) else None
-        return pool.secure(conn, route, getattr(addr, "host", ""))
+        layer = pool.secure(conn, route, getattr(addr, "host", ""))
+        # The layer is the connection's transport while the handshake runs, as on the lean
+        # path: a close mid-handshake stops it (TLSLayer.stopConnecting).
+        conn.transport = layer
+        return layer
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.pool.factory.clientConnectionFailed(connector, reason)
@@ -186,9 +198,17 @@ class ConnectionPool:
         self.reactor = reactor
         self.clock = clock
         self.settings = settings
-        self.framing = settings.framing
-        self.ping = PING if settings.framing == "raw" else PING + b"\n"
-        self.reply = PONG if settings.framing == "raw" else PONG + b"\n"
+        protocol = settings.protocol()
+        self.profile: Profile = make_profile(attrs.evolve(settings.profile, protocol=protocol),
+                                             settings.interval, settings.timeout)
+        #: A session opening before the first ping (net/profiles/base.py).
+        self.opens = self.profile.opens
+        self.handshake_timeout = settings.profile.handshake_timeout
+        self.framing = "raw" if protocol == "raw" else "line"
+        #: The keepalive request when it is the same for every connection (else profile.ping_for).
+        self.ping = self.profile.ping
+        self.reply = PONG if protocol == "raw" else PONG + b"\n"
+        self._serial = 0
         self.counters = counters if counters is not None else Counters()
         self.rng = rng if rng is not None else random.Random()
         # The fast path (net.fastpath): lean transports on the reactor's epoll
@@ -323,7 +343,7 @@ class ConnectionPool:
             self._replace_call.cancel()
         self._replace_call = None
         for conn in list(self._conns):
-            if conn.state != CLOSING:
+            if conn.state not in (CLOSING, ABORTING):
                 self.close(conn)
         for connector in list(self._dialing):
             self._stop_dial(connector)
@@ -347,13 +367,14 @@ class ConnectionPool:
 
     def close(self, conn: ClientConnection, cause: str | None = None) -> None:
         """Close one connection; with a `cause` it counts as a failure."""
-        if conn.state in (CLOSING, CLOSED):
+        was = conn.state
+        if was in (CLOSING, CLOSED, ABORTING):
             return
         if cause is not None:
-            self.counters.fail("steady" if conn.answered else "first_ping", cause)
+            phase = "connect" if was == HANDSHAKING else "steady" if conn.answered else "first_ping"
+            self.counters.fail(phase, cause)
             self._replace_later()
-        was = conn.state
-        conn.state = CLOSING
+        conn.state = ABORTING if was == HANDSHAKING else CLOSING
         self.wheel.cancel(conn)
         transport = conn.transport
         if transport is None:
@@ -440,6 +461,11 @@ class ConnectionPool:
         self.connecting += 1
         conn.transport = self.dial(route, conn)
 
+    def next_serial(self) -> int:
+        """A number for each connection of this pool (MQTT client ids, `{n}`)."""
+        self._serial += 1
+        return self._serial
+
     def adopt(self, conn: ClientConnection) -> None:
         """Track a connection the factory built (held, counted, closed with the pool)."""
         self._conns[conn] = None
@@ -447,9 +473,12 @@ class ConnectionPool:
     def secure(self, conn: ClientConnection, route: Route | None, host: str = "") -> Any:
         """What the transport talks to: `conn` itself, or TLS around it.
 
-        The one place a client connection is wrapped in TLS (`client.tls`, net/tls):
-        every dial goes through here, so every protocol gets TLS alike. (`route` is None
-        for a dial whose route was retired meanwhile: `host` is the address it reached.)"""
+        The one place a client connection is wrapped in TLS (`client.tls`, net/tls): both
+        dial paths go through here (the lean path's `_dial_tcp`, Twisted's `_TLSDial`), so
+        every profile gets TLS alike, its session opening after the TLS handshake. The
+        name checked and sent as SNI is `client.tls.server_name` (a URL's host name sets
+        it), else the route's host. (`route` is None for a dial whose route was retired
+        meanwhile: `host` is the address it reached.)"""
         if self.tls is None:
             return conn
         if route is None:
@@ -483,11 +512,38 @@ class ConnectionPool:
     # -- events from connections -------------------------------------------
     def connected(self, conn: ClientConnection) -> None:
         if self._dialing:
-            # Over Twisted's transport: the route its connector was given (with TLS, the
-            # connector of the transport under the layer).
-            route = self._dialing.pop(_connector_of(conn.transport), None)
+            # Over Twisted's transport: the route its connector was given. (With TLS the
+            # transport is the layer, and `_TLSDial` gave the route when TCP connected.)
+            route = self._dialing.pop(getattr(conn.transport, "connector", None), None)
             if route is not None:
                 conn.route = route
+        if self.opens:
+            # The session opens first; until then the connection is still connecting.
+            conn.state = HANDSHAKING
+            now = self.clock.seconds()
+            conn.sent_at = now
+            route_ = self.routes[conn.route] if 0 <= conn.route < len(self.routes) else None
+            host, port = (route_.host, route_.port) if route_ is not None else ("localhost", 0)
+            conn.transport.write(self.profile.opening(conn, host, port))
+            self.wheel.schedule(conn, now + self.handshake_timeout)
+            return
+        self._opened(conn)
+
+    def session_open(self, conn: ClientConnection) -> None:
+        """The profile's session opening completed: the connection is open and pings."""
+        if conn.state != HANDSHAKING:
+            self.bad_reply(conn, "unexpected_reply")
+            return
+        conn.state = OPEN
+        conn.sent_at = 0.0
+        self._opened(conn)
+
+    def refused(self, conn: ClientConnection, cause: str, words: bytes | str) -> None:
+        """The server said no, in `words`: a failure by `cause`, the words kept as a sample."""
+        self.counters.say(cause, words)
+        self.close(conn, cause)
+
+    def _opened(self, conn: ClientConnection) -> None:
         self.connecting -= 1
         self.established += 1
         self._backoff = REPLACE_BACKOFF
@@ -505,9 +561,6 @@ class ConnectionPool:
         stopped = conn is not None and conn.state == CLOSING
         if conn is not None:
             self._forget(conn)
-            if self._dialing:
-                # A dial over Twisted's transport that failed in its TLS handshake.
-                self._dialing.pop(_connector_of(connector), None)
         elif connector is not None:
             if connector in self._stopped_dials:
                 self._stopped_dials.discard(connector)
@@ -521,7 +574,16 @@ class ConnectionPool:
             self._replace_later()
 
     def lost(self, conn: ClientConnection, reason: Failure) -> None:
-        closing = conn.state == CLOSING
+        state = conn.state
+        if state in (HANDSHAKING, ABORTING):
+            self._forget(conn)
+            self.connecting -= 1
+            if state == HANDSHAKING:
+                # Closed or reset before the session opened: the server would not have it.
+                self.counters.fail("connect", classify(reason))
+                self._replace_later()
+            return
+        closing = state == CLOSING
         self._forget(conn)
         self.established -= 1
         c = self.counters
@@ -561,6 +623,11 @@ class ConnectionPool:
 
     def timer(self, conn: ClientConnection, now: float) -> None:
         if conn.state != OPEN:
+            if conn.state == HANDSHAKING:
+                if now + _EPS >= conn.sent_at + self.handshake_timeout:
+                    self.close(conn, "handshake_timeout")
+                else:
+                    self.wheel.schedule(conn, conn.sent_at + self.handshake_timeout)
             return
         s = self.settings
         if conn.sent_at:
@@ -578,7 +645,8 @@ class ConnectionPool:
         transport = conn.transport
         if transport is None:
             return
-        transport.write(self.ping)
+        ping = self.ping
+        transport.write(ping if ping is not None else self.profile.ping_for(conn))
         self.counters.pings += 1
         # Stamp each send: a tick's batch goes out over a few milliseconds.
         conn.sent_at = self.clock.seconds()
@@ -596,7 +664,7 @@ class ConnectionPool:
 
     # -- internals -----------------------------------------------------------
     def _live(self):  # type: ignore[no-untyped-def]
-        return (c for c in self._conns if c.state in (OPEN, CONNECTING))
+        return (c for c in self._conns if c.state in (OPEN, CONNECTING, HANDSHAKING))
 
     def _forget(self, conn: ClientConnection) -> None:
         conn.state = CLOSED

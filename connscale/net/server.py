@@ -26,6 +26,17 @@ from connscale.net import fastpath
 from connscale.net.transport import ListeningPort
 from connscale.net.wire import SERVER_PROTOCOLS, ServerState
 
+
+def server_protocol(framing: str) -> type:
+    """The protocol class of a `server.framing`; WebSocket's (net/wsserver) is imported only
+    by the workers that speak it (hashlib, base64 and the profiles' HTTP parser: a line
+    worker's start leaves them out)."""
+    if framing == "websocket":
+        from connscale.net.wsserver import WebSocketServerProtocol
+
+        return WebSocketServerProtocol
+    return SERVER_PROTOCOLS[framing]
+
 log = Logger()
 
 
@@ -36,7 +47,7 @@ class ListenError(Exception):
 class PingServerFactory(ServerFactory):
     def __init__(self, framing: str, counters: Counters, max_line: int = 1024) -> None:
         self.state = ServerState(counters, max_line)
-        self.protocol_class = SERVER_PROTOCOLS[framing]
+        self.protocol_class = server_protocol(framing)
         self.noisy = False
 
     def buildProtocol(self, addr: object):  # type: ignore[no-untyped-def]

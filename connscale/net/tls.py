@@ -122,12 +122,6 @@ def tls_cause(exc: BaseException) -> str:
     return "tls_error"
 
 
-def is_tls_record(data: bytes) -> bool:
-    """Whether `data` starts like a TLS record (handshake or alert, version 3.x): a plain-text
-    client reading this was answered by a TLS server."""
-    return len(data) >= 3 and data[0] in (0x15, 0x16) and data[1] == 3 and data[2] <= 4
-
-
 # ---------------------------------------------------------------- contexts
 
 def client_context(settings: ClientTLSSettings) -> ssl.SSLContext:

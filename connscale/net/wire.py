@@ -159,6 +159,8 @@ class PoolHooks(TypingProtocol):
 
     def connected(self, conn: ClientConnection) -> None: ...
     def pong(self, conn: ClientConnection) -> None: ...
+    def session_open(self, conn: ClientConnection) -> None: ...
+    def refused(self, conn: ClientConnection, cause: str, words: bytes | str) -> None: ...
     def bad_reply(self, conn: ClientConnection, kind: str) -> None: ...
     def lost(self, conn: ClientConnection, reason: Failure) -> None: ...
     def timer(self, conn: ClientConnection, now: float) -> None: ...
@@ -186,11 +188,24 @@ class ClientConnection(Protocol):
         "transport",
     )
 
-    # state values
+    # The states and their moves (the pool makes every one of them):
+    #   CONNECTING  -> OPEN (connected; a profile without a session opening)
+    #               -> HANDSHAKING (connected; the profile's opening was sent)
+    #               -> CLOSING (stopped by the pool) | CLOSED (the connect failed)
+    #   HANDSHAKING -> OPEN (the profile says the session opened)
+    #               -> ABORTING (closed by the pool) | CLOSED (lost before it opened)
+    #   OPEN        -> CLOSING (closed by the pool) | CLOSED (lost)
+    #   CLOSING, ABORTING -> CLOSED
+    # HANDSHAKING and ABORTING count as connecting, OPEN and CLOSING as established.
     CONNECTING = 0
     OPEN = 1
     CLOSING = 2
     CLOSED = 3
+    #: Connected, its profile's session opening under way (net/profiles: an upgrade,
+    #: a CONNECT); counted as connecting until the profile says the session is open.
+    HANDSHAKING = 4
+    #: Closed by the pool before its session opened: connecting until it is gone.
+    ABORTING = 5
 
     def __init__(self, pool: PoolHooks, route: int) -> None:
         self.pool = pool

@@ -57,9 +57,14 @@ def describe_exit(reason: Failure) -> str:
     return f"exited with status {code}" if code is not None else "ended"
 
 
-#: Variables that carry secrets to a process (`connscale run` to its hub and agent): a
-#: worker, an ssh client, any other child has no use for them.
-SECRET_VARIABLES = ("CONNSCALE_SECRET", "CONNSCALE_CLIENTS_ENV")
+#: Where a client worker finds its target's password (Redis AUTH, MQTT CONNECT): its
+#: environment, which only its user can read, never its command line, which `ps` shows
+#: every user of the host (`procs.records.without_password`).
+PASSWORD_VARIABLE = "CONNSCALE_TARGET_PASSWORD"
+
+#: Variables that carry secrets to a process (`connscale run` to its hub and agent, an
+#: agent to its client workers): no other child has a use for them.
+SECRET_VARIABLES = ("CONNSCALE_SECRET", "CONNSCALE_CLIENTS_ENV", PASSWORD_VARIABLE)
 
 
 def child_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:

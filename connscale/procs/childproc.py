@@ -10,14 +10,14 @@ its log, which the parent re-logs with the worker's name in front.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorProcess
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from connscale.procs.child import ChildProcess
+from connscale.procs.child import ChildProcess, child_environment
 
 class PBChild(ChildProcess):
     """The parent's end of one child: a PB broker bridged onto its pipes.
@@ -72,10 +72,13 @@ def spawn_python(
     module: str,
     args: Sequence[str],
     child: PBChild,
+    env: Mapping[str, str] | None = None,
 ) -> PBChild:
-    """Run `python -m module args...` with PB on its stdio and our environment."""
+    """Run `python -m module args...` with PB on its stdio and our environment (less its
+    secrets, `child.child_environment`), plus `env`."""
     child.reactor = reactor
-    child.spawn([sys.executable, "-m", module, *args], child_fds={0: "w", 1: "r", 2: "r"})
+    child.spawn([sys.executable, "-m", module, *args], env={**child_environment(), **(env or {})},
+                child_fds={0: "w", 1: "r", 2: "r"})
     return child
 
 

@@ -10,6 +10,7 @@ supervisor describes one of its workers in reports) and `WorkerLoss` live in
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import attrs
@@ -30,16 +31,20 @@ from connscale.config.records import (
     seq,
     text,
 )
+from connscale.config.target import ProfileOptions
 from connscale.config.tls import ClientTLSSettings, ServerTLSSettings
 # Defined with the timeline that carries them; imported from here by the supervisors that make them.
 from connscale.metrics.workers import MAX_LOSSES, MAX_WORKER_TARGET, WorkerLoss, WorkerRow  # noqa: F401
 from connscale.net.routes import Route
+from connscale.procs.child import PASSWORD_VARIABLE
 
 #: Routes in one order: source IPs × server ports.
 MAX_ROUTES = 16384
 #: One route's quota never exceeds the ephemeral port range.
 MAX_QUOTA = 65536
 FRAMINGS = ("line", "raw")
+#: What connscale's own server speaks: the client framings and WebSocket (net/wsserver).
+SERVER_FRAMINGS = ("line", "raw", "websocket")
 
 
 _ROUTE_PARTS = (("source", ip_or_empty), ("host", hostname), ("port", integer(1, 65535)),
@@ -134,6 +139,8 @@ class ClientSpec(Record):
     tls: ClientTLSSettings = field(nested(ClientTLSSettings), factory=ClientTLSSettings)
     name: str = field(_label, default="client-worker")
     index: int = field(integer(0, 4096), default=0)
+    #: What the connections speak (net/profiles); its password never rides here (`with_password`).
+    profile: ProfileOptions = field(nested(ProfileOptions), default=ProfileOptions())
     role = "client"
 
 
@@ -144,7 +151,7 @@ class ServerSpec(Record):
     interface: str = field(hostname, default="127.0.0.1")
     ports: tuple[int, ...] = field(seq(integer(1, 65535), 65535), default=(8989,))
     backlog: int = field(integer(1, 1 << 20), default=4096)
-    framing: str = field(choice(*FRAMINGS), default="line")
+    framing: str = field(choice(*SERVER_FRAMINGS), default="line")
     max_line: int = field(integer(1, 1 << 24), default=1024)
     fast_path: bool = field(boolean, default=True)
     #: Its certificate and key are files by now (`auto` was made into them before any worker started).
@@ -156,6 +163,24 @@ class ServerSpec(Record):
 
 WorkerSpec = ClientSpec | ServerSpec
 SPECS: dict[str, Any] = {"client": ClientSpec, "server": ServerSpec}
+
+
+def without_password(spec: WorkerSpec) -> tuple[WorkerSpec, dict[str, str]]:
+    """`spec` fit for a command line, and the environment that carries its password."""
+    if not isinstance(spec, ClientSpec) or spec.profile.password is None:
+        return spec, {}
+    return (attrs.evolve(spec, profile=attrs.evolve(spec.profile, password=None)),
+            {PASSWORD_VARIABLE: spec.profile.password})
+
+
+def with_password(spec: WorkerSpec, environ: MutableMapping[str, str]) -> WorkerSpec:
+    """`spec` with the password its parent put in `environ` (taken out of it: nothing the
+    worker starts inherits it)."""
+    password = environ.pop(PASSWORD_VARIABLE, None)
+    if password is None or not isinstance(spec, ClientSpec):
+        return spec
+    return attrs.evolve(spec, profile=attrs.evolve(spec.profile, password=ProfileOptions.from_wire(
+        {"password": password}).password))
 
 
 _EXTRA_COUNT = integer(0, 1 << 62)

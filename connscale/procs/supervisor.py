@@ -32,6 +32,7 @@ from connscale.procs.records import (
     WorkerRow,
     WorkerSpec,
     check_worker_snapshot,
+    without_password,
 )
 
 log = Logger(namespace="connscale.supervisor")
@@ -128,7 +129,9 @@ class Supervisor:
         spec = attrs.evolve(self.spec, name=label, index=slot.index)
         child = PBChild(label, lambda c, reason: self._exited(slot, c, reason))
         slot.child = child
-        spawn_python(self.reactor, "connscale.procs.worker", [self.role, json.dumps(spec.to_wire())], child)
+        shown, secrets = without_password(spec)
+        spawn_python(self.reactor, "connscale.procs.worker", [self.role, json.dumps(shown.to_wire())], child,
+                     env=secrets)
         slot.pid = child.pid
 
         slot.started_at = self.reactor.seconds()

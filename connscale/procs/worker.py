@@ -60,6 +60,7 @@ from connscale.procs.records import (
     ServerSpec,
     WorkerHello,
     WorkerOrder,
+    with_password,
 )
 
 #: Scheduling niceness of worker processes (the control plane runs at 0).
@@ -137,7 +138,7 @@ class ClientWorkerRoot(WorkerRoot):
     def __init__(self, reactor: Any, budget: int, spec: ClientSpec) -> None:
         super().__init__(reactor, budget)
         settings = PoolSettings(spec.interval, spec.timeout, spec.rate, spec.framing, close=spec.close,
-                                tls=spec.tls)
+                                profile=spec.profile, tls=spec.tls)
         self.pool = ConnectionPool(reactor, reactor, settings, [], counters=self.counters, fast_path=spec.fast_path)
 
     def remote_set_target(self, data: object) -> int:
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         role = argv[0]
-        spec = SPECS[role].from_wire(json.loads(argv[1]))
+        # The target's password comes in our environment, never on the command line (`ps`).
+        spec = with_password(SPECS[role].from_wire(json.loads(argv[1])), os.environ)
     except (IndexError, KeyError, ValueError, RecordError) as e:
         # A parent of another version, or a typo by hand: one line, exit 2.
         sys.stderr.write(f"connscale worker: bad arguments: {e}\n")
@@ -193,12 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     nofile = raise_nofile()
     budget = connection_budget(nofile.soft)
     from connscale.config.tls import TLSSetupError
+    from connscale.net.profiles import ProfileError
     from connscale.net.server import ListenError
     from connscale.procs.childproc import serve_stdio
 
     try:
         root = ROLES[role](reactor, budget, spec)
-    except (ListenError, TLSSetupError) as e:
+    except (ListenError, TLSSetupError, ProfileError) as e:
         sys.stderr.write(f"{name}: {e}\n")
         sys.exit(3)
     serve_stdio(reactor, root, lambda: stop_reactor(reactor))
