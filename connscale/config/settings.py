@@ -469,6 +469,17 @@ def _ssh_user(value: object) -> str:
                    f"got {_describe(value)}")
 
 
+def _thresholds(value: object) -> tuple[str, ...]:
+    """Lines like `held >= 500000`; which metrics exist is diagnose's to say (`connscale run` checks)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or len(items) > 256:
+        raise _Invalid(f"expected a list of lines like 'held >= 500000', got {_describe(value)}")
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip() or len(item) > 256 or "\n" in item:
+            raise _Invalid(f"[{i}]: expected one line like 'held >= 500000', got {_describe(item)}")
+    return tuple(item.strip() for item in items)
+
+
 # ---------------------------------------------------------------- the settings table
 
 def _plain(value: Any) -> Any:
@@ -597,6 +608,8 @@ class ScenarioSettings:
     slo_p99_ms: float = _setting(100.0, _positive)                # a plateau passes with p99 RTT at most this
     slo_timeout_rate: float = _setting(0.001, _number_between(0.0, 1.0))  # timeouts per ping
     slo_failures: int = _setting(0, _int(0))                      # failures of any cause per plateau
+    # What the run must measure to pass, e.g. "held >= 500000" (README, "Gating a release on capacity").
+    thresholds: tuple[str, ...] = _setting((), _thresholds)
 
 
 @attrs.frozen

@@ -33,13 +33,13 @@ from connscale.diagnose.curve import (
     curve_points,
     find_knee,
 )
-from connscale.diagnose.manifest import read_manifest
-from connscale.diagnose.records import Explanation, Summary, read_summary
+from connscale.diagnose.records import Explanation, Summary
+from connscale.diagnose.runfiles import RunFiles, RunReadError, read_run
 from connscale.metrics.histograms import Percentiles
-from connscale.metrics.phases import FINAL_HOLD, STOP, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
+from connscale.metrics.phases import FINAL_HOLD, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
 from connscale.metrics.records import Incident, Stats
-from connscale.metrics.series import Series, build_series
-from connscale.metrics.timeline import TIMELINE_FILE, read_timeline
+from connscale.metrics.series import Series, build_series, peak_index, run_end
+from connscale.metrics.timeline import TIMELINE_FILE
 
 REPORT_FILE = "report.html"
 CSV_FILE = "rtt_per_second.csv"
@@ -49,39 +49,15 @@ class ReportError(Exception):
     """The run directory cannot be reported on; one line."""
 
 
-@attrs.frozen
-class RunFiles:
-    dir: Path
-    records: list[Stats]
-    summary: Summary | None
-    manifest: dict[str, Any] | None
-    config: dict[str, Any] | None
-    #: What could not be read, one line each (a summary cut short, torn timeline lines).
-    problems: tuple[str, ...] = ()
-
-
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def load_run(run_dir: str | os.PathLike[str]) -> RunFiles:
-    path = Path(run_dir)
-    timeline = path / TIMELINE_FILE
-    if not path.is_dir():
-        raise ReportError(f"{path}: no such run directory")
-    if not timeline.exists():
-        raise ReportError(f"{path}: no {TIMELINE_FILE} (is this a run directory?)")
-    torn: list[str] = []
-    records = list(read_timeline(timeline, torn))
-    summary, unread = read_summary(path)
-    problems = [unread] if unread else []
-    if torn:
-        problems.append(f"{TIMELINE_FILE}: {len(torn)} line{'s' if len(torn) > 1 else ''} skipped ({torn[0]})")
-    return RunFiles(path, records, summary, read_manifest(path), _json(path / "config.json"), tuple(problems))
+    """The run directory as the report reads it: it needs the timeline; the rest is said if absent."""
+    try:
+        run = read_run(run_dir)
+    except RunReadError as e:
+        raise ReportError(str(e)) from None
+    if not run.has_timeline:
+        raise ReportError(f"{run.dir}: no {TIMELINE_FILE} (is this a run directory?)")
+    return run
 
 
 # ----------------------------------------------------------------------------- the numbers
@@ -108,25 +84,6 @@ def _last_of_phase(records: Sequence[Stats], phase: str) -> Stats | None:
         if r.phase == phase:
             return r
     return None
-
-
-def _peak_index(s: Series, end: int) -> int | None:
-    if not s.open:
-        return None
-    return max(range(end + 1), key=lambda i: (s.open[i], -i))
-
-
-def run_end(records: Sequence[Stats]) -> int:
-    """Index of the run's last second before it began to stop.
-
-    Stopping drains connections and ends workers: what happens then (a
-    server worker gone before its clients, pings unanswered) is not what
-    the run measured, so "at the end" means before the `stop` phase.
-    """
-    for i in range(len(records) - 1, -1, -1):
-        if records[i].phase != STOP:
-            return i
-    return len(records) - 1
 
 
 def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
@@ -170,7 +127,7 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
         put(f"rtt_{span}_p99", pct.p99, "ms")
         put(f"rtt_{span}_max", pct.max, "ms")
 
-    peak = _peak_index(s, end)
+    peak = peak_index(s, end)
     for side in ("server", "client"):
         cpu = [v for v in s.cpu_pct[side][: end + 1] if v is not None]
         put(f"cpu_max_{side}", max(cpu) if cpu else None, "pct")

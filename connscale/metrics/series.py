@@ -14,6 +14,7 @@ from typing import IO, Iterable, Sequence
 import attrs
 
 from connscale.metrics.histograms import Percentiles, rtt_summary_ms
+from connscale.metrics.phases import STOP
 from connscale.metrics.records import Stats
 
 SIDES = ("server", "client")
@@ -155,6 +156,26 @@ def build_series(records: Sequence[Stats]) -> Series:
             s.mem_per_conn[side].append(grown[side] / added[side] if added[side] > 0 else None)
         prev = r
     return s
+
+
+def run_end(records: Sequence[Stats]) -> int:
+    """Index of the run's last second before it began to stop.
+
+    Stopping drains connections and ends workers: what happens then (a
+    server worker gone before its clients, pings unanswered) is not what
+    the run measured, so "at the end" means before the `stop` phase.
+    """
+    for i in range(len(records) - 1, -1, -1):
+        if records[i].phase != STOP:
+            return i
+    return len(records) - 1
+
+
+def peak_index(s: Series, end: int) -> int | None:
+    """The first second up to `end` with the most connections open (None: no seconds)."""
+    if not s.open:
+        return None
+    return max(range(end + 1), key=lambda i: (s.open[i], -i))
 
 
 CSV_PERCENTILES = (50.0, 90.0, 99.0, 99.9)
