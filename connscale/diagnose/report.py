@@ -33,8 +33,10 @@ from connscale.diagnose.curve import (
     curve_points,
     find_knee,
 )
+from connscale.diagnose.headline import BY_NAME
 from connscale.diagnose.records import Explanation, Summary
 from connscale.diagnose.runfiles import RunFiles, RunReadError, read_run
+from connscale.diagnose.search import capacity_line
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import FINAL_HOLD, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
 from connscale.metrics.records import Incident, Stats
@@ -209,6 +211,10 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
             f"<p><strong>Stopped at {_nk(nums, 'open_at_end')} of {_nk(nums, 'target')} connections</strong> "
             f"(peak {_nk(nums, 'peak_open')}): {_e(summary.reason or 'no reason recorded')}.</p>"
         )
+    if summary is not None and summary.search is not None:
+        # The search as a capacity number, the line `connscale run` prints.
+        parts.append(f'<p class="capacity"><strong>{_e(summary.search.capacity or capacity_line(summary.search))}'
+                     "</strong></p>")
     if explanation is not None:
         parts.append(explanation_html(explanation, brief=verdict == "held"))
     if verdict != "held" and not (explanation and explanation.fix):
@@ -335,6 +341,67 @@ def phases_table(rows: Sequence[tuple[str, Mapping[str, Number]]]) -> str:
     return f'<table class="grid"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _measured(metric: str, value: float | None, key: str) -> str:
+    """A metric's value as the registry writes it, tagged like the page's other numbers."""
+    known = BY_NAME.get(metric)
+    if value is None or known is None:
+        return '<span class="none">-</span>'
+    return f'<span class="n" data-k="{_e(key)}">{_e(known.format(value, symbol=False))}</span>'
+
+
+def gate_badge(summary: Summary | None) -> str:
+    if summary is None or not (summary.thresholds or summary.baseline is not None):
+        return ""
+    passed = summary.gate_passed
+    return f'<a href="#gates"><span class="badge {"held" if passed else "failed"}">GATES {"PASSED" if passed else "FAILED"}</span></a>'
+
+
+def gates_html(summary: Summary | None) -> str:
+    """The thresholds the run was held to and its baseline comparison (`connscale run`'s gates)."""
+    if summary is None or not (summary.thresholds or summary.baseline is not None):
+        return ""
+    out = ['<h2 id="gates">Gates</h2>']
+    badge = {True: '<span class="badge held">PASS</span>', False: '<span class="badge failed">FAIL</span>'}
+    if summary.thresholds:
+        rows = []
+        for i, t in enumerate(summary.thresholds):
+            measured = _measured(t.metric, t.value, f"threshold.{i}.value") if t.value is not None else \
+                f'<span class="none">{_e(t.note or "not measured")}</span>'
+            rows.append(f"<tr><td>{badge[t.passed]}</td><th><code>{_e(t.expression)}</code></th>"
+                        f'<td class="num">{measured}</td>'
+                        f'<td class="num">{_e(t.op)} {_measured(t.metric, t.limit, f"threshold.{i}.limit")}</td>'
+                        f'<td class="unit">{_e(t.unit)}</td><td class="muted">{_e(t.source)}</td></tr>')
+        head = "".join(f"<th>{h}</th>" for h in ("", "threshold", "measured", "limit", "unit", "written in"))
+        out.append(f'<table class="grid gates"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    b = summary.baseline
+    if b is not None:
+        rows = []
+        for c in b.checks:
+            key = f"baseline.{c.metric}"
+            change = (f'<span class="n" data-k="{_e(key)}.change">{c.change_pct:+.1f}</span>%'
+                      if c.change_pct is not None else "")
+            mark = badge[not c.regressed] if c.outcome != "skipped" else '<span class="badge">SKIP</span>'
+            rows.append(f"<tr><td>{mark}</td><th>{_e(c.metric)}</th>"
+                        f'<td class="num">{_measured(c.metric, c.value, key + ".value")}</td>'
+                        f'<td class="num">{_measured(c.metric, c.baseline, key + ".baseline")}</td>'
+                        f'<td class="num">{change}</td><td class="unit">{_e(c.unit)}</td>'
+                        f'<td class="muted">{_e(c.better)} is better; tolerance {c.tolerance_pct:g}%'
+                        f'{"; " + _e(c.note) if c.note else ""}</td></tr>')
+        head = "".join(f"<th>{h}</th>" for h in ("", "metric", "this run", "baseline", "change", "unit", ""))
+        out.append(f"<h3>Against the baseline <code>{_e(b.run_dir)}</code></h3>"
+                   f'<table class="grid gates"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        for lack in b.lacks:
+            out.append(f'<p class="warn">The baseline: {_e(lack)}.</p>')
+        if b.changed:
+            items = "".join(f"<li><code>{_e(d.key)}</code>: {_e(d.values[0] if d.values[0] is not None else '-')}"
+                            f" &rarr; {_e(d.values[-1] if d.values[-1] is not None else '-')}</li>" for d in b.changed)
+            out.append(f'<p class="label">What changed between the two hosts</p><ul>{items}</ul>')
+        else:
+            out.append('<p class="muted">The two hosts\' manifests (kernel, sysctls, rlimits, versions, '
+                       "configuration) are the same.</p>")
+    return "".join(out)
+
+
 def steps_html(summary: Summary | None) -> str:
     """The ramp as it happened (the summary's `steps`): how fast each step really opened."""
     if summary is None or not summary.steps:
@@ -439,7 +506,8 @@ def manifest_html(manifest: Mapping[str, Any] | None, config: Mapping[str, Any] 
     return f"<h2>Manifest</h2>{body}"
 
 
-_CSS = """
+#: The report's style (the compare page wears it too, so the two read alike).
+CSS = """
 :root { --fg:#1d2329; --muted:#66707a; --line:#e3e6ea; --held:#2e7d32; --failed:#c62828; --unknown:#8d6e63; }
 * { box-sizing: border-box; }
 body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif; color:var(--fg);
@@ -536,11 +604,12 @@ def render_html(run: RunFiles) -> str:
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>connscale report: {_e(run.dir.name)}</title><style>{_CSS}</style></head>
+<title>connscale report: {_e(run.dir.name)}</title><style>{CSS}</style></head>
 <body><main>
-<header><h1>connscale run {_e(run.dir.name)}</h1><span class="badge {css}">{badge}</span>
+<header><h1>connscale run {_e(run.dir.name)}</h1><span class="badge {css}">{badge}</span>{gate_badge(run.summary)}
 <span class="sub">started {_e(when)} &middot; {len(run.records)} seconds recorded</span></header>
 <section class="verdict {css}" id="verdict">{verdict}</section>
+{gates_html(run.summary)}
 <div class="top">
 <section><h2>Summary</h2>{summary_table(nums)}</section>
 <section><h2>Phases</h2>{phases_table(phase_numbers(run))}
@@ -561,15 +630,19 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     """Render `report.html` into the run directory (or `out`); returns its path."""
     run = load_run(run_dir)
     path = Path(out) if out else run.dir / REPORT_FILE
-    page = render_html(run)
-    # A temporary file of our own, made exclusively beside the report: a name someone
-    # left there (a link to a file of ours) is never followed, only the report replaced.
+    return write_page(path, render_html(run))
+
+
+def write_page(path: Path, page: str) -> Path:
+    """Write an HTML page whole: a reader never sees half of it."""
+    # A temporary file of our own, made exclusively beside the page: a name someone
+    # left there (a link to a file of ours) is never followed, only the page replaced.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)
-        os.replace(tmp, path)  # a reader never sees half a report
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
