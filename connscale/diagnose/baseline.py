@@ -1,9 +1,9 @@
 """A run against an earlier one: which metrics got worse beyond a tolerance, and what changed.
 
 `connscale run --baseline RUN_DIR [--tolerance 10%]` holds a release to what an earlier
-run measured. Each metric the registry marks `baseline` (the capacity, failures, the
-hold's p99, the ramp rate, the server's memory per connection), and every metric given
-its own tolerance (`--tolerance hold_p99_ms=50%`), is compared: it regresses when it is
+run measured. Each metric the registry marks `baseline` (held, a search's capacity,
+failures, the hold's p99, the ramp rate: what a release is held to), and every metric
+given its own tolerance (`--tolerance mem_per_conn_server=20%`), is compared: it regresses when it is
 worse than the baseline's value by more than the tolerance, in % of the baseline (a
 lower-is-better metric whose baseline is 0 regresses at any value above 0). A metric
 either run did not measure is skipped and says so (a ramp against a search). The

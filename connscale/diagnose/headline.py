@@ -199,7 +199,7 @@ METRICS: tuple[Metric, ...] = (
            baseline=True),
     Metric("connect_rate_max", RATE, "higher", _connect_rate_max, "the most connects in one second"),
     Metric("mem_per_conn_server", BYTES, "lower", _mem_per_conn("server"),
-           "server workers' RSS growth per connection added, at the peak", baseline=True),
+           "server workers' RSS growth per connection added, at the peak"),
     Metric("mem_per_conn_client", BYTES, "lower", _mem_per_conn("client"),
            "client workers' RSS growth per connection added, at the peak"),
     Metric("cpu_per_rtt_server_us", US, "lower", _cpu_per_rtt("server"),
