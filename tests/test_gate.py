@@ -32,6 +32,7 @@ from connscale.diagnose.search import capacity_line
 from connscale.diagnose.units import BYTES, COUNT, MS, RATE, parse_percent
 from connscale.metrics.histograms import Percentiles
 from tests.support.procs import connscale
+from tests.support.timelines import make_records, make_stats
 
 REPO = Path(__file__).resolve().parent.parent
 OLD_RUNS = Path(__file__).resolve().parent / "fixtures" / "old-runs"
@@ -100,7 +101,24 @@ def test_the_metrics_of_real_runs_are_their_summaries_numbers():
             steps = [s for s in raw["steps"] if s["seconds"]]
             rate = sum(s["rate_achieved"] * s["seconds"] for s in steps) / sum(s["seconds"] for s in steps)
             assert got["ramp_rate"] == round(rate)
-        assert got["mem_per_conn_server"] > 0 and got["cpu_per_rtt_server_us"] > 0
+        assert got["mem_per_conn_server"] > 0
+        # A hold of a few seconds at 2,000 connections uses less CPU than the clock's ticks can divide.
+        assert "cpu_per_rtt_server_us" not in got
+
+
+def test_cpu_per_round_trip_is_each_sides_cpu_over_the_holds_round_trips():
+    records = make_records(per_step=20000)   # workers' CPU grows with what they hold
+    got = measure(RunView(None, make_stats(per_step=20000)))
+
+    def cpu(r: dict, side: str) -> float:
+        rows = r["server_workers"] if side == "server" else r["clients"]["local"]["workers"]
+        return sum(w["resources"]["cpu_user_s"] + w["resources"]["cpu_system_s"] for w in rows)
+
+    hold = [i for i, r in enumerate(records) if r["phase"] == "final_hold"]
+    trips = records[hold[-1]]["client"]["pongs"] - records[hold[0] - 1]["client"]["pongs"]
+    for side in ("server", "client"):
+        spent = cpu(records[hold[-1]], side) - cpu(records[hold[0] - 1], side)
+        assert spent >= 0.1 and got[f"cpu_per_rtt_{side}_us"] == pytest.approx(spent / trips * 1e6, abs=0.01)
 
 
 def test_a_run_written_with_its_metrics_is_measured_as_it_wrote_them(tmp_path):

@@ -67,7 +67,7 @@ def change_pct(value: float, baseline: float) -> float | None:
     """(value - baseline) / baseline in %, None when the baseline is 0 (no share of nothing)."""
     if baseline == 0:
         return 0.0 if value == 0 else None
-    return round((value - baseline) / abs(baseline) * 100.0, 2)
+    return round((value - baseline) / abs(baseline) * 100.0, 1)  # as it is shown: no second rounding
 
 
 def check(metric: Metric, value: float | None, baseline: float | None, tolerance: float) -> MetricCheck:
