@@ -71,12 +71,12 @@ def change_pct(value: float, baseline: float) -> float | None:
 
 
 def check(metric: Metric, value: float | None, baseline: float | None, tolerance: float) -> MetricCheck:
-    common = dict(metric=metric.name, unit=metric.unit.symbol, better=metric.better, baseline=baseline,
-                  value=value, tolerance_pct=tolerance)
+    skipped = MetricCheck(metric=metric.name, unit=metric.unit.symbol, better=metric.better, baseline=baseline,
+                          value=value, tolerance_pct=tolerance, outcome="skipped")
     if value is None or baseline is None:
         where = "either run" if value is None and baseline is None else ("this run" if value is None else
                                                                           "the baseline")
-        return MetricCheck(**common, change_pct=None, outcome="skipped", note=f"not measured in {where}")
+        return attrs.evolve(skipped, note=f"not measured in {where}")
     pct = change_pct(value, baseline)
     if metric.better == "higher":
         regressed = value < baseline * (1 - tolerance / 100.0)
@@ -84,10 +84,10 @@ def check(metric: Metric, value: float | None, baseline: float | None, tolerance
         regressed = value > baseline * (1 + tolerance / 100.0) if baseline > 0 else value > baseline
     note = ""
     if regressed:
-        by = f"{abs(pct):.1f}% worse" if pct is not None else "worse than nothing"
+        by = f"{abs(pct):.1f}% worse" if pct is not None else "worse (the baseline had none)"
         note = (f"{metric.format(value)} against {metric.format(baseline)}: {by} "
                 f"(tolerance {tolerance:g}%, {metric.better} is better)")
-    return MetricCheck(**common, change_pct=pct, outcome="regressed" if regressed else "pass", note=note)
+    return attrs.evolve(skipped, change_pct=pct, outcome="regressed" if regressed else "pass", note=note)
 
 
 def compare(measured: Mapping[str, float], manifest: Mapping[str, Any] | None,

@@ -8,11 +8,21 @@ legend. Time is each run's own, from its first second.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
 from connscale.diagnose.curve import CurvePoint
-from connscale.diagnose.plots import _figure, _legend, _log_ms, _no_data, _png, _present, _thousands
+from connscale.diagnose.plots import (
+    _figure,
+    _legend,
+    _log_ms,
+    _no_data,
+    _png,
+    _present,
+    _thousands,
+    resource_axes,
+)
 from connscale.metrics.series import Series
 
 #: A colour per run, in order; the report's client blue first.
@@ -66,15 +76,7 @@ def connect_rates(runs: Sequence[Overlaid]) -> bytes:
     fig, ax = _figure()
     for i, run in enumerate(runs):
         ax.plot(run.since_start(), run.series.connect_rate, color=color(i), linewidth=1.4, label=run.label)
-    ax.set_xlabel("seconds since the run's first second", fontsize=8)
-    ax.set_ylabel("connects per second", fontsize=8)
-    ax.set_ylim(bottom=0)
-    _thousands(ax)
-    if any(run.series.elapsed for run in runs):
-        _legend(ax, loc="best")
-    else:
-        _no_data(ax, "no timeline")
-    return _png(fig)
+    return _over_time(fig, ax, runs, "connects per second")
 
 
 def open_connections(runs: Sequence[Overlaid]) -> bytes:
@@ -84,8 +86,12 @@ def open_connections(runs: Sequence[Overlaid]) -> bytes:
         t = run.since_start()
         ax.step(t, run.series.target, where="post", color=color(i), linestyle=":", linewidth=1.0)
         ax.plot(t, run.series.open, color=color(i), linewidth=1.6, label=f"{run.label} open (target dotted)")
+    return _over_time(fig, ax, runs, "connections")
+
+
+def _over_time(fig: Any, ax: Any, runs: Sequence[Overlaid], ylabel: str) -> bytes:
     ax.set_xlabel("seconds since the run's first second", fontsize=8)
-    ax.set_ylabel("connections", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.set_ylim(bottom=0)
     _thousands(ax)
     if any(run.series.elapsed for run in runs):
@@ -113,17 +119,4 @@ def resources(runs: Sequence[Overlaid]) -> bytes:
             if xs:
                 cpu.scatter(xs, ys, color=color(i), marker=marker, s=12, alpha=0.8, label=f"{run.label} {side}")
                 drawn_cpu = True
-    mem.set_title("memory per connection added (RSS growth)", fontsize=9)
-    mem.set_xlabel("open connections", fontsize=8)
-    mem.set_ylabel("bytes", fontsize=8)
-    cpu.set_title("CPU of the workers", fontsize=9)
-    cpu.set_xlabel("open connections", fontsize=8)
-    cpu.set_ylabel("% of one core", fontsize=8)
-    for ax, drawn in ((mem, drawn_mem), (cpu, drawn_cpu)):
-        _thousands(ax, "x")
-        if drawn:
-            ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
-            _legend(ax, loc="best")
-        else:
-            _no_data(ax, "no samples")
-    return _png(fig)
+    return resource_axes(fig, mem, cpu, drawn_mem, drawn_cpu)
