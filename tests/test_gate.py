@@ -409,3 +409,34 @@ def test_the_report_shows_the_gates_and_a_search_its_capacity(tmp_path):
     search = write_report(copy_run("search", tmp_path)).read_text()
     assert "largest count meeting the SLO: 4,000" in search
     assert os.path.getsize(run_dir / "report.html") > 10_000
+
+
+def test_a_baseline_cut_short_is_compared_as_far_as_it_goes(tmp_path):
+    import argparse
+
+    from connscale.app import gate
+
+    base = copy_run("search", tmp_path, "base")
+    (base / "summary.json").write_text((base / "summary.json").read_text()[:400])   # a crash mid-summary
+    (base / "manifest.json").unlink()
+    args = argparse.Namespace(threshold=["held >= 1000"], tolerance=["5%"], baseline=str(base), junit=None)
+    judge = gate.from_options(parse_config({}), args)
+    now = read_run(OLD_RUNS / "held")
+    summary = gate.judge(judge, now.summary, now.records, now.manifest)
+    b = summary.baseline
+    assert b is not None and b.lacks[0] == "no manifest.json" and b.lacks[1].startswith("summary.json: not JSON: ")
+    # Its timeline still gives what it measured: the peak it held, the hold's RTT of no final hold (none).
+    checks = {c.metric: c.outcome for c in b.checks}
+    assert checks["held"] == "skipped" and checks["failures"] == "pass" and b.changed == ()
+    lines = gate.lines(summary)
+    assert lines[0] == "threshold PASS held >= 1000: measured 2,000 (limit >= 1,000)"
+    assert lines[1:3] == [f"baseline {base}: no manifest.json", f"baseline {base}: {b.lacks[1]}"]
+    assert lines[-1] == f"gate: PASSED (0 of 1 thresholds failed; 0 metrics regressed against {base})"
+    # A directory with nothing to compare stops the run before it starts.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(gate.GateError) as e:
+        gate.from_options(parse_config({}), argparse.Namespace(threshold=[], tolerance=[], baseline=str(empty),
+                                                               junit=None))
+    assert e.value.problems == [f"--baseline: {empty}: nothing to compare with (no summary.json; no timeline.jsonl; "
+                                "no manifest.json)"]
