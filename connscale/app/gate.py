@@ -113,7 +113,8 @@ def lines(summary: Summary) -> list[str]:
         if summary.thresholds:
             parts.append(f"{failed} of {len(summary.thresholds)} thresholds failed")
         if b is not None:
-            parts.append(f"{len(b.regressions)} metrics regressed against {b.run_dir}")
+            n = len(b.regressions)
+            parts.append(f"{n} metric{'' if n == 1 else 's'} regressed against {b.run_dir}")
         out.append(f"gate: {'PASSED' if summary.gate_passed else 'FAILED'} ({'; '.join(parts)})")
     return out
 

@@ -94,8 +94,9 @@ def compare(measured: Mapping[str, float], manifest: Mapping[str, Any] | None,
             base_measured: Mapping[str, float], base_manifest: Mapping[str, Any] | None,
             run_dir: str, tolerances: Tolerances, lacks: Sequence[str] = ()) -> BaselineResult:
     """This run (`measured`, `manifest`) against the baseline's."""
+    # A metric neither run measured (a ramp's search capacity) says nothing either way: left out.
     checks = tuple(check(m, measured.get(m.name), base_measured.get(m.name), tolerances.of(m.name))
-                   for m in tolerances.compared())
+                   for m in tolerances.compared() if m.name in measured or m.name in base_measured)
     return BaselineResult(run_dir=run_dir, tolerance_pct=tolerances.default, checks=checks,
                           changed=diff([base_manifest, manifest]), lacks=tuple(lacks))
 
