@@ -33,7 +33,7 @@ agents log in); the whole run after `--budget` seconds. Every process it
 starts is stopped by its pid at the end, also on SIGTERM/SIGINT/SIGHUP. Loopback
 only. Run by hand, not in CI:
 
-    flock /work/heavy.lock python bench/fleet.py            # 100, 200, 500, 1000
+    python bench/fleet.py            # 100, 200, 500, 1000
     python bench/fleet.py --steps 100,500 --window 30 --profile
 
 The last line is one JSON object with every step's figures.

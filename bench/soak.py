@@ -3,7 +3,7 @@
 
 Run by hand (not in CI); it takes the machine for --minutes plus a ramp:
 
-    flock /work/heavy.lock python3 bench/soak.py              # 100,000 connections, 30 minutes
+    python3 bench/soak.py              # 100,000 connections, 30 minutes
     nice -n 10 python3 bench/soak.py --target 5000 --minutes 2 --warmup 30   # a quick check
 
 What it does, on loopback only:

@@ -26,6 +26,7 @@ from connscale.compat.epoll import (
     reactor_dispatch,
     reactor_epoll,
     reactor_selectables,
+    replace_main_loop,
     replace_poll,
 )
 from connscale.compat.lines import PresizedLineReceiver
@@ -71,6 +72,40 @@ def test_the_reactors_epoll_and_selectables(reactor) -> None:  # noqa: F811
     assert a.fileno() not in reactor_selectables(reactor)
     a.close()
     b.close()
+
+
+def test_the_timer_state_the_lean_main_loop_reads(reactor) -> None:  # noqa: F811
+    # A new call waits in _newTimedCalls until _insertNewDelayedCalls moves it to the
+    # heap _pendingTimedCalls, ordered by .time; stop() sets _justStopped for
+    # runUntilCurrent, which fires "shutdown"; _started and running are the loop's flags.
+    call = reactor.callLater(5, lambda: None)
+    assert reactor._newTimedCalls == [call] and call not in reactor._pendingTimedCalls
+    reactor._insertNewDelayedCalls()
+    assert reactor._newTimedCalls == [] and reactor._pendingTimedCalls[0] is call
+    assert abs(call.time - reactor.seconds() - 5) < 1
+    assert reactor._started is False and reactor.running is False and reactor._justStopped is False
+    assert reactor.threadCallQueue == []
+    call.cancel()
+
+
+def test_the_lean_main_loop_replaces_only_this_reactors(reactor) -> None:  # noqa: F811
+    from twisted.internet.epollreactor import EPollReactor
+
+    turns: list[object] = []
+
+    def poll_once(timeout: float | None) -> None:
+        turns.append(timeout)
+        if turns.count(None) == 1 and timeout is None:
+            reactor.stop()
+        assert len(turns) < 100
+
+    replace_main_loop(reactor, poll_once)
+    assert EPollReactor.mainLoop is not reactor.mainLoop.__func__
+    reactor.callLater(0, lambda: turns.append("timer"))
+    reactor.run(installSignalHandlers=False)
+    # The due timer ran before the first wait, which then had no timer to wait for;
+    # once stopped, the loop only turned until the shutdown had run.
+    assert turns[:2] == ["timer", None] and set(turns[2:]) <= {0.0}
 
 
 def test_replacing_the_poll_changes_only_this_reactor(reactor) -> None:  # noqa: F811
@@ -172,7 +207,8 @@ def _attribute_names(path: Path) -> set[str]:
 def test_no_module_outside_compat_touches_those_private_names() -> None:
     names = {"_poller", "_selectables", "_doReadOrWrite", "_buffer", "_busyReceiving", "_accept",
              "_tempDataBuffer", "_writeDisconnected", "_fromListeningDescriptor", "_logger", "_reads", "_writes",
-             "_cbDisplayDeferred"}
+             "_cbDisplayDeferred", "_pendingTimedCalls", "_newTimedCalls", "_justStopped", "_started",
+             "_insertNewDelayedCalls"}
     offenders = []
     for path in (ROOT / "connscale").rglob("*.py"):
         if "compat" not in path.parts:

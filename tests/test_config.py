@@ -619,13 +619,13 @@ def test_as_dict_is_json_and_round_trips(tmp_path):
         "scenario": {"hold": 0},
     })
     plain = json.loads(json.dumps(config.as_dict()))
-    assert list(plain) == ["server", "client", "control", "clients", "scenario", "run"]
+    assert list(plain) == ["server", "client", "control", "clients", "scenario", "run", "observe", "net"]
     assert plain["client"]["server"] == "[::1]:8989-8991,9000"
     assert plain["client"]["master"] == "hub:8790"
     assert plain["server"]["ports"] == [8989, 8990, 8991, 9000]
     assert plain["clients"] == {"w": {"host": "h", "user": None, "port": 22, "ssh_options": ["-4"],
                                       "python": "python3", "workers": "auto", "source_ips": [],
-                                      "env": {"A": "<redacted>"}, "master": None}}
+                                      "env": {"A": "<redacted>"}, "master": None, "observe": None}}
     # The environment's values may be secrets (a token for the remote side): written redacted.
     assert config.as_dict(redact_secrets=False)["clients"]["w"]["env"] == {"A": "1"}
     plain["clients"]["w"]["env"] = {"A": "1"}

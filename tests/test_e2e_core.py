@@ -47,17 +47,30 @@ def start(stack: ExitStack, tmp: Path, name: str, command: str, *args: str,
     return proc
 
 
-def start_server(stack: ExitStack, tmp: Path, port: int, *args: str, name: str = "server") -> Proc:
+def start_server(stack: ExitStack, tmp: Path, port: int, *args: str, name: str = "server",
+                 env: dict[str, str] | None = None) -> Proc:
     proc = start(stack, tmp, name, "connscale-server", "--workers", "0", "--port", str(port),
-                 "--status-interval", "1", *args)
+                 "--status-interval", "1", *args, env=env)
     # Logged once the socket is bound and listening: connects queue from now on.
     proc.wait_line("connscale-server: serving", START_TIMEOUT)
     return proc
 
 
-def start_client(stack: ExitStack, tmp: Path, port: int, *args: str, name: str = "client") -> Proc:
+def start_client(stack: ExitStack, tmp: Path, port: int, *args: str, name: str = "client",
+                 env: dict[str, str] | None = None) -> Proc:
     return start(stack, tmp, name, "connscale-client", "--server", f"127.0.0.1:{port}",
-                 "--status-interval", "1", *args)
+                 "--status-interval", "1", *args, env=env)
+
+
+#: Both ways connscale drives its sockets (net.fastpath): its own transports, and Twisted's.
+PATHS = {"fast": {"CONNSCALE_FAST_PATH": "1"}, "stock": {"CONNSCALE_FAST_PATH": "0"}}
+SAYS = {"fast": "fast path", "stock": "Twisted's transports"}
+
+
+@pytest.fixture(params=sorted(PATHS))
+def path(request: pytest.FixtureRequest) -> str:
+    """The key end-to-end tests run on the fast path and on stock Twisted."""
+    return str(request.param)
 
 
 def wait_status(proc: Proc, predicate: Callable[[dict[str, str]], bool], timeout: float, what: str) -> dict[str, str]:
@@ -170,12 +183,14 @@ def stack() -> Iterator[ExitStack]:
 
 # -- 1. many connections held, counted on both sides ---------------------------
 
-def test_5000_connections_held_for_10s_without_failures(tmp_path: Path, stack: ExitStack) -> None:
+def test_5000_connections_held_for_10s_without_failures(tmp_path: Path, stack: ExitStack, path: str) -> None:
     port = free_port()
     n = 5000
-    server = start_server(stack, tmp_path, port)
+    server = start_server(stack, tmp_path, port, env=PATHS[path])
     client = start_client(stack, tmp_path, port, "--connections", str(n), "--rate", "2500",
-                          "--interval", "2", "--timeout", "2")
+                          "--interval", "2", "--timeout", "2", env=PATHS[path])
+    assert f"({SAYS[path]})" in server.text() or f"; {SAYS[path]})" in server.text(), server.text()[-2000:]
+    client.wait_line(SAYS[path], START_TIMEOUT)
 
     wait_status(client, lambda s: ival(s, "open") == n, 40, f"client open={n}")
     wait_status(server, lambda s: ival(s, "open") == n, 20, f"server open={n}")
@@ -227,12 +242,12 @@ def test_5000_connections_held_for_10s_without_failures(tmp_path: Path, stack: E
 
 # -- 2. framings ---------------------------------------------------------------
 
-def test_raw_framing_round_trip(tmp_path: Path, stack: ExitStack) -> None:
+def test_raw_framing_round_trip(tmp_path: Path, stack: ExitStack, path: str) -> None:
     raw_port, line_port = free_port(), free_port()
-    raw = start_server(stack, tmp_path, raw_port, "--framing", "raw", name="raw-server")
-    line = start_server(stack, tmp_path, line_port, name="line-server")
+    raw = start_server(stack, tmp_path, raw_port, "--framing", "raw", name="raw-server", env=PATHS[path])
+    line = start_server(stack, tmp_path, line_port, name="line-server", env=PATHS[path])
     client = start_client(stack, tmp_path, raw_port, "--framing", "raw", "--connections", "50",
-                          "--interval", "0.5", "--timeout", "2")
+                          "--interval", "0.5", "--timeout", "2", env=PATHS[path])
 
     status = wait_status(client, lambda s: ival(s, "open") == 50 and ival(s, "pongs") >= 100, 30,
                          "raw client pongs")
@@ -300,10 +315,10 @@ def test_refused_port(tmp_path: Path, stack: ExitStack) -> None:
 
 # -- 5. protocol violations next to a healthy client ---------------------------------
 
-def test_garbage_long_line_and_flood_are_closed_and_counted(tmp_path: Path, stack: ExitStack) -> None:
+def test_garbage_long_line_and_flood_are_closed_and_counted(tmp_path: Path, stack: ExitStack, path: str) -> None:
     port = free_port()
-    server = start_server(stack, tmp_path, port)
-    client = start_client(stack, tmp_path, port, "-n", "200", "--interval", "1", "--timeout", "2")
+    server = start_server(stack, tmp_path, port, env=PATHS[path])
+    client = start_client(stack, tmp_path, port, "-n", "200", "--interval", "1", "--timeout", "2", env=PATHS[path])
     wait_status(client, lambda s: ival(s, "open") == 200 and ival(s, "pongs") > 0, 30, "healthy client")
 
     # An unknown line: closed, nothing answered.
@@ -395,21 +410,22 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
 
 # -- 9. hub mode: workers' counts merged -------------------------------------------
 
-def test_hub_mode_merges_worker_counts(tmp_path: Path, stack: ExitStack) -> None:
+def test_hub_mode_merges_worker_counts(tmp_path: Path, stack: ExitStack, path: str) -> None:
     port, control = free_port(), free_port()
     xdg = tmp_path / "xdg"
     record = tmp_path / "record"
     hub = start(stack, tmp_path, "hub", "connscale-server", "--port", str(port),
                 "--control", f"tcp:{control}:interface=127.0.0.1", "--console", "none",
                 "--record-dir", str(record), "--status-interval", "1",
-                env={"XDG_CONFIG_HOME": str(xdg)})
+                env={"XDG_CONFIG_HOME": str(xdg), **PATHS[path]})
     hub.wait_line("server workers listening", 60)
     workers = int(re.search(r"(\d+) server workers listening", hub.text()).group(1))  # type: ignore[union-attr]
     assert workers >= 2, hub.text()[-3000:]
+    assert f"server workers listening ({SAYS[path]};" in hub.text(), hub.text()[-3000:]
 
     n = 3000
     client = start_client(stack, tmp_path, port, "--connections", str(n), "--rate", "2500",
-                          "--interval", "2", "--timeout", "2")
+                          "--interval", "2", "--timeout", "2", env=PATHS[path])
     wait_status(client, lambda s: ival(s, "open") == n, 40, f"client open={n}")
     status = wait_status(hub, lambda s: ival(s, "open") == n and ival(s, "pongs") > 0, 40, f"hub open={n}")
     assert status["failures"] == "0", status

@@ -50,8 +50,9 @@ run: {{dir: runs}}  # relative: resolved against the directory connscale run sta
     return path
 
 
-def run(tmp: Path, config: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"))
+def run(tmp: Path, config: Path, *extra: str, env: dict[str, str] | None = None
+        ) -> tuple[subprocess.CompletedProcess[str], dict]:
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"), **(env or {}))
     r = subprocess.run(connscale("run", "-c", str(config), *extra), capture_output=True, text=True, timeout=150,
                        env=env, cwd=tmp)
     summaries = list((tmp / "runs").glob("*/summary.json"))
@@ -59,8 +60,10 @@ def run(tmp: Path, config: Path, *extra: str) -> tuple[subprocess.CompletedProce
     return r, json.loads(summaries[0].read_text())
 
 
-def test_run_holds_a_small_target(tmp_path):
-    r, summary = run(tmp_path, write_config(tmp_path))
+@pytest.mark.parametrize("fast_path", ["1", "0"], ids=["fast", "stock"])
+def test_run_holds_a_small_target(tmp_path, fast_path):
+    # On the fast path and on Twisted's own transports (net.fastpath's switch).
+    r, summary = run(tmp_path, write_config(tmp_path), env={"CONNSCALE_FAST_PATH": fast_path})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "HELD: held=3000 target=3000" in r.stdout
     assert summary["verdict"] == "held" and summary["held"] == 3000 and summary["target"] == 3000
@@ -76,7 +79,22 @@ def test_run_holds_a_small_target(tmp_path):
     run_dir = Path(summary["run_dir"])
     assert (run_dir / "timeline.jsonl").stat().st_size > 0
     assert (run_dir / "hub.log").exists() and (run_dir / "agent.log").exists()
-    assert json.loads((run_dir / "config.json").read_text())["scenario"]["target"] == 3000
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["scenario"]["target"] == 3000
+    # The config recorded is the one the run ran with: the environment's word applied.
+    assert config["net"]["fast_path"] is (fast_path == "1")
+    # connscale's own cost: every timeline line says what the hub, the agent, the observer of its
+    # server and the workers take, and the summary adds the run's own process over the final hold.
+    lines = [json.loads(line) for line in (run_dir / "timeline.jsonl").read_text().splitlines() if line.strip()]
+    kinds = set().union(*(line["cost"]["by_kind"] for line in lines[2:]))
+    assert {"hub", "server_workers", "agents", "client_workers", "observers"} <= kinds, lines[-1]["cost"]
+    cost = summary["cost_final_hold"]
+    assert cost["by_kind"]["run"]["processes"] == 1 and cost["cores"] > 0 and cost["rss_bytes"] > 50e6
+    assert cost["by_kind"]["observers"]["processes"] == 1 and cost["by_kind"]["observers"]["rss_bytes"] > 10e6
+    assert cost["processes"] == 4 + summary["workers"]["server"] + summary["workers"]["client"]
+    assert "cost: connscale itself: " in r.stdout
+    path = "fast path" if fast_path == "1" else "Twisted's transports"
+    assert f"server workers listening ({path};" in (run_dir / "hub.log").read_text()
     # Latency of the final hold apart from the ramps, in the summary and the verdict line.
     final = summary["rtt_final_hold_ms"]
     assert final["p50"] > 0 and final["p99"] >= final["p50"]

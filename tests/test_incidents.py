@@ -371,8 +371,13 @@ def test_load_probe_measures_lag_and_cpu_on_a_clock():
     clock.advance(0.25)         # on time
     clock.advance(0.25 + 0.1)   # 100 ms late
     cpu[0] = 0.3
+    probe._on_gc("start", {"generation": 2})
+    probe._on_gc("stop", {"generation": 2})  # a full collection, timed by the real clock
     taken = probe.take()
-    assert taken == {"cpu": 0.5, "lag_ms_max": 100.0, "lag_ms_mean": 50.0, "nofile": 300}
+    gc_ms = taken.pop("gc_ms")
+    assert taken == {"cpu": 0.5, "lag_ms_max": 100.0, "lag_ms_mean": 50.0, "nofile": 300, "gc_full": 1}
+    assert 0 <= gc_ms < 1000
+    assert probe.take()["gc_full"] == 0  # per interval
     # A loop stuck right now: the overdue probe counts before it fires.
     clock.rightNow += 2.0
     stuck = probe.take()

@@ -19,9 +19,12 @@ import attrs
 import pytest
 
 from connscale.config.records import RecordError
-from connscale.diagnose.records import Explanation, Summary, read_summary
+from connscale.diagnose.gates import BaselineResult, Difference, MetricCheck, ThresholdResult
+from connscale.diagnose.records import Explanation, MemoryMoment, MemoryRow, MemoryTable, Miss, Summary, read_summary
 from connscale.diagnose.report import load_run, write_report
 from connscale.host.kernel import kernel_snapshot
+from connscale.host.observed import ObservedEvent, ObserverRow
+from connscale.metrics.cost import Cost, KindCost
 from connscale.metrics.phases import phase_table, summary_fields
 from connscale.metrics.records import SCHEMA, AgentRow, Incident, KernelCounters, Stats
 from connscale.metrics.series import build_series
@@ -151,9 +154,11 @@ def test_the_summary_goes_to_json_and_back_whole() -> None:
     assert summary.search is not None and summary.search.curve and summary.preflight is not None
     new = attrs.evolve(summary, schema=SCHEMA)
     assert Summary.from_wire(json.loads(json.dumps(new.to_wire()))) == new
-    # Nothing of the old file is lost on the way (it gains its schema, and the fields added since
-    # at their defaults: no metrics, thresholds or baseline then).
-    added = {"metrics": {}, "thresholds": [], "baseline": None}
+    # Nothing of the old file is lost on the way (it gains its schema, and the fields added
+    # since it was written, each at its default: no observer's events or memory, no cost, no
+    # metrics, thresholds or baseline).
+    added = {"target_events": [], "memory": None, "cost_final_hold": None, "metrics": {}, "thresholds": [],
+             "baseline": None}
     assert {k: v for k, v in new.to_wire().items() if k != "schema"} == {
         k: v for k, v in raw.items()} | {"search": new.to_wire()["search"]} | added
 
@@ -210,9 +215,16 @@ def test_failures_target_and_workers_of_a_record_have_one_answer() -> None:
 
 def test_the_readme_lists_exactly_the_timelines_fields() -> None:
     readme = (REPO / "README.md").read_text()
-    for table in (field_table(Stats), field_table(AgentRow, "clients.NAME."), field_table(WorkerRow)):
+    for table in (field_table(Stats), field_table(AgentRow, "clients.NAME."), field_table(WorkerRow),
+                  field_table(ObserverRow, "observers.NAME."), field_table(Cost, "cost."),
+                  field_table(KindCost, "cost.by_kind.KIND."), field_table(Summary),
+                  field_table(MemoryTable, "memory."), field_table(MemoryRow, "memory.rows[]."),
+                  field_table(ThresholdResult, "thresholds[]."), field_table(BaselineResult, "baseline."),
+                  field_table(MetricCheck, "baseline.checks[].")):
         assert table in readme, "README.md, 'The timeline, line by line', should read:\n\n" + table
-    for cls in (Stats, AgentRow, WorkerRow, Incident, Explanation, Summary):
+    for cls in (Stats, AgentRow, WorkerRow, Incident, Explanation, Summary, ObserverRow, ObservedEvent, Cost,
+                KindCost, MemoryTable, MemoryRow, MemoryMoment, ThresholdResult, BaselineResult, MetricCheck,
+                Difference, Miss):
         missing = [f.name for f in attrs.fields(cls) if not f.metadata.get("connscale.doc")]
         assert not missing, f"{cls.__name__}: fields without a doc: {missing}"
 
@@ -227,11 +239,15 @@ RECORD_KEYS = frozenset({
     "kernel_delta", "measuring_side_saturated", "explanation", "headline", "evidence", "peak_open",
     "open_at_end", "server_open_at_end", "counted_failures", "rtt_final_hold_ms", "rtt_holds_ms", "rtt_by_phase",
     "client_workers_start_s", "title", "cpu_user_s", "cpu_system_s", "rss_bytes", "lag_ms_max", "lag_ms_mean",
+    # the observer's rows and events, connscale's own cost, the memory table, a worker's GC
+    "observers", "target_events", "login_host", "read_ms", "nofile_soft", "socket_slab", "tcp_mem_pages",
+    "cost_final_hold", "by_kind", "gc_ms", "gc_full",
 })
 #: Keys connscale's own modules have no other dicts to read them from (bench/ scripts do: their results
 #: are keyed by side and carry their own `rtt_ms`, `ghosts` ...).
 PACKAGE_KEYS = RECORD_KEYS | {"client", "server", "rtt_ms", "ghosts", "stale", "elapsed_s", "summary", "worker",
-                              "asked_rate", "connect_rate", "ghosts_max"}
+                              "asked_rate", "connect_rate", "ghosts_max", "cost", "memory", "cores", "targets",
+                              "listeners", "processes", "baseline", "pinging"}
 
 #: Modules that define the records' wire forms (they alone spell their keys).
 OWNERS = {
@@ -243,6 +259,10 @@ NOT_RECORDS = {
     ("connscale/diagnose/report.py", "peak_open"),
     # The benchmark's own result, counted from the processes' status lines.
     ("bench/cpu_per_rtt.py", "open_at_end"),
+    # The benchmark's own sampler of the run's process tree (TreeSampler.window).
+    ("bench/run.py", "rss_bytes"),
+    # The bench figures of user memory per connection, a constant keyed by side.
+    ("connscale/diagnose/budget.py", "client"), ("connscale/diagnose/budget.py", "server"),
 }
 #: Names of values that are configuration dicts, whose `client:`/`server:` are config sections.
 CONFIG_NAMES = {"cfg", "config", "base", "settings"}

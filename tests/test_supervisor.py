@@ -240,3 +240,38 @@ def test_a_route_repeated_in_orders_is_checked_once_and_refused_alike(monkeypatc
         for _ in range(2):
             with pytest.raises(RecordError):
                 records.route(bad)
+
+
+class AnsweringChild(SilentChild):
+    """Answers `snapshot_packed` at once, noting when it was asked."""
+
+    def __init__(self, clock, asked):
+        super().__init__()
+        self.clock, self.asked = clock, asked
+
+    def call(self, method, *args):
+        self.asked.append((self.pid, round(self.clock.seconds() - 1000, 4)))
+        from connscale.config.packed import pack
+        return defer.succeed(pack({"open": 1, "pings": 0, "pongs": 0}))
+
+
+def test_one_polls_questions_go_out_spread_over_the_poll_spread_not_at_once():
+    clock = Clock()
+    clock.advance(1000)
+    sup = Supervisor(clock, "server", {}, "t")
+    asked = []
+    for i in range(4):
+        child = AnsweringChild(clock, asked)
+        child.pid = 100 + i
+        sup.slots.append(Slot(i, child=child, alive=True, pid=100 + i, answered_at=clock.seconds()))
+    done = sup.poll(wait=0.7, spread=0.5)  # binary fractions: the fake clock adds them exactly
+    assert asked == [(100, 0.0)] and not done.called
+    clock.pump([0.125, 0.125, 0.125])
+    assert asked == [(100, 0.0), (101, 0.125), (102, 0.25), (103, 0.375)] and done.called
+    assert all(s.last == {"open": 1, "pings": 0, "pongs": 0} for s in sup.slots)
+    assert sup.count() == 4
+    # A worker gone before its turn is simply not asked.
+    sup.poll(wait=0.7, spread=0.5)
+    sup.slots[3].child = None
+    clock.advance(0.5)
+    assert [pid for pid, _ in asked].count(103) == 1

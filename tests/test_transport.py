@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from connscale.metrics.counters import Counters, classify
 from connscale.net.dispatch import Loop, loop_for
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
-from connscale.net.transport import ClientTransport, ListeningPort, ServerTransport
+from connscale.net.transport import ClientTransport, DialTarget, ListeningPort, ServerTransport
 from tests.support.loop import reactor, spin, turns  # noqa: F401  (fixture)
 
 
@@ -297,7 +297,7 @@ def test_a_refused_connect_is_a_connect_error_with_its_errno(reactor) -> None:  
     loop = loop_for(reactor)
     connector, proto = Connector(), Recorder()
     t = ClientTransport(loop, proto, connector)
-    t.connect("127.0.0.1", closed_port(), "127.0.0.2")
+    t.dial(DialTarget("127.0.0.1", closed_port(), "127.0.0.2"))
     assert connector.failed == []  # reported later, never inside connect()
     spin(reactor, lambda: connector.failed)
     (reason,) = connector.failed
@@ -311,7 +311,7 @@ def test_stop_connecting_reports_a_user_error(reactor) -> None:  # noqa: F811
     _, number = serve(reactor, factory)
     connector, proto = Connector(), Recorder()
     t = ClientTransport(loop, proto, connector)
-    t.connect("127.0.0.1", number)
+    t.dial(DialTarget("127.0.0.1", number))
     t.stopConnecting()
     assert connector.failed == []
     spin(reactor, lambda: connector.failed)
@@ -324,7 +324,7 @@ def test_a_client_transport_binds_its_source_and_carries_data(reactor) -> None: 
     _, number = serve(reactor, factory)
     connector, proto = Connector(), Recorder()
     t = ClientTransport(loop, proto, connector)
-    t.connect("127.0.0.1", number, "127.0.0.3")
+    t.dial(DialTarget("127.0.0.1", number, "127.0.0.3"))
     spin(reactor, lambda: proto.made and factory.built)
     assert t.connected and t.getHost().host == "127.0.0.3"
     t.write(b"Ping\n")

@@ -14,9 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from connscale.app.startup import EXIT_OK, EXIT_REFUSED, load_or_exit
+import attrs
+
+from connscale.app.startup import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, load_or_exit
 from connscale.config.settings import Config
 from connscale.diagnose.budget import Budget, Demand, budget, render
+from connscale.diagnose.memory import costs_from_table, render_lines
+from connscale.diagnose.records import SUMMARY_FILE, MemoryTable, read_summary
 from connscale.host.inventory import HostLimits, read_host_limits
 
 
@@ -24,6 +28,20 @@ def preflight(cfg: Config, limits: HostLimits | None = None) -> tuple[Budget, Ho
     """`connscale run`'s check: server and client on this host, the scenario's target."""
     limits = limits if limits is not None else read_host_limits()
     return budget(limits, Demand.from_config(cfg, cfg.scenario.target, "both")), limits
+
+
+def measured_table(run_dir: str) -> MemoryTable:
+    """The memory table of a run directory's summary.json, or exit 2 with one line."""
+    path = os.path.join(run_dir, SUMMARY_FILE)
+    summary, problem = read_summary(run_dir)
+    if summary is None:
+        sys.stderr.write(f"connscale check: --measured: cannot read {path}: "
+                         f"{problem or 'no such file'}\n")
+        raise SystemExit(EXIT_USAGE)
+    if summary.memory is None or not summary.memory.rows:
+        sys.stderr.write(f"connscale check: --measured: {path} has no memory table (a run before the observer?)\n")
+        raise SystemExit(EXIT_USAGE)
+    return summary.memory
 
 
 def check_main(argv: Sequence[str]) -> int:
@@ -38,13 +56,23 @@ def check_main(argv: Sequence[str]) -> int:
         help="what runs on this host: both (connscale run, the default), the hub's server side, or an agent",
     )
     p.add_argument("--json", action="store_true", help="print the budget as JSON")
+    p.add_argument("--measured", metavar="RUN_DIR",
+                   help="plan memory with what a connection cost in that run (its summary.json's memory table: "
+                        "the observed server's, connscale's and the kernel's bytes per connection)")
     args = p.parse_args(argv)
     path = args.config or ("connscale.yaml" if os.path.exists("connscale.yaml") else None)
     key = "client.connections" if args.role == "client" else "scenario.target"
     cfg = load_or_exit("connscale check", path, {key: args.target} if args.target else {})
     target = cfg.client.connections if args.role == "client" else cfg.scenario.target
     limits = read_host_limits()
-    result = budget(limits, Demand.from_config(cfg, target, args.role))
+    demand = Demand.from_config(cfg, target, args.role)
+    if args.measured:
+        table = measured_table(args.measured)
+        demand = attrs.evolve(demand, costs=costs_from_table(table, args.measured))
+        if not args.json:
+            sys.stdout.write(f"memory per held connection measured in {args.measured} (just opened / after pinging):\n"
+                             + "".join(f"  {line}\n" for line in render_lines(table)))
+    result = budget(limits, demand)
     if args.json:
         print(json.dumps(dict(result.to_dict(), host_limits=limits.to_dict()), indent=2, sort_keys=True))
     else:

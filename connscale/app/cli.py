@@ -1,4 +1,4 @@
-"""The `connscale` command: `run`, `check`, `ctl`, `report`, `compare`, `runs`, `server` and `agent`.
+"""The `connscale` command: `run`, `check`, `ctl`, `report`, `compare`, `runs`, `server`, `agent` and `observe`.
 
 Exit codes of `ctl`, for scripts: 0 done, 1 the controller refused the
 order (message on stderr) or ctl itself failed, 2 bad usage or configuration,
@@ -278,7 +278,7 @@ def agent_key(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = ("usage: connscale {run,check,ctl,report,compare,runs,server,agent,agent-key} ... "
+    usage = ("usage: connscale {run,check,ctl,report,compare,runs,server,agent,observe,agent-key} ... "
              "(connscale VERB --help for more)")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
@@ -298,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runs_main(rest)
     if verb == "agent":
         return twistd("connscale-client", rest)
+    if verb == "observe":
+        return twistd("connscale-observe", rest)
     if verb == "agent-key":
         return agent_key(rest)
     if verb == "server":

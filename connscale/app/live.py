@@ -88,6 +88,9 @@ def plain_line(frame: Frame, info: RunInfo | None = None) -> str:
         ("rtt_p50_ms", _ms(frame.rtt.p50)),
         ("rtt_p99_ms", _ms(frame.rtt.p99)),
     ]
+    if st.cost is not None:
+        # connscale's own processes (hub, agents, observers, workers): what the tool takes from the box.
+        fields += [("own_cores", f"{st.cost.cores:.2f}"), ("own_rss_mb", f"{st.cost.rss_bytes / 1e6:.0f}")]
     failures = st.failures()
     fields.append(("failures", str(sum(failures.values()))))
     for key in sorted(failures):
@@ -127,6 +130,13 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
                                (f"{_ms(frame.rtt.p99)} ms", "bold")),
                  Text.assemble(("failures ", "dim"), (f"{failed:,}", "bold red" if failed else "green"),
                                ("   ordered ", "dim"), f"{ordered:,}"))
+    cost = st.cost
+    if cost is not None:
+        # What connscale itself takes (hub, agents, observers, workers; this view's own process is
+        # in the summary).
+        head.add_row(Text.assemble(("connscale itself ", "dim"), f"{cost.cores:.2f} cores"),
+                     Text.assemble(("RSS ", "dim"), f"{cost.rss_bytes / 1e6:,.0f} MB"),
+                     Text.assemble(("processes ", "dim"), f"{cost.processes:,}"))
     phase = frame.phase(info)
     step = f" (step {info.step}/{info.steps})" if info and info.steps else ""
     subtitle = f"{phase}{step} · {st.elapsed_s:.0f} s" if phase else f"{st.elapsed_s:.0f} s"
@@ -169,6 +179,9 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
                        f"{sum(a.failures.values()):,}",
                        _hot(max(cpus)) if cpus else "-", f"{max(lags):.1f}" if lags else "-")
     parts.append(agents)
+    observed = observers_table(st)
+    if observed is not None:
+        parts.append(observed)
 
     rows = []
     for ref in st.worker_rows():
@@ -193,6 +206,46 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
             table.caption = f"{len(rows) - MAX_WORKER_ROWS} more workers (less busy) not shown"
         parts.append(table)
     return Group(*parts)
+
+
+def observers_table(stats: Stats) -> Any:
+    """The observed servers beside the agents: fds against their limit, connections, memory,
+    accept queue (None when no observer reports)."""
+    from rich import box
+    from rich.table import Table
+
+    rows = observer_rows(stats)
+    if not rows:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, title="observed servers", title_justify="left")
+    for col in ("observer", "target", "pid", "fds / nofile", "established", "RSS MiB", "accept queue", "state"):
+        table.add_column(col, justify="left" if col in ("observer", "target", "state") else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def observer_rows(stats: Stats) -> list[tuple[Any, ...]]:
+    """One row per observed target (its observer's name and its label as given: Text, never markup)."""
+    from rich.text import Text
+
+    out: list[tuple[Any, ...]] = []
+    for name, o in sorted(stats.observers.items()):
+        state = "connected" if o.connected else "disconnected"
+        if o.connected and o.stale_s:
+            state = f"stale {o.stale_s:g} s"
+        for t in o.targets:
+            limits = [p.nofile_soft for p in t.processes if p.nofile_soft]
+            queues = [f"{lst.queue}/{lst.backlog if lst.backlog is not None else '?'}" for lst in t.listeners[:2]]
+            fds = t.fds
+            out.append((Text(name), Text(t.label), str(t.pid or "-"),
+                        f"{fds:,} / {min(limits):,}" if fds is not None and limits else
+                        (f"{fds:,}" if fds is not None else "-"),
+                        f"{t.established:,}" if t.established is not None else "-",
+                        f"{t.rss / 2**20:.0f}" if t.processes else "-",
+                        " ".join(queues) or "-",
+                        state if t.alive else "[red]not running[/]"))
+    return out
 
 
 class LiveView:

@@ -38,11 +38,18 @@ from connscale.app.startup import EXIT_USAGE, load_or_exit
 from connscale.config.settings import Config, endpoint_address
 from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
+from connscale.diagnose.memory import memory_table
 from connscale.diagnose.records import SUMMARY_FILE, Preflight, Summary
+from connscale.host.resources import process_resources
 from connscale.metrics import phases
+from connscale.metrics.cost import Cost, mean_cost, with_process
+from connscale.metrics.records import Stats
 from connscale.metrics.timeline import TIMELINE_FILE, read_timeline
+from connscale.metrics.workers import cpu_seconds, rss_of
 
 AGENT_NAME = "local"
+#: The observer `connscale run` starts on this host.
+OBSERVER_NAME = "server"
 HUB_LOGIN_TIMEOUT = 30.0
 #: The shipped experiment, used when no config is given and ./connscale.yaml is absent.
 PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "connscale.yaml"
@@ -90,10 +97,15 @@ class Experiment:
         rundir.write_json(MANIFEST_FILE, self.manifest)
         self.children: list[children.RunChild] = []
         self.hub: children.RunChild | None = None
+        #: The observer of the server under test (its own server workers by default): not a
+        #: reason to stop the run if it fails, so health() leaves it out.
+        self.observer: children.RunChild | None = None
+        self._problems_said: set[str] = set()
         self.factory: Any = None
         self.perspective: Any = None
         self.view = LiveView(sys.stdout, every=5.0, clock=reactor.seconds, title="connscale run")
         self._phase_shown = ""
+        self._own_hold: tuple[tuple[float, dict[str, Any]], tuple[float, dict[str, Any]]] | None = None
         self.scenario: Scenario
         if cfg.scenario.mode == "search":
             self.scenario = SearchScenario(reactor, cfg.scenario, self, AGENT_NAME, show=self.show,
@@ -143,7 +155,7 @@ class Experiment:
 
     def health(self) -> None:
         for child in self.children:
-            if not child.running:
+            if not child.running and child is not self.observer:
                 what = "hub" if child is self.hub else child.name
                 raise RunError(
                     f"the {what} (pid {child.pid}) {child.exit_description} during the run; "
@@ -181,11 +193,34 @@ class Experiment:
 
     # -- output ------------------------------------------------------------------------
     def show(self, p: Progress) -> None:
+        if p.phase == phases.FINAL_HOLD:
+            # This process's own CPU and RSS over the final hold: its part of connscale's cost.
+            reading = (self.reactor.seconds(), process_resources())
+            self._own_hold = (self._own_hold[0] if self._own_hold else reading, reading)
         if p.phase != self._phase_shown and p.phase == phases.FINAL_HOLD:
             self.view.message(f"holding {p.open} connections for {self.cfg.scenario.final_hold:g}s")
         self._phase_shown = p.phase
         if p.stats is not None:
+            self._say_observer_problems(p.stats)
             self.view.show(p.stats, RunInfo(p.phase, p.step, p.steps, self.cfg.scenario.target))
+
+    def _say_observer_problems(self, stats: Stats) -> None:
+        """What the observer cannot read, once each, in one line: the run goes on without it."""
+        for name, row in stats.observers.items():
+            for target in row.targets:
+                for problem in target.problems:
+                    if problem not in self._problems_said:
+                        self._problems_said.add(problem)
+                        self.view.message(f"observer {name}: {problem}; the run goes on without it")
+
+    def own_cost(self, records: list[Stats]) -> Cost | None:
+        """connscale's own cost over the final hold: the timeline's (hub, agents, observers,
+        workers) and this process's (the scenario, its stats poll and the live view)."""
+        cost = mean_cost(r.cost for r in records if r.phase == phases.FINAL_HOLD)
+        if cost is None or self._own_hold is None:
+            return cost
+        first, last = self._own_hold
+        return with_process(cost, "run", _own_cores(first, last), int(rss_of(last[1]) or 0))
 
     # -- the run -------------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -195,6 +230,8 @@ class Experiment:
         host, port = self.control_address()
         self.spawn("agent", ["agent", "--master", f"{host}:{port}", "--name", AGENT_NAME,
                              "--rate", str(self.cfg.scenario.rate)])
+        self.observer = self.spawn("observer", ["observe", "--master", f"{host}:{port}", "--label", OBSERVER_NAME,
+                                                *observer_targets(self.cfg, self.hub.pid)])
         yield self.scenario.execute()
 
     @defer.inlineCallbacks
@@ -221,6 +258,9 @@ class Experiment:
         records = list(read_timeline(timeline)) if timeline.exists() else None
         if records is not None:
             result = summary.with_phases(result, phases.summary_fields(records))
+            # Memory per held connection, both ends, user and kernel (the observer's and the workers' rows),
+            # and what connscale itself took over the final hold.
+            result = attrs.evolve(result, memory=memory_table(records), cost_final_hold=self.own_cost(records))
         result = attrs.evolve(result, explanation=summary.explanation(result, records))
         result = gate.judge(self.gate, result, records or [], self.manifest)
         written = True
@@ -236,6 +276,22 @@ class Experiment:
         return result, written
 
 
+def observer_targets(cfg: Config, hub_pid: int | None) -> list[str]:
+    """`connscale observe` arguments for this run: `observe:` if configured, else the hub's
+    server workers (the hub's children: every run gets the same numbers of its own server)."""
+    if cfg.observe.pid is not None:
+        return ["--pid", str(cfg.observe.pid)]
+    if cfg.observe.name is not None:
+        return ["--name", cfg.observe.name]
+    return ["--children-of", str(hub_pid), "--target-label", "connscale server workers"]
+
+
+def _own_cores(first: tuple[float, dict[str, Any]], last: tuple[float, dict[str, Any]]) -> float:
+    (t0, r0), (t1, r1) = first, last
+    c0, c1 = cpu_seconds(r0), cpu_seconds(r1)
+    return (c1 - c0) / (t1 - t0) if c0 is not None and c1 is not None and t1 > t0 else 0.0
+
+
 def sc_mode(cfg: Config) -> str:
     return cfg.scenario.mode
 
@@ -246,6 +302,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="YAML config (default: ./connscale.yaml, else the shipped experiment)")
     p.add_argument("--target", help="override scenario.target")
     p.add_argument("--run-dir", help="override run.dir (parent of the run directory)")
+    p.add_argument("--observe", metavar="PID|NAME",
+                   help="the server process to observe on this host (observe.pid or observe.name; default: "
+                        "connscale's own server workers)")
     p.add_argument("--force", action="store_true",
                    help="run even when `connscale check` says this host cannot reach the target")
     gate.add_arguments(p)
@@ -256,6 +315,9 @@ def run_main(argv: list[str]) -> int:
     args = parse_args(argv)
     path = choose_config(args.config)
     overrides: dict[str, object] = {"scenario.target": args.target, "run.dir": args.run_dir}
+    if args.observe is not None:
+        key = "observe.pid" if args.observe.strip().isdigit() else "observe.name"
+        overrides[key] = args.observe
     cfg = load_or_exit("connscale run", path, overrides)
     try:
         judge = gate.from_options(cfg, args)
@@ -350,6 +412,8 @@ def run_main(argv: list[str]) -> int:
         out(f"why: {result.explanation.headline}")
         for line in result.explanation.fix:
             out(f"fix: {line}")
+    if result.cost_final_hold is not None:
+        out(f"cost: {result.cost_final_hold.describe()}, over the final hold")
     if result.search is not None:
         out(f"capacity: {result.search.capacity}")
     for line in gate.lines(result):

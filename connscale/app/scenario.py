@@ -37,6 +37,9 @@ AGENT_REGISTER_TIMEOUT = 30.0
 #: The hub judges once a second and gives a thin finding (a connection closed by
 #: the server, before the server's own report says why) up to its SETTLE of 2 s.
 VERDICT_WAIT = 5.0
+#: How long the run waits, before its first connect, for a second in which every client
+#: worker and every observer has reported: the idle baseline of the memory table.
+BASELINE_WAIT = 5.0
 
 
 class HubAPI(Protocol):
@@ -269,6 +272,16 @@ class Scenario:
             f"{workers} client worker{'' if workers == 1 else 's'} running for {self.settings.target} connections "
             f"(started in {p.client_workers_start_s:.1f} s, before the ramp)"
         )
+        return workers
+
+    def idle_reported(self, workers: int) -> bool:
+        """The latest stats hold a fresh report of every client worker of our agent and of every
+        connected observer (its target read): what memory looks like before any connection."""
+        stats = self.progress.stats
+        agent = stats.clients.get(self.agent) if stats is not None else None
+        if stats is None or agent is None or len(agent.workers) < workers or agent.stale_s != 0.0:
+            return False
+        return all(o.stale_s == 0.0 and o.targets for o in stats.observers.values() if o.connected)
 
     @defer.inlineCallbacks
     def execute(self):  # type: ignore[no-untyped-def]
@@ -276,7 +289,9 @@ class Scenario:
         self.enter(phases.SETUP)
         if not (yield self.watch(AGENT_REGISTER_TIMEOUT, until=self.agent_connected)):
             raise RunError(f"the local agent did not register within {AGENT_REGISTER_TIMEOUT:g} s")
-        yield self.prepare()
+        workers = yield self.prepare()
+        # One second with everything idle on record (diagnose.memory's baseline); bounded, never fatal.
+        yield self.watch(BASELINE_WAIT, until=lambda: self.idle_reported(workers))
         self.check()  # a start-up that outlasted scenario.time_limit ends the run before any connect
         p.steps = sc.steps
         target = 0

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Mapping
 
+import attrs
 from twisted.logger import Logger
 from twisted.python import usage
 
 from connscale.config.settings import Config, ConfigError, load_config
+from connscale.net import fastpath
 
 log = Logger(namespace="connscale")
 
@@ -25,12 +27,22 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 
 
 def load_or_exit(prog: str, path: str | None, overrides: Mapping[str, object] | None = None) -> Config:
-    """The configuration, or exit 2 with one line per problem (like a usage error)."""
+    """The configuration, or exit 2 with one line per problem (like a usage error).
+
+    CONNSCALE_FAST_PATH, when set, is applied here to `net.fast_path` (once, for
+    every command), so the config a run records is the one it ran with."""
     try:
-        return load_config(path, overrides or {})
+        cfg = load_config(path, overrides or {})
+        fast_path = fastpath.enabled(cfg.net.fast_path)
     except ConfigError as e:
         sys.stderr.write(f"{prog}: bad configuration:\n{e}\n")
         raise SystemExit(EXIT_USAGE) from None
+    except fastpath.FastPathError as e:
+        sys.stderr.write(f"{prog}: bad configuration:\n{e}\n")
+        raise SystemExit(EXIT_USAGE) from None
+    if fast_path != cfg.net.fast_path:
+        cfg = attrs.evolve(cfg, net=attrs.evolve(cfg.net, fast_path=fast_path))
+    return cfg
 
 
 class ConfigOptions(usage.Options):

@@ -54,6 +54,8 @@ def build(progress: Progress, settings: ScenarioSettings, ok: bool, reason: str,
         # What `connscale check` said of this host before the run.
         preflight=preflight,
         search=search,
+        # The observed server exiting, restarting, replaced (connscale observe), timed by the hub.
+        target_events=stats.target_events,
     )
 
 
@@ -76,6 +78,7 @@ def explanation(result: Summary, records: Sequence[Stats] | None = None) -> Expl
         rtt=final if final.p99 is not None else result.rtt_ms,
         saturated_phases=saturated_phases(records) if records is not None else None,
         losses=result.worker_losses,
+        target_events=result.target_events,
     )
 
 

@@ -119,13 +119,15 @@ def _make(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
 
 def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     c = cfg.client
-    direct_dispatch(reactor)
+    if cfg.net.fast_path:
+        direct_dispatch(reactor)
     prepare_fds(c.connections, PROG)
     routes = make_routes(
         c.server_host, c.server_ports, c.source_ips, plan.tuple_cap(c.per_route_max, ephemeral_count())
     )
     pool = ConnectionPool(
-        reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close), routes
+        reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close), routes,
+        fast_path=cfg.net.fast_path,
     )
     top = MultiService()
     status = StatusService(reactor, c.status_interval, pool.counters.snapshot, with_rtt=True, final=False)
@@ -133,8 +135,9 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     PoolService(pool, c.connections, status).setServiceParent(top)
     log.info(
         "{prog}: {n} connections to {host} ports {ports} over {routes} routes at {rate}/s, "
-        "interval {interval}s, timeout {timeout}s",
+        "interval {interval}s, timeout {timeout}s ({path})",
         prog=PROG, n=c.connections, host=c.server_host, ports=",".join(map(str, c.server_ports)),
         routes=len(routes), rate=c.rate, interval=c.interval, timeout=c.timeout,
+        path="fast path" if cfg.net.fast_path else "Twisted's transports",
     )
     return top

@@ -83,7 +83,8 @@ def _make_service(options: Options) -> IService:
 
 def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     s = cfg.server
-    direct_dispatch(reactor)
+    if cfg.net.fast_path:
+        direct_dispatch(reactor)
     prepare_fds(0, PROG)
     try:
         sockets = bind_sockets(s.interface, s.ports, s.backlog)
@@ -91,11 +92,13 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
         raise SystemExit(f"{PROG}: {e}") from None
     counters = Counters()
     top = MultiService()
-    listening = ListeningService(reactor, sockets, PingServerFactory(s.framing, counters, s.max_line))
+    listening = ListeningService(reactor, sockets, PingServerFactory(s.framing, counters, s.max_line),
+                                 fast_path=cfg.net.fast_path)
     listening.setServiceParent(top)
     StatusService(reactor, s.status_interval, counters.snapshot, with_rtt=False).setServiceParent(top)
     log.info(
-        "{prog}: serving {framing} framing on {interface} ports {ports} (backlog {backlog})",
+        "{prog}: serving {framing} framing on {interface} ports {ports} (backlog {backlog}; {path})",
         prog=PROG, framing=s.framing, interface=s.interface, ports=",".join(map(str, s.ports)), backlog=s.backlog,
+        path="fast path" if cfg.net.fast_path else "Twisted's transports",
     )
     return top

@@ -27,7 +27,7 @@ import attrs
 import yaml
 
 __all__ = [
-    "ClientHost", "ClientSettings", "Config", "ConfigError", "ControlSettings", "RunSettings",
+    "ClientHost", "ClientSettings", "Config", "ConfigError", "ControlSettings", "ObserveSettings", "RunSettings",
     "ScenarioSettings", "ServerSettings", "load_config", "parse_config", "parse_duration",
     "parse_hostport", "parse_ips", "parse_ports",
 ]
@@ -478,6 +478,11 @@ def _thresholds(value: object) -> tuple[str, ...]:
         if not isinstance(item, str) or not item.strip() or len(item) > 256 or "\n" in item:
             raise _Invalid(f"[{i}]: expected one line like 'held >= 500000', got {_describe(item)}")
     return tuple(item.strip() for item in items)
+def _observe_target(value: object) -> str:
+    """A pid or a process name (as `connscale observe --pid/--name` takes them)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    return _process_name(value)
 
 
 # ---------------------------------------------------------------- the settings table
@@ -582,6 +587,8 @@ class ClientHost:
     env: Mapping[str, str] = _setting(attrs.Factory(dict), _env, hash=False, secret_values=True)
     # HOST:PORT the agent on this host dials; None = the hub's control.listen address.
     master: tuple[str, int] | None = _setting(None, _optional(_one_hostport), dump=_format_master)
+    # A pid or process name: client_start then launches an observer of it there, not an agent.
+    observe: str | None = _setting(None, _optional(_observe_target))
 
 
 @attrs.frozen
@@ -612,11 +619,37 @@ class ScenarioSettings:
     thresholds: tuple[str, ...] = _setting((), _thresholds)
 
 
+def _process_name(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or "/" in value or len(value) > 64:
+        raise _Invalid(f"expected a process name like redis-server, got {_describe(value)}")
+    return value.strip()
+
+
+@attrs.frozen
+class ObserveSettings:
+    """``observe:`` the server process an observer watches (`connscale observe`, `connscale run`).
+
+    Neither set: `connscale run` watches its own server workers."""
+
+    pid: int | None = _setting(None, _optional(_int(1, 1 << 22)))
+    name: str | None = _setting(None, _optional(_process_name))
+
+
 @attrs.frozen
 class RunSettings:
     """``run:`` where a run's records go."""
 
     dir: str = _setting("runs", _path)
+
+
+@attrs.frozen
+class NetSettings:
+    """``net:`` how connscale's own sockets are driven, on both sides."""
+
+    #: connscale's own transports, dispatch and timer wheel (net.fastpath); false:
+    #: Twisted's listenTCP/connectTCP transports and a callLater per connection.
+    #: CONNSCALE_FAST_PATH (1/0) overrides it.
+    fast_path: bool = _setting(True, _boolean)
 
 
 @attrs.frozen
@@ -629,6 +662,8 @@ class Config:
     clients: Mapping[str, ClientHost] = attrs.field(factory=dict, hash=False)
     scenario: ScenarioSettings = attrs.field(factory=ScenarioSettings)
     run: RunSettings = attrs.field(factory=RunSettings)
+    observe: ObserveSettings = attrs.field(factory=ObserveSettings)
+    net: NetSettings = attrs.field(factory=NetSettings)
 
     def as_dict(self, redact_secrets: bool = True) -> dict[str, Any]:
         """Plain JSON-able dict in the YAML layout; parse_config() accepts it back unchanged
@@ -645,9 +680,9 @@ class Config:
 
 _SECTIONS: dict[str, type] = {
     "server": ServerSettings, "client": ClientSettings, "control": ControlSettings,
-    "scenario": ScenarioSettings, "run": RunSettings,
+    "scenario": ScenarioSettings, "run": RunSettings, "observe": ObserveSettings, "net": NetSettings,
 }
-_TOP_KEYS = ("server", "client", "control", "clients", "scenario", "run")
+_TOP_KEYS = ("server", "client", "control", "clients", "scenario", "run", "observe", "net")
 
 
 @functools.cache
@@ -803,12 +838,18 @@ def _check_listeners(c: Config) -> Iterator[str]:
                 yield f"{key}: port {port} is also used by {other}"
 
 
+def _check_observe(c: Config) -> Iterator[str]:
+    if c.observe.pid is not None and c.observe.name is not None:
+        yield "observe: give pid or name, not both"
+
+
 _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], ...] = (
     (("client.timeout", "client.interval"), _check_timeout),
     (("control.secret", "control.secret_file"), _check_secret),
     (("client.server", "client.source_ips"), _check_source_family),
     (("control", "control.listen", "control.console", "control.console_listen", "control.metrics_listen",
       "server", "server.interface", "server.ports", "server.workers"), _check_listeners),
+    (("observe", "observe.pid", "observe.name"), _check_observe),
 )
 
 

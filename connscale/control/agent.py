@@ -38,7 +38,7 @@ from connscale.control.records import MAX_EVENTS, AgentInfo, AgentReport, Regist
 from connscale.control.secret import SecretError, client_secret, config_dir
 from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
-from connscale.host.resources import cpu_count
+from connscale.host.resources import cpu_count, process_resources
 from connscale.host.sysctl import ephemeral_count
 from connscale.metrics.histograms import RttAccumulator, encode_histogram
 from connscale.metrics.status import StatusService
@@ -125,7 +125,8 @@ class Agent(MultiService):
         self.standalone_workers = standalone_workers
         # Workers raise their own limits; this logs what each of them gets.
         _, self.budget = prepare_fds(0, PROG)
-        spec = ClientSpec(interval=c.interval, timeout=c.timeout, rate=c.rate, framing=c.framing, close=c.close)
+        spec = ClientSpec(interval=c.interval, timeout=c.timeout, rate=c.rate, framing=c.framing, close=c.close,
+                          fast_path=cfg.net.fast_path)
         self.report_rtt = RttAccumulator()
         self.supervisor = Supervisor(reactor, "client", spec, self.name, on_rtt=self.report_rtt.add)
         self.status = StatusService(reactor, c.status_interval, self.supervisor.totals, with_rtt=True, final=False)
@@ -144,14 +145,7 @@ class Agent(MultiService):
         self._orphaned: Any = None
         self.link: HubLink | None = None
         if c.master is not None:
-            try:
-                verbs.agent_name(self.name)
-                credentials = Credentials.from_secret(client_secret(cfg.control))
-                credentials.check_role(f"agent:{self.name}")
-            except (SecretError, CredentialError) as e:
-                raise SystemExit(f"{PROG}: {e}") from None
-            except RecordError as e:
-                raise SystemExit(f"{PROG}: client.name {self.name!r}: {e}") from None
+            credentials = agent_credentials(cfg, self.name, PROG, "client.name")
             self.link = HubLink(
                 reactor, c.master, f"agent:{self.name}", credentials, tls_ca=cfg.control.tls_ca,
                 mind=AgentMind(self), on_login=self._register, on_lost=self._hub_lost, on_refused=self._refused,
@@ -242,6 +236,7 @@ class Agent(MultiService):
             connecting=sum(int((s.last or {}).get("connecting", 0)) for s in self.supervisor.slots),
             events=report_events(self.supervisor.take_events()),
             losses=tuple(self.supervisor.take_losses())[:MAX_LOSSES],
+            resources=process_resources(),
         )
 
     def startService(self) -> None:
@@ -315,6 +310,20 @@ def report_events(events: list[str]) -> tuple[str, ...]:
     if len(lines) > MAX_EVENTS:
         lines = lines[: MAX_EVENTS - 1] + [f"... and {len(lines) - MAX_EVENTS + 1} more events"]
     return tuple(lines)
+
+
+def agent_credentials(cfg: Config, name: str, prog: str, what: str) -> Credentials:
+    """The agent login's credentials (agents and observers), or SystemExit with one line: no
+    secret, a key that cannot log in as this agent name, or a name (`what`) the hub would refuse."""
+    try:
+        verbs.agent_name(name)
+        credentials = Credentials.from_secret(client_secret(cfg.control))
+        credentials.check_role(f"agent:{name}")
+    except (SecretError, CredentialError) as e:
+        raise SystemExit(f"{prog}: {e}") from None
+    except RecordError as e:
+        raise SystemExit(f"{prog}: {what} {name!r}: {e}") from None
+    return credentials
 
 
 def fatal(reactor: Any, message: str, code: int = 2) -> None:

@@ -37,8 +37,12 @@ from twisted.logger import Logger
 from connscale.config.packed import PackError
 from connscale.config.records import RecordError
 from connscale.control.diagnosis import Diagnosis
+from connscale.control.observers import Observers
 from connscale.control.registry import AgentHandle, Registry
 from connscale.host.kernel import kernel_snapshot
+from connscale.host.observed import ObservedEvent
+from connscale.host.resources import process_resources
+from connscale.metrics.cost import Cost, CostMeter
 from connscale.metrics.histograms import (
     RttAccumulator,
     encode_histogram,
@@ -99,6 +103,9 @@ class Collector:
         self.lost_after = lost_after
         self.client_rtt = RttAccumulator()
         self.started = clock.seconds()
+        #: CPU and RSS of every process of the run (metrics.cost), once per timeline line.
+        self.cost_meter = CostMeter()
+        self.cost: Cost | None = None
         #: Seconds the last poll round waited, from its first question to its
         #: last answer, or `answer_wait` when some answer was late (None before
         #: the first): the timeline's `poll_ms`.
@@ -119,12 +126,16 @@ class Collector:
         self.listeners: list[Callable[[Stats], None]] = []
         # Agents are judged by their silence; never by ours (a stopped hub).
         self.stall = StallWatch(clock, self._stalled)
+        #: Observers of the server under test (control.observers), asked in the same rounds.
+        self.observers: Observers | None = None
+        self._target_events_recorded = 0
 
     def _stalled(self, seconds: float) -> None:
         self.events.note(f"the controller was stalled for {seconds:.0f}s; "
                          "agent silence during the stall is not held against them")
         now = self.clock.seconds()
-        for agent in self.registry.live():
+        observers = self.observers.registry.live() if self.observers is not None else []
+        for agent in [*self.registry.live(), *observers]:
             agent.answered_at = max(agent.answered_at, now)
 
     def set_phase(self, phase: str) -> str:
@@ -207,6 +218,8 @@ class Collector:
         if self.servers is not None:
             servers = self.servers
             calls.append(servers.poll(wait, self.fresh).addCallback(lambda _: self._server_events()))
+        if self.observers is not None:
+            calls += [_follow(d) for d in self.observers.poll()]
         running = _all_within(self.clock, calls, wait)
 
         def done(complete: bool) -> None:
@@ -253,7 +266,10 @@ class Collector:
             # tail of a connect burst or a drain.
             phase=window_phase(self._window_phases),
             worker_losses=new_losses,
+            target_events=self._new_target_events(),
             poll_ms=round(self.poll_s * 1000, 1) if self.poll_s is not None else None,
+            # What connscale itself took this second: hub, agents, observers and every worker.
+            cost=self._measure_cost(),
             # Judged below, as the line is observed; only a live view asks what is not judged yet.
             unjudged_failures=(),
             incidents=(),
@@ -272,6 +288,20 @@ class Collector:
                 listener(line)
             except Exception:
                 log.failure("a timeline listener failed")
+
+    def _new_target_events(self) -> tuple[ObservedEvent, ...]:
+        """Like worker losses: a line carries the target events of its own second only (its
+        `observers` rows, beside the clients', come with stats())."""
+        if self.observers is None:
+            return ()
+        events = self.observers.events
+        new = tuple(events[self._target_events_recorded:])
+        self._target_events_recorded = len(events)
+        return new
+
+    def _measure_cost(self) -> Cost:
+        self.cost = self.cost_meter.observe(self.clock.seconds(), self.cost_readings())
+        return self.cost
 
     # -- numbers ---------------------------------------------------------------------------
     def client_totals(self) -> Snapshot:
@@ -332,6 +362,10 @@ class Collector:
             # Each worker lost so far, how it ended and what it held, in words the summary repeats.
             worker_losses=tuple(self.worker_losses()),
             kernel=KernelCounters.from_wire(kernel_snapshot()),
+            # The last timeline line's (a stats call between two lines reads the same).
+            cost=self.cost,
+            observers=self.observers.rows(self._round_at) if self.observers is not None else {},
+            target_events=tuple(self.observers.events) if self.observers is not None else (),
         )
         if self.diagnosis is not None:
             try:
@@ -339,6 +373,22 @@ class Collector:
             except Exception:
                 log.failure("the load summary failed")
         return stats
+
+    def cost_readings(self) -> list[tuple[str, object, dict[str, Any]]]:
+        """(kind, key, resources) of the hub, its server workers, every agent and its workers,
+        and every observer (each one of connscale's processes)."""
+        out: list[tuple[str, object, dict[str, Any]]] = [("hub", "hub", process_resources())]
+        if self.servers is not None:
+            out += [("server_workers", w.pid, w.resources) for w in self.servers.workers() if w.alive]
+        for a in self.registry.agents.values():
+            if a.last is None or not a.connected:
+                continue
+            if a.last.resources:
+                out.append(("agents", a.name, a.last.resources))
+            out += [("client_workers", (a.name, w.pid), w.resources) for w in a.last.workers if w.alive]
+        if self.observers is not None:
+            out += self.observers.cost_readings()
+        return out
 
     def stale_s(self, agent: AgentHandle) -> float | None:
         """0.0 if the agent's report in hand is this round's (or was fresh at its start),

@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from connscale.config.packed import pack_pieces
 from connscale.config.records import Record, RecordError
-from connscale.config.settings import Config
+from connscale.config.settings import ClientHost, Config
 from connscale.control import channel
 from connscale.control.auth import Credentials, LoginExchange
 from connscale.control.collect import LOST_AFTER, POLL_INTERVAL, Collector, EventLog
@@ -43,6 +43,7 @@ from connscale.control.login import (
     LoginThrottle,
     ProofChecker,
 )
+from connscale.control.observers import Observers
 from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo
 from connscale.control.registry import CALL_TIMEOUT, AgentHandle, Registry
@@ -64,6 +65,8 @@ class AgentAvatar(pb.Avatar):
         self.controller = controller
         self.name = name
         self.mind = mind
+        #: Registered as an observer (not an agent that holds connections).
+        self.observer = False
 
     def perspective_register(self, info: object) -> dict[str, Any]:
         try:
@@ -72,9 +75,24 @@ class AgentAvatar(pb.Avatar):
             raise ControlError(f"registration refused: {e}") from None
         return self.controller.agent_registered(self.name, self.mind, record)
 
+    def perspective_observe(self, info: object) -> dict[str, Any]:
+        """An observer (`connscale observe`) registers: it watches a server, holds no connections."""
+        try:
+            record = AgentInfo.from_wire(info)
+        except RecordError as e:
+            raise ControlError(f"registration refused: {e}") from None
+        self.observer = True
+        return self.controller.observers.register(self.name, self.mind, record)
+
     def perspective_keepalive(self) -> None:
         """An agent's probe that the hub still answers."""
         return None
+
+    def detached(self) -> None:
+        if self.observer:
+            self.controller.observers.detached(self.name, self.mind)
+        else:
+            self.controller.registry.detached(self.name, self.mind)
 
 
 class OperatorAvatar(pb.Avatar):
@@ -148,6 +166,9 @@ class Controller:
         #: Names the walls the run meets (connscale.diagnose).
         self.diagnosis = Diagnosis(cfg, self.registry, self.log.note)
         self.collector = Collector(reactor, self.registry, self.log, servers, timeline, lost_after, self.diagnosis)
+        #: Observers of the server under test (connscale observe), kept apart from the agents.
+        self.observers = Observers(reactor, self.log.note, self.collector.started, lost_after)
+        self.collector.observers = self.observers
         self._launcher = launcher
 
     # -- the parts, as the hub and the console see them ---------------------------------
@@ -208,7 +229,7 @@ class Controller:
             except RecordError as e:
                 raise cred_error.UnauthorizedLogin(f"agent name refused: {e}") from None
             avatar = AgentAvatar(self, name, mind)
-            return pb.IPerspective, avatar, lambda: self.registry.detached(name, mind)
+            return pb.IPerspective, avatar, avatar.detached
         if kind == "operator" and not name:
             return pb.IPerspective, OperatorAvatar(self), lambda: None
         # (login.authenticate never gets here with another role: its key is unknown.)
@@ -225,6 +246,10 @@ class Controller:
 
     def wait_registered(self, name: str) -> defer.Deferred[None]:
         return self.registry.wait_registered(name)
+
+    def registry_of(self, host: ClientHost) -> Registry:
+        """Where a `clients:` entry registers: the observers' registry for one with `observe:`."""
+        return self.observers.registry if host.observe else self.registry
 
     # -- verbs ---------------------------------------------------------------------------------
     def call(self, name: str, args: Any = (), kwargs: Any = None) -> defer.Deferred[Any]:
@@ -282,15 +307,16 @@ class Controller:
         if name not in self.cfg.clients:
             known = ", ".join(sorted(self.cfg.clients)) or "none configured"
             return defer.fail(ControlError(f"no client {name!r} under clients: in the config (known: {known})"))
-        agent = self.agents.get(name)
+        agent = self.registry_of(self.cfg.clients[name]).agents.get(name)
         if agent is not None and agent.connected:
             return defer.fail(ControlError(f"client {name} is already running"))
         return self._launcher(self, self.cfg.clients[name])
 
     @defer.inlineCallbacks
     def op_client_stop(self, name: str):  # type: ignore[no-untyped-def]
-        """Stop a client: its connections close, its agent exits."""
-        agent = self.agents.get(name)
+        """Stop a client: its connections close, its agent (or observer) exits."""
+        host = self.cfg.clients.get(name)
+        agent = (self.registry_of(host) if host is not None else self.registry).agents.get(name)
         if agent is None:
             raise ControlError(f"no client named {name!r}")
         if agent.connected:

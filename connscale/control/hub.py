@@ -82,8 +82,9 @@ class HubService(MultiService):
         super().startService()
         self.servers.ensure(self.workers).addCallbacks(
             lambda budgets: log.info(
-                "{prog}: {n} server workers listening (fd budgets {budgets})",
+                "{prog}: {n} server workers listening ({path}; fd budgets {budgets})",
                 prog=PROG, n=len(budgets), budgets=",".join(map(str, budgets)),
+                path="fast path" if self.servers.spec.fast_path else "Twisted's transports",
             ),
             lambda f: log.error("{prog}: server workers failed to start: {why}", prog=PROG, why=f.getErrorMessage()),
         )
@@ -163,28 +164,31 @@ def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[st
 
     reactor = controller.reactor
     master_host, master_port = host.master or control_address(controller.cfg)
-    argv = launch.remote_agent_argv(host, f"{master_host}:{master_port}")
+    master = f"{master_host}:{master_port}"
+    # An entry with `observe:` starts an observer of that server there, not an agent.
+    argv = launch.remote_observer_argv(host, master) if host.observe else launch.remote_agent_argv(host, master)
+    registry = controller.registry_of(host)
     name = host.name
 
     def line(text: str) -> None:
         log.info("[{name}] {line}", name=name, line=text)
 
-    # The remote agent gets its own name's key, never the secret: it can log in as
-    # that agent and nothing more (no orders, no launches, no other name) if its host is taken.
+    # The remote agent (or observer) gets its own name's key, never the secret: it can log in
+    # as that name and nothing more (no orders, no launches, no other name) if its host is taken.
     launched = launch.launch(reactor, host, argv, launch.stdin_for(host, controller.agent_line(name)), line)
-    registered = controller.wait_registered(name)
+    registered = registry.wait_registered(name)
     result: defer.Deferred[str] = defer.Deferred()
 
     def on_registered(_: Any) -> None:
         if not result.called:
-            controller.agents[name].launch = launched
+            registry.agents[name].launch = launched
             controller.note(f"client {name} started on {host.host} over ssh")
             result.callback(name)
 
     def on_ended(code: int) -> None:
         if not result.called:
             result.errback(ControlError(launch.explain_failure(host, code, launched.stderr_tail)))
-        elif controller.agents.get(name) and controller.agents[name].launch is launched:
+        elif registry.agents.get(name) and registry.agents[name].launch is launched:
             controller.note(f"client {name}: ssh session ended (exit {code})")
 
     def on_timeout() -> None:
@@ -262,7 +266,7 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     except ControlError as e:
         raise SystemExit(f"{PROG}: {e}") from None
     spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
-                      max_line=s.max_line)
+                      max_line=s.max_line, fast_path=cfg.net.fast_path)
     servers = Supervisor(reactor, "server", spec, "hub")
     run_dir = Path(record_dir) if record_dir else Path(cfg.run.dir) / time.strftime("%Y%m%d-%H%M%S-hub")
     timeline = Timeline(run_dir)

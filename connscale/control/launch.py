@@ -37,7 +37,7 @@ from connscale.procs.child import ChildProcess
 
 __all__ = [
     "LaunchError", "LaunchedAgent", "explain_failure", "launch", "remote_agent_argv", "remote_command",
-    "ssh_argv", "stdin_for",
+    "remote_observer_argv", "ssh_argv", "stdin_for",
 ]
 
 log = Logger(namespace="connscale.launch")
@@ -74,15 +74,16 @@ class LaunchError(Exception):
     """Launching could not even start (no ssh client, spawn failed); the message is one line."""
 
 
+def _remote_connscale(host: ClientHost, verb: str, master: str, name_flag: str) -> list[str]:
+    """`python -m connscale VERB` on ``host``, reporting to ``master`` under the entry's name,
+    its key on stdin (which then stays open as its lifeline)."""
+    return [host.python, "-m", "connscale", verb, "--master", master, name_flag, host.name,
+            "--secret-file", "/dev/stdin", "--lifeline"]
+
+
 def remote_agent_argv(host: ClientHost, master: str, extra: Sequence[str] = ()) -> list[str]:
     """The agent command line to run on ``host`` (``host.env`` is applied by :func:`ssh_argv`)."""
-    argv = [
-        host.python, "-m", "connscale", "agent",
-        "--master", master,
-        "--name", host.name,
-        "--secret-file", "/dev/stdin",
-        "--lifeline",
-    ]
+    argv = _remote_connscale(host, "agent", master, "--name")
     if host.source_ips:
         argv += ["--source-ip", ",".join(host.source_ips)]
     argv += ["--workers", str(host.workers)]
@@ -94,6 +95,13 @@ def remote_agent_argv(host: ClientHost, master: str, extra: Sequence[str] = ()) 
 #: (`read` takes one byte at a time from a pipe, so what follows the empty line, the
 #: agent key and the lifeline, is left for the agent.)
 ENV_PRELUDE = 'while IFS= read -r kv && [ -n "$kv" ]; do export "$kv"; done; exec "$@"'
+
+
+def remote_observer_argv(host: ClientHost, master: str) -> list[str]:
+    """The observer command line for a `clients:` entry with `observe:` (a pid or a process name)."""
+    target = host.observe or ""
+    argv = _remote_connscale(host, "observe", master, "--label")
+    return argv + (["--pid", target] if target.isdigit() else ["--name", target])
 
 
 def remote_command(host: ClientHost, remote: Sequence[str]) -> str:

@@ -132,6 +132,8 @@ class AgentReport(Record):
     events: tuple[str, ...] = field(seq(EVENT, MAX_EVENTS), default=())
     #: The client workers lost since the previous report, with how and what they held.
     losses: tuple[WorkerLoss, ...] = field(seq(nested(WorkerLoss), MAX_LOSSES), default=())
+    #: The agent's own process: CPU seconds and RSS (host.resources), for connscale's own cost.
+    resources: dict[str, Any] = field(loose(16, 1), factory=dict)
 
     def to_wire(self) -> dict[str, object]:
         data = super().to_wire()

@@ -135,9 +135,11 @@ class AgentHandle:
 
 
 class Registry:
-    def __init__(self, clock: Any, note: Callable[[str], None]) -> None:
+    def __init__(self, clock: Any, note: Callable[[str], None], kind: str = "agent") -> None:
         self.clock = clock
         self.note = note
+        #: What its members are called in notes ("agent", "observer").
+        self.kind = kind
         self.agents: dict[str, AgentHandle] = {}
         self.new_names = Bucket(clock, NAME_RATE, NAME_BURST)
 
@@ -187,11 +189,11 @@ class Registry:
                 # of numbers: refuse the newcomer, loudly.
                 held_by = f"pid {agent.info.pid} on {agent.info.host}" if agent.info else "another agent"
                 raise ControlError(
-                    f"agent name {name!r} is taken by {held_by}; "
-                    "give this agent another --name"
+                    f"{self.kind} name {name!r} is taken by {held_by}; "
+                    + ("give this agent another --name" if self.kind == "agent" else "give it another --label")
                 )
             # The same agent reconnecting before we noticed its old connection die.
-            self.note(f"agent {name} registered again; the older session is replaced")
+            self.note(f"{self.kind} {name} registered again; the older session is replaced")
             old, agent.mind = agent.mind, None
             _drop(old)
         resumed = bool(info.session) and secrets.compare_digest(info.session, agent.session)
@@ -210,8 +212,9 @@ class Registry:
         if sum(held) or not agent.worker_targets:
             agent.worker_targets = held
         self.note(
-            f"agent {name} registered from {info.host} (pid {info.pid}, "
-            f"{info.workers} workers, target {agent.target})"
+            f"{self.kind} {name} registered from {info.host} (pid {info.pid}, "
+            f"{info.workers} workers, target {agent.target})" if self.kind == "agent" else
+            f"{self.kind} {name} registered from {info.host} (pid {info.pid})"
         )
         waiting, agent.registered = agent.registered, []
         for d in waiting:
@@ -238,7 +241,8 @@ class Registry:
         agent.mind = None
         agent.losses += 1
         agent.lost_reason = reason
-        self.note(f"agent {agent.name} lost: {reason}; it held {agent.open()} connections at its last report")
+        held = f"; it held {agent.open()} connections at its last report" if self.kind == "agent" else ""
+        self.note(f"{self.kind} {agent.name} lost: {reason}{held}")
 
     def wait_registered(self, name: str) -> defer.Deferred[None]:
         agent = self.agents.get(name)

@@ -55,6 +55,20 @@ RUN_STARTUP_S = 10.0
 
 
 @attrs.frozen
+class ConnectionCosts:
+    """Memory one held connection costs: the figures measured on this box (bench/), or a run's
+    own (`connscale check --measured RUN_DIR`: diagnose.memory's table)."""
+
+    kernel_pair: float = KERNEL_BYTES_PER_PAIR
+    user_client: float = USER_BYTES["client"]
+    user_server: float = USER_BYTES["server"]
+    source: str = "bench/pair_cost.py and bench/mem_per_conn.py"
+
+    def user(self, side: str) -> float:
+        return self.user_client if side == "client" else self.user_server
+
+
+@attrs.frozen
 class Demand:
     """What a configuration asks of one host."""
 
@@ -71,6 +85,7 @@ class Demand:
     # A run's ramp: None outside `connscale run`.
     time_limit: float | None = None
     holds: float = 0.0                    # seconds of holds between the ramp's steps and at the end
+    costs: ConnectionCosts = attrs.Factory(ConnectionCosts)
 
     @property
     def routes(self) -> int:
@@ -303,8 +318,8 @@ def fd_system_limit(h: HostLimits, d: Demand) -> Limit:
 
 def bytes_per_connection(d: Demand) -> float:
     """Memory one more connection costs this host, its workers' share included."""
-    kernel = KERNEL_BYTES_PER_PAIR * (1.0 if d.roles == "both" else 0.5)
-    user = sum(USER_BYTES[s] for s in d.sides)
+    kernel = d.costs.kernel_pair * (1.0 if d.roles == "both" else 0.5)
+    user = sum(d.costs.user(s) for s in d.sides)
     # Every per_worker(budget) connections bring one more worker process per side.
     return kernel + user
 
@@ -320,9 +335,10 @@ def memory_limit(h: HostLimits, d: Demand) -> Limit:
     where = "the cgroup's memory limit" if h.usable_memory != h.mem_available else "MemAvailable"
     detail = (
         f"{_gib(usable)} free ({where}); a connection costs ~{per_conn / 1024:.1f} KB here "
-        f"(kernel {KERNEL_BYTES_PER_PAIR * (1.0 if d.roles == 'both' else 0.5) / 1024:.1f} KB, "
-        f"user {sum(USER_BYTES[s] for s in d.sides) / 1024:.1f} KB, worker processes' share "
-        f"{len(d.sides) * WORKER_BYTES / per_worker(budget) / 1024:.1f} KB)"
+        f"(kernel {d.costs.kernel_pair * (1.0 if d.roles == 'both' else 0.5) / 1024:.1f} KB, "
+        f"user {sum(d.costs.user(s) for s in d.sides) / 1024:.1f} KB, worker processes' share "
+        f"{len(d.sides) * WORKER_BYTES / per_worker(budget) / 1024:.1f} KB; per connection as measured by "
+        f"{d.costs.source})"
     )
     fix = (
         f"{_gib(need)} needed for {d.target:,}: free memory, or move the clients to other hosts (clients: in the config)"

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 
+from connscale.diagnose.observed import ServerWatch, observed_rows, server_side
 from connscale.diagnose.walls import (
     Context,
     Finding,
@@ -98,6 +99,8 @@ class IncidentDetector:
         #: Seconds in which the client workers were saturated (for the verdict).
         self.saturated_seconds = 0
         self.load = LoadSummary()
+        #: Server-side walls from the observers' rows (diagnose.observed).
+        self.server = ServerWatch()
 
     # -- the window ------------------------------------------------------------------------
     def window(self, record: Stats) -> Window:
@@ -122,6 +125,7 @@ class IncidentDetector:
             ghosts=record.ghosts,
             ghosts_max=max(r.ghosts for r in (*self.history, record)),
             workers=tuple(worker_loads(record)),
+            server_wall=server_side(observed_rows(record)),
         )
 
     # -- one second --------------------------------------------------------------------------
@@ -180,6 +184,10 @@ class IncidentDetector:
         self._ghostly = self._ghostly + 1 if ghostly else 0
         if self._ghostly >= SUSTAIN:
             self._open(new, "ghosts", accept_queue(w, ctx, None), w, record)
+
+        # The server's side, as its observer sees it: a wall that lasts, or the server gone.
+        for finding in self.server.observe(record, observed_rows(record)):
+            self._open(new, "observer", finding, w, record)
 
         self.history.append(record)
         return new

@@ -284,3 +284,31 @@ def worker_open(s: Series, limit: int = 64) -> bytes:
     elif len(labels) <= 12:
         _legend(ax, loc="best", ncols=2)
     return _png(fig)
+
+
+def memory_per_connection(points: dict[str, list[tuple[int, float]]]) -> bytes:
+    """Each memory quantity per connection (diagnose.memory.per_second) against open connections:
+    user memory on the left, the kernel's on the right."""
+    from connscale.diagnose.memory import QUANTITIES
+
+    fig, (user, kernel) = _figure(2)
+    colors = dict(zip((q[0] for q in QUANTITIES), CAUSE_COLORS))
+    drawn = {"user": False, "kernel": False}
+    for key, what, kind, _ in QUANTITIES:
+        pairs = points.get(key) or []
+        if not pairs:
+            continue
+        ax = user if kind == "user" else kernel
+        ax.scatter(*zip(*pairs), color=colors[key], s=10, alpha=0.8, label=what)
+        drawn[kind] = True
+    for ax, kind, title in ((user, "user", "user memory per connection"),
+                            (kernel, "kernel", "kernel memory per connection (observer's host)")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("open connections", fontsize=8)
+        ax.set_ylabel("bytes", fontsize=8)
+        _thousands(ax, "x")
+        if drawn[kind]:
+            _legend(ax, loc="best")
+        else:
+            _no_data(ax, "no observer rows")
+    return _png(fig)

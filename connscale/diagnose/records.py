@@ -37,6 +37,8 @@ from connscale.config.records import (
     text,
 )
 from connscale.diagnose.gates import BaselineResult, ThresholdResult
+from connscale.host.observed import MAX_TARGET_EVENTS, ObservedEvent
+from connscale.metrics.cost import Cost
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import PhaseRtt
 from connscale.metrics.records import (
@@ -182,6 +184,65 @@ class Preflight(Record):
         return next((lim for lim in self.limits if lim.binding), None)
 
 
+# ----------------------------------------------------------------------------- memory per connection
+
+@attrs.frozen
+class MemoryMoment(Record):
+    """A second the memory table measures at (`diagnose.memory`)."""
+
+    elapsed_s: float = field(number(-1e9, 1e12), default=0.0, doc="seconds since the hub started")
+    open: int = field(COUNT, default=0, doc="connections the clients held then")
+    phase: str = field(text(64), default="", doc="the run's phase then (empty for the baseline)")
+
+
+@attrs.frozen
+class MemoryRow(Record):
+    """One quantity of the table: bytes per connection opened since the baseline."""
+
+    key: str = field(text(64), doc="its id (server_rss, server_pss, connscale_server_rss, connscale_client_rss, "
+                                   "kernel_slab, kernel_tcp_mem, kernel)")
+    what: str = field(text(200), default="", doc="what it is, in words")
+    kind: str = field(text(16), default="", doc="user or kernel")
+    side: str = field(text(16), default="", doc="whose: server, client or host")
+    opened: float | None = field(optional(number(-1e15, 1e15)), default=None,
+                                 doc="bytes per connection once every connection was open (null: not measured)")
+    pinging: float | None = field(optional(number(-1e15, 1e15)), default=None,
+                                  doc="bytes per connection after they pinged, at the end of the final hold")
+
+    def at(self, moment: str) -> float | None:
+        """Its figure at "opened" or "pinging"."""
+        return self.opened if moment == "opened" else self.pinging if moment == "pinging" else None
+
+
+@attrs.frozen
+class MemoryServer(Record):
+    """The observed server the table speaks of."""
+
+    label: str = field(text(128), doc="its label")
+    pid: int | None = field(optional(integer(1)), default=None, doc="its process id")
+
+
+@attrs.frozen(kw_only=True)
+class MemoryTable(Record):
+    """Memory per held connection, user and kernel, both ends (`diagnose.memory.memory_table`)."""
+
+    baseline: MemoryMoment = field(nested(MemoryMoment), doc="the last second the observer read before the "
+                                                             "first connection opened")
+    opened: MemoryMoment | None = field(optional(nested(MemoryMoment)), default=None,
+                                        doc="the first second at the peak count, before the final hold")
+    pinging: MemoryMoment | None = field(optional(nested(MemoryMoment)), default=None,
+                                         doc="the last second of the final hold (else the last before the stop)")
+    server: MemoryServer | None = field(optional(nested(MemoryServer)), default=None,
+                                        doc="the observed server")
+    host: str = field(text(255), default="", doc="the observer's host")
+    rows: tuple[MemoryRow, ...] = field(seq(nested(MemoryRow), 64), default=(), doc="one row per quantity measured")
+
+    @property
+    def moments(self) -> dict[str, MemoryMoment]:
+        """"opened" and "pinging", those the table has."""
+        return {name: m for name, m in (("opened", self.opened), ("pinging", self.pinging)) if m is not None}
+
+
 # ----------------------------------------------------------------------------- the summary
 
 @attrs.frozen
@@ -256,6 +317,15 @@ class Summary(Record):
                                                     doc="every threshold, as evaluated on the metrics")
     baseline: BaselineResult | None = field(optional(nested(BaselineResult)), default=None,
                                             doc="the run against its --baseline (None: none given)")
+    target_events: tuple[ObservedEvent, ...] = field(seq(nested(ObservedEvent), MAX_TARGET_EVENTS), default=(),
+                                                     doc="the observed server exiting, restarting, replaced "
+                                                         "(connscale observe), timed by the hub")
+    memory: MemoryTable | None = field(optional(nested(MemoryTable)), default=None,
+                                       doc="memory per held connection, user and kernel, both ends (with an "
+                                           "observer; see Memory per connection)")
+    cost_final_hold: Cost | None = field(optional(nested(Cost)), default=None,
+                                         doc="connscale's own CPU (mean cores) and RSS (largest) over the final "
+                                             "hold, per kind of process, the run's own process included")
 
     @classmethod
     def from_wire(cls, data: object) -> Summary:

@@ -34,9 +34,10 @@ from connscale.diagnose.curve import (
     find_knee,
 )
 from connscale.diagnose.headline import BY_NAME
-from connscale.diagnose.records import Explanation, Summary
+from connscale.diagnose.records import Explanation, MemoryTable, Summary
 from connscale.diagnose.runfiles import RunFiles, RunReadError, read_run
 from connscale.diagnose.search import capacity_line
+from connscale.metrics.cost import mean_cost
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import FINAL_HOLD, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
 from connscale.metrics.records import Incident, Stats
@@ -72,6 +73,7 @@ _FORMATS = {
     "bytes": lambda v: f"{v:,.0f}",
     "pct": lambda v: f"{v:.0f}",
     "s": lambda v: f"{v:.1f}",
+    "cores": lambda v: f"{v:.2f}",
 }
 
 
@@ -135,6 +137,15 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
         put(f"cpu_max_{side}", max(cpu) if cpu else None, "pct")
         put(f"mem_per_conn_{side}", s.mem_per_conn[side][peak] if peak is not None else None, "bytes")
         put(f"rss_{side}", s.rss[side][peak] if peak is not None else None, "bytes")
+    # What connscale itself took over the final hold (the summary's, with the run's own
+    # process; else the timeline's hub, agents and workers).
+    cost = summary.cost_final_hold if summary is not None else None
+    if cost is None:
+        cost = mean_cost(r.cost for r in records if r.phase == FINAL_HOLD)
+    if cost is not None:
+        put("own_cores", cost.cores, "cores")
+        put("own_rss", cost.rss_bytes, "bytes")
+        put("own_processes", cost.processes, "int")
     return out
 
 
@@ -264,6 +275,7 @@ def derive_explanation(run: RunFiles, summary: Summary, peak_open: int) -> Expla
         summary.verdict, summary.target, held=summary.held, peak_open=peak_open, reason=summary.reason,
         incidents=gather_incidents(run), preflight=summary.preflight,
         rtt=final if final.p50 is not None else summary.rtt_ms, losses=summary.worker_losses,
+        target_events=summary.target_events,
     )
 
 
@@ -316,6 +328,7 @@ _SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("peak CPU of the workers (server / client)", "cpu_max_server|cpu_max_client", "% of a core"),
     ("memory per connection added, at the peak (server / client)", "mem_per_conn_server|mem_per_conn_client", "bytes"),
     ("workers' RSS at the peak (server / client)", "rss_server|rss_client", "bytes"),
+    ("connscale itself over the final hold: CPU cores / RSS / processes", "own_cores|own_rss|own_processes", ""),
 )
 
 
@@ -459,6 +472,32 @@ def incidents_html(incidents: Sequence[Incident]) -> str:
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 
+def memory_html(run: RunFiles) -> str:
+    """Memory per held connection, both ends, user and kernel (diagnose.memory): the summary's table,
+    else derived from the timeline."""
+    from connscale.diagnose.memory import memory_table
+
+    table: MemoryTable | None = run.summary.memory if run.summary is not None else None
+    if table is None:
+        table = memory_table(run.records)
+    if table is None or not table.rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("what", "user or kernel", "whose",
+                                              "bytes per connection, just opened", "after pinging"))
+    body = []
+    for row in table.rows:
+        cells = "".join(f'<td class="num">{_n(f"memory.{row.key}.{col}", Number(row.at(col), "bytes"))}</td>'
+                        for col in ("opened", "pinging"))
+        body.append(f"<tr><th>{_e(row.what)}</th><td>{_e(row.kind)}</td><td>{_e(row.side)}</td>{cells}</tr>")
+    server = table.server
+    who = f" The observed server: {_e(server.label)} (pid {_e(server.pid)})." if server is not None else ""
+    moments = ", ".join(f"{name} at {m.elapsed_s:.0f} s ({m.open:,} open)"
+                        for name, m in (("baseline", table.baseline), *table.moments.items()))
+    return (f'<h2>Memory per held connection</h2><table class="grid"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table><p class="muted">Growth per connection from {moments}.{who} '
+            "Kernel figures are the whole host's (both ends when the clients run on it too).</p>")
+
+
 def events_html(records: Sequence[Stats], limit: int = 200) -> str:
     rows = [(r.elapsed_s, e) for r in records for e in r.events]
     if not rows:
@@ -559,8 +598,9 @@ class Plot:
 
 
 def build_plots(s: Series, points: Sequence[CurvePoint], knee: Knee | None,
-                incidents: Sequence[Incident] = ()) -> list[Plot]:
+                incidents: Sequence[Incident] = (), records: Sequence[Stats] = ()) -> list[Plot]:
     from connscale.diagnose import plots
+    from connscale.diagnose.memory import per_second
 
     marks = [(i.elapsed_s, i.wall or i.trigger or "incident") for i in incidents]
     knee_words = f"; knee at about {knee.open:,}" if knee else ""
@@ -582,6 +622,10 @@ def build_plots(s: Series, points: Sequence[CurvePoint], knee: Knee | None,
              "side's workers in % of one core (100 = a core saturated).", plots.resources(s)),
         Plot("workers", "Open connections per worker",
              "One line per worker (server dashed, clients solid), by index.", plots.worker_open(s)),
+        Plot("memory", "Memory per held connection, user and kernel, against open connections",
+             "Growth since the last second before the first connection, per connection opened since: the observed "
+             "server's RSS and PSS, connscale's own workers per side, and the kernel's socket slab and TCP buffers "
+             "on the observer's host (the whole host's counters).", plots.memory_per_connection(per_second(records))),
     ]
 
 
@@ -592,7 +636,7 @@ def render_html(run: RunFiles) -> str:
     knee = find_knee(points)
     css, verdict = verdict_html(run, nums, knee, points)
     incidents = gather_incidents(run)
-    figures = build_plots(s, points, knee, incidents)
+    figures = build_plots(s, points, knee, incidents, run.records)
     badge = {"held": "HELD", "failed": "FAILED"}.get(css, "NO VERDICT")
     started = run.records[0].t if run.records else None
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "-"
@@ -617,6 +661,7 @@ def render_html(run: RunFiles) -> str:
 changed counts as ramp, so holds are pure.</p>{steps_html(run.summary)}</section>
 </div>
 {incidents_html(incidents)}
+{memory_html(run)}
 <h2>Plots</h2><div class="plots">{figs}</div>
 {events_html(run.records)}
 {manifest_html(run.manifest, run.config)}

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from connscale.diagnose.records import Explanation, Preflight, SearchResult
 from connscale.diagnose.walls import Finding, listen_in_use
+from connscale.host.observed import ObservedEvent
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import is_hold
 from connscale.metrics.records import Incident
@@ -113,6 +114,16 @@ def losses_line(losses: Sequence[WorkerLoss]) -> str:
             f"{total:,} connections were lost with them")
 
 
+def target_events_line(events: Sequence[ObservedEvent]) -> str:
+    """The observed server going away, in the hub's words ("redis-server (pid 41) exited at 41 s;
+    restarted as pid 57"); a worker's churn under its master is not news here."""
+    said = [e.text for e in events if e.kind in ("exited", "restarted", "replaced") and e.text]
+    if not said:
+        return ""
+    more = f" and {len(said) - 3} more" if len(said) > 3 else ""
+    return "; ".join(said[:3]) + more
+
+
 def _rtt_line(rtt: Percentiles | None) -> str:
     if rtt is None or rtt.p50 is None or rtt.p99 is None:
         return ""
@@ -131,6 +142,7 @@ def explain(
     saturated: bool = False,
     saturated_phases: Mapping[str, int] | None = None,
     losses: Sequence[WorkerLoss] = (),
+    target_events: Sequence[ObservedEvent] = (),
 ) -> Explanation:
     """The run's explanation (see the module doc).
 
@@ -185,6 +197,17 @@ def explain(
         if control is not None and incidents:
             first = primary_incident(incidents) or incidents[0]
             evidence.append(f"before that, at {first.elapsed_s:.0f} s ({first.open:,} open): {first.headline}")
+
+    gone = target_events_line(target_events)
+    if gone:
+        headline += f"; {gone}"
+        evidence.insert(0, gone)
+        if wall in ("none", "unknown"):
+            side = "server"
+    if side in ("server", "client") and wall not in ("none", "unknown"):
+        evidence.append(f"the wall is on the {side} side"
+                        + (" (read on the server's host by the observer)" if side == "server"
+                           and any("read by the observer" in e for e in evidence) else ""))
 
     lost = losses_line(losses)
     if lost:

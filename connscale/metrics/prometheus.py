@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from connscale.host.observed import ObserverRow
 from connscale.metrics.counters import APP_CAUSES, PHASES, PROTOCOL_KINDS
 from connscale.metrics.histograms import new_histogram
 from connscale.metrics.records import KernelCounters, Stats
@@ -83,6 +85,7 @@ class TimelineCollector(Collector):
         yield from self._sides(record)
         yield from self._workers(record)
         yield from self._kernel(record.kernel)
+        yield from observed_families(record.observers)
 
     def _rtt_buckets(self) -> tuple[list[tuple[str, float]], int, float]:
         h = self.rtt
@@ -203,6 +206,61 @@ class TimelineCollector(Collector):
             if key in known:
                 yield GaugeMetricFamily(f"connscale_kernel_{key}", f"/proc/net/sockstat: {help_} on the hub's host",
                                         value=float(known[key]))  # type: ignore[arg-type]
+
+
+#: (key, metric name after connscale_observed_, help) of each observed target, and of its host.
+_OBSERVED = (
+    ("fds", "open_files", "Open files of the observed server's processes"),
+    ("nofile", "open_files_limit", "Lowest RLIMIT_NOFILE (soft) among the observed server's processes"),
+    ("established", "established_connections", "Connections established on the observed server's listening ports"),
+    ("rss", "resident_memory_bytes", "RSS of the observed server's processes"),
+    ("queue", "accept_queue", "Connections waiting in the observed server's accept queue (its longest listener)"),
+    ("alive", "up", "1 while the observed server runs"),
+)
+_OBSERVED_HOST = (
+    ("slab", "socket_slab_bytes", "Kernel memory of the socket slab caches on the observer's host"),
+    ("tcp_mem", "tcp_memory_bytes", "TCP buffer memory on the observer's host (sockstat mem)"),
+    ("conntrack", "conntrack_entries", "Connections tracked by nf_conntrack on the observer's host"),
+    ("mem", "memory_available_bytes", "MemAvailable of the observer's host"),
+)
+
+
+def observed_families(observers: Mapping[str, ObserverRow]) -> Iterator[Any]:
+    """The observed servers and their hosts (connscale observe): labelled by observer and target
+    label (at most 16 targets an observer), never by pid."""
+    fams = {key: GaugeMetricFamily(f"connscale_observed_{name}", text, labels=["observer", "target"])
+            for key, name, text in _OBSERVED}
+    hosts = {key: GaugeMetricFamily(f"connscale_observed_host_{name}", text, labels=["observer"])
+             for key, name, text in _OBSERVED_HOST}
+    for name, o in sorted(observers.items()):
+        if not o.connected:
+            continue
+        for t in o.targets[:16]:
+            key = [name, t.label[:128]]
+            fams["alive"].add_metric(key, 1.0 if t.alive else 0.0)
+            if t.fds is not None:
+                fams["fds"].add_metric(key, float(t.fds))
+            limits = [p.nofile_soft for p in t.processes if p.nofile_soft]
+            if limits:
+                fams["nofile"].add_metric(key, float(min(limits)))
+            if t.established is not None:
+                fams["established"].add_metric(key, float(t.established))
+                fams["queue"].add_metric(key, float(max(lst.queue for lst in t.listeners)))
+            if t.processes:
+                fams["rss"].add_metric(key, float(t.rss))
+        host = o.host
+        if host is None:
+            continue
+        if host.socket_slab_bytes is not None:
+            hosts["slab"].add_metric([name], float(host.socket_slab_bytes))
+        if host.tcp_mem_bytes is not None:
+            hosts["tcp_mem"].add_metric([name], float(host.tcp_mem_bytes))
+        if host.conntrack_count is not None:
+            hosts["conntrack"].add_metric([name], float(host.conntrack_count))
+        if host.mem_available is not None:
+            hosts["mem"].add_metric([name], float(host.mem_available))
+    yield from fams.values()
+    yield from hosts.values()
 
 
 def registry_for(collector: TimelineCollector) -> CollectorRegistry:

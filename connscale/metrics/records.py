@@ -39,6 +39,8 @@ from connscale.config.records import (
     seq,
     text,
 )
+from connscale.host.observed import MAX_TARGET_EVENTS, ObservedEvent, ObserverRow
+from connscale.metrics.cost import Cost
 from connscale.metrics.histograms import Percentiles, decode_histogram
 from connscale.metrics.snapshot import Snapshot, snapshot_from_wire
 from connscale.metrics.workers import HUB, MAX_LOSSES, WorkerLoss, WorkerRef, WorkerRow
@@ -194,7 +196,7 @@ class Incident(Record):
 
     t: float | None = field(optional(number(0, 1e12)), default=None, doc="Unix time of the second it opened")
     elapsed_s: float = field(number(-1e9, 1e12), doc="seconds since the hub started")
-    trigger: str = field(text(32), doc="failures, ramp_behind, measuring_side or ghosts")
+    trigger: str = field(text(32), doc="failures, ramp_behind, measuring_side, ghosts or observer")
     wall: str = field(text(32), doc="the wall's id (see the table of walls)")
     side: str = field(text(32), default="", doc="client, server, host, run or connscale")
     headline: str = field(text(2000), default="", doc="the wall in one line")
@@ -256,6 +258,14 @@ class Stats(Record):
                                             doc="every agent the hub knows, by name, connected or not")
     stale: tuple[str, ...] = field(seq(text(255), MAX_AGENTS), default=(),
                                    doc="connected agents counted with an old report (their answer was late)")
+    observers: Mapping[str, ObserverRow] = field(
+        mapping(text(255), nested(ObserverRow), MAX_AGENTS), factory=dict,
+        doc="every observer of the server under test (connscale observe) the hub knows, by name: its session, "
+            "targets (processes, listeners), host (kernel counters, memory, conntrack), read_ms")
+    target_events: tuple[ObservedEvent, ...] = field(
+        seq(nested(ObservedEvent), MAX_TARGET_EVENTS), default=(),
+        doc="observed servers that exited, restarted or were replaced (stats: so far; line: in its second): "
+            "kind, label, pid, new_pid, name, observer, elapsed_s, text")
     workers: WorkerCount = field(nested(WorkerCount), factory=WorkerCount, doc="worker processes per side: server, client")
     server_workers: tuple[WorkerRow, ...] = field(seq(nested(WorkerRow), MAX_WORKERS), default=(),
                                                   doc="the hub's server workers")
@@ -276,6 +286,10 @@ class Stats(Record):
     load: LoadSummary = field(nested(LoadSummary), factory=LoadSummary,
                               doc="per side (client, server; null without live workers): cpu_max, cpu_total, lag_ms_max, "
                                   "lag_ms_mean, saturated, silent, worker (the busiest); and measuring_side_saturated")
+    cost: Cost | None = field(optional(nested(Cost)), default=None,
+                              doc="connscale's own CPU and RSS in the latest second: cores, rss_bytes, processes, "
+                                  "by_kind (hub, server_workers, agents, client_workers, observers); null before "
+                                  "the first line")
     incidents: tuple[Incident, ...] = field(seq(nested(Incident), MAX_INCIDENTS), default=(),
                                             doc="walls met (stats: so far; line: those opened in its second), each as "
                                                 "snapshotted (see Why it stopped)")

@@ -51,6 +51,18 @@ def _number(data: Any, key: str) -> float | None:
     return value if type(value) in _NUMERIC else None
 
 
+def cpu_seconds(resources: Any) -> float | None:
+    """User + system CPU seconds of a process's resources (`host.resources.process_resources`:
+    a worker row's, an agent's or an observer's report's, the hub's own), None without a sample."""
+    user = _number(resources, "cpu_user_s")
+    return None if user is None else user + (_number(resources, "cpu_system_s") or 0.0)
+
+
+def rss_of(resources: Any) -> float | None:
+    """The RSS in bytes of a process's resources, None without a sample."""
+    return _number(resources, "rss_bytes")
+
+
 @attrs.frozen
 class WorkerRow(Record):
     """One worker as its supervisor reports it."""
@@ -65,7 +77,8 @@ class WorkerRow(Record):
     resources: dict[str, Any] = field(loose(), factory=dict,
                                       doc="rss_bytes, cpu_user_s, cpu_system_s, threads of its process")
     load: dict[str, Any] = field(loose(), factory=dict,
-                                 doc="its own probe: cpu (share of a core), lag_ms_max, lag_ms_mean, nofile")
+                                 doc="its own probe: cpu (share of a core), lag_ms_max, lag_ms_mean, nofile, "
+                                     "gc_ms (CPU ms its garbage collector took), gc_full (full collections)")
     silent_s: float | None = field(optional(number(0, 1e9)), default=None,
                                    doc="seconds since it last answered its supervisor (null when not alive)")
     stopped: bool | None = field(optional(boolean), default=None,
@@ -81,12 +94,11 @@ class WorkerRow(Record):
     @property
     def cpu_s(self) -> float | None:
         """CPU seconds its process used so far (user + system), None without a sample."""
-        user = _number(self.resources, "cpu_user_s")
-        return None if user is None else user + (_number(self.resources, "cpu_system_s") or 0.0)
+        return cpu_seconds(self.resources)
 
     @property
     def rss_bytes(self) -> float | None:
-        return _number(self.resources, "rss_bytes")
+        return rss_of(self.resources)
 
     @property
     def cpu(self) -> float | None:
@@ -104,6 +116,17 @@ class WorkerRow(Record):
     @property
     def nofile(self) -> int | None:
         value = _number(self.load, "nofile")
+        return None if value is None else int(value)
+
+    @property
+    def gc_ms(self) -> float | None:
+        """CPU milliseconds its garbage collector took over its last report (None: not reported)."""
+        return _number(self.load, "gc_ms")
+
+    @property
+    def gc_full(self) -> int | None:
+        """Full (generation 2) collections over its last report (None: not reported)."""
+        value = _number(self.load, "gc_full")
         return None if value is None else int(value)
 
 

@@ -31,6 +31,7 @@ from connscale.compat.epoll import (
     reactor_dispatch,
     reactor_epoll,
     reactor_selectables,
+    replace_main_loop,
 )
 from connscale.compat.epoll import replace_poll as _replace_poll
 
@@ -65,7 +66,10 @@ class Loop:
         self._soon: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._twisted = reactor_selectables(reactor)
         self._twisted_dispatch = reactor_dispatch(reactor)
-        _replace_poll(reactor, self._make_poll())
+        poll_once = self._make_poll()
+        _replace_poll(reactor, lambda reactor, timeout: poll_once(timeout))
+        # Timers only when one is due: a turn goes from epoll to the handlers.
+        replace_main_loop(reactor, poll_once)
 
     def add(self, fd: int, handler: Any, events: int) -> None:
         self.epoll.register(fd, events)
@@ -111,13 +115,13 @@ class Loop:
                 except Exception:
                     log.failure("deferred transport work failed")
 
-    def _make_poll(self) -> Callable[[Any, float | None], None]:
+    def _make_poll(self) -> Callable[[float | None], None]:
         handlers = self.handlers
         twisted = self._twisted
         dispatch = self._twisted_dispatch
         poll = self.epoll.poll
 
-        def do_poll(reactor: Any, timeout: float | None) -> None:
+        def do_poll(timeout: float | None) -> None:
             if self._soon:
                 # Asked for by a timer or by Twisted's own dispatch: done now,
                 # and the wait is skipped so that timers this work set (a

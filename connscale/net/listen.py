@@ -33,15 +33,17 @@ log = Logger(namespace="connscale.listen")
 class ListeningService(Service):
     """Adopts pre-bound sockets into the reactor while the service runs."""
 
-    def __init__(self, reactor: IReactorSocket, sockets: Sequence[socket.socket], factory: ServerFactory) -> None:
+    def __init__(self, reactor: IReactorSocket, sockets: Sequence[socket.socket], factory: ServerFactory,
+                 fast_path: bool | None = None) -> None:
         self.reactor = reactor
         self.sockets = list(sockets)
         self.factory = factory
+        self.fast_path = fast_path
         self.ports: list[IListeningPort] = []
 
     def startService(self) -> None:
         super().startService()
-        self.ports.extend(serve(self.reactor, self.sockets, self.factory))
+        self.ports.extend(serve(self.reactor, self.sockets, self.factory, self.fast_path))
         self.sockets = []
 
     def stopService(self):  # type: ignore[no-untyped-def]

@@ -30,10 +30,10 @@ from twisted.python.failure import Failure
 
 from connscale.metrics.buckets import MAX_US, SUB_BITS
 from connscale.metrics.counters import Counters, classify
-from connscale.net.dispatch import loop_for
+from connscale.net import fastpath
 from connscale.net.routes import Route
-from connscale.net.transport import ClientTransport, Connection
-from connscale.net.wheel import TimerWheel
+from connscale.net.transport import ClientTransport, Connection, DialTarget
+from connscale.net.wheel import CallLaterTimers, TimerWheel
 from connscale.net.wire import PING, PONG, ClientConnection
 
 log = Logger()
@@ -111,7 +111,7 @@ class PingClientFactory(ClientFactory):
         self.pool = pool
 
     def startedConnecting(self, connector: Any) -> None:
-        # Only Twisted's connectTCP calls this; the pool counts its own dials.
+        # Only Twisted's connectTCP calls this; the pool counts its own lean dials.
         self.pool.connecting += 1
 
     def buildProtocol(self, addr: Any) -> ClientConnection:
@@ -121,30 +121,13 @@ class PingClientFactory(ClientFactory):
         return conn
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        # connscale's transports know their connection; Twisted's Connector
-        # fails before any connection was built.
+        # connscale's transports are their own connector and know their
+        # connection; Twisted's Connector fails before any connection was built.
         conn = getattr(connector, "protocol", None)
-        self.pool.connect_failed(conn if isinstance(conn, ClientConnection) else None, reason)
+        self.pool.connect_failed(conn if isinstance(conn, ClientConnection) else None, reason, connector)
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         pass  # the connection's own connectionLost has told the pool
-
-
-class _TwistedDial(ClientFactory):
-    """One pool connection over Twisted's own TCP transport (no epoll on this
-    reactor, or a server given by name, which Twisted resolves)."""
-
-    noisy = False
-
-    def __init__(self, pool: ConnectionPool, conn: ClientConnection) -> None:
-        self.pool = pool
-        self.conn = conn
-
-    def buildProtocol(self, addr: Any) -> ClientConnection:
-        return self.conn
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.pool.connect_failed(self.conn, reason)
 
 
 class ConnectionPool:
@@ -158,6 +141,7 @@ class ConnectionPool:
         wheel: TimerWheel | None = None,
         rng: random.Random | None = None,
         dial: Callable[[Route, ClientConnection], Any] | None = None,
+        fast_path: bool | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
@@ -167,17 +151,27 @@ class ConnectionPool:
         self.reply = PONG if settings.framing == "raw" else PONG + b"\n"
         self.counters = counters if counters is not None else Counters()
         self.rng = rng if rng is not None else random.Random()
-        self.wheel = (
-            wheel if wheel is not None
-            else TimerWheel(clock, WHEEL_TICK, fire=self.timer, phase=self.rng.random() * WHEEL_TICK)
-        )
+        # The fast path (net.fastpath): lean transports on the reactor's epoll
+        # and one timer wheel; else Twisted's connectTCP and a callLater each.
+        self._loop = fastpath.loop(reactor, fastpath.enabled() if fast_path is None else fast_path) \
+            if dial is None else None
+        self.wheel: TimerWheel | CallLaterTimers
+        if wheel is not None:
+            self.wheel = wheel
+        elif self._loop is not None or dial is not None:
+            self.wheel = TimerWheel(clock, WHEEL_TICK, fire=self.timer, phase=self.rng.random() * WHEEL_TICK)
+        else:
+            self.wheel = CallLaterTimers(clock, fire=self.timer)
         if settings.close not in CLOSE_MODES:
             raise ValueError(f"close must be one of {CLOSE_MODES}, not {settings.close!r}")
         self._reset_on_close = settings.close == "rst"
         self.factory = PingClientFactory(self)
         # How a connection attempt starts; tests swap in an in-memory one.
         self.dial = dial if dial is not None else self._dial_tcp
-        self._loop = loop_for(reactor) if dial is None else None
+        # Twisted's connectors still connecting -> the route each was given.
+        self._dialing: dict[Any, int] = {}
+        self._stopped_dials: set[Any] = set()
+        self._targets: dict[int, DialTarget] = {}
         self._burst = 0
         self.routes: list[Route] = []
         self.route_load: list[int] = []
@@ -226,6 +220,11 @@ class ConnectionPool:
             for conn in victims:
                 self.close(conn)
             taken += len(victims)
+        if taken < n and self._dialing:
+            dials = list(islice(self._dialing, n - taken))
+            for connector in dials:
+                self._stop_dial(connector)
+            taken += len(dials)
         return taken
 
     def count(self) -> int:
@@ -254,6 +253,11 @@ class ConnectionPool:
         self.routes = list(routes)
         index = {r.key(): i for i, r in enumerate(self.routes)}
         self.route_load = [0] * len(self.routes)
+        self._targets = {}
+        for connector, route in list(self._dialing.items()):
+            self._dialing[connector] = index.get(old_keys[route], -1) if 0 <= route < len(old_keys) else -1
+            if self._dialing[connector] >= 0:
+                self.route_load[self._dialing[connector]] += 1
         for conn in self._conns:
             if 0 <= conn.route < len(old_keys):
                 conn.route = index.get(old_keys[conn.route], -1)
@@ -275,6 +279,8 @@ class ConnectionPool:
         for conn in list(self._conns):
             if conn.state != CLOSING:
                 self.close(conn)
+        for connector in list(self._dialing):
+            self._stop_dial(connector)
         d: defer.Deferred[None] = defer.Deferred()
         if not self._conns:
             d.callback(None)
@@ -374,6 +380,13 @@ class ConnectionPool:
             return
         route = self.routes[idx]
         self.route_load[idx] += 1
+        if self.dial == self._dial_tcp and (self._loop is None or not _is_address(route.host)):
+            # Twisted's own transport: its factory builds the connection once
+            # connected; the connector carries the route until then.
+            bind = (route.src, 0) if route.src else None
+            connector = self.reactor.connectTCP(route.host, route.port, self.factory, bindAddress=bind)
+            self._dialing[connector] = idx
+            return
         # Its peer address is known only once connected; the factory does not need it.
         conn = self.factory.buildProtocol(None)
         conn.route = idx
@@ -385,16 +398,32 @@ class ConnectionPool:
         self._conns[conn] = None
 
     def _dial_tcp(self, route: Route, conn: ClientConnection) -> Any:
-        if self._loop is not None and _is_address(route.host):
-            transport = ClientTransport(self._loop, conn, self.factory)
+        """A lean transport (the fast path) dialling `route` for `conn`."""
+        assert self._loop is not None
+        transport = ClientTransport(self._loop, conn, self.factory)
+        idx = conn.route
+        target = self._targets.get(idx)
+        if target is None:
             # close: rst holds for every end of the socket, a worker's exit included.
-            transport.connect(route.host, route.port, route.src, self._reset_on_close)
-            return transport
-        bind = (route.src, 0) if route.src else None
-        return self.reactor.connectTCP(route.host, route.port, _TwistedDial(self, conn), bindAddress=bind)
+            target = self._targets[idx] = DialTarget(route.host, route.port, route.src, self._reset_on_close)
+        transport.dial(target)
+        return transport
+
+    def _stop_dial(self, connector: Any) -> None:
+        """Stop one of Twisted's connectors; its failure then is ours, not counted."""
+        route = self._dialing.pop(connector, -1)
+        if 0 <= route < len(self.route_load):
+            self.route_load[route] -= 1
+        self._stopped_dials.add(connector)
+        connector.stopConnecting()
 
     # -- events from connections -------------------------------------------
     def connected(self, conn: ClientConnection) -> None:
+        if self._dialing:
+            # Over Twisted's transport: the route its connector was given.
+            route = self._dialing.pop(getattr(conn.transport, "connector", None), None)
+            if route is not None:
+                conn.route = route
         self.connecting -= 1
         self.established += 1
         self._backoff = REPLACE_BACKOFF
@@ -406,12 +435,19 @@ class ConnectionPool:
         conn.next_ping = self.clock.seconds() + interval * (1.0 - self.rng.random())
         self.wheel.schedule(conn, conn.next_ping)
 
-    def connect_failed(self, conn: ClientConnection | None, reason: Failure) -> None:
+    def connect_failed(self, conn: ClientConnection | None, reason: Failure, connector: Any = None) -> None:
         """A connect failed (`conn` is None when Twisted's own connector failed
         before building one); unless we stopped it, it counts by cause."""
         stopped = conn is not None and conn.state == CLOSING
         if conn is not None:
             self._forget(conn)
+        elif connector is not None:
+            if connector in self._stopped_dials:
+                self._stopped_dials.discard(connector)
+                stopped = True
+            route = self._dialing.pop(connector, -1)
+            if 0 <= route < len(self.route_load):
+                self.route_load[route] -= 1
         self.connecting -= 1
         if not stopped:
             self.counters.fail("connect", classify(reason))

@@ -20,7 +20,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from connscale.metrics.counters import Counters, errno_cause
-from connscale.net.dispatch import loop_for
+from connscale.net import fastpath
 from connscale.net.transport import ListeningPort
 from connscale.net.wire import SERVER_PROTOCOLS, ServerState
 
@@ -71,14 +71,16 @@ def bind_sockets(
 
 
 def listen_on(
-    reactor: IReactorSocket, sock: socket.socket, factory: ServerFactory, fail: Callable[[str, str], None] | None = None
+    reactor: IReactorSocket, sock: socket.socket, factory: ServerFactory, fail: Callable[[str, str], None] | None = None,
+    fast_path: bool | None = None,
 ) -> IListeningPort:
     """Serve `factory` on a bound, listening socket (which the port now owns).
 
-    On an epoll reactor, connections get connscale's lean transports and accept
-    errors go to `fail(phase, cause)`; elsewhere Twisted's own port is used.
+    On the fast path (`net.fastpath`), connections get connscale's lean
+    transports and accept errors go to `fail(phase, cause)`; off it, Twisted's
+    own port (`adoptStreamPort`: listenTCP's port for a socket bound here).
     """
-    loop = loop_for(reactor)
+    loop = fastpath.loop(reactor, fastpath.enabled() if fast_path is None else fast_path)
     if loop is not None:
         port = ListeningPort(loop, sock, factory, fail)
         port.startListening()
@@ -88,7 +90,8 @@ def listen_on(
     return adopted
 
 
-def serve(reactor: IReactorSocket, sockets: Sequence[socket.socket], factory: ServerFactory) -> list[IListeningPort]:
+def serve(reactor: IReactorSocket, sockets: Sequence[socket.socket], factory: ServerFactory,
+          fast_path: bool | None = None) -> list[IListeningPort]:
     """Listen on every pre-bound socket with `factory` (the ports own the sockets now)."""
     fail = factory.state.counters.fail if isinstance(factory, PingServerFactory) else None
-    return [listen_on(reactor, sock, factory, fail) for sock in sockets]
+    return [listen_on(reactor, sock, factory, fail, fast_path) for sock in sockets]

@@ -31,9 +31,11 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IListeningPort, ITCPTransport
+from twisted.internet.interfaces import IConnector, IListeningPort, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -284,34 +286,63 @@ class ServerTransport(Connection):
     __slots__ = ()
 
 
+@attrs.frozen
+class DialTarget:
+    """Where a `ClientTransport` connects, and how: one per route, shared by
+    every connection of that route (a transport holds a reference, not a copy)."""
+
+    host: str
+    port: int
+    src: str | None = None
+    #: SO_LINGER 0 from the start, so that every close of the socket is a reset,
+    #: also the kernel's when the process ends with it still open (a worker
+    #: stopped before it drained): no TIME_WAIT is left.
+    reset_on_close: bool = False
+    address: IPv4Address | IPv6Address = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        address = IPv6Address("TCP", self.host, self.port) if ":" in self.host else IPv4Address(
+            "TCP", self.host, self.port)
+        object.__setattr__(self, "address", address)
+
+
+@implementer(ITCPTransport, IConnector)
 class ClientTransport(Connection):
     """A connection we open: non-blocking connect, then as `Connection`.
 
     The source IP is bound with IP_BIND_ADDRESS_NO_PORT, so the port is chosen
     by connect() per destination: one source IP serves ~28k connections per
-    server port instead of 28k in all. A failure to connect is reported to
-    `connector.clientConnectionFailed(self, failure)` (a `ClientFactory`); the
-    protocol meets the connection through `makeConnection` once it is up.
+    server port instead of 28k in all. It is its own `IConnector` (as Twisted's
+    `Connector` is for `tcp.Client`): a failure to connect is reported to
+    `factory.clientConnectionFailed(self, failure)` (a `ClientFactory`), and
+    the protocol meets the connection through `makeConnection` once it is up.
     """
 
-    __slots__ = ("connecting", "connector")
+    __slots__ = ("connecting", "factory", "target")
 
-    def __init__(self, loop: Loop, protocol: Any, connector: Any) -> None:
+    def __init__(self, loop: Loop, protocol: Any, factory: Any) -> None:
         super().__init__(loop, protocol)
-        self.connector = connector
+        self.factory = factory
+        self.target: DialTarget | None = None
         self.connecting = False
 
     @property
     def connected(self) -> bool:
         return self.fd >= 0 and not (self.disconnecting or self.connecting)
 
-    def connect(self, host: str, port: int, src: str | None = None, reset_on_close: bool = False) -> None:
-        """Start connecting; the outcome arrives as an event.
+    def dial(self, target: DialTarget) -> None:
+        """Connect to `target`; the outcome arrives as an event."""
+        self.target = target
+        self.connect()
 
-        `reset_on_close`: SO_LINGER 0 from the start, so that every close of
-        this socket is a reset, also the kernel's when the process ends with it
-        still open (a worker stopped before it drained): no TIME_WAIT is left.
-        """
+    # -- IConnector ---------------------------------------------------------------
+    def connect(self) -> None:
+        """Start connecting to the target (again, once a previous attempt ended)."""
+        target = self.target
+        if target is None or self.fd >= 0:
+            raise RuntimeError("connect() needs a target and no open socket")
+        self.disconnecting = False
+        host, port, src = target.host, target.port, target.src
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
@@ -319,7 +350,7 @@ class ClientTransport(Connection):
             self._connect_failed(e.errno or 0)
             return
         try:
-            if reset_on_close:
+            if target.reset_on_close:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
             if src:
                 if family == socket.AF_INET:
@@ -338,11 +369,23 @@ class ClientTransport(Connection):
         self.connecting = True
         self.loop.add(self.fd, self, EPOLLOUT)
 
+    def disconnect(self) -> None:
+        """Stop connecting, or close the connection once what is queued is written."""
+        if self.connecting:
+            self.stopConnecting()
+        else:
+            self.loseConnection()
+
+    def getDestination(self) -> IPv4Address | IPv6Address:
+        if self.target is None:
+            raise RuntimeError("no target dialled yet")
+        return self.target.address
+
     def stopConnecting(self) -> None:
         if self.connecting:
             self._close_fd()
             self.connecting = False
-            self.loop.soon(self.connector.clientConnectionFailed, self, Failure(error.UserError()))
+            self.loop.soon(self.factory.clientConnectionFailed, self, Failure(error.UserError()))
 
     def on_event(self, events: int) -> None:
         if self.connecting:
@@ -383,13 +426,13 @@ class ClientTransport(Connection):
 
     def _connect_failed(self, err: int) -> None:
         exc = error.ConnectError(osError=err, string=os.strerror(err))
-        self.loop.soon(self.connector.clientConnectionFailed, self, Failure(exc))
+        self.loop.soon(self.factory.clientConnectionFailed, self, Failure(exc))
 
     def fail(self, failure: Failure) -> None:
         if self.connecting:
             self._close_fd()
             self.connecting = False
-            self.loop.soon(self.connector.clientConnectionFailed, self, failure)
+            self.loop.soon(self.factory.clientConnectionFailed, self, failure)
             return
         super().fail(failure)
 

@@ -128,6 +128,55 @@ class TimerWheel:
         self._arm()
 
 
+class CallLaterTimers:
+    """One reactor `callLater` per scheduled item: the stock Twisted way, for
+    the pool when the fast path is off (`net.fastpath`). Same interface as
+    `TimerWheel`: `schedule(item, when)`, `cancel(item)`, `stop()`; an item
+    fires at `when` itself, not on a tick."""
+
+    def __init__(self, clock: IReactorTime, fire: Callable[[Any, float], None] | None = None) -> None:
+        self._clock = clock
+        self._fire_item = fire
+        self._calls: dict[Any, IDelayedCall] = {}
+        self.errors = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def schedule(self, item: TimerItem, when: float) -> None:
+        call = self._calls.pop(item, None)
+        if call is not None and call.active():
+            call.cancel()
+        item.due = 0  # scheduled (the wheel's tick number means nothing here)
+        delay = max(0.0, when - self._clock.seconds())
+        self._calls[item] = self._clock.callLater(delay, self._fire, item)
+
+    def cancel(self, item: TimerItem) -> None:
+        item.due = UNSCHEDULED
+        call = self._calls.pop(item, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def stop(self) -> None:
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            if call.active():
+                call.cancel()
+
+    def _fire(self, item: Any) -> None:
+        self._calls.pop(item, None)
+        item.due = UNSCHEDULED
+        now = self._clock.seconds()
+        try:
+            if self._fire_item is None:
+                item.on_timer(now)
+            else:
+                self._fire_item(item, now)
+        except Exception:
+            self.errors += 1
+            log.failure("timer callback failed")
+
+
 def every(clock: IReactorTime, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
     """Run `fn` every `interval` seconds; returns a stop function.
 

@@ -17,6 +17,7 @@ import attrs
 from connscale.config.records import (
     Record,
     RecordError,
+    boolean,
     choice,
     field,
     hostname,
@@ -126,6 +127,8 @@ class ClientSpec(Record):
     rate: float = field(number(0, 10_000_000, open_low=True), default=2000.0)
     framing: str = field(choice(*FRAMINGS), default="line")
     close: str = field(choice("fin", "rst"), default="fin")
+    #: connscale's own transports (net.fastpath), or Twisted's.
+    fast_path: bool = field(boolean, default=True)
     name: str = field(_label, default="client-worker")
     index: int = field(integer(0, 4096), default=0)
     role = "client"
@@ -140,6 +143,7 @@ class ServerSpec(Record):
     backlog: int = field(integer(1, 1 << 20), default=4096)
     framing: str = field(choice(*FRAMINGS), default="line")
     max_line: int = field(integer(1, 1 << 24), default=1024)
+    fast_path: bool = field(boolean, default=True)
     name: str = field(_label, default="server-worker")
     index: int = field(integer(0, 4096), default=0)
     role = "server"

@@ -14,6 +14,7 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.spread import pb
 
 from connscale.config.packed import PackError, pack, unpack
 from connscale.config.records import RecordError
@@ -64,6 +65,13 @@ class Slot:
 #: kill. Callers that must answer within a second pass less (the hub's
 #: Collector its `answer_wait`, an agent's report agent.REPORT_WAIT).
 POLL_WAIT = 2.0
+#: The questions of one poll go out over this many seconds (the k-th of n at
+#: k/n of it), not at one instant: at a million the hub and the agent each ask
+#: 53 workers, and asked together every worker woke at once, each spending ~1 ms
+#: while the pings that arrived meanwhile queued behind them (the RTT's p99 then
+#: measured connscale's own once-a-second burst). Well below the shortest
+#: caller's wait (agent.REPORT_WAIT, 0.4 s) so a worker with a CPU answers in time.
+POLL_SPREAD = 0.15
 
 
 class Supervisor:
@@ -267,7 +275,7 @@ class Supervisor:
             slot.answered_at = max(slot.answered_at, now)
 
     # -- statistics ----------------------------------------------------------------
-    def poll(self, wait: float = POLL_WAIT, fresh: float = 0.0) -> defer.Deferred[None]:
+    def poll(self, wait: float = POLL_WAIT, fresh: float = 0.0, spread: float = POLL_SPREAD) -> defer.Deferred[None]:
         """Ask every live worker for its snapshot; kill the ones that stopped answering.
 
         Fires when every worker has answered or after `wait` seconds. A worker
@@ -275,9 +283,12 @@ class Supervisor:
         answers, and its late answer lands in `last` (its RTTs go to the
         listeners then, once). A worker that answered less than `fresh` seconds
         ago is not asked again (the hub's tick and a `connscale run` stats poll
-        would otherwise ask every server worker twice a second)."""
+        would otherwise ask every server worker twice a second). The questions
+        go out over `spread` seconds (see POLL_SPREAD)."""
         calls = []
         now = self.polled_at = self.reactor.seconds()
+        asking = [s for s in self.slots if s.alive and s.child is not None and s.asking is None]
+        offsets = {id(s): spread * k / len(asking) for k, s in enumerate(asking)} if asking else {}
         self.stall.check()
         for slot in self.slots:
             if not (slot.alive and slot.child is not None):
@@ -296,12 +307,31 @@ class Supervisor:
                 continue
             if slot.asking is None:
                 # One question at a time: a late answer still lands in `last`.
-                call = slot.child.call("snapshot_packed").addTimeout(self.hung_after, self.reactor)
+                call = self._ask_later(slot, offsets.get(id(slot), 0.0))
                 call.addCallback(self._got, slot).addErrback(lambda _: None)
                 call.addBoth(self._answered, slot)
                 slot.asking = call
             calls.append(self._within(slot.asking, wait))
         return defer.gatherResults(calls).addCallback(lambda _: None)
+
+    def _ask_later(self, slot: Slot, delay: float) -> defer.Deferred[Any]:
+        """`snapshot_packed`, asked `delay` seconds from now (at once for 0)."""
+        if delay <= 0:
+            return self._ask(slot)
+        out: defer.Deferred[Any] = defer.Deferred()
+
+        def ask() -> None:
+            if slot.child is None:
+                out.errback(Failure(pb.DeadReferenceError(f"worker {slot.index} is gone")))
+                return
+            self._ask(slot).chainDeferred(out)
+
+        self.reactor.callLater(delay, ask)
+        return out
+
+    def _ask(self, slot: Slot) -> defer.Deferred[Any]:
+        assert slot.child is not None
+        return slot.child.call("snapshot_packed").addTimeout(self.hung_after, self.reactor)
 
     @staticmethod
     def _answered(result: Any, slot: Slot) -> Any:

@@ -12,3 +12,9 @@ connscale_client = ServiceMaker(
     "connscale client agent: holds N pinging connections",
     "connscale-client",
 )
+connscale_observe = ServiceMaker(
+    "connscale-observe",
+    "connscale.app.tap_observe",
+    "connscale observer: watches the server under test and its host, reports to a hub",
+    "connscale-observe",
+)
