@@ -440,3 +440,25 @@ def test_a_baseline_cut_short_is_compared_as_far_as_it_goes(tmp_path):
                                                                junit=None))
     assert e.value.problems == [f"--baseline: {empty}: nothing to compare with (no summary.json; no timeline.jsonl; "
                                 "no manifest.json)"]
+
+
+def test_memory_and_connscales_own_cost_come_from_the_summarys_tables():
+    from connscale.diagnose.records import MemoryMoment, MemoryRow, MemoryTable
+    from connscale.metrics.cost import Cost
+
+    run = read_run(OLD_RUNS / "held")
+    table = MemoryTable(baseline=MemoryMoment(1.0, 0), rows=(
+        MemoryRow("server_rss", "server process RSS", "user", "server", 300.0, 320.5),
+        MemoryRow("connscale_server_rss", "", "user", "server", 150.0, 160.0),
+        MemoryRow("connscale_client_rss", "", "user", "client", 400.0, None),
+        MemoryRow("kernel", "kernel total", "kernel", "host", 4000.0, 4100.4)))
+    summary = attrs.evolve(run.summary, memory=table, cost_final_hold=Cost(cores=0.456, rss_bytes=123_000_000))
+    got = measure(RunView(summary, run.records))
+    # The observed server's RSS after pinging; the client's just opened (no later figure); the kernel's.
+    assert got["mem_per_conn_server"] == 320 and got["mem_per_conn_client"] == 400
+    assert got["kernel_mem_per_conn"] == 4100 and got["own_cores"] == 0.46 and got["own_rss"] == 123_000_000
+    # Without the table (a run before the observer), the workers' growth at the peak, as the report had it.
+    assert measure(RunView(run.summary, run.records))["mem_per_conn_server"] == 197
+    assert "kernel_mem_per_conn" not in measure(RunView(run.summary, run.records))
+    parsed, _ = thresholds.parse_all([("own_cores <= 50%", "x"), ("kernel_mem_per_conn <= 4KB", "y")])
+    assert [r.passed for r in thresholds.evaluate_all(parsed, got)] == [True, False]

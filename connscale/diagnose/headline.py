@@ -22,8 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 
 from connscale.diagnose.gates import BETTER
-from connscale.diagnose.records import Plateau, Summary
-from connscale.diagnose.units import BYTES, COUNT, MS, RATE, US, Unit
+from connscale.diagnose.records import MemoryTable, Plateau, Summary
+from connscale.diagnose.memory import memory_table
+from connscale.diagnose.units import BYTES, CORES, COUNT, MS, RATE, US, Unit
+from connscale.metrics.cost import Cost, mean_cost
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import FINAL_HOLD, phase_table, run_rtt_ms
 from connscale.metrics.records import Stats
@@ -64,6 +66,20 @@ class RunView:
     def hold_seconds(self) -> list[int]:
         """Indexes of the timeline seconds of the hold."""
         return [i for i, r in enumerate(self.records) if r.phase == self.hold_phase]
+
+    @functools.cached_property
+    def memory(self) -> MemoryTable | None:
+        """Memory per held connection: the summary's table, else the timeline's (a run that wrote none)."""
+        if self.summary is not None and self.summary.memory is not None:
+            return self.summary.memory
+        return memory_table(self.records) if self.records else None
+
+    @functools.cached_property
+    def cost(self) -> Cost | None:
+        """What connscale itself took over the final hold: the summary's, else the timeline's lines'."""
+        if self.summary is not None and self.summary.cost_final_hold is not None:
+            return self.summary.cost_final_hold
+        return mean_cost(r.cost for r in self.records if r.phase == FINAL_HOLD)
 
     @functools.cached_property
     def hold_rtt(self) -> Percentiles:
@@ -128,12 +144,41 @@ def _connect_rate_max(v: RunView) -> float | None:
     return max(v.series.connect_rate[: v.end + 1], default=None) if v.records else None
 
 
+def _memory_row(v: RunView, *keys: str) -> float | None:
+    """The memory table's bytes per connection of the first of `keys` it has: after pinging, else just opened."""
+    rows = {row.key: row for row in v.memory.rows} if v.memory is not None else {}
+    for key in keys:
+        row = rows.get(key)
+        if row is not None and (row.pinging if row.pinging is not None else row.opened) is not None:
+            return row.pinging if row.pinging is not None else row.opened
+    return None
+
+
 def _mem_per_conn(side: str) -> Callable[[RunView], float | None]:
-    """RSS growth per connection added, at the peak: the report's figure."""
+    """The side's user memory per held connection: the memory table's (the observed server's RSS, else
+    connscale's own workers'), else the workers' RSS growth per connection at the peak (the report's
+    figure before the table)."""
+    keys = ("server_rss", "connscale_server_rss") if side == "server" else ("connscale_client_rss",)
+
     def read(v: RunView) -> float | None:
+        table = _memory_row(v, *keys)
+        if table is not None:
+            return table
         peak = peak_index(v.series, v.end)
         return v.series.mem_per_conn[side][peak] if peak is not None else None
     return read
+
+
+def _kernel_per_conn(v: RunView) -> float | None:
+    return _memory_row(v, "kernel")
+
+
+def _own_cores(v: RunView) -> float | None:
+    return v.cost.cores if v.cost is not None else None
+
+
+def _own_rss(v: RunView) -> float | None:
+    return v.cost.rss_bytes if v.cost is not None else None
 
 
 #: CPU seconds a hold must have used for its CPU per round trip to be a figure (ten clock ticks).
@@ -204,14 +249,22 @@ METRICS: tuple[Metric, ...] = (
            baseline=True),
     Metric("connect_rate_max", RATE, "higher", _connect_rate_max, "the most connects in one second"),
     Metric("mem_per_conn_server", BYTES, "lower", _mem_per_conn("server"),
-           "server workers' RSS growth per connection added, at the peak"),
+           "the server's user memory per held connection (the memory table: the observed server's RSS, else "
+           "connscale's server workers'; runs without it: the workers' RSS growth at the peak)"),
     Metric("mem_per_conn_client", BYTES, "lower", _mem_per_conn("client"),
-           "client workers' RSS growth per connection added, at the peak"),
+           "connscale's client workers' memory per held connection (the same sources)"),
+    Metric("kernel_mem_per_conn", BYTES, "lower", _kernel_per_conn,
+           "the kernel's memory per held connection: socket slab and TCP buffers of the observer's host "
+           "(both ends when the clients run there too)"),
     Metric("cpu_per_rtt_server_us", US, "lower", _cpu_per_rtt("server"),
            "server workers' CPU time per round trip over the hold (measured when the hold used a tenth of a "
            "second of CPU or more)"),
     Metric("cpu_per_rtt_client_us", US, "lower", _cpu_per_rtt("client"),
            "client workers' CPU time per round trip over the hold (the same)"),
+    Metric("own_cores", CORES, "lower", _own_cores,
+           "cores connscale itself used over the final hold (every process of the run: hub, workers, agents, "
+           "observers, the run's own)"),
+    Metric("own_rss", BYTES, "lower", _own_rss, "connscale's own memory (RSS) over the final hold, at its largest"),
 )
 BY_NAME: Mapping[str, Metric] = {m.name: m for m in METRICS}
 assert len(BY_NAME) == len(METRICS), "two metrics of one name"

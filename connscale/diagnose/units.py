@@ -74,6 +74,8 @@ RATE = Unit("/s", 0, {**_COUNT_SUFFIXES, "/s": 1.0, "k/s": 1e3}, "a rate")
 MS = Unit("ms", 3, _time(1e-3), "time")
 #: CPU time per round trip, in microseconds.
 US = Unit("µs", 2, _time(1e-6), "time")
+#: CPU, in cores (1.0: one core busy all the time).
+CORES = Unit("cores", 2, {"": 1.0, "cores": 1.0, "%": 0.01}, "CPU")
 #: Memory, in bytes.
 BYTES = Unit("B", 0, _BYTE_SUFFIXES, "memory")
 
