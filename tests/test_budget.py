@@ -345,3 +345,20 @@ def test_a_fleet_is_bound_by_its_server_or_by_its_clients_together():
                             HostShare("a1", ROOMY, demand(target=50_000, roles="client"))])
     assert result["binding"]["side"] == "server" and result["binding"]["limit"]["key"] == "fd_process"
     assert fleet(1000, [HostShare("hub", ROOMY, demand(target=1000, roles="server"))])["ok"]
+
+
+def test_tls_connections_are_planned_with_what_tls_costs():
+    """A TLS connection holds OpenSSL's state on each side and costs a handshake: the same host
+    reaches far fewer of them, and the check says why."""
+    from connscale.diagnose.budget import TLS_USER_BYTES
+
+    host = attrs.evolve(ROOMY, mem_available=24 * GIB, cores=2)
+    plain = budget(host, demand(target=1_000_000, source_ips=tuple(f"127.0.0.{i}" for i in range(2, 40))))
+    tls = budget(host, demand(target=1_000_000, source_ips=tuple(f"127.0.0.{i}" for i in range(2, 40)), tls=True))
+    memory = limit(tls, "memory")
+    assert memory.capacity is not None and memory.capacity < limit(plain, "memory").capacity / 3
+    assert "with TLS" in memory.detail and TLS_USER_BYTES["client"] > 10_000
+    # The shipped settings in YAML say it the same way: server.tls on means the run's clients speak TLS.
+    cfg = parse_config({"server": {"tls": "auto"}})
+    assert Demand.from_config(cfg).tls and not Demand.from_config(parse_config({})).tls
+    assert Demand.from_config(parse_config({"client": {"tls": True}}), roles="client").tls

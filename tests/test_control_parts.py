@@ -23,6 +23,7 @@ from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo, AgentReport, RegisterAnswer
 from connscale.control.registry import NAME_HOLD, NameHeld, Registry
 from connscale.control.verbs import BY_CLI, BY_NAME, VERBS
+from connscale.host.observed import ObserverRow, ProcessRow, TargetRow
 from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
@@ -198,8 +199,14 @@ def test_stats_are_packed_below_what_a_peer_accepts() -> None:
     assert cut.truncated.startswith("worker rows left out")
     assert cut.clients["a1"].open == 1 and cut.clients["a1"].workers == ()
     assert sum(map(len, pack_bounded(stats, limit=100_000))) <= 100_000
-    tiny = pack_bounded(stats, limit=800)
-    assert Stats.from_wire(unpack(tiny)).clients == {} and sum(map(len, tiny)) <= 800
+    # Down to the totals: a bare record (~900 bytes with TLS's, the observers' and the cost's fields).
+    big_observer = ObserverRow(connected=True, targets=(TargetRow("srv", processes=tuple(
+        ProcessRow(pid, name="x" * 60) for pid in range(1, 400))),))
+    stats = attrs.evolve(stats, observers={"o": big_observer})
+    tiny = pack_bounded(stats, limit=1200)
+    bare = Stats.from_wire(unpack(tiny))
+    assert bare.clients == {} and bare.observers == {} and sum(map(len, tiny)) <= 1200
+    assert bare.truncated == "clients and observers left out: too large to send"
 
 
 def test_registry_frees_a_held_name_after_the_hold_or_when_released(registry: Registry, clock: Clock) -> None:

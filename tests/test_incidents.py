@@ -489,3 +489,18 @@ def test_a_client_worker_with_long_stalls_while_hardly_running_is_starved():
                                                          workers=(bursty,)), CTX)
     assert f.wall == "measuring_side" and "cgroup CPU quota" in f.fix[0]
     assert "runs up to 900 ms late (mean 0.6 ms) while it uses only 2 % of a core" in " ".join(f.evidence)
+
+
+def test_every_tls_cause_is_the_tls_wall_with_that_causes_fix():
+    from connscale.metrics.counters import TLS_CAUSES
+
+    for cause in sorted(TLS_CAUSES):
+        key = f"connect:{cause}"
+        f = name_wall(key, window(failures={key: 7}), CTX)
+        assert f.wall == "tls" and f.wall in WALLS and f.headline.startswith("TLS handshakes fail: ")
+        assert f.evidence and f.fix and "no specific advice" not in f.fix[0], cause
+    f = name_wall("connect:tls_unknown_ca", window(failures={"connect:tls_unknown_ca": 3}), CTX)
+    assert f.side == "client" and "client.tls.ca_file" in f.fix[0]
+    f = name_wall("server:connect:tls_peer_not_tls", window(failures={"server:connect:tls_peer_not_tls": 3}), CTX)
+    assert f.side == "client" and "client.tls" in f.fix[0]
+    assert name_wall("connect:tls_cert_expired", window(failures={"connect:tls_cert_expired": 1}), CTX).side == "server"

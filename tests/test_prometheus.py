@@ -155,3 +155,24 @@ def test_scraping_a_real_hub_gives_the_numbers_of_its_timeline(tmp_path: Path) -
 
     upto = merged_histogram(r for r in read_timeline(timeline) if (r.t or 0) <= (line.t or 0))
     assert m[("connscale_rtt_seconds_count", ())] == upto.get_total_count() > 0
+
+
+def test_tls_handshakes_are_a_histogram_of_their_own_once_there_are_any() -> None:
+    from connscale.metrics.histograms import encode_histogram, new_histogram
+
+    records = make_records(fail_at_step=2)
+    assert not any(name.startswith("connscale_tls_") for name, _ in scrape_collector(records))
+    for i, r in enumerate(records):
+        h = new_histogram()
+        h.record_value(3000, 10)   # 3 ms
+        h.record_value(40_000, i)  # 40 ms
+        r["handshake_hist"] = encode_histogram(h)
+    m = scrape_collector(records)
+    n = 10 * len(records) + sum(range(len(records)))
+    assert m[("connscale_tls_handshake_seconds_count", ())] == n
+    assert m[("connscale_tls_handshake_seconds_bucket", (("le", "0.005"),))] == 10 * len(records)
+    assert m[("connscale_tls_handshake_seconds_bucket", (("le", "+Inf"),))] == n
+
+
+def test_tls_causes_keep_their_names_as_labels() -> None:
+    assert bounded_cause("tls_unknown_ca") == "tls_unknown_ca" and bounded_cause("tls_whatever") == "other"

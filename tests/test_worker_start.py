@@ -136,17 +136,22 @@ print(json.dumps(result))
 """
 
 
-@pytest.mark.parametrize("role", ["client", "server"])
-def test_a_running_worker_never_imports_what_it_must_not(role: str) -> None:
-    from tests.support.procs import free_port
-
-    spec = {"name": "probe"} if role == "client" else {"ports": [free_port()], "name": "probe"}
+def imports_of_a_running_worker(role: str, spec: dict[str, object]) -> set[str]:
+    """Every module a real worker imports while it starts and answers its parent."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONPROFILEIMPORTTIME="1")
     out = subprocess.run([sys.executable, "-c", RUNNING, role, json.dumps(spec)], env=env,
                          capture_output=True, text=True, timeout=60, check=False)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert "error" not in res and res.get("role") == role, (res.get("error"), out.stderr[-2000:])
-    imported = set(res["imported"])
+    return set(res["imported"])
+
+
+@pytest.mark.parametrize("role", ["client", "server"])
+def test_a_running_worker_never_imports_what_it_must_not(role: str) -> None:
+    from tests.support.procs import free_port
+
+    spec = {"name": "probe"} if role == "client" else {"ports": [free_port()], "name": "probe"}
+    imported = imports_of_a_running_worker(role, spec)
     # The probe sees the worker's imports (a wrong one would make this pass vacuously).
     assert {"twisted.spread.pb", "connscale.procs.childproc", "connscale.net.pool"} <= imported
     # Modules marked absent (compat.startup.ABSENT) show up as tried, and cannot load.
@@ -161,3 +166,25 @@ def test_an_autogroup_weight_that_cannot_be_set_is_left_alone(tmp_path) -> None:
     assert not weigh_own_autogroup(10, str(tmp_path / "no" / "such" / "autogroup"))
     target = tmp_path / "autogroup"
     assert weigh_own_autogroup(10, str(target)) and target.read_text() == "10"
+
+
+@pytest.mark.parametrize("role", ["client", "server"])
+def test_a_worker_that_speaks_tls_takes_the_stdlibs_ssl_and_nothing_heavier(role: str, tmp_path: Path) -> None:
+    """TLS workers keep ssl (net/tls.py) but never pyOpenSSL or cryptography (~13 MB each)."""
+    from connscale.net.tlscert import make_auto
+    from tests.support.procs import free_port
+
+    made = make_auto(tmp_path, "127.0.0.1")
+    if role == "client":
+        spec: dict[str, object] = {"name": "probe", "tls": {"enabled": True, "ca_file": made.cert}}
+    else:
+        spec = {"ports": [free_port()], "name": "probe", "tls": {"enabled": True, "cert": made.cert, "key": made.key}}
+    imported = imports_of_a_running_worker(role, spec)
+    assert {"ssl", "_ssl", "connscale.net.tls"} <= imported
+    # pyOpenSSL stays marked absent (tried by Twisted, never loaded); cryptography is never tried.
+    from connscale.compat.startup import ABSENT, TLS_MODULES
+
+    still_absent = set(ABSENT) - set(TLS_MODULES)
+    heavy = {"cryptography", "cryptography.x509", "connscale.net.tlscert"}
+    assert "OpenSSL" in still_absent
+    assert sorted(imported & (heavy | (set(NOT_IN_A_WORKER) - set(ABSENT)))) == []

@@ -36,16 +36,18 @@ from connscale.app.scenario import Progress, RunError, Scenario
 from connscale.app.search import SearchScenario
 from connscale.app.startup import EXIT_USAGE, load_or_exit
 from connscale.config.settings import Config, endpoint_address
+from connscale.config.tls import is_self_signed
 from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.diagnose.memory import memory_table
-from connscale.diagnose.records import SUMMARY_FILE, Preflight, Summary
+from connscale.diagnose.records import SUMMARY_FILE, Preflight, SideBytes, Summary
 from connscale.host.resources import process_resources
-from connscale.metrics import phases
+from connscale.metrics import handshakes, phases
 from connscale.metrics.cost import Cost, mean_cost, with_process
 from connscale.metrics.records import Stats
 from connscale.metrics.timeline import TIMELINE_FILE, read_timeline
 from connscale.metrics.workers import cpu_seconds, rss_of
+from connscale.net.tlscert import make_auto
 
 AGENT_NAME = "local"
 #: The observer `connscale run` starts on this host.
@@ -75,6 +77,24 @@ def run_secret(cfg: Config) -> bytes:
     return value if value is not None else secrets.token_urlsafe(24).encode()
 
 
+def own_tls(cfg: Config, directory: Path) -> Config:
+    """With `server.tls` on, the run's own clients speak TLS to its own server.
+
+    `auto` is made here, in the run directory (the hub and every worker load those
+    files), and the clients trust that certificate: verification stays on."""
+    server = cfg.server.tls
+    if not server.enabled:
+        return cfg
+    if server.cert is None:
+        server = make_auto(directory, cfg.server.interface)
+    client = cfg.client.tls
+    if not client.enabled:
+        client = attrs.evolve(client, enabled=True)
+    if client.verify and client.ca_file is None and (server.auto or is_self_signed(str(server.cert))):
+        client = attrs.evolve(client, ca_file=server.cert)
+    return attrs.evolve(cfg, server=attrs.evolve(cfg.server, tls=server), client=attrs.evolve(cfg.client, tls=client))
+
+
 class Experiment:
     """One run: its directory, its two children, its scenario, its summary."""
 
@@ -87,7 +107,7 @@ class Experiment:
         #: control.dial.login, or a fake: the login's retries are tested on a fake clock.
         self.dial_login = dial_login
         self.reactor = reactor
-        self.cfg = cfg
+        self.cfg = cfg = own_tls(cfg, rundir.path / "tls")
         self.rundir = rundir
         self.out = out
         self.secret = run_secret(cfg)
@@ -260,7 +280,18 @@ class Experiment:
             result = summary.with_phases(result, phases.summary_fields(records))
             # Memory per held connection, both ends, user and kernel (the observer's and the workers' rows),
             # and what connscale itself took over the final hold.
-            result = attrs.evolve(result, memory=memory_table(records), cost_final_hold=self.own_cost(records))
+            memory = memory_table(records)
+            result = attrs.evolve(
+                result, memory=memory, cost_final_hold=self.own_cost(records),
+                # Every TLS handshake of the run, from the timeline's per-second histograms (None without TLS).
+                handshake_ms=handshakes.handshake_ms(records),
+                # TLS connections made per second (handshakes finished): the best second and the mean.
+                tls_connect_rate=handshakes.connect_rate(records),
+                # User memory per connection per side at the peak: the memory table's, its one owner.
+                mem_per_conn_bytes=memory.workers_per_connection() if memory is not None else SideBytes(),
+            )
+        # Which ends spoke TLS, and how many handshakes resumed a session.
+        result = attrs.evolve(result, tls=summary.tls_fields(self.cfg, p.stats))
         result = attrs.evolve(result, explanation=summary.explanation(result, records))
         result = gate.judge(self.gate, result, records or [], self.manifest)
         written = True
@@ -414,6 +445,8 @@ def run_main(argv: list[str]) -> int:
             out(f"fix: {line}")
     if result.cost_final_hold is not None:
         out(f"cost: {result.cost_final_hold.describe()}, over the final hold")
+    if (tls := summary.tls_line(result)) is not None:
+        out(tls)
     if result.search is not None:
         out(f"capacity: {result.search.capacity}")
     for line in gate.lines(result):

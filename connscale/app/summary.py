@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import attrs
 
 from connscale.app.scenario import Progress
-from connscale.config.settings import ScenarioSettings
+from connscale.config.settings import Config, ScenarioSettings
 from connscale.diagnose.incidents import saturated_phases
-from connscale.diagnose.records import Explanation, Preflight, SearchResult, Summary
+from connscale.diagnose.records import Explanation, Preflight, SearchResult, Summary, TlsSummary
 from connscale.diagnose.verdict import explain, explain_search_verdict
 from connscale.metrics.phases import PhaseFigures
 from connscale.metrics.records import Stats
@@ -80,6 +80,31 @@ def explanation(result: Summary, records: Sequence[Stats] | None = None) -> Expl
         losses=result.worker_losses,
         target_events=result.target_events,
     )
+
+
+def tls_fields(cfg: Config, stats: Stats | None) -> TlsSummary:
+    """`server`: auto (a certificate made for the run), cert, or None; `client`: whether the
+    clients spoke TLS; `resumed`: handshakes that resumed a session."""
+    server = cfg.server.tls
+    return TlsSummary(
+        server=("auto" if server.auto else "cert") if server.enabled else None,
+        client=cfg.client.tls.enabled,
+        resumed=stats.client.resumed if stats is not None else 0,
+    )
+
+
+def tls_line(summary: Summary) -> str | None:
+    """`tls: handshake p50=.. p99=.. ms, ...` after the verdict, when the clients spoke TLS."""
+    if not summary.tls.client:
+        return None
+    hs, rate, mem = summary.handshake_ms, summary.tls_connect_rate, summary.mem_per_conn_bytes
+
+    def kb(value: float | None) -> str:
+        return "-" if value is None else f"{value / 1024:.1f} KiB"
+
+    return (f"tls: handshake p50={hs.p50} p99={hs.p99} ms ({hs.count} handshakes, "
+            f"{summary.tls.resumed} resumed); connects/s max={rate.max} mean={rate.mean}; "
+            f"memory per TLS connection server={kb(mem.server)} client={kb(mem.client)}")
 
 
 def verdict_line(summary: Summary) -> str:

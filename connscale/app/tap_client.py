@@ -6,6 +6,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.logger import Logger
 
 from connscale.app.startup import ConfigOptions, repeat_option, startup_errors
+from connscale.config.tls import TLSSetupError
 from connscale.control import plan
 from connscale.host.limits import prepare_fds
 from connscale.host.sysctl import ephemeral_count
@@ -125,10 +126,13 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     routes = make_routes(
         c.server_host, c.server_ports, c.source_ips, plan.tuple_cap(c.per_route_max, ephemeral_count())
     )
-    pool = ConnectionPool(
-        reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close), routes,
-        fast_path=cfg.net.fast_path,
-    )
+    try:
+        pool = ConnectionPool(
+            reactor, reactor, PoolSettings(c.interval, c.timeout, c.rate, c.framing, close=c.close, tls=c.tls), routes,
+            fast_path=cfg.net.fast_path,
+        )
+    except TLSSetupError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
     top = MultiService()
     status = StatusService(reactor, c.status_interval, pool.counters.snapshot, with_rtt=True, final=False)
     status.setServiceParent(top)

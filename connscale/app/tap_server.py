@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 
@@ -82,6 +85,8 @@ def _make_service(options: Options) -> IService:
 
 
 def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
+    from connscale.control.hub import server_tls
+
     s = cfg.server
     if cfg.net.fast_path:
         direct_dispatch(reactor)
@@ -92,13 +97,15 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
         raise SystemExit(f"{PROG}: {e}") from None
     counters = Counters()
     top = MultiService()
+    # `auto` outside a hub has no run directory: its certificate goes to a private temporary one.
+    tls = server_tls(s.tls, s.interface, Path(tempfile.mkdtemp(prefix="connscale-tls-"))) if s.tls.enabled else s.tls
     listening = ListeningService(reactor, sockets, PingServerFactory(s.framing, counters, s.max_line),
-                                 fast_path=cfg.net.fast_path)
+                                 fast_path=cfg.net.fast_path, tls=tls)
     listening.setServiceParent(top)
     StatusService(reactor, s.status_interval, counters.snapshot, with_rtt=False).setServiceParent(top)
     log.info(
-        "{prog}: serving {framing} framing on {interface} ports {ports} (backlog {backlog}; {path})",
+        "{prog}: serving {framing} framing{tls} on {interface} ports {ports} (backlog {backlog}; {path})",
         prog=PROG, framing=s.framing, interface=s.interface, ports=",".join(map(str, s.ports)), backlog=s.backlog,
-        path="fast path" if cfg.net.fast_path else "Twisted's transports",
+        tls=" over TLS" if tls.enabled else "", path="fast path" if cfg.net.fast_path else "Twisted's transports",
     )
     return top

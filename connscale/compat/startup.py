@@ -33,10 +33,15 @@ class _StandIn(types.ModuleType):
         raise AttributeError(f"{self.__name__} is not loaded in connscale worker processes (asked for {name})")
 
 
-def skip_unused_modules() -> None:
-    """Mark the modules above as absent (an `import` of them fails cleanly)."""
+#: What a worker whose connections speak TLS keeps of ABSENT (net/tls.py uses the stdlib's ssl).
+TLS_MODULES = ("ssl", "_ssl", "_hashlib")
+
+
+def skip_unused_modules(keep: tuple[str, ...] = ()) -> None:
+    """Mark the modules above as absent (an `import` of them fails cleanly), but those in `keep`."""
     for name in ABSENT:
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+        if name not in keep:
+            sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     for name in STAND_INS:
         if name not in sys.modules:
             sys.modules[name] = _StandIn(name)

@@ -26,6 +26,15 @@ from typing import Any, Literal
 import attrs
 import yaml
 
+from connscale.config.tls import (
+    ClientTLSSettings,
+    ServerTLSSettings,
+    certificate_problem,
+    check_ca_file,
+    check_cert_pair,
+    is_self_signed,
+)
+
 __all__ = [
     "ClientHost", "ClientSettings", "Config", "ConfigError", "ControlSettings", "ObserveSettings", "RunSettings",
     "ScenarioSettings", "ServerSettings", "load_config", "parse_config", "parse_duration",
@@ -56,6 +65,15 @@ class ConfigError(Exception):
 
 class _Invalid(ValueError):
     """Raised by parsers; the message is the part after ``<dotted.key>: ``."""
+
+
+class _InvalidKeys(_Invalid):
+    """Raised by the parser of a nested mapping (``client.tls``): one problem per sub-key,
+    each reported as ``<dotted.key>.<sub>: <problem>``."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.by_key = list(problems)
+        super().__init__("; ".join(f"{k}: {m}" for k, m in self.by_key))
 
 
 def _describe(value: object) -> str:
@@ -485,6 +503,116 @@ def _observe_target(value: object) -> str:
     return _process_name(value)
 
 
+# ---------------------------------------------------------------- TLS (client.tls, server.tls)
+# The records and the checks of their files live in config/tls.py; here, how YAML says them.
+
+def _tls_keys(value: Mapping[Any, Any], parsers: Mapping[str, Parser]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Parse a TLS mapping key by key; every problem is kept, named by its sub-key."""
+    values: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for key, raw in value.items():
+        if key not in parsers:
+            close = difflib.get_close_matches(str(key), list(parsers), n=1)
+            problems.append((str(key), "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")))
+            continue
+        try:
+            values[key] = parsers[key](raw)
+        except ValueError as e:
+            problems.append((key, str(e)))
+    return values, problems
+
+
+_CLIENT_TLS_PARSERS: Mapping[str, Parser] = MappingProxyType({
+    "enabled": _boolean,
+    "server_name": _optional(_host),
+    "verify": _boolean,
+    "ca_file": _optional(_readable_file),
+    "cert": _optional(_readable_file),
+    "key": _optional(_readable_file),
+    "resume": _boolean,
+    "handshake_timeout": lambda v: _number_between(0.001, 3600.0)(parse_duration(v)),
+})
+
+
+def _client_tls(value: object) -> ClientTLSSettings:
+    """``client.tls``: true/false, or a mapping of its keys (TLS is on unless it says ``enabled: false``)."""
+    if isinstance(value, (bool, str)):
+        return ClientTLSSettings(enabled=_boolean(value))
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected true, false or a mapping of TLS keys, got {_describe(value)}")
+    values, problems = _tls_keys(value, _CLIENT_TLS_PARSERS)
+    settings = ClientTLSSettings(**{"enabled": True, **values})
+    if not problems and settings.enabled:
+        problems += _client_tls_files(settings)
+    if problems:
+        raise _InvalidKeys(problems)
+    return settings
+
+
+def _client_tls_files(s: ClientTLSSettings) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if s.ca_file is not None and (why := check_ca_file(s.ca_file)):
+        problems.append(("ca_file", why))
+    if s.key is not None and s.cert is None:
+        problems.append(("key", "given without client.tls.cert"))
+    if s.cert is not None and (wrong := check_cert_pair(s.cert, s.key)):
+        problems.append(wrong)
+    return problems
+
+
+def _dump_client_tls(s: ClientTLSSettings) -> dict[str, Any]:
+    return s.to_wire()
+
+
+_SERVER_TLS_PARSERS: Mapping[str, Parser] = MappingProxyType({
+    "cert": _readable_file,
+    "key": _optional(_readable_file),
+    # A certificate made for the run: said so in what the run records, made again by the next run.
+    "auto": _boolean,
+})
+
+
+def _server_tls(value: object) -> ServerTLSSettings:
+    """``server.tls``: ``auto`` (a self-signed certificate made for the run), ``{cert, key}``, or off."""
+    if value == "auto":
+        return ServerTLSSettings(enabled=True, auto=True)
+    if value is None:
+        return ServerTLSSettings()
+    if isinstance(value, (bool, str)):
+        if _boolean(value):
+            raise _Invalid("expected auto or a mapping {cert: FILE, key: FILE}, got true")
+        return ServerTLSSettings()
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected auto, off or a mapping {{cert: FILE, key: FILE}}, got {_describe(value)}")
+    values, problems = _tls_keys(value, _SERVER_TLS_PARSERS)
+    auto = bool(values.get("auto", False))
+    if "cert" not in values and not problems:
+        if not auto:
+            problems.append(("cert", "required (or server.tls: auto for a certificate made for the run)"))
+        elif "key" in values:
+            problems.append(("key", "given without server.tls.cert"))
+    settings = ServerTLSSettings(enabled=True, auto=auto, cert=values.get("cert"), key=values.get("key"))
+    if not problems and settings.cert is not None:
+        if wrong := check_cert_pair(settings.cert, settings.key):
+            problems.append(wrong)
+        elif why := certificate_problem(settings.cert):
+            problems.append(("cert", why))
+    if problems:
+        raise _InvalidKeys(problems)
+    return settings
+
+
+def _dump_server_tls(s: ServerTLSSettings) -> object:
+    if not s.enabled:
+        return None
+    if s.cert is None:
+        return "auto"
+    out: dict[str, Any] = {"cert": s.cert, "key": s.key}
+    if s.auto:
+        out["auto"] = True
+    return out
+
+
 # ---------------------------------------------------------------- the settings table
 
 def _plain(value: Any) -> Any:
@@ -529,6 +657,8 @@ class ServerSettings:
     workers: Workers = _setting("auto", _workers)   # 0 = serve inside the hub process
     status_interval: float = _setting(5.0, _duration(allow_zero=False))
     max_line: int = _setting(1024, _int(16, 65536))   # bytes
+    # TLS on every port, whatever the framing (see config/tls.py).
+    tls: ServerTLSSettings = _setting(ServerTLSSettings(), _server_tls, dump=_dump_server_tls)
 
 
 @attrs.frozen
@@ -554,6 +684,8 @@ class ClientSettings:
     # How the client's closes end: fin (orderly; each closed port waits out
     # TIME_WAIT on this host) or rst (a reset, SO_LINGER 0: no TIME_WAIT).
     close: Literal["fin", "rst"] = _setting("fin", _choice("fin", "rst"))
+    # TLS around every connection, whatever the protocol inside (see config/tls.py).
+    tls: ClientTLSSettings = _setting(ClientTLSSettings(), _client_tls, dump=_dump_client_tls)
 
 
 @attrs.frozen
@@ -740,6 +872,10 @@ def _parse_section(cls: type, raw: object, prefix: str, problems: list[str], fai
         assert spec.parse is not None
         try:
             parsed = spec.parse(value)
+        except _InvalidKeys as e:
+            problems += [f"{prefix}.{key}.{sub}: {message}" for sub, message in e.by_key]
+            failed.add(f"{prefix}.{key}")
+            continue
         except ValueError as e:
             problems.append(f"{prefix}.{key}: {e}")
             failed.add(f"{prefix}.{key}")
@@ -843,6 +979,16 @@ def _check_observe(c: Config) -> Iterator[str]:
         yield "observe: give pid or name, not both"
 
 
+def _check_tls_trust(c: Config) -> Iterator[str]:
+    # One config for both ends (connscale run): a client that verifies must trust the server's own cert.
+    client, server = c.client.tls, c.server.tls
+    if (client.enabled and client.verify and client.ca_file is None and server.enabled
+            and server.cert is not None and not server.auto and is_self_signed(server.cert)):
+        yield (f"client.tls.ca_file: required with client.tls.verify on: server.tls.cert {server.cert} is "
+               f"self-signed, so no system CA vouches for it (trust it with client.tls.ca_file: {server.cert}, "
+               "or set client.tls.verify: false)")
+
+
 _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], ...] = (
     (("client.timeout", "client.interval"), _check_timeout),
     (("control.secret", "control.secret_file"), _check_secret),
@@ -850,6 +996,7 @@ _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], 
     (("control", "control.listen", "control.console", "control.console_listen", "control.metrics_listen",
       "server", "server.interface", "server.ports", "server.workers"), _check_listeners),
     (("observe", "observe.pid", "observe.name"), _check_observe),
+    (("client", "client.tls", "server", "server.tls"), _check_tls_trust),
 )
 
 

@@ -126,9 +126,12 @@ class Agent(MultiService):
         # Workers raise their own limits; this logs what each of them gets.
         _, self.budget = prepare_fds(0, PROG)
         spec = ClientSpec(interval=c.interval, timeout=c.timeout, rate=c.rate, framing=c.framing, close=c.close,
-                          fast_path=cfg.net.fast_path)
+                          fast_path=cfg.net.fast_path, tls=c.tls)
         self.report_rtt = RttAccumulator()
         self.supervisor = Supervisor(reactor, "client", spec, self.name, on_rtt=self.report_rtt.add)
+        # TLS handshake times travel like RTTs: merged here, sent up as one histogram per report.
+        self.report_handshake = RttAccumulator(keep_total=False)
+        self.supervisor.handshake_listeners.append(self.report_handshake.add)
         self.status = StatusService(reactor, c.status_interval, self.supervisor.totals, with_rtt=True, final=False)
         self.supervisor.rtt_listeners.append(self.status.rtt.add)
         self.status.setServiceParent(self)
@@ -229,9 +232,11 @@ class Agent(MultiService):
 
     def report(self) -> AgentReport:
         window = self.report_rtt.take_window()
+        handshakes = self.report_handshake.take_window()
         return AgentReport(
             totals=self.supervisor.totals(),
             rtt=encode_histogram(window) if window.get_total_count() else "",
+            handshake=encode_histogram(handshakes) if handshakes.get_total_count() else "",
             workers=tuple(self.supervisor.workers()),
             connecting=sum(int((s.last or {}).get("connecting", 0)) for s in self.supervisor.slots),
             events=report_events(self.supervisor.take_events()),

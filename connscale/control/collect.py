@@ -102,6 +102,8 @@ class Collector:
         self.timeline = timeline
         self.lost_after = lost_after
         self.client_rtt = RttAccumulator()
+        #: The clients' TLS handshake times, merged as their RTTs are.
+        self.client_handshake = RttAccumulator()
         self.started = clock.seconds()
         #: CPU and RSS of every process of the run (metrics.cost), once per timeline line.
         self.cost_meter = CostMeter()
@@ -164,6 +166,8 @@ class Collector:
             agent.reported_at = self.clock.seconds()
             if report.rtt:
                 self.client_rtt.add(report.rtt)
+            if report.handshake:
+                self.client_handshake.add(report.handshake)
             # A worker lost on an agent is an event of the run, in the timeline.
             for event in report.events:
                 self.events.note(f"agent {agent.name}: {event}")
@@ -249,6 +253,8 @@ class Collector:
             return
         window = self.client_rtt.take_window()
         stats = self.stats(rtt=window)
+        # The TLS handshakes finished in this second, merged the same way ("" without TLS).
+        handshakes = self.client_handshake.take_window()
         # Like incidents: a timeline line carries the losses of its own second only.
         losses = stats.worker_losses
         new_losses = losses[self._losses_recorded:]
@@ -261,6 +267,7 @@ class Collector:
             # The merged histogram of this second, so any percentile of any span
             # can be recomputed from the timeline alone.
             rtt_hist=encode_histogram(window) if window.get_total_count() else "",
+            handshake_hist=encode_histogram(handshakes) if handshakes.get_total_count() else "",
             # A second that saw the phase change belongs to the ramp (or stop)
             # side of the change, so a hold's seconds never carry the head or the
             # tail of a connect burst or a drain.
@@ -350,6 +357,8 @@ class Collector:
             stale=tuple(sorted(a.name for a in agents if a.connected and stale[a.name] != 0.0)),
             rtt_ms=rtt_summary_ms(self.client_rtt.total),
             rtt_window_ms=rtt_summary_ms(rtt) if rtt is not None else None,
+            # Every TLS handshake so far (all None without TLS).
+            handshake_ms=rtt_summary_ms(self.client_handshake.total),
             # Connections a client believes open that no server holds: the
             # half-open "ghosts" of an overflowing accept queue.
             ghosts=max(0, client.open - server.open),

@@ -17,6 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from connscale.config.settings import ClientHost, Config, endpoint_address
+from connscale.config.tls import ServerTLSSettings, TLSSetupError
 from connscale.control import plan
 from connscale.control.controller import POLL_INTERVAL, ControlError, Controller
 from connscale.control.verbs import VERBS, Verb, describe
@@ -31,6 +32,7 @@ from connscale.metrics.status import StatusService
 from connscale.metrics.timeline import Timeline
 from connscale.net.listen import EndpointService, ListenError
 from connscale.net.server import bind_sockets
+from connscale.net.tlscert import make_auto
 from connscale.procs.records import ServerSpec
 from connscale.procs.supervisor import Supervisor
 
@@ -236,6 +238,25 @@ def state_dir() -> str:
     return str(path)
 
 
+def server_tls(tls: ServerTLSSettings, interface: str, directory: Path) -> ServerTLSSettings:
+    """`server.tls` as the server workers load it: `auto` made into files in `directory`
+    (once, so every SO_REUSEPORT worker serves the same certificate), and tried here, so
+    a certificate that cannot serve stops start-up with one line instead of every worker."""
+    if not tls.enabled:
+        return tls
+    if tls.cert is None:
+        tls = make_auto(directory, interface)
+        log.info("{prog}: server.tls: auto: a self-signed certificate for this hub in {cert} "
+                 "(clients trust it with client.tls.ca_file)", prog=PROG, cert=tls.cert)
+    from connscale.net.tls import server_context
+
+    try:
+        server_context(tls)
+    except TLSSetupError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    return tls
+
+
 def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiService:
     import os
 
@@ -265,10 +286,11 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
         )
     except ControlError as e:
         raise SystemExit(f"{PROG}: {e}") from None
-    spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
-                      max_line=s.max_line, fast_path=cfg.net.fast_path)
-    servers = Supervisor(reactor, "server", spec, "hub")
     run_dir = Path(record_dir) if record_dir else Path(cfg.run.dir) / time.strftime("%Y%m%d-%H%M%S-hub")
+    spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
+                      max_line=s.max_line, fast_path=cfg.net.fast_path,
+                      tls=server_tls(s.tls, s.interface, run_dir / "tls"))
+    servers = Supervisor(reactor, "server", spec, "hub")
     timeline = Timeline(run_dir)
     try:
         salt = hub_salt()

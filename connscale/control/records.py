@@ -67,9 +67,9 @@ _STRUCTURE = str.maketrans("", "", "".join(chr(c) for c in range(128) if chr(c) 
 
 
 def snapshot(value: object) -> Snapshot:
-    """A snapshot's counters as `Snapshot.counts()` sends them (the histogram travels apart);
+    """A snapshot's counters as `Snapshot.counts()` sends them (the histograms travel apart);
     failure keys `phase:cause`, at most MAX_FAILURE_KEYS of them."""
-    snap = attrs.evolve(snapshot_from_wire(value), rtt="")
+    snap = attrs.evolve(snapshot_from_wire(value), rtt="", handshake="")
     for what, keys, pattern in (("failures", snap.failures, _FAILURE_KEY), ("protocol", snap.protocol, _PROTOCOL_KEY)):
         if len(keys) > MAX_FAILURE_KEYS:
             raise RecordError(f"{what}: more than {MAX_FAILURE_KEYS} keys ({len(keys)})")
@@ -126,6 +126,8 @@ class AgentReport(Record):
     totals: Snapshot = field(snapshot, factory=Snapshot)
     #: Encoded HdrHistogram of the RTTs since the previous report ("" if none).
     rtt: str = field(text(640 * 1024), default="")
+    #: Encoded HdrHistogram of the TLS handshake times since the previous report ("" if none).
+    handshake: str = field(text(640 * 1024), default="")
     workers: tuple[WorkerRow, ...] = field(seq(nested(WorkerRow), MAX_AGENT_WORKERS), default=())
     connecting: int = field(_COUNT, default=0)
     #: Worker losses and kills since the previous report, one line each.

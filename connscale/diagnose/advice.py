@@ -57,6 +57,45 @@ ADVICE: Mapping[str, str] = MappingProxyType(
             "a peer sent data that breaks the line protocol: check that client and server "
             "use the same framing and connscale version."
         ),
+        # TLS (net/tls.py); a failed handshake counts in phase connect on the side that saw it.
+        "tls_unknown_ca": (
+            "the server's certificate chains to no CA the client trusts: give client.tls.ca_file the CA "
+            "that signed it (for a self-signed server, its own certificate), or client.tls.verify: false to test."
+        ),
+        "tls_hostname_mismatch": (
+            "the server's certificate names neither client.tls.server_name nor the address dialled: "
+            "set client.tls.server_name to a name it carries, or give the server a certificate for its address."
+        ),
+        "tls_cert_expired": "the server's certificate has expired: renew it (server.tls: auto makes a fresh one).",
+        "tls_cert_not_yet_valid": (
+            "the server's certificate is not valid yet: check the clocks of both hosts, or reissue it."
+        ),
+        "tls_cert_invalid": "the server's certificate fails verification: check its chain and extensions.",
+        "tls_cert_rejected": (
+            "the other end refused a certificate, or wanted one it was not sent: a server that asks for a "
+            "client certificate needs client.tls.cert and client.tls.key it trusts; a client that refuses the "
+            "server's needs its CA (client.tls.ca_file)."
+        ),
+        "tls_protocol_version": (
+            "client and server share no TLS version (connscale speaks TLS 1.2 and 1.3): "
+            "enable TLS 1.2 or 1.3 on the server."
+        ),
+        "tls_handshake_failure": (
+            "client and server share no cipher, group or signature algorithm: check the server's TLS settings."
+        ),
+        "tls_peer_not_tls": (
+            "one end does not speak TLS: a plain-text server spoken to in TLS, or a plain-text client of a TLS "
+            "server; match client.tls (or the URL's scheme) to the server."
+        ),
+        "tls_closed_in_handshake": (
+            "the server closed the connection during the TLS handshake: a plain-text server that gave up on "
+            "the ClientHello, or a TLS server at a limit of its own; check its log."
+        ),
+        "tls_handshake_timeout": (
+            "the TLS handshake did not finish within client.tls.handshake_timeout: an overloaded server, or "
+            "a plain-text server waiting for a line; check the server, or raise the timeout."
+        ),
+        "tls_error": "a TLS record failed after the handshake (a broken or tampered stream); check the server's log.",
         "worker_lost": (
             "a worker process exited and its connections were lost: check its log for the "
             "cause (often running out of memory or file descriptors)."

@@ -38,6 +38,14 @@ WORKER_BYTES = 24 * 2**20
 US_PER_ROUNDTRIP = {"client": 12.4, "server": 11.3}
 #: CPU per connect, per side (19,000 connects at 5,000/s: 0.55 s client, 0.25 s server).
 US_PER_CONNECT = {"client": 40.0, "server": 18.0}
+#: What TLS adds to a connection, per side, over the plain figures above (`bench/tls_cost.py
+#: -n 10000`, connscale's transports and net/tls, ECDSA P-256, 2026-12-07; docs/design.md):
+#: OpenSSL's state for it (the client's after it read a session ticket: the larger of the
+#: bench's 34.2 KB and a 50,000-connection run's 23.8 KB), its handshake, and the record
+#: layer around each ping and pong.
+TLS_USER_BYTES = {"client": 34_200, "server": 16_800}
+TLS_US_PER_CONNECT = {"client": 448.0, "server": 259.0}
+TLS_US_PER_ROUNDTRIP = {"client": 6.1, "server": 5.2}
 #: CPU a held connection costs besides its pings, per side, in us per second: its
 #: worker's timer wheel, garbage collection over its objects, the worker's report
 #: (`bench/pair_cost.py -n 19000`: 19,000 connections at interval 60 s, where the
@@ -54,6 +62,10 @@ MEMORY_SHARE = 0.9
 RUN_STARTUP_S = 10.0
 
 
+#: Where the default per-connection figures come from.
+BENCH_SOURCE = "bench/pair_cost.py and bench/mem_per_conn.py"
+
+
 @attrs.frozen
 class ConnectionCosts:
     """Memory one held connection costs: the figures measured on this box (bench/), or a run's
@@ -62,10 +74,15 @@ class ConnectionCosts:
     kernel_pair: float = KERNEL_BYTES_PER_PAIR
     user_client: float = USER_BYTES["client"]
     user_server: float = USER_BYTES["server"]
-    source: str = "bench/pair_cost.py and bench/mem_per_conn.py"
+    source: str = BENCH_SOURCE
 
     def user(self, side: str) -> float:
         return self.user_client if side == "client" else self.user_server
+
+    @property
+    def measured(self) -> bool:
+        """A run's own figures (`connscale check --measured`), not this box's bench ones."""
+        return self.source != BENCH_SOURCE
 
 
 @attrs.frozen
@@ -86,6 +103,7 @@ class Demand:
     time_limit: float | None = None
     holds: float = 0.0                    # seconds of holds between the ramp's steps and at the end
     costs: ConnectionCosts = attrs.Factory(ConnectionCosts)
+    tls: bool = False                     # the connections speak TLS (client.tls / server.tls)
 
     @property
     def routes(self) -> int:
@@ -114,7 +132,20 @@ class Demand:
             backlog=cfg.server.backlog,
             time_limit=sc.time_limit if run else None,
             holds=(sc.hold * max(0, sc.steps - 1) + sc.final_hold) if run else 0.0,
+            # In a run the clients speak TLS when the server does (app/run.own_tls).
+            tls=cfg.client.tls.enabled if roles == "client" else cfg.server.tls.enabled or (
+                run and cfg.client.tls.enabled),
         )
+
+    def user_bytes(self, side: str) -> float:
+        # A run's own measured figure (`--measured`) is what its connections cost, TLS or not.
+        return self.costs.user(side) + (TLS_USER_BYTES[side] if self.tls and not self.costs.measured else 0)
+
+    def us_per_connect(self, side: str) -> float:
+        return US_PER_CONNECT[side] + (TLS_US_PER_CONNECT[side] if self.tls else 0.0)
+
+    def us_per_roundtrip(self, side: str) -> float:
+        return US_PER_ROUNDTRIP[side] + (TLS_US_PER_ROUNDTRIP[side] if self.tls else 0.0)
 
 
 @attrs.frozen
@@ -319,7 +350,7 @@ def fd_system_limit(h: HostLimits, d: Demand) -> Limit:
 def bytes_per_connection(d: Demand) -> float:
     """Memory one more connection costs this host, its workers' share included."""
     kernel = d.costs.kernel_pair * (1.0 if d.roles == "both" else 0.5)
-    user = sum(d.costs.user(s) for s in d.sides)
+    user = sum(d.user_bytes(s) for s in d.sides)
     # Every per_worker(budget) connections bring one more worker process per side.
     return kernel + user
 
@@ -336,7 +367,8 @@ def memory_limit(h: HostLimits, d: Demand) -> Limit:
     detail = (
         f"{_gib(usable)} free ({where}); a connection costs ~{per_conn / 1024:.1f} KB here "
         f"(kernel {d.costs.kernel_pair * (1.0 if d.roles == 'both' else 0.5) / 1024:.1f} KB, "
-        f"user {sum(d.costs.user(s) for s in d.sides) / 1024:.1f} KB, worker processes' share "
+        f"user {sum(d.user_bytes(s) for s in d.sides) / 1024:.1f} KB{' with TLS' if d.tls else ''}, "
+        "worker processes' share "
         f"{len(d.sides) * WORKER_BYTES / per_worker(budget) / 1024:.1f} KB; per connection as measured by "
         f"{d.costs.source})"
     )
@@ -397,7 +429,7 @@ def conntrack_limit(h: HostLimits, d: Demand) -> Limit:
 def cpu_need(n: int, d: Demand, interval: float | None = None) -> float:
     """Cores holding `n` connections, each pinging every `interval`, needs on this host (estimate)."""
     interval = d.interval if interval is None else interval
-    return sum(n * (US_PER_ROUNDTRIP[s] / interval + US_IDLE_PER_CONN[s]) * 1e-6 for s in d.sides)
+    return sum(n * (d.us_per_roundtrip(s) / interval + US_IDLE_PER_CONN[s]) * 1e-6 for s in d.sides)
 
 
 def cpu_limit(h: HostLimits, d: Demand) -> Limit:
@@ -411,7 +443,7 @@ def cpu_limit(h: HostLimits, d: Demand) -> Limit:
     quota = f" (cgroup quota {h.cpu_quota:g})" if h.cpu_quota else ""
     detail = (
         f"{d.target:,} connections at client.interval {d.interval:g} s = {_n(pings)} pings/s "
-        f"(~{sum(US_PER_ROUNDTRIP[s] for s in d.sides):.1f} us each) plus ~{idle:.2f} cores to hold them "
+        f"(~{sum(d.us_per_roundtrip(s) for s in d.sides):.1f} us each) plus ~{idle:.2f} cores to hold them "
         f"({'both sides' if d.roles == 'both' else d.roles}): ~{need:.1f} cores of the {allowed:.1f} planned "
         f"({int(CPU_SHARE * 100)} % of {cores:g}{quota}, so that connscale's own loops stay prompt; estimate)"
     )
@@ -419,7 +451,7 @@ def cpu_limit(h: HostLimits, d: Demand) -> Limit:
     if need > allowed:
         if idle < allowed * 0.9:
             # The interval at which pings fit into what holding leaves.
-            ping_us = sum(US_PER_ROUNDTRIP[s] for s in d.sides) * 1e-6 * d.target
+            ping_us = sum(d.us_per_roundtrip(s) for s in d.sides) * 1e-6 * d.target
             longer = math.ceil(ping_us / (allowed - idle))
             fix = (
                 f"client.interval: {longer} ({_n(d.target / longer)} pings/s), or put the clients on other hosts "
@@ -471,7 +503,7 @@ def ramp_limit(h: HostLimits, d: Demand) -> list[Limit]:
         f"after {d.holds:g} s of holds and ~{RUN_STARTUP_S:g} s of start-up",
         f"scenario.time_limit: {math.ceil(need_s * 1.2)}",
     ))
-    connect_cores = sum(d.rate * US_PER_CONNECT[s] * 1e-6 for s in d.sides)
+    connect_cores = sum(d.rate * d.us_per_connect(s) * 1e-6 for s in d.sides)
     hold_cores = cpu_need(d.target, d)
     allowed = h.effective_cores * CPU_SHARE
     # Only when the hold itself fits: otherwise the cpu limit already says it all.

@@ -172,6 +172,28 @@ def rtt_over_time(s: Series) -> bytes:
     return _png(fig)
 
 
+def handshakes(s: Series) -> bytes:
+    """Each second's TLS handshake percentiles, and how many finished."""
+    fig, ax = _figure()
+    _shade_phases(ax, s)
+    for values, color, label, width in ((s.handshake.max, MAX, "max", 0.9), (s.handshake.p99, P99, "p99", 1.4),
+                                        (s.handshake.p50, P50, "p50", 1.4)):
+        xs, ys = _present(s.elapsed, values)
+        if xs:
+            ax.plot(xs, ys, color=color, linewidth=width, label=label, marker="." if len(xs) < 40 else None)
+    ax.set_xlabel("seconds", fontsize=8)
+    ax.set_ylabel("TLS handshake of each second, ms", fontsize=8)
+    _log_ms(ax)
+    _legend(ax, loc="upper left")
+    count = ax.twinx()
+    count.plot(s.elapsed, s.handshake_count, color="#78909c", linewidth=1.0, linestyle="--", label="handshakes/s")
+    count.set_ylabel("handshakes per second", fontsize=8)
+    count.set_ylim(bottom=0)
+    count.tick_params(labelsize=7)
+    _thousands(count)
+    return _png(fig)
+
+
 def scaling_curve(s: Series, points: Sequence[CurvePoint], knee: Knee | None) -> bytes:
     fig, ax = _figure()
     ramp = [(o, r) for o, r, ph in zip(s.open, s.rtt.p99, s.phase) if r is not None and not is_hold(ph)]

@@ -39,6 +39,7 @@ from connscale.config.records import (
 from connscale.diagnose.gates import BaselineResult, ThresholdResult
 from connscale.host.observed import MAX_TARGET_EVENTS, ObservedEvent
 from connscale.metrics.cost import Cost
+from connscale.metrics.handshakes import ConnectRate, HandshakeMs
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import PhaseRtt
 from connscale.metrics.records import (
@@ -237,10 +238,40 @@ class MemoryTable(Record):
     host: str = field(text(255), default="", doc="the observer's host")
     rows: tuple[MemoryRow, ...] = field(seq(nested(MemoryRow), 64), default=(), doc="one row per quantity measured")
 
+    def row(self, key: str) -> MemoryRow | None:
+        return next((r for r in self.rows if r.key == key), None)
+
+    def workers_per_connection(self) -> SideBytes:
+        """connscale's own workers' user memory per connection per side, once every connection
+        was open (the run's peak): the one figure the summary's `mem_per_conn_bytes`, the
+        report's and the verdict's tls: line give."""
+        server, client = self.row("connscale_server_rss"), self.row("connscale_client_rss")
+        return SideBytes(server.opened if server is not None else None, client.opened if client is not None else None)
+
     @property
     def moments(self) -> dict[str, MemoryMoment]:
         """"opened" and "pinging", those the table has."""
         return {name: m for name, m in (("opened", self.opened), ("pinging", self.pinging)) if m is not None}
+
+
+# ----------------------------------------------------------------------------- TLS
+
+@attrs.frozen
+class SideBytes(Record):
+    """Bytes per connection of connscale's workers, per side."""
+
+    server: float | None = field(optional(number(-1e15, 1e15)), default=None, doc="the server workers'")
+    client: float | None = field(optional(number(-1e15, 1e15)), default=None, doc="the client workers'")
+
+
+@attrs.frozen
+class TlsSummary(Record):
+    """Which ends of a run spoke TLS."""
+
+    server: str | None = field(optional(text(8)), default=None,
+                               doc="connscale's server: auto (a certificate made for the run), cert, or null (no TLS)")
+    client: bool = field(boolean, default=False, doc="the clients spoke TLS")
+    resumed: int = field(COUNT, default=0, doc="handshakes that resumed a session")
 
 
 # ----------------------------------------------------------------------------- the summary
@@ -326,6 +357,17 @@ class Summary(Record):
     cost_final_hold: Cost | None = field(optional(nested(Cost)), default=None,
                                          doc="connscale's own CPU (mean cores) and RSS (largest) over the final "
                                              "hold, per kind of process, the run's own process included")
+    tls: TlsSummary = field(nested(TlsSummary), factory=TlsSummary, doc="which ends spoke TLS")
+    handshake_ms: HandshakeMs = field(nested(HandshakeMs), factory=HandshakeMs,
+                                      doc="p50, p90, p99, max (ms) and count of the run's TLS handshakes, from the "
+                                          "timeline's handshake_hist (null without TLS)")
+    tls_connect_rate: ConnectRate = field(nested(ConnectRate), factory=ConnectRate,
+                                          doc="TLS connections made per second: max (the best second), mean (over "
+                                              "the seconds that made any); null without TLS")
+    mem_per_conn_bytes: SideBytes = field(nested(SideBytes), factory=SideBytes,
+                                          doc="user memory per connection (per TLS connection with TLS) of "
+                                              "connscale's workers per side at the peak: memory's "
+                                              "connscale_server_rss and connscale_client_rss rows, opened")
 
     @classmethod
     def from_wire(cls, data: object) -> Summary:

@@ -34,14 +34,15 @@ from connscale.diagnose.curve import (
     find_knee,
 )
 from connscale.diagnose.headline import BY_NAME
-from connscale.diagnose.records import Explanation, MemoryTable, Summary
+from connscale.diagnose.records import Explanation, MemoryTable, SideBytes, Summary
 from connscale.diagnose.runfiles import RunFiles, RunReadError, read_run
 from connscale.diagnose.search import capacity_line
+from connscale.metrics import handshakes
 from connscale.metrics.cost import mean_cost
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import FINAL_HOLD, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
 from connscale.metrics.records import Incident, Stats
-from connscale.metrics.series import Series, build_series, peak_index, run_end
+from connscale.metrics.series import Series, build_series, mem_per_conn_at_peak, peak_index, run_end
 from connscale.metrics.timeline import TIMELINE_FILE
 
 REPORT_FILE = "report.html"
@@ -90,6 +91,25 @@ def _last_of_phase(records: Sequence[Stats], phase: str) -> Stats | None:
     return None
 
 
+def the_memory_table(run: RunFiles) -> MemoryTable | None:
+    """The run's memory table: its summary's, else derived from its timeline (None without an
+    observer's baseline: a run directory from before the observer)."""
+    from connscale.diagnose.memory import memory_table
+
+    table = run.summary.memory if run.summary is not None else None
+    return table if table is not None else memory_table(run.records)
+
+
+def user_per_connection(run: RunFiles, s: Series, end: int) -> SideBytes:
+    """connscale's workers' user memory per connection per side at the peak: the memory table's
+    (its one owner, as summary.json's `mem_per_conn_bytes` and the tls: line say it); a run
+    directory without the table, from before the observer, shows what its report always showed."""
+    table = the_memory_table(run)
+    if table is not None:
+        return table.workers_per_connection()
+    return SideBytes(*mem_per_conn_at_peak(s, end))
+
+
 def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
     """Every number of the summary table, keyed as the page tags them."""
     summary = run.summary
@@ -132,10 +152,11 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
         put(f"rtt_{span}_max", pct.max, "ms")
 
     peak = peak_index(s, end)
+    memory = user_per_connection(run, s, end)
     for side in ("server", "client"):
         cpu = [v for v in s.cpu_pct[side][: end + 1] if v is not None]
         put(f"cpu_max_{side}", max(cpu) if cpu else None, "pct")
-        put(f"mem_per_conn_{side}", s.mem_per_conn[side][peak] if peak is not None else None, "bytes")
+        put(f"mem_per_conn_{side}", getattr(memory, side), "bytes")
         put(f"rss_{side}", s.rss[side][peak] if peak is not None else None, "bytes")
     # What connscale itself took over the final hold (the summary's, with the run's own
     # process; else the timeline's hub, agents and workers).
@@ -146,6 +167,20 @@ def compute_numbers(run: RunFiles, s: Series) -> dict[str, Number]:
         put("own_cores", cost.cores, "cores")
         put("own_rss", cost.rss_bytes, "bytes")
         put("own_processes", cost.processes, "int")
+    if any(s.handshake_count[: end + 1]):
+        # With TLS: the handshakes, how many a second, and what a TLS connection costs each side.
+        shakes = handshakes.handshake_ms(records)
+        put("tls_handshake_p50", shakes.p50, "ms")
+        put("tls_handshake_p90", shakes.p90, "ms")
+        put("tls_handshake_p99", shakes.p99, "ms")
+        put("tls_handshake_max", shakes.max, "ms")
+        put("tls_handshakes", shakes.count, "int")
+        put("tls_resumed", last.client.resumed if last else 0, "int")
+        rate = handshakes.connect_rate(records)
+        put("tls_connect_rate_max", rate.max, "rate")
+        put("tls_connect_rate_mean", rate.mean, "rate")
+        put("tls_mem_per_conn_server", memory.server, "bytes")
+        put("tls_mem_per_conn_client", memory.client, "bytes")
     return out
 
 
@@ -329,6 +364,12 @@ _SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("memory per connection added, at the peak (server / client)", "mem_per_conn_server|mem_per_conn_client", "bytes"),
     ("workers' RSS at the peak (server / client)", "rss_server|rss_client", "bytes"),
     ("connscale itself over the final hold: CPU cores / RSS / processes", "own_cores|own_rss|own_processes", ""),
+    ("TLS handshake p50 / p90 / p99 / max", "tls_handshake_p50|tls_handshake_p90|tls_handshake_p99|tls_handshake_max",
+     "ms"),
+    ("TLS handshakes (resumed)", "tls_handshakes|tls_resumed", ""),
+    ("TLS connect rate (best second / mean)", "tls_connect_rate_max|tls_connect_rate_mean", "/s"),
+    ("user memory per TLS connection, at the peak (server / client)", "tls_mem_per_conn_server|tls_mem_per_conn_client",
+     "bytes"),
 )
 
 
@@ -475,11 +516,7 @@ def incidents_html(incidents: Sequence[Incident]) -> str:
 def memory_html(run: RunFiles) -> str:
     """Memory per held connection, both ends, user and kernel (diagnose.memory): the summary's table,
     else derived from the timeline."""
-    from connscale.diagnose.memory import memory_table
-
-    table: MemoryTable | None = run.summary.memory if run.summary is not None else None
-    if table is None:
-        table = memory_table(run.records)
+    table = the_memory_table(run)
     if table is None or not table.rows:
         return ""
     head = "".join(f"<th>{h}</th>" for h in ("what", "user or kernel", "whose",
@@ -626,7 +663,10 @@ def build_plots(s: Series, points: Sequence[CurvePoint], knee: Knee | None,
              "Growth since the last second before the first connection, per connection opened since: the observed "
              "server's RSS and PSS, connscale's own workers per side, and the kernel's socket slab and TCP buffers "
              "on the observer's host (the whole host's counters).", plots.memory_per_connection(per_second(records))),
-    ]
+    ] + ([Plot("handshakes", "TLS handshakes",
+               "p50, p99 and max of each second's TLS handshakes, TCP connected to TLS ready (log scale); "
+               "handshakes finished per second on the right axis.", plots.handshakes(s))]
+         if any(s.handshake_count) else [])
 
 
 def render_html(run: RunFiles) -> str:

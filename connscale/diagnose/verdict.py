@@ -24,7 +24,7 @@ from connscale.metrics.workers import WorkerLoss
 #: Walls whose failures name their cause by themselves; they explain a stop
 #: better than a saturation seen around the same time.
 DEFINITE = frozenset({"fd_process", "fd_system", "ephemeral_ports", "routes", "server_down", "worker_lost",
-                      "protocol", "memory", "conntrack", "listen_in_use"})
+                      "protocol", "tls", "memory", "conntrack", "listen_in_use"})
 
 #: Budget limit keys -> wall ids.
 BUDGET_WALLS: Mapping[str, str] = {

@@ -19,7 +19,9 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from connscale.diagnose.advice import advise
 from connscale.host.observed import HostRow, ListenerRow, ProcessRow, TargetRow
+from connscale.metrics.counters import TLS_CAUSES
 from connscale.metrics.records import IncidentWorker, KernelCounters, Stats
 from connscale.metrics.workers import WorkerRef
 
@@ -40,6 +42,7 @@ WALLS: Mapping[str, str] = {
     "cpu": "CPU",
     "worker_lost": "a worker process died",
     "protocol": "a protocol mismatch",
+    "tls": "TLS handshakes failing",
     "time_limit": "the run's time limit",
     "control_plane": "connscale's own hub or agent failed",
     "interrupted": "the run was interrupted",
@@ -433,6 +436,19 @@ def _clients_explain_timeouts(w: Window, ctx: Context) -> bool:
     return any(x.late or (x.lag_ms_max or 0.0) >= late_ms for x in w.saturated("client"))
 
 
+#: TLS causes whose fix is the server's (its certificate, its TLS settings, its load); the
+#: others are the client's settings (what it trusts, the name it checks, its certificate).
+_SERVER_TLS = frozenset({"tls_cert_expired", "tls_cert_not_yet_valid", "tls_protocol_version",
+                         "tls_handshake_failure", "tls_closed_in_handshake", "tls_handshake_timeout", "tls_error"})
+
+
+def tls(w: Window, key: str) -> Finding:
+    """TLS handshakes failing, by their cause (net/tls.py names it), with that cause's fix."""
+    _, _, cause = _cause(key)
+    return Finding("tls", "server" if cause in _SERVER_TLS else "client",
+                   f"TLS handshakes fail: {advise(cause).split(':', 1)[0]}", (_count(w, key),), (advise(cause),))
+
+
 def name_wall(key: str, w: Window, ctx: Context) -> Finding:
     """The wall behind failure `key` ("phase:cause", "server:phase:cause")."""
     side, phase, cause = _cause(key)
@@ -482,6 +498,8 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
     if cause == "ECONNREFUSED":
         return Finding("server_down", "server", "nothing listens on the server port (connection refused)",
                        (_count(w, key),), ("start the server, or check server.ports and client.server",))
+    if cause in TLS_CAUSES:
+        return tls(w, key)
     protocol = [k for k in w.failures if k.endswith(":protocol_error")]
     if cause == "protocol_error" or (cause in ("closed_by_peer", "ECONNRESET") and protocol):
         # The server closes a connection that breaks the protocol: the client sees it closed.

@@ -30,6 +30,34 @@ APP_CAUSES: frozenset[str] = frozenset(
     }
 )
 
+#: Causes of a failed TLS handshake (net/tls.py names them; phase `connect` on both sides),
+#: and `tls_error` for a TLS failure after it. Part of the bounded vocabulary like APP_CAUSES.
+TLS_CAUSES: frozenset[str] = frozenset(
+    {
+        "tls_unknown_ca",          # the peer's certificate chains to no CA we trust
+        "tls_hostname_mismatch",   # ... names neither server_name nor the address dialled
+        "tls_cert_expired",        # ... is past its notAfter
+        "tls_cert_not_yet_valid",  # ... is before its notBefore
+        "tls_cert_invalid",        # ... fails verification otherwise
+        "tls_cert_rejected",       # the peer refused our certificate, or wanted one we did not send
+        "tls_protocol_version",    # no TLS version both ends accept
+        "tls_handshake_failure",   # no cipher, group or signature both ends accept
+        "tls_peer_not_tls",        # the peer answered with bytes that are not TLS (a plain-text server or client)
+        "tls_closed_in_handshake", # the peer closed the connection before the handshake finished
+        "tls_handshake_timeout",   # the handshake did not finish within client.tls.handshake_timeout
+        "tls_error",               # any other TLS failure, during or after the handshake
+    }
+)
+
+
+class NamedFailure(Exception):
+    """A failure whose cause is already a name of the bounded set (`TLS_CAUSES`)."""
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        super().__init__(detail or cause)
+        self.cause = cause
+
+
 #: Server-side protocol violations, counted by kind.
 PROTOCOL_KINDS: tuple[str, ...] = ("unknown_line", "line_too_long", "flood", "unexpected_pong")
 
@@ -46,6 +74,8 @@ def classify(reason: Failure | BaseException) -> str:
     make every failure its own class.
     """
     exc = reason.value if isinstance(reason, Failure) else reason
+    if isinstance(exc, NamedFailure):
+        return exc.cause if exc.cause in TLS_CAUSES or exc.cause in APP_CAUSES else "unknown"
     if isinstance(exc, terror.ConnectionDone):
         return "closed_by_peer"
     if isinstance(exc, terror.ConnectionLost):
@@ -80,6 +110,8 @@ class Counters:
         "failures",
         "protocol",
         "rtt",
+        "handshake",
+        "resumed",
     )
 
     def __init__(self) -> None:
@@ -94,6 +126,10 @@ class Counters:
         # Holds RTTs since the last snapshot; the cumulative view lives in
         # whoever merges snapshots, so a worker never grows a second copy.
         self.rtt = RttBuckets()
+        # TLS handshakes since the last snapshot (µs, the RTT buckets' layout), and
+        # how many of all of them resumed a session.
+        self.handshake = RttBuckets()
+        self.resumed = 0
 
     def fail(self, phase: str, cause: str) -> None:
         key = (phase, cause)
@@ -115,7 +151,10 @@ class Counters:
             failures={f"{p}:{c}": n for (p, c), n in self.failures.items()},
             protocol=dict(self.protocol),
             rtt=self.rtt.encode() if self.rtt else "",
+            handshake=self.handshake.encode() if self.handshake else "",
+            resumed=self.resumed,
         )
         if reset_rtt:
             self.rtt.reset()
+            self.handshake.reset()
         return snap

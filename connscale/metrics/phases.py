@@ -11,7 +11,7 @@ that mixes ramps and holds.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import attrs
 from hdrh.histogram import HdrHistogram
@@ -63,10 +63,13 @@ def window_phase(seen: Sequence[str]) -> str:
     return busy[-1] if busy else seen[-1]
 
 
-def merged_histogram(records: Iterable[Stats]) -> HdrHistogram:
+def merged_histogram(records: Iterable[Stats],
+                     histogram: Callable[[Stats], HdrHistogram | None] = Stats.histogram) -> HdrHistogram:
+    """The sum of the records' per-second histograms: their RTTs, or what `histogram` picks
+    (`Stats.handshake_histogram`: their TLS handshakes)."""
     total = new_histogram()
     for record in records:
-        hist = record.histogram()
+        hist = histogram(record)
         if hist is not None:
             total.add(hist)
     return total

@@ -19,13 +19,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from connscale.host.observed import ObserverRow
-from connscale.metrics.counters import APP_CAUSES, PHASES, PROTOCOL_KINDS
+from connscale.metrics.counters import APP_CAUSES, PHASES, PROTOCOL_KINDS, TLS_CAUSES
 from connscale.metrics.histograms import new_histogram
 from connscale.metrics.records import KernelCounters, Stats
 
 #: Bucket bounds of the cumulative RTT histogram, in seconds.
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_CAUSES = frozenset(APP_CAUSES) | frozenset(errno.errorcode.values())
+_CAUSES = frozenset(APP_CAUSES) | TLS_CAUSES | frozenset(errno.errorcode.values())
 _PHASE_KINDS = ("setup", "ramp", "hold", "final_hold", "plateau", "stop")
 _KERNEL_COUNTERS = {"listen_overflows": "ListenOverflows", "listen_drops": "ListenDrops",
                     "abort_on_overflow": "TCPAbortOnOverflow"}
@@ -59,12 +59,14 @@ class TimelineCollector(Collector):
     def __init__(self) -> None:
         self.latest: Stats | None = None
         self.rtt = new_histogram()
+        #: Every TLS handshake since the hub started (empty without TLS).
+        self.handshake = new_histogram()
         self.incidents: dict[str, int] = {}
 
     def observe(self, record: Stats) -> None:
-        hist = record.histogram()
-        if hist is not None:
-            self.rtt.add(hist)
+        for total, hist in ((self.rtt, record.histogram()), (self.handshake, record.handshake_histogram())):
+            if hist is not None:
+                total.add(hist)
         # A timeline line carries the incidents opened in that second.
         for incident in record.incidents:
             wall = bounded_wall(incident.wall)
@@ -79,6 +81,12 @@ class TimelineCollector(Collector):
         rtt = HistogramMetricFamily("connscale_rtt_seconds", "Ping round-trip times since the hub started")
         rtt.add_metric([], buckets, total)
         yield rtt
+        if self.handshake.get_total_count():
+            buckets, _, total = self._rtt_buckets(self.handshake)
+            shakes = HistogramMetricFamily("connscale_tls_handshake_seconds",
+                                           "TLS handshake times, TCP connected to TLS ready, since the hub started")
+            shakes.add_metric([], buckets, total)
+            yield shakes
         if record is None:
             return
         yield from self._run(record)
@@ -87,8 +95,8 @@ class TimelineCollector(Collector):
         yield from self._kernel(record.kernel)
         yield from observed_families(record.observers)
 
-    def _rtt_buckets(self) -> tuple[list[tuple[str, float]], int, float]:
-        h = self.rtt
+    def _rtt_buckets(self, hist: Any = None) -> tuple[list[tuple[str, float]], int, float]:
+        h = self.rtt if hist is None else hist
         count = h.get_total_count()
         out = []
         if count:

@@ -236,8 +236,9 @@ def _side(value: object) -> Snapshot:
     return snapshot_from_wire(value)
 
 
-_SIDE_DOC = ("counters of the {} side, cumulative: open, opened, closed, pings, pongs, skipped, failures "
-             "(phase:cause -> count), protocol (violations by kind), failure_total")
+_SIDE_DOC = ("counters of the {} side, cumulative: open, opened, closed, pings, pongs, skipped, resumed (TLS "
+             "handshakes that resumed a session), failures (phase:cause -> count), protocol (violations by kind), "
+             "failure_total")
 
 
 @attrs.frozen(kw_only=True)
@@ -279,6 +280,12 @@ class Stats(Record):
                                               doc="line: p50, p90, p99, max (ms) of its second's RTTs (null where none)")
     rtt_hist: str = field(text(8 * 2**20), default="",
                           doc="line: the merged HdrHistogram of its second's RTTs (empty when none)")
+    handshake_ms: Percentiles = field(nested(Percentiles), factory=Percentiles,
+                                      doc="p50, p90, p99, max (ms) of every TLS handshake the clients finished "
+                                          "since the hub started (null without TLS)")
+    handshake_hist: str = field(text(8 * 2**20), default="",
+                                doc="line: the merged HdrHistogram of the TLS handshakes finished in its second "
+                                    "(the clients' time from TCP connected to TLS ready; empty when none)")
     kernel: KernelCounters = field(nested(KernelCounters), factory=KernelCounters,
                                    doc="the hub host's kernel counters: sockstat (tcp_inuse, tcp_tw, ...), TcpExt "
                                        "(listen_overflows, listen_drops, ...), mem_available_bytes; a counter "
@@ -368,6 +375,10 @@ class Stats(Record):
     def histogram(self) -> HdrHistogram | None:
         """The RTT histogram of a line's second; None when it has none."""
         return decode_histogram(self.rtt_hist) if self.rtt_hist else None
+
+    def handshake_histogram(self) -> HdrHistogram | None:
+        """The TLS handshakes finished in a line's second; None when none did (or without TLS)."""
+        return decode_histogram(self.handshake_hist) if self.handshake_hist else None
 
     @property
     def measuring_side_saturated(self) -> bool:

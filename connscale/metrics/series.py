@@ -60,6 +60,9 @@ class Series:
     failures_by_cause: dict[str, list[int]] = attrs.Factory(dict)
     rtt: RttSeries = attrs.Factory(RttSeries)
     rtt_count: list[int] = attrs.Factory(list)
+    #: p50/p90/p99/max (ms) of each second's TLS handshakes (None when none finished), and their count
+    handshake: RttSeries = attrs.Factory(RttSeries)
+    handshake_count: list[int] = attrs.Factory(list)
     #: per side: CPU of its workers in % of one core, RSS in bytes, and RSS growth per connection added
     #: (bytes) since each worker's first sample
     cpu_pct: dict[str, list[float | None]] = attrs.Factory(lambda: {s: [] for s in SIDES})
@@ -114,6 +117,9 @@ def build_series(records: Sequence[Stats]) -> Series:
             count = 0
         s.rtt.append(pct)
         s.rtt_count.append(count)
+        shake = r.handshake_histogram()
+        s.handshake.append(rtt_summary_ms(shake) if shake is not None else Percentiles())
+        s.handshake_count.append(shake.get_total_count() if shake is not None else 0)
 
         cpu = {side: 0.0 for side in SIDES}
         cpu_known = {side: False for side in SIDES}
@@ -176,6 +182,15 @@ def peak_index(s: Series, end: int) -> int | None:
     if not s.open:
         return None
     return max(range(end + 1), key=lambda i: (s.open[i], -i))
+
+
+def mem_per_conn_at_peak(s: Series, end: int) -> tuple[float | None, float | None]:
+    """(server, client): each side's workers' RSS growth per connection added since their first
+    sample, at the peak. What the report showed before the memory table (`diagnose.memory`,
+    the figure's owner) existed: only a run directory without that table falls back to it."""
+    peak = peak_index(s, end)
+    server, client = (s.mem_per_conn[side][peak] if peak is not None else None for side in SIDES)
+    return server, client
 
 
 CSV_PERCENTILES = (50.0, 90.0, 99.0, 99.9)

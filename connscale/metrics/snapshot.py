@@ -27,6 +27,10 @@ class Snapshot:
     #: RTTs since the previous snapshot: a worker's encoded buckets
     #: (metrics.buckets) or an encoded HdrHistogram; "" when none.
     rtt: str = ""
+    #: TLS handshakes finished (cumulative) that resumed a session.
+    resumed: int = 0
+    #: TLS handshake times since the previous snapshot, encoded like `rtt`; "" when none.
+    handshake: str = ""
 
     @property
     def failure_total(self) -> int:
@@ -41,6 +45,7 @@ class Snapshot:
         reports and the timeline show of a snapshot."""
         data = self.to_dict()
         del data["rtt"]
+        del data["handshake"]
         data["failure_total"] = self.failure_total
         return data
 
@@ -53,7 +58,8 @@ class Snapshot:
 def sum_snapshots(snaps: Iterable[Snapshot]) -> Snapshot:
     """Add counters of several processes; the histogram fields are dropped
     (merge those with `RttAccumulator`)."""
-    total: dict[str, int] = {"open": 0, "opened": 0, "closed": 0, "pings": 0, "pongs": 0, "skipped": 0}
+    total: dict[str, int] = {"open": 0, "opened": 0, "closed": 0, "pings": 0, "pongs": 0, "skipped": 0,
+                             "resumed": 0}
     failures: dict[str, int] = {}
     protocol: dict[str, int] = {}
     for s in snaps:
@@ -74,7 +80,7 @@ def snapshot_from_wire(value: object) -> Snapshot:
     count = integer(0, 1 << 62)
     data = mapping(text(64), lambda v: v, 64)(value)
     out: dict[str, object] = {}
-    for name in ("open", "opened", "closed", "pings", "pongs", "skipped"):
+    for name in ("open", "opened", "closed", "pings", "pongs", "skipped", "resumed"):
         if name in data:
             try:
                 out[name] = count(data[name])
@@ -86,9 +92,10 @@ def snapshot_from_wire(value: object) -> Snapshot:
                 out[name] = mapping(text(128), count, 4096)(data[name])
             except RecordError as e:
                 raise RecordError(f"{name}: {e}") from None
-    if "rtt" in data:
-        try:
-            out["rtt"] = text(640 * 1024)(data["rtt"])
-        except RecordError as e:
-            raise RecordError(f"rtt: {e}") from None
+    for name in ("rtt", "handshake"):
+        if name in data:
+            try:
+                out[name] = text(640 * 1024)(data[name])
+            except RecordError as e:
+                raise RecordError(f"{name}: {e}") from None
     return Snapshot(**out)  # type: ignore[arg-type]

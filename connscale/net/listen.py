@@ -23,6 +23,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from connscale.config.tls import ServerTLSSettings
 from connscale.net.server import ListenError, serve
 
 __all__ = ["EndpointService", "ListenError", "ListeningService"]
@@ -34,16 +35,17 @@ class ListeningService(Service):
     """Adopts pre-bound sockets into the reactor while the service runs."""
 
     def __init__(self, reactor: IReactorSocket, sockets: Sequence[socket.socket], factory: ServerFactory,
-                 fast_path: bool | None = None) -> None:
+                 tls: ServerTLSSettings | None = None, fast_path: bool | None = None) -> None:
         self.reactor = reactor
         self.sockets = list(sockets)
         self.factory = factory
         self.fast_path = fast_path
+        self.tls = tls
         self.ports: list[IListeningPort] = []
 
     def startService(self) -> None:
         super().startService()
-        self.ports.extend(serve(self.reactor, self.sockets, self.factory, self.fast_path))
+        self.ports.extend(serve(self.reactor, self.sockets, self.factory, self.tls, self.fast_path))
         self.sockets = []
 
     def stopService(self):  # type: ignore[no-untyped-def]

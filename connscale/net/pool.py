@@ -15,8 +15,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random
-import socket
-import struct
 from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import Any
@@ -28,11 +26,12 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from connscale.config.tls import ClientTLSSettings
 from connscale.metrics.buckets import MAX_US, SUB_BITS
 from connscale.metrics.counters import Counters, classify
 from connscale.net import fastpath
 from connscale.net.routes import Route
-from connscale.net.transport import ClientTransport, Connection, DialTarget
+from connscale.net.transport import ClientTransport, DialTarget, reset
 from connscale.net.wheel import CallLaterTimers, TimerWheel
 from connscale.net.wire import PING, PONG, ClientConnection
 
@@ -71,7 +70,6 @@ CONNECTING = ClientConnection.CONNECTING
 #: How a connection the pool closes ends: "fin" (orderly; the client side keeps
 #: the port in TIME_WAIT for a minute) or "rst" (SO_LINGER 0: no TIME_WAIT).
 CLOSE_MODES = ("fin", "rst")
-_LINGER_RST = struct.pack("ii", 1, 0)
 
 
 @attrs.frozen
@@ -83,9 +81,19 @@ class PoolSettings:
     #: Replace a connection that failed or closed, so the pool keeps its target.
     replace: bool = True
     close: str = "fin"
+    #: With `tls.enabled` every connection is dialled through `net.tls.ClientTLS.wrap`.
+    tls: ClientTLSSettings = ClientTLSSettings()
 
 
 @functools.lru_cache(maxsize=256)
+def _connector_of(transport: Any) -> Any:
+    """The Twisted connector behind a connection's transport, or behind the TLS layer's."""
+    connector = getattr(transport, "connector", None)
+    if connector is None:
+        connector = getattr(getattr(transport, "transport", None), "connector", None)
+    return connector
+
+
 def _is_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -123,8 +131,40 @@ class PingClientFactory(ClientFactory):
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         # connscale's transports are their own connector and know their
         # connection; Twisted's Connector fails before any connection was built.
-        conn = getattr(connector, "protocol", None)
+        # A TLS layer (net/tls) stands between the transport and the connection; a handshake
+        # that failed is told with the layer itself (Twisted's transport has let go of it by then).
+        conn = getattr(connector, "wrappedProtocol", None) or getattr(connector, "protocol", None)
+        conn = getattr(conn, "wrappedProtocol", conn)
         self.pool.connect_failed(conn if isinstance(conn, ClientConnection) else None, reason, connector)
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        pass  # the connection's own connectionLost has told the pool
+
+
+class _TLSDial(ClientFactory):
+    """A dial over Twisted's own TCP transport with `client.tls`: the connection is built
+    once TCP connects, as the pool's factory builds it, with the route its connector was
+    given, and TLS goes around it (`ConnectionPool.secure`)."""
+
+    noisy = False
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.connector: Any = None
+
+    def startedConnecting(self, connector: Any) -> None:
+        self.connector = connector
+        self.pool.factory.startedConnecting(connector)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        pool = self.pool
+        conn = pool.factory.buildProtocol(addr)
+        conn.route = pool._dialing.get(self.connector, -1)
+        route = pool.routes[conn.route] if 0 <= conn.route < len(pool.routes) else None
+        return pool.secure(conn, route, getattr(addr, "host", ""))
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.pool.factory.clientConnectionFailed(connector, reason)
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         pass  # the connection's own connectionLost has told the pool
@@ -166,6 +206,12 @@ class ConnectionPool:
             raise ValueError(f"close must be one of {CLOSE_MODES}, not {settings.close!r}")
         self._reset_on_close = settings.close == "rst"
         self.factory = PingClientFactory(self)
+        self.tls: Any = None
+        if settings.tls.enabled:
+            # Imported here: a worker that speaks no TLS starts without ssl (compat/startup.py).
+            from connscale.net.tls import ClientTLS
+
+            self.tls = ClientTLS(settings.tls, clock, self.counters, self.factory)
         # How a connection attempt starts; tests swap in an in-memory one.
         self.dial = dial if dial is not None else self._dial_tcp
         # Twisted's connectors still connecting -> the route each was given.
@@ -384,7 +430,8 @@ class ConnectionPool:
             # Twisted's own transport: its factory builds the connection once
             # connected; the connector carries the route until then.
             bind = (route.src, 0) if route.src else None
-            connector = self.reactor.connectTCP(route.host, route.port, self.factory, bindAddress=bind)
+            factory = self.factory if self.tls is None else _TLSDial(self)
+            connector = self.reactor.connectTCP(route.host, route.port, factory, bindAddress=bind)
             self._dialing[connector] = idx
             return
         # Its peer address is known only once connected; the factory does not need it.
@@ -397,17 +444,33 @@ class ConnectionPool:
         """Track a connection the factory built (held, counted, closed with the pool)."""
         self._conns[conn] = None
 
+    def secure(self, conn: ClientConnection, route: Route | None, host: str = "") -> Any:
+        """What the transport talks to: `conn` itself, or TLS around it.
+
+        The one place a client connection is wrapped in TLS (`client.tls`, net/tls):
+        every dial goes through here, so every protocol gets TLS alike. (`route` is None
+        for a dial whose route was retired meanwhile: `host` is the address it reached.)"""
+        if self.tls is None:
+            return conn
+        if route is None:
+            return self.tls.wrap(conn, self.settings.tls.server_name or host, None)
+        return self.tls.wrap(conn, self.settings.tls.server_name or route.host, route.key())
+
     def _dial_tcp(self, route: Route, conn: ClientConnection) -> Any:
-        """A lean transport (the fast path) dialling `route` for `conn`."""
+        """A lean transport (the fast path) dialling `route` for `conn`, through TLS with
+        `client.tls`."""
         assert self._loop is not None
-        transport = ClientTransport(self._loop, conn, self.factory)
+        protocol = self.secure(conn, route)
+        transport = ClientTransport(self._loop, protocol, self.factory)
         idx = conn.route
         target = self._targets.get(idx)
         if target is None:
             # close: rst holds for every end of the socket, a worker's exit included.
             target = self._targets[idx] = DialTarget(route.host, route.port, route.src, self._reset_on_close)
         transport.dial(target)
-        return transport
+        # With TLS the layer is the connection's transport from the start: closing it
+        # mid-handshake stops the handshake, as closing a connecting transport stops TCP.
+        return transport if protocol is conn else protocol.over(transport)
 
     def _stop_dial(self, connector: Any) -> None:
         """Stop one of Twisted's connectors; its failure then is ours, not counted."""
@@ -420,8 +483,9 @@ class ConnectionPool:
     # -- events from connections -------------------------------------------
     def connected(self, conn: ClientConnection) -> None:
         if self._dialing:
-            # Over Twisted's transport: the route its connector was given.
-            route = self._dialing.pop(getattr(conn.transport, "connector", None), None)
+            # Over Twisted's transport: the route its connector was given (with TLS, the
+            # connector of the transport under the layer).
+            route = self._dialing.pop(_connector_of(conn.transport), None)
             if route is not None:
                 conn.route = route
         self.connecting -= 1
@@ -441,6 +505,9 @@ class ConnectionPool:
         stopped = conn is not None and conn.state == CLOSING
         if conn is not None:
             self._forget(conn)
+            if self._dialing:
+                # A dial over Twisted's transport that failed in its TLS handshake.
+                self._dialing.pop(_connector_of(connector), None)
         elif connector is not None:
             if connector in self._stopped_dials:
                 self._stopped_dials.discard(connector)
@@ -555,15 +622,3 @@ def pace_tick(rate: float) -> float:
     return min(PACE_TICK_MAX, max(PACE_TICK, PACE_BATCH / rate))
 
 
-def reset(transport: Any) -> None:
-    """Close with a reset (SO_LINGER 0): no TIME_WAIT on either side."""
-    if not isinstance(transport, Connection):
-        # Twisted's own TCP transport closes without shutdown() when aborted,
-        # which with a zero linger is a reset.
-        handle = getattr(transport, "getHandle", None)
-        if handle is not None:
-            try:
-                handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-            except OSError:
-                pass
-    transport.abortConnection()

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from connscale.config.tls import ServerTLSSettings
 from connscale.metrics.counters import Counters, errno_cause
 from connscale.net import fastpath
 from connscale.net.transport import ListeningPort
@@ -91,7 +93,20 @@ def listen_on(
 
 
 def serve(reactor: IReactorSocket, sockets: Sequence[socket.socket], factory: ServerFactory,
-          fast_path: bool | None = None) -> list[IListeningPort]:
-    """Listen on every pre-bound socket with `factory` (the ports own the sockets now)."""
-    fail = factory.state.counters.fail if isinstance(factory, PingServerFactory) else None
+          tls: ServerTLSSettings | None = None, fast_path: bool | None = None) -> list[IListeningPort]:
+    """Listen on every pre-bound socket with `factory` (the ports own the sockets now);
+    with `tls` enabled, every connection speaks TLS around whatever `factory` builds."""
+    counters = factory.state.counters if isinstance(factory, PingServerFactory) else None
+    fail = counters.fail if counters is not None else None
+    if tls is not None and tls.enabled:
+        factory = tls_factory(reactor, tls, factory, counters)
     return [listen_on(reactor, sock, factory, fail, fast_path) for sock in sockets]
+
+
+def tls_factory(reactor: Any, tls: ServerTLSSettings, factory: ServerFactory,
+                counters: Counters | None = None) -> ServerFactory:
+    """`factory` behind TLS (net/tls); its handshake failures are counted in `counters`."""
+    # Imported here: a server worker that serves no TLS starts without ssl (compat/startup.py).
+    from connscale.net.tls import ServerTLS, ServerTLSFactory
+
+    return ServerTLSFactory(ServerTLS(tls, reactor, counters if counters is not None else Counters()), factory)

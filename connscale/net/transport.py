@@ -533,3 +533,17 @@ class ListeningPort:
         self.count_failure("connect", errno.errorcode.get(code, f"ERRNO_{code}"))
         # Aborted handshakes are the peer's; anything else ends this turn.
         return code in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM)
+
+
+def reset(transport: Any) -> None:
+    """Close with a reset (SO_LINGER 0): no TIME_WAIT on either side."""
+    if not isinstance(transport, Connection):
+        # Twisted's own TCP transport closes without shutdown() when aborted,
+        # which with a zero linger is a reset.
+        handle = getattr(transport, "getHandle", None)
+        if handle is not None:
+            try:
+                handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            except (OSError, AttributeError):
+                pass  # (Twisted's TLS protocol hands out its OpenSSL connection, not a socket)
+    transport.abortConnection()

@@ -24,11 +24,13 @@ from connscale.config.records import (
     integer,
     ip_or_empty,
     loose,
+    nested,
     number,
     optional,
     seq,
     text,
 )
+from connscale.config.tls import ClientTLSSettings, ServerTLSSettings
 # Defined with the timeline that carries them; imported from here by the supervisors that make them.
 from connscale.metrics.workers import MAX_LOSSES, MAX_WORKER_TARGET, WorkerLoss, WorkerRow  # noqa: F401
 from connscale.net.routes import Route
@@ -129,6 +131,7 @@ class ClientSpec(Record):
     close: str = field(choice("fin", "rst"), default="fin")
     #: connscale's own transports (net.fastpath), or Twisted's.
     fast_path: bool = field(boolean, default=True)
+    tls: ClientTLSSettings = field(nested(ClientTLSSettings), factory=ClientTLSSettings)
     name: str = field(_label, default="client-worker")
     index: int = field(integer(0, 4096), default=0)
     role = "client"
@@ -144,6 +147,8 @@ class ServerSpec(Record):
     framing: str = field(choice(*FRAMINGS), default="line")
     max_line: int = field(integer(1, 1 << 24), default=1024)
     fast_path: bool = field(boolean, default=True)
+    #: Its certificate and key are files by now (`auto` was made into them before any worker started).
+    tls: ServerTLSSettings = field(nested(ServerTLSSettings), factory=ServerTLSSettings)
     name: str = field(_label, default="server-worker")
     index: int = field(integer(0, 4096), default=0)
     role = "server"

@@ -103,6 +103,8 @@ class Supervisor:
         self._losses_taken = 0
         self.stopping = False
         self.rtt_listeners: list[Callable[[str], None]] = [on_rtt] if on_rtt else []
+        #: Told of every snapshot's TLS handshake times (encoded buckets), as rtt_listeners of its RTTs.
+        self.handshake_listeners: list[Callable[[str], None]] = []
         self.events: list[str] = []
         self.stall = StallWatch(reactor, self._stalled)
         #: When the last poll started (an agent polls less when its hub just did).
@@ -158,7 +160,8 @@ class Supervisor:
             failures = dict(snap.failures)
             if held:
                 failures["steady:worker_lost"] = failures.get("steady:worker_lost", 0) + held
-            self.retired.append(attrs.evolve(snap, open=0, closed=snap.closed + held, failures=failures, rtt=""))
+            self.retired.append(attrs.evolve(snap, open=0, closed=snap.closed + held, failures=failures, rtt="",
+                                             handshake=""))
         slot.last = None
         # A worker that keeps dying at once must not become a fork loop.
         lived = self.reactor.seconds() - slot.started_at
@@ -361,9 +364,10 @@ class Supervisor:
             return
         slot.answered_at = self.reactor.seconds()
         slot.last = data
-        if data.get("rtt"):
-            for listener in self.rtt_listeners:
-                listener(data["rtt"])
+        for key, listeners in (("rtt", self.rtt_listeners), ("handshake", self.handshake_listeners)):
+            if data.get(key):
+                for listener in listeners:
+                    listener(data[key])
 
     def totals(self) -> Snapshot:
         live = [Snapshot.from_dict(s.last) for s in self.slots if s.last]

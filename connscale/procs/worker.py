@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import sys
 
+
+def speaks_tls(argv: list[str]) -> bool:
+    """Whether the spec on this worker's command line turns TLS on (read before anything is
+    imported, unchecked: main() checks the spec, and a worker without ssl refuses TLS there)."""
+    import json
+
+    try:
+        tls = json.loads(argv[2])["tls"]
+        return isinstance(tls, dict) and tls["enabled"] is True
+    except (IndexError, KeyError, TypeError, ValueError):
+        return False
+
+
 if __name__ == "__main__":
     # Before Twisted: no TLS, HTTP or cookie modules in a worker (a million
-    # connections need about a hundred workers; bench/README.md has the MB).
-    from connscale.compat.startup import import_twisted_lean, skip_unused_modules
+    # connections need about a hundred workers; bench/README.md has the MB),
+    # unless its connections speak TLS: then ssl (not pyOpenSSL) comes in.
+    from connscale.compat.startup import TLS_MODULES, import_twisted_lean, skip_unused_modules
 
-    skip_unused_modules()
+    skip_unused_modules(keep=TLS_MODULES if speaks_tls(sys.argv) else ())
     import_twisted_lean()
     # Niced before the imports: a dozen workers starting mid-ramp must not take
     # the hub's and the agent's CPU either (see WORKER_NICE).
@@ -114,7 +128,7 @@ class ServerWorkerRoot(WorkerRoot):
         super().__init__(reactor, budget)
         sockets = bind_sockets(spec.interface, spec.ports, spec.backlog, reuse_port=True)
         factory = PingServerFactory(spec.framing, self.counters, spec.max_line)
-        self.ports = serve(reactor, sockets, factory, spec.fast_path)
+        self.ports = serve(reactor, sockets, factory, spec.tls, spec.fast_path)
 
 
 class ClientWorkerRoot(WorkerRoot):
@@ -122,7 +136,8 @@ class ClientWorkerRoot(WorkerRoot):
 
     def __init__(self, reactor: Any, budget: int, spec: ClientSpec) -> None:
         super().__init__(reactor, budget)
-        settings = PoolSettings(spec.interval, spec.timeout, spec.rate, spec.framing, close=spec.close)
+        settings = PoolSettings(spec.interval, spec.timeout, spec.rate, spec.framing, close=spec.close,
+                                tls=spec.tls)
         self.pool = ConnectionPool(reactor, reactor, settings, [], counters=self.counters, fast_path=spec.fast_path)
 
     def remote_set_target(self, data: object) -> int:
@@ -177,12 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr, timeFormat="")], redirectStandardIO=False)
     nofile = raise_nofile()
     budget = connection_budget(nofile.soft)
+    from connscale.config.tls import TLSSetupError
     from connscale.net.server import ListenError
     from connscale.procs.childproc import serve_stdio
 
     try:
         root = ROLES[role](reactor, budget, spec)
-    except ListenError as e:
+    except (ListenError, TLSSetupError) as e:
         sys.stderr.write(f"{name}: {e}\n")
         sys.exit(3)
     serve_stdio(reactor, root, lambda: stop_reactor(reactor))
