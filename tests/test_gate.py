@@ -30,7 +30,9 @@ from connscale.diagnose.report import write_report
 from connscale.diagnose.runfiles import read_run
 from connscale.diagnose.search import capacity_line
 from connscale.diagnose.units import BYTES, COUNT, MS, RATE, parse_percent
+from connscale.metrics.handshakes import ConnectRate, HandshakeMs
 from connscale.metrics.histograms import Percentiles
+from connscale.metrics.records import Stats
 from tests.support.procs import connscale
 from tests.support.timelines import make_records, make_stats
 
@@ -129,6 +131,34 @@ def test_a_run_written_with_its_metrics_is_measured_as_it_wrote_them(tmp_path):
     run = read_run(run_dir)
     got = measure(RunView(run.summary, run.records))
     assert got["hold_p99_ms"] == 0.5 and got["mem_per_conn_server"] == measured("held")["mem_per_conn_server"]
+
+
+def test_tls_metrics_are_the_timelines_handshakes_and_a_run_without_tls_has_none():
+    """tls_handshake_p99_ms and tls_connect_rate_max: from each second's handshake histogram when the
+    summary has none (a run that wrote no metrics), as the summary wrote them when it did."""
+    from connscale.metrics.histograms import encode_histogram, new_histogram
+
+    records = make_records()
+    assert not {"tls_handshake_p99_ms", "tls_connect_rate_max"} & set(measure(RunView(None, make_stats())))
+    merged, per_second = new_histogram(), []
+    for i, r in enumerate(records[:-1]):      # the stop second's handshakes are not the run's
+        h = new_histogram()
+        h.record_value(2000, 10 + i)          # 2 ms
+        h.record_value(90_000, i % 3)         # 90 ms, now and then
+        r["handshake_hist"] = encode_histogram(h)
+        merged.add(h)
+        per_second.append(h.get_total_count())
+    stop = new_histogram()
+    stop.record_value(500_000, 1000)          # a drain's: would be the p99 and the best second if counted
+    records[-1]["handshake_hist"] = encode_histogram(stop)
+    stats = [Stats.from_wire(r) for r in records]
+    got = measure(RunView(None, stats))
+    assert got["tls_handshake_p99_ms"] == round(merged.get_value_at_percentile(99) / 1000.0, 3) > 2
+    assert got["tls_connect_rate_max"] == max(per_second)
+    summary = attrs.evolve(read_run(OLD_RUNS / "held").summary, handshake_ms=HandshakeMs(1.0, 2.0, 3.5, 4.0, 50),
+                           tls_connect_rate=ConnectRate(25.0, 12.5))
+    written = measure(RunView(summary, stats))
+    assert written["tls_handshake_p99_ms"] == 3.5 and written["tls_connect_rate_max"] == 25
 
 
 def test_the_readme_lists_the_metrics_the_registry_defines():

@@ -25,11 +25,12 @@ from connscale.diagnose.gates import BETTER
 from connscale.diagnose.records import MemoryTable, Plateau, Summary
 from connscale.diagnose.memory import memory_table
 from connscale.diagnose.units import BYTES, CORES, COUNT, MS, RATE, US, Unit
+from connscale.metrics import handshakes
 from connscale.metrics.cost import Cost, mean_cost
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import FINAL_HOLD, phase_table, run_rtt_ms
 from connscale.metrics.records import Stats
-from connscale.metrics.series import Series, build_series, peak_index, run_end
+from connscale.metrics.series import Series, build_series, mem_per_conn_at_peak, run_end
 
 
 class RunView:
@@ -144,11 +145,23 @@ def _connect_rate_max(v: RunView) -> float | None:
     return max(v.series.connect_rate[: v.end + 1], default=None) if v.records else None
 
 
+def _handshake_p99(v: RunView) -> float | None:
+    # A summary without handshakes (no TLS, or written before TLS) says nothing the timeline cannot.
+    if v.summary is not None and v.summary.handshake_ms.count:
+        return v.summary.handshake_ms.p99
+    return handshakes.handshake_ms(v.records).p99 if v.records else None
+
+
+def _tls_connect_rate_max(v: RunView) -> float | None:
+    if v.summary is not None and v.summary.tls_connect_rate.max is not None:
+        return v.summary.tls_connect_rate.max
+    return handshakes.connect_rate(v.records).max if v.records else None
+
+
 def _memory_row(v: RunView, *keys: str) -> float | None:
     """The memory table's bytes per connection of the first of `keys` it has: after pinging, else just opened."""
-    rows = {row.key: row for row in v.memory.rows} if v.memory is not None else {}
     for key in keys:
-        row = rows.get(key)
+        row = v.memory.row(key) if v.memory is not None else None
         if row is not None and (row.pinging if row.pinging is not None else row.opened) is not None:
             return row.pinging if row.pinging is not None else row.opened
     return None
@@ -164,8 +177,8 @@ def _mem_per_conn(side: str) -> Callable[[RunView], float | None]:
         table = _memory_row(v, *keys)
         if table is not None:
             return table
-        peak = peak_index(v.series, v.end)
-        return v.series.mem_per_conn[side][peak] if peak is not None else None
+        server, client = mem_per_conn_at_peak(v.series, v.end)
+        return server if side == "server" else client
     return read
 
 
@@ -248,6 +261,10 @@ METRICS: tuple[Metric, ...] = (
            "connects per second the ramp's steps achieved (connections they opened over their seconds)",
            baseline=True),
     Metric("connect_rate_max", RATE, "higher", _connect_rate_max, "the most connects in one second"),
+    Metric("tls_handshake_p99_ms", MS, "lower", _handshake_p99,
+           "p99 of the run's TLS handshakes, TCP connected to TLS ready (with TLS only)"),
+    Metric("tls_connect_rate_max", RATE, "higher", _tls_connect_rate_max,
+           "the most TLS connections made (handshakes finished) in one second (with TLS only)"),
     Metric("mem_per_conn_server", BYTES, "lower", _mem_per_conn("server"),
            "the server's user memory per held connection (the memory table: the observed server's RSS, else "
            "connscale's server workers'; runs without it: the workers' RSS growth at the peak)"),
