@@ -121,7 +121,7 @@ def test_run_refuses_a_target_its_routes_cannot_reach(tmp_path):
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
     r = subprocess.run(connscale("run", "-c", str(config)), capture_output=True, text=True, timeout=60, env=env,
                        cwd=tmp_path)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr   # could not start: 1 is a run (or a gate) that failed
     assert "connscale run: refused: routes (client) allow 1,000 of 3,000 connections" in r.stdout
     assert "client.source_ips: 127.0.0.2-127.0.0.4" in r.stdout and "--force" in r.stdout
     # Refused before anything started: no run directory, no process.

@@ -19,11 +19,13 @@ import attrs
 import pytest
 
 from connscale.config.records import RecordError
+from connscale.diagnose.gates import BaselineResult, Difference, MetricCheck, ThresholdResult
 from connscale.diagnose.records import (
     Explanation,
     MemoryMoment,
     MemoryRow,
     MemoryTable,
+    Miss,
     SideBytes,
     Summary,
     TlsSummary,
@@ -164,11 +166,13 @@ def test_the_summary_goes_to_json_and_back_whole() -> None:
     new = attrs.evolve(summary, schema=SCHEMA)
     assert Summary.from_wire(json.loads(json.dumps(new.to_wire()))) == new
     # Nothing of the old file is lost on the way (it gains its schema, and the fields added
-    # since it was written, each at its default: no observer's events or memory, no cost, no TLS).
+    # since it was written, each at its default: no observer's events or memory, no cost, no TLS, no
+    # metrics, thresholds or baseline).
     added = {"target_events": [], "memory": None, "cost_final_hold": None,
              "tls": {"server": None, "client": False, "resumed": 0},
              "handshake_ms": {"p50": None, "p90": None, "p99": None, "max": None, "count": 0},
-             "tls_connect_rate": {"max": None, "mean": None}, "mem_per_conn_bytes": {"server": None, "client": None}}
+             "tls_connect_rate": {"max": None, "mean": None}, "mem_per_conn_bytes": {"server": None, "client": None},
+             "metrics": {}, "thresholds": [], "baseline": None}
     assert {k: v for k, v in new.to_wire().items() if k != "schema"} == {
         k: v for k, v in raw.items()} | {"search": new.to_wire()["search"]} | added
 
@@ -230,10 +234,13 @@ def test_the_readme_lists_exactly_the_timelines_fields() -> None:
                   field_table(KindCost, "cost.by_kind.KIND."), field_table(Summary),
                   field_table(MemoryTable, "memory."), field_table(MemoryRow, "memory.rows[]."),
                   field_table(TlsSummary, "tls."), field_table(HandshakeMs, "handshake_ms."),
-                  field_table(ConnectRate, "tls_connect_rate."), field_table(SideBytes, "mem_per_conn_bytes.")):
+                  field_table(ConnectRate, "tls_connect_rate."), field_table(SideBytes, "mem_per_conn_bytes."),
+                  field_table(ThresholdResult, "thresholds[]."), field_table(BaselineResult, "baseline."),
+                  field_table(MetricCheck, "baseline.checks[].")):
         assert table in readme, "README.md, 'The timeline, line by line', should read:\n\n" + table
     for cls in (Stats, AgentRow, WorkerRow, Incident, Explanation, Summary, ObserverRow, ObservedEvent, Cost,
-                KindCost, MemoryTable, MemoryRow, MemoryMoment, TlsSummary, HandshakeMs, ConnectRate, SideBytes):
+                KindCost, MemoryTable, MemoryRow, MemoryMoment, TlsSummary, HandshakeMs, ConnectRate, SideBytes,
+                ThresholdResult, BaselineResult, MetricCheck, Difference, Miss):
         missing = [f.name for f in attrs.fields(cls) if not f.metadata.get("connscale.doc")]
         assert not missing, f"{cls.__name__}: fields without a doc: {missing}"
 

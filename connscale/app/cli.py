@@ -1,4 +1,4 @@
-"""The `connscale` command: `run`, `check`, `ctl`, `report`, `server`, `agent` and `observe`.
+"""The `connscale` command: `run`, `check`, `ctl`, `report`, `compare`, `runs`, `server`, `agent` and `observe`.
 
 Exit codes of `ctl`, for scripts: 0 done, 1 the controller refused the
 order (message on stderr) or ctl itself failed, 2 bad usage or configuration,
@@ -278,7 +278,8 @@ def agent_key(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: connscale {run,check,ctl,report,server,agent,observe,agent-key} ... (connscale VERB --help for more)"
+    usage = ("usage: connscale {run,check,ctl,report,compare,runs,server,agent,observe,agent-key} ... "
+             "(connscale VERB --help for more)")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return EXIT_OK if argv else EXIT_USAGE
@@ -287,6 +288,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ctl(rest)
     if verb == "report":
         return report(rest)
+    if verb == "compare":
+        from connscale.app.compare import compare_main
+
+        return compare_main(rest)
+    if verb == "runs":
+        from connscale.app.runs import runs_main
+
+        return runs_main(rest)
     if verb == "agent":
         return twistd("connscale-client", rest)
     if verb == "observe":

@@ -4,7 +4,9 @@ Starts a hub and one local agent as child processes on loopback, lets a
 `Scenario` ramp to `scenario.target` in paced steps with holds, and writes
 `summary.json` next to the hub's `timeline.jsonl` in a new run directory.
 Exit status 0 only when the target was held through the final hold with no
-counted failure. Whatever happens (a failed step, a dead hub, Ctrl-C, a full
+counted failure (search: a knee was found) and every gate passed (thresholds,
+`--baseline`: `app.gate`); 1 when the run or a gate failed; 2 when the run
+could not start (configuration, a refused preflight, the run directory). Whatever happens (a failed step, a dead hub, Ctrl-C, a full
 disk) the run ends with a summary and without a child left behind.
 
 The parts: `RunDirectory` (files), `children` (the two processes),
@@ -26,13 +28,13 @@ from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.spread import pb
 
-from connscale.app import children, summary
+from connscale.app import children, gate, summary
 from connscale.app.check import preflight
 from connscale.app.live import LiveView, RunInfo
 from connscale.app.rundir import RunDirectory, RunDirError
 from connscale.app.scenario import Progress, RunError, Scenario
 from connscale.app.search import SearchScenario
-from connscale.app.startup import EXIT_REFUSED, EXIT_USAGE, load_or_exit
+from connscale.app.startup import EXIT_USAGE, load_or_exit
 from connscale.config.settings import Config, endpoint_address
 from connscale.config.tls import is_self_signed
 from connscale.diagnose.budget import render
@@ -98,8 +100,10 @@ class Experiment:
 
     def __init__(self, reactor: Any, cfg: Config, rundir: RunDirectory, out: Callable[[str], None],
                  preflight: Preflight | None = None,
-                 dial_login: Callable[..., defer.Deferred[Any]] | None = None) -> None:
+                 dial_login: Callable[..., defer.Deferred[Any]] | None = None, judge: gate.Gate | None = None) -> None:
         self.preflight = preflight
+        #: Thresholds and baseline the summary is judged against (none: an empty gate).
+        self.gate = judge or gate.Gate()
         #: control.dial.login, or a fake: the login's retries are tested on a fake clock.
         self.dial_login = dial_login
         self.reactor = reactor
@@ -109,7 +113,8 @@ class Experiment:
         self.secret = run_secret(cfg)
         self.config_path = rundir.write_config(cfg)
         # The host and its limits as the run began: the report is re-rendered from the directory alone.
-        rundir.write_json(MANIFEST_FILE, collect_manifest(cfg.as_dict()))
+        self.manifest = collect_manifest(cfg.as_dict())
+        rundir.write_json(MANIFEST_FILE, self.manifest)
         self.children: list[children.RunChild] = []
         self.hub: children.RunChild | None = None
         #: The observer of the server under test (its own server workers by default): not a
@@ -290,6 +295,7 @@ class Experiment:
         # Which ends spoke TLS, and how many handshakes resumed a session.
         result = attrs.evolve(result, tls=summary.tls_fields(self.cfg, p.stats))
         result = attrs.evolve(result, explanation=summary.explanation(result, records))
+        result = gate.judge(self.gate, result, records or [], self.manifest)
         written = True
         try:
             self.rundir.write_json(SUMMARY_FILE, result.to_wire())
@@ -342,6 +348,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "connscale's own server workers)")
     p.add_argument("--force", action="store_true",
                    help="run even when `connscale check` says this host cannot reach the target")
+    gate.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -354,6 +361,11 @@ def run_main(argv: list[str]) -> int:
         key = "observe.pid" if args.observe.strip().isdigit() else "observe.name"
         overrides[key] = args.observe
     cfg = load_or_exit("connscale run", path, overrides)
+    try:
+        judge = gate.from_options(cfg, args)
+    except gate.GateError as e:
+        sys.stderr.write("connscale run: bad configuration:\n" + "\n".join(e.problems) + "\n")
+        return EXIT_USAGE
 
     def out(line: str) -> None:
         sys.stdout.write(line if line.startswith("\r") else line + "\n")
@@ -372,7 +384,7 @@ def run_main(argv: list[str]) -> int:
         if not args.force:
             out(f"connscale run: refused: {budget.reason()}")
             out("connscale run: fix the configuration or the host as above, or run anyway with --force")
-            return EXIT_REFUSED
+            return EXIT_USAGE  # the run could not start: 1 is a run (or a gate) that failed
         out(f"connscale run: --force: running although {budget.reason()}")
     try:
         rundir = RunDirectory.create(cfg.run.dir)
@@ -393,7 +405,8 @@ def run_main(argv: list[str]) -> int:
     @defer.inlineCallbacks
     def main(reactor: Any):  # type: ignore[no-untyped-def]
         try:
-            experiment = Experiment(reactor, cfg, rundir, out, preflight=Preflight.from_wire(budget.to_dict()))
+            experiment = Experiment(reactor, cfg, rundir, out, preflight=Preflight.from_wire(budget.to_dict()),
+                                    judge=judge)
         except (RunError, RunDirError) as e:
             sys.stderr.write(f"connscale run: {e}\n")
             refused.append(EXIT_USAGE)
@@ -448,12 +461,18 @@ def run_main(argv: list[str]) -> int:
         out(f"cost: {result.cost_final_hold.describe()}, over the final hold")
     if (tls := summary.tls_line(result)) is not None:
         out(tls)
+    if result.search is not None:
+        out(f"capacity: {result.search.capacity}")
+    for line in gate.lines(result):
+        out(line)
+    if (junit := gate.write(judge, result)) is not None:
+        out(junit)
     if written:
         out(f"summary: {rundir.file(SUMMARY_FILE)}")
     # After the children are gone, so the report sees the whole timeline; a run
     # that failed or was interrupted gets one too. Never the reason a run fails.
     out(render_report(rundir.path))
-    return 0 if result.verdict in ("held", "knee") else 1
+    return 0 if result.verdict in ("held", "knee") and result.gate_passed else 1
 
 
 def render_report(run_dir: Path) -> str:

@@ -532,6 +532,19 @@ def _dump_options(value: Mapping[str, Any]) -> dict[str, Any]:
     return {k: dict(v) if k == "headers" else v for k, v in value.items()}
 
 
+
+
+def _thresholds(value: object) -> tuple[str, ...]:
+    """Lines like `held >= 500000`; which metrics exist is diagnose's to say (`connscale run` checks)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or len(items) > 256:
+        raise _Invalid(f"expected a list of lines like 'held >= 500000', got {_describe(value)}")
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip() or len(item) > 256 or "\n" in item:
+            raise _Invalid(f"[{i}]: expected one line like 'held >= 500000', got {_describe(item)}")
+    return tuple(item.strip() for item in items)
+
+
 def _observe_target(value: object) -> str:
     """A pid or a process name (as `connscale observe --pid/--name` takes them)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -846,6 +859,8 @@ class ScenarioSettings:
     slo_p99_ms: float = _setting(100.0, _positive)                # a plateau passes with p99 RTT at most this
     slo_timeout_rate: float = _setting(0.001, _number_between(0.0, 1.0))  # timeouts per ping
     slo_failures: int = _setting(0, _int(0))                      # failures of any cause per plateau
+    # What the run must measure to pass, e.g. "held >= 500000" (README, "Gating a release on capacity").
+    thresholds: tuple[str, ...] = _setting((), _thresholds)
 
 
 def _process_name(value: object) -> str:

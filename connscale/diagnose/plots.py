@@ -266,6 +266,11 @@ def resources(s: Series) -> bytes:
         if xs:
             cpu.scatter(xs, ys, color=color, s=12, alpha=0.8, label=side)
             drawn_cpu = True
+    return resource_axes(fig, mem, cpu, drawn_mem, drawn_cpu)
+
+
+def resource_axes(fig: Any, mem: Any, cpu: Any, drawn_mem: bool, drawn_cpu: bool) -> bytes:
+    """The memory-per-connection and CPU axes, labelled and finished (the report's and the compare page's)."""
     mem.set_title("memory per connection added (RSS growth)", fontsize=9)
     mem.set_xlabel("open connections", fontsize=8)
     mem.set_ylabel("bytes", fontsize=8)

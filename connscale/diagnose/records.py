@@ -26,6 +26,7 @@ from connscale.config.records import (
     Record,
     RecordError,
     boolean,
+    either,
     field,
     integer,
     mapping,
@@ -35,6 +36,7 @@ from connscale.config.records import (
     seq,
     text,
 )
+from connscale.diagnose.gates import BaselineResult, ThresholdResult
 from connscale.host.observed import MAX_TARGET_EVENTS, ObservedEvent
 from connscale.metrics.cost import Cost
 from connscale.metrics.handshakes import ConnectRate, HandshakeMs
@@ -101,6 +103,16 @@ class Slo(Record):
 
 
 @attrs.frozen(kw_only=True)
+class Miss(Record):
+    """One criterion of the SLO a plateau did not meet, with the number that broke it."""
+
+    metric: str = field(text(32), doc="routes, open, failures, timeout_rate, p99_ms, pongs or saturated_s")
+    value: float | None = field(optional(number(0, 1e18)), default=None, doc="what the plateau measured")
+    limit: float | None = field(optional(number(0, 1e18)), default=None, doc="what the SLO (or the level) allowed")
+    reason: str = field(_WORDS, default="", doc="the miss in words, as the plateau's reasons say it")
+
+
+@attrs.frozen(kw_only=True)
 class Plateau(Record):
     """One plateau of a search, as judged (`diagnose.search.judge`)."""
 
@@ -118,6 +130,8 @@ class Plateau(Record):
     passed: bool = field(boolean, default=False, doc="it met the SLO")
     reasons: tuple[str, ...] = field(TEXTS, default=(), doc="why it failed")
     cause: Cause | None = field(optional(nested(Cause)), default=None, doc="the wall behind a failure")
+    misses: tuple[Miss, ...] = field(seq(nested(Miss), 16), default=(),
+                                     doc="what it missed of the SLO, with the numbers (its reasons, one each)")
 
 
 @attrs.frozen(kw_only=True)
@@ -133,6 +147,9 @@ class SearchResult(Record):
     slo: Slo = field(nested(Slo), factory=Slo, doc="what each plateau had to meet")
     curve: tuple[Plateau, ...] = field(seq(nested(Plateau), 4096), default=(), doc="every plateau, in order")
     stopped: str = field(_WORDS, default="", doc="why the search stopped early (empty when it finished)")
+    capacity: str = field(_WORDS, default="",
+                          doc="the result as a capacity: largest count meeting the SLO: N (the next step, M, "
+                              "failed on METRIC = VALUE)")
 
 
 # ----------------------------------------------------------------------------- preflight
@@ -326,6 +343,13 @@ class Summary(Record):
     search: SearchResult | None = field(optional(nested(SearchResult)), default=None, doc="search mode's result")
     explanation: Explanation | None = field(optional(nested(Explanation)), default=None,
                                             doc="why it held or stopped, with the fix")
+    metrics: Mapping[str, float] = field(mapping(text(64), either(COUNT, number(-1e18, 1e18)), 256), factory=dict,
+                                         doc="the headline metrics as measured at the end (name -> value; "
+                                             "one not measured is absent)")
+    thresholds: tuple[ThresholdResult, ...] = field(seq(nested(ThresholdResult), 256), default=(),
+                                                    doc="every threshold, as evaluated on the metrics")
+    baseline: BaselineResult | None = field(optional(nested(BaselineResult)), default=None,
+                                            doc="the run against its --baseline (None: none given)")
     target_events: tuple[ObservedEvent, ...] = field(seq(nested(ObservedEvent), MAX_TARGET_EVENTS), default=(),
                                                      doc="the observed server exiting, restarting, replaced "
                                                          "(connscale observe), timed by the hub")
@@ -354,6 +378,11 @@ class Summary(Record):
     @property
     def failure_total(self) -> int:
         return sum(self.failures.values())
+
+    @property
+    def gate_passed(self) -> bool:
+        """Every threshold passed and nothing regressed against the baseline (true when there were none)."""
+        return all(t.passed for t in self.thresholds) and (self.baseline is None or self.baseline.passed)
 
 
 def read_summary(run_dir: str | os.PathLike[str]) -> tuple[Summary | None, str]:

@@ -33,15 +33,17 @@ from connscale.diagnose.curve import (
     curve_points,
     find_knee,
 )
-from connscale.diagnose.manifest import read_manifest
-from connscale.diagnose.records import Explanation, MemoryTable, SideBytes, Summary, read_summary
+from connscale.diagnose.headline import BY_NAME
+from connscale.diagnose.records import Explanation, MemoryTable, SideBytes, Summary
+from connscale.diagnose.runfiles import RunFiles, RunReadError, read_run
+from connscale.diagnose.search import capacity_line
 from connscale.metrics import handshakes
 from connscale.metrics.cost import mean_cost
 from connscale.metrics.histograms import Percentiles
-from connscale.metrics.phases import FINAL_HOLD, STOP, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
+from connscale.metrics.phases import FINAL_HOLD, hold_rtt_ms, is_hold, phase_table, run_rtt_ms
 from connscale.metrics.records import Incident, Stats
-from connscale.metrics.series import Series, build_series, mem_per_conn_at_peak, peak_index
-from connscale.metrics.timeline import TIMELINE_FILE, read_timeline
+from connscale.metrics.series import Series, build_series, mem_per_conn_at_peak, peak_index, run_end
+from connscale.metrics.timeline import TIMELINE_FILE
 
 REPORT_FILE = "report.html"
 CSV_FILE = "rtt_per_second.csv"
@@ -51,39 +53,15 @@ class ReportError(Exception):
     """The run directory cannot be reported on; one line."""
 
 
-@attrs.frozen
-class RunFiles:
-    dir: Path
-    records: list[Stats]
-    summary: Summary | None
-    manifest: dict[str, Any] | None
-    config: dict[str, Any] | None
-    #: What could not be read, one line each (a summary cut short, torn timeline lines).
-    problems: tuple[str, ...] = ()
-
-
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def load_run(run_dir: str | os.PathLike[str]) -> RunFiles:
-    path = Path(run_dir)
-    timeline = path / TIMELINE_FILE
-    if not path.is_dir():
-        raise ReportError(f"{path}: no such run directory")
-    if not timeline.exists():
-        raise ReportError(f"{path}: no {TIMELINE_FILE} (is this a run directory?)")
-    torn: list[str] = []
-    records = list(read_timeline(timeline, torn))
-    summary, unread = read_summary(path)
-    problems = [unread] if unread else []
-    if torn:
-        problems.append(f"{TIMELINE_FILE}: {len(torn)} line{'s' if len(torn) > 1 else ''} skipped ({torn[0]})")
-    return RunFiles(path, records, summary, read_manifest(path), _json(path / "config.json"), tuple(problems))
+    """The run directory as the report reads it: it needs the timeline; the rest is said if absent."""
+    try:
+        run = read_run(run_dir)
+    except RunReadError as e:
+        raise ReportError(str(e)) from None
+    if not run.has_timeline:
+        raise ReportError(f"{run.dir}: no {TIMELINE_FILE} (is this a run directory?)")
+    return run
 
 
 # ----------------------------------------------------------------------------- the numbers
@@ -111,19 +89,6 @@ def _last_of_phase(records: Sequence[Stats], phase: str) -> Stats | None:
         if r.phase == phase:
             return r
     return None
-
-
-def run_end(records: Sequence[Stats]) -> int:
-    """Index of the run's last second before it began to stop.
-
-    Stopping drains connections and ends workers: what happens then (a
-    server worker gone before its clients, pings unanswered) is not what
-    the run measured, so "at the end" means before the `stop` phase.
-    """
-    for i in range(len(records) - 1, -1, -1):
-        if records[i].phase != STOP:
-            return i
-    return len(records) - 1
 
 
 def the_memory_table(run: RunFiles) -> MemoryTable | None:
@@ -293,6 +258,10 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
             f"<p><strong>Stopped at {_nk(nums, 'open_at_end')} of {_nk(nums, 'target')} connections</strong> "
             f"(peak {_nk(nums, 'peak_open')}): {_e(summary.reason or 'no reason recorded')}.</p>"
         )
+    if summary is not None and summary.search is not None:
+        # The search as a capacity number, the line `connscale run` prints.
+        parts.append(f'<p class="capacity"><strong>{_e(summary.search.capacity or capacity_line(summary.search))}'
+                     "</strong></p>")
     if explanation is not None:
         parts.append(explanation_html(explanation, brief=verdict == "held"))
     if verdict != "held" and not (explanation and explanation.fix):
@@ -427,6 +396,67 @@ def phases_table(rows: Sequence[tuple[str, Mapping[str, Number]]]) -> str:
     return f'<table class="grid"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _measured(metric: str, value: float | None, key: str) -> str:
+    """A metric's value as the registry writes it, tagged like the page's other numbers."""
+    known = BY_NAME.get(metric)
+    if value is None or known is None:
+        return '<span class="none">-</span>'
+    return f'<span class="n" data-k="{_e(key)}">{_e(known.format(value, symbol=False))}</span>'
+
+
+def gate_badge(summary: Summary | None) -> str:
+    if summary is None or not (summary.thresholds or summary.baseline is not None):
+        return ""
+    passed = summary.gate_passed
+    return f'<a href="#gates"><span class="badge {"held" if passed else "failed"}">GATES {"PASSED" if passed else "FAILED"}</span></a>'
+
+
+def gates_html(summary: Summary | None) -> str:
+    """The thresholds the run was held to and its baseline comparison (`connscale run`'s gates)."""
+    if summary is None or not (summary.thresholds or summary.baseline is not None):
+        return ""
+    out = ['<h2 id="gates">Gates</h2>']
+    badge = {True: '<span class="badge held">PASS</span>', False: '<span class="badge failed">FAIL</span>'}
+    if summary.thresholds:
+        rows = []
+        for i, t in enumerate(summary.thresholds):
+            measured = _measured(t.metric, t.value, f"threshold.{i}.value") if t.value is not None else \
+                f'<span class="none">{_e(t.note or "not measured")}</span>'
+            rows.append(f"<tr><td>{badge[t.passed]}</td><th><code>{_e(t.expression)}</code></th>"
+                        f'<td class="num">{measured}</td>'
+                        f'<td class="num">{_e(t.op)} {_measured(t.metric, t.limit, f"threshold.{i}.limit")}</td>'
+                        f'<td class="unit">{_e(t.unit)}</td><td class="muted">{_e(t.source)}</td></tr>')
+        head = "".join(f"<th>{h}</th>" for h in ("", "threshold", "measured", "limit", "unit", "written in"))
+        out.append(f'<table class="grid gates"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    b = summary.baseline
+    if b is not None:
+        rows = []
+        for c in b.checks:
+            key = f"baseline.{c.metric}"
+            change = (f'<span class="n" data-k="{_e(key)}.change">{c.change_pct:+.1f}</span>%'
+                      if c.change_pct is not None else "")
+            mark = badge[not c.regressed] if c.outcome != "skipped" else '<span class="badge">SKIP</span>'
+            rows.append(f"<tr><td>{mark}</td><th>{_e(c.metric)}</th>"
+                        f'<td class="num">{_measured(c.metric, c.value, key + ".value")}</td>'
+                        f'<td class="num">{_measured(c.metric, c.baseline, key + ".baseline")}</td>'
+                        f'<td class="num">{change}</td><td class="unit">{_e(c.unit)}</td>'
+                        f'<td class="muted">{_e(c.better)} is better; tolerance {c.tolerance_pct:g}%'
+                        f'{"; " + _e(c.note) if c.note else ""}</td></tr>')
+        head = "".join(f"<th>{h}</th>" for h in ("", "metric", "this run", "baseline", "change", "unit", ""))
+        out.append(f"<h3>Against the baseline <code>{_e(b.run_dir)}</code></h3>"
+                   f'<table class="grid gates"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        for lack in b.lacks:
+            out.append(f'<p class="warn">The baseline: {_e(lack)}.</p>')
+        if b.changed:
+            items = "".join(f"<li><code>{_e(d.key)}</code>: {_e(d.values[0] if d.values[0] is not None else '-')}"
+                            f" &rarr; {_e(d.values[-1] if d.values[-1] is not None else '-')}</li>" for d in b.changed)
+            out.append(f'<p class="label">What changed between the two hosts</p><ul>{items}</ul>')
+        else:
+            out.append('<p class="muted">The two hosts\' manifests (kernel, sysctls, rlimits, versions, '
+                       "configuration) are the same.</p>")
+    return "".join(out)
+
+
 def steps_html(summary: Summary | None) -> str:
     """The ramp as it happened (the summary's `steps`): how fast each step really opened."""
     if summary is None or not summary.steps:
@@ -553,7 +583,8 @@ def manifest_html(manifest: Mapping[str, Any] | None, config: Mapping[str, Any] 
     return f"<h2>Manifest</h2>{body}"
 
 
-_CSS = """
+#: The report's style (the compare page wears it too, so the two read alike).
+CSS = """
 :root { --fg:#1d2329; --muted:#66707a; --line:#e3e6ea; --held:#2e7d32; --failed:#c62828; --unknown:#8d6e63; }
 * { box-sizing: border-box; }
 body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif; color:var(--fg);
@@ -658,11 +689,12 @@ def render_html(run: RunFiles) -> str:
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>connscale report: {_e(run.dir.name)}</title><style>{_CSS}</style></head>
+<title>connscale report: {_e(run.dir.name)}</title><style>{CSS}</style></head>
 <body><main>
-<header><h1>connscale run {_e(run.dir.name)}</h1><span class="badge {css}">{badge}</span>
+<header><h1>connscale run {_e(run.dir.name)}</h1><span class="badge {css}">{badge}</span>{gate_badge(run.summary)}
 <span class="sub">started {_e(when)} &middot; {len(run.records)} seconds recorded</span></header>
 <section class="verdict {css}" id="verdict">{verdict}</section>
+{gates_html(run.summary)}
 <div class="top">
 <section><h2>Summary</h2>{summary_table(nums)}</section>
 <section><h2>Phases</h2>{phases_table(phase_numbers(run))}
@@ -684,15 +716,19 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     """Render `report.html` into the run directory (or `out`); returns its path."""
     run = load_run(run_dir)
     path = Path(out) if out else run.dir / REPORT_FILE
-    page = render_html(run)
-    # A temporary file of our own, made exclusively beside the report: a name someone
-    # left there (a link to a file of ours) is never followed, only the report replaced.
+    return write_page(path, render_html(run))
+
+
+def write_page(path: Path, page: str) -> Path:
+    """Write an HTML page whole: a reader never sees half of it."""
+    # A temporary file of our own, made exclusively beside the page: a name someone
+    # left there (a link to a file of ours) is never followed, only the page replaced.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)
-        os.replace(tmp, path)  # a reader never sees half a report
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

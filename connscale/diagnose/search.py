@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from connscale.diagnose.records import Cause, Plateau, SearchResult, Slo
+import attrs
+
+from connscale.diagnose.records import Cause, Miss, Plateau, SearchResult, Slo
 from connscale.diagnose.verdict import primary_incident
 from connscale.metrics.histograms import Percentiles, rtt_summary_ms
 from connscale.metrics.phases import merged_histogram
 from connscale.metrics.records import Incident, Stats
 
-__all__ = ["Plateau", "Search", "Slo", "explain_search", "judge"]
+__all__ = ["Plateau", "Search", "Slo", "capacity_line", "explain_search", "judge", "plateau_misses", "slo_misses"]
 
 
 class Search:
@@ -89,22 +91,9 @@ def judge(index: int, level: int, records: Sequence[Stats], slo: Slo, reached: b
     rtt = rtt_summary_ms(merged_histogram(records))
     opens = [r.client.open for r in records]
     saturated = sum(1 for r in records if r.measuring_side_saturated)
-    reasons = []
-    if placed is not None and placed < level:
-        reasons.append(f"the routes hold at most {placed:,} connections")
-    elif not reached:
-        reasons.append(f"the ramp did not reach {level:,} (got {max(opens or [0]):,})")
-    if sum(failures.values()) > slo.failures:
-        top = ", ".join(f"{k}={v:,}" for k, v in sorted(failures.items(), key=lambda kv: -kv[1])[:3])
-        reasons.append(f"{sum(failures.values()):,} failures (SLO {slo.failures}): {top}")
-    if pings and timeouts / pings > slo.timeout_rate:
-        reasons.append(f"timeouts {timeouts / pings:.4f} of pings (SLO {slo.timeout_rate:g})")
-    if rtt.p99 is not None and rtt.p99 > slo.p99_ms:
-        reasons.append(f"p99 RTT {rtt.p99:.1f} ms (SLO {slo.p99_ms:g} ms)")
-    if reached and rtt.p99 is None and level > 0 and records:
-        reasons.append("no pong at all during the plateau")
-    if saturated > slo.saturated_s:
-        reasons.append(f"connscale's client workers saturated for {saturated} s: not a measurement of the server")
+    misses = slo_misses(level, slo, reached=reached, placed=placed, opened=max(opens or [0]), failures=failures,
+                        pings=pings, timeouts=timeouts, rtt=rtt, saturated_s=saturated, seconds=len(records))
+    reasons = [m.reason for m in misses]
     passed = not reasons
     cause = None
     if not passed and placed is not None and placed < level:
@@ -118,8 +107,75 @@ def judge(index: int, level: int, records: Sequence[Stats], slo: Slo, reached: b
     return Plateau(
         index=index, level=level, reached=reached, seconds=len(records), open=opens[-1] if opens else 0,
         open_min=min(opens) if opens else 0, pings=pings, rtt_ms=rtt, failures=failures, timeouts=timeouts,
-        saturated_s=saturated, passed=passed, reasons=tuple(reasons), cause=cause,
+        saturated_s=saturated, passed=passed, reasons=tuple(reasons), cause=cause, misses=tuple(misses),
     )
+
+
+def slo_misses(level: int, slo: Slo, *, reached: bool, placed: int | None, opened: int,
+               failures: Mapping[str, int], pings: int, timeouts: int, rtt: Percentiles, saturated_s: int,
+               seconds: int) -> list[Miss]:
+    """Every criterion of the SLO a plateau missed, with its number, in the order its reasons are said."""
+    misses = []
+    if placed is not None and placed < level:
+        misses.append(Miss(metric="routes", value=placed, limit=level,
+                           reason=f"the routes hold at most {placed:,} connections"))
+    elif not reached:
+        misses.append(Miss(metric="open", value=opened, limit=level,
+                           reason=f"the ramp did not reach {level:,} (got {opened:,})"))
+    total = sum(failures.values())
+    if total > slo.failures:
+        top = ", ".join(f"{k}={v:,}" for k, v in sorted(failures.items(), key=lambda kv: -kv[1])[:3])
+        misses.append(Miss(metric="failures", value=total, limit=slo.failures,
+                           reason=f"{total:,} failures (SLO {slo.failures}): {top}"))
+    if pings and timeouts / pings > slo.timeout_rate:
+        misses.append(Miss(metric="timeout_rate", value=round(timeouts / pings, 6), limit=slo.timeout_rate,
+                           reason=f"timeouts {timeouts / pings:.4f} of pings (SLO {slo.timeout_rate:g})"))
+    if rtt.p99 is not None and rtt.p99 > slo.p99_ms:
+        misses.append(Miss(metric="p99_ms", value=rtt.p99, limit=slo.p99_ms,
+                           reason=f"p99 RTT {rtt.p99:.1f} ms (SLO {slo.p99_ms:g} ms)"))
+    if reached and rtt.p99 is None and level > 0 and seconds:
+        misses.append(Miss(metric="pongs", value=0, limit=None, reason="no pong at all during the plateau"))
+    if saturated_s > slo.saturated_s:
+        misses.append(Miss(metric="saturated_s", value=saturated_s, limit=slo.saturated_s,
+                           reason=f"connscale's client workers saturated for {saturated_s} s: "
+                                  "not a measurement of the server"))
+    return misses
+
+
+def plateau_misses(plateau: Plateau, slo: Slo) -> tuple[Miss, ...]:
+    """What a judged plateau missed: as judged, or (one written before `misses` existed) from its fields."""
+    if plateau.misses or plateau.passed:
+        return plateau.misses
+    # What the routes could place was not kept then; a ramp they stopped reached it.
+    routes = not plateau.reached and plateau.cause is not None and plateau.cause.wall == "routes"
+    return tuple(slo_misses(
+        plateau.level, slo, reached=plateau.reached, placed=plateau.open if routes else None, opened=plateau.open,
+        failures=plateau.failures, pings=plateau.pings, timeouts=plateau.timeouts, rtt=plateau.rtt_ms,
+        saturated_s=plateau.saturated_s, seconds=plateau.seconds))
+
+
+#: How a miss's number is written in the capacity line.
+_MISS_FORMATS = {"p99_ms": "{:,.1f} ms", "timeout_rate": "{:.4f}", "saturated_s": "{:,.0f} s"}
+
+
+def capacity_line(result: SearchResult) -> str:
+    """The search as a capacity: "largest count meeting the SLO: N (the next step, M, failed on
+    METRIC = VALUE)". Read from the curve, so a result written before this line existed says it too."""
+    first_fail = next((p for p in result.curve if p.level == result.failed_at and not p.passed), None)
+    failed = ""
+    if first_fail is not None:
+        miss = next(iter(plateau_misses(first_fail, result.slo)), None)
+        what = "the next step" if result.knee else "the first step"
+        on = ""
+        if miss is not None:
+            value = "-" if miss.value is None else _MISS_FORMATS.get(miss.metric, "{:,.0f}").format(miss.value)
+            on = f", failed on {miss.metric} = {value}"
+        failed = f" ({what}, {first_fail.level:,}{on})"
+    elif result.knee and result.curve and all(p.passed for p in result.curve):
+        failed = " (every step passed, up to the search's upper bound, scenario.target)"
+    if not result.knee:
+        return f"no count met the SLO{failed}"
+    return f"largest count meeting the SLO: {result.knee:,}{failed}"
 
 
 def _relevant(incidents: Sequence[Incident], failures: Mapping[str, int], t0: float, t1: float) -> list[Incident]:
@@ -189,7 +245,7 @@ def explain_search(search: Search, plateaus: Sequence[Plateau], slo: Slo, stoppe
         headline += f"; the search stopped early: {stopped}"
     if saturated:
         headline += "; connscale's client workers saturated there, so the knee is connscale's, not the server's"
-    return SearchResult(
+    result = SearchResult(
         knee=knee,
         failed_at=first_fail.level if first_fail else None,
         cause=first_fail.cause if first_fail else None,
@@ -199,3 +255,4 @@ def explain_search(search: Search, plateaus: Sequence[Plateau], slo: Slo, stoppe
         curve=tuple(sorted(plateaus, key=lambda p: p.index)),
         stopped=stopped,
     )
+    return attrs.evolve(result, capacity=capacity_line(result))

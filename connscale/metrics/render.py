@@ -32,12 +32,14 @@ def _numeric(value: object) -> bool:
 
 
 def format_table(rows: Sequence[Mapping[Any, Any]], columns: Sequence[Any] | None = None,
-                 names: Sequence[object] | None = None, empty: str = "(none)") -> str:
-    """Rows of records as an aligned table: the one renderer of ctl and the console.
+                 names: Sequence[object] | None = None, empty: str = "(none)",
+                 right: Sequence[Any] = ()) -> str:
+    """Rows of records as an aligned table: the one renderer of ctl, the console, compare and runs.
 
     `columns` picks and orders the columns (default: every key, in order of first
     appearance); `names` adds a first, unlabelled column (a dict of records). A
-    column whose values are all numbers is right-aligned, so digits line up.
+    column whose values are all numbers is right-aligned, so digits line up, and so
+    is every column in `right` (numbers already written as text: "3,000", "-12.5%").
     """
     if not rows:
         return empty
@@ -51,7 +53,7 @@ def format_table(rows: Sequence[Mapping[Any, Any]], columns: Sequence[Any] | Non
     body = [([cell(n)] if names is not None else []) + [cell(row.get(c)) for c in columns]
             for n, row in zip(labels, rows)]
     numeric = ([False] if names is not None else []) + [
-        all(_numeric(row[c]) for row in rows if c in row and row[c] is not None) for c in columns]
+        c in right or all(_numeric(row[c]) for row in rows if c in row and row[c] is not None) for c in columns]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def render(line: list[str]) -> str:

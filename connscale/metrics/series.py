@@ -14,6 +14,7 @@ from typing import IO, Iterable, Sequence
 import attrs
 
 from connscale.metrics.histograms import Percentiles, rtt_summary_ms
+from connscale.metrics.phases import STOP
 from connscale.metrics.records import Stats
 
 SIDES = ("server", "client")
@@ -163,8 +164,21 @@ def build_series(records: Sequence[Stats]) -> Series:
     return s
 
 
+def run_end(records: Sequence[Stats]) -> int:
+    """Index of the run's last second before it began to stop.
+
+    Stopping drains connections and ends workers: what happens then (a
+    server worker gone before its clients, pings unanswered) is not what
+    the run measured, so "at the end" means before the `stop` phase.
+    """
+    for i in range(len(records) - 1, -1, -1):
+        if records[i].phase != STOP:
+            return i
+    return len(records) - 1
+
+
 def peak_index(s: Series, end: int) -> int | None:
-    """The second the clients held the most connections (the first such), up to `end`."""
+    """The first second up to `end` with the most connections open (None: no seconds)."""
     if not s.open:
         return None
     return max(range(end + 1), key=lambda i: (s.open[i], -i))
