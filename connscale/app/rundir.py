@@ -83,9 +83,9 @@ class RunDirectory:
         their environment: `children.child_env`). Both are the owner's alone (0600).
         Returns the latter."""
         self.write_text("config.json", json.dumps(cfg.as_dict(), indent=2, sort_keys=True) + "\n", mode=0o600)
-        effective = cfg.as_dict()
-        effective["control"]["secret"] = None
-        effective["control"]["secret_file"] = None
+        config = cfg.as_dict()
+        config["control"]["secret"] = None
+        config["control"]["secret_file"] = None
         # The target's password rides the children's environment too (`children.child_env`).
-        effective["client"]["password"] = None
-        return self.write_text("config.yaml", yaml.safe_dump(effective, sort_keys=False), mode=0o600)
+        config["client"]["password"] = None
+        return self.write_text("config.yaml", yaml.safe_dump(config, sort_keys=False), mode=0o600)
