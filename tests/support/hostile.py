@@ -145,7 +145,8 @@ def guess(port: int, n: int, seconds: float, uid: int | None) -> None:
         # Everything a login needs is imported now: this interpreter's files may not be the user's to read.
         import encodings.idna  # noqa: F401
         import spake2.spake2  # noqa: F401
-        from twisted.internet import endpoints, _resolver  # noqa: F401
+        from twisted.internet import endpoints, _resolver, reactor  # noqa: F401
+        from twisted.internet import ssl, tcp, _sslverify  # noqa: F401
 
         LoginExchange("peer", b"warm up", b"t").start()
         os.setgid(uid)
