@@ -33,7 +33,8 @@ from connscale.app.rundir import RunDirectory, RunDirError
 from connscale.app.scenario import Progress, RunError, Scenario
 from connscale.app.search import SearchScenario
 from connscale.app.startup import EXIT_REFUSED, EXIT_USAGE, load_or_exit
-from connscale.config.settings import Config, endpoint_address
+from connscale.config.endpoints import dial_address
+from connscale.config.settings import Config
 from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.diagnose.memory import memory_table
@@ -159,8 +160,7 @@ class Experiment:
                 )
 
     def control_address(self) -> tuple[str, int]:
-        address = endpoint_address(self.cfg.control.listen) or ("127.0.0.1", 8790)
-        return address[0] or "127.0.0.1", address[1]
+        return dial_address(self.cfg.control.listen) or ("127.0.0.1", 8790)
 
     @defer.inlineCallbacks
     def login(self):  # type: ignore[no-untyped-def]

@@ -16,7 +16,8 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from connscale.config.settings import ClientHost, Config, endpoint_address
+from connscale.config.endpoints import binds_loopback, dial_address, endpoint_parts
+from connscale.config.settings import ClientHost, Config
 from connscale.control import plan
 from connscale.control.controller import POLL_INTERVAL, ControlError, Controller
 from connscale.control.verbs import VERBS, Verb, describe
@@ -113,12 +114,10 @@ def metrics_endpoint(endpoint: str) -> tuple[str, bool]:
     addresses and no login protects them. Beyond loopback must be asked for
     (interface=0.0.0.0) and is warned about.
     """
-    address = endpoint_address(endpoint)  # None: a unix socket, local by nature
-    if address is None:
-        return endpoint, False
-    if endpoint.startswith("tcp:") and "interface=" not in endpoint:
+    kind, positional, keywords = endpoint_parts(endpoint)
+    if kind == "tcp" and "interface" not in keywords and len(positional) < 2:
         return f"{endpoint}:interface=127.0.0.1", False
-    return endpoint, not _loopback(address[0])
+    return endpoint, not binds_loopback(endpoint)
 
 
 def serve_metrics(reactor: Any, controller: Controller, endpoint: str) -> Service:
@@ -141,21 +140,11 @@ def serve_metrics(reactor: Any, controller: Controller, endpoint: str) -> Servic
     return service
 
 
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host or "0.0.0.0").is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def control_address(cfg: Config) -> tuple[str, int]:
-    address = endpoint_address(cfg.control.listen)
+    address = dial_address(cfg.control.listen)
     if address is None:
         raise ControlError("remote agents need a tcp: or ssl: control.listen")
-    host, port = address
-    return host or "127.0.0.1", port
+    return address
 
 
 def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[str]:
