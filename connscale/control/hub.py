@@ -24,6 +24,7 @@ from connscale.control.verbs import VERBS, Verb, describe
 from connscale.control.auth import CredentialError, Credentials
 from connscale.control.bounds import check_worker_memory
 from connscale.control.secret import SecretError, config_dir, hub_salt, hub_secret
+from connscale.deadline import unless_fired
 from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
 from connscale.host.resources import cpu_count
@@ -187,9 +188,7 @@ def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[st
 
     registered.addCallback(on_registered)
     launched.ended.addCallback(on_ended)
-    timer = reactor.callLater(REGISTER_TIMEOUT, on_timeout)
-    result.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
-    return result
+    return unless_fired(reactor, result, REGISTER_TIMEOUT, on_timeout)
 
 
 def console_namespace(controller: Controller) -> dict[str, Any]:
