@@ -231,10 +231,15 @@ def test_start_up_errors_are_one_line_and_exit_2(hub, tmp_path: Path):
         port = busy.getsockname()[1]
         cases = [
             # First, while no hub has written a secret for them to find.
-            (["agent", "--config", str(h.config), "--master", f"127.0.0.1:{h.control}"], "no control secret"),
+            # The control layer's StartError, said by the tap with its program's name.
+            (["agent", "--config", str(h.config), "--master", f"127.0.0.1:{h.control}"],
+             "connscale-client: no control secret"),
+            (["observe", "--config", str(h.config), "--master", f"127.0.0.1:{h.control}", "--pid", "1"],
+             "connscale-observe: no control secret"),
             (["server", "--config", str(h.config), "--control", f"tcp:{port}:interface=127.0.0.1"],
-             f"control.listen: cannot listen on tcp:{port}:interface=127.0.0.1: EADDRINUSE"),
-            (["server", "--config", str(h.config), "--console", "telnet"], "the telnet console was removed"),
+             f"connscale-server: control.listen: cannot listen on tcp:{port}:interface=127.0.0.1: EADDRINUSE"),
+            (["server", "--config", str(h.config), "--console", "telnet"],
+             "connscale-server: control.console: the telnet console was removed"),
             (["ctl", "--config", str(h.config), "--master", "127.0.0.1:x", "count"], "--master"),
         ]
         for argv, needle in cases:

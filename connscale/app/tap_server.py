@@ -56,7 +56,7 @@ class Options(ConfigOptions):
 
 
 def makeService(options: Options) -> IService:
-    with startup_errors():
+    with startup_errors(PROG):
         return _make_service(options)
 
 
@@ -73,7 +73,7 @@ def _make_service(options: Options) -> IService:
     else:
         from connscale.control.hub import make_hub
 
-        top = make_hub(reactor, cfg, record_dir=options["record-dir"])
+        top = make_hub(reactor, cfg, record_dir=options["record-dir"], prog=PROG)
     if options["lifeline"]:
         from connscale.procs.lifeline import Lifeline
 

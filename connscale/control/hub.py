@@ -20,6 +20,7 @@ from connscale.config.endpoints import binds_loopback, dial_address, endpoint_pa
 from connscale.config.settings import ClientHost, Config
 from connscale.control import plan
 from connscale.control.controller import POLL_INTERVAL, ControlError, Controller
+from connscale.control.errors import StartError
 from connscale.control.verbs import VERBS, Verb, describe
 from connscale.control.auth import CredentialError, Credentials
 from connscale.control.bounds import check_worker_memory
@@ -37,7 +38,6 @@ from connscale.procs.records import ServerSpec
 from connscale.procs.supervisor import Supervisor
 
 log = Logger(namespace="connscale.hub")
-PROG = "connscale-server"
 
 REGISTER_TIMEOUT = 60.0
 #: `connscale run` hands its hub the values of clients.*.env here (JSON), not in a file.
@@ -59,14 +59,16 @@ def with_clients_env(cfg: Config, env: dict[str, str] | Any) -> Config:
         clients = {name: attrs.evolve(host, env={str(k): str(v) for k, v in given.get(name, host.env).items()})
                    for name, host in cfg.clients.items()}
     except (ValueError, AttributeError) as e:
-        raise SystemExit(f"{PROG}: {CLIENTS_ENV}: not what connscale run writes ({e})") from None
+        raise StartError(f"{CLIENTS_ENV}: not what connscale run writes ({e})") from None
     return attrs.evolve(cfg, clients=clients)
 
 
 class HubService(MultiService):
-    def __init__(self, reactor: Any, controller: Controller, servers: Supervisor, workers: int) -> None:
+    def __init__(self, reactor: Any, controller: Controller, servers: Supervisor, workers: int,
+                 prog: str = "hub") -> None:
         super().__init__()
         self.reactor = reactor
+        self.prog = prog  # what its log lines start with (the tap's program name)
         self.controller = controller
         self.servers = servers
         self.workers = workers
@@ -85,10 +87,10 @@ class HubService(MultiService):
         self.servers.ensure(self.workers).addCallbacks(
             lambda budgets: log.info(
                 "{prog}: {n} server workers listening ({path}; fd budgets {budgets})",
-                prog=PROG, n=len(budgets), budgets=",".join(map(str, budgets)),
+                prog=self.prog, n=len(budgets), budgets=",".join(map(str, budgets)),
                 path="fast path" if self.servers.spec.fast_path else "Twisted's transports",
             ),
-            lambda f: log.error("{prog}: server workers failed to start: {why}", prog=PROG, why=f.getErrorMessage()),
+            lambda f: log.error("{prog}: server workers failed to start: {why}", prog=self.prog, why=f.getErrorMessage()),
         )
         self._tick.start(POLL_INTERVAL, now=False)
 
@@ -121,7 +123,7 @@ def metrics_endpoint(endpoint: str) -> tuple[str, bool]:
     return endpoint, not binds_loopback(endpoint)
 
 
-def serve_metrics(reactor: Any, controller: Controller, endpoint: str) -> Service:
+def serve_metrics(reactor: Any, controller: Controller, endpoint: str, prog: str = "hub") -> Service:
     """Prometheus /metrics from the timeline records, on `control.metrics_listen`."""
     from connscale.metrics.prometheus import TimelineCollector, metrics_site
 
@@ -132,12 +134,12 @@ def serve_metrics(reactor: Any, controller: Controller, endpoint: str) -> Servic
         service = EndpointService(reactor, endpoint, metrics_site(collector), "control.metrics_listen",
                                   listen_now=True, label="metrics")
     except ListenError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     if exposed:
         # The numbers carry addresses of the run and no login protects them.
         log.warn("{prog}: control.metrics_listen {endpoint} is reachable beyond loopback and asks for no login",
-                 prog=PROG, endpoint=endpoint)
-    log.info("{prog}: Prometheus metrics on {endpoint} at /metrics", prog=PROG, endpoint=endpoint)
+                 prog=prog, endpoint=endpoint)
+    log.info("{prog}: Prometheus metrics on {endpoint} at /metrics", prog=prog, endpoint=endpoint)
     return service
 
 
@@ -224,26 +226,27 @@ def state_dir() -> str:
     return str(path)
 
 
-def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiService:
+def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None, prog: str = "hub") -> MultiService:
+    """The hub's services; StartError (one line) when it cannot start."""
     import os
 
     cfg = with_clients_env(cfg, os.environ)
     s = cfg.server
-    _, budget = prepare_fds(0, PROG)
+    _, budget = prepare_fds(0, prog)
     try:
         # Bind once here so a port in use stops start-up with one line, before
         # any worker is spawned; the workers bind their own SO_REUSEPORT sockets.
         for sock in bind_sockets(s.interface, s.ports, s.backlog, reuse_port=True):
             sock.close()
     except ListenError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     try:
         secret, source = hub_secret(cfg.control)
         credentials = Credentials.from_secret(secret)
         if not credentials.whole_secret:
             raise SecretError("the hub's control secret is an agent key: a hub needs the secret itself")
     except (SecretError, CredentialError) as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     workers = plan.server_workers(cfg.scenario.target, budget, cpu_count(), s.workers)
     try:
         check_worker_memory(
@@ -252,7 +255,7 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
             noun="server workers",
         )
     except ControlError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
                       max_line=s.max_line, fast_path=cfg.net.fast_path)
     servers = Supervisor(reactor, "server", spec, "hub")
@@ -261,9 +264,9 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
     try:
         salt = hub_salt()
     except OSError as e:
-        raise SystemExit(f"{PROG}: cannot keep the control salt in {config_dir()}: {e.strerror or e}") from None
+        raise StartError(f"cannot keep the control salt in {config_dir()}: {e.strerror or e}") from None
     controller = Controller(reactor, cfg, credentials, servers, timeline, launcher=launch_client, salt=salt)
-    hub = HubService(reactor, controller, servers, workers)
+    hub = HubService(reactor, controller, servers, workers, prog)
     # Every control connection is TLS: ssl: with the configured certificate, any other
     # endpoint with one the hub makes now (control.channel).
     factory = controller.server_factory(tls=not cfg.control.listen.startswith("ssl:"))
@@ -271,23 +274,23 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
         EndpointService(reactor, cfg.control.listen, factory, "control.listen",
                         listen_now=True, label="controller").setServiceParent(hub)
     except ListenError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     hub.status = StatusService(reactor, s.status_interval, servers.totals, with_rtt=False, final=False)
     hub.status.setServiceParent(hub)
     if cfg.control.metrics_listen is not None:
-        serve_metrics(reactor, controller, cfg.control.metrics_listen).setServiceParent(hub)
+        serve_metrics(reactor, controller, cfg.control.metrics_listen, prog).setServiceParent(hub)
     from connscale.control.console import ConsoleError, make_console
 
     try:
         console = make_console(reactor, cfg.control, console_namespace(controller), state_dir())
     except ConsoleError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     if console is not None:
         console.setServiceParent(hub)
     log.info(
         "{prog}: hub with {workers} server workers on {interface} ports {ports}; controller on {listen} "
         "(secret: {source}); timeline in {run_dir}",
-        prog=PROG, workers=workers, interface=s.interface, ports=",".join(map(str, s.ports)),
+        prog=prog, workers=workers, interface=s.interface, ports=",".join(map(str, s.ports)),
         listen=cfg.control.listen, source=source, run_dir=str(run_dir),
     )
     return hub
