@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from twisted.test import iosim
 
+from connscale.config.packed import pack_pieces, unpack
 from connscale.config.settings import parse_config
-from connscale.control import controller as control_mod
 from connscale.control import dial
 from connscale.control.auth import CredentialError, Credentials
 from connscale.control.channel import TLSFactory, client_options
@@ -55,19 +55,21 @@ class FakeMind(pb.Referenceable):
         }
         # Set to a Deferred to hold `apply` answers back (simulates a slow agent).
         self.hold_apply: defer.Deferred[None] | None = None
+        self.packed_calls = 0
 
     def remote_ensure_workers(self, count: int, target: int | None = None) -> list[int]:
         self.ensure_calls.append(count)
         self.workers = max(self.workers, count)
         return [self.budget] * self.workers
 
-    def remote_apply(self, rows: list[Any]) -> Any:
+    def remote_apply_packed(self, pieces: Any) -> Any:
         # The orders as the agent reads them: typed, checked records.
-        self.applied.append([WorkerOrder.from_wire(r) for r in rows])
+        self.applied.append([WorkerOrder.from_wire(r) for r in unpack(pieces)])
         return self.hold_apply
 
-    def remote_report(self) -> dict[str, Any]:
-        return self.report
+    def remote_report_packed(self) -> list[str]:
+        self.packed_calls += 1
+        return pack_pieces(self.report)
 
     def remote_set_rate(self, rate: float) -> None:
         self.rates.append(rate)
@@ -477,13 +479,13 @@ def test_tick_writes_a_timeline_record(clock: Clock, tmp_path: Path) -> None:
 def test_concurrent_polls_share_one_round(controller: Controller) -> None:
     link, mind, _ = register(controller)
     calls: list[int] = []
-    original = mind.remote_report
+    original = mind.remote_report_packed
 
-    def counting() -> dict[str, Any]:
+    def counting() -> list[str]:
         calls.append(1)
         return original()
 
-    mind.remote_report = counting  # type: ignore[method-assign]
+    mind.remote_report_packed = counting  # type: ignore[method-assign]
     a, b = controller.poll(), controller.poll()
     link.pump.flush()
     assert a.called and b.called
@@ -597,47 +599,27 @@ def test_workers_follow_what_the_routes_can_carry(clock: Clock) -> None:
 # ---------------------------------------------------------------- packed reports
 
 
-class PackedMind(FakeMind):
-    """An agent of this version: it answers report_packed (JSON text; a real agent sends pieces)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.packed_calls = 0
-
-    def remote_report(self) -> dict[str, Any]:
-        raise AssertionError("a packed agent is asked for report_packed")
-
-    def remote_report_packed(self) -> str:
-        from connscale.config.packed import pack
-
-        self.packed_calls += 1
-        return pack(self.report)
-
-    def remote_apply(self, rows: list[Any]) -> Any:
-        raise AssertionError("a packed agent gets apply_packed")
-
-    def remote_apply_packed(self, text: str) -> Any:
-        from connscale.config.packed import unpack
-
-        self.applied.append([WorkerOrder.from_wire(r) for r in unpack(text)])
-        return None
-
-
-def test_an_agent_that_offers_packed_reports_is_asked_for_them(controller: Controller) -> None:
-    mind = PackedMind()
+def test_reports_and_orders_travel_packed(controller: Controller) -> None:
+    mind = FakeMind()
     mind.report["totals"]["open"] = 42
-    link, _, _ = register(controller, "p", mind=mind, packed=True)
+    link, _, _ = register(controller, "p", mind=mind)
     run(link, controller.poll())
     assert mind.packed_calls == 1
     assert controller.stats().client.open == 42
+    assert run(link, controller.connections_start(500, "p")) == 500
+    assert row_total(mind.applied[-1]) == 500 and mind.applied[-1][0].routes
 
 
-def test_an_agent_that_does_not_say_so_is_asked_for_plain_reports(controller: Controller) -> None:
-    mind = FakeMind()
-    mind.report["totals"]["open"] = 7
-    link, _, _ = register(controller, "old", mind=mind)  # an older agent: no `packed` field
-    run(link, controller.poll())
-    assert controller.stats().client.open == 7
+def test_a_peer_of_the_protocol_with_plain_reports_is_refused_at_login(controller: Controller) -> None:
+    """Version 2 agents may answer only the plain `report`/`apply`, which are gone: the login's
+    version gate refuses them before they register."""
+    from connscale.control.login import PROTOCOL_VERSION
+
+    link = Link(controller)
+    root = link.wait(link.client_factory.getRootObject())
+    answer = link.wait(root.callRemote("hello", PROTOCOL_VERSION - 1, "agent:old", "127.0.0.1:8790"))
+    assert isinstance(answer, Failure) and "is not ours" in answer.getErrorMessage()
+    assert controller.registry.agents == {}
 
 
 def test_stats_packed_is_stats_as_json_text(controller: Controller) -> None:
@@ -653,13 +635,6 @@ def test_stats_packed_is_stats_as_json_text(controller: Controller) -> None:
     # The other side reads it back into the record, checked, as `connscale run` and `ctl watch` do.
     stats = Stats.from_wire(got)
     assert stats.schema == SCHEMA and stats.client == controller.stats().client
-
-
-def test_a_packed_agents_orders_arrive_packed(controller: Controller) -> None:
-    mind = PackedMind()
-    link, _, _ = register(controller, "p", mind=mind, packed=True)
-    assert run(link, controller.connections_start(500, "p")) == 500
-    assert row_total(mind.applied[-1]) == 500 and mind.applied[-1][0].routes
 
 
 def test_a_million_connections_of_orders_reach_a_real_agent_mind_over_pb(clock: Clock) -> None:
@@ -687,7 +662,7 @@ def test_a_million_connections_of_orders_reach_a_real_agent_mind_over_pb(clock: 
             return AgentMind(agent).remote_apply_packed(pieces)
 
     mind = BigMind()
-    link, _, _ = register(controller, "big", mind=mind, packed=True,
+    link, _, _ = register(controller, "big", mind=mind,
                           source_ips=[f"127.0.0.{i}" for i in range(2, 42)])
     assert run(link, controller.connections_start(1_000_000, "big")) == 1_000_000
     assert mind.ensure_calls == [53]

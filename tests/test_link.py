@@ -13,6 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
+from connscale.config.packed import pack_pieces
 from connscale.config.settings import parse_config
 from connscale.control.agent import AgentMind, make_agent
 from connscale.control.auth import Credentials
@@ -191,7 +192,7 @@ def order(target: int, *routes: Route) -> dict[str, Any]:
 def test_agent_obeys_orders_within_its_bounds(agent: Any) -> None:
     mind = AgentMind(agent)
     ok = Route("127.0.0.2", "127.0.0.1", 8989, 100)
-    mind.remote_apply([order(10, ok), order(5, ok)])
+    mind.remote_apply_packed(pack_pieces([order(10, ok), order(5, ok)]))
     assert [o.target for o in agent.supervisor.applied[-1]] == [10, 5]
 
 
@@ -204,7 +205,7 @@ def test_agent_obeys_orders_within_its_bounds(agent: Any) -> None:
 ])
 def test_agent_refuses_orders_outside_its_bounds(agent: Any, orders: list, problem: str) -> None:
     with pytest.raises(ControlError) as e:
-        AgentMind(agent).remote_apply(orders)
+        AgentMind(agent).remote_apply_packed(pack_pieces(orders))
     assert problem in str(e.value) and "\n" not in str(e.value)
     assert agent.supervisor.applied == []
 
@@ -250,7 +251,7 @@ def test_a_hub_giving_orders_ends_the_grace_period(agent: Any, clock: Clock) -> 
     agent.supervisor.slots[0].target = 700
     agent._hub_lost("gone")
     clock.advance(10)
-    AgentMind(agent).remote_apply([order(700), order(0)])  # a hub is back and in charge
+    AgentMind(agent).remote_apply_packed(pack_pieces([order(700), order(0)]))  # a hub is back and in charge
     clock.advance(60)
     assert [[o.target for o in a] for a in agent.supervisor.applied] == [[700, 0]]
 

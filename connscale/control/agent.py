@@ -69,14 +69,8 @@ class AgentMind(pb.Referenceable):
         self.agent.bounds.workers(n, wanted, len(self.agent.supervisor.slots))
         return self.agent.supervisor.ensure(n)
 
-    def remote_apply(self, rows: object) -> defer.Deferred[None]:
-        orders = self._checked(seq(nested(WorkerOrder), plan.MAX_WORKERS), rows, "apply")
-        self.agent.bounds.orders(orders, [s.budget for s in self.agent.supervisor.slots])
-        self.agent.obeyed()
-        return self.agent.supervisor.apply(orders)
-
     def remote_apply_packed(self, text: object) -> defer.Deferred[None]:
-        """`apply` with the orders packed (config.packed): 53 workers' orders with 640
+        """The workers' orders, packed (config.packed): 53 workers' orders with 640
         routes each are ~135,000 PB elements, seconds of work to decode, and ~940 KB
         of JSON, which Banana only carries in pieces (a list of strings; one string
         from a hub that packed it whole is accepted too)."""
@@ -84,18 +78,18 @@ class AgentMind(pb.Referenceable):
             rows = unpack(text)
         except PackError as e:
             raise ControlError(f"agent refused apply: {e}") from None
-        return self.remote_apply(rows)
-
-    def remote_report(self) -> defer.Deferred[dict[str, Any]]:
-        # Fresh from the workers (a count right after an order should see it),
-        # but never later than REPORT_WAIT: a slow worker counts with its last
-        # snapshot (its row's silent_s says how old) rather than making this
-        # whole agent late for the hub's second.
-        return self.agent.supervisor.poll(REPORT_WAIT).addCallback(lambda _: self.agent.report().to_wire())
+        orders = self._checked(seq(nested(WorkerOrder), plan.MAX_WORKERS), rows, "apply")
+        self.agent.bounds.orders(orders, [s.budget for s in self.agent.supervisor.slots])
+        self.agent.obeyed()
+        return self.agent.supervisor.apply(orders)
 
     def remote_report_packed(self) -> defer.Deferred[list[str]]:
-        """`report` packed (config.packed): what a hub of this version asks for."""
-        return self.remote_report().addCallback(pack_pieces)
+        """Our report, packed (config.packed). Fresh from the workers (a count right after an
+        order should see it), but never later than REPORT_WAIT: a slow worker counts with its
+        last snapshot (its row's silent_s says how old) rather than making this whole agent
+        late for the hub's second."""
+        return self.agent.supervisor.poll(REPORT_WAIT).addCallback(
+            lambda _: pack_pieces(self.agent.report().to_wire()))
 
     def remote_set_rate(self, rate: object) -> defer.Deferred[Any]:
         return self.agent.supervisor.set_rate(self._checked(verbs.rate, rate, "set_rate"))
@@ -225,7 +219,6 @@ class Agent(MultiService):
             workers=len(self.supervisor.slots),
             worker_targets=tuple(s.target for s in self.supervisor.slots),
             session=session,
-            packed=True,
         )
 
     def report(self) -> AgentReport:

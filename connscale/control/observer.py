@@ -156,7 +156,7 @@ class Observer(MultiService):
     def info(self) -> AgentInfo:
         limits = read_host_limits()
         return AgentInfo(host=socket.gethostname(), pid=os.getpid(), cores=cpu_count(), limits=limits.to_dict(),
-                         memory=limits.usable_memory or 0, session=self.session, packed=True,
+                         memory=limits.usable_memory or 0, session=self.session,
                          master_host=self.master[0] if self.master else None)
 
     def startService(self) -> None:
