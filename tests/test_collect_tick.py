@@ -29,24 +29,14 @@ from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
 from connscale.procs.supervisor import Slot, Supervisor
-from tests.test_control_parts import Mind, info, result
+from tests.support.minds import Mind, info, result
 
 
 @pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(100)
-    return c
-
-
-@pytest.fixture
-def events() -> EventLog:
-    return EventLog()
-
-
-@pytest.fixture
-def registry(clock: Clock, events: EventLog) -> Registry:
-    return Registry(clock, events.note)
+def clock(clock: Clock) -> Clock:
+    """The shared clock, 100 s on: the hub's records start after second 0."""
+    clock.advance(100)
+    return clock
 
 
 def rtts(n: int, value_us: int = 1500) -> str:

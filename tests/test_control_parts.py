@@ -7,7 +7,7 @@ records (the PB boundary) and verbs (one list for the avatar, console and ctl).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import pytest
@@ -21,7 +21,7 @@ from connscale.config.settings import parse_config
 from connscale.control.collect import Collector, EventLog
 from connscale.control.errors import ControlError
 from connscale.control.orders import Orders
-from connscale.control.records import AgentInfo, AgentReport, RegisterAnswer
+from connscale.control.records import AgentReport, RegisterAnswer
 from connscale.control.registry import NAME_HOLD, NameHeld, Registry
 from connscale.control.verbs import BY_CLI, BY_NAME, VERBS
 from connscale.metrics.records import Stats
@@ -29,83 +29,12 @@ from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
 from connscale.net.routes import Route
 from connscale.procs.records import ClientSpec, ServerSpec, WorkerHello, WorkerOrder, WorkerRow
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.aborted = False
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-
-
-class Broker:
-    def __init__(self) -> None:
-        self.transport = Transport()
-
-
-class Mind:
-    """A fake agent mind: answers each method with a handler, or holds the answer back."""
-
-    def __init__(self, **handlers: Callable[..., Any]) -> None:
-        self.broker = Broker()
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-        self.handlers: dict[str, Callable[..., Any]] = {
-            "ensure_workers": lambda n, target=None: [19900] * n,
-            "apply_packed": lambda pieces: None,
-            "report_packed": lambda: AgentReport().to_wire(),
-            "set_rate": lambda rate: None,
-        }
-        self.handlers.update(handlers)
-        self.held: list[defer.Deferred[Any]] = []
-
-    def callRemote(self, method: str, *args: Any) -> defer.Deferred[Any]:
-        self.calls.append((method, args))
-        handler = self.handlers.get(method)
-        if handler is None:  # never answers: a hung agent
-            d: defer.Deferred[Any] = defer.Deferred()
-            self.held.append(d)
-            return d
-        d = defer.maybeDeferred(handler, *args)
-        if method == "report_packed":  # packed as a real agent packs it (control.agent.AgentMind)
-            d.addCallback(lambda answer: pack_pieces(answer) if isinstance(answer, dict) else answer)
-        return d
-
-    def orders(self) -> list[list[WorkerOrder]]:
-        return [[WorkerOrder.from_wire(r) for r in unpack(args[0])] for m, args in self.calls if m == "apply_packed"]
-
-
-def info(**extra: Any) -> AgentInfo:
-    data = {"host": "loadgen-1", "pid": 4242, "budget": 19900, "ephemeral": 28232}
-    data.update(extra)
-    return AgentInfo.from_wire(data)
+from tests.support.minds import Mind, info, result
 
 
 def cfg(server: str = "127.0.0.1:8989-8990"):  # type: ignore[no-untyped-def]
     interface, _, ports = server.rpartition(":")
     return parse_config({"server": {"interface": interface, "ports": ports}, "control": {"secret": "x" * 16}})
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def events() -> EventLog:
-    return EventLog()
-
-
-@pytest.fixture
-def registry(clock: Clock, events: EventLog) -> Registry:
-    return Registry(clock, events.note)
-
-
-def result(d: defer.Deferred[Any]) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    return out[0]
 
 
 # ---------------------------------------------------------------- registry
@@ -151,7 +80,6 @@ def test_registry_lost_agent_is_marked_with_its_reason_and_cut(registry: Registr
 
 
 def test_registry_admits_a_report_within_what_one_agent_may_add(registry: Registry, clock: Clock) -> None:
-    from connscale.config.packed import pack_pieces
     from connscale.control.registry import EVENT_BURST, ROW_SLACK
 
     agent, _ = registry.register("a1", Mind(), info(workers=2))
@@ -190,7 +118,6 @@ def test_registry_bounds_new_names(registry: Registry, clock: Clock) -> None:
 
 
 def test_stats_are_packed_below_what_a_peer_accepts() -> None:
-    from connscale.config.packed import unpack
     from connscale.control.controller import pack_bounded
 
     row = {"index": 0, "resources": {f"k{i}": "v" * 100 for i in range(40)}}

@@ -15,7 +15,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,42 +23,14 @@ import pytest
 
 from connscale.control.auth import Credentials
 from connscale.control.login import LOGIN_TIMEOUT, PRELOGIN_BYTES
-from tests.support.procs import connscale
-from tests.test_e2e_hub import Hub
+from tests.support.hub import Hub
+from tests.support.procs import connscale, wait
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def hub(tmp_path):
-    made: list[Hub] = []
-
-    def make(grace: float | None = None, **kw) -> Hub:
-        h = Hub(tmp_path, **kw)
-        if grace is not None:
-            h.config.write_text(h.config.read_text().replace("client:\n", f"client:\n  hub_grace: {grace}\n", 1))
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        if h.proc is not None:
-            h.proc.stop()
-
-
 def secret_of(h: Hub) -> bytes:
     return (h.tmp / "xdg" / "connscale" / "secret").read_bytes().strip()
-
-
-def wait(what: str, probe, timeout: float = 30.0, every: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def tls(sock: socket.socket) -> ssl.SSLSocket:

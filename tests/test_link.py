@@ -23,8 +23,8 @@ from connscale.control.errors import ControlError, StartError
 from connscale.control.link import HubLink
 from connscale.control.records import AgentInfo, AgentReport
 from connscale.net.routes import Route
-from connscale.procs.records import ClientSpec, WorkerOrder
-from tests.test_control import SECRET, FakeMind, agent_info, make_cfg, tls_client
+from connscale.procs.records import WorkerOrder
+from tests.support.control import SECRET, FakeMind, StubSupervisor, agent_info, tls_client
 
 
 class MemoryEndpoint:
@@ -52,16 +52,6 @@ class MemoryEndpoint:
         for _ in range(rounds):
             for pump in self.pumps:
                 pump.flush()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def controller(clock: Clock) -> Controller:
-    return Controller(clock, make_cfg(), SECRET)
 
 
 def agent_link(clock: Clock, endpoint: MemoryEndpoint, secret: bytes = SECRET, **kw: Any) -> tuple[HubLink, dict]:
@@ -156,25 +146,6 @@ def agent_cfg(**client: Any):  # type: ignore[no-untyped-def]
                        "hub_grace": 30, **client},
             "control": {"secret": SECRET.decode()}}
     return parse_config(data)
-
-
-class StubSupervisor:
-    def __init__(self, budgets: list[int]) -> None:
-        self.slots = [type("Slot", (), {"budget": b, "target": 0, "routes": ()})() for b in budgets]
-        self.applied: list[list[WorkerOrder]] = []
-        self.ensured: list[int] = []
-        self.spec = ClientSpec(rate=100.0)
-        self.events: list[str] = []
-
-    def apply(self, orders: list[WorkerOrder]) -> defer.Deferred[None]:
-        self.applied.append(list(orders))
-        for slot, order in zip(self.slots, orders):
-            slot.target = order.target
-        return defer.succeed(None)
-
-    def ensure(self, n: int) -> defer.Deferred[list[int]]:
-        self.ensured.append(n)
-        return defer.succeed([s.budget for s in self.slots])
 
 
 @pytest.fixture

@@ -36,17 +36,7 @@ from connscale.control.login import (
     HubNotAuthentic,
     LoginThrottle,
 )
-from tests.test_control import SECRET, FakeMind, Link, make_cfg
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def controller(clock: Clock) -> Controller:
-    return Controller(clock, make_cfg(), SECRET)
+from tests.support.control import SECRET, FakeMind, Link, make_cfg
 
 
 def root_of(link: Link) -> Any:
