@@ -318,29 +318,40 @@ class Proc:
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM, then SIGKILL to the pid and any descendants still around."""
-        if self.alive():
-            kids = descendants(self.pid)
-            try:
-                self.p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.p.wait(grace)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name} (pid {self.pid}) did not stop in {grace:g}s; SIGKILL")
-                for pid in [self.pid] + [k for k in kids if k != self.pid]:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                try:
-                    self.p.wait(10)
-                except subprocess.TimeoutExpired:
-                    pass
+        stop_process(self.p, self.name, ((signal.SIGTERM, grace),))
         self._f.close()
 
     def last_lines(self, n: int = 15) -> str:
         return "\n".join(self.tail.text().splitlines()[-n:])
+
+
+def stop_process(proc: subprocess.Popen, name: str,
+                 steps: Iterable[tuple[int, float]] = ((signal.SIGTERM, 20.0),)) -> None:
+    """Stop a child we started, by its pid: each (signal, seconds to wait) of `steps` in turn
+    until it exits, then SIGKILL to it and to whatever of its process tree is still around
+    (as found before the first signal, and now)."""
+    if proc.poll() is not None:
+        return
+    kids = descendants(proc.pid)
+    for sig, wait in steps:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            log(f"{name} (pid {proc.pid}) did not stop {wait:g}s after {signal.Signals(sig).name}")
+    for pid in dict.fromkeys([proc.pid, *kids, *descendants(proc.pid)]):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def stop_pair(srv: Proc | None, cli: Proc | None, cli_grace: float = 20.0, srv_grace: float = 20.0) -> None:
@@ -418,6 +429,22 @@ def client_args(port: int, n: int, interval: float, rate: float, timeout: float 
     for ip in source_ips(n):
         args += ["--source-ip", ip]
     return args
+
+
+def start_client(srv: Proc, cargs: list[str], logdir: str, n: int, timeout: float) -> tuple[Proc, float]:
+    """Start the client (`cargs`) against `srv`, wait until both hold `n`: the client, and
+    the seconds that took. A client that does not get there is stopped here (the caller
+    never holds it)."""
+    cli = Proc("client", twistd_cmd(*cargs), logdir)
+    started = time.monotonic()
+    try:
+        wait_all_open(srv, cli, n, timeout)
+    except BaseException:
+        cli.stop()
+        raise
+    open_s = round(time.monotonic() - started, 2)
+    log(f"all {n} open after {open_s} s")
+    return cli, open_s
 
 
 def wait_all_open(srv: Proc, cli: Proc, n: int, timeout: float) -> None:

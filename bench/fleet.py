@@ -158,9 +158,6 @@ def run_helper(args: argparse.Namespace) -> None:
             return ('{"totals":' + json.dumps(t, separators=(",", ":"))
                     + ',"rtt":"' + rtts[self.turn % len(rtts)] + '",' + self.rest)
 
-        def remote_report(self) -> Any:
-            return json.loads(self.answer())
-
         def remote_ensure_workers(self, count: int, target: Any = None) -> list[int]:
             return [BUDGET] * int(count)
 
@@ -168,9 +165,6 @@ def run_helper(args: argparse.Namespace) -> None:
             counts["orders"] += 1
             # One JSON string, or a list of pieces of one (config.packed decides).
             self.targets = tuple(int(o["target"]) for o in unpack(text))
-
-        def remote_apply(self, rows: Any) -> None:
-            counts["orders"] += 1
 
         def remote_set_rate(self, rate: float) -> None:
             return None
@@ -184,7 +178,7 @@ def run_helper(args: argparse.Namespace) -> None:
                 host=f"sim-host-{self.turn % 1000:03d}", pid=self.pid, cores=8, budget=BUDGET,
                 memory=16 * 2**30, source_ips=sources, master_host="127.0.0.1", ephemeral=28_232,
                 configured_workers="auto", workers=WORKERS, worker_targets=self.targets, session=self.session,
-                rate=15_000.0, interval=60.0, timeout=10.0, packed=True,
+                rate=15_000.0, interval=60.0, timeout=10.0,
             )
 
         @defer.inlineCallbacks

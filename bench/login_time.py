@@ -11,7 +11,7 @@ connscale whose `dial.login(reactor, host, port, username, secret)` it finds on
 PYTHONPATH, so the same script measures the branch and main:
 
     python bench/login_time.py
-    PYTHONPATH=/work/main python bench/login_time.py
+    PYTHONPATH=../main python bench/login_time.py
 """
 
 from __future__ import annotations
@@ -27,23 +27,20 @@ import sys
 import tempfile
 import time
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as c  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime+stime of the process itself (its worker's CPU is no login's)."""
+    f = c.stat_fields(pid) or ["0"] * 13
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     work = tempfile.mkdtemp(prefix="connscale-login-")
-    port, serve = free_port(), free_port()
+    port, serve = c.free_port(), c.free_port()
     config = os.path.join(work, "hub.yaml")
     with open(config, "w") as f:
         json.dump({"server": {"interface": "127.0.0.1", "ports": [serve], "workers": 1, "status_interval": 60},
@@ -100,8 +97,7 @@ def main() -> None:
     except SystemExit:
         pass
     finally:
-        os.killpg(hub.pid, signal.SIGTERM)
-        hub.wait(15)
+        c.stop_process(hub, "hub", ((signal.SIGTERM, 15),))
     print(json.dumps(out))
     print(f"hub log: {os.path.join(work, 'hub.log')}", file=sys.stderr)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -161,13 +162,7 @@ def main() -> None:
                 print(line, end="")
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+            c.stop_process(p, "bench child", ((signal.SIGTERM, 15),))
 
 
 if __name__ == "__main__":

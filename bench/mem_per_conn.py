@@ -28,7 +28,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as c  # noqa: E402
@@ -76,11 +75,8 @@ def run(args: argparse.Namespace) -> dict:
         c.wait_until(lambda: int(c.last_status(srv.tail)["open"]) == 0, 15,
                      "the server to report open=0 after the baseline client stopped", [srv])
 
-        cli = c.Proc("client", c.twistd_cmd(*cargs), logdir)
-        t_open = time.monotonic()
-        c.wait_all_open(srv, cli, n, 30 + 3 * n / args.rate)
-        res["open_s"] = round(time.monotonic() - t_open, 2)
-        c.log(f"all {n} open after {res['open_s']} s; settling {args.settle} s")
+        cli, res["open_s"] = c.start_client(srv, cargs, logdir, n, 30 + 3 * n / args.rate)
+        c.log(f"settling {args.settle} s")
         c.sleep_polling(args.settle, [srv.tail, cli.tail])
 
         readings = [reading("loaded", cli)]

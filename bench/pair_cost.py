@@ -26,13 +26,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as c  # noqa: E402
 
-
-def meminfo() -> dict[str, int]:
-    out = {}
-    for line in c._read("/proc/meminfo").splitlines():
-        name, _, rest = line.partition(":")
-        out[name] = int(rest.split()[0]) * 1024
-    return out
+from connscale.host.inventory import read_meminfo  # noqa: E402
 
 
 def cpu_window(srv: c.Proc, cli: c.Proc, window: float) -> dict[str, float]:
@@ -50,7 +44,7 @@ def one_round(port: int, n: int, rate: float, settle: float, logdir: str, srv: c
     try:
         c.wait_all_open(srv, base, 1, 30)
         c.sleep_polling(settle, [srv.tail, base.tail])
-        m0 = meminfo()
+        m0 = read_meminfo()
         rss0 = c.tree_rss(srv.pid) + c.tree_rss(base.pid)
         cpu0 = cpu_window(srv, base, window)
         base.stop()
@@ -59,7 +53,7 @@ def one_round(port: int, n: int, rate: float, settle: float, logdir: str, srv: c
         cli = c.Proc(f"client-{k}", c.twistd_cmd(*c.client_args(port, n, interval, rate)), logdir)
         c.wait_all_open(srv, cli, n, 30 + 3 * n / rate)
         c.sleep_polling(settle, [srv.tail, cli.tail])
-        m1 = meminfo()
+        m1 = read_meminfo()
         rss1 = c.tree_rss(srv.pid) + c.tree_rss(cli.pid)
         cpu1 = cpu_window(srv, cli, window)
     finally:

@@ -25,6 +25,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from connscale.config.packed import pack_pieces
 from connscale.config.settings import parse_config
 from connscale.control.collect import Collector, EventLog
 from connscale.control.diagnosis import Diagnosis
@@ -71,10 +72,10 @@ class Servers:
 
 class Mind:
     def __init__(self, report: dict[str, Any]) -> None:
-        self.report = report
+        self.report = pack_pieces(report)  # as an agent answers report_packed
 
     def callRemote(self, method: str, *args: Any) -> defer.Deferred[Any]:
-        return defer.succeed(self.report if method.startswith("report") else None)
+        return defer.succeed(self.report if method == "report_packed" else None)
 
 
 def main() -> None:
@@ -96,7 +97,7 @@ def main() -> None:
     total = args.workers * per_worker
     report = AgentReport(totals=Snapshot(open=total, opened=total, pings=total * 10, pongs=total * 10), rtt=rtt,
                          workers=rows).to_wire()
-    info = AgentInfo.from_wire({"host": "loadgen", "pid": 4242, "budget": 19900, "packed": False})
+    info = AgentInfo.from_wire({"host": "loadgen", "pid": 4242, "budget": 19900})
     agent, _ = registry.register("local", Mind(report), info)
     agent.worker_targets = [per_worker] * args.workers
     servers = Servers(args.workers, per_worker)

@@ -48,7 +48,6 @@ import math
 import os
 import re
 import secrets
-import shutil
 import socket
 import statistics
 import sys
@@ -67,6 +66,7 @@ if REPO not in sys.path:
 from connscale.diagnose.records import Summary, read_summary  # noqa: E402
 from connscale.metrics.records import Stats  # noqa: E402
 from connscale.metrics.timeline import TIMELINE_FILE  # noqa: E402
+from connscale.host.inventory import read_meminfo  # noqa: E402
 from connscale.metrics.timeline import read_timeline as read_records  # noqa: E402
 
 KEYS = ("held", "mem_per_conn_server", "mem_per_conn_client", "worker_baseline_rss", "cpu_us_per_rt",
@@ -104,7 +104,7 @@ class Bench:
         return self.deadline - time.monotonic()
 
     def guard(self) -> None:
-        avail = meminfo()["MemAvailable"] * 1024
+        avail = read_meminfo().get("MemAvailable", 0)
         if avail < self.min_available:
             raise GuardTripped(f"MemAvailable {avail / 2**30:.1f} GiB < {self.args.min_available:g} GiB")
 
@@ -132,12 +132,6 @@ class Bench:
 # -- /proc -------------------------------------------------------------------------
 
 
-def meminfo() -> dict[str, int]:
-    out = {}
-    for line in open("/proc/meminfo"):
-        k, v = line.split(":", 1)
-        out[k] = int(v.split()[0])
-    return out
 
 
 def cmdline(pid: int) -> str:
@@ -865,7 +859,7 @@ def report(results: dict[str, dict[str, Any]], mode: str, bench: Bench) -> dict[
     ]
     print()
     print(f"== bench/run --{mode} on {socket.gethostname()} ({os.cpu_count()} cores, "
-          f"{meminfo()['MemTotal'] / 2**20:.1f} GiB), {time.strftime('%Y-%m-%d %H:%M')}")
+          f"{read_meminfo().get('MemTotal', 0) / 2**30:.1f} GiB), {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"   {'':42s} {'connscale':>12s} {'C':>12s} {'ratio':>7s}")
     for label, key, spec in rows:
         name, _, sub = key.partition(".")

@@ -70,6 +70,7 @@ from connscale.diagnose.records import read_summary
 from connscale.metrics.histograms import rtt_summary_ms
 from connscale.metrics.phases import FINAL_HOLD, merged_histogram
 from connscale.metrics.records import Stats
+from connscale.host.inventory import read_meminfo
 from connscale.metrics.timeline import TIMELINE_FILE, read_timeline
 
 MiB = 1024 * 1024
@@ -139,11 +140,7 @@ def build_config(args: argparse.Namespace, out: str) -> tuple[str, dict[str, Any
 
 
 def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return read_meminfo().get("MemAvailable", 0)
 
 
 def cmdline(pid: int) -> list[str]:
@@ -237,29 +234,7 @@ def stop_run(proc: subprocess.Popen, why: str) -> None:
     if proc.poll() is not None:
         return
     c.log(f"soak: stopping the run (pid {proc.pid}): {why}")
-    kids = c.descendants(proc.pid)
-    for sig, wait in ((signal.SIGINT, 90), (signal.SIGTERM, 30)):
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            c.log(f"soak: the run did not end {wait}s after {signal.Signals(sig).name}")
-    # Whatever is still there of the run's tree (as found before the first signal, plus now).
-    left = [p for p in dict.fromkeys([proc.pid, *kids, *c.descendants(proc.pid)]) if os.path.exists(f"/proc/{p}")]
-    for pid in left:
-        c.log(f"soak: SIGKILL pid {pid}")
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
+    c.stop_process(proc, "soak: the run", ((signal.SIGINT, 90), (signal.SIGTERM, 30)))
 
 
 def soak(args: argparse.Namespace, out: str) -> dict[str, Any]:

@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as c  # noqa: E402
 
 CHILD = r"""
 import json, os, sys, time
@@ -72,14 +74,8 @@ print(json.dumps(res))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def one(role: str, warm: float, window: float) -> dict:
-    spec = {"name": "cost-probe"} if role == "client" else {"ports": [free_port()], "name": "cost-probe"}
+    spec = {"name": "cost-probe"} if role == "client" else {"ports": [c.free_port()], "name": "cost-probe"}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", CHILD, role, json.dumps(spec), str(warm), str(window)],

@@ -21,10 +21,10 @@ from connscale.net.routes import Route
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
 from connscale.net.transport import ClientTransport
 from connscale.net.wire import ClientConnection
-from tests.support.loop import reactor, spin  # noqa: F401  (fixture)
+from tests.support.loop import spin
 
 
-def ping_server(reactor):  # type: ignore[no-untyped-def]  # noqa: F811
+def ping_server(reactor):  # type: ignore[no-untyped-def]
     counters = Counters()
     sock = bind_sockets("127.0.0.1", [0], 1024)[0]
     port = listen_on(reactor, sock, PingServerFactory("line", counters), counters.fail)
@@ -39,7 +39,7 @@ def closed_port() -> int:
     return port
 
 
-def test_the_pool_is_a_client_factory_users_can_hand_to_connect_tcp(reactor) -> None:  # noqa: F811
+def test_the_pool_is_a_client_factory_users_can_hand_to_connect_tcp(reactor) -> None:
     server, port = ping_server(reactor)
     pool = ConnectionPool(reactor, reactor, PoolSettings(interval=0.1, timeout=2.0), routes=[])
     assert isinstance(pool.factory, ClientFactory) and isinstance(pool.factory, PingClientFactory)
@@ -53,7 +53,7 @@ def test_the_pool_is_a_client_factory_users_can_hand_to_connect_tcp(reactor) -> 
     spin(reactor, lambda: pool.established == 0 and server.open == 0)
 
 
-def test_a_refused_connect_tcp_is_classified_by_the_factory(reactor) -> None:  # noqa: F811
+def test_a_refused_connect_tcp_is_classified_by_the_factory(reactor) -> None:
     pool = ConnectionPool(reactor, reactor, PoolSettings(interval=0.1, timeout=2.0), routes=[])
     reactor.connectTCP("127.0.0.1", closed_port(), pool.factory)
     assert pool.connecting == 1
@@ -62,7 +62,7 @@ def test_a_refused_connect_tcp_is_classified_by_the_factory(reactor) -> None:  #
     assert pool.connecting == 0 and pool.wanted() == 0  # no routes: nothing to replace
 
 
-def test_the_pool_dials_its_routes_through_the_factory_on_lean_transports(reactor) -> None:  # noqa: F811
+def test_the_pool_dials_its_routes_through_the_factory_on_lean_transports(reactor) -> None:
     server, port = ping_server(reactor)
     built = []
 
@@ -96,7 +96,7 @@ def time_wait_to(port: int) -> int:
     return sum(1 for line in out.splitlines() if line.strip())
 
 
-def held_pool(reactor, close: str):  # type: ignore[no-untyped-def]  # noqa: F811
+def held_pool(reactor, close: str):  # type: ignore[no-untyped-def]
     server, port = ping_server(reactor)
     pool = ConnectionPool(reactor, reactor, PoolSettings(interval=0.2, timeout=2.0, rate=5000, close=close),
                           [Route("127.0.0.4", "127.0.0.1", port, 1000)])
@@ -108,13 +108,13 @@ def held_pool(reactor, close: str):  # type: ignore[no-untyped-def]  # noqa: F81
     return pool, server, port
 
 
-def test_close_rst_leaves_no_time_wait(reactor) -> None:  # noqa: F811
+def test_close_rst_leaves_no_time_wait(reactor) -> None:
     pool, server, port = held_pool(reactor, "rst")
     assert time_wait_to(port) == 0
     assert pool.counters.failures == {}
 
 
-def test_close_rst_holds_when_the_sockets_end_with_the_process(reactor) -> None:  # noqa: F811
+def test_close_rst_holds_when_the_sockets_end_with_the_process(reactor) -> None:
     """A worker stopped before it drained: the kernel closes what it held, with a reset too."""
     server, port = ping_server(reactor)
     pool = ConnectionPool(reactor, reactor, PoolSettings(interval=0.2, timeout=2.0, rate=5000, close="rst"),
@@ -130,7 +130,7 @@ def test_close_rst_holds_when_the_sockets_end_with_the_process(reactor) -> None:
     assert time_wait_to(port) == 0
 
 
-def test_close_fin_leaves_time_wait_behind(reactor) -> None:  # noqa: F811
+def test_close_fin_leaves_time_wait_behind(reactor) -> None:
     """The control for the test above: an orderly close does leave them."""
     # A full TIME_WAIT table (tcp_max_tw_buckets, shared by every process on the host: a
     # million-connection run closing with FIN fills it for a minute) makes the kernel drop new

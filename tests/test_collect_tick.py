@@ -29,24 +29,14 @@ from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
 from connscale.procs.supervisor import Slot, Supervisor
-from tests.test_control_parts import Mind, info, result
+from tests.support.minds import Mind, info, result
 
 
 @pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(100)
-    return c
-
-
-@pytest.fixture
-def events() -> EventLog:
-    return EventLog()
-
-
-@pytest.fixture
-def registry(clock: Clock, events: EventLog) -> Registry:
-    return Registry(clock, events.note)
+def clock(clock: Clock) -> Clock:
+    """The shared clock, 100 s on: the hub's records start after second 0."""
+    clock.advance(100)
+    return clock
 
 
 def rtts(n: int, value_us: int = 1500) -> str:
@@ -78,7 +68,7 @@ class SlowMind(Mind):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.waiting: list[defer.Deferred[Any]] = []
-        super().__init__(report=self._report)
+        super().__init__(report_packed=self._report)
 
     def _report(self) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()
@@ -91,7 +81,7 @@ class SlowMind(Mind):
             d.callback(self.agent.answer())
 
     def report_calls(self) -> int:
-        return sum(1 for m, _ in self.calls if m == "report")
+        return sum(1 for m, _ in self.calls if m == "report_packed")
 
 
 def run_until(clock: Clock, t: float) -> None:
@@ -126,7 +116,7 @@ def rtt_count(record: Stats) -> int:
 def test_one_line_a_second_on_time_while_an_agent_answers_3_s_late(registry: Registry, clock: Clock,
                                                                     events: EventLog, tmp_path: Path) -> None:
     fast, slow = Agent(100, open_=10), Agent(7, open_=5)
-    registry.register("fast", Mind(report=fast.answer), info())
+    registry.register("fast", Mind(report_packed=fast.answer), info())
     slow_mind = SlowMind(slow)
     registry.register("slow", slow_mind, info())
     timeline = Timeline(tmp_path)
@@ -151,7 +141,7 @@ def test_one_line_a_second_on_time_while_an_agent_answers_3_s_late(registry: Reg
 def test_a_late_agent_is_counted_with_its_last_report_marked_stale_with_its_age(
         registry: Registry, clock: Clock, events: EventLog, tmp_path: Path) -> None:
     fast, slow = Agent(100, open_=10), Agent(7, open_=5)
-    registry.register("fast", Mind(report=fast.answer), info())
+    registry.register("fast", Mind(report_packed=fast.answer), info())
     slow_mind = SlowMind(slow)
     registry.register("slow", slow_mind, info())
     timeline = Timeline(tmp_path)
@@ -184,7 +174,7 @@ def test_the_console_the_live_view_and_metrics_say_which_agent_is_stale(
     from connscale.metrics.render import format_stats
     from tests.test_prometheus import samples
 
-    registry.register("fast", Mind(report=Agent(1, open_=1).answer), info())
+    registry.register("fast", Mind(report_packed=Agent(1, open_=1).answer), info())
     slow_mind = SlowMind(Agent(1, open_=2))
     registry.register("slow", slow_mind, info())
     timeline = Timeline(tmp_path)
@@ -204,7 +194,7 @@ def test_the_console_the_live_view_and_metrics_say_which_agent_is_stale(
 def test_a_late_answer_is_counted_once_in_the_line_written_after_it_lands(
         registry: Registry, clock: Clock, events: EventLog, tmp_path: Path) -> None:
     fast, slow = Agent(100, open_=10), Agent(7, open_=5)
-    registry.register("fast", Mind(report=fast.answer), info())
+    registry.register("fast", Mind(report_packed=fast.answer), info())
     slow_mind = SlowMind(slow)
     registry.register("slow", slow_mind, info())
     timeline = Timeline(tmp_path)
@@ -239,8 +229,8 @@ def test_a_late_answer_is_counted_once_in_the_line_written_after_it_lands(
 def test_an_agent_that_never_answers_is_still_marked_lost_and_the_lines_go_on(
         registry: Registry, clock: Clock, events: EventLog, tmp_path: Path) -> None:
     fast = Agent(100, open_=10)
-    registry.register("fast", Mind(report=fast.answer), info())
-    hung = Mind(report=None)  # type: ignore[arg-type]  # it never answers: SIGSTOP, a cut cable
+    registry.register("fast", Mind(report_packed=fast.answer), info())
+    hung = Mind(report_packed=None)  # type: ignore[arg-type]  # it never answers: SIGSTOP, a cut cable
     registry.register("hung", hung, info())
     timeline = Timeline(tmp_path)
     collector = Collector(clock, registry, events, timeline=timeline, lost_after=5.0)
@@ -255,24 +245,24 @@ def test_an_agent_that_never_answers_is_still_marked_lost_and_the_lines_go_on(
     assert recs[-1].clients["hung"].lost_reason == agent.lost_reason and recs[-1].stale == ()
     assert any("agent hung lost: no answer for 5 s" in e for r in recs for e in r.events)
     # One question only, until it timed out and the agent was lost.
-    assert sum(1 for m, _ in hung.calls if m == "report") == 1
+    assert sum(1 for m, _ in hung.calls if m == "report_packed") == 1
     assert all(r.clients["fast"].stale_s == 0.0 for r in recs)
 
 
 def test_the_stats_poll_and_the_tick_share_questions_and_a_fresh_report(registry: Registry, clock: Clock,
                                                                         events: EventLog) -> None:
     agent = Agent(1, open_=3)
-    mind = Mind(report=agent.answer)
+    mind = Mind(report_packed=agent.answer)
     registry.register("a", mind, info())
     collector = Collector(clock, registry, events)
     result(collector.tick())
     clock.advance(0.3)
     result(collector.poll())  # `ctl stats` / `connscale run` right after the tick: that report will do
-    assert sum(1 for m, _ in mind.calls if m == "report") == 1
+    assert sum(1 for m, _ in mind.calls if m == "report_packed") == 1
     assert collector.stats().clients["a"].stale_s == 0.0
     clock.advance(0.7)
     result(collector.poll())
-    assert sum(1 for m, _ in mind.calls if m == "report") == 2
+    assert sum(1 for m, _ in mind.calls if m == "report_packed") == 2
 
 
 # ---------------------------------------------------------------- the supervisor, inside an agent and the hub

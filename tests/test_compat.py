@@ -31,7 +31,6 @@ from connscale.compat.epoll import (
 )
 from connscale.compat.lines import PresizedLineReceiver
 from connscale.compat.sockets import raw_accept
-from tests.support.loop import reactor  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +53,7 @@ class Reader:
         pass
 
 
-def test_the_reactors_epoll_and_selectables(reactor) -> None:  # noqa: F811
+def test_the_reactors_epoll_and_selectables(reactor) -> None:
     assert is_epoll_reactor(reactor)
     poller = reactor_epoll(reactor)
     assert isinstance(poller, select.epoll) and not poller.closed
@@ -74,7 +73,7 @@ def test_the_reactors_epoll_and_selectables(reactor) -> None:  # noqa: F811
     b.close()
 
 
-def test_the_timer_state_the_lean_main_loop_reads(reactor) -> None:  # noqa: F811
+def test_the_timer_state_the_lean_main_loop_reads(reactor) -> None:
     # A new call waits in _newTimedCalls until _insertNewDelayedCalls moves it to the
     # heap _pendingTimedCalls, ordered by .time; stop() sets _justStopped for
     # runUntilCurrent, which fires "shutdown"; _started and running are the loop's flags.
@@ -88,7 +87,7 @@ def test_the_timer_state_the_lean_main_loop_reads(reactor) -> None:  # noqa: F81
     call.cancel()
 
 
-def test_the_lean_main_loop_replaces_only_this_reactors(reactor) -> None:  # noqa: F811
+def test_the_lean_main_loop_replaces_only_this_reactors(reactor) -> None:
     from twisted.internet.epollreactor import EPollReactor
 
     turns: list[object] = []
@@ -108,7 +107,7 @@ def test_the_lean_main_loop_replaces_only_this_reactors(reactor) -> None:  # noq
     assert turns[:2] == ["timer", None] and set(turns[2:]) <= {0.0}
 
 
-def test_replacing_the_poll_changes_only_this_reactor(reactor) -> None:  # noqa: F811
+def test_replacing_the_poll_changes_only_this_reactor(reactor) -> None:
     seen = []
     replace_poll(reactor, lambda r, timeout: seen.append((r, timeout)))
     reactor.doIteration(0.25)  # what ReactorBase.mainLoop calls each turn

@@ -30,7 +30,6 @@ from connscale.control.console import (
     ConsoleService,
     Readable,
     _ConsoleInterpreter,
-    endpoint_is_loopback,
     make_console,
     wrap_namespace,
 )
@@ -246,12 +245,6 @@ def test_ssh_console_beyond_loopback_warns(tmp_path):
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert any("reachable beyond loopback" in e.get("log_format", "") for e in events)
-
-
-@pytest.mark.parametrize("listen", ["tcp:8791:interface=127.0.0.1", "tcp:0:127.0.0.5",
-                                    "tcp6:8791:interface=\\:\\:1", "tcp:8791:backlog=5:interface=127.1.2.3"])
-def test_loopback_endpoints(listen):
-    assert endpoint_is_loopback(listen)
 
 
 def public_key_file(path: Path) -> Path:

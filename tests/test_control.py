@@ -11,164 +11,19 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.spread import pb
-from twisted.test import iosim
 
 from connscale.config.settings import parse_config
-from connscale.control import controller as control_mod
 from connscale.control import dial
-from connscale.control.auth import CredentialError, Credentials
-from connscale.control.channel import TLSFactory, client_options
+from connscale.control.auth import CredentialError
 from connscale.control.controller import ControlError, Controller
-from connscale.control.login import ControlClientFactory, HubNotAuthentic, authenticate
+from connscale.control.login import HubNotAuthentic
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.records import SCHEMA, Stats
 from connscale.metrics.timeline import Timeline, read_timeline
-from connscale.procs.records import WorkerOrder
-
-SECRET = b"sesame-open-up"
-
-
-# ---------------------------------------------------------------- harness
-
-
-class FakeMind(pb.Referenceable):
-    """An agent's mind: records orders, answers with canned data."""
-
-    def __init__(self, budget: int = 19900, workers: int = 0) -> None:
-        self.budget = budget
-        self.workers = workers
-        self.ensure_calls: list[int] = []
-        self.applied: list[list[Any]] = []
-        self.rates: list[float] = []
-        self.shutdowns = 0
-        self.report: dict[str, Any] = {
-            "totals": {"open": 0, "opened": 0, "closed": 0, "pings": 0, "pongs": 0, "skipped": 0,
-                       "failures": {}, "protocol": {}},
-            "rtt": "",
-            "workers": [],
-            "connecting": 0,
-            "events": [],
-        }
-        # Set to a Deferred to hold `apply` answers back (simulates a slow agent).
-        self.hold_apply: defer.Deferred[None] | None = None
-
-    def remote_ensure_workers(self, count: int, target: int | None = None) -> list[int]:
-        self.ensure_calls.append(count)
-        self.workers = max(self.workers, count)
-        return [self.budget] * self.workers
-
-    def remote_apply(self, rows: list[Any]) -> Any:
-        # The orders as the agent reads them: typed, checked records.
-        self.applied.append([WorkerOrder.from_wire(r) for r in rows])
-        return self.hold_apply
-
-    def remote_report(self) -> dict[str, Any]:
-        return self.report
-
-    def remote_set_rate(self, rate: float) -> None:
-        self.rates.append(rate)
-
-    def remote_shutdown(self) -> None:
-        self.shutdowns += 1
-
-
-def tls_client(factory: Any) -> TLSFactory:
-    """`factory` behind TLS as a peer dials the hub (channel.client_options, unverified)."""
-    return TLSFactory(client_options("127.0.0.1"), True, factory, clock=Clock())
-
-
-class Link:
-    """One in-memory PB connection to the controller's control port (TLS, login gate, guarded broker)."""
-
-    def __init__(self, controller: Controller, peer: str = "127.0.0.1") -> None:
-        self.server_factory = controller.server_factory()
-        self.client_factory = ControlClientFactory()
-        self.perspective: Any = None
-        client_tls = tls_client(self.client_factory)
-        self.client, self.server, self.pump = iosim.connectedServerAndClient(
-            lambda: self.server_factory.buildProtocol(None),
-            lambda: client_tls.buildProtocol(None),
-            # Every test connection comes from one address, as a real peer's would.
-            serverTransportFactory=lambda proto: iosim.FakeTransport(
-                proto, isServer=True, peerAddress=IPv4Address("TCP", peer, 40000)),
-        )
-
-        #: The hub's end of this connection (inside its TLS layer, which forgets it at the end).
-        self.broker = self.server.wrappedProtocol
-
-    def login(self, user: bytes, secret: bytes = SECRET, mind: Any = None) -> Any:
-        d = self.client_factory.getRootObject().addCallback(
-            authenticate, user.decode("utf-8"), Credentials.from_secret(secret), mind, "127.0.0.1:8790")
-        # Held: PB logs an avatar out as soon as the client drops its perspective.
-        self.perspective = self.wait(d)
-        if isinstance(self.perspective, Failure):
-            self.drop()  # as dial.login does: a failed login hangs up (and frees its peer's turn)
-        return self.perspective
-
-    def wait(self, d: defer.Deferred[Any]) -> Any:
-        """Pump until `d` fires; return its result or the Failure."""
-        self.pump.flush()
-        assert d.called, "no answer over the in-memory connection"
-        out: list[Any] = []
-        d.addBoth(out.append)
-        return out[0]
-
-    def drop(self) -> None:
-        self.client.transport.loseConnection()
-        self.pump.flush()
-
-
-def make_cfg(server: str = "127.0.0.1:8989-8990", **client: Any):  # type: ignore[no-untyped-def]
-    """The hub serves `server` (interface:ports); agents are routed there."""
-    interface, _, ports = server.rpartition(":")
-    return parse_config({"server": {"interface": interface, "ports": ports}, "client": client,
-                         "control": {"secret": SECRET.decode()}})
-
-
-def agent_info(**extra: Any) -> dict[str, Any]:
-    info: dict[str, Any] = {"host": "loadgen-1", "pid": 4242, "cores": 4, "budget": 19900, "source_ips": [],
-                            "ephemeral": 28232, "configured_workers": "auto", "workers": 0,
-                            "worker_targets": []}
-    info.update(extra)
-    return info
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def controller(clock: Clock) -> Controller:
-    return Controller(clock, make_cfg(), SECRET)
-
-
-def register(controller: Controller, name: str = "x", mind: FakeMind | None = None,
-             **info: Any) -> tuple[Link, FakeMind, Any]:
-    mind = mind if mind is not None else FakeMind()
-    link = Link(controller)
-    perspective = link.login(f"agent:{name}".encode(), mind=mind)
-    assert not isinstance(perspective, Failure), perspective
-    answer = link.wait(perspective.callRemote("register", agent_info(**info)))
-    assert not isinstance(answer, Failure), answer
-    return link, mind, answer
-
-
-def run(link: Link, d: defer.Deferred[Any]) -> Any:
-    return link.wait(d)
-
-
-def row_total(orders: list[WorkerOrder]) -> int:
-    return sum(o.target for o in orders)
-
-
-def targets(orders: list[WorkerOrder]) -> list[int]:
-    return [o.target for o in orders]
-
+from tests.support.control import SECRET, FakeMind, Link, make_cfg, register, row_total, run, targets
 
 # ---------------------------------------------------------------- logins
 
@@ -478,13 +333,13 @@ def test_tick_writes_a_timeline_record(clock: Clock, tmp_path: Path) -> None:
 def test_concurrent_polls_share_one_round(controller: Controller) -> None:
     link, mind, _ = register(controller)
     calls: list[int] = []
-    original = mind.remote_report
+    original = mind.remote_report_packed
 
-    def counting() -> dict[str, Any]:
+    def counting() -> list[str]:
         calls.append(1)
         return original()
 
-    mind.remote_report = counting  # type: ignore[method-assign]
+    mind.remote_report_packed = counting  # type: ignore[method-assign]
     a, b = controller.poll(), controller.poll()
     link.pump.flush()
     assert a.called and b.called
@@ -598,47 +453,27 @@ def test_workers_follow_what_the_routes_can_carry(clock: Clock) -> None:
 # ---------------------------------------------------------------- packed reports
 
 
-class PackedMind(FakeMind):
-    """An agent of this version: it answers report_packed (JSON text; a real agent sends pieces)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.packed_calls = 0
-
-    def remote_report(self) -> dict[str, Any]:
-        raise AssertionError("a packed agent is asked for report_packed")
-
-    def remote_report_packed(self) -> str:
-        from connscale.config.packed import pack
-
-        self.packed_calls += 1
-        return pack(self.report)
-
-    def remote_apply(self, rows: list[Any]) -> Any:
-        raise AssertionError("a packed agent gets apply_packed")
-
-    def remote_apply_packed(self, text: str) -> Any:
-        from connscale.config.packed import unpack
-
-        self.applied.append([WorkerOrder.from_wire(r) for r in unpack(text)])
-        return None
-
-
-def test_an_agent_that_offers_packed_reports_is_asked_for_them(controller: Controller) -> None:
-    mind = PackedMind()
+def test_reports_and_orders_travel_packed(controller: Controller) -> None:
+    mind = FakeMind()
     mind.report["totals"]["open"] = 42
-    link, _, _ = register(controller, "p", mind=mind, packed=True)
+    link, _, _ = register(controller, "p", mind=mind)
     run(link, controller.poll())
     assert mind.packed_calls == 1
     assert controller.stats().client.open == 42
+    assert run(link, controller.connections_start(500, "p")) == 500
+    assert row_total(mind.applied[-1]) == 500 and mind.applied[-1][0].routes
 
 
-def test_an_agent_that_does_not_say_so_is_asked_for_plain_reports(controller: Controller) -> None:
-    mind = FakeMind()
-    mind.report["totals"]["open"] = 7
-    link, _, _ = register(controller, "old", mind=mind)  # an older agent: no `packed` field
-    run(link, controller.poll())
-    assert controller.stats().client.open == 7
+def test_a_peer_of_the_protocol_with_plain_reports_is_refused_at_login(controller: Controller) -> None:
+    """Version 2 agents may answer only the plain `report`/`apply`, which are gone: the login's
+    version gate refuses them before they register."""
+    from connscale.control.login import PROTOCOL_VERSION
+
+    link = Link(controller)
+    root = link.wait(link.client_factory.getRootObject())
+    answer = link.wait(root.callRemote("hello", PROTOCOL_VERSION - 1, "agent:old", "127.0.0.1:8790"))
+    assert isinstance(answer, Failure) and "is not ours" in answer.getErrorMessage()
+    assert controller.registry.agents == {}
 
 
 def test_stats_packed_is_stats_as_json_text(controller: Controller) -> None:
@@ -656,19 +491,12 @@ def test_stats_packed_is_stats_as_json_text(controller: Controller) -> None:
     assert stats.schema == SCHEMA and stats.client == controller.stats().client
 
 
-def test_a_packed_agents_orders_arrive_packed(controller: Controller) -> None:
-    mind = PackedMind()
-    link, _, _ = register(controller, "p", mind=mind, packed=True)
-    assert run(link, controller.connections_start(500, "p")) == 500
-    assert row_total(mind.applied[-1]) == 500 and mind.applied[-1][0].routes
-
-
 def test_a_million_connections_of_orders_reach_a_real_agent_mind_over_pb(clock: Clock) -> None:
     """bench/million.yaml's layout: 53 workers' orders with 640 routes each are ~940 KB of
     JSON, more than Banana carries in one string (640 KiB): they travel in pieces."""
     from connscale.config.packed import PIECE
     from connscale.control.agent import AgentMind, make_agent
-    from tests.test_link import StubSupervisor
+    from tests.support.control import StubSupervisor
 
     sources = "127.0.0.2-127.0.0.41"  # 40 source IPs x 16 ports = 640 routes
     controller = Controller(clock, make_cfg(server="127.0.0.1:10000-10015", per_route_max=14000), SECRET)
@@ -688,7 +516,7 @@ def test_a_million_connections_of_orders_reach_a_real_agent_mind_over_pb(clock: 
             return AgentMind(agent).remote_apply_packed(pieces)
 
     mind = BigMind()
-    link, _, _ = register(controller, "big", mind=mind, packed=True,
+    link, _, _ = register(controller, "big", mind=mind,
                           source_ips=[f"127.0.0.{i}" for i in range(2, 42)])
     assert run(link, controller.connections_start(1_000_000, "big")) == 1_000_000
     assert mind.ensure_calls == [53]

@@ -7,7 +7,7 @@ records (the PB boundary) and verbs (one list for the avatar, console and ctl).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import pytest
@@ -15,12 +15,13 @@ from twisted.internet import defer, task
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from connscale.config.packed import pack, pack_pieces, unpack
 from connscale.config.records import RecordError
 from connscale.config.settings import parse_config
 from connscale.control.collect import Collector, EventLog
 from connscale.control.errors import ControlError
 from connscale.control.orders import Orders
-from connscale.control.records import AgentInfo, AgentReport, RegisterAnswer
+from connscale.control.records import AgentReport, RegisterAnswer
 from connscale.control.registry import NAME_HOLD, NameHeld, Registry
 from connscale.control.verbs import BY_CLI, BY_NAME, VERBS
 from connscale.host.observed import ObserverRow, ProcessRow, TargetRow
@@ -29,80 +30,12 @@ from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
 from connscale.net.routes import Route
 from connscale.procs.records import ClientSpec, ServerSpec, WorkerHello, WorkerOrder, WorkerRow
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.aborted = False
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-
-
-class Broker:
-    def __init__(self) -> None:
-        self.transport = Transport()
-
-
-class Mind:
-    """A fake agent mind: answers each method with a handler, or holds the answer back."""
-
-    def __init__(self, **handlers: Callable[..., Any]) -> None:
-        self.broker = Broker()
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-        self.handlers: dict[str, Callable[..., Any]] = {
-            "ensure_workers": lambda n, target=None: [19900] * n,
-            "apply": lambda rows: None,
-            "report": lambda: AgentReport().to_wire(),
-            "set_rate": lambda rate: None,
-        }
-        self.handlers.update(handlers)
-        self.held: list[defer.Deferred[Any]] = []
-
-    def callRemote(self, method: str, *args: Any) -> defer.Deferred[Any]:
-        self.calls.append((method, args))
-        handler = self.handlers.get(method)
-        if handler is None:  # never answers: a hung agent
-            d: defer.Deferred[Any] = defer.Deferred()
-            self.held.append(d)
-            return d
-        return defer.maybeDeferred(handler, *args)
-
-    def orders(self) -> list[list[WorkerOrder]]:
-        return [[WorkerOrder.from_wire(r) for r in args[0]] for m, args in self.calls if m == "apply"]
-
-
-def info(**extra: Any) -> AgentInfo:
-    data = {"host": "loadgen-1", "pid": 4242, "budget": 19900, "ephemeral": 28232}
-    data.update(extra)
-    return AgentInfo.from_wire(data)
+from tests.support.minds import Mind, info, result
 
 
 def cfg(server: str = "127.0.0.1:8989-8990"):  # type: ignore[no-untyped-def]
     interface, _, ports = server.rpartition(":")
     return parse_config({"server": {"interface": interface, "ports": ports}, "control": {"secret": "x" * 16}})
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def events() -> EventLog:
-    return EventLog()
-
-
-@pytest.fixture
-def registry(clock: Clock, events: EventLog) -> Registry:
-    return Registry(clock, events.note)
-
-
-def result(d: defer.Deferred[Any]) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    return out[0]
 
 
 # ---------------------------------------------------------------- registry
@@ -148,7 +81,6 @@ def test_registry_lost_agent_is_marked_with_its_reason_and_cut(registry: Registr
 
 
 def test_registry_admits_a_report_within_what_one_agent_may_add(registry: Registry, clock: Clock) -> None:
-    from connscale.config.packed import pack_pieces
     from connscale.control.registry import EVENT_BURST, ROW_SLACK
 
     agent, _ = registry.register("a1", Mind(), info(workers=2))
@@ -187,7 +119,6 @@ def test_registry_bounds_new_names(registry: Registry, clock: Clock) -> None:
 
 
 def test_stats_are_packed_below_what_a_peer_accepts() -> None:
-    from connscale.config.packed import unpack
     from connscale.control.controller import pack_bounded
 
     row = {"index": 0, "resources": {f"k{i}": "v" * 100 for i in range(40)}}
@@ -253,8 +184,8 @@ def test_registry_wait_registered(registry: Registry) -> None:
 
 
 def test_agent_call_times_out_on_the_given_clock(registry: Registry, clock: Clock) -> None:
-    agent, _ = registry.register("a1", Mind(report=None), info())  # type: ignore[arg-type]
-    d = agent.call(clock, "report", timeout=3)
+    agent, _ = registry.register("a1", Mind(report_packed=None), info())  # type: ignore[arg-type]
+    d = agent.call(clock, "report_packed", timeout=3)
     clock.advance(3)
     f = result(d)
     assert isinstance(f, Failure) and f.check(defer.TimeoutError)
@@ -311,7 +242,7 @@ def test_orders_run_one_at_a_time_per_agent(registry: Registry, clock: Clock, ev
         held.append(defer.Deferred())
         return held[-1]
 
-    mind = Mind(apply=apply)
+    mind = Mind(apply_packed=apply)
     registry.register("a1", mind, info())
     orders = orders_for(registry, clock, events)
     first, second = orders.change("a1", 100, +1), orders.change("a1", 100, +1)
@@ -353,8 +284,8 @@ def report(open_: int = 0, **extra: Any) -> dict[str, Any]:
 
 def test_collect_merges_reports_and_records_a_second(registry: Registry, clock: Clock, events: EventLog,
                                                      tmp_path: Path) -> None:
-    registry.register("a", Mind(report=lambda: report(7, events=("worker 1 lost",))), info())
-    registry.register("b", Mind(report=lambda: report(5)), info())
+    registry.register("a", Mind(report_packed=lambda: report(7, events=("worker 1 lost",))), info())
+    registry.register("b", Mind(report_packed=lambda: report(5)), info())
     timeline = Timeline(tmp_path)
     collector = Collector(clock, registry, events, timeline=timeline)
     clock.advance(2)
@@ -370,8 +301,8 @@ def test_collect_merges_reports_and_records_a_second(registry: Registry, clock: 
 def test_collect_times_each_poll_round_for_the_timeline(registry: Registry, clock: Clock, events: EventLog,
                                                         tmp_path: Path) -> None:
     """poll_ms: from a round's first call to its last answer, so the slowest agent sets it."""
-    registry.register("fast", Mind(report=lambda: report(1)), info())
-    registry.register("slow", Mind(report=lambda: task.deferLater(clock, 0.25, report, 3)), info())
+    registry.register("fast", Mind(report_packed=lambda: report(1)), info())
+    registry.register("slow", Mind(report_packed=lambda: task.deferLater(clock, 0.25, report, 3)), info())
     timeline = Timeline(tmp_path)
     collector = Collector(clock, registry, events, timeline=timeline)
     d = collector.tick()
@@ -383,7 +314,7 @@ def test_collect_times_each_poll_round_for_the_timeline(registry: Registry, cloc
 
 
 def test_collect_refuses_a_malformed_report(registry: Registry, clock: Clock, events: EventLog) -> None:
-    agent, _ = registry.register("a", Mind(report=lambda: {"totals": {"open": -3}}), info())
+    agent, _ = registry.register("a", Mind(report_packed=lambda: {"totals": {"open": -3}}), info())
     result(Collector(clock, registry, events).poll())
     assert agent.last is None
     assert any("agent a: report refused: AgentReport.totals: open: must be between 0" in e for e in events.take())
@@ -391,7 +322,7 @@ def test_collect_refuses_a_malformed_report(registry: Registry, clock: Clock, ev
 
 def test_collect_marks_a_silent_agent_lost_within_seconds(registry: Registry, clock: Clock,
                                                           events: EventLog) -> None:
-    mind = Mind(report=None)  # type: ignore[arg-type]  # it never answers: SIGSTOP, a cut cable
+    mind = Mind(report_packed=None)  # type: ignore[arg-type]  # it never answers: SIGSTOP, a cut cable
     agent, _ = registry.register("a", mind, info())
     collector = Collector(clock, registry, events, lost_after=5.0)
     for _ in range(6):
@@ -404,7 +335,7 @@ def test_collect_marks_a_silent_agent_lost_within_seconds(registry: Registry, cl
 
 def test_collect_does_not_blame_agents_for_its_own_stall(registry: Registry, clock: Clock,
                                                          events: EventLog) -> None:
-    agent, _ = registry.register("a", Mind(report=lambda: report(1)), info())
+    agent, _ = registry.register("a", Mind(report_packed=lambda: report(1)), info())
     collector = Collector(clock, registry, events, lost_after=5.0)
     for _ in range(3):
         result(collector.poll())
@@ -416,7 +347,7 @@ def test_collect_does_not_blame_agents_for_its_own_stall(registry: Registry, clo
 
 
 def test_collect_keeps_an_agent_that_answers(registry: Registry, clock: Clock, events: EventLog) -> None:
-    agent, _ = registry.register("a", Mind(report=lambda: report(1)), info())
+    agent, _ = registry.register("a", Mind(report_packed=lambda: report(1)), info())
     collector = Collector(clock, registry, events, lost_after=5.0)
     for _ in range(30):
         result(collector.poll())
@@ -426,7 +357,7 @@ def test_collect_keeps_an_agent_that_answers(registry: Registry, clock: Clock, e
 
 def test_concurrent_polls_share_one_round(registry: Registry, clock: Clock, events: EventLog) -> None:
     held: list[defer.Deferred[Any]] = []
-    registry.register("a", Mind(report=lambda: held.append(defer.Deferred()) or held[-1]), info())
+    registry.register("a", Mind(report_packed=lambda: held.append(defer.Deferred()) or held[-1]), info())
     collector = Collector(clock, registry, events)
     first, second = collector.poll(), collector.poll()
     assert len(held) == 1
@@ -534,9 +465,9 @@ def test_worker_snapshots_are_checked_where_they_enter_the_parent() -> None:
     supervisor = Supervisor(Clock(), "client", ClientSpec(), "t")
     slot = Slot(0)
     supervisor.slots.append(slot)
-    supervisor._got({"open": "lots"}, slot)
+    supervisor._got(pack({"open": "lots"}), slot)
     assert slot.last is None and slot.answered_at == 0.0  # junk is no answer
-    supervisor._got(good, slot)
+    supervisor._got(pack(good), slot)
     assert slot.last == good and supervisor.totals().open == 3
 
 
@@ -571,7 +502,7 @@ def test_collect_carries_lost_client_workers_from_agent_reports(
     loss = WorkerLoss(worker="a-client-worker-2", side="client", pid=777, how="was killed by signal 9 (SIGKILL)",
                       connections=900, t=55.0)   # the agent's clock: not ours
     reports = [report(7, losses=(loss,)), report(6)]
-    registry.register("a", Mind(report=lambda: reports.pop(0) if reports else report(6)), info())
+    registry.register("a", Mind(report_packed=lambda: reports.pop(0) if reports else report(6)), info())
     timeline = Timeline(tmp_path)
     collector = Collector(clock, registry, events, timeline=timeline)
     clock.advance(4)

@@ -15,7 +15,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,42 +23,14 @@ import pytest
 
 from connscale.control.auth import Credentials
 from connscale.control.login import LOGIN_TIMEOUT, PRELOGIN_BYTES
-from tests.support.procs import connscale
-from tests.test_e2e_hub import Hub
+from tests.support.hub import Hub
+from tests.support.procs import connscale, wait
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def hub(tmp_path):
-    made: list[Hub] = []
-
-    def make(grace: float | None = None, **kw) -> Hub:
-        h = Hub(tmp_path, **kw)
-        if grace is not None:
-            h.config.write_text(h.config.read_text().replace("client:\n", f"client:\n  hub_grace: {grace}\n", 1))
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        if h.proc is not None:
-            h.proc.stop()
-
-
 def secret_of(h: Hub) -> bytes:
     return (h.tmp / "xdg" / "connscale" / "secret").read_bytes().strip()
-
-
-def wait(what: str, probe, timeout: float = 30.0, every: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def tls(sock: socket.socket) -> ssl.SSLSocket:
@@ -234,10 +205,15 @@ def test_start_up_errors_are_one_line_and_exit_2(hub, tmp_path: Path):
         port = busy.getsockname()[1]
         cases = [
             # First, while no hub has written a secret for them to find.
-            (["agent", "--config", str(h.config), "--master", f"127.0.0.1:{h.control}"], "no control secret"),
+            # The control layer's StartError, said by the tap with its program's name.
+            (["agent", "--config", str(h.config), "--master", f"127.0.0.1:{h.control}"],
+             "connscale-client: no control secret"),
+            (["observe", "--config", str(h.config), "--master", f"127.0.0.1:{h.control}", "--pid", "1"],
+             "connscale-observe: no control secret"),
             (["server", "--config", str(h.config), "--control", f"tcp:{port}:interface=127.0.0.1"],
-             f"control.listen: cannot listen on tcp:{port}:interface=127.0.0.1: EADDRINUSE"),
-            (["server", "--config", str(h.config), "--console", "telnet"], "the telnet console was removed"),
+             f"connscale-server: control.listen: cannot listen on tcp:{port}:interface=127.0.0.1: EADDRINUSE"),
+            (["server", "--config", str(h.config), "--console", "telnet"],
+             "connscale-server: control.console: the telnet console was removed"),
             (["ctl", "--config", str(h.config), "--master", "127.0.0.1:x", "count"], "--master"),
         ]
         for argv, needle in cases:

@@ -34,9 +34,8 @@ import pytest
 from connscale.control.auth import Credentials, confirmation
 from connscale.control.login import THROTTLE_FAILURES
 from connscale.control.registry import SHOW_DEPARTED
-from tests.support.procs import Proc, connscale, free_port
-from tests.test_e2e_control import wait
-from tests.test_e2e_hub import Hub, hub  # noqa: F401  (the fixture)
+from tests.support.hub import Hub
+from tests.support.procs import Proc, connscale, free_port, wait
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from connscale.net.routes import Route
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
 from connscale.net.transport import ClientTransport, DialTarget, ListeningPort
 from connscale.net.wheel import CallLaterTimers, TimerWheel
-from tests.support.loop import reactor, spin  # noqa: F401  (fixture)
+from tests.support.loop import spin
 
 
 # -- the switch ---------------------------------------------------------------------
@@ -60,7 +60,7 @@ def test_every_command_applies_the_environment_to_net_fast_path(monkeypatch, tmp
     assert "CONNSCALE_FAST_PATH='sometimes'" in capsys.readouterr().err
 
 
-def test_off_means_twisted_transports_and_no_loop(reactor) -> None:  # noqa: F811
+def test_off_means_twisted_transports_and_no_loop(reactor) -> None:
     assert fastpath.loop(reactor, False) is None
     pool = ConnectionPool(reactor, reactor, PoolSettings(), [], fast_path=False)
     assert isinstance(pool.wheel, CallLaterTimers)
@@ -110,7 +110,7 @@ def test_a_failing_callback_is_counted_and_the_rest_still_fire() -> None:
 
 # -- the lean main loop ------------------------------------------------------------------
 
-def test_the_lean_loop_runs_timers_thread_calls_and_events_then_stops(reactor) -> None:  # noqa: F811
+def test_the_lean_loop_runs_timers_thread_calls_and_events_then_stops(reactor) -> None:
     loop = loop_for(reactor)
     assert loop is not None
     order: list[str] = []
@@ -168,7 +168,7 @@ def test_the_lean_loop_runs_timers_thread_calls_and_events_then_stops(reactor) -
 
 # -- the lean client transport is its own IConnector ---------------------------------------
 
-def test_a_lean_transport_is_a_connector_with_its_destination(reactor) -> None:  # noqa: F811
+def test_a_lean_transport_is_a_connector_with_its_destination(reactor) -> None:
     counters = Counters()
     port = listen_on(reactor, bind_sockets("127.0.0.1", [0], 64)[0], PingServerFactory("line", counters),
                      counters.fail, fast_path=True)
@@ -202,7 +202,7 @@ def test_a_lean_transport_is_a_connector_with_its_destination(reactor) -> None: 
 
 # -- the pool over Twisted's transports ----------------------------------------------------
 
-def test_the_pool_off_the_fast_path_dials_with_connect_tcp_and_the_same_factory(reactor) -> None:  # noqa: F811
+def test_the_pool_off_the_fast_path_dials_with_connect_tcp_and_the_same_factory(reactor) -> None:
     counters = Counters()
     port = listen_on(reactor, bind_sockets("127.0.0.1", [0], 64)[0], PingServerFactory("line", counters),
                      counters.fail, fast_path=False)
@@ -225,7 +225,7 @@ def test_the_pool_off_the_fast_path_dials_with_connect_tcp_and_the_same_factory(
     assert pool.route_load == [0, 0] and pool.counters.failures == {}
 
 
-def test_a_refused_dial_off_the_fast_path_frees_its_route_and_counts_by_cause(reactor) -> None:  # noqa: F811
+def test_a_refused_dial_off_the_fast_path_frees_its_route_and_counts_by_cause(reactor) -> None:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     closed = s.getsockname()[1]

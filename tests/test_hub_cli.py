@@ -19,7 +19,7 @@ from connscale.control import hub as hub_mod
 from connscale.control.auth import AGENT_KEY_PREFIX, CredentialError, Credentials
 from connscale.control.controller import Controller
 from connscale.control.errors import ControlError
-from tests.test_control import SECRET, FakeMind, Link, agent_info
+from tests.support.control import SECRET, FakeMind, Link, agent_info
 
 # ---------------------------------------------------------------- hub
 

@@ -29,7 +29,7 @@ from connscale.control.launch import (
     stdin_for,
 )
 from tests.support.procs import free_port
-from tests.support.sshd import remote_python, sshd_or_skip
+from tests.support.sshd import remote_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -264,12 +264,6 @@ def wait_gone(pid: int, seconds: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-@pytest.fixture(scope="module")
-def sshd():
-    with sshd_or_skip() as server:
-        yield server
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from connscale.diagnose.advice import ADVICE, advise
+from connscale.diagnose.fixes import CAUSES, advise
 from connscale.host import limits
 from connscale.host.kernel import kernel_snapshot, read_netstat, read_sockstat
 from connscale.host.limits import (
@@ -310,8 +310,9 @@ def test_advice_covers_causes():
         "protocol_error",
         "worker_lost",
     }
-    assert expected <= set(ADVICE)
-    for cause, text in ADVICE.items():
+    assert expected <= set(CAUSES)
+    for cause in CAUSES:
+        text = advise(cause)
         assert text and "\n" not in text and text.endswith("."), cause
 
 
@@ -337,7 +338,7 @@ def test_advise_unknown_cause_is_generic():
 
 def test_advice_is_read_only():
     with pytest.raises(TypeError):
-        ADVICE["EMFILE"] = "x"  # type: ignore[index]
+        CAUSES["EMFILE"] = "x"  # type: ignore[index]
 
 
 # --- process resources ------------------------------------------------------

@@ -13,17 +13,18 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
+from connscale.config.packed import pack_pieces
 from connscale.config.settings import parse_config
 from connscale.control.agent import AgentMind, make_agent
 from connscale.control.auth import Credentials
 from connscale.control.bounds import WORKER_MEMORY, OrderBounds
 from connscale.control.controller import Controller
-from connscale.control.errors import ControlError
+from connscale.control.errors import ControlError, StartError
 from connscale.control.link import HubLink
 from connscale.control.records import AgentInfo, AgentReport
 from connscale.net.routes import Route
-from connscale.procs.records import ClientSpec, WorkerOrder
-from tests.test_control import SECRET, FakeMind, agent_info, make_cfg, tls_client
+from connscale.procs.records import WorkerOrder
+from tests.support.control import SECRET, FakeMind, StubSupervisor, agent_info, tls_client
 
 
 class MemoryEndpoint:
@@ -51,16 +52,6 @@ class MemoryEndpoint:
         for _ in range(rounds):
             for pump in self.pumps:
                 pump.flush()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def controller(clock: Clock) -> Controller:
-    return Controller(clock, make_cfg(), SECRET)
 
 
 def agent_link(clock: Clock, endpoint: MemoryEndpoint, secret: bytes = SECRET, **kw: Any) -> tuple[HubLink, dict]:
@@ -157,25 +148,6 @@ def agent_cfg(**client: Any):  # type: ignore[no-untyped-def]
     return parse_config(data)
 
 
-class StubSupervisor:
-    def __init__(self, budgets: list[int]) -> None:
-        self.slots = [type("Slot", (), {"budget": b, "target": 0, "routes": ()})() for b in budgets]
-        self.applied: list[list[WorkerOrder]] = []
-        self.ensured: list[int] = []
-        self.spec = ClientSpec(rate=100.0)
-        self.events: list[str] = []
-
-    def apply(self, orders: list[WorkerOrder]) -> defer.Deferred[None]:
-        self.applied.append(list(orders))
-        for slot, order in zip(self.slots, orders):
-            slot.target = order.target
-        return defer.succeed(None)
-
-    def ensure(self, n: int) -> defer.Deferred[list[int]]:
-        self.ensured.append(n)
-        return defer.succeed([s.budget for s in self.slots])
-
-
 @pytest.fixture
 def agent(clock: Clock):  # type: ignore[no-untyped-def]
     a = make_agent(clock, agent_cfg())
@@ -191,7 +163,7 @@ def order(target: int, *routes: Route) -> dict[str, Any]:
 def test_agent_obeys_orders_within_its_bounds(agent: Any) -> None:
     mind = AgentMind(agent)
     ok = Route("127.0.0.2", "127.0.0.1", 8989, 100)
-    mind.remote_apply([order(10, ok), order(5, ok)])
+    mind.remote_apply_packed(pack_pieces([order(10, ok), order(5, ok)]))
     assert [o.target for o in agent.supervisor.applied[-1]] == [10, 5]
 
 
@@ -204,7 +176,7 @@ def test_agent_obeys_orders_within_its_bounds(agent: Any) -> None:
 ])
 def test_agent_refuses_orders_outside_its_bounds(agent: Any, orders: list, problem: str) -> None:
     with pytest.raises(ControlError) as e:
-        AgentMind(agent).remote_apply(orders)
+        AgentMind(agent).remote_apply_packed(pack_pieces(orders))
     assert problem in str(e.value) and "\n" not in str(e.value)
     assert agent.supervisor.applied == []
 
@@ -250,7 +222,7 @@ def test_a_hub_giving_orders_ends_the_grace_period(agent: Any, clock: Clock) -> 
     agent.supervisor.slots[0].target = 700
     agent._hub_lost("gone")
     clock.advance(10)
-    AgentMind(agent).remote_apply([order(700), order(0)])  # a hub is back and in charge
+    AgentMind(agent).remote_apply_packed(pack_pieces([order(700), order(0)]))  # a hub is back and in charge
     clock.advance(60)
     assert [[o.target for o in a] for a in agent.supervisor.applied] == [[700, 0]]
 
@@ -271,9 +243,9 @@ def test_agent_without_a_secret_exits_with_one_line(clock: Clock, tmp_path: Any,
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.delenv("CONNSCALE_SECRET", raising=False)
     cfg = parse_config({"client": {"master": "127.0.0.1:8790", "name": "a1"}})
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(StartError) as e:
         make_agent(clock, cfg)
-    assert str(e.value).startswith("connscale-client: no control secret") and "\n" not in str(e.value)
+    assert str(e.value).startswith("no control secret") and "\n" not in str(e.value)
 
 
 def test_agent_runs_on_an_agent_key_alone(clock: Clock, tmp_path: Any) -> None:

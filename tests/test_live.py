@@ -144,7 +144,7 @@ def test_terminal_mode_redraws_in_place() -> None:
 
 @pytest.mark.slow
 def test_ctl_watch_against_a_real_hub_plain_and_on_a_terminal(tmp_path: Path) -> None:
-    from tests.test_e2e_hub import Hub
+    from tests.support.hub import Hub
 
     hub = Hub(tmp_path)
     proc = hub.start()

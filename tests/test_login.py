@@ -28,6 +28,7 @@ from connscale.control.auth import (
 from connscale.control.controller import Controller
 from connscale.control.login import (
     LOGIN_TIMEOUT,
+    PROTOCOL_VERSION,
     MESSAGE_ELEMENTS,
     PRELOGIN_BYTES,
     PRELOGIN_ELEMENTS,
@@ -35,17 +36,7 @@ from connscale.control.login import (
     HubNotAuthentic,
     LoginThrottle,
 )
-from tests.test_control import SECRET, FakeMind, Link, make_cfg
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def controller(clock: Clock) -> Controller:
-    return Controller(clock, make_cfg(), SECRET)
+from tests.support.control import SECRET, FakeMind, Link, make_cfg
 
 
 def root_of(link: Link) -> Any:
@@ -115,7 +106,7 @@ def start(link: Link, username: str, password: bytes, dialled: str = "127.0.0.1:
     from connscale.control.channel import binding
 
     root = root_of(link)
-    salt, exchange = link.wait(root.callRemote("hello", 2, username, dialled))
+    salt, exchange = link.wait(root.callRemote("hello", PROTOCOL_VERSION, username, dialled))
     ours = LoginExchange("peer", password, transcript(username, dialled, salt, binding(link.client)))
     theirs, hub_confirm = link.wait(exchange.callRemote("start", ours.start()))
     return salt, exchange, ours.finish(theirs), hub_confirm
@@ -185,10 +176,11 @@ def test_a_captured_confirmation_cannot_be_replayed(controller: Controller) -> N
 
 @pytest.mark.parametrize("args, problem", [
     ((1, "operator", "hub:1"), "control protocol 1 is not ours"),
-    ((2, "x" * 200, "hub:1"), "a login name is text of at most 80 characters"),
-    ((2, "janitor", "hub:1"), "unknown role"),
-    ((2, "agent:a b", "hub:1"), "an agent name is 1-64 letters"),
-    ((2, "operator", "hub\x1b[2J"), "the hub as dialled is text of at most 300 printable characters"),
+    ((2, "operator", "hub:1"), "control protocol 2 is not ours"),  # its agents may answer only the plain report
+    ((PROTOCOL_VERSION, "x" * 200, "hub:1"), "a login name is text of at most 80 characters"),
+    ((PROTOCOL_VERSION, "janitor", "hub:1"), "unknown role"),
+    ((PROTOCOL_VERSION, "agent:a b", "hub:1"), "an agent name is 1-64 letters"),
+    ((PROTOCOL_VERSION, "operator", "hub\x1b[2J"), "the hub as dialled is text of at most 300 printable characters"),
 ])
 def test_a_malformed_hello_is_refused_in_one_line(controller: Controller, args: tuple, problem: str) -> None:
     link = Link(controller)
@@ -199,7 +191,7 @@ def test_a_malformed_hello_is_refused_in_one_line(controller: Controller, args: 
 
 def test_a_malformed_start_is_refused(controller: Controller) -> None:
     link = Link(controller)
-    _, exchange = link.wait(root_of(link).callRemote("hello", 2, "operator", "hub:1"))
+    _, exchange = link.wait(root_of(link).callRemote("hello", PROTOCOL_VERSION, "operator", "hub:1"))
     result = link.wait(exchange.callRemote("start", b"\0" * 33))
     assert isinstance(result, Failure) and "not a SPAKE2 message" in result.getErrorMessage()
 
@@ -207,8 +199,8 @@ def test_a_malformed_start_is_refused(controller: Controller) -> None:
 def test_one_login_per_connection(controller: Controller) -> None:
     link = Link(controller)
     root = root_of(link)
-    link.wait(root.callRemote("hello", 2, "operator", "hub:1"))
-    again = link.wait(root.callRemote("hello", 2, "operator", "hub:1"))
+    link.wait(root.callRemote("hello", PROTOCOL_VERSION, "operator", "hub:1"))
+    again = link.wait(root.callRemote("hello", PROTOCOL_VERSION, "operator", "hub:1"))
     assert isinstance(again, Failure) and "one login per connection" in again.getErrorMessage()
 
 
@@ -236,7 +228,7 @@ def test_bytes_before_login_are_bounded(controller: Controller) -> None:
     link = Link(controller)
     root = root_of(link)
     # Banana allows each string 640 KiB; before login the whole connection gets PRELOGIN_BYTES.
-    root.callRemote("hello", 2, "operator", "x" * (PRELOGIN_BYTES + 1))
+    root.callRemote("hello", PROTOCOL_VERSION, "operator", "x" * (PRELOGIN_BYTES + 1))
     assert server_closed(link)
     assert controller.throttle.refused["size"] == 1
 
@@ -246,7 +238,7 @@ def test_elements_before_login_are_bounded(controller: Controller) -> None:
     # more than their bytes. A list of small ints: ~3 bytes each, well under the byte bound.
     link = Link(controller)
     root = root_of(link)
-    root.callRemote("hello", 2, "operator", list(range(PRELOGIN_ELEMENTS + 1)))
+    root.callRemote("hello", PROTOCOL_VERSION, "operator", list(range(PRELOGIN_ELEMENTS + 1)))
     assert server_closed(link)
     assert controller.throttle.refused["size"] == 1
 
@@ -302,7 +294,7 @@ def test_failed_logins_are_throttled_and_logged_once_per_interval(controller: Co
         # The next attempt from that peer is refused at its hello, and says it is retryable.
         link = Link(controller)
         links.append(link)
-        result = link.wait(root_of(link).callRemote("hello", 2, "operator", "hub:1"))
+        result = link.wait(root_of(link).callRemote("hello", PROTOCOL_VERSION, "operator", "hub:1"))
         assert isinstance(result, Failure) and "too many failed logins from 127.0.0.1" in result.getErrorMessage()
         assert dial.is_throttled(result) and not dial.is_unauthorized(result)
         assert dial.retry_after(result) == pytest.approx(10)
@@ -322,7 +314,7 @@ def test_parallel_connections_do_not_get_past_the_throttle(controller: Controlle
     # One exchange in flight per peer: a guesser opening many connections at once gets one
     # hub answer at a time, each counted when it fails, and THROTTLE_FAILURES in all.
     links = [Link(controller) for _ in range(THROTTLE_FAILURES * 3)]
-    exchanges = [link.wait(root_of(link).callRemote("hello", 2, "operator", "hub:1"))[1] for link in links]
+    exchanges = [link.wait(root_of(link).callRemote("hello", PROTOCOL_VERSION, "operator", "hub:1"))[1] for link in links]
     starts = [ex.callRemote("start", LoginExchange("peer", b"guess", b"t").start()) for ex in exchanges]
     for link in links:
         link.pump.flush()

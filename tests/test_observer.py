@@ -38,7 +38,7 @@ from connscale.metrics.prometheus import TimelineCollector, registry_for
 from connscale.metrics.records import AgentRow, Incident, Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.workers import WorkerRow
-from tests.test_control_parts import Mind, info
+from tests.support.minds import Mind, info
 
 SECRET = "s" * 16
 
@@ -110,8 +110,8 @@ def gone_event(kind: str, text: str) -> ObservedEvent:
 # -- the hub's side -------------------------------------------------------------------------------
 
 @pytest.fixture
-def controller() -> Controller:
-    clock = Clock()
+def controller(clock: Clock) -> Controller:
+    """A controller 1000 s into its life, with this module's secret."""
     clock.advance(1000)
     return Controller(clock, parse_config({"control": {"secret": SECRET}}), SECRET.encode())
 

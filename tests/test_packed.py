@@ -20,8 +20,9 @@ def test_round_trip_and_plain_structures_pass_through():
     assert unpack(pack(data).encode()) == data  # PB may hand a str back as bytes
     assert unpack(pack_pieces(data)) == data and len(pack_pieces(data)) == 1
     assert unpack([p.encode() for p in pack_pieces(data)]) == data
-    assert unpack(data) is data  # an older peer's structure, checked by its record as before
-    assert unpack([]) == []
+    for plain in (data, [], [data], 7, None):  # the plain structure is no packed payload any more
+        with pytest.raises(PackError):
+            unpack(plain)
 
 
 def test_big_payloads_are_cut_into_pieces_banana_carries():

@@ -27,7 +27,7 @@ from connscale.metrics.phases import (
 from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
-from tests.test_control import SECRET, Link, make_cfg, register, run
+from tests.support.control import SECRET, Link, make_cfg, register, run
 
 
 def hist_of(*values_us: int) -> str:

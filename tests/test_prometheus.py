@@ -118,7 +118,7 @@ def test_metrics_listen_is_loopback_unless_asked_and_warned() -> None:
 
 @pytest.mark.slow
 def test_scraping_a_real_hub_gives_the_numbers_of_its_timeline(tmp_path: Path) -> None:
-    from tests.test_e2e_hub import Hub
+    from tests.support.hub import Hub
 
     hub = Hub(tmp_path)
     port = free_port()

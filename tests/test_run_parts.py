@@ -20,6 +20,7 @@ from connscale.app import summary
 from connscale.app.children import describe_exit
 from connscale.app.rundir import RunDirectory, RunDirError
 from connscale.app.scenario import CALL_TIMEOUT, HUB_SILENT_LIMIT, RunError, Scenario
+from connscale.config.packed import pack_pieces
 from connscale.config.settings import (
     Config,
     ScenarioSettings,
@@ -75,7 +76,8 @@ class FakeHub:
             if self.silent:
                 return defer.Deferred()  # never answers: the caller's timeout fires
             self.tick()
-            return defer.succeed(self.stats())
+            # Packed as the hub packs it (controller.pack_bounded): protocol 3 has no unpacked stats.
+            return defer.succeed(pack_pieces(self.stats()))
         if method == "set_phase":
             self.phases.append(args[0])
             return defer.succeed(args[0])

@@ -15,7 +15,6 @@ from connscale.control.secret import (
     configured_secret,
     default_secret_path,
     hub_secret,
-    is_loopback_endpoint,
     read_secret_file,
 )
 
@@ -195,31 +194,3 @@ def test_client_secret_error_when_nothing_available(env: dict[str, str]) -> None
     assert "\n" not in message
     assert "CONNSCALE_SECRET" in message and str(default_secret_path(env)) in message
     assert not default_secret_path(env).exists()  # a client never generates one
-
-
-# ---------------------------------------------------------------- loopback
-
-
-@pytest.mark.parametrize(
-    "endpoint, loopback",
-    [
-        ("tcp:8790", False),
-        ("tcp:port=8790", False),
-        ("tcp:8790:interface=127.0.0.1", True),
-        ("tcp:port=8790:interface=127.0.0.1", True),
-        ("tcp:8790:127.0.0.1", True),  # tcp takes the interface positionally too
-        ("tcp:8790:interface=127.0.0.53", True),
-        (r"tcp:8790:interface=\:\:1", True),
-        ("tcp:8790:interface=localhost", True),
-        ("tcp:8790:interface=0.0.0.0", False),
-        (r"tcp:8790:interface=\:\:", False),
-        ("tcp:8790:interface=192.168.1.10", False),
-        ("tcp:8790:interface=example.com", False),
-        ("unix:/run/connscale.sock", True),
-        ("unix:path=/tmp/x.sock:mode=600", True),
-        ("ssl:8790:privateKey=key.pem:interface=127.0.0.1", True),
-        ("ssl:8790:privateKey=key.pem", False),
-    ],
-)
-def test_is_loopback_endpoint(endpoint: str, loopback: bool) -> None:
-    assert is_loopback_endpoint(endpoint) is loopback

@@ -24,7 +24,6 @@ from tests.support.sshd import (  # noqa: E402
     descendants,
     remote_command,
     remote_python,
-    sshd_or_skip,
     sshd_unavailable_reason,
     tagged_pids,
 )
@@ -47,12 +46,6 @@ def _alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-@pytest.fixture(scope="module")
-def sshd():
-    with sshd_or_skip() as server:
-        yield server
 
 
 @pytest.fixture

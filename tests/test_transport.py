@@ -19,7 +19,7 @@ from connscale.metrics.counters import Counters, classify
 from connscale.net.dispatch import Loop, loop_for
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
 from connscale.net.transport import ClientTransport, DialTarget, ListeningPort, ServerTransport
-from tests.support.loop import reactor, spin, turns  # noqa: F401  (fixture)
+from tests.support.loop import spin, turns
 
 
 class Recorder(Protocol):
@@ -75,7 +75,7 @@ def read_available(sock: socket.socket) -> bytes:
         out += chunk
 
 
-def test_the_lean_loop_is_installed_only_on_epoll_reactors(reactor) -> None:  # noqa: F811
+def test_the_lean_loop_is_installed_only_on_epoll_reactors(reactor) -> None:
     from twisted.internet.testing import MemoryReactor
 
     assert isinstance(loop_for(reactor), Loop)
@@ -83,7 +83,7 @@ def test_the_lean_loop_is_installed_only_on_epoll_reactors(reactor) -> None:  # 
     assert loop_for(MemoryReactor()) is None
 
 
-def test_accepted_connections_get_lean_transports_and_data_flows(reactor) -> None:  # noqa: F811
+def test_accepted_connections_get_lean_transports_and_data_flows(reactor) -> None:
     factory = Recording()
     port, number = serve(reactor, factory)
     assert isinstance(port, ListeningPort)
@@ -112,7 +112,7 @@ def fill_socket(fd: int) -> int:
             return total
 
 
-def test_a_partial_write_queues_the_rest_and_flushes_when_writable(reactor) -> None:  # noqa: F811
+def test_a_partial_write_queues_the_rest_and_flushes_when_writable(reactor) -> None:
     factory = Recording()
     _, number = serve(reactor, factory)
     c, proto = peer_of(reactor, factory, number)
@@ -133,7 +133,7 @@ def test_a_partial_write_queues_the_rest_and_flushes_when_writable(reactor) -> N
     assert t.wbuf == b"" and proto.lost is None
 
 
-def test_eagain_on_the_first_write_queues_it_whole(reactor) -> None:  # noqa: F811
+def test_eagain_on_the_first_write_queues_it_whole(reactor) -> None:
     factory = Recording()
     _, number = serve(reactor, factory)
     c, proto = peer_of(reactor, factory, number)
@@ -152,7 +152,7 @@ def test_eagain_on_the_first_write_queues_it_whole(reactor) -> None:  # noqa: F8
     assert t.wbuf == b""
 
 
-def test_close_while_queued_flushes_first_and_drops_later_writes(reactor) -> None:  # noqa: F811
+def test_close_while_queued_flushes_first_and_drops_later_writes(reactor) -> None:
     factory = Recording()
     _, number = serve(reactor, factory)
     c, proto = peer_of(reactor, factory, number)
@@ -184,7 +184,7 @@ def test_close_while_queued_flushes_first_and_drops_later_writes(reactor) -> Non
     assert proto.lost is not None and proto.lost.check(error.ConnectionDone)
 
 
-def test_lose_connection_reports_after_the_callers_turn(reactor) -> None:  # noqa: F811
+def test_lose_connection_reports_after_the_callers_turn(reactor) -> None:
     factory = Recording()
     _, number = serve(reactor, factory)
     c, proto = peer_of(reactor, factory, number)
@@ -194,7 +194,7 @@ def test_lose_connection_reports_after_the_callers_turn(reactor) -> None:  # noq
     assert c.recv(10) == b""
 
 
-def test_abort_resets_the_connection(reactor) -> None:  # noqa: F811
+def test_abort_resets_the_connection(reactor) -> None:
     factory = Recording()
     _, number = serve(reactor, factory)
     c, proto = peer_of(reactor, factory, number)
@@ -207,7 +207,7 @@ def test_abort_resets_the_connection(reactor) -> None:  # noqa: F811
         c.recv(10)
 
 
-def test_a_reset_from_the_peer_is_a_lost_connection_with_its_errno(reactor) -> None:  # noqa: F811
+def test_a_reset_from_the_peer_is_a_lost_connection_with_its_errno(reactor) -> None:
     factory = Recording()
     _, number = serve(reactor, factory)
     c, proto = peer_of(reactor, factory, number)
@@ -218,7 +218,7 @@ def test_a_reset_from_the_peer_is_a_lost_connection_with_its_errno(reactor) -> N
     assert classify(proto.lost) == "ECONNRESET"
 
 
-def test_a_protocol_that_raises_loses_only_its_own_connection(reactor) -> None:  # noqa: F811
+def test_a_protocol_that_raises_loses_only_its_own_connection(reactor) -> None:
     class Broken(Recorder):
         def dataReceived(self, data: bytes) -> None:
             raise ZeroDivisionError("bug")
@@ -241,7 +241,7 @@ def test_a_protocol_that_raises_loses_only_its_own_connection(reactor) -> None: 
     assert bad_peer.recv(10) == b""
 
 
-def test_twisted_selectables_share_the_loop(reactor) -> None:  # noqa: F811
+def test_twisted_selectables_share_the_loop(reactor) -> None:
     """A port of Twisted's own (here an echo server) works beside ours."""
 
     class Echo(Protocol):
@@ -265,7 +265,7 @@ def test_twisted_selectables_share_the_loop(reactor) -> None:  # noqa: F811
     twisted_port.stopListening()
 
 
-def test_work_asked_for_outside_an_event_runs_before_the_next_wait(reactor) -> None:  # noqa: F811
+def test_work_asked_for_outside_an_event_runs_before_the_next_wait(reactor) -> None:
     loop = loop_for(reactor)
     assert loop is not None
     done = []
@@ -293,7 +293,7 @@ def closed_port() -> int:
     return port
 
 
-def test_a_refused_connect_is_a_connect_error_with_its_errno(reactor) -> None:  # noqa: F811
+def test_a_refused_connect_is_a_connect_error_with_its_errno(reactor) -> None:
     loop = loop_for(reactor)
     connector, proto = Connector(), Recorder()
     t = ClientTransport(loop, proto, connector)
@@ -305,7 +305,7 @@ def test_a_refused_connect_is_a_connect_error_with_its_errno(reactor) -> None:  
     assert proto.made == 0 and t.fd == -1
 
 
-def test_stop_connecting_reports_a_user_error(reactor) -> None:  # noqa: F811
+def test_stop_connecting_reports_a_user_error(reactor) -> None:
     loop = loop_for(reactor)
     factory = Recording()
     _, number = serve(reactor, factory)
@@ -318,7 +318,7 @@ def test_stop_connecting_reports_a_user_error(reactor) -> None:  # noqa: F811
     assert connector.failed[0].check(error.UserError) and proto.made == 0
 
 
-def test_a_client_transport_binds_its_source_and_carries_data(reactor) -> None:  # noqa: F811
+def test_a_client_transport_binds_its_source_and_carries_data(reactor) -> None:
     loop = loop_for(reactor)
     factory = Recording()
     _, number = serve(reactor, factory)
@@ -334,7 +334,7 @@ def test_a_client_transport_binds_its_source_and_carries_data(reactor) -> None: 
     spin(reactor, lambda: proto.data == b"Pong\n")
 
 
-def test_emfile_on_accept_drops_that_connection_and_counts_it(reactor) -> None:  # noqa: F811
+def test_emfile_on_accept_drops_that_connection_and_counts_it(reactor) -> None:
     counted = []
     factory = Recording()
     port, number = serve(reactor, factory, fail=lambda phase, cause: counted.append((phase, cause)))
@@ -358,7 +358,7 @@ def test_emfile_on_accept_drops_that_connection_and_counts_it(reactor) -> None: 
     assert proto.made == 1
 
 
-def test_ping_server_over_lean_transports(reactor) -> None:  # noqa: F811
+def test_ping_server_over_lean_transports(reactor) -> None:
     counters = Counters()
     _, number = serve(reactor, PingServerFactory("line", counters), fail=counters.fail)
     c = socket.create_connection(("127.0.0.1", number))

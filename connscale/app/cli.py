@@ -26,7 +26,8 @@ from connscale.config.settings import Config
 
 
 def master_of(cfg: Config, given: str | None) -> tuple[str, int]:
-    from connscale.config.settings import endpoint_address, parse_hostport
+    from connscale.config.endpoints import dial_address
+    from connscale.config.settings import parse_hostport
 
     if given:
         try:
@@ -37,8 +38,7 @@ def master_of(cfg: Config, given: str | None) -> tuple[str, int]:
         return host, ports[0]
     if cfg.client.master is not None:
         return cfg.client.master
-    address = endpoint_address(cfg.control.listen) or ("127.0.0.1", 8790)
-    return address[0] or "127.0.0.1", address[1]
+    return dial_address(cfg.control.listen) or ("127.0.0.1", 8790)
 
 
 #: ctl subcommands that are not controller verbs: they run on the operator's side.

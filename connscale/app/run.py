@@ -34,8 +34,9 @@ from connscale.app.live import LiveView, RunInfo
 from connscale.app.rundir import RunDirectory, RunDirError
 from connscale.app.scenario import Progress, RunError, Scenario
 from connscale.app.search import SearchScenario
-from connscale.app.startup import EXIT_USAGE, load_or_exit
-from connscale.config.settings import Config, endpoint_address
+from connscale.app.startup import EXIT_REFUSED, EXIT_USAGE, load_or_exit
+from connscale.config.endpoints import dial_address
+from connscale.config.settings import Config
 from connscale.config.tls import is_self_signed
 from connscale.diagnose.budget import render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
@@ -184,8 +185,7 @@ class Experiment:
                 )
 
     def control_address(self) -> tuple[str, int]:
-        address = endpoint_address(self.cfg.control.listen) or ("127.0.0.1", 8790)
-        return address[0] or "127.0.0.1", address[1]
+        return dial_address(self.cfg.control.listen) or ("127.0.0.1", 8790)
 
     @defer.inlineCallbacks
     def login(self):  # type: ignore[no-untyped-def]

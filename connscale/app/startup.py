@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from connscale.config.settings import Config, ConfigError, load_config
+from connscale.control.errors import StartError
 from connscale.net import fastpath
 
 log = Logger(namespace="connscale")
@@ -83,14 +84,19 @@ def repeat_option(name: str, doc: str):  # type: ignore[no-untyped-def]
 
 
 @contextmanager
-def startup_errors() -> Iterator[None]:
+def startup_errors(prog: str) -> Iterator[None]:
     """Every start-up error of a command leaves as one line on stderr and exit status 2.
 
-    Lower layers raise `SystemExit("prog: what went wrong")` (one line); Python
-    would print it and exit 1. Scripts tell a bad start (2) from a run that failed.
+    The control layer raises `StartError("what went wrong")` (one line), which leaves as
+    "prog: what went wrong"; a tap's own `SystemExit("prog: ...")` leaves as it is (Python
+    would print it and exit 1). Scripts tell a bad start (2) from a run that failed.
     """
     try:
         yield
+    except StartError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(EXIT_USAGE) from None
     except SystemExit as e:
         if isinstance(e.code, str):
             sys.stderr.write(e.code.rstrip("\n") + "\n")

@@ -89,7 +89,7 @@ class PoolService(Service):
 
 
 def makeService(options: Options) -> IService:
-    with startup_errors():
+    with startup_errors(PROG):
         return _make_service(options)
 
 
@@ -110,7 +110,7 @@ def _make(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     if c.master is not None:
         from connscale.control.agent import make_agent
 
-        return make_agent(reactor, cfg)
+        return make_agent(reactor, cfg, prog=PROG)
     workers = c.workers
     if workers == "auto":
         # One process unless its file budget can't hold the target.
@@ -120,7 +120,7 @@ def _make(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     if workers:
         from connscale.control.agent import make_agent
 
-        return make_agent(reactor, cfg, standalone_workers=workers)
+        return make_agent(reactor, cfg, standalone_workers=workers, prog=PROG)
     return single_process(reactor, cfg)
 
 

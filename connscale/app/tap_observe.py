@@ -72,7 +72,7 @@ class Options(ConfigOptions):
 
 
 def makeService(options: Options) -> IService:
-    with startup_errors():
+    with startup_errors(PROG):
         return _make_service(options)
 
 
@@ -91,7 +91,7 @@ def _make_service(options: Options) -> IService:
         raise SystemExit(f"{PROG}: {e}") from None
     except ValueError:
         raise SystemExit(f"{PROG}: --status-interval: expected seconds > 0") from None
-    top = make_observer(reactor, cfg, targets, options["label"], cfg.client.master, every)
+    top = make_observer(reactor, cfg, targets, options["label"], cfg.client.master, every, prog=PROG)
     if options["lifeline"]:
         from connscale.procs.lifeline import Lifeline
 

@@ -59,7 +59,7 @@ class Options(ConfigOptions):
 
 
 def makeService(options: Options) -> IService:
-    with startup_errors():
+    with startup_errors(PROG):
         return _make_service(options)
 
 
@@ -76,7 +76,7 @@ def _make_service(options: Options) -> IService:
     else:
         from connscale.control.hub import make_hub
 
-        top = make_hub(reactor, cfg, record_dir=options["record-dir"])
+        top = make_hub(reactor, cfg, record_dir=options["record-dir"], prog=PROG)
     if options["lifeline"]:
         from connscale.procs.lifeline import Lifeline
 
@@ -98,7 +98,7 @@ def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     counters = Counters()
     top = MultiService()
     # `auto` outside a hub has no run directory: its certificate goes to a private temporary one.
-    tls = server_tls(s.tls, s.interface, Path(tempfile.mkdtemp(prefix="connscale-tls-"))) if s.tls.enabled else s.tls
+    tls = server_tls(s.tls, s.interface, Path(tempfile.mkdtemp(prefix="connscale-tls-")), PROG) if s.tls.enabled else s.tls
     listening = ListeningService(reactor, sockets, PingServerFactory(s.framing, counters, s.max_line),
                                  fast_path=cfg.net.fast_path, tls=tls)
     listening.setServiceParent(top)

@@ -51,18 +51,17 @@ def _text(value: Any) -> Any:
 
 
 def unpack(value: Any) -> Any:
-    """The structure a peer sent: packed pieces, one packed string, or the plain structure.
+    """The structure a peer sent as packed pieces or one packed string (text or bytes).
 
-    A non-empty list made only of strings is packed pieces (no plain payload
-    connscale sends is a list of strings).
-    """
+    Anything else is refused: a peer of this protocol (control.login.PROTOCOL_VERSION)
+    packs whatever it sends this way, and the plain-structure path is gone."""
     value = _text(value)
     if isinstance(value, list) and value and all(isinstance(_text(v), str) for v in value):
         if len(value) > MAX_PIECES:
             raise PackError(f"a packed payload of {len(value)} pieces is too large")
         value = "".join(_text(v) for v in value)
     if not isinstance(value, str):
-        return value
+        raise PackError(f"not a packed payload: expected text or a list of text pieces, got a {type(value).__name__}")
     if len(value) > MAX_PACKED:
         raise PackError(f"a packed payload of {len(value)} bytes is too large")
     try:

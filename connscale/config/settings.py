@@ -26,6 +26,7 @@ from typing import Any, Literal
 import attrs
 import yaml
 
+from connscale.config.endpoints import WILDCARDS, endpoint_address
 from connscale.config.records import RecordError
 from connscale.config.target import DEFAULT_PORTS, PROTOCOLS, ProfileOptions, Target, parse_url
 from connscale.config.tls import (
@@ -417,33 +418,12 @@ def _format_master(hostport: tuple[str, int] | None) -> str | None:
 _ENDPOINT_KINDS = ("tcp", "ssl", "unix")
 
 
-def endpoint_address(endpoint: str) -> tuple[str, int] | None:
-    """``(interface, port)`` a tcp:/ssl: server endpoint string binds; None for unix sockets.
-
-    Mirrors only the parts of Twisted's grammar we need, so config loading does not
-    import Twisted (and risk installing a reactor before the tap picks one).
-    """
-    kind, *args = re.split(r"(?<!\\):", endpoint)
-    if kind == "unix":
-        if not args or not args[0]:
-            raise _Invalid(f"unix endpoint needs a path, got {_describe(endpoint)}")
-        return None
-    positional = [a for a in args if "=" not in a]
-    keywords = dict(a.split("=", 1) for a in args if "=" in a)
-    port = keywords.get("port", positional[0] if positional else "")
-    if not port.isdigit() or int(port) > 65535:  # 0 is fine: tests bind ephemeral ports
-        raise _Invalid(f"endpoint needs a port 0..65535, got {_describe(endpoint)}")
-    # Only tcp takes the interface positionally (ssl's second positional is the key file).
-    interface = keywords.get("interface", positional[1] if kind == "tcp" and len(positional) > 1 else "")
-    return interface.replace("\\:", ":"), int(port)
-
-
 def _endpoint(value: object) -> str:
     text = _string(value)
     if text.partition(":")[0] not in _ENDPOINT_KINDS:
         raise _Invalid("expected a server endpoint starting with tcp:, ssl: or unix:, "
                        f"got {_describe(value)}")
-    endpoint_address(text)
+    endpoint_address(text)  # EndpointError (a ValueError) says what is wrong with it
     return text
 
 
@@ -1089,11 +1069,10 @@ def _check_listeners(c: Config) -> Iterator[str]:
     binds = [(key, *addr) for key, ep in endpoints if (addr := endpoint_address(ep))]
     if c.server.workers != 0:
         binds += [("server.ports", c.server.interface, port) for port in c.server.ports]
-    wildcard = {"", "0.0.0.0", "::"}
     for i, (key, interface, port) in enumerate(binds):
         for other, other_interface, other_port in binds[:i]:
             if (port == other_port != 0 and key != other
-                    and (interface == other_interface or {interface, other_interface} & wildcard)):
+                    and (interface == other_interface or {interface, other_interface} & WILDCARDS)):
                 yield f"{key}: port {port} is also used by {other}"
 
 

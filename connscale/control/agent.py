@@ -35,7 +35,7 @@ from connscale.config.settings import Config
 from connscale.control import plan, verbs
 from connscale.control.auth import CredentialError, Credentials
 from connscale.control.bounds import OrderBounds
-from connscale.control.errors import ControlError
+from connscale.control.errors import ControlError, StartError
 from connscale.control.link import HubLink
 from connscale.control.records import MAX_EVENTS, AgentInfo, AgentReport, RegisterAnswer
 from connscale.control.secret import SecretError, client_secret, config_dir
@@ -52,7 +52,6 @@ from connscale.procs.records import MAX_LOSSES, ClientSpec, WorkerOrder
 from connscale.procs.supervisor import Supervisor
 
 log = Logger(namespace="connscale.agent")
-PROG = "connscale-client"
 #: How long a report waits for the workers' answers: well inside the hub's own
 #: wait for the agents (control.collect.ANSWER_WAIT), so one slow worker does
 #: not make the agent late.
@@ -67,21 +66,15 @@ class AgentMind(pb.Referenceable):
     def remote_ensure_workers(self, count: object, target: object = None) -> defer.Deferred[list[int]]:
         # The target is required: the workers it needs are what bounds them (a hub that
         # left it out could otherwise make us start up to plan.MAX_WORKERS).
-        n = _checked(integer(1, plan.MAX_WORKERS), count, "ensure_workers")
+        n = self._checked(integer(1, plan.MAX_WORKERS), count, "ensure_workers")
         if target is None:
             raise ControlError("agent refused ensure_workers: the target the workers are for is required")
-        wanted = _checked(integer(0, 1 << 40), target, "ensure_workers")
+        wanted = self._checked(integer(0, 1 << 40), target, "ensure_workers")
         self.agent.bounds.workers(n, wanted, len(self.agent.supervisor.slots))
         return self.agent.supervisor.ensure(n)
 
-    def remote_apply(self, rows: object) -> defer.Deferred[None]:
-        orders = _checked(seq(nested(WorkerOrder), plan.MAX_WORKERS), rows, "apply")
-        self.agent.bounds.orders(orders, [s.budget for s in self.agent.supervisor.slots])
-        self.agent.obeyed()
-        return self.agent.supervisor.apply(orders)
-
     def remote_apply_packed(self, text: object) -> defer.Deferred[None]:
-        """`apply` with the orders packed (config.packed): 53 workers' orders with 640
+        """The workers' orders, packed (config.packed): 53 workers' orders with 640
         routes each are ~135,000 PB elements, seconds of work to decode, and ~940 KB
         of JSON, which Banana only carries in pieces (a list of strings; one string
         from a hub that packed it whole is accepted too)."""
@@ -89,46 +82,48 @@ class AgentMind(pb.Referenceable):
             rows = unpack(text)
         except PackError as e:
             raise ControlError(f"agent refused apply: {e}") from None
-        return self.remote_apply(rows)
-
-    def remote_report(self) -> defer.Deferred[dict[str, Any]]:
-        # Fresh from the workers (a count right after an order should see it),
-        # but never later than REPORT_WAIT: a slow worker counts with its last
-        # snapshot (its row's silent_s says how old) rather than making this
-        # whole agent late for the hub's second.
-        return self.agent.supervisor.poll(REPORT_WAIT).addCallback(lambda _: self.agent.report().to_wire())
+        orders = self._checked(seq(nested(WorkerOrder), plan.MAX_WORKERS), rows, "apply")
+        self.agent.bounds.orders(orders, [s.budget for s in self.agent.supervisor.slots])
+        self.agent.obeyed()
+        return self.agent.supervisor.apply(orders)
 
     def remote_report_packed(self) -> defer.Deferred[list[str]]:
-        """`report` packed (config.packed): what a hub of this version asks for."""
-        return self.remote_report().addCallback(pack_pieces)
+        """Our report, packed (config.packed). Fresh from the workers (a count right after an
+        order should see it), but never later than REPORT_WAIT: a slow worker counts with its
+        last snapshot (its row's silent_s says how old) rather than making this whole agent
+        late for the hub's second."""
+        return self.agent.supervisor.poll(REPORT_WAIT).addCallback(
+            lambda _: pack_pieces(self.agent.report().to_wire()))
 
     def remote_set_rate(self, rate: object) -> defer.Deferred[Any]:
-        return self.agent.supervisor.set_rate(_checked(verbs.rate, rate, "set_rate"))
+        return self.agent.supervisor.set_rate(self._checked(verbs.rate, rate, "set_rate"))
 
     def remote_shutdown(self) -> None:
-        log.info("{prog}: shutdown requested by the controller", prog=PROG)
+        log.info("{prog}: shutdown requested by the controller", prog=self.agent.prog)
         self.agent.reactor.callLater(0.1, stop_reactor, self.agent.reactor)
 
-
-def _checked(parse: Any, value: object, what: str) -> Any:
-    """An order's argument, or a refusal the controller sees as one line."""
-    try:
-        return parse(value)
-    except RecordError as e:
-        log.warn("{prog}: refused an order: {what}: {why}", prog=PROG, what=what, why=str(e))
-        raise ControlError(f"agent refused {what}: {e}") from None
+    def _checked(self, parse: Any, value: object, what: str) -> Any:
+        """An order's argument, or a refusal the controller sees as one line."""
+        try:
+            return parse(value)
+        except RecordError as e:
+            log.warn("{prog}: refused an order: {what}: {why}", prog=self.agent.prog, what=what, why=str(e))
+            raise ControlError(f"agent refused {what}: {e}") from None
 
 
 class Agent(MultiService):
-    def __init__(self, reactor: Any, cfg: Config, standalone_workers: int | None = None) -> None:
+    def __init__(self, reactor: Any, cfg: Config, standalone_workers: int | None = None,
+                 prog: str = "agent") -> None:
+        """StartError (one line) when it cannot log in as configured."""
         super().__init__()
         self.reactor = reactor
+        self.prog = prog  # what its log lines start with (the tap's program name)
         self.cfg = cfg
         c = cfg.client
         self.name = c.name or socket.gethostname()
         self.standalone_workers = standalone_workers
         # Workers raise their own limits; this logs what each of them gets.
-        _, self.budget = prepare_fds(0, PROG)
+        _, self.budget = prepare_fds(0, prog)
         spec = ClientSpec(interval=c.interval, timeout=c.timeout, rate=c.rate, framing=c.framing, close=c.close,
                           profile=c.profile_options(), tls=c.tls, fast_path=cfg.net.fast_path)
         self.report_rtt = RttAccumulator()
@@ -152,7 +147,7 @@ class Agent(MultiService):
         self._orphaned: Any = None
         self.link: HubLink | None = None
         if c.master is not None:
-            credentials = agent_credentials(cfg, self.name, PROG, "client.name")
+            credentials = agent_credentials(cfg, self.name, "client.name")
             self.link = HubLink(
                 reactor, c.master, f"agent:{self.name}", credentials, tls_ca=cfg.control.tls_ca,
                 mind=AgentMind(self), on_login=self._register, on_lost=self._hub_lost, on_refused=self._refused,
@@ -165,13 +160,13 @@ class Agent(MultiService):
         answer = RegisterAnswer.from_wire((yield perspective.callRemote("register", self.info(self.session).to_wire())))
         if answer.session != self.session:
             self.session = answer.session
-            keep_session(self.session_file, self.session)
+            keep_session(self.session_file, self.session, self.prog)
         self.registered += 1
         self.obeyed()
         assert self.cfg.client.master is not None
         host, port = self.cfg.client.master
         log.info("{prog}: registered with controller {host}:{port} as {name} (target {target})",
-                 prog=PROG, host=host, port=port, name=self.name, target=answer.target)
+                 prog=self.prog, host=host, port=port, name=self.name, target=answer.target)
 
     def obeyed(self) -> None:
         """A hub is giving orders: whatever grace period was running is over."""
@@ -183,7 +178,7 @@ class Agent(MultiService):
         grace = self.cfg.client.hub_grace
         if self._orphaned is None and self.supervisor.slots:
             log.warn("{prog}: the hub is gone; holding our connections for {grace:g} s while it comes back",
-                     prog=PROG, grace=grace)
+                     prog=self.prog, grace=grace)
             self._orphaned = self.reactor.callLater(grace, self._orphan)
 
     def _orphan(self) -> None:
@@ -191,13 +186,13 @@ class Agent(MultiService):
         self._orphaned = None
         held = sum(s.target for s in self.supervisor.slots)
         log.warn("{prog}: no hub for {grace:g} s: closing our {n} connections until a hub gives orders again",
-                 prog=PROG, grace=self.cfg.client.hub_grace, n=held)
+                 prog=self.prog, grace=self.cfg.client.hub_grace, n=held)
         self.supervisor.events.append(f"no hub for {self.cfg.client.hub_grace:g} s: load stopped ({held} connections)")
         self.supervisor.apply([WorkerOrder(0, s.routes) for s in self.supervisor.slots]).addErrback(
             lambda f: log.failure("stopping the load failed", f))
 
     def _refused(self, message: str) -> None:
-        fatal(self.reactor, f"{PROG}: {message}")
+        fatal(self.reactor, f"{self.prog}: {message}")
 
     # -- what we say ---------------------------------------------------------------------
     def _poll_unless_asked(self) -> None:
@@ -231,7 +226,6 @@ class Agent(MultiService):
             workers=len(self.supervisor.slots),
             worker_targets=tuple(s.target for s in self.supervisor.slots),
             session=session,
-            packed=True,
         )
 
     def report(self) -> AgentReport:
@@ -264,7 +258,7 @@ class Agent(MultiService):
         yield self.supervisor.apply([WorkerOrder(t, tuple(q)) for t, q in assignments])
         log.info(
             "{prog}: {n} connections over {w} workers ({split})",
-            prog=PROG, n=c.connections, w=workers, split="+".join(str(t) for t, _ in assignments),
+            prog=self.prog, n=c.connections, w=workers, split="+".join(str(t) for t, _ in assignments),
         )
 
     def stopService(self):  # type: ignore[no-untyped-def]
@@ -299,7 +293,7 @@ def read_session(path: Any) -> str:
     return token
 
 
-def keep_session(path: Any, token: str) -> None:
+def keep_session(path: Any, token: str, prog: str = "agent") -> None:
     """Keep the token for a restarted agent (ours alone: it is what proves the name is ours)."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -310,7 +304,7 @@ def keep_session(path: Any, token: str) -> None:
         os.replace(tmp, path)
     except OSError as e:
         log.warn("{prog}: cannot keep our session in {path} ({why}): a restart of this agent waits "
-                 "for its name", prog=PROG, path=str(path), why=e.strerror or e)
+                 "for its name", prog=prog, path=str(path), why=e.strerror or e)
 
 
 def report_events(events: list[str]) -> tuple[str, ...]:
@@ -321,17 +315,17 @@ def report_events(events: list[str]) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def agent_credentials(cfg: Config, name: str, prog: str, what: str) -> Credentials:
-    """The agent login's credentials (agents and observers), or SystemExit with one line: no
+def agent_credentials(cfg: Config, name: str, what: str) -> Credentials:
+    """The agent login's credentials (agents and observers), or StartError with one line: no
     secret, a key that cannot log in as this agent name, or a name (`what`) the hub would refuse."""
     try:
         verbs.agent_name(name)
         credentials = Credentials.from_secret(client_secret(cfg.control))
         credentials.check_role(f"agent:{name}")
     except (SecretError, CredentialError) as e:
-        raise SystemExit(f"{prog}: {e}") from None
+        raise StartError(str(e)) from None
     except RecordError as e:
-        raise SystemExit(f"{prog}: {what} {name!r}: {e}") from None
+        raise StartError(f"{what} {name!r}: {e}") from None
     return credentials
 
 
@@ -349,10 +343,10 @@ def fatal(reactor: Any, message: str, code: int = 2) -> None:
 
 
 def make_agent(reactor: Any, cfg: Config, standalone_workers: int | None = None,
-               environ: MutableMapping[str, str] | None = None) -> Agent:
+               environ: MutableMapping[str, str] | None = None, prog: str = "agent") -> Agent:
     """The agent of `cfg`; the target's password, when `connscale run` started us, is in our
     environment (its config.yaml has it redacted): taken out of it, for our workers alone."""
     password = (os.environ if environ is None else environ).pop(PASSWORD_VARIABLE, None)
     if password is not None:
         cfg = attrs.evolve(cfg, client=attrs.evolve(cfg.client, password=password))
-    return Agent(reactor, cfg, standalone_workers)
+    return Agent(reactor, cfg, standalone_workers, prog)

@@ -35,6 +35,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from connscale.config.packed import PackError
+from connscale.deadline import all_within
 from connscale.config.records import RecordError
 from connscale.control.diagnosis import Diagnosis
 from connscale.control.observers import Observers
@@ -187,10 +188,9 @@ class Collector:
             if agent.asking is asking:
                 agent.asking = agent.asked_of = None
 
-        # One JSON string from an agent that offers it (AgentInfo.packed): a
-        # report of 53 worker rows costs ~0.2 ms that way, ~90 ms as PB structures.
-        method = "report_packed" if agent.info is not None and agent.info.packed else "report"
-        asking = agent.call(self.clock, method, timeout=self.lost_after).addCallbacks(got, failed)
+        # One JSON string (config.packed): a report of 53 worker rows costs ~0.2 ms
+        # that way, ~90 ms as PB structures.
+        asking = agent.call(self.clock, "report_packed", timeout=self.lost_after).addCallbacks(got, failed)
         agent.asking, agent.asked_of = asking, agent.mind
         asking.addBoth(settled)  # may run at once: an answer already in hand
         return asking
@@ -223,8 +223,8 @@ class Collector:
             servers = self.servers
             calls.append(servers.poll(wait, self.fresh).addCallback(lambda _: self._server_events()))
         if self.observers is not None:
-            calls += [_follow(d) for d in self.observers.poll()]
-        running = _all_within(self.clock, calls, wait)
+            calls += self.observers.poll()
+        running = all_within(self.clock, calls, wait)
 
         def done(complete: bool) -> None:
             self.poll_s = self.clock.seconds() - started
@@ -446,33 +446,4 @@ def _follow(d: defer.Deferred[Any]) -> defer.Deferred[None]:
         return result
 
     d.addBoth(fire)
-    return out
-
-
-def _all_within(clock: Any, calls: list[defer.Deferred[Any]], seconds: float) -> defer.Deferred[bool]:
-    """Fires when every call has (True) or after `seconds` (False), whichever comes first.
-
-    The calls go on: nothing is cancelled, a late answer lands where it belongs.
-    A failed call counts as settled."""
-    out: defer.Deferred[bool] = defer.Deferred()
-    left = len(calls)
-    if not left:
-        out.callback(True)
-        return out
-
-    def fire(complete: bool) -> None:
-        if not out.called:
-            if timer.active():
-                timer.cancel()
-            out.callback(complete)
-
-    def settled(result: Any) -> None:
-        nonlocal left
-        left -= 1
-        if not left:
-            fire(True)
-
-    timer = clock.callLater(seconds, fire, False)
-    for d in calls:
-        d.addBoth(settled)
     return out

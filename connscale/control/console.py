@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-import ipaddress
 import os
 import pprint
 import pydoc
-import re
 import struct
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -37,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from connscale.compat.manhole import ResultShapingInterpreter
+from connscale.config.endpoints import binds_loopback
 from connscale.metrics.render import cell, format_table, is_scalar
 from connscale.net.listen import EndpointService
 
@@ -361,32 +360,6 @@ def _ssh_factory(control: ControlSettings, namespace: dict[str, object],
     return factory, what
 
 
-# ---------------------------------------------------------------- endpoints
-
-def _split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
-    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
-    kind, args = parts[0], parts[1:]
-    return kind, [a for a in args if "=" not in a], dict(a.split("=", 1) for a in args if "=" in a)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False  # "" (all interfaces), hostnames: cannot prove it is loopback
-
-
-def endpoint_is_loopback(description: str) -> bool:
-    """True only when a tcp:/tcp6: server endpoint string surely binds a loopback address."""
-    kind, positional, keywords = _split_endpoint(description)
-    if kind not in ("tcp", "tcp6"):
-        return False
-    # tcp's second positional is the interface; tcp6's is the backlog.
-    interface = keywords.get("interface",
-                             positional[1] if kind == "tcp" and len(positional) > 1 else "")
-    return _is_loopback(interface)
-
-
 # ---------------------------------------------------------------- service
 
 class ConsoleService(EndpointService):
@@ -422,7 +395,7 @@ def make_console(reactor: Any, control: ControlSettings, namespace: dict[str, ob
         if control.console_keys is None:
             log.info("console off: set control.console_keys to an authorized_keys file of its own to turn it on")
             return None
-        if not endpoint_is_loopback(control.console_listen):
+        if not binds_loopback(control.console_listen):
             log.warn("console: control.console_listen {listen} is reachable beyond loopback; anyone with a key "
                      "in {keys} gets a Python prompt inside the hub", listen=control.console_listen,
                      keys=control.console_keys)

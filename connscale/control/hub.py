@@ -16,14 +16,17 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from connscale.config.settings import ClientHost, Config, endpoint_address
+from connscale.config.endpoints import binds_loopback, dial_address, endpoint_parts
+from connscale.config.settings import ClientHost, Config
 from connscale.config.tls import ServerTLSSettings, TLSSetupError
 from connscale.control import plan
 from connscale.control.controller import POLL_INTERVAL, ControlError, Controller
+from connscale.control.errors import StartError
 from connscale.control.verbs import VERBS, Verb, describe
 from connscale.control.auth import CredentialError, Credentials
 from connscale.control.bounds import check_worker_memory
 from connscale.control.secret import SecretError, config_dir, hub_salt, hub_secret
+from connscale.deadline import unless_fired
 from connscale.host.inventory import read_host_limits
 from connscale.host.limits import prepare_fds
 from connscale.host.resources import cpu_count
@@ -37,7 +40,6 @@ from connscale.procs.records import ServerSpec
 from connscale.procs.supervisor import Supervisor
 
 log = Logger(namespace="connscale.hub")
-PROG = "connscale-server"
 
 REGISTER_TIMEOUT = 60.0
 #: `connscale run` hands its hub the values of clients.*.env here (JSON), not in a file.
@@ -59,14 +61,16 @@ def with_clients_env(cfg: Config, env: dict[str, str] | Any) -> Config:
         clients = {name: attrs.evolve(host, env={str(k): str(v) for k, v in given.get(name, host.env).items()})
                    for name, host in cfg.clients.items()}
     except (ValueError, AttributeError) as e:
-        raise SystemExit(f"{PROG}: {CLIENTS_ENV}: not what connscale run writes ({e})") from None
+        raise StartError(f"{CLIENTS_ENV}: not what connscale run writes ({e})") from None
     return attrs.evolve(cfg, clients=clients)
 
 
 class HubService(MultiService):
-    def __init__(self, reactor: Any, controller: Controller, servers: Supervisor | None, workers: int) -> None:
+    def __init__(self, reactor: Any, controller: Controller, servers: Supervisor | None, workers: int,
+                 prog: str = "hub") -> None:
         super().__init__()
         self.reactor = reactor
+        self.prog = prog  # what its log lines start with (the tap's program name)
         self.controller = controller
         self.servers = servers
         self.workers = workers
@@ -84,15 +88,15 @@ class HubService(MultiService):
         super().startService()
         self._tick.start(POLL_INTERVAL, now=False)
         if self.servers is None:
-            log.info("{prog}: no server of our own: the clients' target is client.url", prog=PROG)
+            log.info("{prog}: no server of our own: the clients' target is client.url", prog=self.prog)
             return
         self.servers.ensure(self.workers).addCallbacks(
             lambda budgets: log.info(
                 "{prog}: {n} server workers listening ({path}; fd budgets {budgets})",
-                prog=PROG, n=len(budgets), budgets=",".join(map(str, budgets)),
+                prog=self.prog, n=len(budgets), budgets=",".join(map(str, budgets)),
                 path="fast path" if self.servers.spec.fast_path else "Twisted's transports",
             ),
-            lambda f: log.error("{prog}: server workers failed to start: {why}", prog=PROG, why=f.getErrorMessage()),
+            lambda f: log.error("{prog}: server workers failed to start: {why}", prog=self.prog, why=f.getErrorMessage()),
         )
 
     def stopService(self):  # type: ignore[no-untyped-def]
@@ -120,15 +124,13 @@ def metrics_endpoint(endpoint: str) -> tuple[str, bool]:
     addresses and no login protects them. Beyond loopback must be asked for
     (interface=0.0.0.0) and is warned about.
     """
-    address = endpoint_address(endpoint)  # None: a unix socket, local by nature
-    if address is None:
-        return endpoint, False
-    if endpoint.startswith("tcp:") and "interface=" not in endpoint:
+    kind, positional, keywords = endpoint_parts(endpoint)
+    if kind == "tcp" and "interface" not in keywords and len(positional) < 2:
         return f"{endpoint}:interface=127.0.0.1", False
-    return endpoint, not _loopback(address[0])
+    return endpoint, not binds_loopback(endpoint)
 
 
-def serve_metrics(reactor: Any, controller: Controller, endpoint: str) -> Service:
+def serve_metrics(reactor: Any, controller: Controller, endpoint: str, prog: str = "hub") -> Service:
     """Prometheus /metrics from the timeline records, on `control.metrics_listen`."""
     from connscale.metrics.prometheus import TimelineCollector, metrics_site
 
@@ -139,30 +141,20 @@ def serve_metrics(reactor: Any, controller: Controller, endpoint: str) -> Servic
         service = EndpointService(reactor, endpoint, metrics_site(collector), "control.metrics_listen",
                                   listen_now=True, label="metrics")
     except ListenError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     if exposed:
         # The numbers carry addresses of the run and no login protects them.
         log.warn("{prog}: control.metrics_listen {endpoint} is reachable beyond loopback and asks for no login",
-                 prog=PROG, endpoint=endpoint)
-    log.info("{prog}: Prometheus metrics on {endpoint} at /metrics", prog=PROG, endpoint=endpoint)
+                 prog=prog, endpoint=endpoint)
+    log.info("{prog}: Prometheus metrics on {endpoint} at /metrics", prog=prog, endpoint=endpoint)
     return service
 
 
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host or "0.0.0.0").is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def control_address(cfg: Config) -> tuple[str, int]:
-    address = endpoint_address(cfg.control.listen)
+    address = dial_address(cfg.control.listen)
     if address is None:
         raise ControlError("remote agents need a tcp: or ssl: control.listen")
-    host, port = address
-    return host or "127.0.0.1", port
+    return address
 
 
 def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[str]:
@@ -205,9 +197,7 @@ def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[st
 
     registered.addCallback(on_registered)
     launched.ended.addCallback(on_ended)
-    timer = reactor.callLater(REGISTER_TIMEOUT, on_timeout)
-    result.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
-    return result
+    return unless_fired(reactor, result, REGISTER_TIMEOUT, on_timeout)
 
 
 def console_namespace(controller: Controller) -> dict[str, Any]:
@@ -243,31 +233,32 @@ def state_dir() -> str:
     return str(path)
 
 
-def server_tls(tls: ServerTLSSettings, interface: str, directory: Path) -> ServerTLSSettings:
+def server_tls(tls: ServerTLSSettings, interface: str, directory: Path, prog: str = "hub") -> ServerTLSSettings:
     """`server.tls` as the server workers load it: `auto` made into files in `directory`
     (once, so every SO_REUSEPORT worker serves the same certificate), and tried here, so
-    a certificate that cannot serve stops start-up with one line instead of every worker."""
+    a certificate that cannot serve stops start-up with one line (StartError) instead of every worker."""
     if not tls.enabled:
         return tls
     if tls.cert is None:
         tls = make_auto(directory, interface)
         log.info("{prog}: server.tls: auto: a self-signed certificate for this hub in {cert} "
-                 "(clients trust it with client.tls.ca_file)", prog=PROG, cert=tls.cert)
+                 "(clients trust it with client.tls.ca_file)", prog=prog, cert=tls.cert)
     from connscale.net.tls import server_context
 
     try:
         server_context(tls)
     except TLSSetupError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     return tls
 
 
-def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiService:
+def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None, prog: str = "hub") -> MultiService:
+    """The hub's services; StartError (one line) when it cannot start."""
     import os
 
     cfg = with_clients_env(cfg, os.environ)
     s = cfg.server
-    _, budget = prepare_fds(0, PROG)
+    _, budget = prepare_fds(0, prog)
     # With client.url the clients speak to someone else's server: no server of ours.
     own_server = cfg.client.url is None
     try:
@@ -276,14 +267,14 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
         for sock in bind_sockets(s.interface, s.ports if own_server else (), s.backlog, reuse_port=True):
             sock.close()
     except ListenError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     try:
         secret, source = hub_secret(cfg.control)
         credentials = Credentials.from_secret(secret)
         if not credentials.whole_secret:
             raise SecretError("the hub's control secret is an agent key: a hub needs the secret itself")
     except (SecretError, CredentialError) as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     workers = plan.server_workers(cfg.scenario.target, budget, cpu_count(), s.workers) if own_server else 0
     try:
         check_worker_memory(
@@ -292,21 +283,21 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
             noun="server workers",
         )
     except ControlError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     run_dir = Path(record_dir) if record_dir else Path(cfg.run.dir) / time.strftime("%Y%m%d-%H%M%S-hub")
     servers: Supervisor | None = None
     if own_server:
         spec = ServerSpec(interface=s.interface, ports=tuple(s.ports), backlog=s.backlog, framing=s.framing,
                           max_line=s.max_line, fast_path=cfg.net.fast_path,
-                          tls=server_tls(s.tls, s.interface, run_dir / "tls"))
+                          tls=server_tls(s.tls, s.interface, run_dir / "tls", prog))
         servers = Supervisor(reactor, "server", spec, "hub")
     timeline = Timeline(run_dir)
     try:
         salt = hub_salt()
     except OSError as e:
-        raise SystemExit(f"{PROG}: cannot keep the control salt in {config_dir()}: {e.strerror or e}") from None
+        raise StartError(f"cannot keep the control salt in {config_dir()}: {e.strerror or e}") from None
     controller = Controller(reactor, cfg, credentials, servers, timeline, launcher=launch_client, salt=salt)
-    hub = HubService(reactor, controller, servers, workers)
+    hub = HubService(reactor, controller, servers, workers, prog)
     # Every control connection is TLS: ssl: with the configured certificate, any other
     # endpoint with one the hub makes now (control.channel).
     factory = controller.server_factory(tls=not cfg.control.listen.startswith("ssl:"))
@@ -314,25 +305,25 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None) -> MultiS
         EndpointService(reactor, cfg.control.listen, factory, "control.listen",
                         listen_now=True, label="controller").setServiceParent(hub)
     except ListenError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     hub.status = StatusService(reactor, s.status_interval,
                                servers.totals if servers is not None else controller.collector.client_totals,
                                with_rtt=False, final=False)
     hub.status.setServiceParent(hub)
     if cfg.control.metrics_listen is not None:
-        serve_metrics(reactor, controller, cfg.control.metrics_listen).setServiceParent(hub)
+        serve_metrics(reactor, controller, cfg.control.metrics_listen, prog).setServiceParent(hub)
     from connscale.control.console import ConsoleError, make_console
 
     try:
         console = make_console(reactor, cfg.control, console_namespace(controller), state_dir())
     except ConsoleError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise StartError(str(e)) from None
     if console is not None:
         console.setServiceParent(hub)
     log.info(
         "{prog}: hub with {workers} server workers on {interface} ports {ports}; controller on {listen} "
         "(secret: {source}); timeline in {run_dir}",
-        prog=PROG, workers=workers, interface=s.interface, ports=",".join(map(str, s.ports)),
+        prog=prog, workers=workers, interface=s.interface, ports=",".join(map(str, s.ports)),
         listen=cfg.control.listen, source=source, run_dir=str(run_dir),
     )
     return hub

@@ -66,7 +66,10 @@ __all__ = [
 
 log = Logger(namespace="connscale.control.login")
 
-PROTOCOL_VERSION = 2
+#: What a peer says first (`hello`); any other version is refused before a word more. 3: every
+#: agent answers `report_packed` and takes `apply_packed` alone (the plain `report`/`apply`
+#: are gone, and an agent of 2 may not offer the packed ones); 2: the SPAKE2 login.
+PROTOCOL_VERSION = 3
 #: Seconds a connection has to log in before it is dropped.
 LOGIN_TIMEOUT = 5.0
 #: Bytes a peer may send before it has logged in (a login is a few hundred).

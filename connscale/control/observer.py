@@ -41,7 +41,6 @@ from connscale.host.resources import cpu_count, process_resources
 from connscale.host.watch import TargetSpec, TargetWatch, read_host
 
 log = Logger(namespace="connscale.observer")
-PROG = "connscale-observe"
 #: A reading this recent answers the hub's question as it is (the hub and our own
 #: status poll would otherwise read every target twice a second).
 FRESH = 0.5
@@ -59,15 +58,18 @@ class ObserverMind(pb.Referenceable):
     def remote_shutdown(self) -> None:
         from connscale.procs.childproc import stop_reactor
 
-        log.info("{prog}: shutdown requested by the controller", prog=PROG)
+        log.info("{prog}: shutdown requested by the controller", prog=self.observer.prog)
         self.observer.reactor.callLater(0.1, stop_reactor, self.observer.reactor)
 
 
 class Observer(MultiService):
     def __init__(self, reactor: Any, cfg: Config, targets: Sequence[TargetSpec], name: str | None = None,
-                 master: tuple[str, int] | None = None, status_interval: float = 5.0, proc: str = "/proc") -> None:
+                 master: tuple[str, int] | None = None, status_interval: float = 5.0, proc: str = "/proc",
+                 prog: str = "observer") -> None:
+        """StartError (one line) when it cannot log in as configured."""
         super().__init__()
         self.reactor = reactor
+        self.prog = prog  # what its log lines start with (the tap's program name)
         self.cfg = cfg
         self.label = name or f"observer-{socket.gethostname()}"[:64]
         self.master = master
@@ -85,7 +87,7 @@ class Observer(MultiService):
         self._poll.clock = reactor
         self.link: HubLink | None = None
         if master is not None:
-            credentials = agent_credentials(cfg, self.label, PROG, "--label")
+            credentials = agent_credentials(cfg, self.label, "--label")
             self.link = HubLink(reactor, master, f"agent:{self.label}", credentials, tls_ca=cfg.control.tls_ca,
                                 mind=ObserverMind(self), on_login=self._register, on_refused=self._refused)
             self.link.setServiceParent(self)
@@ -100,7 +102,7 @@ class Observer(MultiService):
             rows.append(row)
             self._events.extend(events)
             for event in events:
-                log.info("{prog}: {what}", prog=PROG, what=event.describe())
+                log.info("{prog}: {what}", prog=self.prog, what=event.describe())
             self._say_problems(row)
         report = ObserverReport(tuple(rows), read_host(self.proc), (),
                                 round((time.perf_counter() - started) * 1000, 2))
@@ -112,7 +114,7 @@ class Observer(MultiService):
         for problem in row.problems:
             if problem not in self._said:
                 self._said.add(problem)
-                log.warn("{prog}: {problem}; going on without it", prog=PROG, problem=problem)
+                log.warn("{prog}: {problem}; going on without it", prog=self.prog, problem=problem)
 
     def report(self) -> ObserverReport:
         """The hub's question: a fresh reading (or one younger than FRESH), with the events since
@@ -135,7 +137,7 @@ class Observer(MultiService):
             self._status_at = now
             assert self._last is not None
             for row in self._last.targets:
-                log.info("{prog}: {line}", prog=PROG, line=status_line(row))
+                log.info("{prog}: {line}", prog=self.prog, line=status_line(row))
 
     # -- the hub ---------------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -145,23 +147,23 @@ class Observer(MultiService):
         self.registered += 1
         assert self.master is not None
         log.info("{prog}: registered with controller {host}:{port} as observer {name}, watching {targets}",
-                 prog=PROG, host=self.master[0], port=self.master[1], name=self.label,
+                 prog=self.prog, host=self.master[0], port=self.master[1], name=self.label,
                  targets=", ".join(w.label for w in self.watches))
 
     def _refused(self, message: str) -> None:
-        fatal(self.reactor, f"{PROG}: {message}")
+        fatal(self.reactor, f"{self.prog}: {message}")
 
     def info(self) -> AgentInfo:
         limits = read_host_limits()
         return AgentInfo(host=socket.gethostname(), pid=os.getpid(), cores=cpu_count(), limits=limits.to_dict(),
-                         memory=limits.usable_memory or 0, session=self.session, packed=True,
+                         memory=limits.usable_memory or 0, session=self.session,
                          master_host=self.master[0] if self.master else None)
 
     def startService(self) -> None:
         super().startService()
         first = self.read()
         for row in first.targets:
-            log.info("{prog}: watching {line}", prog=PROG, line=status_line(row))
+            log.info("{prog}: watching {line}", prog=self.prog, line=status_line(row))
         self._poll.start(1.0, now=False)
 
     def stopService(self):  # type: ignore[no-untyped-def]
@@ -185,5 +187,5 @@ def status_line(row: TargetRow) -> str:
 
 
 def make_observer(reactor: Any, cfg: Config, targets: Sequence[TargetSpec], name: str | None,
-                  master: tuple[str, int] | None, status_interval: float = 5.0) -> Observer:
-    return Observer(reactor, cfg, targets, name, master, status_interval)
+                  master: tuple[str, int] | None, status_interval: float = 5.0, prog: str = "observer") -> Observer:
+    return Observer(reactor, cfg, targets, name, master, status_interval, prog=prog)

@@ -118,13 +118,9 @@ class Orders:
                 "add source IPs or server ports"
             )
         orders = [WorkerOrder(t, tuple(q)) for t, q in assignments]
-        rows = [o.to_wire() for o in orders]
-        if info.packed:
-            # Packed as JSON (config.packed): every order carries every route, ~940 KB
-            # at a million, sent as pieces Banana accepts.
-            yield agent.call(self.clock, "apply_packed", pack_pieces(rows))
-        else:
-            yield agent.call(self.clock, "apply", rows)
+        # Packed as JSON (config.packed): every order carries every route, ~940 KB
+        # at a million, sent as pieces Banana accepts.
+        yield agent.call(self.clock, "apply_packed", pack_pieces([o.to_wire() for o in orders]))
         agent.worker_targets = [o.target for o in orders]
         return agent.target
 

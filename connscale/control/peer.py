@@ -10,10 +10,11 @@ address alone is the key.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 from typing import Any
+
+from connscale.config.endpoints import is_loopback_host
 
 __all__ = ["peer_key", "socket_uid"]
 
@@ -55,11 +56,7 @@ def peer_key(transport: Any) -> str:
     peer = transport.getPeer() if transport is not None else None
     host = str(getattr(peer, "host", peer))
     port = getattr(peer, "port", None)
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    local = transport.getHost() if loopback else None
+    local = transport.getHost() if is_loopback_host(host) else None
     if isinstance(port, int) and isinstance(getattr(local, "port", None), int):
         uid = socket_uid((host, port), (str(local.host), int(local.port)))
         if uid is not None:

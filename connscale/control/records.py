@@ -106,9 +106,6 @@ class AgentInfo(Record):
     rate: float = field(number(0, 10_000_000), default=0.0)
     interval: float = field(number(0, 86400), default=0.0)
     timeout: float = field(number(0, 86400), default=0.0)
-    #: It answers `report_packed` (its report as one JSON string, config.packed);
-    #: an agent that does not say so is asked for `report`.
-    packed: bool = field(boolean, default=False)
 
 
 @attrs.frozen
@@ -148,7 +145,7 @@ class AgentReport(Record):
 
     @classmethod
     def from_packed(cls, data: object) -> AgentReport:
-        """A report as `report_packed` answers it (or the plain structure), bounded in bytes and
+        """A report as `report_packed` answers it, bounded in bytes and
         in JSON elements before it is parsed: json.loads builds whatever it is given."""
         pieces = data if isinstance(data, list) else [data]
         size = 0

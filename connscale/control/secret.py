@@ -10,7 +10,6 @@ beyond loopback on a secret it generated itself.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import stat
@@ -19,7 +18,8 @@ from typing import Mapping
 
 from twisted.logger import Logger
 
-from connscale.config.settings import ControlSettings, endpoint_address
+from connscale.config.endpoints import binds_loopback
+from connscale.config.settings import ControlSettings
 
 log = Logger(namespace="connscale.secret")
 
@@ -114,25 +114,12 @@ def hub_salt(env: Mapping[str, str] = os.environ) -> bytes:
     return value
 
 
-def is_loopback_endpoint(endpoint: str) -> bool:
-    address = endpoint_address(endpoint)
-    if address is None:
-        return True  # a unix socket is local by construction
-    interface = address[0]
-    if not interface:
-        return False  # no interface= means every interface
-    try:
-        return ipaddress.ip_address(interface).is_loopback
-    except ValueError:
-        return interface == "localhost"
-
-
 def hub_secret(control: ControlSettings, env: Mapping[str, str] = os.environ) -> tuple[bytes, str]:
     """The hub's secret and where it came from."""
     value = configured_secret(control, env)
     if value is not None:
         return value, "configured"
-    if not is_loopback_endpoint(control.listen):
+    if not binds_loopback(control.listen):
         raise SecretError(
             f"control.listen {control.listen} is not loopback-only: configure control.secret, "
             "control.secret_file or CONNSCALE_SECRET first"

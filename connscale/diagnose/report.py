@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import attrs
 
-from connscale.diagnose.advice import advise
+from connscale.diagnose.fixes import advise
 from connscale.diagnose.curve import (
     KNEE_FACTOR,
     CurvePoint,

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from connscale.diagnose.fixes import fix_of
 from connscale.diagnose.records import Cause, Miss, Plateau, SearchResult, Slo
 from connscale.diagnose.verdict import primary_incident
 from connscale.metrics.histograms import Percentiles, rtt_summary_ms
@@ -99,7 +100,7 @@ def judge(index: int, level: int, records: Sequence[Stats], slo: Slo, reached: b
     if not passed and placed is not None and placed < level:
         cause = Cause("routes", "client", f"the routes hold at most {placed:,} connections (source IPs x server "
                       "ports x client.per_route_max)",
-                      ("more source IPs (client.source_ips) or server ports (server.ports)",))
+                      fix_of("route_quota").fix)
     elif not passed:
         t0 = first.elapsed_s if first is not None else 0.0
         t1 = last.elapsed_s if last is not None else t0
@@ -195,7 +196,7 @@ def _cause(records: Sequence[Stats], incidents: Sequence[Incident], saturated: b
         if mine:
             return Cause.of(mine[0])
         return Cause("measuring_side", "client", "connscale's own client workers were saturated during the plateau",
-                     ("more client workers or agent hosts (clients: in the config)",))
+                     fix_of("measuring_side").fix)
     incident = primary_incident(incidents)
     if incident is not None:
         return Cause.of(incident)
@@ -203,7 +204,7 @@ def _cause(records: Sequence[Stats], incidents: Sequence[Incident], saturated: b
     client = [r.load.client for r in records if r.load.client is not None]
     if any(s.saturated or s.silent for s in server):
         return Cause("server_starved", "server", "the server's workers were saturated: it answers too late at this count",
-                     ("more server cores, or fewer pings per second (a longer client.interval)",))
+                     fix_of("no_answer_from_server").fix)
     # A pong waits in the socket as long as its reader's loop is late: whose loop
     # lag is of the order of the p99 explains the latency.
     p99 = rtt.p99 or 0.0
@@ -213,15 +214,14 @@ def _cause(records: Sequence[Stats], incidents: Sequence[Incident], saturated: b
         return Cause("measuring_side", "client",
                      f"connscale's client loops ran up to {client_lag:.0f} ms late, of the order of the "
                      f"p99 of {p99:.0f} ms: the latency is largely connscale's own",
-                     ("more client workers or agent hosts (clients: in the config)",
-                      "a longer client.interval, so each worker has less to do per second"))
+                     fix_of("measuring_side").fix)
     if p99 and server_lag >= 0.5 * p99:
         return Cause("server_starved", "server",
                      f"the server's loops ran up to {server_lag:.0f} ms late, of the order of the p99 "
                      f"of {p99:.0f} ms: it answers too late at this count",
-                     ("more server cores, or fewer pings per second (a longer client.interval)",))
+                     fix_of("no_answer_from_server").fix)
     return Cause("unknown", "", "; ".join(reasons) + " (neither side's loop lag explains it: the host's other load, "
-                 "the kernel, or the network)", ("see the plateau's seconds in timeline.jsonl and report.html",))
+                 "the kernel, or the network)", fix_of("unknown").fix)
 
 
 def explain_search(search: Search, plateaus: Sequence[Plateau], slo: Slo, stopped: str = "") -> SearchResult:

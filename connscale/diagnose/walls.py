@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from connscale.diagnose.advice import advise
+from connscale.diagnose.fixes import fix_of
 from connscale.host.observed import HostRow, ListenerRow, ProcessRow, TargetRow
 from connscale.metrics.counters import SERVER_HEADER, TLS_CAUSES
 from connscale.metrics.records import IncidentWorker, KernelCounters, Stats
@@ -298,9 +298,7 @@ def measuring_side(w: Window, ctx: Context, why: str = "") -> Finding:
     if not starved and host_cores is not None and cpu_total < host_cores * 0.7 and len(sat) < len(clients) / 2 + 1:
         fixes.append(f"more client workers (client.workers: {len(clients) * 2}), so the load spreads over "
                      f"the {host_cores:g} cores the agents have")
-    fixes.append("more agent hosts (clients: in the config; connections_start on each), so the clients stop "
-                 "sharing cores with each other and with the server")
-    fixes.append("a lower scenario.rate or a longer client.interval, if the point was the server's hold, not its speed")
+    fixes += fix_of("measuring_side").fix
     return Finding(
         "measuring_side", "client",
         "connscale's own client workers are saturated: the RTT and the ramp rate measured are connscale's, "
@@ -331,7 +329,7 @@ def server_starved(w: Window, ctx: Context, key: str) -> Finding:
                             "(network, a busy host) or in another server")
             confident = False
         fixes = [
-            "more server cores (server workers take one core each: server.workers: auto uses every core)",
+            fix_of("no_answer_from_server").fix[0],
             f"fewer pings per second (client.interval above {ctx.interval:g} s) or a longer client.timeout "
             f"than {ctx.timeout:g} s, if the server is allowed to be that slow",
         ]
@@ -403,8 +401,7 @@ def ephemeral_ports(w: Window, ctx: Context, key: str) -> Finding:
     fixes = [
         f"more source IPs (client.source_ips, e.g. {', '.join(setup.source_ips[:1]) or '127.0.0.2'}-... "
         "on loopback; addresses of the client host elsewhere)",
-        "more server ports (server.ports)",
-        "sysctl -w net.ipv4.ip_local_port_range='1024 65535'",
+        *fix_of("EADDRNOTAVAIL").fix[1:],
     ]
     return Finding("ephemeral_ports", "client",
                    "ephemeral ports ran out for a (source IP, server IP:port) tuple", tuple(evidence), tuple(fixes))
@@ -423,7 +420,7 @@ def fd_process(w: Window, ctx: Context, key: str, side: str) -> Finding:
     role = "client" if side == "client" else "server"
     fixes = [
         f"more {role} workers ({role}.workers: auto sizes them by the fd budget; or a larger number)",
-        "a higher hard limit before starting: ulimit -Hn 1048576 (systemd: LimitNOFILE=; /etc/security/limits.conf)",
+        fix_of("EMFILE").fix[1],
     ]
     if shrunk:
         fixes.insert(0, "raise the lowered limit again (prlimit --pid PID --nofile=HARD:HARD) or restart the worker")
@@ -453,8 +450,9 @@ _SERVER_TLS = frozenset({"tls_cert_expired", "tls_cert_not_yet_valid", "tls_prot
 def tls(w: Window, key: str) -> Finding:
     """TLS handshakes failing, by their cause (net/tls.py names it), with that cause's fix."""
     _, _, cause = _cause(key)
+    row = fix_of(cause)
     return Finding("tls", "server" if cause in _SERVER_TLS else "client",
-                   f"TLS handshakes fail: {advise(cause).split(':', 1)[0]}", (_count(w, key),), (advise(cause),))
+                   f"TLS handshakes fail: {row.means}", (_count(w, key),), row.fix)
 
 
 def name_wall(key: str, w: Window, ctx: Context) -> Finding:
@@ -478,8 +476,7 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
     if cause == "ENFILE":
         return Finding(
             "fd_system", "host", "the system ran out of file descriptors (ENFILE)",
-            (_count(w, key),), ("sysctl -w fs.file-max=<twice the connections times 2 on a host with both sides>",
-                                "or spread the load over more hosts"),
+            (_count(w, key),), fix_of("ENFILE").fix,
         )
     if phase == "connect" and cause in ("EADDRNOTAVAIL", "EADDRINUSE") and side == "client":
         return ephemeral_ports(w, ctx, key)
@@ -490,7 +487,7 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
             "routes", "client", "every route is at its quota: the configuration cannot place more connections",
             (_count(w, key), f"{ips} source IPs x {ctx.server_ports} server ports x {ctx.per_route_max:,} "
              "(client.per_route_max)"),
-            ("more source IPs (client.source_ips)", "more server ports (server.ports)"),
+            fix_of("route_quota").fix,
         )
     d = w.kernel_delta
     overflow = bool(d.listen_overflows or d.listen_drops or d.abort_on_overflow)
@@ -504,12 +501,12 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
         if overflow or d.syn_retrans:
             return accept_queue(w, ctx, key)
         return Finding("server_down", "server", "SYNs go unanswered: the server host drops them or is down",
-                       (_count(w, key),), ("check that the server host is up and no firewall drops SYNs",))
+                       (_count(w, key),), fix_of("ETIMEDOUT").fix)
     if cause == "no_answer_from_server":
         return server_starved(w, ctx, key)
     if cause == "ECONNREFUSED":
         return Finding("server_down", "server", "nothing listens on the server port (connection refused)",
-                       (_count(w, key),), ("start the server, or check server.ports and client.server",))
+                       (_count(w, key),), fix_of("ECONNREFUSED").fix)
     if cause in TLS_CAUSES:
         return tls(w, key)
     protocol = [k for k in w.failures if k.endswith(":protocol_error")]
@@ -520,7 +517,7 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
         return Finding("protocol", "server" if any(k.startswith("server:") for k in protocol) else side,
                        "the two sides speak different protocols (protocol errors close the connections)",
                        tuple(_count(w, k) for k in sorted({key, *protocol})),
-                       ("use the same framing on both sides (server.framing and client.framing: line or raw)",))
+                       fix_of("protocol_error").fix)
     if cause in ("closed_by_peer", "ECONNRESET"):
         lost = [x for x in w.side("server") if not x.alive]
         evidence = [_count(w, key)]
@@ -532,7 +529,7 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
         # the client's (a protocol error it counted, a worker it lost): wait for it before
         # settling on "down", so the verdict does not depend on which side reported first.
         return Finding("server_down", "server", "the server closed or reset established connections",
-                       tuple(evidence), ("check the server's log: restarted, a worker lost, or a protocol error",),
+                       tuple(evidence), fix_of("closed_by_peer").fix,
                        confident=bool(lost) or side == "server")
     if cause == "worker_lost":
         mem = w.kernel.mem_available_bytes
@@ -542,9 +539,9 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
                            (*evidence, f"MemAvailable {mem / 2**20:.0f} MiB"),
                            ("fewer connections per host, more hosts, or more memory",))
         return Finding("worker_lost", side, "a worker process died and took its connections with it",
-                       tuple(evidence), ("see the worker's last lines in the hub's or agent's log",))
+                       tuple(evidence), fix_of("worker_lost").fix)
     return Finding("unknown", side, f"failures with cause {cause}", (_count(w, key),),
-                   ("see the logs and the kernel counters in the timeline",), confident=False)
+                   fix_of("unknown").fix, confident=False)
 
 
 def name_stall(w: Window, ctx: Context) -> Finding:
@@ -565,13 +562,13 @@ def name_stall(w: Window, ctx: Context) -> Finding:
     if down:
         return Finding("worker_lost", "client", "client workers are down, so their share is not being opened",
                        (f"{len(down)} of {len(clients)} client workers are down",),
-                       ("see the agent's log",))
+                       fix_of("worker_lost").fix)
     return Finding(
         "unknown", "client",
         f"the ramp falls behind ({w.connect_rate:,.0f}/s of {w.asked_rate:,.0f}/s asked) without a failure "
         "or a busy worker on either side",
         (f"{w.open:,} open of {w.target:,}, {w.connecting:,} connecting",),
-        ("look at the agent's log and at the kernel counters in the timeline",),
+        fix_of("unknown").fix,
         confident=False,
     )
 

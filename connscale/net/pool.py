@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from connscale.config.target import ProfileOptions
 from connscale.config.tls import ClientTLSSettings
+from connscale.deadline import unless_fired
 from connscale.metrics.buckets import MAX_US, SUB_BITS
 from connscale.metrics.counters import Counters, classify
 from connscale.net import fastpath
@@ -361,9 +362,7 @@ class ConnectionPool:
                     abort()
             self._fire_drained()
 
-        call = self.clock.callLater(timeout, give_up)
-        d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
-        return d
+        return unless_fired(self.clock, d, timeout, give_up)
 
     def close(self, conn: ClientConnection, cause: str | None = None) -> None:
         """Close one connection; with a `cause` it counts as a failure."""

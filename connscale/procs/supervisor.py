@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from connscale.config.packed import PackError, pack, unpack
+from connscale.deadline import all_within
 from connscale.config.records import RecordError
 from connscale.host.resources import process_stopped
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
@@ -317,8 +318,8 @@ class Supervisor:
                 call.addCallback(self._got, slot).addErrback(lambda _: None)
                 call.addBoth(self._answered, slot)
                 slot.asking = call
-            calls.append(self._within(slot.asking, wait))
-        return defer.gatherResults(calls).addCallback(lambda _: None)
+            calls.append(slot.asking)
+        return all_within(self.reactor, calls, wait).addCallback(lambda _: None)
 
     def _ask_later(self, slot: Slot, delay: float) -> defer.Deferred[Any]:
         """`snapshot_packed`, asked `delay` seconds from now (at once for 0)."""
@@ -343,20 +344,6 @@ class Supervisor:
     def _answered(result: Any, slot: Slot) -> Any:
         slot.asking = None
         return result
-
-    def _within(self, d: defer.Deferred[Any], seconds: float) -> defer.Deferred[None]:
-        """Fires when `d` does or after `seconds`, whichever comes first; never cancels `d`."""
-        out: defer.Deferred[None] = defer.Deferred()
-
-        def fire(result: Any = None) -> Any:
-            if not out.called:
-                out.callback(None)
-            return result
-
-        timer = self.reactor.callLater(seconds, fire)
-        out.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
-        d.addBoth(fire)
-        return out
 
     def _got(self, data: Any, slot: Slot) -> None:
         try:

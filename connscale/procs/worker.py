@@ -107,7 +107,7 @@ class WorkerRoot(pb.Root):
     def extra(self) -> dict[str, object]:
         return {}
 
-    def remote_snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> dict[str, object]:
         data: dict[str, Any] = self.counters.snapshot().to_dict()
         data["resources"] = process_resources()
         data["load"] = self.load.take()
@@ -115,8 +115,8 @@ class WorkerRoot(pb.Root):
         return data
 
     def remote_snapshot_packed(self) -> str:
-        """`snapshot` as one JSON string (see config.packed): what the parent asks for."""
-        return pack(self.remote_snapshot())
+        """Our snapshot as one JSON string (see config.packed): what the parent asks for."""
+        return pack(self.snapshot())
 
     def remote_exit(self) -> None:
         self.reactor.callLater(0, stop_reactor, self.reactor)
@@ -141,18 +141,15 @@ class ClientWorkerRoot(WorkerRoot):
                                 profile=spec.profile, tls=spec.tls)
         self.pool = ConnectionPool(reactor, reactor, settings, [], counters=self.counters, fast_path=spec.fast_path)
 
-    def remote_set_target(self, data: object) -> int:
-        order = WorkerOrder.from_wire(data)
+    def remote_set_target_packed(self, text: object) -> int:
+        """Our order as one JSON string (config.packed): an order carries every route (640 at
+        a million), ~2,500 PB elements otherwise."""
+        order = WorkerOrder.from_wire(unpack(text))
         if order.rate is not None:
             self.pool.settings = attrs.evolve(self.pool.settings, rate=order.rate)
         self.pool.set_routes(list(order.routes))
         self.pool.set_target(order.target)
         return self.pool.wanted()
-
-    def remote_set_target_packed(self, text: object) -> int:
-        """`set_target` with the order as one JSON string (config.packed): an order
-        carries every route (640 at a million), ~2,500 PB elements otherwise."""
-        return self.remote_set_target(unpack(text))
 
     def remote_set_rate(self, rate: object) -> None:
         value = ClientSpec.from_wire({"rate": rate}).rate

@@ -178,11 +178,9 @@ class Mind(pb.Referenceable):
         self.asked += 1
         return self.report
 
-    remote_report = remote_report_packed
-
 
 def info(name: str, host: str = "h1", **extra: Any) -> dict[str, Any]:
-    return {"host": host, "pid": os.getpid(), "budget": 19900, "packed": True, **extra}
+    return {"host": host, "pid": os.getpid(), "budget": 19900, **extra}
 
 
 @defer.inlineCallbacks

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from connscale.metrics.status import parse_status
 
@@ -24,6 +24,8 @@ _rng = random.Random()
 #: server's ports, then the hub's control port) could return the same port and
 #: the hub would refuse its own configuration. Never hand one out twice.
 _given: set[int] = set()
+
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -131,3 +133,16 @@ def connscale(verb: str, *args: str) -> list[str]:
 def twistd(command: str, *args: str) -> list[str]:
     """argv for `twistd -n --pidfile= COMMAND ...` with this interpreter."""
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", command, *args]
+
+
+def wait(what: str, probe: Callable[[], T], timeout: float = 30.0, every: float = 0.2) -> T:
+    """`probe()`'s first truthy answer, polled every `every` s; fails naming `what` (and the last answer)
+    after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")

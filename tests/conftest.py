@@ -1,0 +1,70 @@
+"""Fixtures every test module may ask for by name (pytest finds them here).
+
+Harnesses live in tests/support/ (control: the in-memory PB link and a fake agent mind;
+minds: a fake mind for the controller's parts; hub: a real hub's processes; loop: a private
+epoll reactor); a test module imports helpers from there, never from another test module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from connscale.control.collect import EventLog
+from connscale.control.controller import Controller
+from connscale.control.registry import Registry
+from tests.support.control import SECRET, make_cfg
+from tests.support.hub import Hub
+from tests.support.sshd import sshd_or_skip
+from tests.support.loop import reactor  # noqa: F401  (a fixture: a private EPollReactor per test)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A fake clock at 0; a module whose records need a later start advances it in its own fixture."""
+    return Clock()
+
+
+@pytest.fixture
+def events() -> EventLog:
+    return EventLog()
+
+
+@pytest.fixture
+def registry(clock: Clock, events: EventLog) -> Registry:
+    return Registry(clock, events.note)
+
+
+@pytest.fixture
+def controller(clock: Clock) -> Controller:
+    """A hub's controller serving 127.0.0.1:8989-8990, with the harness's secret."""
+    return Controller(clock, make_cfg(), SECRET)
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[Any]:
+    """A real sshd on loopback for the module (skips where sshd or root is missing)."""
+    with sshd_or_skip() as server:
+        yield server
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
+    """Makes real hubs (`hub(grace=5, console="ssh", keys=path)`); stops every one it made."""
+    made: list[Hub] = []
+
+    def make(grace: float | None = None, **kw: Any) -> Hub:
+        h = Hub(tmp_path, **kw)
+        if grace is not None:
+            h.config.write_text(h.config.read_text().replace("client:\n", f"client:\n  hub_grace: {grace}\n", 1))
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        if h.proc is not None:
+            h.proc.stop()
