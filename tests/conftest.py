@@ -18,6 +18,7 @@ from connscale.control.collect import EventLog
 from connscale.control.controller import Controller
 from connscale.control.registry import Registry
 from tests.support.control import SECRET, make_cfg
+from tests.support.certs import Pki
 from tests.support.hub import Hub
 from tests.support.sshd import sshd_or_skip
 from tests.support.loop import reactor  # noqa: F401  (a fixture: a private EPollReactor per test)
@@ -43,6 +44,12 @@ def registry(clock: Clock, events: EventLog) -> Registry:
 def controller(clock: Clock) -> Controller:
     """A hub's controller serving 127.0.0.1:8989-8990, with the harness's secret."""
     return Controller(clock, make_cfg(), SECRET)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A CA of the test's own in its tmp_path, issuing the certificates a TLS test needs."""
+    return Pki(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline, read_timeline
 from connscale.procs.supervisor import Slot, Supervisor
 from tests.support.minds import Mind, info, result
+from tests.support.ticks import HeldChild, seconds
 
 
 @pytest.fixture
@@ -82,26 +83,6 @@ class SlowMind(Mind):
 
     def report_calls(self) -> int:
         return sum(1 for m, _ in self.calls if m == "report_packed")
-
-
-def run_until(clock: Clock, t: float) -> None:
-    """Advance to `t`, stopping at every call due on the way (Clock.advance alone
-    would run them all with the clock already at `t`)."""
-    while due := [c.getTime() for c in clock.getDelayedCalls() if c.getTime() <= t]:
-        clock.advance(max(0.0, min(due) - clock.seconds()))
-    clock.advance(t - clock.seconds())
-
-
-def seconds(collector: Collector, clock: Clock, n: int, each: Any = None) -> None:
-    """Drive the hub's loop for n seconds: a tick at every whole second, as HubService does;
-    `each(i)` runs half-way through second i."""
-    for i in range(n):
-        t = clock.seconds()
-        collector.tick()  # not waited for: the line comes when it comes
-        run_until(clock, t + 0.5)
-        if each is not None:
-            each(i)
-        run_until(clock, t + 1.0)
 
 
 def lines(timeline: Timeline) -> list[Stats]:
@@ -172,7 +153,7 @@ def test_the_console_the_live_view_and_metrics_say_which_agent_is_stale(
 
     from connscale.metrics.prometheus import TimelineCollector, registry_for
     from connscale.metrics.render import format_stats
-    from tests.test_prometheus import samples
+    from tests.support.scrape import samples
 
     registry.register("fast", Mind(report_packed=Agent(1, open_=1).answer), info())
     slow_mind = SlowMind(Agent(1, open_=2))
@@ -266,25 +247,6 @@ def test_the_stats_poll_and_the_tick_share_questions_and_a_fresh_report(registry
 
 
 # ---------------------------------------------------------------- the supervisor, inside an agent and the hub
-
-
-class HeldChild:
-    """A worker whose snapshot answers are held until released."""
-
-    name = "t-client-worker-1"
-    running = True
-
-    def __init__(self) -> None:
-        self.asked: list[defer.Deferred[Any]] = []
-        self.signals: list[str] = []
-
-    def call(self, method: str, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.asked.append(d)
-        return d
-
-    def signal(self, name: str) -> None:
-        self.signals.append(name)
 
 
 def snapshot(open_: int, rtt_n: int) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from connscale.control.console import (
     make_console,
     wrap_namespace,
 )
+from tests.support.console import Reader, clean
 
 REPO = Path(__file__).resolve().parents[1]
 needs_ssh = pytest.mark.skipif(not (shutil.which("ssh") and shutil.which("ssh-keygen")),
@@ -74,38 +74,6 @@ SERVER = textwrap.dedent('''
     svc.when_listening().addCallback(lambda port: print(port.getHost().port, flush=True))
     reactor.run()
 ''')
-
-ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Za-z0-9]|\x1b[=>EDMc78]")
-
-
-def clean(data: bytes) -> str:
-    return ANSI.sub(b"", data).replace(b"\r", b"").decode("utf-8", "replace")
-
-
-class Reader:
-    """Collects a pipe's output on a thread so the test can wait for a pattern with a deadline."""
-
-    def __init__(self, pipe) -> None:
-        self.data = b""
-        self.lock = threading.Lock()
-        threading.Thread(target=self._pump, args=(pipe,), daemon=True).start()
-
-    def _pump(self, pipe) -> None:
-        while chunk := os.read(pipe.fileno(), 65536):
-            with self.lock:
-                self.data += chunk
-
-    def text(self) -> str:
-        with self.lock:
-            return clean(self.data)
-
-    def wait_for(self, pattern: str, timeout: float = 5.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if m := re.search(pattern, self.text(), re.M):
-                return m
-            time.sleep(0.02)
-        raise AssertionError(f"no {pattern!r} within {timeout}s in output:\n{self.text()}")
 
 
 def keygen(path: Path) -> Path:

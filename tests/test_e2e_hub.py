@@ -103,7 +103,7 @@ def test_console_over_real_ssh_scales_a_client(hub, tmp_path):
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "admin@127.0.0.1"]
         session = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        from tests.test_console import Reader
+        from tests.support.console import Reader
 
         try:
             out = Reader(session.stdout)

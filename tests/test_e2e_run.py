@@ -12,52 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.mounts import can_mount, remount_read_only, tmpfs
-from tests.support.procs import connscale, free_port, free_ports
+from tests.support.procs import connscale
+from tests.support.runconfig import run, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def write_config(tmp: Path, **extra: str) -> Path:
-    ports = free_ports(2)
-    control = free_port()
-    values = {
-        "ports": f"{ports[0]}-{ports[1]}",
-        "control": str(control),
-        "target": "3000",
-        "per_route_max": "14000",
-        "source_ips": "127.0.0.2-127.0.0.3",
-        # Generous: these tests are about the run's mechanics, on a box that may be busy.
-        "timeout": "5",
-        "max_failures": "0",
-    }
-    values.update(extra)
-    path = tmp / "run.yaml"
-    path.write_text(
-        f"""
-server: {{ports: "{values['ports']}", status_interval: 1}}
-client:
-  server: "127.0.0.1:{values['ports']}"
-  source_ips: "{values['source_ips']}"
-  interval: 2
-  timeout: {values['timeout']}
-  per_route_max: {values['per_route_max']}
-control: {{listen: "tcp:{values['control']}:interface=127.0.0.1", console: none}}
-scenario: {{target: {values['target']}, rate: 3000, steps: 2, hold: 1, final_hold: 3, time_limit: 60,
-            max_failures: {values['max_failures']}}}
-run: {{dir: runs}}  # relative: resolved against the directory connscale run starts in
-"""
-    )
-    return path
-
-
-def run(tmp: Path, config: Path, *extra: str, env: dict[str, str] | None = None
-        ) -> tuple[subprocess.CompletedProcess[str], dict]:
-    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"), **(env or {}))
-    r = subprocess.run(connscale("run", "-c", str(config), *extra), capture_output=True, text=True, timeout=150,
-                       env=env, cwd=tmp)
-    summaries = list((tmp / "runs").glob("*/summary.json"))
-    assert len(summaries) == 1, (r.stdout, r.stderr)
-    return r, json.loads(summaries[0].read_text())
 
 
 @pytest.mark.parametrize("fast_path", ["1", "0"], ids=["fast", "stock"])

@@ -155,7 +155,7 @@ def test_ctl_waits_out_a_throttle_instead_of_failing(hub):
 
 
 def test_a_lockout_attempt_does_not_stop_a_real_run(tmp_path: Path):
-    from tests.test_e2e_run import write_config
+    from tests.support.runconfig import write_config
 
     config = write_config(tmp_path, target="300")
     port = int(re.search(r'listen: "tcp:(\d+)', config.read_text()).group(1))

@@ -377,7 +377,7 @@ time.sleep(300)
 @pytest.mark.skipif(not netns_available(), reason="needs root and working `ip netns`")
 @pytest.mark.skipif(sshd_unavailable_reason() is not None, reason=str(sshd_unavailable_reason()))
 def test_an_observer_launched_over_ssh_reports_a_server_in_its_namespace(tmp_path):
-    from tests.test_e2e_multihost import (
+    from tests.support.multihost import (
         CONTROL_PORT,
         ctl_ok,
         hub_config,
@@ -387,7 +387,7 @@ def test_an_observer_launched_over_ssh_reports_a_server_in_its_namespace(tmp_pat
         start_hub,
         wait_until,
     )
-    from tests.test_e2e_multihost import write_config as write_hub_config
+    from tests.support.multihost import write_config as write_hub_config
 
     with TestNetwork(2) as net, contextlib.ExitStack() as stack:
         h1, h2 = net.hosts

@@ -8,7 +8,7 @@ from twisted.internet import error
 from twisted.python.failure import Failure
 
 from connscale.config.target import ProfileOptions
-from tests.test_pool import Harness
+from tests.support.pool import Harness
 
 
 def redis_harness(**settings):

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from connscale.config.settings import ConfigError, parse_config
 from connscale.metrics.prometheus import TimelineCollector, bounded_cause, registry_for
@@ -19,14 +18,7 @@ from connscale.metrics.records import Stats
 from connscale.metrics.timeline import read_timeline
 from tests.support.procs import free_port
 from tests.support.timelines import make_records
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+from tests.support.scrape import samples
 
 
 def scrape_collector(records: list[dict[str, Any]]) -> dict:

@@ -15,8 +15,8 @@ import pytest
 from connscale.diagnose.report import write_report
 from tests.support.browser import screenshot
 from tests.support.procs import connscale
-from tests.test_e2e_run import write_config
-from tests.test_report import check_numbers, shown_numbers
+from tests.support.reportpage import check_numbers, shown_numbers
+from tests.support.runconfig import write_config
 
 pytestmark = pytest.mark.slow
 

@@ -632,7 +632,7 @@ class JudgingHub(FakeHub):
 
     def judge(self) -> None:
         self.tick()
-        from tests.test_incidents import record
+        from tests.support.incidents import record
 
         self.detector.observe(record(self.clock.seconds() - self.started, open=self.open, target=self.target,
                                      failures=self.client_failures, server_failures=self.server_failures))

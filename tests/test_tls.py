@@ -14,48 +14,13 @@ import attrs
 import pytest
 from twisted.internet.protocol import Factory, Protocol
 
-from connscale.config.tls import ClientTLSSettings, ServerTLSSettings
-from connscale.metrics.buckets import RttBuckets
+from connscale.config.tls import ClientTLSSettings
 from connscale.metrics.counters import TLS_CAUSES, Counters
-from connscale.net.pool import ConnectionPool, PoolSettings
-from connscale.net.routes import Route
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on, serve, tls_factory
 from connscale.net.tls import TLSLayer
 from tests.support.certs import Pki
 from tests.support.loop import reactor, spin, turns  # noqa: F401  (fixture)
-
-
-@pytest.fixture
-def pki(tmp_path) -> Pki:  # type: ignore[no-untyped-def]
-    return Pki(tmp_path)
-
-
-def tls_server(reactor: Any, tls: ServerTLSSettings | None, framing: str = "line") -> tuple[Counters, int]:
-    counters = Counters()
-    sock = bind_sockets("127.0.0.1", [0], 1024)[0]
-    port = sock.getsockname()[1]
-    serve(reactor, [sock], PingServerFactory(framing, counters), tls)
-    return counters, port
-
-
-def client(reactor: Any, port: int, tls: ClientTLSSettings | None, **settings: Any) -> ConnectionPool:
-    base = {"interval": 0.1, "timeout": 2.0, "rate": 2000.0, "replace": False}
-    if tls is not None:
-        base["tls"] = tls
-    return ConnectionPool(reactor, reactor, PoolSettings(**{**base, **settings}), [Route(None, "127.0.0.1", port, 1000)])
-
-
-def trusting(pki: Pki, **kw: Any) -> ClientTLSSettings:
-    return ClientTLSSettings(enabled=True, ca_file=pki.ca_file, **kw)
-
-
-def handshakes(counters: Counters) -> int:
-    """Handshakes in the snapshot's histogram (what crosses to the hub), as the hub reads it."""
-    buckets = RttBuckets()
-    snap = counters.snapshot()
-    if snap.handshake:
-        buckets.add_encoded(snap.handshake)
-    return buckets.total()
+from tests.support.tls import client, handshakes, tls_server, trusting
 
 
 @pytest.mark.parametrize("framing", ["line", "raw"])

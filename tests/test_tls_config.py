@@ -15,11 +15,6 @@ from connscale.net.tlscert import certificate, make_auto, new_key, write_pem
 from tests.support.certs import Pki
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path)
-
-
 def problems(data: dict) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(data)

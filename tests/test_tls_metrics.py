@@ -23,8 +23,8 @@ from connscale.metrics.histograms import encode_histogram, new_histogram
 from connscale.metrics.snapshot import Snapshot, snapshot_from_wire, sum_snapshots
 from connscale.metrics.timeline import Timeline, read_timeline
 from connscale.procs.supervisor import Slot, Supervisor
-from tests.test_collect_tick import HeldChild, seconds
-from tests.test_control_parts import Mind, info
+from tests.support.minds import Mind, info
+from tests.support.ticks import HeldChild, seconds
 
 
 def handshake_hist(n: int, us: int) -> str:
@@ -51,8 +51,7 @@ def test_a_snapshot_carries_the_handshakes_since_the_last_one_and_resumptions_in
     assert sum_snapshots([first, second]).resumed == 4
 
 
-def test_the_supervisor_hands_each_workers_handshakes_to_its_listeners_once() -> None:
-    clock = Clock()
+def test_the_supervisor_hands_each_workers_handshakes_to_its_listeners_once(clock: Clock) -> None:
     rtts: list[str] = []
     handshakes: list[str] = []
     sup = Supervisor(clock, "client", {}, "t", on_rtt=rtts.append)
@@ -70,11 +69,9 @@ def test_the_supervisor_hands_each_workers_handshakes_to_its_listeners_once() ->
     assert len(handshakes) == 1
 
 
-def test_the_hub_merges_every_agents_handshakes_into_one_histogram_a_second(tmp_path: Path) -> None:
-    clock = Clock()
+def test_the_hub_merges_every_agents_handshakes_into_one_histogram_a_second(
+        clock: Clock, events: EventLog, registry: Registry, tmp_path: Path) -> None:
     clock.advance(100)
-    events = EventLog()
-    registry = Registry(clock, events.note)
     sent = {"a": 0, "b": 0}
 
     def agent(name: str, n: int, us: int) -> Any:
@@ -84,8 +81,8 @@ def test_the_hub_merges_every_agents_handshakes_into_one_histogram_a_second(tmp_
                                handshake=handshake_hist(n, us)).to_wire()
         return answer
 
-    registry.register("a", Mind(report=agent("a", 30, 2000)), info())
-    registry.register("b", Mind(report=agent("b", 10, 40_000)), info())
+    registry.register("a", Mind(report_packed=agent("a", 30, 2000)), info())
+    registry.register("b", Mind(report_packed=agent("b", 10, 40_000)), info())
     timeline = Timeline(tmp_path)
     collector = Collector(clock, registry, events, timeline=timeline)
     seconds(collector, clock, 3)
@@ -103,11 +100,9 @@ def test_the_hub_merges_every_agents_handshakes_into_one_histogram_a_second(tmp_
     assert handshakes.connect_rate(lines) == ConnectRate(40.0, 40.0)
 
 
-def test_without_tls_the_timeline_says_no_handshakes(tmp_path: Path) -> None:
-    clock = Clock()
-    events = EventLog()
-    registry = Registry(clock, events.note)
-    registry.register("a", Mind(report=lambda: AgentReport(totals=Snapshot(open=1)).to_wire()), info())
+def test_without_tls_the_timeline_says_no_handshakes(clock: Clock, events: EventLog, registry: Registry,
+                                                    tmp_path: Path) -> None:
+    registry.register("a", Mind(report_packed=lambda: AgentReport(totals=Snapshot(open=1)).to_wire()), info())
     timeline = Timeline(tmp_path)
     seconds(Collector(clock, registry, events, timeline=timeline), clock, 2)
     timeline.close()

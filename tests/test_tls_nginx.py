@@ -13,13 +13,12 @@ import pytest
 from tests.support import nginx_tls
 from tests.support.certs import Pki
 from tests.support.loop import reactor, spin  # noqa: F401  (fixture)
-from tests.test_tls import client, handshakes, tls_server, trusting
+from tests.support.tls import client, handshakes, tls_server, trusting
 
 pytestmark = pytest.mark.skipif(nginx_tls.missing() is not None, reason=nginx_tls.missing() or "")
 
 
-def test_pings_cross_nginxs_tls_and_a_reconnect_resumes_its_session(reactor, tmp_path: Path) -> None:  # noqa: F811
-    pki = Pki(tmp_path)
+def test_pings_cross_nginxs_tls_and_a_reconnect_resumes_its_session(reactor, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
     backend, backend_port = tls_server(reactor, None)
     cert, key = pki.issue("nginx", names=("localhost", "127.0.0.1"))
     with nginx_tls.tls_proxy(tmp_path, cert, key, backend_port) as port:
@@ -37,8 +36,7 @@ def test_pings_cross_nginxs_tls_and_a_reconnect_resumes_its_session(reactor, tmp
         assert pool.counters.failures == {}
 
 
-def test_nginx_with_a_certificate_from_an_unknown_ca_is_named(reactor, tmp_path: Path) -> None:  # noqa: F811
-    pki = Pki(tmp_path)
+def test_nginx_with_a_certificate_from_an_unknown_ca_is_named(reactor, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
     _, backend_port = tls_server(reactor, None)
     cert, key = pki.issue("rogue", rogue=True)
     with nginx_tls.tls_proxy(tmp_path, cert, key, backend_port) as port:
@@ -48,8 +46,7 @@ def test_nginx_with_a_certificate_from_an_unknown_ca_is_named(reactor, tmp_path:
         assert pool.counters.failures == {("connect", "tls_unknown_ca"): 3}
 
 
-def test_a_plain_client_of_nginxs_tls_is_named_not_left_hanging(reactor, tmp_path: Path) -> None:  # noqa: F811
-    pki = Pki(tmp_path)
+def test_a_plain_client_of_nginxs_tls_is_named_not_left_hanging(reactor, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
     _, backend_port = tls_server(reactor, None)
     cert, key = pki.issue("nginx")
     with nginx_tls.tls_proxy(tmp_path, cert, key, backend_port) as port:

@@ -305,7 +305,7 @@ run: {{dir: runs}}
 
 @pytest.mark.skipif(not netns_available(), reason="needs root + ip netns")
 def test_the_hubs_check_covers_an_agent_on_another_host(tmp_path):
-    from tests.test_e2e_multihost import ctl, hub_config, random_secret, start_agent, start_hub, write_config
+    from tests.support.multihost import ctl, hub_config, random_secret, start_agent, start_hub, write_config
 
     # The agent's host has 500 ephemeral ports; the hub's check must see that from its registration.
     with TestNetwork(2) as net, contextlib.ExitStack() as stack:
