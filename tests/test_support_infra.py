@@ -278,3 +278,18 @@ def test_free_ports_never_hands_out_a_port_twice(monkeypatch):
     assert sorted(got) == [21000, 21001, 21002]
     with pytest.raises(RuntimeError):
         procs.free_port()
+
+
+def test_each_xdist_worker_probes_its_own_slice_of_the_port_pool(monkeypatch):
+    # Two test processes probing the same pool at once could both find one port free.
+    from tests.support.procs import _worker_pool
+
+    pool = range(20000, 32000)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    assert _worker_pool(pool) == pool
+    slices = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        slices.append(_worker_pool(pool))
+    assert slices == [range(20000, 26000), range(26000, 32000)]

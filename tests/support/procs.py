@@ -18,6 +18,22 @@ from connscale.metrics.status import parse_status
 #: (32768-60999): a port the kernel handed out with bind(0) is also what the
 #: next outgoing connect may take, and our tests open thousands of those.
 PORT_POOL = range(20000, 32000)
+
+
+def _worker_pool(pool: range) -> range:
+    """This test process's share of `pool`. Under pytest-xdist several test processes
+    probe at once, and a port one of them found free is free for the other too until
+    its server binds it: each worker (gw0, gw1, ...) takes its own slice."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return pool
+    index = int(worker[2:]) % count
+    size = len(pool) // count
+    return range(pool.start + index * size, pool.start + (index + 1) * size)
+
+
+PORT_POOL = _worker_pool(PORT_POOL)
 _rng = random.Random()
 #: Ports already handed out in this test process. A port is free when we probe
 #: it and stays free until its process binds it, so two calls in a row (a
