@@ -11,25 +11,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from connscale.host.slab import read_slabinfo, socket_caches
 from tests.support.netns import TestNetwork, netns_available
+from tests.support.observing import Run, close, idle_readings, kernel_bytes, observed, rss, unique_server
 from tests.support.procs import Proc, connscale, free_port, free_ports
 from tests.support.sshd import Sshd, sshd_unavailable_reason
 
 pytestmark = pytest.mark.slow
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def write_config(tmp: Path, target: int = 6000, steps: int = 2, hold: float = 2, final_hold: float = 6,
@@ -52,155 +48,6 @@ run: {{dir: runs}}
 {extra}
 """)
     return path
-
-
-class Run:
-    """`connscale run` in the background, its timeline read as it is written."""
-
-    def __init__(self, tmp: Path, config: Path, *extra: str) -> None:
-        self.tmp = tmp
-        env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"), PYTHONUNBUFFERED="1")
-        self.out = open(tmp / "run.out", "w")
-        self.popen = subprocess.Popen(connscale("run", "-c", str(config), *extra), stdout=self.out,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=tmp,
-                                      start_new_session=True)
-
-    def lines(self) -> list[dict[str, Any]]:
-        found = list((self.tmp / "runs").glob("*/timeline.jsonl"))
-        if not found:
-            return []
-        out = []
-        for text in found[0].read_text().splitlines():
-            try:
-                out.append(json.loads(text))
-            except ValueError:
-                pass  # the line being written
-        return out
-
-    def wait_line(self, what: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 90.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in reversed(self.lines()):
-                if pred(line):
-                    return line
-            if self.popen.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"no timeline line with {what}\n{self.text()[-3000:]}")
-
-    def text(self) -> str:
-        return (self.tmp / "run.out").read_text(errors="replace")
-
-    def finish(self, timeout: float = 150.0) -> tuple[int, dict[str, Any]]:
-        try:
-            code = self.popen.wait(timeout)
-        finally:
-            self.stop()
-        summaries = list((self.tmp / "runs").glob("*/summary.json"))
-        assert len(summaries) == 1, self.text()[-3000:]
-        return code, json.loads(summaries[0].read_text())
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
-        self.out.close()
-
-
-def rss(pids: list[int]) -> int:
-    """The test's own reading: resident pages of each process from /proc/PID/statm."""
-    return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE for pid in pids)
-
-
-def kernel_bytes() -> int | None:
-    slab = read_slabinfo()
-    if slab is None:
-        return None
-    text = Path("/proc/net/sockstat").read_text()
-    pages = int(text.split("TCP:")[1].split("mem")[1].split()[0])
-    return sum(socket_caches(slab).values()) + pages * PAGE
-
-
-def observed(line: dict[str, Any]) -> dict[str, Any] | None:
-    row = (line.get("observers") or {}).get("server") or {}
-    targets = row.get("targets") or []
-    return targets[0] if targets else None
-
-
-def close(mine: float, theirs: float, rel: float = 0.10, slack: float = 0.0, noise: float = 0.0) -> bool:
-    """Within `rel` of theirs (or `slack`, whichever is larger), plus the measured `noise`."""
-    return abs(mine - theirs) <= max(rel * abs(theirs), slack) + noise
-
-
-def sockets_of(pid: int) -> int:
-    """The test's own count of a process's socket fds."""
-    base = Path(f"/proc/{pid}/fd")
-    count = 0
-    for fd in base.iterdir():
-        try:
-            count += os.readlink(fd).startswith("socket:")
-        except OSError:
-            continue
-    return count
-
-
-def started_pids(log: Path, prefix: str) -> list[int]:
-    """pids of the workers a supervisor log says it started ("<prefix>-N started (pid P, ...")."""
-    if not log.exists():
-        return []
-    return [int(line.split("(pid ")[1].split(",")[0]) for line in log.read_text(errors="replace").splitlines()
-            if f"{prefix}-" in line and " started (pid " in line]
-
-
-#: Seconds before a worker's first connection whose RSS readings bound when the observer's
-#: baseline was read (its last line before the first connection: up to a second earlier, and
-#: the line's second again).
-BASELINE_WINDOW = 2.0
-
-
-def idle_readings(run: "Run", servers: int, clients: int, ports: int = 2,
-                  timeout: float = 60.0) -> tuple[dict[int, int], dict[int, int], list[int], list[int]]:
-    """RSS of every worker before its first connection, read by the test from /proc/PID/statm
-    every 20 ms from the moment its supervisor logs its pid; a worker's last reading counts while
-    it holds no socket but its listeners (`ports` of them for a server worker, none for a client).
-    Also each worker's spread (max - min) of those readings over its last BASELINE_WINDOW seconds:
-    how much its idle RSS moved while the observer may have read it."""
-    run_dir = lambda: next(iter((run.tmp / "runs").glob("*/")), None)  # noqa: E731
-    idle: dict[int, int] = {}
-    samples: dict[int, list[tuple[float, int]]] = {}
-    done: set[int] = set()
-    deadline = time.monotonic() + timeout
-    server_pids: list[int] = []
-    client_pids: list[int] = []
-    while time.monotonic() < deadline and run.popen.poll() is None:
-        where = run_dir()
-        if where is not None:
-            server_pids = started_pids(where / "hub.log", "hub-server-worker")[:servers]
-            client_pids = started_pids(where / "agent.log", "local-client-worker")[:clients]
-        for pid in server_pids + client_pids:
-            if pid in done:
-                continue
-            try:
-                reading, held = rss([pid]), sockets_of(pid)
-            except OSError:
-                continue
-            if held > (ports if pid in server_pids else 0):
-                done.add(pid)
-            else:
-                idle[pid] = reading
-                samples.setdefault(pid, []).append((time.monotonic(), reading))
-        if len(server_pids) == servers and len(client_pids) == clients and done >= set(server_pids + client_pids):
-            spread = {}
-            for pid, seen in samples.items():
-                recent = [r for t, r in seen if t >= seen[-1][0] - BASELINE_WINDOW]
-                spread[pid] = max(recent) - min(recent)
-            return idle, spread, server_pids, client_pids
-        time.sleep(0.02)
-    raise AssertionError(f"workers did not start and connect: {server_pids} {client_pids}\n{run.text()[-3000:]}")
 
 
 def test_a_run_observes_its_own_server_and_its_memory_table_agrees_with_proc(tmp_path):
@@ -267,15 +114,6 @@ def test_a_run_observes_its_own_server_and_its_memory_table_agrees_with_proc(tmp
     print("memory per connection (bytes):", json.dumps({r["key"]: (r.get("opened"), r.get("pinging"))
                                                          for r in table["rows"]}), "test's own:", mine,
           "idle:", idle, "noise:", noise, "hold readings:", readings)
-
-
-def unique_server(tmp: Path) -> tuple[str, Path]:
-    """redis-server under a name no other process on this box has (a symlink: the kernel
-    names the process after it), so `--observe NAME` cannot find someone else's."""
-    name = "rds-" + secrets.token_hex(3)
-    link = tmp / name
-    link.symlink_to(shutil.which("redis-server") or "/usr/bin/redis-server")
-    return name, link
 
 
 def start_redis(link: Path, port: int, tmp: Path) -> subprocess.Popen:

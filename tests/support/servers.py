@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -106,11 +106,14 @@ def _running(argv: list[str], port: int, workdir: Path, name: str, nofile: int) 
 
 @contextlib.contextmanager
 def redis(workdir: Path, maxclients: int | None = None, nofile: int = 65536, password: str | None = None,
-          tls: tuple[str, str] | None = None) -> Iterator[Running]:
+          tls: tuple[str, str] | None = None, program: Path | None = None,
+          conf: Sequence[str] = ()) -> Iterator[Running]:
     """redis-server; `maxclients` None keeps Redis's default (10,000, lowered to its fd limit - 32).
-    With `password` it requires AUTH; with `tls` (certificate, key) it speaks TLS only."""
+    With `password` it requires AUTH; with `tls` (certificate, key) it speaks TLS only. `program`:
+    redis-server under another path (a symlink of a unique name, so an observer finds it by name);
+    `conf`: more lines of redis.conf."""
     port = free_port()
-    conf = workdir / "redis.conf"
+    path = workdir / "redis.conf"
     # protected-mode no: it is bound to 127.0.0.1 anyway, and clients spread over source IPs
     # 127.0.0.2-... (one route holds 14,000) are "not loopback" to Redis's protected mode.
     lines = [f"port {0 if tls else port}", "bind 127.0.0.1", 'save ""', "appendonly no", "daemonize no",
@@ -121,8 +124,10 @@ def redis(workdir: Path, maxclients: int | None = None, nofile: int = 65536, pas
         lines.append(f"requirepass {password}")
     if tls is not None:
         lines += [f"tls-port {port}", f"tls-cert-file {tls[0]}", f"tls-key-file {tls[1]}", "tls-auth-clients no"]
-    conf.write_text("\n".join(lines) + "\n")
-    with _running([_program("redis-server"), str(conf)], port, workdir, "redis", nofile) as running:
+    lines += conf
+    path.write_text("\n".join(lines) + "\n")
+    argv = [str(program) if program is not None else _program("redis-server"), str(path)]
+    with _running(argv, port, workdir, "redis", nofile) as running:
         yield running
 
 
