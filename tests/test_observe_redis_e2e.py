@@ -147,7 +147,8 @@ def test_the_memory_table_of_a_redis_run_agrees_with_proc(tmp_path):
     User memory agrees within 10 %, widened by what RSS measurably moved between instants the
     two readers may have picked (the idle spread over BASELINE_WINDOW and the spread of the
     hold's last SETTLED readings, per connection), as the own-server memory test allows; the
-    kernel's (whole-host counters other programs on a shared box move too) within 10 % or 600 B.
+    kernel's (whole-host counters other programs on a shared box move too) within 10 % or 600 B,
+    widened the same way by what they moved over those seconds.
     Redis's RSS per connection is small (some 8 KB) and its idle RSS the larger part of its
     reading, so both are read as close to the observer's instants as the timeline allows."""
     name, link = unique_server(tmp_path)
@@ -199,7 +200,8 @@ def test_the_memory_table_of_a_redis_run_agrees_with_proc(tmp_path):
     kernel = None
     if base_kernel is not None:
         kernel = (hold["kernel"] - base_kernel) / hold["open"]
-        assert close(kernel, rows["kernel"]["pinging"], slack=600), (kernel, rows["kernel"])
+        moved = (max(r["kernel"] for r in steady) - min(r["kernel"] for r in steady)) / hold["open"]
+        assert close(kernel, rows["kernel"]["pinging"], slack=600, noise=moved), (kernel, moved, rows["kernel"])
     print("memory per connection (bytes):", json.dumps({r["key"]: (r.get("opened"), r.get("pinging"))
                                                          for r in table["rows"]}),
           "test's own:", mine, "kernel:", kernel, "idle:", idle, "noise:", noise, "hold readings:", readings)
