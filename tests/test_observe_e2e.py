@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.netns import TestNetwork, netns_available
-from tests.support.observing import Run, close, idle_readings, kernel_bytes, observed, rss, unique_server
+from tests.support.observing import Run, close, hold_readings, idle_readings, kernel_bytes, observed, unique_server
 from tests.support.procs import Proc, connscale, free_port, free_ports
 from tests.support.sshd import Sshd, sshd_unavailable_reason
 
@@ -72,20 +72,7 @@ def test_a_run_observes_its_own_server_and_its_memory_table_agrees_with_proc(tmp
         assert target["label"] == "connscale server workers" and target["alive"]
         assert sorted(p["pid"] for p in target["processes"]) == sorted(server_pids)
         assert all(p["nofile_soft"] and p["fds"] for p in target["processes"])
-        readings: dict[float, dict[str, Any]] = {}
-        deadline = time.monotonic() + 90
-        # Read /proc once for each final-hold second as its line appears, until the run leaves
-        # the hold. The last such reading may overlap the stop (connections closing): the one of
-        # the second before it stands beside the table's (the hold is steady).
-        while time.monotonic() < deadline and run.popen.poll() is None:
-            lines = run.lines()
-            if lines and lines[-1].get("phase") == "final_hold":
-                readings.setdefault(lines[-1]["elapsed_s"], {
-                    "server": rss(server_pids), "client": rss(client_pids), "kernel": kernel_bytes(),
-                    "open": lines[-1]["client"]["open"]})
-            elif readings:
-                break
-            time.sleep(0.1)
+        readings = hold_readings(run, server_pids, client_pids)
         hold = readings[sorted(readings)[-2]] if len(readings) >= 2 else {}
         steady = [readings[t] for t in sorted(readings)[:-1]]  # the last may overlap the stop
         code, summary = run.finish()

@@ -29,12 +29,14 @@ import pytest
 
 from tests.support import servers
 from tests.support.observing import (
+    BASELINE_WINDOW,
+    KernelSamples,
     Run,
     close,
+    hold_readings,
     idle_readings,
     kernel_bytes,
     observed,
-    rss,
     sockets_of,
     unique_server,
 )
@@ -148,35 +150,26 @@ def test_the_memory_table_of_a_redis_run_agrees_with_proc(tmp_path):
     two readers may have picked (the idle spread over BASELINE_WINDOW and the spread of the
     hold's last SETTLED readings, per connection), as the own-server memory test allows; the
     kernel's (whole-host counters other programs on a shared box move too) within 10 % or 600 B,
-    widened the same way by what they moved over those seconds.
+    widened the same way by what they moved (sampled every 100 ms) from BASELINE_WINDOW before
+    the first connection to the test's baseline reading, and over the hold's settled seconds.
     Redis's RSS per connection is small (some 8 KB) and its idle RSS the larger part of its
     reading, so both are read as close to the observer's instants as the timeline allows."""
     name, link = unique_server(tmp_path)
     target = TARGET
-    with servers.redis(tmp_path, program=link) as server:
+    with servers.redis(tmp_path, program=link) as server, KernelSamples() as kernel_samples:
         listeners = sockets_of(server.pid)  # idle: its listening socket(s) only
         run = Run(tmp_path, write_config(tmp_path, server.port, name, target, final_hold=FINAL_HOLD))
         try:
             idle, idle_spread, _, client_pids = idle_readings(run, servers=0, clients=1,
                                                               targets={server.pid: listeners})
+            connected = time.monotonic()
             base_line = run.wait_line("the observer's rows before any connection",
                                       lambda r: observed(r) is not None and r["client"]["open"] == 0)
             base_kernel = kernel_bytes()
+            base_moved = kernel_samples.spread(connected - BASELINE_WINDOW, time.monotonic())
             seen = observed(base_line)
             assert (seen["label"], seen["pid"]) == (name, server.pid), seen
-            readings: dict[float, dict[str, Any]] = {}
-            deadline = time.monotonic() + 90
-            # One reading per final-hold second as its line appears; the last may overlap the
-            # stop, so the one of the second before it stands beside the table's.
-            while time.monotonic() < deadline and run.popen.poll() is None:
-                lines = run.lines()
-                if lines and lines[-1].get("phase") == "final_hold":
-                    readings.setdefault(lines[-1]["elapsed_s"], {
-                        "server": rss([server.pid]), "client": rss(client_pids), "kernel": kernel_bytes(),
-                        "open": lines[-1]["client"]["open"]})
-                elif readings:
-                    break
-                time.sleep(0.1)
+            readings = hold_readings(run, [server.pid], client_pids)
             hold = readings[sorted(readings)[-2]] if len(readings) >= 2 else {}
             # The seconds either reader may have picked: the test's, and the table's (the last).
             steady = [readings[t] for t in sorted(readings)[:-1]][-SETTLED:]
@@ -200,7 +193,8 @@ def test_the_memory_table_of_a_redis_run_agrees_with_proc(tmp_path):
     kernel = None
     if base_kernel is not None:
         kernel = (hold["kernel"] - base_kernel) / hold["open"]
-        moved = (max(r["kernel"] for r in steady) - min(r["kernel"] for r in steady)) / hold["open"]
+        # What the whole-host counters moved by themselves around the two baselines and in the hold.
+        moved = (base_moved + max(r["kernel"] for r in steady) - min(r["kernel"] for r in steady)) / hold["open"]
         assert close(kernel, rows["kernel"]["pinging"], slack=600, noise=moved), (kernel, moved, rows["kernel"])
     print("memory per connection (bytes):", json.dumps({r["key"]: (r.get("opened"), r.get("pinging"))
                                                          for r in table["rows"]}),

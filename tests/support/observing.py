@@ -12,6 +12,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -174,6 +175,57 @@ def idle_readings(run: "Run", servers: int, clients: int, ports: int = 2, timeou
             return idle, spread, server_pids, client_pids
         time.sleep(0.02)
     raise AssertionError(f"workers did not start and connect: {server_pids} {client_pids}\n{run.text()[-3000:]}")
+
+
+class KernelSamples:
+    """The kernel's socket memory (`kernel_bytes`) every 100 ms in a thread, from start to stop:
+    how much these whole-host counters moved by themselves (other programs on a shared box open
+    and close sockets too) around the instants the observer and the test read them."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "KernelSamples":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            value = kernel_bytes()
+            if value is not None:
+                self.seen.append((time.monotonic(), value))
+            self._stop.wait(0.1)
+
+    def spread(self, since: float, until: float) -> int:
+        """max - min of the samples taken between two monotonic instants (0 with fewer than two)."""
+        values = [v for t, v in self.seen if since <= t <= until]
+        return max(values) - min(values) if len(values) >= 2 else 0
+
+
+def hold_readings(run: "Run", server_pids: list[int], client_pids: list[int],
+                  timeout: float = 90.0) -> dict[float, dict[str, Any]]:
+    """The test's own reading of /proc once for each final-hold second as its timeline line
+    appears, until the run leaves the hold: the servers' and the clients' RSS, the kernel's
+    socket memory and the open count, by the second's elapsed_s. The last such reading may
+    overlap the stop (connections closing): a test stands the one before it beside the table's."""
+    readings: dict[float, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and run.popen.poll() is None:
+        lines = run.lines()
+        if lines and lines[-1].get("phase") == "final_hold":
+            readings.setdefault(lines[-1]["elapsed_s"], {
+                "server": rss(server_pids), "client": rss(client_pids), "kernel": kernel_bytes(),
+                "open": lines[-1]["client"]["open"]})
+        elif readings:
+            break
+        time.sleep(0.1)
+    return readings
 
 
 def unique_server(tmp: Path) -> tuple[str, Path]:
