@@ -56,7 +56,9 @@ def ctl_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="YAML config (for control.secret/secret_file and the address)")
     sub = p.add_subparsers(dest="verb", required=True)
     for verb in VERBS:
-        sp = sub.add_parser(verb.cli, help=verb.doc, description=verb.doc)
+        # Its name, as the console spells it, and its alias (both shown in the help).
+        name, *aliases = verb.cli_names
+        sp = sub.add_parser(name, aliases=aliases, help=verb.doc, description=verb.doc)
         for param in verb.params:
             if param.flag:
                 sp.add_argument(f"--{param.name}", type=param.cli_type, help=param.help)

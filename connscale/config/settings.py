@@ -582,6 +582,25 @@ class ClientHost:
     observe: str | None = _setting(None, _optional(_observe_target))
 
 
+def _agent_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(f"expected a list of agent names, got {_describe(value)}")
+    names = tuple(_name(v) for v in value)
+    duplicate = _first_duplicate(names)
+    if duplicate is not None:
+        raise _Invalid(f"{duplicate!r} is named twice")
+    return names
+
+
+def _auto_or_boolean(value: object) -> bool | None:
+    """None for "auto", else a boolean."""
+    return None if value == "auto" else _boolean(value)
+
+
+def _dump_auto(value: bool | None) -> bool | str:
+    return "auto" if value is None else value
+
+
 @attrs.frozen
 class ScenarioSettings:
     """``scenario:`` the ramp the hub drives its agents through."""
@@ -606,6 +625,12 @@ class ScenarioSettings:
     slo_p99_ms: float = _setting(100.0, _positive)                # a plateau passes with p99 RTT at most this
     slo_timeout_rate: float = _setting(0.001, _number_between(0.0, 1.0))  # timeouts per ping
     slo_failures: int = _setting(0, _int(0))                      # failures of any cause per plateau
+    # The fleet `connscale run` drives besides the `clients:` it launches over ssh: agents
+    # already registered with the hub (started by hand), named and waited for.
+    agents: tuple[str, ...] = _setting((), _agent_names)
+    # Whether `connscale run` starts an agent on this host too; auto (None): only when the
+    # fleet is empty (no `clients:`, no `scenario.agents`).
+    local_agent: bool | None = _setting(None, _auto_or_boolean, dump=_dump_auto)
 
 
 def _process_name(value: object) -> str:

@@ -221,6 +221,8 @@ def console_namespace(controller: Controller) -> dict[str, Any]:
         return call
 
     namespace: dict[str, Any] = {verb.name: make(verb) for verb in VERBS}
+    # The other spelling of each verb (ctl's short name), where it is a Python name.
+    namespace.update({verb.console_alias: namespace[verb.name] for verb in VERBS if verb.console_alias})
 
     def stats_raw() -> defer.Deferred[dict[str, Any]]:
         """stats_raw(): everything the controller knows, as a dict (the record's wire form)."""
