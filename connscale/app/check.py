@@ -24,10 +24,11 @@ from connscale.diagnose.records import SUMMARY_FILE, MemoryTable, read_summary
 from connscale.host.inventory import HostLimits, read_host_limits
 
 
-def preflight(cfg: Config, limits: HostLimits | None = None) -> tuple[Budget, HostLimits]:
-    """`connscale run`'s check: server and client on this host, the scenario's target."""
+def preflight(cfg: Config, limits: HostLimits | None = None, roles: str = "both") -> tuple[Budget, HostLimits]:
+    """`connscale run`'s check of this host for the scenario's target: server and client (the
+    local agent), or the server alone when the clients are a fleet's other hosts."""
     limits = limits if limits is not None else read_host_limits()
-    return budget(limits, Demand.from_config(cfg, cfg.scenario.target, "both")), limits
+    return budget(limits, Demand.from_config(cfg, cfg.scenario.target, roles)), limits  # type: ignore[arg-type]
 
 
 def measured_table(run_dir: str) -> MemoryTable:

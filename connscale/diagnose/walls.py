@@ -39,6 +39,7 @@ WALLS: Mapping[str, str] = {
     "conntrack": "the connection-tracking table",
     "cpu": "CPU",
     "worker_lost": "a worker process died",
+    "agent_lost": "an agent of the fleet was lost (its host, its network or its process)",
     "protocol": "a protocol mismatch",
     "time_limit": "the run's time limit",
     "control_plane": "connscale's own hub or agent failed",
