@@ -75,6 +75,15 @@ def run_secret(cfg: Config) -> bytes:
     return value if value is not None else secrets.token_urlsafe(24).encode()
 
 
+def run_secret_configured(cfg: Config) -> bool:
+    from connscale.control.secret import SecretError, configured_secret
+
+    try:
+        return configured_secret(cfg.control) is not None
+    except (SecretError, OSError):
+        return False
+
+
 class Experiment:
     """One run: its directory, its two children, its scenario, its summary."""
 
@@ -94,6 +103,8 @@ class Experiment:
         self.rundir = rundir
         self.out = out
         self.secret = run_secret(cfg)
+        #: The secret is the configured one (not made for this run only).
+        self.secret_configured = run_secret_configured(cfg)
         self.config_path = rundir.write_config(cfg)
         # The host and its limits as the run began: the report is re-rendered from the directory alone.
         rundir.write_json(MANIFEST_FILE, collect_manifest(cfg.as_dict()))
@@ -188,7 +199,10 @@ class Experiment:
                 if not self.hub.running:
                     raise RunError(f"the hub did not come up: {self.hub.last_lines() or self.hub.exit_description}")
                 if dial.is_unauthorized(e):
-                    raise RunError("the hub refused our login: its control secret is not the run's") from None
+                    from connscale.control.secret import secret_origin
+
+                    raise RunError("the hub refused our login: its control secret is not the run's (ours came from "
+                                   f"{secret_origin(self.cfg.control) if self.secret_configured else 'none: made for this run'})") from None
                 if self.reactor.seconds() > deadline:
                     why = dial.one_line(e) if dial.is_throttled(e) else (self.hub.last_lines() or e)
                     raise RunError(f"the hub did not answer on {host}:{port} within {HUB_LOGIN_TIMEOUT:g}s: {why}")

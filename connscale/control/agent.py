@@ -197,7 +197,9 @@ class Agent(MultiService):
             lambda f: log.failure("stopping the load failed", f))
 
     def _refused(self, message: str) -> None:
-        fatal(self.reactor, f"{PROG}: {message}")
+        from connscale.control.secret import secret_origin
+
+        fatal(self.reactor, f"{PROG}: {message} (our secret came from {secret_origin(self.cfg.control)})")
 
     # -- what we say ---------------------------------------------------------------------
     def _poll_unless_asked(self) -> None:

@@ -82,6 +82,8 @@ class Diagnosis:
             # An agent on the hub's machine shares its memory, fds and cores with the
             # server: its budget charges both sides (its ports are still its own).
             roles = "both" if info.host == hub.hostname else "client"
+            if a.name in cfg.clients:  # shown as the operator named it
+                limits = attrs.evolve(limits, hostname=cfg.clients[a.name].host)
             shares.append(HostShare(a.name, limits, fleet_demand(cfg, target, roles, a.name, tuple(info.source_ips),
                                                                  info.configured_workers, info.interval, info.rate)))
         return fleet(target, shares, via="hub")
