@@ -213,3 +213,59 @@ def test_agents_that_cannot_be_reached_are_said_one_line_each_before_any_connect
     summary = Summary.from_wire(json.loads((run_dir_of(r.stdout) / "summary.json").read_text()))
     assert summary.reason == "2 of 2 agents could not be started (east, west); nothing was connected"
     assert summary.peak_open == 0 and not summary.steps
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ctl_watch_shows_the_timelines_second_and_a_hub_on_its_own_leaves_its_record(tmp_path: Path) -> None:
+    from tests.test_e2e_hub import Hub
+
+    hub = Hub(tmp_path)
+    with contextlib.ExitStack() as stack:
+        proc = hub.start()
+        stack.callback(proc.stop)
+        agent = hub.agent("a1")
+        stack.callback(agent.stop)
+        agent.wait_line("registered with controller", 30)
+        assert hub.ctl("start", "400").returncode == 0
+        hub.wait_count(400)
+        # Watch while pinging, then at idle (nothing pings: no RTT, not the hub's old one).
+        watching = hub.ctl("watch", "--count", "4", "--interval", "1", timeout=60)
+        assert watching.returncode == 0, watching.stderr
+        assert hub.ctl("connections_stop", "400").returncode == 0  # the verb's name, as the console spells it
+        hub.wait_count(0)
+        time.sleep(3)  # a few seconds with nothing to ping (the scenario, not a wait on a race)
+        idle = hub.ctl("watch", "--count", "1", timeout=60)
+        assert idle.returncode == 0, idle.stderr
+    # Stopped on its own: the hub wrote its record, and the report says what it is.
+    record = tmp_path / "rec"
+    lines = {r.elapsed_s: r for r in read_timeline(record / "timeline.jsonl")}
+
+    def fields(line: str) -> dict[str, str]:
+        return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+
+    shown = [fields(line) for line in watching.stdout.splitlines() if line.startswith("t=")]
+    assert len(shown) == 4, watching.stdout
+    compared = 0
+    for f in shown:
+        if f["rtt_second"] == "-":
+            continue
+        second = lines[float(f["rtt_second"])]
+        assert second.rtt_window_ms is not None
+        assert (f["rtt_p50_ms"], f["rtt_p99_ms"]) == (f"{second.rtt_window_ms.p50:.2f}",
+                                                      f"{second.rtt_window_ms.p99:.2f}"), (f, second.rtt_window_ms)
+        assert "rtt_since_start_p99_ms" in f
+        compared += 1
+    assert compared >= 3, shown
+    (at_idle,) = [fields(line) for line in idle.stdout.splitlines() if line.startswith("t=")]
+    assert at_idle["rtt_p50_ms"] == "-" and at_idle["rtt_since_start_p99_ms"] != "-", at_idle
+
+    summary = Summary.from_wire(json.loads((record / "summary.json").read_text()))
+    assert summary.kind == "hub" and summary.verdict == "recorded" and summary.peak_open == 400
+    assert [(a.agent, a.share, a.peak_open) for a in summary.agents] == [("a1", 400, 400)]
+    assert json.loads((record / "manifest.json").read_text())["host"]["kernel"]
+    r = subprocess.run(connscale("report", str(record)), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    page = (record / "report.html").read_text()
+    assert "<h1>connscale hub record rec</h1>" in page and "HUB RECORD" in page, page[:2000]
+    assert "<strong>a hub's own record</strong>" in page and "connscale run" not in page.split("<main>")[1][:200]
