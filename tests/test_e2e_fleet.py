@@ -237,6 +237,13 @@ def test_ctl_watch_shows_the_timelines_second_and_a_hub_on_its_own_leaves_its_re
         time.sleep(3)  # a few seconds with nothing to ping (the scenario, not a wait on a race)
         idle = hub.ctl("watch", "--count", "1", timeout=60)
         assert idle.returncode == 0, idle.stderr
+        # A wrong secret says where ours came from (here: the environment), in its one line.
+        wrong = subprocess.run(connscale("ctl", "--config", str(hub.config), "clients"), capture_output=True,
+                               text=True, timeout=60,
+                               env=dict(os.environ, **hub.env, CONNSCALE_SECRET="Zq8-wrong-but-long-enough-secret-73"))
+        assert wrong.returncode == 4 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+        assert "wrong control secret" in wrong.stderr
+        assert wrong.stderr.strip().endswith("(our secret came from the environment (CONNSCALE_SECRET))"), wrong.stderr
     # Stopped on its own: the hub wrote its record, and the report says what it is.
     record = tmp_path / "rec"
     lines = {r.elapsed_s: r for r in read_timeline(record / "timeline.jsonl")}

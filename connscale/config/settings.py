@@ -857,6 +857,13 @@ def _check_observe(c: Config) -> Iterator[str]:
         yield "observe: give pid or name, not both"
 
 
+def _check_agents(c: Config) -> Iterator[str]:
+    for name in c.scenario.agents:
+        if name in c.clients:
+            yield (f"scenario.agents: {name} is also under clients: (launched over ssh); name it in one place")
+            return
+
+
 _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], ...] = (
     (("client.timeout", "client.interval"), _check_timeout),
     (("control.secret", "control.secret_file"), _check_secret),
@@ -864,6 +871,7 @@ _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], 
     (("control", "control.listen", "control.console", "control.console_listen", "control.metrics_listen",
       "server", "server.interface", "server.ports", "server.workers"), _check_listeners),
     (("observe", "observe.pid", "observe.name"), _check_observe),
+    (("scenario", "scenario.agents", "clients"), _check_agents),
 )
 
 
