@@ -594,7 +594,12 @@ def _agent_names(value: object) -> tuple[str, ...]:
 
 def _auto_or_boolean(value: object) -> bool | None:
     """None for "auto", else a boolean."""
-    return None if value == "auto" else _boolean(value)
+    if value == "auto":
+        return None
+    try:
+        return _boolean(value)
+    except _Invalid:
+        raise _Invalid(f"expected auto, true or false, got {_describe(value)}") from None
 
 
 def _dump_auto(value: bool | None) -> bool | str:
