@@ -430,6 +430,12 @@ def run_main(argv: list[str]) -> int:
         sys.stdout.flush()
 
     members = fleet.members(cfg)
+    if members.remote and (cfg.client.url is not None or cfg.client.effective_protocol() not in ("line", "raw")):
+        # A remote agent has no config file: the hub hands it the line settings (launch.run_flags), not a
+        # profile's options or a URL's password (which a command line would show to every user there).
+        out("connscale run: client.url and protocol profiles run on the local agent only for now: leave "
+            "clients: and scenario.agents out of this config")
+        return EXIT_USAGE
     if members.remote and sc_mode(cfg) == "search":
         out("connscale run: scenario.mode search runs on the local agent only: leave clients: and "
             "scenario.agents out of its config")
