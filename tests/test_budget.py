@@ -368,6 +368,11 @@ def test_tls_connections_are_planned_with_what_tls_costs():
     cfg = parse_config({"server": {"tls": "auto"}})
     assert Demand.from_config(cfg).tls and not Demand.from_config(parse_config({})).tls
     assert Demand.from_config(parse_config({"client": {"tls": True}}), roles="client").tls
+    # A fleet's hosts the same way: the hub's server pays for TLS, an agent's clients when they speak it.
+    from connscale.diagnose.budget import fleet_demand
+
+    assert fleet_demand(cfg, 1000, "server").tls and not fleet_demand(cfg, 1000, "client", "h2").tls
+    assert not fleet_demand(parse_config({}), 1000, "server").tls
 
 
 def test_a_fleets_target_is_split_by_what_each_host_reaches():

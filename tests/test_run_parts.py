@@ -808,3 +808,38 @@ def test_the_fleet_the_config_names():
     assert members(parse_config({"clients": {"h2": {"host": "h"}}, "scenario": {"local_agent": True}})).names == (
         "local", "h2")
     assert run_mod.run_roles(members(both)) == "server"
+
+
+def test_what_only_the_local_agent_can_follow_is_named():
+    from connscale.app.fleet import local_only
+
+    fleet_of = {"clients": {"h2": {"host": "198.18.0.2"}}}
+    assert local_only(parse_config(fleet_of)) == ()
+    assert local_only(parse_config({**fleet_of, "server": {"tls": "auto"}})) == ("server.tls",)
+    assert local_only(parse_config({**fleet_of, "client": {"tls": True}})) == ("client.tls",)
+    assert local_only(parse_config({**fleet_of, "client": {"protocol": "redis"}})) == ("client.protocol redis",)
+    assert local_only(parse_config({**fleet_of, "client": {"url": "redis://:pw@198.18.0.9:6379"}})) == (
+        "client.url",)
+
+
+@pytest.mark.parametrize("settings, said", [
+    ({"server": {"tls": "auto"}}, "server.tls runs"),
+    ({"client": {"url": "redis://:hunter2@127.0.0.1:6379"}}, "client.url runs"),
+    ({"client": {"protocol": "websocket"}, "server": {"tls": "auto"}}, "client.protocol websocket and server.tls run"),
+])
+def test_a_fleet_run_refuses_what_a_remote_agent_cannot_be_given_in_one_line(tmp_path, settings, said):
+    import subprocess
+
+    from tests.support.procs import connscale, free_port
+
+    # A host on loopback with nothing listening: were the run not refused, ssh would fail there.
+    config = tmp_path / "fleet.yaml"
+    config.write_text(yaml.safe_dump({**settings, "clients": {"h2": {"host": "127.0.0.1", "port": free_port()}},
+                                      "run": {"dir": str(tmp_path / "runs")}}))
+    r = subprocess.run(connscale("run", "-c", str(config)), capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [
+        f"connscale run: {said} on the local agent only for now (a remote agent is handed the line settings "
+        "alone): leave clients: and scenario.agents out of this config"], r.stdout + r.stderr
+    assert "hunter2" not in r.stdout + r.stderr and not (tmp_path / "runs").exists()

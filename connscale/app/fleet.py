@@ -60,6 +60,20 @@ def members(cfg: Config) -> Members:
     return Members(launched=launched, named=named, local=local)
 
 
+def local_only(cfg: Config) -> tuple[str, ...]:
+    """The settings of `cfg` only the local agent can follow: a remote agent has no config file,
+    and the hub hands it the line settings alone (`launch.run_flags`), not a profile's options,
+    a URL's password (which a command line would show to every user there) or TLS (it would
+    speak plain TCP to a TLS server, and a CA file named here is not on its host)."""
+    keys = []
+    if cfg.client.url is not None:
+        keys.append("client.url")
+    elif cfg.client.effective_protocol() not in ("line", "raw"):
+        keys.append(f"client.protocol {cfg.client.effective_protocol()}")
+    keys += [key for key, on in (("server.tls", cfg.server.tls.enabled), ("client.tls", cfg.client.tls.enabled)) if on]
+    return tuple(keys)
+
+
 def observers(cfg: Config) -> tuple[str, ...]:
     """`clients:` entries with `observe:`: observers of the server, launched like agents."""
     return tuple(name for name, host in cfg.clients.items() if host.observe)

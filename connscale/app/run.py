@@ -430,11 +430,11 @@ def run_main(argv: list[str]) -> int:
         sys.stdout.flush()
 
     members = fleet.members(cfg)
-    if members.remote and (cfg.client.url is not None or cfg.client.effective_protocol() not in ("line", "raw")):
-        # A remote agent has no config file: the hub hands it the line settings (launch.run_flags), not a
-        # profile's options or a URL's password (which a command line would show to every user there).
-        out("connscale run: client.url and protocol profiles run on the local agent only for now: leave "
-            "clients: and scenario.agents out of this config")
+    local_only = fleet.local_only(cfg) if members.remote else ()
+    if local_only:
+        out(f"connscale run: {' and '.join(local_only)} {'runs' if len(local_only) == 1 else 'run'} on the local "
+            "agent only for now (a remote agent is handed the line settings alone): leave clients: and "
+            "scenario.agents out of this config")
         return EXIT_USAGE
     if members.remote and sc_mode(cfg) == "search":
         out("connscale run: scenario.mode search runs on the local agent only: leave clients: and "

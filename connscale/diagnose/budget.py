@@ -242,7 +242,10 @@ def fleet_demand(cfg: Any, target: int, roles: Roles, name: str = "", source_ips
                   server_workers=cfg.server.workers, interval=interval or c.interval, rate=rate or c.rate,
                   backlog=cfg.server.backlog,
                   source_key=f"clients.{name}.source_ips" if name in cfg.clients else "client.source_ips",
-                  server_loopback=_is_loopback(c.server_host))
+                  server_loopback=_is_loopback(c.server_host),
+                  # As Demand.from_config: a host with the server pays for TLS when the server speaks it.
+                  tls=(cfg.server.tls.enabled or (roles == "both" and c.tls.enabled)) if roles != "client"
+                  else c.tls.enabled)
 
 
 def _is_loopback(host: str) -> bool:
