@@ -99,7 +99,8 @@ def test_a_fleet_run_launches_its_agents_splits_by_capacity_and_says_it_in_one_s
         s2, s3 = stack.enter_context(Sshd(netns=h2)), stack.enter_context(Sshd(netns=h3))
         # h3 has one source address where h2 has two: it reaches half as much (1 x 2 ports x 1,500).
         cfg = write(tmp_path / "fleet.yaml", fleet_config(h1, {
-            "h2": client_entry(h2, s2, [h2.ip, extra]), "h3": client_entry(h3, s3, [h3.ip])}, target=6000))
+            "h2": client_entry(h2, s2, [h2.ip, extra]), "h3": client_entry(h3, s3, [h3.ip])}, target=6000,
+            thresholds=["held >= 6000", "failures == 0", "hold_p99_ms < 60000"]))
 
         # The same config, checked before the run: the fleet (over ssh), never this host in its place.
         check = h1.run(connscale("check", "-c", str(cfg)), capture_output=True, text=True, timeout=90, cwd=tmp_path)
@@ -134,6 +135,11 @@ def test_a_fleet_run_launches_its_agents_splits_by_capacity_and_says_it_in_one_s
         # The merged percentiles are exact: each agent's histograms added give the same figures.
         records = list(read_timeline(run_dir / "timeline.jsonl"))
         assert added_rtt(records, ["h2", "h3"]) == summary.rtt_final_hold_ms
+        # The gate reads the fleet's merged figures (the agents' rows stand beside them).
+        assert summary.metrics["held"] == 6000 and summary.metrics["failures"] == 0
+        assert summary.metrics["hold_p99_ms"] == round(summary.rtt_final_hold_ms.p99, 3)
+        assert [t.passed for t in summary.thresholds] == [True, True, True] and summary.gate_passed
+        assert "gate: PASSED (0 of 3 thresholds failed)" in out
         # Both hosts' manifests, and the run's own host's.
         assert summary.manifests == {"hub": "manifest.json", "h2": "manifest-h2.json", "h3": "manifest-h3.json"}
         for file in summary.manifests.values():

@@ -34,6 +34,7 @@ from connscale.diagnose.curve import (
     find_knee,
 )
 from connscale.diagnose.headline import BY_NAME
+from connscale.diagnose.manifest import read_manifest
 from connscale.diagnose.records import Explanation, MemoryTable, SideBytes, Summary
 from connscale.diagnose.runfiles import RunFiles, RunReadError, read_run
 from connscale.diagnose.search import capacity_line
@@ -604,7 +605,8 @@ def host_manifests_html(run: RunFiles) -> str:
     for name, file in sorted(run.summary.manifests.items()):
         if name == "hub":
             continue
-        manifest = _json(run.dir / Path(file).name)
+        # Only a name in the run directory: summary.json is not trusted to point elsewhere.
+        manifest = read_manifest(run.dir, Path(file).name)
         if manifest is None:
             parts.append(f"<h3>{_e(name)}</h3><p class=\"muted\">{_e(file)} is missing or unreadable.</p>")
             continue
