@@ -843,3 +843,34 @@ def test_a_fleet_run_refuses_what_a_remote_agent_cannot_be_given_in_one_line(tmp
         f"connscale run: {said} on the local agent only for now (a remote agent is handed the line settings "
         "alone): leave clients: and scenario.agents out of this config"], r.stdout + r.stderr
     assert "hunter2" not in r.stdout + r.stderr and not (tmp_path / "runs").exists()
+
+
+def test_an_agent_away_for_less_than_its_grace_is_not_lost_and_one_away_at_the_holds_end_is_named():
+    from connscale.app.scenario import AGENT_AWAY_GRACE
+
+    def run_with_b_away(seconds: float, final_hold: float):
+        clock = Clock()
+        clock.advance(1_000_000)
+        hub = FakeFleet(clock)
+        sc = fleet_scenario(clock, hub, [], final_hold=final_hold)
+        d = sc.execute()
+        for _ in range(3000):
+            if sc.progress.phase == "final_hold":
+                break
+            clock.advance(0.1)
+        hub.alive["b"] = False  # its session closed (a stalled hub, a network cut): it holds on
+        for _ in range(int(seconds * 10)):
+            clock.advance(0.1)
+        hub.alive["b"] = True
+        drive(clock, d)
+        return sc, outcome(d)
+
+    # Back within the grace, mid-hold: held, nothing lost.
+    sc, result = run_with_b_away(AGENT_AWAY_GRACE / 2, final_hold=30.0)
+    assert result is None and sc.progress.held == 3000 and sc.progress.lost_agents == []
+    # Away past the grace: lost, even though it came back later.
+    sc, result = run_with_b_away(AGENT_AWAY_GRACE + 3, final_hold=30.0)
+    assert str(result.value) == "agent b on hb was lost with 1,000 connections (its connection closed)"
+    # Away as a short hold ends, back within the grace: the hold is judged once it is back.
+    sc, result = run_with_b_away(AGENT_AWAY_GRACE / 2, final_hold=2.0)
+    assert result is None and sc.progress.held == 3000 and sc.progress.lost_agents == []

@@ -45,6 +45,10 @@ BASELINE_WAIT = 5.0
 
 #: The failure key of connections that went with a lost agent.
 AGENT_LOST = "steady:agent_lost"
+#: How long an agent may be away (its session to the hub closed) before it is lost: one
+#: whose link dropped while the hub stalled logs in again within seconds, holding its
+#: connections (client.hub_grace); a killed one never does.
+AGENT_AWAY_GRACE = 10.0
 
 
 class HubAPI(Protocol):
@@ -166,6 +170,8 @@ class Scenario:
         self.health = health
         self.progress = Progress(started=clock.seconds())
         self._silent_since: float | None = None
+        #: When each agent away from the hub was first seen so (`AGENT_AWAY_GRACE`).
+        self._away_since: dict[str, float] = {}
 
     # -- phases ------------------------------------------------------------------
     def enter(self, phase: str) -> None:
@@ -241,13 +247,18 @@ class Scenario:
         p.counted_failures = counted
         self.show(p)
 
-    def _note_lost_agents(self, stats: Stats) -> None:
-        """An agent of the fleet that is not connected any more, once its share was ordered."""
+    def _note_lost_agents(self, stats: Stats, grace: float = AGENT_AWAY_GRACE) -> None:
+        """An agent of the fleet away from the hub for `grace` seconds, once its share was ordered."""
         p = self.progress
         known = {lost.agent for lost in p.lost_agents}
+        now = self.clock.seconds()
         for name in p.shares:
             row = stats.clients.get(name)
+            if row is not None and row.connected:
+                self._away_since.pop(name, None)
             if name in known or row is None or row.connected or not row.target:
+                continue
+            if now - self._away_since.setdefault(name, now) < grace:
                 continue
             p.lost_agents.append(AgentLost(agent=name, host=row.host, connections=row.open,
                                            reason=row.lost_reason,
@@ -450,6 +461,10 @@ class Scenario:
             if final:
                 # Judge the hold on numbers from after it, not on a silent hub's old ones.
                 yield self.fresh()
+                if self._away_since:
+                    # An agent away as the hold ends has the rest of its grace to come back
+                    # (then the hold is judged with it), else it is named lost (`check`).
+                    yield self.watch(AGENT_AWAY_GRACE + 1.0, until=lambda: not self._away_since)
                 p.held = p.open if p.counted_failures == before else 0
                 p.held_by_agent = {name: self._open_of(name) for name in p.shares} if p.held else {}
         self.close_phases()

@@ -74,7 +74,8 @@ class HubService(MultiService):
         #: Where a hub started on its own writes its summary as it stops (None: `connscale run`
         #: owns the run directory's summary).
         self.record_dir: Path | None = None
-        self._started = reactor.seconds()
+        #: When the hub started: its own record's duration.
+        self.started_at = reactor.seconds()
         self._tick = LoopingCall(self._second)
         self._tick.clock = reactor
 
@@ -129,7 +130,7 @@ class HubService(MultiService):
         try:
             timeline = self.record_dir / TIMELINE_FILE
             records = list(read_timeline(timeline)) if timeline.exists() else []
-            summary = hub_summary(records, str(self.record_dir), self.reactor.seconds() - self._started)
+            summary = hub_summary(records, str(self.record_dir), self.reactor.seconds() - self.started_at)
             path = self.record_dir / SUMMARY_FILE
             path.write_text(json.dumps(summary.to_wire(), indent=2, sort_keys=True) + "\n")
             log.info("{prog}: the hub's record: {path}", prog=PROG, path=str(path))
