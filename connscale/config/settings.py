@@ -815,6 +815,30 @@ class ClientHost:
     observe: str | None = _setting(None, _optional(_observe_target))
 
 
+def _agent_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(f"expected a list of agent names, got {_describe(value)}")
+    names = tuple(_name(v) for v in value)
+    duplicate = _first_duplicate(names)
+    if duplicate is not None:
+        raise _Invalid(f"{duplicate!r} is named twice")
+    return names
+
+
+def _auto_or_boolean(value: object) -> bool | None:
+    """None for "auto", else a boolean."""
+    if value == "auto":
+        return None
+    try:
+        return _boolean(value)
+    except _Invalid:
+        raise _Invalid(f"expected auto, true or false, got {_describe(value)}") from None
+
+
+def _dump_auto(value: bool | None) -> bool | str:
+    return "auto" if value is None else value
+
+
 @attrs.frozen
 class ScenarioSettings:
     """``scenario:`` the ramp the hub drives its agents through."""
@@ -841,6 +865,12 @@ class ScenarioSettings:
     slo_failures: int = _setting(0, _int(0))                      # failures of any cause per plateau
     # What the run must measure to pass, e.g. "held >= 500000" (README, "Gating a release on capacity").
     thresholds: tuple[str, ...] = _setting((), _thresholds)
+    # The fleet `connscale run` drives besides the `clients:` it launches over ssh: agents
+    # already registered with the hub (started by hand), named and waited for.
+    agents: tuple[str, ...] = _setting((), _agent_names)
+    # Whether `connscale run` starts an agent on this host too; auto (None): only when the
+    # fleet is empty (no `clients:`, no `scenario.agents`).
+    local_agent: bool | None = _setting(None, _auto_or_boolean, dump=_dump_auto)
 
 
 def _process_name(value: object) -> str:
@@ -1091,6 +1121,13 @@ def _check_tls_trust(c: Config) -> Iterator[str]:
                "or set client.tls.verify: false)")
 
 
+def _check_agents(c: Config) -> Iterator[str]:
+    for name in c.scenario.agents:
+        if name in c.clients:
+            yield (f"scenario.agents: {name} is also under clients: (launched over ssh); name it in one place")
+            return
+
+
 _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], ...] = (
     (("client.timeout", "client.interval"), _check_timeout),
     (("control.secret", "control.secret_file"), _check_secret),
@@ -1100,6 +1137,7 @@ _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], 
       "server", "server.interface", "server.ports", "server.workers"), _check_listeners),
     (("observe", "observe.pid", "observe.name"), _check_observe),
     (("client", "client.tls", "server", "server.tls"), _check_tls_trust),
+    (("scenario", "scenario.agents", "clients"), _check_agents),
 )
 
 

@@ -98,6 +98,13 @@ class AgentMind(pb.Referenceable):
     def remote_set_rate(self, rate: object) -> defer.Deferred[Any]:
         return self.agent.supervisor.set_rate(self._checked(verbs.rate, rate, "set_rate"))
 
+    def remote_manifest(self) -> dict[str, Any]:
+        """This host as a run's manifest describes it (kernel, limits, sysctls, versions); no config:
+        the hub has the run's."""
+        from connscale.diagnose.manifest import collect_manifest
+
+        return collect_manifest(None)
+
     def remote_shutdown(self) -> None:
         log.info("{prog}: shutdown requested by the controller", prog=self.agent.prog)
         self.agent.reactor.callLater(0.1, stop_reactor, self.agent.reactor)
@@ -192,7 +199,9 @@ class Agent(MultiService):
             lambda f: log.failure("stopping the load failed", f))
 
     def _refused(self, message: str) -> None:
-        fatal(self.reactor, f"{self.prog}: {message}")
+        from connscale.control.secret import secret_origin
+
+        fatal(self.reactor, f"{self.prog}: {message} (our secret came from {secret_origin(self.cfg.control)})")
 
     # -- what we say ---------------------------------------------------------------------
     def _poll_unless_asked(self) -> None:

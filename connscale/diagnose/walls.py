@@ -41,6 +41,7 @@ WALLS: Mapping[str, str] = {
     "conntrack": "the connection-tracking table",
     "cpu": "CPU",
     "worker_lost": "a worker process died",
+    "agent_lost": "an agent of the fleet was lost (its host, its network or its process)",
     "protocol": "a protocol mismatch",
     "tls": "TLS handshakes failing",
     "server_cap": "the server's own connection cap (maxclients, worker_connections, max_connections)",
