@@ -33,7 +33,7 @@ from connscale.metrics.timeline import read_timeline  # noqa: E402
 from tests.support.netns import Host, TestNetwork, netns_available  # noqa: E402
 from tests.support.procs import Proc, connscale, free_ports  # noqa: E402
 from tests.support.sshd import Sshd, sshd_unavailable_reason  # noqa: E402
-from tests.test_e2e_multihost import (  # noqa: E402
+from tests.support.multihost import (  # noqa: E402
     CONTROL_PORT,
     SERVER_PORTS,
     connscale_processes,
@@ -192,7 +192,7 @@ def test_an_agent_killed_mid_hold_is_named_with_its_host_and_connections(tmp_pat
         assert summary.verdict == "failed" and summary.explanation is not None
         assert summary.explanation.wall == "agent_lost"
         assert f"agent h3 on {h3.ip} was lost with {h3_share.share:,} connections" in summary.explanation.headline
-        assert f"why: stopped at" in out and f"agent h3 on {h3.ip} was lost with {h3_share.share:,} connections" in out
+        assert "why: stopped at" in out and f"agent h3 on {h3.ip} was lost with {h3_share.share:,} connections" in out
         assert summary.failures.get("steady:agent_lost") == h3_share.share
         assert next(a for a in summary.agents if a.agent == "h3").lost
 
@@ -224,7 +224,7 @@ def test_agents_that_cannot_be_reached_are_said_one_line_each_before_any_connect
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_ctl_watch_shows_the_timelines_second_and_a_hub_on_its_own_leaves_its_record(tmp_path: Path) -> None:
-    from tests.test_e2e_hub import Hub
+    from tests.support.hub import Hub
 
     hub = Hub(tmp_path)
     with contextlib.ExitStack() as stack:
