@@ -119,7 +119,7 @@ def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: flo
     from connscale.metrics.records import Stats
 
     @defer.inlineCallbacks
-    def show(reactor: Any, perspective: Any):  # type: ignore[no-untyped-def]
+    def show(reactor: Any, perspective: Any):
         view = LiveView(every=every, clock=reactor.seconds, title=f"connscale hub {host}:{port}")
         # Ctrl-C stops the reactor mid-wait: leave the last frame (and the cursor) in place.
         reactor.addSystemEventTrigger("before", "shutdown", view.final)

@@ -80,7 +80,7 @@ def observers(cfg: Config) -> tuple[str, ...]:
 
 
 @defer.inlineCallbacks
-def launch(call: Call, names: Sequence[str], say: Callable[[str], None]):  # type: ignore[no-untyped-def]
+def launch(call: Call, names: Sequence[str], say: Callable[[str], None]):
     """`client_start` for every name at once; a RunError naming each that could not start
     (each said first in one line of its own: which, and why)."""
     if not names:
@@ -107,7 +107,7 @@ def _one_line(failure: Any) -> str:
 
 @defer.inlineCallbacks
 def plan(call: Call, names: Sequence[str], target: int, force: bool,
-         say: Callable[[str], None]):  # type: ignore[no-untyped-def]
+         say: Callable[[str], None]):
     """The hub's fleet check, and the target split across `names` by what each host reaches;
     said one line per agent. Refused (RunError) when the fleet reaches less than the target,
     unless `force` (then each agent is asked for what its host reaches)."""
@@ -134,7 +134,7 @@ def plan(call: Call, names: Sequence[str], target: int, force: bool,
 
 @defer.inlineCallbacks
 def manifests(call: Call, names: Sequence[str],
-              write: Callable[[str, Any], Any], say: Callable[[str], None]):  # type: ignore[no-untyped-def]
+              write: Callable[[str, Any], Any], say: Callable[[str], None]):
     """Each agent's host manifest, written beside the run's own; name -> file. An agent that
     cannot send one is said and left out (a manifest never stops a run)."""
     out: dict[str, str] = {}

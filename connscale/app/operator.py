@@ -55,7 +55,7 @@ def operator_session(host: str, port: int, secret: bytes, tls_ca: str | None,
                          f"retrying in {seconds:.0f} s\n")
 
     @defer.inlineCallbacks
-    def main(reactor: Any):  # type: ignore[no-untyped-def]
+    def main(reactor: Any):
         try:
             factory, perspective = yield dial.login_patiently(reactor, host, port, "operator", secret, tls_ca,
                                                               patience=LOGIN_PATIENCE, on_wait=waiting)

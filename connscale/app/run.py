@@ -177,7 +177,7 @@ class Experiment:
         return failure
 
     @defer.inlineCallbacks
-    def _lost_hub(self, failure: Any):  # type: ignore[no-untyped-def]
+    def _lost_hub(self, failure: Any):
         """The link to the hub broke: say why in the hub's own words if it died."""
         assert self.hub is not None
         if self.hub.running:
@@ -209,7 +209,7 @@ class Experiment:
         return dial_address(self.cfg.control.listen) or ("127.0.0.1", 8790)
 
     @defer.inlineCallbacks
-    def login(self):  # type: ignore[no-untyped-def]
+    def login(self):
         from connscale.control import dial
 
         dial_login = self.dial_login or dial.login
@@ -268,7 +268,7 @@ class Experiment:
 
     # -- the run -------------------------------------------------------------------------
     @defer.inlineCallbacks
-    def execute(self):  # type: ignore[no-untyped-def]
+    def execute(self):
         # The run writes the summary and the manifests: the hub only records the timeline.
         self.hub = self.spawn("hub", ["server", "--console", "none", "--record-dir", str(self.rundir.path),
                                       "--no-summary"])
@@ -295,7 +295,7 @@ class Experiment:
         return fleet.launch(self.call, self.members.launched, self.say)
 
     @defer.inlineCallbacks
-    def plan(self):  # type: ignore[no-untyped-def]
+    def plan(self):
         """Once every agent registered: the split by capacity (printed, recorded) and each host's
         manifest; refused here, before any connect, when the fleet cannot reach the target."""
         names = self.members.names
@@ -305,7 +305,7 @@ class Experiment:
         return fleet.shares_of(self.split)
 
     @defer.inlineCallbacks
-    def finish(self, ok: bool, reason: str):  # type: ignore[no-untyped-def]
+    def finish(self, ok: bool, reason: str):
         """Last numbers, the summary on disk (or on stdout if the disk refuses), children stopped.
 
         Fires with (the summary, whether it reached the disk)."""
@@ -474,7 +474,7 @@ def run_main(argv: list[str]) -> int:
     refused: list[int] = []
 
     @defer.inlineCallbacks
-    def main(reactor: Any):  # type: ignore[no-untyped-def]
+    def main(reactor: Any):
         try:
             experiment = Experiment(reactor, cfg, rundir, out, preflight=Preflight.from_wire(budget.to_dict()),
                                     judge=judge, force=args.force)

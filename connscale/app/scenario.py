@@ -193,7 +193,7 @@ class Scenario:
 
     # -- talking to the hub --------------------------------------------------------
     @defer.inlineCallbacks
-    def refresh(self):  # type: ignore[no-untyped-def]
+    def refresh(self):
         """One fresh view of the controller's numbers; a silent hub is tolerated
         for HUB_SILENT_LIMIT seconds (it may be stopped, or swapping), then ends the run."""
         try:
@@ -279,7 +279,7 @@ class Scenario:
             raise RunError(f"scenario.time_limit of {self.settings.time_limit:g}s reached")
 
     @defer.inlineCallbacks
-    def watch(self, seconds: float, until: Callable[[], bool] | None = None):  # type: ignore[no-untyped-def]
+    def watch(self, seconds: float, until: Callable[[], bool] | None = None):
         """Refresh once a second for `seconds` of seeing the hub; True as soon as `until()` holds.
 
         Seconds in which the hub did not answer do not count: a step cannot be
@@ -297,7 +297,7 @@ class Scenario:
         return False
 
     @defer.inlineCallbacks
-    def settle(self):  # type: ignore[no-untyped-def]
+    def settle(self):
         """Once the run has stopped: refresh until the hub has named every failure in
         its numbers (`unjudged_failures` empty), at most VERDICT_WAIT seconds.
 
@@ -318,7 +318,7 @@ class Scenario:
         return stats.unjudged_failures if stats is not None else ()
 
     @defer.inlineCallbacks
-    def fresh(self):  # type: ignore[no-untyped-def]
+    def fresh(self):
         """Refresh until the hub answers (a silent hub ends the run after HUB_SILENT_LIMIT)."""
         while (yield self.refresh()) is None:
             self.check()
@@ -334,7 +334,7 @@ class Scenario:
         return [name for name in self.agents if not (name in rows and rows[name].connected)]
 
     @defer.inlineCallbacks
-    def wait_agents(self):  # type: ignore[no-untyped-def]
+    def wait_agents(self):
         """Every agent of the run registered, within AGENT_REGISTER_TIMEOUT; else one line each."""
         if not (yield self.watch(AGENT_REGISTER_TIMEOUT, until=self.agent_connected)):
             missing = self.missing_agents()
@@ -347,7 +347,7 @@ class Scenario:
 
     # -- the experiment ------------------------------------------------------------------
     @defer.inlineCallbacks
-    def prepare(self):  # type: ignore[no-untyped-def]
+    def prepare(self):
         """Start every client worker the final target needs before the first step.
 
         An agent that starts them as the steps grow makes each step wait for a
@@ -384,7 +384,7 @@ class Scenario:
         return all(o.stale_s == 0.0 and o.targets for o in stats.observers.values() if o.connected)
 
     @defer.inlineCallbacks
-    def pace(self):  # type: ignore[no-untyped-def]
+    def pace(self):
         """The fleet's rate, paced per agent: each connects at its share of it, so every agent
         reaches each step's share in the same time."""
         sc, p = self.settings, self.progress
@@ -410,7 +410,7 @@ class Scenario:
         return done and p.open >= p.step_target
 
     @defer.inlineCallbacks
-    def execute(self):  # type: ignore[no-untyped-def]
+    def execute(self):
         sc, p = self.settings, self.progress
         self.enter(phases.SETUP)
         yield self.wait_agents()

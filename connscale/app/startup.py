@@ -73,7 +73,7 @@ class ConfigOptions(usage.Options):
         return load_or_exit(prog, self["config"], self.overrides())
 
 
-def repeat_option(name: str, doc: str):  # type: ignore[no-untyped-def]
+def repeat_option(name: str, doc: str):
     """An `opt_<name>` method that accumulates repeated values."""
 
     def opt(self: ConfigOptions, value: str) -> None:

@@ -87,7 +87,7 @@ def _make_service(options: Options) -> IService:
     return top
 
 
-def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
+def single_process(reactor, cfg) -> IService:
     from connscale.control.hub import server_tls
 
     s = cfg.server

@@ -253,7 +253,7 @@ def field(parse: Parse, default: Any = attrs.NOTHING, *, doc: str = "", **kw: An
 
 def field_doc(cls: type, name: str) -> str:
     """The `doc` of a record's field ("" when it has none)."""
-    return str(attrs.fields_dict(cls)[name].metadata.get(_DOC, ""))  # type: ignore[arg-type]
+    return str(attrs.fields_dict(cls)[name].metadata.get(_DOC, ""))
 
 
 def _plain(value: object) -> object:
@@ -311,5 +311,5 @@ _NAMES: dict[type, tuple[str, ...]] = {}
 def _field_names(cls: type) -> tuple[str, ...]:
     names = _NAMES.get(cls)
     if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in attrs.fields(cls))  # type: ignore[arg-type]
+        names = _NAMES[cls] = tuple(f.name for f in attrs.fields(cls))
     return names

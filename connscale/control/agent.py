@@ -163,7 +163,7 @@ class Agent(MultiService):
 
     # -- the hub ------------------------------------------------------------------------
     @defer.inlineCallbacks
-    def _register(self, perspective: pb.RemoteReference):  # type: ignore[no-untyped-def]
+    def _register(self, perspective: pb.RemoteReference):
         answer = RegisterAnswer.from_wire((yield perspective.callRemote("register", self.info(self.session).to_wire())))
         if answer.session != self.session:
             self.session = answer.session
@@ -258,7 +258,7 @@ class Agent(MultiService):
             self._run_standalone(self.standalone_workers)
 
     @defer.inlineCallbacks
-    def _run_standalone(self, workers: int):  # type: ignore[no-untyped-def]
+    def _run_standalone(self, workers: int):
         c = self.cfg.client
         budgets = yield self.supervisor.ensure(workers)
         routes = make_routes(c.server_host, c.server_ports, c.source_ips, 1)
@@ -270,7 +270,7 @@ class Agent(MultiService):
             prog=self.prog, n=c.connections, w=workers, split="+".join(str(t) for t, _ in assignments),
         )
 
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self):
         # First of all: workers exiting from here on are being stopped, not lost.
         self.supervisor.stopping = True
         self.obeyed()

@@ -339,7 +339,7 @@ class Controller:
         return self._launcher(self, self.cfg.clients[name])
 
     @defer.inlineCallbacks
-    def op_client_stop(self, name: str):  # type: ignore[no-untyped-def]
+    def op_client_stop(self, name: str):
         """Stop a client: its connections close, its agent (or observer) exits."""
         host = self.cfg.clients.get(name)
         agent = (self.registry_of(host) if host is not None else self.registry).agents.get(name)

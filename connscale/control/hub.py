@@ -104,7 +104,7 @@ class HubService(MultiService):
             lambda f: log.error("{prog}: server workers failed to start: {why}", prog=self.prog, why=f.getErrorMessage()),
         )
 
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self):
         # First of all: workers exiting from here on are being stopped, not lost.
         if self.servers is not None:
             self.servers.stopping = True
@@ -113,11 +113,11 @@ class HubService(MultiService):
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.controller.tick())
         if self.servers is not None:
-            d.addCallback(lambda _: self.servers.stop())  # type: ignore[union-attr]
+            d.addCallback(lambda _: self.servers.stop())
         if self.status is not None:
             d.addCallback(lambda _: self.status.tick())
         if self.controller.timeline is not None:
-            d.addBoth(lambda r: (self.controller.timeline.close(), r)[1])  # type: ignore[union-attr]
+            d.addBoth(lambda r: (self.controller.timeline.close(), r)[1])
         if self.record_dir is not None:
             d.addBoth(lambda r: (self.write_summary(), r)[1])
         return d

@@ -168,7 +168,7 @@ class HubLink(Service):
 
     # -- each connection ---------------------------------------------------------------
     @defer.inlineCallbacks
-    def _prepare(self, broker: Any):  # type: ignore[no-untyped-def]
+    def _prepare(self, broker: Any):
         """Log in (and run on_login) on a fresh connection.
 
         A failed login closes the connection and never fails this Deferred:

@@ -567,7 +567,7 @@ class ChannelError(CredentialError):
 
 @defer.inlineCallbacks
 def authenticate(root: pb.RemoteReference, username: str, credentials: Credentials,
-                 mind: pb.Referenceable | None = None, dialled: str = ""):  # type: ignore[no-untyped-def]
+                 mind: pb.Referenceable | None = None, dialled: str = ""):
     """Log in over `root` as `username` to the hub we dialled as `dialled`; fires with the perspective.
 
     Fails with `HubNotAuthentic` when the hub does not prove the password (our

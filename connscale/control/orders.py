@@ -70,7 +70,7 @@ class Orders:
         return result
 
     @defer.inlineCallbacks
-    def ensure_workers(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]
+    def ensure_workers(self, agent: AgentHandle, total: int):
         """Have the agent run the workers `total` connections need; fires with their fd budgets."""
         info = agent.info
         assert info is not None, "orders go to registered agents only"
@@ -104,7 +104,7 @@ class Orders:
         return self.serial(agent, lambda: self.ensure_workers(agent, total).addCallback(len))
 
     @defer.inlineCallbacks
-    def set_target(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]
+    def set_target(self, agent: AgentHandle, total: int):
         info = agent.info
         assert info is not None, "orders go to registered agents only"
         routes = self.routes(agent)

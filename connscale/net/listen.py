@@ -48,7 +48,7 @@ class ListeningService(Service):
         self.ports.extend(serve(self.reactor, self.sockets, self.factory, self.tls, self.fast_path))
         self.sockets = []
 
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self):
         super().stopService()
         ports, self.ports = self.ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])

@@ -129,7 +129,7 @@ class PingClientFactory(ClientFactory):
     def buildProtocol(self, addr: Any) -> ClientConnection:
         pool = self.pool
         conn = pool.profile.connection(pool, -1)
-        conn.factory = self  # type: ignore[attr-defined]
+        conn.factory = self
         pool.adopt(conn)
         return conn
 
@@ -662,7 +662,7 @@ class ConnectionPool:
             self._loop.drain()
 
     # -- internals -----------------------------------------------------------
-    def _live(self):  # type: ignore[no-untyped-def]
+    def _live(self):
         return (c for c in self._conns if c.state in (OPEN, CONNECTING, HANDSHAKING))
 
     def _forget(self, conn: ClientConnection) -> None:

@@ -102,7 +102,7 @@ class _OrphanGuard(pb.Broker):
         self.on_lost()
 
 
-def serve_stdio(reactor, root: pb.Root, on_lost: Callable[[], None]) -> pb.Broker:  # type: ignore[no-untyped-def]
+def serve_stdio(reactor, root: pb.Root, on_lost: Callable[[], None]) -> pb.Broker:
     """The child's end: serve `root` over our stdin/stdout; `on_lost` when the parent goes."""
     from twisted.internet import stdio
 

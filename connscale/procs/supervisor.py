@@ -257,7 +257,7 @@ class Supervisor:
 
     def set_rate(self, rate: float) -> defer.Deferred[list[Any]]:
         """A new connect rate for this agent, split between its workers."""
-        self.spec = attrs.evolve(self.spec, rate=rate)  # type: ignore[misc]
+        self.spec = attrs.evolve(self.spec, rate=rate)
         shares = self.rate_shares([s.target for s in self.slots]) or []
         calls = []
         for slot, share in zip(self.slots, shares):

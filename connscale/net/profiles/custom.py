@@ -55,7 +55,7 @@ class CustomProfile(Profile):
     name = "custom"
     connection = CustomConnection
 
-    def __init__(self, options, interval, timeout):  # type: ignore[no-untyped-def]
+    def __init__(self, options, interval, timeout):
         super().__init__(options, interval, timeout)
         self.expect = unescape(options.expect, 0)
         pattern = options.expect_regex
@@ -63,7 +63,7 @@ class CustomProfile(Profile):
         # The same bytes for every connection unless the template numbers them.
         self.ping = None if "{n}" in options.send else unescape(options.send, 0)
 
-    def ping_for(self, conn: ProfileConnection) -> bytes:  # type: ignore[override]
+    def ping_for(self, conn: ProfileConnection) -> bytes:
         return unescape(self.options.send, conn.serial)
 
     def describe(self) -> str:
