@@ -100,7 +100,7 @@ def text(max_len: int = 255, pattern: str | None = None, what: str = "") -> Pars
         if len(value) > max_len:
             raise RecordError(f"longer than {max_len} characters")
         if regex is not None and not regex.fullmatch(value):
-            raise RecordError(f"expected {what or 'text matching ' + pattern}, got {_describe(value)}")
+            raise RecordError(f"expected {what or f'text matching {pattern}'}, got {_describe(value)}")
         return value
     return parse
 

@@ -344,7 +344,7 @@ def parse_ips(spec: object) -> tuple[str, ...]:
             hi = _ip(hi_text)
             if hi.version != lo.version:
                 raise _Invalid(f"range {item} mixes IPv4 and IPv6")
-            if hi < lo:
+            if int(hi) < int(lo):  # same family (checked above); mypy cannot see that through the union
                 raise _Invalid(f"address range {item} is reversed")
         # Count before expanding: "0.0.0.0-255.255.255.255" must fail fast, not eat memory.
         if len(addrs) + int(hi) - int(lo) + 1 > MAX_IPS:
@@ -953,7 +953,8 @@ def _keys(cls: type) -> dict[str, tuple[_Spec, tuple[str, ...]]]:
 
 def _dump(obj: Any, redact_secrets: bool) -> dict[str, Any]:
     out = {}
-    for key, (spec, names) in _keys(type(obj)).items():
+    cls: type = type(obj)
+    for key, (spec, names) in _keys(cls).items():
         value = spec.dump(*(getattr(obj, name) for name in names))
         if spec.secret_values and redact_secrets and value:
             value = {k: REDACTED for k in value}
@@ -1155,10 +1156,12 @@ def parse_config(data: Mapping[str, Any] | None,
     failed: set[str] = set()
     data = _apply_overrides(data, overrides, problems)
     problems += [_unknown("", key, _TOP_KEYS) for key in data if key not in _TOP_KEYS]
-    config = Config(**{
+    # Any: each name gets its own section class, which a dict's one value type cannot say.
+    sections: dict[str, Any] = {
         name: _parse_clients(data.get(name), problems, failed) if name == "clients"
         else _parse_section(_SECTIONS[name], data.get(name), name, problems, failed)
-        for name in _TOP_KEYS})
+        for name in _TOP_KEYS}
+    config = Config(**sections)
     if "client.url" not in failed and config.client.url is not None:
         config = _with_url_target(config, "client.tls" not in failed and _tls_said_off(data), problems)
     for keys, check in _CROSS_CHECKS:
