@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -57,6 +58,7 @@ class ListeningService(Service):
         out = []
         for p in self.ports:
             h = p.getHost()
+            assert isinstance(h, (IPv4Address, IPv6Address))  # TCP ports, ours and Twisted's
             out.append((h.host, h.port))
         return out
 
@@ -165,7 +167,8 @@ class EndpointService(Service):
         listening, self._listening = self._listening, None
         port, self.port = self.port, None
         if port is not None:
-            return defer.maybeDeferred(port.stopListening)
+            # Twisted's overloads of maybeDeferred match no `Deferred | None` return (Twisted 26.10).
+            return defer.maybeDeferred(port.stopListening)  # type: ignore[call-overload]
         if listening is not None:
             listening.cancel()
         return None

@@ -17,11 +17,11 @@ import ipaddress
 import random
 from collections.abc import Callable, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -379,7 +379,8 @@ class ConnectionPool:
         if transport is None:
             return
         if was == CONNECTING:
-            transport.stopConnecting()
+            # Still dialling: the transport is the lean ClientTransport or a TLSLayer, both a connector.
+            cast(IConnector, transport).stopConnecting()
         elif self.settings.close == "rst":
             reset(transport)
         else:
@@ -523,6 +524,7 @@ class ConnectionPool:
             conn.sent_at = now
             route_ = self.routes[conn.route] if 0 <= conn.route < len(self.routes) else None
             host, port = (route_.host, route_.port) if route_ is not None else ("localhost", 0)
+            assert conn.transport is not None  # connected: makeConnection set it
             conn.transport.write(self.profile.opening(conn, host, port))
             self.wheel.schedule(conn, now + self.handshake_timeout)
             return

@@ -12,6 +12,7 @@ regular expression has no backreferences (config.target checks both).
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from connscale.config.target import unescape
 from connscale.net.profiles.base import Profile, ProfileConnection
@@ -31,7 +32,7 @@ class CustomConnection(ProfileConnection):
             return  # nothing asked: a banner, or chatter
         if self.overflow(data):
             return
-        profile: CustomProfile = self.pool.profile
+        profile = cast(CustomProfile, self.pool.profile)  # a CustomProfile builds these connections
         buf = self.buf
         if profile.regex is not None:
             if profile.regex.search(buf) is None:
