@@ -13,7 +13,8 @@ import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.interfaces import IReactorCore, IReactorProcess
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
@@ -82,7 +83,7 @@ def spawn_python(
     return child
 
 
-def stop_reactor(reactor: object) -> None:
+def stop_reactor(reactor: IReactorCore) -> None:
     """Stop once: the controller's shutdown and the lifeline may both ask."""
     from twisted.internet.error import ReactorNotRunning
 
@@ -97,7 +98,7 @@ class _OrphanGuard(pb.Broker):
 
     on_lost: Callable[[], None] = staticmethod(lambda: None)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.on_lost()
 

@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     # the worker: out of the collector's way, so a full collection scans only
     # what the connections made since (load reports gc_ms and gc_full).
     gc.freeze()
-    reactor.run(installSignalHandlers=False)
+    # IReactorCore.run names no arguments; every posix reactor's takes this one.
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
 
 if __name__ == "__main__":
