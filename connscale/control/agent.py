@@ -119,6 +119,9 @@ class AgentMind(pb.Referenceable):
 
 
 class Agent(MultiService):
+    # Twisted's Service says `name = None`, unannotated, so mypy types it None (IService: str or None).
+    name: str  # type: ignore[assignment]
+
     def __init__(self, reactor: Any, cfg: Config, standalone_workers: int | None = None,
                  prog: str = "agent") -> None:
         """StartError (one line) when it cannot log in as configured."""

@@ -226,8 +226,10 @@ class Controller:
         return self.credentials.agent_line(self.salt, name)
 
     # -- realm -------------------------------------------------------------------------------
-    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
+    def requestAvatar(self, avatarId: bytes | tuple[()], mind: Any,
+                      *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
         assert pb.IPerspective in interfaces
+        assert isinstance(avatarId, bytes)  # ProofChecker, the portal's one checker, gives bytes
         kind, _, name = avatarId.decode("utf-8", "replace").partition(":")
         if kind == "agent":
             if mind is None:

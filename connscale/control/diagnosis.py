@@ -15,7 +15,7 @@ import attrs
 
 from connscale.config.settings import Config
 from connscale.control.registry import Registry
-from connscale.diagnose.budget import HostShare, fleet, fleet_demand
+from connscale.diagnose.budget import HostShare, Roles, fleet, fleet_demand
 from connscale.diagnose.records import FleetCheck
 from connscale.diagnose.incidents import IncidentDetector, load_summary
 from connscale.diagnose.walls import AgentSetup, Context
@@ -83,7 +83,7 @@ class Diagnosis:
             limits = HostLimits.from_dict(info.limits or {"hostname": info.host})
             # An agent on the hub's machine shares its memory, fds and cores with the
             # server: its budget charges both sides (its ports are still its own).
-            roles = "both" if info.host == hub.hostname else "client"
+            roles: Roles = "both" if info.host == hub.hostname else "client"
             if a.name in cfg.clients:  # shown as the operator named it
                 limits = attrs.evolve(limits, hostname=cfg.clients[a.name].host)
             shares.append(HostShare(a.name, limits, fleet_demand(cfg, target, roles, a.name, tuple(info.source_ips),
