@@ -27,20 +27,20 @@ from connscale.app.startup import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, load_or_exi
 from connscale.config.records import loose
 from connscale.config.settings import Config
 from connscale.app.fleet import members as fleet_members
-from connscale.diagnose.budget import Budget, Demand, HostShare, budget, fleet, fleet_demand, render, render_fleet
+from connscale.diagnose.budget import Budget, Demand, HostShare, Roles, budget, fleet, fleet_demand, render, render_fleet
 from connscale.diagnose.memory import costs_from_table, render_lines
 from connscale.diagnose.records import SUMMARY_FILE, FleetCheck, MemoryTable, read_summary
 from connscale.host.inventory import HostLimits, read_host_limits
 
 
-def preflight(cfg: Config, limits: HostLimits | None = None, roles: str = "both") -> tuple[Budget, HostLimits]:
+def preflight(cfg: Config, limits: HostLimits | None = None, roles: Roles = "both") -> tuple[Budget, HostLimits]:
     """`connscale run`'s check of this host for the scenario's target: server and client (the
     local agent), or the server alone when the clients are a fleet's other hosts."""
     limits = limits if limits is not None else read_host_limits()
     if cfg.client.url is not None and roles == "both":
         # With client.url the server is someone else's: only the client side runs here.
         roles = "client"
-    return budget(limits, Demand.from_config(cfg, cfg.scenario.target, roles)), limits  # type: ignore[arg-type]
+    return budget(limits, Demand.from_config(cfg, cfg.scenario.target, roles)), limits
 
 
 def measured_table(run_dir: str) -> MemoryTable:
@@ -83,14 +83,14 @@ def check_main(argv: Sequence[str]) -> int:
     cfg = load_or_exit("connscale check", path, {key: args.target} if args.target else {})
     target = cfg.client.connections if args.role == "client" else cfg.scenario.target
     if args.role == "both" and not args.measured and fleet_members(cfg).remote:
-        result = check_fleet(cfg, target)
-        if result is None:
+        fleet_result = check_fleet(cfg, target)
+        if fleet_result is None:
             return EXIT_REFUSED
         if args.json:
-            print(json.dumps(result.to_wire(), indent=2, sort_keys=True))
+            print(json.dumps(fleet_result.to_wire(), indent=2, sort_keys=True))
         else:
-            sys.stdout.write(render_fleet(result) + "\n")
-        return EXIT_OK if result.ok else EXIT_REFUSED
+            sys.stdout.write(render_fleet(fleet_result) + "\n")
+        return EXIT_OK if fleet_result.ok else EXIT_REFUSED
     limits = read_host_limits()
     demand = Demand.from_config(cfg, target, args.role)
     if args.measured:
@@ -128,7 +128,7 @@ def check_fleet(cfg: Config, target: int) -> FleetCheck | None:
             sys.stderr.write(f"connscale check: agent {name}: scenario.agents names it, and no hub answers with it "
                              "registered: start the hub and that agent, then check again\n")
         return None
-    local_roles = "both" if fleet_members(cfg).local else "server"
+    local_roles: Roles = "both" if fleet_members(cfg).local else "server"
     shares = [HostShare("hub", read_host_limits(), fleet_demand(cfg, target, local_roles))]
     problems = []
     for name, limits in ssh_limits(cfg, fleet_members(cfg).launched).items():
@@ -175,7 +175,8 @@ def ssh_limits(cfg: Config, names: Sequence[str]) -> dict[str, HostLimits | str]
     from connscale.config.records import RecordError
     from connscale.control import launch
 
-    running = {}
+    running: dict[str, subprocess.Popen[bytes] | str] = {}
+    proc: subprocess.Popen[bytes] | str  # a started ssh, or why it could not start
     for name in names:
         host = cfg.clients[name]
         argv = launch.ssh_argv(host, [host.python, "-m", "connscale", "check", "--limits"])

@@ -41,7 +41,7 @@ from connscale.app.startup import EXIT_REFUSED, EXIT_USAGE, load_or_exit
 from connscale.config.endpoints import dial_address
 from connscale.config.settings import Config
 from connscale.config.tls import is_self_signed
-from connscale.diagnose.budget import render
+from connscale.diagnose.budget import Roles, render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.diagnose.memory import memory_table
 from connscale.diagnose.records import SUMMARY_FILE, AgentShare, Preflight, SideBytes, Summary
@@ -380,7 +380,7 @@ def _own_cores(first: tuple[float, dict[str, Any]], last: tuple[float, dict[str,
     return (c1 - c0) / (t1 - t0) if c0 is not None and c1 is not None and t1 > t0 else 0.0
 
 
-def run_roles(members: fleet.Members) -> str:
+def run_roles(members: fleet.Members) -> Roles:
     """What this host runs: the server and the local agent, or the server alone for a fleet."""
     if not members.remote:
         return "both"
