@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from connscale.config.packed import PackError
@@ -113,7 +114,7 @@ class AgentWindow:
 
 
 class Collector:
-    def __init__(self, clock: Any, registry: Registry, events: EventLog, servers: Supervisor | None = None,
+    def __init__(self, clock: IReactorTime, registry: Registry, events: EventLog, servers: Supervisor | None = None,
                  timeline: Timeline | None = None, lost_after: float = LOST_AFTER,
                  diagnosis: Diagnosis | None = None, answer_wait: float = ANSWER_WAIT,
                  fresh: float = FRESH) -> None:

@@ -41,7 +41,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -118,7 +118,7 @@ class LoginThrottled(LoginRefused):
 class LoginThrottle:
     """Guesses per peer, and a log that speaks once per interval."""
 
-    def __init__(self, clock: Any, failures: int = THROTTLE_FAILURES, window: float = THROTTLE_WINDOW,
+    def __init__(self, clock: IReactorTime, failures: int = THROTTLE_FAILURES, window: float = THROTTLE_WINDOW,
                  log_interval: float = LOG_INTERVAL) -> None:
         self.clock = clock
         self.failures = failures
@@ -341,7 +341,7 @@ class ControlServerFactory(pb.PBServerFactory):
 
     protocol = GuardedBroker
 
-    def __init__(self, root: Any, clock: Any, throttle: LoginThrottle | None = None,
+    def __init__(self, root: Any, clock: IReactorTime, throttle: LoginThrottle | None = None,
                  login_timeout: float = LOGIN_TIMEOUT, prelogin_bytes: int = PRELOGIN_BYTES,
                  message_bytes: int = MESSAGE_BYTES) -> None:
         super().__init__(root)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from connscale.config.packed import pack_pieces
 from connscale.config.records import integer, seq
@@ -29,7 +29,7 @@ ENSURE_TIMEOUT = 120.0
 
 
 class Orders:
-    def __init__(self, clock: Any, cfg: Config, registry: Registry, note: Callable[[str], None]) -> None:
+    def __init__(self, clock: IReactorTime, cfg: Config, registry: Registry, note: Callable[[str], None]) -> None:
         self.clock = clock
         self.cfg = cfg
         self.registry = registry

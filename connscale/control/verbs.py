@@ -92,7 +92,7 @@ class Verb:
             if key in given:
                 raise ControlError(f"{self.signature()}: {key} given twice")
             given[key] = value
-        out: list[Any] = []
+        out: list[object] = []
         for p in self.params:
             value = given.get(p.name)
             if value is None:
