@@ -335,16 +335,22 @@ def test_a_fleet_is_bound_by_its_server_or_by_its_clients_together():
                   demand(target=50_000, roles="client", source_ips=("10.0.0.3",), server_ports=2)),
     ]
     result = fleet(50_000, hosts)
-    assert not result["ok"] and result["reachable"] == 4000
-    assert result["binding"]["side"] == "clients" and result["binding"]["limit"]["key"] == "ephemeral_ports"
+    assert not result.ok and result.reachable == 4000
+    assert result.binding is not None and result.binding.side == "clients"
+    assert result.binding.limit is not None and result.binding.limit.key == "ephemeral_ports"
     text = render_fleet(result)
     assert "the client sides together reach 4,000 of 50,000" in text and "more agents" in text
+    # Every fix names the host it is for; the same answer, as it crossed PB, prints the same.
+    assert "fix on a1 (a1): ephemeral_ports:" in text and "fix on a2 (a2): ephemeral_ports:" in text
+    assert render_fleet(result.to_wire()) == text
     # A server host with a low file limit binds the fleet from the other side.
     small_hub = attrs.evolve(ROOMY, nofile_hard=300)
     result = fleet(50_000, [HostShare("hub", small_hub, demand(target=50_000, roles="server")),
                             HostShare("a1", ROOMY, demand(target=50_000, roles="client"))])
-    assert result["binding"]["side"] == "server" and result["binding"]["limit"]["key"] == "fd_process"
-    assert fleet(1000, [HostShare("hub", ROOMY, demand(target=1000, roles="server"))])["ok"]
+    assert result.binding is not None and result.binding.side == "server"
+    assert result.binding.limit is not None and result.binding.limit.key == "fd_process"
+    assert "fix on hub" in render_fleet(result) and "fix on a1" not in render_fleet(result)
+    assert fleet(1000, [HostShare("hub", ROOMY, demand(target=1000, roles="server"))]).ok
 
 
 def test_tls_connections_are_planned_with_what_tls_costs():
@@ -362,3 +368,41 @@ def test_tls_connections_are_planned_with_what_tls_costs():
     cfg = parse_config({"server": {"tls": "auto"}})
     assert Demand.from_config(cfg).tls and not Demand.from_config(parse_config({})).tls
     assert Demand.from_config(parse_config({"client": {"tls": True}}), roles="client").tls
+    # A fleet's hosts the same way: the hub's server pays for TLS, an agent's clients when they speak it.
+    from connscale.diagnose.budget import fleet_demand
+
+    assert fleet_demand(cfg, 1000, "server").tls and not fleet_demand(cfg, 1000, "client", "h2").tls
+    assert not fleet_demand(parse_config({}), 1000, "server").tls
+
+
+def test_a_fleets_target_is_split_by_what_each_host_reaches():
+    from connscale.diagnose.budget import HostShare, fleet, render_split, split
+
+    def agent(name: str, ips: tuple[str, ...]) -> HostShare:
+        return HostShare(name, attrs.evolve(ROOMY, hostname=name),
+                         demand(target=9000, roles="client", source_ips=ips, server_ports=2, per_route_max=2000))
+
+    # Two addresses against one: 8,000 and 4,000 connections by their routes.
+    result = fleet(9000, [HostShare("hub", ROOMY, demand(target=9000, roles="server")),
+                          agent("wide", ("198.18.0.2", "198.18.0.12")), agent("narrow", ("198.18.0.3",))])
+    assert result.ok and [h.capacity for h in result.client_hosts()] == [8000, 4000]
+    shares = split(9000, result.client_hosts())
+    assert [(s.agent, s.share, s.capacity, s.limit) for s in shares] == [
+        ("wide", 6000, 8000, "routes"), ("narrow", 3000, 4000, "routes")]
+    assert "1 source IP x 2 server ports x 2,000 per route" in shares[1].why
+    assert render_split(shares, 9000)[1].startswith("narrow on narrow: 3,000 of 9,000 (reaches 4,000; routes")
+    # Whole connections that add up to the target; never more than a host reaches.
+    odd = split(10, result.client_hosts()[:1] + result.client_hosts())
+    assert sum(s.share for s in odd) == 10
+    short = split(20_000, result.client_hosts())
+    assert [s.share for s in short] == [8000, 4000]
+    # Evenly by count would have asked 4,500 of the narrow host: more than it reaches.
+    assert split(3, result.client_hosts()[1:]) [0].share == 3
+
+
+def test_a_fix_for_a_remote_host_names_its_entry_not_a_loopback_range():
+    d = demand(target=100_000, roles="client", source_ips=(), server_ports=1, source_key="clients.h2.source_ips",
+               server_loopback=False)
+    routes = next(lim for lim in budget(ROOMY, d).limits if lim.key == "routes")
+    assert routes.fix is not None and routes.fix.startswith("clients.h2.source_ips: 8 addresses of that host")
+    assert "127.0.0" not in routes.fix

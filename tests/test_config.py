@@ -773,3 +773,22 @@ def test_yaml_scalars_keep_meaning(tmp_path):
 
 def test_shipped_config_loads():
     load_config(str(REPO / "connscale.yaml"))
+
+
+def test_a_fleets_agents_and_the_local_agent():
+    cfg = parse_config({"scenario": {"agents": ["east", "west"], "local_agent": True}})
+    assert cfg.scenario.agents == ("east", "west") and cfg.scenario.local_agent is True
+    assert parse_config({}).scenario.local_agent is None  # auto
+    assert parse_config({"scenario": {"local_agent": "auto"}}).as_dict()["scenario"]["local_agent"] == "auto"
+    for bad, problem in (
+        ({"agents": "east"}, "scenario.agents: expected a list of agent names, got 'east'"),
+        ({"agents": ["east", "east"]}, "scenario.agents: 'east' is named twice"),
+        ({"local_agent": "sometimes"}, "scenario.local_agent:"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            parse_config({"scenario": bad})
+        assert len(e.value.problems) == 1 and e.value.problems[0].startswith(problem), e.value.problems
+    with pytest.raises(ConfigError) as e:
+        parse_config({"clients": {"east": {"host": "198.18.0.2"}}, "scenario": {"agents": ["east"]}})
+    assert e.value.problems == ["scenario.agents: east is also under clients: (launched over ssh); name it in one "
+                                "place"]

@@ -23,7 +23,7 @@ from connscale.control.errors import ControlError
 from connscale.control.orders import Orders
 from connscale.control.records import AgentReport, RegisterAnswer
 from connscale.control.registry import NAME_HOLD, NameHeld, Registry
-from connscale.control.verbs import BY_CLI, BY_NAME, VERBS
+from connscale.control.verbs import BY_CLI, BY_NAME, CONSOLE_NAMES, VERBS
 from connscale.host.observed import ObserverRow, ProcessRow, TargetRow
 from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
@@ -435,9 +435,20 @@ def test_one_verb_list_for_avatar_console_and_ctl() -> None:
     for verb in VERBS:
         assert callable(getattr(controller, f"op_{verb.name}")), verb.name
         assert verb.name in namespace and namespace[verb.name].__doc__.startswith(verb.signature())
-        assert verb.cli in subcommands
+        # One spelling for the console and ctl; the other one is an alias of both.
+        assert verb.name in subcommands and all(name in subcommands for name in verb.cli_names)
+        if verb.console_alias:
+            assert namespace[verb.console_alias] is namespace[verb.name]
     assert set(subcommands) == set(BY_CLI) | LOCAL_SUBCOMMANDS  # `watch` polls `stats` itself
-    assert set(namespace) == set(BY_NAME) | {"stats_raw"}
+    assert set(namespace) == set(CONSOLE_NAMES) | {"stats_raw"}
+    # Both spellings are in both helps.
+    usage = ctl_parser().format_help()
+    assert "connections_start (start)" in usage and "client_start (client-start)" in usage
+    from connscale.control.console import wrap_namespace
+
+    listing = repr(wrap_namespace(namespace)["help"])
+    assert "connections_start(n, client=None)" in listing and "start(n, client=None)" in listing
+    assert "(alias: start)" in namespace["connections_start"].__doc__
 
 
 def test_console_verbs_are_checked_by_the_controller() -> None:

@@ -25,20 +25,20 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import yaml
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # plain `pytest` (not `python -m pytest`)
     sys.path.insert(0, _ROOT)
 
 from tests.support.netns import IP_BIN, Host, TestNetwork, netns_available  # noqa: E402
-from tests.support.procs import Proc, connscale  # noqa: E402
+from tests.support.procs import Proc  # noqa: E402
 from tests.support.sshd import SSH_BIN, SSH_KEYGEN_BIN, Sshd, sshd_unavailable_reason  # noqa: E402
 from tests.support.console import Reader, clean  # noqa: E402
 from tests.support.multihost import (  # noqa: E402
     COUNT_TIMEOUT,
     CTL_TIMEOUT,
     READY_TIMEOUT,
+    connscale_processes,
     ctl,
     ctl_ok,
     hub_config,
@@ -71,23 +71,6 @@ def clients_table(text: str) -> dict[str, dict[str, str]]:
     lines = text.strip().splitlines()
     header = lines[0].split()
     return {row.split()[0]: dict(zip(header, row.split())) for row in lines[1:]}
-
-
-def ns_processes(host: Host) -> dict[int, str]:
-    """pid -> command line of every process inside the host's namespace."""
-    r = subprocess.run([IP_BIN, "netns", "pids", host.ns], capture_output=True, text=True,
-                       stdin=subprocess.DEVNULL, timeout=15)
-    out = {}
-    for pid in (int(p) for p in r.stdout.split() if p.isdigit()):
-        try:
-            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-    return out
-
-
-def connscale_processes(host: Host) -> dict[int, str]:
-    return {pid: cmd for pid, cmd in ns_processes(host).items() if "connscale" in cmd}
 
 
 # ------------------------------------------------------------------------------- tests

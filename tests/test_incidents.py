@@ -181,6 +181,17 @@ def test_failures_open_one_incident_per_wall_with_the_snapshot():
     assert Incident.from_wire(json.loads(json.dumps(inc.to_wire()))) == inc
 
 
+def test_a_lost_agents_counters_leaving_the_totals_are_no_negative_connect_rate():
+    """A fleet agent lost mid-hold takes its `opened` out of the client totals: the window's
+    connect rate is 0, not negative, so its incident crosses PB and the timeline as a record."""
+    clients = [worker(0, open=2321, nofile=300)]
+    recs = [record(t, open=3000, target=3000, opened=3000) for t in range(3)]
+    recs += [record(3, open=2321, target=3000, opened=2321, clients=clients, failures={"connect:EMFILE": 10})]
+    _, opened = feed(recs)
+    assert len(opened) == 1 and opened[0].connect_rate == 0
+    assert Incident.from_wire(json.loads(json.dumps(opened[0].to_wire()))) == opened[0]
+
+
 def framing_mismatch(client_first: bool) -> list[Stats]:
     """A line client against a raw server: the server counts a protocol error and closes,
     the client sees its connections closed at the first ping. One side's report reaches

@@ -167,12 +167,13 @@ def test_the_summary_goes_to_json_and_back_whole() -> None:
     assert Summary.from_wire(json.loads(json.dumps(new.to_wire()))) == new
     # Nothing of the old file is lost on the way (it gains its schema, and the fields added
     # since it was written, each at its default: no observer's events or memory, no cost, no TLS, no
-    # metrics, thresholds or baseline).
+    # metrics, thresholds or baseline, no fleet).
     added = {"target_events": [], "memory": None, "cost_final_hold": None,
              "tls": {"server": None, "client": False, "resumed": 0},
              "handshake_ms": {"p50": None, "p90": None, "p99": None, "max": None, "count": 0},
              "tls_connect_rate": {"max": None, "mean": None}, "mem_per_conn_bytes": {"server": None, "client": None},
-             "metrics": {}, "thresholds": [], "baseline": None}
+             "metrics": {}, "thresholds": [], "baseline": None,
+             "kind": "run", "split": [], "agents": [], "lost_agents": [], "manifests": {}}
     assert {k: v for k, v in new.to_wire().items() if k != "schema"} == {
         k: v for k, v in raw.items()} | {"search": new.to_wire()["search"]} | added
 

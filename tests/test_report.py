@@ -125,6 +125,20 @@ def test_manifest_lists_limits_and_hides_secrets(tmp_path: Path) -> None:
     assert redact({"password": None}) == {"password": None}
 
 
+def test_a_fleet_runs_report_shows_each_agents_host_manifest(tmp_path: Path) -> None:
+    summary = {"verdict": "held", "reason": "", "target": 6000, "held": 6000,
+               "manifests": {"hub": "manifest.json", "h2": "manifest-h2.json", "h3": "manifest-h3.json"}}
+    run_dir = write_run(tmp_path / "run", make_records(), summary)
+    agent_host = json.loads((run_dir / "manifest.json").read_text())
+    agent_host["host"]["hostname"] = "agent-host-h2"
+    (run_dir / "manifest-h2.json").write_text(json.dumps(agent_host))
+    page = write_report(run_dir).read_text()
+    h2 = page.split("<h2>Manifest of agent h2</h2>")[1]
+    assert "agent-host-h2" in h2.split("<h2>")[0]
+    # One host's manifest lost is said there; the page still renders.
+    assert "<h3>h3</h3><p class=\"muted\">manifest-h3.json is missing or unreadable.</p>" in page
+
+
 def test_knee_is_where_p99_leaves_the_low_load_band() -> None:
     flat = [CurvePoint(n, "", 1.0, 2.0 + (n % 3) * 0.3, 10) for n in (1000, 2000, 3000, 4000)]
     assert find_knee(flat) is None

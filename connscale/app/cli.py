@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from connscale.app.startup import (
     EXIT_AUTH,
@@ -21,30 +21,14 @@ from connscale.app.startup import (
     EXIT_USAGE,
     load_or_exit,
 )
+from connscale.app.operator import LOGIN_PATIENCE, master_of, operator_call, operator_session, remote_error
 from connscale.config.packed import unpack
-from connscale.config.settings import Config
 
-
-def master_of(cfg: Config, given: str | None) -> tuple[str, int]:
-    from connscale.config.endpoints import dial_address
-    from connscale.config.settings import parse_hostport
-
-    if given:
-        try:
-            host, ports = parse_hostport(given)
-        except ValueError as e:
-            sys.stderr.write(f"connscale ctl: --master: {e}\n")
-            raise SystemExit(EXIT_USAGE) from None
-        return host, ports[0]
-    if cfg.client.master is not None:
-        return cfg.client.master
-    return dial_address(cfg.control.listen) or ("127.0.0.1", 8790)
+__all__ = ["LOGIN_PATIENCE", "master_of", "operator_call", "operator_session", "remote_error", "main", "ctl"]
 
 
 #: ctl subcommands that are not controller verbs: they run on the operator's side.
 LOCAL_SUBCOMMANDS = frozenset({"watch"})
-#: Seconds ctl keeps retrying a login the hub throttles (someone's failed logins from our address).
-LOGIN_PATIENCE = 60.0
 
 
 def ctl_parser() -> argparse.ArgumentParser:
@@ -56,7 +40,9 @@ def ctl_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="YAML config (for control.secret/secret_file and the address)")
     sub = p.add_subparsers(dest="verb", required=True)
     for verb in VERBS:
-        sp = sub.add_parser(verb.cli, help=verb.doc, description=verb.doc)
+        # Its name, as the console spells it, and its alias (both shown in the help).
+        name, *aliases = verb.cli_names
+        sp = sub.add_parser(name, aliases=aliases, help=verb.doc, description=verb.doc)
         for param in verb.params:
             if param.flag:
                 sp.add_argument(f"--{param.name}", type=param.cli_type, help=param.help)
@@ -92,13 +78,13 @@ def ctl(argv: Sequence[str]) -> int:
         status, message = watch(host, port, secret, cfg.control.tls_ca, args.interval, args.count,
                                 args.interval if args.every is None else args.every)
         if message:
-            sys.stderr.write(f"connscale ctl: {message}\n")
+            sys.stderr.write(f"connscale ctl: {with_origin(status, message, cfg)}\n")
         return status
     verb = BY_CLI[args.verb]
     call_args = [getattr(args, param.name) for param in verb.params]
     status, result = operator_call(host, port, secret, verb.name, *call_args, tls_ca=cfg.control.tls_ca)
     if status != EXIT_OK:
-        sys.stderr.write(f"connscale ctl: {result}\n")
+        sys.stderr.write(f"connscale ctl: {with_origin(status, str(result), cfg)}\n")
         return status
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -113,76 +99,13 @@ def ctl(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def operator_session(host: str, port: int, secret: bytes, tls_ca: str | None,
-                     work: Callable[[Any, Any], Any], silent: tuple[int, Any] = (EXIT_OK, "")) -> tuple[int, Any]:
-    """Log in as operator, run `work(reactor, perspective)`, log out: one reactor, one session.
+def with_origin(status: int, message: str, cfg: Any) -> str:
+    """A refused login's line, with where our secret came from (the one to fix)."""
+    if status != EXIT_AUTH:
+        return message
+    from connscale.control.secret import secret_origin
 
-    `work` returns (or fires with) (exit status, result or message). A refused
-    login is EXIT_AUTH and an unreachable hub EXIT_UNREACHABLE, each one line;
-    `silent` is the outcome when the reactor stops before `work` says (Ctrl-C).
-    """
-    from twisted.internet import defer, task
-
-    from connscale.control import dial
-    from connscale.control.auth import CredentialError
-    from connscale.control.link import describe_refusal
-
-    outcome: list[tuple[int, Any]] = []
-
-    def waiting(seconds: float, why: str) -> None:
-        sys.stderr.write(f"connscale ctl: the controller at {host}:{port} throttles logins from here ({why}); "
-                         f"retrying in {seconds:.0f} s\n")
-
-    @defer.inlineCallbacks
-    def main(reactor: Any):  # type: ignore[no-untyped-def]
-        try:
-            factory, perspective = yield dial.login_patiently(reactor, host, port, "operator", secret, tls_ca,
-                                                              patience=LOGIN_PATIENCE, on_wait=waiting)
-        except CredentialError as e:
-            outcome.append((EXIT_AUTH, str(e)))
-            return
-        except Exception as e:
-            if dial.is_throttled(e):
-                outcome.append((EXIT_UNREACHABLE, f"the controller at {host}:{port} still throttles logins from "
-                                                  f"here after {LOGIN_PATIENCE:g} s: {dial.one_line(e)}"))
-            elif dial.is_unauthorized(e):
-                outcome.append((EXIT_AUTH, describe_refusal(e, f"{host}:{port}")))
-            else:
-                outcome.append((EXIT_UNREACHABLE, f"cannot reach the controller at {host}:{port}: {e}"))
-            return
-        try:
-            outcome.append((yield defer.maybeDeferred(work, reactor, perspective)))
-        except Exception as e:
-            # A failure of ours (a display that cannot show what it got, ...): one line, never exit 0.
-            outcome.append((EXIT_REFUSED, f"{type(e).__name__}: {dial.one_line(e)}"))
-        finally:
-            factory.disconnect()
-
-    try:
-        task.react(main)
-    except (SystemExit, KeyboardInterrupt):
-        pass
-    return outcome[0] if outcome else silent
-
-
-def remote_error(e: BaseException) -> str:
-    """A pb.Error from the controller arrives as RemoteError(message): its last line."""
-    return (str(e).strip().splitlines() or [repr(e)])[-1]
-
-
-def operator_call(host: str, port: int, secret: bytes, method: str, *args: Any,
-                  tls_ca: str | None = None) -> tuple[int, Any]:
-    """Log in as operator, make one call, return (exit status, result or message)."""
-
-    def call(reactor: Any, perspective: Any) -> Any:
-        if method == "stats":  # packed and bounded by the hub: a fleet's rows as PB elements are too many
-            d = perspective.callRemote("stats_packed", *args).addCallback(unpack)
-        else:
-            d = perspective.callRemote(method, *args)
-        return d.addCallbacks(lambda result: (EXIT_OK, result), lambda f: (EXIT_REFUSED, remote_error(f.value)))
-
-    return operator_session(host, port, secret, tls_ca, call,
-                            silent=(EXIT_UNREACHABLE, "no answer from the controller"))
+    return f"{message} (our secret came from {secret_origin(cfg.control)})"
 
 
 def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: float, count: int,
@@ -196,7 +119,7 @@ def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: flo
     from connscale.metrics.records import Stats
 
     @defer.inlineCallbacks
-    def show(reactor: Any, perspective: Any):  # type: ignore[no-untyped-def]
+    def show(reactor: Any, perspective: Any):
         view = LiveView(every=every, clock=reactor.seconds, title=f"connscale hub {host}:{port}")
         # Ctrl-C stops the reactor mid-wait: leave the last frame (and the cursor) in place.
         reactor.addSystemEventTrigger("before", "shutdown", view.final)

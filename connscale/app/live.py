@@ -67,7 +67,16 @@ class Frame:
 
     @property
     def rtt(self) -> Percentiles:
-        return self.stats.rtt_window_ms or self.stats.rtt_ms
+        """The RTT of the last second (the timeline's per-second window; none: nothing pinged):
+        never the hub's figure since it started, which hides a slow second and shows an idle one's
+        old RTT."""
+        return self.stats.rtt_window_ms or Percentiles()
+
+    @property
+    def rtt_second(self) -> float | None:
+        """Which second that is: the elapsed_s of its timeline line (a line's own: its elapsed_s)."""
+        st = self.stats
+        return st.window_elapsed_s if st.window_elapsed_s is not None else (st.elapsed_s if st.t else None)
 
     def phase(self, info: RunInfo | None) -> str:
         return (info.phase if info and info.phase else "") or self.stats.phase
@@ -88,10 +97,18 @@ def plain_line(frame: Frame, info: RunInfo | None = None) -> str:
         ("pings_per_s", f"{frame.ping_rate:.0f}"),
         ("rtt_p50_ms", _ms(frame.rtt.p50)),
         ("rtt_p99_ms", _ms(frame.rtt.p99)),
+        # The second those are of, and the figure since the hub started, labelled as such.
+        ("rtt_second", "-" if frame.rtt_second is None else f"{frame.rtt_second:g}"),
+        ("rtt_since_start_p99_ms", _ms(st.rtt_ms.p99)),
     ]
     if st.cost is not None:
         # connscale's own processes (hub, agents, observers, workers): what the tool takes from the box.
         fields += [("own_cores", f"{st.cost.cores:.2f}"), ("own_rss_mb", f"{st.cost.rss_bytes / 1e6:.0f}")]
+    if len(st.clients) > 1:
+        # A fleet: each agent's count and last second's RTT beside the merged ones.
+        for name, a in sorted(st.clients.items()):
+            fields += [(f"agent.{name}.open", str(a.open) if a.connected else "lost"),
+                       (f"agent.{name}.rtt_p99_ms", _ms(a.rtt_window_ms.p99 if a.rtt_window_ms else None))]
     failures = st.failures()
     fields.append(("failures", str(sum(failures.values()))))
     for key in sorted(failures):
@@ -127,8 +144,9 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
                                (f"{st.ghosts:,}", "bold magenta" if st.ghosts else "")))
     head.add_row(Text.assemble(("connects/s ", "dim"), f"{frame.connect_rate:,.0f}", ("   pings/s ", "dim"),
                                f"{frame.ping_rate:,.0f}"),
-                 Text.assemble(("RTT p50 ", "dim"), f"{_ms(frame.rtt.p50)} ms", ("  p99 ", "dim"),
-                               (f"{_ms(frame.rtt.p99)} ms", "bold")),
+                 Text.assemble(("RTT last second p50 ", "dim"), f"{_ms(frame.rtt.p50)} ms", ("  p99 ", "dim"),
+                               (f"{_ms(frame.rtt.p99)} ms", "bold"), ("  since start p99 ", "dim"),
+                               f"{_ms(st.rtt_ms.p99)} ms"),
                  Text.assemble(("failures ", "dim"), (f"{failed:,}", "bold red" if failed else "green"),
                                ("   ordered ", "dim"), f"{ordered:,}"))
     cost = st.cost
@@ -163,9 +181,9 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         parts.append(table)
 
     agents = Table(box=box.SIMPLE_HEAD, title="agents", title_justify="left")
-    for col, justify in (("agent", "left"), ("state", "left"), ("target", "right"), ("open", "right"),
-                         ("connecting", "right"), ("workers", "right"), ("failures", "right"),
-                         ("busiest cpu %", "right"), ("worst lag ms", "right")):
+    for col, justify in (("agent", "left"), ("host", "left"), ("state", "left"), ("target", "right"),
+                         ("open", "right"), ("connecting", "right"), ("workers", "right"), ("failures", "right"),
+                         ("RTT p99 ms", "right"), ("busiest cpu %", "right"), ("worst lag ms", "right")):
         agents.add_column(col, justify=justify)  # type: ignore[arg-type]
     for name, a in sorted(st.clients.items()):
         # An agent is as prompt as its busiest worker: that one's CPU and loop lag say
@@ -176,8 +194,9 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
         state = "connected" if a.connected else "[red]disconnected[/]"
         if a.connected and a.stale_s:
             state = f"[yellow]stale {a.stale_s:g} s[/]"  # counted with its last report, this old
-        agents.add_row(Text(name), state, f"{a.target:,}", f"{a.open:,}", f"{a.connecting:,}", str(len(a.workers)),
-                       f"{sum(a.failures.values()):,}",
+        agents.add_row(Text(name), Text(a.host), state, f"{a.target:,}", f"{a.open:,}", f"{a.connecting:,}",
+                       str(len(a.workers)), f"{sum(a.failures.values()):,}",
+                       _ms(a.rtt_window_ms.p99 if a.rtt_window_ms else None),
                        _hot(max(cpus)) if cpus else "-", f"{max(lags):.1f}" if lags else "-")
     parts.append(agents)
     observed = observers_table(st)

@@ -1,16 +1,19 @@
-"""`connscale run`: a whole local experiment with a verdict.
+"""`connscale run`: a whole experiment with one verdict, on this host or across a fleet.
 
-Starts a hub and one local agent as child processes on loopback, lets a
-`Scenario` ramp to `scenario.target` in paced steps with holds, and writes
-`summary.json` next to the hub's `timeline.jsonl` in a new run directory.
-Exit status 0 only when the target was held through the final hold with no
-counted failure (search: a knee was found) and every gate passed (thresholds,
-`--baseline`: `app.gate`); 1 when the run or a gate failed; 2 when the run
-could not start (configuration, a refused preflight, the run directory). Whatever happens (a failed step, a dead hub, Ctrl-C, a full
-disk) the run ends with a summary and without a child left behind.
+Starts a hub as a child process, and the run's agents: a local one on loopback, or
+the fleet the config names (`clients:` launched over ssh, `scenario.agents` waited
+for; `app.fleet`). A `Scenario` ramps them to `scenario.target`, split by what
+each host reaches, in paced steps with holds, and `summary.json` is written next to
+the hub's `timeline.jsonl` in a new run directory. Exit status 0 only when the
+target was held through the final hold with no counted failure (search: a knee was
+found) and every gate passed (thresholds, `--baseline`: `app.gate`); 1 when the run
+or a gate failed; 2 when the run could not start (configuration, a refused preflight,
+the run directory). Whatever happens (an agent that cannot start, a lost agent, a
+failed step, a dead hub, Ctrl-C, a full disk) the run ends with a summary and
+without a child left behind.
 
-The parts: `RunDirectory` (files), `children` (the two processes),
-`Scenario` (the ramp), `summary` (the verdict); this module wires them.
+The parts: `RunDirectory` (files), `children` (the processes), `fleet` (who holds
+what), `Scenario` (the ramp), `summary` (the verdict); this module wires them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.spread import pb
 
-from connscale.app import children, gate, summary
+from connscale.app import children, fleet, gate, summary
 from connscale.app.check import preflight
 from connscale.app.live import LiveView, RunInfo
 from connscale.app.rundir import RunDirectory, RunDirError
@@ -38,10 +41,10 @@ from connscale.app.startup import EXIT_REFUSED, EXIT_USAGE, load_or_exit
 from connscale.config.endpoints import dial_address
 from connscale.config.settings import Config
 from connscale.config.tls import is_self_signed
-from connscale.diagnose.budget import render
+from connscale.diagnose.budget import Roles, render
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.diagnose.memory import memory_table
-from connscale.diagnose.records import SUMMARY_FILE, Preflight, SideBytes, Summary
+from connscale.diagnose.records import SUMMARY_FILE, AgentShare, Preflight, SideBytes, Summary
 from connscale.host.resources import process_resources
 from connscale.metrics import handshakes, phases
 from connscale.metrics.cost import Cost, mean_cost, with_process
@@ -50,7 +53,7 @@ from connscale.metrics.timeline import TIMELINE_FILE, read_timeline
 from connscale.metrics.workers import cpu_seconds, rss_of
 from connscale.net.tlscert import make_auto
 
-AGENT_NAME = "local"
+AGENT_NAME = fleet.LOCAL
 #: The observer `connscale run` starts on this host.
 OBSERVER_NAME = "server"
 HUB_LOGIN_TIMEOUT = 30.0
@@ -96,15 +99,30 @@ def own_tls(cfg: Config, directory: Path) -> Config:
     return attrs.evolve(cfg, server=attrs.evolve(cfg.server, tls=server), client=attrs.evolve(cfg.client, tls=client))
 
 
+def run_secret_configured(cfg: Config) -> bool:
+    from connscale.control.secret import SecretError, configured_secret
+
+    try:
+        return configured_secret(cfg.control) is not None
+    except (SecretError, OSError):
+        return False
+
+
 class Experiment:
     """One run: its directory, its two children, its scenario, its summary."""
 
     def __init__(self, reactor: Any, cfg: Config, rundir: RunDirectory, out: Callable[[str], None],
                  preflight: Preflight | None = None,
-                 dial_login: Callable[..., defer.Deferred[Any]] | None = None, judge: gate.Gate | None = None) -> None:
+                 dial_login: Callable[..., defer.Deferred[Any]] | None = None, judge: gate.Gate | None = None,
+                 force: bool = False) -> None:
         self.preflight = preflight
         #: Thresholds and baseline the summary is judged against (none: an empty gate).
         self.gate = judge or gate.Gate()
+        self.force = force
+        #: Who holds the connections (app.fleet), their shares and hosts' manifests once known.
+        self.members = fleet.members(cfg)
+        self.split: tuple[AgentShare, ...] = ()
+        self.manifests: dict[str, str] = {"hub": MANIFEST_FILE}
         #: control.dial.login, or a fake: the login's retries are tested on a fake clock.
         self.dial_login = dial_login
         self.reactor = reactor
@@ -112,6 +130,8 @@ class Experiment:
         self.rundir = rundir
         self.out = out
         self.secret = run_secret(cfg)
+        #: The secret is the configured one (not made for this run only).
+        self.secret_configured = run_secret_configured(cfg)
         self.config_path = rundir.write_config(cfg)
         # The host and its limits as the run began: the report is re-rendered from the directory alone.
         self.manifest = collect_manifest(cfg.as_dict())
@@ -133,7 +153,8 @@ class Experiment:
                                            health=self.health, timeline=rundir.file(TIMELINE_FILE),
                                            interval=cfg.client.interval)
         else:
-            self.scenario = Scenario(reactor, cfg.scenario, self, AGENT_NAME, show=self.show, health=self.health)
+            self.scenario = Scenario(reactor, cfg.scenario, self, self.members.names, show=self.show,
+                                     health=self.health, split=self.plan if self.members.remote else None)
 
     # -- HubAPI for the scenario -----------------------------------------------------
     def call(self, method: str, *args: Any) -> defer.Deferred[Any]:
@@ -156,7 +177,7 @@ class Experiment:
         return failure
 
     @defer.inlineCallbacks
-    def _lost_hub(self, failure: Any):  # type: ignore[no-untyped-def]
+    def _lost_hub(self, failure: Any):
         """The link to the hub broke: say why in the hub's own words if it died."""
         assert self.hub is not None
         if self.hub.running:
@@ -188,7 +209,7 @@ class Experiment:
         return dial_address(self.cfg.control.listen) or ("127.0.0.1", 8790)
 
     @defer.inlineCallbacks
-    def login(self):  # type: ignore[no-untyped-def]
+    def login(self):
         from connscale.control import dial
 
         dial_login = self.dial_login or dial.login
@@ -205,7 +226,10 @@ class Experiment:
                 if not self.hub.running:
                     raise RunError(f"the hub did not come up: {self.hub.last_lines() or self.hub.exit_description}")
                 if dial.is_unauthorized(e):
-                    raise RunError("the hub refused our login: its control secret is not the run's") from None
+                    from connscale.control.secret import secret_origin
+
+                    raise RunError("the hub refused our login: its control secret is not the run's (ours came from "
+                                   f"{secret_origin(self.cfg.control) if self.secret_configured else 'none: made for this run'})") from None
                 if self.reactor.seconds() > deadline:
                     why = dial.one_line(e) if dial.is_throttled(e) else (self.hub.last_lines() or e)
                     raise RunError(f"the hub did not answer on {host}:{port} within {HUB_LOGIN_TIMEOUT:g}s: {why}")
@@ -244,20 +268,44 @@ class Experiment:
 
     # -- the run -------------------------------------------------------------------------
     @defer.inlineCallbacks
-    def execute(self):  # type: ignore[no-untyped-def]
-        self.hub = self.spawn("hub", ["server", "--console", "none", "--record-dir", str(self.rundir.path)])
+    def execute(self):
+        # The run writes the summary and the manifests: the hub only records the timeline.
+        self.hub = self.spawn("hub", ["server", "--console", "none", "--record-dir", str(self.rundir.path),
+                                      "--no-summary"])
         yield self.login()
         host, port = self.control_address()
-        self.spawn("agent", ["agent", "--master", f"{host}:{port}", "--name", AGENT_NAME,
-                             "--rate", str(self.cfg.scenario.rate)])
+        if self.members.local:
+            self.spawn("agent", ["agent", "--master", f"{host}:{port}", "--name", AGENT_NAME,
+                                 "--rate", str(self.cfg.scenario.rate)])
         targets = observer_targets(self.cfg, self.hub.pid)
         if targets is not None:
             self.observer = self.spawn("observer", ["observe", "--master", f"{host}:{port}", "--label",
                                                     OBSERVER_NAME, *targets])
+        yield self.launch_fleet()
         yield self.scenario.execute()
 
+    # -- the fleet ---------------------------------------------------------------------------
+    def say(self, line: str) -> None:
+        self.view.message(f"connscale run: {line}")
+
+    def launch_fleet(self) -> defer.Deferred[None]:
+        """Every `clients:` host's agent over ssh, through the hub; one line for each that fails."""
+        if self.members.launched:
+            self.say(f"starting {len(self.members.launched)} agent(s) over ssh: {', '.join(self.members.launched)}")
+        return fleet.launch(self.call, self.members.launched, self.say)
+
     @defer.inlineCallbacks
-    def finish(self, ok: bool, reason: str):  # type: ignore[no-untyped-def]
+    def plan(self):
+        """Once every agent registered: the split by capacity (printed, recorded) and each host's
+        manifest; refused here, before any connect, when the fleet cannot reach the target."""
+        names = self.members.names
+        _, self.split = yield fleet.plan(self.call, names, self.cfg.scenario.target, self.force, self.say)
+        written = yield fleet.manifests(self.call, names, self.rundir.write_json, self.say)
+        self.manifests.update(written)
+        return fleet.shares_of(self.split)
+
+    @defer.inlineCallbacks
+    def finish(self, ok: bool, reason: str):
         """Last numbers, the summary on disk (or on stdout if the disk refuses), children stopped.
 
         Fires with (the summary, whether it reached the disk)."""
@@ -274,6 +322,7 @@ class Experiment:
         search = self.scenario.result() if isinstance(self.scenario, SearchScenario) else None
         result = summary.build(p, self.cfg.scenario, ok, reason, self.reactor.seconds() - p.started,
                                str(self.rundir.path), preflight=self.preflight, search=search)
+        result = attrs.evolve(result, split=self.split, manifests=dict(self.manifests))
         # RTT per phase from the hub's timeline: every final-hold second is on disk by now (the
         # stop phase was entered first, and a second that saw it counts as stop).
         timeline = self.rundir.file(TIMELINE_FILE)
@@ -292,6 +341,8 @@ class Experiment:
                 # User memory per connection per side at the peak: the memory table's, its one owner.
                 mem_per_conn_bytes=memory.workers_per_connection() if memory is not None else SideBytes(),
             )
+            # One row per agent beside the merged figures (its RTT from its own histograms).
+            result = summary.with_agents(result, p, records)
         # Which ends spoke TLS, and how many handshakes resumed a session.
         result = attrs.evolve(result, tls=summary.tls_fields(self.cfg, p.stats))
         result = attrs.evolve(result, explanation=summary.explanation(result, records))
@@ -327,6 +378,13 @@ def _own_cores(first: tuple[float, dict[str, Any]], last: tuple[float, dict[str,
     (t0, r0), (t1, r1) = first, last
     c0, c1 = cpu_seconds(r0), cpu_seconds(r1)
     return (c1 - c0) / (t1 - t0) if c0 is not None and c1 is not None and t1 > t0 else 0.0
+
+
+def run_roles(members: fleet.Members) -> Roles:
+    """What this host runs: the server and the local agent, or the server alone for a fleet."""
+    if not members.remote:
+        return "both"
+    return "both" if members.local else "server"
 
 
 def sc_mode(cfg: Config) -> str:
@@ -371,8 +429,20 @@ def run_main(argv: list[str]) -> int:
         sys.stdout.write(line if line.startswith("\r") else line + "\n")
         sys.stdout.flush()
 
-    # Preflight: what this host can reach with this configuration, before any connection.
-    budget, limits = preflight(cfg)
+    members = fleet.members(cfg)
+    local_only = fleet.local_only(cfg) if members.remote else ()
+    if local_only:
+        out(f"connscale run: {' and '.join(local_only)} {'runs' if len(local_only) == 1 else 'run'} on the local "
+            "agent only for now (a remote agent is handed the line settings alone): leave clients: and "
+            "scenario.agents out of this config")
+        return EXIT_USAGE
+    if members.remote and sc_mode(cfg) == "search":
+        out("connscale run: scenario.mode search runs on the local agent only: leave clients: and "
+            "scenario.agents out of its config")
+        return EXIT_USAGE
+    # Preflight: what this host can reach with this configuration, before any connection (with a
+    # fleet, this host is the server's: the agents' hosts are judged once they registered).
+    budget, limits = preflight(cfg, roles=run_roles(members))
     if not budget.ok and sc_mode(cfg) == "search":
         # A search's target is an upper bound, not a promise: say where the wall is
         # expected and let the search find it.
@@ -395,7 +465,8 @@ def run_main(argv: list[str]) -> int:
     sc = cfg.scenario
     what = (f"search up to {sc.target} connections from {sc.search_start}" if sc.mode == "search"
             else f"target {sc.target} connections in {sc.steps} steps")
-    out(f"connscale run: {what} at {sc.rate:g}/s ({path}); records in {rundir.path}")
+    across = f" across {len(members.names)} agents ({', '.join(members.names)})" if members.remote else ""
+    out(f"connscale run: {what} at {sc.rate:g}/s{across} ({path}); records in {rundir.path}")
     if cfg.client.url is not None:
         out(f"connscale run: the clients speak {cfg.client.effective_protocol()} to {cfg.client.shown_url()}; "
             "no server of connscale's own is started")
@@ -403,10 +474,10 @@ def run_main(argv: list[str]) -> int:
     refused: list[int] = []
 
     @defer.inlineCallbacks
-    def main(reactor: Any):  # type: ignore[no-untyped-def]
+    def main(reactor: Any):
         try:
             experiment = Experiment(reactor, cfg, rundir, out, preflight=Preflight.from_wire(budget.to_dict()),
-                                    judge=judge)
+                                    judge=judge, force=args.force)
         except (RunError, RunDirError) as e:
             sys.stderr.write(f"connscale run: {e}\n")
             refused.append(EXIT_USAGE)

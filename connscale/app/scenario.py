@@ -9,6 +9,7 @@ children through `health` and writes what `Progress` holds when it is over.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Protocol
 
 import attrs
@@ -18,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from connscale.config.packed import PackError, unpack
 from connscale.config.records import RecordError
 from connscale.config.settings import ScenarioSettings
-from connscale.diagnose.records import PhaseSpan, Step
+from connscale.diagnose.records import AgentLost, PhaseSpan, Step
 from connscale.metrics import phases
 from connscale.metrics.records import Stats
 
@@ -42,6 +43,14 @@ VERDICT_WAIT = 5.0
 BASELINE_WAIT = 5.0
 
 
+#: The failure key of connections that went with a lost agent.
+AGENT_LOST = "steady:agent_lost"
+#: How long an agent may be away (its session to the hub closed) before it is lost: one
+#: whose link dropped while the hub stalled logs in again within seconds, holding its
+#: connections (client.hub_grace); a killed one never does.
+AGENT_AWAY_GRACE = 10.0
+
+
 class HubAPI(Protocol):
     def call(self, method: str, *args: Any) -> defer.Deferred[Any]: ...
 
@@ -60,6 +69,8 @@ class StepRecord:
     rate_asked: float
     reached: float | None = None
     opened_from: int = 0
+    #: Per agent: (its target at this step, the open count it started from, when it got there).
+    agents: dict[str, tuple[int, int, float | None]] = attrs.Factory(dict)
 
     @property
     def seconds(self) -> float | None:
@@ -103,30 +114,64 @@ class Progress:
     #: Seconds the agent took to start the client workers of the final target,
     #: before the ramp (setup time, not ramp time); None until they run.
     client_workers_start_s: float | None = None
+    #: Each agent's part of the target (one agent: the whole of it).
+    shares: dict[str, int] = attrs.Factory(dict)
+    #: Agents of the fleet lost during the run.
+    lost_agents: list[AgentLost] = attrs.Factory(list)
+    #: Each agent's open count at the end of the final hold (its row of the summary).
+    held_by_agent: dict[str, int] = attrs.Factory(dict)
+    #: Each agent's largest open count before the stop.
+    peak_by_agent: dict[str, int] = attrs.Factory(dict)
+
+    def rate_achieved(self, agent: str) -> float | None:
+        """Connects per second one agent's steps really did (its connections over its steps' time)."""
+        opened = 0
+        seconds = 0.0
+        for record in self.step_log:
+            if agent not in record.agents:
+                continue
+            target, started_from, reached = record.agents[agent]
+            if reached is None:
+                return None
+            opened += max(0, target - started_from)
+            seconds += reached - record.started
+        return round(opened / seconds, 1) if seconds > 0 else None
 
     @property
     def failure_total(self) -> int:
         return sum(self.failures.values())
 
 
+#: Splits the target across the agents once they are all registered: agent -> its share.
+Splitter = Callable[[], "defer.Deferred[Mapping[str, int]]"]
+
+
 class Scenario:
+    """Drives one agent, or a fleet of them (`agents`, each holding its share of the target,
+    as `split` decides once they are all registered; by default the first holds it all)."""
+
     def __init__(
         self,
         clock: IReactorTime,
         settings: ScenarioSettings,
         hub: HubAPI,
-        agent: str,
+        agent: str | Sequence[str],
         show: Callable[[Progress], None] = lambda p: None,
         health: Callable[[], None] = lambda: None,
+        split: Splitter | None = None,
     ) -> None:
         self.clock = clock
         self.settings = settings
         self.hub = hub
-        self.agent = agent
+        self.agents: tuple[str, ...] = (agent,) if isinstance(agent, str) else tuple(agent)
+        self.agent = self.agents[0]
+        self.split = split
         self.show = show
         self.health = health
         self.progress = Progress(started=clock.seconds())
         self._silent_since: float | None = None
+        #: When each agent away from the hub was first seen so (`AGENT_AWAY_GRACE`).
+        self._away_since: dict[str, float] = {}
 
     # -- phases ------------------------------------------------------------------
     def enter(self, phase: str) -> None:
@@ -148,7 +193,7 @@ class Scenario:
 
     # -- talking to the hub --------------------------------------------------------
     @defer.inlineCallbacks
-    def refresh(self):  # type: ignore[no-untyped-def]
+    def refresh(self):
         """One fresh view of the controller's numbers; a silent hub is tolerated
         for HUB_SILENT_LIMIT seconds (it may be stopped, or swapping), then ends the run."""
         try:
@@ -182,20 +227,51 @@ class Scenario:
         if p.phase != phases.STOP:
             # What the run reached, not what the agent still opened while being stopped.
             p.peak_open = max(p.peak_open, p.open)
+        self._note_lost_agents(stats)
+        if p.phase != phases.STOP:
+            for name in p.shares:
+                row = stats.clients.get(name)
+                if row is not None and row.connected:
+                    p.peak_by_agent[name] = max(p.peak_by_agent.get(name, 0), row.open)
         p.failures = stats.failures()
         # A reset the server saw is the client's failure too and is counted
         # there; the server's own tally only counts when asked for.
         counted = stats.client.failure_total
         if self.settings.count_server_failures:
             counted += stats.server.failure_total
+        # A lost agent's connections went with it: counted as lost (its own counters left the
+        # client totals with it).
+        for lost in p.lost_agents:
+            p.failures[AGENT_LOST] = p.failures.get(AGENT_LOST, 0) + lost.connections
+            counted += lost.connections
         p.counted_failures = counted
         self.show(p)
+
+    def _note_lost_agents(self, stats: Stats, grace: float = AGENT_AWAY_GRACE) -> None:
+        """An agent of the fleet away from the hub for `grace` seconds, once its share was ordered."""
+        p = self.progress
+        known = {lost.agent for lost in p.lost_agents}
+        now = self.clock.seconds()
+        for name in p.shares:
+            row = stats.clients.get(name)
+            if row is not None and row.connected:
+                self._away_since.pop(name, None)
+            if name in known or row is None or row.connected or not row.target:
+                continue
+            if now - self._away_since.setdefault(name, now) < grace:
+                continue
+            p.lost_agents.append(AgentLost(agent=name, host=row.host, connections=row.open,
+                                           reason=row.lost_reason,
+                                           elapsed_s=round(self.clock.seconds() - p.started, 3)))
+            p.events.append(p.lost_agents[-1].describe())
 
     # -- stop conditions -------------------------------------------------------------
     def check(self) -> None:
         self.health()
         limit = self.settings.max_failures
         p = self.progress
+        if p.lost_agents and p.phase != phases.STOP:
+            raise RunError("; ".join(lost.describe() for lost in p.lost_agents))
         if p.counted_failures > limit:
             top = ", ".join(f"{k}={v}" for k, v in sorted(p.failures.items(), key=lambda kv: -kv[1])[:3])
             raise RunError(f"failures exceeded scenario.max_failures={limit}: {top}")
@@ -203,7 +279,7 @@ class Scenario:
             raise RunError(f"scenario.time_limit of {self.settings.time_limit:g}s reached")
 
     @defer.inlineCallbacks
-    def watch(self, seconds: float, until: Callable[[], bool] | None = None):  # type: ignore[no-untyped-def]
+    def watch(self, seconds: float, until: Callable[[], bool] | None = None):
         """Refresh once a second for `seconds` of seeing the hub; True as soon as `until()` holds.
 
         Seconds in which the hub did not answer do not count: a step cannot be
@@ -221,7 +297,7 @@ class Scenario:
         return False
 
     @defer.inlineCallbacks
-    def settle(self):  # type: ignore[no-untyped-def]
+    def settle(self):
         """Once the run has stopped: refresh until the hub has named every failure in
         its numbers (`unjudged_failures` empty), at most VERDICT_WAIT seconds.
 
@@ -242,20 +318,36 @@ class Scenario:
         return stats.unjudged_failures if stats is not None else ()
 
     @defer.inlineCallbacks
-    def fresh(self):  # type: ignore[no-untyped-def]
+    def fresh(self):
         """Refresh until the hub answers (a silent hub ends the run after HUB_SILENT_LIMIT)."""
         while (yield self.refresh()) is None:
             self.check()
             yield task.deferLater(self.clock, 1.0, lambda: None)
 
     def agent_connected(self) -> bool:
+        return not self.missing_agents()
+
+    def missing_agents(self) -> list[str]:
+        """The agents of the run not connected to the hub now."""
         stats = self.progress.stats
-        agent = stats.clients.get(self.agent) if stats is not None else None
-        return agent is not None and agent.connected
+        rows = stats.clients if stats is not None else {}
+        return [name for name in self.agents if not (name in rows and rows[name].connected)]
+
+    @defer.inlineCallbacks
+    def wait_agents(self):
+        """Every agent of the run registered, within AGENT_REGISTER_TIMEOUT; else one line each."""
+        if not (yield self.watch(AGENT_REGISTER_TIMEOUT, until=self.agent_connected)):
+            missing = self.missing_agents()
+            if missing == ["local"]:
+                raise RunError(f"the local agent did not register within {AGENT_REGISTER_TIMEOUT:g} s")
+            raise RunError("; ".join(f"agent {name}: not registered with the hub within "
+                                     f"{AGENT_REGISTER_TIMEOUT:g} s" for name in missing))
+        shares = dict((yield self.split()) if self.split is not None else {self.agent: self.settings.target})
+        self.progress.shares = {name: int(shares.get(name, 0)) for name in self.agents}
 
     # -- the experiment ------------------------------------------------------------------
     @defer.inlineCallbacks
-    def prepare(self):  # type: ignore[no-untyped-def]
+    def prepare(self):
         """Start every client worker the final target needs before the first step.
 
         An agent that starts them as the steps grow makes each step wait for a
@@ -266,7 +358,11 @@ class Scenario:
         """
         p = self.progress
         began = self.clock.seconds()
-        workers = yield self.hub.call("prepare", self.settings.target, self.agent)
+        shares = p.shares or {self.agent: self.settings.target}
+        started = yield defer.gatherResults([self.hub.call("prepare", share, name)
+                                             for name, share in shares.items() if share],
+                                            consumeErrors=True).addErrback(_first_error)
+        workers = sum(started)
         p.client_workers_start_s = round(self.clock.seconds() - began, 3)
         p.events.append(
             f"{workers} client worker{'' if workers == 1 else 's'} running for {self.settings.target} connections "
@@ -275,46 +371,87 @@ class Scenario:
         return workers
 
     def idle_reported(self, workers: int) -> bool:
-        """The latest stats hold a fresh report of every client worker of our agent and of every
+        """The latest stats hold a fresh report of every client worker of our agents and of every
         connected observer (its target read): what memory looks like before any connection."""
         stats = self.progress.stats
-        agent = stats.clients.get(self.agent) if stats is not None else None
-        if stats is None or agent is None or len(agent.workers) < workers or agent.stale_s != 0.0:
+        if stats is None:
+            return False
+        rows = [stats.clients.get(name) for name in self.agents]
+        if any(row is None or row.stale_s != 0.0 for row in rows):
+            return False
+        if sum(len(row.workers) for row in rows if row is not None) < workers:
             return False
         return all(o.stale_s == 0.0 and o.targets for o in stats.observers.values() if o.connected)
 
     @defer.inlineCallbacks
-    def execute(self):  # type: ignore[no-untyped-def]
+    def pace(self):
+        """The fleet's rate, paced per agent: each connects at its share of it, so every agent
+        reaches each step's share in the same time."""
+        sc, p = self.settings, self.progress
+        if len(p.shares) < 2:
+            return  # one agent runs at the whole rate (its --rate)
+        for name, share in p.shares.items():
+            if share:
+                yield self.hub.call("set_rate", max(1.0, sc.rate * share / sc.target), name)
+
+    def reached(self, record: StepRecord) -> bool:
+        """Every agent at its step's target (each one's time noted as it gets there), and the total."""
+        p = self.progress
+        stats = p.stats
+        now = self.clock.seconds()
+        done = True
+        for name, (target, start, at) in record.agents.items():
+            # One agent's count is the clients' count.
+            held = p.open if len(record.agents) == 1 else self._open_of(name)
+            if at is None and held >= target:
+                record.agents[name] = (target, start, now)
+            elif at is None:
+                done = False
+        return done and p.open >= p.step_target
+
+    @defer.inlineCallbacks
+    def execute(self):
         sc, p = self.settings, self.progress
         self.enter(phases.SETUP)
-        if not (yield self.watch(AGENT_REGISTER_TIMEOUT, until=self.agent_connected)):
-            raise RunError(f"the local agent did not register within {AGENT_REGISTER_TIMEOUT:g} s")
+        yield self.wait_agents()
         workers = yield self.prepare()
+        yield self.pace()
         # One second with everything idle on record (diagnose.memory's baseline); bounded, never fatal.
         yield self.watch(BASELINE_WAIT, until=lambda: self.idle_reported(workers))
         self.check()  # a start-up that outlasted scenario.time_limit ends the run before any connect
         p.steps = sc.steps
-        target = 0
-        step_time = sc.target / sc.rate / sc.steps
+        ordered = {name: 0 for name in p.shares}
+        goal = sum(p.shares.values())
+        step_time = goal / sc.rate / sc.steps
         for step in range(1, sc.steps + 1):
             p.step = step
-            new_target = math.ceil(sc.target * step / sc.steps)
+            targets = {name: math.ceil(share * step / sc.steps) for name, share in p.shares.items()}
+            new_target = sum(targets.values())
             self.enter(phases.ramp(step))
             record = StepRecord(step, new_target, self.clock.seconds(), sc.rate, opened_from=p.open)
+            record.agents = {name: (targets[name], self._open_of(name), None) for name in targets}
             p.step_log.append(record)
-            placed = yield self.hub.call("connections_start", new_target - target, self.agent)
-            if placed < new_target:
-                raise RunError(
-                    f"step {step}: the client's routes hold at most {placed} connections "
-                    "(client.per_route_max x source IPs x server ports); add source IPs or server ports"
-                )
-            target = p.step_target = new_target
+            for name, target in targets.items():
+                if target == ordered[name]:
+                    continue
+                placed = yield self.hub.call("connections_start", target - ordered[name], name)
+                if placed < target:
+                    who = "the client's" if len(targets) == 1 else f"agent {name}'s"
+                    raise RunError(
+                        f"step {step}: {who} routes hold at most {placed} connections "
+                        "(client.per_route_max x source IPs x server ports); add source IPs or server ports"
+                    )
+                ordered[name] = target
+            p.step_target = new_target
             deadline = step_time * STEP_DEADLINE_FACTOR + STEP_SLACK
-            reached = yield self.watch(deadline, until=lambda: p.open >= p.step_target)
+            reached = yield self.watch(deadline, until=lambda: self.reached(record))
             if not reached:
+                behind = [f"{name} {self._open_of(name)} of {target}" for name, (target, _, at) in
+                          record.agents.items() if at is None]
+                which = f" ({', '.join(behind)})" if len(record.agents) > 1 and behind else ""
                 raise RunError(
                     f"step {step}: only {p.open} of {p.step_target} connections opened in {deadline:.0f}s "
-                    f"(asked: {sc.rate:g}/s)"
+                    f"(asked: {sc.rate:g}/s){which}"
                 )
             record.reached = self.clock.seconds()
             final = step == sc.steps
@@ -324,5 +461,24 @@ class Scenario:
             if final:
                 # Judge the hold on numbers from after it, not on a silent hub's old ones.
                 yield self.fresh()
+                if self._away_since:
+                    # An agent away as the hold ends has the rest of its grace to come back
+                    # (then the hold is judged with it), else it is named lost (`check`).
+                    yield self.watch(AGENT_AWAY_GRACE + 1.0, until=lambda: not self._away_since)
                 p.held = p.open if p.counted_failures == before else 0
+                p.held_by_agent = {name: self._open_of(name) for name in p.shares} if p.held else {}
         self.close_phases()
+
+    def _open_of(self, agent: str) -> int:
+        stats = self.progress.stats
+        if self.agents == (agent,) and stats is not None:
+            return stats.client.open
+        row = stats.clients.get(agent) if stats is not None else None
+        return row.open if row is not None and row.connected else 0
+
+
+def _first_error(failure: Any) -> Any:
+    """gatherResults' FirstError, as the error it carries."""
+    if failure.check(defer.FirstError):
+        return failure.value.subFailure
+    return failure

@@ -63,7 +63,7 @@ class SearchScenario(Scenario):
         return [records[i] for i in mine], before
 
     @defer.inlineCallbacks
-    def execute(self):  # type: ignore[no-untyped-def]
+    def execute(self):
         p = self.progress
         self.enter(phases.SETUP)
         if not (yield self.watch(AGENT_REGISTER_TIMEOUT, until=self.agent_connected)):

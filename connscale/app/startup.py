@@ -50,7 +50,9 @@ class ConfigOptions(usage.Options):
     """Options whose values override config keys (`dotted.key`)."""
 
     #: option name -> dotted config key
-    keys: Mapping[str, str] = {}
+    # Options is a dict, so this shadows dict.keys(); nothing calls that on options (renaming it is not
+    # a typing change).
+    keys: Mapping[str, str] = {}  # type: ignore[assignment]
     #: options that may be repeated; their values are joined with commas
     repeatable: tuple[str, ...] = ()
 
@@ -73,7 +75,7 @@ class ConfigOptions(usage.Options):
         return load_or_exit(prog, self["config"], self.overrides())
 
 
-def repeat_option(name: str, doc: str):  # type: ignore[no-untyped-def]
+def repeat_option(name: str, doc: str):
     """An `opt_<name>` method that accumulates repeated values."""
 
     def opt(self: ConfigOptions, value: str) -> None:

@@ -10,7 +10,8 @@ import attrs
 from connscale.app.scenario import Progress
 from connscale.config.settings import Config, ScenarioSettings
 from connscale.diagnose.incidents import saturated_phases
-from connscale.diagnose.records import Explanation, Preflight, SearchResult, Summary, TlsSummary
+from connscale.diagnose.fleet import agent_rows
+from connscale.diagnose.records import AgentShare, Explanation, Preflight, SearchResult, Summary, TlsSummary
 from connscale.diagnose.verdict import explain, explain_search_verdict
 from connscale.metrics.phases import PhaseFigures
 from connscale.metrics.records import Stats
@@ -57,7 +58,30 @@ def build(progress: Progress, settings: ScenarioSettings, ok: bool, reason: str,
         search=search,
         # The observed server exiting, restarting, replaced (connscale observe), timed by the hub.
         target_events=stats.target_events,
+        # Agents of the fleet lost on the way, with the connections that went with them.
+        lost_agents=tuple(p.lost_agents),
     )
+
+
+def with_agents(summary: Summary, progress: Progress, records: Sequence[Stats]) -> Summary:
+    """The summary with one row per agent of its split (a run of one agent: its own row too)."""
+    p = progress
+    split = summary.split or tuple(
+        AgentShare(agent=name, share=share, host=_host(records, name)) for name, share in p.shares.items())
+    rates = {name: p.rate_achieved(name) for name in p.shares}
+    target = summary.target or 1
+    asked = {name: (round(p.step_log[0].rate_asked * share / target, 1) if p.step_log else None)
+             for name, share in p.shares.items()}
+    rows = agent_rows(records, split, p.held_by_agent, p.peak_by_agent, rates, asked, p.lost_agents)
+    return attrs.evolve(summary, agents=rows)
+
+
+def _host(records: Sequence[Stats], name: str) -> str:
+    for r in reversed(records):
+        row = r.clients.get(name)
+        if row is not None and row.host:
+            return row.host
+    return ""
 
 
 def with_phases(summary: Summary, figures: PhaseFigures) -> Summary:
@@ -80,6 +104,7 @@ def explanation(result: Summary, records: Sequence[Stats] | None = None) -> Expl
         saturated_phases=saturated_phases(records) if records is not None else None,
         losses=result.worker_losses,
         target_events=result.target_events,
+        lost_agents=result.lost_agents,
     )
 
 

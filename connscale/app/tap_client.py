@@ -82,7 +82,7 @@ class PoolService(Service):
         super().startService()
         self.pool.start(self.target)
 
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self):
         super().stopService()
         # The last status line shows the numbers after every connection closed.
         return self.pool.close_all().addCallback(lambda _: self.status.tick())
@@ -101,11 +101,11 @@ def _make_service(options: Options) -> IService:
     if options["lifeline"]:
         from connscale.procs.lifeline import Lifeline
 
-        Lifeline(reactor, PROG).setServiceParent(top)  # type: ignore[arg-type]
+        Lifeline(reactor, PROG).setServiceParent(top)
     return top
 
 
-def _make(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
+def _make(reactor, cfg) -> IService:
     c = cfg.client
     if c.master is not None:
         from connscale.control.agent import make_agent
@@ -124,7 +124,7 @@ def _make(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
     return single_process(reactor, cfg)
 
 
-def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
+def single_process(reactor, cfg) -> IService:
     c = cfg.client
     if cfg.net.fast_path:
         direct_dispatch(reactor)

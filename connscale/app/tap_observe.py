@@ -44,7 +44,7 @@ class Options(ConfigOptions):
         # Targets are ours, not config keys (the repeatables above would be joined into one).
         return {key: self[opt] for opt, key in self.keys.items() if self.get(opt) is not None}
 
-    def targets(self, cfg) -> list[TargetSpec]:  # type: ignore[no-untyped-def]
+    def targets(self, cfg) -> list[TargetSpec]:
         specs = []
         for value in self.repeated.get("pid", ()):
             if not value.isdigit() or int(value) < 1:
@@ -95,5 +95,5 @@ def _make_service(options: Options) -> IService:
     if options["lifeline"]:
         from connscale.procs.lifeline import Lifeline
 
-        Lifeline(reactor, PROG).setServiceParent(top)  # type: ignore[arg-type]
+        Lifeline(reactor, PROG).setServiceParent(top)
     return top

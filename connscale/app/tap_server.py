@@ -52,7 +52,9 @@ class Options(ConfigOptions):
         "console-listen": "control.console_listen",
         "run-dir": "run.dir",
     }
-    optFlags = [["lifeline", None, "Exit when stdin closes (used by connscale run)."]]
+    optFlags = [["lifeline", None, "Exit when stdin closes (used by connscale run)."],
+                ["no-summary", None, "Write no manifest.json at start nor summary.json at stop (connscale run "
+                                     "writes its own)."]]
     repeatable = ("port",)
     opt_port = repeat_option("port", "Port(s) to listen on: 8989, 8989-8992 or 8989,8990; repeatable [server.ports].")
     opt_p = opt_port
@@ -76,7 +78,8 @@ def _make_service(options: Options) -> IService:
     else:
         from connscale.control.hub import make_hub
 
-        top = make_hub(reactor, cfg, record_dir=options["record-dir"], prog=PROG)
+        top = make_hub(reactor, cfg, record_dir=options["record-dir"], prog=PROG,
+                       summary=not options["no-summary"])
     if options["lifeline"]:
         from connscale.procs.lifeline import Lifeline
 
@@ -84,7 +87,7 @@ def _make_service(options: Options) -> IService:
     return top
 
 
-def single_process(reactor, cfg) -> IService:  # type: ignore[no-untyped-def]
+def single_process(reactor, cfg) -> IService:
     from connscale.control.hub import server_tls
 
     s = cfg.server

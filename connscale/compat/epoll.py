@@ -24,18 +24,18 @@ def is_epoll_reactor(reactor: Any) -> bool:
 
 def reactor_epoll(reactor: Any) -> select.epoll:
     """The epoll object the reactor waits on (`EPollReactor._poller`)."""
-    return reactor._poller  # type: ignore[no-any-return]
+    return reactor._poller
 
 
 def reactor_selectables(reactor: Any) -> dict[int, Any]:
     """fd -> Twisted selectable (`EPollReactor._selectables`)."""
-    return reactor._selectables  # type: ignore[no-any-return]
+    return reactor._selectables
 
 
 def reactor_dispatch(reactor: Any) -> Callable[[Any, int, int], None]:
     """Twisted's handling of one event for one of its selectables
     (`_PollLikeMixin._doReadOrWrite(selectable, fd, event)`)."""
-    return reactor._doReadOrWrite  # type: ignore[no-any-return]
+    return reactor._doReadOrWrite
 
 
 #: Twisted's longest wait (2 ** 31 / 1000 s), as `ReactorBase.timeout` caps it.

@@ -14,4 +14,4 @@ def raw_accept(listener: socket.socket) -> Callable[[], tuple[int, object]]:
     the fd. CPython's `socket.accept` is itself built on this method. The new
     fd is blocking and close-on-exec.
     """
-    return listener._accept  # type: ignore[attr-defined,no-any-return]
+    return listener._accept  # type: ignore[attr-defined]

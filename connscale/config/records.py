@@ -100,7 +100,7 @@ def text(max_len: int = 255, pattern: str | None = None, what: str = "") -> Pars
         if len(value) > max_len:
             raise RecordError(f"longer than {max_len} characters")
         if regex is not None and not regex.fullmatch(value):
-            raise RecordError(f"expected {what or 'text matching ' + pattern}, got {_describe(value)}")
+            raise RecordError(f"expected {what or f'text matching {pattern}'}, got {_describe(value)}")
         return value
     return parse
 
@@ -253,7 +253,7 @@ def field(parse: Parse, default: Any = attrs.NOTHING, *, doc: str = "", **kw: An
 
 def field_doc(cls: type, name: str) -> str:
     """The `doc` of a record's field ("" when it has none)."""
-    return str(attrs.fields_dict(cls)[name].metadata.get(_DOC, ""))  # type: ignore[arg-type]
+    return str(attrs.fields_dict(cls)[name].metadata.get(_DOC, ""))
 
 
 def _plain(value: object) -> object:
@@ -311,5 +311,5 @@ _NAMES: dict[type, tuple[str, ...]] = {}
 def _field_names(cls: type) -> tuple[str, ...]:
     names = _NAMES.get(cls)
     if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in attrs.fields(cls))  # type: ignore[arg-type]
+        names = _NAMES[cls] = tuple(f.name for f in attrs.fields(cls))
     return names

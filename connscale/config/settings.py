@@ -344,7 +344,7 @@ def parse_ips(spec: object) -> tuple[str, ...]:
             hi = _ip(hi_text)
             if hi.version != lo.version:
                 raise _Invalid(f"range {item} mixes IPv4 and IPv6")
-            if hi < lo:
+            if int(hi) < int(lo):  # same family (checked above); mypy cannot see that through the union
                 raise _Invalid(f"address range {item} is reversed")
         # Count before expanding: "0.0.0.0-255.255.255.255" must fail fast, not eat memory.
         if len(addrs) + int(hi) - int(lo) + 1 > MAX_IPS:
@@ -815,6 +815,30 @@ class ClientHost:
     observe: str | None = _setting(None, _optional(_observe_target))
 
 
+def _agent_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(f"expected a list of agent names, got {_describe(value)}")
+    names = tuple(_name(v) for v in value)
+    duplicate = _first_duplicate(names)
+    if duplicate is not None:
+        raise _Invalid(f"{duplicate!r} is named twice")
+    return names
+
+
+def _auto_or_boolean(value: object) -> bool | None:
+    """None for "auto", else a boolean."""
+    if value == "auto":
+        return None
+    try:
+        return _boolean(value)
+    except _Invalid:
+        raise _Invalid(f"expected auto, true or false, got {_describe(value)}") from None
+
+
+def _dump_auto(value: bool | None) -> bool | str:
+    return "auto" if value is None else value
+
+
 @attrs.frozen
 class ScenarioSettings:
     """``scenario:`` the ramp the hub drives its agents through."""
@@ -841,6 +865,12 @@ class ScenarioSettings:
     slo_failures: int = _setting(0, _int(0))                      # failures of any cause per plateau
     # What the run must measure to pass, e.g. "held >= 500000" (README, "Gating a release on capacity").
     thresholds: tuple[str, ...] = _setting((), _thresholds)
+    # The fleet `connscale run` drives besides the `clients:` it launches over ssh: agents
+    # already registered with the hub (started by hand), named and waited for.
+    agents: tuple[str, ...] = _setting((), _agent_names)
+    # Whether `connscale run` starts an agent on this host too; auto (None): only when the
+    # fleet is empty (no `clients:`, no `scenario.agents`).
+    local_agent: bool | None = _setting(None, _auto_or_boolean, dump=_dump_auto)
 
 
 def _process_name(value: object) -> str:
@@ -923,7 +953,8 @@ def _keys(cls: type) -> dict[str, tuple[_Spec, tuple[str, ...]]]:
 
 def _dump(obj: Any, redact_secrets: bool) -> dict[str, Any]:
     out = {}
-    for key, (spec, names) in _keys(type(obj)).items():
+    cls: type = type(obj)
+    for key, (spec, names) in _keys(cls).items():
         value = spec.dump(*(getattr(obj, name) for name in names))
         if spec.secret_values and redact_secrets and value:
             value = {k: REDACTED for k in value}
@@ -1091,6 +1122,13 @@ def _check_tls_trust(c: Config) -> Iterator[str]:
                "or set client.tls.verify: false)")
 
 
+def _check_agents(c: Config) -> Iterator[str]:
+    for name in c.scenario.agents:
+        if name in c.clients:
+            yield (f"scenario.agents: {name} is also under clients: (launched over ssh); name it in one place")
+            return
+
+
 _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], ...] = (
     (("client.timeout", "client.interval"), _check_timeout),
     (("control.secret", "control.secret_file"), _check_secret),
@@ -1100,6 +1138,7 @@ _CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]], 
       "server", "server.interface", "server.ports", "server.workers"), _check_listeners),
     (("observe", "observe.pid", "observe.name"), _check_observe),
     (("client", "client.tls", "server", "server.tls"), _check_tls_trust),
+    (("scenario", "scenario.agents", "clients"), _check_agents),
 )
 
 
@@ -1117,10 +1156,12 @@ def parse_config(data: Mapping[str, Any] | None,
     failed: set[str] = set()
     data = _apply_overrides(data, overrides, problems)
     problems += [_unknown("", key, _TOP_KEYS) for key in data if key not in _TOP_KEYS]
-    config = Config(**{
+    # Any: each name gets its own section class, which a dict's one value type cannot say.
+    sections: dict[str, Any] = {
         name: _parse_clients(data.get(name), problems, failed) if name == "clients"
         else _parse_section(_SECTIONS[name], data.get(name), name, problems, failed)
-        for name in _TOP_KEYS})
+        for name in _TOP_KEYS}
+    config = Config(**sections)
     if "client.url" not in failed and config.client.url is not None:
         config = _with_url_target(config, "client.tls" not in failed and _tls_said_off(data), problems)
     for keys, check in _CROSS_CHECKS:

@@ -98,6 +98,13 @@ class AgentMind(pb.Referenceable):
     def remote_set_rate(self, rate: object) -> defer.Deferred[Any]:
         return self.agent.supervisor.set_rate(self._checked(verbs.rate, rate, "set_rate"))
 
+    def remote_manifest(self) -> dict[str, Any]:
+        """This host as a run's manifest describes it (kernel, limits, sysctls, versions); no config:
+        the hub has the run's."""
+        from connscale.diagnose.manifest import collect_manifest
+
+        return collect_manifest(None)
+
     def remote_shutdown(self) -> None:
         log.info("{prog}: shutdown requested by the controller", prog=self.agent.prog)
         self.agent.reactor.callLater(0.1, stop_reactor, self.agent.reactor)
@@ -112,6 +119,9 @@ class AgentMind(pb.Referenceable):
 
 
 class Agent(MultiService):
+    # Twisted's Service says `name = None`, unannotated, so mypy types it None (IService: str or None).
+    name: str  # type: ignore[assignment]
+
     def __init__(self, reactor: Any, cfg: Config, standalone_workers: int | None = None,
                  prog: str = "agent") -> None:
         """StartError (one line) when it cannot log in as configured."""
@@ -156,7 +166,7 @@ class Agent(MultiService):
 
     # -- the hub ------------------------------------------------------------------------
     @defer.inlineCallbacks
-    def _register(self, perspective: pb.RemoteReference):  # type: ignore[no-untyped-def]
+    def _register(self, perspective: pb.RemoteReference):
         answer = RegisterAnswer.from_wire((yield perspective.callRemote("register", self.info(self.session).to_wire())))
         if answer.session != self.session:
             self.session = answer.session
@@ -192,7 +202,9 @@ class Agent(MultiService):
             lambda f: log.failure("stopping the load failed", f))
 
     def _refused(self, message: str) -> None:
-        fatal(self.reactor, f"{self.prog}: {message}")
+        from connscale.control.secret import secret_origin
+
+        fatal(self.reactor, f"{self.prog}: {message} (our secret came from {secret_origin(self.cfg.control)})")
 
     # -- what we say ---------------------------------------------------------------------
     def _poll_unless_asked(self) -> None:
@@ -249,7 +261,7 @@ class Agent(MultiService):
             self._run_standalone(self.standalone_workers)
 
     @defer.inlineCallbacks
-    def _run_standalone(self, workers: int):  # type: ignore[no-untyped-def]
+    def _run_standalone(self, workers: int):
         c = self.cfg.client
         budgets = yield self.supervisor.ensure(workers)
         routes = make_routes(c.server_host, c.server_ports, c.source_ips, 1)
@@ -261,7 +273,7 @@ class Agent(MultiService):
             prog=self.prog, n=c.connections, w=workers, split="+".join(str(t) for t, _ in assignments),
         )
 
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self):
         # First of all: workers exiting from here on are being stopped, not lost.
         self.supervisor.stopping = True
         self.obeyed()

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from connscale.config.packed import PackError
@@ -45,8 +46,11 @@ from connscale.host.observed import ObservedEvent
 from connscale.host.resources import process_resources
 from connscale.metrics.cost import Cost, CostMeter
 from connscale.metrics.histograms import (
+    Percentiles,
     RttAccumulator,
+    decode_histogram,
     encode_histogram,
+    new_histogram,
     rtt_summary_ms,
 )
 from connscale.metrics.phases import window_phase
@@ -88,8 +92,29 @@ class EventLog:
         return events
 
 
+class AgentWindow:
+    """One agent's RTTs since the last line: its reports' histograms added, and the one report's
+    own encoding kept when it sent one (the usual second), so it is not encoded again."""
+
+    def __init__(self) -> None:
+        self.hist = new_histogram()
+        self._encoded: list[str] = []
+
+    def add(self, encoded: str, hist: Any) -> None:
+        self.hist.add(hist)
+        self._encoded.append(encoded)
+
+    def encoded(self) -> str:
+        if len(self._encoded) == 1:
+            return self._encoded[0]
+        return encode_histogram(self.hist) if self.hist.get_total_count() else ""
+
+    def percentiles(self) -> Percentiles:
+        return rtt_summary_ms(self.hist)
+
+
 class Collector:
-    def __init__(self, clock: Any, registry: Registry, events: EventLog, servers: Supervisor | None = None,
+    def __init__(self, clock: IReactorTime, registry: Registry, events: EventLog, servers: Supervisor | None = None,
                  timeline: Timeline | None = None, lost_after: float = LOST_AFTER,
                  diagnosis: Diagnosis | None = None, answer_wait: float = ANSWER_WAIT,
                  fresh: float = FRESH) -> None:
@@ -129,6 +154,13 @@ class Collector:
         self.listeners: list[Callable[[Stats], None]] = []
         # Agents are judged by their silence; never by ours (a stopped hub).
         self.stall = StallWatch(clock, self._stalled)
+        #: Each agent's RTTs since the last line (its part of `client_rtt`'s window).
+        self.agent_rtt: dict[str, AgentWindow] = {}
+        #: Agent name -> its `clients:` entry's host (set by the controller).
+        self.hosts: dict[str, str] | None = None
+        #: The last line's RTT of its second, and that line's elapsed_s: what `stats()` answers
+        #: as the RTT of the last second (a live view shows it, not the cumulative figure).
+        self.last_window: tuple[Percentiles | None, float | None, dict[str, Percentiles | None]] = (None, None, {})
         #: Observers of the server under test (control.observers), asked in the same rounds.
         self.observers: Observers | None = None
         self._target_events_recorded = 0
@@ -166,7 +198,10 @@ class Collector:
             agent.last = report
             agent.reported_at = self.clock.seconds()
             if report.rtt:
-                self.client_rtt.add(report.rtt)
+                # Decoded once: it joins the merged window and this agent's own.
+                hist = decode_histogram(report.rtt)
+                self.client_rtt.add_histogram(hist)
+                self.agent_rtt.setdefault(agent.name, AgentWindow()).add(report.rtt, hist)
             if report.handshake:
                 self.client_handshake.add(report.handshake)
             # A worker lost on an agent is an event of the run, in the timeline.
@@ -252,7 +287,8 @@ class Collector:
             self.events.take()
             return
         window = self.client_rtt.take_window()
-        stats = self.stats(rtt=window)
+        agent_windows, self.agent_rtt = self.agent_rtt, {}
+        stats = self.stats(rtt=window, agent_rtt=agent_windows)
         # The TLS handshakes finished in this second, merged the same way ("" without TLS).
         handshakes = self.client_handshake.take_window()
         # Like incidents: a timeline line carries the losses of its own second only.
@@ -282,6 +318,8 @@ class Collector:
             incidents=(),
         )
         self._window_phases = [self.phase]
+        self.last_window = (line.rtt_window_ms, line.elapsed_s,
+                            {name: row.rtt_window_ms for name, row in line.clients.items()})
         if self.diagnosis is not None:
             try:
                 line = self.diagnosis.observe(line)
@@ -325,12 +363,17 @@ class Collector:
         servers = self.servers
         return servers.poll().addCallback(lambda _: servers.count())
 
-    def stats(self, rtt: Any = None) -> Stats:
-        """The numbers now (`rtt`: the histogram of the line being written, for its percentiles)."""
+    def stats(self, rtt: Any = None, agent_rtt: dict[str, AgentWindow] | None = None) -> Stats:
+        """The numbers now; `rtt` and `agent_rtt`: the merged and per-agent histograms of the line
+        being written (its second's percentiles, and each agent's histogram in its row). Without
+        them (a live answer), the RTT of one second is the last line's."""
         server = self.server_totals()
         client = self.client_totals()
         agents = self.registry.shown()  # departed agents leave the live record
         stale = {a.name: self.stale_s(a) for a in agents}
+        line = rtt is not None
+        last_window, last_at, last_agents = self.last_window
+        windows = agent_rtt or {}
         stats = Stats(
             elapsed_s=round(self.clock.seconds() - self.started, 3),
             # The phase now; a timeline line replaces it with its second's phase.
@@ -350,13 +393,18 @@ class Collector:
                     # Connects per second it was asked for (its --rate, or set_rate).
                     rate=a.rate,
                     stale_s=stale[a.name],
+                    host=self.host_of(a),
+                    rtt_window_ms=(windows[a.name].percentiles() if a.name in windows else None) if line
+                    else last_agents.get(a.name),
+                    rtt_hist=windows[a.name].encoded() if line and a.name in windows else "",
                 )
                 for a in agents
             },
             # Connected agents counted with an old report (or none yet) in this record.
             stale=tuple(sorted(a.name for a in agents if a.connected and stale[a.name] != 0.0)),
             rtt_ms=rtt_summary_ms(self.client_rtt.total),
-            rtt_window_ms=rtt_summary_ms(rtt) if rtt is not None else None,
+            rtt_window_ms=rtt_summary_ms(rtt) if line else last_window,
+            window_elapsed_s=None if line else last_at,
             # Every TLS handshake so far (all None without TLS).
             handshake_ms=rtt_summary_ms(self.client_handshake.total),
             # Connections a client believes open that no server holds: the
@@ -401,6 +449,13 @@ class Collector:
         if self.observers is not None:
             out += self.observers.cost_readings()
         return out
+
+    def host_of(self, agent: AgentHandle) -> str:
+        """Where an agent runs, as the operator named it: its `clients:` entry's host if it was
+        launched from one, else the host name it registered with."""
+        if self.hosts is not None and agent.name in self.hosts:
+            return self.hosts[agent.name]
+        return agent.info.host if agent.info is not None else ""
 
     def stale_s(self, agent: AgentHandle) -> float | None:
         """0.0 if the agent's report in hand is this round's (or was fresh at its start),

@@ -171,7 +171,8 @@ class _Help(Readable):
                 return Readable(doc, f"{_signature(name, func)}\n\n{doc}")
         # Never builtins.help(): its pager would block the reactor waiting on a real tty.
         try:
-            return Readable(what, pydoc.render_doc(what, renderer=pydoc.plaintext))
+            # typeshed leaves out pydoc.plaintext, the module's own plain-text renderer.
+            return Readable(what, pydoc.render_doc(what, renderer=pydoc.plaintext))  # type: ignore[attr-defined]
         except Exception as e:  # e.g. help("nosuchname") tries to import it
             return Readable(what, f"no help for {what!r}: {e}")
 
@@ -245,7 +246,8 @@ class _ConsoleSession(manhole_ssh.TerminalSession):
         terminal = self.chainedProtocolFactory()
         proto.makeConnection(_Pipe(terminal.dataReceived, close_channel))
         terminal.makeConnection(_Pipe(proto.write, proto.loseConnection))
-        terminal.terminalProtocol.terminalSize(self.width, self.height)
+        # Set by makeConnection just above; Twisted declares it `= None`, unannotated, so mypy types it None.
+        terminal.terminalProtocol.terminalSize(self.width, self.height)  # type: ignore[attr-defined]
         self._terminal = terminal
 
     def getPty(self, term: bytes, windowSize: tuple[int, ...], attrs: object) -> None:
@@ -349,12 +351,18 @@ def _ssh_factory(control: ControlSettings, namespace: dict[str, object],
 
     realm = manhole_ssh.TerminalRealm()
     realm.sessionFactory = _ConsoleSession
-    realm.chainedProtocolFactory = lambda: insults.ServerProtocol(_ConsoleManhole, namespace)
+    def terminal() -> insults.ServerProtocol:
+        return insults.ServerProtocol(_ConsoleManhole, namespace)
+
+    # Twisted types the attribute as its default class; it only ever calls it with no arguments.
+    realm.chainedProtocolFactory = terminal  # type: ignore[assignment]
     checker = SSHPublicKeyChecker(InMemorySSHKeyDB({control.console_user.encode(): authorized}))
-    factory = manhole_ssh.ConchFactory(Portal(realm, [checker]))
+    # TerminalRealm is a realm (requestAvatar) that Twisted does not declare @implementer(IRealm).
+    factory = manhole_ssh.ConchFactory(Portal(realm, [checker]))  # type: ignore[arg-type]
     # Instance dicts: ConchFactory's class-level dicts would be shared by every factory.
     factory.publicKeys = {host_key.sshType(): host_key.public()}
-    factory.privateKeys = {host_key.sshType(): host_key}
+    # Twisted's ConchFactory says dict[bytes, bytes]; SSHFactory reads keys.Key values, as given here.
+    factory.privateKeys = {host_key.sshType(): host_key}  # type: ignore[dict-item]
     what = (f"user {control.console_user}, {len(authorized)} key(s) from {keys_path}, "
             f"host key SHA256:{host_key.fingerprint(keys.FingerprintFormats.SHA256_BASE64).rstrip('=')}")
     return factory, what

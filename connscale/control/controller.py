@@ -29,7 +29,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from connscale.config.packed import pack_pieces
-from connscale.config.records import Record, RecordError
+from connscale.config.records import Record, RecordError, loose
 from connscale.config.settings import ClientHost, Config
 from connscale.control import channel
 from connscale.control.auth import Credentials, LoginExchange
@@ -48,6 +48,7 @@ from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo
 from connscale.control.registry import CALL_TIMEOUT, AgentHandle, Registry
 from connscale.control.verbs import BY_NAME, VERBS, agent_name
+from connscale.diagnose.records import FleetCheck
 from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline
@@ -121,6 +122,9 @@ def _plain(answer: Any) -> Any:
     return answer.to_wire() if isinstance(answer, Record) else answer
 
 
+#: An agent's manifest (diagnose.manifest): its fields are the host's, bounded like any agent's answer.
+MANIFEST = loose(512, 4)
+
 #: What `stats_packed` answers at most: below what a peer's guarded broker accepts in one message.
 STATS_BYTES = MESSAGE_BYTES * 3 // 4
 
@@ -169,6 +173,7 @@ class Controller:
         #: Names the walls the run meets (connscale.diagnose).
         self.diagnosis = Diagnosis(cfg, self.registry, self.log.note)
         self.collector = Collector(reactor, self.registry, self.log, servers, timeline, lost_after, self.diagnosis)
+        self.collector.hosts = {name: host.host for name, host in cfg.clients.items()}
         #: Observers of the server under test (connscale observe), kept apart from the agents.
         self.observers = Observers(reactor, self.log.note, self.collector.started, lost_after)
         self.collector.observers = self.observers
@@ -221,8 +226,10 @@ class Controller:
         return self.credentials.agent_line(self.salt, name)
 
     # -- realm -------------------------------------------------------------------------------
-    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
+    def requestAvatar(self, avatarId: bytes | tuple[()], mind: Any,
+                      *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
         assert pb.IPerspective in interfaces
+        assert isinstance(avatarId, bytes)  # ProofChecker, the portal's one checker, gives bytes
         kind, _, name = avatarId.decode("utf-8", "replace").partition(":")
         if kind == "agent":
             if mind is None:
@@ -294,8 +301,26 @@ class Controller:
     def op_set_rate(self, rate: float, client: str | None) -> defer.Deferred[None]:
         return self.orders.set_rate(rate, client)
 
-    def op_check(self, target: int | None) -> dict[str, Any]:
+    def op_check(self, target: int | None) -> FleetCheck:
         return self.diagnosis.fleet(target)
+
+    def op_manifest(self, client: str) -> defer.Deferred[dict[str, Any]]:
+        """Agent `client`'s host as its manifest says, checked like any agent's answer (bounded plain data)."""
+        try:
+            agent = self.registry.pick(client)
+        except ControlError as e:
+            return defer.fail(e)
+
+        def checked(data: object) -> dict[str, Any]:
+            try:
+                value = MANIFEST(data)
+            except RecordError as e:
+                raise ControlError(f"agent {client}: its manifest does not fit: {e}") from None
+            if not isinstance(value, dict):
+                raise ControlError(f"agent {client}: its manifest is not a mapping")
+            return value
+
+        return agent.call(self.reactor, "manifest").addCallback(checked)
 
     def op_set_phase(self, phase: str) -> str:
         return self.collector.set_phase(phase)
@@ -316,7 +341,7 @@ class Controller:
         return self._launcher(self, self.cfg.clients[name])
 
     @defer.inlineCallbacks
-    def op_client_stop(self, name: str):  # type: ignore[no-untyped-def]
+    def op_client_stop(self, name: str):
         """Stop a client: its connections close, its agent (or observer) exits."""
         host = self.cfg.clients.get(name)
         agent = (self.registry_of(host) if host is not None else self.registry).agents.get(name)

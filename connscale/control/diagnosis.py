@@ -11,13 +11,12 @@ carries each incident once, on the second it opened).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
 import attrs
 
 from connscale.config.settings import Config
 from connscale.control.registry import Registry
-from connscale.diagnose.budget import Demand, HostShare, fleet
+from connscale.diagnose.budget import HostShare, Roles, fleet, fleet_demand
+from connscale.diagnose.records import FleetCheck
 from connscale.diagnose.incidents import IncidentDetector, load_summary
 from connscale.diagnose.walls import AgentSetup, Context
 from connscale.host.inventory import HostLimits, read_host_limits
@@ -70,20 +69,13 @@ class Diagnosis:
             self.note(f"incident: {incident.headline} (at {incident.open} open)")
         return attrs.evolve(line, incidents=tuple(opened))
 
-    def fleet(self, target: int | None = None) -> dict[str, Any]:
+    def fleet(self, target: int | None = None) -> FleetCheck:
         """`connscale ctl check`: this hub's host (the server side) and every connected agent's
         host (its client side, judged on the limits it reported when it registered)."""
-        cfg, c = self.cfg, self.cfg.client
+        cfg = self.cfg
         target = int(target or cfg.scenario.target)
         hub = read_host_limits()
-        ports = len(cfg.server.ports)
-
-        def demand(roles: str, sources: tuple[str, ...], workers: Any, interval: float, rate: float) -> Demand:
-            return Demand(target=target, roles=roles, source_ips=sources, server_ports=ports,  # type: ignore[arg-type]
-                          per_route_max=c.per_route_max, client_workers=workers, server_workers=cfg.server.workers,
-                          interval=interval or c.interval, rate=rate or c.rate, backlog=cfg.server.backlog)
-
-        shares = [HostShare("hub", hub, demand("server", (), c.workers, c.interval, c.rate))]
+        shares = [HostShare("hub", hub, fleet_demand(cfg, target, "server"))]
         for a in self.registry.agents.values():
             info = a.info
             if not a.connected or info is None:
@@ -91,7 +83,9 @@ class Diagnosis:
             limits = HostLimits.from_dict(info.limits or {"hostname": info.host})
             # An agent on the hub's machine shares its memory, fds and cores with the
             # server: its budget charges both sides (its ports are still its own).
-            roles = "both" if info.host == hub.hostname else "client"
-            shares.append(HostShare(a.name, limits, demand(roles, tuple(info.source_ips), info.configured_workers,
-                                                           info.interval, info.rate)))
-        return fleet(target, shares)
+            roles: Roles = "both" if info.host == hub.hostname else "client"
+            if a.name in cfg.clients:  # shown as the operator named it
+                limits = attrs.evolve(limits, hostname=cfg.clients[a.name].host)
+            shares.append(HostShare(a.name, limits, fleet_demand(cfg, target, roles, a.name, tuple(info.source_ips),
+                                                                 info.configured_workers, info.interval, info.rate)))
+        return fleet(target, shares, via="hub")

@@ -54,7 +54,7 @@ def credentials_of(secret: Any) -> Any:
 
 @defer.inlineCallbacks
 def login(reactor: Any, host: str, port: int, username: str, secret: Any, tls_ca: str | None = None,
-          mind: pb.Referenceable | None = None, timeout: float = 10):  # type: ignore[no-untyped-def]
+          mind: pb.Referenceable | None = None, timeout: float = 10):
     """Connect and log in (`secret`: bytes or `auth.Credentials`); fires with (factory, perspective)."""
     from connscale.control.login import ControlClientFactory, authenticate
 
@@ -87,7 +87,7 @@ def login(reactor: Any, host: str, port: int, username: str, secret: Any, tls_ca
 @defer.inlineCallbacks
 def login_patiently(reactor: Any, host: str, port: int, username: str, secret: Any, tls_ca: str | None = None,
                     mind: pb.Referenceable | None = None, timeout: float = 10,
-                    patience: float = 60.0, on_wait: Any = None):  # type: ignore[no-untyped-def]
+                    patience: float = 60.0, on_wait: Any = None):
     """`login`, retried while the hub throttles this peer (someone else's failed logins from
     our address), for at most `patience` seconds; `on_wait(seconds, message)` is told each wait."""
     give_up = reactor.seconds() + patience

@@ -75,6 +75,11 @@ class HubService(MultiService):
         self.servers = servers
         self.workers = workers
         self.status: StatusService | None = None
+        #: Where a hub started on its own writes its summary as it stops (None: `connscale run`
+        #: owns the run directory's summary).
+        self.record_dir: Path | None = None
+        #: When the hub started: its own record's duration.
+        self.started_at = reactor.seconds()
         self._tick = LoopingCall(self._second)
         self._tick.clock = reactor
 
@@ -99,7 +104,7 @@ class HubService(MultiService):
             lambda f: log.error("{prog}: server workers failed to start: {why}", prog=self.prog, why=f.getErrorMessage()),
         )
 
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self):
         # First of all: workers exiting from here on are being stopped, not lost.
         if self.servers is not None:
             self.servers.stopping = True
@@ -108,12 +113,34 @@ class HubService(MultiService):
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.controller.tick())
         if self.servers is not None:
-            d.addCallback(lambda _: self.servers.stop())  # type: ignore[union-attr]
+            d.addCallback(lambda _: self.servers.stop())
         if self.status is not None:
             d.addCallback(lambda _: self.status.tick())
         if self.controller.timeline is not None:
-            d.addBoth(lambda r: (self.controller.timeline.close(), r)[1])  # type: ignore[union-attr]
+            d.addBoth(lambda r: (self.controller.timeline.close(), r)[1])
+        if self.record_dir is not None:
+            d.addBoth(lambda r: (self.write_summary(), r)[1])
         return d
+
+    def write_summary(self) -> None:
+        """A hub's own record, as it stops: summary.json beside its timeline (`kind` hub)."""
+        import json
+
+        from connscale.diagnose.fleet import hub_summary
+        from connscale.diagnose.records import SUMMARY_FILE
+        from connscale.metrics.timeline import TIMELINE_FILE, read_timeline
+
+        assert self.record_dir is not None
+        try:
+            timeline = self.record_dir / TIMELINE_FILE
+            records = list(read_timeline(timeline)) if timeline.exists() else []
+            summary = hub_summary(records, str(self.record_dir), self.reactor.seconds() - self.started_at)
+            path = self.record_dir / SUMMARY_FILE
+            path.write_text(json.dumps(summary.to_wire(), indent=2, sort_keys=True) + "\n")
+            log.info("{prog}: the hub's record: {path}", prog=self.prog, path=str(path))
+        except Exception:
+            # Stopping must not fail on it: the timeline is on disk whatever happens here.
+            log.failure("{prog}: could not write the hub's summary", prog=self.prog)
 
 
 def metrics_endpoint(endpoint: str) -> tuple[str, bool]:
@@ -165,7 +192,8 @@ def launch_client(controller: Controller, host: ClientHost) -> defer.Deferred[st
     master_host, master_port = host.master or control_address(controller.cfg)
     master = f"{master_host}:{master_port}"
     # An entry with `observe:` starts an observer of that server there, not an agent.
-    argv = launch.remote_observer_argv(host, master) if host.observe else launch.remote_agent_argv(host, master)
+    argv = (launch.remote_observer_argv(host, master) if host.observe
+            else launch.remote_agent_argv(host, master, launch.run_flags(controller.cfg.client)))
     registry = controller.registry_of(host)
     name = host.name
 
@@ -218,6 +246,8 @@ def console_namespace(controller: Controller) -> dict[str, Any]:
         return call
 
     namespace: dict[str, Any] = {verb.name: make(verb) for verb in VERBS}
+    # The other spelling of each verb (ctl's short name), where it is a Python name.
+    namespace.update({verb.console_alias: namespace[verb.name] for verb in VERBS if verb.console_alias})
 
     def stats_raw() -> defer.Deferred[dict[str, Any]]:
         """stats_raw(): everything the controller knows, as a dict (the record's wire form)."""
@@ -252,8 +282,11 @@ def server_tls(tls: ServerTLSSettings, interface: str, directory: Path, prog: st
     return tls
 
 
-def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None, prog: str = "hub") -> MultiService:
-    """The hub's services; StartError (one line) when it cannot start."""
+def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None, prog: str = "hub",
+             summary: bool = True) -> MultiService:
+    """The hub's services; StartError (one line) when it cannot start. `summary`: it writes its
+    manifest as it starts and its summary as it stops (a hub started on its own; `connscale run`
+    writes both itself)."""
     import os
 
     cfg = with_clients_env(cfg, os.environ)
@@ -298,6 +331,14 @@ def make_hub(reactor: Any, cfg: Config, record_dir: str | None = None, prog: str
         raise StartError(f"cannot keep the control salt in {config_dir()}: {e.strerror or e}") from None
     controller = Controller(reactor, cfg, credentials, servers, timeline, launcher=launch_client, salt=salt)
     hub = HubService(reactor, controller, servers, workers, prog)
+    if summary:
+        from connscale.diagnose.manifest import write_manifest
+
+        hub.record_dir = run_dir
+        try:
+            write_manifest(run_dir, cfg.as_dict())
+        except OSError as e:
+            log.warn("{prog}: no manifest in {dir}: {why}", prog=prog, dir=str(run_dir), why=e.strerror or e)
     # Every control connection is TLS: ssl: with the configured certificate, any other
     # endpoint with one the hub makes now (control.channel).
     factory = controller.server_factory(tls=not cfg.control.listen.startswith("ssl:"))

@@ -32,12 +32,12 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from connscale.config.settings import ClientHost
+from connscale.config.settings import ClientHost, ClientSettings
 from connscale.procs.child import ChildProcess
 
 __all__ = [
     "LaunchError", "LaunchedAgent", "explain_failure", "launch", "remote_agent_argv", "remote_command",
-    "remote_observer_argv", "ssh_argv", "stdin_for",
+    "remote_observer_argv", "run_flags", "ssh_argv", "stdin_for",
 ]
 
 log = Logger(namespace="connscale.launch")
@@ -79,6 +79,13 @@ def _remote_connscale(host: ClientHost, verb: str, master: str, name_flag: str) 
     its key on stdin (which then stays open as its lifeline)."""
     return [host.python, "-m", "connscale", verb, "--master", master, name_flag, host.name,
             "--secret-file", "/dev/stdin", "--lifeline"]
+
+
+def run_flags(client: ClientSettings) -> list[str]:
+    """The hub's `client:` settings a remote agent needs and cannot read (it has no config file
+    there): how its connections ping, time out, frame and close, and its connect rate."""
+    return ["--interval", f"{client.interval:g}", "--timeout", f"{client.timeout:g}", "--framing", client.framing,
+            "--close", client.close, "--rate", f"{client.rate:g}"]
 
 
 def remote_agent_argv(host: ClientHost, master: str, extra: Sequence[str] = ()) -> list[str]:

@@ -23,10 +23,12 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
+from zope.interface import implementer
 
 from connscale.control import dial
 from connscale.control.auth import CredentialError, Credentials
@@ -73,6 +75,7 @@ def describe_refusal(exc: BaseException, where: str) -> str:
     return f"the controller {where} refused our registration: {text}"
 
 
+@implementer(IStreamClientEndpoint)
 class _LoggingEndpoint:
     """The controller's endpoint, saying once per distinct reason why it cannot be reached."""
 
@@ -168,7 +171,7 @@ class HubLink(Service):
 
     # -- each connection ---------------------------------------------------------------
     @defer.inlineCallbacks
-    def _prepare(self, broker: Any):  # type: ignore[no-untyped-def]
+    def _prepare(self, broker: Any):
         """Log in (and run on_login) on a fresh connection.
 
         A failed login closes the connection and never fails this Deferred:

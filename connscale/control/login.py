@@ -34,14 +34,17 @@ from __future__ import annotations
 import collections
 import hmac
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.spread import pb
 from twisted.spread.flavors import IPBRoot
 from twisted.spread.jelly import IJellyable
@@ -115,7 +118,7 @@ class LoginThrottled(LoginRefused):
 class LoginThrottle:
     """Guesses per peer, and a log that speaks once per interval."""
 
-    def __init__(self, clock: Any, failures: int = THROTTLE_FAILURES, window: float = THROTTLE_WINDOW,
+    def __init__(self, clock: IReactorTime, failures: int = THROTTLE_FAILURES, window: float = THROTTLE_WINDOW,
                  log_interval: float = LOG_INTERVAL) -> None:
         self.clock = clock
         self.failures = failures
@@ -262,7 +265,8 @@ class GuardedBroker(pb.Broker):
             log.warn("control connection closed: {reason}", reason=reason)
         self.dropped = True
         if self.transport is not None:
-            self.transport.abortConnection()
+            # A control connection is TCP (Twisted's or the lean transport), which can abort.
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self.dropped or self.disconnected:
@@ -307,7 +311,7 @@ class GuardedBroker(pb.Broker):
             return self.refuse("protocol", "a call other than the login's before logging in")
         super().expressionReceived(obj)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         negotiated = getattr(self, "negotiated", None)
@@ -337,7 +341,7 @@ class ControlServerFactory(pb.PBServerFactory):
 
     protocol = GuardedBroker
 
-    def __init__(self, root: Any, clock: Any, throttle: LoginThrottle | None = None,
+    def __init__(self, root: Any, clock: IReactorTime, throttle: LoginThrottle | None = None,
                  login_timeout: float = LOGIN_TIMEOUT, prelogin_bytes: int = PRELOGIN_BYTES,
                  message_bytes: int = MESSAGE_BYTES) -> None:
         super().__init__(root)
@@ -382,7 +386,7 @@ class ProvenLogin:
 class ProofChecker:
     credentialInterfaces = (IProvenLogin,)
 
-    def requestAvatarId(self, creds: ProvenLogin) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, creds: ProvenLogin) -> defer.Deferred[bytes | tuple[()]]:
         if creds.check():
             return defer.succeed(creds.username)
         return defer.fail(cred_error.UnauthorizedLogin("wrong control secret"))
@@ -426,7 +430,11 @@ class LoginGate(pb.Referenceable):
         if clock is not None:
             # Closed, not aborted: the answer is still on its way (the login deadline aborts
             # a peer that does not read it).
-            clock.callLater(0, lambda: self.broker.transport and self.broker.transport.loseConnection())
+            def close() -> None:
+                if self.broker.transport:
+                    self.broker.transport.loseConnection()
+
+            clock.callLater(0, close)
         return error(reason)
 
     def check_throttle(self) -> None:
@@ -567,7 +575,7 @@ class ChannelError(CredentialError):
 
 @defer.inlineCallbacks
 def authenticate(root: pb.RemoteReference, username: str, credentials: Credentials,
-                 mind: pb.Referenceable | None = None, dialled: str = ""):  # type: ignore[no-untyped-def]
+                 mind: pb.Referenceable | None = None, dialled: str = ""):
     """Log in over `root` as `username` to the hub we dialled as `dialled`; fires with the perspective.
 
     Fails with `HubNotAuthentic` when the hub does not prove the password (our

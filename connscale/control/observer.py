@@ -141,7 +141,7 @@ class Observer(MultiService):
 
     # -- the hub ---------------------------------------------------------------------------
     @defer.inlineCallbacks
-    def _register(self, perspective: pb.RemoteReference):  # type: ignore[no-untyped-def]
+    def _register(self, perspective: pb.RemoteReference):
         answer = RegisterAnswer.from_wire((yield perspective.callRemote("observe", self.info().to_wire())))
         self.session = answer.session
         self.registered += 1
@@ -166,7 +166,7 @@ class Observer(MultiService):
             log.info("{prog}: watching {line}", prog=self.prog, line=status_line(row))
         self._poll.start(1.0, now=False)
 
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self):
         if self._poll.running:
             self._poll.stop()
         return super().stopService()

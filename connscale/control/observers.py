@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from connscale.config.packed import PackError, unpack
 from connscale.config.records import RecordError
@@ -27,7 +28,7 @@ from connscale.host.observed import MAX_TARGET_EVENTS, ObservedEvent, ObserverRe
 
 
 class Observers:
-    def __init__(self, clock: Any, note: Callable[[str], None], started: float, lost_after: float = 5.0,
+    def __init__(self, clock: IReactorTime, note: Callable[[str], None], started: float, lost_after: float = 5.0,
                  fresh: float = 0.5) -> None:
         self.clock = clock
         self.note = note

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from connscale.config.packed import pack_pieces
 from connscale.config.records import integer, seq
@@ -29,7 +29,7 @@ ENSURE_TIMEOUT = 120.0
 
 
 class Orders:
-    def __init__(self, clock: Any, cfg: Config, registry: Registry, note: Callable[[str], None]) -> None:
+    def __init__(self, clock: IReactorTime, cfg: Config, registry: Registry, note: Callable[[str], None]) -> None:
         self.clock = clock
         self.cfg = cfg
         self.registry = registry
@@ -70,7 +70,7 @@ class Orders:
         return result
 
     @defer.inlineCallbacks
-    def ensure_workers(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]
+    def ensure_workers(self, agent: AgentHandle, total: int):
         """Have the agent run the workers `total` connections need; fires with their fd budgets."""
         info = agent.info
         assert info is not None, "orders go to registered agents only"
@@ -104,7 +104,7 @@ class Orders:
         return self.serial(agent, lambda: self.ensure_workers(agent, total).addCallback(len))
 
     @defer.inlineCallbacks
-    def set_target(self, agent: AgentHandle, total: int):  # type: ignore[no-untyped-def]
+    def set_target(self, agent: AgentHandle, total: int):
         info = agent.info
         assert info is not None, "orders go to registered agents only"
         routes = self.routes(agent)

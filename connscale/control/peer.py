@@ -57,7 +57,7 @@ def peer_key(transport: Any) -> str:
     host = str(getattr(peer, "host", peer))
     port = getattr(peer, "port", None)
     local = transport.getHost() if is_loopback_host(host) else None
-    if isinstance(port, int) and isinstance(getattr(local, "port", None), int):
+    if isinstance(port, int) and local is not None and isinstance(getattr(local, "port", None), int):
         uid = socket_uid((host, port), (str(local.host), int(local.port)))
         if uid is not None:
             return f"{host} uid {uid}"

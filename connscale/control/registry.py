@@ -33,6 +33,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.spread import pb
 
 from connscale.control.errors import ControlError
@@ -64,7 +65,7 @@ class NameHeld(ControlError):
 class Bucket:
     """A token bucket on a clock: `take()` is True while there is a token."""
 
-    def __init__(self, clock: Any, rate: float, burst: float) -> None:
+    def __init__(self, clock: IReactorTime, rate: float, burst: float) -> None:
         self.clock = clock
         self.rate = rate
         self.burst = burst
@@ -120,7 +121,7 @@ class AgentHandle:
     def open(self) -> int:
         return self.last.totals.open if self.last is not None else 0
 
-    def call(self, clock: Any, method: str, *args: Any, timeout: float = CALL_TIMEOUT) -> defer.Deferred[Any]:
+    def call(self, clock: IReactorTime, method: str, *args: Any, timeout: float = CALL_TIMEOUT) -> defer.Deferred[Any]:
         """Call the agent's mind; a failure if it is not connected or does not answer in time."""
         if self.mind is None:
             return defer.fail(ControlError(f"agent {self.name} is not connected"))
@@ -135,7 +136,7 @@ class AgentHandle:
 
 
 class Registry:
-    def __init__(self, clock: Any, note: Callable[[str], None], kind: str = "agent") -> None:
+    def __init__(self, clock: IReactorTime, note: Callable[[str], None], kind: str = "agent") -> None:
         self.clock = clock
         self.note = note
         #: What its members are called in notes ("agent", "observer").
@@ -208,9 +209,9 @@ class Registry:
             agent.session = secrets.token_hex(32)
         # An agent that outlived a hub restart (or a network cut) keeps its
         # workers and targets: adopt what it holds instead of resetting it.
-        held = list(info.worker_targets)
-        if sum(held) or not agent.worker_targets:
-            agent.worker_targets = held
+        held_targets = list(info.worker_targets)
+        if sum(held_targets) or not agent.worker_targets:
+            agent.worker_targets = held_targets
         self.note(
             f"{self.kind} {name} registered from {info.host} (pid {info.pid}, "
             f"{info.workers} workers, target {agent.target})" if self.kind == "agent" else

@@ -87,6 +87,18 @@ def configured_secret(control: ControlSettings, env: Mapping[str, str] = os.envi
     return value
 
 
+def secret_origin(control: ControlSettings, env: Mapping[str, str] = os.environ) -> str:
+    """Where our secret comes from, in words, in the order `client_secret` looks: a wrong-secret
+    error says it, so the operator knows which one to fix."""
+    if control.secret:
+        return "control.secret in the config"
+    if env.get("CONNSCALE_SECRET"):
+        return "the environment (CONNSCALE_SECRET)"
+    if control.secret_file:
+        return f"control.secret_file {control.secret_file}"
+    return f"the default file {default_secret_path(env)}"
+
+
 def hub_salt(env: Mapping[str, str] = os.environ) -> bytes:
     """This deployment's login salt: random, made once into the per-user config directory
     (public, but kept: agent keys are made for it)."""

@@ -3,13 +3,18 @@
 The operator's PB avatar, the console's namespace and `connscale ctl`'s
 subcommands are all made from `VERBS`: a verb's name, its parameters (each with
 the strict parser that checks it at the boundary), its one-line description,
-its `ctl` name and how `ctl` prints its answer. Adding a verb here (and the
+its short alias and how `ctl` prints its answer. Adding a verb here (and the
 Controller method of the same name) gives it to all three.
+
+One spelling everywhere: the console and `ctl` both take a verb's name
+(`connections_start`) and its alias (`start`; `client-start` for ctl, whose
+subcommands were spelt with a hyphen); both list both in their help.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -53,10 +58,22 @@ class Verb:
     name: str
     params: tuple[Param, ...]
     doc: str
-    #: The `connscale ctl` subcommand.
-    cli: str
+    #: Its other spelling (ctl's short name before the names were one), accepted by ctl and,
+    #: where it is a Python name, by the console; "" when it has none.
+    alias: str
     #: How ctl prints the answer.
     render: Callable[[Any], str] = str
+
+    @property
+    def cli_names(self) -> tuple[str, ...]:
+        """What `ctl` accepts: the name, then the alias."""
+        return (self.name, self.alias) if self.alias and self.alias != self.name else (self.name,)
+
+    @property
+    def console_alias(self) -> str | None:
+        """The alias as a console name (None: the same as the name, or not a Python name)."""
+        alias = self.alias
+        return alias if alias and alias != self.name and alias.isidentifier() else None
 
     def signature(self) -> str:
         parts = [p.name + ("=None" if p.optional else "") for p in self.params]
@@ -75,7 +92,7 @@ class Verb:
             if key in given:
                 raise ControlError(f"{self.signature()}: {key} given twice")
             given[key] = value
-        out = []
+        out: list[object] = []
         for p in self.params:
             value = given.get(p.name)
             if value is None:
@@ -130,6 +147,9 @@ VERBS: tuple[Verb, ...] = (
                              "(default: any agent name)", optional=True, flag=True),),
          "the secret-file line of an agent key for this hub: it lets an agent register and nothing more",
          "agent-key"),
+    Verb("manifest", (Param("client", agent_name, "the agent whose host to describe"),),
+         "an agent's host as its manifest says: kernel, CPU, memory, rlimits, sysctls, versions", "manifest",
+         lambda m: json.dumps(m, indent=2, sort_keys=True)),
     Verb("check", (Param("target", count, "connections wanted (default: scenario.target)", optional=True,
                          flag=True, cli_type=int),),
          "how many connections the hub's host and every connected agent's host reach together; the limit "
@@ -137,11 +157,15 @@ VERBS: tuple[Verb, ...] = (
 )
 
 BY_NAME: dict[str, Verb] = {v.name: v for v in VERBS}
-BY_CLI: dict[str, Verb] = {v.cli: v for v in VERBS}
+#: Every name `ctl` accepts (names and aliases) -> its verb.
+BY_CLI: dict[str, Verb] = {name: v for v in VERBS for name in v.cli_names}
+#: Every name the console accepts.
+CONSOLE_NAMES: dict[str, Verb] = {**BY_NAME, **{v.console_alias: v for v in VERBS if v.console_alias}}
 
 
 def describe(verb: Verb) -> str:
     """The docstring a console user sees with help(verb)."""
-    lines = [f"{verb.signature()}: {verb.doc}."]
+    also = f" (alias: {verb.alias})" if len(verb.cli_names) > 1 else ""
+    lines = [f"{verb.signature()}: {verb.doc}{also}."]
     lines += [f"  {p.name}: {p.help}" for p in verb.params]
     return "\n".join(lines)

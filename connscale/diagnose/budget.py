@@ -18,6 +18,14 @@ from typing import Any, Literal
 
 import attrs
 
+from connscale.diagnose.records import (
+    AgentShare,
+    FleetBinding,
+    FleetCheck,
+    HostBudget,
+    Preflight,
+    PreflightLimit,
+)
 from connscale.host.inventory import HostLimits
 from connscale.host.limits import FD_RESERVE, MAX_WORKERS, connection_budget, per_worker, tuple_cap
 
@@ -104,6 +112,10 @@ class Demand:
     holds: float = 0.0                    # seconds of holds between the ramp's steps and at the end
     costs: ConnectionCosts = attrs.Factory(ConnectionCosts)
     tls: bool = False                     # the connections speak TLS (client.tls / server.tls)
+    #: The key a fix of the source addresses names (clients.NAME.source_ips for a fleet's host).
+    source_key: str = "client.source_ips"
+    #: The server is on loopback (only then are 127.x sources a fix).
+    server_loopback: bool = True
 
     @property
     def routes(self) -> int:
@@ -135,6 +147,7 @@ class Demand:
             # In a run the clients speak TLS when the server does (app/run.own_tls).
             tls=cfg.client.tls.enabled if roles == "client" else cfg.server.tls.enabled or (
                 run and cfg.client.tls.enabled),
+            server_loopback=_is_loopback(cfg.client.server_host),
         )
 
     def user_bytes(self, side: str) -> float:
@@ -219,6 +232,29 @@ class Budget:
         }
 
 
+def fleet_demand(cfg: Any, target: int, roles: Roles, name: str = "", source_ips: tuple[str, ...] = (),
+                 workers: int | str | None = None, interval: float = 0.0, rate: float = 0.0) -> Demand:
+    """What a fleet run asks of one host: the hub's (roles server) or agent `name`'s (its source
+    addresses, workers, interval and rate as it registered, else as configured)."""
+    c = cfg.client
+    return Demand(target=target, roles=roles, source_ips=source_ips, server_ports=len(cfg.server.ports),
+                  per_route_max=c.per_route_max, client_workers=c.workers if workers is None else workers,
+                  server_workers=cfg.server.workers, interval=interval or c.interval, rate=rate or c.rate,
+                  backlog=cfg.server.backlog,
+                  source_key=f"clients.{name}.source_ips" if name in cfg.clients else "client.source_ips",
+                  server_loopback=_is_loopback(c.server_host),
+                  # As Demand.from_config: a host with the server pays for TLS when the server speaks it.
+                  tls=(cfg.server.tls.enabled or (roles == "both" and c.tls.enabled)) if roles != "client"
+                  else c.tls.enabled)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 # -- the limits, one function each ----------------------------------------------------------
 
 
@@ -246,14 +282,21 @@ def _free_ports(h: HostLimits) -> int | None:
     return max(0, hi - lo + 1 - reserved)
 
 
-def more_sources(sources: Sequence[str], count: int) -> str:
-    """A concrete client.source_ips value with `count` addresses, extending what is configured."""
+def more_sources(sources: Sequence[str], count: int, key: str = "client.source_ips",
+                 loopback: bool = True) -> str:
+    """A concrete source_ips value (`key`: client.source_ips, or clients.NAME.source_ips) with
+    `count` addresses, extending what is configured. Loopback addresses are offered only for a
+    server on loopback: a server on another address is reached from the host's own addresses."""
+    if not sources and not loopback:
+        return f"{key}: {count} addresses of that host"
     try:
         first = ipaddress.ip_address(sources[0]) if sources else ipaddress.ip_address("127.0.0.2")
         last = first + (count - 1)
     except (ValueError, ipaddress.AddressValueError):
-        return f"{count} source IPs"
-    return f"client.source_ips: {first}-{last}"
+        return f"{key}: {count} source IPs"
+    if sources and not first.is_loopback:
+        return f"{key}: {count} addresses of that host (e.g. {first}-{last})"
+    return f"{key}: {first}-{last}"
 
 
 def routes_limits(h: HostLimits, d: Demand) -> list[Limit]:
@@ -264,7 +307,7 @@ def routes_limits(h: HostLimits, d: Demand) -> list[Limit]:
     need_routes = math.ceil(d.target / cap)
     need_ips = math.ceil(need_routes / d.server_ports)
     fix = (
-        f"{more_sources(d.source_ips, need_ips)} ({need_ips} IPs x {d.server_ports} ports x {cap:,} = "
+        f"{more_sources(d.source_ips, need_ips, d.source_key, d.server_loopback)} ({need_ips} IPs x {d.server_ports} ports x {cap:,} = "
         f"{need_ips * d.server_ports * cap:,}), or more server ports (server.ports)"
     )
     out = [
@@ -278,7 +321,7 @@ def routes_limits(h: HostLimits, d: Demand) -> list[Limit]:
         lo, hi = h.port_range or (0, 0)
         wide = 64_511  # 1024-65535
         ephemeral_fix = (
-            f"{more_sources(d.source_ips, need_ips)} ({need_ips} IPs), or sysctl -w "
+            f"{more_sources(d.source_ips, need_ips, d.source_key, d.server_loopback)} ({need_ips} IPs), or sysctl -w "
             f"net.ipv4.ip_local_port_range='1024 65535' ({wide:,} ports per route)"
         )
         reserved = f", minus {hi - lo + 1 - ephemeral:,} reserved" if ephemeral != hi - lo + 1 else ""
@@ -584,68 +627,126 @@ def _capacity(b: Budget) -> tuple[int | None, Limit | None]:
     return (first[0].capacity, first[0]) if first else (None, None)
 
 
-def fleet(target: int, hosts: Sequence[HostShare]) -> dict[str, Any]:
+def _preflight_limit(lim: Limit, binding: bool = False) -> PreflightLimit:
+    return PreflightLimit(key=lim.key, side=lim.side, capacity=lim.capacity, detail=lim.detail, fix=lim.fix,
+                          warn=lim.warn, binding=binding)
+
+
+def preflight_of(b: Budget) -> Preflight:
+    """A budget as the record a summary and a fleet check carry."""
+    return Preflight.from_wire(b.to_dict())
+
+
+def fleet(target: int, hosts: Sequence[HostShare], via: str = "") -> FleetCheck:
     """The server side (the hub's host) against the sum of the client sides (every agent's
     host, each judged on its own limits; one on the hub's machine with both sides' costs)."""
-    per_host = []
-    server_cap: int | None = None
-    server_lim: tuple[str, Limit | None] = ("", None)
-    client_total = 0
-    client_known = False
+    per_host: list[HostBudget] = []
+    server: tuple[int, str, Limit | None] | None = None
+    clients: list[tuple[int, str, Limit | None]] = []
     for share in hosts:
         b = budget(share.limits, share.demand)
         cap, lim = _capacity(b)
-        per_host.append({"name": share.name, "host": share.limits.hostname, "roles": share.demand.roles,
-                         "capacity": cap, "binding": lim.to_dict() if lim else None, "budget": b.to_dict()})
+        per_host.append(HostBudget(name=share.name, host=share.limits.hostname, roles=share.demand.roles,
+                                   capacity=cap, binding=_preflight_limit(lim) if lim else None,
+                                   budget=preflight_of(b)))
         if cap is None:
             continue
         if share.demand.roles == "server":
-            server_cap, server_lim = cap, (share.name, lim)
+            server = (cap, share.name, lim)
         else:
             # An agent on the hub's machine is judged with both sides' costs ("both").
-            client_total += cap
-            client_known = True
-    candidates = []
-    if server_cap is not None:
-        candidates.append((server_cap, "server", server_lim))
-    if client_known:
-        worst = min((h for h in per_host if h["roles"] in ("client", "both") and h["capacity"] is not None),
-                    key=lambda h: h["capacity"])
-        candidates.append((client_total, "clients", (worst["name"], Limit(**worst["binding"]))))
+            clients.append((cap, share.name, lim))
+    candidates: list[tuple[int, str, str, Limit | None]] = []
+    if server is not None:
+        candidates.append((server[0], "server", server[1], server[2]))
+    if clients:
+        worst = min(clients, key=lambda c: c[0])
+        candidates.append((sum(c[0] for c in clients), "clients", worst[1], worst[2]))
     reachable = min([target, *(c[0] for c in candidates)])
-    binding = min(candidates, key=lambda c: c[0]) if candidates else None
-    out: dict[str, Any] = {"target": target, "reachable": reachable, "ok": reachable >= target, "hosts": per_host}
-    if binding is not None and binding[0] < target:
-        name, lim = binding[2]
-        out["binding"] = {"side": binding[1], "capacity": binding[0], "host": name,
-                          "limit": lim.to_dict() if lim else None}
-    else:
-        out["binding"] = None
-    return out
+    bound = min(candidates, key=lambda c: c[0]) if candidates else None
+    binding = None
+    if bound is not None and bound[0] < target:
+        binding = FleetBinding(side=bound[1], capacity=bound[0], host=bound[2],
+                               limit=_preflight_limit(bound[3]) if bound[3] else None)
+    return FleetCheck(target=target, reachable=reachable, ok=reachable >= target, hosts=tuple(per_host),
+                      binding=binding, via=via)
 
 
-def render_fleet(result: dict[str, Any]) -> str:
-    """What `connscale ctl check` prints."""
-    lines = [f"target {result['target']:,} connections over {len(result['hosts'])} host(s)"]
-    for h in result["hosts"]:
-        cap = f"{h['capacity']:,}" if h["capacity"] is not None else "?"
-        lim = h["binding"] or {}
-        lines.append(f"  {h['name']:<16} {h['host']:<16} {h['roles']:<6} reaches {cap:>12}"
-                     + (f"  ({lim.get('key')}: {lim.get('detail')})" if lim else ""))
-    b = result.get("binding")
+def split(target: int, hosts: Sequence[HostBudget]) -> tuple[AgentShare, ...]:
+    """The target across the client hosts in proportion to what each reaches (never more than
+    that): a host that holds half as much is asked for half as much, so every host runs at the
+    same share of its limit. A host whose capacity is unknown counts as reaching the target.
+    Shares are whole connections (largest remainders) and add up to the target, or to what
+    the fleet reaches when that is less."""
+    caps = [h.capacity if h.capacity is not None else target for h in hosts]
+    total = sum(caps)
+    goal = min(target, total)
+    exact = [goal * c / total if total else 0.0 for c in caps]
+    shares = [min(int(x), c) for x, c in zip(exact, caps)]
+    order = sorted(range(len(hosts)), key=lambda i: (-(exact[i] - shares[i]), -caps[i], hosts[i].name))
+    left = goal - sum(shares)
+    for i in order:
+        if left <= 0:
+            break
+        if shares[i] < caps[i]:
+            shares[i] += 1
+            left -= 1
+    out = []
+    for h, share, cap in zip(hosts, shares, caps):
+        lim = h.binding
+        out.append(AgentShare(agent=h.name, host=h.host, share=share, capacity=h.capacity,
+                              limit=lim.key if lim else "", why=lim.detail if lim else ""))
+    return tuple(out)
+
+
+def render_split(shares: Sequence[AgentShare], target: int) -> list[str]:
+    """The split in words, one line per agent (printed by `connscale run`)."""
+    lines = []
+    for s in shares:
+        cap = f"reaches {s.capacity:,}" if s.capacity is not None else "capacity unknown"
+        why = f"; {s.limit} binds first: {s.why}" if s.limit else ""
+        lines.append(f"{s.agent} on {s.host or '?'}: {s.share:,} of {target:,} ({cap}{why})")
+    return lines
+
+
+def render_fleet(result: FleetCheck | dict[str, Any]) -> str:
+    """What `connscale ctl check` and `connscale check -c` with `clients:` print; every fix names
+    the host it applies to."""
+    if not isinstance(result, FleetCheck):
+        result = FleetCheck.from_wire(result)  # a verb's answer, as it crossed PB
+    via = {"hub": " (agents' limits as they registered with the hub)",
+           "ssh": " (each host asked over ssh)"}.get(result.via, "")
+    lines = [f"target {result.target:,} connections over {len(result.hosts)} host(s){via}"]
+    for h in result.hosts:
+        cap = f"{h.capacity:,}" if h.capacity is not None else "?"
+        lim = h.binding
+        lines.append(f"  {h.name:<16} {h.host:<16} {h.roles:<6} reaches {cap:>12}"
+                     + (f"  ({lim.key}: {lim.detail})" if lim else ""))
+    clients = result.client_hosts()
+    if clients:
+        names = ", ".join(f"{h.name} ({h.host})" for h in clients)
+        lines.append(f"agents: {names}")
+    b = result.binding
     if b is None:
-        lines.append(f"verdict: these hosts can reach {result['target']:,} connections.")
-        return "\n".join(lines)
-    lim = b.get("limit") or {}
-    side = "the server side" if b["side"] == "server" else "the client sides together"
-    lines.append(f"verdict: {side} reach {b['capacity']:,} of {result['target']:,}: {lim.get('key')} on "
-                 f"{b['host']} binds first ({lim.get('detail')}).")
-    if lim.get("fix"):
-        lines.append(f"fix: {lim['fix']}")
-    if b["side"] == "clients":
-        lines.append("fix: or more agents (clients: in the config, client_start on each)")
-    for h in result["hosts"]:
-        for limit in h["budget"]["limits"]:
-            if limit.get("warn"):
-                lines.append(f"warning: {h['name']}: {limit['key']}: {limit['detail']}")
+        lines.append(f"verdict: these hosts can reach {result.target:,} connections.")
+    else:
+        lim = b.limit
+        side = "the server side" if b.side == "server" else "the client sides together"
+        lines.append(f"verdict: {side} reach {b.capacity:,} of {result.target:,}: "
+                     f"{lim.key if lim else '?'} on {b.host} binds first ({lim.detail if lim else '?'}).")
+        # Each short host's own fix, named: a fix for one host is no fix for another.
+        for h in result.hosts:
+            if b.side == "clients" and h.roles == "server":
+                continue
+            if b.side == "server" and h.roles != "server":
+                continue
+            for limit in h.budget.limits:
+                if limit.binding and limit.fix and (limit.capacity or 0) < result.target:
+                    lines.append(f"fix on {h.name} ({h.host}): {limit.key}: {limit.fix}")
+        if b.side == "clients":
+            lines.append("fix: or more agents (clients: in the config)")
+    for h in result.hosts:
+        for limit in h.budget.limits:
+            if limit.warn:
+                lines.append(f"warning: {h.name} ({h.host}): {limit.key}: {limit.detail}")
     return "\n".join(lines)

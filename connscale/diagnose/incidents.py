@@ -117,7 +117,9 @@ class IncidentDetector:
             server_open=record.server.open,
             target=record.target,
             connecting=record.connecting,
-            connect_rate=(record.client.opened - prev.client.opened) / dt1 if prev is not record else 0.0,
+            # Never negative: a lost agent's counters leave the client totals (and an agent that
+            # reconnects starts its counters afresh).
+            connect_rate=max(0, record.client.opened - prev.client.opened) / dt1 if prev is not record else 0.0,
             asked_rate=_asked_rate(record),
             failures=failures,
             kernel=record.kernel,

@@ -151,8 +151,11 @@ def write_manifest(run_dir: str | os.PathLike[str], config: Mapping[str, Any] | 
     return path
 
 
-def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+def read_manifest(run_dir: str | os.PathLike[str], name: str = MANIFEST_FILE) -> dict[str, Any] | None:
+    """A run directory's manifest (`name`: a fleet agent's host's, manifest-NAME.json); None when
+    it is missing or not a JSON object."""
     try:
-        return json.loads((Path(run_dir) / MANIFEST_FILE).read_text())
+        data = json.loads((Path(run_dir) / name).read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None

@@ -33,7 +33,8 @@ def _figure(ncols: int = 1) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(WIDTH, HEIGHT), dpi=DPI, layout="constrained", facecolor="white")
-    axes = fig.subplots(1, ncols) if ncols > 1 else fig.subplots()
+    # Any: matplotlib types subplots() as one union over its squeeze cases (an array here for ncols > 1).
+    axes: Any = fig.subplots(1, ncols) if ncols > 1 else fig.subplots()
     for ax in axes if ncols > 1 else [axes]:
         ax.grid(True, color="#dddddd", linewidth=0.6)
         ax.set_axisbelow(True)

@@ -26,6 +26,7 @@ from connscale.config.records import (
     Record,
     RecordError,
     boolean,
+    choice,
     either,
     field,
     integer,
@@ -183,6 +184,101 @@ class Preflight(Record):
     @property
     def binding_limit(self) -> PreflightLimit | None:
         return next((lim for lim in self.limits if lim.binding), None)
+
+
+# ----------------------------------------------------------------------------- a fleet
+
+@attrs.frozen(kw_only=True)
+class HostBudget(Record):
+    """One host of a fleet's check: what its limits let through (`diagnose.budget.fleet`)."""
+
+    name: str = field(text(255), doc="hub, or the agent's name")
+    host: str = field(text(255), default="", doc="its host name")
+    roles: str = field(text(16), default="client", doc="server (the hub's host), client, or both")
+    capacity: int | None = field(optional(COUNT), default=None, doc="connections it reaches (None: unknown)")
+    binding: PreflightLimit | None = field(optional(nested(PreflightLimit)), default=None,
+                                           doc="the limit that binds first on it")
+    budget: Preflight = field(nested(Preflight), doc="every limit of it")
+
+
+@attrs.frozen(kw_only=True)
+class FleetBinding(Record):
+    """What binds a fleet: its server side, or its client sides together."""
+
+    side: str = field(choice("server", "clients"), doc="server, or clients (together)")
+    capacity: int = field(COUNT, doc="connections that side reaches")
+    host: str = field(text(255), default="", doc="the host (its name in the fleet) whose limit binds first")
+    limit: PreflightLimit | None = field(optional(nested(PreflightLimit)), default=None, doc="that limit")
+
+
+@attrs.frozen(kw_only=True)
+class FleetCheck(Record):
+    """`connscale ctl check` and `connscale check -c` with `clients:`: every host of a fleet."""
+
+    target: int = field(COUNT, doc="connections wanted")
+    reachable: int = field(COUNT, doc="connections the fleet reaches")
+    ok: bool = field(boolean, doc="it reaches the target")
+    hosts: tuple[HostBudget, ...] = field(seq(nested(HostBudget), 4096), default=(), doc="every host")
+    binding: FleetBinding | None = field(optional(nested(FleetBinding)), default=None,
+                                         doc="what binds below the target (None: nothing)")
+    via: str = field(text(64), default="", doc="how the agents' limits were read: hub (their registrations), "
+                                               "ssh (each host asked), or empty")
+
+    def client_hosts(self) -> tuple[HostBudget, ...]:
+        return tuple(h for h in self.hosts if h.roles != "server")
+
+
+@attrs.frozen(kw_only=True)
+class AgentShare(Record):
+    """One agent's share of a fleet run's target, and why it is that (`diagnose.budget.split`)."""
+
+    agent: str = field(text(255), doc="the agent's name")
+    host: str = field(text(255), default="", doc="its host")
+    share: int = field(COUNT, doc="connections it is asked to hold")
+    capacity: int | None = field(optional(COUNT), default=None, doc="connections its host reaches (None: unknown)")
+    limit: str = field(text(64), default="", doc="the limit that binds first on its host")
+    why: str = field(_WORDS, default="", doc="that limit's evidence, in words with the numbers")
+
+
+@attrs.frozen(kw_only=True)
+class AgentLost(Record):
+    """An agent of the fleet lost during the run, with what went with it."""
+
+    agent: str = field(text(255), doc="its name")
+    host: str = field(text(255), default="", doc="its host")
+    connections: int = field(COUNT, default=0, doc="connections it held at its last report, lost with it")
+    reason: str = field(_WORDS, default="", doc="why its session ended, as the hub saw it")
+    elapsed_s: float | None = field(optional(number(-1e9, 1e12)), default=None,
+                                    doc="when the run saw it, in seconds since the run began")
+
+    def describe(self) -> str:
+        where = f" on {self.host}" if self.host else ""
+        why = f" ({self.reason})" if self.reason else ""
+        return f"agent {self.agent}{where} was lost with {self.connections:,} connections{why}"
+
+
+@attrs.frozen(kw_only=True)
+class AgentSummary(Record):
+    """One agent's row of a run's summary, beside the merged figures."""
+
+    agent: str = field(text(255), doc="its name")
+    host: str = field(text(255), default="", doc="its host")
+    share: int = field(COUNT, default=0, doc="connections it was asked to hold (its part of the split)")
+    held: int = field(COUNT, default=0, doc="connections it held at the end of the final hold (0: it did not get there)")
+    peak_open: int = field(COUNT, default=0, doc="the most connections it held")
+    failures: Mapping[str, int] = field(FAILURES, factory=dict, doc="its failures by cause, phase:cause -> count")
+    rate_asked: float | None = field(optional(number(0, 1e12)), default=None,
+                                     doc="connects per second asked of it (its part of the fleet's rate)")
+    rate_achieved: float | None = field(optional(number(0, 1e12)), default=None,
+                                        doc="connects per second its ramp's steps really did")
+    rtt_ms: Percentiles = field(nested(Percentiles), factory=Percentiles,
+                                doc="its RTT over the final hold (else the whole run), from its own histograms")
+    cpu_cores: float | None = field(optional(number(0, 1e6)), default=None,
+                                    doc="cores its client workers used, mean over the final hold")
+    lag_ms_max: float | None = field(optional(number(0, 1e12)), default=None,
+                                     doc="the worst event-loop lag of its workers over the final hold, ms")
+    saturated_s: int = field(COUNT, default=0, doc="seconds any of its workers was saturated (CPU or loop lag)")
+    lost: bool = field(boolean, default=False, doc="it was lost during the run")
 
 
 # ----------------------------------------------------------------------------- memory per connection
@@ -356,6 +452,20 @@ class Summary(Record):
     memory: MemoryTable | None = field(optional(nested(MemoryTable)), default=None,
                                        doc="memory per held connection, user and kernel, both ends (with an "
                                            "observer; see Memory per connection)")
+    kind: str = field(choice("run", "hub"), default="run",
+                      doc="run: written by connscale run; hub: by a hub started on its own (connscale server) "
+                          "as it stopped, with no scenario of its own")
+    split: tuple[AgentShare, ...] = field(seq(nested(AgentShare), 4096), default=(),
+                                          doc="the target split across the fleet's agents by what each host "
+                                              "reaches, and why each got its share")
+    agents: tuple[AgentSummary, ...] = field(seq(nested(AgentSummary), 4096), default=(),
+                                             doc="one row per agent: share, held, failures, ramp, RTT, CPU, "
+                                                 "loop lag, saturation")
+    lost_agents: tuple[AgentLost, ...] = field(seq(nested(AgentLost), 4096), default=(),
+                                               doc="agents lost during the run and the connections lost with them")
+    manifests: Mapping[str, str] = field(mapping(text(255), text(4096), 4096), factory=dict,
+                                         doc="each host's manifest in the run directory: its agent's name (hub: "
+                                             "the run's own host) -> file")
     cost_final_hold: Cost | None = field(optional(nested(Cost)), default=None,
                                          doc="connscale's own CPU (mean cores) and RSS (largest) over the final "
                                              "hold, per kind of process, the run's own process included")

@@ -34,6 +34,7 @@ from connscale.diagnose.curve import (
     find_knee,
 )
 from connscale.diagnose.headline import BY_NAME
+from connscale.diagnose.manifest import read_manifest
 from connscale.diagnose.records import Explanation, MemoryTable, SideBytes, Summary
 from connscale.diagnose.runfiles import RunFiles, RunReadError, read_run
 from connscale.diagnose.search import capacity_line
@@ -237,6 +238,13 @@ def verdict_html(run: RunFiles, nums: Mapping[str, Number], knee: Knee | None,
         parts.append(
             "<p>This run left no <code>summary.json</code> (it was killed, or this is a hub's own record "
             "directory): everything below comes from the timeline alone.</p>"
+        )
+    elif summary.kind == "hub":
+        verdict = "unknown"
+        parts.append(
+            "<p>This is <strong>a hub's own record</strong> (<code>connscale server</code>, stopped): it ran no "
+            "scenario, so there is no verdict; the numbers below are what its agents did while it ran"
+            + (f": {_e(summary.explanation.headline)}" if summary.explanation is not None else "") + ".</p>"
         )
     else:
         verdict = summary.verdict
@@ -559,6 +567,53 @@ def _bytes(n: Any) -> str:
         return "-"
 
 
+def agents_html(summary: Summary | None) -> str:
+    """The fleet: each agent's share (and why), what it held and how, beside the merged figures."""
+    if summary is None or not summary.agents:
+        return ""
+    why = {s.agent: s for s in summary.split}
+    head = ("agent", "host", "share", "held", "peak", "failures", "ramp /s (asked)", "RTT p50 / p99 ms", "CPU cores",
+            "worst lag ms", "saturated s", "share because")
+    rows = []
+    for a in summary.agents:
+        failures = ", ".join(f"{k} {v:,}" for k, v in sorted(a.failures.items()) if v) or "0"
+        rate = (f"{a.rate_achieved:,.0f}" if a.rate_achieved is not None else "-") + \
+            (f" ({a.rate_asked:,.0f})" if a.rate_asked is not None else "")
+        rtt = f"{_plain(a.rtt_ms.p50)} / {_plain(a.rtt_ms.p99)}"
+        share = why.get(a.agent)
+        because = f"{share.limit}: {share.why}" if share is not None and share.limit else "-"
+        held = "lost" if a.lost else f"{a.held:,}"
+        cells = (a.agent, a.host, f"{a.share:,}", held, f"{a.peak_open:,}", failures, rate, rtt,
+                 _plain(a.cpu_cores), _plain(a.lag_ms_max), str(a.saturated_s), because)
+        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    lost = "".join(f'<p class="warn">{_e(x.describe())}.</p>' for x in summary.lost_agents)
+    return (f"<h2>Agents</h2>{lost}<table class=\"grid events\"><thead><tr>"
+            + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table><p class=\"muted\">The target was split by what each agent's host reaches; each "
+            "agent's RTT comes from its own histograms, and the merged figures above from all of them added.</p>")
+
+
+def _plain(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def host_manifests_html(run: RunFiles) -> str:
+    """Each agent's host, as its manifest says (beside the run's own host above)."""
+    if run.summary is None:
+        return ""
+    parts = []
+    for name, file in sorted(run.summary.manifests.items()):
+        if name == "hub":
+            continue
+        # Only a name in the run directory: summary.json is not trusted to point elsewhere.
+        manifest = read_manifest(run.dir, Path(file).name)
+        if manifest is None:
+            parts.append(f"<h3>{_e(name)}</h3><p class=\"muted\">{_e(file)} is missing or unreadable.</p>")
+            continue
+        parts.append(manifest_html(manifest, None).replace("<h2>Manifest</h2>", f"<h2>Manifest of agent {_e(name)}</h2>", 1))
+    return "".join(parts)
+
+
 def manifest_html(manifest: Mapping[str, Any] | None, config: Mapping[str, Any] | None) -> str:
     if manifest is None:
         body = "<p class=\"muted\">No manifest.json in this run directory (it is written when a run starts).</p>"
@@ -678,7 +733,9 @@ def render_html(run: RunFiles) -> str:
     css, verdict = verdict_html(run, nums, knee, points)
     incidents = gather_incidents(run)
     figures = build_plots(s, points, knee, incidents, run.records)
-    badge = {"held": "HELD", "failed": "FAILED"}.get(css, "NO VERDICT")
+    hub = run.summary is not None and run.summary.kind == "hub"
+    badge = {"held": "HELD", "failed": "FAILED"}.get(css, "HUB RECORD" if hub else "NO VERDICT")
+    what = "hub record" if hub else "run"
     started = run.records[0].t if run.records else None
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "-"
     figs = "".join(
@@ -691,7 +748,7 @@ def render_html(run: RunFiles) -> str:
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>connscale report: {_e(run.dir.name)}</title><style>{CSS}</style></head>
 <body><main>
-<header><h1>connscale run {_e(run.dir.name)}</h1><span class="badge {css}">{badge}</span>{gate_badge(run.summary)}
+<header><h1>connscale {what} {_e(run.dir.name)}</h1><span class="badge {css}">{badge}</span>{gate_badge(run.summary)}
 <span class="sub">started {_e(when)} &middot; {len(run.records)} seconds recorded</span></header>
 <section class="verdict {css}" id="verdict">{verdict}</section>
 {gates_html(run.summary)}
@@ -701,11 +758,13 @@ def render_html(run: RunFiles) -> str:
 <p class="muted">RTT of a phase comes from the merged histograms of its seconds; a second in which the phase
 changed counts as ramp, so holds are pure.</p>{steps_html(run.summary)}</section>
 </div>
+{agents_html(run.summary)}
 {incidents_html(incidents)}
 {memory_html(run)}
 <h2>Plots</h2><div class="plots">{figs}</div>
 {events_html(run.records)}
 {manifest_html(run.manifest, run.config)}
+{host_manifests_html(run)}
 <p class="muted">Rendered from {_e(run.dir)} by <code>connscale report</code>; re-render with
 <code>connscale report {_e(run.dir)}</code>, per-second percentiles with <code>--csv</code>.</p>
 </main></body></html>

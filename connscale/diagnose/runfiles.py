@@ -96,8 +96,7 @@ def read_run(run_dir: str | os.PathLike[str], with_timeline: bool = True) -> Run
         if torn:
             problems.append(f"{TIMELINE_FILE}: {len(torn)} line{'s' if len(torn) > 1 else ''} skipped ({torn[0]})")
     manifest = read_manifest(path)
-    if not isinstance(manifest, dict):
-        manifest = None
+    if manifest is None:
         if (path / MANIFEST_FILE).exists():
             problems.append(f"{MANIFEST_FILE}: not a JSON object")
         else:

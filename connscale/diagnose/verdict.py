@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from connscale.diagnose.records import Explanation, Preflight, SearchResult
+from connscale.diagnose.records import AgentLost, Explanation, Preflight, SearchResult
 from connscale.diagnose.walls import Finding, listen_in_use
 from connscale.host.observed import ObservedEvent
 from connscale.metrics.histograms import Percentiles
@@ -143,6 +143,7 @@ def explain(
     saturated_phases: Mapping[str, int] | None = None,
     losses: Sequence[WorkerLoss] = (),
     target_events: Sequence[ObservedEvent] = (),
+    lost_agents: Sequence[AgentLost] = (),
 ) -> Explanation:
     """The run's explanation (see the module doc).
 
@@ -153,6 +154,19 @@ def explain(
     the headline, whatever the outcome, because a held target that lost a server worker on
     the way is not the same finding.
     """
+    if lost_agents and outcome != "held":
+        # A lost agent ends a fleet run: its connections went with it, whatever else was seen.
+        gone = "; ".join(a.describe() for a in lost_agents)
+        at = f"stopped at {peak_open:,} of {target:,} connections"
+        evidence_lost = [a.describe() for a in lost_agents]
+        if incidents:
+            first = primary_incident(incidents) or incidents[0]
+            evidence_lost.append(f"before that, at {first.elapsed_s:.0f} s ({first.open:,} open): {first.headline}")
+        return Explanation(
+            headline=f"{at}: {gone}", wall="agent_lost", side="client", evidence=tuple(evidence_lost),
+            fix=("see the lost agent's host: its log (the hub relays a launched agent's output as [NAME] "
+                 "lines in hub.log), its ssh session, its memory (an OOM kill)",),
+            measuring_side_saturated=saturated or bool(saturated_phases))
     measuring = [i for i in incidents if i.wall == "measuring_side"]
     saturated = saturated or bool(measuring) or bool(saturated_phases)
     control = _control_failure(reason) if outcome != "held" else None

@@ -41,6 +41,7 @@ WALLS: Mapping[str, str] = {
     "conntrack": "the connection-tracking table",
     "cpu": "CPU",
     "worker_lost": "a worker process died",
+    "agent_lost": "an agent of the fleet was lost (its host, its network or its process)",
     "protocol": "a protocol mismatch",
     "tls": "TLS handshakes failing",
     "server_cap": "the server's own connection cap (maxclients, worker_connections, max_connections)",
@@ -293,7 +294,7 @@ def measuring_side(w: Window, ctx: Context, why: str = "") -> Finding:
         fixes.append("give the client workers their CPU back: lift the agent's cgroup CPU quota (cpu.max, "
                      "cpu.cfs_quota_us) or move other work off its cores")
     agents = {x.agent for x in clients}
-    cores = [ctx.agents[a].cores for a in agents if a in ctx.agents and ctx.agents[a].cores]
+    cores = [c for a in agents if a in ctx.agents and (c := ctx.agents[a].cores)]
     host_cores = sum(cores) if cores else None
     if not starved and host_cores is not None and cpu_total < host_cores * 0.7 and len(sat) < len(clients) / 2 + 1:
         fixes.append(f"more client workers (client.workers: {len(clients) * 2}), so the load spreads over "
@@ -412,6 +413,7 @@ def fd_process(w: Window, ctx: Context, key: str, side: str) -> Finding:
     workers = w.side(side)
     low = [x for x in workers if x.nofile is not None and x.nofile > 0 and x.open >= x.nofile - 110]
     for x in low[:3]:
+        assert x.nofile is not None  # `low` holds only workers with a limit
         evidence.append(f"{x.name} (pid {x.pid}) holds {x.open:,} connections under RLIMIT_NOFILE {x.nofile:,}"
                         + (f" (its budget at start was {x.budget:,})" if x.budget and x.nofile < x.budget else ""))
     shrunk = [x for x in workers if x.nofile is not None and x.budget and 0 < x.nofile < x.budget]
@@ -625,7 +627,7 @@ def server_words(key: str, phase: str, cause: str, w: Window, ctx: Context) -> F
         ))
     if cause.startswith("connack_"):
         code = cause.rsplit("_", 1)[-1]
-        fixes = {
+        connack_fixes = {
             "3": ("the broker is at its connection cap or refuses service: raise it (mosquitto: max_connections "
                   "in mosquitto.conf, -1 for no cap; and its open-file limit, LimitNOFILE=), or it is shutting down",),
             "4": ("give the broker's user and password: client.user and client.password, or mqtt://USER:PASS@HOST",),
@@ -636,9 +638,10 @@ def server_words(key: str, phase: str, cause: str, w: Window, ctx: Context) -> F
             "1": ("the broker does not speak MQTT 3.1.1 (protocol level 4): check its version or listener",),
         }.get(code, ("see the broker's log for the refusal",))
         if code == "3":
-            return _cap(key, w, "the MQTT broker refused new connections (CONNACK 3, server unavailable)", quote, fixes)
+            return _cap(key, w, "the MQTT broker refused new connections (CONNACK 3, server unavailable)", quote,
+                        connack_fixes)
         return Finding("server_refused", "server", f"the MQTT broker refused the CONNECT: {quote or cause}",
-                       (_count(w, key),) + ((f"the server said: {quote}",) if quote else ()), fixes)
+                       (_count(w, key),) + ((f"the server said: {quote}",) if quote else ()), connack_fixes)
     if cause == "http_503" and phase == "connect" and ctx.protocol == "websocket":
         return _cap(key, w, "the WebSocket server refused the upgrade with 503 (at its own connection limit)",
                     quote, (

@@ -14,6 +14,7 @@ one too) and its descendants (nginx's workers), or only its children
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -215,7 +216,7 @@ class ObserverReport(Record):
     read_ms: float = field(number(0, 1e9), default=0.0)
     #: The observer process's own rss_bytes, cpu_user_s, cpu_system_s (host.resources), as an
     #: agent reports its own: the hub counts it in connscale's cost.
-    resources: dict[str, object] = field(loose(16, 1), factory=dict)
+    resources: dict[str, Any] = field(loose(16, 1), factory=dict)  # as the agent's (control/records.py)
 
 
 # ----------------------------------------------------------------------------- in the hub's records

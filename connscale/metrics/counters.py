@@ -170,7 +170,7 @@ class Counters:
         self.protocol[kind] = self.protocol.get(kind, 0) + 1
         self.fail(phase, "protocol_error")
 
-    def say(self, cause: str, words: str) -> None:
+    def say(self, cause: str, words: str | bytes) -> None:
         """Keep what the server said for `cause` (the first sample; bounded and printable)."""
         if cause in self.said or len(self.said) >= MAX_SAID:
             return

@@ -131,6 +131,18 @@ class AgentRow(Record):
     stale_s: float | None = field(optional(number(0, 1e9)), default=None,
                                   doc="0: its report is this second's; else the age in seconds of the report "
                                       "it is counted with (its answer is late); null before its first")
+    host: str = field(text(255), default="", doc="its host: the clients: entry's host it was launched on, "
+                                                 "else the host name it registered with")
+    rtt_window_ms: Percentiles | None = field(optional(nested(Percentiles)), default=None,
+                                              doc="p50, p90, p99, max (ms) of its RTTs in the last second "
+                                                  "(line: its second's; null where none)")
+    rtt_hist: str = field(text(8 * 2**20), default="",
+                          doc="line: the HdrHistogram of its second's RTTs (empty when none): the line's "
+                              "rtt_hist is every agent's added, so per-agent and merged percentiles are exact")
+
+    def histogram(self) -> HdrHistogram | None:
+        """Its RTT histogram of a line's second; None when it has none."""
+        return decode_histogram(self.rtt_hist) if self.rtt_hist else None
 
 
 @attrs.frozen
@@ -282,7 +294,11 @@ class Stats(Record):
     rtt_ms: Percentiles = field(nested(Percentiles), factory=Percentiles,
                                 doc="p50, p90, p99, max (ms) of every RTT since the hub started")
     rtt_window_ms: Percentiles | None = field(optional(nested(Percentiles)), default=None,
-                                              doc="line: p50, p90, p99, max (ms) of its second's RTTs (null where none)")
+                                              doc="p50, p90, p99, max (ms) of the RTTs of one second: a line's own; "
+                                                  "stats: the last line's (null where none)")
+    window_elapsed_s: float | None = field(optional(number(-1e9, 1e12)), default=None,
+                                           doc="stats: the elapsed_s of the line whose second rtt_window_ms is "
+                                               "(null in a line, and before the first)")
     rtt_hist: str = field(text(8 * 2**20), default="",
                           doc="line: the merged HdrHistogram of its second's RTTs (empty when none)")
     handshake_ms: Percentiles = field(nested(Percentiles), factory=Percentiles,

@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -48,7 +49,7 @@ class ListeningService(Service):
         self.ports.extend(serve(self.reactor, self.sockets, self.factory, self.tls, self.fast_path))
         self.sockets = []
 
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self):
         super().stopService()
         ports, self.ports = self.ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
@@ -57,6 +58,7 @@ class ListeningService(Service):
         out = []
         for p in self.ports:
             h = p.getHost()
+            assert isinstance(h, (IPv4Address, IPv6Address))  # TCP ports, ours and Twisted's
             out.append((h.host, h.port))
         return out
 
@@ -165,7 +167,8 @@ class EndpointService(Service):
         listening, self._listening = self._listening, None
         port, self.port = self.port, None
         if port is not None:
-            return defer.maybeDeferred(port.stopListening)
+            # Twisted's overloads of maybeDeferred match no `Deferred | None` return (Twisted 26.10).
+            return defer.maybeDeferred(port.stopListening)  # type: ignore[call-overload]
         if listening is not None:
             listening.cancel()
         return None

@@ -17,11 +17,11 @@ import ipaddress
 import random
 from collections.abc import Callable, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -129,7 +129,7 @@ class PingClientFactory(ClientFactory):
     def buildProtocol(self, addr: Any) -> ClientConnection:
         pool = self.pool
         conn = pool.profile.connection(pool, -1)
-        conn.factory = self  # type: ignore[attr-defined]
+        conn.factory = self
         pool.adopt(conn)
         return conn
 
@@ -379,7 +379,8 @@ class ConnectionPool:
         if transport is None:
             return
         if was == CONNECTING:
-            transport.stopConnecting()
+            # Still dialling: the transport is the lean ClientTransport or a TLSLayer, both a connector.
+            cast(IConnector, transport).stopConnecting()
         elif self.settings.close == "rst":
             reset(transport)
         else:
@@ -523,6 +524,7 @@ class ConnectionPool:
             conn.sent_at = now
             route_ = self.routes[conn.route] if 0 <= conn.route < len(self.routes) else None
             host, port = (route_.host, route_.port) if route_ is not None else ("localhost", 0)
+            assert conn.transport is not None  # connected: makeConnection set it
             conn.transport.write(self.profile.opening(conn, host, port))
             self.wheel.schedule(conn, now + self.handshake_timeout)
             return
@@ -662,7 +664,7 @@ class ConnectionPool:
             self._loop.drain()
 
     # -- internals -----------------------------------------------------------
-    def _live(self):  # type: ignore[no-untyped-def]
+    def _live(self):
         return (c for c in self._conns if c.state in (OPEN, CONNECTING, HANDSHAKING))
 
     def _forget(self, conn: ClientConnection) -> None:

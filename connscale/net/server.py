@@ -50,7 +50,7 @@ class PingServerFactory(ServerFactory):
         self.protocol_class = server_protocol(framing)
         self.noisy = False
 
-    def buildProtocol(self, addr: object):  # type: ignore[no-untyped-def]
+    def buildProtocol(self, addr: object):
         return self.protocol_class(self.state)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from twisted.internet import error as terror
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -463,7 +463,7 @@ class ServerTLS(_Side):
         return TLSLayer(self, protocol, self.context.wrap_bio(inc, out, server_side=True), inc, out)
 
 
-class ServerTLSFactory(Factory):
+class ServerTLSFactory(ServerFactory):  # ServerFactory adds nothing to Factory but the type adoptStreamPort asks for
     """Any server factory, over TLS: its protocols meet the connection once the handshake is done."""
 
     noisy = False

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from typing import Protocol as TypingProtocol
 
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from connscale.compat.lines import PresizedLineReceiver
+from connscale.config.target import ProfileOptions
 from connscale.metrics.counters import Counters, classify
 
 FRAMINGS = ("line", "raw")
@@ -59,7 +61,8 @@ class _ServerMixin:
     """Counting and clean termination shared by both server framings."""
 
     state: ServerState
-    transport: object
+    # Set by makeConnection before any event reaches the mixin, so never None here.
+    transport: ITransport
     pinged = False
     violated = False
 
@@ -77,13 +80,14 @@ class _ServerMixin:
         self.state.counters.violation(kind, "steady" if self.pinged else "first_ping")
         # Flush what we owe and close with FIN; reading stops, so whatever the
         # peer still pushes is dropped by the kernel, not buffered here.
-        self.transport.loseConnection()  # type: ignore[attr-defined]
+        self.transport.loseConnection()
 
 
 class LineServerProtocol(_ServerMixin, PresizedLineReceiver):
     """The brief's `LineReceiver`: `Ping` lines in, `Pong` lines out."""
 
     delimiter = b"\n"
+    transport: ITransport  # the mixin's, restated: the class's own line settles the two bases
 
     def __init__(self, state: ServerState) -> None:
         super().__init__()
@@ -123,6 +127,8 @@ class LineServerProtocol(_ServerMixin, PresizedLineReceiver):
 class RawServerProtocol(_ServerMixin, Protocol):
     """`Ping` in, `Pong` out, four bytes each; partial reads are buffered."""
 
+    transport: ITransport  # the mixin's, restated: the class's own line settles the two bases
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.buf = b""
@@ -151,11 +157,24 @@ class RawServerProtocol(_ServerMixin, Protocol):
 SERVER_PROTOCOLS = {"line": LineServerProtocol, "raw": RawServerProtocol}
 
 
+class ProfileView(TypingProtocol):
+    """What a connection reads of its pool's profile (net/profiles/base.Profile, which imports this module)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def options(self) -> ProfileOptions: ...
+
+
 class PoolHooks(TypingProtocol):
     """What a client connection reads and calls on its pool (see pool.ConnectionPool)."""
 
     framing: str
     reply: bytes
+    counters: Counters
+
+    @property
+    def profile(self) -> ProfileView: ...
 
     def connected(self, conn: ClientConnection) -> None: ...
     def pong(self, conn: ClientConnection) -> None: ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Protocol
 
 from connscale.net.profiles.httphead import MAX_HEADERS
@@ -41,6 +42,8 @@ def _unmask(mask: bytes, body: bytes) -> bytes:
 
 
 class WebSocketServerProtocol(_ServerMixin, Protocol):
+    transport: ITransport  # the mixin's, restated: the class's own line settles the two bases
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.buf = b""
@@ -74,14 +77,14 @@ class WebSocketServerProtocol(_ServerMixin, Protocol):
                 or headers.get(b"sec-websocket-version") != b"13"):
             self._refuse(b"400 Bad Request", "bad_handshake")
             return False
-        self.transport.write(  # type: ignore[attr-defined]
+        self.transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept_for(key) + b"\r\n\r\n")
         self.upgraded = True
         return True
 
     def _refuse(self, status: bytes, kind: str) -> None:
-        self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")  # type: ignore[attr-defined]
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         self.buf = b""
         self.violation(kind)
 
@@ -120,8 +123,8 @@ class WebSocketServerProtocol(_ServerMixin, Protocol):
                 out.append(PONG_TEXT)
             elif opcode == OP_CLOSE:
                 out.append(_frame(OP_CLOSE, payload[:2]))
-                self.transport.write(b"".join(out))  # type: ignore[attr-defined]
-                self.transport.loseConnection()  # type: ignore[attr-defined]
+                self.transport.write(b"".join(out))
+                self.transport.loseConnection()
                 self.buf = b""
                 return
             elif opcode == OP_PONG:
@@ -134,7 +137,7 @@ class WebSocketServerProtocol(_ServerMixin, Protocol):
             c.pings += 1
             c.pongs += 1
         if out and not self.violated:
-            self.transport.write(b"".join(out))  # type: ignore[attr-defined]
+            self.transport.write(b"".join(out))
         self.buf = b"" if self.violated else buf
         if len(self.buf) > self.state.max_line + 14 and not self.violated:
             self.violation("line_too_long")

@@ -13,7 +13,8 @@ import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.interfaces import IReactorCore, IReactorProcess
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
@@ -82,7 +83,7 @@ def spawn_python(
     return child
 
 
-def stop_reactor(reactor: object) -> None:
+def stop_reactor(reactor: IReactorCore) -> None:
     """Stop once: the controller's shutdown and the lifeline may both ask."""
     from twisted.internet.error import ReactorNotRunning
 
@@ -97,12 +98,12 @@ class _OrphanGuard(pb.Broker):
 
     on_lost: Callable[[], None] = staticmethod(lambda: None)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.on_lost()
 
 
-def serve_stdio(reactor, root: pb.Root, on_lost: Callable[[], None]) -> pb.Broker:  # type: ignore[no-untyped-def]
+def serve_stdio(reactor, root: pb.Root, on_lost: Callable[[], None]) -> pb.Broker:
     """The child's end: serve `root` over our stdin/stdout; `on_lost` when the parent goes."""
     from twisted.internet import stdio
 

@@ -44,4 +44,5 @@ class Lifeline(Service):
         from twisted.internet import stdio
 
         # stdout is our log: hand StandardIO a duplicate it may close freely.
-        stdio.StandardIO(_Watch(self.reactor, self.prog), stdout=os.dup(1), reactor=self.reactor)
+        # mypy reads twisted.internet.stdio's Windows branch, whose StandardIO has no `stdout`.
+        stdio.StandardIO(_Watch(self.reactor, self.prog), stdout=os.dup(1), reactor=self.reactor)  # type: ignore[call-arg]

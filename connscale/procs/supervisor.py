@@ -27,6 +27,7 @@ from connscale.procs.child import describe_exit
 from connscale.procs.childproc import PBChild, spawn_python
 from connscale.procs.records import (
     MAX_LOSSES,
+    ClientSpec,
     WorkerHello,
     WorkerLoss,
     WorkerOrder,
@@ -211,7 +212,7 @@ class Supervisor:
 
             child.on_exit = exited
             drain = child.call("drain") if self.role == "client" else defer.succeed(None)
-            drain.addBoth(lambda _, c=child: c.call("exit")).addErrback(lambda _: None)
+            drain.addBoth(lambda _, c: c.call("exit"), child).addErrback(lambda _: None)
             waits.append(done)
             self.reactor.callLater(grace, child.signal, "TERM")
             self.reactor.callLater(grace + 2.0, child.signal, "KILL")
@@ -257,7 +258,8 @@ class Supervisor:
 
     def set_rate(self, rate: float) -> defer.Deferred[list[Any]]:
         """A new connect rate for this agent, split between its workers."""
-        self.spec = attrs.evolve(self.spec, rate=rate)  # type: ignore[misc]
+        assert isinstance(self.spec, ClientSpec)  # only a client's workers pace connects (an agent's)
+        self.spec = attrs.evolve(self.spec, rate=rate)
         shares = self.rate_shares([s.target for s in self.slots]) or []
         calls = []
         for slot, share in zip(self.slots, shares):

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
-from tests.support.netns import Host
+from tests.support.netns import IP_BIN, Host
 from tests.support.procs import Proc, connscale
 from tests.support.sshd import Sshd
 
@@ -140,3 +140,20 @@ def ssh_options_without_port(sshd: Sshd) -> list[str]:
     i = options.index("-p")
     del options[i:i + 2]
     return options
+
+
+def ns_processes(host: Host) -> dict[int, str]:
+    """pid -> command line of every process inside the host's namespace."""
+    r = subprocess.run([IP_BIN, "netns", "pids", host.ns], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=15)
+    out = {}
+    for pid in (int(p) for p in r.stdout.split() if p.isdigit()):
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return out
+
+
+def connscale_processes(host: Host) -> dict[int, str]:
+    return {pid: cmd for pid, cmd in ns_processes(host).items() if "connscale" in cmd}

@@ -12,6 +12,7 @@ regular expression has no backreferences (config.target checks both).
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from connscale.config.target import unescape
 from connscale.net.profiles.base import Profile, ProfileConnection
@@ -31,7 +32,7 @@ class CustomConnection(ProfileConnection):
             return  # nothing asked: a banner, or chatter
         if self.overflow(data):
             return
-        profile: CustomProfile = self.pool.profile
+        profile = cast(CustomProfile, self.pool.profile)  # a CustomProfile builds these connections
         buf = self.buf
         if profile.regex is not None:
             if profile.regex.search(buf) is None:
@@ -55,7 +56,7 @@ class CustomProfile(Profile):
     name = "custom"
     connection = CustomConnection
 
-    def __init__(self, options, interval, timeout):  # type: ignore[no-untyped-def]
+    def __init__(self, options, interval, timeout):
         super().__init__(options, interval, timeout)
         self.expect = unescape(options.expect, 0)
         pattern = options.expect_regex
@@ -63,7 +64,7 @@ class CustomProfile(Profile):
         # The same bytes for every connection unless the template numbers them.
         self.ping = None if "{n}" in options.send else unescape(options.send, 0)
 
-    def ping_for(self, conn: ProfileConnection) -> bytes:  # type: ignore[override]
+    def ping_for(self, conn: ProfileConnection) -> bytes:
         return unescape(self.options.send, conn.serial)
 
     def describe(self) -> str:

@@ -148,7 +148,7 @@ class HttpProfile(Profile):
     connection = HttpConnection
     opens = True
 
-    def __init__(self, options, interval, timeout):  # type: ignore[no-untyped-def]
+    def __init__(self, options, interval, timeout):
         super().__init__(options, interval, timeout)
         o = options
         lines = [f"{o.method} {o.path} HTTP/1.1", f"Host: {o.host or 'localhost'}", "User-Agent: connscale"]

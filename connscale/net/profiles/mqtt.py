@@ -128,13 +128,13 @@ class MqttProfile(Profile):
     opens = True
     ping = PINGREQ
 
-    def __init__(self, options, interval, timeout):  # type: ignore[no-untyped-def]
+    def __init__(self, options, interval, timeout):
         super().__init__(options, interval, timeout)
         # The broker's deadline (1.5 keepalives) must outlast our interval plus a late pong.
         self.keepalive = max(1, min(65535, math.ceil(interval + timeout)))
         self._id_base = f"{options.client_prefix}{os.getpid():x}-"
 
-    def opening(self, conn: MqttConnection, host: str, port: int) -> bytes:  # type: ignore[override]
+    def opening(self, conn: MqttConnection, host: str, port: int) -> bytes:
         o = self.options
         return connect_packet(f"{self._id_base}{conn.serial}", self.keepalive, o.user, o.password)
 

@@ -77,7 +77,7 @@ class RedisProfile(Profile):
     opens = True
     ping = PING
 
-    def __init__(self, options, interval, timeout):  # type: ignore[no-untyped-def]
+    def __init__(self, options, interval, timeout):
         super().__init__(options, interval, timeout)
         # AUTH first when the URL or client.password gives a password (redis://[USER]:PASS@HOST).
         auth = [] if options.password is None else \

@@ -153,7 +153,7 @@ class WebSocketProfile(Profile):
     connection = WebSocketConnection
     opens = True
 
-    def opening(self, conn: WebSocketConnection, host: str, port: int) -> bytes:  # type: ignore[override]
+    def opening(self, conn: WebSocketConnection, host: str, port: int) -> bytes:
         o = self.options
         key = base64.b64encode(os.urandom(16))
         conn.want = accept_for(key)
@@ -164,7 +164,7 @@ class WebSocketProfile(Profile):
         lines += [f"{name}: {value}" for name, value in o.headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def ping_for(self, conn: WebSocketConnection) -> bytes:  # type: ignore[override]
+    def ping_for(self, conn: WebSocketConnection) -> bytes:
         conn.need = (conn.need + 1) & 0xFFFF
         payload = struct.pack("!HH", conn.serial & 0xFFFF, conn.need)
         conn.want = payload
