@@ -195,6 +195,29 @@ def test_a_server_at_its_file_limit_is_named_with_its_pid_limit_and_fix():
     assert server_side(observed_rows(stats(observers=observers(target(fds=4000, nofile=5000))))) is None
 
 
+def test_a_servers_accept_emfile_counted_before_the_observer_reads_its_limit_is_named_by_the_observer():
+    """A server worker counts accept()'s EMFILE the second it happens; the observer's reading of
+    that process's fds may land a second later. The wall is named in the observer's words (pid,
+    limit, /proc) whichever arrives first, not in the counts' vaguer ones."""
+    detector = IncidentDetector()
+
+    def line(t: float, fds: int, emfile: int) -> Stats:
+        return Stats(elapsed_s=t, client=Snapshot(open=1990), server=Snapshot(open=1990, failures={"connect:EMFILE": emfile}),
+                     observers=observers(target(fds=fds, nofile=2000)))
+
+    assert detector.observe(line(1.0, 1500, 0)) == []
+    assert detector.observe(line(2.0, 1500, 40)) == []   # the counts alone: wait for the observer
+    opened = detector.observe(line(3.0, 1995, 90))
+    assert [(i.wall, i.side) for i in opened] == [("fd_process", "server")]
+    assert "redis-server (pid 41) reached its open-file limit (Max open files 2,000)" in opened[0].headline
+    # Without an observer the counts name it at once, as before.
+    alone = IncidentDetector()
+    alone.observe(Stats(elapsed_s=1.0, client=Snapshot(), server=Snapshot()))
+    opened = alone.observe(Stats(elapsed_s=2.0, client=Snapshot(), server=Snapshot(failures={"connect:EMFILE": 40})))
+    assert [(i.wall, i.side) for i in opened] == [("fd_process", "server")]
+    assert "a server worker (accept) ran out of file descriptors" in opened[0].headline
+
+
 @pytest.mark.parametrize("t, h, wall, words", [
     (target(queue=511), host(), "accept_queue", "accept queue is full on port 6379 (511 of 511)"),
     (target(), host(conntrack_count=262000), "conntrack", "connection-tracking table is full"),

@@ -111,6 +111,7 @@ class IncidentDetector:
         # so the first record's failures are all news (not "none", as `first` would say).
         now_f, then_f = record.failures(), first.failures() if self.history else {}
         failures = {k: n - then_f.get(k, 0) for k, n in now_f.items() if n - then_f.get(k, 0) > 0}
+        observed = observed_rows(record)
         return Window(
             elapsed_s=record.elapsed_s,
             open=record.client.open,
@@ -128,7 +129,8 @@ class IncidentDetector:
             ghosts_max=max(r.ghosts for r in (*self.history, record)),
             workers=tuple(worker_loads(record)),
             said=record.client.said,
-            server_wall=server_side(observed_rows(record)),
+            server_wall=server_side(observed),
+            server_watched=any(t.alive for o in observed for t in o.targets),
         )
 
     # -- one second --------------------------------------------------------------------------

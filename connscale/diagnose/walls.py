@@ -204,6 +204,9 @@ class Window:
     said: Mapping[str, str] = attrs.Factory(dict)
     #: A server-side wall the observers' rows show this second (diagnose.observed), if any.
     server_wall: Finding | None = None
+    #: An observer watches a live server process: its reading (a second behind a worker's
+    #: own count, at times) names a server-side wall more exactly than the counts can.
+    server_watched: bool = False
 
     def side(self, side: str) -> list[WorkerLoad]:
         return [w for w in self.workers if w.side == side]
@@ -474,7 +477,10 @@ def name_wall(key: str, w: Window, ctx: Context) -> Finding:
     if w.server_wall is not None and not client_wall:
         return w.server_wall
     if cause in ("EMFILE",):
-        return fd_process(w, ctx, key, side)
+        found = fd_process(w, ctx, key, side)
+        # The server's accept() failing is counted at once; the observer's reading of that
+        # process's limit may come a second later: wait for it (SETTLE) rather than open with less.
+        return attrs.evolve(found, confident=False) if side == "server" and w.server_watched else found
     if cause == "ENFILE":
         return Finding(
             "fd_system", "host", "the system ran out of file descriptors (ENFILE)",
