@@ -185,8 +185,10 @@ def test_a_server_at_its_file_limit_is_named_with_its_pid_limit_and_fix():
     assert "redis-server (pid 41) reached its open-file limit (Max open files 5,000)" in finding.headline
     assert "read by the observer from /proc/41/limits" in finding.evidence[0]
     fixes = " ".join(finding.fix)
-    assert "LimitNOFILE=" in fixes and "ulimit -n" in fixes and "worker_rlimit_nofile" in fixes
+    assert "LimitNOFILE=" in fixes and "ulimit -n" in fixes and "worker_rlimit_nofile" not in fixes
     assert "prlimit --pid 41" in fixes
+    nginx = server_side(observed_rows(stats(observers=observers(target(fds=4975, nofile=5000, label="nginx")))))
+    assert nginx is not None and any("worker_rlimit_nofile 65536;" in f for f in nginx.fix)  # nginx's own key
     # What the clients see (connections closed) is explained by it...
     w = Window(open=4968, failures={"first_ping:closed_by_peer": 10}, server_wall=finding)
     assert name_wall("first_ping:closed_by_peer", w, Context()) is finding

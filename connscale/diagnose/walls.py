@@ -774,7 +774,9 @@ def server_fd_limit(target: TargetRow, process: ProcessRow) -> Finding:
          "/etc/security/limits.conf)",
          f"on the running process: prlimit --pid {process.pid} --nofile={want}:{want} (a server that sized itself "
          "at start, as Redis sizes maxclients, still needs a restart)",
-         f"nginx: worker_rlimit_nofile {want}; in nginx.conf (and worker_connections below it)"),
+         # nginx sets its workers' limit itself: the unit's limit alone does not reach them.
+         *([f"nginx: worker_rlimit_nofile {want}; in nginx.conf (and worker_connections below it)"]
+           if "nginx" in f"{process.name} {target.label}" else [])),
     )
 
 
