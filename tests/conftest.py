@@ -7,6 +7,7 @@ epoll reactor); a test module imports helpers from there, never from another tes
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,14 @@ from tests.support.certs import Pki
 from tests.support.hub import Hub
 from tests.support.sshd import sshd_or_skip
 from tests.support.loop import reactor  # noqa: F401  (a fixture: a private EPollReactor per test)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a non-interactive shell (`pytest &`, a CI step's
+    # background job) inherits SIGINT ignored, and so would every process it starts: the tests
+    # of what Ctrl-C does would find it ignored. They test connscale, not their launcher.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
