@@ -7,7 +7,10 @@ epoll reactor); a test module imports helpers from there, never from another tes
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,32 @@ def pytest_configure(config: pytest.Config) -> None:
     # of what Ctrl-C does would find it ignored. They test connscale, not their launcher.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    config.addinivalue_line(
+        "markers", "alone: reads whole-host counters (the kernel's socket memory): runs with no other test "
+                   "beside it when the suite runs in several processes (pytest -n)")
+
+
+def _lock_path() -> str:
+    # One per suite run: xdist's workers share their controller's run id in the environment.
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    return os.path.join(tempfile.gettempdir(), f"connscale-tests-{run or os.getpid()}.lock")
+
+
+@pytest.fixture(autouse=True)
+def _alone_or_together(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test holds a shared lock, an `alone` test an exclusive one: under `pytest -n 2` the
+    other worker finishes its current test and waits, so no other test's sockets move the
+    host-wide counters an `alone` test compares with its own reading."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(_lock_path(), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.fixture

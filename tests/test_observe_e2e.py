@@ -50,6 +50,7 @@ run: {{dir: runs}}
     return path
 
 
+@pytest.mark.alone  # the kernel row is whole-host: no other test's sockets beside it
 def test_a_run_observes_its_own_server_and_its_memory_table_agrees_with_proc(tmp_path):
     """Every run watches its own server workers. The table's user memory per connection (the
     server workers', the client workers') agrees within 10 % with what this test reads from

@@ -138,6 +138,7 @@ def test_redis_with_its_open_file_limit_raised_holds(tmp_path):
     print("held", summary["held"], "-", summary["explanation"]["headline"])
 
 
+@pytest.mark.alone  # the kernel row is whole-host: no other test's sockets beside it
 def test_the_memory_table_of_a_redis_run_agrees_with_proc(tmp_path):
     """The table's per-connection figures for a redis-server run: Redis's RSS, connscale's client
     workers' RSS, the kernel's socket slab and TCP buffers. The test reads each itself: Redis's

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -293,3 +294,42 @@ def test_each_xdist_worker_probes_its_own_slice_of_the_port_pool(monkeypatch):
         monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
         slices.append(_worker_pool(pool))
     assert slices == [range(20000, 26000), range(26000, 32000)]
+
+
+ALONE_TESTS = '''
+import os, time, pytest
+
+def mark(name, what):
+    with open(os.environ["TIMES"], "a") as f:
+        f.write(f"{name} {what} {time.monotonic()}\\n")
+
+@pytest.mark.alone
+def test_alone():
+    mark("alone", "start"); time.sleep(1.0); mark("alone", "end")
+
+@pytest.mark.parametrize("i", range(6))
+def test_beside(i):
+    mark(f"beside{i}", "start"); time.sleep(0.3); mark(f"beside{i}", "end")
+'''
+
+
+@pytest.mark.slow
+def test_an_alone_test_runs_with_no_other_test_beside_it(tmp_path):
+    # The memory tables compare whole-host kernel counters with the test's own reading: under
+    # `pytest -n 2` no other test may open sockets meanwhile (tests/conftest.py's lock).
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["tests.conftest"]\n')
+    (tmp_path / "test_alone.py").write_text(ALONE_TESTS)
+    times = tmp_path / "times"
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, TIMES=str(times), PYTHONPATH=str(root))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", str(tmp_path)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    spans: dict[str, dict[str, float]] = {}
+    for line in times.read_text().splitlines():
+        name, what, at = line.split()
+        spans.setdefault(name, {})[what] = float(at)
+    alone = spans.pop("alone")
+    assert len(spans) == 6
+    for name, span in spans.items():
+        assert span["end"] <= alone["start"] or span["start"] >= alone["end"], (name, span, alone)
