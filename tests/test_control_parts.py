@@ -23,7 +23,7 @@ from connscale.control.errors import ControlError
 from connscale.control.orders import Orders
 from connscale.control.records import AgentReport, RegisterAnswer
 from connscale.control.registry import NAME_HOLD, NameHeld, Registry
-from connscale.control.verbs import BY_CLI, BY_NAME, CONSOLE_NAMES, VERBS
+from connscale.control.verbs import BY_CLI, CONSOLE_NAMES, VERBS
 from connscale.host.observed import ObserverRow, ProcessRow, TargetRow
 from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot

@@ -5,7 +5,6 @@ lowered RLIMIT_NOFILE, real sockets in an accept queue)."""
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import subprocess
 import sys

@@ -3,7 +3,6 @@ its failures phase connect, a handshake that never completes times out, the serv
 
 from __future__ import annotations
 
-import pytest
 from twisted.internet import error
 from twisted.python.failure import Failure
 

@@ -37,7 +37,7 @@ from connscale.app.live import LiveView, RunInfo
 from connscale.app.rundir import RunDirectory, RunDirError
 from connscale.app.scenario import Progress, RunError, Scenario
 from connscale.app.search import SearchScenario
-from connscale.app.startup import EXIT_REFUSED, EXIT_USAGE, load_or_exit
+from connscale.app.startup import EXIT_USAGE, load_or_exit
 from connscale.config.endpoints import dial_address
 from connscale.config.settings import Config
 from connscale.config.tls import is_self_signed

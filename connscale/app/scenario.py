@@ -397,7 +397,6 @@ class Scenario:
     def reached(self, record: StepRecord) -> bool:
         """Every agent at its step's target (each one's time noted as it gets there), and the total."""
         p = self.progress
-        stats = p.stats
         now = self.clock.seconds()
         done = True
         for name, (target, start, at) in record.agents.items():

@@ -26,7 +26,6 @@ from connscale.config.records import (
     choice,
     field,
     integer,
-    mapping,
     number,
     optional,
     text,

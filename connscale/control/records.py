@@ -25,7 +25,6 @@ from connscale.config.packed import PackError, unpack
 from connscale.config.records import (
     Record,
     RecordError,
-    boolean,
     choice,
     either,
     field,
