@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from connscale.config.packed import pack_pieces
-from connscale.config.settings import parse_config
+from connscale.config.loader import parse_config
 from connscale.control.collect import Collector, EventLog
 from connscale.control.diagnosis import Diagnosis
 from connscale.control.records import AgentInfo, AgentReport

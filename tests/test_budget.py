@@ -15,7 +15,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from connscale.config.settings import parse_config
+from connscale.config.loader import parse_config
 from connscale.diagnose.budget import Demand, budget, more_sources, render
 from connscale.host.inventory import HostLimits, read_cpu_quota, read_host_limits, read_meminfo
 from tests.support.netns import TestNetwork, netns_available

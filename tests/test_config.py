@@ -1,4 +1,4 @@
-"""Tests for connscale.config.settings: parsers, every key's validation, error collection, overrides."""
+"""Tests for the config (connscale.config: settings, loader, values, addresses): parsers, every key's validation, error collection, overrides."""
 
 from __future__ import annotations
 
@@ -12,22 +12,18 @@ from pathlib import Path
 import attrs
 import pytest
 
+from connscale.config.addresses import parse_hostport, parse_ips, parse_ports
+from connscale.config.loader import ConfigError, load_config, parse_config
 from connscale.config.settings import (
     ClientHost,
     ClientSettings,
     Config,
-    ConfigError,
     ControlSettings,
     RunSettings,
     ScenarioSettings,
     ServerSettings,
-    load_config,
-    parse_config,
-    parse_duration,
-    parse_hostport,
-    parse_ips,
-    parse_ports,
 )
+from connscale.config.values import parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -327,7 +323,7 @@ def test_client_server_splits_into_host_and_ports():
     ("control.listen", "", "expected a non-empty string"),
     ("control.secret", "short", "must be at least 8 characters long"),
     ("control.secret", 123456789, "expected a string (quote it in YAML)"),
-    ("control.console", "http", "expected one of ssh|telnet|none, got 'http'"),
+    ("control.console", "http", "expected one of ssh|none, got 'http'"),
     ("control.console", False, "got False"),
     ("control.console_listen", "9000", "expected a server endpoint"),
     ("control.console_keys", "", "expected a non-empty string"),
@@ -522,7 +518,7 @@ def test_secret_file_unreadable(tmp_path):
     secret_file = tmp_path / "secret"
     secret_file.write_text("x" * 10)
     secret_file.chmod(0)
-    check = ("import sys; from connscale.config.settings import ConfigError, parse_config\n"
+    check = ("import sys; from connscale.config.loader import ConfigError, parse_config\n"
              "try:\n    parse_config({}, {'control.secret_file': sys.argv[1]})\n"
              "except ConfigError as e:\n    print(e)\n")
     argv = [sys.executable, "-c", check, str(secret_file)]
@@ -768,7 +764,7 @@ def test_load_reports_all_problems(tmp_path):
 def test_yaml_scalars_keep_meaning(tmp_path):
     # YAML 1.1 turns `off` into False: it must be reported, not taken as "none".
     path = write(tmp_path, "control:\n  console: off\n")
-    assert load_problems(path) == ["control.console: expected one of ssh|telnet|none, got False"]
+    assert load_problems(path) == ["control.console: expected one of ssh|none, got False"]
 
 
 def test_shipped_config_loads():

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from connscale.config.settings import parse_config
+from connscale.config.loader import parse_config
 from connscale.control import dial
 from connscale.control.auth import CredentialError
 from connscale.control.controller import ControlError, Controller

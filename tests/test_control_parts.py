@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from connscale.config.packed import pack, pack_pieces, unpack
 from connscale.config.records import RecordError
-from connscale.config.settings import parse_config
+from connscale.config.loader import parse_config
 from connscale.control.collect import Collector, EventLog
 from connscale.control.errors import ControlError
 from connscale.control.orders import Orders

@@ -19,7 +19,7 @@ import pytest
 
 from connscale.app import cli
 from connscale.app.runs import list_runs
-from connscale.config.settings import ConfigError, parse_config
+from connscale.config.loader import ConfigError, parse_config
 from connscale.diagnose import baseline, hostdiff, thresholds
 from connscale.diagnose.compare import compare
 from connscale.diagnose.compare_page import render_html

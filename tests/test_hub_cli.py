@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from connscale.app import cli
 from connscale.app.startup import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
-from connscale.config.settings import parse_config
+from connscale.config.loader import parse_config
 from connscale.control import hub as hub_mod
 from connscale.control.auth import AGENT_KEY_PREFIX, CredentialError, Credentials
 from connscale.control.controller import Controller

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 
 from connscale.config.packed import pack_pieces
-from connscale.config.settings import parse_config
+from connscale.config.loader import parse_config
 from connscale.control.agent import AgentMind, make_agent
 from connscale.control.auth import Credentials
 from connscale.control.bounds import WORKER_MEMORY, OrderBounds

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client.exposition import generate_latest
 
-from connscale.config.settings import ConfigError, parse_config
+from connscale.config.loader import ConfigError, parse_config
 from connscale.metrics.prometheus import TimelineCollector, bounded_cause, registry_for
 from connscale.metrics.records import Stats
 from connscale.metrics.timeline import read_timeline

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from connscale.config.settings import ConfigError, parse_config
+from connscale.config.loader import ConfigError, parse_config
 from connscale.diagnose.records import Cause, SearchResult
 from connscale.diagnose.search import Search, Slo, explain_search, judge
 from connscale.diagnose.verdict import explain_search_verdict

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from connscale.config.settings import ControlSettings, parse_config
+from connscale.config.loader import parse_config
+from connscale.config.settings import ControlSettings
 from connscale.control.secret import (
     SecretError,
     client_secret,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connscale.config.settings import ConfigError, parse_config
+from connscale.config.loader import ConfigError, parse_config
 from connscale.config.target import ProfileOptions, unescape
 
 

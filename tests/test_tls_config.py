@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connscale.config.settings import ConfigError, parse_config
+from connscale.config.loader import ConfigError, parse_config
 from connscale.config.tls import ClientTLSSettings, ServerTLSSettings
 from connscale.net.tlscert import certificate, make_auto, new_key, write_pem
 from tests.support.certs import Pki

@@ -20,6 +20,7 @@ NOT_IN_A_WORKER = (
     "html.entities", "http", "twisted.application.service", "twisted.plugin",
     "twisted.internet.endpoints", "twisted.conch", "twisted.web", "connscale.control", "connscale.app",
     "connscale.diagnose", "connscale.metrics.histograms", "connscale.metrics.status", "connscale.config.settings",
+    "connscale.config.loader", "cattrs",
 )
 
 PROBE = f"""

@@ -20,7 +20,7 @@ LOGIN_PATIENCE = 60.0
 
 def master_of(cfg: Config, given: str | None) -> tuple[str, int]:
     from connscale.config.endpoints import dial_address
-    from connscale.config.settings import parse_hostport
+    from connscale.config.addresses import parse_hostport
 
     if given:
         try:

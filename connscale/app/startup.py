@@ -1,6 +1,6 @@
 """What every command shares at start-up: option plumbing and config loading.
 
-Options only collect strings; `connscale.config.settings` validates them together with
+Options only collect strings; `connscale.config.loader` validates them together with
 the config file, so a bad value on the command line and a bad key in the file
 get the same one-line error. Errors leave through `SystemExit` from
 `makeService`, because a `UsageError` makes twistd print its whole help text.
@@ -17,7 +17,8 @@ import attrs
 from twisted.logger import Logger
 from twisted.python import usage
 
-from connscale.config.settings import Config, ConfigError, load_config
+from connscale.config.loader import ConfigError, load_config
+from connscale.config.settings import Config
 from connscale.control.errors import StartError
 from connscale.net import fastpath
 

@@ -8,7 +8,7 @@ record a client worker is started with (it crosses a process boundary in
 `procs.records.ClientSpec`), so it lives here, in the lowest layer that validates.
 
 TLS is only *named* here (the schemes that ask for it, `Target.tls`); its settings record is
-`config.tls.ClientTLSSettings`, which `config.settings` switches on for a TLS scheme, and the
+`config.tls.ClientTLSSettings`, which `config.loader` switches on for a TLS scheme, and the
 handshake belongs to `net/tls`, which wraps a connection where `net.pool` dials.
 """
 

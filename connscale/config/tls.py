@@ -2,7 +2,7 @@
 
 The contract with the rest of connscale (kept stable; `net/tls.py` does the TLS itself):
 
-- `ClientTLSSettings` is what `client.tls` says, whatever set it: the YAML keys (`config.settings`)
+- `ClientTLSSettings` is what `client.tls` says, whatever set it: the YAML keys (`config.tls_keys`)
   or a URL that names TLS (`rediss://`, `https://`, `wss://`, `mqtts://`, `tls://`: the URL
   parser evolves `cfg.client.tls` with `enabled=True` and, for a host name, `server_name`).
   It travels to client workers in `procs.records.ClientSpec.tls` and reaches the pool as
@@ -14,7 +14,7 @@ The contract with the rest of connscale (kept stable; `net/tls.py` does the TLS 
   (`net.tlscert`), so a `ServerSpec.tls` always names `cert` and `key`.
 
 Files named here are checked when the configuration is loaded (`check_*` below, called by
-`config.settings`): each problem is one line naming its key. `ssl` and `cryptography` are
+`config.tls_keys`): each problem is one line naming its key. `ssl` and `cryptography` are
 imported only inside those checks: worker processes import this module for the records and
 start without either.
 """

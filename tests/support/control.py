@@ -16,7 +16,7 @@ from twisted.spread import pb
 from twisted.test import iosim
 
 from connscale.config.packed import pack_pieces, unpack
-from connscale.config.settings import parse_config
+from connscale.config.loader import parse_config
 from connscale.control.auth import Credentials
 from connscale.control.channel import TLSFactory, client_options
 from connscale.control.controller import Controller
