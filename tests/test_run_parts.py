@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import stat
-from pathlib import Path
 
 import attrs
 import pytest
@@ -20,15 +19,13 @@ from connscale.app import summary
 from connscale.app.children import describe_exit
 from connscale.app.rundir import RunDirectory, RunDirError
 from connscale.app.scenario import CALL_TIMEOUT, HUB_SILENT_LIMIT, RunError, Scenario
-from connscale.config.packed import pack_pieces
 from connscale.config.loader import load_config, parse_config
+from connscale.config.packed import pack_pieces
 from connscale.config.settings import Config, ScenarioSettings
 from connscale.diagnose.records import Summary
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.records import SCHEMA, Stats
 from connscale.metrics.workers import WorkerLoss
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class FakeHub:
@@ -422,23 +419,6 @@ def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path):
         RunDirectory.create(blocker / "runs")
     assert str(e.value).startswith(f"cannot create a run directory under {blocker / 'runs'}: ")
     assert "\n" not in str(e.value)
-
-
-# -- choosing the config ---------------------------------------------------------------------
-
-def test_no_config_anywhere_means_the_shipped_experiment(tmp_path):
-    assert run_mod.choose_config(None, cwd=tmp_path) == str(run_mod.PACKAGED_CONFIG)
-    (tmp_path / "connscale.yaml").write_text("scenario: {target: 5}\n")
-    assert run_mod.choose_config(None, cwd=tmp_path) == str(tmp_path / "connscale.yaml")
-    assert run_mod.choose_config("x.yaml", cwd=tmp_path) == "x.yaml"
-
-
-def test_the_shipped_experiment_is_the_top_level_connscale_yaml():
-    top = REPO / "connscale.yaml"
-    assert top.resolve() == run_mod.PACKAGED_CONFIG.resolve()
-    cfg = load_config(run_mod.PACKAGED_CONFIG)
-    assert cfg != Config()  # it is an experiment, not the bare defaults
-    assert cfg.scenario.target == 50000 and len(cfg.client.source_ips) * len(cfg.server.ports) >= 4
 
 
 def test_a_run_uses_the_configured_secret(monkeypatch):

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import attrs
 
 from connscale.app.startup import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, load_or_exit
+from connscale.config.loader import choose_config
 from connscale.config.records import loose
 from connscale.config.settings import Config
 from connscale.app.fleet import members as fleet_members
@@ -62,7 +63,8 @@ def check_main(argv: Sequence[str]) -> int:
         prog="connscale check",
         description="How many connections can this host reach with this configuration, and what binds first?",
     )
-    p.add_argument("-c", "--config", default=None, help="YAML config (default: ./connscale.yaml if present)")
+    p.add_argument("-c", "--config", default=None,
+                   help="YAML config (default, as connscale run's: ./connscale.yaml, else the shipped experiment)")
     p.add_argument("--target", help="connections wanted (default: scenario.target; client.connections for --role client)")
     p.add_argument(
         "--role", choices=("both", "server", "client"), default="both",
@@ -78,7 +80,7 @@ def check_main(argv: Sequence[str]) -> int:
     if args.limits:
         print(json.dumps(read_host_limits().to_dict(), sort_keys=True))
         return EXIT_OK
-    path = args.config or ("connscale.yaml" if os.path.exists("connscale.yaml") else None)
+    path = choose_config(args.config)
     key = "client.connections" if args.role == "client" else "scenario.target"
     cfg = load_or_exit("connscale check", path, {key: args.target} if args.target else {})
     target = cfg.client.connections if args.role == "client" else cfg.scenario.target

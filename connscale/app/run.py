@@ -39,6 +39,7 @@ from connscale.app.scenario import Progress, RunError, Scenario
 from connscale.app.search import SearchScenario
 from connscale.app.startup import EXIT_USAGE, load_or_exit
 from connscale.config.endpoints import dial_address
+from connscale.config.loader import choose_config
 from connscale.config.settings import Config
 from connscale.config.tls import is_self_signed
 from connscale.diagnose.budget import Roles, render
@@ -57,18 +58,6 @@ AGENT_NAME = fleet.LOCAL
 #: The observer `connscale run` starts on this host.
 OBSERVER_NAME = "server"
 HUB_LOGIN_TIMEOUT = 30.0
-#: The shipped experiment, used when no config is given and ./connscale.yaml is absent.
-PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "connscale.yaml"
-
-
-def choose_config(given: str | None, cwd: Path | None = None) -> str:
-    """-c wins; else ./connscale.yaml; else the packaged copy of the shipped one."""
-    if given:
-        return given
-    local = (cwd or Path.cwd()) / "connscale.yaml"
-    return str(local) if local.exists() else str(PACKAGED_CONFIG)
-
-
 def run_secret(cfg: Config) -> bytes:
     """The configured secret if there is one (a run must log in with what its hub
     uses), else a fresh one for this run only."""
