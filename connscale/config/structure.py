@@ -52,7 +52,7 @@ class Structured:
 class KeyTable:
     """The keys one mapping may have (a config section, ``client.tls``), each with its parser.
 
-    ``name`` names the key class cattrs structures into (it shows only in a traceback)."""
+    ``name`` names the key class cattrs structures into (an identifier; it shows only in a traceback)."""
 
     def __init__(self, name: str, parsers: Mapping[str, Parser], required: Sequence[str] = ()) -> None:
         self.known = list(parsers)
@@ -66,9 +66,9 @@ class KeyTable:
             return Structured(self._given(raw), [], frozenset())
         except ClassValidationError as e:
             problems = sorted(self._problems(e, raw), key=lambda p: p[0])
-        failed = frozenset(key for _, key, _ in problems if key in raw)
+        failed = frozenset(key for _, key, _ in problems if key in raw and key in self.known)
         good = {key: value for key, value in raw.items() if key in self.known and key not in failed}
-        try:
+        try:  # the good keys parse again: only when the file has a mistake, and cheap
             values = self._given(good)
         except ClassValidationError:  # a required key is missing: there is nothing to build
             values = {}
@@ -80,11 +80,12 @@ class KeyTable:
         keyed = self._structure(raw, self._cls)
         return {key: value for key in self.known if (value := getattr(keyed, key)) is not _ABSENT}
 
-    def _problems(self, error: ClassValidationError, raw: Mapping[Any, Any]) -> list[tuple[int, Any, Any]]:
+    def _problems(self, error: ClassValidationError,
+                  raw: Mapping[Any, Any]) -> list[tuple[int, object, str | InvalidKeys]]:
         """(position in the file, key, message or InvalidKeys) for each failure cattrs collected;
         a missing required key goes after every given one."""
         order = {key: i for i, key in enumerate(raw)}
-        found: list[tuple[int, Any, Any]] = []
+        found: list[tuple[int, object, str | InvalidKeys]] = []
         for exc in error.exceptions:
             if isinstance(exc, ForbiddenExtraKeysError):
                 found += [(order[key], key, unknown_key(key, self.known)) for key in exc.extra_fields]
