@@ -36,17 +36,13 @@ from connscale.control.auth import Credentials, LoginExchange
 from connscale.control.collect import LOST_AFTER, POLL_INTERVAL, Collector, EventLog
 from connscale.control.diagnosis import Diagnosis
 from connscale.control.errors import ControlError
-from connscale.control.login import (
-    MESSAGE_BYTES,
-    ControlServerFactory,
-    LoginRoot,
-    LoginThrottle,
-    ProofChecker,
-)
+from connscale.control.guard import MESSAGE_BYTES, ControlServerFactory
+from connscale.control.login import LoginRoot, ProofChecker
 from connscale.control.observers import Observers
 from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo
 from connscale.control.registry import CALL_TIMEOUT, AgentHandle, Registry
+from connscale.control.throttle import LoginThrottle
 from connscale.control.verbs import BY_NAME, VERBS, agent_name
 from connscale.diagnose.records import FleetCheck
 from connscale.metrics.records import Stats

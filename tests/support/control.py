@@ -20,7 +20,8 @@ from connscale.config.settings import parse_config
 from connscale.control.auth import Credentials
 from connscale.control.channel import TLSFactory, client_options
 from connscale.control.controller import Controller
-from connscale.control.login import ControlClientFactory, authenticate
+from connscale.control.guard import ControlClientFactory
+from connscale.control.login import authenticate
 from connscale.procs.records import ClientSpec, WorkerOrder
 
 SECRET = b"sesame-open-up"

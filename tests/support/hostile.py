@@ -31,7 +31,8 @@ from twisted.spread import pb
 
 from connscale.control import channel
 from connscale.control.auth import Credentials, LoginExchange, confirmation, transcript
-from connscale.control.login import PROTOCOL_VERSION, ControlClientFactory
+from connscale.control.guard import ControlClientFactory
+from connscale.control.login import PROTOCOL_VERSION
 
 HOST = "127.0.0.1"
 
