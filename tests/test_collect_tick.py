@@ -323,3 +323,22 @@ def test_the_hubs_loop_ticks_every_second_even_while_a_line_waits(clock: Clock) 
         clock.advance(1.0)
     hub._tick.stop()
     assert controller.ticks == 5
+
+
+def test_each_agents_row_carries_its_own_second_and_a_live_answer_the_last_lines(
+        registry: Registry, clock: Clock, events: EventLog, tmp_path: Path) -> None:
+    busy, quiet = Agent(40, open_=4), Agent(3, open_=1)
+    registry.register("busy", Mind(report_packed=busy.answer), info())
+    registry.register("quiet", Mind(report_packed=quiet.answer), info())
+    timeline = Timeline(tmp_path)
+    collector = Collector(clock, registry, events, timeline=timeline)
+    seconds(collector, clock, 2)
+    last = lines(timeline)[-1]
+    for name, pings in (("busy", 40), ("quiet", 3)):
+        row = last.clients[name]
+        assert decode_histogram(row.rtt_hist).get_total_count() == pings
+        assert row.rtt_window_ms is not None and row.rtt_window_ms.p50 == pytest.approx(1.5, abs=0.01)
+    # Between two lines: each row shows the last line's second, without its histogram.
+    live = collector.stats()
+    assert live.clients["busy"].rtt_window_ms == last.clients["busy"].rtt_window_ms
+    assert live.clients["busy"].rtt_hist == "" and live.window_elapsed_s == last.elapsed_s
