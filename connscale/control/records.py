@@ -23,19 +23,7 @@ import attrs
 
 from connscale.config.packed import PackError, unpack
 from connscale.config.records import (
-    Record,
-    RecordError,
-    choice,
-    either,
-    field,
-    hostname,
-    integer,
-    ip_or_empty,
-    loose,
-    nested,
-    number,
-    optional,
-    seq,
+    Record, RecordError, choice, either, field, hostname, integer, ip_or_empty, loose, nested, number, optional, seq,
     text,
 )
 from connscale.metrics.snapshot import Snapshot, snapshot_from_wire

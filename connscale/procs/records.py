@@ -16,19 +16,7 @@ from typing import Any
 import attrs
 
 from connscale.config.records import (
-    Record,
-    RecordError,
-    boolean,
-    choice,
-    field,
-    hostname,
-    integer,
-    ip_or_empty,
-    loose,
-    nested,
-    number,
-    optional,
-    seq,
+    Record, RecordError, boolean, choice, field, hostname, integer, ip_or_empty, loose, nested, number, optional, seq,
     text,
 )
 from connscale.config.target import ProfileOptions
