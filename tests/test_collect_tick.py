@@ -250,7 +250,7 @@ def test_the_stats_poll_and_the_tick_share_questions_and_a_fresh_report(registry
 
 
 def snapshot(open_: int, rtt_n: int) -> dict[str, Any]:
-    from connscale.config.packed import pack
+    from connscale.records.packed import pack
 
     return pack({**Snapshot(open=open_, opened=open_).to_dict(), "rtt": rtts(rtt_n)})
 
@@ -284,7 +284,7 @@ def test_a_supervisor_poll_waits_for_a_slow_worker_only_as_long_as_it_is_told(cl
 
 
 def test_an_agent_answers_the_hub_within_its_report_wait_despite_a_silent_worker(clock: Clock) -> None:
-    from connscale.config.packed import unpack
+    from connscale.records.packed import unpack
     from connscale.control.agent import REPORT_WAIT, AgentMind
 
     class FakeAgent:

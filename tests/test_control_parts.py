@@ -15,8 +15,8 @@ from twisted.internet import defer, task
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from connscale.config.packed import pack, pack_pieces, unpack
-from connscale.config.records import RecordError
+from connscale.records.packed import pack, pack_pieces, unpack
+from connscale.records.base import RecordError
 from connscale.config.settings import parse_config
 from connscale.control.collect import Collector, EventLog
 from connscale.control.errors import ControlError

@@ -27,7 +27,7 @@ import attrs
 import yaml
 
 from connscale.config.endpoints import WILDCARDS, endpoint_address
-from connscale.config.records import RecordError
+from connscale.records.base import RecordError
 from connscale.config.target import DEFAULT_PORTS, PROTOCOLS, ProfileOptions, Target, parse_url
 from connscale.config.tls import (
     ClientTLSSettings,

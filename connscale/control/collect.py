@@ -35,9 +35,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from connscale.config.packed import PackError
+from connscale.records.packed import PackError
 from connscale.deadline import all_within
-from connscale.config.records import RecordError
+from connscale.records.base import RecordError
 from connscale.control.agent_rows import AgentWindow, agent_listing, agent_row
 from connscale.control.diagnosis import Diagnosis
 from connscale.control.observers import Observers
@@ -196,7 +196,7 @@ class Collector:
             if agent.asking is asking:
                 agent.asking = agent.asked_of = None
 
-        # One JSON string (config.packed): a report of 53 worker rows costs ~0.2 ms
+        # One JSON string (records.packed): a report of 53 worker rows costs ~0.2 ms
         # that way, ~90 ms as PB structures.
         asking = agent.call(self.clock, "report_packed", timeout=self.lost_after).addCallbacks(got, failed)
         agent.asking, agent.asked_of = asking, agent.mind

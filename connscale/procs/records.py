@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from connscale.config.records import (
+from connscale.records.base import (
     Record, RecordError, boolean, choice, field, hostname, integer, ip_or_empty, loose, nested, number, optional, seq,
     text,
 )

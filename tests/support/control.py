@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from twisted.test import iosim
 
-from connscale.config.packed import pack_pieces, unpack
+from connscale.records.packed import pack_pieces, unpack
 from connscale.config.settings import parse_config
 from connscale.control.auth import Credentials
 from connscale.control.channel import TLSFactory, client_options
