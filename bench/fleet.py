@@ -79,7 +79,7 @@ MAX_GAP_S = 1.5
 def realistic_report(index: int, pid0: int, rng: random.Random) -> tuple[dict[str, Any], str]:
     """(totals, the rest of the report as packed JSON after the totals): the shape of
     a real agent's `report_packed` answer with WORKERS workers holding BUDGET each."""
-    from connscale.config.packed import pack
+    from connscale.records.packed import pack
     from connscale.control.records import AgentReport
     from connscale.metrics.snapshot import Snapshot
     from connscale.procs.records import WorkerRow
@@ -121,7 +121,7 @@ def run_helper(args: argparse.Namespace) -> None:
     from twisted.internet import defer, reactor, task
     from twisted.spread import pb
 
-    from connscale.config.packed import unpack
+    from connscale.records.packed import unpack
     from connscale.control.auth import Credentials
     from connscale.control.link import HubLink
     from connscale.control.records import AgentInfo, RegisterAnswer
@@ -163,7 +163,7 @@ def run_helper(args: argparse.Namespace) -> None:
 
         def remote_apply_packed(self, text: Any) -> None:
             counts["orders"] += 1
-            # One JSON string, or a list of pieces of one (config.packed decides).
+            # One JSON string, or a list of pieces of one (records.packed decides).
             self.targets = tuple(int(o["target"]) for o in unpack(text))
 
         def remote_set_rate(self, rate: float) -> None:
@@ -367,7 +367,7 @@ class Fleet:
 
     def lines(self, start: int, end: int) -> list[Stats]:
         """The timeline's records written between two sizes (whole lines only)."""
-        from connscale.config.records import RecordError
+        from connscale.records.base import RecordError
 
         out = []
         with open(self.timeline, "rb") as f:

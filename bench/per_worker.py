@@ -47,7 +47,7 @@ import _common as c  # noqa: E402
 PARENT = r"""
 import json, sys, time
 from twisted.internet import reactor, task
-from connscale.config.packed import pack, unpack
+from connscale.records.packed import pack, unpack
 from connscale.metrics.buckets import RttBuckets, lowest
 from connscale.procs.childproc import PBChild, spawn_python
 
@@ -260,7 +260,7 @@ ACTIVITIES = (
     ("probe (load.py, 4 Hz)", ("(connscale/metrics/load.py:",)),
     ("snapshot (PB over stdio)", ("remote_snapshot", "(twisted/spread/", "(connscale/procs/childproc.py:",
                                   "(twisted/internet/process.py:", "(twisted/internet/_posixstdio.py:",
-                                  "(connscale/config/packed.py:", "(connscale/metrics/buckets.py:",
+                                  "(connscale/records/packed.py:", "(connscale/metrics/buckets.py:",
                                   "(connscale/host/resources.py:")),
     ("client: ping sends (wheel tick)", ("timer (connscale/net/pool.py:", "_fire (connscale/net/wheel.py:")),
     ("client: pongs timed (pool.pong)", ("pong (connscale/net/pool.py:",)),

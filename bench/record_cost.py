@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from connscale.config.packed import pack_pieces
+from connscale.records.packed import pack_pieces
 from connscale.config.loader import parse_config
 from connscale.control.collect import Collector, EventLog
 from connscale.control.diagnosis import Diagnosis

@@ -65,7 +65,7 @@ sys.path.insert(0, REPO)
 
 import _common as c
 
-from connscale.config.records import RecordError
+from connscale.records.base import RecordError
 from connscale.diagnose.records import read_summary
 from connscale.metrics.histograms import rtt_summary_ms
 from connscale.metrics.phases import FINAL_HOLD, merged_histogram

@@ -250,7 +250,7 @@ def test_the_stats_poll_and_the_tick_share_questions_and_a_fresh_report(registry
 
 
 def snapshot(open_: int, rtt_n: int) -> dict[str, Any]:
-    from connscale.config.packed import pack
+    from connscale.records.packed import pack
 
     return pack({**Snapshot(open=open_, opened=open_).to_dict(), "rtt": rtts(rtt_n)})
 
@@ -284,7 +284,7 @@ def test_a_supervisor_poll_waits_for_a_slow_worker_only_as_long_as_it_is_told(cl
 
 
 def test_an_agent_answers_the_hub_within_its_report_wait_despite_a_silent_worker(clock: Clock) -> None:
-    from connscale.config.packed import unpack
+    from connscale.records.packed import unpack
     from connscale.control.agent import REPORT_WAIT, AgentMind
 
     class FakeAgent:
@@ -323,3 +323,22 @@ def test_the_hubs_loop_ticks_every_second_even_while_a_line_waits(clock: Clock) 
         clock.advance(1.0)
     hub._tick.stop()
     assert controller.ticks == 5
+
+
+def test_each_agents_row_carries_its_own_second_and_a_live_answer_the_last_lines(
+        registry: Registry, clock: Clock, events: EventLog, tmp_path: Path) -> None:
+    busy, quiet = Agent(40, open_=4), Agent(3, open_=1)
+    registry.register("busy", Mind(report_packed=busy.answer), info())
+    registry.register("quiet", Mind(report_packed=quiet.answer), info())
+    timeline = Timeline(tmp_path)
+    collector = Collector(clock, registry, events, timeline=timeline)
+    seconds(collector, clock, 2)
+    last = lines(timeline)[-1]
+    for name, pings in (("busy", 40), ("quiet", 3)):
+        row = last.clients[name]
+        assert decode_histogram(row.rtt_hist).get_total_count() == pings
+        assert row.rtt_window_ms is not None and row.rtt_window_ms.p50 == pytest.approx(1.5, abs=0.01)
+    # Between two lines: each row shows the last line's second, without its histogram.
+    live = collector.stats()
+    assert live.clients["busy"].rtt_window_ms == last.clients["busy"].rtt_window_ms
+    assert live.clients["busy"].rtt_hist == "" and live.window_elapsed_s == last.elapsed_s

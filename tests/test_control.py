@@ -494,7 +494,7 @@ def test_stats_packed_is_stats_as_json_text(controller: Controller) -> None:
 def test_a_million_connections_of_orders_reach_a_real_agent_mind_over_pb(clock: Clock) -> None:
     """bench/million.yaml's layout: 53 workers' orders with 640 routes each are ~940 KB of
     JSON, more than Banana carries in one string (640 KiB): they travel in pieces."""
-    from connscale.config.packed import PIECE
+    from connscale.records.packed import PIECE
     from connscale.control.agent import AgentMind, make_agent
     from tests.support.control import StubSupervisor
 

@@ -15,8 +15,8 @@ from twisted.internet import defer, task
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from connscale.config.packed import pack, pack_pieces, unpack
-from connscale.config.records import RecordError
+from connscale.records.packed import pack, pack_pieces, unpack
+from connscale.records.base import RecordError
 from connscale.config.loader import parse_config
 from connscale.control.collect import Collector, EventLog
 from connscale.control.errors import ControlError
@@ -427,7 +427,7 @@ def test_specs_refuse_nonsense() -> None:
 def test_one_verb_list_for_avatar_console_and_ctl() -> None:
     from connscale.app.cli import LOCAL_SUBCOMMANDS, ctl_parser
     from connscale.control.controller import Controller
-    from connscale.control.hub import console_namespace
+    from connscale.control.hub_console import console_namespace
 
     controller = Controller(Clock(), cfg(), b"x" * 16)
     namespace = console_namespace(controller)
@@ -453,7 +453,7 @@ def test_one_verb_list_for_avatar_console_and_ctl() -> None:
 
 def test_console_verbs_are_checked_by_the_controller() -> None:
     from connscale.control.controller import Controller
-    from connscale.control.hub import console_namespace
+    from connscale.control.hub_console import console_namespace
 
     namespace = console_namespace(Controller(Clock(), cfg(), b"x" * 16))
     f = result(namespace["connections_start"](float("nan"), "a"))

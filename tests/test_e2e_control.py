@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from connscale.control.auth import Credentials
-from connscale.control.login import LOGIN_TIMEOUT, PRELOGIN_BYTES
+from connscale.control.guard import LOGIN_TIMEOUT, PRELOGIN_BYTES
 from tests.support.hub import Hub
 from tests.support.procs import connscale, wait
 

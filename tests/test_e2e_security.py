@@ -32,7 +32,7 @@ import psutil
 import pytest
 
 from connscale.control.auth import Credentials, confirmation
-from connscale.control.login import THROTTLE_FAILURES
+from connscale.control.throttle import THROTTLE_FAILURES
 from connscale.control.registry import SHOW_DEPARTED
 from tests.support.hub import Hub
 from tests.support.procs import Proc, connscale, free_port, wait

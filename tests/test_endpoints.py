@@ -13,7 +13,7 @@ from connscale.config.endpoints import (
     endpoint_address,
     is_loopback_host,
 )
-from connscale.control.hub import metrics_endpoint
+from connscale.control.metrics_listen import metrics_endpoint
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from connscale.app import cli
 from connscale.app.startup import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from connscale.config.loader import parse_config
 from connscale.control import hub as hub_mod
+from connscale.control import ssh_start
 from connscale.control.auth import AGENT_KEY_PREFIX, CredentialError, Credentials
 from connscale.control.controller import Controller
 from connscale.control.errors import ControlError
@@ -90,7 +91,7 @@ def test_ssh_launch_hands_the_agent_only_its_key(monkeypatch: pytest.MonkeyPatch
     clock = Clock()
     cfg = parse_config({"control": {"secret": SECRET.decode()},
                         "clients": {"c2": {"host": "198.18.0.2", "master": "198.18.0.1:8790"}}})
-    controller = Controller(clock, cfg, SECRET, launcher=hub_mod.launch_client)
+    controller = Controller(clock, cfg, SECRET, launcher=ssh_start.launch_client)
     d = controller.client_start("c2")
     (line,) = sent
     assert line.startswith(AGENT_KEY_PREFIX) and SECRET not in line
@@ -125,8 +126,8 @@ def test_ssh_launch_that_never_registers_times_out(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(launch, "launch", lambda *a: launched)
     clock = Clock()
     cfg = parse_config({"control": {"secret": SECRET.decode()}, "clients": {"c2": {"host": "198.18.0.2"}}})
-    d = Controller(clock, cfg, SECRET, launcher=hub_mod.launch_client).client_start("c2")
-    clock.advance(hub_mod.REGISTER_TIMEOUT)
+    d = Controller(clock, cfg, SECRET, launcher=ssh_start.launch_client).client_start("c2")
+    clock.advance(ssh_start.REGISTER_TIMEOUT)
     failures: list[Failure] = []
     d.addErrback(failures.append)
     assert failures and failures[0].check(ControlError) and launched.stopped
@@ -135,9 +136,36 @@ def test_ssh_launch_that_never_registers_times_out(monkeypatch: pytest.MonkeyPat
 
 def test_control_address() -> None:
     cfg = parse_config({"control": {"listen": "tcp:9000:interface=10.1.2.3"}})
-    assert hub_mod.control_address(cfg) == ("10.1.2.3", 9000)
+    assert ssh_start.control_address(cfg) == ("10.1.2.3", 9000)
     cfg = parse_config({"control": {"listen": "tcp:9000"}})
-    assert hub_mod.control_address(cfg) == ("127.0.0.1", 9000)
+    assert ssh_start.control_address(cfg) == ("127.0.0.1", 9000)
+
+
+def test_hub_start_refuses_a_port_in_use_in_one_line() -> None:
+    import socket
+
+    from connscale.control.errors import StartError
+    from tests.support.procs import free_port
+
+    port = free_port()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        cfg = parse_config({"server": {"interface": "127.0.0.1", "ports": [port]}})
+        with pytest.raises(StartError) as e:
+            hub_mod.check_ports(cfg.server, own_server=True)
+        assert str(e.value).count("\n") == 0 and str(port) in str(e.value)
+        hub_mod.check_ports(cfg.server, own_server=False)  # client.url: no server of ours binds
+
+
+def test_hub_start_refuses_an_agent_key_as_its_secret() -> None:
+    from connscale.control.errors import StartError
+
+    line = Credentials.from_secret(SECRET).agent_line(b"s" * 16).decode()
+    with pytest.raises(StartError, match="is an agent key: a hub needs the secret itself"):
+        hub_mod.hub_credentials(parse_config({"control": {"secret": line}}).control)
+    credentials, source = hub_mod.hub_credentials(parse_config({"control": {"secret": SECRET.decode()}}).control)
+    assert credentials.whole_secret and source == "configured"
 
 
 # ---------------------------------------------------------------- ctl

@@ -13,7 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from connscale.config.packed import pack_pieces
+from connscale.records.packed import pack_pieces
 from connscale.config.loader import parse_config
 from connscale.control.agent import AgentMind, make_agent
 from connscale.control.auth import Credentials

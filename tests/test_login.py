@@ -26,16 +26,9 @@ from connscale.control.auth import (
     transcript,
 )
 from connscale.control.controller import Controller
-from connscale.control.login import (
-    LOGIN_TIMEOUT,
-    PROTOCOL_VERSION,
-    MESSAGE_ELEMENTS,
-    PRELOGIN_BYTES,
-    PRELOGIN_ELEMENTS,
-    THROTTLE_FAILURES,
-    HubNotAuthentic,
-    LoginThrottle,
-)
+from connscale.control.guard import LOGIN_TIMEOUT, MESSAGE_ELEMENTS, PRELOGIN_BYTES, PRELOGIN_ELEMENTS
+from connscale.control.login import PROTOCOL_VERSION, HubNotAuthentic
+from connscale.control.throttle import THROTTLE_FAILURES, LoginThrottle
 from tests.support.control import SECRET, FakeMind, Link, make_cfg
 
 
@@ -368,3 +361,32 @@ def test_throttle_counts_per_peer_and_forgets_after_the_window(clock: Clock) -> 
     assert throttle.blocked_for("127.0.0.1 uid 0") == 0
     clock.advance(10)
     assert throttle.blocked_for("10.0.0.1") == 0
+
+
+def test_throttle_queues_a_peers_logins_and_refuses_beyond_max_waiting(
+        clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connscale.control import throttle as throttle_mod
+
+    monkeypatch.setattr(throttle_mod, "MAX_WAITING", 2)
+    throttle = LoginThrottle(clock)
+    first, second, third = (throttle.acquire("10.0.0.1") for _ in range(3))
+    assert first.called and not second.called and not third.called
+    failed: list[Failure] = []
+    throttle.acquire("10.0.0.1").addErrback(failed.append)
+    assert failed and failed[0].check(throttle_mod.TooManyWaiting)
+    assert throttle.acquire("10.0.0.2").called  # another peer has its own turn
+    throttle.release("10.0.0.1", failed=False)
+    assert second.called and not third.called
+
+
+def test_a_login_beyond_the_waiting_room_is_refused_as_throttled(
+        controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connscale.control import throttle as throttle_mod
+
+    monkeypatch.setattr(throttle_mod, "MAX_WAITING", 0)
+    controller.throttle.acquire("127.0.0.1")  # this peer's one exchange in flight
+    refused = Link(controller).login(b"operator")
+    assert isinstance(refused, Failure)
+    assert dial.is_throttled(refused)  # as our peers read it: they retry later
+    assert "too many logins at once from 127.0.0.1" in refused.getErrorMessage()
+    assert controller.throttle.refused["throttled"] == 1

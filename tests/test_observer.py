@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from connscale.app.live import observer_rows
-from connscale.config.packed import pack_pieces
+from connscale.records.packed import pack_pieces
 from connscale.config.loader import ConfigError, parse_config
 from connscale.control.controller import AgentAvatar, Controller
 from connscale.control.launch import remote_observer_argv

@@ -1,9 +1,9 @@
-"""Big PB payloads as JSON text, whole or in pieces (config.packed)."""
+"""Big PB payloads as JSON text, whole or in pieces (records.packed)."""
 
 import pytest
 from twisted.spread import banana
 
-from connscale.config.packed import (
+from connscale.records.packed import (
     MAX_PACKED,
     MAX_PIECES,
     PIECE,

@@ -98,7 +98,7 @@ def test_metrics_are_off_by_default_and_the_key_is_checked() -> None:
 
 
 def test_metrics_listen_is_loopback_unless_asked_and_warned() -> None:
-    from connscale.control.hub import metrics_endpoint
+    from connscale.control.metrics_listen import metrics_endpoint
 
     assert metrics_endpoint("tcp:9108") == ("tcp:9108:interface=127.0.0.1", False)
     assert metrics_endpoint("tcp:9108:interface=127.0.0.2") == ("tcp:9108:interface=127.0.0.2", False)

@@ -18,7 +18,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from connscale.config.records import RecordError
+from connscale.records.base import RecordError
 from connscale.diagnose.gates import BaselineResult, Difference, MetricCheck, ThresholdResult
 from connscale.diagnose.records import (
     Explanation,

@@ -1,6 +1,6 @@
 import pytest
 
-from connscale.config.records import RecordError
+from connscale.records.base import RecordError
 from connscale.metrics.render import CLIENT_COLUMNS, format_table, render_stats
 
 

@@ -20,7 +20,7 @@ from connscale.app.children import describe_exit
 from connscale.app.rundir import RunDirectory, RunDirError
 from connscale.app.scenario import CALL_TIMEOUT, HUB_SILENT_LIMIT, RunError, Scenario
 from connscale.config.loader import load_config, parse_config
-from connscale.config.packed import pack_pieces
+from connscale.records.packed import pack_pieces
 from connscale.config.settings import Config, ScenarioSettings
 from connscale.diagnose.records import Summary
 from connscale.metrics.histograms import Percentiles

@@ -84,7 +84,7 @@ class RecordingChild(SilentChild):
 
 
 def test_an_agents_rate_is_split_by_what_each_worker_has_left_to_open():
-    from connscale.config.packed import unpack
+    from connscale.records.packed import unpack
     from connscale.procs.records import ClientSpec, WorkerOrder
 
     sup = Supervisor(Clock(), "client", ClientSpec(rate=1000.0), "t")
@@ -220,7 +220,7 @@ def test_a_route_repeated_in_orders_is_checked_once_and_refused_alike(monkeypatc
     """A million's orders repeat 640 routes 53 times: the agent checks each once."""
     import pytest
 
-    from connscale.config.records import RecordError
+    from connscale.records.base import RecordError
     from connscale.procs import records
 
     checked = []
@@ -251,7 +251,7 @@ class AnsweringChild(SilentChild):
 
     def call(self, method, *args):
         self.asked.append((self.pid, round(self.clock.seconds() - 1000, 4)))
-        from connscale.config.packed import pack
+        from connscale.records.packed import pack
         return defer.succeed(pack({"open": 1, "pings": 0, "pongs": 0}))
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from connscale.config.packed import pack
+from connscale.records.packed import pack
 from connscale.control.collect import Collector, EventLog
 from connscale.control.records import AgentReport
 from connscale.control.registry import Registry

@@ -25,7 +25,7 @@ import attrs
 
 from connscale.app.startup import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, load_or_exit
 from connscale.config.loader import choose_config
-from connscale.config.records import loose
+from connscale.records.base import loose
 from connscale.config.settings import Config
 from connscale.app.fleet import members as fleet_members
 from connscale.diagnose.budget import Budget, Demand, HostShare, Roles, budget, fleet, fleet_demand, render, render_fleet
@@ -150,7 +150,7 @@ def hub_check(cfg: Config, target: int, names: Sequence[str]) -> FleetCheck | No
     """The hub's own fleet check when a hub answers at the config's address (with our secret) and
     every agent of the fleet is registered there; None otherwise (not an error: ssh is asked)."""
     from connscale.app.operator import master_of, operator_call
-    from connscale.config.records import RecordError
+    from connscale.records.base import RecordError
     from connscale.control.secret import SecretError, client_secret
 
     try:
@@ -174,7 +174,7 @@ def ssh_limits(cfg: Config, names: Sequence[str]) -> dict[str, HostLimits | str]
     once); a host that cannot be read is one line saying which and why."""
     import subprocess
 
-    from connscale.config.records import RecordError
+    from connscale.records.base import RecordError
     from connscale.control import launch
 
     running: dict[str, subprocess.Popen[bytes] | str] = {}

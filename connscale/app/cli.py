@@ -22,7 +22,7 @@ from connscale.app.startup import (
     load_or_exit,
 )
 from connscale.app.operator import LOGIN_PATIENCE, master_of, operator_call, operator_session, remote_error
-from connscale.config.packed import unpack
+from connscale.records.packed import unpack
 
 __all__ = ["LOGIN_PATIENCE", "master_of", "operator_call", "operator_session", "remote_error", "main", "ctl"]
 
@@ -89,7 +89,7 @@ def ctl(argv: Sequence[str]) -> int:
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2, sort_keys=True))
         return EXIT_OK
-    from connscale.config.records import RecordError
+    from connscale.records.base import RecordError
 
     try:
         print(verb.render(result))
@@ -114,8 +114,8 @@ def watch(host: str, port: int, secret: bytes, tls_ca: str | None, interval: flo
     from twisted.internet import defer, task
 
     from connscale.app.live import LiveView
-    from connscale.config.packed import PackError
-    from connscale.config.records import RecordError
+    from connscale.records.packed import PackError
+    from connscale.records.base import RecordError
     from connscale.metrics.records import Stats
 
     @defer.inlineCallbacks

@@ -11,7 +11,7 @@ import sys
 from typing import Any, Callable
 
 from connscale.app.startup import EXIT_AUTH, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
-from connscale.config.packed import unpack
+from connscale.records.packed import unpack
 from connscale.config.settings import Config
 
 #: Seconds ctl keeps retrying a login the hub throttles (someone's failed logins from our address).

@@ -16,8 +16,8 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from connscale.config.packed import PackError, unpack
-from connscale.config.records import RecordError
+from connscale.records.packed import PackError, unpack
+from connscale.records.base import RecordError
 from connscale.config.settings import ScenarioSettings
 from connscale.diagnose.records import AgentLost, PhaseSpan, Step
 from connscale.metrics import phases
@@ -197,7 +197,7 @@ class Scenario:
         """One fresh view of the controller's numbers; a silent hub is tolerated
         for HUB_SILENT_LIMIT seconds (it may be stopped, or swapping), then ends the run."""
         try:
-            # One JSON string (config.packed): cheap for the hub and for us at any size.
+            # One JSON string (records.packed): cheap for the hub and for us at any size.
             packed = yield self.hub.call("stats_packed").addTimeout(CALL_TIMEOUT, self.clock)
         except defer.TimeoutError:
             now = self.clock.seconds()

@@ -27,7 +27,7 @@ from connscale.config.addresses import (
     server_endpoint,
     target_url,
 )
-from connscale.config.records import RecordError
+from connscale.records.base import RecordError
 from connscale.config.target import DEFAULT_PORTS, PROTOCOLS, ProfileOptions, Target, parse_url
 from connscale.config.tls import ClientTLSSettings, ServerTLSSettings
 from connscale.config.tls_keys import client_tls, dump_client_tls, dump_server_tls, server_tls

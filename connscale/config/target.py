@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from connscale.config.records import (
+from connscale.records.base import (
     Record,
     RecordError,
     choice,

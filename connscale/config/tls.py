@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from connscale.config.records import Record, boolean, field, hostname, number, optional, text
+from connscale.records.base import Record, boolean, field, hostname, number, optional, text
 
 __all__ = [
     "ClientTLSSettings", "ServerTLSSettings", "TLSSetupError", "check_ca_file", "check_cert_pair", "is_self_signed",

@@ -29,8 +29,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from connscale.config.packed import PackError, pack_pieces, unpack
-from connscale.config.records import RecordError, integer, nested, seq
+from connscale.records.packed import PackError, pack_pieces, unpack
+from connscale.records.base import RecordError, integer, nested, seq
 from connscale.config.settings import Config
 from connscale.control import plan, verbs
 from connscale.control.auth import CredentialError, Credentials
@@ -74,7 +74,7 @@ class AgentMind(pb.Referenceable):
         return self.agent.supervisor.ensure(n)
 
     def remote_apply_packed(self, text: object) -> defer.Deferred[None]:
-        """The workers' orders, packed (config.packed): 53 workers' orders with 640
+        """The workers' orders, packed (records.packed): 53 workers' orders with 640
         routes each are ~135,000 PB elements, seconds of work to decode, and ~940 KB
         of JSON, which Banana only carries in pieces (a list of strings; one string
         from a hub that packed it whole is accepted too)."""
@@ -88,7 +88,7 @@ class AgentMind(pb.Referenceable):
         return self.agent.supervisor.apply(orders)
 
     def remote_report_packed(self) -> defer.Deferred[list[str]]:
-        """Our report, packed (config.packed). Fresh from the workers (a count right after an
+        """Our report, packed (records.packed). Fresh from the workers (a count right after an
         order should see it), but never later than REPORT_WAIT: a slow worker counts with its
         last snapshot (its row's silent_s says how old) rather than making this whole agent
         late for the hub's second."""

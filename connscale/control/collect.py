@@ -35,9 +35,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from connscale.config.packed import PackError
+from connscale.records.packed import PackError
 from connscale.deadline import all_within
-from connscale.config.records import RecordError
+from connscale.records.base import RecordError
+from connscale.control.agent_rows import AgentWindow, agent_listing, agent_row
 from connscale.control.diagnosis import Diagnosis
 from connscale.control.observers import Observers
 from connscale.control.registry import AgentHandle, Registry
@@ -45,16 +46,9 @@ from connscale.host.kernel import kernel_snapshot
 from connscale.host.observed import ObservedEvent
 from connscale.host.resources import process_resources
 from connscale.metrics.cost import Cost, CostMeter
-from connscale.metrics.histograms import (
-    Percentiles,
-    RttAccumulator,
-    decode_histogram,
-    encode_histogram,
-    new_histogram,
-    rtt_summary_ms,
-)
+from connscale.metrics.histograms import Percentiles, RttAccumulator, decode_histogram, encode_histogram, rtt_summary_ms
 from connscale.metrics.phases import window_phase
-from connscale.metrics.records import AgentRow, KernelCounters, Stats, WorkerCount
+from connscale.metrics.records import KernelCounters, Stats, WorkerCount
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.stall import StallWatch
 from connscale.metrics.timeline import Timeline
@@ -90,27 +84,6 @@ class EventLog:
     def take(self) -> list[str]:
         events, self.pending = self.pending, []
         return events
-
-
-class AgentWindow:
-    """One agent's RTTs since the last line: its reports' histograms added, and the one report's
-    own encoding kept when it sent one (the usual second), so it is not encoded again."""
-
-    def __init__(self) -> None:
-        self.hist = new_histogram()
-        self._encoded: list[str] = []
-
-    def add(self, encoded: str, hist: Any) -> None:
-        self.hist.add(hist)
-        self._encoded.append(encoded)
-
-    def encoded(self) -> str:
-        if len(self._encoded) == 1:
-            return self._encoded[0]
-        return encode_histogram(self.hist) if self.hist.get_total_count() else ""
-
-    def percentiles(self) -> Percentiles:
-        return rtt_summary_ms(self.hist)
 
 
 class Collector:
@@ -223,7 +196,7 @@ class Collector:
             if agent.asking is asking:
                 agent.asking = agent.asked_of = None
 
-        # One JSON string (config.packed): a report of 53 worker rows costs ~0.2 ms
+        # One JSON string (records.packed): a report of 53 worker rows costs ~0.2 ms
         # that way, ~90 ms as PB structures.
         asking = agent.call(self.clock, "report_packed", timeout=self.lost_after).addCallbacks(got, failed)
         agent.asking, agent.asked_of = asking, agent.mind
@@ -372,7 +345,7 @@ class Collector:
         agents = self.registry.shown()  # departed agents leave the live record
         stale = {a.name: self.stale_s(a) for a in agents}
         line = rtt is not None
-        last_window, last_at, last_agents = self.last_window
+        last_window, last_at, _ = self.last_window
         windows = agent_rtt or {}
         stats = Stats(
             elapsed_s=round(self.clock.seconds() - self.started, 3),
@@ -380,26 +353,8 @@ class Collector:
             phase=self.phase,
             server=server,
             client=client,
-            clients={
-                a.name: AgentRow(
-                    connected=a.connected,
-                    target=a.target,
-                    open=a.open(),
-                    connecting=a.last.connecting if a.last is not None else 0,
-                    disconnects=a.losses,
-                    lost_reason=a.lost_reason,
-                    failures=dict(a.last.totals.failures) if a.last is not None else {},
-                    workers=a.last.workers if a.last is not None else (),
-                    # Connects per second it was asked for (its --rate, or set_rate).
-                    rate=a.rate,
-                    stale_s=stale[a.name],
-                    host=self.host_of(a),
-                    rtt_window_ms=(windows[a.name].percentiles() if a.name in windows else None) if line
-                    else last_agents.get(a.name),
-                    rtt_hist=windows[a.name].encoded() if line and a.name in windows else "",
-                )
-                for a in agents
-            },
+            clients={a.name: agent_row(a, stale[a.name], self.host_of(a), *self._rtt_of(a.name, line, windows))
+                     for a in agents},
             # Connected agents counted with an old report (or none yet) in this record.
             stale=tuple(sorted(a.name for a in agents if a.connected and stale[a.name] != 0.0)),
             rtt_ms=rtt_summary_ms(self.client_rtt.total),
@@ -433,6 +388,14 @@ class Collector:
             except Exception:
                 log.failure("the load summary failed")
         return stats
+
+    def _rtt_of(self, name: str, line: bool, windows: dict[str, AgentWindow]) -> tuple[Percentiles | None, str]:
+        """An agent's RTT of one second in its row, and its histogram: its window's in a line
+        being written, else (a live answer) the last line's, without the histogram."""
+        if not line:
+            return self.last_window[2].get(name), ""
+        window = windows.get(name)
+        return (window.percentiles(), window.encoded()) if window is not None else (None, "")
 
     def cost_readings(self) -> list[tuple[str, object, dict[str, Any]]]:
         """(kind, key, resources) of the hub, its server workers, every agent and its workers,
@@ -477,19 +440,7 @@ class Collector:
 
     def clients(self) -> list[dict[str, Any]]:
         """Every agent the controller knows, connected or not."""
-        return [
-            {
-                "name": a.name,
-                "connected": a.connected,
-                "host": a.info.host if a.info else None,
-                "pid": a.info.pid if a.info else None,
-                "workers": len(a.worker_targets),
-                "target": a.target,
-                "open": a.open(),
-                "launched": a.launch is not None,
-            }
-            for a in sorted(self.registry.shown(), key=lambda a: a.name)
-        ]
+        return agent_listing(self.registry.shown())
 
 
 def _follow(d: defer.Deferred[Any]) -> defer.Deferred[None]:

@@ -28,25 +28,21 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
-from connscale.config.packed import pack_pieces
-from connscale.config.records import Record, RecordError, loose
+from connscale.records.packed import pack_pieces
+from connscale.records.base import Record, RecordError, loose
 from connscale.config.settings import ClientHost, Config
 from connscale.control import channel
 from connscale.control.auth import Credentials, LoginExchange
 from connscale.control.collect import LOST_AFTER, POLL_INTERVAL, Collector, EventLog
 from connscale.control.diagnosis import Diagnosis
 from connscale.control.errors import ControlError
-from connscale.control.login import (
-    MESSAGE_BYTES,
-    ControlServerFactory,
-    LoginRoot,
-    LoginThrottle,
-    ProofChecker,
-)
+from connscale.control.guard import MESSAGE_BYTES, ControlServerFactory
+from connscale.control.login import LoginRoot, ProofChecker
 from connscale.control.observers import Observers
 from connscale.control.orders import Orders
 from connscale.control.records import AgentInfo
 from connscale.control.registry import CALL_TIMEOUT, AgentHandle, Registry
+from connscale.control.throttle import LoginThrottle
 from connscale.control.verbs import BY_NAME, VERBS, agent_name
 from connscale.diagnose.records import FleetCheck
 from connscale.metrics.records import Stats
@@ -109,7 +105,7 @@ class OperatorAvatar(pb.Avatar):
         if name == "keepalive":  # a long-lived operator link (connscale run) probing the hub
             return None
         if name == "stats_packed":
-            # `stats` packed as JSON (config.packed), for callers that poll it every
+            # `stats` packed as JSON (records.packed), for callers that poll it every
             # second (connscale run, ctl watch, ctl stats): at a million connections its rows
             # cost PB ~0.2 s to encode and decode each time, the JSON string ~1 ms.
             result = self.controller.call("stats", args, kw).addCallback(pack_bounded)

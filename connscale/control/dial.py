@@ -56,7 +56,8 @@ def credentials_of(secret: Any) -> Any:
 def login(reactor: Any, host: str, port: int, username: str, secret: Any, tls_ca: str | None = None,
           mind: pb.Referenceable | None = None, timeout: float = 10):
     """Connect and log in (`secret`: bytes or `auth.Credentials`); fires with (factory, perspective)."""
-    from connscale.control.login import ControlClientFactory, authenticate
+    from connscale.control.guard import ControlClientFactory
+    from connscale.control.login import authenticate
 
     credentials = credentials_of(secret)
     credentials.check_role(username)  # before any network: an agent key cannot be an operator

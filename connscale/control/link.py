@@ -32,7 +32,8 @@ from zope.interface import implementer
 
 from connscale.control import dial
 from connscale.control.auth import CredentialError, Credentials
-from connscale.control.login import ControlClientFactory, authenticate
+from connscale.control.guard import ControlClientFactory
+from connscale.control.login import authenticate
 
 __all__ = ["KEEPALIVE", "KEEPALIVE_TIMEOUT", "LOGIN_TIMEOUT", "HubLink", "describe_refusal", "is_refusal"]
 

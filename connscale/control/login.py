@@ -1,4 +1,4 @@
-"""Logging in to the controller, on both ends, and guarding the connection.
+"""Logging in to the controller, on both ends.
 
 The hub's PB root is a `LoginGate` speaking the exchange of `auth` in three
 calls: `hello` (who, and which hub was dialled; answers the salt and an
@@ -8,43 +8,29 @@ answers the avatar). `authenticate` is the peer's side (agents, `ctl`, `run`).
 The exchange is bound to the connection's TLS channel (`channel.binding`): a
 connection without TLS cannot log in.
 
-The throttle counts guesses, not connections: a peer (`peer.peer_key`: the
-address, and on loopback the local user owning the socket) has one exchange
-in flight at a time (`start` waits its turn; a fleet logging in at once from
-one address queues), and each that does not end in a proved password counts
-as a failed login, so parallel connections cannot get past it; every step
-checks it. After
-`THROTTLE_FAILURES` in `THROTTLE_WINDOW` seconds that peer is refused with
-`LoginThrottled`, which says how long to wait and which every peer of ours
-retries with backoff: the throttle slows a guesser and shuts no one out for
-good, and a local user cannot throttle another user's logins at all.
+Every step checks the throttle (`throttle.LoginThrottle`: one exchange in
+flight per peer, each that does not prove the password counted as a failed
+login); a throttled peer is refused with `LoginThrottled`, which says how long
+to wait. The connection under the login is a `guard.GuardedBroker` (bounded
+input, a login deadline).
 
-Every control connection is a `GuardedBroker`: before login it may send
-`PRELOGIN_BYTES` holding at most `PRELOGIN_ELEMENTS` Banana elements, only the
-login's own calls, and must log in within `LOGIN_TIMEOUT` seconds; after
-login no single message may exceed `MESSAGE_BYTES` or `MESSAGE_ELEMENTS`
-(Banana bounds each string and list, not their sum, and its decoder copies
-the rest of its buffer once per element, so many tiny elements cost far more
-than their bytes). A connection is dropped at its first error; refusals are
-logged in one line per interval, never with a traceback.
+The errors stay here, whatever else moves: PB copies a refusal to the peer
+under its class's full name (`connscale.control.login.LoginRefused`), and our
+peers (`dial`) recognise it by that name.
 """
 
 from __future__ import annotations
 
-import collections
 import hmac
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime, ITCPTransport
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.spread import pb
 from twisted.spread.flavors import IPBRoot
 from twisted.spread.jelly import IJellyable
@@ -59,12 +45,13 @@ from connscale.control.auth import (
     parse_username,
     transcript,
 )
+from connscale.control.guard import GuardedBroker
 from connscale.control.peer import peer_key
+from connscale.control.throttle import LoginThrottle, TooManyWaiting
 
 __all__ = [
-    "LOGIN_TIMEOUT", "MESSAGE_BYTES", "MESSAGE_ELEMENTS", "PRELOGIN_BYTES", "PRELOGIN_ELEMENTS",
-    "ControlClientFactory", "ControlServerFactory", "GuardedBroker", "HubNotAuthentic", "LoginGate",
-    "LoginRefused", "LoginRoot", "LoginThrottle", "LoginThrottled", "ProofChecker", "authenticate",
+    "HubNotAuthentic", "LoginGate", "LoginRefused", "LoginRoot", "LoginThrottled", "ProofChecker",
+    "authenticate",
 ]
 
 log = Logger(namespace="connscale.control.login")
@@ -73,30 +60,6 @@ log = Logger(namespace="connscale.control.login")
 #: agent answers `report_packed` and takes `apply_packed` alone (the plain `report`/`apply`
 #: are gone, and an agent of 2 may not offer the packed ones); 2: the SPAKE2 login.
 PROTOCOL_VERSION = 3
-#: Seconds a connection has to log in before it is dropped.
-LOGIN_TIMEOUT = 5.0
-#: Bytes a peer may send before it has logged in (a login is a few hundred).
-PRELOGIN_BYTES = 4 * 1024
-#: Banana elements (counted from above: bytes with the high bit set) before login.
-PRELOGIN_ELEMENTS = 512
-#: Bytes one PB message may take after login (a report of 4096 workers fits).
-MESSAGE_BYTES = 4 * 1024 * 1024
-#: Banana elements of one message after login (a registration of 4096 source addresses fits;
-#: what is large travels as packed JSON text: a handful of elements).
-MESSAGE_ELEMENTS = 64 * 1024
-THROTTLE_FAILURES = 5
-THROTTLE_WINDOW = 10.0
-#: At most one log line about refused connections per this many seconds.
-LOG_INTERVAL = 10.0
-#: Peers the throttle remembers (oldest forgotten first).
-MAX_TRACKED = 4096
-#: Logins of one peer waiting for their turn (its one exchange in flight) at most.
-MAX_WAITING = 256
-#: The calls a connection may make before it has logged in.
-LOGIN_CALLS = frozenset({b"hello", b"start", b"confirm"})
-#: What PB may say before login besides those calls (its version, dropping a reference).
-_PRELOGIN_COMMANDS = frozenset({b"version", b"decref", b"message"})
-_LOW = bytes(range(128))
 
 
 class HubNotAuthentic(cred_error.UnauthorizedLogin):
@@ -110,258 +73,6 @@ class LoginRefused(pb.Error):
 
 class LoginThrottled(LoginRefused):
     """Too many failed logins from this peer for now: retry after the time it says."""
-
-
-# ---------------------------------------------------------------- throttle
-
-
-class LoginThrottle:
-    """Guesses per peer, and a log that speaks once per interval."""
-
-    def __init__(self, clock: IReactorTime, failures: int = THROTTLE_FAILURES, window: float = THROTTLE_WINDOW,
-                 log_interval: float = LOG_INTERVAL) -> None:
-        self.clock = clock
-        self.failures = failures
-        self.window = window
-        self.log_interval = log_interval
-        self._recent: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
-        self._unlogged: collections.Counter[str] = collections.Counter()
-        self._last_reason = ""
-        self._flush: Any = None
-        self._logged_at = -float("inf")
-        #: Every refusal so far, by kind (tests and stats read it).
-        self.refused: collections.Counter[str] = collections.Counter()
-        #: Peers with an exchange in flight, and the starts waiting for their turn.
-        self._busy: set[str] = set()
-        self._waiting: dict[str, collections.deque[defer.Deferred[None]]] = {}
-
-    def blocked_for(self, peer: str) -> float:
-        """Seconds this peer must wait before it may try again (0: it may)."""
-        times = self._recent.get(peer)
-        if not times or len(times) < self.failures:
-            return 0.0
-        left = times[0] + self.window - self.clock.seconds()
-        return max(0.0, left)
-
-    def _count(self, peer: str) -> None:
-        times = self._recent.pop(peer, None) or collections.deque(maxlen=self.failures)
-        times.append(self.clock.seconds())
-        self._recent[peer] = times
-        while len(self._recent) > MAX_TRACKED:
-            self._recent.popitem(last=False)
-
-    def acquire(self, peer: str) -> defer.Deferred[None]:
-        """The peer's turn to make a guess: one exchange in flight per peer, the others wait
-        their turn (at most MAX_WAITING; beyond, LoginThrottled). Parallel connections cannot
-        get past the failure count, and a fleet logging in at once from one address queues."""
-        waiting = self._waiting.setdefault(peer, collections.deque())
-        if peer not in self._busy:
-            self._busy.add(peer)
-            return defer.succeed(None)
-        if len(waiting) >= MAX_WAITING:
-            return defer.fail(LoginThrottled(f"too many logins at once from {peer}; try again in 1 s"))
-        turn: defer.Deferred[None] = defer.Deferred()
-        waiting.append(turn)
-        return turn
-
-    def release(self, peer: str, failed: bool) -> None:
-        """The peer's exchange in flight ended (`failed`: without proving the password)."""
-        if failed:
-            self._count(peer)
-        waiting = self._waiting.get(peer)
-        if waiting:
-            waiting.popleft().callback(None)
-            return
-        self._busy.discard(peer)
-        self._waiting.pop(peer, None)
-
-    def failed(self, peer: str, reason: str) -> None:
-        """A refused login whose guess (if any) was counted already."""
-        self.refuse(peer, "login", reason)
-
-    def refuse(self, peer: str, kind: str, reason: str) -> None:
-        """Count a refused connection; logged with the others at the next interval."""
-        self.refused[kind] += 1
-        self._unlogged[peer] += 1
-        self._last_reason = f"{kind}: {reason}"
-        now = self.clock.seconds()
-        if now - self._logged_at >= self.log_interval:
-            self._log()
-        elif self._flush is None or not self._flush.active():
-            self._flush = self.clock.callLater(self._logged_at + self.log_interval - now, self._log)
-
-    def _log(self) -> None:
-        self._flush = None
-        if not self._unlogged:
-            return
-        self._logged_at = self.clock.seconds()
-        total = sum(self._unlogged.values())
-        hosts = ", ".join(f"{h} x{n}" for h, n in self._unlogged.most_common(5))
-        more = len(self._unlogged) - 5
-        log.warn(
-            "control: refused {total} connection(s) in the last {interval:g} s from {hosts}{more} (last: {reason})",
-            total=total, interval=self.log_interval, hosts=hosts, more=f" and {more} more" if more > 0 else "",
-            reason=self._last_reason,
-        )
-        self._unlogged.clear()
-
-
-# ---------------------------------------------------------------- the guarded connection
-
-
-class GuardedBroker(pb.Broker):
-    """A PB broker with a login deadline and bounded input (see the module docstring)."""
-
-    logged_in = False
-    #: Refused: nothing more of it is read.
-    dropped = False
-    _timer: Any = None
-    _peer: str | None = None
-
-    def connectionMade(self) -> None:
-        self._prelogin = 0
-        self._since = 0
-        self._elements = 0
-        self._completed = False
-        #: Fires once PB is ready to carry calls (Banana's dialect is agreed).
-        self.negotiated: defer.Deferred[GuardedBroker] = defer.Deferred()
-        super().connectionMade()
-        factory = self.factory
-        clock = getattr(factory, "clock", None)
-        if not self.isClient and clock is not None:
-            self._timer = clock.callLater(getattr(factory, "login_timeout", LOGIN_TIMEOUT), self._too_slow)
-
-    @property
-    def peer(self) -> str:
-        """The throttle's key for this connection (looked up once)."""
-        if self._peer is None:
-            self._peer = peer_key(self.transport)
-        return self._peer
-
-    def connectionReady(self) -> None:
-        super().connectionReady()
-        if not self.negotiated.called:
-            self.negotiated.callback(self)
-
-    def login_succeeded(self) -> None:
-        self.logged_in = True
-        self._since = 0
-        self._elements = 0
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-
-    def _too_slow(self) -> None:
-        if not self.logged_in:
-            self.refuse("timeout", f"not logged in within {getattr(self.factory, 'login_timeout', LOGIN_TIMEOUT):g} s")
-
-    def refuse(self, kind: str, reason: str) -> None:
-        """Drop this connection now, counted and logged (one line per interval) by the throttle."""
-        if self.dropped or self.disconnected:
-            return
-        throttle = getattr(self.factory, "throttle", None)
-        if throttle is not None:
-            throttle.refuse(self.peer, kind, reason)
-        else:
-            log.warn("control connection closed: {reason}", reason=reason)
-        self.dropped = True
-        if self.transport is not None:
-            # A control connection is TCP (Twisted's or the lean transport), which can abort.
-            cast(ITCPTransport, self.transport).abortConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.dropped or self.disconnected:
-            return
-        size = len(data)
-        # An upper bound of the elements in `data`: each starts with a byte >= 0x80.
-        elements = len(data.translate(None, _LOW))
-        if not self.logged_in:
-            self._prelogin += size
-            self._elements += elements
-            limit = getattr(self.factory, "prelogin_bytes", PRELOGIN_BYTES)
-            if self._prelogin > limit:
-                return self.refuse("size", f"more than {limit} bytes before logging in")
-            elements_limit = getattr(self.factory, "prelogin_elements", PRELOGIN_ELEMENTS)
-            if self._elements > elements_limit:
-                return self.refuse("size", f"more than {elements_limit} elements before logging in")
-        else:
-            self._since += size
-            self._elements += elements
-            limit = getattr(self.factory, "message_bytes", MESSAGE_BYTES)
-            if self._since > limit:
-                return self.refuse("size", f"a message of more than {limit} bytes")
-            if self._elements > MESSAGE_ELEMENTS:
-                return self.refuse("size", f"a message of more than {MESSAGE_ELEMENTS} elements")
-        self._completed = False
-        try:
-            super().dataReceived(data)
-        except Exception as e:
-            # Banana's errors (a bad prefix, a type it does not know, ...) and anything a
-            # malformed expression raises: one counted line, not a traceback per byte.
-            return self.refuse("protocol", _one_line(e))
-        if self._completed and self.logged_in:
-            # Whatever follows the last complete message came in this chunk:
-            # the next message has at most this many bytes and elements so far.
-            self._since, self._elements = size, elements
-
-    def expressionReceived(self, obj: Any) -> None:
-        if self.dropped or self.disconnected:
-            return
-        self._completed = True
-        if not self.logged_in and not self.isClient and not _login_expression(obj):
-            return self.refuse("protocol", "a call other than the login's before logging in")
-        super().expressionReceived(obj)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        negotiated = getattr(self, "negotiated", None)
-        # (Only a peer waits for it; on the hub an unanswered errback is a traceback in its log.)
-        if negotiated is not None and not negotiated.called and self.isClient:
-            negotiated.errback(pb.PBConnectionLost("the connection closed before PB was ready"))
-        super().connectionLost(reason)
-
-
-def _login_expression(obj: Any) -> bool:
-    """Is this what a peer says before login: PB's version, a decref, or a login call?"""
-    if not isinstance(obj, list) or not obj or obj[0] not in _PRELOGIN_COMMANDS:
-        return False
-    if obj[0] != b"message":
-        return True
-    # [b"message", requestID, objectID, method, answerRequired, args, kwargs]
-    return len(obj) == 7 and obj[3] in LOGIN_CALLS
-
-
-def _one_line(e: BaseException) -> str:
-    text = (str(e).strip() or type(e).__name__).splitlines()[0]
-    return f"{type(e).__name__}: {text[:120]}"
-
-
-class ControlServerFactory(pb.PBServerFactory):
-    """The hub's control port: a `LoginGate` per connection, every broker guarded."""
-
-    protocol = GuardedBroker
-
-    def __init__(self, root: Any, clock: IReactorTime, throttle: LoginThrottle | None = None,
-                 login_timeout: float = LOGIN_TIMEOUT, prelogin_bytes: int = PRELOGIN_BYTES,
-                 message_bytes: int = MESSAGE_BYTES) -> None:
-        super().__init__(root)
-        self.clock = clock
-        self.throttle = throttle if throttle is not None else LoginThrottle(clock)
-        self.login_timeout = login_timeout
-        self.prelogin_bytes = prelogin_bytes
-        self.message_bytes = message_bytes
-        self.noisy = False
-
-
-class ControlClientFactory(pb.PBClientFactory):
-    """An agent's, ctl's or run's end: the hub's answers are bounded too."""
-
-    protocol = GuardedBroker
-    # The hub's answers before login: a refusal is a copied failure of a few hundred elements.
-    prelogin_bytes = 64 * 1024
-    prelogin_elements = 16 * 1024
-    message_bytes = MESSAGE_BYTES
-    noisy = False
 
 
 # ---------------------------------------------------------------- the hub's side
@@ -501,8 +212,9 @@ class Exchange(pb.Referenceable):
         def refused(failure: Any) -> Any:
             if self.holding:
                 self._done(failed=False)  # refused at its turn (and counted there)
-            elif failure.check(LoginThrottled):
-                gate.refuse(failure.getErrorMessage(), "throttled")  # no turn: too many waiting
+            elif failure.check(TooManyWaiting):
+                # No turn: too many waiting.
+                raise gate.refuse(failure.getErrorMessage(), "throttled", LoginThrottled)
             return failure
 
         return turn.addCallback(go).addErrback(refused)

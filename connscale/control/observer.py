@@ -30,7 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from connscale.config.packed import pack_pieces
+from connscale.records.packed import pack_pieces
 from connscale.config.settings import Config
 from connscale.control.agent import agent_credentials, fatal
 from connscale.control.link import HubLink

@@ -20,8 +20,8 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
-from connscale.config.packed import PackError, unpack
-from connscale.config.records import RecordError
+from connscale.records.packed import PackError, unpack
+from connscale.records.base import RecordError
 from connscale.control.records import AgentInfo
 from connscale.control.registry import AgentHandle, Registry
 from connscale.host.observed import MAX_TARGET_EVENTS, ObservedEvent, ObserverReport, ObserverRow

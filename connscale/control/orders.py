@@ -14,8 +14,8 @@ from collections.abc import Callable
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
-from connscale.config.packed import pack_pieces
-from connscale.config.records import integer, seq
+from connscale.records.packed import pack_pieces
+from connscale.records.base import integer, seq
 from connscale.config.settings import Config
 from connscale.control import plan
 from connscale.control.registry import AgentHandle, Registry
@@ -118,7 +118,7 @@ class Orders:
                 "add source IPs or server ports"
             )
         orders = [WorkerOrder(t, tuple(q)) for t, q in assignments]
-        # Packed as JSON (config.packed): every order carries every route, ~940 KB
+        # Packed as JSON (records.packed): every order carries every route, ~940 KB
         # at a million, sent as pieces Banana accepts.
         yield agent.call(self.clock, "apply_packed", pack_pieces([o.to_wire() for o in orders]))
         agent.worker_targets = [o.target for o in orders]

@@ -1,4 +1,4 @@
-"""Records the hub and its agents exchange over PB (see `config/records.py` for the rules).
+"""Records the hub and its agents exchange over PB (see `records/base.py` for the rules).
 
 An agent registers with an `AgentInfo` and is answered a `RegisterAnswer`; the
 controller orders it with one `procs.records.WorkerOrder` per worker and polls it
@@ -21,21 +21,9 @@ from typing import Any
 
 import attrs
 
-from connscale.config.packed import PackError, unpack
-from connscale.config.records import (
-    Record,
-    RecordError,
-    choice,
-    either,
-    field,
-    hostname,
-    integer,
-    ip_or_empty,
-    loose,
-    nested,
-    number,
-    optional,
-    seq,
+from connscale.records.packed import PackError, unpack
+from connscale.records.base import (
+    Record, RecordError, choice, either, field, hostname, integer, ip_or_empty, loose, nested, number, optional, seq,
     text,
 )
 from connscale.metrics.snapshot import Snapshot, snapshot_from_wire

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from connscale.config.records import Parse, RecordError, integer, number, text
+from connscale.records.base import Parse, RecordError, integer, number, text
 from connscale.control.errors import ControlError
 from connscale.diagnose.budget import render_fleet
 from connscale.metrics.render import CLIENT_COLUMNS, format_table, render_stats

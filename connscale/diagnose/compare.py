@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from connscale.config.records import Record, choice, field, integer, nested, number, optional, seq, text
+from connscale.records.base import Record, choice, field, integer, nested, number, optional, seq, text
 from connscale.diagnose.baseline import change_pct
 from connscale.diagnose.gates import BETTER, Difference
 from connscale.diagnose.headline import BY_NAME, METRICS, RunView, measure

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import attrs
 
-from connscale.config.records import Record, boolean, choice, field, nested, number, optional, seq, text
+from connscale.records.base import Record, boolean, choice, field, nested, number, optional, seq, text
 from connscale.metrics.records import TEXTS
 
 #: How a threshold compares the measured value with its limit.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import attrs
 
-from connscale.config.records import (
+from connscale.records.base import (
     Record,
     RecordError,
     boolean,

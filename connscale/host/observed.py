@@ -18,19 +18,7 @@ from typing import Any
 
 import attrs
 
-from connscale.config.records import (
-    Record,
-    boolean,
-    choice,
-    field,
-    integer,
-    loose,
-    nested,
-    number,
-    optional,
-    seq,
-    text,
-)
+from connscale.records.base import Record, boolean, choice, field, integer, loose, nested, number, optional, seq, text
 
 _BYTES = integer(0, 1 << 62)
 _COUNT = integer(0, 1 << 40)

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from connscale.config.records import Record, field, integer, mapping, nested, number, optional, text
+from connscale.records.base import Record, field, integer, mapping, nested, number, optional, text
 from connscale.metrics.workers import cpu_seconds, rss_of
 
 #: Kinds of process, in the order they are shown.

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from connscale.config.records import Record, field, integer, number, optional
+from connscale.records.base import Record, field, integer, number, optional
 from connscale.metrics.histograms import Percentiles, rtt_summary_ms
 from connscale.metrics.phases import STOP, merged_histogram
 from connscale.metrics.records import Stats

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 from hdrh.histogram import HdrHistogram
 
-from connscale.config.records import Record, field, number, optional
+from connscale.records.base import Record, field, number, optional
 from connscale.metrics.buckets import RttBuckets, is_encoded_buckets
 
 # RTTs are recorded in microseconds: 1 us .. 10 min at 2 significant digits

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 import attrs
 from hdrh.histogram import HdrHistogram
 
-from connscale.config.records import Record, field, integer
+from connscale.records.base import Record, field, integer
 from connscale.metrics.histograms import MS, Percentiles, new_histogram, rtt_summary_ms
 from connscale.metrics.records import Stats
 

@@ -9,7 +9,7 @@ fields, and the three questions each reader used to answer its own way are
 answered here once: `failures()`, `target` and `worker_rows()`.
 
 Wire and file form: `to_wire()` / `from_wire()` (the strict parsers of
-`config.records`: a malformed peer answer or line is one `RecordError` line), and
+`records.base`: a malformed peer answer or line is one `RecordError` line), and
 `to_json()` / `from_json()` for a line of text. Every record carries `schema`
 (`SCHEMA`). Lines written before the field existed (schema 1, today's format
 otherwise) read as they are: a missing `schema` is 1, an incident's kernel changes
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import attrs
 from hdrh.histogram import HdrHistogram
 
-from connscale.config.records import (
+from connscale.records.base import (
     Record,
     RecordError,
     boolean,

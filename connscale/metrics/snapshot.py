@@ -82,7 +82,7 @@ def sum_snapshots(snaps: Iterable[Snapshot]) -> Snapshot:
 def snapshot_from_wire(value: object) -> Snapshot:
     """A snapshot's counters as a peer sent them (`to_dict` or `counts`), checked strictly:
     counts are non-negative ints, failure keys bounded text; anything else is a RecordError."""
-    from connscale.config.records import RecordError, integer, mapping, text
+    from connscale.records.base import RecordError, integer, mapping, text
 
     count = integer(0, 1 << 62)
     data = mapping(text(64), lambda v: v, 64)(value)

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from twisted.logger import Logger
 
-from connscale.config.records import RecordError
+from connscale.records.base import RecordError
 from connscale.metrics.records import Stats
 
 log = Logger(namespace="connscale.timeline")

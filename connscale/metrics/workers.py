@@ -21,17 +21,7 @@ from typing import Any
 
 import attrs
 
-from connscale.config.records import (
-    Record,
-    boolean,
-    choice,
-    field,
-    integer,
-    loose,
-    number,
-    optional,
-    text,
-)
+from connscale.records.base import Record, boolean, choice, field, integer, loose, number, optional, text
 
 #: One worker never holds more than this (RLIMIT_NOFILE's hard ceiling is far below).
 MAX_WORKER_TARGET = 1 << 24

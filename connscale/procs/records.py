@@ -15,20 +15,8 @@ from typing import Any
 
 import attrs
 
-from connscale.config.records import (
-    Record,
-    RecordError,
-    boolean,
-    choice,
-    field,
-    hostname,
-    integer,
-    ip_or_empty,
-    loose,
-    nested,
-    number,
-    optional,
-    seq,
+from connscale.records.base import (
+    Record, RecordError, boolean, choice, field, hostname, integer, ip_or_empty, loose, nested, number, optional, seq,
     text,
 )
 from connscale.config.target import ProfileOptions

@@ -16,9 +16,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from connscale.config.packed import PackError, pack, unpack
+from connscale.records.packed import PackError, pack, unpack
 from connscale.deadline import all_within
-from connscale.config.records import RecordError
+from connscale.records.base import RecordError
 from connscale.host.resources import process_stopped
 from connscale.metrics.snapshot import Snapshot, sum_snapshots
 from connscale.metrics.stall import StallWatch

@@ -46,7 +46,7 @@ from typing import Any
 import attrs
 from twisted.spread import pb
 
-from connscale.config.packed import pack, unpack
+from connscale.records.packed import pack, unpack
 from connscale.host.limits import connection_budget, raise_nofile
 from connscale.host.resources import process_resources
 from connscale.metrics.counters import Counters
@@ -115,7 +115,7 @@ class WorkerRoot(pb.Root):
         return data
 
     def remote_snapshot_packed(self) -> str:
-        """Our snapshot as one JSON string (see config.packed): what the parent asks for."""
+        """Our snapshot as one JSON string (see records.packed): what the parent asks for."""
         return pack(self.snapshot())
 
     def remote_exit(self) -> None:
@@ -142,7 +142,7 @@ class ClientWorkerRoot(WorkerRoot):
         self.pool = ConnectionPool(reactor, reactor, settings, [], counters=self.counters, fast_path=spec.fast_path)
 
     def remote_set_target_packed(self, text: object) -> int:
-        """Our order as one JSON string (config.packed): an order carries every route (640 at
+        """Our order as one JSON string (records.packed): an order carries every route (640 at
         a million), ~2,500 PB elements otherwise."""
         order = WorkerOrder.from_wire(unpack(text))
         if order.rate is not None:
@@ -168,7 +168,7 @@ ROLES = {"server": ServerWorkerRoot, "client": ClientWorkerRoot}
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    from connscale.config.records import RecordError
+    from connscale.records.base import RecordError
 
     try:
         role = argv[0]

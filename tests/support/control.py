@@ -15,12 +15,13 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from twisted.test import iosim
 
-from connscale.config.packed import pack_pieces, unpack
+from connscale.records.packed import pack_pieces, unpack
 from connscale.config.loader import parse_config
 from connscale.control.auth import Credentials
 from connscale.control.channel import TLSFactory, client_options
 from connscale.control.controller import Controller
-from connscale.control.login import ControlClientFactory, authenticate
+from connscale.control.guard import ControlClientFactory
+from connscale.control.login import authenticate
 from connscale.procs.records import ClientSpec, WorkerOrder
 
 SECRET = b"sesame-open-up"

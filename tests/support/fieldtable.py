@@ -1,6 +1,6 @@
 """The README's tables of a record's fields, made from the record itself.
 
-Each field of a record carries its `doc` (`config.records.field`); `field_table`
+Each field of a record carries its `doc` (`records.base.field`); `field_table`
 renders them as the Markdown table the README shows, so tests/test_records.py can
 check that the README lists exactly the record's fields, each said as the record
 says it (paste the table its failure prints to bring the README up to date).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from connscale.config.records import field_doc
+from connscale.records.base import field_doc
 
 
 def field_table(cls: type, prefix: str = "") -> str:

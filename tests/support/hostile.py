@@ -31,7 +31,8 @@ from twisted.spread import pb
 
 from connscale.control import channel
 from connscale.control.auth import Credentials, LoginExchange, confirmation, transcript
-from connscale.control.login import PROTOCOL_VERSION, ControlClientFactory
+from connscale.control.guard import ControlClientFactory
+from connscale.control.login import PROTOCOL_VERSION
 
 HOST = "127.0.0.1"
 
@@ -194,7 +195,7 @@ def register(reactor: Any, port: int, credentials: Credentials, name: str, mind:
 
 def big_report() -> list[str]:
     """A report at what the records accept: every list and mapping as long as allowed."""
-    from connscale.config.packed import pack_pieces
+    from connscale.records.packed import pack_pieces
     from connscale.control.records import MAX_EVENTS, MAX_FAILURE_KEYS
 
     failures = {f"steady:cause_{i:04d}_{'x' * 30}": i + 1 for i in range(MAX_FAILURE_KEYS)}
@@ -249,7 +250,7 @@ def squat(port: int, key_file: str, name: str) -> None:
 
 
 def agent(port: int, key_file: str, name: str, host: str, failure_key: str) -> None:
-    from connscale.config.packed import pack_pieces
+    from connscale.records.packed import pack_pieces
 
     credentials = Credentials.from_secret(open(key_file, "rb").read())
 

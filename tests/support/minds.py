@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 
-from connscale.config.packed import pack_pieces, unpack
+from connscale.records.packed import pack_pieces, unpack
 from connscale.control.records import AgentInfo, AgentReport
 from connscale.procs.records import WorkerOrder
 

@@ -13,8 +13,11 @@ out-of-bounds payload raises `RecordError`, whose message is one line naming the
 record and field. Unknown keys are ignored (a newer peer may send more), within
 a bound.
 
-This lives in `config` because it is the lowest layer that parses and validates
-and every layer that talks PB (metrics, procs, control) needs it.
+This is a package of its own below `config` because every layer that talks PB or
+writes a record needs it, config included (its settings parse with these same field
+parsers): it is the format of what crosses a process or lands in a file, not
+configuration. `records`, not `wire` (net/wire.py is the ping line protocol) nor
+`pb` (records land in files too: the timeline, summary.json).
 """
 
 from __future__ import annotations
