@@ -53,26 +53,37 @@ def write(root: Path, rel: str, text: str) -> None:
     path.write_text(text)
 
 
+#: The invented host's /proc (its cgroup file apart: each test names its own).
+FAKE_PROC = {
+    "sys/fs/nr_open": "1048576\n",
+    "sys/fs/file-max": "500000\n",
+    "sys/fs/file-nr": "1234\t0\t500000\n",
+    "sys/net/ipv4/ip_local_port_range": "40000\t40999\n",
+    "sys/net/ipv4/ip_local_reserved_ports": "40000-40099\n",
+    "sys/net/core/somaxconn": "128\n",
+    "sys/net/ipv4/tcp_max_syn_backlog": "256\n",
+    "sys/net/ipv4/tcp_syncookies": "1\n",
+    "sys/net/ipv4/tcp_abort_on_overflow": "0\n",
+    "sys/net/ipv4/tcp_mem": "100\t200\t300\n",
+    "sys/net/netfilter/nf_conntrack_max": "65536\n",
+    "sys/net/netfilter/nf_conntrack_count": "17\n",
+    "meminfo": "MemTotal:       2048000 kB\nMemAvailable:   1024000 kB\nHugePages_Total:       0\n",
+}
+
+#: Its /sys: a cgroup v1 hierarchy for the cgroup "/box".
+FAKE_SYS = {
+    "fs/cgroup/memory/box/memory.limit_in_bytes": str(512 * 2**20),
+    "fs/cgroup/memory/box/memory.usage_in_bytes": str(112 * 2**20),
+    "fs/cgroup/cpu/box/cpu.cfs_quota_us": "150000",
+    "fs/cgroup/cpu/box/cpu.cfs_period_us": "100000",
+}
+
+
 def fake_proc(tmp: Path, cgroup: str = "4:memory:/box\n2:cpu:/box\n0::/box\n") -> tuple[str, str]:
     proc, sysr = tmp / "proc", tmp / "sys"
-    write(proc, "sys/fs/nr_open", "1048576\n")
-    write(proc, "sys/fs/file-max", "500000\n")
-    write(proc, "sys/fs/file-nr", "1234\t0\t500000\n")
-    write(proc, "sys/net/ipv4/ip_local_port_range", "40000\t40999\n")
-    write(proc, "sys/net/ipv4/ip_local_reserved_ports", "40000-40099\n")
-    write(proc, "sys/net/core/somaxconn", "128\n")
-    write(proc, "sys/net/ipv4/tcp_max_syn_backlog", "256\n")
-    write(proc, "sys/net/ipv4/tcp_syncookies", "1\n")
-    write(proc, "sys/net/ipv4/tcp_abort_on_overflow", "0\n")
-    write(proc, "sys/net/ipv4/tcp_mem", "100\t200\t300\n")
-    write(proc, "sys/net/netfilter/nf_conntrack_max", "65536\n")
-    write(proc, "sys/net/netfilter/nf_conntrack_count", "17\n")
-    write(proc, "meminfo", "MemTotal:       2048000 kB\nMemAvailable:   1024000 kB\nHugePages_Total:       0\n")
-    write(proc, "self/cgroup", cgroup)
-    write(sysr, "fs/cgroup/memory/box/memory.limit_in_bytes", str(512 * 2**20))
-    write(sysr, "fs/cgroup/memory/box/memory.usage_in_bytes", str(112 * 2**20))
-    write(sysr, "fs/cgroup/cpu/box/cpu.cfs_quota_us", "150000")
-    write(sysr, "fs/cgroup/cpu/box/cpu.cfs_period_us", "100000")
+    for root, files in ((proc, {**FAKE_PROC, "self/cgroup": cgroup}), (sysr, FAKE_SYS)):
+        for rel, text in files.items():
+            write(root, rel, text)
     return str(proc), str(sysr)
 
 

@@ -8,7 +8,6 @@ through it, and a library user can hand it to `reactor.connectTCP`.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 
 import pytest
@@ -22,6 +21,7 @@ from connscale.net.server import PingServerFactory, bind_sockets, listen_on
 from connscale.net.transport import ClientTransport
 from connscale.net.wire import ClientConnection
 from tests.support.loop import spin
+from tests.support.procs import free_port
 
 
 def ping_server(reactor):  # type: ignore[no-untyped-def]
@@ -29,14 +29,6 @@ def ping_server(reactor):  # type: ignore[no-untyped-def]
     sock = bind_sockets("127.0.0.1", [0], 1024)[0]
     port = listen_on(reactor, sock, PingServerFactory("line", counters), counters.fail)
     return counters, port.getHost().port
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_the_pool_is_a_client_factory_users_can_hand_to_connect_tcp(reactor) -> None:
@@ -55,7 +47,7 @@ def test_the_pool_is_a_client_factory_users_can_hand_to_connect_tcp(reactor) -> 
 
 def test_a_refused_connect_tcp_is_classified_by_the_factory(reactor) -> None:
     pool = ConnectionPool(reactor, reactor, PoolSettings(interval=0.1, timeout=2.0), routes=[])
-    reactor.connectTCP("127.0.0.1", closed_port(), pool.factory)
+    reactor.connectTCP("127.0.0.1", free_port(), pool.factory)  # nothing listens there
     assert pool.connecting == 1
     spin(reactor, lambda: pool.counters.failures)
     assert pool.counters.failures == {("connect", "ECONNREFUSED"): 1}

@@ -11,7 +11,7 @@ slow worker after the wait it was given, and asks it nothing more meanwhile.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from twisted.internet import defer
@@ -94,14 +94,30 @@ def rtt_count(record: Stats) -> int:
     return decode_histogram(record.rtt_hist).get_total_count() if record.rtt_hist else 0
 
 
-def test_one_line_a_second_on_time_while_an_agent_answers_3_s_late(registry: Registry, clock: Clock,
-                                                                    events: EventLog, tmp_path: Path) -> None:
+class FastAndSlow(NamedTuple):
+    """A hub's collector writing a timeline, with two agents registered: `fast` (100 pings
+    an answer, 10 open) answers at once, `slow` (7 pings, 5 open) when the test releases it."""
+
+    fast: Agent
+    slow: Agent
+    slow_mind: SlowMind
+    timeline: Timeline
+    collector: Collector
+
+
+@pytest.fixture
+def fast_and_slow(registry: Registry, clock: Clock, events: EventLog, tmp_path: Path) -> FastAndSlow:
     fast, slow = Agent(100, open_=10), Agent(7, open_=5)
     registry.register("fast", Mind(report_packed=fast.answer), info())
     slow_mind = SlowMind(slow)
     registry.register("slow", slow_mind, info())
     timeline = Timeline(tmp_path)
-    collector = Collector(clock, registry, events, timeline=timeline)
+    return FastAndSlow(fast, slow, slow_mind, timeline, Collector(clock, registry, events, timeline=timeline))
+
+
+def test_one_line_a_second_on_time_while_an_agent_answers_3_s_late(registry: Registry, clock: Clock,
+                                                                    fast_and_slow: FastAndSlow) -> None:
+    _, _, slow_mind, timeline, collector = fast_and_slow
     start = clock.seconds() - collector.started
 
     # The slow agent answers every third second, 3 s after it was asked.
@@ -120,13 +136,8 @@ def test_one_line_a_second_on_time_while_an_agent_answers_3_s_late(registry: Reg
 
 
 def test_a_late_agent_is_counted_with_its_last_report_marked_stale_with_its_age(
-        registry: Registry, clock: Clock, events: EventLog, tmp_path: Path) -> None:
-    fast, slow = Agent(100, open_=10), Agent(7, open_=5)
-    registry.register("fast", Mind(report_packed=fast.answer), info())
-    slow_mind = SlowMind(slow)
-    registry.register("slow", slow_mind, info())
-    timeline = Timeline(tmp_path)
-    collector = Collector(clock, registry, events, timeline=timeline)
+        clock: Clock, fast_and_slow: FastAndSlow) -> None:
+    _, _, slow_mind, timeline, collector = fast_and_slow
 
     # Second 0: both answer in time. Seconds 1-3: the slow one is silent; it answers in second 4.
     def each(i: int) -> None:
@@ -173,13 +184,8 @@ def test_the_console_the_live_view_and_metrics_say_which_agent_is_stale(
 
 
 def test_a_late_answer_is_counted_once_in_the_line_written_after_it_lands(
-        registry: Registry, clock: Clock, events: EventLog, tmp_path: Path) -> None:
-    fast, slow = Agent(100, open_=10), Agent(7, open_=5)
-    registry.register("fast", Mind(report_packed=fast.answer), info())
-    slow_mind = SlowMind(slow)
-    registry.register("slow", slow_mind, info())
-    timeline = Timeline(tmp_path)
-    collector = Collector(clock, registry, events, timeline=timeline)
+        clock: Clock, fast_and_slow: FastAndSlow) -> None:
+    fast, slow, slow_mind, timeline, collector = fast_and_slow
     # The slow agent's answers land just after lines 2 and 5 were written (their wait ran out).
     for i in range(8):
         collector.tick()

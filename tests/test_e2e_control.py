@@ -89,9 +89,7 @@ def test_a_hung_agent_is_marked_lost_within_seconds_and_comes_back(hub):
     h = hub()
     h.start()
     with h.agent("a1") as agent:
-        agent.wait_line("registered with controller", 30)
-        assert h.ctl("start", "200", "--client", "a1").returncode == 0
-        h.wait_count(200, "a1")
+        h.load(agent, "a1", 200)
         timeline_path = h.tmp / "rec" / "timeline.jsonl"
         # Only lines from here on are the silence's: an earlier late report (a loaded box) is another story.
         before = len(timeline_path.read_text().splitlines())
@@ -118,9 +116,7 @@ def test_a_killed_agent_is_marked_lost_at_once(hub):
     h.start()
     agent = h.agent("a1")
     try:
-        agent.wait_line("registered with controller", 30)
-        assert h.ctl("start", "100", "--client", "a1").returncode == 0
-        h.wait_count(100, "a1")
+        h.load(agent, "a1", 100)
         os.kill(agent.pid, signal.SIGKILL)
         row = wait("a1 marked lost", lambda: (r := client_row(h, "a1")) and not r["connected"] and r, 15)
         assert row["lost_reason"] == "its connection closed"
@@ -134,9 +130,7 @@ def test_the_hub_killed_under_load(hub):
     h = hub(grace=3)
     h.start()
     with h.agent("a1") as agent:
-        agent.wait_line("registered with controller", 30)
-        assert h.ctl("start", "300", "--client", "a1").returncode == 0
-        h.wait_count(300, "a1")
+        h.load(agent, "a1", 300)
         timeline = h.tmp / "rec" / "timeline.jsonl"
 
         def recorded_open() -> int:

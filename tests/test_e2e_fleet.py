@@ -16,24 +16,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from connscale.diagnose.records import Summary  # noqa: E402
-from connscale.metrics.histograms import new_histogram, rtt_summary_ms  # noqa: E402
-from connscale.metrics.phases import FINAL_HOLD  # noqa: E402
-from connscale.metrics.timeline import read_timeline  # noqa: E402
-from tests.support.netns import Host, TestNetwork, netns_available  # noqa: E402
-from tests.support.procs import Proc, connscale, free_ports  # noqa: E402
-from tests.support.sshd import Sshd, sshd_unavailable_reason  # noqa: E402
-from tests.support.multihost import (  # noqa: E402
+from connscale.diagnose.records import Summary
+from connscale.metrics.histograms import new_histogram, rtt_summary_ms
+from connscale.metrics.phases import FINAL_HOLD
+from connscale.metrics.timeline import read_timeline
+from tests.support.netns import Host, TestNetwork, netns_available
+from tests.support.procs import Proc, connscale, free_ports
+from tests.support.sshd import Sshd, sshd_unavailable_reason
+from tests.support.multihost import (
     CONTROL_PORT,
     SERVER_PORTS,
     connscale_processes,
@@ -46,6 +43,16 @@ netns = pytest.mark.skipif(not netns_available(), reason="needs root and working
 sshd = pytest.mark.skipif(sshd_unavailable_reason() is not None, reason=str(sshd_unavailable_reason()))
 
 RUN_TIMEOUT = 150.0
+
+
+@contextlib.contextmanager
+def fleet_hosts() -> Iterator[tuple[Host, Host, Host, Sshd, Sshd]]:
+    """Three hosts: h1 for the run (its hub and server), h2 and h3 each with an sshd (s2, s3)
+    the run launches its agent through."""
+    with TestNetwork(3) as net:
+        h1, h2, h3 = net.hosts
+        with Sshd(netns=h2) as s2, Sshd(netns=h3) as s3:
+            yield h1, h2, h3, s2, s3
 
 
 def fleet_config(h1: Host, clients: dict[str, dict[str, Any]], **scenario: Any) -> dict[str, Any]:
@@ -93,10 +100,8 @@ def added_rtt(records: list, agents: list[str]) -> Any:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_fleet_run_launches_its_agents_splits_by_capacity_and_says_it_in_one_summary(tmp_path: Path) -> None:
-    with TestNetwork(3) as net, contextlib.ExitStack() as stack:
-        h1, h2, h3 = net.hosts
+    with fleet_hosts() as (h1, h2, h3, s2, s3):
         extra = h2.add_address("198.18.0.12")
-        s2, s3 = stack.enter_context(Sshd(netns=h2)), stack.enter_context(Sshd(netns=h3))
         # h3 has one source address where h2 has two: it reaches half as much (1 x 2 ports x 1,500).
         cfg = write(tmp_path / "fleet.yaml", fleet_config(h1, {
             "h2": client_entry(h2, s2, [h2.ip, extra]), "h3": client_entry(h3, s3, [h3.ip])}, target=6000,
@@ -159,9 +164,7 @@ def test_a_fleet_run_launches_its_agents_splits_by_capacity_and_says_it_in_one_s
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_an_agent_killed_mid_hold_is_named_with_its_host_and_connections(tmp_path: Path) -> None:
-    with TestNetwork(3) as net, contextlib.ExitStack() as stack:
-        h1, h2, h3 = net.hosts
-        s2, s3 = stack.enter_context(Sshd(netns=h2)), stack.enter_context(Sshd(netns=h3))
+    with fleet_hosts() as (h1, h2, h3, s2, s3), contextlib.ExitStack() as stack:
         # h3's agent runs under a file limit of 1,024 with one worker: it holds far less than
         # its routes allow, and the split gives it that much only.
         low = tmp_path / "python-low-nofile"

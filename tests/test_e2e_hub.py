@@ -24,9 +24,7 @@ def test_agent_registers_again_after_hub_restart_and_target_is_restored(hub):
     h = hub()
     h.start()
     with h.agent("a1") as agent:
-        agent.wait_line("registered with controller", 30)
-        assert h.ctl("start", "1500", "--client", "a1").stdout.strip() == "target 1500"
-        h.wait_count(1500, "a1")
+        assert h.load(agent, "a1", 1500).stdout.strip() == "target 1500"
         h.wait_count(1500)
         h.proc.stop()
         assert agent.running()
@@ -49,9 +47,7 @@ def test_killed_client_worker_is_reported_and_replaced(hub):
     h = hub()
     h.start()
     with h.agent("a1", "--workers", "2") as agent:
-        agent.wait_line("registered with controller", 30)
-        h.ctl("start", "1000", "--client", "a1")
-        h.wait_count(1000, "a1")
+        h.load(agent, "a1", 1000)
         workers = h.stats()["clients"]["a1"]["workers"]
         assert len(workers) == 2 and all(w["alive"] for w in workers)
         victim = workers[0]
@@ -174,9 +170,7 @@ def test_control_plane_over_tls(hub, tmp_path):
     h.config.write_text(text)
     h.start()
     with h.agent("a1") as agent:
-        agent.wait_line("registered with controller", 30)
-        assert h.ctl("start", "50", "--client", "a1").returncode == 0
-        h.wait_count(50, "a1")
+        h.load(agent, "a1", 50)
     # A client that does not trust the hub's certificate is refused.
     plain = tmp_path / "untrusting.yaml"
     other_ca = make_tls_files(tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path)[0]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -26,15 +25,11 @@ from typing import Callable
 
 import pytest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # plain `pytest` (not `python -m pytest`)
-    sys.path.insert(0, _ROOT)
-
-from tests.support.netns import IP_BIN, Host, TestNetwork, netns_available  # noqa: E402
-from tests.support.procs import Proc  # noqa: E402
-from tests.support.sshd import SSH_BIN, SSH_KEYGEN_BIN, Sshd, sshd_unavailable_reason  # noqa: E402
-from tests.support.console import Reader, clean  # noqa: E402
-from tests.support.multihost import (  # noqa: E402
+from tests.support.netns import IP_BIN, Host, TestNetwork, netns_available
+from tests.support.procs import Proc
+from tests.support.sshd import SSH_BIN, SSH_KEYGEN_BIN, Sshd, sshd_unavailable_reason
+from tests.support.console import Reader, clean
+from tests.support.multihost import (
     COUNT_TIMEOUT,
     CTL_TIMEOUT,
     READY_TIMEOUT,

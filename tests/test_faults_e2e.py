@@ -15,14 +15,15 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psutil
 import pytest
 
+from connscale.metrics.phases import STOP
 from connscale.metrics.records import Stats
 from connscale.metrics.timeline import read_timeline
 from connscale.metrics.workers import WorkerRow
@@ -74,15 +75,9 @@ run: {{dir: runs}}
             time.sleep(0.2)
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
-    def server_worker_in(self, phase: str) -> WorkerRow:
-        """A server worker holding connections, as the timeline shows it during `phase`."""
-        return self.worker_in(phase, "server")
-
-    def client_worker_in(self, phase: str) -> WorkerRow:
-        """A client worker of the run's agent holding connections, as the timeline shows it during `phase`."""
-        return self.worker_in(phase, "client")
-
     def worker_in(self, phase: str, side: str) -> WorkerRow:
+        """A `side` worker (of the run's agent, for "client") holding connections, as the
+        timeline shows it during `phase`."""
         def probe(records: list[Stats]) -> WorkerRow | None:
             if not records or records[-1].phase != phase:
                 return None
@@ -116,13 +111,44 @@ run: {{dir: runs}}
     def phase_start(self, phase: str) -> float:
         return next(p["start"] for p in self.summary()["phases"] if p["phase"] == phase)
 
+    def fault(self, side: str, phase: str, before: str, fault: Callable[[int], None],
+              after: Callable[[WorkerRow, float], None] = lambda victim, ended: None) -> Faulted:
+        """In `phase`, `fault(pid)` on a `side` worker holding connections (then `after(victim,
+        when the fault ended)`, still inside the run); the run is left to finish. Asserts the
+        fault ended before phase `before` began, and the run exited 0."""
+        try:
+            victim = self.worker_in(phase, side)
+            family = self.family()
+            fault(victim.pid)
+            ended = time.time()
+            after(victim, ended)
+        finally:
+            out = self.finish()
+        assert ended < self.phase_start(before), f"the fault was meant for {phase}; the run was faster"
+        assert self.proc.returncode == 0, out
+        return Faulted(victim, family, out, self.summary())
 
-@contextmanager
-def stopped(pid: int) -> Iterator[None]:
-    """SIGSTOP `pid` (a process of our run) for the block; SIGCONT whatever happens."""
+
+@attrs.frozen
+class Faulted:
+    """A run a fault struck: the worker it struck, the run's processes then, what the run printed
+    and its summary.json."""
+
+    victim: WorkerRow
+    family: list[psutil.Process]
+    out: str
+    summary: dict[str, Any]
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)  # a worker of our run (worker_in checked)
+
+
+def stop_for_a_while(pid: int) -> None:
+    """SIGSTOP `pid` (a worker of our run) for STOP_S, the fault itself; SIGCONT whatever happens."""
     os.kill(pid, signal.SIGSTOP)
     try:
-        yield
+        time.sleep(STOP_S)
     finally:
         os.kill(pid, signal.SIGCONT)
 
@@ -132,31 +158,31 @@ def assert_all_gone(family: list[psutil.Process]) -> None:
     assert not alive, [(p.pid, p.cmdline()) for p in alive]
 
 
-def test_a_server_worker_killed_during_a_hold_is_replaced_refilled_and_named(tmp_path):
-    # A hold before the final one: the clients' closes are client failures, and
-    # client failures always count (towards max_failures, and a single one in the
-    # final hold means nothing was held: see README "held"). So max_failures
-    # tolerates the loss (at most the whole target), the kill lands in hold:1 and
-    # the final hold, after the refill, is clean: the run is HELD.
-    run = Run(tmp_path, target=2000, steps=2, hold=10, final_hold=4, interval=2, timeout=5, max_failures=2000)
-    try:
-        victim = run.server_worker_in("hold:1")
-        family = run.family()
-        os.kill(victim.pid, signal.SIGKILL)
-        killed_at = time.time()
-    finally:
-        out = run.finish()
-    summary = run.summary()
-    assert killed_at < run.phase_start("final_hold"), "the kill was meant for hold:1; the run was faster"
-    assert run.proc.returncode == 0, out
-    assert summary["verdict"] == "held" and summary["held"] == 2000, out
+def killed_in_hold_1(tmp_path: Path, side: str) -> tuple[Run, Faulted, dict[str, Any]]:
+    """A run of 2,000 in two steps, a `side` worker holding connections SIGKILLed in hold:1.
 
-    # The hub's supervisor says which worker, how, and what it held; the server's tally agrees.
+    A hold before the final one: the closes the loss causes are client failures, and
+    client failures always count (towards max_failures, and a single one in the
+    final hold means nothing was held: see README "held"). So max_failures
+    tolerates the loss (at most the whole target), the kill lands in hold:1 and
+    the final hold, after the refill, is clean: the run is HELD. The one worker loss
+    in summary.json (returned) says which worker, how, and that it held connections."""
+    run = Run(tmp_path, target=2000, steps=2, hold=10, final_hold=4, interval=2, timeout=5, max_failures=2000)
+    faulted = run.fault(side, "hold:1", before="final_hold", fault=kill)
+    summary = faulted.summary
+    assert summary["verdict"] == "held" and summary["held"] == 2000, faulted.out
     (loss,) = summary["worker_losses"]
+    assert (loss["pid"], loss["side"]) == (faulted.victim.pid, side)
+    assert loss["how"] == "was killed by signal 9 (SIGKILL)" and loss["connections"] > 0
+    return run, faulted, loss
+
+
+def test_a_server_worker_killed_during_a_hold_is_replaced_refilled_and_named(tmp_path):
+    run, faulted, loss = killed_in_hold_1(tmp_path, "server")
+    victim, out, summary = faulted.victim, faulted.out, faulted.summary
+    # The hub's supervisor said what the worker held; the server's tally agrees.
     lost = loss["connections"]
-    assert loss["pid"] == victim.pid and loss["side"] == "server"
-    assert loss["how"] == "was killed by signal 9 (SIGKILL)"
-    assert lost > 0 and summary["failures"]["server:steady:worker_lost"] == lost
+    assert summary["failures"]["server:steady:worker_lost"] == lost
     # The clients saw each of those connections closed, and classified it.
     client = {k: n for k, n in summary["failures"].items() if not k.startswith("server:")}
     assert set(client) <= {"steady:closed_by_peer", "steady:ECONNRESET", "first_ping:closed_by_peer",
@@ -176,26 +202,15 @@ def test_a_server_worker_killed_during_a_hold_is_replaced_refilled_and_named(tmp
              f"{loss['elapsed_s']:.0f} s; {lost:,} connections were lost with it and replaced")
     assert words in summary["explanation"]["headline"]
     assert "why: held 2,000 of 2,000" in out and words in out
-    assert_all_gone(family)
+    assert_all_gone(faulted.family)
 
 
 def test_a_client_worker_killed_during_a_hold_is_named_with_its_agent(tmp_path):
     # The measuring side's loss must reach the summary too: which agent, which worker, how,
     # how many connections; the agent's supervisor restarts it and the final hold is whole.
-    run = Run(tmp_path, target=2000, steps=2, hold=10, final_hold=4, interval=2, timeout=5, max_failures=2000)
-    try:
-        victim = run.client_worker_in("hold:1")
-        os.kill(victim.pid, signal.SIGKILL)
-        killed_at = time.time()
-    finally:
-        out = run.finish()
-    summary = run.summary()
-    assert killed_at < run.phase_start("final_hold"), "the kill was meant for hold:1; the run was faster"
-    assert run.proc.returncode == 0, out
-    assert summary["verdict"] == "held" and summary["held"] == 2000, out
-    (loss,) = summary["worker_losses"]
-    assert (loss["pid"], loss["side"], loss["agent"]) == (victim.pid, "client", "local")
-    assert loss["how"] == "was killed by signal 9 (SIGKILL)" and loss["connections"] > 0
+    _, faulted, loss = killed_in_hold_1(tmp_path, "client")
+    victim, out, summary = faulted.victim, faulted.out, faulted.summary
+    assert loss["agent"] == "local"
     assert summary["failures"].get("steady:worker_lost") == loss["connections"], summary["failures"]
     words = f"a client worker (pid {victim.pid}) on agent local was killed by signal 9 (SIGKILL)"
     assert words in summary["explanation"]["headline"] and words in out
@@ -204,21 +219,16 @@ def test_a_client_worker_killed_during_a_hold_is_named_with_its_agent(tmp_path):
 def test_a_server_worker_stopped_3_s_with_a_longer_timeout_loses_nothing(tmp_path):
     # client.timeout 10 s >> the 3 s stop; max_failures 0: one failure would end the run.
     run = Run(tmp_path, target=1000, steps=1, hold=1, final_hold=15, interval=1, timeout=10, max_failures=0)
-    try:
-        victim = run.server_worker_in("final_hold")
-        with stopped(victim.pid):
-            time.sleep(STOP_S)  # the fault itself
-        resumed_at = time.time()
+
+    def answers_again(victim: WorkerRow, resumed_at: float) -> None:
         # It answers its supervisor again (polled, not assumed), still in the final hold.
         run.wait("the stopped worker to answer again", lambda rs: any(
             (r.t or 0) > resumed_at and any(w.pid == victim.pid and w.alive and (w.silent_s or 0) < 1.5
                                             for w in r.server_workers) for r in rs))
-    finally:
-        out = run.finish()
-    summary = run.summary()
-    assert run.proc.returncode == 0, out
+
+    faulted = run.fault("server", "final_hold", before=STOP, fault=stop_for_a_while, after=answers_again)
+    victim, out, summary = faulted.victim, faulted.out, faulted.summary
     assert summary["verdict"] == "held" and summary["held"] == 1000 and summary["failures"] == {}, out
-    assert resumed_at < summary["phases"][-1]["start"], "the stop was meant for the final hold; the run was faster"
     records = run.records()
     # The stop was real and seen: the hub saw the worker silent, its pings came back late, not lost.
     assert any(w.pid == victim.pid and (w.silent_s or 0) >= 2.0
@@ -234,16 +244,8 @@ def test_a_server_worker_stopped_3_s_past_the_timeout_costs_timeouts_then_refill
     # client.timeout 1 s < the 3 s stop: the stopped worker's connections time out
     # (client failures: tolerated by max_failures, in hold:1 so the final hold is clean).
     run = Run(tmp_path, target=1000, steps=2, hold=10, final_hold=3, interval=1, timeout=1, max_failures=100_000)
-    try:
-        victim = run.server_worker_in("hold:1")
-        with stopped(victim.pid):
-            time.sleep(STOP_S)  # the fault itself
-        resumed_at = time.time()
-    finally:
-        out = run.finish()
-    summary = run.summary()
-    assert resumed_at < run.phase_start("final_hold"), "the stop was meant for hold:1; the run was faster"
-    assert run.proc.returncode == 0, out
+    faulted = run.fault("server", "hold:1", before="final_hold", fault=stop_for_a_while)
+    victim, out, summary = faulted.victim, faulted.out, faulted.summary
     # The timeouts are counted as the server not answering, and only as that.
     client = {k: n for k, n in summary["failures"].items() if not k.startswith("server:")}
     assert client.get("steady:no_answer_from_server", 0) > 0, client

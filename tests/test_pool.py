@@ -4,6 +4,7 @@ from twisted.internet import error
 from twisted.python.failure import Failure
 
 from connscale.net.routes import Route, make_routes
+from connscale.net.wire import ClientConnection
 from tests.support.pool import Harness
 
 
@@ -74,13 +75,20 @@ def test_missing_pong_closes_with_no_answer_from_server():
     assert h.pool.count() == 0 and c.closed == 10
 
 
-def test_timeout_never_early():
+def one_pinged(step: float) -> tuple[Harness, ClientConnection]:
+    """A pool of one connection (interval 1 s, timeout 0.5 s), its clock advanced `step` at a
+    time until the connection's first ping is written."""
     h = Harness(rate=10_000, interval=1.0, timeout=0.5)
     h.pool.start(1)
     h.run(0.02)
     (_, conn, t), = h.dialed
     while not t.value():
-        h.run(0.01)
+        h.clock.advance(step)
+    return h, conn
+
+
+def test_timeout_never_early():
+    h, conn = one_pinged(0.01)
     sent = h.clock.seconds()
     while conn.state == conn.OPEN:
         h.run(0.01)
@@ -213,12 +221,7 @@ def test_hundred_thousand_connections_share_one_timer():
 
 
 def test_a_pong_after_the_deadline_is_a_timeout_even_before_the_tick():
-    h = Harness(rate=10_000, interval=1.0, timeout=0.5)
-    h.pool.start(1)
-    h.run(0.02)
-    (_, conn, t), = h.dialed
-    while not t.value():
-        h.clock.advance(0.003)  # off the 10 ms grid: the deadline falls between ticks
+    h, conn = one_pinged(0.003)  # off the 10 ms grid: the deadline falls between ticks
     sent = conn.sent_at
     h.clock.advance(sent + 0.5 + 0.002 - h.clock.seconds())
     assert conn.state == conn.OPEN  # the wheel's tick for the deadline has not come yet

@@ -120,9 +120,7 @@ def test_scraping_a_real_hub_gives_the_numbers_of_its_timeline(tmp_path: Path) -
         assert f"Prometheus metrics on tcp:{port}:interface=127.0.0.1" in proc.text()
         assert "reachable beyond loopback" not in proc.text()
         with hub.agent("m1") as agent:
-            agent.wait_line("registered with controller", 30)
-            assert hub.ctl("start", "300", "--client", "m1").returncode == 0
-            hub.wait_count(300, "m1")
+            hub.load(agent, "m1", 300)
             timeline = tmp_path / "rec" / "timeline.jsonl"
             deadline = time.monotonic() + 30
             while True:

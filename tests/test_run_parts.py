@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Callable
 
 import attrs
 import pytest
@@ -85,10 +86,17 @@ class FakeHub:
         raise AssertionError(method)
 
 
-def scenario(clock, hub, **settings) -> Scenario:
+def later_clock() -> Clock:
+    """A clock 1,000,000 s on: a run's times are never near 0."""
+    clock = Clock()
+    clock.advance(1_000_000)
+    return clock
+
+
+def scenario(clock, hub, health: Callable[[], None] = lambda: None, **settings) -> Scenario:
     base = dict(target=3000, rate=1000.0, steps=3, hold=2.0, final_hold=3.0, time_limit=60.0)
     base.update(settings)
-    return Scenario(clock, ScenarioSettings(**base), hub, "local")
+    return Scenario(clock, ScenarioSettings(**base), hub, "local", health=health)
 
 
 def drive(clock: Clock, d: defer.Deferred, seconds: float = 300.0) -> None:
@@ -105,13 +113,11 @@ def outcome(d: defer.Deferred):
     return results[0]
 
 
-def start(clock: Clock | None = None, **kw):
-    clock = clock or Clock()
-    clock.advance(1_000_000)
-    hub = kw.pop("hub", None) or FakeHub(clock)
-    sc = scenario(clock, hub, **kw)
-    d = sc.execute()
-    return clock, hub, sc, d
+def start(hub: FakeHub | None = None, **kw):
+    """A scenario (see scenario()) started against `hub`, by default a FakeHub on a later_clock()."""
+    hub = hub or FakeHub(later_clock())
+    sc = scenario(hub.clock, hub, **kw)
+    return hub.clock, hub, sc, sc.execute()
 
 
 def test_a_target_reached_step_by_step_is_held():
@@ -133,12 +139,9 @@ def test_a_target_reached_step_by_step_is_held():
 
 
 def test_the_final_targets_workers_start_before_the_ramp_and_their_start_up_is_setup_time():
-    clock = Clock()
-    clock.advance(1_000_000)
-    hub = FakeHub(clock)
+    hub = FakeHub(later_clock())
     hub.workers_start_s = 25.0  # interpreters starting on a busy box
-    sc = scenario(clock, hub, steps=3, time_limit=120.0)
-    d = sc.execute()
+    clock, hub, sc, d = start(hub, steps=3, time_limit=120.0)
     drive(clock, d)
     assert outcome(d) is None and sc.progress.held == 3000
     names = [c[0] for c in hub.calls if c[0] not in ("stats", "stats_packed", "set_phase")]
@@ -160,20 +163,16 @@ def test_the_final_targets_workers_start_before_the_ramp_and_their_start_up_is_s
 
 
 def test_workers_that_take_longer_than_the_time_limit_to_start_end_the_run_there():
-    clock = Clock()
-    clock.advance(1_000_000)
-    hub = FakeHub(clock)
+    hub = FakeHub(later_clock())
     hub.workers_start_s = 90.0
-    sc = scenario(clock, hub, time_limit=60.0)
-    d = sc.execute()
+    clock, hub, sc, d = start(hub, time_limit=60.0)
     drive(clock, d)
     assert "scenario.time_limit of 60s reached" in str(outcome(d).value)
     assert [c for c in hub.calls if c[0] == "connections_start"] == []
 
 
 def test_routes_that_cannot_hold_a_step_end_the_run_with_the_reason():
-    clock, hub, sc, d = start(hub=FakeHub(Clock(), capacity=1500))
-    hub.clock = clock
+    clock, hub, sc, d = start(FakeHub(later_clock(), capacity=1500))
     drive(clock, d)
     err = outcome(d).value
     assert isinstance(err, RunError)
@@ -181,34 +180,27 @@ def test_routes_that_cannot_hold_a_step_end_the_run_with_the_reason():
 
 
 def test_a_step_that_is_not_reached_in_time_says_how_far_it_got():
-    clock = Clock()
-    clock.advance(1_000_000)
-    hub = FakeHub(clock, rate=10)  # far slower than the 1000/s asked
-    sc = scenario(clock, hub, target=3000, steps=1, time_limit=1000.0)
-    d = sc.execute()
+    # The hub's agent is far slower than the 1000/s asked.
+    clock, hub, sc, d = start(FakeHub(later_clock(), rate=10), target=3000, steps=1, time_limit=1000.0)
     drive(clock, d, 200)
     err = outcome(d).value
     assert isinstance(err, RunError)
     assert "step 1: only" in str(err) and "of 3000 connections opened" in str(err) and "asked: 1000/s" in str(err)
 
 
-def test_client_failures_stop_the_run_but_server_ones_only_when_asked():
-    clock = Clock()
-    clock.advance(1_000_000)
-    hub = FakeHub(clock)
+def server_failing_hub() -> FakeHub:
+    hub = FakeHub(later_clock())
     hub.server_failures = {"steady:ECONNRESET": 5}
-    sc = scenario(clock, hub)
-    d = sc.execute()
+    return hub
+
+
+def test_client_failures_stop_the_run_but_server_ones_only_when_asked():
+    clock, hub, sc, d = start(server_failing_hub())
     drive(clock, d)
     assert outcome(d) is None and sc.progress.held == 3000
     assert sc.progress.failures == {"server:steady:ECONNRESET": 5}
 
-    clock = Clock()
-    clock.advance(1_000_000)
-    hub = FakeHub(clock)
-    hub.server_failures = {"steady:ECONNRESET": 5}
-    sc = scenario(clock, hub, count_server_failures=True)
-    d = sc.execute()
+    clock, hub, sc, d = start(server_failing_hub(), count_server_failures=True)
     drive(clock, d)
     err = outcome(d).value
     assert "failures exceeded scenario.max_failures=0: server:steady:ECONNRESET=5" in str(err)
@@ -260,11 +252,8 @@ def test_a_final_hold_ending_in_silence_is_judged_on_fresh_numbers():
 
 
 def test_silent_seconds_do_not_count_against_a_step():
-    clock = Clock()
-    clock.advance(1_000_000)
-    hub = FakeHub(clock, rate=100)
-    sc = scenario(clock, hub, target=1000, steps=1, time_limit=1000.0)  # 1 s asked, 18 s allowed
-    d = sc.execute()
+    # 1 s asked, 18 s allowed.
+    clock, hub, sc, d = start(FakeHub(later_clock(), rate=100), target=1000, steps=1, time_limit=1000.0)
     while sc.progress.phase != "ramp:1":
         clock.advance(0.1)
     hub.silent = True
@@ -313,27 +302,21 @@ def test_the_time_limit_holds_while_the_hub_is_silent():
 
 
 def test_an_agent_that_never_registers():
-    clock = Clock()
-    clock.advance(1_000_000)
-    hub = FakeHub(clock)
+    hub = FakeHub(later_clock())
     hub.connected = False
-    sc = scenario(clock, hub)
-    d = sc.execute()
+    clock, hub, sc, d = start(hub)
     drive(clock, d, 60)
     assert "the local agent did not register within 30 s" in str(outcome(d).value)
 
 
 def test_the_health_check_ends_the_run_with_its_reason():
-    clock = Clock()
-    clock.advance(1_000_000)
-    hub = FakeHub(clock)
+    hub = FakeHub(later_clock())
 
     def health():
-        if clock.seconds() > 1_000_003:
+        if hub.clock.seconds() > 1_000_003:
             raise RunError("the hub (pid 7) was killed by signal 9 (SIGKILL) during the run")
 
-    sc = Scenario(clock, ScenarioSettings(target=3000, rate=100.0, steps=1), hub, "local", health=health)
-    d = sc.execute()
+    clock, hub, sc, d = start(hub, health=health, rate=100.0, steps=1)
     drive(clock, d)
     assert "killed by signal 9 (SIGKILL)" in str(outcome(d).value)
 
@@ -618,8 +601,7 @@ class JudgingHub(FakeHub):
 
 def test_a_run_stopped_by_a_framing_mismatch_names_it_whichever_side_reports_first():
     for client_first in (True, False):
-        clock = Clock()
-        clock.advance(1_000_000)
+        clock = later_clock()
         hub = JudgingHub(clock, client_first, fail_at=clock.seconds() + 2.0)
         sc = scenario(clock, hub, count_server_failures=True)
         d = sc.execute()
@@ -711,8 +693,7 @@ def fleet_scenario(clock: Clock, hub: FakeFleet, said: list[str], **settings) ->
 
 
 def test_a_fleet_is_split_by_capacity_ramped_per_agent_and_held():
-    clock = Clock()
-    clock.advance(1_000_000)
+    clock = later_clock()
     hub = FakeFleet(clock)
     said: list[str] = []
     sc = fleet_scenario(clock, hub, said)
@@ -732,8 +713,7 @@ def test_a_fleet_is_split_by_capacity_ramped_per_agent_and_held():
 
 
 def test_a_fleet_that_cannot_reach_its_target_is_refused_before_any_connect():
-    clock = Clock()
-    clock.advance(1_000_000)
+    clock = later_clock()
     hub = FakeFleet(clock)
     said: list[str] = []
     d = fleet_scenario(clock, hub, said, target=9000).execute()
@@ -744,8 +724,7 @@ def test_a_fleet_that_cannot_reach_its_target_is_refused_before_any_connect():
 
 
 def test_an_agent_lost_mid_hold_ends_the_run_named_with_its_host_and_connections():
-    clock = Clock()
-    clock.advance(1_000_000)
+    clock = later_clock()
     hub = FakeFleet(clock)
     sc = fleet_scenario(clock, hub, [], final_hold=30.0)
     d = sc.execute()
@@ -766,8 +745,7 @@ def test_an_agent_lost_mid_hold_ends_the_run_named_with_its_host_and_connections
 
 
 def test_agents_named_but_never_registered_are_said_one_each():
-    clock = Clock()
-    clock.advance(1_000_000)
+    clock = later_clock()
     hub = FakeFleet(clock)
     hub.alive["b"] = False
     d = fleet_scenario(clock, hub, []).execute()
@@ -827,8 +805,7 @@ def test_an_agent_away_for_less_than_its_grace_is_not_lost_and_one_away_at_the_h
     from connscale.app.scenario import AGENT_AWAY_GRACE
 
     def run_with_b_away(seconds: float, final_hold: float):
-        clock = Clock()
-        clock.advance(1_000_000)
+        clock = later_clock()
         hub = FakeFleet(clock)
         sc = fleet_scenario(clock, hub, [], final_hold=final_hold)
         d = sc.execute()

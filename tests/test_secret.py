@@ -48,48 +48,38 @@ def test_default_path_without_xdg_uses_home_dot_config() -> None:
     assert path == Path(os.path.expanduser("~")) / ".config" / "connscale" / "secret"
 
 
-def test_config_secret_beats_everything(env: dict[str, str], tmp_path: Path) -> None:
-    env["CONNSCALE_SECRET"] = "from-the-environment"
+#: The sources of a secret, highest first; each case says which are present and which one wins.
+PRECEDENCE = [
+    pytest.param({"config", "environment", "default-file"}, "config", id="config-beats-everything"),
+    pytest.param({"environment", "file"}, "environment", id="environment-beats-secret-file"),
+    pytest.param({"empty-environment", "file"}, "file", id="empty-environment-variable-is-ignored"),
+    pytest.param({"file", "default-file"}, "file", id="secret-file-beats-default-file"),
+    pytest.param({"default-file"}, "default-file", id="default-file-last"),
+]
+
+
+@pytest.mark.parametrize(("present", "winner"), PRECEDENCE)
+def test_the_highest_source_present_wins(present: set[str], winner: str, env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    values: dict[str, object] = {}
+    if "config" in present:
+        values["secret"] = "from-the-config"
+    if "environment" in present:
+        env["CONNSCALE_SECRET"] = "from-the-environment"
+    if "empty-environment" in present:
+        env["CONNSCALE_SECRET"] = ""
+    if "file" in present:
+        values["secret_file"] = secret_file(tmp_path, "from-the-file\n")
     default = default_secret_path(env)
-    default.parent.mkdir(parents=True)
-    default.write_text("from-the-default-file\n")
-    c = control(secret="from-the-config")
-    assert configured_secret(c, env) == b"from-the-config"
-    assert client_secret(c, env) == b"from-the-config"
-    assert hub_secret(c, env) == (b"from-the-config", "configured")
-
-
-def test_environment_beats_secret_file(env: dict[str, str], tmp_path: Path) -> None:
-    env["CONNSCALE_SECRET"] = "from-the-environment"
-    c = control(secret_file=secret_file(tmp_path, "from-the-file\n"))
-    assert configured_secret(c, env) == b"from-the-environment"
-    assert client_secret(c, env) == b"from-the-environment"
-    assert hub_secret(c, env) == (b"from-the-environment", "configured")
-
-
-def test_empty_environment_variable_is_ignored(env: dict[str, str], tmp_path: Path) -> None:
-    env["CONNSCALE_SECRET"] = ""
-    c = control(secret_file=secret_file(tmp_path, "from-the-file\n"))
-    assert configured_secret(c, env) == b"from-the-file"
-
-
-def test_secret_file_beats_default_file(env: dict[str, str], tmp_path: Path) -> None:
-    default = default_secret_path(env)
-    default.parent.mkdir(parents=True)
-    default.write_text("from-the-default-file\n")
-    c = control(secret_file=secret_file(tmp_path, "from-the-file\n"))
-    assert client_secret(c, env) == b"from-the-file"
-    assert hub_secret(c, env) == (b"from-the-file", "configured")
-
-
-def test_default_file_last(env: dict[str, str]) -> None:
-    default = default_secret_path(env)
-    default.parent.mkdir(parents=True)
-    default.write_text("from-the-default-file\n")
-    c = control()
-    assert configured_secret(c, env) is None
-    assert client_secret(c, env) == b"from-the-default-file"
-    assert hub_secret(c, env) == (b"from-the-default-file", str(default))
+    if "default-file" in present:
+        default.parent.mkdir(parents=True)
+        default.write_text("from-the-default-file\n")
+    c = control(**values)
+    expected = f"from-the-{winner}".encode()
+    # The default file is the hub's and the client's own, not a configured secret.
+    assert configured_secret(c, env) == (None if winner == "default-file" else expected)
+    assert client_secret(c, env) == expected
+    assert hub_secret(c, env) == (expected, str(default) if winner == "default-file" else "configured")
 
 
 # ---------------------------------------------------------------- files

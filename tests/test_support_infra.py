@@ -9,18 +9,14 @@ from pathlib import Path
 
 import pytest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # plain `pytest` (not `python -m pytest`)
-    sys.path.insert(0, _ROOT)
-
-from tests.support.netns import (  # noqa: E402
+from tests.support.netns import (
     IP_BIN,
     NetnsError,
     TestNetwork,
     list_namespaces,
     netns_available,
 )
-from tests.support.sshd import (  # noqa: E402
+from tests.support.sshd import (
     Sshd,
     descendants,
     remote_command,

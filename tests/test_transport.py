@@ -12,6 +12,7 @@ import struct
 
 import pytest
 from twisted.internet import error
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -20,6 +21,7 @@ from connscale.net.dispatch import Loop, loop_for
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
 from connscale.net.transport import ClientTransport, DialTarget, ListeningPort, ServerTransport
 from tests.support.loop import spin, turns
+from tests.support.procs import free_port
 
 
 class Recorder(Protocol):
@@ -285,19 +287,16 @@ class Connector:
         self.failed.append(reason)
 
 
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def client_transport(reactor: EPollReactor) -> tuple[ClientTransport, Connector, Recorder]:
+    """A lean client transport on the reactor's loop, not dialled yet, with the connector and
+    protocol it reports to."""
+    connector, proto = Connector(), Recorder()
+    return ClientTransport(loop_for(reactor), proto, connector), connector, proto
 
 
 def test_a_refused_connect_is_a_connect_error_with_its_errno(reactor) -> None:
-    loop = loop_for(reactor)
-    connector, proto = Connector(), Recorder()
-    t = ClientTransport(loop, proto, connector)
-    t.dial(DialTarget("127.0.0.1", closed_port(), "127.0.0.2"))
+    t, connector, proto = client_transport(reactor)
+    t.dial(DialTarget("127.0.0.1", free_port(), "127.0.0.2"))  # nothing listens there
     assert connector.failed == []  # reported later, never inside connect()
     spin(reactor, lambda: connector.failed)
     (reason,) = connector.failed
@@ -306,11 +305,9 @@ def test_a_refused_connect_is_a_connect_error_with_its_errno(reactor) -> None:
 
 
 def test_stop_connecting_reports_a_user_error(reactor) -> None:
-    loop = loop_for(reactor)
     factory = Recording()
     _, number = serve(reactor, factory)
-    connector, proto = Connector(), Recorder()
-    t = ClientTransport(loop, proto, connector)
+    t, connector, proto = client_transport(reactor)
     t.dial(DialTarget("127.0.0.1", number))
     t.stopConnecting()
     assert connector.failed == []
@@ -319,11 +316,9 @@ def test_stop_connecting_reports_a_user_error(reactor) -> None:
 
 
 def test_a_client_transport_binds_its_source_and_carries_data(reactor) -> None:
-    loop = loop_for(reactor)
     factory = Recording()
     _, number = serve(reactor, factory)
-    connector, proto = Connector(), Recorder()
-    t = ClientTransport(loop, proto, connector)
+    t, connector, proto = client_transport(reactor)
     t.dial(DialTarget("127.0.0.1", number, "127.0.0.3"))
     spin(reactor, lambda: proto.made and factory.built)
     assert t.connected and t.getHost().host == "127.0.0.3"

@@ -1,3 +1,4 @@
+import pytest
 from twisted.internet.task import Clock
 
 from connscale.net.wheel import TimerWheel
@@ -13,6 +14,12 @@ class Item:
 
     def on_timer(self, now):
         self.fired.append(now)
+
+
+@pytest.fixture
+def wheel(clock: Clock) -> TimerWheel:
+    """A wheel of 0.1 s ticks on the test's clock (at 0)."""
+    return TimerWheel(clock, tick=0.1)
 
 
 def test_never_fires_early_and_uses_one_delayed_call():
@@ -34,9 +41,7 @@ def test_never_fires_early_and_uses_one_delayed_call():
     assert clock.getDelayedCalls() == []
 
 
-def test_cancel_and_reschedule_are_lazy():
-    clock = Clock()
-    wheel = TimerWheel(clock, tick=0.1)
+def test_cancel_and_reschedule_are_lazy(clock: Clock, wheel: TimerWheel) -> None:
     a, b = Item("a"), Item("b")
     wheel.schedule(a, 1.0)
     wheel.schedule(b, 1.0)
@@ -49,9 +54,7 @@ def test_cancel_and_reschedule_are_lazy():
     assert a.fired == [] and b.fired == [3.5]
 
 
-def test_earlier_schedule_rearms():
-    clock = Clock()
-    wheel = TimerWheel(clock, tick=0.1)
+def test_earlier_schedule_rearms(clock: Clock, wheel: TimerWheel) -> None:
     late, early = Item("late"), Item("early")
     wheel.schedule(late, 5.0)
     wheel.schedule(early, 1.0)
@@ -60,9 +63,7 @@ def test_earlier_schedule_rearms():
     assert late.fired == []
 
 
-def test_broken_callback_does_not_stop_the_rest():
-    clock = Clock()
-    wheel = TimerWheel(clock, tick=0.1)
+def test_broken_callback_does_not_stop_the_rest(clock: Clock, wheel: TimerWheel) -> None:
 
     class Boom(Item):
         def on_timer(self, now):

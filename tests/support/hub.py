@@ -59,6 +59,15 @@ control:
             self.tmp / f"agent-{name}-{next(self._agents)}.log", env=self.env,
         )
 
+    def load(self, agent: Proc, name: str, connections: int) -> subprocess.CompletedProcess[str]:
+        """Once `agent` (started as `name`) has registered, `ctl start` gives it `connections`;
+        returns when the hub counts them open on it, with what `ctl start` answered."""
+        agent.wait_line("registered with controller", 30)
+        started = self.ctl("start", str(connections), "--client", name)
+        assert started.returncode == 0, started.stdout + started.stderr
+        self.wait_count(connections, name)
+        return started
+
     def ctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, **self.env)
         return subprocess.run(connscale("ctl", "--config", str(self.config), *args),

@@ -1,4 +1,5 @@
-"""Real servers for the profile tests: redis-server, nginx, mosquitto and a WebSocket echo server.
+"""Real servers for the profile tests: redis-server, nginx, mosquitto and a WebSocket echo server;
+and nginx terminating TLS in front of a plain ping server, for the TLS client's tests.
 
 Each is started on a loopback port of `free_port()`, with a config file of the test's own in
 the test's directory and an open-file limit it was given (so its own cap, not the box's, is
@@ -17,6 +18,7 @@ import contextlib
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -100,7 +102,8 @@ def _running(argv: list[str], port: int, workdir: Path, name: str, nofile: int) 
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                # Its own session (_nofile): this kills what it started (nginx's workers) too, and only that.
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
 
 
@@ -165,6 +168,53 @@ http {{
 }}
 """)
     with _running([_program("nginx"), "-p", str(prefix), "-c", str(conf)], port, workdir, "nginx", nofile) as running:
+        yield running
+
+
+#: nginx's `stream` module (Debian's libnginx-mod-stream), which nginx_tls_proxy() loads.
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+def nginx_tls_missing() -> str | None:
+    """Why nginx_tls_proxy() cannot run here, or None."""
+    if missing("nginx") is not None:
+        return "nginx is not installed (apt-get install nginx-light libnginx-mod-stream)"
+    if not os.path.exists(NGINX_STREAM_MODULE):
+        return "nginx's stream module is not installed (apt-get install libnginx-mod-stream)"
+    return None
+
+
+@contextlib.contextmanager
+def nginx_tls_proxy(workdir: Path, cert: str, key: str, backend: int) -> Iterator[Running]:
+    """nginx's stream proxy: TLS with `cert` on a free loopback port, plain TCP on to
+    127.0.0.1:`backend`. A real, independently written TLS server (its own OpenSSL settings,
+    session tickets, certificate chain) between connscale's TLS client and a ping server, so
+    whatever the client says reaches a server that answers."""
+    port = free_port()
+    prefix = workdir / "nginx"
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    # Its errors to stderr: the log a start that fails shows.
+    conf.write_text(f"""
+load_module {NGINX_STREAM_MODULE};
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+stream {{
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=1024;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets on;
+        proxy_pass 127.0.0.1:{backend};
+    }}
+}}
+""")
+    argv = [_program("nginx"), "-p", str(prefix), "-c", str(conf)]
+    with _running(argv, port, workdir, "nginx-tls", 65536) as running:
         yield running
 
 

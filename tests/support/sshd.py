@@ -188,6 +188,16 @@ def _pids_alive(pids: Iterable[int]) -> list[int]:
     return alive
 
 
+class _InTmpdir:
+    """An attribute of an `Sshd`: the path of one of its files, in its tmpdir once started."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, server: "Sshd", owner: type | None = None) -> str:
+        return server._p(self.name)
+
+
 class SshdError(RuntimeError):
     pass
 
@@ -241,25 +251,11 @@ class Sshd:
         assert self.tmpdir is not None, "Sshd not started"
         return os.path.join(self.tmpdir, name)
 
-    @property
-    def client_key(self) -> str:
-        return self._p("client_ed25519")
-
-    @property
-    def client_pubkey(self) -> str:
-        return self._p("client_ed25519.pub")
-
-    @property
-    def host_key(self) -> str:
-        return self._p("ssh_host_ed25519_key")
-
-    @property
-    def config_path(self) -> str:
-        return self._p("sshd_config")
-
-    @property
-    def log_path(self) -> str:
-        return self._p("sshd.log")
+    client_key = _InTmpdir("client_ed25519")
+    client_pubkey = _InTmpdir("client_ed25519.pub")
+    host_key = _InTmpdir("ssh_host_ed25519_key")
+    config_path = _InTmpdir("sshd_config")
+    log_path = _InTmpdir("sshd.log")
 
     @property
     def pid(self) -> int | None:
