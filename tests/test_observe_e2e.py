@@ -168,7 +168,9 @@ def test_a_server_worker_at_its_file_limit_is_named_with_its_pid_and_the_fix(tmp
     assert f"(pid {pid}) reached its open-file limit (Max open files 2,000)" in explanation["headline"]
     assert any(f"/proc/{pid}/limits" in e for e in explanation["evidence"]), explanation
     assert any("LimitNOFILE=" in f for f in explanation["fix"]) and any("ulimit -n" in f for f in explanation["fix"])
-    assert explanation["evidence"][-1].startswith("the wall is on the server side")
+    # Not necessarily the last line: a starved client worker on a loaded box adds its caveat after it.
+    assert "the wall is on the server side (read on the server's host by the observer)" \
+        in explanation["evidence"], explanation
     assert 1500 <= summary["server_open_at_end"] <= 2000 and summary["peak_open"] <= 2000 + 200, summary
     assert "why: stopped at" in run.text() and "Max open files 2,000" in run.text()
 

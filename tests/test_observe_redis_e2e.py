@@ -121,7 +121,10 @@ def test_redis_at_its_open_file_limit_is_named_with_its_pid_and_the_fix(tmp_path
     assert any(f"read by the observer from /proc/{pid}/limits" in e for e in explanation["evidence"]), explanation
     fixes = " ".join(explanation["fix"])
     assert "LimitNOFILE=" in fixes and "ulimit -n" in fixes and f"prlimit --pid {pid}" in fixes, explanation
-    assert explanation["evidence"][-1].startswith("the wall is on the server side"), explanation
+    # Not necessarily the last line: on a loaded box the run may also (rightly) report that its own
+    # client workers were starved, and that caveat's evidence follows the wall's.
+    assert "the wall is on the server side (read on the server's host by the observer)" \
+        in explanation["evidence"], explanation
     # Redis holds a few descriptors of its own (the listener, epoll, its threads' pipes).
     assert LOW - 100 <= summary["peak_open"] <= LOW, summary["peak_open"]
     assert "why: stopped at" in run.text() and f"Max open files {LOW:,}" in run.text()
