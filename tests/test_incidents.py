@@ -14,7 +14,8 @@ import attrs
 from connscale.diagnose.incidents import SUSTAIN, IncidentDetector, load_summary
 from connscale.diagnose.records import Explanation, Preflight
 from connscale.diagnose.verdict import explain, losses_line, primary_incident, verdict_line
-from connscale.diagnose.walls import WALLS, AgentSetup, Context, Window, WorkerLoad, listen_in_use, name_wall
+from connscale.diagnose.walls import WALLS, listen_in_use, name_wall
+from connscale.diagnose.window import AgentSetup, Context, Window, WorkerLoad
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.load import LoadProbe
 from connscale.metrics.records import Incident, Stats

@@ -21,7 +21,8 @@ from connscale.diagnose.incidents import IncidentDetector
 from connscale.diagnose.memory import memory_table, per_second
 from connscale.diagnose.observed import ServerWatch, observed_rows, server_side
 from connscale.diagnose.verdict import explain
-from connscale.diagnose.walls import Context, Window, name_wall
+from connscale.diagnose.walls import name_wall
+from connscale.diagnose.window import Context, Window
 from connscale.diagnose.records import MemoryMoment, MemoryRow, MemoryServer, MemoryTable, Summary
 from connscale.host.observed import (
     HostRow,

@@ -21,17 +21,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 
 from connscale.diagnose.observed import ServerWatch, observed_rows, server_side
-from connscale.diagnose.walls import (
-    Context,
-    Finding,
-    Window,
-    WorkerLoad,
-    accept_queue,
-    measuring_side,
-    name_stall,
-    name_wall,
-    worker_loads,
-)
+from connscale.diagnose.walls import accept_queue, measuring_side, name_stall, name_wall
+from connscale.diagnose.window import Context, Finding, Window, WorkerLoad, worker_loads
 from connscale.metrics.records import Incident, IncidentWorker, LoadSummary, SideLoad, Stats
 
 #: Records (seconds) the window of an incident covers.

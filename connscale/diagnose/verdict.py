@@ -14,7 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 
 from connscale.diagnose.records import AgentLost, Explanation, Preflight, SearchResult
-from connscale.diagnose.walls import Finding, listen_in_use
+from connscale.diagnose.walls import listen_in_use
+from connscale.diagnose.window import Finding
 from connscale.host.observed import ObservedEvent
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import is_hold
