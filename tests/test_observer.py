@@ -319,7 +319,7 @@ def test_metrics_and_live_rows_of_an_observed_server():
 
 def test_check_plans_memory_with_what_a_run_measured(tmp_path, capsys):
     from connscale.app.check import check_main
-    from connscale.diagnose.budget import ConnectionCosts
+    from connscale.diagnose.costs import ConnectionCosts
     from connscale.diagnose.memory import costs_from_table
 
     table = MemoryTable(baseline=MemoryMoment(), rows=(

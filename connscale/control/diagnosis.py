@@ -15,7 +15,8 @@ import attrs
 
 from connscale.config.settings import Config
 from connscale.control.registry import Registry
-from connscale.diagnose.budget import HostShare, Roles, fleet, fleet_demand
+from connscale.diagnose.capacity import Roles
+from connscale.diagnose.fleetcheck import HostShare, fleet, fleet_demand
 from connscale.diagnose.records import FleetCheck
 from connscale.diagnose.incidents import IncidentDetector, load_summary
 from connscale.diagnose.window import AgentSetup, Context

@@ -170,7 +170,7 @@ class PreflightLimit(Record):
 
 @attrs.frozen(kw_only=True)
 class Preflight(Record):
-    """What `connscale check` said of the host before the run (`diagnose.budget.Budget.to_dict`)."""
+    """What `connscale check` said of the host before the run (`diagnose.capacity.Budget.to_dict`)."""
 
     target: int = field(COUNT, doc="connections wanted")
     reachable: int = field(COUNT, doc="connections the host reaches")
@@ -190,7 +190,7 @@ class Preflight(Record):
 
 @attrs.frozen(kw_only=True)
 class HostBudget(Record):
-    """One host of a fleet's check: what its limits let through (`diagnose.budget.fleet`)."""
+    """One host of a fleet's check: what its limits let through (`diagnose.fleetcheck.fleet`)."""
 
     name: str = field(text(255), doc="hub, or the agent's name")
     host: str = field(text(255), default="", doc="its host name")
@@ -230,7 +230,7 @@ class FleetCheck(Record):
 
 @attrs.frozen(kw_only=True)
 class AgentShare(Record):
-    """One agent's share of a fleet run's target, and why it is that (`diagnose.budget.split`)."""
+    """One agent's share of a fleet run's target, and why it is that (`diagnose.fleetcheck.split`)."""
 
     agent: str = field(text(255), doc="the agent's name")
     host: str = field(text(255), default="", doc="its host")
