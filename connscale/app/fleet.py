@@ -21,8 +21,8 @@ from twisted.internet import defer
 
 from connscale.app.scenario import RunError
 from connscale.config.settings import Config
-from connscale.diagnose.fleetcheck import render_split, split
-from connscale.diagnose.records import AgentShare, FleetCheck
+from connscale.diagnose.fleetcheck import FleetCheck, render_split, split
+from connscale.diagnose.records import AgentShare
 
 #: The local agent's name.
 LOCAL = "local"

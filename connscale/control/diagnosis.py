@@ -16,8 +16,7 @@ import attrs
 from connscale.config.settings import Config
 from connscale.control.registry import Registry
 from connscale.diagnose.capacity import Roles
-from connscale.diagnose.fleetcheck import HostShare, fleet, fleet_demand
-from connscale.diagnose.records import FleetCheck
+from connscale.diagnose.fleetcheck import FleetCheck, HostShare, fleet, fleet_demand
 from connscale.diagnose.incidents import IncidentDetector, load_summary
 from connscale.diagnose.window import AgentSetup, Context
 from connscale.host.inventory import HostLimits, read_host_limits

@@ -3,6 +3,8 @@
 `fleet` judges the server side (the hub's host) against the sum of the client sides (each
 agent's host on its own limits, diagnose/budget.py); `split` gives each agent its share in
 proportion to what its host reaches; `render_fleet` and `render_split` say both in words.
+The check's answer (`FleetCheck`, a `HostBudget` per host) crosses PB as a verb's answer and
+is printed by `connscale ctl check` and `connscale check -c`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,57 @@ from typing import Any
 import attrs
 
 from connscale.config.endpoints import is_loopback_host
+from connscale.config.records import Record, boolean, choice, field, nested, optional, seq, text
 from connscale.diagnose.budget import budget
 from connscale.diagnose.capacity import Budget, Demand, Limit, Roles
-from connscale.diagnose.records import (
-    AgentShare,
-    FleetBinding,
-    FleetCheck,
-    HostBudget,
-    Preflight,
-    PreflightLimit,
-)
+from connscale.diagnose.records import AgentShare, Preflight, PreflightLimit
 from connscale.host.inventory import HostLimits
+from connscale.metrics.records import COUNT
+
+
+# -- the check's answer -----------------------------------------------------------------------
+
+@attrs.frozen(kw_only=True)
+class HostBudget(Record):
+    """One host of a fleet's check: what its limits let through (`diagnose.fleetcheck.fleet`)."""
+
+    name: str = field(text(255), doc="hub, or the agent's name")
+    host: str = field(text(255), default="", doc="its host name")
+    roles: str = field(text(16), default="client", doc="server (the hub's host), client, or both")
+    capacity: int | None = field(optional(COUNT), default=None, doc="connections it reaches (None: unknown)")
+    binding: PreflightLimit | None = field(optional(nested(PreflightLimit)), default=None,
+                                           doc="the limit that binds first on it")
+    budget: Preflight = field(nested(Preflight), doc="every limit of it")
+
+
+@attrs.frozen(kw_only=True)
+class FleetBinding(Record):
+    """What binds a fleet: its server side, or its client sides together."""
+
+    side: str = field(choice("server", "clients"), doc="server, or clients (together)")
+    capacity: int = field(COUNT, doc="connections that side reaches")
+    host: str = field(text(255), default="", doc="the host (its name in the fleet) whose limit binds first")
+    limit: PreflightLimit | None = field(optional(nested(PreflightLimit)), default=None, doc="that limit")
+
+
+@attrs.frozen(kw_only=True)
+class FleetCheck(Record):
+    """`connscale ctl check` and `connscale check -c` with `clients:`: every host of a fleet."""
+
+    target: int = field(COUNT, doc="connections wanted")
+    reachable: int = field(COUNT, doc="connections the fleet reaches")
+    ok: bool = field(boolean, doc="it reaches the target")
+    hosts: tuple[HostBudget, ...] = field(seq(nested(HostBudget), 4096), default=(), doc="every host")
+    binding: FleetBinding | None = field(optional(nested(FleetBinding)), default=None,
+                                         doc="what binds below the target (None: nothing)")
+    via: str = field(text(64), default="", doc="how the agents' limits were read: hub (their registrations), "
+                                               "ssh (each host asked), or empty")
+
+    def client_hosts(self) -> tuple[HostBudget, ...]:
+        return tuple(h for h in self.hosts if h.roles != "server")
+
+
+# -- the check ---------------------------------------------------------------------------------
 
 
 def fleet_demand(cfg: Any, target: int, roles: Roles, name: str = "", source_ips: tuple[str, ...] = (),
