@@ -265,7 +265,7 @@ def tls(w: Window, key: str) -> Finding:
 
 
 #: A rule names the wall behind a failure, or passes (None) to the next one.
-Rule = Callable[[Failure, Window, Context], "Finding | None"]
+Rule = Callable[[Failure, Window, Context], Finding | None]
 
 #: Causes that name a client-side wall by themselves.
 _CLIENT_WALL_CAUSES = frozenset({"EADDRNOTAVAIL", "EADDRINUSE", "route_quota", "EMFILE", "ENFILE"})

@@ -199,11 +199,6 @@ class Finding:
     confident: bool = True
 
 
-
-
-# -- evidence every wall words the same way ------------------------------------------------
-
-
 #: The causes of a connection the peer ended (a close or a reset).
 PEER_CLOSED = ("closed_by_peer", "ECONNRESET")
 
@@ -224,6 +219,9 @@ class Failure:
             side, rest = "server", key[len("server:"):]
         phase, _, cause = rest.partition(":")
         return cls(key=key, side=side, phase=phase, cause=cause)
+
+
+# -- evidence every wall words the same way ------------------------------------------------
 
 
 def count_line(w: Window, key: str) -> str:
