@@ -12,7 +12,7 @@ two processes' RSS growth / (N - 1). Each reading also measures both sides' CPU 
 --window seconds: what holding a connection costs besides its pings ("idle"). Slab is machine-wide: other work on a shared
 box adds noise, so the rounds are reported one by one and as a median.
 
-The budget in connscale/diagnose/budget.py uses these figures (see bench/README.md).
+The budget (connscale/diagnose/budget.py) uses these figures, kept in connscale/diagnose/costs.py (see bench/README.md).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ import attrs
 import pytest
 
 from connscale.config.loader import parse_config
-from connscale.diagnose.budget import Demand, budget, more_sources, render
+from connscale.diagnose.budget import budget, more_sources, render
+from connscale.diagnose.capacity import Demand
 from connscale.host.inventory import HostLimits, read_cpu_quota, read_host_limits, read_meminfo
 from tests.support.netns import TestNetwork, netns_available
 
@@ -207,9 +208,10 @@ def test_memory_binds_on_a_small_host_and_under_a_cgroup_limit():
     b = budget(small, demand(target=100_000))
     assert b.binding is not None and b.binding.key == "memory"
     from connscale.diagnose import budget as B
+    from connscale.diagnose.costs import WORKER_BYTES
 
     d = demand(target=100_000)
-    per_conn = B.bytes_per_connection(d) + 2 * B.WORKER_BYTES / int((1_048_576 - 100) * 0.95)
+    per_conn = B.bytes_per_connection(d) + 2 * WORKER_BYTES / int((1_048_576 - 100) * 0.95)
     assert b.binding.capacity == int(1 * GIB * B.MEMORY_SHARE / per_conn)
     caged = attrs.evolve(ROOMY, cgroup_mem_limit=1 * GIB, cgroup_mem_usage=0)
     lim = limit(budget(caged, demand(target=100_000)), "memory")
@@ -336,7 +338,7 @@ def test_check_inside_a_namespace_with_a_narrow_port_range(tmp_path):
 
 
 def test_a_fleet_is_bound_by_its_server_or_by_its_clients_together():
-    from connscale.diagnose.budget import HostShare, fleet, render_fleet
+    from connscale.diagnose.fleetcheck import HostShare, fleet, render_fleet
 
     narrow = attrs.evolve(ROOMY, hostname="a1", port_range=(40000, 40999))
     hosts = [
@@ -367,7 +369,7 @@ def test_a_fleet_is_bound_by_its_server_or_by_its_clients_together():
 def test_tls_connections_are_planned_with_what_tls_costs():
     """A TLS connection holds OpenSSL's state on each side and costs a handshake: the same host
     reaches far fewer of them, and the check says why."""
-    from connscale.diagnose.budget import TLS_USER_BYTES
+    from connscale.diagnose.costs import TLS_USER_BYTES
 
     host = attrs.evolve(ROOMY, mem_available=24 * GIB, cores=2)
     plain = budget(host, demand(target=1_000_000, source_ips=tuple(f"127.0.0.{i}" for i in range(2, 40))))
@@ -380,14 +382,14 @@ def test_tls_connections_are_planned_with_what_tls_costs():
     assert Demand.from_config(cfg).tls and not Demand.from_config(parse_config({})).tls
     assert Demand.from_config(parse_config({"client": {"tls": True}}), roles="client").tls
     # A fleet's hosts the same way: the hub's server pays for TLS, an agent's clients when they speak it.
-    from connscale.diagnose.budget import fleet_demand
+    from connscale.diagnose.fleetcheck import fleet_demand
 
     assert fleet_demand(cfg, 1000, "server").tls and not fleet_demand(cfg, 1000, "client", "h2").tls
     assert not fleet_demand(parse_config({}), 1000, "server").tls
 
 
 def test_a_fleets_target_is_split_by_what_each_host_reaches():
-    from connscale.diagnose.budget import HostShare, fleet, render_split, split
+    from connscale.diagnose.fleetcheck import HostShare, fleet, render_split, split
 
     def agent(name: str, ips: tuple[str, ...]) -> HostShare:
         return HostShare(name, attrs.evolve(ROOMY, hostname=name),

@@ -7,7 +7,8 @@ from pathlib import Path
 from connscale.diagnose.fixes import CAUSES, advise, fix_of, readme_table
 from connscale.diagnose.records import Slo
 from connscale.diagnose.search import judge
-from connscale.diagnose.walls import Context, Window, name_wall
+from connscale.diagnose.walls import name_wall
+from connscale.diagnose.window import Context, Window
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

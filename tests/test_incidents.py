@@ -14,7 +14,8 @@ import attrs
 from connscale.diagnose.incidents import SUSTAIN, IncidentDetector, load_summary
 from connscale.diagnose.records import Explanation, Preflight
 from connscale.diagnose.verdict import explain, losses_line, primary_incident, verdict_line
-from connscale.diagnose.walls import WALLS, AgentSetup, Context, Window, WorkerLoad, listen_in_use, name_wall
+from connscale.diagnose.walls import WALLS, listen_in_use, name_wall
+from connscale.diagnose.window import AgentSetup, Context, Failure, Finding, Window, WorkerLoad
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.load import LoadProbe
 from connscale.metrics.records import Incident, Stats
@@ -52,6 +53,23 @@ def window(**kw):
     base = dict(elapsed_s=10.0, open=5000, server_open=5000, target=10_000, connect_rate=500.0, asked_rate=1000.0)
     base.update(kw)
     return Window(**base)
+
+
+def test_a_failure_key_in_its_parts():
+    assert Failure.of("connect:EMFILE") == Failure("connect:EMFILE", "client", "connect", "EMFILE")
+    assert Failure.of("server:first_ping:closed_by_peer") == Failure(
+        "server:first_ping:closed_by_peer", "server", "first_ping", "closed_by_peer")
+
+
+def test_the_first_rule_that_names_a_wall_wins():
+    # A server wall the observer saw beats a client's timeout, but not a wall the client's own
+    # cause names (its ports), and a profile's words beat both.
+    seen = Finding("fd_process", "server", "the server process reached its open-file limit")
+    w = window(failures={"steady:no_answer_from_server": 5, "connect:EADDRNOTAVAIL": 5,
+                         "connect:redis_maxclients": 5}, server_wall=seen)
+    assert name_wall("steady:no_answer_from_server", w, CTX) is seen
+    assert name_wall("connect:EADDRNOTAVAIL", w, CTX).wall == "ephemeral_ports"
+    assert name_wall("connect:redis_maxclients", w, attrs.evolve(CTX, protocol="redis")).wall == "server_cap"
 
 
 def test_emfile_on_a_client_worker_with_a_lowered_limit():

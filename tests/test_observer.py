@@ -21,7 +21,8 @@ from connscale.diagnose.incidents import IncidentDetector
 from connscale.diagnose.memory import memory_table, per_second
 from connscale.diagnose.observed import ServerWatch, observed_rows, server_side
 from connscale.diagnose.verdict import explain
-from connscale.diagnose.walls import Context, Window, name_wall
+from connscale.diagnose.walls import name_wall
+from connscale.diagnose.window import Context, Window
 from connscale.diagnose.records import MemoryMoment, MemoryRow, MemoryServer, MemoryTable, Summary
 from connscale.host.observed import (
     HostRow,
@@ -318,7 +319,7 @@ def test_metrics_and_live_rows_of_an_observed_server():
 
 def test_check_plans_memory_with_what_a_run_measured(tmp_path, capsys):
     from connscale.app.check import check_main
-    from connscale.diagnose.budget import ConnectionCosts
+    from connscale.diagnose.costs import ConnectionCosts
     from connscale.diagnose.memory import costs_from_table
 
     table = MemoryTable(baseline=MemoryMoment(), rows=(

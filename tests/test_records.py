@@ -284,7 +284,7 @@ NOT_RECORDS = {
     # The benchmark's own sampler of the run's process tree (TreeSampler.window).
     ("bench/run.py", "rss_bytes"),
     # The bench figures of user memory per connection, a constant keyed by side.
-    ("connscale/diagnose/budget.py", "client"), ("connscale/diagnose/budget.py", "server"),
+    ("connscale/diagnose/costs.py", "client"), ("connscale/diagnose/costs.py", "server"),
 }
 #: Names of values that are configuration dicts, whose `client:`/`server:` are config sections.
 CONFIG_NAMES = {"cfg", "config", "base", "settings"}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from connscale.diagnose.incidents import snapshot
 from connscale.diagnose.verdict import explain
-from connscale.diagnose.walls import Context, Window, name_wall
+from connscale.diagnose.walls import name_wall
+from connscale.diagnose.window import Context, Window
 from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 

@@ -28,9 +28,11 @@ from connscale.config.loader import choose_config
 from connscale.records.base import loose
 from connscale.config.settings import Config
 from connscale.app.fleet import members as fleet_members
-from connscale.diagnose.budget import Budget, Demand, HostShare, Roles, budget, fleet, fleet_demand, render, render_fleet
+from connscale.diagnose.budget import budget, render
+from connscale.diagnose.capacity import Budget, Demand, Roles
+from connscale.diagnose.fleetcheck import FleetCheck, HostShare, fleet, fleet_demand, render_fleet
 from connscale.diagnose.memory import costs_from_table, render_lines
-from connscale.diagnose.records import SUMMARY_FILE, FleetCheck, MemoryTable, read_summary
+from connscale.diagnose.records import SUMMARY_FILE, MemoryTable, read_summary
 from connscale.host.inventory import HostLimits, read_host_limits
 
 

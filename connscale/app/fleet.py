@@ -6,7 +6,7 @@ hub, waited for), and the local agent when `scenario.local_agent` says so (by
 default only when there is no other). Everything here happens before the first
 connect: an agent that cannot be started is said in one line (which, and why),
 the target is split by what each agent's host reaches (the hub's fleet check,
-`diagnose.budget.split`), and each host's manifest lands in the run directory.
+`diagnose.fleetcheck.split`), and each host's manifest lands in the run directory.
 The parts talk to the hub through `call(verb, *args)` only, so they are tested
 with a fake hub.
 """
@@ -21,8 +21,8 @@ from twisted.internet import defer
 
 from connscale.app.scenario import RunError
 from connscale.config.settings import Config
-from connscale.diagnose.budget import render_split, split
-from connscale.diagnose.records import AgentShare, FleetCheck
+from connscale.diagnose.fleetcheck import FleetCheck, render_split, split
+from connscale.diagnose.records import AgentShare
 
 #: The local agent's name.
 LOCAL = "local"

@@ -42,7 +42,8 @@ from connscale.config.endpoints import dial_address
 from connscale.config.loader import choose_config
 from connscale.config.settings import Config
 from connscale.config.tls import is_self_signed
-from connscale.diagnose.budget import Roles, render
+from connscale.diagnose.budget import render
+from connscale.diagnose.capacity import Roles
 from connscale.diagnose.manifest import MANIFEST_FILE, collect_manifest
 from connscale.diagnose.memory import memory_table
 from connscale.diagnose.records import SUMMARY_FILE, AgentShare, Preflight, SideBytes, Summary

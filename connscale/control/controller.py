@@ -44,7 +44,7 @@ from connscale.control.records import AgentInfo
 from connscale.control.registry import CALL_TIMEOUT, AgentHandle, Registry
 from connscale.control.throttle import LoginThrottle
 from connscale.control.verbs import BY_NAME, VERBS, agent_name
-from connscale.diagnose.records import FleetCheck
+from connscale.diagnose.fleetcheck import FleetCheck
 from connscale.metrics.records import Stats
 from connscale.metrics.snapshot import Snapshot
 from connscale.metrics.timeline import Timeline

@@ -15,10 +15,10 @@ import attrs
 
 from connscale.config.settings import Config
 from connscale.control.registry import Registry
-from connscale.diagnose.budget import HostShare, Roles, fleet, fleet_demand
-from connscale.diagnose.records import FleetCheck
+from connscale.diagnose.capacity import Roles
+from connscale.diagnose.fleetcheck import FleetCheck, HostShare, fleet, fleet_demand
 from connscale.diagnose.incidents import IncidentDetector, load_summary
-from connscale.diagnose.walls import AgentSetup, Context
+from connscale.diagnose.window import AgentSetup, Context
 from connscale.host.inventory import HostLimits, read_host_limits
 from connscale.metrics.records import Stats
 

@@ -22,7 +22,7 @@ import attrs
 
 from connscale.records.base import Parse, RecordError, integer, number, text
 from connscale.control.errors import ControlError
-from connscale.diagnose.budget import render_fleet
+from connscale.diagnose.fleetcheck import render_fleet
 from connscale.metrics.render import CLIENT_COLUMNS, format_table, render_stats
 
 #: Most connections one order may add or remove (more than any machine holds).

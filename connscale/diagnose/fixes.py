@@ -134,7 +134,7 @@ _ROWS = (
         "check the server's log",
     )),
     # What a protocol profile's server said or did (net/profiles; the walls name each server's cap
-    # with its own numbers, diagnose/walls.py server_words).
+    # with its own numbers, diagnose/server_words.py).
     CauseFix(("handshake_timeout",), "a profile's session did not open within client.handshake_timeout", (
         "a slower ramp, a longer timeout, a faster server",
     )),

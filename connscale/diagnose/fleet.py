@@ -5,7 +5,7 @@ histogram of its second's RTTs; the line's own histogram is all of them added. S
 an agent's RTT over the final hold is its seconds' histograms added (exact, not an
 average of percentiles), and the merged figures of the summary stay what they are.
 CPU and loop lag are its client workers' over the final hold; a second in which
-any of them was saturated (`diagnose.walls.WorkerLoad.saturated`) counts once.
+any of them was saturated (`diagnose.window.WorkerLoad.saturated`) counts once.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import attrs
 
 from connscale.diagnose.manifest import MANIFEST_FILE
 from connscale.diagnose.records import AgentLost, AgentShare, AgentSummary, Explanation, Summary
-from connscale.diagnose.walls import WorkerLoad
+from connscale.diagnose.window import WorkerLoad
 from connscale.metrics import phases
 from connscale.metrics.histograms import Percentiles, new_histogram, rtt_summary_ms
 from connscale.metrics.records import KernelCounters, Stats, WorkerCount

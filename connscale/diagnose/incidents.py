@@ -21,17 +21,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 
 from connscale.diagnose.observed import ServerWatch, observed_rows, server_side
-from connscale.diagnose.walls import (
-    Context,
-    Finding,
-    Window,
-    WorkerLoad,
-    accept_queue,
-    measuring_side,
-    name_stall,
-    name_wall,
-    worker_loads,
-)
+from connscale.diagnose.walls import accept_queue, measuring_side, name_stall, name_wall
+from connscale.diagnose.window import Context, Finding, Window, WorkerLoad, worker_loads
 from connscale.metrics.records import Incident, IncidentWorker, LoadSummary, SideLoad, Stats
 
 #: Records (seconds) the window of an incident covers.
@@ -140,8 +131,18 @@ class IncidentDetector:
         w = self.window(record)
         self.load = load_summary(record, w.workers)
         new: list[Incident] = []
+        self._failures(new, record, w, ctx)
+        self._measuring_side(new, record, w, ctx)
+        self._ramp(new, record, w, ctx)
+        self._ghosts(new, record, w, ctx)
+        # The server's side, as its observer sees it: a wall that lasts, or the server gone.
+        for finding in self.server.observe(record, observed_rows(record)):
+            self._open(new, "observer", finding, w, record)
+        self.history.append(record)
+        return new
 
-        # Failures: every cause that appeared this second, once the total crossed the threshold.
+    def _failures(self, new: list[Incident], record: Stats, w: Window, ctx: Context) -> None:
+        """Every cause that appeared this second, once the total crossed the threshold."""
         prev = self.history[-1].failures() if self.history else {}
         now_f = record.failures()
         if sum(now_f.values()) >= self.failure_threshold:
@@ -155,7 +156,8 @@ class IncidentDetector:
                 self._judged.add(key)
                 self._open(new, "failures", finding, w, record)
 
-        # The measuring side: client workers saturated for SUSTAIN seconds.
+    def _measuring_side(self, new: list[Incident], record: Stats, w: Window, ctx: Context) -> None:
+        """The client workers saturated for SUSTAIN seconds."""
         if w.saturated("client"):
             self._saturated += 1
             self.saturated_seconds += 1
@@ -164,7 +166,8 @@ class IncidentDetector:
         if self._saturated >= SUSTAIN:
             self._open(new, "measuring_side", measuring_side(w, ctx), w, record)
 
-        # The ramp: behind what was asked, after a grace period from the last target change.
+    def _ramp(self, new: list[Incident], record: Stats, w: Window, ctx: Context) -> None:
+        """Behind what was asked, after a grace period from the last target change."""
         t = w.elapsed_s
         if w.target != self._target:
             self._target, self._target_since = w.target, t
@@ -179,7 +182,8 @@ class IncidentDetector:
         if self._behind >= SUSTAIN:
             self._open(new, "ramp_behind", name_stall(w, ctx), w, record)
 
-        # Ghosts with accept-queue overflows in the kernel's counters.
+    def _ghosts(self, new: list[Incident], record: Stats, w: Window, ctx: Context) -> None:
+        """Ghosts with accept-queue overflows in the kernel's counters."""
         overflow = bool(w.kernel_delta.listen_overflows or w.kernel_delta.listen_drops)
         # A handful is enough: a full queue holds only backlog + 1 of them. While
         # clients connect, client-open runs ahead of server-open by the accepts in
@@ -189,13 +193,6 @@ class IncidentDetector:
         self._ghostly = self._ghostly + 1 if ghostly else 0
         if self._ghostly >= SUSTAIN:
             self._open(new, "ghosts", accept_queue(w, ctx, None), w, record)
-
-        # The server's side, as its observer sees it: a wall that lasts, or the server gone.
-        for finding in self.server.observe(record, observed_rows(record)):
-            self._open(new, "observer", finding, w, record)
-
-        self.history.append(record)
-        return new
 
     def _open(self, new: list[Incident], trigger: str, finding: Finding, w: Window, record: Stats) -> None:
         key = (finding.wall, finding.side)

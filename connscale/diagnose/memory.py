@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from connscale.diagnose.budget import ConnectionCosts
+from connscale.diagnose.costs import ConnectionCosts
 from connscale.diagnose.records import MemoryMoment, MemoryRow, MemoryServer, MemoryTable
 from connscale.host.observed import HostRow, TargetRow
 from connscale.metrics.phases import FINAL_HOLD, STOP

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from connscale.diagnose.walls import (
-    Finding,
+from connscale.diagnose.observer_walls import (
     host_conntrack,
     host_tcp_memory,
     server_accept_queue_full,
@@ -24,6 +23,7 @@ from connscale.diagnose.walls import (
     server_gone,
     server_memory,
 )
+from connscale.diagnose.window import Finding
 from connscale.host.observed import HostRow, ProcessRow, TargetRow
 from connscale.metrics.records import Stats
 

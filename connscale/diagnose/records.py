@@ -4,7 +4,9 @@
 shown by the report); `SearchResult` with its `Plateau`s is what search mode found;
 `Summary` is the whole of `summary.json`, which `connscale run` writes and the
 report (and anything comparing runs) reads back. They live at the bottom of
-`diagnose` because the report reads them and `app` writes them.
+`diagnose` because the report reads them and `app` writes them. Every record here
+is a part of `summary.json`; a fleet's capacity check, which is not, has its records
+beside the check (`diagnose.fleetcheck.FleetCheck`).
 
 One path each way: `to_wire()`/`from_wire()` (strict, a problem is one
 `RecordError` line). `summary.json` carries `schema` (`metrics.records.SCHEMA`);
@@ -170,7 +172,7 @@ class PreflightLimit(Record):
 
 @attrs.frozen(kw_only=True)
 class Preflight(Record):
-    """What `connscale check` said of the host before the run (`diagnose.budget.Budget.to_dict`)."""
+    """What `connscale check` said of the host before the run (`diagnose.capacity.Budget.to_dict`)."""
 
     target: int = field(COUNT, doc="connections wanted")
     reachable: int = field(COUNT, doc="connections the host reaches")
@@ -189,48 +191,8 @@ class Preflight(Record):
 # ----------------------------------------------------------------------------- a fleet
 
 @attrs.frozen(kw_only=True)
-class HostBudget(Record):
-    """One host of a fleet's check: what its limits let through (`diagnose.budget.fleet`)."""
-
-    name: str = field(text(255), doc="hub, or the agent's name")
-    host: str = field(text(255), default="", doc="its host name")
-    roles: str = field(text(16), default="client", doc="server (the hub's host), client, or both")
-    capacity: int | None = field(optional(COUNT), default=None, doc="connections it reaches (None: unknown)")
-    binding: PreflightLimit | None = field(optional(nested(PreflightLimit)), default=None,
-                                           doc="the limit that binds first on it")
-    budget: Preflight = field(nested(Preflight), doc="every limit of it")
-
-
-@attrs.frozen(kw_only=True)
-class FleetBinding(Record):
-    """What binds a fleet: its server side, or its client sides together."""
-
-    side: str = field(choice("server", "clients"), doc="server, or clients (together)")
-    capacity: int = field(COUNT, doc="connections that side reaches")
-    host: str = field(text(255), default="", doc="the host (its name in the fleet) whose limit binds first")
-    limit: PreflightLimit | None = field(optional(nested(PreflightLimit)), default=None, doc="that limit")
-
-
-@attrs.frozen(kw_only=True)
-class FleetCheck(Record):
-    """`connscale ctl check` and `connscale check -c` with `clients:`: every host of a fleet."""
-
-    target: int = field(COUNT, doc="connections wanted")
-    reachable: int = field(COUNT, doc="connections the fleet reaches")
-    ok: bool = field(boolean, doc="it reaches the target")
-    hosts: tuple[HostBudget, ...] = field(seq(nested(HostBudget), 4096), default=(), doc="every host")
-    binding: FleetBinding | None = field(optional(nested(FleetBinding)), default=None,
-                                         doc="what binds below the target (None: nothing)")
-    via: str = field(text(64), default="", doc="how the agents' limits were read: hub (their registrations), "
-                                               "ssh (each host asked), or empty")
-
-    def client_hosts(self) -> tuple[HostBudget, ...]:
-        return tuple(h for h in self.hosts if h.roles != "server")
-
-
-@attrs.frozen(kw_only=True)
 class AgentShare(Record):
-    """One agent's share of a fleet run's target, and why it is that (`diagnose.budget.split`)."""
+    """One agent's share of a fleet run's target, and why it is that (`diagnose.fleetcheck.split`)."""
 
     agent: str = field(text(255), doc="the agent's name")
     host: str = field(text(255), default="", doc="its host")

@@ -13,8 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+import attrs
+
 from connscale.diagnose.records import AgentLost, Explanation, Preflight, SearchResult
-from connscale.diagnose.walls import Finding, listen_in_use
+from connscale.diagnose.walls import listen_in_use
+from connscale.diagnose.window import Finding
 from connscale.host.observed import ObservedEvent
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.phases import is_hold
@@ -130,6 +133,125 @@ def _rtt_line(rtt: Percentiles | None) -> str:
     return f" (RTT p50 {rtt.p50:.2f} ms, p99 {rtt.p99:.2f} ms)"
 
 
+@attrs.define
+class _Draft:
+    """An explanation while its parts are added (`Explanation` is frozen)."""
+
+    headline: str
+    wall: str = "unknown"
+    side: str = ""
+    evidence: list[str] = attrs.Factory(list)
+    fix: list[str] = attrs.Factory(list)
+
+    def done(self, saturated: bool) -> Explanation:
+        return Explanation(headline=self.headline, wall=self.wall, side=self.side, evidence=tuple(self.evidence),
+                           fix=tuple(self.fix), measuring_side_saturated=saturated)
+
+
+def _before_that(incidents: Sequence[Incident]) -> str:
+    first = primary_incident(incidents) or incidents[0]
+    return f"before that, at {first.elapsed_s:.0f} s ({first.open:,} open): {first.headline}"
+
+
+def _agents_lost(target: int, peak_open: int, incidents: Sequence[Incident],
+                 lost_agents: Sequence[AgentLost]) -> _Draft:
+    """A lost agent ends a fleet run: its connections went with it, whatever else was seen."""
+    gone = "; ".join(a.describe() for a in lost_agents)
+    evidence = [a.describe() for a in lost_agents]
+    if incidents:
+        evidence.append(_before_that(incidents))
+    return _Draft(
+        headline=f"stopped at {peak_open:,} of {target:,} connections: {gone}", wall="agent_lost", side="client",
+        evidence=evidence,
+        fix=["see the lost agent's host: its log (the hub relays a launched agent's output as [NAME] "
+             "lines in hub.log), its ssh session, its memory (an OOM kill)"])
+
+
+def _refused_by_preflight(target: int, preflight: Preflight) -> _Draft:
+    binding = preflight.binding_limit
+    return _Draft(
+        headline=(f"refused before starting: this host reaches {preflight.reachable:,} of "
+                  f"{target:,} connections; {binding.key if binding else None} binds first"),
+        wall=BUDGET_WALLS.get(binding.key if binding else "None", "unknown"),
+        side=binding.side if binding else "host",
+        evidence=[binding.detail if binding else ""],
+        fix=[lim.fix for lim in preflight.limits if lim.capacity is not None and lim.capacity < target and lim.fix])
+
+
+def _held(target: int, held: int, rtt: Percentiles | None, incidents: Sequence[Incident]) -> _Draft:
+    draft = _Draft(headline=f"held {held:,} of {target:,} connections through the final hold{_rtt_line(rtt)}",
+                   wall="none")
+    if incidents:
+        first = primary_incident(incidents) or incidents[0]
+        draft.evidence = [f"incident at {first.elapsed_s:.0f} s ({first.open:,} open): {first.headline}"]
+    return draft
+
+
+def _stopped(target: int, peak_open: int, reason: str, incidents: Sequence[Incident]) -> _Draft:
+    # A run cut short by its own control plane, or by the user, is explained by
+    # that: the incidents before it are context, not the reason it stopped.
+    control = _control_failure(reason)
+    incident = None if control is not None else primary_incident(incidents)
+    finding = control if control is not None else (None if incident is not None else _from_reason(reason, target))
+    at = f"stopped at {peak_open:,} of {target:,} connections"
+    if incident is not None:
+        draft = _Draft(headline=f"{at}: {incident.headline}", wall=incident.wall, side=incident.side,
+                       evidence=[f"at {incident.elapsed_s:.0f} s, {incident.open:,} open, connecting at "
+                                 f"{incident.connect_rate:,.0f}/s of {incident.asked_rate:,.0f}/s asked",
+                                 *incident.evidence],
+                       fix=list(incident.fix))
+    elif finding is not None:
+        draft = _Draft(headline=f"{at}: {finding.headline}", wall=finding.wall, side=finding.side,
+                       evidence=list(finding.evidence), fix=list(finding.fix))
+    else:
+        draft = _Draft(headline=f"{at}: {reason or 'no cause recorded'}", evidence=[reason] if reason else [])
+    if reason and reason not in draft.evidence:
+        draft.evidence.append(f"the run stopped because: {reason}")
+    if control is not None and incidents:
+        draft.evidence.append(_before_that(incidents))
+    return draft
+
+
+def _say_server_gone(draft: _Draft, target_events: Sequence[ObservedEvent]) -> None:
+    gone = target_events_line(target_events)
+    if gone:
+        draft.headline += f"; {gone}"
+        draft.evidence.insert(0, gone)
+        if draft.wall in ("none", "unknown"):
+            draft.side = "server"
+
+
+def _say_side(draft: _Draft) -> None:
+    side = draft.side
+    if side in ("server", "client") and draft.wall not in ("none", "unknown"):
+        draft.evidence.append(f"the wall is on the {side} side"
+                              + (" (read on the server's host by the observer)" if side == "server"
+                                 and any("read by the observer" in e for e in draft.evidence) else ""))
+
+
+def _say_losses(draft: _Draft, losses: Sequence[WorkerLoss], replaced: bool) -> None:
+    lost = losses_line(losses)
+    if lost:
+        draft.headline += f"; {lost}{' and replaced' if replaced else ''}"
+        draft.evidence.insert(0, lost)
+
+
+def _say_saturated(draft: _Draft, saturated_phases: Mapping[str, int] | None,
+                   measuring: Sequence[Incident]) -> None:
+    """The measuring-side caveat, scoped to the phases the client workers were saturated in."""
+    note = ("connscale's own client workers were saturated: RTT and ramp rate reflect connscale, "
+            "so this is not the server's limit")
+    if saturated_phases is not None and saturated_phases and not any(is_hold(p) for p in saturated_phases):
+        ramps = ", ".join(sorted(saturated_phases))
+        note = (f"connscale's own client workers were saturated during {ramps} (not during a hold): the "
+                "ramp's rate there is connscale's, the hold's RTT was measured with the clients keeping up")
+    if draft.wall != "measuring_side":
+        draft.headline += f"; but {note}"
+        if measuring:
+            draft.evidence += list(measuring[0].evidence)[:3]
+            draft.fix += [f for f in measuring[0].fix if f not in draft.fix]
+
+
 def explain(
     outcome: str,
     target: int,
@@ -155,94 +277,21 @@ def explain(
     the way is not the same finding.
     """
     if lost_agents and outcome != "held":
-        # A lost agent ends a fleet run: its connections went with it, whatever else was seen.
-        gone = "; ".join(a.describe() for a in lost_agents)
-        at = f"stopped at {peak_open:,} of {target:,} connections"
-        evidence_lost = [a.describe() for a in lost_agents]
-        if incidents:
-            first = primary_incident(incidents) or incidents[0]
-            evidence_lost.append(f"before that, at {first.elapsed_s:.0f} s ({first.open:,} open): {first.headline}")
-        return Explanation(
-            headline=f"{at}: {gone}", wall="agent_lost", side="client", evidence=tuple(evidence_lost),
-            fix=("see the lost agent's host: its log (the hub relays a launched agent's output as [NAME] "
-                 "lines in hub.log), its ssh session, its memory (an OOM kill)",),
-            measuring_side_saturated=saturated or bool(saturated_phases))
+        return _agents_lost(target, peak_open, incidents, lost_agents).done(saturated or bool(saturated_phases))
     measuring = [i for i in incidents if i.wall == "measuring_side"]
     saturated = saturated or bool(measuring) or bool(saturated_phases)
-    control = _control_failure(reason) if outcome != "held" else None
-    headline: str
-    wall, side = "unknown", ""
-    evidence: list[str] = []
-    fix: list[str] = []
-
-    binding = preflight.binding_limit if preflight is not None else None
     if preflight is not None and reason.startswith("preflight") and preflight.binding:
-        headline = (f"refused before starting: this host reaches {preflight.reachable:,} of "
-                    f"{target:,} connections; {binding.key if binding else None} binds first")
-        wall = BUDGET_WALLS.get(binding.key if binding else "None", "unknown")
-        side = binding.side if binding else "host"
-        evidence = [binding.detail if binding else ""]
-        fix = [lim.fix for lim in preflight.limits if lim.capacity is not None and lim.capacity < target and lim.fix]
+        draft = _refused_by_preflight(target, preflight)
     elif outcome == "held":
-        headline = f"held {held:,} of {target:,} connections through the final hold{_rtt_line(rtt)}"
-        wall = "none"
-        if incidents:
-            first = primary_incident(incidents) or incidents[0]
-            evidence = [f"incident at {first.elapsed_s:.0f} s ({first.open:,} open): {first.headline}"]
+        draft = _held(target, held, rtt, incidents)
     else:
-        # A run cut short by its own control plane, or by the user, is explained by
-        # that: the incidents before it are context, not the reason it stopped.
-        incident = None if control is not None else primary_incident(incidents)
-        finding = control if control is not None else (None if incident is not None else _from_reason(reason, target))
-        at = f"stopped at {peak_open:,} of {target:,} connections"
-        if incident is not None:
-            headline = f"{at}: {incident.headline}"
-            wall, side, fix = incident.wall, incident.side, list(incident.fix)
-            evidence = [f"at {incident.elapsed_s:.0f} s, {incident.open:,} open, connecting at "
-                        f"{incident.connect_rate:,.0f}/s of {incident.asked_rate:,.0f}/s asked", *incident.evidence]
-        elif finding is not None:
-            headline = f"{at}: {finding.headline}"
-            wall, side, evidence, fix = finding.wall, finding.side, list(finding.evidence), list(finding.fix)
-        else:
-            headline = f"{at}: {reason or 'no cause recorded'}"
-            evidence = [reason] if reason else []
-        if reason and reason not in evidence:
-            evidence.append(f"the run stopped because: {reason}")
-        if control is not None and incidents:
-            first = primary_incident(incidents) or incidents[0]
-            evidence.append(f"before that, at {first.elapsed_s:.0f} s ({first.open:,} open): {first.headline}")
-
-    gone = target_events_line(target_events)
-    if gone:
-        headline += f"; {gone}"
-        evidence.insert(0, gone)
-        if wall in ("none", "unknown"):
-            side = "server"
-    if side in ("server", "client") and wall not in ("none", "unknown"):
-        evidence.append(f"the wall is on the {side} side"
-                        + (" (read on the server's host by the observer)" if side == "server"
-                           and any("read by the observer" in e for e in evidence) else ""))
-
-    lost = losses_line(losses)
-    if lost:
-        replaced = " and replaced" if outcome == "held" and held >= target else ""
-        headline += f"; {lost}{replaced}"
-        evidence.insert(0, lost)
-
+        draft = _stopped(target, peak_open, reason, incidents)
+    _say_server_gone(draft, target_events)
+    _say_side(draft)
+    _say_losses(draft, losses, replaced=outcome == "held" and held >= target)
     if saturated:
-        note = ("connscale's own client workers were saturated: RTT and ramp rate reflect connscale, "
-                "so this is not the server's limit")
-        if saturated_phases is not None and saturated_phases and not any(is_hold(p) for p in saturated_phases):
-            ramps = ", ".join(sorted(saturated_phases))
-            note = (f"connscale's own client workers were saturated during {ramps} (not during a hold): the "
-                    "ramp's rate there is connscale's, the hold's RTT was measured with the clients keeping up")
-        if wall != "measuring_side":
-            headline += f"; but {note}"
-            if measuring:
-                evidence += list(measuring[0].evidence)[:3]
-                fix += [f for f in measuring[0].fix if f not in fix]
-    return Explanation(headline=headline, wall=wall, side=side, evidence=tuple(evidence), fix=tuple(fix),
-                       measuring_side_saturated=saturated)
+        _say_saturated(draft, saturated_phases, measuring)
+    return draft.done(saturated)
 
 
 def verdict_line(explanation: Explanation) -> str:

@@ -16,6 +16,7 @@ import attrs
 from connscale.metrics.histograms import Percentiles, rtt_summary_ms
 from connscale.metrics.phases import STOP
 from connscale.metrics.records import Stats
+from connscale.metrics.workers import WorkerRef
 
 SIDES = ("server", "client")
 
@@ -77,17 +78,43 @@ class Series:
         return len(self.elapsed)
 
 
-def build_series(records: Sequence[Stats]) -> Series:
-    s = Series()
+@attrs.define
+class _SideSums:
+    """One side's workers added up over one second."""
+
+    cpu: float = 0.0
+    cpu_known: bool = False
+    rss: float = 0.0
+    grown: float = 0.0
+    added: int = 0
+
+
+@attrs.define
+class _SeriesBuilder:
+    """Adds one timeline record after another to a `Series`, keeping what a rate needs of the one before."""
+
+    series: Series = attrs.Factory(Series)
     prev: Stats | None = None
-    prev_failures: dict[str, int] = {}
-    prev_cpu: dict[str, tuple[int | None, float]] = {}
+    prev_failures: dict[str, int] = attrs.Factory(dict)
+    #: worker label -> (its pid, its CPU seconds) at its last sample
+    prev_cpu: dict[str, tuple[int | None, float]] = attrs.Factory(dict)
     # A worker's RSS and open count when first seen: what a connection adds
     # is (RSS growth) / (connections added) since then, so neither the
     # interpreter itself nor connections opened before the first sample skew it.
-    base: dict[tuple[str, int | None], tuple[float, int]] = {}
-    for i, r in enumerate(records):
+    base: dict[tuple[str, int | None], tuple[float, int]] = attrs.Factory(dict)
+
+    def add(self, i: int, r: Stats) -> None:
+        """Record `r`, the `i`th of the timeline."""
+        prev = self.prev
         dt = r.elapsed_s - prev.elapsed_s if prev is not None else 0.0
+        self._counts(r, dt)
+        self._failures(i, r, dt)
+        self._latencies(r)
+        self._workers(i, r, dt)
+        self.prev = r
+
+    def _counts(self, r: Stats, dt: float) -> None:
+        s, prev = self.series, self.prev
         s.elapsed.append(r.elapsed_s)
         s.t.append(r.t or 0.0)
         s.phase.append(r.phase)
@@ -98,15 +125,20 @@ def build_series(records: Sequence[Stats]) -> Series:
         s.connect_rate.append(_rate(r.client.opened, prev.client.opened, dt) if prev is not None else 0.0)
         s.ping_rate.append(_rate(r.client.pings, prev.client.pings, dt) if prev is not None else 0.0)
 
+    def _failures(self, i: int, r: Stats, dt: float) -> None:
+        s, prev_failures = self.series, self.prev_failures
         failures = r.failures()
         total = sum(failures.values())
         s.failures_total.append(total)
-        s.failure_rate.append(_rate(total, sum(prev_failures.values()), dt) if prev is not None else float(total))
+        s.failure_rate.append(_rate(total, sum(prev_failures.values()), dt) if self.prev is not None
+                              else float(total))
         for key in failures.keys() | s.failures_by_cause.keys():
             column = s.failures_by_cause.setdefault(key, [0] * i)
             column.append(max(0, failures.get(key, 0) - prev_failures.get(key, 0)))
-        prev_failures = failures
+        self.prev_failures = failures
 
+    def _latencies(self, r: Stats) -> None:
+        s = self.series
         hist = r.histogram()
         if hist is not None:
             pct = rtt_summary_ms(hist)
@@ -121,47 +153,57 @@ def build_series(records: Sequence[Stats]) -> Series:
         s.handshake.append(rtt_summary_ms(shake) if shake is not None else Percentiles())
         s.handshake_count.append(shake.get_total_count() if shake is not None else 0)
 
-        cpu = {side: 0.0 for side in SIDES}
-        cpu_known = {side: False for side in SIDES}
-        rss = {side: 0.0 for side in SIDES}
-        grown = {side: 0.0 for side in SIDES}
-        added = {side: 0 for side in SIDES}
+    def _workers(self, i: int, r: Stats, dt: float) -> None:
+        s = self.series
+        sums = {side: _SideSums() for side in SIDES}
         seen: set[str] = set()
         for ref in r.worker_rows():
-            side, label, w = ref.side, ref.label, ref.row
-            seen.add(label)
-            s.worker_side[label] = side
-            s.worker_open.setdefault(label, [None] * i).append(w.open)
-            seconds = w.cpu_s
-            pct_cpu: float | None = None
-            if seconds is None:
-                # No sample this second: the next one has no base (a rate over
-                # one second must come from two consecutive samples).
-                prev_cpu.pop(label, None)
-            else:
-                before = prev_cpu.get(label)
-                if before is not None and before[0] == w.pid and dt > 0:
-                    pct_cpu = max(0.0, seconds - before[1]) / dt * 100.0
-                    cpu[side] += pct_cpu
-                    cpu_known[side] = True
-                prev_cpu[label] = (w.pid, seconds)
-            s.worker_cpu.setdefault(label, [None] * i).append(pct_cpu)
-            rss_now = w.rss_bytes or 0.0
-            if rss_now:
-                rss0, open0 = base.setdefault((label, w.pid), (rss_now, w.open))
-                rss[side] += rss_now
-                grown[side] += rss_now - rss0
-                added[side] += w.open - open0
+            seen.add(ref.label)
+            self._worker(i, ref, dt, sums[ref.side])
         for label in s.worker_open.keys() - seen:
             s.worker_open[label].append(None)
             s.worker_cpu[label].append(None)
-            prev_cpu.pop(label, None)
-        for side in SIDES:
-            s.cpu_pct[side].append(cpu[side] if cpu_known[side] else None)
-            s.rss[side].append(rss[side])
-            s.mem_per_conn[side].append(grown[side] / added[side] if added[side] > 0 else None)
-        prev = r
-    return s
+            self.prev_cpu.pop(label, None)
+        for side, sum_ in sums.items():
+            s.cpu_pct[side].append(sum_.cpu if sum_.cpu_known else None)
+            s.rss[side].append(sum_.rss)
+            s.mem_per_conn[side].append(sum_.grown / sum_.added if sum_.added > 0 else None)
+
+    def _worker(self, i: int, ref: WorkerRef, dt: float, sums: _SideSums) -> None:
+        s, label, w = self.series, ref.label, ref.row
+        s.worker_side[label] = ref.side
+        s.worker_open.setdefault(label, [None] * i).append(w.open)
+        s.worker_cpu.setdefault(label, [None] * i).append(self._cpu_pct(label, w.pid, w.cpu_s, dt, sums))
+        rss_now = w.rss_bytes or 0.0
+        if rss_now:
+            rss0, open0 = self.base.setdefault((label, w.pid), (rss_now, w.open))
+            sums.rss += rss_now
+            sums.grown += rss_now - rss0
+            sums.added += w.open - open0
+
+    def _cpu_pct(self, label: str, pid: int | None, seconds: float | None, dt: float,
+                 sums: _SideSums) -> float | None:
+        """A worker's CPU in % of a core over the last second (None without two samples of one pid)."""
+        if seconds is None:
+            # No sample this second: the next one has no base (a rate over
+            # one second must come from two consecutive samples).
+            self.prev_cpu.pop(label, None)
+            return None
+        pct_cpu: float | None = None
+        before = self.prev_cpu.get(label)
+        if before is not None and before[0] == pid and dt > 0:
+            pct_cpu = max(0.0, seconds - before[1]) / dt * 100.0
+            sums.cpu += pct_cpu
+            sums.cpu_known = True
+        self.prev_cpu[label] = (pid, seconds)
+        return pct_cpu
+
+
+def build_series(records: Sequence[Stats]) -> Series:
+    builder = _SeriesBuilder()
+    for i, r in enumerate(records):
+        builder.add(i, r)
+    return builder.series
 
 
 def run_end(records: Sequence[Stats]) -> int:
