@@ -15,6 +15,7 @@ import yaml
 from twisted.internet import defer, task
 from twisted.internet.task import Clock
 
+from connscale.app import experiment as experiment_mod
 from connscale.app import run as run_mod
 from connscale.app import summary
 from connscale.app.children import describe_exit
@@ -448,9 +449,9 @@ def test_the_shipped_experiment_is_the_top_level_connscale_yaml():
 def test_a_run_uses_the_configured_secret(monkeypatch):
     monkeypatch.delenv("CONNSCALE_SECRET", raising=False)
     cfg = parse_config({"control": {"secret": "configured-secret-of-this-run"}})
-    assert run_mod.run_secret(cfg) == b"configured-secret-of-this-run"
-    fresh = run_mod.run_secret(Config())
-    assert len(fresh) >= 24 and fresh != run_mod.run_secret(Config())
+    assert experiment_mod.run_secret(cfg) == b"configured-secret-of-this-run"
+    fresh = experiment_mod.run_secret(Config())
+    assert len(fresh) >= 24 and fresh != experiment_mod.run_secret(Config())
 
 
 def test_exit_descriptions():
@@ -497,7 +498,7 @@ def test_an_error_the_hub_answers_ends_the_run_with_the_hubs_reason():
     roots: list = []
     client_factory.getRootObject().addCallback(roots.append)
     pump.flush()
-    experiment = run_mod.Experiment.__new__(run_mod.Experiment)
+    experiment = experiment_mod.Experiment.__new__(experiment_mod.Experiment)
     experiment.perspective = roots[0]
     out: list = []
     experiment.call("set_target", "local", 1000).addBoth(out.append)
@@ -523,7 +524,7 @@ def experiment_with(tmp_path, dial_login):  # type: ignore[no-untyped-def]
     clock = Clock()
     cfg = parse_config({"control": {"secret": "a-secret-for-this-test"}, "scenario": {"target": 10}})
     out: list[str] = []
-    exp = run_mod.Experiment(clock, cfg, RunDirectory.create(tmp_path / "runs"), out.append, dial_login=dial_login)
+    exp = experiment_mod.Experiment(clock, cfg, RunDirectory.create(tmp_path / "runs"), out.append, dial_login=dial_login)
     exp.hub = FakeHubChild()
     return clock, exp, out
 
@@ -554,10 +555,10 @@ def test_the_run_gives_up_on_a_hub_that_never_answers_and_says_why(tmp_path):
     clock, exp, _ = experiment_with(tmp_path, lambda *a, **kw: defer.fail(ConnectionRefusedError()))
     done: list = []
     exp.login().addBoth(done.append)
-    clock.pump([0.5] * int(run_mod.HUB_LOGIN_TIMEOUT / 0.5 + 2))
+    clock.pump([0.5] * int(experiment_mod.HUB_LOGIN_TIMEOUT / 0.5 + 2))
     assert done and done[0].check(RunError)
     assert str(done[0].value).startswith(f"the hub did not answer on 127.0.0.1:8790 within "
-                                         f"{run_mod.HUB_LOGIN_TIMEOUT:g}s: ")
+                                         f"{experiment_mod.HUB_LOGIN_TIMEOUT:g}s: ")
 
 
 def test_a_hub_that_died_or_refused_the_secret_ends_the_login_at_once(tmp_path):
