@@ -227,7 +227,7 @@ def verdict_lines(result: Summary) -> list[str]:
         lines.append(tls)
     if result.search is not None:
         lines.append(f"capacity: {result.search.capacity}")
-    return lines + list(gate.lines(result))
+    return lines + gate.lines(result)
 
 
 def render_report(run_dir: Path) -> str:
