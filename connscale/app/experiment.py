@@ -328,8 +328,23 @@ class Experiment:
             except Exception:
                 pass  # the summary says what we had
         self.scenario.close_phases()
-        p = self.scenario.progress
         self.view.final()
+        result = self.summarize(ok, reason)
+        written = True
+        try:
+            self.rundir.write_json(SUMMARY_FILE, result.to_wire())
+        except RunDirError as e:
+            self.out(f"connscale run: {e}; the summary follows")
+            self.out(json.dumps(result.to_wire(), sort_keys=True))
+            written = False
+        if self.factory is not None:
+            self.factory.disconnect()
+        yield children.stop_all(self.children)
+        return result, written
+
+    def summarize(self, ok: bool, reason: str) -> Summary:
+        """The summary of what the scenario saw and the hub's timeline holds, judged by the gate."""
+        p = self.scenario.progress
         search = self.scenario.result() if isinstance(self.scenario, SearchScenario) else None
         result = summary.build(p, self.cfg.scenario, ok, reason, self.reactor.seconds() - p.started,
                                str(self.rundir.path), preflight=self.preflight, search=search)
@@ -357,18 +372,7 @@ class Experiment:
         # Which ends spoke TLS, and how many handshakes resumed a session.
         result = attrs.evolve(result, tls=summary.tls_fields(self.cfg, p.stats))
         result = attrs.evolve(result, explanation=summary.explanation(result, records))
-        result = gate.judge(self.gate, result, records or [], self.manifest)
-        written = True
-        try:
-            self.rundir.write_json(SUMMARY_FILE, result.to_wire())
-        except RunDirError as e:
-            self.out(f"connscale run: {e}; the summary follows")
-            self.out(json.dumps(result.to_wire(), sort_keys=True))
-            written = False
-        if self.factory is not None:
-            self.factory.disconnect()
-        yield children.stop_all(self.children)
-        return result, written
+        return gate.judge(self.gate, result, records or [], self.manifest)
 
 
 def observer_targets(cfg: Config, hub_pid: int | None) -> list[str] | None:
