@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -101,8 +100,8 @@ def run_main(argv: list[str]) -> int:
         return EXIT_USAGE
     for line in opening_lines(cfg, members, path, rundir.path):
         out(line)
-    ended = drive(partial(Experiment, cfg=cfg, rundir=rundir, out=out, judge=judge, force=args.force,
-                          preflight=Preflight.from_wire(budget.to_dict())))
+    ended = drive(lambda reactor: Experiment(reactor, cfg, rundir, out, judge=judge, force=args.force,
+                                             preflight=Preflight.from_wire(budget.to_dict())))
     if isinstance(ended, int):
         return ended
     result, written = ended
