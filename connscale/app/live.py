@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 import attrs
 
@@ -24,6 +24,11 @@ from connscale.metrics.histograms import Percentiles
 from connscale.metrics.records import Stats
 from connscale.metrics.series import build_series
 from connscale.metrics.workers import WorkerRow
+
+if TYPE_CHECKING:  # rich is imported when a dashboard is drawn, never by a hub or an agent
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
 
 MAX_WORKER_ROWS = 16
 
@@ -117,7 +122,7 @@ def plain_line(frame: Frame, info: RunInfo | None = None) -> str:
     return " ".join(f"{k}={v}" for k, v in fields)
 
 
-def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale") -> Any:
+def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale") -> Group:
     """The rich renderable of one frame: the head panel, then a table for each thing to show."""
     from rich.console import Group
 
@@ -128,7 +133,7 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
     return Group(head_panel(frame, info, title, sum(failures.values())), *(t for t in tables if t is not None))
 
 
-def head_panel(frame: Frame, info: RunInfo | None, title: str, failed: int) -> Any:
+def head_panel(frame: Frame, info: RunInfo | None, title: str, failed: int) -> Panel:
     """Open against the target, rates, RTT, failures and connscale's own cost, in a panel whose
     subtitle says the phase and the step."""
     from rich import box
@@ -171,7 +176,7 @@ def head_panel(frame: Frame, info: RunInfo | None, title: str, failed: int) -> A
                  border_style="red" if failed else "cyan")
 
 
-def failures_table(failures: dict[str, int]) -> Any:
+def failures_table(failures: dict[str, int]) -> Table | None:
     """The eight commonest failures by phase:cause (None when nothing failed)."""
     from rich import box
     from rich.table import Table
@@ -188,7 +193,7 @@ def failures_table(failures: dict[str, int]) -> Any:
     return causes
 
 
-def incidents_table(stats: Stats) -> Any:
+def incidents_table(stats: Stats) -> Table | None:
     """The last three walls hit, with their first fix (None before the first)."""
     from rich import box
     from rich.table import Table
@@ -205,7 +210,7 @@ def incidents_table(stats: Stats) -> Any:
     return table
 
 
-def agents_table(stats: Stats) -> Any:
+def agents_table(stats: Stats) -> Table:
     """A row per agent: its state, counts, RTT, and its busiest worker's CPU and loop lag."""
     from rich import box
     from rich.table import Table
@@ -232,7 +237,7 @@ def agents_table(stats: Stats) -> Any:
     return agents
 
 
-def workers_table(frame: Frame) -> Any:
+def workers_table(frame: Frame) -> Table | None:
     """The busiest workers of both sides, MAX_WORKER_ROWS at most (None without workers)."""
     from rich import box
     from rich.table import Table
@@ -263,7 +268,7 @@ def workers_table(frame: Frame) -> Any:
     return table
 
 
-def observers_table(stats: Stats) -> Any:
+def observers_table(stats: Stats) -> Table | None:
     """The observed servers beside the agents: fds against their limit, connections, memory,
     accept queue (None when no observer reports)."""
     from rich import box
