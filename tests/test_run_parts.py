@@ -15,6 +15,7 @@ import yaml
 from twisted.internet import defer, task
 from twisted.internet.task import Clock
 
+from connscale.app import experiment as experiment_mod
 from connscale.app import run as run_mod
 from connscale.app import summary
 from connscale.app.children import describe_exit
@@ -407,9 +408,9 @@ def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path):
 def test_a_run_uses_the_configured_secret(monkeypatch):
     monkeypatch.delenv("CONNSCALE_SECRET", raising=False)
     cfg = parse_config({"control": {"secret": "configured-secret-of-this-run"}})
-    assert run_mod.run_secret(cfg) == b"configured-secret-of-this-run"
-    fresh = run_mod.run_secret(Config())
-    assert len(fresh) >= 24 and fresh != run_mod.run_secret(Config())
+    assert experiment_mod.run_secret(cfg) == b"configured-secret-of-this-run"
+    fresh = experiment_mod.run_secret(Config())
+    assert len(fresh) >= 24 and fresh != experiment_mod.run_secret(Config())
 
 
 def test_exit_descriptions():
@@ -456,7 +457,7 @@ def test_an_error_the_hub_answers_ends_the_run_with_the_hubs_reason():
     roots: list = []
     client_factory.getRootObject().addCallback(roots.append)
     pump.flush()
-    experiment = run_mod.Experiment.__new__(run_mod.Experiment)
+    experiment = experiment_mod.Experiment.__new__(experiment_mod.Experiment)
     experiment.perspective = roots[0]
     out: list = []
     experiment.call("set_target", "local", 1000).addBoth(out.append)
@@ -482,7 +483,7 @@ def experiment_with(tmp_path, dial_login):  # type: ignore[no-untyped-def]
     clock = Clock()
     cfg = parse_config({"control": {"secret": "a-secret-for-this-test"}, "scenario": {"target": 10}})
     out: list[str] = []
-    exp = run_mod.Experiment(clock, cfg, RunDirectory.create(tmp_path / "runs"), out.append, dial_login=dial_login)
+    exp = experiment_mod.Experiment(clock, cfg, RunDirectory.create(tmp_path / "runs"), out.append, dial_login=dial_login)
     exp.hub = FakeHubChild()
     return clock, exp, out
 
@@ -513,10 +514,10 @@ def test_the_run_gives_up_on_a_hub_that_never_answers_and_says_why(tmp_path):
     clock, exp, _ = experiment_with(tmp_path, lambda *a, **kw: defer.fail(ConnectionRefusedError()))
     done: list = []
     exp.login().addBoth(done.append)
-    clock.pump([0.5] * int(run_mod.HUB_LOGIN_TIMEOUT / 0.5 + 2))
+    clock.pump([0.5] * int(experiment_mod.HUB_LOGIN_TIMEOUT / 0.5 + 2))
     assert done and done[0].check(RunError)
     assert str(done[0].value).startswith(f"the hub did not answer on 127.0.0.1:8790 within "
-                                         f"{run_mod.HUB_LOGIN_TIMEOUT:g}s: ")
+                                         f"{experiment_mod.HUB_LOGIN_TIMEOUT:g}s: ")
 
 
 def test_a_hub_that_died_or_refused_the_secret_ends_the_login_at_once(tmp_path):
@@ -829,3 +830,91 @@ def test_an_agent_away_for_less_than_its_grace_is_not_lost_and_one_away_at_the_h
     # Away as a short hold ends, back within the grace: the hold is judged once it is back.
     sc, result = run_with_b_away(AGENT_AWAY_GRACE / 2, final_hold=2.0)
     assert result is None and sc.progress.held == 3000 and sc.progress.lost_agents == []
+
+
+# -- run_main's steps --------------------------------------------------------------------------
+
+def test_the_command_line_sets_its_keys_and_observe_takes_a_pid_or_a_name():
+    args = run_mod.parse_args(["--target", "7", "--observe", " 123 "])
+    assert run_mod.overrides(args) == {"scenario.target": "7", "run.dir": None, "client.url": None,
+                                       "client.protocol": None, "observe.pid": " 123 "}
+    assert run_mod.overrides(run_mod.parse_args(["--observe", "redis-server"]))["observe.name"] == "redis-server"
+
+
+def test_what_a_fleet_cannot_run_yet_is_refused_in_one_line():
+    from connscale.app.fleet import members
+
+    alone = parse_config({"scenario": {"mode": "search"}, "server": {"tls": "auto"}})
+    assert run_mod.fleet_refusal(alone, members(alone)) is None
+    fleet_of = {"clients": {"h2": {"host": "198.18.0.2"}}}
+    ramp = parse_config(fleet_of)
+    assert run_mod.fleet_refusal(ramp, members(ramp)) is None
+    search = parse_config({**fleet_of, "scenario": {"mode": "search"}})
+    assert run_mod.fleet_refusal(search, members(search)) == (
+        "connscale run: scenario.mode search runs on the local agent only: leave clients: and "
+        "scenario.agents out of its config")
+    tls = parse_config({**fleet_of, "scenario": {"mode": "search"}, "client": {"tls": True}})
+    refusal = run_mod.fleet_refusal(tls, members(tls))
+    assert refusal is not None and refusal.startswith("connscale run: client.tls runs on the local agent only for now")
+
+
+def test_a_target_beyond_this_host_is_refused_unless_forced_and_only_announced_to_a_search(capsys):
+    from connscale.app.fleet import members
+
+    # No host of this suite holds a hundred million (its routes alone allow 14,000 per source IP).
+    ramp = parse_config({"scenario": {"target": 100_000_000}})
+    assert run_mod.preflight_or_refuse(ramp, members(ramp), force=False) is None
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith("connscale check: ") and said[-2].startswith("connscale run: refused: ")
+    assert said[-1] == "connscale run: fix the configuration or the host as above, or run anyway with --force"
+    forced = run_mod.preflight_or_refuse(ramp, members(ramp), force=True)
+    assert forced is not None and not forced.ok
+    assert capsys.readouterr().out.splitlines()[-1].startswith("connscale run: --force: running although ")
+    search = parse_config({"scenario": {"target": 100_000_000, "mode": "search"}})
+    assert run_mod.preflight_or_refuse(search, members(search), force=False) is not None
+    assert capsys.readouterr().out.startswith("connscale run: search: this host is expected to reach about ")
+    small = parse_config({"scenario": {"target": 10}})
+    assert run_mod.preflight_or_refuse(small, members(small), force=False) is not None
+    assert capsys.readouterr().out == ""
+
+
+def test_the_run_says_what_it_is_about_to_do(tmp_path):
+    from connscale.app.fleet import members
+
+    ramp = parse_config({"scenario": {"target": 600, "steps": 3, "rate": 200}})
+    assert run_mod.opening_lines(ramp, members(ramp), "x.yaml", tmp_path) == [
+        f"connscale run: target 600 connections in 3 steps at 200/s (x.yaml); records in {tmp_path}"]
+    other = parse_config({"scenario": {"mode": "search", "target": 900, "search_start": 100},
+                          "client": {"url": "redis://:hunter2@127.0.0.1:6379"},
+                          "clients": {"h2": {"host": "198.18.0.2"}}})
+    first, second = run_mod.opening_lines(other, members(other), "y.yaml", tmp_path)
+    assert first.startswith("connscale run: search up to 900 connections from 100 at ")
+    assert first.endswith(f"/s across 1 agents (h2) (y.yaml); records in {tmp_path}")
+    assert second.startswith("connscale run: the clients speak redis to ") and "hunter2" not in second
+
+
+def test_the_verdict_lines_follow_the_summary():
+    from connscale.diagnose.records import read_summary
+
+    held, why = read_summary(REPO / "tests" / "fixtures" / "old-runs" / "held")
+    assert held is not None, why
+    lines = run_mod.verdict_lines(held)
+    assert lines[0] == summary.verdict_line(held) and not any(line.startswith("reason: ") for line in lines)
+    failed, why = read_summary(REPO / "tests" / "fixtures" / "old-runs" / "failed")
+    assert failed is not None and failed.reason, why
+    assert failed.explanation is not None and failed.explanation.fix
+    assert run_mod.verdict_lines(failed) == [
+        summary.verdict_line(failed), f"reason: {failed.reason}", f"why: {failed.explanation.headline}",
+        *[f"fix: {line}" for line in failed.explanation.fix]]
+    search, why = read_summary(REPO / "tests" / "fixtures" / "old-runs" / "search")
+    assert search is not None and search.search is not None, why
+    assert run_mod.verdict_lines(search)[-1] == f"capacity: {search.search.capacity}"
+
+
+@pytest.mark.parametrize("held, verdict", [
+    (10, (True, "")), (7, (False, "held 7 of 10 through the final hold")),
+])
+def test_a_ramp_holds_when_it_held_its_target_through_the_final_hold(tmp_path, held, verdict):
+    _, exp, _ = experiment_with(tmp_path, lambda *a, **kw: defer.succeed(("f", "p")))
+    exp.scenario.progress.held = held
+    assert exp.verdict() == verdict

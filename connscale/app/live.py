@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 import attrs
 
@@ -24,6 +24,11 @@ from connscale.metrics.histograms import Percentiles
 from connscale.metrics.records import Stats
 from connscale.metrics.series import build_series
 from connscale.metrics.workers import WorkerRow
+
+if TYPE_CHECKING:  # rich is imported when a dashboard is drawn, never by a hub or an agent
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
 
 MAX_WORKER_ROWS = 16
 
@@ -117,10 +122,21 @@ def plain_line(frame: Frame, info: RunInfo | None = None) -> str:
     return " ".join(f"{k}={v}" for k, v in fields)
 
 
-def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale") -> Any:
-    """The rich renderable of one frame."""
-    from rich import box
+def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale") -> Group:
+    """The rich renderable of one frame: the head panel, then a table for each thing to show."""
     from rich.console import Group
+
+    st = frame.stats
+    failures = st.failures()
+    tables = (failures_table(failures), incidents_table(st), agents_table(st), observers_table(st),
+              workers_table(frame))
+    return Group(head_panel(frame, info, title, sum(failures.values())), *(t for t in tables if t is not None))
+
+
+def head_panel(frame: Frame, info: RunInfo | None, title: str, failed: int) -> Panel:
+    """Open against the target, rates, RTT, failures and connscale's own cost, in a panel whose
+    subtitle says the phase and the step."""
+    from rich import box
     from rich.panel import Panel
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -130,9 +146,6 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
     opened = st.client.open
     ordered = st.target
     goal = info.target if info and info.target else ordered
-    failures = st.failures()
-    failed = sum(failures.values())
-
     head = Table.grid(padding=(0, 3))
     head.add_column(justify="left")
     head.add_column(justify="left")
@@ -159,33 +172,56 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
     phase = frame.phase(info)
     step = f" (step {info.step}/{info.steps})" if info and info.steps else ""
     subtitle = f"{phase}{step} · {st.elapsed_s:.0f} s" if phase else f"{st.elapsed_s:.0f} s"
-    parts: list[Any] = [Panel(head, title=f"[bold]{title}[/]", subtitle=subtitle, box=box.ROUNDED,
-                              border_style="red" if failed else "cyan")]
+    return Panel(head, title=f"[bold]{title}[/]", subtitle=subtitle, box=box.ROUNDED,
+                 border_style="red" if failed else "cyan")
 
-    if failed:
-        causes = Table(box=box.SIMPLE_HEAD, title="failures by cause", title_justify="left", expand=False)
-        causes.add_column("phase:cause")
-        causes.add_column("count", justify="right")
-        for key, n in sorted(failures.items(), key=lambda kv: -kv[1])[:8]:
-            if n:
-                causes.add_row(Text(key), f"{n:,}")  # text, never markup: it came from an agent
-        parts.append(causes)
 
-    if st.incidents:
-        table = Table(box=box.SIMPLE_HEAD, title="incidents (the walls hit)", title_justify="left",
-                      title_style="bold red")
-        for col in ("at", "wall", "what", "fix"):
-            table.add_column(col)
-        for i in st.incidents[-3:]:
-            table.add_row(f"{i.elapsed_s:.0f} s", Text(i.wall), Text(i.headline), Text(i.fix[0] if i.fix else ""))
-        parts.append(table)
+def failures_table(failures: dict[str, int]) -> Table | None:
+    """The eight commonest failures by phase:cause (None when nothing failed)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    if not sum(failures.values()):
+        return None
+    causes = Table(box=box.SIMPLE_HEAD, title="failures by cause", title_justify="left", expand=False)
+    causes.add_column("phase:cause")
+    causes.add_column("count", justify="right")
+    for key, n in sorted(failures.items(), key=lambda kv: -kv[1])[:8]:
+        if n:
+            causes.add_row(Text(key), f"{n:,}")  # text, never markup: it came from an agent
+    return causes
+
+
+def incidents_table(stats: Stats) -> Table | None:
+    """The last three walls hit, with their first fix (None before the first)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    if not stats.incidents:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, title="incidents (the walls hit)", title_justify="left",
+                  title_style="bold red")
+    for col in ("at", "wall", "what", "fix"):
+        table.add_column(col)
+    for i in stats.incidents[-3:]:
+        table.add_row(f"{i.elapsed_s:.0f} s", Text(i.wall), Text(i.headline), Text(i.fix[0] if i.fix else ""))
+    return table
+
+
+def agents_table(stats: Stats) -> Table:
+    """A row per agent: its state, counts, RTT, and its busiest worker's CPU and loop lag."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
 
     agents = Table(box=box.SIMPLE_HEAD, title="agents", title_justify="left")
     for col, justify in (("agent", "left"), ("host", "left"), ("state", "left"), ("target", "right"),
                          ("open", "right"), ("connecting", "right"), ("workers", "right"), ("failures", "right"),
                          ("RTT p99 ms", "right"), ("busiest cpu %", "right"), ("worst lag ms", "right")):
         agents.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for name, a in sorted(st.clients.items()):
+    for name, a in sorted(stats.clients.items()):
         # An agent is as prompt as its busiest worker: that one's CPU and loop lag say
         # whether this agent's share of the numbers is the server's or connscale's own.
         loads = [_worker_load(w, None) for w in a.workers]
@@ -198,37 +234,41 @@ def dashboard(frame: Frame, info: RunInfo | None = None, title: str = "connscale
                        str(len(a.workers)), f"{sum(a.failures.values()):,}",
                        _ms(a.rtt_window_ms.p99 if a.rtt_window_ms else None),
                        _hot(max(cpus)) if cpus else "-", f"{max(lags):.1f}" if lags else "-")
-    parts.append(agents)
-    observed = observers_table(st)
-    if observed is not None:
-        parts.append(observed)
+    return agents
+
+
+def workers_table(frame: Frame) -> Table | None:
+    """The busiest workers of both sides, MAX_WORKER_ROWS at most (None without workers)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
 
     rows = []
-    for ref in st.worker_rows():
+    for ref in frame.stats.worker_rows():
         cpu, lag = _worker_load(ref.row, frame.worker_cpu.get(ref.label))
         rows.append((ref.side, ref.label, ref.row, cpu, lag))
-    if rows:
-        table = Table(box=box.SIMPLE_HEAD, title="workers", title_justify="left")
-        for col, justify in (("worker", "left"), ("open", "right"), ("target", "right"), ("CPU %", "right"),
-                             ("loop lag ms", "right"), ("RSS MiB", "right"), ("restarts", "right")):
-            table.add_column(col, justify=justify)  # type: ignore[arg-type]
-        # The busiest first: with a hundred workers the saturated ones matter.
-        rows.sort(key=lambda r: -(r[3] or 0.0))
-        for side, label, w, cpu, lag in rows[:MAX_WORKER_ROWS]:
-            rss = (w.rss_bytes or 0.0) / 2**20
-            table.add_row(
-                Text(label) + (Text("") if w.alive else Text(" (down)", "red")),
-                f"{w.open:,}", f"{w.target:,}" if side == "client" else "-",
-                "-" if cpu is None else _hot(cpu),
-                "-" if lag is None else f"{lag:.1f}", f"{rss:.0f}" if rss else "-", str(w.restarts),
-            )
-        if len(rows) > MAX_WORKER_ROWS:
-            table.caption = f"{len(rows) - MAX_WORKER_ROWS} more workers (less busy) not shown"
-        parts.append(table)
-    return Group(*parts)
+    if not rows:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, title="workers", title_justify="left")
+    for col, justify in (("worker", "left"), ("open", "right"), ("target", "right"), ("CPU %", "right"),
+                         ("loop lag ms", "right"), ("RSS MiB", "right"), ("restarts", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    # The busiest first: with a hundred workers the saturated ones matter.
+    rows.sort(key=lambda r: -(r[3] or 0.0))
+    for side, label, w, cpu, lag in rows[:MAX_WORKER_ROWS]:
+        rss = (w.rss_bytes or 0.0) / 2**20
+        table.add_row(
+            Text(label) + (Text("") if w.alive else Text(" (down)", "red")),
+            f"{w.open:,}", f"{w.target:,}" if side == "client" else "-",
+            "-" if cpu is None else _hot(cpu),
+            "-" if lag is None else f"{lag:.1f}", f"{rss:.0f}" if rss else "-", str(w.restarts),
+        )
+    if len(rows) > MAX_WORKER_ROWS:
+        table.caption = f"{len(rows) - MAX_WORKER_ROWS} more workers (less busy) not shown"
+    return table
 
 
-def observers_table(stats: Stats) -> Any:
+def observers_table(stats: Stats) -> Table | None:
     """The observed servers beside the agents: fds against their limit, connections, memory,
     accept queue (None when no observer reports)."""
     from rich import box

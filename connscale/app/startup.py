@@ -8,8 +8,9 @@ get the same one-line error. Errors leave through `SystemExit` from
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Mapping
 
@@ -47,10 +48,34 @@ def load_or_exit(prog: str, path: str | None, overrides: Mapping[str, object] | 
     return cfg
 
 
-class ConfigOptions(usage.Options):
-    """Options whose values override config keys (`dotted.key`)."""
+#: The config key an option's help ends with: "Connects per second [client.rate, default 2000]."
+KEY_IN_HELP = re.compile(r"\[([a-z_]+(?:\.[a-z_]+)+)[,\]]")
 
-    #: option name -> dotted config key
+
+def keys_in_help(parameters: Iterable[Sequence[Any]], methods: Mapping[str, object]) -> dict[str, str]:
+    """option name -> the dotted config key its help names (`optParameters` rows, `opt_*` methods).
+
+    The help is where a user reads which key an option sets: made from it, the table
+    cannot say one key while the help says another. An alias (`opt_p = opt_port`) is its
+    long name's option, not one of its own."""
+    keys: dict[str, str] = {}
+    for name, _short, _default, doc, *_ in parameters:
+        if found := KEY_IN_HELP.search(doc or ""):
+            keys[name] = found.group(1)
+    seen: set[int] = set()
+    for attr, method in methods.items():
+        if attr.startswith("opt_") and callable(method) and id(method) not in seen:
+            seen.add(id(method))
+            if found := KEY_IN_HELP.search(method.__doc__ or ""):
+                keys[attr[len("opt_"):].replace("_", "-")] = found.group(1)
+    return keys
+
+
+class ConfigOptions(usage.Options):
+    """Options whose values override config keys (`dotted.key`): an option sets the key its
+    help names in brackets ("... [client.rate, default 2000].")."""
+
+    #: option name -> dotted config key, made from the help of each subclass's options.
     # Options is a dict, so this shadows dict.keys(); nothing calls that on options (renaming it is not
     # a typing change).
     keys: Mapping[str, str] = {}  # type: ignore[assignment]
@@ -58,6 +83,10 @@ class ConfigOptions(usage.Options):
     repeatable: tuple[str, ...] = ()
 
     optParameters: list[list[Any]] = [["config", "c", None, "YAML config file (see connscale.yaml)."]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.keys = keys_in_help(cls.optParameters, vars(cls))
 
     def __init__(self) -> None:
         super().__init__()

@@ -45,24 +45,6 @@ class Options(ConfigOptions):
         ["name", None, None, "Agent name shown by the controller [client.name, default hostname]."],
         ["secret-file", None, None, "File holding the control secret [control.secret_file]."],
     ]
-    keys = {
-        "server": "client.server",
-        "connections": "client.connections",
-        "rate": "client.rate",
-        "interval": "client.interval",
-        "timeout": "client.timeout",
-        "framing": "client.framing",
-        "url": "client.url",
-        "protocol": "client.protocol",
-        "workers": "client.workers",
-        "per-route-max": "client.per_route_max",
-        "close": "client.close",
-        "status-interval": "client.status_interval",
-        "source-ip": "client.source_ips",
-        "master": "client.master",
-        "name": "client.name",
-        "secret-file": "control.secret_file",
-    }
     optFlags = [["lifeline", None, "Exit when stdin closes (used by the ssh launch and connscale run)."]]
     repeatable = ("source-ip",)
     opt_source_ip = repeat_option(

@@ -33,7 +33,6 @@ class Options(ConfigOptions):
         ["status-interval", None, None, "Seconds between status lines without a hub (default 5)."],
         ["target-label", None, None, "What to call the (first) target in reports (default: its name or pid)."],
     ]
-    keys = {"master": "client.master", "secret-file": "control.secret_file"}
     optFlags = [["lifeline", None, "Exit when stdin closes (used by the ssh launch and connscale run)."]]
     repeatable = ("pid", "name", "children-of")
     opt_pid = repeat_option("pid", "A process to watch, with its children; repeatable.")

@@ -33,25 +33,11 @@ class Options(ConfigOptions):
         ["max-line", None, None, "Longest accepted line in bytes [server.max_line, default 1024]."],
         ["control", None, None, "Controller endpoint [control.listen]."],
         ["secret-file", None, None, "File holding the control secret [control.secret_file]."],
-        ["console", None, None, "ssh, telnet or none [control.console]."],
+        ["console", None, None, "ssh or none [control.console]."],
         ["console-listen", None, None, "Console endpoint [control.console_listen]."],
         ["run-dir", None, None, "Parent directory of run records [run.dir, default runs]."],
         ["record-dir", None, None, "Exact directory for this hub's timeline.jsonl (default run.dir/<time>-hub)."],
     ]
-    keys = {
-        "interface": "server.interface",
-        "port": "server.ports",
-        "backlog": "server.backlog",
-        "framing": "server.framing",
-        "workers": "server.workers",
-        "status-interval": "server.status_interval",
-        "max-line": "server.max_line",
-        "control": "control.listen",
-        "secret-file": "control.secret_file",
-        "console": "control.console",
-        "console-listen": "control.console_listen",
-        "run-dir": "run.dir",
-    }
     optFlags = [["lifeline", None, "Exit when stdin closes (used by connscale run)."],
                 ["no-summary", None, "Write no manifest.json at start nor summary.json at stop (connscale run "
                                      "writes its own)."]]

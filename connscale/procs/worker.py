@@ -60,6 +60,7 @@ from connscale.procs.records import (
     ServerSpec,
     WorkerHello,
     WorkerOrder,
+    WorkerSpec,
     with_password,
 )
 
@@ -167,18 +168,7 @@ ROLES = {"server": ServerWorkerRoot, "client": ClientWorkerRoot}
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    from connscale.records.base import RecordError
-
-    try:
-        role = argv[0]
-        # The target's password comes in our environment, never on the command line (`ps`).
-        spec = with_password(SPECS[role].from_wire(json.loads(argv[1])), os.environ)
-    except (IndexError, KeyError, ValueError, RecordError) as e:
-        # A parent of another version, or a typo by hand: one line, exit 2.
-        sys.stderr.write(f"connscale worker: bad arguments: {e}\n")
-        sys.exit(2)
-    name = spec.name
+    role, spec = read_spec(sys.argv[1:] if argv is None else argv)
     from twisted.internet import reactor
 
     if spec.fast_path:
@@ -199,9 +189,38 @@ def main(argv: list[str] | None = None) -> None:
     try:
         root = ROLES[role](reactor, budget, spec)
     except (ListenError, TLSSetupError, ProfileError) as e:
-        sys.stderr.write(f"{name}: {e}\n")
+        sys.stderr.write(f"{spec.name}: {e}\n")
         sys.exit(3)
     serve_stdio(reactor, root, lambda: stop_reactor(reactor))
+    stand_aside()
+    import gc
+
+    # What start-up made (modules, Twisted, PB: ~100,000 objects) lives as long as
+    # the worker: out of the collector's way, so a full collection scans only
+    # what the connections made since (load reports gc_ms and gc_full).
+    gc.freeze()
+    # IReactorCore.run names no arguments; every posix reactor's takes this one.
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
+
+
+def read_spec(argv: list[str]) -> tuple[str, WorkerSpec]:
+    """(role, spec) from the command line, or exit 2 with one line."""
+    from connscale.records.base import RecordError
+
+    try:
+        role = argv[0]
+        # The target's password comes in our environment, never on the command line (`ps`).
+        return role, with_password(SPECS[role].from_wire(json.loads(argv[1])), os.environ)
+    except (IndexError, KeyError, ValueError, RecordError) as e:
+        # A parent of another version, or a typo by hand: one line, exit 2.
+        sys.stderr.write(f"connscale worker: bad arguments: {e}\n")
+        sys.exit(2)
+
+
+def stand_aside() -> None:
+    """Out of the parent's session and signals, and below the control plane's CPU share."""
+    import signal
+
     # Only the parent stops a worker: a Ctrl-C or a signal to the parent's
     # process group must not look like a crash. A parent that dies closes our
     # stdin, and the orphan guard ends us then.
@@ -220,17 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             os.nice(WORKER_NICE - os.getpriority(os.PRIO_PROCESS, 0))
         except OSError:
             pass
-    import gc
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # What start-up made (modules, Twisted, PB: ~100,000 objects) lives as long as
-    # the worker: out of the collector's way, so a full collection scans only
-    # what the connections made since (load reports gc_ms and gc_full).
-    gc.freeze()
-    # IReactorCore.run names no arguments; every posix reactor's takes this one.
-    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
-
 
 if __name__ == "__main__":
     main()
