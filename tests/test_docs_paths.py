@@ -4,7 +4,7 @@ A rename that forgets the prose is found here, not by the next reader who cannot
 `connscale.stats.parse_status`. Checked: dotted names `connscale.a.b[.Name]` (the module
 imported, the rest looked up on it), repository paths (`connscale/...`, `tests/...`,
 `bench/...`, `docs/...`) and the short paths the design notes use, read below `connscale/`
-(`net/wire.py`, `net/profiles`, `net/dispatch.Loop`, `diagnose/budget.TLS_*`). The short
+(`net/wire.py`, `net/profiles`, `net/dispatch.Loop`, `diagnose/costs.TLS_*`). The short
 dotted form (`app.fleet`) is not: it reads like a config key (`control.listen`).
 """
 
@@ -122,7 +122,7 @@ def test_a_users_own_paths_are_not_read_as_the_repositorys() -> None:
 
 @pytest.mark.parametrize(("mention", "exists"), [
     ("net/wire.py", True), ("net/wire.pyc", False), ("net/profiles", True), ("net/tls", True),
-    ("net/tls.tls_cause", True), ("net/tls.no_such_name", False), ("diagnose/budget.TLS_*", True),
+    ("net/tls.tls_cause", True), ("net/tls.no_such_name", False), ("diagnose/costs.TLS_*", True),
     ("diagnose/budget.NO_SUCH_*", False), ("app/nowhere.py", False), ("app/run.own_tls", False),
 ])
 def test_short_paths_are_read_below_the_package(mention: str, exists: bool) -> None:

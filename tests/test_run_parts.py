@@ -8,6 +8,7 @@ import json
 import os
 import stat
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import pytest
@@ -28,6 +29,8 @@ from connscale.diagnose.records import Summary
 from connscale.metrics.histograms import Percentiles
 from connscale.metrics.records import SCHEMA, Stats
 from connscale.metrics.workers import WorkerLoss
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class FakeHub:

@@ -6,7 +6,7 @@ import pytest
 
 from connscale.app import tap_client, tap_observe, tap_server
 from connscale.app.startup import ConfigOptions, keys_in_help, repeat_option
-from connscale.config.settings import ConfigError, load_config
+from connscale.config.loader import ConfigError, load_config
 
 TAPS = [tap_client.Options, tap_server.Options, tap_observe.Options]
 
