@@ -171,6 +171,20 @@ def test_the_knee_sentence_says_the_timelines_numbers(tmp_path: Path) -> None:
     assert "that is the knee of the curve" in page
 
 
+def test_the_failures_figure_is_the_same_whatever_order_its_causes_arrive_in() -> None:
+    import attrs
+
+    from connscale.diagnose import plots
+    from connscale.metrics.series import build_series
+
+    s = build_series(make_stats(fail_at_step=2))
+    tied = {"connect:EADDRNOTAVAIL": [0] * (len(s) - 1) + [5], "connect:ECONNREFUSED": [0] * (len(s) - 1) + [5],
+            "ping:timeout": [1] * len(s)}
+    figures = {plots.failures_by_cause(attrs.evolve(s, failures_by_cause=dict(order)))
+               for order in (list(tied.items()), list(reversed(tied.items())))}
+    assert len(figures) == 1
+
+
 def test_csv_has_per_second_percentiles_recomputed_from_the_histograms(tmp_path: Path) -> None:
     records = make_records()
     run_dir = write_run(tmp_path / "run", records)

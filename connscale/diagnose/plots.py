@@ -243,7 +243,8 @@ def failures_by_cause(s: Series, top: int = 7) -> bytes:
         if s.elapsed:
             ax.set_xlim(s.elapsed[0] - 1, s.elapsed[-1])
         return _png(fig)
-    ranked = sorted(totals, key=lambda k: -totals[k])
+    # Ties by name: the causes arrive in a set's order, which changes from one process to the next.
+    ranked = sorted(totals, key=lambda k: (-totals[k], k))
     shown, rest = ranked[:top], ranked[top:]
     bottom = [0] * len(s)
     columns = [(k, s.failures_by_cause[k]) for k in shown]
