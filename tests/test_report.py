@@ -139,6 +139,37 @@ def test_a_fleet_runs_report_shows_each_agents_host_manifest(tmp_path: Path) -> 
     assert "<h3>h3</h3><p class=\"muted\">manifest-h3.json is missing or unreadable.</p>" in page
 
 
+def test_the_verdict_says_what_each_kind_of_run_needs_said(tmp_path: Path) -> None:
+    from connscale.diagnose.report_numbers import compute_numbers
+    from connscale.diagnose.report_verdict import verdict
+    from connscale.metrics.series import build_series
+
+    def judged(name: str, summary: dict | None, **kw: int):
+        run = load_run(write_run(tmp_path / name, make_records(**kw), summary, manifest=False))
+        points = curve_points(run.records)
+        return verdict(run, compute_numbers(run, build_series(run.records)), find_knee(points), points)
+
+    held = judged("held", {"verdict": "held", "reason": "", "target": 6000, "held": 6000})
+    assert (held.css, held.record, held.held, held.stopped_because, held.failures, held.no_failure) == \
+        ("held", "run", True, None, None, False)
+    assert held.explanation is not None and held.explanation.headline is None  # a held run names no wall
+    assert held.curve is not None and held.knee is None
+    # A failed run without a failure: its derived explanation stops it; nothing to blame is said.
+    stalled = judged("stalled", {"verdict": "failed", "reason": "time limit", "target": 9000, "held": 0})
+    assert stalled.css == "failed" and stalled.stopped_because is None and stalled.no_failure
+    assert stalled.explanation is not None and stalled.explanation.headline.startswith("Stopped at 6,000")
+    # No summary: the timeline's failures are blamed, and no verdict is given.
+    bare = judged("bare", None, fail_at_step=2)
+    assert (bare.css, bare.record, bare.held, bare.explanation, bare.no_failure) == ("unknown", "none", False, None, False)
+    assert bare.failures is not None and bare.failures.cause == "EADDRNOTAVAIL"
+    assert [(k, n.text) for k, n in bare.failures.listed] == [("connect:EADDRNOTAVAIL", "80")]
+    # A hub's record: its headline opens it, its reason is said, it has no verdict to explain.
+    hub = judged("hub", {"verdict": "recorded", "kind": "hub", "reason": "stopped by the operator", "target": 0,
+                         "held": 0, "explanation": {"headline": "2 agents held 4,000"}})
+    assert (hub.record, hub.hub_headline, hub.stopped_because, hub.explanation, hub.failures, hub.no_failure) == \
+        ("hub", "2 agents held 4,000", "stopped by the operator", None, None, False)
+
+
 def test_knee_is_where_p99_leaves_the_low_load_band() -> None:
     flat = [CurvePoint(n, "", 1.0, 2.0 + (n % 3) * 0.3, 10) for n in (1000, 2000, 3000, 4000)]
     assert find_knee(flat) is None
