@@ -4,7 +4,9 @@ Every template is autoescaped: run names, config paths, incident words, manifest
 anything else a run directory says are data, never markup, so a value that reaches a page
 without a thought is escaped rather than injected. Both pages wear one stylesheet
 (`templates/style.css`, included by each). StrictUndefined: a name a template asks for and the
-code did not pass is an error, never an empty string on the page.
+code did not pass is an error, never an empty string on the page. Nothing is marked safe: the
+pages pass values, never markup (the plots are base64 text in an attribute, which escaping
+leaves as it is).
 
 jinja2 is imported here, and this module only by the pages' modules, which the CLI imports lazily:
 hubs and workers never load it.
