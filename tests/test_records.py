@@ -276,7 +276,7 @@ OWNERS = {
 #: (module, key): reads of dicts that are not these records, and why.
 NOT_RECORDS = {
     # The report's own numbers, keyed as the page tags them (`data-k`).
-    ("connscale/diagnose/report.py", "peak_open"),
+    ("connscale/diagnose/report_verdict.py", "peak_open"),
     # The benchmark's own result, counted from the processes' status lines.
     ("bench/cpu_per_rtt.py", "open_at_end"),
     # The benchmark's own result row per case (made from the typed Summary in `run_case`).

@@ -139,6 +139,37 @@ def test_a_fleet_runs_report_shows_each_agents_host_manifest(tmp_path: Path) -> 
     assert "<h3>h3</h3><p class=\"muted\">manifest-h3.json is missing or unreadable.</p>" in page
 
 
+def test_the_verdict_says_what_each_kind_of_run_needs_said(tmp_path: Path) -> None:
+    from connscale.diagnose.report_numbers import compute_numbers
+    from connscale.diagnose.report_verdict import verdict
+    from connscale.metrics.series import build_series
+
+    def judged(name: str, summary: dict | None, **kw: int):
+        run = load_run(write_run(tmp_path / name, make_records(**kw), summary, manifest=False))
+        points = curve_points(run.records)
+        return verdict(run, compute_numbers(run, build_series(run.records)), find_knee(points), points)
+
+    held = judged("held", {"verdict": "held", "reason": "", "target": 6000, "held": 6000})
+    assert (held.css, held.record, held.held, held.stopped_because, held.failures, held.no_failure) == \
+        ("held", "run", True, None, None, False)
+    assert held.explanation is not None and held.explanation.headline is None  # a held run names no wall
+    assert held.curve is not None and held.knee is None
+    # A failed run without a failure: its derived explanation stops it; nothing to blame is said.
+    stalled = judged("stalled", {"verdict": "failed", "reason": "time limit", "target": 9000, "held": 0})
+    assert stalled.css == "failed" and stalled.stopped_because is None and stalled.no_failure
+    assert stalled.explanation is not None and stalled.explanation.headline.startswith("Stopped at 6,000")
+    # No summary: the timeline's failures are blamed, and no verdict is given.
+    bare = judged("bare", None, fail_at_step=2)
+    assert (bare.css, bare.record, bare.held, bare.explanation, bare.no_failure) == ("unknown", "none", False, None, False)
+    assert bare.failures is not None and bare.failures.cause == "EADDRNOTAVAIL"
+    assert [(k, n.text) for k, n in bare.failures.listed] == [("connect:EADDRNOTAVAIL", "80")]
+    # A hub's record: its headline opens it, its reason is said, it has no verdict to explain.
+    hub = judged("hub", {"verdict": "recorded", "kind": "hub", "reason": "stopped by the operator", "target": 0,
+                         "held": 0, "explanation": {"headline": "2 agents held 4,000"}})
+    assert (hub.record, hub.hub_headline, hub.stopped_because, hub.explanation, hub.failures, hub.no_failure) == \
+        ("hub", "2 agents held 4,000", "stopped by the operator", None, None, False)
+
+
 def test_knee_is_where_p99_leaves_the_low_load_band() -> None:
     flat = [CurvePoint(n, "", 1.0, 2.0 + (n % 3) * 0.3, 10) for n in (1000, 2000, 3000, 4000)]
     assert find_knee(flat) is None
@@ -169,6 +200,20 @@ def test_the_knee_sentence_says_the_timelines_numbers(tmp_path: Path) -> None:
     shown = shown_numbers(page)
     assert shown["knee.open"] == 6000 and shown["knee.before_open"] == 4000
     assert "that is the knee of the curve" in page
+
+
+def test_the_failures_figure_is_the_same_whatever_order_its_causes_arrive_in() -> None:
+    import attrs
+
+    from connscale.diagnose import plots
+    from connscale.metrics.series import build_series
+
+    s = build_series(make_stats(fail_at_step=2))
+    tied = {"connect:EADDRNOTAVAIL": [0] * (len(s) - 1) + [5], "connect:ECONNREFUSED": [0] * (len(s) - 1) + [5],
+            "ping:timeout": [1] * len(s)}
+    figures = {plots.failures_by_cause(attrs.evolve(s, failures_by_cause=dict(order)))
+               for order in (list(tied.items()), list(reversed(tied.items())))}
+    assert len(figures) == 1
 
 
 def test_csv_has_per_second_percentiles_recomputed_from_the_histograms(tmp_path: Path) -> None:
@@ -208,12 +253,90 @@ def test_report_of_an_empty_or_missing_timeline_is_one_clear_error(tmp_path: Pat
     assert "0 seconds recorded" in page
 
 
-def test_hubs_workers_and_the_cli_start_without_matplotlib_rich_or_prometheus() -> None:
+def test_hubs_workers_and_the_cli_start_without_matplotlib_rich_prometheus_or_jinja2() -> None:
     import sys
 
     code = ("import sys, connscale.control.hub, connscale.procs.worker, connscale.app.cli, connscale.app.run, "
             "connscale.control.agent; print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'matplotlib', 'rich', 'prometheus_client'}))")
+            "{'matplotlib', 'rich', 'prometheus_client', 'jinja2'}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- what a run directory says is text on the page
+
+def _hostile(name: str) -> str:
+    """A value that breaks out of an attribute and opens a script wherever it lands unescaped."""
+    return f'"><script>{name}'
+
+
+def _hostile_runs(tmp_path: Path) -> tuple[list[Path], list[str]]:
+    """Two run directories whose every string the report shows is hostile, and those strings' names.
+
+    What reaches the page from outside connscale's own words: the run directory's name, the
+    configuration (a path, the target URL), the host's manifest and an agent's, a peer's failure
+    causes, the agents' names and hosts, incident and explanation words, the gates' expressions
+    and baseline, the observed server's label, phase names and events on the timeline, and what
+    could not be read."""
+    h = _hostile
+    records = make_records(fail_at_step=2)
+    records[0]["phase"] = h("phase")
+    records[0]["events"] = [h("event")]
+    ag = {"agent": h("agent"), "host": h("ahost"), "share": 3000, "held": 3000, "peak_open": 3000,
+          "failures": {h("afail"): 3}}
+    summary = {
+        "verdict": "failed", "reason": "", "target": 6000, "held": 0,
+        "explanation": {"headline": h("headline"), "wall": h("wall"), "side": h("side"),
+                        "evidence": [h("evidence")], "fix": [h("fix")]},
+        "search": {"knee": 0, "capacity": h("capacity")},
+        "incidents": [{"elapsed_s": 9.0, "trigger": h("trig"), "wall": h("iwall"), "side": h("iside"),
+                       "headline": h("ihead"), "evidence": [h("iev")], "fix": [h("ifix")]}],
+        "thresholds": [{"expression": h("expr"), "source": h("source"), "metric": "held", "op": ">=",
+                        "limit": 1.0, "passed": False, "note": h("note")}],
+        "baseline": {"run_dir": h("basedir"), "tolerance_pct": 5.0, "lacks": [h("lack")],
+                     "checks": [{"metric": h("metric"), "better": "higher", "tolerance_pct": 5.0,
+                                 "outcome": "skipped", "note": h("cnote")}],
+                     "changed": [{"key": h("hkey"), "values": [h("was"), h("now")]}]},
+        "split": [{"agent": h("agent"), "share": 3000, "limit": h("limit"), "why": h("why")}],
+        "agents": [ag],
+        "lost_agents": [{"agent": h("lagent"), "host": h("lhost"), "reason": h("lreason")}],
+        "memory": {"baseline": {"elapsed_s": 1.0}, "server": {"label": h("label")},
+                   "rows": [{"key": h("mkey"), "what": h("what"), "kind": h("kind"), "side": h("mside"),
+                             "opened": 100.0}]},
+        "manifests": {h("mname"): h("mfile")},
+    }
+    one = write_run(tmp_path / h("dir"), records, summary)
+    manifest = json.loads((one / "manifest.json").read_text())
+    manifest["host"]["hostname"] = h("hostname")
+    manifest["versions"][h("vkey")] = [h("vlist")]
+    manifest["sysctls"][h("sysctl")] = h("svalue")
+    manifest["written"] = h("written")
+    manifest["config"] = {"client": {"url": "http://x/" + h("url")}, "control": {"secret_file": "/etc/" + h("path")}}
+    (one / "manifest.json").write_text(json.dumps(manifest))
+    with open(one / "timeline.jsonl", "a") as f:
+        f.write(json.dumps({"elapsed_s": h("torn")}) + "\n")
+    # A hub's own record says its headline in its opening words, its reason and its failures' causes.
+    hub = {"verdict": "recorded", "kind": "hub", "reason": h("reason"), "target": 6000, "held": 0,
+           "explanation": {"headline": h("hubhead")}, "failures": {"connect:" + h("cause"): 40}}
+    two = write_run(tmp_path / "hub", make_records(), hub)
+    names = ["dir", "phase", "event", "agent", "ahost", "afail", "headline", "wall", "side", "evidence", "fix",
+             "capacity", "trig", "iwall", "iside", "ihead", "iev", "ifix", "expr", "source", "note", "basedir",
+             "lack", "metric", "cnote", "hkey", "was", "now", "limit", "why", "lagent", "lhost", "lreason", "label",
+             "what", "kind", "mside", "mname", "mfile", "hostname", "vkey", "vlist", "sysctl", "svalue", "written",
+             "url", "path", "torn", "reason", "hubhead", "cause"]
+    return [one, two], names
+
+
+def test_every_string_a_run_directory_says_is_escaped_on_the_page(tmp_path: Path, monkeypatch) -> None:
+    from connscale.diagnose import pages
+
+    runs, names = _hostile_runs(tmp_path)
+    page = "".join(render_html(load_run(d)) for d in runs)
+    assert "<script" not in page.lower()
+    missing = [n for n in names if f"&lt;script&gt;{n}" not in page]
+    assert not missing, f"not on the page: {missing}"
+    # Each of them is a real way in: rendered without autoescape, every one is a script.
+    monkeypatch.setattr(pages, "ENV", pages.ENV.overlay(autoescape=False))
+    raw = "".join(render_html(load_run(d)) for d in runs)
+    assert [n for n in names if f"<script>{n}" not in raw] == []

@@ -1,12 +1,12 @@
 """`connscale compare`'s page: one self-contained HTML file, the runs side by side.
 
 A `Comparison` (the numbers) and the runs' timelines (the curves) rendered through a
-jinja2 template (`templates/compare.html`, autoescaped: run names, incident words and
-manifest values are data, never markup) in the report's style, with the figures
-(`overlay`) inlined as PNG data: URIs, so the page opens from disk with no network.
-Every number is tagged `data-k` with where it comes from (`m.METRIC.I` a metric of run
-I, `c.METRIC.I` its change, `run.I.FIELD`, `inc.I.K.FIELD`, `h.KEY.I` a setting), so a
-test can check each against the runs' own files.
+jinja2 template (`templates/compare.html`, in the pages' one environment, `pages`:
+autoescaped, so run names, incident words and manifest values are data, never markup) in
+the report's style, with the figures (`overlay`) inlined as PNG data: URIs, so the page
+opens from disk with no network. Every number is tagged `data-k` with where it comes from
+(`m.METRIC.I` a metric of run I, `c.METRIC.I` its change, `run.I.FIELD`, `inc.I.K.FIELD`,
+`h.KEY.I` a setting), so a test can check each against the runs' own files.
 """
 
 from __future__ import annotations
@@ -17,18 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from connscale.diagnose import overlay
 from connscale.diagnose.compare import Comparison, compare, format_change, letters, started_text
 from connscale.diagnose.curve import curve_points
 from connscale.diagnose.headline import BY_NAME
-from connscale.diagnose.report import CSS, write_page
+from connscale.diagnose.pages import render, write_page
+from connscale.diagnose.report_numbers import gather_incidents
 from connscale.diagnose.runfiles import RunFiles
 from connscale.metrics.series import build_series
-
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("connscale.diagnose", "templates"),
-                          autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
 def _figures(runs: Sequence[RunFiles], names: Sequence[str]) -> list[dict[str, str]]:
@@ -50,12 +46,8 @@ def _figures(runs: Sequence[RunFiles], names: Sequence[str]) -> list[dict[str, s
 
 
 def _incidents(run: RunFiles) -> list[dict[str, Any]]:
-    if run.summary is not None and run.summary.incidents:
-        incidents = list(run.summary.incidents)
-    else:
-        incidents = [i for r in run.records for i in r.incidents]
     return [{"t": f"{i.elapsed_s:.0f} s", "wall": i.wall, "side": i.side, "headline": i.headline}
-            for i in incidents]
+            for i in gather_incidents(run)]
 
 
 def context(c: Comparison, runs: Sequence[RunFiles]) -> dict[str, Any]:
@@ -82,14 +74,14 @@ def context(c: Comparison, runs: Sequence[RunFiles]) -> dict[str, Any]:
             "verdict_css": {"held": "held", "knee": "held", "failed": "failed"}.get(info.verdict, "unknown"),
         })
     return {
-        "css": CSS, "names": names, "runs": infos, "metrics": metrics, "notes": c.notes,
+        "names": names, "runs": infos, "metrics": metrics, "notes": c.notes,
         "manifest": c.manifest, "same_settings": c.same_settings, "figures": _figures(runs, names),
     }
 
 
 def render_html(runs: Sequence[RunFiles], comparison: Comparison | None = None) -> str:
     c = comparison if comparison is not None else compare(runs)
-    return _ENV.get_template("compare.html").render(context(c, runs))
+    return render("compare.html", **context(c, runs))
 
 
 def write_compare(runs: Sequence[RunFiles], out: str | os.PathLike[str],

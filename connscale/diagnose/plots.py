@@ -99,6 +99,22 @@ def _legend(ax: Any, **kw: Any) -> None:
         ax.legend(fontsize=7.5, frameon=False, **kw)
 
 
+def _labels(ax: Any, x: str, y: str, title: str = "") -> None:
+    """An axes' labels (and title), in the figures' one size."""
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.set_xlabel(x, fontsize=8)
+    ax.set_ylabel(y, fontsize=8)
+
+
+def _legend_or(ax: Any, drawn: bool, nothing: str, **kw: Any) -> None:
+    """The legend of what was drawn, or, where nothing was, `nothing` in the middle of the axes."""
+    if drawn:
+        _legend(ax, **kw)
+    else:
+        _no_data(ax, nothing)
+
+
 def connections(s: Series, incidents: Sequence[tuple[float, str]] = ()) -> bytes:
     fig, ax = _figure()
     _shade_phases(ax, s)
@@ -110,8 +126,7 @@ def connections(s: Series, incidents: Sequence[tuple[float, str]] = ()) -> bytes
     ax.plot(s.elapsed, s.open, color=CLIENT, linewidth=1.8, label="open (clients)", zorder=3)
     if any(s.ghosts):
         ax.plot(s.elapsed, s.ghosts, color=GHOST, linewidth=1.0, label="ghosts (half-open)")
-    ax.set_xlabel("seconds", fontsize=8)
-    ax.set_ylabel("connections", fontsize=8)
+    _labels(ax, "seconds", "connections")
     ax.set_ylim(bottom=0)
     _thousands(ax)
     for at, label in incidents:
@@ -140,8 +155,7 @@ def connect_rate(s: Series) -> bytes:
     _shade_phases(ax, s)
     ax.plot(s.elapsed, s.connect_rate, color=CLIENT, linewidth=1.5, label="connects/s")
     ax.plot(s.elapsed, s.ping_rate, color="#78909c", linewidth=1.0, label="pings/s")
-    ax.set_xlabel("seconds", fontsize=8)
-    ax.set_ylabel("per second", fontsize=8)
+    _labels(ax, "seconds", "per second")
     ax.set_ylim(bottom=0)
     _thousands(ax)
     _legend(ax, loc="best")
@@ -163,13 +177,10 @@ def rtt_over_time(s: Series) -> bytes:
         if xs:
             ax.plot(xs, ys, color=color, linewidth=width, label=label, marker="." if len(xs) < 40 else None)
             drawn = True
-    ax.set_xlabel("seconds", fontsize=8)
-    ax.set_ylabel("RTT of each second, ms", fontsize=8)
+    _labels(ax, "seconds", "RTT of each second, ms")
     if drawn:
         _log_ms(ax)
-        _legend(ax, loc="best")
-    else:
-        _no_data(ax, "no pongs recorded")
+    _legend_or(ax, drawn, "no pongs recorded", loc="best")
     return _png(fig)
 
 
@@ -182,8 +193,7 @@ def handshakes(s: Series) -> bytes:
         xs, ys = _present(s.elapsed, values)
         if xs:
             ax.plot(xs, ys, color=color, linewidth=width, label=label, marker="." if len(xs) < 40 else None)
-    ax.set_xlabel("seconds", fontsize=8)
-    ax.set_ylabel("TLS handshake of each second, ms", fontsize=8)
+    _labels(ax, "seconds", "TLS handshake of each second, ms")
     _log_ms(ax)
     _legend(ax, loc="upper left")
     count = ax.twinx()
@@ -213,15 +223,13 @@ def scaling_curve(s: Series, points: Sequence[CurvePoint], knee: Knee | None) ->
         ax.axvline(knee.open, color=FAIL, linewidth=1.0, linestyle="--")
         ax.annotate(f"knee ~{knee.open:,}", (knee.open, 0.97), xycoords=("data", "axes fraction"), fontsize=8,
                     color=FAIL, ha="right", va="top", rotation=90)
-    ax.set_xlabel("open connections", fontsize=8)
-    ax.set_ylabel("RTT, ms", fontsize=8)
+    _labels(ax, "open connections", "RTT, ms")
     _thousands(ax, "x")
-    if ramp or held or points:
+    drawn = bool(ramp or held or points)
+    if drawn:
         _log_ms(ax)
         ax.set_xlim(left=0)
-        _legend(ax, loc="best")
-    else:
-        _no_data(ax, "no pongs recorded")
+    _legend_or(ax, drawn, "no pongs recorded", loc="best")
     return _png(fig)
 
 
@@ -235,7 +243,8 @@ def failures_by_cause(s: Series, top: int = 7) -> bytes:
         if s.elapsed:
             ax.set_xlim(s.elapsed[0] - 1, s.elapsed[-1])
         return _png(fig)
-    ranked = sorted(totals, key=lambda k: -totals[k])
+    # Ties by name: the causes arrive in a set's order, which changes from one process to the next.
+    ranked = sorted(totals, key=lambda k: (-totals[k], k))
     shown, rest = ranked[:top], ranked[top:]
     bottom = [0] * len(s)
     columns = [(k, s.failures_by_cause[k]) for k in shown]
@@ -245,8 +254,7 @@ def failures_by_cause(s: Series, top: int = 7) -> bytes:
     for (label, values), color in zip(columns, CAUSE_COLORS):
         ax.bar(s.elapsed, values, bottom=bottom, width=0.9, color=color, label=label, align="edge")
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_xlabel("seconds", fontsize=8)
-    ax.set_ylabel("failures in that second", fontsize=8)
+    _labels(ax, "seconds", "failures in that second")
     _thousands(ax)
     _legend(ax, loc="best")
     return _png(fig)
@@ -272,20 +280,14 @@ def resources(s: Series) -> bytes:
 
 def resource_axes(fig: Any, mem: Any, cpu: Any, drawn_mem: bool, drawn_cpu: bool) -> bytes:
     """The memory-per-connection and CPU axes, labelled and finished (the report's and the compare page's)."""
-    mem.set_title("memory per connection added (RSS growth)", fontsize=9)
-    mem.set_xlabel("open connections", fontsize=8)
-    mem.set_ylabel("bytes", fontsize=8)
-    cpu.set_title("CPU of the workers", fontsize=9)
-    cpu.set_xlabel("open connections", fontsize=8)
-    cpu.set_ylabel("% of one core", fontsize=8)
-    for ax, drawn in ((mem, drawn_mem), (cpu, drawn_cpu)):
+    for ax, drawn, title, unit in ((mem, drawn_mem, "memory per connection added (RSS growth)", "bytes"),
+                                   (cpu, drawn_cpu, "CPU of the workers", "% of one core")):
+        _labels(ax, "open connections", unit, title)
         _thousands(ax, "x")
         if drawn:
             # Room above the highest dot, so none sits clipped on the frame.
             ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
-            _legend(ax, loc="best")
-        else:
-            _no_data(ax, "no samples")
+        _legend_or(ax, drawn, "no samples", loc="best")
     return _png(fig)
 
 
@@ -298,14 +300,11 @@ def worker_open(s: Series, limit: int = 64) -> bytes:
         side = s.worker_side[label]
         ax.plot(xs, ys, linewidth=1.1, linestyle="-" if side == "client" else "--", label=label,
                 color=(CLIENT if side == "client" else SERVER) if len(labels) <= 2 else None)
-    ax.set_xlabel("seconds", fontsize=8)
-    ax.set_ylabel("open connections", fontsize=8)
+    _labels(ax, "seconds", "open connections")
     ax.set_ylim(bottom=0)
     _thousands(ax)
-    if not labels:
-        _no_data(ax, "no workers reported")
-    elif len(labels) <= 12:
-        _legend(ax, loc="best", ncols=2)
+    if len(labels) <= 12:  # a legend of more would hide the lines
+        _legend_or(ax, bool(labels), "no workers reported", loc="best", ncols=2)
     return _png(fig)
 
 
@@ -326,12 +325,7 @@ def memory_per_connection(points: dict[str, list[tuple[int, float]]]) -> bytes:
         drawn[kind] = True
     for ax, kind, title in ((user, "user", "user memory per connection"),
                             (kernel, "kernel", "kernel memory per connection (observer's host)")):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("open connections", fontsize=8)
-        ax.set_ylabel("bytes", fontsize=8)
+        _labels(ax, "open connections", "bytes", title)
         _thousands(ax, "x")
-        if drawn[kind]:
-            _legend(ax, loc="best")
-        else:
-            _no_data(ax, "no observer rows")
+        _legend_or(ax, drawn[kind], "no observer rows", loc="best")
     return _png(fig)
