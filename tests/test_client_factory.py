@@ -20,7 +20,7 @@ from connscale.net.dial import PingClientFactory
 from connscale.net.pool import ConnectionPool, PoolSettings
 from connscale.net.routes import Route
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
-from connscale.net.transport import ClientTransport
+from connscale.net.connector import ClientTransport
 from connscale.net.wire import ClientConnection
 from tests.support.loop import spin
 

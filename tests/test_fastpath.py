@@ -22,7 +22,8 @@ from connscale.net.dispatch import EPOLLIN, loop_for
 from connscale.net.pool import ConnectionPool, PoolSettings
 from connscale.net.routes import Route
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
-from connscale.net.transport import ClientTransport, DialTarget, ListeningPort
+from connscale.net.connector import ClientTransport, DialTarget
+from connscale.net.port import ListeningPort
 from connscale.net.wheel import CallLaterTimers, TimerWheel
 from tests.support.loop import spin
 

@@ -18,7 +18,9 @@ from twisted.python.failure import Failure
 from connscale.metrics.counters import Counters, classify
 from connscale.net.dispatch import Loop, loop_for
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
-from connscale.net.transport import ClientTransport, DialTarget, ListeningPort, ServerTransport
+from connscale.net.connector import ClientTransport, DialTarget
+from connscale.net.port import ListeningPort
+from connscale.net.transport import ServerTransport
 from tests.support.loop import spin, turns
 
 

@@ -31,7 +31,7 @@ from connscale.net.dispatch import Loop
 from connscale.net.profiles.base import Profile
 from connscale.net.routes import Route
 from connscale.net.spread import RouteTable
-from connscale.net.transport import ClientTransport, DialTarget
+from connscale.net.connector import ClientTransport, DialTarget
 from connscale.net.wire import ClientConnection, PoolHooks
 
 if TYPE_CHECKING:
