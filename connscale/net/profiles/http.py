@@ -78,17 +78,17 @@ class HttpConnection(ProfileConnection):
                 if stage == TRAILER:
                     if not line:
                         self._done()
-                    continue
-                digits = line.split(b";", 1)[0].strip()
-                if not digits or len(digits) > 8 or not _HEX.issuperset(digits):
-                    self._fail("bad_frame")
-                    return
-                size = int(digits, 16)
-                if size == 0:
-                    self.stage = TRAILER
                 else:
-                    self.need = size + 2  # its data and the CRLF after it
-                    self.stage = CHUNK_DATA
+                    digits = line.split(b";", 1)[0].strip()
+                    if not digits or len(digits) > 8 or not _HEX.issuperset(digits):
+                        self._fail("bad_frame")
+                        return
+                    size = int(digits, 16)
+                    if size == 0:
+                        self.stage = TRAILER
+                    else:
+                        self.need = size + 2  # its data and the CRLF after it
+                        self.stage = CHUNK_DATA
             if self.stage == HEAD:
                 self.size = len(buf)  # the next response starts here
         if self.alive:
