@@ -16,11 +16,11 @@ import pytest
 from twisted.internet.protocol import ClientFactory
 
 from connscale.metrics.counters import Counters
+from connscale.net.connector import ClientTransport
 from connscale.net.dial import PingClientFactory
 from connscale.net.pool import ConnectionPool, PoolSettings
 from connscale.net.routes import Route
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
-from connscale.net.connector import ClientTransport
 from connscale.net.wire import ClientConnection
 from tests.support.loop import spin
 

@@ -18,12 +18,12 @@ from zope.interface.verify import verifyObject
 from connscale.app.startup import load_or_exit
 from connscale.metrics.counters import Counters
 from connscale.net import fastpath
+from connscale.net.connector import ClientTransport, DialTarget
 from connscale.net.dispatch import EPOLLIN, loop_for
 from connscale.net.pool import ConnectionPool, PoolSettings
+from connscale.net.port import ListeningPort
 from connscale.net.routes import Route
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
-from connscale.net.connector import ClientTransport, DialTarget
-from connscale.net.port import ListeningPort
 from connscale.net.wheel import CallLaterTimers, TimerWheel
 from tests.support.loop import spin
 

@@ -16,10 +16,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from connscale.metrics.counters import Counters, classify
-from connscale.net.dispatch import Loop, loop_for
-from connscale.net.server import PingServerFactory, bind_sockets, listen_on
 from connscale.net.connector import ClientTransport, DialTarget
+from connscale.net.dispatch import Loop, loop_for
 from connscale.net.port import ListeningPort
+from connscale.net.server import PingServerFactory, bind_sockets, listen_on
 from connscale.net.transport import ServerTransport
 from tests.support.loop import spin, turns
 
@@ -334,6 +334,35 @@ def test_a_client_transport_binds_its_source_and_carries_data(reactor) -> None:
     spin(reactor, lambda: server.data == b"Ping\n")
     server.transport.write(b"Pong\n")
     spin(reactor, lambda: proto.data == b"Pong\n")
+
+
+def test_a_connected_client_transport_takes_its_fd_over_from_the_connect(reactor) -> None:
+    """While connecting, a handler of the connect's own has the fd; once connected, the loop
+    hands every event to the transport itself (no "still connecting?" test per pong)."""
+    loop = loop_for(reactor)
+    _, number = serve(reactor, Recording())
+    connector, proto = Connector(), Recorder()
+    t = ClientTransport(loop, proto, connector)
+    t.dial(DialTarget("127.0.0.1", number))
+    assert loop.handlers[t.fd] is not t
+    spin(reactor, lambda: proto.made)
+    assert loop.handlers[t.fd] is t and t.connected
+
+
+def test_a_protocol_that_raises_as_its_connect_completes_loses_that_connection(reactor) -> None:
+    class Broken(Recorder):
+        def connectionMade(self) -> None:
+            raise ZeroDivisionError("bug")
+
+    loop = loop_for(reactor)
+    factory = Recording()
+    _, number = serve(reactor, factory)
+    connector, proto = Connector(), Broken()
+    t = ClientTransport(loop, proto, connector)
+    t.dial(DialTarget("127.0.0.1", number))
+    spin(reactor, lambda: proto.lost is not None)
+    assert proto.lost.check(ZeroDivisionError) and connector.failed == [] and t.fd == -1
+    spin(reactor, lambda: factory.built and factory.built[0].lost is not None)
 
 
 def test_emfile_on_accept_drops_that_connection_and_counts_it(reactor) -> None:
