@@ -307,13 +307,19 @@ def test_a_refused_connect_is_a_connect_error_with_its_errno(reactor) -> None:
     assert proto.made == 0 and t.fd == -1
 
 
-def test_stop_connecting_reports_a_user_error(reactor) -> None:
-    loop = loop_for(reactor)
+def dialling(reactor, proto: Recorder, src: str | None = None):  # type: ignore[no-untyped-def]
+    """A ClientTransport for `proto` dialling a new recording server: (transport, connector, server's factory)."""
     factory = Recording()
     _, number = serve(reactor, factory)
-    connector, proto = Connector(), Recorder()
-    t = ClientTransport(loop, proto, connector)
-    t.dial(DialTarget("127.0.0.1", number))
+    connector = Connector()
+    t = ClientTransport(loop_for(reactor), proto, connector)
+    t.dial(DialTarget("127.0.0.1", number, src))
+    return t, connector, factory
+
+
+def test_stop_connecting_reports_a_user_error(reactor) -> None:
+    proto = Recorder()
+    t, connector, _ = dialling(reactor, proto)
     t.stopConnecting()
     assert connector.failed == []
     spin(reactor, lambda: connector.failed)
@@ -321,12 +327,8 @@ def test_stop_connecting_reports_a_user_error(reactor) -> None:
 
 
 def test_a_client_transport_binds_its_source_and_carries_data(reactor) -> None:
-    loop = loop_for(reactor)
-    factory = Recording()
-    _, number = serve(reactor, factory)
-    connector, proto = Connector(), Recorder()
-    t = ClientTransport(loop, proto, connector)
-    t.dial(DialTarget("127.0.0.1", number, "127.0.0.3"))
+    proto = Recorder()
+    t, _, factory = dialling(reactor, proto, "127.0.0.3")
     spin(reactor, lambda: proto.made and factory.built)
     assert t.connected and t.getHost().host == "127.0.0.3"
     t.write(b"Ping\n")
@@ -339,11 +341,8 @@ def test_a_client_transport_binds_its_source_and_carries_data(reactor) -> None:
 def test_a_connected_client_transport_takes_its_fd_over_from_the_connect(reactor) -> None:
     """While connecting, a handler of the connect's own has the fd; once connected, the loop
     hands every event to the transport itself (no "still connecting?" test per pong)."""
-    loop = loop_for(reactor)
-    _, number = serve(reactor, Recording())
-    connector, proto = Connector(), Recorder()
-    t = ClientTransport(loop, proto, connector)
-    t.dial(DialTarget("127.0.0.1", number))
+    loop, proto = loop_for(reactor), Recorder()
+    t, _, _ = dialling(reactor, proto)
     assert loop.handlers[t.fd] is not t
     spin(reactor, lambda: proto.made)
     assert loop.handlers[t.fd] is t and t.connected
@@ -354,12 +353,8 @@ def test_a_protocol_that_raises_as_its_connect_completes_loses_that_connection(r
         def connectionMade(self) -> None:
             raise ZeroDivisionError("bug")
 
-    loop = loop_for(reactor)
-    factory = Recording()
-    _, number = serve(reactor, factory)
-    connector, proto = Connector(), Broken()
-    t = ClientTransport(loop, proto, connector)
-    t.dial(DialTarget("127.0.0.1", number))
+    proto = Broken()
+    t, connector, factory = dialling(reactor, proto)
     spin(reactor, lambda: proto.lost is not None)
     assert proto.lost.check(ZeroDivisionError) and connector.failed == [] and t.fd == -1
     spin(reactor, lambda: factory.built and factory.built[0].lost is not None)
