@@ -86,6 +86,13 @@ class PoolSettings:
 
 
 class ConnectionPool:
+    """One worker's client connections, towards a target (`set_target`), over its routes.
+
+    What each connection is doing is its `state` (ClientConnection's states); the pool
+    counts them (`connecting`, `established`) and what is still to come (`pending`,
+    `replacing`): `wanted()` is their sum, the number `set_target` steers.
+    """
+
     def __init__(
         self,
         reactor: IReactorTCP,
