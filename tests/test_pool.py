@@ -1,5 +1,6 @@
 """Pool policy with a fake clock and in-memory transports."""
 
+import attrs
 from twisted.internet import error
 from twisted.python.failure import Failure
 
@@ -41,6 +42,17 @@ def test_a_small_rate_is_paced_in_batches_of_fewer_wake_ups_at_the_same_rate():
     assert 150 <= len(wakes) <= 200
     gaps = [b - a for a, b in zip(wakes, wakes[1:])]
     assert min(gaps) >= PACE_BATCH / 283 - 1e-9
+
+
+def test_a_new_rate_in_the_settings_paces_the_connects_still_to_come():
+    # A worker's share of a ramp changes while it runs: procs/worker.py gives its pool new settings.
+    h = Harness(rate=100)
+    h.pool.start(1000)
+    h.run(1.0)
+    assert 90 <= len(h.dialed) <= 111
+    h.pool.settings = attrs.evolve(h.pool.settings, rate=1000)
+    h.run(0.5)
+    assert 550 <= len(h.dialed) <= 620
 
 
 def test_first_ping_at_random_offset_within_interval_then_every_interval():

@@ -18,7 +18,7 @@ from connscale.net.spread import RouteTable
 
 def test_the_pacer_opens_one_at_once_then_batches_at_the_rate() -> None:
     clock, opened = Clock(), []
-    pacer = Pacer(clock, 400.0, lambda: opened.append(clock.seconds()))
+    pacer = Pacer(clock, lambda: 400.0, lambda: opened.append(clock.seconds()))
     pacer.add(100)
     assert opened == [0.0] and pacer.pending == 99
     pacer.add(10)  # a batch is already scheduled: nothing more at once

@@ -32,9 +32,12 @@ def pace_tick(rate: float) -> float:
 
 
 class Pacer:
-    """Connects waiting for their turn, opened at `rate` per second by `open_one`."""
+    """Connects waiting for their turn, opened at `rate()` per second by `open_one`.
 
-    def __init__(self, clock: IReactorTime, rate: float, open_one: Callable[[], None]) -> None:
+    The rate is asked at every wake-up: a worker's share of a ramp changes while it
+    runs (procs/worker.py gives its pool new settings), and so does the pace."""
+
+    def __init__(self, clock: IReactorTime, rate: Callable[[], float], open_one: Callable[[], None]) -> None:
         self.clock = clock
         self.rate = rate
         self.open_one = open_one
@@ -62,7 +65,7 @@ class Pacer:
         """One batch: as many connects as the tokens earned since the last one allow."""
         self._call = None
         now = self.clock.seconds()
-        rate = self.rate
+        rate = self.rate()
         # Up to PACE_BURST seconds' worth at once: a busy loop that came back
         # late catches up instead of losing the rate it was asked for.
         burst = max(1.0, rate * PACE_BURST)

@@ -125,7 +125,8 @@ class ConnectionPool:
         # How a connection attempt starts; tests swap in an in-memory one.
         self.dial = dial if dial is not None else self.dialer.dial
         self._own_dial = dial is None
-        self.pacer = Pacer(clock, settings.rate, self._open_one)
+        # The rate as the settings say at each wake-up: a worker replaces them as a ramp goes.
+        self.pacer = Pacer(clock, lambda: self.settings.rate, self._open_one)
         self.replacements = Replacements(clock, self.start)
         self._serial = 0
         self._burst = 0
