@@ -21,7 +21,7 @@ import ipaddress
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IConnector, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
@@ -205,13 +205,13 @@ class Dialer:
             return self.tls.wrap(conn, server_name or host, None)
         return self.tls.wrap(conn, server_name or route.host, route.key())
 
-    def stop(self, connector: Any) -> None:
+    def stop(self, connector: IConnector) -> None:
         """Stop one of Twisted's connectors; its failure then is ours, not counted."""
         self.table.release(self.connectors.pop(connector, -1))
         self._stopped.add(connector)
         connector.stopConnecting()
 
-    def failed(self, connector: Any) -> bool:
+    def failed(self, connector: object) -> bool:
         """One of Twisted's connectors failed: its route is free again. True when we
         had stopped it."""
         stopped = connector in self._stopped
