@@ -45,13 +45,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=3000, help="connections (at most ~9,000 with --one-loop)")
     ap.add_argument("--rate", type=float, default=283.0, help="connects per second asked of the pool")
-    ap.add_argument("--batch", type=int, default=None, help="override net.pool.PACE_BATCH (0: every 10 ms)")
+    ap.add_argument("--batch", type=int, default=None, help="override net.pacing.PACE_BATCH (0: every 10 ms)")
     ap.add_argument("--one-loop", action="store_true", help="server and client in one process and loop")
     args = ap.parse_args()
 
     from twisted.internet.epollreactor import EPollReactor
 
-    import connscale.net.pool as pool_mod
+    import connscale.net.pacing as pacing
     from connscale.host.limits import raise_nofile
     from connscale.metrics.counters import Counters
     from connscale.net.pool import ConnectionPool, PoolSettings
@@ -60,7 +60,7 @@ def main() -> None:
 
     raise_nofile()
     if args.batch is not None:
-        pool_mod.PACE_BATCH = args.batch
+        pacing.PACE_BATCH = args.batch
     sock = bind_sockets("127.0.0.1", [0], 4096)[0]
     port = sock.getsockname()[1]
     routes = [Route(f"127.0.0.{2 + i}", "127.0.0.1", port, 14000) for i in range(4)]

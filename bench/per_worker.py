@@ -265,7 +265,8 @@ ACTIVITIES = (
     ("client: ping sends (wheel tick)", ("timer (connscale/net/pool.py:", "_fire (connscale/net/wheel.py:")),
     ("client: pongs timed (pool.pong)", ("pong (connscale/net/pool.py:",)),
     ("protocol (wire.py: a ping answered, a pong parsed)", ("(connscale/net/wire.py:", "(connscale/compat/lines.py:")),
-    ("transport (read/write calls)", ("(connscale/net/transport.py:",)),
+    ("transport (read/write calls)", ("(connscale/net/transport.py:", "(connscale/net/connector.py:",
+                                      "(connscale/net/port.py:")),
     ("Twisted timers (runUntilCurrent)", ("runUntilCurrent",)),
     ("loop (turn, epoll_wait, dispatch)", ("(connscale/net/dispatch.py:", "(connscale/compat/epoll.py:")),
 )

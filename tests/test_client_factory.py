@@ -15,10 +15,11 @@ import pytest
 from twisted.internet.protocol import ClientFactory
 
 from connscale.metrics.counters import Counters
-from connscale.net.pool import ConnectionPool, PingClientFactory, PoolSettings
+from connscale.net.connector import ClientTransport
+from connscale.net.dial import PingClientFactory
+from connscale.net.pool import ConnectionPool, PoolSettings
 from connscale.net.routes import Route
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
-from connscale.net.transport import ClientTransport
 from connscale.net.wire import ClientConnection
 from tests.support.loop import spin
 from tests.support.procs import free_port
@@ -71,7 +72,7 @@ def test_the_pool_dials_its_routes_through_the_factory_on_lean_transports(reacto
     spin(reactor, lambda: pool.established == 50 and server.open == 50)
     spin(reactor, lambda: pool.counters.pongs >= 100, what="every connection answered twice")
     assert len(built) == 50 and all(isinstance(c.transport, ClientTransport) for c in built)
-    assert pool.route_load == [25, 25]
+    assert pool.spread.load == [25, 25]
     d = pool.close_all()
     done = []
     d.addCallback(done.append)

@@ -18,11 +18,12 @@ from zope.interface.verify import verifyObject
 from connscale.app.startup import load_or_exit
 from connscale.metrics.counters import Counters
 from connscale.net import fastpath
+from connscale.net.connector import ClientTransport, DialTarget
 from connscale.net.dispatch import EPOLLIN, loop_for
 from connscale.net.pool import ConnectionPool, PoolSettings
+from connscale.net.port import ListeningPort
 from connscale.net.routes import Route
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
-from connscale.net.transport import ClientTransport, DialTarget, ListeningPort
 from connscale.net.wheel import CallLaterTimers, TimerWheel
 from tests.support.loop import spin
 
@@ -217,12 +218,12 @@ def test_the_pool_off_the_fast_path_dials_with_connect_tcp_and_the_same_factory(
     conns = list(pool._live())
     assert all(not isinstance(c.transport, ClientTransport) for c in conns)
     assert sorted(c.route for c in conns) == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert pool.route_load == [4, 4] and pool.counters.failures == {}
+    assert pool.spread.load == [4, 4] and pool.counters.failures == {}
     assert pool.stop(3) == 3
     spin(reactor, lambda: pool.established == 5 and counters.open == 5)
     d = pool.close_all()
     spin(reactor, lambda: d.called and counters.open == 0)
-    assert pool.route_load == [0, 0] and pool.counters.failures == {}
+    assert pool.spread.load == [0, 0] and pool.counters.failures == {}
 
 
 def test_a_refused_dial_off_the_fast_path_frees_its_route_and_counts_by_cause(reactor) -> None:
@@ -235,5 +236,5 @@ def test_a_refused_dial_off_the_fast_path_frees_its_route_and_counts_by_cause(re
     pool.set_target(2)
     spin(reactor, lambda: sum(pool.counters.failures.values()) >= 2)
     assert pool.counters.failures[("connect", "ECONNREFUSED")] >= 2
-    assert pool.route_load == [0] and pool.connecting == 0
+    assert pool.spread.load == [0] and pool.connecting == 0
     pool.close_all()

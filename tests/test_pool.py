@@ -1,5 +1,6 @@
 """Pool policy with a fake clock and in-memory transports."""
 
+import attrs
 from twisted.internet import error
 from twisted.python.failure import Failure
 
@@ -19,7 +20,7 @@ def test_connects_are_paced():
 
 
 def test_a_small_rate_is_paced_in_batches_of_fewer_wake_ups_at_the_same_rate():
-    from connscale.net.pool import PACE_BATCH, PACE_TICK, PACE_TICK_MAX, pace_tick
+    from connscale.net.pacing import PACE_BATCH, PACE_TICK, PACE_TICK_MAX, pace_tick
 
     assert pace_tick(15_000) == PACE_TICK  # a whole agent's rate: every 10 ms
     assert pace_tick(283) == PACE_BATCH / 283  # a worker's share of a million's ramp: ~28 ms
@@ -27,13 +28,13 @@ def test_a_small_rate_is_paced_in_batches_of_fewer_wake_ups_at_the_same_rate():
 
     h = Harness(rate=283)
     wakes = []
-    real_pace = h.pool._pace
+    real_pace = h.pool.pacer.wake
 
     def counted():
         wakes.append(h.clock.seconds())
         real_pace()
 
-    h.pool._pace = counted
+    h.pool.pacer.wake = counted
     h.pool.start(2000)
     h.run(5.0, step=0.001)
     # The rate asked, within a batch, over 5 s ...
@@ -42,6 +43,17 @@ def test_a_small_rate_is_paced_in_batches_of_fewer_wake_ups_at_the_same_rate():
     assert 150 <= len(wakes) <= 200
     gaps = [b - a for a, b in zip(wakes, wakes[1:])]
     assert min(gaps) >= PACE_BATCH / 283 - 1e-9
+
+
+def test_a_new_rate_in_the_settings_paces_the_connects_still_to_come():
+    # A worker's share of a ramp changes while it runs: procs/worker.py gives its pool new settings.
+    h = Harness(rate=100)
+    h.pool.start(1000)
+    h.run(1.0)
+    assert 90 <= len(h.dialed) <= 111
+    h.pool.settings = attrs.evolve(h.pool.settings, rate=1000)
+    h.run(0.5)
+    assert 550 <= len(h.dialed) <= 620
 
 
 def test_first_ping_at_random_offset_within_interval_then_every_interval():
@@ -237,7 +249,7 @@ def refuse(h, conns):
 
 
 def test_refused_connects_are_replaced_with_backoff_until_the_target_is_held():
-    from connscale.net.pool import REPLACE_BACKOFF
+    from connscale.net.replace import REPLACE_BACKOFF
 
     h = Harness(rate=10_000, auto_connect=False)
     h.pool.set_target(5)
@@ -264,7 +276,7 @@ def test_refused_connects_are_replaced_with_backoff_until_the_target_is_held():
 
 
 def test_a_success_resets_the_backoff():
-    from connscale.net.pool import REPLACE_BACKOFF
+    from connscale.net.replace import REPLACE_BACKOFF
 
     h = Harness(rate=10_000, auto_connect=False)
     h.pool.set_target(2)

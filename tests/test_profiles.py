@@ -187,6 +187,21 @@ def test_http_content_length_and_chunked_bodies_split_or_merged():
     assert pool.counters.said["server"] == "Server: nginx/1.22.1"
 
 
+@pytest.mark.parametrize("response", [OK, CHUNKED], ids=["content-length", "chunked"])
+def test_http_max_reply_bounds_each_response_not_their_sum(response: bytes):
+    # One response per ping, more than max_reply's worth of them: each ends the
+    # count (a chunked one with its trailer, as one with a Content-Length with its body).
+    assert len(response) * 100 > 4096
+    for size in (None, 1, 7):
+        pool = RecordingPool("http", max_reply=4096)
+        conn = pool.connect()
+        conn.state = OPEN
+        for _ in range(100):
+            conn.sent_at = 1.0
+            feed(pool, conn, response, size)
+        assert pool.events == [("pong",)] * 100, f"read size {size}"
+
+
 def test_http_refusals_by_status_and_close():
     every_split("http", b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
                 [("refused", "http_503", "HTTP/1.1 503 Service Unavailable")])

@@ -44,7 +44,7 @@ def test_without_tls_the_dial_path_is_unchanged(reactor) -> None:  # noqa: F811
     pool = client(reactor, port, None)
     pool.start(3)
     spin(reactor, lambda: pool.counters.pongs >= 3)
-    assert pool.tls is None and not any(isinstance(c.transport, TLSLayer) for c in pool._live())
+    assert pool.dialer.tls is None and not any(isinstance(c.transport, TLSLayer) for c in pool._live())
     assert handshakes(pool.counters) == 0
 
 
@@ -106,7 +106,7 @@ def test_no_common_version_is_named(reactor, pki) -> None:  # noqa: F811
     sock = bind_sockets("127.0.0.1", [0], 64)[0]
     listen_on(reactor, sock, factory, counters.fail)
     pool = client(reactor, sock.getsockname()[1], trusting(pki))
-    pool.tls.context.minimum_version = ssl.TLSVersion.TLSv1_3
+    pool.dialer.tls.context.minimum_version = ssl.TLSVersion.TLSv1_3
     pool.start(2)
     spin(reactor, lambda: sum(pool.counters.failures.values()) == 2 and sum(counters.failures.values()) == 2)
     assert pool.counters.failures == {("connect", "tls_protocol_version"): 2}
@@ -187,7 +187,7 @@ def test_a_reconnect_resumes_its_routes_session(reactor, pki) -> None:  # noqa: 
     assert pool.counters.resumed == 5 and server.resumed == 5
     assert handshakes(pool.counters) == 10
     # Each saved session is offered once: the next reconnects make new ones.
-    assert sum(len(s) for s in pool.tls.sessions.values()) == 0
+    assert sum(len(s) for s in pool.dialer.tls.sessions.values()) == 0
 
 
 def test_resume_off_never_offers_a_session(reactor, pki) -> None:  # noqa: F811
@@ -280,7 +280,7 @@ def test_a_refused_handshake_over_twisted_transports_is_counted_and_frees_its_ro
         pool.start(3)
         spin(r, lambda: sum(pool.counters.failures.values()) == 3, what="three refused handshakes")
         assert pool.counters.failures == {("connect", "tls_unknown_ca"): 3}
-        assert pool._dialing == {} and pool.route_load == [0] and pool.connecting == 0
+        assert pool.dialer.connectors == {} and pool.spread.load == [0] and pool.connecting == 0
     finally:
         for call in r.getDelayedCalls():
             call.cancel()

@@ -17,9 +17,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from connscale.metrics.counters import Counters, classify
+from connscale.net.connector import ClientTransport, DialTarget
 from connscale.net.dispatch import Loop, loop_for
+from connscale.net.port import ListeningPort
 from connscale.net.server import PingServerFactory, bind_sockets, listen_on
-from connscale.net.transport import ClientTransport, DialTarget, ListeningPort, ServerTransport
+from connscale.net.transport import ServerTransport
 from tests.support.loop import spin, turns
 from tests.support.procs import free_port
 
@@ -304,11 +306,19 @@ def test_a_refused_connect_is_a_connect_error_with_its_errno(reactor) -> None:
     assert proto.made == 0 and t.fd == -1
 
 
-def test_stop_connecting_reports_a_user_error(reactor) -> None:
+def dialling(reactor, proto: Recorder, src: str | None = None):  # type: ignore[no-untyped-def]
+    """A ClientTransport for `proto` dialling a new recording server: (transport, connector, server's factory)."""
     factory = Recording()
     _, number = serve(reactor, factory)
-    t, connector, proto = client_transport(reactor)
-    t.dial(DialTarget("127.0.0.1", number))
+    connector = Connector()
+    t = ClientTransport(loop_for(reactor), proto, connector)
+    t.dial(DialTarget("127.0.0.1", number, src))
+    return t, connector, factory
+
+
+def test_stop_connecting_reports_a_user_error(reactor) -> None:
+    proto = Recorder()
+    t, connector, _ = dialling(reactor, proto)
     t.stopConnecting()
     assert connector.failed == []
     spin(reactor, lambda: connector.failed)
@@ -316,10 +326,8 @@ def test_stop_connecting_reports_a_user_error(reactor) -> None:
 
 
 def test_a_client_transport_binds_its_source_and_carries_data(reactor) -> None:
-    factory = Recording()
-    _, number = serve(reactor, factory)
-    t, connector, proto = client_transport(reactor)
-    t.dial(DialTarget("127.0.0.1", number, "127.0.0.3"))
+    proto = Recorder()
+    t, _, factory = dialling(reactor, proto, "127.0.0.3")
     spin(reactor, lambda: proto.made and factory.built)
     assert t.connected and t.getHost().host == "127.0.0.3"
     t.write(b"Ping\n")
@@ -327,6 +335,28 @@ def test_a_client_transport_binds_its_source_and_carries_data(reactor) -> None:
     spin(reactor, lambda: server.data == b"Ping\n")
     server.transport.write(b"Pong\n")
     spin(reactor, lambda: proto.data == b"Pong\n")
+
+
+def test_a_connected_client_transport_takes_its_fd_over_from_the_connect(reactor) -> None:
+    """While connecting, a handler of the connect's own has the fd; once connected, the loop
+    hands every event to the transport itself (no "still connecting?" test per pong)."""
+    loop, proto = loop_for(reactor), Recorder()
+    t, _, _ = dialling(reactor, proto)
+    assert loop.handlers[t.fd] is not t
+    spin(reactor, lambda: proto.made)
+    assert loop.handlers[t.fd] is t and t.connected
+
+
+def test_a_protocol_that_raises_as_its_connect_completes_loses_that_connection(reactor) -> None:
+    class Broken(Recorder):
+        def connectionMade(self) -> None:
+            raise ZeroDivisionError("bug")
+
+    proto = Broken()
+    t, connector, factory = dialling(reactor, proto)
+    spin(reactor, lambda: proto.lost is not None)
+    assert proto.lost.check(ZeroDivisionError) and connector.failed == [] and t.fd == -1
+    spin(reactor, lambda: factory.built and factory.built[0].lost is not None)
 
 
 def test_emfile_on_accept_drops_that_connection_and_counts_it(reactor) -> None:

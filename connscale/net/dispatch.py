@@ -78,6 +78,11 @@ class Loop:
     def modify(self, fd: int, events: int) -> None:
         self.epoll.modify(fd, events)
 
+    def hand_over(self, fd: int, handler: Any, events: int) -> None:
+        """`handler` takes `fd` over, now interested in `events` (a connect that completed)."""
+        self.epoll.modify(fd, events)
+        self.handlers[fd] = handler
+
     def forget(self, fd: int) -> None:
         self.handlers.pop(fd, None)
 
@@ -97,6 +102,9 @@ class Loop:
             events = self.epoll.poll(0, MAX_EVENTS)
         except OSError:
             return
+        # The same dispatch as `_make_poll`'s, written twice on purpose: both loops run per
+        # event of every pong, and a shared helper would cost a call per turn on that path
+        # (the poll's loop also serves Twisted's selectables, which this one leaves).
         get = self.handlers.get
         for fd, event in events:
             handler = get(fd)
@@ -134,6 +142,7 @@ class Loop:
                 if err.errno == errno.EINTR:
                     return
                 raise
+            # Inlined, as in `drain` (see there): the hot loop of every ping and pong.
             get = handlers.get
             for fd, event in events:
                 handler = get(fd)

@@ -1,7 +1,8 @@
 """The one switch between connscale's fast path and Twisted's own transports.
 
-The fast path is one layer: `net.transport` (an fd and a few slots per
-connection instead of `tcp.Server`/`tcp.Client`), `net.dispatch` (connscale's
+The fast path is one layer: `net.transport`, `net.connector` and `net.port`
+(an fd and a few slots per connection instead of `tcp.Server`/`tcp.Client`,
+and the accept loop instead of `tcp.Port`), `net.dispatch` (connscale's
 sockets dispatched straight from the reactor's epoll, and a worker loop that
 runs Twisted's timers only when one is due), `net.wheel` (one reactor timer for
 every connection's pings and timeouts), and the private Twisted and CPython

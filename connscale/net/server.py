@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from connscale.config.tls import ServerTLSSettings
 from connscale.metrics.counters import Counters, errno_cause
 from connscale.net import fastpath
-from connscale.net.transport import ListeningPort
+from connscale.net.port import ListeningPort
 from connscale.net.wire import SERVER_PROTOCOLS, ServerState
 
 

@@ -13,7 +13,7 @@ Twisted's (a server given by name, a reactor without epoll), and it reads each r
 with one read(2) where OpenSSL on the socket would do two (header, then body).
 
 `ClientTLS.wrap(conn, server_name, route)` is the one hook on the dial path (see
-`net.pool.ConnectionPool.secure`): the transport talks to the returned layer, the layer
+`net.dial.Dialer.secure`): the transport talks to the returned layer, the layer
 talks to `conn`, and `conn` meets its transport (`makeConnection`) only once the
 handshake is done, so the pool counts a connection open when it can carry a ping.
 `ServerTLSFactory` wraps any server factory the same way (line, raw, websocket ...).

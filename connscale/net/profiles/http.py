@@ -29,70 +29,90 @@ class HttpConnection(ProfileConnection):
         self.size = 0  # bytes of the response being read
 
     def dataReceived(self, data: bytes) -> None:
-        max_reply = self.pool.profile.options.max_reply
         self.size += len(data)
-        if self.size > max_reply:
-            if self.stage == HEAD and not self.buf and not data.startswith(b"HTTP/"):
-                self.foreign(data)  # a first read too large to be a response head: another protocol
-            else:
-                self.too_large()
+        if self.size > self.pool.profile.options.max_reply:
+            self._oversized(data)
             return
         buf = self.buf + data if self.buf else data
         self.buf = b""
+        # Each step reads what its stage needs from the front of `buf` and returns the
+        # rest, or None when it keeps the rest for the next read (or the connection is done).
         while buf and self.alive:
             stage = self.stage
             if stage == HEAD:
-                parts = split_head(buf)
-                if parts is None:
-                    if b"HTTP/1."[: len(buf)] != buf[:7] and not undecided(buf):
-                        self.foreign(buf)
-                        return
-                    self.buf = buf
-                    return
-                raw, buf = parts
-                try:
-                    head = parse_head(raw)
-                except BadHead:
-                    self.foreign(raw)
-                    return
-                if not self._head(head):
-                    return
-            elif stage in (BODY, CHUNK_DATA):
-                take = min(self.need, len(buf))
-                self.need -= take
-                buf = buf[take:]
-                if self.need == 0:
-                    if stage == BODY:
-                        self._done()
-                    else:
-                        self.stage = CHUNK_SIZE
-            else:  # CHUNK_SIZE, TRAILER: a line each
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > MAX_LINE:
-                        self._fail("bad_frame")
-                        return
-                    self.buf = buf
-                    return
-                line, buf = buf[:end], buf[end + 2:]
-                if stage == TRAILER:
-                    if not line:
-                        self._done()
-                    continue
-                digits = line.split(b";", 1)[0].strip()
-                if not digits or len(digits) > 8 or not _HEX.issuperset(digits):
-                    self._fail("bad_frame")
-                    return
-                size = int(digits, 16)
-                if size == 0:
-                    self.stage = TRAILER
-                else:
-                    self.need = size + 2  # its data and the CRLF after it
-                    self.stage = CHUNK_DATA
+                rest = self._read_head(buf)
+            elif stage == BODY or stage == CHUNK_DATA:
+                rest = self._read_data(buf)
+            else:
+                rest = self._read_line(buf)
+            if rest is None:
+                return
+            buf = rest
             if self.stage == HEAD:
                 self.size = len(buf)  # the next response starts here
         if self.alive:
             self.buf = buf
+
+    def _oversized(self, data: bytes) -> None:
+        """More than max_reply in one response: too large, or not HTTP at all."""
+        if self.stage == HEAD and not self.buf and not data.startswith(b"HTTP/"):
+            self.foreign(data)  # a first read too large to be a response head: another protocol
+        else:
+            self.too_large()
+
+    def _read_head(self, buf: bytes) -> bytes | None:
+        """A response head, handled (`_head`) once it is whole."""
+        parts = split_head(buf)
+        if parts is None:
+            if b"HTTP/1."[: len(buf)] != buf[:7] and not undecided(buf):
+                self.foreign(buf)
+            else:
+                self.buf = buf
+            return None
+        raw, rest = parts
+        try:
+            head = parse_head(raw)
+        except BadHead:
+            self.foreign(raw)
+            return None
+        return rest if self._head(head) else None
+
+    def _read_data(self, buf: bytes) -> bytes:
+        """Body bytes (a Content-Length body or a chunk's data), counted and dropped."""
+        take = min(self.need, len(buf))
+        self.need -= take
+        if self.need == 0:
+            if self.stage == BODY:
+                self._done()
+            else:
+                self.stage = CHUNK_SIZE
+        return buf[take:]
+
+    def _read_line(self, buf: bytes) -> bytes | None:
+        """A chunk-size line, or a trailer line (an empty one ends the response)."""
+        end = buf.find(b"\r\n")
+        if end < 0:
+            if len(buf) > MAX_LINE:
+                self._fail("bad_frame")
+            else:
+                self.buf = buf
+            return None
+        line, rest = buf[:end], buf[end + 2:]
+        if self.stage == TRAILER:
+            if not line:
+                self._done()
+            return rest
+        digits = line.split(b";", 1)[0].strip()
+        if not digits or len(digits) > 8 or not _HEX.issuperset(digits):
+            self._fail("bad_frame")
+            return None
+        size = int(digits, 16)
+        if size == 0:
+            self.stage = TRAILER
+        else:
+            self.need = size + 2  # its data and the CRLF after it
+            self.stage = CHUNK_DATA
+        return rest
 
     def _head(self, head: Head) -> bool:
         """A response head arrived; False when the connection is done with."""
