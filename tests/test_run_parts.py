@@ -411,9 +411,10 @@ def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path):
 def test_a_run_uses_the_configured_secret(monkeypatch):
     monkeypatch.delenv("CONNSCALE_SECRET", raising=False)
     cfg = parse_config({"control": {"secret": "configured-secret-of-this-run"}})
-    assert experiment_mod.run_secret(cfg) == b"configured-secret-of-this-run"
-    fresh = experiment_mod.run_secret(Config())
-    assert len(fresh) >= 24 and fresh != experiment_mod.run_secret(Config())
+    assert experiment_mod.run_secret(cfg) == (b"configured-secret-of-this-run", True)
+    fresh, configured = experiment_mod.run_secret(Config())
+    assert not configured
+    assert len(fresh) >= 24 and fresh != experiment_mod.run_secret(Config())[0]
 
 
 def test_exit_descriptions():

@@ -45,16 +45,16 @@ OBSERVER_NAME = "server"
 HUB_LOGIN_TIMEOUT = 30.0
 
 
-def run_secret(cfg: Config) -> bytes:
-    """The configured secret if there is one (a run must log in with what its hub
-    uses), else a fresh one for this run only."""
+def run_secret(cfg: Config) -> tuple[bytes, bool]:
+    """(the secret, whether it is the configured one): the configured secret if there is one
+    (a run must log in with what its hub uses), else a fresh one for this run only."""
     from connscale.control.secret import SecretError, configured_secret
 
     try:
         value = configured_secret(cfg.control)
     except (SecretError, OSError) as e:
         raise RunError(f"control secret: {e}") from None
-    return value if value is not None else secrets.token_urlsafe(24).encode()
+    return (value, True) if value is not None else (secrets.token_urlsafe(24).encode(), False)
 
 
 def own_tls(cfg: Config, directory: Path) -> Config:
@@ -73,15 +73,6 @@ def own_tls(cfg: Config, directory: Path) -> Config:
     if client.verify and client.ca_file is None and (server.auto or is_self_signed(str(server.cert))):
         client = attrs.evolve(client, ca_file=server.cert)
     return attrs.evolve(cfg, server=attrs.evolve(cfg.server, tls=server), client=attrs.evolve(cfg.client, tls=client))
-
-
-def run_secret_configured(cfg: Config) -> bool:
-    from connscale.control.secret import SecretError, configured_secret
-
-    try:
-        return configured_secret(cfg.control) is not None
-    except (SecretError, OSError):
-        return False
 
 
 class Experiment:
@@ -105,9 +96,8 @@ class Experiment:
         self.cfg = cfg = own_tls(cfg, rundir.path / "tls")
         self.rundir = rundir
         self.out = out
-        self.secret = run_secret(cfg)
-        #: The secret is the configured one (not made for this run only).
-        self.secret_configured = run_secret_configured(cfg)
+        #: secret_configured: the secret is the configured one (not made for this run only).
+        self.secret, self.secret_configured = run_secret(cfg)
         self.config_path = rundir.write_config(cfg)
         # The host and its limits as the run began: the report is re-rendered from the directory alone.
         self.manifest = collect_manifest(cfg.as_dict())
